@@ -1,0 +1,223 @@
+//! Builds and runs the application: store, actors, HTTP server, and the graceful stop.
+//! The binary and the tests start it the same way, through [`start`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+
+use crate::clock::SharedClock;
+use crate::config::{Config, Secret};
+use crate::content::ContentService;
+use crate::hub::{CloseAll, Hub};
+use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
+use crate::llm::{Drain, LlmActor, ReleaseJobs};
+use crate::metrics::Metrics;
+use crate::store::{jobs, llm_config, Backend, Store, StoreError};
+
+/// Shared by every handler and session.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub metrics: Arc<Metrics>,
+    pub hub: Addr<Hub>,
+    pub circuit: Addr<CircuitBreaker>,
+    pub llm: Addr<LlmActor>,
+    pub content: ContentService,
+    pub admin_token: Secret,
+    shutting_down: AtomicBool,
+    next_session: AtomicU64,
+}
+
+impl AppState {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Stops an actor (the end of a graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+macro_rules! stoppable {
+    ($($actor:ty),*) => {$(
+        impl Handler<Stop> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+                ctx.stop();
+            }
+        }
+    )*};
+}
+stoppable!(Hub, CircuitBreaker, LlmActor);
+
+/// A running lorewire.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    /// `true` when the admin token was generated at start (nobody configured one).
+    pub admin_token_generated: bool,
+    server: actix_web::dev::ServerHandle,
+    task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Connects and migrates the database (on the blocking pool).
+pub async fn open_store(database_url: &str) -> Result<Store, StoreError> {
+    let url = database_url.to_owned();
+    actix_web::rt::task::spawn_blocking(move || {
+        let store = Store::connect(&url)?;
+        let ran = store.migrate()?;
+        if ran > 0 {
+            tracing::info!(migrations = ran, "database migrated");
+        }
+        Ok(store)
+    })
+    .await
+    .map_err(|_| StoreError::Canceled)?
+}
+
+/// Starts everything and serves on `config.bind` (port 0 picks a free port).
+pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let store = open_store(&config.database_url).await?;
+    let now = clock.now_naive();
+
+    let seed = config.clone();
+    let backend = store.backend();
+    let (llm_row, reclaimed) = store
+        .run(move |conn| {
+            let row = llm_config::seed(
+                conn,
+                seed.llm_provider.as_str(),
+                &seed.llm_model,
+                &seed.llm_base_url,
+                seed.llm_api_key.as_ref().map(Secret::expose),
+                now,
+            )?;
+            // SQLite belongs to this one process: whatever was running died with the last one.
+            let reclaimed = match backend {
+                Backend::Sqlite => jobs::reclaim_all(conn, now)?,
+                Backend::Postgres => {
+                    let lease = chrono::Duration::from_std(seed.job_lease).unwrap_or(chrono::Duration::seconds(15));
+                    jobs::reclaim_stale(conn, now - lease, now)?
+                }
+            };
+            Ok((row, reclaimed))
+        })
+        .await?;
+    if reclaimed > 0 {
+        tracing::warn!(jobs = reclaimed, "resuming jobs interrupted by a previous stop");
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(metrics.clone()).start();
+    let settings = CircuitSettings {
+        failures: config.circuit_failures,
+        window: config.circuit_window,
+        reset: config.circuit_reset,
+    };
+    let circuit =
+        CircuitBreaker::restore(settings, &llm_row.circuit(), clock.clone(), store.clone(), metrics.clone()).start();
+    let worker = format!("{}-{}", std::process::id(), crate::players::new_token().get(..8).unwrap_or("0"));
+    let llm = LlmActor::new(
+        store.clone(),
+        hub.clone(),
+        circuit.clone(),
+        clock.clone(),
+        metrics.clone(),
+        config.clone(),
+        worker,
+    )
+    .start();
+    let content = ContentService::new(store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
+
+    let admin_token_generated = config.admin_token.is_none();
+    let admin_token = config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::players::new_token()));
+
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store,
+        clock,
+        metrics,
+        hub,
+        circuit,
+        llm,
+        content,
+        admin_token,
+        shutting_down: AtomicBool::new(false),
+        next_session: AtomicU64::new(1),
+    });
+
+    let data = web::Data::from(state.clone());
+    let mut server =
+        HttpServer::new(move || App::new().app_data(data.clone()).wrap(tracing_actix()).configure(crate::http::routes))
+            .disable_signals()
+            .shutdown_timeout(config.shutdown.as_secs().max(1));
+    if config.workers > 0 {
+        server = server.workers(config.workers);
+    }
+    let server = server.bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    let task = actix_web::rt::spawn(server);
+    tracing::info!(%addr, backend = ?backend, "lorewire is serving");
+
+    Ok(Running { addr, state, admin_token_generated, server: handle, task })
+}
+
+fn tracing_actix() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%r %s %Dms").exclude("/health").exclude("/metrics")
+}
+
+impl Running {
+    /// Graceful stop: `/ready` turns 503 and new work is refused, every socket gets 1001,
+    /// in-flight jobs finish (or go back to the queue) within `LOREWIRE_SHUTDOWN_SECS`.
+    pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.state.config.shutdown;
+        self.state.shutting_down.store(true, Ordering::Relaxed);
+        let sockets = self.state.hub.send(CloseAll { code: 1001, reason: "server shutting down" }).await.unwrap_or(0);
+        tracing::info!(sockets, "shutting down");
+        loop {
+            let in_flight = self.state.llm.send(Drain).await.unwrap_or(0);
+            if in_flight == 0 || tokio::time::Instant::now() + Duration::from_millis(300) >= deadline {
+                if in_flight > 0 {
+                    tracing::warn!(jobs = in_flight, "re-queueing unfinished jobs");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match self.state.llm.send(ReleaseJobs).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(jobs = n, "jobs handed back to the queue"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not hand jobs back; their lease will run out"),
+            _ => {}
+        }
+        self.server.stop(true).await;
+        let _ = self.task.await;
+        self.state.llm.do_send(Stop);
+        self.state.circuit.do_send(Stop);
+        self.state.hub.do_send(Stop);
+    }
+
+    /// Serves until the server stops by itself.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.unwrap_or(Ok(()))
+    }
+}

@@ -1,0 +1,324 @@
+//! Configuration: flags, then environment (`.env` is read by `main`), then defaults.
+//! Owns the typed settings every actor reads; never prints a secret (see [`Secret`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::llm::providers::Provider;
+
+/// A value that must never reach a log line, a frame or a response.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lorewire",
+    version,
+    about = "Realtime game backend with an LLM content pipeline",
+    long_about = "Realtime game backend with an LLM content pipeline.\n\n\
+        Every flag can also be given as the environment variable shown next to it; \
+        a .env file in the working directory is read at start."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run pending migrations, then serve HTTP and WebSocket (the default).
+    Serve,
+    /// Run pending migrations and exit.
+    Migrate,
+}
+
+/// Every setting of PROTOCOL §1, as flags with their environment variables.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Database: a path or sqlite:// URL selects SQLite, postgres:// selects PostgreSQL.
+    #[arg(long, env = "DATABASE_URL", default_value = "lorewire.db", global = true)]
+    pub database_url: String,
+    /// Listen address.
+    #[arg(long, env = "LOREWIRE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Admin bearer token; when unset a random one is generated and printed once.
+    #[arg(long, env = "LOREWIRE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// Upstream LLM provider: anthropic, openai (Responses API) or openai-chat (Chat Completions).
+    #[arg(long, env = "LOREWIRE_LLM_PROVIDER", default_value = "anthropic")]
+    pub llm_provider: Provider,
+    /// API key; seeds the stored config when none is stored (falls back to ANTHROPIC_API_KEY / OPENAI_API_KEY).
+    #[arg(long, env = "LOREWIRE_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<Secret>,
+    /// Fallback key for the anthropic provider.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true, hide = true)]
+    pub anthropic_api_key: Option<Secret>,
+    /// Fallback key for the openai providers.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, hide = true)]
+    pub openai_api_key: Option<Secret>,
+    /// Default model (claude-haiku-4-5-20251001 for anthropic, gpt-5-mini for openai).
+    #[arg(long, env = "LOREWIRE_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// Provider API root, as the provider's SDKs take it (e.g. http://127.0.0.1:11434/v1 for Ollama).
+    #[arg(long, env = "LOREWIRE_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// Timeout of one upstream call, in seconds.
+    #[arg(long, env = "LOREWIRE_LLM_TIMEOUT_SECS", default_value_t = 30)]
+    pub llm_timeout_secs: u64,
+    /// Upstream calls in flight at once.
+    #[arg(long, env = "LOREWIRE_LLM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_concurrency: u32,
+    /// Failures that open the circuit ...
+    #[arg(long, env = "LOREWIRE_CIRCUIT_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub circuit_failures: u32,
+    /// ... within this window, in seconds.
+    #[arg(long, env = "LOREWIRE_CIRCUIT_WINDOW_SECS", default_value_t = 60)]
+    pub circuit_window_secs: u64,
+    /// Open -> half-open after this many seconds.
+    #[arg(long, env = "LOREWIRE_CIRCUIT_RESET_SECS", default_value_t = 300)]
+    pub circuit_reset_secs: u64,
+    /// First retry delay of a generation run, in ms; doubles per attempt, with jitter.
+    #[arg(long, env = "LOREWIRE_RETRY_BASE_MS", default_value_t = 2000)]
+    pub retry_base_ms: u64,
+    /// Attempts before a run is dead-lettered.
+    #[arg(long, env = "LOREWIRE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Queued runs before new ones are refused.
+    #[arg(long, env = "LOREWIRE_QUEUE_LIMIT", default_value_t = 10000)]
+    pub queue_limit: u64,
+    /// Output tokens asked for per run.
+    #[arg(long, env = "LOREWIRE_MAX_OUTPUT_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_output_tokens: u32,
+    /// Lobby messages sent on join.
+    #[arg(long, env = "LOREWIRE_HISTORY_LIMIT", default_value_t = 50)]
+    pub history_limit: u32,
+    /// Per-user lobby message rate, as COUNT/WINDOW (e.g. 5/10s, 30/1m).
+    #[arg(long, env = "LOREWIRE_CHAT_RATE", default_value = "5/10s")]
+    pub chat_rate: ChatRate,
+    /// Comma list of allowed WebSocket Origins; `*` allows all. Default: same origin only.
+    #[arg(long, env = "LOREWIRE_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+    /// Graceful drain on SIGTERM/SIGINT, in seconds.
+    #[arg(long, env = "LOREWIRE_SHUTDOWN_SECS", default_value_t = 5)]
+    pub shutdown_secs: u64,
+    /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
+    #[arg(long, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_lease_secs: u64,
+}
+
+/// `COUNT/WINDOW`, e.g. `5/10s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatRate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl std::str::FromStr for ChatRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a rate like 5/10s");
+        let (count, window) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let window = window.trim();
+        let split = window.find(|c: char| !c.is_ascii_digit()).unwrap_or(window.len());
+        let (n, unit) = window.split_at(split);
+        let n: u64 = if n.is_empty() { 1 } else { n.parse().map_err(|_| bad())? };
+        let secs = match unit {
+            "ms" => return Ok(ChatRate { count, per: Duration::from_millis(n) }),
+            "s" | "" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            _ => return Err(bad()),
+        };
+        if count == 0 || n == 0 {
+            return Err(bad());
+        }
+        Ok(ChatRate { count, per: Duration::from_secs(secs) })
+    }
+}
+
+/// Which WebSocket `Origin`s may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    SameOrigin,
+    Any,
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    pub fn parse(s: &str) -> Self {
+        let list: Vec<String> = s
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if list.iter().any(|o| o == "*") {
+            AllowedOrigins::Any
+        } else if list.is_empty() {
+            AllowedOrigins::SameOrigin
+        } else {
+            AllowedOrigins::List(list)
+        }
+    }
+
+    /// `host` is the request's Host header, used for the same-origin rule.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::List(list) => list.contains(&origin),
+            AllowedOrigins::SameOrigin => {
+                let Some(host) = host else { return false };
+                let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or("");
+                authority == host.to_ascii_lowercase()
+            }
+        }
+    }
+}
+
+/// The resolved configuration the application runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub bind: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub llm_provider: Provider,
+    pub llm_api_key: Option<Secret>,
+    pub llm_model: String,
+    pub llm_base_url: String,
+    pub llm_timeout: Duration,
+    pub llm_concurrency: usize,
+    pub circuit_failures: u32,
+    pub circuit_window: Duration,
+    pub circuit_reset: Duration,
+    pub retry_base: Duration,
+    pub max_attempts: u32,
+    pub queue_limit: u64,
+    pub max_output_tokens: u32,
+    pub history_limit: u32,
+    pub chat_rate: ChatRate,
+    pub allowed_origins: AllowedOrigins,
+    pub shutdown: Duration,
+    pub job_lease: Duration,
+    /// How often the job queue is polled besides the wake-ups (delayed jobs, other processes).
+    pub job_poll: Duration,
+    /// WebSocket ping interval and the silence after which a socket is closed.
+    pub heartbeat_interval: Duration,
+    pub client_timeout: Duration,
+    /// HTTP worker threads (0 = one per core).
+    pub workers: usize,
+}
+
+impl Settings {
+    pub fn into_config(self) -> Config {
+        let provider = self.llm_provider;
+        let fallback_key = match provider {
+            Provider::Anthropic => self.anthropic_api_key,
+            Provider::OpenAi | Provider::OpenAiChat => self.openai_api_key,
+        };
+        let llm_api_key = self.llm_api_key.or(fallback_key).filter(|k| !k.is_empty());
+        Config {
+            database_url: self.database_url,
+            bind: self.bind,
+            admin_token: self.admin_token.filter(|t| !t.is_empty()),
+            llm_provider: provider,
+            llm_api_key,
+            llm_model: self
+                .llm_model
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or_else(|| provider.default_model().to_owned()),
+            llm_base_url: self
+                .llm_base_url
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or_else(|| provider.default_base_url().to_owned()),
+            llm_timeout: Duration::from_secs(self.llm_timeout_secs.max(1)),
+            llm_concurrency: self.llm_concurrency as usize,
+            circuit_failures: self.circuit_failures,
+            circuit_window: Duration::from_secs(self.circuit_window_secs),
+            circuit_reset: Duration::from_secs(self.circuit_reset_secs),
+            retry_base: Duration::from_millis(self.retry_base_ms),
+            max_attempts: self.max_attempts,
+            queue_limit: self.queue_limit,
+            max_output_tokens: self.max_output_tokens,
+            history_limit: self.history_limit,
+            chat_rate: self.chat_rate,
+            allowed_origins: AllowedOrigins::parse(&self.allowed_origins),
+            shutdown: Duration::from_secs(self.shutdown_secs),
+            job_lease: Duration::from_secs(self.job_lease_secs),
+            job_poll: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_secs(10),
+            client_timeout: Duration::from_secs(30),
+            workers: 0,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults of PROTOCOL §1 with the given database (what tests and benches start from).
+    pub fn with_database(database_url: impl Into<String>) -> Config {
+        let mut config = Cli::parse_from(["lorewire"]).settings.into_config();
+        config.database_url = database_url.into();
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_rate_parses_count_and_window() {
+        assert_eq!("5/10s".parse::<ChatRate>().unwrap(), ChatRate { count: 5, per: Duration::from_secs(10) });
+        assert_eq!("30/1m".parse::<ChatRate>().unwrap().per, Duration::from_secs(60));
+        assert!("0/10s".parse::<ChatRate>().is_err());
+        assert!("five/10s".parse::<ChatRate>().is_err());
+        assert!("5/10x".parse::<ChatRate>().is_err());
+    }
+
+    #[test]
+    fn origins_same_origin_list_and_any() {
+        let same = AllowedOrigins::parse("");
+        assert!(same.allows("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(!same.allows("http://evil.example", Some("127.0.0.1:8080")));
+        let list = AllowedOrigins::parse("https://game.example, http://localhost:3000/");
+        assert!(list.allows("http://localhost:3000", None));
+        assert!(!list.allows("http://localhost:3001", None));
+        assert!(AllowedOrigins::parse("*").allows("http://anything", None));
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("sk-canary");
+        assert!(!format!("{s:?}").contains("canary"));
+    }
+}

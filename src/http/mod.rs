@@ -1,0 +1,59 @@
+//! HTTP routes (PROTOCOL §3): public, player (`/api`, player token) and admin (`/admin/api`,
+//! admin token). Handlers stay thin: parse, authorize, call a service, map errors.
+
+pub mod admin;
+pub mod error;
+pub mod public;
+
+use actix_web::{error::JsonPayloadError, web, HttpRequest};
+
+use self::error::ApiError;
+
+/// Largest JSON body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .error_handler(|e: JsonPayloadError, _| ApiError::Invalid(json_error(&e)).into()),
+    )
+    .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
+    .route("/health", web::get().to(public::health))
+    .route("/ready", web::get().to(public::ready))
+    .route("/metrics", web::get().to(public::metrics))
+    .route("/ws", web::get().to(crate::ws::upgrade))
+    .service(
+        web::scope("/api")
+            .route("/content", web::post().to(public::request_content))
+            .route("/content/{kind}/{subject_id}", web::get().to(public::get_content)),
+    )
+    .service(
+        web::scope("/admin/api")
+            .route("/llm", web::get().to(admin::get_llm))
+            .route("/llm", web::put().to(admin::put_llm))
+            .route("/llm/circuit/reset", web::post().to(admin::reset_circuit)),
+    )
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
+    }));
+}
+
+fn json_error(e: &JsonPayloadError) -> String {
+    match e {
+        JsonPayloadError::OverflowKnownLength { length, limit } => {
+            format!("body is {length} bytes; at most {limit} are accepted")
+        }
+        JsonPayloadError::Overflow { limit } => format!("body is over {limit} bytes"),
+        JsonPayloadError::ContentType => "send the body as application/json".into(),
+        JsonPayloadError::Deserialize(e) => format!("invalid JSON body: {e}"),
+        other => format!("invalid body: {other}"),
+    }
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}

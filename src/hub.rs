@@ -1,0 +1,180 @@
+//! The Hub: topic -> subscribed sessions. Serializes each published frame once and hands the
+//! same bytes to every subscriber.
+//!
+//! Never blocks on a session: frames go out with `try_send`, and a session whose mailbox is
+//! full is told to close as a slow consumer instead of slowing everyone else down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use crate::content::ContentKind;
+use crate::metrics::Metrics;
+use crate::ws::protocol::ServerFrame;
+
+pub type SessionId = u64;
+
+/// What a session can be subscribed to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Content(ContentKind, u64),
+}
+
+/// Delivered to a session by the Hub.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A serialized frame of `topic`; `version` orders content frames (older ones are dropped).
+    Frame { topic: Arc<Topic>, version: Option<i64>, text: ByteString },
+    /// Close the socket with this code and reason.
+    Close { code: u16, reason: &'static str },
+}
+
+/// A session joins the Hub.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    pub id: SessionId,
+    pub recipient: Recipient<ToSession>,
+}
+
+/// A session leaves the Hub (and every topic).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub id: SessionId,
+}
+
+/// Subscribe a session to a topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub id: SessionId,
+    pub topic: Topic,
+}
+
+/// Unsubscribe a session from a topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub id: SessionId,
+    pub topic: Topic,
+}
+
+/// Send a frame to every subscriber of a topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub topic: Topic,
+    pub version: Option<i64>,
+    pub frame: ServerFrame,
+}
+
+/// Close every session (shutdown); answers how many there were.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+pub struct Hub {
+    sessions: HashMap<SessionId, Recipient<ToSession>>,
+    topics: HashMap<Arc<Topic>, HashSet<SessionId>>,
+    by_session: HashMap<SessionId, HashSet<Arc<Topic>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Hub { sessions: HashMap::new(), topics: HashMap::new(), by_session: HashMap::new(), metrics }
+    }
+
+    fn unsubscribe(&mut self, id: SessionId, topic: &Topic) {
+        if let Some(members) = self.topics.get_mut(topic) {
+            members.remove(&id);
+            if members.is_empty() {
+                self.topics.remove(topic);
+            }
+        }
+        if let Some(topics) = self.by_session.get_mut(&id) {
+            topics.remove(topic);
+        }
+    }
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+}
+
+impl Handler<Connect> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
+        self.sessions.insert(msg.id, msg.recipient);
+    }
+}
+
+impl Handler<Disconnect> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        self.sessions.remove(&msg.id);
+        for topic in self.by_session.remove(&msg.id).unwrap_or_default() {
+            if let Some(members) = self.topics.get_mut(&topic) {
+                members.remove(&msg.id);
+                if members.is_empty() {
+                    self.topics.remove(&topic);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Subscribe> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        if !self.sessions.contains_key(&msg.id) {
+            return;
+        }
+        let topic = match self.topics.get_key_value(&msg.topic) {
+            Some((existing, _)) => existing.clone(),
+            None => Arc::new(msg.topic),
+        };
+        self.topics.entry(topic.clone()).or_default().insert(msg.id);
+        self.by_session.entry(msg.id).or_default().insert(topic);
+    }
+}
+
+impl Handler<Unsubscribe> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        self.unsubscribe(msg.id, &msg.topic);
+    }
+}
+
+impl Handler<Publish> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        let Some((topic, members)) = self.topics.get_key_value(&msg.topic) else { return };
+        let text = ByteString::from(msg.frame.to_json());
+        let frame = ToSession::Frame { topic: topic.clone(), version: msg.version, text };
+        for id in members {
+            let Some(recipient) = self.sessions.get(id) else { continue };
+            if let Err(SendError::Full(_)) = recipient.try_send(frame.clone()) {
+                self.metrics.slow_consumers.inc();
+                recipient.do_send(ToSession::Close { code: 1008, reason: "slow consumer" });
+            }
+        }
+    }
+}
+
+impl Handler<CloseAll> for Hub {
+    type Result = usize;
+    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
+        for recipient in self.sessions.values() {
+            recipient.do_send(ToSession::Close { code: msg.code, reason: msg.reason });
+        }
+        self.sessions.len()
+    }
+}

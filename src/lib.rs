@@ -1,0 +1,15 @@
+//! lorewire: a realtime game backend whose core is an LLM content pipeline.
+//!
+//! See `PROTOCOL.md` for the external contract; [`app::start`] builds the whole thing.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod content;
+pub mod http;
+pub mod hub;
+pub mod llm;
+pub mod metrics;
+pub mod players;
+pub mod store;
+pub mod ws;

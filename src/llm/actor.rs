@@ -1,0 +1,390 @@
+//! The LLM actor: claims durable jobs, runs at most `LOREWIRE_LLM_CONCURRENCY` upstream calls
+//! at once, asks the circuit breaker before each call, and ends every job with a committed
+//! result or fallback, which it then publishes to the Hub.
+//!
+//! Never holds a DB connection or transaction while waiting on the network: every store call
+//! is a short closure run on the blocking pool, before or after the upstream call.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde_json::{Map, Value};
+
+use super::circuit::{Acquire, CircuitBreaker, Outcome, Permit, Refusal, Report};
+use super::client::{self, UpstreamError};
+use super::providers::{self, Prompt, Provider, Target};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::content::{kinds, Content, ContentKind, ContentStatus, Context as ContentContext, FallbackReason};
+use crate::hub::{Hub, Publish};
+use crate::metrics::Metrics;
+use crate::store::content::{self as content_rows, Finish};
+use crate::store::jobs::{self, JobKind, JobRow};
+use crate::store::llm_config::{self, LlmConfigRow};
+use crate::store::{Store, StoreError};
+use crate::ws::protocol::Typed;
+
+/// New jobs were committed: claim what the concurrency limit allows.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JobsAvailable;
+
+/// Stop claiming (shutdown); answers the number of jobs still in flight.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Drain;
+
+/// Put the jobs this worker still holds back in the queue (end of shutdown).
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct ReleaseJobs;
+
+/// What one job needs, cloned out of the actor so the job future owns it.
+#[derive(Clone)]
+struct JobDeps {
+    store: Store,
+    hub: Addr<Hub>,
+    circuit: Addr<CircuitBreaker>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    worker: Arc<str>,
+    client: awc::Client,
+}
+
+pub struct LlmActor {
+    deps: Option<JobDeps>,
+    store: Store,
+    hub: Addr<Hub>,
+    circuit: Addr<CircuitBreaker>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    worker: Arc<str>,
+    in_flight: usize,
+    claiming: bool,
+    claim_again: bool,
+    draining: bool,
+}
+
+impl LlmActor {
+    pub fn new(
+        store: Store,
+        hub: Addr<Hub>,
+        circuit: Addr<CircuitBreaker>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        config: Arc<Config>,
+        worker: String,
+    ) -> Self {
+        LlmActor {
+            deps: None,
+            store,
+            hub,
+            circuit,
+            clock,
+            metrics,
+            config,
+            worker: worker.into(),
+            in_flight: 0,
+            claiming: false,
+            claim_again: false,
+            draining: false,
+        }
+    }
+
+    /// Claims as many due jobs as there are free call slots, and starts them.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        if self.claiming {
+            self.claim_again = true;
+            return;
+        }
+        let free = self.config.llm_concurrency.saturating_sub(self.in_flight);
+        if free == 0 {
+            return;
+        }
+        self.claiming = true;
+        let limit = free.min(64) as i64;
+        let worker = self.worker.clone();
+        let now = self.clock.now_naive();
+        let store = self.store.clone();
+        ctx.spawn(
+            async move { store.run(move |conn| jobs::claim(conn, &worker, limit, now)).await }.into_actor(self).map(
+                move |claimed, act, ctx| {
+                    act.claiming = false;
+                    let claimed = match claimed {
+                        Ok(claimed) => claimed,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not claim jobs");
+                            return;
+                        }
+                    };
+                    let full = claimed.len() as i64 == limit;
+                    for job in claimed {
+                        act.start(job, ctx);
+                    }
+                    if full || std::mem::take(&mut act.claim_again) {
+                        act.pump(ctx);
+                    }
+                },
+            ),
+        );
+    }
+
+    fn start(&mut self, job: JobRow, ctx: &mut Context<Self>) {
+        let Some(deps) = self.deps.clone() else { return };
+        self.in_flight += 1;
+        self.metrics.jobs_claimed.inc();
+        let job_id = job.id;
+        ctx.spawn(run_job(deps, job).into_actor(self).map(move |result, act, ctx| {
+            act.in_flight -= 1;
+            if let Err(e) = result {
+                // The job stays claimed; its lease runs out and it is taken again.
+                tracing::error!(job = job_id, error = %e, "job could not be finished");
+            }
+            act.pump(ctx);
+        }));
+    }
+
+    /// Renews this worker's leases and takes over jobs whose worker died.
+    fn maintain(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let worker = self.worker.clone();
+        let now = self.clock.now_naive();
+        let lease = chrono::Duration::from_std(self.config.job_lease).unwrap_or(chrono::Duration::seconds(15));
+        ctx.spawn(
+            async move {
+                store
+                    .run(move |conn| {
+                        jobs::renew(conn, &worker, now)?;
+                        jobs::reclaim_stale(conn, now - lease, now)
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(jobs = n, "took over jobs whose worker stopped");
+                    act.pump(ctx);
+                }
+                Err(e) => tracing::error!(error = %e, "could not renew job leases"),
+            }),
+        );
+    }
+}
+
+impl Actor for LlmActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.deps = Some(JobDeps {
+            store: self.store.clone(),
+            hub: self.hub.clone(),
+            circuit: self.circuit.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config.clone(),
+            worker: self.worker.clone(),
+            client: client::build_client(self.config.llm_timeout),
+        });
+        ctx.run_interval(self.config.job_poll, |act, ctx| act.pump(ctx));
+        ctx.run_interval(self.config.job_lease / 3, |act, ctx| act.maintain(ctx));
+        self.pump(ctx);
+    }
+}
+
+impl Handler<JobsAvailable> for LlmActor {
+    type Result = ();
+    fn handle(&mut self, _: JobsAvailable, ctx: &mut Context<Self>) {
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Drain> for LlmActor {
+    type Result = usize;
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> usize {
+        self.draining = true;
+        self.in_flight
+    }
+}
+
+impl Handler<ReleaseJobs> for LlmActor {
+    type Result = ResponseFuture<Result<usize, StoreError>>;
+    fn handle(&mut self, _: ReleaseJobs, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let worker = self.worker.clone();
+        let now = self.clock.now_naive();
+        Box::pin(async move { store.run(move |conn| jobs::release(conn, &worker, now)).await })
+    }
+}
+
+async fn run_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
+    match job.job_kind()? {
+        JobKind::Content => run_content_job(deps, job).await,
+    }
+}
+
+/// Generates one content item and commits ready or fallback; nothing stays pending.
+async fn run_content_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
+    let content_id = job.target_id;
+    let (row, config) =
+        deps.store.run(move |conn| Ok((content_rows::find_by_id(conn, content_id)?, llm_config::get(conn)?))).await?;
+    let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
+        // The item is gone or already final: the job has nothing left to do.
+        let worker = deps.worker.clone();
+        deps.store.run(move |conn| jobs::complete(conn, job.id, &worker)).await?;
+        return Ok(());
+    };
+    let kind = ContentKind::parse(&row.kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("content {}: unknown kind", row.id)))?;
+    let subject_id = row.subject_id as u64;
+    let context: ContentContext = serde_json::from_str(&row.context).unwrap_or_default();
+
+    let result = generate(&deps, config.as_ref(), kind, subject_id, &context).await;
+    let (status, fields, model, reason) = match result {
+        Ok((fields, model)) => (ContentStatus::Ready, fields, Some(model), None),
+        Err(reason) => (ContentStatus::Fallback, kind.fallback_fields(subject_id), None, Some(reason.to_string())),
+    };
+    let fields = Value::Object(fields).to_string();
+    let worker = deps.worker.clone();
+    let now = deps.clock.now_naive();
+    let pending_since = row.updated_at;
+    let finished = deps
+        .store
+        .run(move |conn| {
+            let finish = Finish {
+                job_id: job.id,
+                worker: &worker,
+                content_id,
+                status: status.as_str(),
+                fields: &fields,
+                model: model.as_deref(),
+                reason: reason.as_deref(),
+            };
+            content_rows::finish(conn, &finish, now)
+        })
+        .await?;
+    let Some(row) = finished else {
+        tracing::warn!(job = job.id, "job was taken over by another worker; result dropped");
+        return Ok(());
+    };
+    let content = Content::from_row(&row)?;
+    deps.metrics
+        .content_finished
+        .with_label_values(&[content.status.as_str(), content.reason.as_deref().unwrap_or("")])
+        .inc();
+    if let Ok(latency) = (deps.clock.now_naive() - pending_since).to_std() {
+        deps.metrics.push_latency.observe(latency.as_secs_f64());
+    }
+    tracing::info!(
+        kind = kind.as_str(),
+        subject_id,
+        status = content.status.as_str(),
+        reason = content.reason.as_deref().unwrap_or(""),
+        version = content.version,
+        "content finished"
+    );
+    deps.hub.do_send(Publish {
+        topic: content.topic(),
+        version: Some(content.version),
+        frame: Typed::ContentUpdate { content }.into(),
+    });
+    Ok(())
+}
+
+/// The upstream call for one item: fields and model on success, the fallback reason otherwise.
+async fn generate(
+    deps: &JobDeps,
+    config: Option<&LlmConfigRow>,
+    kind: ContentKind,
+    subject_id: u64,
+    context: &ContentContext,
+) -> Result<(Map<String, Value>, String), FallbackReason> {
+    let config = config.ok_or(FallbackReason::NoConfig)?;
+    let provider: Provider = config.provider.parse().map_err(|_| FallbackReason::NoConfig)?;
+    let api_key = config.api_key.clone().unwrap_or_default();
+    if api_key.is_empty() && !keyless_allowed(provider, &config.base_url) {
+        return Err(FallbackReason::NoConfig);
+    }
+    let probe = match deps.circuit.send(Acquire).await {
+        Ok(Permit::Call { probe }) => probe,
+        Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(FallbackReason::CircuitOpen),
+        Ok(Permit::Refuse(Refusal::RateLimited)) => return Err(FallbackReason::RateLimited),
+    };
+    let prompt = Prompt {
+        system: kind.system_prompt().to_owned(),
+        user: kinds::user_message(kind, subject_id, context),
+        schema_name: kind.schema_name().to_owned(),
+        schema: kind.json_schema(),
+        max_tokens: deps.config.max_output_tokens,
+    };
+    let target = Target { provider, base_url: &config.base_url, model: &config.model, api_key: &api_key };
+    let request = providers::build_request(&target, &prompt);
+    let answer = client::send(&deps.client, &request, deps.config.llm_timeout).await;
+
+    let (outcome, result) = match answer {
+        Ok(body) => match providers::parse_text(provider, &body) {
+            Err(why) => (Outcome::Failure, Err((FallbackReason::InvalidResponse, why))),
+            Ok(text) => match kind.validate_output(&text) {
+                Ok(fields) => (Outcome::Success, Ok(fields)),
+                Err(kinds::OutputError::NotJson(why)) => (Outcome::Failure, Err((FallbackReason::InvalidJson, why))),
+                Err(e @ kinds::OutputError::Invalid(_)) => {
+                    (Outcome::Failure, Err((FallbackReason::InvalidResponse, e.to_string())))
+                }
+            },
+        },
+        Err(e) => {
+            let outcome = match &e {
+                UpstreamError::Status { retry_after, .. } if e.is_rate_limit() => Outcome::RateLimited(*retry_after),
+                _ if e.counts_for_circuit() => Outcome::Failure,
+                _ => Outcome::Rejected,
+            };
+            let reason = match &e {
+                _ if e.is_rate_limit() => FallbackReason::RateLimited,
+                UpstreamError::Status { status, .. } => FallbackReason::ApiError(*status),
+                UpstreamError::Network(_) => FallbackReason::NetworkError,
+                UpstreamError::Timeout => FallbackReason::Timeout,
+                UpstreamError::InvalidResponse(_) => FallbackReason::InvalidResponse,
+            };
+            (outcome, Err((reason, e.to_string())))
+        }
+    };
+    deps.circuit.do_send(Report { probe, outcome });
+
+    let outcome_label = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err((reason, _)) => reason.to_string(),
+    };
+    deps.metrics.upstream_calls.with_label_values(&[&outcome_label]).inc();
+    match result {
+        Ok(fields) => {
+            if config.last_error.is_some() {
+                record_last_error(deps, None).await;
+            }
+            Ok((fields, config.model.clone()))
+        }
+        Err((reason, why)) => {
+            let why = super::redact(&why, &api_key);
+            tracing::warn!(kind = kind.as_str(), subject_id, %reason, error = %why, "upstream call failed");
+            record_last_error(deps, Some(format!("{reason}: {why}"))).await;
+            Err(reason)
+        }
+    }
+}
+
+async fn record_last_error(deps: &JobDeps, error: Option<String>) {
+    let now = deps.clock.now_naive();
+    let saved = deps.store.run(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "could not record the last upstream error");
+    }
+}
+
+/// OpenAI-compatible servers on a custom base URL (Ollama, vLLM, llama.cpp) usually need no key.
+pub fn keyless_allowed(provider: Provider, base_url: &str) -> bool {
+    provider == Provider::OpenAiChat && base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url()
+}

@@ -1,0 +1,384 @@
+//! The circuit breaker: closed / open / half-open, as PROTOCOL §4 says.
+//!
+//! Owns the breaker state and nothing else. Failures are counted within a sliding window;
+//! opening schedules the move to half-open with `run_later`; half-open lets one probe through.
+//! The state is persisted after every change (one write in flight, the latest state wins) and
+//! restored at start, re-arming the timer from `resets_at`. Time comes from the injected clock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::store::llm_config::{self, CircuitRecord};
+use crate::store::Store;
+
+/// Wait before calling again after a 429 that named no `retry-after`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+    fn parse(s: &str) -> CircuitState {
+        match s {
+            "open" => CircuitState::Open,
+            "half_open" => CircuitState::HalfOpen,
+            _ => CircuitState::Closed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitSettings {
+    pub failures: u32,
+    pub window: Duration,
+    pub reset: Duration,
+}
+
+/// May I call the provider now?
+#[derive(Message)]
+#[rtype(result = "Permit")]
+pub struct Acquire;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Call; `probe` is the single trial call of half-open and must be reported.
+    Call {
+        probe: bool,
+    },
+    Refuse(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    CircuitOpen,
+    /// A 429's `retry-after` has not passed yet.
+    RateLimited,
+}
+
+/// How a permitted call ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Report {
+    pub probe: bool,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    Success,
+    /// 5xx, network error, timeout, invalid response: counts.
+    Failure,
+    /// A 4xx other than 429: the provider answered; never counts.
+    Rejected,
+    /// 429, with the wait the provider asked for.
+    RateLimited(Option<Duration>),
+}
+
+/// The state for the admin API.
+#[derive(Message)]
+#[rtype(result = "CircuitSnapshot")]
+pub struct GetSnapshot;
+
+/// Close the circuit now (admin).
+#[derive(Message)]
+#[rtype(result = "CircuitSnapshot")]
+pub struct Reset;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CircuitSnapshot {
+    pub state: CircuitState,
+    pub failures: u32,
+    pub opened_at: Option<DateTime<Utc>>,
+    pub resets_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_until: Option<DateTime<Utc>>,
+}
+
+pub struct CircuitBreaker {
+    settings: CircuitSettings,
+    clock: SharedClock,
+    store: Store,
+    metrics: Arc<Metrics>,
+    state: CircuitState,
+    failures: VecDeque<DateTime<Utc>>,
+    opened_at: Option<DateTime<Utc>>,
+    resets_at: Option<DateTime<Utc>>,
+    retry_after_until: Option<DateTime<Utc>>,
+    probe_in_flight: bool,
+    timer: Option<SpawnHandle>,
+    saving: bool,
+    dirty: bool,
+}
+
+fn utc(t: chrono::NaiveDateTime) -> DateTime<Utc> {
+    DateTime::from_naive_utc_and_offset(t, Utc)
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl CircuitBreaker {
+    /// A breaker resuming from the persisted record.
+    pub fn restore(
+        settings: CircuitSettings,
+        record: &CircuitRecord,
+        clock: SharedClock,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let failures: Vec<DateTime<Utc>> = serde_json::from_str(&record.failures).unwrap_or_default();
+        CircuitBreaker {
+            settings,
+            clock,
+            store,
+            metrics,
+            state: CircuitState::parse(&record.state),
+            failures: failures.into(),
+            opened_at: record.opened_at.map(utc),
+            resets_at: record.resets_at.map(utc),
+            retry_after_until: record.retry_after_until.map(utc),
+            // A probe that was in flight when the process died will never report.
+            probe_in_flight: false,
+            timer: None,
+            saving: false,
+            dirty: false,
+        }
+    }
+
+    fn snapshot(&self) -> CircuitSnapshot {
+        let now = self.clock.now();
+        CircuitSnapshot {
+            state: self.state,
+            failures: self.failures.len() as u32,
+            opened_at: self.opened_at,
+            resets_at: self.resets_at,
+            retry_after_until: self.retry_after_until.filter(|t| *t > now),
+        }
+    }
+
+    fn record(&self) -> CircuitRecord {
+        CircuitRecord {
+            state: self.state.as_str().to_owned(),
+            failures: serde_json::to_string(&self.failures).unwrap_or_else(|_| "[]".into()),
+            opened_at: self.opened_at.map(|t| t.naive_utc()),
+            resets_at: self.resets_at.map(|t| t.naive_utc()),
+            retry_after_until: self.retry_after_until.map(|t| t.naive_utc()),
+        }
+    }
+
+    fn prune(&mut self, now: DateTime<Utc>) {
+        let cutoff = now - chrono_dur(self.settings.window);
+        while self.failures.front().is_some_and(|t| *t <= cutoff) {
+            self.failures.pop_front();
+        }
+    }
+
+    fn set_state(&mut self, state: CircuitState) {
+        if self.state != state {
+            tracing::info!(from = self.state.as_str(), to = state.as_str(), "circuit breaker");
+        }
+        self.state = state;
+        self.metrics.circuit_state.set(match state {
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+        });
+    }
+
+    fn open(&mut self, now: DateTime<Utc>, ctx: &mut Context<Self>) {
+        self.set_state(CircuitState::Open);
+        self.probe_in_flight = false;
+        self.opened_at = Some(now);
+        self.resets_at = Some(now + chrono_dur(self.settings.reset));
+        self.arm_timer(ctx);
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        self.set_state(CircuitState::Closed);
+        self.probe_in_flight = false;
+        self.failures.clear();
+        self.opened_at = None;
+        self.resets_at = None;
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+    }
+
+    fn half_open(&mut self) {
+        self.set_state(CircuitState::HalfOpen);
+        self.probe_in_flight = false;
+    }
+
+    /// Schedules open -> half-open at `resets_at`.
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let Some(resets_at) = self.resets_at else { return };
+        let wait = (resets_at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+        self.timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.timer = None;
+            if act.state != CircuitState::Open {
+                return;
+            }
+            if act.resets_at.is_some_and(|r| act.clock.now() >= r) {
+                act.half_open();
+                act.persist(ctx);
+            } else {
+                act.arm_timer(ctx);
+            }
+        }));
+    }
+
+    /// Moves open -> half-open when the reset time has passed (the timer may not have fired
+    /// yet, e.g. when the clock is moved by hand).
+    fn catch_up(&mut self, now: DateTime<Utc>, ctx: &mut Context<Self>) {
+        if self.state == CircuitState::Open && self.resets_at.is_some_and(|r| now >= r) {
+            self.half_open();
+            if let Some(timer) = self.timer.take() {
+                ctx.cancel_future(timer);
+            }
+            self.persist(ctx);
+        }
+    }
+
+    fn persist(&mut self, ctx: &mut Context<Self>) {
+        if self.saving {
+            self.dirty = true;
+            return;
+        }
+        self.saving = true;
+        let record = self.record();
+        let now = self.clock.now_naive();
+        let store = self.store.clone();
+        ctx.spawn(
+            async move { store.run(move |conn| llm_config::save_circuit(conn, &record, now)).await }
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    act.saving = false;
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "could not persist the circuit breaker");
+                    }
+                    if std::mem::take(&mut act.dirty) {
+                        act.persist(ctx);
+                    }
+                }),
+        );
+    }
+}
+
+impl Actor for CircuitBreaker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let state = self.state;
+        self.set_state(state);
+        if self.state == CircuitState::Open {
+            self.arm_timer(ctx);
+        }
+    }
+}
+
+impl Handler<Acquire> for CircuitBreaker {
+    type Result = MessageResult<Acquire>;
+
+    fn handle(&mut self, _: Acquire, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        self.catch_up(now, ctx);
+        let permit = if self.state == CircuitState::Open {
+            Permit::Refuse(Refusal::CircuitOpen)
+        } else if self.retry_after_until.is_some_and(|t| now < t) {
+            Permit::Refuse(Refusal::RateLimited)
+        } else if self.state == CircuitState::HalfOpen {
+            if self.probe_in_flight {
+                Permit::Refuse(Refusal::CircuitOpen)
+            } else {
+                self.probe_in_flight = true;
+                Permit::Call { probe: true }
+            }
+        } else {
+            Permit::Call { probe: false }
+        };
+        MessageResult(permit)
+    }
+}
+
+impl Handler<Report> for CircuitBreaker {
+    type Result = ();
+
+    fn handle(&mut self, report: Report, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        let probing = report.probe && self.state == CircuitState::HalfOpen;
+        let before = self.record();
+        match report.outcome {
+            Outcome::Failure if probing => self.open(now, ctx),
+            Outcome::Failure if self.state == CircuitState::Closed => {
+                self.failures.push_back(now);
+                self.prune(now);
+                if self.failures.len() >= self.settings.failures as usize {
+                    self.open(now, ctx);
+                }
+            }
+            // Calls that began before the circuit opened do not move it again.
+            Outcome::Failure => {}
+            Outcome::RateLimited(wait) => {
+                self.retry_after_until = Some(now + chrono_dur(wait.unwrap_or(DEFAULT_RETRY_AFTER)));
+                if probing {
+                    self.close(ctx);
+                }
+            }
+            // The provider answered: it is up, whatever it thought of the request.
+            Outcome::Success | Outcome::Rejected if probing => self.close(ctx),
+            Outcome::Success | Outcome::Rejected => {}
+        }
+        if report.probe && self.state == CircuitState::HalfOpen {
+            self.probe_in_flight = false;
+        }
+        if self.record() != before {
+            self.persist(ctx);
+        }
+    }
+}
+
+impl Handler<GetSnapshot> for CircuitBreaker {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _: GetSnapshot, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        self.catch_up(now, ctx);
+        self.prune(now);
+        MessageResult(self.snapshot())
+    }
+}
+
+impl Handler<Reset> for CircuitBreaker {
+    type Result = MessageResult<Reset>;
+
+    fn handle(&mut self, _: Reset, ctx: &mut Context<Self>) -> Self::Result {
+        self.close(ctx);
+        self.retry_after_until = None;
+        self.persist(ctx);
+        tracing::info!("circuit breaker reset by admin");
+        MessageResult(self.snapshot())
+    }
+}

@@ -1,0 +1,117 @@
+//! One upstream HTTP call over awc, classified into the outcomes the circuit breaker and the
+//! fallbacks speak of. Never puts the API key into an error.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use bytes::Bytes;
+
+use super::providers::UpstreamRequest;
+
+/// Largest response body accepted from a provider.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream answered {status}: {message}")]
+    Status { status: u16, retry_after: Option<Duration>, message: String },
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("invalid response: {0}")]
+    InvalidResponse(String),
+}
+
+pub fn build_client(timeout: Duration) -> awc::Client {
+    awc::Client::builder()
+        .timeout(timeout)
+        .disable_redirects()
+        .connector(awc::Connector::new().timeout(timeout.min(Duration::from_secs(10))))
+        .finish()
+}
+
+/// Sends the request and returns the body of a 2xx answer.
+pub async fn send(client: &awc::Client, req: &UpstreamRequest, timeout: Duration) -> Result<Bytes, UpstreamError> {
+    match tokio::time::timeout(timeout, send_inner(client, req)).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::Timeout),
+    }
+}
+
+async fn send_inner(client: &awc::Client, req: &UpstreamRequest) -> Result<Bytes, UpstreamError> {
+    let mut builder = client.post(&req.url).insert_header(("content-type", "application/json"));
+    for (name, value) in &req.headers {
+        builder = builder.insert_header((*name, value.as_str()));
+    }
+    let mut response = builder.send_json(&req.body).await.map_err(|e| match e {
+        awc::error::SendRequestError::Timeout => UpstreamError::Timeout,
+        other => UpstreamError::Network(other.to_string()),
+    })?;
+    let status = response.status();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+    let body = response.body().limit(MAX_BODY).await.map_err(|e| match e {
+        awc::error::PayloadError::Overflow => UpstreamError::InvalidResponse("response body too large".into()),
+        other => UpstreamError::Network(other.to_string()),
+    })?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = super::providers::error_message(&body)
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    Err(UpstreamError::Status { status: status.as_u16(), retry_after, message })
+}
+
+/// `retry-after` as seconds (integer or decimal) or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+impl UpstreamError {
+    /// Whether this failure counts towards opening the circuit: 5xx (529 included),
+    /// network errors, timeouts and invalid responses do; 4xx (429 included) never do.
+    pub fn counts_for_circuit(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => *status >= 500,
+            UpstreamError::Network(_) | UpstreamError::Timeout | UpstreamError::InvalidResponse(_) => true,
+        }
+    }
+
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS.as_u16())
+    }
+
+    /// The error text with `secret` cut out, for logs and `last_error`.
+    pub fn redacted(&self, secret: &str) -> String {
+        crate::llm::redact(&self.to_string(), secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn only_server_side_failures_count() {
+        let status = |s| UpstreamError::Status { status: s, retry_after: None, message: String::new() };
+        assert!(status(500).counts_for_circuit());
+        assert!(status(529).counts_for_circuit());
+        assert!(!status(429).counts_for_circuit());
+        assert!(!status(401).counts_for_circuit());
+        assert!(UpstreamError::Timeout.counts_for_circuit());
+    }
+}

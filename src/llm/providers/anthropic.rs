@@ -1,0 +1,35 @@
+//! Anthropic Messages API: `POST {base}/v1/messages`. The static system prompt is sent as a
+//! block marked `cache_control: ephemeral` so repeated calls hit the prompt cache.
+
+use serde_json::{json, Value};
+
+use super::{Prompt, UpstreamRequest};
+
+pub const API_VERSION: &str = "2023-06-01";
+
+pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest {
+    UpstreamRequest {
+        url: format!("{base}/v1/messages"),
+        headers: vec![("x-api-key", api_key.to_owned()), ("anthropic-version", API_VERSION.to_owned())],
+        body: json!({
+            "model": model,
+            "max_tokens": prompt.max_tokens,
+            "system": [{
+                "type": "text",
+                "text": prompt.system,
+                "cache_control": {"type": "ephemeral"},
+            }],
+            "messages": [{"role": "user", "content": prompt.user}],
+        }),
+    }
+}
+
+/// `content[0].text`.
+pub fn text(value: &Value) -> Result<String, String> {
+    let block = value.pointer("/content/0").ok_or("response has no content block")?;
+    match block.get("type").and_then(Value::as_str) {
+        Some("text") => {}
+        other => return Err(format!("first content block is {other:?}, not text")),
+    }
+    block.get("text").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| "content[0].text is missing".into())
+}

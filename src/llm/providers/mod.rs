@@ -1,0 +1,116 @@
+//! Upstream wire formats, one module each: a [`Prompt`] becomes an [`UpstreamRequest`], and
+//! a response body becomes the model's text. Pure functions: no I/O, no secrets in errors.
+
+pub mod anthropic;
+pub mod openai;
+pub mod openai_chat;
+
+use serde_json::Value;
+
+/// Which API lorewire speaks upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// Anthropic Messages API.
+    Anthropic,
+    /// OpenAI Responses API.
+    OpenAi,
+    /// Chat Completions (OpenAI, Ollama, vLLM, llama.cpp).
+    OpenAiChat,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 3] = [Provider::Anthropic, Provider::OpenAi, Provider::OpenAiChat];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::OpenAi => "openai",
+            Provider::OpenAiChat => "openai-chat",
+        }
+    }
+    pub fn default_model(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "claude-haiku-4-5-20251001",
+            Provider::OpenAi | Provider::OpenAiChat => "gpt-5-mini",
+        }
+    }
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "https://api.anthropic.com",
+            Provider::OpenAi | Provider::OpenAiChat => "https://api.openai.com/v1",
+        }
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown provider `{s}` (expected anthropic, openai or openai-chat)"))
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to ask the model: a static system prompt, the user message, and the JSON schema of
+/// the answer.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub system: String,
+    pub user: String,
+    pub schema_name: String,
+    pub schema: Value,
+    pub max_tokens: u32,
+}
+
+/// A request ready for the HTTP client.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Value,
+}
+
+/// Where to send it and as whom.
+pub struct Target<'a> {
+    pub provider: Provider,
+    pub base_url: &'a str,
+    pub model: &'a str,
+    pub api_key: &'a str,
+}
+
+pub fn build_request(target: &Target<'_>, prompt: &Prompt) -> UpstreamRequest {
+    let base = target.base_url.trim_end_matches('/');
+    match target.provider {
+        Provider::Anthropic => anthropic::build(base, target.model, target.api_key, prompt),
+        Provider::OpenAi => openai::build(base, target.model, target.api_key, prompt),
+        Provider::OpenAiChat => openai_chat::build(base, target.model, target.api_key, prompt),
+    }
+}
+
+/// The model's text out of a successful response body, or why the body is unusable.
+pub fn parse_text(provider: Provider, body: &[u8]) -> Result<String, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("response body is not JSON: {e}"))?;
+    let text = match provider {
+        Provider::Anthropic => anthropic::text(&value),
+        Provider::OpenAi => openai::text(&value),
+        Provider::OpenAiChat => openai_chat::text(&value),
+    }?;
+    if text.trim().is_empty() {
+        return Err("the model returned no text".into());
+    }
+    Ok(text)
+}
+
+/// The provider's error message from an error body (`{"error":{"message":..}}` in every format).
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let message = value.pointer("/error/message").and_then(Value::as_str)?;
+    Some(message.chars().take(300).collect())
+}

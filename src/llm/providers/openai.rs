@@ -1,0 +1,50 @@
+//! OpenAI Responses API: `POST {base}/responses` with `instructions`, `input` and a strict
+//! `json_schema` text format. The raw JSON has no `output_text` shortcut (the SDKs add it):
+//! the text is the `output_text` parts of the `message` items in `output`.
+
+use serde_json::{json, Value};
+
+use super::{Prompt, UpstreamRequest};
+
+pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest {
+    UpstreamRequest {
+        url: format!("{base}/responses"),
+        headers: vec![("authorization", format!("Bearer {api_key}"))],
+        body: json!({
+            "model": model,
+            "instructions": prompt.system,
+            "input": prompt.user,
+            "max_output_tokens": prompt.max_tokens,
+            "text": {"format": {
+                "type": "json_schema",
+                "name": prompt.schema_name,
+                "schema": prompt.schema,
+                "strict": true,
+            }},
+        }),
+    }
+}
+
+pub fn text(value: &Value) -> Result<String, String> {
+    if let Some(status) = value.get("status").and_then(Value::as_str) {
+        if status != "completed" {
+            return Err(format!("response status is `{status}`"));
+        }
+    }
+    let output = value.get("output").and_then(Value::as_array).ok_or("response has no output array")?;
+    let mut text = String::new();
+    let mut found = false;
+    for item in output.iter().filter(|i| i.get("type").and_then(Value::as_str) == Some("message")) {
+        let parts = item.get("content").and_then(Value::as_array).into_iter().flatten();
+        for part in parts.filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text")) {
+            if let Some(t) = part.get("text").and_then(Value::as_str) {
+                text.push_str(t);
+                found = true;
+            }
+        }
+    }
+    if !found {
+        return Err("response has no output_text part".into());
+    }
+    Ok(text)
+}

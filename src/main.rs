@@ -1,0 +1,46 @@
+//! The `lorewire` binary: `serve` (default) or `migrate`.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use lorewire::clock::SystemClock;
+use lorewire::config::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    // Flags win over the environment, the environment over .env, .env over defaults.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = cli.settings.into_config();
+    actix_web::rt::System::new().block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Migrate => {
+                lorewire::app::open_store(&config.database_url).await.context("migrating the database")?;
+                tracing::info!("migrations are up to date");
+                Ok(())
+            }
+            Command::Serve => serve(config).await,
+        }
+    })
+}
+
+async fn serve(config: lorewire::config::Config) -> anyhow::Result<()> {
+    let running = lorewire::app::start(config, Arc::new(SystemClock)).await.context("starting lorewire")?;
+    if running.admin_token_generated {
+        // Printed once, on stdout, so the operator can copy it; never logged.
+        println!("LOREWIRE_ADMIN_TOKEN={}", running.state.admin_token.expose());
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    running.shutdown().await;
+    Ok(())
+}

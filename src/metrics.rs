@@ -1,0 +1,86 @@
+//! Prometheus metrics, one registry per running app (no global state, so tests can run
+//! several apps in one process).
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_open: IntGauge,
+    pub frames_in: IntCounter,
+    pub frames_out: IntCounter,
+    pub slow_consumers: IntCounter,
+    /// Upstream calls by outcome: ok, api_error_<status>, rate_limited, network_error, timeout, invalid_response.
+    pub upstream_calls: IntCounterVec,
+    /// 0 closed, 1 open, 2 half-open.
+    pub circuit_state: IntGauge,
+    /// Content items finished, by status and reason.
+    pub content_finished: IntCounterVec,
+    pub jobs_claimed: IntCounter,
+    /// Seconds from the pending row's commit to the pushed ready/fallback.
+    pub push_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("lorewire".into()), None).expect("valid prefix");
+        let sessions_open = IntGauge::new("sessions_open", "WebSocket sessions open").expect("metric");
+        let frames_in = IntCounter::new("frames_in_total", "WebSocket frames received").expect("metric");
+        let frames_out = IntCounter::new("frames_out_total", "WebSocket frames sent").expect("metric");
+        let slow_consumers =
+            IntCounter::new("slow_consumer_disconnects_total", "Sessions closed for not reading").expect("metric");
+        let upstream_calls =
+            IntCounterVec::new(Opts::new("upstream_calls_total", "Upstream LLM calls by outcome"), &["outcome"])
+                .expect("metric");
+        let circuit_state =
+            IntGauge::new("circuit_state", "Circuit breaker: 0 closed, 1 open, 2 half-open").expect("metric");
+        let content_finished = IntCounterVec::new(
+            Opts::new("content_finished_total", "Content items finished by status and reason"),
+            &["status", "reason"],
+        )
+        .expect("metric");
+        let jobs_claimed = IntCounter::new("jobs_claimed_total", "Durable jobs claimed").expect("metric");
+        let push_latency = Histogram::with_opts(
+            HistogramOpts::new("push_latency_seconds", "From the pending row to the pushed result")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )
+        .expect("metric");
+        for m in [
+            Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(frames_in.clone()),
+            Box::new(frames_out.clone()),
+            Box::new(slow_consumers.clone()),
+            Box::new(upstream_calls.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(content_finished.clone()),
+            Box::new(jobs_claimed.clone()),
+            Box::new(push_latency.clone()),
+        ] {
+            registry.register(m).expect("unique metric");
+        }
+        Metrics {
+            registry,
+            sessions_open,
+            frames_in,
+            frames_out,
+            slow_consumers,
+            upstream_calls,
+            circuit_state,
+            content_finished,
+            jobs_claimed,
+            push_latency,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

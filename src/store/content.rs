@@ -1,0 +1,171 @@
+//! Content items: one row per (kind, subject_id), created `pending` together with its job.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::jobs::{self, JobKind};
+use super::schema::content;
+use super::{is_unique_violation, write_tx, DbConn, StoreResult};
+
+pub const PENDING: &str = "pending";
+
+#[derive(Debug, Clone, Queryable)]
+pub struct ContentRow {
+    pub id: i64,
+    pub kind: String,
+    pub subject_id: i64,
+    pub status: String,
+    pub fields: String,
+    pub context: String,
+    pub model: Option<String>,
+    pub reason: Option<String>,
+    pub version: i64,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = content)]
+struct NewContent<'a> {
+    kind: &'a str,
+    subject_id: i64,
+    status: &'a str,
+    fields: &'a str,
+    context: &'a str,
+    version: i64,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+/// What a request did.
+#[derive(Debug, Clone)]
+pub enum Requested {
+    /// The item existed and was left as it is (no upstream call).
+    Existing(ContentRow),
+    /// The item was created pending, with its job.
+    Created(ContentRow),
+    /// The item was put back to pending (new version), with its job.
+    Regenerating(ContentRow),
+}
+
+impl Requested {
+    pub fn row(&self) -> &ContentRow {
+        match self {
+            Requested::Existing(r) | Requested::Created(r) | Requested::Regenerating(r) => r,
+        }
+    }
+    /// `true` when a job was enqueued.
+    pub fn enqueued(&self) -> bool {
+        !matches!(self, Requested::Existing(_))
+    }
+}
+
+pub struct RequestItem<'a> {
+    pub kind: &'a str,
+    pub subject_id: i64,
+    /// Sanitized context as JSON; `None` keeps the stored one on regenerate.
+    pub context: Option<&'a str>,
+    pub empty_fields: &'a str,
+    pub regenerate: bool,
+}
+
+pub fn find(conn: &mut DbConn, kind: &str, subject_id: i64) -> StoreResult<Option<ContentRow>> {
+    Ok(content::table
+        .filter(content::kind.eq(kind))
+        .filter(content::subject_id.eq(subject_id))
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<ContentRow>> {
+    Ok(content::table.find(id).first(conn).optional()?)
+}
+
+/// Returns the item, creating it (pending + job, one transaction) when it does not exist,
+/// or putting it back to pending when `regenerate` is set and it is not pending already.
+/// Concurrent requests for one item end with one row and one job.
+pub fn request(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Requested> {
+    match write_tx(conn, |conn| request_in_tx(conn, item, now)) {
+        // PostgreSQL: a concurrent transaction inserted the same item first; it is ours now.
+        Err(e) if is_unique_violation(&e) => write_tx(conn, |conn| request_in_tx(conn, item, now)),
+        other => other,
+    }
+}
+
+fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Requested> {
+    match find(conn, item.kind, item.subject_id)? {
+        Some(row) if !item.regenerate || row.status == PENDING => Ok(Requested::Existing(row)),
+        Some(row) => {
+            let context = item.context.unwrap_or(&row.context);
+            let row: ContentRow = diesel::update(content::table.find(row.id))
+                .set((
+                    content::status.eq(PENDING),
+                    content::fields.eq(item.empty_fields),
+                    content::context.eq(context),
+                    content::model.eq(None::<String>),
+                    content::reason.eq(None::<String>),
+                    content::version.eq(content::version + 1),
+                    content::updated_at.eq(now),
+                ))
+                .returning(content::all_columns)
+                .get_result(conn)?;
+            jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
+            Ok(Requested::Regenerating(row))
+        }
+        None => {
+            let row: ContentRow = diesel::insert_into(content::table)
+                .values(NewContent {
+                    kind: item.kind,
+                    subject_id: item.subject_id,
+                    status: PENDING,
+                    fields: item.empty_fields,
+                    context: item.context.unwrap_or("{}"),
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                })
+                .returning(content::all_columns)
+                .get_result(conn)?;
+            jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
+            Ok(Requested::Created(row))
+        }
+    }
+}
+
+/// The end of a content job: the result (or fallback) and the job's deletion, committed
+/// together. `None` when the job is no longer this worker's (another one took it over).
+pub struct Finish<'a> {
+    pub job_id: i64,
+    pub worker: &'a str,
+    pub content_id: i64,
+    pub status: &'a str,
+    pub fields: &'a str,
+    pub model: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
+pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreResult<Option<ContentRow>> {
+    write_tx(conn, |conn| {
+        if !jobs::complete(conn, f.job_id, f.worker)? {
+            return Ok(None);
+        }
+        let row = diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
+            .set((
+                content::status.eq(f.status),
+                content::fields.eq(f.fields),
+                content::model.eq(f.model),
+                content::reason.eq(f.reason),
+                content::version.eq(content::version + 1),
+                content::updated_at.eq(now),
+            ))
+            .returning(content::all_columns)
+            .get_result(conn)
+            .optional()?;
+        Ok(row)
+    })
+}
+
+/// Items by status, for the admin summary and tests.
+pub fn count_by_status(conn: &mut DbConn) -> StoreResult<Vec<(String, i64)>> {
+    Ok(content::table.group_by(content::status).select((content::status, diesel::dsl::count_star())).load(conn)?)
+}

@@ -1,0 +1,159 @@
+//! The durable job queue: a row per piece of work that is queued or running.
+//!
+//! A job is inserted in the same transaction as the row it works on, claimed with a lease
+//! (`locked_by`, `locked_at`), renewed while its worker lives, and deleted in the transaction
+//! that commits its result. Claiming never holds a lock beyond its own short transaction.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::jobs;
+use super::{write_tx, DbConn, StoreError, StoreResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Generate the fields of a content item (`target_id` = content.id).
+    Content,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Content => "content",
+        }
+    }
+    pub fn parse(s: &str) -> Option<JobKind> {
+        match s {
+            "content" => Some(JobKind::Content),
+            _ => None,
+        }
+    }
+}
+
+pub const QUEUED: &str = "queued";
+pub const RUNNING: &str = "running";
+
+#[derive(Debug, Clone, Queryable)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub target_id: i64,
+    pub priority: i32,
+    pub status: String,
+    pub attempts: i32,
+    pub run_after: NaiveDateTime,
+    pub locked_by: Option<String>,
+    pub locked_at: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+impl JobRow {
+    pub fn job_kind(&self) -> StoreResult<JobKind> {
+        JobKind::parse(&self.kind).ok_or_else(|| StoreError::Corrupt(format!("unknown job kind `{}`", self.kind)))
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = jobs)]
+struct NewJob<'a> {
+    kind: &'a str,
+    target_id: i64,
+    priority: i32,
+    status: &'a str,
+    attempts: i32,
+    run_after: NaiveDateTime,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+/// Enqueues work on `target_id`; call inside the transaction that writes the target row.
+pub fn enqueue(conn: &mut DbConn, kind: JobKind, target_id: i64, priority: i32, now: NaiveDateTime) -> StoreResult<()> {
+    diesel::insert_into(jobs::table)
+        .values(NewJob {
+            kind: kind.as_str(),
+            target_id,
+            priority,
+            status: QUEUED,
+            attempts: 0,
+            run_after: now,
+            created_at: now,
+            updated_at: now,
+        })
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Claims up to `limit` due jobs for `worker`, highest priority first, oldest first.
+/// PostgreSQL skips rows other processes hold (`FOR UPDATE SKIP LOCKED`); SQLite has one
+/// writer, so its immediate transaction is enough.
+pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) -> StoreResult<Vec<JobRow>> {
+    write_tx(conn, |conn| {
+        let due = jobs::table
+            .select(jobs::id)
+            .filter(jobs::status.eq(QUEUED))
+            .filter(jobs::run_after.le(now))
+            .order((jobs::priority.desc(), jobs::id.asc()))
+            .limit(limit);
+        let ids: Vec<i64> = match conn {
+            DbConn::Pg(c) => due.for_update().skip_locked().load(c)?,
+            DbConn::Sqlite(c) => due.load(c)?,
+        };
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let job: JobRow = diesel::update(jobs::table.find(id))
+                .set((
+                    jobs::status.eq(RUNNING),
+                    jobs::locked_by.eq(worker),
+                    jobs::locked_at.eq(now),
+                    jobs::attempts.eq(jobs::attempts + 1),
+                    jobs::updated_at.eq(now),
+                ))
+                .returning(jobs::all_columns)
+                .get_result(conn)?;
+            claimed.push(job);
+        }
+        Ok(claimed)
+    })
+}
+
+/// Extends the lease of every job `worker` is running.
+pub fn renew(conn: &mut DbConn, worker: &str, now: NaiveDateTime) -> StoreResult<usize> {
+    Ok(diesel::update(jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_by.eq(worker)))
+        .set(jobs::locked_at.eq(now))
+        .execute(conn)?)
+}
+
+/// Puts back running jobs whose lease ran out before `cutoff` (their worker died).
+pub fn reclaim_stale(conn: &mut DbConn, cutoff: NaiveDateTime, now: NaiveDateTime) -> StoreResult<usize> {
+    Ok(diesel::update(jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_at.lt(cutoff)))
+        .set((jobs::status.eq(QUEUED), jobs::locked_by.eq(None::<String>), jobs::updated_at.eq(now)))
+        .execute(conn)?)
+}
+
+/// Puts back every running job. Only for a backend one process owns (SQLite) at start.
+pub fn reclaim_all(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
+    Ok(diesel::update(jobs::table.filter(jobs::status.eq(RUNNING)))
+        .set((jobs::status.eq(QUEUED), jobs::locked_by.eq(None::<String>), jobs::updated_at.eq(now)))
+        .execute(conn)?)
+}
+
+/// Puts back the jobs `worker` holds (graceful shutdown).
+pub fn release(conn: &mut DbConn, worker: &str, now: NaiveDateTime) -> StoreResult<usize> {
+    Ok(diesel::update(jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_by.eq(worker)))
+        .set((jobs::status.eq(QUEUED), jobs::locked_by.eq(None::<String>), jobs::updated_at.eq(now)))
+        .execute(conn)?)
+}
+
+/// Deletes a finished job if `worker` still holds it; `false` means another worker took it over.
+pub fn complete(conn: &mut DbConn, job_id: i64, worker: &str) -> StoreResult<bool> {
+    let deleted =
+        diesel::delete(jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker))).execute(conn)?;
+    Ok(deleted == 1)
+}
+
+/// Jobs waiting or running (queue depth).
+pub fn depth(conn: &mut DbConn) -> StoreResult<i64> {
+    Ok(jobs::table.count().get_result(conn)?)
+}

@@ -1,0 +1,127 @@
+//! The singleton LLM configuration row (id = 1): provider settings, the API key, the last
+//! upstream error and the persisted circuit breaker.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::llm_config;
+use super::{DbConn, StoreResult};
+use crate::on_backend;
+
+const ID: i64 = 1;
+
+#[derive(Clone, Queryable)]
+pub struct LlmConfigRow {
+    pub id: i64,
+    pub provider: String,
+    pub model: String,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub last_error: Option<String>,
+    pub circuit_state: String,
+    pub circuit_failures: String,
+    pub circuit_opened_at: Option<NaiveDateTime>,
+    pub circuit_resets_at: Option<NaiveDateTime>,
+    pub retry_after_until: Option<NaiveDateTime>,
+    pub updated_at: NaiveDateTime,
+}
+
+impl std::fmt::Debug for LlmConfigRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmConfigRow")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("base_url", &self.base_url)
+            .field("api_key_set", &self.api_key.is_some())
+            .field("circuit_state", &self.circuit_state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The circuit breaker's persisted state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitRecord {
+    pub state: String,
+    /// JSON array of failure times (RFC 3339) still inside the window.
+    pub failures: String,
+    pub opened_at: Option<NaiveDateTime>,
+    pub resets_at: Option<NaiveDateTime>,
+    pub retry_after_until: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = llm_config)]
+pub struct SettingsChange {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    /// `Some(None)` clears the key.
+    pub api_key: Option<Option<String>>,
+}
+
+pub fn get(conn: &mut DbConn) -> StoreResult<Option<LlmConfigRow>> {
+    Ok(llm_config::table.find(ID).first(conn).optional()?)
+}
+
+/// Writes the settings from the environment when nothing is stored yet; returns the stored row.
+pub fn seed(
+    conn: &mut DbConn,
+    provider: &str,
+    model: &str,
+    base_url: &str,
+    api_key: Option<&str>,
+    now: NaiveDateTime,
+) -> StoreResult<LlmConfigRow> {
+    let row = (
+        llm_config::id.eq(ID),
+        llm_config::provider.eq(provider),
+        llm_config::model.eq(model),
+        llm_config::base_url.eq(base_url),
+        llm_config::api_key.eq(api_key),
+        llm_config::circuit_state.eq("closed"),
+        llm_config::circuit_failures.eq("[]"),
+        llm_config::updated_at.eq(now),
+    );
+    on_backend!(conn, |c| diesel::insert_into(llm_config::table).values(row).on_conflict_do_nothing().execute(c))?;
+    Ok(llm_config::table.find(ID).first(conn)?)
+}
+
+pub fn update_settings(conn: &mut DbConn, change: &SettingsChange, now: NaiveDateTime) -> StoreResult<LlmConfigRow> {
+    Ok(diesel::update(llm_config::table.find(ID))
+        .set((change, llm_config::last_error.eq(None::<String>), llm_config::updated_at.eq(now)))
+        .returning(llm_config::all_columns)
+        .get_result(conn)?)
+}
+
+pub fn set_last_error(conn: &mut DbConn, error: Option<&str>, now: NaiveDateTime) -> StoreResult<()> {
+    diesel::update(llm_config::table.find(ID))
+        .set((llm_config::last_error.eq(error), llm_config::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn save_circuit(conn: &mut DbConn, c: &CircuitRecord, now: NaiveDateTime) -> StoreResult<()> {
+    diesel::update(llm_config::table.find(ID))
+        .set((
+            llm_config::circuit_state.eq(&c.state),
+            llm_config::circuit_failures.eq(&c.failures),
+            llm_config::circuit_opened_at.eq(c.opened_at),
+            llm_config::circuit_resets_at.eq(c.resets_at),
+            llm_config::retry_after_until.eq(c.retry_after_until),
+            llm_config::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+impl LlmConfigRow {
+    pub fn circuit(&self) -> CircuitRecord {
+        CircuitRecord {
+            state: self.circuit_state.clone(),
+            failures: self.circuit_failures.clone(),
+            opened_at: self.circuit_opened_at,
+            resets_at: self.circuit_resets_at,
+            retry_after_until: self.retry_after_until,
+        }
+    }
+}

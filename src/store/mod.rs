@@ -1,0 +1,229 @@
+//! Store: the pool, the backend choice, migrations, and the one door from async code into
+//! the database ([`Store::run`], which runs Diesel on the blocking pool).
+//!
+//! Never runs a Diesel call on an async worker; never holds a connection across an upstream
+//! call (closures passed to `run` are synchronous, so they cannot await the network).
+
+pub mod content;
+pub mod jobs;
+pub mod llm_config;
+pub mod schema;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// One connection type for both backends: the queries are written once against it.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Sqlite(SqliteConnection),
+    Pg(PgConnection),
+}
+
+/// Runs the same Diesel expression on the inner connection, for the DSL that the
+/// MultiConnection cannot express (upserts, `FOR UPDATE SKIP LOCKED`, batch inserts).
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::DbConn::Sqlite($c) => $body,
+            $crate::store::DbConn::Pg($c) => $body,
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database connection: {0}")]
+    Connect(String),
+    #[error("database pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("database query: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migrations: {0}")]
+    Migration(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the blocking pool is gone")]
+    Canceled,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Chooses the backend from the URL scheme so connection errors are reported as they are.
+pub fn backend_of(url: &str) -> (Backend, String) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (Backend::Postgres, url.to_owned())
+    } else {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        (Backend::Sqlite, path.to_owned())
+    }
+}
+
+/// r2d2 manager that establishes the right backend itself, so a wrong password or a
+/// server that is down is reported as such (the derived MultiConnection hides it).
+#[derive(Debug)]
+pub struct Manager {
+    backend: Backend,
+    url: String,
+}
+
+impl Manager {
+    pub fn new(url: &str) -> Self {
+        let (backend, url) = backend_of(url);
+        Manager { backend, url }
+    }
+
+    fn establish(&self) -> StoreResult<DbConn> {
+        let conn = match self.backend {
+            Backend::Postgres => {
+                DbConn::Pg(PgConnection::establish(&self.url).map_err(|e| StoreError::Connect(e.to_string()))?)
+            }
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::establish(&self.url).map_err(|e| StoreError::Connect(e.to_string()))?;
+                // WAL lets readers run beside the writer; busy_timeout makes writers wait their turn.
+                c.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                     PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                )?;
+                DbConn::Sqlite(c)
+            }
+        };
+        Ok(conn)
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = StoreError;
+
+    fn connect(&self) -> Result<DbConn, StoreError> {
+        self.establish()
+    }
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), StoreError> {
+        conn.batch_execute("SELECT 1").map_err(StoreError::from)
+    }
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+    }
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+
+/// The database, shared by every actor and handler.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects (reporting the real error when the database cannot be reached) and builds the pool.
+    pub fn connect(url: &str) -> StoreResult<Store> {
+        let manager = Manager::new(url);
+        let backend = manager.backend;
+        // Fail fast with the database's own words rather than a pool timeout.
+        manager.establish()?;
+        let size = match backend {
+            Backend::Sqlite => 8,
+            Backend::Postgres => 16,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(size)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .error_handler(Box::new(r2d2::LoggingErrorHandler))
+            .build(manager)?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs pending migrations for this backend; returns how many ran.
+    pub fn migrate(&self) -> StoreResult<usize> {
+        let mut conn = self.pool.get()?;
+        let ran = on_backend!(&mut *conn, |c| {
+            let migrations = match self.backend {
+                Backend::Sqlite => SQLITE_MIGRATIONS,
+                Backend::Postgres => PG_MIGRATIONS,
+            };
+            c.run_pending_migrations(migrations).map(|v| v.len()).map_err(|e| StoreError::Migration(e.to_string()))?
+        });
+        Ok(ran)
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool.
+    pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|_| StoreError::Canceled)?
+    }
+
+    /// The same as [`Store::run`] for callers already off the async threads.
+    pub fn run_blocking<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.pool.get()?;
+        f(&mut conn)
+    }
+
+    /// `true` when the database answers within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let pool = self.pool.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            pool.get_timeout(timeout).map(|mut c| c.batch_execute("SELECT 1").is_ok()).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// A write transaction. On SQLite it is `BEGIN IMMEDIATE`, so a transaction that reads
+/// before it writes takes the write lock up front and waits on busy_timeout instead of
+/// failing with SQLITE_BUSY when it upgrades.
+pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+    match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConn::Pg(_) => <DbConn as Connection>::TransactionManager::begin_transaction(conn)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            <DbConn as Connection>::TransactionManager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
+            Err(e)
+        }
+    }
+}
+
+/// `true` when the error is a unique-constraint violation (a concurrent insert won).
+pub fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Query(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+    )
+}

@@ -1,0 +1,72 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    content (id) {
+        id -> Int8,
+        kind -> Text,
+        subject_id -> Int8,
+        status -> Text,
+        fields -> Text,
+        context -> Text,
+        model -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        version -> Int8,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Int8,
+        kind -> Text,
+        target_id -> Int8,
+        priority -> Int4,
+        status -> Text,
+        attempts -> Int4,
+        run_after -> Timestamp,
+        locked_by -> Nullable<Text>,
+        locked_at -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    llm_config (id) {
+        id -> Int8,
+        provider -> Text,
+        model -> Text,
+        base_url -> Text,
+        api_key -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        circuit_state -> Text,
+        circuit_failures -> Text,
+        circuit_opened_at -> Nullable<Timestamp>,
+        circuit_resets_at -> Nullable<Timestamp>,
+        retry_after_until -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_days (user_id, day) {
+        user_id -> Int8,
+        day -> Text,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Int8,
+        nickname -> Text,
+        token_hash -> Text,
+        created_at -> Timestamp,
+        last_seen_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(user_days -> users (user_id));
+
+diesel::allow_tables_to_appear_in_same_query!(content, jobs, llm_config, user_days, users,);

@@ -1,0 +1,32 @@
+//! The WebSocket edge: `GET /ws` (Origin check before the upgrade), the session actor and
+//! the frame types.
+
+pub mod protocol;
+pub mod session;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::app::AppState;
+use crate::http::error::ApiError;
+
+/// Largest accepted frame payload; bigger frames close the socket with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+pub async fn upgrade(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(origin) = req.headers().get("origin") {
+        let origin = origin.to_str().unwrap_or("");
+        let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+        if !state.config.allowed_origins.allows(origin, host) {
+            tracing::warn!(origin, "websocket refused: origin not allowed");
+            return Err(ApiError::Forbidden("this Origin may not open a WebSocket".into()));
+        }
+    }
+    if state.is_shutting_down() {
+        return Err(ApiError::Unavailable("the server is shutting down".into()));
+    }
+    session::start(&req, payload, state.into_inner())
+}

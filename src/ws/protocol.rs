@@ -1,0 +1,193 @@
+//! WebSocket frames as typed serde enums (PROTOCOL §2). JSON only at this edge.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::content::{Content, ContentKind};
+use crate::players::Variant;
+
+/// A frame from a client. Unknown fields (including `ref`, read separately) are ignored.
+#[derive(Debug)]
+pub enum ClientFrame {
+    SessionStart(SessionStart),
+    ContentRequest(ContentRequest),
+    ContentSubscribe(ContentRef),
+    ContentUnsubscribe(ContentRef),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SessionStart {
+    pub nickname: String,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentRequest {
+    pub kind: ContentKind,
+    pub subject_id: u64,
+    #[serde(default)]
+    pub context: Option<Value>,
+    #[serde(default)]
+    pub regenerate: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentRef {
+    pub kind: ContentKind,
+    pub subject_id: u64,
+}
+
+/// The frame types a client may send.
+pub const CLIENT_TYPES: [&str; 4] = ["session:start", "content:request", "content:subscribe", "content:unsubscribe"];
+
+/// Deserializes a frame's fields, naming the field at fault in the error.
+fn fields<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            inner
+        } else {
+            format!("`{path}`: {inner}")
+        }
+    })
+}
+
+/// The error codes of PROTOCOL §2 "Errors".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidPayload,
+    RateLimited,
+    Unauthorized,
+    NotFound,
+    BudgetExceeded,
+    Overloaded,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
+            ErrorCode::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// A frame to a client.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ServerFrame {
+    Typed(Typed),
+    Error(ErrorFrame),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type")]
+pub enum Typed {
+    #[serde(rename = "session:ack")]
+    SessionAck {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        user_id: i64,
+        nickname: String,
+        token: String,
+        variant: Variant,
+        server_time: DateTime<Utc>,
+    },
+    #[serde(rename = "content:snapshot")]
+    ContentSnapshot {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        content: Content,
+    },
+    #[serde(rename = "content:update")]
+    ContentUpdate { content: Content },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<Value>,
+    message: String,
+}
+
+impl ServerFrame {
+    pub fn error(code: ErrorCode, reference: Option<Value>, message: impl Into<String>) -> ServerFrame {
+        ServerFrame::Error(ErrorFrame { kind: format!("error:{}", code.as_str()), reference, message: message.into() })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("frames always serialize")
+    }
+}
+
+impl From<Typed> for ServerFrame {
+    fn from(t: Typed) -> Self {
+        ServerFrame::Typed(t)
+    }
+}
+
+/// Splits a raw text frame into its `ref` and its typed frame.
+pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(format!("frame is not JSON: {e}"))),
+    };
+    let Value::Object(map) = &value else {
+        return (None, Err("a frame must be a JSON object".into()));
+    };
+    let reference = match map.get("ref") {
+        None | Some(Value::Null) => None,
+        Some(r @ (Value::String(_) | Value::Number(_))) => Some(r.clone()),
+        Some(_) => return (None, Err("`ref` must be a string or a number".into())),
+    };
+    let Some(ty) = map.get("type").and_then(Value::as_str) else {
+        return (reference, Err("a frame needs a string `type`".into()));
+    };
+    let frame = match ty {
+        "session:start" => fields(value).map(ClientFrame::SessionStart),
+        "content:request" => fields(value).map(ClientFrame::ContentRequest),
+        "content:subscribe" => fields(value).map(ClientFrame::ContentSubscribe),
+        "content:unsubscribe" => fields(value).map(ClientFrame::ContentUnsubscribe),
+        other => Err(format!("unknown frame type `{other}` (expected one of {})", CLIENT_TYPES.join(", "))),
+    };
+    (reference, frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_keeps_ref_on_bad_frames() {
+        let (r, f) = parse(r#"{"type":"nope:nope","ref":7}"#);
+        assert_eq!(r, Some(Value::from(7)));
+        assert!(f.unwrap_err().contains("unknown frame type"));
+        let (r, f) = parse(r#"{"type":"content:request","ref":"a","kind":"quest"}"#);
+        assert_eq!(r, Some(Value::from("a")));
+        assert!(f.unwrap_err().contains("subject_id"));
+        let (_, f) = parse(r#"{"type":"content:request","kind":"quest","subject_id":"1"}"#);
+        assert!(f.unwrap_err().contains("`subject_id`"));
+        let (_, f) = parse(r#"{"type":"content:request","kind":"dragon","subject_id":1}"#);
+        assert!(f.unwrap_err().contains("dragon"));
+        let (_, f) = parse("not json");
+        assert!(f.is_err());
+    }
+
+    #[test]
+    fn error_frames_carry_code_and_ref() {
+        let json = ServerFrame::error(ErrorCode::NotFound, Some(Value::from("x")), "gone").to_json();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["type"], "error:not_found");
+        assert_eq!(v["ref"], "x");
+        assert_eq!(v["message"], "gone");
+    }
+}

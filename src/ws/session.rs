@@ -1,0 +1,534 @@
+//! One actor per socket: heartbeat, parsing, validation, the user and their subscriptions.
+//! The only file that knows `actix-web-actors`.
+//!
+//! Never waits on a slow call inside its mailbox (only `session:start`, a short write, holds
+//! later frames back so they are handled as the started user). Watches its own outbound
+//! backlog and closes with 1008 when the client stops reading.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_web::{HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+
+use super::protocol::{self, ClientFrame, ContentRequest, ErrorCode, ServerFrame, Typed};
+use super::MAX_FRAME_BYTES;
+use crate::app::AppState;
+use crate::content::{self, Content, ContentKind};
+use crate::http::error::ApiError;
+use crate::hub::{self, SessionId, ToSession, Topic};
+use crate::players::{self, Variant};
+
+/// Unsent frames (or bytes) after which a client counts as not reading.
+pub const MAX_BACKLOG_FRAMES: usize = 256;
+pub const MAX_BACKLOG_BYTES: u64 = 1024 * 1024;
+
+/// Upgrades the request and starts a session.
+///
+/// actix-web-actors runs a session only while the response body is polled, and the HTTP
+/// dispatcher stops polling it once a client stops reading: the session would freeze (no
+/// heartbeat, no slow-consumer check, a mailbox filling up). So the session's context is
+/// driven by a task of its own, which moves its encoded frames into an [`Outbox`] that the
+/// response body drains. The outbox is what tells how far behind the client is.
+pub fn start(
+    req: &HttpRequest,
+    payload: actix_web::web::Payload,
+    state: Arc<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut response = ws::handshake(req).map_err(|e| ApiError::Invalid(format!("not a WebSocket upgrade: {e}")))?;
+    let outbox = Rc::new(RefCell::new(Outbox::default()));
+    let session = WsSession::new(state, outbox.clone());
+    let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME_BYTES);
+    let frames = ws::WebsocketContext::with_codec(session, payload, codec);
+    let (body_dropped, dropped) = tokio::sync::oneshot::channel::<()>();
+    let forward_to = outbox.clone();
+    actix_web::rt::spawn(async move {
+        let forward = async {
+            let mut frames = std::pin::pin!(frames);
+            while let Some(Ok(bytes)) = frames.next().await {
+                forward_to.borrow_mut().push(bytes);
+            }
+        };
+        // Ends when the session stops, or when the connection is gone (the body was dropped);
+        // dropping `frames` then stops the session.
+        tokio::select! {
+            _ = forward => {}
+            _ = dropped => {}
+        }
+        forward_to.borrow_mut().finish();
+    });
+    Ok(response.streaming(Outbound { outbox, done: false, _body_dropped: body_dropped }))
+}
+
+/// Encoded frames on their way to the socket, and the accounting of what is still unsent.
+#[derive(Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    written: u64,
+    pulled: u64,
+    /// Stream offset at which each unsent frame ends.
+    ends: VecDeque<u64>,
+    /// The session gave up on the client: this close frame goes next, then the end.
+    close: Option<Bytes>,
+    aborted: bool,
+    finished: bool,
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    /// Accounts for a frame the session wrote; returns the unsent frames and bytes.
+    fn wrote(&mut self, frame_len: usize) -> (usize, u64) {
+        self.written += frame_len as u64;
+        self.ends.push_back(self.written);
+        (self.ends.len(), self.written - self.pulled)
+    }
+    fn push(&mut self, bytes: Bytes) {
+        if !self.aborted {
+            self.chunks.push_back(bytes);
+            self.wake();
+        }
+    }
+    fn pulled(&mut self, n: usize) {
+        self.pulled += n as u64;
+        while self.ends.front().is_some_and(|end| *end <= self.pulled) {
+            self.ends.pop_front();
+        }
+    }
+    /// Drops everything unsent; the client gets `close` next, then EOF.
+    fn abort(&mut self, close: Bytes) {
+        self.aborted = true;
+        self.chunks.clear();
+        self.ends.clear();
+        self.close = Some(close);
+        self.wake();
+    }
+    fn finish(&mut self) {
+        self.finished = true;
+        self.wake();
+    }
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Size on the wire of an unmasked (server) frame carrying `payload` bytes.
+fn wire_len(payload: usize) -> usize {
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=65535 => 4,
+            _ => 10,
+        }
+}
+
+fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut frame = vec![0x88, (2 + reason.len()) as u8];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason.as_bytes());
+    Bytes::from(frame)
+}
+
+/// The response body: drains the outbox as fast as the socket takes it.
+struct Outbound {
+    outbox: Rc<RefCell<Outbox>>,
+    done: bool,
+    /// Dropped with the body (connection gone): tells the session's task to stop.
+    _body_dropped: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Stream for Outbound {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut outbox = self.outbox.borrow_mut();
+        if let Some(close) = outbox.close.take() {
+            drop(outbox);
+            self.done = true;
+            return Poll::Ready(Some(Ok(close)));
+        }
+        if let Some(chunk) = outbox.chunks.pop_front() {
+            outbox.pulled(chunk.len());
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if outbox.finished {
+            return Poll::Ready(None);
+        }
+        outbox.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// How a subscription stands: waiting for its snapshot (updates are held back), or live.
+enum Subscription {
+    AwaitingSnapshot(Vec<(Option<i64>, ByteString)>),
+    Live { version: i64 },
+}
+
+struct SessionUser {
+    id: i64,
+}
+
+pub struct WsSession {
+    id: SessionId,
+    state: Arc<AppState>,
+    outbox: Rc<RefCell<Outbox>>,
+    user: Option<SessionUser>,
+    subscriptions: HashMap<Topic, Subscription>,
+    last_heard: Instant,
+    /// Frames of a fragmented message are refused; answer once at its end.
+    in_fragment: bool,
+    /// The session gave up on its client: write nothing more.
+    aborted: bool,
+}
+
+impl WsSession {
+    fn new(state: Arc<AppState>, outbox: Rc<RefCell<Outbox>>) -> Self {
+        WsSession {
+            id: state.next_session_id(),
+            state,
+            outbox,
+            user: None,
+            subscriptions: HashMap::new(),
+            last_heard: Instant::now(),
+            in_fragment: false,
+            aborted: false,
+        }
+    }
+
+    fn send_text(&mut self, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.aborted {
+            return;
+        }
+        let (frames, bytes) = self.outbox.borrow_mut().wrote(wire_len(text.len()));
+        if frames > MAX_BACKLOG_FRAMES || bytes > MAX_BACKLOG_BYTES {
+            tracing::warn!(session = self.id, frames, bytes, "closing slow consumer");
+            self.state.metrics.slow_consumers.inc();
+            self.abort(1008, "slow consumer", ctx);
+            return;
+        }
+        self.state.metrics.frames_out.inc();
+        ctx.text(text);
+    }
+
+    fn send(&mut self, frame: ServerFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        self.send_text(ByteString::from(frame.to_json()), ctx);
+    }
+
+    fn error(
+        &mut self,
+        code: ErrorCode,
+        reference: Option<Value>,
+        message: impl Into<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        self.send(ServerFrame::error(code, reference, message), ctx);
+    }
+
+    /// Gives up on the client: the close frame goes out ahead of anything unsent.
+    fn abort(&mut self, code: u16, reason: &'static str, ctx: &mut ws::WebsocketContext<Self>) {
+        self.aborted = true;
+        self.outbox.borrow_mut().abort(close_frame(code, reason));
+        ctx.stop();
+    }
+
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.close(Some(ws::CloseReason { code: ws::CloseCode::from(code), description: Some(reason.to_owned()) }));
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        self.state.metrics.frames_in.inc();
+        let (reference, frame) = protocol::parse(text);
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+        };
+        if let ClientFrame::SessionStart(start) = frame {
+            return self.start_session(start.nickname, start.token, reference, ctx);
+        }
+        if self.user.is_none() {
+            return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx);
+        }
+        if self.state.is_shutting_down() {
+            return self.error(ErrorCode::Overloaded, reference, "the server is shutting down", ctx);
+        }
+        match frame {
+            ClientFrame::SessionStart(_) => unreachable!("handled above"),
+            ClientFrame::ContentRequest(r) => self.content_request(r, reference, ctx),
+            ClientFrame::ContentSubscribe(c) => self.content_subscribe(c.kind, c.subject_id, reference, ctx),
+            ClientFrame::ContentUnsubscribe(c) => self.unwatch(&Topic::Content(c.kind, c.subject_id)),
+        }
+    }
+
+    fn start_session(
+        &mut self,
+        nickname: String,
+        token: Option<String>,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if self.user.is_some() {
+            return self.error(ErrorCode::InvalidPayload, reference, "the session has already started", ctx);
+        }
+        let nickname = match players::validate_nickname(&nickname) {
+            Ok(n) => n,
+            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+        };
+        let store = self.state.store.clone();
+        let clock = self.state.clock.clone();
+        // Held in the mailbox on purpose: frames sent right after session:start are handled
+        // once the user exists, not refused as unauthorized.
+        ctx.wait(async move { players::start_session(&store, &clock, nickname, token).await }.into_actor(self).map(
+            move |result, act, ctx| match result {
+                Ok(started) => {
+                    let user = started.user;
+                    tracing::info!(session = act.id, user = user.id, resumed = started.resumed, "session started");
+                    act.user = Some(SessionUser { id: user.id });
+                    let ack = Typed::SessionAck {
+                        reference,
+                        user_id: user.id,
+                        nickname: user.nickname,
+                        token: started.token,
+                        variant: Variant::of(user.id),
+                        server_time: act.state.clock.now(),
+                    };
+                    act.send(ack.into(), ctx);
+                }
+                Err(e) => {
+                    tracing::error!(session = act.id, error = %e, "session start failed");
+                    act.error(ErrorCode::Overloaded, reference, "could not start the session, try again", ctx);
+                }
+            },
+        ));
+    }
+
+    fn content_request(
+        &mut self,
+        request: ContentRequest,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let ContentRequest { kind, subject_id, context, regenerate } = request;
+        let request = match content::validate(kind, subject_id, context.as_ref(), regenerate) {
+            Ok(r) => r,
+            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+        };
+        if let Some(user) = &self.user {
+            tracing::debug!(
+                session = self.id,
+                user = user.id,
+                kind = kind.as_str(),
+                subject_id,
+                regenerate,
+                "content request"
+            );
+        }
+        let topic = Topic::Content(kind, subject_id);
+        self.watch(topic.clone());
+        let service = self.state.content.clone();
+        ctx.spawn(async move { service.request(request).await }.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(content) => act.snapshot(topic, reference, content, ctx),
+                Err(e) => {
+                    tracing::error!(session = act.id, error = %e, "content request failed");
+                    act.unwatch_if_awaiting(&topic);
+                    act.error(ErrorCode::Overloaded, reference, "the request could not be stored, try again", ctx);
+                }
+            }
+        }));
+    }
+
+    fn content_subscribe(
+        &mut self,
+        kind: ContentKind,
+        subject_id: u64,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let topic = Topic::Content(kind, subject_id);
+        self.watch(topic.clone());
+        let service = self.state.content.clone();
+        ctx.spawn(async move { service.get(kind, subject_id).await }.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(Some(content)) => act.snapshot(topic, reference, content, ctx),
+                Ok(None) => {
+                    act.unwatch_if_awaiting(&topic);
+                    let message = format!("no {} with subject_id {subject_id}", kind.as_str());
+                    act.error(ErrorCode::NotFound, reference, message, ctx);
+                }
+                Err(e) => {
+                    tracing::error!(session = act.id, error = %e, "content lookup failed");
+                    act.unwatch_if_awaiting(&topic);
+                    act.error(ErrorCode::Overloaded, reference, "the item could not be read, try again", ctx);
+                }
+            }
+        }));
+    }
+
+    /// Subscribes before the snapshot is read, holding updates back until it is sent, so no
+    /// change between the read and the subscription can be missed and none arrives before
+    /// the reply it follows.
+    fn watch(&mut self, topic: Topic) {
+        match self.subscriptions.get(&topic) {
+            None => {
+                self.subscriptions.insert(topic.clone(), Subscription::AwaitingSnapshot(Vec::new()));
+                self.state.hub.do_send(hub::Subscribe { id: self.id, topic });
+            }
+            Some(Subscription::Live { .. }) => {
+                self.subscriptions.insert(topic, Subscription::AwaitingSnapshot(Vec::new()));
+            }
+            Some(Subscription::AwaitingSnapshot(_)) => {}
+        }
+    }
+
+    fn unwatch(&mut self, topic: &Topic) {
+        if self.subscriptions.remove(topic).is_some() {
+            self.state.hub.do_send(hub::Unsubscribe { id: self.id, topic: topic.clone() });
+        }
+    }
+
+    fn unwatch_if_awaiting(&mut self, topic: &Topic) {
+        if matches!(self.subscriptions.get(topic), Some(Subscription::AwaitingSnapshot(_))) {
+            self.unwatch(topic);
+        }
+    }
+
+    /// Sends the snapshot (the direct reply), then any newer update that arrived meanwhile.
+    fn snapshot(
+        &mut self,
+        topic: Topic,
+        reference: Option<Value>,
+        content: Content,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let mut version = content.version;
+        let held = match self.subscriptions.get(&topic) {
+            Some(Subscription::AwaitingSnapshot(held)) => Some(held.clone()),
+            Some(Subscription::Live { version: live }) => {
+                version = version.max(*live);
+                None
+            }
+            None => None,
+        };
+        self.send(Typed::ContentSnapshot { reference, content }.into(), ctx);
+        let Some(mut held) = held else { return };
+        held.sort_by_key(|(v, _)| *v);
+        for (v, text) in held {
+            if v.is_none_or(|v| v > version) {
+                version = v.unwrap_or(version);
+                self.send_text(text, ctx);
+            }
+        }
+        self.subscriptions.insert(topic, Subscription::Live { version });
+    }
+
+    fn deliver(&mut self, topic: &Topic, version: Option<i64>, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
+        match self.subscriptions.get_mut(topic) {
+            Some(Subscription::AwaitingSnapshot(held)) => held.push((version, text)),
+            Some(Subscription::Live { version: seen }) => {
+                if let Some(v) = version {
+                    if v <= *seen {
+                        return;
+                    }
+                    *seen = v;
+                }
+                self.send_text(text, ctx);
+            }
+            None => {}
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAX_BACKLOG_FRAMES);
+        self.state.metrics.sessions_open.inc();
+        self.state.hub.do_send(hub::Connect { id: self.id, recipient: ctx.address().recipient() });
+        let (interval, timeout) = (self.state.config.heartbeat_interval, self.state.config.client_timeout);
+        ctx.run_interval(interval, move |act, ctx| {
+            if act.last_heard.elapsed() > timeout {
+                tracing::info!(session = act.id, "closing silent socket");
+                act.close(1000, "heartbeat timeout", ctx);
+                return;
+            }
+            act.outbox.borrow_mut().wrote(wire_len(0));
+            ctx.ping(b"");
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.state.metrics.sessions_open.dec();
+        self.state.hub.do_send(hub::Disconnect { id: self.id });
+    }
+}
+
+impl Handler<ToSession> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Frame { topic, version, text } => self.deliver(&topic, version, text, ctx),
+            ToSession::Close { code: 1008, reason } => self.abort(1008, reason, ctx),
+            ToSession::Close { code, reason } => self.close(code, reason, ctx),
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(ws::ProtocolError::Overflow) => {
+                tracing::info!(session = self.id, "closing: frame over 64 KiB");
+                return self.close(1009, "frame too large", ctx);
+            }
+            Err(e) => {
+                tracing::info!(session = self.id, error = %e, "closing: protocol error");
+                return self.close(1002, "protocol error", ctx);
+            }
+        };
+        match msg {
+            ws::Message::Text(text) => self.on_text(&text, ctx),
+            ws::Message::Binary(_) => {
+                self.state.metrics.frames_in.inc();
+                self.error(ErrorCode::InvalidPayload, None, "binary frames are not accepted; send JSON text", ctx)
+            }
+            ws::Message::Continuation(item) => {
+                let last = matches!(item, actix_http::ws::Item::Last(_));
+                if last {
+                    self.in_fragment = false;
+                    self.error(ErrorCode::InvalidPayload, None, "fragmented frames are not accepted", ctx);
+                } else {
+                    self.in_fragment = true;
+                }
+            }
+            ws::Message::Ping(payload) => {
+                self.outbox.borrow_mut().wrote(wire_len(payload.len()));
+                ctx.pong(&payload)
+            }
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+}

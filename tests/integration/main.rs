@@ -1,0 +1,12 @@
+//! One integration-test binary (short link times); a module per capability.
+
+#[path = "../common/mod.rs"]
+#[macro_use]
+mod common;
+
+mod admin;
+mod circuit;
+mod content;
+mod llm;
+mod process;
+mod session;

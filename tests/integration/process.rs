@@ -1,0 +1,242 @@
+//! The real binary: CLI, kill -9 and restart, and the API key never leaking anywhere.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{eventually, get_json, http, post_json, Db, FakeLlm, Mode, TestDb, WsClient, ADMIN_TOKEN, API_KEY};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lorewire");
+
+/// A `lorewire` process with its output captured.
+struct Server {
+    child: Child,
+    port: u16,
+    output: Arc<Mutex<String>>,
+    _cwd: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn command(db_url: &str, fake: &FakeLlm) -> (Command, tempfile::TempDir) {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd.path())
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env("DATABASE_URL", db_url)
+        .env("LOREWIRE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("LOREWIRE_LLM_PROVIDER", "anthropic")
+        .env("LOREWIRE_LLM_BASE_URL", fake.anthropic_base_url())
+        .env("LOREWIRE_LLM_API_KEY", API_KEY)
+        .env("LOREWIRE_LLM_TIMEOUT_SECS", "3")
+        .env("LOREWIRE_JOB_LEASE_SECS", "2")
+        .env("RUST_LOG", "debug");
+    (cmd, cwd)
+}
+
+impl Server {
+    async fn start(db_url: &str, fake: &FakeLlm) -> Server {
+        let (mut cmd, cwd) = command(db_url, fake);
+        let port = free_port();
+        cmd.env("LOREWIRE_BIND", format!("127.0.0.1:{port}"));
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        for reader in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        let server = Server { child, port, output, _cwd: cwd };
+        let url = server.url("/health");
+        eventually("the binary to serve", || {
+            let url = url.clone();
+            async move {
+                let resp = http().get(&url).timeout(Duration::from_millis(300)).send().await.ok()?;
+                resp.status().is_success().then_some(())
+            }
+        })
+        .await;
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    async fn player(&self) -> (WsClient, String) {
+        let mut ws = WsClient::connect(&self.url("/ws")).await;
+        ws.send(json!({"type": "session:start", "nickname": "Proc"})).await;
+        let ack = ws.recv_type("session:ack").await;
+        (ws, ack["token"].as_str().unwrap().to_owned())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn test_db(db: Db) -> TestDb {
+    actix_web::rt::task::spawn_blocking(move || TestDb::new(db)).await.unwrap()
+}
+
+async fn kill_9_and_restart_leaves_nothing_pending(db: Db) {
+    let fake = FakeLlm::start();
+    fake.set_mode(Mode::Hang);
+    let db = test_db(db).await;
+    let mut server = Server::start(&db.url, &fake).await;
+    let (_ws, token) = server.player().await;
+    for id in 1..=5 {
+        let (status, _) =
+            post_json(&server.url("/api/content"), &token, &json!({"kind": "quest", "subject_id": id})).await;
+        assert_eq!(status, 202);
+    }
+    eventually("the upstream calls to be in flight", || async { (fake.request_count() >= 5).then_some(()) }).await;
+    server.kill9();
+
+    fake.set_mode(Mode::Ok);
+    let server = Server::start(&db.url, &fake).await;
+    for id in 1..=5 {
+        let url = server.url(&format!("/api/content/quest/{id}"));
+        let content = eventually("the item to leave pending after the restart", || {
+            let (url, token) = (url.clone(), token.clone());
+            async move {
+                let (_, c) = get_json(&url, Some(&token)).await;
+                (c["status"] != "pending").then_some(c)
+            }
+        })
+        .await;
+        assert_eq!(content["status"], "ready", "{content}");
+    }
+}
+
+/// The key never appears in a frame, a response, or a log line (even when the provider
+/// echoes it back in an error).
+async fn api_key_never_leaks(db: Db) {
+    let fake = FakeLlm::start();
+    fake.set_mode(Mode::EchoKey);
+    let db = test_db(db).await;
+    let server = Server::start(&db.url, &fake).await;
+    let mut seen = String::new();
+
+    let (mut ws, token) = server.player().await;
+    ws.send(json!({"type": "content:request", "kind": "npc", "subject_id": 1})).await;
+    seen.push_str(&ws.recv().await.to_string());
+    let update = ws.recv_type("content:update").await;
+    assert_eq!(update["content"]["reason"], "api_error_401");
+    seen.push_str(&update.to_string());
+
+    let admin = |path: &str| http().get(server.url(path)).bearer_auth(ADMIN_TOKEN);
+    let mut resp = admin("/admin/api/llm").send().await.unwrap();
+    let llm: Value = resp.json().await.unwrap();
+    assert_eq!(llm["api_key_set"], true);
+    assert_eq!(llm["api_key_last4"], &API_KEY[API_KEY.len() - 4..]);
+    assert!(llm["last_error"].as_str().unwrap().contains("[redacted]"), "{llm}");
+    seen.push_str(&llm.to_string());
+
+    let second_key = "sk-second-CANARY-fedcba9876543210";
+    let mut resp = http()
+        .put(server.url("/admin/api/llm"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send_json(&json!({"api_key": second_key}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    seen.push_str(&String::from_utf8_lossy(&resp.body().await.unwrap()));
+    ws.send(json!({"type": "content:request", "kind": "npc", "subject_id": 2})).await;
+    seen.push_str(&ws.recv_type("content:update").await.to_string());
+    assert_eq!(fake.requests().last().unwrap().headers["x-api-key"], second_key);
+
+    for path in ["/admin/api/llm", "/metrics", "/health", "/ready"] {
+        let mut resp = admin(path).send().await.unwrap();
+        seen.push_str(&String::from_utf8_lossy(&resp.body().await.unwrap()));
+    }
+    let (_, content) = get_json(&server.url("/api/content/npc/1"), Some(&token)).await;
+    seen.push_str(&content.to_string());
+
+    let logs = server.output();
+    assert!(logs.contains("upstream call failed"), "logs were captured: {logs}");
+    for key in [API_KEY, second_key] {
+        assert!(!seen.contains(key), "the key reached a client: {seen}");
+        assert!(!logs.contains(key), "the key reached the logs");
+        assert!(!logs.contains(&key[3..]), "part of the key reached the logs");
+    }
+}
+
+both_backends!(kill_9_and_restart_leaves_nothing_pending, api_key_never_leaks);
+
+#[test]
+fn help_lists_every_setting() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "DATABASE_URL",
+        "LOREWIRE_BIND",
+        "LOREWIRE_ADMIN_TOKEN",
+        "LOREWIRE_LLM_PROVIDER",
+        "LOREWIRE_LLM_API_KEY",
+        "LOREWIRE_LLM_MODEL",
+        "LOREWIRE_LLM_BASE_URL",
+        "LOREWIRE_LLM_TIMEOUT_SECS",
+        "LOREWIRE_LLM_CONCURRENCY",
+        "LOREWIRE_CIRCUIT_FAILURES",
+        "LOREWIRE_CIRCUIT_WINDOW_SECS",
+        "LOREWIRE_CIRCUIT_RESET_SECS",
+        "LOREWIRE_SHUTDOWN_SECS",
+        "LOREWIRE_ALLOWED_ORIGINS",
+        "serve",
+        "migrate",
+    ] {
+        assert!(help.contains(var), "--help does not mention {var}:\n{help}");
+    }
+}
+
+#[test]
+fn migrate_creates_the_schema_and_bad_settings_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let out = Command::new(BIN).current_dir(dir.path()).arg("migrate").env("DATABASE_URL", &db).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(db.exists());
+
+    // The real connection error, not a generic one.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("migrate")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+
+    let out = Command::new(BIN).current_dir(dir.path()).env("LOREWIRE_LLM_PROVIDER", "gemini").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gemini"));
+}
