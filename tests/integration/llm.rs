@@ -165,7 +165,33 @@ async fn context_is_sanitized_and_kept_out_of_the_system_prompt(db: Db) {
     assert!(!user.contains(&"é".repeat(201)));
 }
 
+/// At most `LOREWIRE_LLM_CONCURRENCY` upstream calls are in flight; the rest wait their turn.
+async fn upstream_concurrency_is_bounded(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| c.llm_concurrency = 2).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(800)));
+    let token = app.player_token().await;
+    for id in 1..=6 {
+        let body = json!({"kind": "quest", "subject_id": id});
+        assert_eq!(crate::common::post_json(&app.url("/api/content"), &token, &body).await.0, 202);
+    }
+    crate::common::eventually("two calls in flight", || async { (app.fake.request_count() == 2).then_some(()) }).await;
+    for _ in 0..10 {
+        actix_web::rt::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(app.fake.request_count(), 2, "a third call started while two were in flight");
+    }
+    for id in 1..=6 {
+        let url = app.url(&format!("/api/content/quest/{id}"));
+        crate::common::eventually("every item to be ready", || async {
+            let (_, c) = crate::common::get_json(&url, Some(&token)).await;
+            (c["status"] == "ready").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(app.fake.request_count(), 6);
+}
+
 both_backends!(
+    upstream_concurrency_is_bounded,
     anthropic_messages_wire_format,
     openai_responses_wire_format,
     openai_chat_wire_format,

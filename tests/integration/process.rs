@@ -42,7 +42,12 @@ fn command(db_url: &str, fake: &FakeLlm) -> (Command, tempfile::TempDir) {
 
 impl Server {
     async fn start(db_url: &str, fake: &FakeLlm) -> Server {
+        Self::start_with(db_url, fake, &[]).await
+    }
+
+    async fn start_with(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)]) -> Server {
         let (mut cmd, cwd) = command(db_url, fake);
+        cmd.envs(env.iter().copied());
         let port = free_port();
         cmd.env("LOREWIRE_BIND", format!("127.0.0.1:{port}"));
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary starts");
@@ -188,7 +193,73 @@ async fn api_key_never_leaks(db: Db) {
     }
 }
 
-both_backends!(kill_9_and_restart_leaves_nothing_pending, api_key_never_leaks);
+/// SIGTERM: sockets get 1001, unfinished work goes back to the queue, and the process exits
+/// within `LOREWIRE_SHUTDOWN_SECS`; the next process finishes the work.
+async fn sigterm_drains_and_hands_work_back(db: Db) {
+    let fake = FakeLlm::start();
+    fake.set_mode(Mode::Hang);
+    let db = test_db(db).await;
+    let mut server = Server::start_with(&db.url, &fake, &[("LOREWIRE_SHUTDOWN_SECS", "2")]).await;
+    let (mut ws, token) = server.player().await;
+    let (status, _) = post_json(&server.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 5})).await;
+    assert_eq!(status, 202);
+    eventually("the upstream call to be in flight", || async { (fake.request_count() >= 1).then_some(()) }).await;
+
+    let started = std::time::Instant::now();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(ws.expect_close().await, Some(1001));
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still running after SIGTERM");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}: {}", server.output());
+    assert!(started.elapsed() < Duration::from_millis(3500), "took {:?}", started.elapsed());
+    assert!(server.output().contains("re-queueing unfinished jobs"), "{}", server.output());
+
+    fake.set_mode(Mode::Ok);
+    let server = Server::start(&db.url, &fake).await;
+    let url = server.url("/api/content/npc/5");
+    let content = eventually("the handed-back item to be finished", || {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            let (_, c) = get_json(&url, Some(&token)).await;
+            (c["status"] != "pending").then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(content["status"], "ready");
+}
+
+/// While draining, `/ready` is 503 and new work is refused.
+async fn draining_refuses_new_work(db: Db) {
+    let mut app = crate::common::spawn_with(crate::common::Setup::new(db), |c| {
+        c.shutdown = Duration::from_secs(2);
+    })
+    .await;
+    app.fake.set_mode(Mode::Hang);
+    let token = app.player_token().await;
+    let url = app.url("/api/content");
+    assert_eq!(post_json(&url, &token, &json!({"kind": "quest", "subject_id": 1})).await.0, 202);
+    eventually("the upstream call to be in flight", || async { (app.fake.request_count() >= 1).then_some(()) }).await;
+    let running = app.running.take().unwrap();
+    let stopping = actix_web::rt::spawn(running.shutdown());
+    eventually("/ready to turn 503", || async { (get_json(&app.url("/ready"), None).await.0 == 503).then_some(()) })
+        .await;
+    let (status, body) = post_json(&url, &token, &json!({"kind": "quest", "subject_id": 2})).await;
+    assert_eq!(status, 503, "{body}");
+    stopping.await.unwrap();
+}
+
+both_backends!(
+    kill_9_and_restart_leaves_nothing_pending,
+    api_key_never_leaks,
+    sigterm_drains_and_hands_work_back,
+    draining_refuses_new_work,
+);
 
 #[test]
 fn help_lists_every_setting() {
