@@ -90,12 +90,17 @@ pub async fn authenticate(store: &Store, clock: &SharedClock, token: &str) -> St
     store
         .run(move |conn| {
             let user = users::find_by_token_hash(conn, &hash)?;
-            if let Some(user) = &user {
+            if let Some(user) = user.as_ref().filter(|u| needs_touch(u.last_seen_at, now)) {
                 users::touch(conn, user.id, now)?;
             }
             Ok(user)
         })
         .await
+}
+
+/// Seen-times are kept to the minute (and every new UTC day), so reads stay reads.
+fn needs_touch(last_seen: chrono::NaiveDateTime, now: chrono::NaiveDateTime) -> bool {
+    now.date() != last_seen.date() || now - last_seen > chrono::Duration::seconds(60)
 }
 
 #[cfg(test)]

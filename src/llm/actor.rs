@@ -5,6 +5,7 @@
 //! Never holds a DB connection or transaction while waiting on the network: every store call
 //! is a short closure run on the blocking pool, before or after the upstream call.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -61,7 +62,8 @@ pub struct LlmActor {
     metrics: Arc<Metrics>,
     config: Arc<Config>,
     worker: Arc<str>,
-    in_flight: usize,
+    /// Jobs this worker is running now: the only ones whose lease it renews.
+    in_flight: HashSet<i64>,
     claiming: bool,
     claim_again: bool,
     draining: bool,
@@ -86,7 +88,7 @@ impl LlmActor {
             metrics,
             config,
             worker: worker.into(),
-            in_flight: 0,
+            in_flight: HashSet::new(),
             claiming: false,
             claim_again: false,
             draining: false,
@@ -102,7 +104,7 @@ impl LlmActor {
             self.claim_again = true;
             return;
         }
-        let free = self.config.llm_concurrency.saturating_sub(self.in_flight);
+        let free = self.config.llm_concurrency.saturating_sub(self.in_flight.len());
         if free == 0 {
             return;
         }
@@ -136,17 +138,35 @@ impl LlmActor {
 
     fn start(&mut self, job: JobRow, ctx: &mut Context<Self>) {
         let Some(deps) = self.deps.clone() else { return };
-        self.in_flight += 1;
+        self.in_flight.insert(job.id);
         self.metrics.jobs_claimed.inc();
         let job_id = job.id;
         ctx.spawn(run_job(deps, job).into_actor(self).map(move |result, act, ctx| {
-            act.in_flight -= 1;
+            act.in_flight.remove(&job_id);
             if let Err(e) = result {
-                // The job stays claimed; its lease runs out and it is taken again.
-                tracing::error!(job = job_id, error = %e, "job could not be finished");
+                tracing::error!(job = job_id, error = %e, "job could not be finished; handing it back");
+                act.hand_back(job_id, e.to_string(), ctx);
             }
             act.pump(ctx);
         }));
+    }
+
+    /// Puts a job that failed on our side (not upstream) back in the queue after a pause. If
+    /// even that fails, its lease is no longer renewed, so it is taken again once it runs out.
+    fn hand_back(&mut self, job_id: i64, error: String, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let worker = self.worker.clone();
+        let now = self.clock.now_naive();
+        let run_after = now + chrono::Duration::seconds(1);
+        ctx.spawn(
+            async move { store.run(move |conn| jobs::requeue(conn, job_id, &worker, run_after, &error, now)).await }
+                .into_actor(self)
+                .map(move |result, _, _| {
+                    if let Err(e) = result {
+                        tracing::error!(job = job_id, error = %e, "could not hand the job back; its lease will run out");
+                    }
+                }),
+        );
     }
 
     /// Renews this worker's leases and takes over jobs whose worker died.
@@ -155,11 +175,12 @@ impl LlmActor {
         let worker = self.worker.clone();
         let now = self.clock.now_naive();
         let lease = chrono::Duration::from_std(self.config.job_lease).unwrap_or(chrono::Duration::seconds(15));
+        let running: Vec<i64> = self.in_flight.iter().copied().collect();
         ctx.spawn(
             async move {
                 store
                     .run(move |conn| {
-                        jobs::renew(conn, &worker, now)?;
+                        jobs::renew(conn, &worker, &running, now)?;
                         jobs::reclaim_stale(conn, now - lease, now)
                     })
                     .await
@@ -208,7 +229,7 @@ impl Handler<Drain> for LlmActor {
     type Result = usize;
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> usize {
         self.draining = true;
-        self.in_flight
+        self.in_flight.len()
     }
 }
 

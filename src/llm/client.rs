@@ -24,10 +24,19 @@ pub enum UpstreamError {
 }
 
 pub fn build_client(timeout: Duration) -> awc::Client {
+    use actix_service::ServiceExt;
+    // Requests go out as several small writes (headers, body); without TCP_NODELAY each call
+    // would wait out the peer's delayed ACK (~40 ms).
+    let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::default()).service().map(
+        |conn: actix_tls::connect::Connection<awc::http::Uri, actix_web::rt::net::TcpStream>| {
+            let _ = conn.io_ref().set_nodelay(true);
+            conn
+        },
+    );
     awc::Client::builder()
         .timeout(timeout)
         .disable_redirects()
-        .connector(awc::Connector::new().timeout(timeout.min(Duration::from_secs(10))))
+        .connector(awc::Connector::new().connector(tcp).timeout(timeout.min(Duration::from_secs(10))))
         .finish()
 }
 

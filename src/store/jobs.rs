@@ -9,6 +9,7 @@ use diesel::prelude::*;
 
 use super::schema::jobs;
 use super::{write_tx, DbConn, StoreError, StoreResult};
+use crate::on_backend;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -118,11 +119,39 @@ pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) ->
     })
 }
 
-/// Extends the lease of every job `worker` is running.
-pub fn renew(conn: &mut DbConn, worker: &str, now: NaiveDateTime) -> StoreResult<usize> {
-    Ok(diesel::update(jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_by.eq(worker)))
-        .set(jobs::locked_at.eq(now))
-        .execute(conn)?)
+/// Extends the lease of the jobs `worker` is actually running (`ids`); a job it gave up on is
+/// left to expire and be taken again.
+pub fn renew(conn: &mut DbConn, worker: &str, ids: &[i64], now: NaiveDateTime) -> StoreResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let renewed = on_backend!(conn, |c| diesel::update(
+        jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_by.eq(worker)).filter(jobs::id.eq_any(ids))
+    )
+    .set(jobs::locked_at.eq(now))
+    .execute(c))?;
+    Ok(renewed)
+}
+
+/// Hands one job back to the queue, to run again from `run_after`.
+pub fn requeue(
+    conn: &mut DbConn,
+    job_id: i64,
+    worker: &str,
+    run_after: NaiveDateTime,
+    error: &str,
+    now: NaiveDateTime,
+) -> StoreResult<bool> {
+    let updated = diesel::update(jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker)))
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::locked_by.eq(None::<String>),
+            jobs::run_after.eq(run_after),
+            jobs::last_error.eq(error),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(updated == 1)
 }
 
 /// Puts back running jobs whose lease ran out before `cutoff` (their worker died).

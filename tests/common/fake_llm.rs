@@ -170,6 +170,7 @@ impl FakeLlm {
                             .default_service(web::to(handle_request))
                     })
                     .workers(2)
+                    .tcp_nodelay(true)
                     .disable_signals()
                     .shutdown_timeout(1)
                     .bind(("127.0.0.1", 0))?;

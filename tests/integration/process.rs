@@ -91,6 +91,19 @@ impl Server {
         self.output.lock().unwrap().clone()
     }
 
+    /// Polls a content item until it leaves pending.
+    async fn final_content(&self, token: &str, path: &str) -> Value {
+        let url = self.url(path);
+        eventually("the item to leave pending", || {
+            let url = url.clone();
+            async move {
+                let (_, c) = get_json(&url, Some(token)).await;
+                (c["status"] != "pending").then_some(c)
+            }
+        })
+        .await
+    }
+
     async fn player(&self) -> (WsClient, String) {
         let mut ws = WsClient::connect(&self.url("/ws")).await;
         ws.send(json!({"type": "session:start", "nickname": "Proc"})).await;
@@ -127,15 +140,7 @@ async fn kill_9_and_restart_leaves_nothing_pending(db: Db) {
     fake.set_mode(Mode::Ok);
     let server = Server::start(&db.url, &fake).await;
     for id in 1..=5 {
-        let url = server.url(&format!("/api/content/quest/{id}"));
-        let content = eventually("the item to leave pending after the restart", || {
-            let (url, token) = (url.clone(), token.clone());
-            async move {
-                let (_, c) = get_json(&url, Some(&token)).await;
-                (c["status"] != "pending").then_some(c)
-            }
-        })
-        .await;
+        let content = server.final_content(&token, &format!("/api/content/quest/{id}")).await;
         assert_eq!(content["status"], "ready", "{content}");
     }
 }
@@ -222,16 +227,8 @@ async fn sigterm_drains_and_hands_work_back(db: Db) {
 
     fake.set_mode(Mode::Ok);
     let server = Server::start(&db.url, &fake).await;
-    let url = server.url("/api/content/npc/5");
-    let content = eventually("the handed-back item to be finished", || {
-        let (url, token) = (url.clone(), token.clone());
-        async move {
-            let (_, c) = get_json(&url, Some(&token)).await;
-            (c["status"] != "pending").then_some(c)
-        }
-    })
-    .await;
-    assert_eq!(content["status"], "ready");
+    let content = server.final_content(&token, "/api/content/npc/5").await;
+    assert_eq!(content["status"], "ready", "{content}");
 }
 
 /// While draining, `/ready` is 503 and new work is refused.
