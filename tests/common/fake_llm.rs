@@ -121,6 +121,27 @@ struct Inner {
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as in flight until its answer (or its cancellation) drops it.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -153,6 +174,8 @@ impl FakeLlm {
                 requests: Vec::new(),
                 seen_prompts: HashSet::new(),
             }),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
         });
         let (ready_tx, ready_rx) = mpsc::channel::<(u16, ServerHandle)>();
         let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -252,6 +275,12 @@ impl FakeLlm {
         self.shared.lock().requests.len()
     }
 
+    /// The most requests that were being answered at the same time (a
+    /// streamed answer counts until its headers are sent).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Forgets the recorded requests (not the prompt-cache state).
     pub fn reset_requests(&self) {
         self.shared.lock().requests.clear();
@@ -290,6 +319,7 @@ impl Drop for FakeLlm {
 // ---------------------------------------------------------------------------
 
 async fn handle_request(req: HttpRequest, body: Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    let _in_flight = InFlight::enter(&shared);
     let raw_body = String::from_utf8_lossy(&body).into_owned();
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut headers: HashMap<String, String> = HashMap::new();
