@@ -16,6 +16,7 @@ use crate::hub::{CloseAll, Hub};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::{Drain, LlmActor, ReleaseJobs};
 use crate::metrics::Metrics;
+use crate::store::notify::{self, ListenerHandle};
 use crate::store::{jobs, llm_config, Backend, Store, StoreError};
 
 /// Shared by every handler and session.
@@ -29,6 +30,7 @@ pub struct AppState {
     pub llm: Addr<LlmActor>,
     pub content: ContentService,
     pub admin_token: Secret,
+    listener: Option<ListenerHandle>,
     shutting_down: AtomicBool,
     next_session: AtomicU64,
 }
@@ -134,7 +136,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     };
     let circuit =
         CircuitBreaker::restore(settings, &llm_row.circuit(), clock.clone(), store.clone(), metrics.clone()).start();
-    let worker = format!("{}-{}", std::process::id(), crate::players::new_token().get(..8).unwrap_or("0"));
+    // Names this process in job leases and cross-process notifications.
+    let origin: Arc<str> =
+        format!("{}-{}", std::process::id(), crate::players::new_token().get(..8).unwrap_or("0")).into();
     let llm = LlmActor::new(
         store.clone(),
         hub.clone(),
@@ -142,10 +146,17 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         clock.clone(),
         metrics.clone(),
         config.clone(),
-        worker,
+        origin.clone(),
     )
     .start();
-    let content = ContentService::new(store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
+    let content =
+        ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
+    let listener = match backend {
+        Backend::Postgres => {
+            Some(notify::spawn_listener(config.database_url.clone(), origin, store.clone(), hub.clone()))
+        }
+        Backend::Sqlite => None,
+    };
 
     let admin_token_generated = config.admin_token.is_none();
     let admin_token = config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::players::new_token()));
@@ -160,6 +171,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         llm,
         content,
         admin_token,
+        listener,
         shutting_down: AtomicBool::new(false),
         next_session: AtomicU64::new(1),
     });
@@ -211,6 +223,9 @@ impl Running {
         }
         self.server.stop(true).await;
         let _ = self.task.await;
+        if let Some(listener) = &self.state.listener {
+            listener.stop();
+        }
         self.state.llm.do_send(Stop);
         self.state.circuit.do_send(Stop);
         self.state.hub.do_send(Stop);

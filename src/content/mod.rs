@@ -4,6 +4,8 @@
 
 pub mod kinds;
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -137,6 +139,7 @@ pub fn check_subject_id(subject_id: u64) -> Result<i64, String> {
 /// Requests, lookups and the wake-up of the LLM actor.
 #[derive(Clone)]
 pub struct ContentService {
+    origin: Arc<str>,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
@@ -144,8 +147,14 @@ pub struct ContentService {
 }
 
 impl ContentService {
-    pub fn new(store: Store, clock: SharedClock, hub: Addr<Hub>, llm: Recipient<JobsAvailable>) -> Self {
-        ContentService { store, clock, hub, llm }
+    pub fn new(
+        origin: Arc<str>,
+        store: Store,
+        clock: SharedClock,
+        hub: Addr<Hub>,
+        llm: Recipient<JobsAvailable>,
+    ) -> Self {
+        ContentService { origin, store, clock, hub, llm }
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
@@ -157,11 +166,18 @@ impl ContentService {
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
         let now = self.clock.now_naive();
+        let origin = self.origin.clone();
         let requested = self
             .store
             .run(move |conn| {
-                let item =
-                    RequestItem { kind, subject_id, context: context.as_deref(), empty_fields: &empty, regenerate };
+                let item = RequestItem {
+                    origin: &origin,
+                    kind,
+                    subject_id,
+                    context: context.as_deref(),
+                    empty_fields: &empty,
+                    regenerate,
+                };
                 rows::request(conn, &item, now)
             })
             .await?;

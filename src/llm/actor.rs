@@ -77,7 +77,7 @@ impl LlmActor {
         clock: SharedClock,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
-        worker: String,
+        worker: Arc<str>,
     ) -> Self {
         LlmActor {
             deps: None,
@@ -87,7 +87,7 @@ impl LlmActor {
             clock,
             metrics,
             config,
-            worker: worker.into(),
+            worker,
             in_flight: HashSet::new(),
             claiming: false,
             claim_again: false,
@@ -278,6 +278,7 @@ async fn run_content_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
         .store
         .run(move |conn| {
             let finish = Finish {
+                origin: &worker,
                 job_id: job.id,
                 worker: &worker,
                 content_id,

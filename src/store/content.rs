@@ -4,6 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::jobs::{self, JobKind};
+use super::notify;
 use super::schema::content;
 use super::{is_unique_violation, write_tx, DbConn, StoreResult};
 
@@ -61,6 +62,8 @@ impl Requested {
 }
 
 pub struct RequestItem<'a> {
+    /// The process making the change (for cross-process notifications).
+    pub origin: &'a str,
     pub kind: &'a str,
     pub subject_id: i64,
     /// Sanitized context as JSON; `None` keeps the stored one on regenerate.
@@ -110,6 +113,7 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
                 .returning(content::all_columns)
                 .get_result(conn)?;
             jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
+            notify::content_changed(conn, item.origin, &row)?;
             Ok(Requested::Regenerating(row))
         }
         None => {
@@ -135,6 +139,7 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
 /// The end of a content job: the result (or fallback) and the job's deletion, committed
 /// together. `None` when the job is no longer this worker's (another one took it over).
 pub struct Finish<'a> {
+    pub origin: &'a str,
     pub job_id: i64,
     pub worker: &'a str,
     pub content_id: i64,
@@ -161,6 +166,9 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
             .returning(content::all_columns)
             .get_result(conn)
             .optional()?;
+        if let Some(row) = &row {
+            notify::content_changed(conn, f.origin, row)?;
+        }
         Ok(row)
     })
 }

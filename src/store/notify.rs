@@ -1,0 +1,143 @@
+//! Change notifications between lorewire processes sharing one PostgreSQL database.
+//!
+//! A change is announced with `pg_notify` inside the transaction that makes it, so it is
+//! delivered exactly when it commits. Each process listens on one dedicated connection of its
+//! own and forwards what other processes announced into its local Hub (its own changes are
+//! already published locally). The listener polls libpq every few milliseconds on a thread of
+//! its own; it never touches the async workers. SQLite has one process: nothing to announce.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use diesel::pg::PgConnection;
+use diesel::sql_types::Text;
+use diesel::{Connection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+
+use super::content::{self as rows, ContentRow};
+use super::{DbConn, Store, StoreResult};
+use crate::content::{Content, ContentKind};
+use crate::hub::{Hub, Publish};
+use crate::ws::protocol::Typed;
+
+pub const CHANNEL: &str = "lorewire_events";
+/// How often the listener asks libpq for new notifications.
+const POLL: Duration = Duration::from_millis(10);
+const RECONNECT: Duration = Duration::from_secs(1);
+
+diesel::define_sql_function! {
+    /// `pg_notify(channel, payload)`.
+    fn pg_notify(channel: Text, payload: Text) -> Text;
+}
+
+/// What one process tells the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum Event {
+    /// A content item changed; listeners read it and publish it.
+    #[serde(rename = "content")]
+    Content { origin: String, kind: String, subject_id: i64, version: i64 },
+}
+
+/// Announces a content change; call inside the transaction that made it.
+pub fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    let event = Event::Content {
+        origin: origin.to_owned(),
+        kind: row.kind.clone(),
+        subject_id: row.subject_id,
+        version: row.version,
+    };
+    let payload = serde_json::to_string(&event).expect("events serialize");
+    diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    Ok(())
+}
+
+/// Stops the listener thread when dropped or told to.
+#[derive(Clone, Default)]
+pub struct ListenerHandle(Arc<AtomicBool>);
+
+impl ListenerHandle {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    fn stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the listener of this process (`origin`) on its own thread.
+pub fn spawn_listener(url: String, origin: Arc<str>, store: Store, hub: Addr<Hub>) -> ListenerHandle {
+    let handle = ListenerHandle::default();
+    let stop = handle.clone();
+    let spawned = std::thread::Builder::new().name("lorewire-listen".into()).spawn(move || {
+        let mut connected_before = false;
+        while !stop.stopped() {
+            match listen(&url, &origin, &store, &hub, &stop, &mut connected_before) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
+                    std::thread::sleep(RECONNECT);
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the change listener");
+    }
+    handle
+}
+
+fn listen(
+    url: &str,
+    origin: &str,
+    store: &Store,
+    hub: &Addr<Hub>,
+    stop: &ListenerHandle,
+    connected_before: &mut bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut conn = PgConnection::establish(url)?;
+    // LISTEN has no Diesel DSL.
+    diesel::sql_query(format!("LISTEN {CHANNEL}")).execute(&mut conn)?;
+    if *connected_before {
+        tracing::info!("change listener reconnected; changes made meanwhile reach clients when they resubscribe");
+    }
+    *connected_before = true;
+    while !stop.stopped() {
+        for notification in conn.notifications_iter() {
+            let notification = notification?;
+            match serde_json::from_str::<Event>(&notification.payload) {
+                Ok(event) => forward(event, origin, store, hub),
+                Err(e) => tracing::warn!(error = %e, "unreadable change notification"),
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
+}
+
+/// Publishes another process's change to this process's subscribers.
+fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
+    match event {
+        Event::Content { origin: from, .. } if from == origin => {}
+        Event::Content { kind, subject_id, .. } => {
+            let Some(kind) = ContentKind::parse(&kind) else { return };
+            let row = store.run_blocking(|conn| rows::find(conn, kind.as_str(), subject_id));
+            let content = match row.map(|r| r.as_ref().map(Content::from_row)) {
+                Ok(Some(Ok(content))) => content,
+                Ok(None) => return,
+                Ok(Some(Err(e))) | Err(e) => {
+                    tracing::error!(error = %e, "could not read a changed item");
+                    return;
+                }
+            };
+            hub.do_send(Publish {
+                topic: content.topic(),
+                version: Some(content.version),
+                frame: Typed::ContentUpdate { content }.into(),
+            });
+        }
+    }
+}
