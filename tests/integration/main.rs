@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod circuit;
+mod cluster;
 mod content;
 mod llm;
 mod process;

@@ -1,0 +1,50 @@
+//! Several lorewire processes on one PostgreSQL database: a change made by one reaches the
+//! subscribers of every other (LISTEN/NOTIFY), and each job runs once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lorewire::clock::SystemClock;
+use serde_json::json;
+
+use crate::common::{spawn_app, Db, Mode, WsClient};
+
+#[actix_web::test]
+async fn content_changes_reach_subscribers_on_every_process() {
+    let app = spawn_app(Db::Postgres).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(300)));
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(config, Arc::new(SystemClock)).await.expect("second process starts");
+
+    let (mut a, ack) = app.player("Ada").await;
+    // The same player token works on every process: they share the database.
+    let mut b = WsClient::connect(&format!("http://{}/ws", other.addr)).await;
+    b.send(json!({"type": "session:start", "nickname": "Ada", "token": ack["token"]})).await;
+    assert_eq!(b.recv_type("session:ack").await["user_id"], ack["user_id"]);
+
+    a.send(json!({"type": "content:request", "kind": "npc", "subject_id": 7, "ref": 1})).await;
+    assert_eq!(a.recv_type("content:snapshot").await["content"]["status"], "pending");
+    b.send(json!({"type": "content:subscribe", "kind": "npc", "subject_id": 7, "ref": 2})).await;
+    let snap = b.recv_type("content:snapshot").await;
+    assert_eq!(snap["content"]["version"], 1, "{snap}");
+
+    for ws in [&mut a, &mut b] {
+        let update = ws.recv_type("content:update").await;
+        assert_eq!(update["content"]["status"], "ready", "{update}");
+        assert_eq!(update["content"]["version"], 2);
+    }
+    assert_eq!(app.fake.request_count(), 1, "one upstream call for the item across both processes");
+
+    // A regenerate asked on the second process is seen going round on the first.
+    b.send(json!({"type": "content:request", "kind": "npc", "subject_id": 7, "regenerate": true, "ref": 3})).await;
+    for version in [3, 4] {
+        let update = a.recv_type("content:update").await;
+        assert_eq!(update["content"]["version"], version, "{update}");
+        let status = if version == 3 { "pending" } else { "ready" };
+        assert_eq!(update["content"]["status"], status);
+    }
+    a.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(app.fake.request_count(), 2);
+    other.shutdown().await;
+}
