@@ -180,6 +180,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let mut server =
         HttpServer::new(move || App::new().app_data(data.clone()).wrap(tracing_actix()).configure(crate::http::routes))
             .disable_signals()
+            // Pushed frames are small and follow each other closely: never let Nagle hold one back.
+            .tcp_nodelay(true)
             .shutdown_timeout(config.shutdown.as_secs().max(1));
     if config.workers > 0 {
         server = server.workers(config.workers);
