@@ -13,6 +13,8 @@ async fn breaker_app(db: Db) -> TestApp {
         c.circuit_failures = 3;
         c.circuit_window = Duration::from_secs(60);
         c.circuit_reset = Duration::from_secs(300);
+        // Room for a deliberately slow probe.
+        c.llm_timeout = Duration::from_secs(5);
     })
     .await
 }
@@ -94,7 +96,8 @@ async fn half_open_lets_exactly_one_probe_through(db: Db) {
 
     app.clock.advance(Duration::from_secs(301));
     assert_eq!(app.circuit().await["state"], "half_open");
-    app.fake.set_mode(Mode::Delay(Duration::from_millis(500)));
+    // The probe is slow, so every other request is decided while it is in flight.
+    app.fake.set_mode(Mode::Delay(Duration::from_secs(2)));
     let finals = futures_util::future::join_all((1..=10).map(|id| {
         let token = token.clone();
         let app = &app;
