@@ -9,4 +9,5 @@ mod circuit;
 mod content;
 mod llm;
 mod process;
+mod runs;
 mod session;
