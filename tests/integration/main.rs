@@ -10,4 +10,5 @@ mod content;
 mod llm;
 mod process;
 mod runs;
+mod runs_process;
 mod session;
