@@ -200,6 +200,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let mut server =
         HttpServer::new(move || App::new().app_data(data.clone()).wrap(tracing_actix()).configure(crate::http::routes))
             .disable_signals()
+            // Frames go out as small writes (run:started then run:delta at once); without it the
+            // second waits out the client's delayed ACK (~40 ms).
+            .tcp_nodelay(true)
             .shutdown_timeout(config.shutdown.as_secs().max(1));
     if config.workers > 0 {
         server = server.workers(config.workers);
