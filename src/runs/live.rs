@@ -65,7 +65,9 @@ impl LiveRuns {
 
     /// A session stops waiting; `true` when it was the last one.
     pub fn detach(&self, run_id: &str, session: SessionId) -> bool {
-        self.with(run_id, |r| r.waiters.remove(&session) && r.waiters.is_empty())
+        // Never creates an entry: a run this process no longer tracks has nobody to detach.
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.get_mut(run_id).is_some_and(|r| r.waiters.remove(&session) && r.waiters.is_empty())
     }
 
     /// Tells the run's stream (now or when it starts) to stop.

@@ -336,3 +336,20 @@ impl Attempt<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_half_and_full_of_the_doubling_delay() {
+        let base = Duration::from_millis(2000);
+        for n in 1..=5u32 {
+            let full = base * 2u32.pow(n - 1);
+            let samples: Vec<Duration> = (0..500).map(|_| backoff(base, n)).collect();
+            assert!(samples.iter().all(|d| *d >= full / 2 && *d <= full), "retry {n}: {samples:?}");
+            // Jitter: the delays are spread, not one value.
+            assert!(samples.iter().any(|d| *d != samples[0]));
+        }
+    }
+}
