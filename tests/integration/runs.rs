@@ -434,6 +434,59 @@ async fn budget_admits_exactly_what_fits(db: Db) {
     assert_eq!(status, 202);
 }
 
+/// Sets a budget's `reserved` behind lorewire's back (a stand-in for drift left by a crash).
+async fn tamper_reserved(db: Db, url: &str, micros: i64) {
+    use diesel::{Connection, RunQueryDsl};
+    let url = url.to_owned();
+    let sql = format!("UPDATE budgets SET reserved_micros = {micros}");
+    actix_web::rt::task::spawn_blocking(move || match db {
+        Db::Sqlite => diesel::sql_query(sql).execute(&mut diesel::SqliteConnection::establish(&url).unwrap()),
+        Db::Postgres => diesel::sql_query(sql).execute(&mut diesel::PgConnection::establish(&url).unwrap()),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+/// At start, every budget's `reserved` is set to what its unfinished runs hold; the run then
+/// continues and settles.
+async fn reservations_are_reconciled_at_start(db: Db) {
+    let mut app = app_with(db, Provider::Anthropic, |c| {
+        c.shutdown = Duration::from_secs(1);
+        c.llm_timeout = Duration::from_secs(30);
+    })
+    .await;
+    set_test_price(&app, "claude-haiku-4-5-20251001").await;
+    app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 1.0})).await;
+    app.fake.set_mode(Mode::Hang);
+    let token = app.player_token().await;
+    let input = "a run interrupted by a stop";
+    let (_, body) =
+        post_json(&app.url("/api/generate"), &token, &json!({"project_id": "p1", "action": "WRITE", "input": input}))
+            .await;
+    let run_id = body["run_id"].as_str().unwrap().to_owned();
+    eventually("the call to be upstream", || async { (app.fake.request_count() == 1).then_some(()) }).await;
+    let worst = TEST_PRICE.worst_case(
+        prompt_token_bound(Action::Write.system_prompt(), &Action::Write.user_message(input)),
+        u64::from(app.config.max_output_tokens),
+    );
+    let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
+    assert!(close_to(budget["reserved_usd"].as_f64().unwrap(), worst as f64 / 1e6), "{budget}");
+
+    app.stop().await;
+    tamper_reserved(db, &app.db.url, 777_777).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(1500)));
+    app.restart(std::sync::Arc::new(lorewire::clock::SystemClock)).await;
+    let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
+    assert!(close_to(budget["reserved_usd"].as_f64().unwrap(), worst as f64 / 1e6), "reconciled: {budget}");
+
+    let run = final_run(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "done", "{run}");
+    let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
+    assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
+    assert!(close_to(budget["spent_usd"].as_f64().unwrap(), run["cost_usd"].as_f64().unwrap()), "{budget} {run}");
+}
+
 /// `generate:abort` mid-stream: the run ends aborted, charged for the text received; closing
 /// the socket does the same. A REST run is not aborted by anyone leaving.
 async fn abort_mid_stream_charges_partial_usage(db: Db) {
@@ -707,6 +760,7 @@ both_backends!(
     open_circuit_keeps_runs_queued,
     rate_limited_run_waits_without_spending_attempts,
     budget_admits_exactly_what_fits,
+    reservations_are_reconciled_at_start,
     abort_mid_stream_charges_partial_usage,
     duplicates_join_and_replay,
     rest_run_with_server_sent_events,
