@@ -23,6 +23,8 @@ use crate::store::runs::{self as rows, Requeued};
 
 /// Frames an SSE client may fall behind by before it is dropped.
 const SSE_BACKLOG: usize = 512;
+/// Longest silence on an SSE stream before a comment is sent.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 /// Most rows an admin list returns.
 const MAX_LIST: i64 = 1000;
 
@@ -166,7 +168,11 @@ pub async fn run_events(
             let (version, text) = match st.pending.pop_front() {
                 Some(frame) => frame,
                 None if st.finished => return None,
-                None => st.rx.recv().await?,
+                None => match tokio::time::timeout(SSE_KEEP_ALIVE, st.rx.recv()).await {
+                    Ok(frame) => frame?,
+                    // A comment now and then keeps proxies from closing a quiet stream (a long queue).
+                    Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st)),
+                },
             };
             match version {
                 // Already sent in the catch-up.
