@@ -16,8 +16,10 @@ use crate::hub::{CloseAll, Hub};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::{Drain, LlmActor, ReleaseJobs};
 use crate::metrics::Metrics;
+use crate::runs::live::LiveRuns;
+use crate::runs::RunService;
 use crate::store::notify::{self, ListenerHandle};
-use crate::store::{jobs, llm_config, Backend, Store, StoreError};
+use crate::store::{billing, jobs, llm_config, Backend, Store, StoreError};
 
 /// Shared by every handler and session.
 pub struct AppState {
@@ -29,6 +31,7 @@ pub struct AppState {
     pub circuit: Addr<CircuitBreaker>,
     pub llm: Addr<LlmActor>,
     pub content: ContentService,
+    pub runs: RunService,
     pub admin_token: Secret,
     listener: Option<ListenerHandle>,
     shutting_down: AtomicBool,
@@ -120,6 +123,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
                     jobs::reclaim_stale(conn, now - lease, now)?
                 }
             };
+            // Reservations follow the runs that hold them; a crash leaves none orphaned.
+            let budgets = billing::reconcile(conn, now)?;
+            if budgets > 0 {
+                tracing::warn!(budgets, "budget reservations reconciled with unfinished runs");
+            }
             Ok((row, reclaimed))
         })
         .await?;
@@ -139,6 +147,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     // Names this process in job leases and cross-process notifications.
     let origin: Arc<str> =
         format!("{}-{}", std::process::id(), crate::players::new_token().get(..8).unwrap_or("0")).into();
+    let live = Arc::new(LiveRuns::new());
     let llm = LlmActor::new(
         store.clone(),
         hub.clone(),
@@ -148,9 +157,19 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         config.clone(),
         origin.clone(),
     )
+    .with_runs(live.clone())
     .start();
     let content =
         ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
+    let runs = RunService::new(
+        store.clone(),
+        clock.clone(),
+        hub.clone(),
+        llm.clone().recipient(),
+        live,
+        config.clone(),
+        metrics.clone(),
+    );
     let listener = match backend {
         Backend::Postgres => {
             Some(notify::spawn_listener(config.database_url.clone(), origin, store.clone(), hub.clone()))
@@ -170,6 +189,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         circuit,
         llm,
         content,
+        runs,
         admin_token,
         listener,
         shutting_down: AtomicBool::new(false),

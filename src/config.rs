@@ -119,6 +119,10 @@ pub struct Settings {
     /// Output tokens asked for per run.
     #[arg(long, env = "LOREWIRE_MAX_OUTPUT_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_output_tokens: u32,
+    /// Longest a generation run's streamed answer may take, in seconds (the idle limit
+    /// between chunks is LOREWIRE_LLM_TIMEOUT_SECS).
+    #[arg(long, env = "LOREWIRE_RUN_TOTAL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub run_total_secs: u64,
     /// Lobby messages sent on join.
     #[arg(long, env = "LOREWIRE_HISTORY_LIMIT", default_value_t = 50)]
     pub history_limit: u32,
@@ -225,6 +229,8 @@ pub struct Config {
     pub max_attempts: u32,
     pub queue_limit: u64,
     pub max_output_tokens: u32,
+    /// Total limit of one streamed run attempt.
+    pub run_total_limit: Duration,
     pub history_limit: u32,
     pub chat_rate: ChatRate,
     pub allowed_origins: AllowedOrigins,
@@ -270,6 +276,7 @@ impl Settings {
             max_attempts: self.max_attempts,
             queue_limit: self.queue_limit,
             max_output_tokens: self.max_output_tokens,
+            run_total_limit: Duration::from_secs(self.run_total_secs),
             history_limit: self.history_limit,
             chat_rate: self.chat_rate,
             allowed_origins: AllowedOrigins::parse(&self.allowed_origins),

@@ -20,6 +20,8 @@ pub type SessionId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
     Content(ContentKind, u64),
+    /// A generation run, by its public id.
+    Run(String),
 }
 
 /// Delivered to a session by the Hub.
@@ -70,6 +72,23 @@ pub struct Publish {
     pub topic: Topic,
     pub version: Option<i64>,
     pub frame: ServerFrame,
+}
+
+/// Send an already serialized frame to every subscriber of a topic (run frames are
+/// serialized once for the late-subscriber log and the Hub alike).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PublishText {
+    pub topic: Topic,
+    pub version: Option<i64>,
+    pub text: ByteString,
+}
+
+/// Forget a topic and its subscribers (a run that ended will publish nothing more).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropTopic {
+    pub topic: Topic,
 }
 
 /// Close every session (shutdown); answers how many there were.
@@ -159,6 +178,39 @@ impl Handler<Publish> for Hub {
         let Some((topic, members)) = self.topics.get_key_value(&msg.topic) else { return };
         let text = ByteString::from(msg.frame.to_json());
         let frame = ToSession::Frame { topic: topic.clone(), version: msg.version, text };
+        for id in members {
+            let Some(recipient) = self.sessions.get(id) else { continue };
+            if let Err(SendError::Full(_)) = recipient.try_send(frame.clone()) {
+                self.metrics.slow_consumers.inc();
+                recipient.do_send(ToSession::Close { code: 1008, reason: "slow consumer" });
+            }
+        }
+    }
+}
+
+impl Handler<PublishText> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: PublishText, _: &mut Context<Self>) {
+        self.send_text(&msg.topic, msg.version, msg.text);
+    }
+}
+
+impl Handler<DropTopic> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: DropTopic, _: &mut Context<Self>) {
+        let Some((topic, members)) = self.topics.remove_entry(&msg.topic) else { return };
+        for id in members {
+            if let Some(topics) = self.by_session.get_mut(&id) {
+                topics.remove(&topic);
+            }
+        }
+    }
+}
+
+impl Hub {
+    fn send_text(&mut self, topic: &Topic, version: Option<i64>, text: ByteString) {
+        let Some((topic, members)) = self.topics.get_key_value(topic) else { return };
+        let frame = ToSession::Frame { topic: topic.clone(), version, text };
         for id in members {
             let Some(recipient) = self.sessions.get(id) else { continue };
             if let Err(SendError::Full(_)) = recipient.try_send(frame.clone()) {

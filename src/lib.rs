@@ -11,5 +11,6 @@ pub mod hub;
 pub mod llm;
 pub mod metrics;
 pub mod players;
+pub mod runs;
 pub mod store;
 pub mod ws;

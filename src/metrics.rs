@@ -18,6 +18,16 @@ pub struct Metrics {
     pub jobs_claimed: IntCounter,
     /// Seconds from the pending row's commit to the pushed ready/fallback.
     pub push_latency: Histogram,
+    /// Generation runs admitted (not joins or cache hits).
+    pub runs_queued: IntCounter,
+    /// Generation runs refused at admission, by reason.
+    pub runs_refused: IntCounterVec,
+    /// Generation runs ended, by status.
+    pub runs_finished: IntCounterVec,
+    /// Micro-dollars charged for runs, by model.
+    pub run_cost_micros: IntCounterVec,
+    /// Seconds from an attempt's start to its first text delta.
+    pub run_first_delta: Histogram,
 }
 
 impl Metrics {
@@ -44,6 +54,23 @@ impl Metrics {
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )
         .expect("metric");
+        let runs_queued = IntCounter::new("runs_queued_total", "Generation runs queued").expect("metric");
+        let runs_refused =
+            IntCounterVec::new(Opts::new("runs_refused_total", "Generation runs refused by reason"), &["reason"])
+                .expect("metric");
+        let runs_finished =
+            IntCounterVec::new(Opts::new("runs_finished_total", "Generation runs ended by status"), &["status"])
+                .expect("metric");
+        let run_cost_micros = IntCounterVec::new(
+            Opts::new("run_cost_micros_total", "Micro-dollars charged for generation runs by model"),
+            &["model"],
+        )
+        .expect("metric");
+        let run_first_delta = Histogram::with_opts(
+            HistogramOpts::new("run_first_delta_seconds", "From a run attempt's start to its first delta")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("metric");
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -54,6 +81,11 @@ impl Metrics {
             Box::new(content_finished.clone()),
             Box::new(jobs_claimed.clone()),
             Box::new(push_latency.clone()),
+            Box::new(runs_queued.clone()),
+            Box::new(runs_refused.clone()),
+            Box::new(runs_finished.clone()),
+            Box::new(run_cost_micros.clone()),
+            Box::new(run_first_delta.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -68,6 +100,11 @@ impl Metrics {
             content_finished,
             jobs_claimed,
             push_latency,
+            runs_queued,
+            runs_refused,
+            runs_finished,
+            run_cost_micros,
+            run_first_delta,
         }
     }
 

@@ -20,6 +20,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The project's budget has no room (402).
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// Too much work queued (429).
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error")]
     Internal,
 }
@@ -32,6 +40,9 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::BudgetExceeded(_) => "budget_exceeded",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Internal => "internal",
         }
     }
@@ -57,6 +68,9 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod error;
 pub mod public;
+pub mod runs;
 
 use actix_web::{error::JsonPayloadError, web, HttpRequest};
 
@@ -26,13 +27,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/api")
             .route("/content", web::post().to(public::request_content))
-            .route("/content/{kind}/{subject_id}", web::get().to(public::get_content)),
+            .route("/content/{kind}/{subject_id}", web::get().to(public::get_content))
+            .route("/generate", web::post().to(runs::generate))
+            .route("/runs/{run_id}", web::get().to(runs::get_run))
+            .route("/runs/{run_id}/events", web::get().to(runs::run_events)),
     )
     .service(
         web::scope("/admin/api")
             .route("/llm", web::get().to(admin::get_llm))
             .route("/llm", web::put().to(admin::put_llm))
-            .route("/llm/circuit/reset", web::post().to(admin::reset_circuit)),
+            .route("/llm/circuit/reset", web::post().to(admin::reset_circuit))
+            .route("/runs", web::get().to(runs::admin_runs))
+            .route("/costs", web::get().to(runs::admin_costs))
+            .route("/budgets/{project_id}", web::get().to(runs::get_budget))
+            .route("/budgets/{project_id}", web::put().to(runs::put_budget))
+            .route("/dead-letters", web::get().to(runs::dead_letters))
+            .route("/dead-letters/{run_id}/retry", web::post().to(runs::retry_dead_letter))
+            .route("/prices", web::get().to(runs::get_prices))
+            .route("/prices/{model}", web::put().to(runs::put_price)),
     )
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))

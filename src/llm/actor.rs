@@ -51,6 +51,8 @@ struct JobDeps {
     config: Arc<Config>,
     worker: Arc<str>,
     client: awc::Client,
+    runs: Arc<crate::runs::live::LiveRuns>,
+    wake: Recipient<JobsAvailable>,
 }
 
 pub struct LlmActor {
@@ -67,9 +69,17 @@ pub struct LlmActor {
     claiming: bool,
     claim_again: bool,
     draining: bool,
+    /// Generation runs streaming in this process (late subscribers, abort signals).
+    runs: Arc<crate::runs::live::LiveRuns>,
 }
 
 impl LlmActor {
+    /// Shares the registry of live runs with the run service.
+    pub fn with_runs(mut self, runs: Arc<crate::runs::live::LiveRuns>) -> Self {
+        self.runs = runs;
+        self
+    }
+
     pub fn new(
         store: Store,
         hub: Addr<Hub>,
@@ -92,6 +102,7 @@ impl LlmActor {
             claiming: false,
             claim_again: false,
             draining: false,
+            runs: Arc::default(),
         }
     }
 
@@ -211,6 +222,8 @@ impl Actor for LlmActor {
             config: self.config.clone(),
             worker: self.worker.clone(),
             client: client::build_client(self.config.llm_timeout),
+            runs: self.runs.clone(),
+            wake: ctx.address().recipient(),
         });
         ctx.run_interval(self.config.job_poll, |act, ctx| act.pump(ctx));
         ctx.run_interval(self.config.job_lease / 3, |act, ctx| act.maintain(ctx));
@@ -246,6 +259,21 @@ impl Handler<ReleaseJobs> for LlmActor {
 async fn run_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
     match job.job_kind()? {
         JobKind::Content => run_content_job(deps, job).await,
+        JobKind::Run => {
+            let run_deps = crate::runs::worker::RunDeps {
+                store: deps.store,
+                hub: deps.hub,
+                circuit: deps.circuit,
+                clock: deps.clock,
+                metrics: deps.metrics,
+                config: deps.config,
+                worker: deps.worker,
+                client: deps.client,
+                live: deps.runs,
+                wake: deps.wake,
+            };
+            crate::runs::worker::execute(run_deps, job).await
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod actor;
 pub mod circuit;
 pub mod client;
 pub mod providers;
+pub mod stream;
 
 pub use actor::{Drain, JobsAvailable, LlmActor, ReleaseJobs};
 

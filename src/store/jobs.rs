@@ -15,17 +15,21 @@ use crate::on_backend;
 pub enum JobKind {
     /// Generate the fields of a content item (`target_id` = content.id).
     Content,
+    /// Execute one attempt of a generation run (`target_id` = runs.id).
+    Run,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Content => "content",
+            JobKind::Run => "run",
         }
     }
     pub fn parse(s: &str) -> Option<JobKind> {
         match s {
             "content" => Some(JobKind::Content),
+            "run" => Some(JobKind::Run),
             _ => None,
         }
     }

@@ -4,10 +4,12 @@
 //! Never runs a Diesel call on an async worker; never holds a connection across an upstream
 //! call (closures passed to `run` are synchronous, so they cannot await the network).
 
+pub mod billing;
 pub mod content;
 pub mod jobs;
 pub mod llm_config;
 pub mod notify;
+pub mod runs;
 pub mod schema;
 pub mod users;
 

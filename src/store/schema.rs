@@ -67,6 +67,71 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    runs (id) {
+        id -> Int8,
+        run_id -> Text,
+        project_id -> Text,
+        action -> Text,
+        input -> Text,
+        model -> Text,
+        dedup_key -> Text,
+        status -> Text,
+        pinned -> Bool,
+        attempts -> Int4,
+        text -> Text,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cache_read_tokens -> Int8,
+        cache_write_tokens -> Int8,
+        cost_micros -> Int8,
+        reserved_micros -> Int8,
+        error_code -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created_at -> Timestamp,
+        started_at -> Nullable<Timestamp>,
+        finished_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    cost_events (id) {
+        id -> Int8,
+        run_id -> Text,
+        project_id -> Text,
+        model -> Text,
+        attempt -> Int4,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cache_read_tokens -> Int8,
+        cache_write_tokens -> Int8,
+        cost_micros -> Int8,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    budgets (project_id) {
+        project_id -> Text,
+        limit_micros -> Int8,
+        spent_micros -> Int8,
+        reserved_micros -> Int8,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    prices (model) {
+        model -> Text,
+        input_micros -> Int8,
+        output_micros -> Int8,
+        cache_read_micros -> Int8,
+        cache_write_micros -> Int8,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(user_days -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(content, jobs, llm_config, user_days, users,);

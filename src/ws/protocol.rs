@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::content::{Content, ContentKind};
 use crate::players::Variant;
+use crate::runs::Usage;
 
 /// A frame from a client. Unknown fields (including `ref`, read separately) are ignored.
 #[derive(Debug)]
@@ -14,6 +15,23 @@ pub enum ClientFrame {
     ContentRequest(ContentRequest),
     ContentSubscribe(ContentRef),
     ContentUnsubscribe(ContentRef),
+    GenerateStart(GenerateStart),
+    GenerateAbort(GenerateAbort),
+}
+
+/// `generate:start`; `action` stays a string so an unknown one gets a message naming it.
+#[derive(Debug, Deserialize)]
+pub struct GenerateStart {
+    pub project_id: String,
+    pub action: String,
+    pub input: String,
+    #[serde(default)]
+    pub skip_cache: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GenerateAbort {
+    pub run_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,7 +58,14 @@ pub struct ContentRef {
 }
 
 /// The frame types a client may send.
-pub const CLIENT_TYPES: [&str; 4] = ["session:start", "content:request", "content:subscribe", "content:unsubscribe"];
+pub const CLIENT_TYPES: [&str; 6] = [
+    "session:start",
+    "content:request",
+    "content:subscribe",
+    "content:unsubscribe",
+    "generate:start",
+    "generate:abort",
+];
 
 /// Deserializes a frame's fields, naming the field at fault in the error.
 fn fields<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
@@ -108,6 +133,41 @@ pub enum Typed {
     },
     #[serde(rename = "content:update")]
     ContentUpdate { content: Content },
+    #[serde(rename = "run:queued")]
+    RunQueued {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        run_id: String,
+        position: i64,
+        estimated_ms: i64,
+    },
+    #[serde(rename = "run:started")]
+    RunStarted {
+        run_id: String,
+        model: String,
+        /// Set on a retry: the client drops the text of the earlier attempt.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attempt: Option<i32>,
+    },
+    #[serde(rename = "run:delta")]
+    RunDelta { run_id: String, seq: u64, text: String },
+    #[serde(rename = "run:done")]
+    RunDone {
+        run_id: String,
+        text: String,
+        usage: Usage,
+        cost_usd: f64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
+    },
+    #[serde(rename = "run:error")]
+    RunError {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        run_id: String,
+        code: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +217,8 @@ pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
         "content:request" => fields(value).map(ClientFrame::ContentRequest),
         "content:subscribe" => fields(value).map(ClientFrame::ContentSubscribe),
         "content:unsubscribe" => fields(value).map(ClientFrame::ContentUnsubscribe),
+        "generate:start" => fields(value).map(ClientFrame::GenerateStart),
+        "generate:abort" => fields(value).map(ClientFrame::GenerateAbort),
         other => Err(format!("unknown frame type `{other}` (expected one of {})", CLIENT_TYPES.join(", "))),
     };
     (reference, frame)

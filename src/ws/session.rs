@@ -6,7 +6,7 @@
 //! backlog and closes with 1008 when the client stops reading.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,13 +21,15 @@ use bytestring::ByteString;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::protocol::{self, ClientFrame, ContentRequest, ErrorCode, ServerFrame, Typed};
+use super::protocol::{self, ClientFrame, ContentRequest, ErrorCode, GenerateStart, ServerFrame, Typed};
 use super::MAX_FRAME_BYTES;
 use crate::app::AppState;
 use crate::content::{self, Content, ContentKind};
 use crate::http::error::ApiError;
 use crate::hub::{self, SessionId, ToSession, Topic};
 use crate::players::{self, Variant};
+use crate::runs::service::{StartError, Started, Waiter};
+use crate::runs::{self, RunErrorCode};
 
 /// Unsent frames (or bytes) after which a client counts as not reading.
 pub const MAX_BACKLOG_FRAMES: usize = 256;
@@ -194,6 +196,8 @@ pub struct WsSession {
     in_fragment: bool,
     /// The session gave up on its client: write nothing more.
     aborted: bool,
+    /// Generation runs this session waits on (detached when it closes).
+    runs: HashSet<String>,
 }
 
 impl WsSession {
@@ -207,6 +211,7 @@ impl WsSession {
             last_heard: Instant::now(),
             in_fragment: false,
             aborted: false,
+            runs: HashSet::new(),
         }
     }
 
@@ -272,6 +277,8 @@ impl WsSession {
             ClientFrame::ContentRequest(r) => self.content_request(r, reference, ctx),
             ClientFrame::ContentSubscribe(c) => self.content_subscribe(c.kind, c.subject_id, reference, ctx),
             ClientFrame::ContentUnsubscribe(c) => self.unwatch(&Topic::Content(c.kind, c.subject_id)),
+            ClientFrame::GenerateStart(g) => self.generate_start(g, reference, ctx),
+            ClientFrame::GenerateAbort(a) => self.generate_abort(a.run_id, reference, ctx),
         }
     }
 
@@ -437,6 +444,101 @@ impl WsSession {
         self.subscriptions.insert(topic, Subscription::Live { version });
     }
 
+    fn generate_start(&mut self, g: GenerateStart, reference: Option<Value>, ctx: &mut ws::WebsocketContext<Self>) {
+        let request = match runs::validate(&g.project_id, &g.action, &g.input, g.skip_cache) {
+            Ok(r) => r,
+            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+        };
+        let service = self.state.runs.clone();
+        let waiter = Waiter::Session(self.id);
+        ctx.spawn(async move { service.start(request, waiter).await }.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(Started::Queued { run_id, position, estimated_ms, .. }) => {
+                    let topic = Topic::Run(run_id.clone());
+                    act.runs.insert(run_id.clone());
+                    // Subscribed before the catch-up is read: a frame is either in it or comes live.
+                    act.watch(topic.clone());
+                    let reply = Typed::RunQueued { reference, run_id: run_id.clone(), position, estimated_ms };
+                    act.run_catch_up(topic, run_id, reply.into(), ctx);
+                }
+                Ok(Started::Cached(row)) => {
+                    let reply =
+                        Typed::RunQueued { reference, run_id: row.run_id.clone(), position: 0, estimated_ms: 0 };
+                    act.send(reply.into(), ctx);
+                    for (_, text) in runs::service::stored_frames(&row, true) {
+                        act.send_text(text, ctx);
+                    }
+                }
+                Ok(Started::NoConfig(row)) => {
+                    let frame = Typed::RunError {
+                        reference,
+                        run_id: row.run_id,
+                        code: RunErrorCode::NoConfig.to_string(),
+                        message: row.error.unwrap_or_default(),
+                    };
+                    act.send(frame.into(), ctx);
+                }
+                Err(StartError::BudgetExceeded(message)) => {
+                    act.error(ErrorCode::BudgetExceeded, reference, message, ctx)
+                }
+                Err(StartError::Overloaded(message)) => act.error(ErrorCode::Overloaded, reference, message, ctx),
+                Err(StartError::Store(e)) => {
+                    tracing::error!(session = act.id, error = %e, "run could not be started");
+                    act.error(ErrorCode::Overloaded, reference, "the run could not be stored, try again", ctx);
+                }
+            }
+        }));
+    }
+
+    /// Sends the reply, then the run's frames so far, then what arrived meanwhile.
+    fn run_catch_up(&mut self, topic: Topic, run_id: String, reply: ServerFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        let service = self.state.runs.clone();
+        ctx.spawn(async move { service.catch_up(run_id).await }.into_actor(self).map(move |result, act, ctx| {
+            act.send(reply, ctx);
+            let mut seen = 0;
+            match result {
+                Ok(Some(catch_up)) => {
+                    for (version, text) in catch_up.frames {
+                        // Frames rebuilt from storage end the run: nothing live may follow.
+                        seen = version.unwrap_or(i64::MAX).max(seen);
+                        act.send_text(text, ctx);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(session = act.id, error = %e, "run catch-up failed"),
+            }
+            let held = match act.subscriptions.get(&topic) {
+                Some(Subscription::AwaitingSnapshot(held)) => held.clone(),
+                _ => Vec::new(),
+            };
+            for (version, text) in held {
+                if let Some(v) = version.filter(|v| *v > seen) {
+                    seen = v;
+                    act.send_text(text, ctx);
+                }
+            }
+            act.subscriptions.insert(topic, Subscription::Live { version: seen });
+        }));
+    }
+
+    fn generate_abort(&mut self, run_id: String, reference: Option<Value>, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.runs.remove(&run_id) {
+            let message = format!("this session is not waiting on run `{run_id}`");
+            return self.error(ErrorCode::NotFound, reference, message, ctx);
+        }
+        self.unwatch(&Topic::Run(run_id.clone()));
+        let frame = Typed::RunError {
+            reference,
+            run_id: run_id.clone(),
+            code: RunErrorCode::Aborted.to_string(),
+            message: "this session no longer waits on the run".into(),
+        };
+        self.send(frame.into(), ctx);
+        let service = self.state.runs.clone();
+        let session = self.id;
+        actix_web::rt::spawn(async move { service.detach(run_id, session).await });
+    }
+
     fn deliver(&mut self, topic: &Topic, version: Option<i64>, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
         match self.subscriptions.get_mut(topic) {
             Some(Subscription::AwaitingSnapshot(held)) => held.push((version, text)),
@@ -474,6 +576,11 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        for run_id in std::mem::take(&mut self.runs) {
+            let service = self.state.runs.clone();
+            let session = self.id;
+            actix_web::rt::spawn(async move { service.detach(run_id, session).await });
+        }
         self.state.metrics.sessions_open.dec();
         self.state.hub.do_send(hub::Disconnect { id: self.id });
     }

@@ -82,6 +82,8 @@ pub struct Recorded {
     pub body: Value,
     /// The body as text (lossy UTF-8).
     pub raw_body: String,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 #[allow(dead_code)]
@@ -115,6 +117,8 @@ struct Inner {
     queued: VecDeque<Mode>,
     text: Option<String>,
     stream_chunks: Option<Vec<String>>,
+    /// Pause between two SSE chunks (`None`: [`CHUNK_PAUSE`]).
+    chunk_pause: Option<Duration>,
     requests: Vec<Recorded>,
     seen_prompts: HashSet<(Provider, String)>,
 }
@@ -171,6 +175,7 @@ impl FakeLlm {
                 queued: VecDeque::new(),
                 text: None,
                 stream_chunks: None,
+                chunk_pause: None,
                 requests: Vec::new(),
                 seen_prompts: HashSet::new(),
             }),
@@ -266,6 +271,11 @@ impl FakeLlm {
         self.shared.lock().stream_chunks = if chunks.is_empty() { None } else { Some(chunks) };
     }
 
+    /// Pause between two streamed chunks (slow streams); `None` restores the default.
+    pub fn set_chunk_pause(&self, pause: Option<Duration>) {
+        self.shared.lock().chunk_pause = pause;
+    }
+
     /// Every request received, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
@@ -342,6 +352,7 @@ async fn handle_request(req: HttpRequest, body: Bytes, shared: web::Data<Shared>
             headers: headers.clone(),
             body: json_body.clone(),
             raw_body: raw_body.clone(),
+            at: std::time::Instant::now(),
         });
         let next = inner.queued.pop_front();
         next.unwrap_or_else(|| inner.default_mode.clone())
@@ -455,8 +466,9 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
     let model = body.get("model").and_then(Value::as_str).unwrap_or("fake-model").to_string();
     let system = system_prompt(provider, body);
 
-    let (text, chunks, cached_before) = {
+    let (text, chunks, cached_before, pause) = {
         let mut inner = shared.lock();
+        let pause = inner.chunk_pause.unwrap_or(CHUNK_PAUSE);
         let (text, chunks) = match mode {
             Mode::SchemaInvalid => {
                 let t = "{\"unexpected\":1}".to_string();
@@ -479,7 +491,7 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
             },
         };
         let seen = !inner.seen_prompts.insert((provider, system));
-        (text, chunks, seen)
+        (text, chunks, seen, pause)
     };
 
     let input = (raw_body.len() / 4) as u64;
@@ -505,7 +517,7 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("request-id", "req_fake"))
-        .streaming(sse_stream(events))
+        .streaming(sse_stream(events, pause))
 }
 
 /// The system prompt of a request, as a cache key.
@@ -925,11 +937,14 @@ fn chat_events(model: &str, chunks: &[String], usage: &Usage, mode: &Mode, inclu
 }
 
 /// A body stream writing each piece as its own chunk, ~1 ms apart.
-fn sse_stream(pieces: Vec<Piece>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static {
-    stream::unfold((VecDeque::from(pieces), true), |(mut pieces, first)| async move {
+fn sse_stream(
+    pieces: Vec<Piece>,
+    pause: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static {
+    stream::unfold((VecDeque::from(pieces), true), move |(mut pieces, first)| async move {
         let piece = pieces.pop_front()?;
         if !first {
-            actix_web::rt::time::sleep(CHUNK_PAUSE).await;
+            actix_web::rt::time::sleep(pause).await;
         }
         let item = match piece {
             Piece::Data(s) => Ok(Bytes::from(s)),

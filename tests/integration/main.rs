@@ -10,4 +10,6 @@ mod cluster;
 mod content;
 mod llm;
 mod process;
+mod runs;
+mod runs_process;
 mod session;

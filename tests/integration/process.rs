@@ -12,7 +12,7 @@ use crate::common::{eventually, get_json, http, post_json, Db, FakeLlm, Mode, Te
 const BIN: &str = env!("CARGO_BIN_EXE_lorewire");
 
 /// A `lorewire` process with its output captured.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     port: u16,
     output: Arc<Mutex<String>>,
@@ -45,7 +45,7 @@ impl Server {
         Self::start_with(db_url, fake, &[]).await
     }
 
-    async fn start_with(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)]) -> Server {
+    pub(crate) async fn start_with(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)]) -> Server {
         let (mut cmd, cwd) = command(db_url, fake);
         cmd.envs(env.iter().copied());
         let port = free_port();
@@ -78,16 +78,16 @@ impl Server {
         server
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().unwrap();
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }
 
@@ -104,7 +104,7 @@ impl Server {
         .await
     }
 
-    async fn player(&self) -> (WsClient, String) {
+    pub(crate) async fn player(&self) -> (WsClient, String) {
         let mut ws = WsClient::connect(&self.url("/ws")).await;
         ws.send(json!({"type": "session:start", "nickname": "Proc"})).await;
         let ack = ws.recv_type("session:ack").await;
@@ -119,7 +119,7 @@ impl Drop for Server {
     }
 }
 
-async fn test_db(db: Db) -> TestDb {
+pub(crate) async fn test_db(db: Db) -> TestDb {
     actix_web::rt::task::spawn_blocking(move || TestDb::new(db)).await.unwrap()
 }
 

@@ -33,3 +33,22 @@ pub fn text(value: &Value) -> Result<String, String> {
     }
     block.get("text").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| "content[0].text is missing".into())
 }
+
+/// A streamed prose request (`stream: true`), the system prompt cached as for content.
+pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::TextPrompt) -> UpstreamRequest {
+    UpstreamRequest {
+        url: format!("{base}/v1/messages"),
+        headers: vec![("x-api-key", api_key.to_owned()), ("anthropic-version", API_VERSION.to_owned())],
+        body: json!({
+            "model": model,
+            "max_tokens": prompt.max_tokens,
+            "stream": true,
+            "system": [{
+                "type": "text",
+                "text": prompt.system,
+                "cache_control": {"type": "ephemeral"},
+            }],
+            "messages": [{"role": "user", "content": prompt.user}],
+        }),
+    }
+}

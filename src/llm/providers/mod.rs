@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod openai;
 pub mod openai_chat;
+pub mod sse;
 
 use serde_json::Value;
 
@@ -91,6 +92,23 @@ pub fn build_request(target: &Target<'_>, prompt: &Prompt) -> UpstreamRequest {
         Provider::Anthropic => anthropic::build(base, target.model, target.api_key, prompt),
         Provider::OpenAi => openai::build(base, target.model, target.api_key, prompt),
         Provider::OpenAiChat => openai_chat::build(base, target.model, target.api_key, prompt),
+    }
+}
+
+/// What to ask for a streamed prose answer (generation runs): no schema.
+#[derive(Debug, Clone)]
+pub struct TextPrompt {
+    pub system: String,
+    pub user: String,
+    pub max_tokens: u32,
+}
+
+pub fn build_stream_request(target: &Target<'_>, prompt: &TextPrompt) -> UpstreamRequest {
+    let base = target.base_url.trim_end_matches('/');
+    match target.provider {
+        Provider::Anthropic => anthropic::build_stream(base, target.model, target.api_key, prompt),
+        Provider::OpenAi => openai::build_stream(base, target.model, target.api_key, prompt),
+        Provider::OpenAiChat => openai_chat::build_stream(base, target.model, target.api_key, prompt),
     }
 }
 

@@ -48,3 +48,18 @@ pub fn text(value: &Value) -> Result<String, String> {
     }
     Ok(text)
 }
+
+/// A streamed prose request (`stream: true`, plain text output).
+pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::TextPrompt) -> UpstreamRequest {
+    UpstreamRequest {
+        url: format!("{base}/responses"),
+        headers: vec![("authorization", format!("Bearer {api_key}"))],
+        body: json!({
+            "model": model,
+            "instructions": prompt.system,
+            "input": prompt.user,
+            "max_output_tokens": prompt.max_tokens,
+            "stream": true,
+        }),
+    }
+}

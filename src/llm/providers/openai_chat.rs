@@ -42,3 +42,25 @@ pub fn text(value: &Value) -> Result<String, String> {
         .map(str::to_owned)
         .ok_or_else(|| "choices[0].message.content is missing".into())
 }
+
+/// A streamed prose request; `include_usage` makes the server send a last chunk with usage.
+pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::TextPrompt) -> UpstreamRequest {
+    let mut headers = Vec::new();
+    if !api_key.is_empty() {
+        headers.push(("authorization", format!("Bearer {api_key}")));
+    }
+    UpstreamRequest {
+        url: format!("{base}/chat/completions"),
+        headers,
+        body: json!({
+            "model": model,
+            "max_tokens": prompt.max_tokens,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+        }),
+    }
+}

@@ -1,0 +1,4 @@
+DROP TABLE prices;
+DROP TABLE budgets;
+DROP TABLE cost_events;
+DROP TABLE runs;

@@ -1,0 +1,324 @@
+//! Server-Sent Events: bytes in (split anywhere, even inside a UTF-8 character), events out,
+//! and the per-provider reading of those events into text deltas, usage and the end.
+//! Pure code: no I/O, no secrets.
+
+use serde_json::Value;
+
+use super::Provider;
+use crate::runs::Usage;
+
+/// The most a single event may hold before the stream counts as broken.
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// One event: its `event:` name (if any) and its `data:` lines joined by `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Incremental SSE parser (the WHATWG event-stream format: `\n`, `\r\n` or `\r` line ends,
+/// `:` comments, `data:` lines joined, a blank line dispatches).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+    event: Option<String>,
+    data: Vec<String>,
+    has_data: bool,
+}
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; returns the events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+        self.buffer.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            // A lone `\r` at the very end may be the first half of `\r\n`: wait for more.
+            if self.buffer[end] == b'\r' && end + 1 == self.buffer.len() {
+                break;
+            }
+            let skip = if self.buffer[end] == b'\r' && self.buffer.get(end + 1) == Some(&b'\n') { 2 } else { 1 };
+            let line: Vec<u8> = self.buffer.drain(..end + skip).take(end).collect();
+            let line = String::from_utf8(line).map_err(|_| "event stream is not UTF-8".to_owned())?;
+            if let Some(event) = self.line(&line) {
+                out.push(event);
+            }
+        }
+        let pending = self.buffer.len() + self.data.iter().map(String::len).sum::<usize>();
+        if pending > MAX_EVENT_BYTES {
+            return Err("an event in the stream is over 1 MiB".into());
+        }
+        Ok(out)
+    }
+
+    fn line(&mut self, line: &str) -> Option<SseEvent> {
+        if line.is_empty() {
+            let event = self.event.take();
+            if !std::mem::take(&mut self.has_data) {
+                return None;
+            }
+            let data = std::mem::take(&mut self.data).join("\n");
+            return Some(SseEvent { event, data });
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = Some(value.to_owned()),
+            "data" => {
+                self.data.push(value.to_owned());
+                self.has_data = true;
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// What an event meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Text(String),
+    /// The provider said the answer is complete.
+    Finished,
+    /// The provider reported an error inside the stream.
+    Failed(String),
+}
+
+/// Reads one provider's events, keeping the usage reported so far (kept when the stream fails).
+#[derive(Debug)]
+pub struct StreamReader {
+    provider: Provider,
+    pub usage: Usage,
+    /// Whether the provider reported input / output tokens (else they are estimated).
+    pub input_reported: bool,
+    pub output_reported: bool,
+}
+
+fn u64_at(value: &Value, pointer: &str) -> Option<u64> {
+    value.pointer(pointer).and_then(Value::as_u64)
+}
+
+fn message_of(value: &Value, pointer: &str) -> String {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("the provider reported an error")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+impl StreamReader {
+    pub fn new(provider: Provider) -> Self {
+        StreamReader { provider, usage: Usage::default(), input_reported: false, output_reported: false }
+    }
+
+    pub fn read(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+        match self.provider {
+            Provider::Anthropic => self.anthropic(event),
+            Provider::OpenAi => self.responses(event),
+            Provider::OpenAiChat => self.chat(event),
+        }
+    }
+
+    fn json(data: &str) -> Result<Value, String> {
+        serde_json::from_str(data).map_err(|e| format!("stream event is not JSON: {e}"))
+    }
+
+    /// Anthropic Messages: `message_start` (input usage, cache reads and writes),
+    /// `content_block_delta` text, `message_delta` (cumulative output tokens), `message_stop`,
+    /// `ping`, `error`.
+    fn anthropic(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+        let value = Self::json(&event.data)?;
+        let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
+        Ok(match ty {
+            "message_start" => {
+                if let Some(usage) = value.pointer("/message/usage") {
+                    self.usage.input_tokens = u64_at(usage, "/input_tokens").unwrap_or(0);
+                    self.usage.cache_write_tokens = u64_at(usage, "/cache_creation_input_tokens").unwrap_or(0);
+                    self.usage.cache_read_tokens = u64_at(usage, "/cache_read_input_tokens").unwrap_or(0);
+                    self.input_reported = usage.get("input_tokens").is_some();
+                    if let Some(out) = u64_at(usage, "/output_tokens") {
+                        self.usage.output_tokens = out;
+                    }
+                }
+                vec![]
+            }
+            "content_block_delta" => match value.pointer("/delta/type").and_then(Value::as_str) {
+                Some("text_delta") => {
+                    let text = value.pointer("/delta/text").and_then(Value::as_str).unwrap_or("");
+                    if text.is_empty() {
+                        vec![]
+                    } else {
+                        vec![Step::Text(text.to_owned())]
+                    }
+                }
+                _ => vec![],
+            },
+            "message_delta" => {
+                // Cumulative: the latest count replaces the earlier one.
+                if let Some(out) = u64_at(&value, "/usage/output_tokens") {
+                    self.usage.output_tokens = out;
+                    self.output_reported = true;
+                }
+                if let Some(input) = u64_at(&value, "/usage/input_tokens") {
+                    self.usage.input_tokens = input;
+                    self.input_reported = true;
+                }
+                vec![]
+            }
+            "message_stop" => vec![Step::Finished],
+            "error" => vec![Step::Failed(message_of(&value, "/error/message"))],
+            _ => vec![],
+        })
+    }
+
+    fn openai_usage(&mut self, usage: &Value, input: &str, output: &str, cached: &str) {
+        let Some(total_input) = u64_at(usage, input) else { return };
+        let cached = u64_at(usage, cached).unwrap_or(0).min(total_input);
+        self.usage.input_tokens = total_input - cached;
+        self.usage.cache_read_tokens = cached;
+        self.input_reported = true;
+        if let Some(out) = u64_at(usage, output) {
+            self.usage.output_tokens = out;
+            self.output_reported = true;
+        }
+    }
+
+    /// OpenAI Responses: `response.output_text.delta`, `response.completed` (usage with
+    /// `input_tokens_details.cached_tokens`), `response.failed` / `response.incomplete` /
+    /// `error`.
+    fn responses(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+        let value = Self::json(&event.data)?;
+        let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
+        Ok(match ty {
+            "response.output_text.delta" => {
+                let text = value.get("delta").and_then(Value::as_str).unwrap_or("");
+                if text.is_empty() {
+                    vec![]
+                } else {
+                    vec![Step::Text(text.to_owned())]
+                }
+            }
+            "response.completed" => {
+                if let Some(usage) = value.pointer("/response/usage") {
+                    self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
+                }
+                vec![Step::Finished]
+            }
+            "response.failed" | "response.incomplete" => {
+                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
+                    self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
+                }
+                let message = value
+                    .pointer("/response/error/message")
+                    .or_else(|| value.pointer("/response/incomplete_details/reason"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("the response failed");
+                vec![Step::Failed(message.chars().take(300).collect())]
+            }
+            "error" => vec![Step::Failed(message_of(&value, "/message"))],
+            _ => vec![],
+        })
+    }
+
+    /// Chat Completions: `choices[].delta.content`, the `include_usage` chunk (empty
+    /// `choices`), `[DONE]`; `choices: null` and keep-alive comments are tolerated.
+    fn chat(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+        if event.data.trim() == "[DONE]" {
+            return Ok(vec![Step::Finished]);
+        }
+        let value = Self::json(&event.data)?;
+        if value.get("error").is_some_and(|e| !e.is_null()) {
+            return Ok(vec![Step::Failed(message_of(&value, "/error/message"))]);
+        }
+        if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+            self.openai_usage(usage, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
+        }
+        let mut steps = Vec::new();
+        for choice in value.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
+                if !text.is_empty() {
+                    steps.push(Step::Text(text.to_owned()));
+                }
+            }
+        }
+        Ok(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        chunks.iter().flat_map(|c| p.feed(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn events_split_anywhere() {
+        let whole = "event: a\ndata: {\"x\":\"é\"}\n\n: comment\n\ndata: one\ndata: two\r\n\r\n";
+        let bytes = whole.as_bytes();
+        let expected = vec![
+            SseEvent { event: Some("a".into()), data: "{\"x\":\"é\"}".into() },
+            SseEvent { event: None, data: "one\ntwo".into() },
+        ];
+        for split in 0..bytes.len() {
+            assert_eq!(parse_all(&[&bytes[..split], &bytes[split..]]), expected, "split at {split}");
+        }
+        let single: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(parse_all(&single), expected);
+    }
+
+    #[test]
+    fn anthropic_usage_and_text() {
+        let mut r = StreamReader::new(Provider::Anthropic);
+        let ev = |data: &str| SseEvent { event: None, data: data.into() };
+        r.read(&ev(r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1,"cache_creation_input_tokens":3,"cache_read_input_tokens":7}}}"#)).unwrap();
+        assert_eq!(r.read(&ev(r#"{"type":"ping"}"#)).unwrap(), vec![]);
+        assert_eq!(
+            r.read(&ev(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#))
+                .unwrap(),
+            vec![Step::Text("Hi".into())]
+        );
+        r.read(&ev(r#"{"type":"message_delta","usage":{"output_tokens":5}}"#)).unwrap();
+        r.read(&ev(r#"{"type":"message_delta","usage":{"output_tokens":9}}"#)).unwrap();
+        assert_eq!(r.usage, Usage { input_tokens: 10, output_tokens: 9, cache_read_tokens: 7, cache_write_tokens: 3 });
+        assert_eq!(r.read(&ev(r#"{"type":"message_stop"}"#)).unwrap(), vec![Step::Finished]);
+        assert!(matches!(
+            r.read(&ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)).unwrap()[0],
+            Step::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn openai_cached_tokens_are_split_out() {
+        let mut r = StreamReader::new(Provider::OpenAi);
+        let data = r#"{"type":"response.completed","response":{"usage":{"input_tokens":100,"input_tokens_details":{"cached_tokens":40},"output_tokens":12}}}"#;
+        assert_eq!(r.read(&SseEvent { event: None, data: data.into() }).unwrap(), vec![Step::Finished]);
+        assert_eq!(
+            r.usage,
+            Usage { input_tokens: 60, output_tokens: 12, cache_read_tokens: 40, cache_write_tokens: 0 }
+        );
+
+        let mut c = StreamReader::new(Provider::OpenAiChat);
+        let steps = c.read(&SseEvent { event: None, data: r#"{"choices":null}"#.into() }).unwrap();
+        assert!(steps.is_empty());
+        let steps =
+            c.read(&SseEvent { event: None, data: r#"{"choices":[{"delta":{"content":"a"}}]}"#.into() }).unwrap();
+        assert_eq!(steps, vec![Step::Text("a".into())]);
+        c.read(&SseEvent { event: None, data: r#"{"choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":8}}}"#.into() }).unwrap();
+        assert_eq!(c.usage, Usage { input_tokens: 0, output_tokens: 2, cache_read_tokens: 8, cache_write_tokens: 0 });
+        assert_eq!(c.read(&SseEvent { event: None, data: "[DONE]".into() }).unwrap(), vec![Step::Finished]);
+    }
+}

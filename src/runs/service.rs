@@ -1,0 +1,308 @@
+//! The run service: admits a validated request (dedup, queue limit, budget reservation, the
+//! run row and its job in one transaction), wakes the LLM actor, tracks which sessions wait on
+//! which run, and aborts a WebSocket run nobody waits on any more. Never calls the LLM itself.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use sha2::{Digest, Sha256};
+
+use super::live::LiveRuns;
+use super::{prompt_token_bound, topic, usd, Action, RunErrorCode, RunRequest, RunStatus, Usage};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::hub::{DropTopic, Hub, PublishText, SessionId};
+use crate::llm::JobsAvailable;
+use crate::metrics::Metrics;
+use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
+use crate::store::{billing, llm_config, Store, StoreError};
+use crate::ws::protocol::{ServerFrame, Typed};
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    /// A WebSocket session: the run is aborted once no session waits on it.
+    Session(SessionId),
+    /// A REST call: the run runs to its end.
+    Rest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    BudgetExceeded(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a start request got.
+#[derive(Debug)]
+pub enum Started {
+    /// Queued (or joined, when an identical run was already queued or running).
+    Queued { run_id: String, position: i64, estimated_ms: i64, joined: bool },
+    /// An identical run finished before: its stored text, at no cost.
+    Cached(RunRow),
+    /// No API key is configured: the run ended at once.
+    NoConfig(RunRow),
+}
+
+/// Frames that bring a late subscriber up to date.
+pub struct CatchUp {
+    /// `(version, frame)`; version `None` for frames rebuilt from the database.
+    pub frames: Vec<(Option<i64>, ByteString)>,
+    /// The run has ended: nothing more will come.
+    pub finished: bool,
+}
+
+/// Used when no run has finished yet to estimate from.
+const DEFAULT_RUN_MS: i64 = 2000;
+
+#[derive(Clone)]
+pub struct RunService {
+    store: Store,
+    clock: SharedClock,
+    hub: Addr<Hub>,
+    llm: Recipient<JobsAvailable>,
+    live: Arc<LiveRuns>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+/// The dedup key: identical (project, action, model, input) share it.
+fn dedup_key(project_id: &str, action: Action, model: &str, input: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [project_id, action.as_str(), model, input] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+fn new_run_id() -> String {
+    format!("run_{}", crate::players::new_token().get(..20).unwrap_or("0"))
+}
+
+impl RunService {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        hub: Addr<Hub>,
+        llm: Recipient<JobsAvailable>,
+        live: Arc<LiveRuns>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        RunService { store, clock, hub, llm, live, config, metrics }
+    }
+
+    pub fn live(&self) -> &Arc<LiveRuns> {
+        &self.live
+    }
+
+    pub async fn start(&self, req: RunRequest, waiter: Waiter) -> Result<Started, StartError> {
+        let now = self.clock.now_naive();
+        let config = self.config.clone();
+        let run_id = new_run_id();
+        let (admitted, position, avg_ms) = self
+            .store
+            .run(move |conn| {
+                let llm = llm_config::get(conn)?;
+                let model = llm.as_ref().map(|c| c.model.clone()).unwrap_or_else(|| config.llm_model.clone());
+                let no_config = match &llm {
+                    None => true,
+                    Some(c) => {
+                        let keyless =
+                            c.provider.parse().is_ok_and(|p| crate::llm::actor::keyless_allowed(p, &c.base_url));
+                        c.api_key.as_deref().is_none_or(str::is_empty) && !keyless
+                    }
+                };
+                let bound = prompt_token_bound(req.action.system_prompt(), &req.action.user_message(&req.input));
+                let worst_case =
+                    billing::price(conn, &model)?.map(|p| p.worst_case(bound, u64::from(config.max_output_tokens)));
+                let key = dedup_key(&req.project_id, req.action, &model, &req.input);
+                let admission = Admission {
+                    run_id: &run_id,
+                    project_id: &req.project_id,
+                    action: req.action.as_str(),
+                    priority: req.action.priority(),
+                    input: &req.input,
+                    model: &model,
+                    dedup_key: &key,
+                    skip_cache: req.skip_cache,
+                    pinned: waiter == Waiter::Rest,
+                    queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
+                    worst_case,
+                    no_config,
+                };
+                let admitted = rows::admit(conn, &admission, now)?;
+                let (position, avg) = match &admitted {
+                    Admitted::Joined(row) | Admitted::Created(row) if row.is_active() => {
+                        (rows::position(conn, row.id)?, rows::recent_duration_ms(conn)?)
+                    }
+                    _ => (0, None),
+                };
+                Ok((admitted, position, avg))
+            })
+            .await?;
+        let (row, joined) = match admitted {
+            Admitted::Overloaded => {
+                self.metrics.runs_refused.with_label_values(&["overloaded"]).inc();
+                return Err(StartError::Overloaded(format!(
+                    "{} runs are queued already; try again later",
+                    self.config.queue_limit
+                )));
+            }
+            Admitted::BudgetExceeded => {
+                self.metrics.runs_refused.with_label_values(&["budget_exceeded"]).inc();
+                return Err(StartError::BudgetExceeded("this run could take the project past its budget".into()));
+            }
+            Admitted::NoPrice => {
+                self.metrics.runs_refused.with_label_values(&["no_price"]).inc();
+                return Err(StartError::BudgetExceeded(
+                    "the model has no price, so a project with a budget cannot use it".into(),
+                ));
+            }
+            Admitted::Cached(row) => {
+                tracing::info!(run = %row.run_id, project = %row.project_id, "run answered from cache");
+                return Ok(Started::Cached(row));
+            }
+            Admitted::Created(row) if row.run_status() == Some(RunStatus::Dead) => {
+                tracing::warn!(run = %row.run_id, "run refused: no LLM API key configured");
+                return Ok(Started::NoConfig(row));
+            }
+            Admitted::Created(row) => (row, false),
+            Admitted::Joined(row) => (row, true),
+        };
+        if let Waiter::Session(session) = waiter {
+            self.live.attach(&row.run_id, session);
+        }
+        if !joined {
+            self.metrics.runs_queued.inc();
+            self.llm.do_send(JobsAvailable);
+        }
+        tracing::info!(run = %row.run_id, project = %row.project_id, action = %row.action, joined, position, "run queued");
+        let per_slot = avg_ms.unwrap_or(DEFAULT_RUN_MS).max(1);
+        let slots = self.config.llm_concurrency.max(1) as i64;
+        let estimated_ms = (position / slots + 1) * per_slot;
+        Ok(Started::Queued { run_id: row.run_id, position, estimated_ms, joined })
+    }
+
+    pub async fn get(&self, run_id: String) -> Result<Option<RunRow>, StoreError> {
+        self.store.run(move |conn| rows::find(conn, &run_id)).await
+    }
+
+    /// A session stops waiting on a run; the run is aborted when it was started over a
+    /// WebSocket and no session waits on it any more.
+    pub async fn detach(&self, run_id: String, session: SessionId) {
+        if self.live.detach(&run_id, session) {
+            if let Err(e) = self.abort(run_id.clone()).await {
+                tracing::error!(run = %run_id, error = %e, "could not abort a run nobody waits on");
+            }
+        }
+    }
+
+    async fn abort(&self, run_id: String) -> Result<(), StoreError> {
+        let Some(row) = self.get(run_id.clone()).await? else { return Ok(()) };
+        if row.pinned || !row.is_active() {
+            return Ok(());
+        }
+        // Streaming (or about to): the worker sees the signal, stops and charges what it used.
+        self.live.cancel(&run_id);
+        let now = self.clock.now_naive();
+        let id = run_id.clone();
+        if let Some(row) = self.store.run(move |conn| rows::abort_queued(conn, &id, now)).await? {
+            tracing::info!(run = %row.run_id, "queued run aborted: nobody waits on it");
+            self.metrics.runs_finished.with_label_values(&[RunStatus::Aborted.as_str()]).inc();
+            let frame = Typed::RunError {
+                reference: None,
+                run_id: row.run_id.clone(),
+                code: RunErrorCode::Aborted.to_string(),
+                message: "the run was aborted".into(),
+            };
+            publish(&self.live, &self.hub, &row.run_id, frame.into());
+            finish(&self.live, &self.hub, &row.run_id);
+        }
+        Ok(())
+    }
+
+    /// Re-queues a dead run (admin), reserving its budget again.
+    pub async fn retry_dead(&self, run_id: String) -> Result<rows::Requeued, StoreError> {
+        let now = self.clock.now_naive();
+        let max_output = u64::from(self.config.max_output_tokens);
+        let result = self
+            .store
+            .run(move |conn| {
+                let Some(row) = rows::find(conn, &run_id)? else { return Ok(rows::Requeued::NotFound) };
+                let Some(action) = Action::parse(&row.action) else { return Ok(rows::Requeued::NotDead) };
+                let bound = prompt_token_bound(action.system_prompt(), &action.user_message(&row.input));
+                let worst_case = billing::price(conn, &row.model)?.map(|p| p.worst_case(bound, max_output));
+                let priority_of = |a: &str| Action::parse(a).map_or(Action::Describe.priority(), Action::priority);
+                rows::retry_dead(conn, &run_id, priority_of, worst_case, now)
+            })
+            .await?;
+        if let rows::Requeued::Queued(row) = &result {
+            tracing::info!(run = %row.run_id, "dead letter re-queued by admin");
+            self.llm.do_send(JobsAvailable);
+        }
+        Ok(result)
+    }
+
+    /// What a late subscriber needs first: the frames of the current attempt when this
+    /// process streams the run, else the stored result of a finished run. `None`: no such run.
+    pub async fn catch_up(&self, run_id: String) -> Result<Option<CatchUp>, StoreError> {
+        let Some(row) = self.get(run_id.clone()).await? else { return Ok(None) };
+        if let Some(frames) = self.live.frames(&run_id) {
+            let finished = !row.is_active();
+            return Ok(Some(CatchUp { frames: frames.into_iter().map(|(v, t)| (Some(v), t)).collect(), finished }));
+        }
+        if row.is_active() {
+            return Ok(Some(CatchUp { frames: Vec::new(), finished: false }));
+        }
+        Ok(Some(CatchUp { frames: stored_frames(&row, false), finished: true }))
+    }
+}
+
+/// A finished run rebuilt as frames: started, the text as one delta, then done or error.
+/// `cached` answers a duplicate request: no cost, no usage.
+pub fn stored_frames(row: &RunRow, cached: bool) -> Vec<(Option<i64>, ByteString)> {
+    let frame = |t: Typed| (None, ByteString::from(ServerFrame::from(t).to_json()));
+    match row.run_status() {
+        Some(RunStatus::Done) => {
+            let mut frames =
+                vec![frame(Typed::RunStarted { run_id: row.run_id.clone(), model: row.model.clone(), attempt: None })];
+            if !row.text.is_empty() {
+                frames.push(frame(Typed::RunDelta { run_id: row.run_id.clone(), seq: 0, text: row.text.clone() }));
+            }
+            let (usage, cost) = if cached { (Usage::default(), 0.0) } else { (row.usage(), usd(row.cost_micros)) };
+            frames.push(frame(Typed::RunDone {
+                run_id: row.run_id.clone(),
+                text: row.text.clone(),
+                usage,
+                cost_usd: cost,
+                cached,
+            }));
+            frames
+        }
+        _ => vec![frame(Typed::RunError {
+            reference: None,
+            run_id: row.run_id.clone(),
+            code: row.error_code.clone().unwrap_or_else(|| "unknown".into()),
+            message: row.error.clone().unwrap_or_default(),
+        })],
+    }
+}
+
+/// Records a run frame for late subscribers and sends it to the current ones.
+pub fn publish(live: &LiveRuns, hub: &Addr<Hub>, run_id: &str, frame: ServerFrame) {
+    let (version, text) = live.push(run_id, &frame);
+    hub.do_send(PublishText { topic: topic(run_id), version: Some(version), text });
+}
+
+/// The run ended: its topic goes away after its last frame.
+pub fn finish(live: &LiveRuns, hub: &Addr<Hub>, run_id: &str) {
+    live.finish(run_id);
+    hub.do_send(DropTopic { topic: topic(run_id) });
+}

@@ -1,0 +1,531 @@
+//! Generation runs: one row per run, created `queued` together with its durable job (and its
+//! budget reservation) in one transaction; every attempt's end (usage, cost event, budget
+//! settlement, job hand-back or deletion) is one transaction too.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::billing::{self, NewCostEvent};
+use super::jobs::{self, JobKind};
+use super::schema::{jobs as jobs_t, runs};
+use super::{is_unique_violation, write_tx, DbConn, StoreResult};
+use crate::runs::{RunErrorCode, RunStatus, Usage};
+
+#[derive(Debug, Clone, Queryable)]
+pub struct RunRow {
+    pub id: i64,
+    pub run_id: String,
+    pub project_id: String,
+    pub action: String,
+    pub input: String,
+    pub model: String,
+    pub dedup_key: String,
+    pub status: String,
+    /// Started or joined over REST: runs to its end whoever waits.
+    pub pinned: bool,
+    pub attempts: i32,
+    pub text: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub cost_micros: i64,
+    pub reserved_micros: i64,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub started_at: Option<NaiveDateTime>,
+    pub finished_at: Option<NaiveDateTime>,
+    pub updated_at: NaiveDateTime,
+}
+
+impl RunRow {
+    pub fn run_status(&self) -> Option<RunStatus> {
+        RunStatus::parse(&self.status)
+    }
+    pub fn is_active(&self) -> bool {
+        self.run_status().is_some_and(RunStatus::is_active)
+    }
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.max(0) as u64,
+            output_tokens: self.output_tokens.max(0) as u64,
+            cache_read_tokens: self.cache_read_tokens.max(0) as u64,
+            cache_write_tokens: self.cache_write_tokens.max(0) as u64,
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = runs)]
+struct NewRun<'a> {
+    run_id: &'a str,
+    project_id: &'a str,
+    action: &'a str,
+    input: &'a str,
+    model: &'a str,
+    dedup_key: &'a str,
+    status: &'a str,
+    pinned: bool,
+    reserved_micros: i64,
+    error_code: Option<&'a str>,
+    error: Option<&'a str>,
+    created_at: NaiveDateTime,
+    finished_at: Option<NaiveDateTime>,
+    updated_at: NaiveDateTime,
+}
+
+/// A request to admit, with everything decided outside the transaction.
+pub struct Admission<'a> {
+    pub run_id: &'a str,
+    pub project_id: &'a str,
+    pub action: &'a str,
+    pub priority: i32,
+    pub input: &'a str,
+    pub model: &'a str,
+    pub dedup_key: &'a str,
+    pub skip_cache: bool,
+    pub pinned: bool,
+    pub queue_limit: i64,
+    /// Worst-case cost of one attempt, when the model has a price.
+    pub worst_case: Option<i64>,
+    /// No API key is configured: the run is stored dead at once.
+    pub no_config: bool,
+}
+
+#[derive(Debug)]
+pub enum Admitted {
+    /// An identical run is queued or running: this request joins it.
+    Joined(RunRow),
+    /// An identical run finished: its text is replayed.
+    Cached(RunRow),
+    /// A new run, queued with its job (or dead at once with `no_config`).
+    Created(RunRow),
+    Overloaded,
+    BudgetExceeded,
+    /// The project has a budget and the model has no price.
+    NoPrice,
+}
+
+pub fn find(conn: &mut DbConn, run_id: &str) -> StoreResult<Option<RunRow>> {
+    Ok(runs::table.filter(runs::run_id.eq(run_id)).first(conn).optional()?)
+}
+
+pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<RunRow>> {
+    Ok(runs::table.find(id).first(conn).optional()?)
+}
+
+/// Dedup, queue limit, budget reservation and the insert of run + job, in one transaction.
+pub fn admit(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreResult<Admitted> {
+    match write_tx(conn, |conn| admit_in_tx(conn, a, now)) {
+        // PostgreSQL: a concurrent identical request inserted first; join it.
+        Err(e) if is_unique_violation(&e) => write_tx(conn, |conn| admit_in_tx(conn, a, now)),
+        other => other,
+    }
+}
+
+fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreResult<Admitted> {
+    let active: Option<RunRow> = runs::table
+        .filter(runs::dedup_key.eq(a.dedup_key))
+        .filter(runs::status.eq_any(RunStatus::ACTIVE))
+        .first(conn)
+        .optional()?;
+    if let Some(row) = active {
+        if a.pinned && !row.pinned {
+            diesel::update(runs::table.find(row.id)).set(runs::pinned.eq(true)).execute(conn)?;
+        }
+        return Ok(Admitted::Joined(row));
+    }
+    if !a.skip_cache {
+        let done: Option<RunRow> = runs::table
+            .filter(runs::dedup_key.eq(a.dedup_key))
+            .filter(runs::status.eq(RunStatus::Done.as_str()))
+            .order(runs::id.desc())
+            .first(conn)
+            .optional()?;
+        if let Some(row) = done {
+            return Ok(Admitted::Cached(row));
+        }
+    }
+    if a.no_config {
+        let why = "no LLM API key is configured";
+        let row = insert(conn, a, RunStatus::Dead, 0, Some((RunErrorCode::NoConfig, why)), now)?;
+        return Ok(Admitted::Created(row));
+    }
+    if queued_count(conn)? >= a.queue_limit {
+        return Ok(Admitted::Overloaded);
+    }
+    let mut reserved = 0;
+    if billing::budget(conn, a.project_id)?.is_some() {
+        let Some(amount) = a.worst_case else { return Ok(Admitted::NoPrice) };
+        if !billing::reserve(conn, a.project_id, amount, now)? {
+            return Ok(Admitted::BudgetExceeded);
+        }
+        reserved = amount;
+    }
+    let row = insert(conn, a, RunStatus::Queued, reserved, None, now)?;
+    jobs::enqueue(conn, JobKind::Run, row.id, a.priority, now)?;
+    Ok(Admitted::Created(row))
+}
+
+fn insert(
+    conn: &mut DbConn,
+    a: &Admission<'_>,
+    status: RunStatus,
+    reserved: i64,
+    error: Option<(RunErrorCode, &str)>,
+    now: NaiveDateTime,
+) -> StoreResult<RunRow> {
+    let code = error.map(|(c, _)| c.to_string());
+    Ok(diesel::insert_into(runs::table)
+        .values(NewRun {
+            run_id: a.run_id,
+            project_id: a.project_id,
+            action: a.action,
+            input: a.input,
+            model: a.model,
+            dedup_key: a.dedup_key,
+            status: status.as_str(),
+            pinned: a.pinned,
+            reserved_micros: reserved,
+            error_code: code.as_deref(),
+            error: error.map(|(_, e)| e),
+            created_at: now,
+            finished_at: (!status.is_active()).then_some(now),
+            updated_at: now,
+        })
+        .returning(runs::all_columns)
+        .get_result(conn)?)
+}
+
+/// Runs waiting in the queue (not running).
+pub fn queued_count(conn: &mut DbConn) -> StoreResult<i64> {
+    Ok(runs::table.filter(runs::status.eq(RunStatus::Queued.as_str())).count().get_result(conn)?)
+}
+
+/// Queued run jobs that will be claimed before this run's job.
+pub fn position(conn: &mut DbConn, run_pk: i64) -> StoreResult<i64> {
+    let job: Option<(i64, i32)> = jobs_t::table
+        .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
+        .filter(jobs_t::target_id.eq(run_pk))
+        .select((jobs_t::id, jobs_t::priority))
+        .first(conn)
+        .optional()?;
+    let Some((job_id, priority)) = job else { return Ok(0) };
+    Ok(jobs_t::table
+        .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
+        .filter(jobs_t::status.eq(jobs::QUEUED))
+        .filter(jobs_t::priority.gt(priority).or(jobs_t::priority.eq(priority).and(jobs_t::id.lt(job_id))))
+        .count()
+        .get_result(conn)?)
+}
+
+/// Mean duration of the last runs that finished, in ms (for `estimated_ms`).
+pub fn recent_duration_ms(conn: &mut DbConn) -> StoreResult<Option<i64>> {
+    let recent: Vec<(Option<NaiveDateTime>, Option<NaiveDateTime>)> = runs::table
+        .filter(runs::status.eq(RunStatus::Done.as_str()))
+        .order(runs::id.desc())
+        .limit(20)
+        .select((runs::started_at, runs::finished_at))
+        .load(conn)?;
+    let spans: Vec<i64> =
+        recent.into_iter().filter_map(|(s, f)| Some((f? - s?).num_milliseconds())).filter(|ms| *ms >= 0).collect();
+    Ok((!spans.is_empty()).then(|| spans.iter().sum::<i64>() / spans.len() as i64))
+}
+
+/// Whether a run may go on to ask the provider.
+#[derive(Debug)]
+pub enum Reservation {
+    /// The run holds what one attempt can cost (or its project has no budget).
+    Held,
+    /// The run is no longer waiting (finished, aborted): nothing to do.
+    Gone,
+    /// The project's budget has no room for another attempt.
+    NoBudget,
+}
+
+/// Makes sure the run holds a reservation for the coming attempt when its project has a
+/// budget (the first attempt's was taken at admission; a retry takes a new one).
+pub fn ensure_reservation(
+    conn: &mut DbConn,
+    run_pk: i64,
+    worst_case: Option<i64>,
+    now: NaiveDateTime,
+) -> StoreResult<Reservation> {
+    write_tx(conn, |conn| {
+        let Some(row) = find_by_id(conn, run_pk)? else { return Ok(Reservation::Gone) };
+        if !row.is_active() {
+            return Ok(Reservation::Gone);
+        }
+        if row.reserved_micros > 0 || billing::budget(conn, &row.project_id)?.is_none() {
+            return Ok(Reservation::Held);
+        }
+        match worst_case {
+            Some(amount) if billing::reserve(conn, &row.project_id, amount, now)? => {
+                diesel::update(runs::table.find(run_pk)).set(runs::reserved_micros.eq(amount)).execute(conn)?;
+                Ok(Reservation::Held)
+            }
+            _ => Ok(Reservation::NoBudget),
+        }
+    })
+}
+
+/// The attempt begins: the run is `running` and the attempt counted. `None` when the run
+/// stopped waiting meanwhile (aborted).
+pub fn mark_running(conn: &mut DbConn, run_pk: i64, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
+    Ok(diesel::update(runs::table.find(run_pk).filter(runs::status.eq_any(RunStatus::ACTIVE)))
+        .set((
+            runs::status.eq(RunStatus::Running.as_str()),
+            runs::attempts.eq(runs::attempts + 1),
+            runs::started_at.eq(now),
+            runs::updated_at.eq(now),
+        ))
+        .returning(runs::all_columns)
+        .get_result(conn)
+        .optional()?)
+}
+
+/// What became of an attempt.
+#[derive(Debug, Clone)]
+pub enum AttemptEnd {
+    Done {
+        text: String,
+    },
+    Aborted,
+    /// Failed; the run goes back to the queue from `run_after`.
+    Retry {
+        run_after: NaiveDateTime,
+        code: RunErrorCode,
+        message: String,
+    },
+    /// Failed for good (attempts spent, or it cannot be tried).
+    Dead {
+        code: RunErrorCode,
+        message: String,
+    },
+}
+
+pub struct Settlement<'a> {
+    pub job_id: i64,
+    pub worker: &'a str,
+    pub run_pk: i64,
+    pub attempt: i32,
+    pub usage: Usage,
+    pub cost: i64,
+    pub end: AttemptEnd,
+}
+
+/// Ends an attempt in one transaction: the job is deleted (or handed back for a retry) only if
+/// this worker still holds it, the cost event is written, the budget settled (the reservation
+/// released; for a retry taken again if it still fits) and the run updated. `None` when the
+/// job is no longer this worker's: the result is dropped, so no run completes twice.
+pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
+    write_tx(conn, |conn| {
+        let held = match &s.end {
+            AttemptEnd::Retry { run_after, code, message } => {
+                jobs::requeue(conn, s.job_id, s.worker, *run_after, &format!("{code}: {message}"), now)?
+            }
+            _ => jobs::complete(conn, s.job_id, s.worker)?,
+        };
+        if !held {
+            return Ok(None);
+        }
+        let Some(row) = find_by_id(conn, s.run_pk)? else { return Ok(None) };
+        // A run admitted before its project had a budget holds nothing; its cost still counts.
+        let charge = if row.reserved_micros > 0 { s.cost.min(row.reserved_micros) } else { s.cost };
+        if s.cost > row.reserved_micros && row.reserved_micros > 0 {
+            tracing::warn!(run = %row.run_id, cost = s.cost, reserved = row.reserved_micros,
+                "attempt cost more than its worst case; the budget is charged the reservation");
+        }
+        billing::settle(conn, &row.project_id, row.reserved_micros, charge, now)?;
+        let mut reserved = 0;
+        if let AttemptEnd::Retry { .. } = s.end {
+            if row.reserved_micros > 0 && billing::reserve(conn, &row.project_id, row.reserved_micros, now)? {
+                reserved = row.reserved_micros;
+            }
+        }
+        if s.cost > 0 || !s.usage.is_zero() {
+            billing::add_cost_event(
+                conn,
+                &NewCostEvent {
+                    run_id: &row.run_id,
+                    project_id: &row.project_id,
+                    model: &row.model,
+                    attempt: s.attempt,
+                    input_tokens: s.usage.input_tokens as i64,
+                    output_tokens: s.usage.output_tokens as i64,
+                    cache_read_tokens: s.usage.cache_read_tokens as i64,
+                    cache_write_tokens: s.usage.cache_write_tokens as i64,
+                    cost_micros: s.cost,
+                    created_at: now,
+                },
+            )?;
+        }
+        let (status, text, code, message) = match &s.end {
+            AttemptEnd::Done { text } => (RunStatus::Done, Some(text.as_str()), None, None),
+            AttemptEnd::Aborted => {
+                (RunStatus::Aborted, None, Some(RunErrorCode::Aborted.to_string()), Some("the run was aborted"))
+            }
+            AttemptEnd::Retry { code, message, .. } => {
+                (RunStatus::Queued, None, Some(code.to_string()), Some(message.as_str()))
+            }
+            AttemptEnd::Dead { code, message } => {
+                (RunStatus::Dead, None, Some(code.to_string()), Some(message.as_str()))
+            }
+        };
+        let finished_at = (!status.is_active()).then_some(now);
+        let row = diesel::update(runs::table.find(s.run_pk))
+            .set((
+                runs::status.eq(status.as_str()),
+                runs::text.eq(text.unwrap_or("")),
+                runs::input_tokens.eq(runs::input_tokens + s.usage.input_tokens as i64),
+                runs::output_tokens.eq(runs::output_tokens + s.usage.output_tokens as i64),
+                runs::cache_read_tokens.eq(runs::cache_read_tokens + s.usage.cache_read_tokens as i64),
+                runs::cache_write_tokens.eq(runs::cache_write_tokens + s.usage.cache_write_tokens as i64),
+                runs::cost_micros.eq(runs::cost_micros + s.cost),
+                runs::reserved_micros.eq(reserved),
+                runs::error_code.eq(code),
+                runs::error.eq(message),
+                runs::finished_at.eq(finished_at),
+                runs::updated_at.eq(now),
+            ))
+            .returning(runs::all_columns)
+            .get_result(conn)?;
+        Ok(Some(row))
+    })
+}
+
+/// Puts a claimed run back without spending an attempt (circuit open, rate limited);
+/// `refund` gives back an attempt already counted (a 429 answer).
+pub struct Wait<'a> {
+    pub job_id: i64,
+    pub worker: &'a str,
+    pub run_pk: i64,
+    pub run_after: NaiveDateTime,
+    pub why: &'a str,
+    pub refund: bool,
+}
+
+pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<bool> {
+    write_tx(conn, |conn| {
+        if !jobs::requeue(conn, w.job_id, w.worker, w.run_after, w.why, now)? {
+            return Ok(false);
+        }
+        let refund = i32::from(w.refund);
+        diesel::update(runs::table.find(w.run_pk).filter(runs::status.eq_any(RunStatus::ACTIVE)))
+            .set((
+                runs::status.eq(RunStatus::Queued.as_str()),
+                runs::attempts.eq(runs::attempts - refund),
+                runs::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        Ok(true)
+    })
+}
+
+/// Aborts a run whose job is still waiting in the queue (nobody runs it): the job is deleted,
+/// the reservation released. `None` when the run is not waiting (running, or finished).
+pub fn abort_queued(conn: &mut DbConn, run_id: &str, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
+    write_tx(conn, |conn| {
+        let Some(row) = find(conn, run_id)? else { return Ok(None) };
+        if !row.is_active() {
+            return Ok(None);
+        }
+        let deleted = diesel::delete(
+            jobs_t::table
+                .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
+                .filter(jobs_t::target_id.eq(row.id))
+                .filter(jobs_t::status.eq(jobs::QUEUED)),
+        )
+        .execute(conn)?;
+        if deleted == 0 {
+            return Ok(None);
+        }
+        billing::settle(conn, &row.project_id, row.reserved_micros, 0, now)?;
+        let row = diesel::update(runs::table.find(row.id))
+            .set((
+                runs::status.eq(RunStatus::Aborted.as_str()),
+                runs::reserved_micros.eq(0),
+                runs::error_code.eq(RunErrorCode::Aborted.to_string()),
+                runs::error.eq("the run was aborted"),
+                runs::finished_at.eq(now),
+                runs::updated_at.eq(now),
+            ))
+            .returning(runs::all_columns)
+            .get_result(conn)?;
+        Ok(Some(row))
+    })
+}
+
+#[derive(Debug)]
+pub enum Requeued {
+    Queued(Box<RunRow>),
+    NotDead,
+    NotFound,
+    /// An identical run is queued or running already.
+    Duplicate,
+    BudgetExceeded,
+}
+
+/// Re-queues a dead run (admin): attempts start again from zero.
+pub fn retry_dead(
+    conn: &mut DbConn,
+    run_id: &str,
+    priority_of: impl Fn(&str) -> i32,
+    worst_case: Option<i64>,
+    now: NaiveDateTime,
+) -> StoreResult<Requeued> {
+    let result = write_tx(conn, |conn| {
+        let Some(row) = find(conn, run_id)? else { return Ok(Requeued::NotFound) };
+        if row.status != RunStatus::Dead.as_str() {
+            return Ok(Requeued::NotDead);
+        }
+        let mut reserved = 0;
+        if billing::budget(conn, &row.project_id)?.is_some() {
+            match worst_case {
+                Some(amount) if billing::reserve(conn, &row.project_id, amount, now)? => reserved = amount,
+                _ => return Ok(Requeued::BudgetExceeded),
+            }
+        }
+        let row = diesel::update(runs::table.find(row.id))
+            .set((
+                runs::status.eq(RunStatus::Queued.as_str()),
+                runs::attempts.eq(0),
+                runs::reserved_micros.eq(reserved),
+                runs::error_code.eq(None::<String>),
+                runs::error.eq(None::<String>),
+                runs::finished_at.eq(None::<NaiveDateTime>),
+                runs::updated_at.eq(now),
+            ))
+            .returning(runs::all_columns)
+            .get_result::<RunRow>(conn)?;
+        jobs::enqueue(conn, JobKind::Run, row.id, priority_of(&row.action), now)?;
+        Ok(Requeued::Queued(Box::new(row)))
+    });
+    match result {
+        Err(e) if is_unique_violation(&e) => Ok(Requeued::Duplicate),
+        other => other,
+    }
+}
+
+/// Run history, newest first.
+pub fn list(
+    conn: &mut DbConn,
+    project_id: Option<&str>,
+    status: Option<RunStatus>,
+    limit: i64,
+) -> StoreResult<Vec<RunRow>> {
+    let mut query = runs::table.order(runs::id.desc()).limit(limit).into_boxed();
+    if let Some(p) = project_id {
+        query = query.filter(runs::project_id.eq(p.to_owned()));
+    }
+    if let Some(s) = status {
+        query = query.filter(runs::status.eq(s.as_str()));
+    }
+    Ok(query.load(conn)?)
+}
+
+/// Runs by status (admin summary).
+pub fn count_by_status(conn: &mut DbConn) -> StoreResult<Vec<(String, i64)>> {
+    Ok(runs::table.group_by(runs::status).select((runs::status, diesel::dsl::count_star())).load(conn)?)
+}
