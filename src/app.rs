@@ -15,6 +15,7 @@ use crate::content::ContentService;
 use crate::hub::{CloseAll, Hub};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::{Drain, LlmActor, ReleaseJobs};
+use crate::lobby::{Lobby, LobbyService};
 use crate::metrics::Metrics;
 use crate::store::notify::{self, ListenerHandle};
 use crate::store::{jobs, llm_config, Backend, Store, StoreError};
@@ -29,6 +30,7 @@ pub struct AppState {
     pub circuit: Addr<CircuitBreaker>,
     pub llm: Addr<LlmActor>,
     pub content: ContentService,
+    pub lobby: LobbyService,
     pub admin_token: Secret,
     listener: Option<ListenerHandle>,
     shutting_down: AtomicBool,
@@ -151,6 +153,17 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     .start();
     let content =
         ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
+    let lobby_actor = Lobby::new(hub.clone(), metrics.clone(), config.presence_window).start();
+    let lobby = LobbyService::new(
+        origin.clone(),
+        store.clone(),
+        clock.clone(),
+        hub.clone(),
+        llm.clone().recipient(),
+        lobby_actor,
+        metrics.clone(),
+        &config,
+    );
     let listener = match backend {
         Backend::Postgres => {
             Some(notify::spawn_listener(config.database_url.clone(), origin, store.clone(), hub.clone()))
@@ -170,6 +183,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         circuit,
         llm,
         content,
+        lobby,
         admin_token,
         listener,
         shutting_down: AtomicBool::new(false),
@@ -229,6 +243,7 @@ impl Running {
         self.state.llm.do_send(Stop);
         self.state.circuit.do_send(Stop);
         self.state.hub.do_send(Stop);
+        self.state.lobby.addr().do_send(Stop);
     }
 
     /// Serves until the server stops by itself.

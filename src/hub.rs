@@ -20,6 +20,10 @@ pub type SessionId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
     Content(ContentKind, u64),
+    /// The one global lobby: presence changes, new messages, mood updates. Frames carry
+    /// `version = Some(message id)` for `message:new` (joining sessions drop what their history
+    /// already holds), `None` otherwise.
+    Lobby,
 }
 
 /// Delivered to a session by the Hub.

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod error;
+pub mod insights;
+pub mod pages;
 pub mod public;
 
 use actix_web::{error::JsonPayloadError, web, HttpRequest};
@@ -19,10 +21,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .error_handler(|e: JsonPayloadError, _| ApiError::Invalid(json_error(&e)).into()),
     )
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
+    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
     .route("/health", web::get().to(public::health))
     .route("/ready", web::get().to(public::ready))
     .route("/metrics", web::get().to(public::metrics))
     .route("/ws", web::get().to(crate::ws::upgrade))
+    .route("/", web::get().to(pages::index))
+    .route("/admin", web::get().to(pages::admin))
+    .route("/static/{name}", web::get().to(pages::asset))
     .service(
         web::scope("/api")
             .route("/content", web::post().to(public::request_content))
@@ -32,7 +38,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/admin/api")
             .route("/llm", web::get().to(admin::get_llm))
             .route("/llm", web::put().to(admin::put_llm))
-            .route("/llm/circuit/reset", web::post().to(admin::reset_circuit)),
+            .route("/llm/circuit/reset", web::post().to(admin::reset_circuit))
+            .route("/users", web::get().to(insights::users))
+            .route("/metrics/summary", web::get().to(insights::summary)),
     )
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))

@@ -25,6 +25,8 @@ use crate::store::llm_config::{self, LlmConfigRow};
 use crate::store::{Store, StoreError};
 use crate::ws::protocol::Typed;
 
+mod mood;
+
 /// New jobs were committed: claim what the concurrency limit allows.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -246,6 +248,7 @@ impl Handler<ReleaseJobs> for LlmActor {
 async fn run_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
     match job.job_kind()? {
         JobKind::Content => run_content_job(deps, job).await,
+        JobKind::Mood => mood::run_mood_job(deps, job).await,
     }
 }
 

@@ -15,17 +15,21 @@ use crate::on_backend;
 pub enum JobKind {
     /// Generate the fields of a content item (`target_id` = content.id).
     Content,
+    /// Classify the mood of a lobby message (`target_id` = messages.id).
+    Mood,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Content => "content",
+            JobKind::Mood => "mood",
         }
     }
     pub fn parse(s: &str) -> Option<JobKind> {
         match s {
             "content" => Some(JobKind::Content),
+            "mood" => Some(JobKind::Mood),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 pub mod content;
 pub mod jobs;
 pub mod llm_config;
+pub mod messages;
 pub mod notify;
 pub mod schema;
 pub mod users;

@@ -39,6 +39,26 @@ pub enum Event {
     /// A content item changed; listeners read it and publish it.
     #[serde(rename = "content")]
     Content { origin: String, kind: String, subject_id: i64, version: i64 },
+    /// A lobby message was stored, or its mood settled; listeners read it and publish it.
+    #[serde(rename = "message")]
+    Message { origin: String, change: MessageChange, id: i64 },
+}
+
+/// What happened to a lobby message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageChange {
+    New,
+    Mood,
+}
+
+/// Announces a lobby message change; call inside the transaction that made it.
+pub fn message_changed(conn: &mut DbConn, origin: &str, change: MessageChange, id: i64) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    let event = Event::Message { origin: origin.to_owned(), change, id };
+    let payload = serde_json::to_string(&event).expect("events serialize");
+    diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    Ok(())
 }
 
 /// Announces a content change; call inside the transaction that made it.
@@ -121,7 +141,22 @@ fn listen(
 /// Publishes another process's change to this process's subscribers.
 fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
     match event {
-        Event::Content { origin: from, .. } if from == origin => {}
+        Event::Content { origin: from, .. } | Event::Message { origin: from, .. } if from == origin => {}
+        Event::Message { change, id, .. } => {
+            let row = match store.run_blocking(|conn| super::messages::find(conn, id)) {
+                Ok(Some(row)) => row,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read a changed message");
+                    return;
+                }
+            };
+            let message = crate::lobby::Message::from_row(&row);
+            hub.do_send(match change {
+                MessageChange::New => crate::lobby::new_message_publish(message),
+                MessageChange::Mood => crate::lobby::mood_publish(&message),
+            });
+        }
         Event::Content { kind, subject_id, .. } => {
             let Some(kind) = ContentKind::parse(&kind) else { return };
             let row = store.run_blocking(|conn| rows::find(conn, kind.as_str(), subject_id));

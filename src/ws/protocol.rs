@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::content::{Content, ContentKind};
+use crate::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
 use crate::players::Variant;
 
 /// A frame from a client. Unknown fields (including `ref`, read separately) are ignored.
@@ -14,6 +15,12 @@ pub enum ClientFrame {
     ContentRequest(ContentRequest),
     ContentSubscribe(ContentRef),
     ContentUnsubscribe(ContentRef),
+    MessageSend(MessageSend),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageSend {
+    pub text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,7 +47,8 @@ pub struct ContentRef {
 }
 
 /// The frame types a client may send.
-pub const CLIENT_TYPES: [&str; 4] = ["session:start", "content:request", "content:subscribe", "content:unsubscribe"];
+pub const CLIENT_TYPES: [&str; 5] =
+    ["session:start", "content:request", "content:subscribe", "content:unsubscribe", "message:send"];
 
 /// Deserializes a frame's fields, naming the field at fault in the error.
 fn fields<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
@@ -108,6 +116,16 @@ pub enum Typed {
     },
     #[serde(rename = "content:update")]
     ContentUpdate { content: Content },
+    #[serde(rename = "lobby:history")]
+    LobbyHistory { messages: Vec<Message> },
+    #[serde(rename = "presence:state")]
+    PresenceState { online: Vec<PresenceUser> },
+    #[serde(rename = "presence:update")]
+    PresenceUpdate { joins: Vec<PresenceUser>, leaves: Vec<PresenceLeave> },
+    #[serde(rename = "message:new")]
+    MessageNew { message: Message },
+    #[serde(rename = "message:mood_updated")]
+    MessageMoodUpdated { id: i64, mood: Mood, mood_status: MoodStatus },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +175,7 @@ pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
         "content:request" => fields(value).map(ClientFrame::ContentRequest),
         "content:subscribe" => fields(value).map(ClientFrame::ContentSubscribe),
         "content:unsubscribe" => fields(value).map(ClientFrame::ContentUnsubscribe),
+        "message:send" => fields(value).map(ClientFrame::MessageSend),
         other => Err(format!("unknown frame type `{other}` (expected one of {})", CLIENT_TYPES.join(", "))),
     };
     (reference, frame)

@@ -6,7 +6,7 @@
 //! backlog and closes with 1008 when the client stops reading.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use crate::app::AppState;
 use crate::content::{self, Content, ContentKind};
 use crate::http::error::ApiError;
 use crate::hub::{self, SessionId, ToSession, Topic};
+use crate::lobby::{self, SendRefused};
 use crate::players::{self, Variant};
 
 /// Unsent frames (or bytes) after which a client counts as not reading.
@@ -181,6 +182,15 @@ enum Subscription {
 
 struct SessionUser {
     id: i64,
+    nickname: String,
+}
+
+/// Where the session stands in the lobby: lobby frames are held back while its history and
+/// presence snapshot are on their way, so they arrive after them, in order.
+enum LobbyJoin {
+    Out,
+    Joining(Vec<(Option<i64>, ByteString)>),
+    In,
 }
 
 pub struct WsSession {
@@ -189,6 +199,7 @@ pub struct WsSession {
     outbox: Rc<RefCell<Outbox>>,
     user: Option<SessionUser>,
     subscriptions: HashMap<Topic, Subscription>,
+    lobby: LobbyJoin,
     last_heard: Instant,
     /// Frames of a fragmented message are refused; answer once at its end.
     in_fragment: bool,
@@ -204,6 +215,7 @@ impl WsSession {
             outbox,
             user: None,
             subscriptions: HashMap::new(),
+            lobby: LobbyJoin::Out,
             last_heard: Instant::now(),
             in_fragment: false,
             aborted: false,
@@ -272,6 +284,7 @@ impl WsSession {
             ClientFrame::ContentRequest(r) => self.content_request(r, reference, ctx),
             ClientFrame::ContentSubscribe(c) => self.content_subscribe(c.kind, c.subject_id, reference, ctx),
             ClientFrame::ContentUnsubscribe(c) => self.unwatch(&Topic::Content(c.kind, c.subject_id)),
+            ClientFrame::MessageSend(m) => self.message_send(m.text, reference, ctx),
         }
     }
 
@@ -298,20 +311,74 @@ impl WsSession {
                 Ok(started) => {
                     let user = started.user;
                     tracing::info!(session = act.id, user = user.id, resumed = started.resumed, "session started");
-                    act.user = Some(SessionUser { id: user.id });
+                    act.user = Some(SessionUser { id: user.id, nickname: user.nickname.clone() });
                     let ack = Typed::SessionAck {
                         reference,
                         user_id: user.id,
-                        nickname: user.nickname,
+                        nickname: user.nickname.clone(),
                         token: started.token,
                         variant: Variant::of(user.id),
                         server_time: act.state.clock.now(),
                     };
                     act.send(ack.into(), ctx);
+                    act.join_lobby(user.id, user.nickname, ctx);
                 }
                 Err(e) => {
                     tracing::error!(session = act.id, error = %e, "session start failed");
                     act.error(ErrorCode::Overloaded, reference, "could not start the session, try again", ctx);
+                }
+            },
+        ));
+    }
+
+    /// Enters the lobby after the ack: `lobby:history`, `presence:state`, then the lobby frames
+    /// that arrived meanwhile (minus messages the history already holds).
+    fn join_lobby(&mut self, user_id: i64, nickname: String, ctx: &mut ws::WebsocketContext<Self>) {
+        self.lobby = LobbyJoin::Joining(Vec::new());
+        let service = self.state.lobby.clone();
+        let join = lobby::Join { session: self.id, user_id, nickname, recipient: ctx.address().recipient() };
+        ctx.spawn(async move { service.join(join).await }.into_actor(self).map(|result, act, ctx| {
+            let held = match std::mem::replace(&mut act.lobby, LobbyJoin::In) {
+                LobbyJoin::Joining(held) => held,
+                _ => Vec::new(),
+            };
+            let mut in_history = HashSet::new();
+            match result {
+                Ok((online, messages)) => {
+                    in_history.extend(messages.iter().map(|m| m.id));
+                    act.send(Typed::LobbyHistory { messages }.into(), ctx);
+                    act.send(Typed::PresenceState { online }.into(), ctx);
+                }
+                Err(e) => {
+                    tracing::error!(session = act.id, error = %e, "could not load the lobby");
+                    act.error(ErrorCode::Overloaded, None, "the lobby could not be loaded; reconnect to retry", ctx);
+                }
+            }
+            for (id, text) in held {
+                if !id.is_some_and(|id| in_history.contains(&id)) {
+                    act.send_text(text, ctx);
+                }
+            }
+        }));
+    }
+
+    fn message_send(&mut self, text: String, reference: Option<Value>, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(user) = self.user.as_ref() else { return };
+        let (user_id, nickname) = (user.id, user.nickname.clone());
+        let service = self.state.lobby.clone();
+        let text = match service.admit(user_id, &text) {
+            Ok(text) => text,
+            Err(SendRefused::RateLimited(message)) => {
+                return self.error(ErrorCode::RateLimited, reference, message, ctx);
+            }
+            Err(refused) => return self.error(ErrorCode::InvalidPayload, reference, refused.to_string(), ctx),
+        };
+        // The sender sees its message as everyone does: as the broadcast `message:new`.
+        ctx.spawn(async move { service.post(user_id, nickname, text).await }.into_actor(self).map(
+            move |result, act, ctx| {
+                if let Err(e) = result {
+                    tracing::error!(session = act.id, error = %e, "lobby message could not be stored");
+                    act.error(ErrorCode::Overloaded, reference, "the message could not be stored, try again", ctx);
                 }
             },
         ));
@@ -438,6 +505,14 @@ impl WsSession {
     }
 
     fn deliver(&mut self, topic: &Topic, version: Option<i64>, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
+        if *topic == Topic::Lobby {
+            match &mut self.lobby {
+                LobbyJoin::Joining(held) => held.push((version, text)),
+                LobbyJoin::In => self.send_text(text, ctx),
+                LobbyJoin::Out => {}
+            }
+            return;
+        }
         match self.subscriptions.get_mut(topic) {
             Some(Subscription::AwaitingSnapshot(held)) => held.push((version, text)),
             Some(Subscription::Live { version: seen }) => {
@@ -476,6 +551,9 @@ impl Actor for WsSession {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.state.metrics.sessions_open.dec();
         self.state.hub.do_send(hub::Disconnect { id: self.id });
+        if !matches!(self.lobby, LobbyJoin::Out) {
+            self.state.lobby.leave(self.id);
+        }
     }
 }
 

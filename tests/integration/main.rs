@@ -8,5 +8,6 @@ mod admin;
 mod circuit;
 mod content;
 mod llm;
+mod lobby;
 mod process;
 mod session;
