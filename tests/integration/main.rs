@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod admin_summary;
 mod circuit;
 mod content;
 mod llm;
