@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod admin_summary;
+mod browser;
 mod circuit;
 mod content;
 mod llm;
