@@ -346,3 +346,48 @@ both_backends!(
     mood_is_classified_or_falls_back,
     pending_mood_is_settled_after_a_restart,
 );
+
+/// Two processes on one PostgreSQL database: a message and its mood sent on one reach a
+/// session on the other (LISTEN/NOTIFY).
+#[actix_web::test]
+async fn postgres_messages_and_moods_cross_processes() {
+    let app = lobby_app(Db::Postgres, |_| {}).await;
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(config, Arc::new(lorewire::clock::SystemClock)).await.expect("second process");
+    let mut ada = join(&app, "Ada", None).await;
+    let mut bo = {
+        let mut ws = WsClient::connect(&format!("http://{}/ws", other.addr)).await;
+        ws.lobby_frames = true;
+        ws.send(json!({"type": "session:start", "nickname": "Bo"})).await;
+        ws.recv_type("presence:state").await;
+        ws
+    };
+    // The listener connects on its own thread; retry until a message makes it across.
+    let mut crossed = None;
+    for attempt in 0..20 {
+        ada.ws.send(json!({"type": "message:send", "text": format!("across {attempt}")})).await;
+        let sent = ada.ws.recv_type("message:new").await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Some(Event::Json(v)) =
+            bo.next_event(until.saturating_duration_since(tokio::time::Instant::now())).await
+        {
+            if v["type"] == "message:new" && v["message"]["id"] == sent["message"]["id"] {
+                crossed = Some(v);
+                break;
+            }
+        }
+        if crossed.is_some() {
+            break;
+        }
+    }
+    let crossed = crossed.expect("a message sent on one process reached the other");
+    let mood = loop {
+        let mood = bo.recv_type("message:mood_updated").await;
+        if mood["id"] == crossed["message"]["id"] {
+            break mood;
+        }
+    };
+    assert_eq!(mood["mood_status"], "ready");
+    other.shutdown().await;
+}
