@@ -153,7 +153,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     .start();
     let content =
         ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
-    let lobby_actor = Lobby::new(hub.clone(), metrics.clone(), config.presence_window).start();
+    // Only PostgreSQL has other processes to share presence with.
+    let presence_store = (backend == Backend::Postgres).then(|| store.clone());
+    let lobby_actor =
+        Lobby::new(hub.clone(), metrics.clone(), config.presence_window, origin.clone(), presence_store).start();
     let lobby = LobbyService::new(
         origin.clone(),
         store.clone(),
@@ -165,9 +168,13 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         &config,
     );
     let listener = match backend {
-        Backend::Postgres => {
-            Some(notify::spawn_listener(config.database_url.clone(), origin, store.clone(), hub.clone()))
-        }
+        Backend::Postgres => Some(notify::spawn_listener(
+            config.database_url.clone(),
+            origin,
+            store.clone(),
+            hub.clone(),
+            lobby.addr().clone(),
+        )),
         Backend::Sqlite => None,
     };
 

@@ -24,6 +24,7 @@ use crate::hub::{self, Hub, Publish, SessionId, ToSession, Topic};
 use crate::llm::JobsAvailable;
 use crate::metrics::Metrics;
 use crate::store::messages::{self, MessageRow};
+use crate::store::notify;
 use crate::store::{Store, StoreError};
 use crate::ws::protocol::{ServerFrame, Typed};
 use crate::ws::rate_limit::RateLimiter;
@@ -128,10 +129,32 @@ pub struct Leave {
     pub session: SessionId,
 }
 
-/// The ids of the users online now (admin).
+/// The ids of the users online now, on every process (admin).
 #[derive(Message)]
 #[rtype(result = "HashSet<i64>")]
 pub struct OnlineUsers;
+
+/// Presence news from another process (PostgreSQL LISTEN/NOTIFY).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Remote(pub notify::Event);
+
+/// This process's listener is (again) hearing the other processes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ListenerReady;
+
+/// How often a process says it is alive, and how long the others wait before they drop the
+/// users of a process that went silent (it crashed).
+const ALIVE_EVERY: Duration = Duration::from_secs(5);
+const REMOTE_EXPIRES: Duration = Duration::from_secs(16);
+/// Users per presence notification, so one stays under PostgreSQL's 8000-byte payload limit.
+const USERS_PER_NOTIFICATION: usize = 40;
+
+struct RemoteProcess {
+    users: HashMap<i64, String>,
+    heard: Instant,
+}
 
 struct Member {
     nickname: String,
@@ -150,9 +173,19 @@ pub struct Lobby {
     metrics: Arc<Metrics>,
     window: Duration,
     topic: Arc<Topic>,
+    origin: Arc<str>,
+    /// Set on PostgreSQL: presence is shared with the other processes through it.
+    store: Option<Store>,
     sessions: HashMap<SessionId, i64>,
-    /// Online now: user -> nickname and open sessions.
+    /// Online on this process: user -> nickname and open sessions.
     online: HashMap<i64, Member>,
+    /// Online on other processes, by process.
+    remote: HashMap<String, RemoteProcess>,
+    /// Local users whose online state changed since the last announcement (Some = online).
+    to_announce: HashMap<i64, Option<String>>,
+    /// Notifications waiting to be sent, one batch in flight at a time so they keep their order.
+    outgoing: Vec<String>,
+    sending: bool,
     /// Online as last broadcast.
     broadcast: HashMap<i64, String>,
     /// Users changed since the last broadcast.
@@ -162,14 +195,26 @@ pub struct Lobby {
 }
 
 impl Lobby {
-    pub fn new(hub: Addr<Hub>, metrics: Arc<Metrics>, window: Duration) -> Self {
+    pub fn new(
+        hub: Addr<Hub>,
+        metrics: Arc<Metrics>,
+        window: Duration,
+        origin: Arc<str>,
+        store: Option<Store>,
+    ) -> Self {
         Lobby {
             hub,
             metrics,
             window,
             topic: Arc::new(Topic::Lobby),
+            origin,
+            store,
             sessions: HashMap::new(),
             online: HashMap::new(),
+            remote: HashMap::new(),
+            to_announce: HashMap::new(),
+            outgoing: Vec::new(),
+            sending: false,
             broadcast: HashMap::new(),
             dirty: HashSet::new(),
             fresh: Vec::new(),
@@ -177,11 +222,105 @@ impl Lobby {
         }
     }
 
+    /// The nickname of `user_id` if they are online on any process.
+    fn effective(&self, user_id: i64) -> Option<&String> {
+        self.online
+            .get(&user_id)
+            .map(|m| &m.nickname)
+            .or_else(|| self.remote.values().find_map(|p| p.users.get(&user_id)))
+    }
+
+    fn everyone(&self) -> Vec<PresenceUser> {
+        let mut all: HashMap<i64, &String> = HashMap::new();
+        for process in self.remote.values() {
+            all.extend(process.users.iter().map(|(id, n)| (*id, n)));
+        }
+        all.extend(self.online.iter().map(|(id, m)| (*id, &m.nickname)));
+        let mut list: Vec<PresenceUser> =
+            all.into_iter().map(|(user_id, nickname)| PresenceUser { user_id, nickname: nickname.clone() }).collect();
+        list.sort_by_key(|u| u.user_id);
+        list
+    }
+
+    /// A local user came online or went offline here: tell the other processes at the next flush.
+    fn local_changed(&mut self, user_id: i64, ctx: &mut Context<Self>) {
+        if self.store.is_some() {
+            let state = self.online.get(&user_id).map(|m| m.nickname.clone());
+            self.to_announce.insert(user_id, state);
+        }
+        self.changed(user_id, ctx);
+    }
+
+    /// Queues presence notifications of `online` / `offline` users, chunked under the payload limit.
+    fn queue_presence(&mut self, online: Vec<(i64, String)>, offline: Vec<i64>) {
+        for chunk in online.chunks(USERS_PER_NOTIFICATION) {
+            self.queue(&notify::Event::Presence {
+                origin: self.origin.to_string(),
+                online: chunk.to_vec(),
+                offline: Vec::new(),
+            });
+        }
+        for chunk in offline.chunks(USERS_PER_NOTIFICATION * 4) {
+            self.queue(&notify::Event::Presence {
+                origin: self.origin.to_string(),
+                online: Vec::new(),
+                offline: chunk.to_vec(),
+            });
+        }
+    }
+
+    fn queue(&mut self, event: &notify::Event) {
+        if self.store.is_some() {
+            self.outgoing.push(serde_json::to_string(event).expect("events serialize"));
+        }
+    }
+
+    /// Sends the queued notifications in order, one batch at a time.
+    fn send_notifications(&mut self, ctx: &mut Context<Self>) {
+        let Some(store) = self.store.clone() else { return };
+        if self.sending || self.outgoing.is_empty() {
+            return;
+        }
+        self.sending = true;
+        let batch = std::mem::take(&mut self.outgoing);
+        ctx.spawn(async move { store.run(move |conn| notify::announce(conn, &batch)).await }.into_actor(self).map(
+            |result, act, ctx| {
+                act.sending = false;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "could not announce presence to the other processes");
+                }
+                act.send_notifications(ctx);
+            },
+        ));
+    }
+
+    /// Says this process is alive and drops the users of processes that went silent.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        self.queue(&notify::Event::Alive { origin: self.origin.to_string() });
+        self.send_notifications(ctx);
+        let now = Instant::now();
+        let gone: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.heard) > REMOTE_EXPIRES)
+            .map(|(o, _)| o.clone())
+            .collect();
+        for origin in gone {
+            tracing::warn!(process = %origin, "no word from a lobby process; dropping its players");
+            if let Some(process) = self.remote.remove(&origin) {
+                for user_id in process.users.into_keys() {
+                    self.changed(user_id, ctx);
+                }
+            }
+        }
+        self.gauges();
+    }
+
     fn changed(&mut self, user_id: i64, ctx: &mut Context<Self>) {
         self.dirty.insert(user_id);
         if !self.flush_scheduled {
             self.flush_scheduled = true;
-            ctx.run_later(self.window, |act, _| act.flush());
+            ctx.run_later(self.window, |act, ctx| act.flush(ctx));
         }
     }
 
@@ -193,15 +332,27 @@ impl Lobby {
     /// Broadcasts what changed since the last broadcast (a user who left and came back in
     /// between appears in neither list), then corrects the sessions that joined meanwhile
     /// where their snapshot and that broadcast disagree.
-    fn flush(&mut self) {
+    fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
+        if !self.to_announce.is_empty() {
+            let mut online = Vec::new();
+            let mut offline = Vec::new();
+            for (user_id, state) in self.to_announce.drain() {
+                match state {
+                    Some(nickname) => online.push((user_id, nickname)),
+                    None => offline.push(user_id),
+                }
+            }
+            self.queue_presence(online, offline);
+            self.send_notifications(ctx);
+        }
         let mut joins = Vec::new();
         let mut leaves = Vec::new();
-        for user_id in self.dirty.drain() {
-            match (self.online.get(&user_id), self.broadcast.get(&user_id)) {
-                (Some(member), seen) if seen != Some(&member.nickname) => {
-                    joins.push(PresenceUser { user_id, nickname: member.nickname.clone() });
-                    self.broadcast.insert(user_id, member.nickname.clone());
+        for user_id in std::mem::take(&mut self.dirty) {
+            match (self.effective(user_id).cloned(), self.broadcast.get(&user_id)) {
+                (Some(nickname), seen) if seen != Some(&nickname) => {
+                    joins.push(PresenceUser { user_id, nickname: nickname.clone() });
+                    self.broadcast.insert(user_id, nickname);
                 }
                 (None, Some(_)) => {
                     leaves.push(PresenceLeave { user_id });
@@ -217,12 +368,12 @@ impl Lobby {
             let mut fix_joins = Vec::new();
             let mut fix_leaves = Vec::new();
             for (user_id, was_online) in fresh.seen {
-                let member = self.online.get(&user_id);
-                if in_update.contains(&user_id) || member.is_some() == was_online {
+                let now_online = self.effective(user_id);
+                if in_update.contains(&user_id) || now_online.is_some() == was_online {
                     continue;
                 }
-                match member {
-                    Some(m) => fix_joins.push(PresenceUser { user_id, nickname: m.nickname.clone() }),
+                match now_online {
+                    Some(nickname) => fix_joins.push(PresenceUser { user_id, nickname: nickname.clone() }),
                     None => fix_leaves.push(PresenceLeave { user_id }),
                 }
             }
@@ -256,6 +407,9 @@ impl Actor for Lobby {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Thousands of sessions may join at once; the mailbox must not refuse them.
         ctx.set_mailbox_capacity(100_000);
+        if self.store.is_some() {
+            ctx.run_interval(ALIVE_EVERY, |act, ctx| act.heartbeat(ctx));
+        }
     }
 }
 
@@ -272,20 +426,20 @@ impl Handler<Join> for Lobby {
         let member =
             self.online.entry(msg.user_id).or_insert_with(|| Member { nickname: msg.nickname.clone(), sessions: 0 });
         member.sessions += 1;
+        let first_here = member.sessions == 1;
         let renamed = member.nickname != msg.nickname;
         member.nickname = msg.nickname;
-        if renamed || !self.broadcast.contains_key(&msg.user_id) {
+        if first_here || renamed {
+            self.local_changed(msg.user_id, ctx);
+        } else if !self.broadcast.contains_key(&msg.user_id) {
             self.changed(msg.user_id, ctx);
         }
-        let seen = self.dirty.iter().map(|u| (*u, self.online.contains_key(u))).collect();
+        let seen = self.dirty.iter().map(|u| (*u, self.effective(*u).is_some())).collect();
         self.fresh.push(Fresh { recipient: msg.recipient, seen });
         // Sent before any later lobby publish of this actor, so the session misses none of them.
         self.hub.do_send(hub::Subscribe { id: msg.session, topic: Topic::Lobby });
         self.gauges();
-        let mut online: Vec<PresenceUser> =
-            self.online.iter().map(|(id, m)| PresenceUser { user_id: *id, nickname: m.nickname.clone() }).collect();
-        online.sort_by_key(|u| u.user_id);
-        MessageResult(online)
+        MessageResult(self.everyone())
     }
 }
 
@@ -303,7 +457,7 @@ impl Handler<Leave> for Lobby {
         };
         if gone {
             self.online.remove(&user_id);
-            self.changed(user_id, ctx);
+            self.local_changed(user_id, ctx);
         }
         self.gauges();
     }
@@ -312,7 +466,59 @@ impl Handler<Leave> for Lobby {
 impl Handler<OnlineUsers> for Lobby {
     type Result = MessageResult<OnlineUsers>;
     fn handle(&mut self, _: OnlineUsers, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.online.keys().copied().collect())
+        let mut ids: HashSet<i64> = self.online.keys().copied().collect();
+        for process in self.remote.values() {
+            ids.extend(process.users.keys().copied());
+        }
+        MessageResult(ids)
+    }
+}
+
+impl Handler<Remote> for Lobby {
+    type Result = ();
+
+    fn handle(&mut self, Remote(event): Remote, ctx: &mut Context<Self>) {
+        let origin = event.origin().to_owned();
+        if *origin == *self.origin {
+            return;
+        }
+        let process =
+            self.remote.entry(origin).or_insert_with(|| RemoteProcess { users: HashMap::new(), heard: Instant::now() });
+        process.heard = Instant::now();
+        match event {
+            notify::Event::Presence { online, offline, .. } => {
+                let mut touched = Vec::with_capacity(online.len() + offline.len());
+                for (user_id, nickname) in online {
+                    process.users.insert(user_id, nickname);
+                    touched.push(user_id);
+                }
+                for user_id in offline {
+                    process.users.remove(&user_id);
+                    touched.push(user_id);
+                }
+                for user_id in touched {
+                    self.changed(user_id, ctx);
+                }
+            }
+            notify::Event::Hello { .. } => {
+                // A process (re)joined: tell it who is online here.
+                let everyone: Vec<(i64, String)> =
+                    self.online.iter().map(|(id, m)| (*id, m.nickname.clone())).collect();
+                self.queue_presence(everyone, Vec::new());
+                self.send_notifications(ctx);
+            }
+            _ => {}
+        }
+        self.gauges();
+    }
+}
+
+impl Handler<ListenerReady> for Lobby {
+    type Result = ();
+
+    fn handle(&mut self, _: ListenerReady, ctx: &mut Context<Self>) {
+        self.queue(&notify::Event::Hello { origin: self.origin.to_string() });
+        self.send_notifications(ctx);
     }
 }
 

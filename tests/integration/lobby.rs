@@ -391,3 +391,68 @@ async fn postgres_messages_and_moods_cross_processes() {
     assert_eq!(mood["mood_status"], "ready");
     other.shutdown().await;
 }
+
+/// Who a session believes is online, from its presence:state and updates, until `done` holds.
+async fn presence_until(
+    ws: &mut WsClient,
+    online: &mut std::collections::BTreeSet<i64>,
+    done: impl Fn(&std::collections::BTreeSet<i64>) -> bool,
+) {
+    let until = tokio::time::Instant::now() + crate::common::WAIT;
+    while !done(online) {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_event(left).await {
+            Some(Event::Json(v)) if v["type"] == "presence:state" => *online = ids(&v["online"]).into_iter().collect(),
+            Some(Event::Json(v)) if v["type"] == "presence:update" => {
+                online.extend(ids(&v["joins"]));
+                for id in ids(&v["leaves"]) {
+                    online.remove(&id);
+                }
+            }
+            Some(Event::Json(_)) => {}
+            other => panic!("presence never got there ({online:?}); got {other:?}"),
+        }
+    }
+}
+
+/// Three processes on one PostgreSQL database see one lobby: players on every process are
+/// listed, a process that starts later learns who is online, and leaves cross over too.
+#[actix_web::test]
+async fn postgres_presence_crosses_processes() {
+    let app = lobby_app(Db::Postgres, |_| {}).await;
+    let start_other = || {
+        let mut config = app.config.clone();
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        lorewire::app::start(config, Arc::new(lorewire::clock::SystemClock))
+    };
+    let second = start_other().await.expect("second process");
+    let ws_on = |addr: std::net::SocketAddr, nickname: &'static str| async move {
+        let mut ws = WsClient::connect(&format!("http://{addr}/ws")).await;
+        ws.lobby_frames = true;
+        ws.send(json!({"type": "session:start", "nickname": nickname})).await;
+        let ack = ws.recv_type("session:ack").await;
+        (ws, ack["user_id"].as_i64().unwrap())
+    };
+    let (mut ada, ada_id) = ws_on(app.addr, "Ada").await;
+    let (mut bo, bo_id) = ws_on(second.addr, "Bo").await;
+    let mut ada_sees = Default::default();
+    presence_until(&mut ada, &mut ada_sees, |s| s.contains(&bo_id) && s.contains(&ada_id)).await;
+    let mut bo_sees = Default::default();
+    presence_until(&mut bo, &mut bo_sees, |s| s.contains(&ada_id) && s.contains(&bo_id)).await;
+
+    // A process started now learns who is online elsewhere.
+    let third = start_other().await.expect("third process");
+    let (mut cy, cy_id) = ws_on(third.addr, "Cy").await;
+    let mut cy_sees = Default::default();
+    presence_until(&mut cy, &mut cy_sees, |s| s.contains(&ada_id) && s.contains(&bo_id) && s.contains(&cy_id)).await;
+    let (status, summary) = app.admin_get("/admin/api/metrics/summary").await;
+    assert_eq!(status, 200);
+    assert!(summary["online"].as_i64().unwrap() >= 2, "{summary}");
+
+    // Bo leaves on the second process: the others see it.
+    bo.close().await;
+    presence_until(&mut ada, &mut ada_sees, |s| !s.contains(&bo_id)).await;
+    presence_until(&mut cy, &mut cy_sees, |s| !s.contains(&bo_id)).await;
+    third.shutdown().await;
+    second.shutdown().await;
+}
