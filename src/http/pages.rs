@@ -23,6 +23,12 @@ fn page(body: &'static str) -> HttpResponse {
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("x-content-type-options", "nosniff"))
         .insert_header(("referrer-policy", "no-referrer"))
+        // Only our own scripts and styles run; the page talks only to this server.
+        .insert_header((
+            "content-security-policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'",
+        ))
         .body(body)
 }
 
