@@ -79,13 +79,18 @@ impl Server {
         server
     }
 
-    fn rss_kib(&self) -> u64 {
+    /// A numeric field of /proc/PID/status (`VmRSS` in KiB, `Threads`).
+    fn status(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.status("VmRSS")
     }
 
     /// User + system CPU time of the server so far.
@@ -186,11 +191,21 @@ async fn memory_per_session(sessions: usize) {
     // Let the last presence updates go out and buffers drain.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
     let after = server.rss_kib();
+    let threads = server.status("Threads");
     println!(
         "memory: {sessions} idle joined sessions: server RSS {before} KiB -> {after} KiB = {per:.1} KiB per session \
-         (joined in {secs:.1} s)",
+         (joined in {secs:.1} s; {threads} threads)",
         per = (after.saturating_sub(before)) as f64 / sessions as f64,
         secs = took.as_secs_f64(),
+    );
+    // The join storm grew the blocking pool (one session start each); its idle threads exit after 10 s.
+    actix_web::rt::time::sleep(Duration::from_secs(11)).await;
+    let settled = server.rss_kib();
+    println!(
+        "memory: the same sessions once the blocking pool is idle again: RSS {settled} KiB = {per:.1} KiB per \
+         session ({threads} threads)",
+        per = (settled.saturating_sub(before)) as f64 / sessions as f64,
+        threads = server.status("Threads"),
     );
     drop(sinks);
 }

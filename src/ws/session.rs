@@ -30,6 +30,9 @@ use crate::hub::{self, SessionId, ToSession, Topic};
 use crate::lobby::{self, SendRefused};
 use crate::players::{self, Variant};
 
+/// Largest piece of an outgoing frame handed to the HTTP layer at once.
+const MAX_CHUNK_BYTES: usize = 8 * 1024;
+
 /// Unsent frames (or bytes) after which a client counts as not reading.
 pub const MAX_BACKLOG_FRAMES: usize = 256;
 pub const MAX_BACKLOG_BYTES: u64 = 1024 * 1024;
@@ -162,7 +165,13 @@ impl Stream for Outbound {
             self.done = true;
             return Poll::Ready(Some(Ok(close)));
         }
-        if let Some(chunk) = outbox.chunks.pop_front() {
+        if let Some(mut chunk) = outbox.chunks.pop_front() {
+            // The HTTP layer copies each chunk into a per-connection write buffer that keeps its
+            // largest size: hand it big frames (a full presence list) in slices, zero-copy.
+            if chunk.len() > MAX_CHUNK_BYTES {
+                let rest = chunk.split_off(MAX_CHUNK_BYTES);
+                outbox.chunks.push_front(rest);
+            }
             outbox.pulled(chunk.len());
             return Poll::Ready(Some(Ok(chunk)));
         }
