@@ -84,6 +84,8 @@ struct Outbox {
     ends: VecDeque<u64>,
     /// The session gave up on the client: this close frame goes next, then the end.
     close: Option<Bytes>,
+    /// The rest of a chunk handed out in slices (it holds whole frames only once complete).
+    partial: Option<Bytes>,
     aborted: bool,
     finished: bool,
     waker: Option<Waker>,
@@ -115,6 +117,15 @@ impl Outbox {
         self.ends.clear();
         self.close = Some(close);
         self.wake();
+    }
+    /// The HTTP layer copies each chunk into a per-connection write buffer that keeps its
+    /// largest size: hand it big frames (a full presence list) in slices, zero-copy.
+    fn slice(&mut self, mut chunk: Bytes) -> Bytes {
+        if chunk.len() > MAX_CHUNK_BYTES {
+            self.partial = Some(chunk.split_off(MAX_CHUNK_BYTES));
+        }
+        self.pulled(chunk.len());
+        chunk
     }
     fn finish(&mut self) {
         self.finished = true;
@@ -160,20 +171,19 @@ impl Stream for Outbound {
             return Poll::Ready(None);
         }
         let mut outbox = self.outbox.borrow_mut();
+        // A frame already begun is finished first, even before a close.
+        if let Some(rest) = outbox.partial.take() {
+            let piece = outbox.slice(rest);
+            return Poll::Ready(Some(Ok(piece)));
+        }
         if let Some(close) = outbox.close.take() {
             drop(outbox);
             self.done = true;
             return Poll::Ready(Some(Ok(close)));
         }
-        if let Some(mut chunk) = outbox.chunks.pop_front() {
-            // The HTTP layer copies each chunk into a per-connection write buffer that keeps its
-            // largest size: hand it big frames (a full presence list) in slices, zero-copy.
-            if chunk.len() > MAX_CHUNK_BYTES {
-                let rest = chunk.split_off(MAX_CHUNK_BYTES);
-                outbox.chunks.push_front(rest);
-            }
-            outbox.pulled(chunk.len());
-            return Poll::Ready(Some(Ok(chunk)));
+        if let Some(chunk) = outbox.chunks.pop_front() {
+            let piece = outbox.slice(chunk);
+            return Poll::Ready(Some(Ok(piece)));
         }
         if outbox.finished {
             return Poll::Ready(None);
