@@ -15,6 +15,7 @@ use crate::content::ContentService;
 use crate::hub::{CloseAll, Hub};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::{Drain, LlmActor, ReleaseJobs};
+use crate::lobby::{Lobby, LobbyService};
 use crate::metrics::Metrics;
 use crate::runs::live::LiveRuns;
 use crate::runs::RunService;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub llm: Addr<LlmActor>,
     pub content: ContentService,
     pub runs: RunService,
+    pub lobby: LobbyService,
     pub admin_token: Secret,
     listener: Option<ListenerHandle>,
     shutting_down: AtomicBool,
@@ -170,10 +172,28 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         config.clone(),
         metrics.clone(),
     );
+    // Only PostgreSQL has other processes to share presence with.
+    let presence_store = (backend == Backend::Postgres).then(|| store.clone());
+    let lobby_actor =
+        Lobby::new(hub.clone(), metrics.clone(), config.presence_window, origin.clone(), presence_store).start();
+    let lobby = LobbyService::new(
+        origin.clone(),
+        store.clone(),
+        clock.clone(),
+        hub.clone(),
+        llm.clone().recipient(),
+        lobby_actor,
+        metrics.clone(),
+        &config,
+    );
     let listener = match backend {
-        Backend::Postgres => {
-            Some(notify::spawn_listener(config.database_url.clone(), origin, store.clone(), hub.clone()))
-        }
+        Backend::Postgres => Some(notify::spawn_listener(
+            config.database_url.clone(),
+            origin,
+            store.clone(),
+            hub.clone(),
+            lobby.addr().clone(),
+        )),
         Backend::Sqlite => None,
     };
 
@@ -190,6 +210,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         llm,
         content,
         runs,
+        lobby,
         admin_token,
         listener,
         shutting_down: AtomicBool::new(false),
@@ -251,6 +272,7 @@ impl Running {
         self.state.llm.do_send(Stop);
         self.state.circuit.do_send(Stop);
         self.state.hub.do_send(Stop);
+        self.state.lobby.addr().do_send(Stop);
     }
 
     /// Serves until the server stops by itself.

@@ -243,6 +243,8 @@ pub struct Config {
     pub client_timeout: Duration,
     /// HTTP worker threads (0 = one per core).
     pub workers: usize,
+    /// Presence changes are gathered this long into one `presence:update` (at most 100 ms).
+    pub presence_window: Duration,
 }
 
 impl Settings {
@@ -286,6 +288,7 @@ impl Settings {
             heartbeat_interval: Duration::from_secs(10),
             client_timeout: Duration::from_secs(30),
             workers: 0,
+            presence_window: Duration::from_millis(95),
         }
     }
 }

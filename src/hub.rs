@@ -22,6 +22,10 @@ pub enum Topic {
     Content(ContentKind, u64),
     /// A generation run, by its public id.
     Run(String),
+    /// The one global lobby: presence changes, new messages, mood updates. Frames carry
+    /// `version = Some(message id)` for `message:new` (joining sessions drop what their history
+    /// already holds), `None` otherwise.
+    Lobby,
 }
 
 /// Delivered to a session by the Hub.

@@ -9,6 +9,7 @@ pub mod content;
 pub mod http;
 pub mod hub;
 pub mod llm;
+pub mod lobby;
 pub mod metrics;
 pub mod players;
 pub mod runs;

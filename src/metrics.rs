@@ -28,6 +28,16 @@ pub struct Metrics {
     pub run_cost_micros: IntCounterVec,
     /// Seconds from an attempt's start to its first text delta.
     pub run_first_delta: Histogram,
+    /// Lobby: sessions in it, distinct users online, messages stored, sends refused by the rate
+    /// limit, presence updates broadcast, moods settled by status.
+    pub lobby_sessions: IntGauge,
+    pub online_users: IntGauge,
+    pub lobby_messages: IntCounter,
+    pub lobby_rate_limited: IntCounter,
+    pub presence_updates: IntCounter,
+    pub moods_finished: IntCounterVec,
+    /// Durable jobs queued or running, read from the store at each scrape.
+    pub queue_depth: IntGauge,
 }
 
 impl Metrics {
@@ -71,6 +81,17 @@ impl Metrics {
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
         )
         .expect("metric");
+        let lobby_sessions = IntGauge::new("lobby_sessions", "Sessions in the lobby").expect("metric");
+        let online_users = IntGauge::new("lobby_online_users", "Distinct users online in the lobby").expect("metric");
+        let lobby_messages = IntCounter::new("lobby_messages_total", "Lobby messages stored").expect("metric");
+        let lobby_rate_limited =
+            IntCounter::new("lobby_rate_limited_total", "Lobby messages refused by the rate limit").expect("metric");
+        let presence_updates =
+            IntCounter::new("presence_updates_total", "presence:update frames broadcast").expect("metric");
+        let moods_finished =
+            IntCounterVec::new(Opts::new("moods_finished_total", "Message moods settled by status"), &["status"])
+                .expect("metric");
+        let queue_depth = IntGauge::new("queue_depth", "Durable jobs queued or running").expect("metric");
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -86,6 +107,13 @@ impl Metrics {
             Box::new(runs_finished.clone()),
             Box::new(run_cost_micros.clone()),
             Box::new(run_first_delta.clone()),
+            Box::new(lobby_sessions.clone()),
+            Box::new(online_users.clone()),
+            Box::new(lobby_messages.clone()),
+            Box::new(lobby_rate_limited.clone()),
+            Box::new(presence_updates.clone()),
+            Box::new(moods_finished.clone()),
+            Box::new(queue_depth.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -105,6 +133,13 @@ impl Metrics {
             runs_finished,
             run_cost_micros,
             run_first_delta,
+            lobby_sessions,
+            online_users,
+            lobby_messages,
+            lobby_rate_limited,
+            presence_updates,
+            moods_finished,
+            queue_depth,
         }
     }
 

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod error;
+pub mod insights;
+pub mod pages;
 pub mod public;
 pub mod runs;
 
@@ -20,10 +22,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .error_handler(|e: JsonPayloadError, _| ApiError::Invalid(json_error(&e)).into()),
     )
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
+    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
     .route("/health", web::get().to(public::health))
     .route("/ready", web::get().to(public::ready))
     .route("/metrics", web::get().to(public::metrics))
     .route("/ws", web::get().to(crate::ws::upgrade))
+    .route("/", web::get().to(pages::index))
+    .route("/admin", web::get().to(pages::admin))
+    .route("/static/{name}", web::get().to(pages::asset))
     .service(
         web::scope("/api")
             .route("/content", web::post().to(public::request_content))
@@ -44,7 +50,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/dead-letters", web::get().to(runs::dead_letters))
             .route("/dead-letters/{run_id}/retry", web::post().to(runs::retry_dead_letter))
             .route("/prices", web::get().to(runs::get_prices))
-            .route("/prices/{model}", web::put().to(runs::put_price)),
+            .route("/prices/{model}", web::put().to(runs::put_price))
+            .route("/users", web::get().to(insights::users))
+            .route("/metrics/summary", web::get().to(insights::summary)),
     )
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))

@@ -28,6 +28,11 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    // Queue depth lives in the database; a scrape still answers when it cannot be read.
+    match state.store.run(crate::store::jobs::depth).await {
+        Ok(depth) => state.metrics.queue_depth.set(depth),
+        Err(e) => tracing::warn!(error = %e, "could not read the queue depth for /metrics"),
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 

@@ -25,6 +25,8 @@ use crate::store::llm_config::{self, LlmConfigRow};
 use crate::store::{Store, StoreError};
 use crate::ws::protocol::Typed;
 
+mod mood;
+
 /// New jobs were committed: claim what the concurrency limit allows.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -274,6 +276,7 @@ async fn run_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
             };
             crate::runs::worker::execute(run_deps, job).await
         }
+        JobKind::Mood => mood::run_mood_job(deps, job).await,
     }
 }
 

@@ -17,6 +17,8 @@ pub enum JobKind {
     Content,
     /// Execute one attempt of a generation run (`target_id` = runs.id).
     Run,
+    /// Classify the mood of a lobby message (`target_id` = messages.id).
+    Mood,
 }
 
 impl JobKind {
@@ -24,12 +26,14 @@ impl JobKind {
         match self {
             JobKind::Content => "content",
             JobKind::Run => "run",
+            JobKind::Mood => "mood",
         }
     }
     pub fn parse(s: &str) -> Option<JobKind> {
         match s {
             "content" => Some(JobKind::Content),
             "run" => Some(JobKind::Run),
+            "mood" => Some(JobKind::Mood),
             _ => None,
         }
     }

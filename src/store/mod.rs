@@ -8,6 +8,7 @@ pub mod billing;
 pub mod content;
 pub mod jobs;
 pub mod llm_config;
+pub mod messages;
 pub mod notify;
 pub mod runs;
 pub mod schema;

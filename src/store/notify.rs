@@ -39,6 +39,59 @@ pub enum Event {
     /// A content item changed; listeners read it and publish it.
     #[serde(rename = "content")]
     Content { origin: String, kind: String, subject_id: i64, version: i64 },
+    /// A lobby message was stored, or its mood settled; listeners read it and publish it.
+    #[serde(rename = "message")]
+    Message { origin: String, change: MessageChange, id: i64 },
+    /// Users who came online (with their nickname) or went offline on the `origin` process.
+    #[serde(rename = "presence")]
+    Presence { origin: String, online: Vec<(i64, String)>, offline: Vec<i64> },
+    /// A process (re)started listening: every other process announces who is online on it.
+    #[serde(rename = "hello")]
+    Hello { origin: String },
+    /// The `origin` process is alive (its presence is dropped when it stops saying so).
+    #[serde(rename = "alive")]
+    Alive { origin: String },
+}
+
+impl Event {
+    pub fn origin(&self) -> &str {
+        match self {
+            Event::Content { origin, .. }
+            | Event::Message { origin, .. }
+            | Event::Presence { origin, .. }
+            | Event::Hello { origin }
+            | Event::Alive { origin } => origin,
+        }
+    }
+}
+
+/// Largest payload PostgreSQL accepts for one notification is 8000 bytes; stay well below.
+pub const MAX_PAYLOAD_BYTES: usize = 7000;
+
+/// Sends already-serialized events, in order, each as its own notification.
+pub fn announce(conn: &mut DbConn, payloads: &[String]) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    for payload in payloads {
+        diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    }
+    Ok(())
+}
+
+/// What happened to a lobby message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageChange {
+    New,
+    Mood,
+}
+
+/// Announces a lobby message change; call inside the transaction that made it.
+pub fn message_changed(conn: &mut DbConn, origin: &str, change: MessageChange, id: i64) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    let event = Event::Message { origin: origin.to_owned(), change, id };
+    let payload = serde_json::to_string(&event).expect("events serialize");
+    diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    Ok(())
 }
 
 /// Announces a content change; call inside the transaction that made it.
@@ -69,13 +122,19 @@ impl ListenerHandle {
 }
 
 /// Starts the listener of this process (`origin`) on its own thread.
-pub fn spawn_listener(url: String, origin: Arc<str>, store: Store, hub: Addr<Hub>) -> ListenerHandle {
+pub fn spawn_listener(
+    url: String,
+    origin: Arc<str>,
+    store: Store,
+    hub: Addr<Hub>,
+    lobby: Addr<crate::lobby::Lobby>,
+) -> ListenerHandle {
     let handle = ListenerHandle::default();
     let stop = handle.clone();
     let spawned = std::thread::Builder::new().name("lorewire-listen".into()).spawn(move || {
         let mut connected_before = false;
         while !stop.stopped() {
-            match listen(&url, &origin, &store, &hub, &stop, &mut connected_before) {
+            match listen(&url, &origin, &store, &hub, &lobby, &stop, &mut connected_before) {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
@@ -95,6 +154,7 @@ fn listen(
     origin: &str,
     store: &Store,
     hub: &Addr<Hub>,
+    lobby: &Addr<crate::lobby::Lobby>,
     stop: &ListenerHandle,
     connected_before: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -105,10 +165,16 @@ fn listen(
         tracing::info!("change listener reconnected; changes made meanwhile reach clients when they resubscribe");
     }
     *connected_before = true;
+    // Now that this process hears the others, ask them who is online on their side.
+    lobby.do_send(crate::lobby::ListenerReady);
     while !stop.stopped() {
         for notification in conn.notifications_iter() {
             let notification = notification?;
             match serde_json::from_str::<Event>(&notification.payload) {
+                Ok(event) if event.origin() == origin => {}
+                Ok(event @ (Event::Presence { .. } | Event::Hello { .. } | Event::Alive { .. })) => {
+                    lobby.do_send(crate::lobby::Remote(event))
+                }
                 Ok(event) => forward(event, origin, store, hub),
                 Err(e) => tracing::warn!(error = %e, "unreadable change notification"),
             }
@@ -121,7 +187,23 @@ fn listen(
 /// Publishes another process's change to this process's subscribers.
 fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
     match event {
-        Event::Content { origin: from, .. } if from == origin => {}
+        _ if event.origin() == origin => {}
+        Event::Presence { .. } | Event::Hello { .. } | Event::Alive { .. } => {}
+        Event::Message { change, id, .. } => {
+            let row = match store.run_blocking(|conn| super::messages::find(conn, id)) {
+                Ok(Some(row)) => row,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read a changed message");
+                    return;
+                }
+            };
+            let message = crate::lobby::Message::from_row(&row);
+            hub.do_send(match change {
+                MessageChange::New => crate::lobby::new_message_publish(message),
+                MessageChange::Mood => crate::lobby::mood_publish(&message),
+            });
+        }
         Event::Content { kind, subject_id, .. } => {
             let Some(kind) = ContentKind::parse(&kind) else { return };
             let row = store.run_blocking(|conn| rows::find(conn, kind.as_str(), subject_id));

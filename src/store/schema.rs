@@ -51,6 +51,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    messages (id) {
+        id -> Int8,
+        user_id -> Int8,
+        nickname -> Text,
+        text -> Text,
+        mood -> Text,
+        mood_status -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     user_days (user_id, day) {
         user_id -> Int8,
         day -> Text,
@@ -132,6 +144,18 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(messages -> users (user_id));
 diesel::joinable!(user_days -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(content, jobs, llm_config, user_days, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    budgets,
+    content,
+    cost_events,
+    jobs,
+    llm_config,
+    messages,
+    prices,
+    runs,
+    user_days,
+    users,
+);

@@ -2,6 +2,7 @@
 //! the frame types.
 
 pub mod protocol;
+pub mod rate_limit;
 pub mod session;
 
 use actix_web::{web, HttpRequest, HttpResponse};

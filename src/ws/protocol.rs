@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::content::{Content, ContentKind};
+use crate::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
 use crate::players::Variant;
 use crate::runs::Usage;
 
@@ -17,6 +18,7 @@ pub enum ClientFrame {
     ContentUnsubscribe(ContentRef),
     GenerateStart(GenerateStart),
     GenerateAbort(GenerateAbort),
+    MessageSend(MessageSend),
 }
 
 /// `generate:start`; `action` stays a string so an unknown one gets a message naming it.
@@ -32,6 +34,11 @@ pub struct GenerateStart {
 #[derive(Debug, Deserialize)]
 pub struct GenerateAbort {
     pub run_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageSend {
+    pub text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,13 +65,14 @@ pub struct ContentRef {
 }
 
 /// The frame types a client may send.
-pub const CLIENT_TYPES: [&str; 6] = [
+pub const CLIENT_TYPES: [&str; 7] = [
     "session:start",
     "content:request",
     "content:subscribe",
     "content:unsubscribe",
     "generate:start",
     "generate:abort",
+    "message:send",
 ];
 
 /// Deserializes a frame's fields, naming the field at fault in the error.
@@ -168,6 +176,16 @@ pub enum Typed {
         code: String,
         message: String,
     },
+    #[serde(rename = "lobby:history")]
+    LobbyHistory { messages: Vec<Message> },
+    #[serde(rename = "presence:state")]
+    PresenceState { online: Vec<PresenceUser> },
+    #[serde(rename = "presence:update")]
+    PresenceUpdate { joins: Vec<PresenceUser>, leaves: Vec<PresenceLeave> },
+    #[serde(rename = "message:new")]
+    MessageNew { message: Message },
+    #[serde(rename = "message:mood_updated")]
+    MessageMoodUpdated { id: i64, mood: Mood, mood_status: MoodStatus },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,6 +237,7 @@ pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
         "content:unsubscribe" => fields(value).map(ClientFrame::ContentUnsubscribe),
         "generate:start" => fields(value).map(ClientFrame::GenerateStart),
         "generate:abort" => fields(value).map(ClientFrame::GenerateAbort),
+        "message:send" => fields(value).map(ClientFrame::MessageSend),
         other => Err(format!("unknown frame type `{other}` (expected one of {})", CLIENT_TYPES.join(", "))),
     };
     (reference, frame)

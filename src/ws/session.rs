@@ -27,9 +27,13 @@ use crate::app::AppState;
 use crate::content::{self, Content, ContentKind};
 use crate::http::error::ApiError;
 use crate::hub::{self, SessionId, ToSession, Topic};
+use crate::lobby::{self, SendRefused};
 use crate::players::{self, Variant};
 use crate::runs::service::{StartError, Started, Waiter};
 use crate::runs::{self, RunErrorCode};
+
+/// Largest piece of an outgoing frame handed to the HTTP layer at once.
+const MAX_CHUNK_BYTES: usize = 8 * 1024;
 
 /// Unsent frames (or bytes) after which a client counts as not reading.
 pub const MAX_BACKLOG_FRAMES: usize = 256;
@@ -82,6 +86,8 @@ struct Outbox {
     ends: VecDeque<u64>,
     /// The session gave up on the client: this close frame goes next, then the end.
     close: Option<Bytes>,
+    /// The rest of a chunk handed out in slices (it holds whole frames only once complete).
+    partial: Option<Bytes>,
     aborted: bool,
     finished: bool,
     waker: Option<Waker>,
@@ -113,6 +119,15 @@ impl Outbox {
         self.ends.clear();
         self.close = Some(close);
         self.wake();
+    }
+    /// The HTTP layer copies each chunk into a per-connection write buffer that keeps its
+    /// largest size: hand it big frames (a full presence list) in slices, zero-copy.
+    fn slice(&mut self, mut chunk: Bytes) -> Bytes {
+        if chunk.len() > MAX_CHUNK_BYTES {
+            self.partial = Some(chunk.split_off(MAX_CHUNK_BYTES));
+        }
+        self.pulled(chunk.len());
+        chunk
     }
     fn finish(&mut self) {
         self.finished = true;
@@ -158,14 +173,19 @@ impl Stream for Outbound {
             return Poll::Ready(None);
         }
         let mut outbox = self.outbox.borrow_mut();
+        // A frame already begun is finished first, even before a close.
+        if let Some(rest) = outbox.partial.take() {
+            let piece = outbox.slice(rest);
+            return Poll::Ready(Some(Ok(piece)));
+        }
         if let Some(close) = outbox.close.take() {
             drop(outbox);
             self.done = true;
             return Poll::Ready(Some(Ok(close)));
         }
         if let Some(chunk) = outbox.chunks.pop_front() {
-            outbox.pulled(chunk.len());
-            return Poll::Ready(Some(Ok(chunk)));
+            let piece = outbox.slice(chunk);
+            return Poll::Ready(Some(Ok(piece)));
         }
         if outbox.finished {
             return Poll::Ready(None);
@@ -183,6 +203,15 @@ enum Subscription {
 
 struct SessionUser {
     id: i64,
+    nickname: String,
+}
+
+/// Where the session stands in the lobby: lobby frames are held back while its history and
+/// presence snapshot are on their way, so they arrive after them, in order.
+enum LobbyJoin {
+    Out,
+    Joining(Vec<(Option<i64>, ByteString)>),
+    In,
 }
 
 pub struct WsSession {
@@ -191,6 +220,7 @@ pub struct WsSession {
     outbox: Rc<RefCell<Outbox>>,
     user: Option<SessionUser>,
     subscriptions: HashMap<Topic, Subscription>,
+    lobby: LobbyJoin,
     last_heard: Instant,
     /// Frames of a fragmented message are refused; answer once at its end.
     in_fragment: bool,
@@ -208,6 +238,7 @@ impl WsSession {
             outbox,
             user: None,
             subscriptions: HashMap::new(),
+            lobby: LobbyJoin::Out,
             last_heard: Instant::now(),
             in_fragment: false,
             aborted: false,
@@ -279,6 +310,7 @@ impl WsSession {
             ClientFrame::ContentUnsubscribe(c) => self.unwatch(&Topic::Content(c.kind, c.subject_id)),
             ClientFrame::GenerateStart(g) => self.generate_start(g, reference, ctx),
             ClientFrame::GenerateAbort(a) => self.generate_abort(a.run_id, reference, ctx),
+            ClientFrame::MessageSend(m) => self.message_send(m.text, reference, ctx),
         }
     }
 
@@ -305,20 +337,74 @@ impl WsSession {
                 Ok(started) => {
                     let user = started.user;
                     tracing::info!(session = act.id, user = user.id, resumed = started.resumed, "session started");
-                    act.user = Some(SessionUser { id: user.id });
+                    act.user = Some(SessionUser { id: user.id, nickname: user.nickname.clone() });
                     let ack = Typed::SessionAck {
                         reference,
                         user_id: user.id,
-                        nickname: user.nickname,
+                        nickname: user.nickname.clone(),
                         token: started.token,
                         variant: Variant::of(user.id),
                         server_time: act.state.clock.now(),
                     };
                     act.send(ack.into(), ctx);
+                    act.join_lobby(user.id, user.nickname, ctx);
                 }
                 Err(e) => {
                     tracing::error!(session = act.id, error = %e, "session start failed");
                     act.error(ErrorCode::Overloaded, reference, "could not start the session, try again", ctx);
+                }
+            },
+        ));
+    }
+
+    /// Enters the lobby after the ack: `lobby:history`, `presence:state`, then the lobby frames
+    /// that arrived meanwhile (minus messages the history already holds).
+    fn join_lobby(&mut self, user_id: i64, nickname: String, ctx: &mut ws::WebsocketContext<Self>) {
+        self.lobby = LobbyJoin::Joining(Vec::new());
+        let service = self.state.lobby.clone();
+        let join = lobby::Join { session: self.id, user_id, nickname, recipient: ctx.address().recipient() };
+        ctx.spawn(async move { service.join(join).await }.into_actor(self).map(|result, act, ctx| {
+            let held = match std::mem::replace(&mut act.lobby, LobbyJoin::In) {
+                LobbyJoin::Joining(held) => held,
+                _ => Vec::new(),
+            };
+            let mut in_history = HashSet::new();
+            match result {
+                Ok((online, messages)) => {
+                    in_history.extend(messages.iter().map(|m| m.id));
+                    act.send(Typed::LobbyHistory { messages }.into(), ctx);
+                    act.send(Typed::PresenceState { online }.into(), ctx);
+                }
+                Err(e) => {
+                    tracing::error!(session = act.id, error = %e, "could not load the lobby");
+                    act.error(ErrorCode::Overloaded, None, "the lobby could not be loaded; reconnect to retry", ctx);
+                }
+            }
+            for (id, text) in held {
+                if !id.is_some_and(|id| in_history.contains(&id)) {
+                    act.send_text(text, ctx);
+                }
+            }
+        }));
+    }
+
+    fn message_send(&mut self, text: String, reference: Option<Value>, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(user) = self.user.as_ref() else { return };
+        let (user_id, nickname) = (user.id, user.nickname.clone());
+        let service = self.state.lobby.clone();
+        let text = match service.admit(user_id, &text) {
+            Ok(text) => text,
+            Err(SendRefused::RateLimited(message)) => {
+                return self.error(ErrorCode::RateLimited, reference, message, ctx);
+            }
+            Err(refused) => return self.error(ErrorCode::InvalidPayload, reference, refused.to_string(), ctx),
+        };
+        // The sender sees its message as everyone does: as the broadcast `message:new`.
+        ctx.spawn(async move { service.post(user_id, nickname, text).await }.into_actor(self).map(
+            move |result, act, ctx| {
+                if let Err(e) = result {
+                    tracing::error!(session = act.id, error = %e, "lobby message could not be stored");
+                    act.error(ErrorCode::Overloaded, reference, "the message could not be stored, try again", ctx);
                 }
             },
         ));
@@ -540,6 +626,14 @@ impl WsSession {
     }
 
     fn deliver(&mut self, topic: &Topic, version: Option<i64>, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
+        if *topic == Topic::Lobby {
+            match &mut self.lobby {
+                LobbyJoin::Joining(held) => held.push((version, text)),
+                LobbyJoin::In => self.send_text(text, ctx),
+                LobbyJoin::Out => {}
+            }
+            return;
+        }
         match self.subscriptions.get_mut(topic) {
             Some(Subscription::AwaitingSnapshot(held)) => held.push((version, text)),
             Some(Subscription::Live { version: seen }) => {
@@ -583,6 +677,9 @@ impl Actor for WsSession {
         }
         self.state.metrics.sessions_open.dec();
         self.state.hub.do_send(hub::Disconnect { id: self.id });
+        if !matches!(self.lobby, LobbyJoin::Out) {
+            self.state.lobby.leave(self.id);
+        }
     }
 }
 

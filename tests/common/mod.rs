@@ -252,6 +252,14 @@ pub async fn post_json(url: &str, token: &str, body: &Value) -> (u16, Value) {
 pub struct WsClient {
     framed: actix_codec::Framed<awc::BoxedSocket, Codec>,
     pub answer_pings: bool,
+    /// Every session is in the lobby; its frames (`lobby:*`, `presence:*`, `message:*`) are
+    /// skipped unless a test turns this on.
+    pub lobby_frames: bool,
+}
+
+fn is_lobby_frame(frame: &Value) -> bool {
+    let ty = frame["type"].as_str().unwrap_or("");
+    ty.starts_with("lobby:") || ty.starts_with("presence:") || ty.starts_with("message:")
 }
 
 /// What the socket gave next.
@@ -274,7 +282,7 @@ impl WsClient {
             req = req.origin(origin);
         }
         match req.connect().await {
-            Ok((_, framed)) => Ok(WsClient { framed, answer_pings: true }),
+            Ok((_, framed)) => Ok(WsClient { framed, answer_pings: true, lobby_frames: false }),
             Err(awc::error::WsClientError::InvalidResponseStatus(status)) => Err(status.as_u16()),
             Err(e) => panic!("websocket connect failed: {e}"),
         }
@@ -300,7 +308,11 @@ impl WsClient {
             };
             match frame {
                 Frame::Text(bytes) => {
-                    return Some(Event::Json(serde_json::from_slice(&bytes).expect("server sends JSON")));
+                    let frame: Value = serde_json::from_slice(&bytes).expect("server sends JSON");
+                    if !self.lobby_frames && is_lobby_frame(&frame) {
+                        continue;
+                    }
+                    return Some(Event::Json(frame));
                 }
                 Frame::Ping(payload) => {
                     if self.answer_pings {

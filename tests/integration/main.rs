@@ -5,10 +5,13 @@
 mod common;
 
 mod admin;
+mod admin_summary;
+mod browser;
 mod circuit;
 mod cluster;
 mod content;
 mod llm;
+mod lobby;
 mod process;
 mod runs;
 mod runs_process;

@@ -145,6 +145,34 @@ async fn kill_9_and_restart_leaves_nothing_pending(db: Db) {
     }
 }
 
+/// A lobby message whose mood call was in flight when the process died gets its mood after
+/// the restart.
+async fn kill_9_leaves_no_mood_pending(db: Db) {
+    let fake = FakeLlm::start();
+    fake.set_mode(Mode::Hang);
+    let db = test_db(db).await;
+    let mut server = Server::start(&db.url, &fake).await;
+    let (mut ws, _) = server.player().await;
+    ws.lobby_frames = true;
+    ws.send(json!({"type": "message:send", "text": "still there?"})).await;
+    let sent = ws.recv_type("message:new").await;
+    eventually("the mood call to be in flight", || async { (fake.request_count() >= 1).then_some(()) }).await;
+    server.kill9();
+
+    fake.set_mode(Mode::Ok);
+    let server = Server::start(&db.url, &fake).await;
+    let settled = eventually("the mood to settle after the restart", || async {
+        let (mut ws, _) = server.player().await;
+        ws.lobby_frames = true;
+        let history = ws.recv_type("lobby:history").await;
+        let m = history["messages"][0].clone();
+        (m["mood_status"] != "pending").then_some(m)
+    })
+    .await;
+    assert_eq!(settled["id"], sent["message"]["id"]);
+    assert_eq!((settled["mood"].as_str(), settled["mood_status"].as_str()), (Some("happy"), Some("ready")));
+}
+
 /// The key never appears in a frame, a response, or a log line (even when the provider
 /// echoes it back in an error).
 async fn api_key_never_leaks(db: Db) {
@@ -253,6 +281,7 @@ async fn draining_refuses_new_work(db: Db) {
 
 both_backends!(
     kill_9_and_restart_leaves_nothing_pending,
+    kill_9_leaves_no_mood_pending,
     api_key_never_leaks,
     sigterm_drains_and_hands_work_back,
     draining_refuses_new_work,

@@ -1,0 +1,200 @@
+//! Admin insight routes: `GET /admin/api/users` and `GET /admin/api/metrics/summary`, and the
+//! retention arithmetic (PROTOCOL §3). Read-only; every figure is correct on an empty database.
+
+use std::collections::{BTreeMap, HashMap};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::admin::authorize;
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::llm::circuit::GetSnapshot;
+use crate::lobby::OnlineUsers;
+use crate::players::Variant;
+use crate::store::{content as content_rows, jobs, messages};
+
+const DEFAULT_USERS_LIMIT: i64 = 100;
+const MAX_USERS_LIMIT: i64 = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct UsersQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// Users, most recently seen first, with first / last seen, variant, message count and
+/// whether they are online now.
+pub async fn users(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<UsersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let limit = query.limit.unwrap_or(DEFAULT_USERS_LIMIT);
+    if !(1..=MAX_USERS_LIMIT).contains(&limit) {
+        return Err(ApiError::Invalid(format!("`limit` must be 1..{MAX_USERS_LIMIT}")));
+    }
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::Invalid("`offset` must not be negative".into()));
+    }
+    let (total, page, counts) = state
+        .store
+        .run(move |conn| {
+            let total = messages::user_count(conn)?;
+            let page = messages::users_page(conn, limit, offset)?;
+            let ids: Vec<i64> = page.iter().map(|u| u.0).collect();
+            let counts: HashMap<i64, i64> = messages::count_by_user(conn, &ids)?.into_iter().collect();
+            Ok((total, page, counts))
+        })
+        .await?;
+    let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?;
+    let users: Vec<Value> = page
+        .into_iter()
+        .map(|(id, nickname, created_at, last_seen_at)| {
+            json!({
+                "user_id": id,
+                "nickname": nickname,
+                "variant": Variant::of(id),
+                "first_seen": DateTime::<Utc>::from_naive_utc_and_offset(created_at, Utc),
+                "last_seen": DateTime::<Utc>::from_naive_utc_and_offset(last_seen_at, Utc),
+                "message_count": counts.get(&id).copied().unwrap_or(0),
+                "online": online.contains(&id),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"total": total, "limit": limit, "offset": offset, "users": users})))
+}
+
+/// D1 / D7 retention over the users whose D+n day has ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub eligible: u64,
+    pub retained: u64,
+}
+
+impl Retention {
+    /// `None` when no user is eligible yet.
+    pub fn rate(&self) -> Option<f64> {
+        (self.eligible > 0).then(|| self.retained as f64 / self.eligible as f64)
+    }
+    fn to_json(self) -> Value {
+        json!({"eligible": self.eligible, "retained": self.retained, "rate": self.rate()})
+    }
+}
+
+/// Retention at day `n` from `(user_id, "YYYY-MM-DD")` rows: a user first seen on UTC day D
+/// (their earliest row) is eligible once day D+n has ended (D+n < today) and retained if they
+/// have a row for day D+n. Unreadable days are skipped.
+pub fn retention(days: &[(i64, String)], today: NaiveDate, n: u64) -> Retention {
+    let mut seen: BTreeMap<i64, Vec<NaiveDate>> = BTreeMap::new();
+    for (user_id, day) in days {
+        if let Ok(day) = NaiveDate::parse_from_str(day, "%Y-%m-%d") {
+            seen.entry(*user_id).or_default().push(day);
+        }
+    }
+    let mut result = Retention { eligible: 0, retained: 0 };
+    for user_days in seen.values() {
+        let Some(first) = user_days.iter().min() else { continue };
+        let Some(target) = first.checked_add_days(chrono::Days::new(n)) else { continue };
+        if target >= today {
+            continue;
+        }
+        result.eligible += 1;
+        if user_days.contains(&target) {
+            result.retained += 1;
+        }
+    }
+    result
+}
+
+pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let (users, message_count, content, days, depth) = state
+        .store
+        .run(|conn| {
+            Ok((
+                messages::user_count(conn)?,
+                messages::count(conn)?,
+                content_rows::count_by_status(conn)?,
+                messages::user_days(conn)?,
+                jobs::depth(conn)?,
+            ))
+        })
+        .await?;
+    let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?.len();
+    let circuit = state.circuit.send(GetSnapshot).await.map_err(|_| ApiError::Internal)?;
+    let today = state.clock.now_naive().date();
+    let d1 = retention(&days, today, 1);
+    let d7 = retention(&days, today, 7);
+    let mut by_status = Map::new();
+    for status in ["pending", "ready", "fallback"] {
+        by_status.insert(status.into(), json!(0));
+    }
+    for (status, count) in content {
+        by_status.insert(status, json!(count));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "users": users,
+        "online": online,
+        "messages": message_count,
+        "d1_retention": d1.rate(),
+        "d7_retention": d7.rate(),
+        "retention": {"d1": d1.to_json(), "d7": d7.to_json()},
+        "content": by_status,
+        // Generation runs are not stored by this build yet: no runs, nothing spent.
+        "runs": {},
+        "circuit": {
+            "state": circuit.state,
+            "failures": circuit.failures,
+            "opened_at": circuit.opened_at,
+            "resets_at": circuit.resets_at,
+        },
+        "spend": {"total_usd": 0.0},
+        "queue_depth": depth,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    fn rows(pairs: &[(i64, &str)]) -> Vec<(i64, String)> {
+        pairs.iter().map(|(u, day)| (*u, day.to_string())).collect()
+    }
+
+    #[test]
+    fn no_eligible_user_means_no_rate() {
+        assert_eq!(retention(&[], d("2026-11-23"), 1).rate(), None);
+        // First seen yesterday: D+1 is today, not ended yet.
+        let days = rows(&[(1, "2026-11-22"), (1, "2026-11-23")]);
+        assert_eq!(retention(&days, d("2026-11-23"), 1), Retention { eligible: 0, retained: 0 });
+    }
+
+    #[test]
+    fn d1_and_d7_count_the_exact_day() {
+        let today = d("2026-11-23");
+        let days = rows(&[
+            // Eligible for D1 and D7; retained at D1 (11-11) and D7 (11-17).
+            (1, "2026-11-10"),
+            (1, "2026-11-11"),
+            (1, "2026-11-17"),
+            // Eligible for both; seen on D+2 only: retained at neither.
+            (2, "2026-11-10"),
+            (2, "2026-11-12"),
+            // Eligible for D1 only (D+7 = 11-27 not ended); retained at D1.
+            (3, "2026-11-20"),
+            (3, "2026-11-21"),
+        ]);
+        assert_eq!(retention(&days, today, 1), Retention { eligible: 3, retained: 2 });
+        assert_eq!(retention(&days, today, 7), Retention { eligible: 2, retained: 1 });
+        assert_eq!(retention(&days, today, 7).rate(), Some(0.5));
+    }
+}

@@ -1,0 +1,53 @@
+//! The browser client (`GET /`), the admin dashboard (`GET /admin`) and their assets, compiled
+//! into the binary from `static/` so they are served the same from any working directory.
+//! The pages hold no secret: the admin page asks for the token and keeps it in sessionStorage.
+
+use actix_web::{web, HttpResponse};
+
+use super::error::ApiError;
+
+/// (name under /static/, content type, body)
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("lorewire.js", "text/javascript; charset=utf-8", include_str!("../../static/lorewire.js")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../static/app.js")),
+    ("admin.js", "text/javascript; charset=utf-8", include_str!("../../static/admin.js")),
+    ("style.css", "text/css; charset=utf-8", include_str!("../../static/style.css")),
+];
+
+const INDEX: &str = include_str!("../../static/index.html");
+const ADMIN: &str = include_str!("../../static/admin.html");
+
+fn page(body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .insert_header(("referrer-policy", "no-referrer"))
+        // Only our own scripts and styles run; the page talks only to this server.
+        .insert_header((
+            "content-security-policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .body(body)
+}
+
+pub async fn index() -> HttpResponse {
+    page(INDEX)
+}
+
+pub async fn admin() -> HttpResponse {
+    page(ADMIN)
+}
+
+pub async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let (_, content_type, body) = ASSETS
+        .iter()
+        .find(|(n, _, _)| *n == name.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("no asset `{}`", name.chars().take(64).collect::<String>())))?;
+    Ok(HttpResponse::Ok()
+        .content_type(*content_type)
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .body(*body))
+}

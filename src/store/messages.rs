@@ -1,0 +1,134 @@
+//! Lobby messages: written together with their mood job, read back as history, and settled
+//! (mood + the job's deletion) in one transaction by the worker that holds the job.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::jobs::{self, JobKind};
+use super::notify;
+use super::schema::{messages, user_days, users};
+use super::{write_tx, DbConn, StoreResult};
+
+pub const MOOD_PENDING: &str = "pending";
+
+#[derive(Debug, Clone, Queryable)]
+pub struct MessageRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub nickname: String,
+    pub text: String,
+    pub mood: String,
+    pub mood_status: String,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = messages)]
+struct NewMessage<'a> {
+    user_id: i64,
+    nickname: &'a str,
+    text: &'a str,
+    mood: &'a str,
+    mood_status: &'a str,
+    created_at: NaiveDateTime,
+}
+
+/// Stores a message (mood `neutral` / `pending`) and its mood job in one transaction.
+pub fn insert(
+    conn: &mut DbConn,
+    origin: &str,
+    user_id: i64,
+    nickname: &str,
+    text: &str,
+    now: NaiveDateTime,
+) -> StoreResult<MessageRow> {
+    write_tx(conn, |conn| {
+        let row: MessageRow = diesel::insert_into(messages::table)
+            .values(NewMessage { user_id, nickname, text, mood: "neutral", mood_status: MOOD_PENDING, created_at: now })
+            .returning(messages::all_columns)
+            .get_result(conn)?;
+        jobs::enqueue(conn, JobKind::Mood, row.id, 0, now)?;
+        notify::message_changed(conn, origin, notify::MessageChange::New, row.id)?;
+        Ok(row)
+    })
+}
+
+pub fn find(conn: &mut DbConn, id: i64) -> StoreResult<Option<MessageRow>> {
+    Ok(messages::table.find(id).first(conn).optional()?)
+}
+
+/// The latest `limit` messages, oldest first.
+pub fn recent(conn: &mut DbConn, limit: i64) -> StoreResult<Vec<MessageRow>> {
+    let mut rows: Vec<MessageRow> = messages::table.order(messages::id.desc()).limit(limit).load(conn)?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The end of a mood job: the mood and the job's deletion, committed together. `None` when
+/// the job is no longer this worker's, or the message is gone or already settled.
+pub fn finish_mood(
+    conn: &mut DbConn,
+    origin: &str,
+    job_id: i64,
+    worker: &str,
+    message_id: i64,
+    mood: &str,
+    mood_status: &str,
+) -> StoreResult<Option<MessageRow>> {
+    write_tx(conn, |conn| {
+        if !jobs::complete(conn, job_id, worker)? {
+            return Ok(None);
+        }
+        let row = diesel::update(messages::table.find(message_id).filter(messages::mood_status.eq(MOOD_PENDING)))
+            .set((messages::mood.eq(mood), messages::mood_status.eq(mood_status)))
+            .returning(messages::all_columns)
+            .get_result::<MessageRow>(conn)
+            .optional()?;
+        if let Some(row) = &row {
+            notify::message_changed(conn, origin, notify::MessageChange::Mood, row.id)?;
+        }
+        Ok(row)
+    })
+}
+
+pub fn count(conn: &mut DbConn) -> StoreResult<i64> {
+    Ok(messages::table.count().get_result(conn)?)
+}
+
+/// Messages per user, for the given users.
+pub fn count_by_user(conn: &mut DbConn, user_ids: &[i64]) -> StoreResult<Vec<(i64, i64)>> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(messages::table
+        .filter(messages::user_id.eq_any(user_ids))
+        .group_by(messages::user_id)
+        .select((messages::user_id, diesel::dsl::count_star()))
+        .load(conn)?)
+}
+
+/// A page of users, most recently seen first (admin).
+pub fn users_page(
+    conn: &mut DbConn,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Vec<(i64, String, NaiveDateTime, NaiveDateTime)>> {
+    Ok(users::table
+        .order((users::last_seen_at.desc(), users::id.desc()))
+        .limit(limit)
+        .offset(offset)
+        .select((users::id, users::nickname, users::created_at, users::last_seen_at))
+        .load(conn)?)
+}
+
+pub fn user_count(conn: &mut DbConn) -> StoreResult<i64> {
+    Ok(users::table.count().get_result(conn)?)
+}
+
+/// Every (user, UTC day seen) row, by user then day (retention).
+pub fn user_days(conn: &mut DbConn) -> StoreResult<Vec<(i64, String)>> {
+    Ok(user_days::table
+        .order((user_days::user_id.asc(), user_days::day.asc()))
+        .select((user_days::user_id, user_days::day))
+        .load(conn)?)
+}

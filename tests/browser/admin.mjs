@@ -1,0 +1,30 @@
+// The admin dashboard: sign-in with the token, the circuit shown open after upstream failures,
+// and its reset button closing it; the key is never on the page.
+import { run, base, adminToken, assert } from "./lib.mjs";
+
+run("admin", async (t) => {
+  const page = await t.page("admin");
+  await page.goto(`${base}/admin`);
+  await page.fill("#token", "not-the-token");
+  await page.click("#login-form button[type=submit]");
+  await page.locator("#login-error", { hasText: "wrong admin token" }).waitFor();
+  t.step("wrong token refused");
+
+  await page.fill("#token", adminToken);
+  await page.click("#login-form button[type=submit]");
+  await page.waitForSelector('#circuit-state[data-state="open"]');
+  t.step("circuit shown open");
+  await page.locator("#llm-key-state", { hasText: "a key is set" }).waitFor();
+  await page.locator('#users tr').first().waitFor();
+  await page.locator('[data-tile="users"] .v').waitFor();
+  await page.locator("#runs .na, #runs table, #runs .muted").first().waitFor();
+  const html = await page.content();
+  assert(!html.includes("CANARY"), "the API key never reaches the page");
+
+  await page.click("#circuit-reset");
+  await page.waitForSelector('#circuit-state[data-state="closed"]');
+  // And it stays closed across the next refresh.
+  await page.waitForTimeout(3500);
+  assert((await page.getAttribute("#circuit-state", "data-state")) === "closed", "still closed after a refresh");
+  t.step("reset closed the circuit");
+});

@@ -1,0 +1,144 @@
+//! Admin insights: `/admin/api/users`, `/admin/api/metrics/summary` (retention included) and
+//! the Prometheus text of `/metrics`.
+
+use std::time::Duration;
+
+use diesel::RunQueryDsl;
+use lorewire::store::schema::user_days;
+use serde_json::{json, Value};
+
+use crate::common::{get_json, spawn_app, Db, TestApp};
+
+async fn summary(app: &TestApp) -> Value {
+    let (status, body) = app.admin_get("/admin/api/metrics/summary").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn summary_is_right_on_an_empty_database(db: Db) {
+    let app = spawn_app(db).await;
+    let (status, _) = get_json(&app.url("/admin/api/metrics/summary"), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = get_json(&app.url("/admin/api/users"), Some("wrong")).await;
+    assert_eq!(status, 403);
+
+    let s = summary(&app).await;
+    assert_eq!(s["users"], 0);
+    assert_eq!(s["online"], 0);
+    assert_eq!(s["messages"], 0);
+    assert_eq!(s["d1_retention"], Value::Null);
+    assert_eq!(s["d7_retention"], Value::Null);
+    assert_eq!(s["retention"]["d1"], json!({"eligible": 0, "retained": 0, "rate": null}));
+    assert_eq!(s["content"], json!({"pending": 0, "ready": 0, "fallback": 0}));
+    assert_eq!(s["runs"], json!({}));
+    assert_eq!(s["circuit"]["state"], "closed");
+    assert_eq!(s["spend"]["total_usd"], 0.0);
+    let (status, users) = app.admin_get("/admin/api/users").await;
+    assert_eq!(status, 200);
+    assert_eq!(users["users"], json!([]));
+    assert_eq!(users["total"], 0);
+    let (status, _) = app.admin_get("/admin/api/users?limit=0").await;
+    assert_eq!(status, 400);
+}
+
+async fn summary_counts_users_messages_and_retention(db: Db) {
+    let app = spawn_app(db).await;
+    let (mut ada, ada_ack) = app.player("Ada").await;
+    let (bo, bo_ack) = app.player("Bo").await;
+    let (ada_id, bo_id) = (ada_ack["user_id"].as_i64().unwrap(), bo_ack["user_id"].as_i64().unwrap());
+    ada.lobby_frames = true;
+    for text in ["hello", "anyone?"] {
+        ada.send(json!({"type": "message:send", "text": text})).await;
+        ada.recv_type("message:new").await;
+    }
+    bo.close().await;
+    let token = app.player_token().await;
+    app.content_final(&token, "quest", 7, json!({})).await;
+
+    // Both first seen ten days ago; Ada came back on day 1 and day 7, Bo on day 2 only.
+    let today = chrono::Utc::now().date_naive();
+    let day = |n: u64| (today - chrono::Days::new(n)).format("%Y-%m-%d").to_string();
+    let rows = vec![(ada_id, day(10)), (ada_id, day(9)), (ada_id, day(3)), (bo_id, day(10)), (bo_id, day(8))];
+    let url = app.db.url.clone();
+    actix_web::rt::task::spawn_blocking(move || {
+        let store = lorewire::store::Store::connect(&url).unwrap();
+        store
+            .run_blocking(|conn| {
+                for (user_id, day) in rows {
+                    diesel::insert_into(user_days::table)
+                        .values((user_days::user_id.eq(user_id), user_days::day.eq(day)))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let s = crate::common::eventually("only Ada to be online", || {
+        let app = &app;
+        async move {
+            let s = summary(app).await;
+            (s["online"] == 1).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(s["users"], 3);
+    assert_eq!(s["messages"], 2);
+    // The third user (the REST token) was first seen today: not eligible yet.
+    assert_eq!(s["retention"]["d1"], json!({"eligible": 2, "retained": 1, "rate": 0.5}));
+    assert_eq!(s["retention"]["d7"], json!({"eligible": 2, "retained": 1, "rate": 0.5}));
+    assert_eq!(s["d1_retention"], 0.5);
+    assert_eq!(s["d7_retention"], 0.5);
+    assert_eq!(s["content"]["ready"], 1);
+
+    let (status, users) = app.admin_get("/admin/api/users").await;
+    assert_eq!(status, 200);
+    assert_eq!(users["total"], 3);
+    let list = users["users"].as_array().unwrap();
+    let ada_row = list.iter().find(|u| u["user_id"] == ada_id).unwrap();
+    assert_eq!(ada_row["nickname"], "Ada");
+    assert_eq!(ada_row["message_count"], 2);
+    assert_eq!(ada_row["variant"], if ada_id % 2 == 0 { "control" } else { "treatment" });
+    assert_eq!(ada_row["online"], true);
+    assert!(chrono::DateTime::parse_from_rfc3339(ada_row["first_seen"].as_str().unwrap()).is_ok());
+    assert!(chrono::DateTime::parse_from_rfc3339(ada_row["last_seen"].as_str().unwrap()).is_ok());
+    let bo_row = list.iter().find(|u| u["user_id"] == bo_id).unwrap();
+    assert_eq!(bo_row["message_count"], 0);
+    assert_eq!(bo_row["online"], false);
+}
+
+async fn metrics_expose_the_live_figures(db: Db) {
+    let app = spawn_app(db).await;
+    let (mut ws, _) = app.player("Ada").await;
+    ws.lobby_frames = true;
+    ws.send(json!({"type": "message:send", "text": "yay"})).await;
+    ws.recv_type("message:mood_updated").await;
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    let text = crate::lobby::metrics_text(&app).await;
+    for line in [
+        "lorewire_sessions_open 1",
+        "lorewire_lobby_sessions 1",
+        "lorewire_lobby_online_users 1",
+        "lorewire_lobby_messages_total 1",
+        "lorewire_moods_finished_total{status=\"ready\"} 1",
+        "lorewire_upstream_calls_total{outcome=\"ok\"} 1",
+        "lorewire_circuit_state 0",
+        "lorewire_queue_depth 0",
+        "lorewire_presence_updates_total 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    for family in ["lorewire_frames_in_total", "lorewire_frames_out_total", "lorewire_push_latency_seconds_bucket"] {
+        assert!(text.contains(family), "missing {family}");
+    }
+}
+
+use diesel::ExpressionMethods;
+
+both_backends!(
+    summary_is_right_on_an_empty_database,
+    summary_counts_users_messages_and_retention,
+    metrics_expose_the_live_figures,
+);

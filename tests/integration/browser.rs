@@ -1,0 +1,162 @@
+//! The browser client and admin dashboard in headless Chromium: each test starts lorewire
+//! in-process (SQLite, fake LLM) and runs one scenario of `tests/browser/*.mjs` with node and
+//! playwright-core. Prerequisites (`.ci/run` installs them): node, Chromium at /usr/bin/chromium
+//! (or `LOREWIRE_CHROMIUM`), and `npm ci` in tests/browser. A missing one fails the test with
+//! what to install; it never passes silently.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lorewire::hub::CloseAll;
+use serde_json::json;
+
+use crate::common::{spawn_app, Db, Mode, TestApp, ADMIN_TOKEN};
+
+/// A scenario that runs longer than this is killed.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(50);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn chromium() -> String {
+    std::env::var("LOREWIRE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// Fails with what is missing and how to install it.
+fn preflight() {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "browser tests need node (apt-get install -y nodejs npm): {node:?}"
+    );
+    assert!(
+        Path::new(&chromium()).exists(),
+        "browser tests need Chromium at {}: apt-get update && apt-get install -y chromium chromium-driver \
+         (or set LOREWIRE_CHROMIUM)",
+        chromium()
+    );
+    assert!(
+        browser_dir().join("node_modules/playwright-core").exists(),
+        "browser tests need playwright-core: (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci)"
+    );
+}
+
+/// Runs `tests/browser/<name>.mjs` against the app; `on_request` does what the scenario asks
+/// of the server side (`@@<what>` lines) before it is told `@@done`.
+async fn scenario(app: &TestApp, name: &'static str, on_request: impl Fn(&str) + Send + 'static) {
+    preflight();
+    let base = app.url("");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
+    let outcome = actix_web::rt::task::spawn_blocking(move || {
+        let mut child = Command::new("node")
+            .arg(browser_dir().join(format!("{name}.mjs")))
+            .arg(&base)
+            .arg(ADMIN_TOKEN)
+            .current_dir(browser_dir())
+            .env("LOREWIRE_SCREENSHOT_DIR", &shots)
+            .env("LOREWIRE_CHROMIUM", chromium())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node starts");
+        let started = Instant::now();
+        let mut stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let err_text = Arc::new(Mutex::new(String::new()));
+        let err_sink = err_text.clone();
+        let err_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                err_sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        // The scenario cannot hang the suite: kill it at the limit.
+        let pid = child.id();
+        let watchdog = std::thread::spawn(move || {
+            while started.elapsed() < SCENARIO_LIMIT {
+                std::thread::sleep(Duration::from_millis(200));
+                // SAFETY: kill(2) with signal 0 only checks that the process exists.
+                if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                    return;
+                }
+            }
+            // SAFETY: the pid is our own child, still running.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let mut out = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(what) = line.strip_prefix("@@") {
+                on_request(what.trim());
+                let _ = writeln!(stdin, "@@done");
+                let _ = stdin.flush();
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let status = child.wait().expect("node exits");
+        let _ = err_reader.join();
+        let _ = watchdog.join();
+        let err = err_text.lock().unwrap().clone();
+        (status, out, err, started.elapsed())
+    })
+    .await
+    .expect("scenario thread");
+    let (status, out, err, took) = outcome;
+    assert!(
+        status.success(),
+        "browser scenario `{name}` failed ({status}, after {took:?})\n--- stdout ---\n{out}--- stderr ---\n{err}"
+    );
+    println!("{out}");
+}
+
+#[actix_web::test]
+async fn two_players_see_each_other_and_chat() {
+    let app = spawn_app(Db::Sqlite).await;
+    scenario(&app, "presence_chat", |_| {}).await;
+}
+
+#[actix_web::test]
+async fn content_card_turns_ready_live() {
+    let app = spawn_app(Db::Sqlite).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(1500)));
+    scenario(&app, "content_live", |_| {}).await;
+}
+
+#[actix_web::test]
+async fn page_reconnects_resubscribes_and_shows_the_final_state() {
+    let app = spawn_app(Db::Sqlite).await;
+    // Long enough to go offline first, short of the 2 s upstream timeout of the tests.
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(1200)));
+    let hub = app.running.as_ref().unwrap().state.hub.clone();
+    scenario(&app, "reconnect", move |what| {
+        assert_eq!(what, "drop-sockets", "unknown request from the scenario");
+        // What a server restart or a network cut looks like to the page.
+        hub.do_send(CloseAll { code: 1012, reason: "service restart" });
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn treatment_player_sees_the_visual_novel() {
+    let app = spawn_app(Db::Sqlite).await;
+    scenario(&app, "visual_novel", |_| {}).await;
+}
+
+#[actix_web::test]
+async fn admin_sees_the_circuit_open_and_resets_it() {
+    let app = spawn_app(Db::Sqlite).await;
+    let token = app.player_token().await;
+    app.fake.set_mode(Mode::Status(500));
+    for id in 1..=3 {
+        app.content_final(&token, "event", id, json!({})).await;
+    }
+    assert_eq!(app.circuit().await["state"], "open");
+    app.fake.set_mode(Mode::Ok);
+    scenario(&app, "admin", |_| {}).await;
+    assert_eq!(app.circuit().await["state"], "closed");
+}

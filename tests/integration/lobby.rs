@@ -1,0 +1,461 @@
+//! The lobby: frames after the ack, presence over tabs and its gathering window, chat rules,
+//! rate limit, history, moods (ready, fallback, recovered after a restart).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{spawn_with, Db, Event, Mode, Setup, TestApp, WsClient};
+
+/// A started session that has read its `lobby:history` and `presence:state`.
+struct Joined {
+    ws: WsClient,
+    ack: Value,
+    history: Value,
+    online: Value,
+}
+
+impl Joined {
+    fn user_id(&self) -> i64 {
+        self.ack["user_id"].as_i64().unwrap()
+    }
+    fn token(&self) -> String {
+        self.ack["token"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn join(app: &TestApp, nickname: &str, token: Option<&str>) -> Joined {
+    let mut ws = app.ws().await;
+    ws.lobby_frames = true;
+    let mut start = json!({"type": "session:start", "nickname": nickname});
+    if let Some(token) = token {
+        start["token"] = json!(token);
+    }
+    ws.send(start).await;
+    // The spec's order: ack, history, presence state.
+    let ack = ws.recv().await;
+    assert_eq!(ack["type"], "session:ack", "{ack}");
+    let history = ws.recv().await;
+    assert_eq!(history["type"], "lobby:history", "{history}");
+    let online = ws.recv().await;
+    assert_eq!(online["type"], "presence:state", "{online}");
+    Joined { ws, ack, history: history["messages"].clone(), online: online["online"].clone() }
+}
+
+fn ids(list: &Value) -> Vec<i64> {
+    list.as_array().unwrap().iter().map(|u| u["user_id"].as_i64().unwrap()).collect()
+}
+
+/// Every presence:update within `wait`, merged: (joined ids, left ids).
+async fn presence_within(ws: &mut WsClient, wait: Duration) -> (Vec<i64>, Vec<i64>, usize) {
+    let until = tokio::time::Instant::now() + wait;
+    let (mut joins, mut leaves, mut frames) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_event(left).await {
+            Some(Event::Json(v)) if v["type"] == "presence:update" => {
+                frames += 1;
+                joins.extend(ids(&v["joins"]));
+                leaves.extend(ids(&v["leaves"]));
+            }
+            Some(Event::Json(_)) => {}
+            None => return (joins, leaves, frames),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn lobby_app(db: Db, configure: impl FnOnce(&mut lorewire::config::Config)) -> TestApp {
+    spawn_with(Setup::new(db), configure).await
+}
+
+async fn presence_state_then_updates(db: Db) {
+    let app = lobby_app(db, |_| {}).await;
+    let mut ada = join(&app, "Ada", None).await;
+    assert_eq!(ada.history, json!([]));
+    assert_eq!(ada.online, json!([{"user_id": ada.user_id(), "nickname": "Ada"}]));
+    // Ada's own join is broadcast too (to Ada as well); let it pass.
+    let (joins, _, _) = presence_within(&mut ada.ws, Duration::from_millis(300)).await;
+    assert_eq!(joins, vec![ada.user_id()]);
+
+    let bo = join(&app, "Bo", None).await;
+    // Everyone online now, Bo included, once each.
+    let mut online = ids(&bo.online);
+    online.sort();
+    assert_eq!(online, vec![ada.user_id(), bo.user_id()]);
+
+    let joined = ada.ws.recv_type("presence:update").await;
+    assert_eq!(joined["joins"], json!([{"user_id": bo.user_id(), "nickname": "Bo"}]));
+    assert_eq!(joined["leaves"], json!([]));
+
+    let bo_id = bo.user_id();
+    bo.ws.close().await;
+    let left = ada.ws.recv_type("presence:update").await;
+    assert_eq!(left["joins"], json!([]));
+    assert_eq!(left["leaves"], json!([{"user_id": bo_id}]));
+}
+
+async fn two_tabs_leave_when_the_last_closes(db: Db) {
+    let app = lobby_app(db, |_| {}).await;
+    let mut watcher = join(&app, "Watcher", None).await;
+    presence_within(&mut watcher.ws, Duration::from_millis(300)).await;
+    let tab1 = join(&app, "Ada", None).await;
+    let ada = tab1.user_id();
+    let tab2 = join(&app, "Ada", Some(&tab1.token())).await;
+    assert_eq!(tab2.user_id(), ada);
+    assert_eq!(ids(&tab2.online).iter().filter(|id| **id == ada).count(), 1, "{}", tab2.online);
+    let (joins, leaves, _) = presence_within(&mut watcher.ws, Duration::from_millis(400)).await;
+    assert_eq!(joins, vec![ada]);
+    assert!(leaves.is_empty());
+
+    tab1.ws.close().await;
+    let (joins, leaves, _) = presence_within(&mut watcher.ws, Duration::from_millis(400)).await;
+    assert!(joins.is_empty() && leaves.is_empty(), "one tab is still open: {joins:?} {leaves:?}");
+
+    tab2.ws.close().await;
+    let (joins, leaves, _) = presence_within(&mut watcher.ws, Duration::from_millis(400)).await;
+    assert!(joins.is_empty());
+    assert_eq!(leaves, vec![ada]);
+}
+
+async fn presence_is_gathered_and_cancels_within_the_window(db: Db) {
+    // A wide window makes "within the window" certain on a busy machine.
+    let app = lobby_app(db, |c| c.presence_window = Duration::from_millis(600)).await;
+    let mut watcher = join(&app, "Watcher", None).await;
+    let (_, _, _) = presence_within(&mut watcher.ws, Duration::from_millis(800)).await;
+
+    // Two joins inside one window: one update with both.
+    let a = join(&app, "A", None).await;
+    let b = join(&app, "B", None).await;
+    let (mut joins, leaves, frames) = presence_within(&mut watcher.ws, Duration::from_millis(1000)).await;
+    joins.sort();
+    assert_eq!(joins, vec![a.user_id(), b.user_id()]);
+    assert!(leaves.is_empty());
+    assert_eq!(frames, 1, "the joins were gathered into one presence:update");
+
+    // A leaves and comes back inside the window: in neither list.
+    let token = a.token();
+    let a_id = a.user_id();
+    a.ws.close().await;
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    let a_again = join(&app, "A", Some(&token)).await;
+    assert!(ids(&a_again.online).contains(&a_id));
+    let (joins, leaves, _) = presence_within(&mut watcher.ws, Duration::from_millis(1000)).await;
+    assert!(!joins.contains(&a_id) && !leaves.contains(&a_id), "joins {joins:?} leaves {leaves:?}");
+
+    // A session that joined while a change was being gathered still ends up right: B leaves,
+    // C joins (its snapshot lacks B), B comes back inside the same window.
+    let b_token = b.token();
+    let b_id = b.user_id();
+    b.ws.close().await;
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    let mut c = join(&app, "C", None).await;
+    let b_again = join(&app, "B", Some(&b_token)).await;
+    let mut online: std::collections::BTreeSet<i64> = ids(&c.online).into_iter().collect();
+    let (joins, leaves, _) = presence_within(&mut c.ws, Duration::from_millis(1000)).await;
+    online.extend(joins);
+    for id in leaves {
+        online.remove(&id);
+    }
+    assert!(online.contains(&b_id), "C must see B online: {online:?}");
+    assert!(online.contains(&a_id) && online.contains(&c.user_id()));
+    drop(b_again);
+}
+
+async fn chat_reaches_everyone_and_history_is_bounded(db: Db) {
+    let app = lobby_app(db, |c| {
+        c.history_limit = 3;
+        c.chat_rate = "100/1s".parse().unwrap();
+    })
+    .await;
+    let mut ada = join(&app, "Ada", None).await;
+    let mut bo = join(&app, "Bo", None).await;
+    let ada_id = ada.user_id();
+    for i in 1..=5 {
+        ada.ws.send(json!({"type": "message:send", "text": format!("  hello {i}\nsecond line "), "ref": i})).await;
+        for ws in [&mut ada.ws, &mut bo.ws] {
+            let new = ws.recv_type("message:new").await;
+            let m = &new["message"];
+            assert_eq!(m["text"], format!("hello {i}\nsecond line"));
+            assert_eq!(m["user_id"], ada_id);
+            assert_eq!(m["nickname"], "Ada");
+            assert!(m["id"].as_i64().is_some());
+            assert!(chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap()).is_ok());
+            assert!(m["mood_status"] == "pending" || m["mood_status"] == "ready", "{m}");
+        }
+    }
+    let late = join(&app, "Late", None).await;
+    let texts: Vec<&str> = late.history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, vec!["hello 3\nsecond line", "hello 4\nsecond line", "hello 5\nsecond line"]);
+    let ids: Vec<i64> = late.history.as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+}
+
+async fn bad_messages_are_refused_and_not_stored(db: Db) {
+    let app = lobby_app(db, |_| {}).await;
+    // Before session:start, message:send is unauthorized and stores nothing.
+    let mut early = app.ws().await;
+    early.lobby_frames = true;
+    early.send(json!({"type": "message:send", "text": "sneaky", "ref": "e"})).await;
+    let err = early.recv().await;
+    assert_eq!(err["type"], "error:unauthorized");
+    assert_eq!(err["ref"], "e");
+
+    let mut ada = join(&app, "Ada", None).await;
+    let long = "x".repeat(501);
+    let cases = [
+        json!({"type": "message:send", "text": "", "ref": "empty"}),
+        json!({"type": "message:send", "text": "   \n ", "ref": "blank"}),
+        json!({"type": "message:send", "text": long, "ref": "long"}),
+        json!({"type": "message:send", "text": "ding\u{7}", "ref": "bell"}),
+        json!({"type": "message:send", "text": "a\tb", "ref": "tab"}),
+        json!({"type": "message:send", "text": 42, "ref": "number"}),
+        json!({"type": "message:send", "ref": "missing"}),
+    ];
+    for case in cases {
+        ada.ws.send(case.clone()).await;
+        let err = ada.ws.recv().await;
+        assert_eq!(err["type"], "error:invalid_payload", "{case}: {err}");
+        assert_eq!(err["ref"], case["ref"]);
+        assert!(!err["message"].as_str().unwrap().is_empty());
+    }
+    // Exactly 500 characters is fine.
+    ada.ws.send(json!({"type": "message:send", "text": "é".repeat(500)})).await;
+    let new = ada.ws.recv_type("message:new").await;
+    assert_eq!(new["message"]["text"].as_str().unwrap().chars().count(), 500);
+    let later = join(&app, "Later", None).await;
+    assert_eq!(later.history.as_array().unwrap().len(), 1, "only the valid message was stored");
+}
+
+async fn rate_limit_is_per_user_across_tabs(db: Db) {
+    let app = lobby_app(db, |c| c.chat_rate = "3/60s".parse().unwrap()).await;
+    let mut tab1 = join(&app, "Ada", None).await;
+    let mut tab2 = join(&app, "Ada", Some(&tab1.token())).await;
+    let mut bo = join(&app, "Bo", None).await;
+    for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
+        let ws = if i == 1 { &mut tab2.ws } else { &mut tab1.ws };
+        ws.send(json!({"type": "message:send", "text": text})).await;
+        assert_eq!(bo.ws.recv_type("message:new").await["message"]["text"], text);
+    }
+    // A flood from both tabs: every one refused, none stored or broadcast.
+    for i in 0..10 {
+        let ws = if i % 2 == 0 { &mut tab1.ws } else { &mut tab2.ws };
+        ws.send(json!({"type": "message:send", "text": format!("flood {i}"), "ref": i})).await;
+        let err = ws.recv_type("error:rate_limited").await;
+        assert_eq!(err["ref"], i);
+    }
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Some(event) = bo.ws.next_event(until.saturating_duration_since(tokio::time::Instant::now())).await {
+        if let Event::Json(v) = event {
+            assert_ne!(v["type"], "message:new", "a refused message was broadcast: {v}");
+        }
+    }
+    // Another user has a budget of their own.
+    bo.ws.send(json!({"type": "message:send", "text": "mine"})).await;
+    assert_eq!(bo.ws.recv_type("message:new").await["message"]["text"], "mine");
+    let later = join(&app, "Later", None).await;
+    let texts: Vec<&str> = later.history.as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, vec!["one", "two", "three", "mine"]);
+    let metrics = metrics_text(&app).await;
+    assert!(metrics.contains("lorewire_lobby_rate_limited_total 10"), "{metrics}");
+}
+
+async fn mood_is_classified_or_falls_back(db: Db) {
+    let app = lobby_app(db, |c| c.chat_rate = "100/1s".parse().unwrap()).await;
+    let mut ada = join(&app, "Ada", None).await;
+    ada.ws.send(json!({"type": "message:send", "text": "What a wonderful day!"})).await;
+    let new = ada.ws.recv_type("message:new").await;
+    let id = new["message"]["id"].clone();
+    let mood = ada.ws.recv_type("message:mood_updated").await;
+    assert_eq!(mood, json!({"type": "message:mood_updated", "id": id, "mood": "happy", "mood_status": "ready"}));
+    // The classification went through the provider with the mood schema and the text in its block.
+    let request = app.fake.requests().into_iter().find(|r| r.raw_body.contains("chat_message")).expect("mood call");
+    assert!(request.raw_body.contains("What a wonderful day!"));
+
+    // Any upstream failure: neutral, fallback.
+    app.fake.set_mode(Mode::Status(500));
+    ada.ws.send(json!({"type": "message:send", "text": "hmm"})).await;
+    let new = ada.ws.recv_type("message:new").await;
+    let mood = ada.ws.recv_type("message:mood_updated").await;
+    assert_eq!(mood["id"], new["message"]["id"]);
+    assert_eq!(mood["mood"], "neutral");
+    assert_eq!(mood["mood_status"], "fallback");
+
+    app.fake.set_mode(Mode::NotJsonText);
+    ada.ws.send(json!({"type": "message:send", "text": "again"})).await;
+    let mood = ada.ws.recv_type("message:mood_updated").await;
+    assert_eq!(mood["mood_status"], "fallback");
+
+    let later = join(&app, "Later", None).await;
+    let moods: Vec<(&str, &str)> = later
+        .history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["mood"].as_str().unwrap(), m["mood_status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(moods, vec![("happy", "ready"), ("neutral", "fallback"), ("neutral", "fallback")]);
+    let metrics = metrics_text(&app).await;
+    assert!(metrics.contains("lorewire_moods_finished_total{status=\"ready\"} 1"), "{metrics}");
+    assert!(metrics.contains("lorewire_lobby_messages_total 3"), "{metrics}");
+}
+
+async fn pending_mood_is_settled_after_a_restart(db: Db) {
+    let mut app = lobby_app(db, |c| c.shutdown = Duration::from_secs(1)).await;
+    app.fake.set_mode(Mode::Hang);
+    let mut ada = join(&app, "Ada", None).await;
+    ada.ws.send(json!({"type": "message:send", "text": "are you there?"})).await;
+    let new = ada.ws.recv_type("message:new").await;
+    assert_eq!(new["message"]["mood_status"], "pending");
+    // Wait until the job is in flight upstream, then stop with it unfinished.
+    crate::common::eventually("the mood call", || {
+        let fake = app.fake.clone();
+        async move { (fake.request_count() > 0).then_some(()) }
+    })
+    .await;
+    app.stop().await;
+    // The stopped app's own call ends at its 2 s upstream timeout; let that pass so its late
+    // (refused) write cannot hold the SQLite lock while the new app starts.
+    actix_web::rt::time::sleep(app.config.llm_timeout + Duration::from_millis(300)).await;
+
+    app.fake.set_mode(Mode::Ok);
+    app.restart(Arc::new(lorewire::clock::SystemClock)).await;
+    let settled = crate::common::eventually("the mood to settle after the restart", || {
+        let app = &app;
+        async move {
+            let joined = join(app, "Check", None).await;
+            let m = joined.history[0].clone();
+            (m["mood_status"] != "pending").then_some(m)
+        }
+    })
+    .await;
+    assert_eq!(settled["mood"], "happy");
+    assert_eq!(settled["mood_status"], "ready");
+}
+
+pub async fn metrics_text(app: &TestApp) -> String {
+    let body = crate::common::http().get(app.url("/metrics")).send().await.unwrap().body().await.unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+both_backends!(
+    presence_state_then_updates,
+    two_tabs_leave_when_the_last_closes,
+    presence_is_gathered_and_cancels_within_the_window,
+    chat_reaches_everyone_and_history_is_bounded,
+    bad_messages_are_refused_and_not_stored,
+    rate_limit_is_per_user_across_tabs,
+    mood_is_classified_or_falls_back,
+    pending_mood_is_settled_after_a_restart,
+);
+
+/// Two processes on one PostgreSQL database: a message and its mood sent on one reach a
+/// session on the other (LISTEN/NOTIFY).
+#[actix_web::test]
+async fn postgres_messages_and_moods_cross_processes() {
+    let app = lobby_app(Db::Postgres, |_| {}).await;
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(config, Arc::new(lorewire::clock::SystemClock)).await.expect("second process");
+    let mut ada = join(&app, "Ada", None).await;
+    let mut bo = {
+        let mut ws = WsClient::connect(&format!("http://{}/ws", other.addr)).await;
+        ws.lobby_frames = true;
+        ws.send(json!({"type": "session:start", "nickname": "Bo"})).await;
+        ws.recv_type("presence:state").await;
+        ws
+    };
+    // The listener connects on its own thread; retry until a message makes it across.
+    let mut crossed = None;
+    for attempt in 0..20 {
+        ada.ws.send(json!({"type": "message:send", "text": format!("across {attempt}")})).await;
+        let sent = ada.ws.recv_type("message:new").await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Some(Event::Json(v)) =
+            bo.next_event(until.saturating_duration_since(tokio::time::Instant::now())).await
+        {
+            if v["type"] == "message:new" && v["message"]["id"] == sent["message"]["id"] {
+                crossed = Some(v);
+                break;
+            }
+        }
+        if crossed.is_some() {
+            break;
+        }
+    }
+    let crossed = crossed.expect("a message sent on one process reached the other");
+    let mood = loop {
+        let mood = bo.recv_type("message:mood_updated").await;
+        if mood["id"] == crossed["message"]["id"] {
+            break mood;
+        }
+    };
+    assert_eq!(mood["mood_status"], "ready");
+    other.shutdown().await;
+}
+
+/// Who a session believes is online, from its presence:state and updates, until `done` holds.
+async fn presence_until(
+    ws: &mut WsClient,
+    online: &mut std::collections::BTreeSet<i64>,
+    done: impl Fn(&std::collections::BTreeSet<i64>) -> bool,
+) {
+    let until = tokio::time::Instant::now() + crate::common::WAIT;
+    while !done(online) {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_event(left).await {
+            Some(Event::Json(v)) if v["type"] == "presence:state" => *online = ids(&v["online"]).into_iter().collect(),
+            Some(Event::Json(v)) if v["type"] == "presence:update" => {
+                online.extend(ids(&v["joins"]));
+                for id in ids(&v["leaves"]) {
+                    online.remove(&id);
+                }
+            }
+            Some(Event::Json(_)) => {}
+            other => panic!("presence never got there ({online:?}); got {other:?}"),
+        }
+    }
+}
+
+/// Three processes on one PostgreSQL database see one lobby: players on every process are
+/// listed, a process that starts later learns who is online, and leaves cross over too.
+#[actix_web::test]
+async fn postgres_presence_crosses_processes() {
+    let app = lobby_app(Db::Postgres, |_| {}).await;
+    let start_other = || {
+        let mut config = app.config.clone();
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        lorewire::app::start(config, Arc::new(lorewire::clock::SystemClock))
+    };
+    let second = start_other().await.expect("second process");
+    let ws_on = |addr: std::net::SocketAddr, nickname: &'static str| async move {
+        let mut ws = WsClient::connect(&format!("http://{addr}/ws")).await;
+        ws.lobby_frames = true;
+        ws.send(json!({"type": "session:start", "nickname": nickname})).await;
+        let ack = ws.recv_type("session:ack").await;
+        (ws, ack["user_id"].as_i64().unwrap())
+    };
+    let (mut ada, ada_id) = ws_on(app.addr, "Ada").await;
+    let (mut bo, bo_id) = ws_on(second.addr, "Bo").await;
+    let mut ada_sees = Default::default();
+    presence_until(&mut ada, &mut ada_sees, |s| s.contains(&bo_id) && s.contains(&ada_id)).await;
+    let mut bo_sees = Default::default();
+    presence_until(&mut bo, &mut bo_sees, |s| s.contains(&ada_id) && s.contains(&bo_id)).await;
+
+    // A process started now learns who is online elsewhere.
+    let third = start_other().await.expect("third process");
+    let (mut cy, cy_id) = ws_on(third.addr, "Cy").await;
+    let mut cy_sees = Default::default();
+    presence_until(&mut cy, &mut cy_sees, |s| s.contains(&ada_id) && s.contains(&bo_id) && s.contains(&cy_id)).await;
+    let (status, summary) = app.admin_get("/admin/api/metrics/summary").await;
+    assert_eq!(status, 200);
+    assert!(summary["online"].as_i64().unwrap() >= 2, "{summary}");
+
+    // Bo leaves on the second process: the others see it.
+    bo.close().await;
+    presence_until(&mut ada, &mut ada_sees, |s| !s.contains(&bo_id)).await;
+    presence_until(&mut cy, &mut cy_sees, |s| !s.contains(&bo_id)).await;
+    third.shutdown().await;
+    second.shutdown().await;
+}
