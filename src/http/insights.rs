@@ -14,7 +14,8 @@ use crate::app::AppState;
 use crate::llm::circuit::GetSnapshot;
 use crate::lobby::OnlineUsers;
 use crate::players::Variant;
-use crate::store::{content as content_rows, jobs, messages};
+use crate::runs::{usd, RunStatus};
+use crate::store::{billing, content as content_rows, jobs, messages, runs as run_rows};
 
 const DEFAULT_USERS_LIMIT: i64 = 100;
 const MAX_USERS_LIMIT: i64 = 1000;
@@ -113,7 +114,7 @@ pub fn retention(days: &[(i64, String)], today: NaiveDate, n: u64) -> Retention 
 
 pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let (users, message_count, content, days, depth) = state
+    let (users, message_count, content, days, depth, runs, spent) = state
         .store
         .run(|conn| {
             Ok((
@@ -122,6 +123,8 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
                 content_rows::count_by_status(conn)?,
                 messages::user_days(conn)?,
                 jobs::depth(conn)?,
+                run_rows::count_by_status(conn)?,
+                billing::total_cost(conn, None)?,
             ))
         })
         .await?;
@@ -137,6 +140,13 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     for (status, count) in content {
         by_status.insert(status, json!(count));
     }
+    let mut runs_by_status = Map::new();
+    for status in [RunStatus::Queued, RunStatus::Running, RunStatus::Done, RunStatus::Dead, RunStatus::Aborted] {
+        runs_by_status.insert(status.as_str().into(), json!(0));
+    }
+    for (status, count) in runs {
+        runs_by_status.insert(status, json!(count));
+    }
     Ok(HttpResponse::Ok().json(json!({
         "users": users,
         "online": online,
@@ -145,15 +155,14 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         "d7_retention": d7.rate(),
         "retention": {"d1": d1.to_json(), "d7": d7.to_json()},
         "content": by_status,
-        // Generation runs are not stored by this build yet: no runs, nothing spent.
-        "runs": {},
+        "runs": runs_by_status,
         "circuit": {
             "state": circuit.state,
             "failures": circuit.failures,
             "opened_at": circuit.opened_at,
             "resets_at": circuit.resets_at,
         },
-        "spend": {"total_usd": 0.0},
+        "spend": {"total_usd": usd(spent)},
         "queue_depth": depth,
     })))
 }

@@ -30,7 +30,7 @@ async fn summary_is_right_on_an_empty_database(db: Db) {
     assert_eq!(s["d7_retention"], Value::Null);
     assert_eq!(s["retention"]["d1"], json!({"eligible": 0, "retained": 0, "rate": null}));
     assert_eq!(s["content"], json!({"pending": 0, "ready": 0, "fallback": 0}));
-    assert_eq!(s["runs"], json!({}));
+    assert_eq!(s["runs"], json!({"queued": 0, "running": 0, "done": 0, "dead": 0, "aborted": 0}));
     assert_eq!(s["circuit"]["state"], "closed");
     assert_eq!(s["spend"]["total_usd"], 0.0);
     let (status, users) = app.admin_get("/admin/api/users").await;
@@ -54,6 +54,18 @@ async fn summary_counts_users_messages_and_retention(db: Db) {
     bo.close().await;
     let token = app.player_token().await;
     app.content_final(&token, "quest", 7, json!({})).await;
+    let body = json!({"project_id": "p1", "action": "WRITE", "input": "a tavern at dusk"});
+    let (status, queued) = crate::common::post_json(&app.url("/api/generate"), &token, &body).await;
+    assert_eq!(status, 202, "{queued}");
+    let run_url = app.url(&format!("/api/runs/{}", queued["run_id"].as_str().unwrap()));
+    let run = crate::common::eventually("the run to finish", || {
+        let (url, token) = (run_url.clone(), token.clone());
+        async move {
+            let (_, run) = get_json(&url, Some(&token)).await;
+            (run["status"] == "done").then_some(run)
+        }
+    })
+    .await;
 
     // Both first seen ten days ago; Ada came back on day 1 and day 7, Bo on day 2 only.
     let today = chrono::Utc::now().date_naive();
@@ -92,6 +104,9 @@ async fn summary_counts_users_messages_and_retention(db: Db) {
     assert_eq!(s["d1_retention"], 0.5);
     assert_eq!(s["d7_retention"], 0.5);
     assert_eq!(s["content"]["ready"], 1);
+    assert_eq!(s["runs"], json!({"queued": 0, "running": 0, "done": 1, "dead": 0, "aborted": 0}));
+    let spent = s["spend"]["total_usd"].as_f64().unwrap();
+    assert!(spent > 0.0 && spent == run["cost_usd"].as_f64().unwrap(), "{s} {run}");
 
     let (status, users) = app.admin_get("/admin/api/users").await;
     assert_eq!(status, 200);
