@@ -266,8 +266,8 @@ impl Running {
         }
         self.server.stop(true).await;
         let _ = self.task.await;
-        if let Some(listener) = &self.state.listener {
-            listener.stop();
+        if let Some(listener) = self.state.listener.clone() {
+            let _ = actix_web::rt::task::spawn_blocking(move || listener.stop()).await;
         }
         self.state.llm.do_send(Stop);
         self.state.circuit.do_send(Stop);

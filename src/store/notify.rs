@@ -108,16 +108,25 @@ pub fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> Sto
     Ok(())
 }
 
-/// Stops the listener thread when dropped or told to.
+/// Tells the listener thread to stop, and waits for it.
 #[derive(Clone, Default)]
-pub struct ListenerHandle(Arc<AtomicBool>);
+pub struct ListenerHandle {
+    stop: Arc<AtomicBool>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
 
 impl ListenerHandle {
+    /// Stops the thread and waits until it has left libpq (at most one poll period or one
+    /// query): a process that exits while a thread is inside libpq can crash in TLS teardown.
     pub fn stop(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
     fn stopped(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -143,8 +152,9 @@ pub fn spawn_listener(
             }
         }
     });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start the change listener");
+    match spawned {
+        Ok(thread) => *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread),
+        Err(e) => tracing::error!(error = %e, "could not start the change listener"),
     }
     handle
 }

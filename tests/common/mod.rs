@@ -42,13 +42,16 @@ macro_rules! both_backends {
 }
 
 pub fn pg_admin_url() -> String {
-    std::env::var("LOREWIRE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    // No TLS on the loopback: a test process exits while pool threads may still be inside
+    // libpq, and OpenSSL's exit-time teardown under a live TLS connection can crash it.
+    std::env::var("LOREWIRE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
 }
 
 /// A database of one test's own.
 pub struct TestDb {
     pub url: String,
-    pg_name: Option<String>,
+    pub pg_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -65,8 +68,9 @@ impl TestDb {
                 let admin = pg_admin_url();
                 let mut conn = diesel::PgConnection::establish(&admin).expect("PostgreSQL for tests");
                 diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create database");
-                let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-                TestDb { url: format!("{base}/{name}"), pg_name: Some(name), _dir: None }
+                let (base, db) = admin.rsplit_once('/').unwrap();
+                let query = db.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+                TestDb { url: format!("{base}/{name}{query}"), pg_name: Some(name), _dir: None }
             }
         }
     }

@@ -279,8 +279,13 @@ async fn retries_back_off_within_bounds(db: Db) {
 
 /// Queued runs go REWRITE, then WRITE, then DESCRIBE, oldest first within an action.
 async fn queued_runs_follow_priority(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| c.llm_concurrency = 1).await;
-    app.fake.push_modes([Mode::Delay(Duration::from_millis(400))]);
+    let app = app_with(db, Provider::Anthropic, |c| {
+        c.llm_concurrency = 1;
+        c.llm_timeout = Duration::from_secs(5);
+    })
+    .await;
+    // The blocker holds the only slot long enough for every other run to be queued behind it.
+    app.fake.push_modes([Mode::Delay(Duration::from_secs(2))]);
     let token = app.player_token().await;
     let post = |action: &str, input: &str| {
         let body = json!({"project_id": "p1", "action": action, "input": input});
@@ -300,6 +305,7 @@ async fn queued_runs_follow_priority(db: Db) {
         last = Some(post(action, input).await);
     }
     assert_eq!(last.unwrap()["position"], 1, "the second REWRITE waits behind the first only");
+    assert_eq!(app.fake.request_count(), 1, "the blocker must still hold the slot");
     eventually("every run to be upstream", || async { (app.fake.request_count() == 6).then_some(()) }).await;
     let order: Vec<String> = app
         .fake
