@@ -62,6 +62,8 @@ const DEFAULT_RUN_MS: i64 = 2000;
 
 #[derive(Clone)]
 pub struct RunService {
+    /// This process (cross-process notifications).
+    origin: Arc<str>,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
@@ -86,7 +88,10 @@ fn new_run_id() -> String {
 }
 
 impl RunService {
+    // Wired once, in `app::start`; each argument is one dependency.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        origin: Arc<str>,
         store: Store,
         clock: SharedClock,
         hub: Addr<Hub>,
@@ -95,7 +100,7 @@ impl RunService {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        RunService { store, clock, hub, llm, live, config, metrics }
+        RunService { origin, store, clock, hub, llm, live, config, metrics }
     }
 
     pub fn live(&self) -> &Arc<LiveRuns> {
@@ -212,8 +217,8 @@ impl RunService {
         // Streaming (or about to): the worker sees the signal, stops and charges what it used.
         self.live.cancel(&run_id);
         let now = self.clock.now_naive();
-        let id = run_id.clone();
-        if let Some(row) = self.store.run(move |conn| rows::abort_queued(conn, &id, now)).await? {
+        let (id, origin) = (run_id.clone(), self.origin.clone());
+        if let Some(row) = self.store.run(move |conn| rows::abort_queued(conn, &origin, &id, now)).await? {
             tracing::info!(run = %row.run_id, "queued run aborted: nobody waits on it");
             self.metrics.runs_finished.with_label_values(&[RunStatus::Aborted.as_str()]).inc();
             let frame = Typed::RunError {

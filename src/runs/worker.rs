@@ -272,7 +272,16 @@ impl Attempt<'_> {
         let settled = d
             .store
             .run(move |conn| {
-                let s = Settlement { job_id, worker: &worker, run_pk, attempt, usage, cost, end: settlement_end };
+                let s = Settlement {
+                    origin: &worker,
+                    job_id,
+                    worker: &worker,
+                    run_pk,
+                    attempt,
+                    usage,
+                    cost,
+                    end: settlement_end,
+                };
                 rows::settle(conn, &s, now)
             })
             .await?;

@@ -39,6 +39,10 @@ pub enum Event {
     /// A content item changed; listeners read it and publish it.
     #[serde(rename = "content")]
     Content { origin: String, kind: String, subject_id: i64, version: i64 },
+    /// A generation run ended; listeners replay its stored result to their own subscribers
+    /// (live deltas reach only the sessions of the process that ran it).
+    #[serde(rename = "run_ended")]
+    RunEnded { origin: String, run_id: String },
 }
 
 /// Announces a content change; call inside the transaction that made it.
@@ -50,6 +54,15 @@ pub fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> Sto
         subject_id: row.subject_id,
         version: row.version,
     };
+    let payload = serde_json::to_string(&event).expect("events serialize");
+    diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    Ok(())
+}
+
+/// Announces a run's end; call inside the transaction that commits it.
+pub fn run_ended(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    let event = Event::RunEnded { origin: origin.to_owned(), run_id: run_id.to_owned() };
     let payload = serde_json::to_string(&event).expect("events serialize");
     diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
     Ok(())
@@ -122,6 +135,22 @@ fn listen(
 fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
     match event {
         Event::Content { origin: from, .. } if from == origin => {}
+        Event::RunEnded { origin: from, .. } if from == origin => {}
+        Event::RunEnded { run_id, .. } => {
+            let row = match store.run_blocking(|conn| crate::store::runs::find(conn, &run_id)) {
+                Ok(Some(row)) => row,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read an ended run");
+                    return;
+                }
+            };
+            let topic = crate::runs::topic(&run_id);
+            for (_, text) in crate::runs::service::stored_frames(&row, false) {
+                hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: None, text });
+            }
+            hub.do_send(crate::hub::DropTopic { topic });
+        }
         Event::Content { kind, subject_id, .. } => {
             let Some(kind) = ContentKind::parse(&kind) else { return };
             let row = store.run_blocking(|conn| rows::find(conn, kind.as_str(), subject_id));

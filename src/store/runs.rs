@@ -7,6 +7,7 @@ use diesel::prelude::*;
 
 use super::billing::{self, NewCostEvent};
 use super::jobs::{self, JobKind};
+use super::notify;
 use super::schema::{jobs as jobs_t, runs};
 use super::{is_unique_violation, write_tx, DbConn, StoreResult};
 use crate::runs::{RunErrorCode, RunStatus, Usage};
@@ -306,6 +307,8 @@ pub enum AttemptEnd {
 }
 
 pub struct Settlement<'a> {
+    /// This process, for the cross-process end notification (PostgreSQL).
+    pub origin: &'a str,
     pub job_id: i64,
     pub worker: &'a str,
     pub run_pk: i64,
@@ -390,7 +393,10 @@ pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> Stor
                 runs::updated_at.eq(now),
             ))
             .returning(runs::all_columns)
-            .get_result(conn)?;
+            .get_result::<RunRow>(conn)?;
+        if !status.is_active() {
+            notify::run_ended(conn, s.origin, &row.run_id)?;
+        }
         Ok(Some(row))
     })
 }
@@ -425,7 +431,7 @@ pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<
 
 /// Aborts a run whose job is still waiting in the queue (nobody runs it): the job is deleted,
 /// the reservation released. `None` when the run is not waiting (running, or finished).
-pub fn abort_queued(conn: &mut DbConn, run_id: &str, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
+pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
     write_tx(conn, |conn| {
         let Some(row) = find(conn, run_id)? else { return Ok(None) };
         if !row.is_active() {
@@ -452,7 +458,8 @@ pub fn abort_queued(conn: &mut DbConn, run_id: &str, now: NaiveDateTime) -> Stor
                 runs::updated_at.eq(now),
             ))
             .returning(runs::all_columns)
-            .get_result(conn)?;
+            .get_result::<RunRow>(conn)?;
+        notify::run_ended(conn, origin, &row.run_id)?;
         Ok(Some(row))
     })
 }

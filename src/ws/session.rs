@@ -512,10 +512,13 @@ impl WsSession {
                 _ => Vec::new(),
             };
             for (version, text) in held {
-                if let Some(v) = version.filter(|v| *v > seen) {
-                    seen = v;
-                    act.send_text(text, ctx);
+                match version {
+                    Some(v) if v > seen => seen = v,
+                    // The stored result, replayed by another process's end notification.
+                    None if seen != i64::MAX => {}
+                    _ => continue,
                 }
+                act.send_text(text, ctx);
             }
             act.subscriptions.insert(topic, Subscription::Live { version: seen });
         }));

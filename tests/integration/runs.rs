@@ -768,3 +768,34 @@ both_backends!(
     full_queue_is_overloaded,
     bad_input_is_refused,
 );
+
+/// PostgreSQL, two processes on one database: a run started on one and executed by the other
+/// still ends for the waiting client (its stored result is replayed through LISTEN/NOTIFY).
+#[actix_web::test]
+async fn postgres_run_executed_by_another_process_reaches_the_client() {
+    let app = app_with(Db::Postgres, Provider::Anthropic, |c| {
+        c.llm_concurrency = 1;
+        c.llm_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // This process's only slot hangs on a first run.
+    app.fake.push_modes([Mode::Hang]);
+    let (mut ws, _) = app.player("Writer").await;
+    ws.send(start("p1", "WRITE", "the run that hangs", json!(1))).await;
+    ws.recv_type("run:queued").await;
+    eventually("the first run to be upstream", || async { (app.fake.request_count() == 1).then_some(()) }).await;
+
+    let mut other_config = app.config.clone();
+    other_config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(other_config, std::sync::Arc::new(lorewire::clock::SystemClock)).await.unwrap();
+
+    ws.send(start("p1", "DESCRIBE", "the run the other process takes", json!(2))).await;
+    let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
+    let seen = follow(&mut ws, &run_id).await;
+    assert_eq!(seen.end["type"], "run:done", "{}", seen.end);
+    assert_eq!(seen.deltas.concat(), seen.end["text"].as_str().unwrap());
+    // The other process streamed it: this one replayed the stored text as one delta.
+    assert_eq!(seen.deltas.len(), 1, "{:?}", seen.deltas);
+    assert_eq!(app.fake.request_count(), 2);
+    other.shutdown().await;
+}
