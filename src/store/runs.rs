@@ -24,6 +24,8 @@ pub struct RunRow {
     pub status: String,
     /// Started or joined over REST: runs to its end whoever waits.
     pub pinned: bool,
+    /// WebSocket sessions waiting on it, over every process.
+    pub waiters: i32,
     pub attempts: i32,
     pub text: String,
     pub input_tokens: i64,
@@ -68,6 +70,7 @@ struct NewRun<'a> {
     dedup_key: &'a str,
     status: &'a str,
     pinned: bool,
+    waiters: i32,
     reserved_micros: i64,
     error_code: Option<&'a str>,
     error: Option<&'a str>,
@@ -87,6 +90,8 @@ pub struct Admission<'a> {
     pub dedup_key: &'a str,
     pub skip_cache: bool,
     pub pinned: bool,
+    /// A WebSocket session asks: it waits on the run (created or joined).
+    pub waiter: bool,
     pub queue_limit: i64,
     /// Worst-case cost of one attempt, when the model has a price.
     pub worst_case: Option<i64>,
@@ -132,9 +137,10 @@ fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> Stor
         .first(conn)
         .optional()?;
     if let Some(row) = active {
-        if a.pinned && !row.pinned {
-            diesel::update(runs::table.find(row.id)).set(runs::pinned.eq(true)).execute(conn)?;
-        }
+        let row = diesel::update(runs::table.find(row.id))
+            .set((runs::pinned.eq(row.pinned || a.pinned), runs::waiters.eq(runs::waiters + i32::from(a.waiter))))
+            .returning(runs::all_columns)
+            .get_result(conn)?;
         return Ok(Admitted::Joined(row));
     }
     if !a.skip_cache {
@@ -188,6 +194,7 @@ fn insert(
             dedup_key: a.dedup_key,
             status: status.as_str(),
             pinned: a.pinned,
+            waiters: i32::from(a.waiter && status.is_active()),
             reserved_micros: reserved,
             error_code: code.as_deref(),
             error: error.map(|(_, e)| e),
@@ -197,6 +204,17 @@ fn insert(
         })
         .returning(runs::all_columns)
         .get_result(conn)?)
+}
+
+/// A session stops waiting on a run. `Some(row)` when it was the last waiting session of an
+/// unfinished WebSocket run (not pinned by REST): the caller aborts it.
+pub fn detach(conn: &mut DbConn, run_id: &str) -> StoreResult<Option<RunRow>> {
+    let row: Option<RunRow> = diesel::update(runs::table.filter(runs::run_id.eq(run_id)).filter(runs::waiters.gt(0)))
+        .set(runs::waiters.eq(runs::waiters - 1))
+        .returning(runs::all_columns)
+        .get_result(conn)
+        .optional()?;
+    Ok(row.filter(|r| r.waiters == 0 && !r.pinned && r.is_active()))
 }
 
 /// Runs waiting in the queue (not running).

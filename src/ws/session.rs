@@ -455,7 +455,11 @@ impl WsSession {
             match result {
                 Ok(Started::Queued { run_id, position, estimated_ms, .. }) => {
                     let topic = Topic::Run(run_id.clone());
-                    act.runs.insert(run_id.clone());
+                    if !act.runs.insert(run_id.clone()) {
+                        // Already waiting on it: the second request counted this session twice.
+                        let (service, id, session) = (act.state.runs.clone(), run_id.clone(), act.id);
+                        actix_web::rt::spawn(async move { service.undo_join(id, session).await });
+                    }
                     // Subscribed before the catch-up is read: a frame is either in it or comes live.
                     act.watch(topic.clone());
                     let reply = Typed::RunQueued { reference, run_id: run_id.clone(), position, estimated_ms };

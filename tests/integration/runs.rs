@@ -279,8 +279,13 @@ async fn retries_back_off_within_bounds(db: Db) {
 
 /// Queued runs go REWRITE, then WRITE, then DESCRIBE, oldest first within an action.
 async fn queued_runs_follow_priority(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| c.llm_concurrency = 1).await;
-    app.fake.push_modes([Mode::Delay(Duration::from_millis(400))]);
+    let app = app_with(db, Provider::Anthropic, |c| {
+        c.llm_concurrency = 1;
+        c.llm_timeout = Duration::from_secs(10);
+    })
+    .await;
+    // The blocker holds the only slot while the others are queued.
+    app.fake.push_modes([Mode::Delay(Duration::from_millis(1500))]);
     let token = app.player_token().await;
     let post = |action: &str, input: &str| {
         let body = json!({"project_id": "p1", "action": action, "input": input});
@@ -522,8 +527,22 @@ async fn abort_mid_stream_charges_partial_usage(db: Db) {
     let run = final_run(&app, &token, &run2).await;
     assert_eq!(run["status"], "aborted", "{run}");
 
-    // A REST run runs to its end.
+    // While a joiner still waits, one session leaving does not abort the run.
+    let (mut a, _) = app.player("Starter").await;
+    let (mut b, _) = app.player("Joiner").await;
+    a.send(start("p1", "WRITE", "a shared saga", json!("a"))).await;
+    let shared = a.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
+    b.send(start("p1", "WRITE", "a shared saga", json!("b"))).await;
+    assert_eq!(b.recv_type("run:queued").await["run_id"], shared.as_str());
+    a.recv_type("run:delta").await;
+    a.send(json!({"type": "generate:abort", "run_id": shared})).await;
+    assert_eq!(a.recv_type("run:error").await["code"], "aborted");
     app.fake.set_chunk_pause(Some(Duration::from_millis(2)));
+    let seen = follow(&mut b, &shared).await;
+    assert_eq!(seen.end["type"], "run:done", "the joiner still waited: {}", seen.end);
+    assert_eq!(run_json(&app, &token, &shared).await["status"], "done");
+
+    // A REST run runs to its end.
     let (_, body) =
         post_json(&app.url("/api/generate"), &token, &json!({"project_id": "p1", "action": "WRITE", "input": "rest"}))
             .await;
