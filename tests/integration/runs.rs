@@ -188,8 +188,10 @@ async fn cut_stream_is_retried_and_charged(db: Db) {
         ws.send(start("p1", "WRITE", "count to four", json!(1))).await;
         let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
         let seen = follow(&mut ws, &run_id).await;
-        assert_eq!(seen.started.len(), 2, "{provider}");
-        assert_eq!(seen.started[1]["attempt"], 2);
+        // Two run:started, unless the retry began before this client caught up (then the
+        // catch-up holds the current attempt only).
+        assert!((1..=2).contains(&seen.started.len()), "{provider}");
+        assert_eq!(seen.started.last().unwrap()["attempt"], 2, "{provider}");
         assert_eq!(seen.deltas.concat(), "One. Two. Three. Four.");
         assert_eq!(seen.end["text"], "One. Two. Three. Four.");
         let run = run_json(&app, ack["token"].as_str().unwrap(), &run_id).await;
@@ -220,7 +222,9 @@ async fn mid_stream_errors_dead_letter_and_admin_retry(db: Db) {
         ws.send(start("p1", "REWRITE", "the old text", json!(1))).await;
         let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
         let seen = follow(&mut ws, &run_id).await;
-        assert_eq!(seen.started.len(), 2, "{provider}");
+        // The client may have caught up only once the second attempt began.
+        assert!((1..=2).contains(&seen.started.len()), "{provider}");
+        assert_eq!(seen.started.last().unwrap()["attempt"], 2, "{provider}");
         assert_eq!(seen.end["type"], "run:error", "{provider}: {}", seen.end);
         assert_eq!(seen.end["code"], "stream_error");
         assert_eq!(app.fake.request_count(), 2);
