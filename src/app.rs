@@ -164,6 +164,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let content =
         ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
     let runs = RunService::new(
+        origin.clone(),
         store.clone(),
         clock.clone(),
         hub.clone(),

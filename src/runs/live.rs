@@ -1,19 +1,18 @@
 //! Runs as this process sees them right now: the frames of the current attempt (so a late
-//! subscriber gets the text so far, exactly as the deltas were sent), the sessions waiting on
-//! each run, and the cancel signal of its upstream stream.
+//! subscriber gets the text so far, exactly as the deltas were sent) and the cancel signal of
+//! its upstream stream. (Who waits on a run is counted in the database, over every process.)
 //!
 //! Frames carry a version that grows over the whole run; a subscriber drops any frame whose
 //! version it has already seen, so a catch-up and the live frames never double up. Never
 //! touches the database; a short mutex, never held across an await.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use tokio::sync::watch;
 
-use crate::hub::SessionId;
 use crate::ws::protocol::ServerFrame;
 
 /// How long the frames of a finished run stay for late subscribers (then the database answers).
@@ -23,19 +22,12 @@ struct LiveRun {
     frames: Vec<(i64, ByteString)>,
     next_version: i64,
     cancel: watch::Sender<bool>,
-    waiters: HashSet<SessionId>,
     finished_at: Option<Instant>,
 }
 
 impl LiveRun {
     fn new() -> Self {
-        LiveRun {
-            frames: Vec::new(),
-            next_version: 1,
-            cancel: watch::channel(false).0,
-            waiters: HashSet::new(),
-            finished_at: None,
-        }
+        LiveRun { frames: Vec::new(), next_version: 1, cancel: watch::channel(false).0, finished_at: None }
     }
 }
 
@@ -56,18 +48,6 @@ impl LiveRuns {
             runs.retain(|_, r| r.finished_at.is_none_or(|t| t.elapsed() < KEEP_FINISHED));
         }
         f(runs.entry(run_id.to_owned()).or_insert_with(LiveRun::new))
-    }
-
-    /// A session waits on the run.
-    pub fn attach(&self, run_id: &str, session: SessionId) {
-        self.with(run_id, |r| r.waiters.insert(session));
-    }
-
-    /// A session stops waiting; `true` when it was the last one.
-    pub fn detach(&self, run_id: &str, session: SessionId) -> bool {
-        // Never creates an entry: a run this process no longer tracks has nobody to detach.
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        runs.get_mut(run_id).is_some_and(|r| r.waiters.remove(&session) && r.waiters.is_empty())
     }
 
     /// Tells the run's stream (now or when it starts) to stop.

@@ -62,6 +62,8 @@ const DEFAULT_RUN_MS: i64 = 2000;
 
 #[derive(Clone)]
 pub struct RunService {
+    /// This process (cross-process notifications).
+    origin: Arc<str>,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
@@ -86,7 +88,10 @@ fn new_run_id() -> String {
 }
 
 impl RunService {
+    // Wired once, in `app::start`; each argument is one dependency.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        origin: Arc<str>,
         store: Store,
         clock: SharedClock,
         hub: Addr<Hub>,
@@ -95,7 +100,7 @@ impl RunService {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        RunService { store, clock, hub, llm, live, config, metrics }
+        RunService { origin, store, clock, hub, llm, live, config, metrics }
     }
 
     pub fn live(&self) -> &Arc<LiveRuns> {
@@ -133,6 +138,7 @@ impl RunService {
                     dedup_key: &key,
                     skip_cache: req.skip_cache,
                     pinned: waiter == Waiter::Rest,
+                    waiter: waiter != Waiter::Rest,
                     queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
                     worst_case,
                     no_config,
@@ -176,9 +182,6 @@ impl RunService {
             Admitted::Created(row) => (row, false),
             Admitted::Joined(row) => (row, true),
         };
-        if let Waiter::Session(session) = waiter {
-            self.live.attach(&row.run_id, session);
-        }
         if !joined {
             self.metrics.runs_queued.inc();
             self.llm.do_send(JobsAvailable);
@@ -195,25 +198,35 @@ impl RunService {
     }
 
     /// A session stops waiting on a run; the run is aborted when it was started over a
-    /// WebSocket and no session waits on it any more.
+    /// WebSocket and no session (of any process) waits on it any more.
     pub async fn detach(&self, run_id: String, session: SessionId) {
-        if self.live.detach(&run_id, session) {
-            if let Err(e) = self.abort(run_id.clone()).await {
-                tracing::error!(run = %run_id, error = %e, "could not abort a run nobody waits on");
+        tracing::debug!(run = %run_id, session, "session stops waiting on the run");
+        let id = run_id.clone();
+        match self.store.run(move |conn| rows::detach(conn, &id)).await {
+            Ok(Some(_)) => {
+                if let Err(e) = self.abort(run_id.clone()).await {
+                    tracing::error!(run = %run_id, error = %e, "could not abort a run nobody waits on");
+                }
             }
+            Ok(None) => {}
+            Err(e) => tracing::error!(run = %run_id, error = %e, "could not detach from a run"),
+        }
+    }
+
+    /// Takes back the count of a session that asked for a run it already waits on.
+    pub async fn undo_join(&self, run_id: String, session: SessionId) {
+        let id = run_id.clone();
+        if let Err(e) = self.store.run(move |conn| rows::detach(conn, &id)).await {
+            tracing::error!(run = %run_id, session, error = %e, "could not correct a run's waiters");
         }
     }
 
     async fn abort(&self, run_id: String) -> Result<(), StoreError> {
-        let Some(row) = self.get(run_id.clone()).await? else { return Ok(()) };
-        if row.pinned || !row.is_active() {
-            return Ok(());
-        }
         // Streaming (or about to): the worker sees the signal, stops and charges what it used.
         self.live.cancel(&run_id);
         let now = self.clock.now_naive();
-        let id = run_id.clone();
-        if let Some(row) = self.store.run(move |conn| rows::abort_queued(conn, &id, now)).await? {
+        let (id, origin) = (run_id.clone(), self.origin.clone());
+        if let Some(row) = self.store.run(move |conn| rows::abort_queued(conn, &origin, &id, now)).await? {
             tracing::info!(run = %row.run_id, "queued run aborted: nobody waits on it");
             self.metrics.runs_finished.with_label_values(&[RunStatus::Aborted.as_str()]).inc();
             let frame = Typed::RunError {

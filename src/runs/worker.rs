@@ -64,15 +64,15 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 /// back. An `Err` is a failure on our side: the actor hands the job back.
 pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
     let run_pk = job.target_id;
-    let (row, config, price) = d
+    let (row, config, price, budgeted) = d
         .store
         .run(move |conn| {
             let row = rows::find_by_id(conn, run_pk)?;
-            let price = match &row {
-                Some(r) => billing::price(conn, &r.model)?,
-                None => None,
+            let (price, budgeted) = match &row {
+                Some(r) => (billing::price(conn, &r.model)?, billing::budget(conn, &r.project_id)?.is_some()),
+                None => (None, false),
             };
-            Ok((row, llm_config::get(conn)?, price))
+            Ok((row, llm_config::get(conn)?, price, budgeted))
         })
         .await?;
     let Some(row) = row.filter(|r| r.is_active()) else {
@@ -108,8 +108,13 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
         price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
 
     // The reservation first: waiting on the circuit keeps it, so the run cannot be refused later.
+    // (Skipped, saving a write, when the run holds one already or its project has no budget.)
     let now = d.clock.now_naive();
-    let reserved = d.store.run(move |conn| rows::ensure_reservation(conn, run_pk, worst_case, now)).await?;
+    let reserved = if row.reserved_micros > 0 || !budgeted {
+        rows::Reservation::Held
+    } else {
+        d.store.run(move |conn| rows::ensure_reservation(conn, run_pk, worst_case, now)).await?
+    };
     match reserved {
         rows::Reservation::Gone => {
             let worker = d.worker.clone();
@@ -272,7 +277,16 @@ impl Attempt<'_> {
         let settled = d
             .store
             .run(move |conn| {
-                let s = Settlement { job_id, worker: &worker, run_pk, attempt, usage, cost, end: settlement_end };
+                let s = Settlement {
+                    origin: &worker,
+                    job_id,
+                    worker: &worker,
+                    run_pk,
+                    attempt,
+                    usage,
+                    cost,
+                    end: settlement_end,
+                };
                 rows::settle(conn, &s, now)
             })
             .await?;

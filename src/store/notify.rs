@@ -51,6 +51,10 @@ pub enum Event {
     /// The `origin` process is alive (its presence is dropped when it stops saying so).
     #[serde(rename = "alive")]
     Alive { origin: String },
+    /// A generation run ended; listeners replay its stored result to their own subscribers
+    /// (live deltas reach only the sessions of the process that ran it).
+    #[serde(rename = "run_ended")]
+    RunEnded { origin: String, run_id: String },
 }
 
 impl Event {
@@ -60,7 +64,8 @@ impl Event {
             | Event::Message { origin, .. }
             | Event::Presence { origin, .. }
             | Event::Hello { origin }
-            | Event::Alive { origin } => origin,
+            | Event::Alive { origin }
+            | Event::RunEnded { origin, .. } => origin,
         }
     }
 }
@@ -103,6 +108,15 @@ pub fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> Sto
         subject_id: row.subject_id,
         version: row.version,
     };
+    let payload = serde_json::to_string(&event).expect("events serialize");
+    diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    Ok(())
+}
+
+/// Announces a run's end; call inside the transaction that commits it.
+pub fn run_ended(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    let event = Event::RunEnded { origin: origin.to_owned(), run_id: run_id.to_owned() };
     let payload = serde_json::to_string(&event).expect("events serialize");
     diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
     Ok(())
@@ -213,6 +227,21 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
                 MessageChange::New => crate::lobby::new_message_publish(message),
                 MessageChange::Mood => crate::lobby::mood_publish(&message),
             });
+        }
+        Event::RunEnded { run_id, .. } => {
+            let row = match store.run_blocking(|conn| crate::store::runs::find(conn, &run_id)) {
+                Ok(Some(row)) => row,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read an ended run");
+                    return;
+                }
+            };
+            let topic = crate::runs::topic(&run_id);
+            for (_, text) in crate::runs::service::stored_frames(&row, false) {
+                hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: None, text });
+            }
+            hub.do_send(crate::hub::DropTopic { topic });
         }
         Event::Content { kind, subject_id, .. } => {
             let Some(kind) = ContentKind::parse(&kind) else { return };

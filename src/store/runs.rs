@@ -7,6 +7,7 @@ use diesel::prelude::*;
 
 use super::billing::{self, NewCostEvent};
 use super::jobs::{self, JobKind};
+use super::notify;
 use super::schema::{jobs as jobs_t, runs};
 use super::{is_unique_violation, write_tx, DbConn, StoreResult};
 use crate::runs::{RunErrorCode, RunStatus, Usage};
@@ -23,6 +24,8 @@ pub struct RunRow {
     pub status: String,
     /// Started or joined over REST: runs to its end whoever waits.
     pub pinned: bool,
+    /// WebSocket sessions waiting on it, over every process.
+    pub waiters: i32,
     pub attempts: i32,
     pub text: String,
     pub input_tokens: i64,
@@ -67,6 +70,7 @@ struct NewRun<'a> {
     dedup_key: &'a str,
     status: &'a str,
     pinned: bool,
+    waiters: i32,
     reserved_micros: i64,
     error_code: Option<&'a str>,
     error: Option<&'a str>,
@@ -86,6 +90,8 @@ pub struct Admission<'a> {
     pub dedup_key: &'a str,
     pub skip_cache: bool,
     pub pinned: bool,
+    /// A WebSocket session asks: it waits on the run (created or joined).
+    pub waiter: bool,
     pub queue_limit: i64,
     /// Worst-case cost of one attempt, when the model has a price.
     pub worst_case: Option<i64>,
@@ -131,9 +137,10 @@ fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> Stor
         .first(conn)
         .optional()?;
     if let Some(row) = active {
-        if a.pinned && !row.pinned {
-            diesel::update(runs::table.find(row.id)).set(runs::pinned.eq(true)).execute(conn)?;
-        }
+        let row = diesel::update(runs::table.find(row.id))
+            .set((runs::pinned.eq(row.pinned || a.pinned), runs::waiters.eq(runs::waiters + i32::from(a.waiter))))
+            .returning(runs::all_columns)
+            .get_result(conn)?;
         return Ok(Admitted::Joined(row));
     }
     if !a.skip_cache {
@@ -187,6 +194,7 @@ fn insert(
             dedup_key: a.dedup_key,
             status: status.as_str(),
             pinned: a.pinned,
+            waiters: i32::from(a.waiter && status.is_active()),
             reserved_micros: reserved,
             error_code: code.as_deref(),
             error: error.map(|(_, e)| e),
@@ -196,6 +204,17 @@ fn insert(
         })
         .returning(runs::all_columns)
         .get_result(conn)?)
+}
+
+/// A session stops waiting on a run. `Some(row)` when it was the last waiting session of an
+/// unfinished WebSocket run (not pinned by REST): the caller aborts it.
+pub fn detach(conn: &mut DbConn, run_id: &str) -> StoreResult<Option<RunRow>> {
+    let row: Option<RunRow> = diesel::update(runs::table.filter(runs::run_id.eq(run_id)).filter(runs::waiters.gt(0)))
+        .set(runs::waiters.eq(runs::waiters - 1))
+        .returning(runs::all_columns)
+        .get_result(conn)
+        .optional()?;
+    Ok(row.filter(|r| r.waiters == 0 && !r.pinned && r.is_active()))
 }
 
 /// Runs waiting in the queue (not running).
@@ -306,6 +325,8 @@ pub enum AttemptEnd {
 }
 
 pub struct Settlement<'a> {
+    /// This process, for the cross-process end notification (PostgreSQL).
+    pub origin: &'a str,
     pub job_id: i64,
     pub worker: &'a str,
     pub run_pk: i64,
@@ -390,7 +411,10 @@ pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> Stor
                 runs::updated_at.eq(now),
             ))
             .returning(runs::all_columns)
-            .get_result(conn)?;
+            .get_result::<RunRow>(conn)?;
+        if !status.is_active() {
+            notify::run_ended(conn, s.origin, &row.run_id)?;
+        }
         Ok(Some(row))
     })
 }
@@ -425,7 +449,7 @@ pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<
 
 /// Aborts a run whose job is still waiting in the queue (nobody runs it): the job is deleted,
 /// the reservation released. `None` when the run is not waiting (running, or finished).
-pub fn abort_queued(conn: &mut DbConn, run_id: &str, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
+pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
     write_tx(conn, |conn| {
         let Some(row) = find(conn, run_id)? else { return Ok(None) };
         if !row.is_active() {
@@ -452,7 +476,8 @@ pub fn abort_queued(conn: &mut DbConn, run_id: &str, now: NaiveDateTime) -> Stor
                 runs::updated_at.eq(now),
             ))
             .returning(runs::all_columns)
-            .get_result(conn)?;
+            .get_result::<RunRow>(conn)?;
+        notify::run_ended(conn, origin, &row.run_id)?;
         Ok(Some(row))
     })
 }

@@ -90,6 +90,7 @@ diesel::table! {
         dedup_key -> Text,
         status -> Text,
         pinned -> Bool,
+        waiters -> Int4,
         attempts -> Int4,
         text -> Text,
         input_tokens -> Int8,

@@ -541,7 +541,11 @@ impl WsSession {
             match result {
                 Ok(Started::Queued { run_id, position, estimated_ms, .. }) => {
                     let topic = Topic::Run(run_id.clone());
-                    act.runs.insert(run_id.clone());
+                    if !act.runs.insert(run_id.clone()) {
+                        // Already waiting on it: the second request counted this session twice.
+                        let (service, id, session) = (act.state.runs.clone(), run_id.clone(), act.id);
+                        actix_web::rt::spawn(async move { service.undo_join(id, session).await });
+                    }
                     // Subscribed before the catch-up is read: a frame is either in it or comes live.
                     act.watch(topic.clone());
                     let reply = Typed::RunQueued { reference, run_id: run_id.clone(), position, estimated_ms };
@@ -598,10 +602,13 @@ impl WsSession {
                 _ => Vec::new(),
             };
             for (version, text) in held {
-                if let Some(v) = version.filter(|v| *v > seen) {
-                    seen = v;
-                    act.send_text(text, ctx);
+                match version {
+                    Some(v) if v > seen => seen = v,
+                    // The stored result, replayed by another process's end notification.
+                    None if seen != i64::MAX => {}
+                    _ => continue,
                 }
+                act.send_text(text, ctx);
             }
             act.subscriptions.insert(topic, Subscription::Live { version: seen });
         }));

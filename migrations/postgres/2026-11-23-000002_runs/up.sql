@@ -10,6 +10,8 @@ CREATE TABLE runs (
     dedup_key TEXT NOT NULL,
     status TEXT NOT NULL,
     pinned BOOLEAN NOT NULL DEFAULT FALSE,
+    -- WebSocket sessions waiting on the run, over every process.
+    waiters INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     text TEXT NOT NULL DEFAULT '',
     input_tokens BIGINT NOT NULL DEFAULT 0,
