@@ -66,7 +66,11 @@ impl TestDb {
                 let mut conn = diesel::PgConnection::establish(&admin).expect("PostgreSQL for tests");
                 diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create database");
                 let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-                TestDb { url: format!("{base}/{name}"), pg_name: Some(name), _dir: None }
+                // No TLS to the local test server: a test process exits with the pool's and the
+                // listener's threads still (re)connecting, and OpenSSL's exit-time cleanup under a
+                // thread inside libpq's TLS code is a known segfault (diesel #3441).
+                let tls = if admin.contains("sslmode=") { "" } else { "?sslmode=disable" };
+                TestDb { url: format!("{base}/{name}{tls}"), pg_name: Some(name), _dir: None }
             }
         }
     }

@@ -110,7 +110,7 @@ both_backends!(
 async fn ready_follows_the_database() {
     use diesel::{Connection, RunQueryDsl};
     let app = spawn_app(Db::Postgres).await;
-    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let name = app.db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
     let admin_sql = move |sql: String| {
         actix_web::rt::task::spawn_blocking(move || {
             let mut conn = diesel::PgConnection::establish(&crate::common::pg_admin_url()).unwrap();
