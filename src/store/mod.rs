@@ -100,8 +100,10 @@ impl Manager {
             Backend::Sqlite => {
                 let mut c = SqliteConnection::establish(&self.url).map_err(|e| StoreError::Connect(e.to_string()))?;
                 // WAL lets readers run beside the writer; busy_timeout makes writers wait their turn.
+                // The timeout goes first: switching to WAL needs a lock too, and another process
+                // (or a pool closing, which checkpoints) may hold it for a moment.
                 c.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                      PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
                 )?;
                 DbConn::Sqlite(c)

@@ -315,9 +315,6 @@ async fn pending_mood_is_settled_after_a_restart(db: Db) {
     })
     .await;
     app.stop().await;
-    // The stopped app's own call ends at its 2 s upstream timeout; let that pass so its late
-    // (refused) write cannot hold the SQLite lock while the new app starts.
-    actix_web::rt::time::sleep(app.config.llm_timeout + Duration::from_millis(300)).await;
 
     app.fake.set_mode(Mode::Ok);
     app.restart(Arc::new(lorewire::clock::SystemClock)).await;
