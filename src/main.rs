@@ -9,6 +9,9 @@ use lorewire::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    // Initialise OpenSSL before libpq does, without its exit-time cleanup: threads still inside
+    // libpq's TLS code while the process exits would otherwise crash it.
+    openssl::init();
     // Flags win over the environment, the environment over .env, .env over defaults.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
