@@ -213,7 +213,7 @@ async function loadOptional() {
     $("runs").replaceChildren(table(["run", "project", "action", "status", "cost", "created"], runs.map((r) => el("tr", {}, el("td", {}, String(r.run_id).slice(0, 8)), el("td", {}, r.project_id), el("td", {}, r.action), el("td", {}, r.status), el("td", {}, usd(r.cost_usd)), el("td", {}, fmtTime(r.created_at))))));
   });
   await optional($("dead-letters"), "/admin/api/dead-letters", (data) => {
-    const dead = listOf(data, "dead_letters");
+    const dead = listOf(data, "runs");
     $("dead-letters").replaceChildren(
       table(["run", "project", "error", ""], dead.map((r) => {
         const retry = el("button", { type: "button", class: "small" }, "Retry");
@@ -226,7 +226,7 @@ async function loadOptional() {
           }
           loadOptional();
         });
-        return el("tr", {}, el("td", {}, String(r.run_id).slice(0, 8)), el("td", {}, r.project_id), el("td", {}, r.error || ""), el("td", {}, retry));
+        return el("tr", {}, el("td", {}, String(r.run_id).slice(0, 8)), el("td", {}, r.project_id), el("td", {}, r.error ? `${r.error.code}: ${r.error.message}` : ""), el("td", {}, retry));
       })),
     );
   });

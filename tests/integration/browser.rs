@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use lorewire::hub::CloseAll;
 use serde_json::json;
 
-use crate::common::{spawn_app, Db, Mode, TestApp, ADMIN_TOKEN};
+use crate::common::{spawn_app, spawn_with, Db, Mode, Setup, TestApp, ADMIN_TOKEN};
 
 /// A scenario that runs longer than this is killed.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(50);
@@ -137,6 +137,44 @@ async fn page_reconnects_resubscribes_and_shows_the_final_state() {
         assert_eq!(what, "drop-sockets", "unknown request from the scenario");
         // What a server restart or a network cut looks like to the page.
         hub.do_send(CloseAll { code: 1012, reason: "service restart" });
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn generation_panel_streams_aborts_and_admin_lists_runs() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.max_attempts = 1).await;
+    let fake = app.fake.clone();
+    let base = app.url("");
+    let token = app.player_token().await;
+    scenario(&app, "generation", move |what| match what {
+        "slow-stream" => {
+            fake.set_stream_chunks((0..40).map(|i| format!("word{i} ")).collect());
+            fake.set_chunk_pause(Some(Duration::from_millis(200)));
+        }
+        "dead-letter" => {
+            fake.set_stream_chunks(Vec::new());
+            fake.set_chunk_pause(None);
+            fake.set_mode(Mode::Status(500));
+            // A REST run with one attempt allowed: the 500 dead-letters it.
+            let body = json!({"project_id": "browser", "action": "DESCRIBE", "input": "a cursed bell"});
+            let (base, token) = (base.clone(), token.clone());
+            let status = std::thread::spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    let (status, run) = crate::common::post_json(&format!("{base}/api/generate"), &token, &body).await;
+                    assert_eq!(status, 202, "{run}");
+                    let url = format!("{base}/api/runs/{}", run["run_id"].as_str().unwrap());
+                    crate::common::eventually("the run to be dead", || async {
+                        (crate::common::get_json(&url, Some(&token)).await.1["status"] == "dead").then_some(())
+                    })
+                    .await;
+                })
+            })
+            .join();
+            assert!(status.is_ok(), "the dead letter was not made");
+            fake.set_mode(Mode::Ok);
+        }
+        other => panic!("unknown request from the scenario: {other}"),
     })
     .await;
 }
