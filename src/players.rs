@@ -40,6 +40,10 @@ pub fn hash_token(token: &str) -> String {
 
 /// Trims and checks a nickname: 1..32 characters, no control characters.
 pub fn validate_nickname(raw: &str) -> Result<String, String> {
+    // Checked before trimming: a tab or newline at either end is refused, not silently cut.
+    if raw.chars().any(char::is_control) {
+        return Err("nickname must not contain control characters".into());
+    }
     let nickname = raw.trim();
     let chars = nickname.chars().count();
     if chars == 0 {
@@ -47,9 +51,6 @@ pub fn validate_nickname(raw: &str) -> Result<String, String> {
     }
     if chars > MAX_NICKNAME_CHARS {
         return Err(format!("nickname is {chars} characters; at most {MAX_NICKNAME_CHARS} are allowed"));
-    }
-    if nickname.chars().any(char::is_control) {
-        return Err("nickname must not contain control characters".into());
     }
     Ok(nickname.to_owned())
 }
@@ -98,6 +99,12 @@ pub async fn authenticate(store: &Store, clock: &SharedClock, token: &str) -> St
         .await
 }
 
+/// Marks a connected user as seen now: a session calls it when a new UTC day begins while it is
+/// open (so retention counts a player who never disconnects) and when it closes.
+pub async fn seen(store: &Store, user_id: i64, now: chrono::NaiveDateTime) -> StoreResult<()> {
+    store.run(move |conn| users::touch(conn, user_id, now)).await
+}
+
 /// Seen-times are kept to the minute (and every new UTC day), so reads stay reads.
 fn needs_touch(last_seen: chrono::NaiveDateTime, now: chrono::NaiveDateTime) -> bool {
     now.date() != last_seen.date() || now - last_seen > chrono::Duration::seconds(60)
@@ -111,6 +118,8 @@ mod tests {
     fn nickname_rules() {
         assert_eq!(validate_nickname("  Ada ").unwrap(), "Ada");
         assert!(validate_nickname("   ").is_err());
+        assert!(validate_nickname("Ada\n").is_err());
+        assert!(validate_nickname("\tAda").is_err());
         assert!(validate_nickname(&"x".repeat(33)).is_err());
         assert!(validate_nickname(&"é".repeat(32)).is_ok());
         assert!(validate_nickname("A\u{7}da").is_err());

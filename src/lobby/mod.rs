@@ -94,6 +94,10 @@ pub fn mood_publish(message: &Message) -> Publish {
 /// Checks a chat message: 1..500 characters, not blank, no control characters but newline.
 /// Returns it without surrounding whitespace.
 pub fn validate_text(raw: &str) -> Result<String, String> {
+    // Checked before trimming: a control character at either end is refused, not cut.
+    if raw.chars().any(|c| c.is_control() && c != '\n') {
+        return Err("message must not contain control characters (newlines are fine)".into());
+    }
     let text = raw.trim();
     if text.is_empty() {
         return Err("message text must not be empty".into());
@@ -101,9 +105,6 @@ pub fn validate_text(raw: &str) -> Result<String, String> {
     let chars = text.chars().count();
     if chars > MAX_MESSAGE_CHARS {
         return Err(format!("message is {chars} characters; at most {MAX_MESSAGE_CHARS} are allowed"));
-    }
-    if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err("message must not contain control characters (newlines are fine)".into());
     }
     Ok(text.to_owned())
 }
@@ -636,6 +637,7 @@ mod tests {
         assert!(validate_text(" \n ").is_err());
         assert!(validate_text("bell\u{7}").is_err());
         assert!(validate_text("tab\there").is_err());
+        assert!(validate_text("\thello").is_err(), "a leading tab is refused, not trimmed away");
         assert!(validate_text(&"é".repeat(500)).is_ok());
         assert!(validate_text(&"x".repeat(501)).is_err());
     }

@@ -204,6 +204,8 @@ enum Subscription {
 struct SessionUser {
     id: i64,
     nickname: String,
+    /// The UTC day the user was last recorded as seen (retention counts days seen).
+    seen_day: chrono::NaiveDate,
 }
 
 /// Where the session stands in the lobby: lobby frames are held back while its history and
@@ -251,7 +253,8 @@ impl WsSession {
             return;
         }
         let (frames, bytes) = self.outbox.borrow_mut().wrote(wire_len(text.len()));
-        if frames > MAX_BACKLOG_FRAMES || bytes > MAX_BACKLOG_BYTES {
+        // One frame alone (a long history on join) is not a backlog, however big.
+        if frames > MAX_BACKLOG_FRAMES || (frames > 1 && bytes > MAX_BACKLOG_BYTES) {
             tracing::warn!(session = self.id, frames, bytes, "closing slow consumer");
             self.state.metrics.slow_consumers.inc();
             self.abort(1008, "slow consumer", ctx);
@@ -314,6 +317,24 @@ impl WsSession {
         }
     }
 
+    /// A player connected across UTC midnight has been seen on the new day too.
+    fn record_new_day(&mut self) {
+        let now = self.state.clock.now_naive();
+        let Some(user) = self.user.as_mut().filter(|u| u.seen_day != now.date()) else { return };
+        user.seen_day = now.date();
+        let user_id = user.id;
+        self.spawn_seen(user_id, now);
+    }
+
+    fn spawn_seen(&self, user_id: i64, now: chrono::NaiveDateTime) {
+        let store = self.state.store.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(e) = players::seen(&store, user_id, now).await {
+                tracing::warn!(user = user_id, error = %e, "could not record the user as seen");
+            }
+        });
+    }
+
     fn start_session(
         &mut self,
         nickname: String,
@@ -337,7 +358,11 @@ impl WsSession {
                 Ok(started) => {
                     let user = started.user;
                     tracing::info!(session = act.id, user = user.id, resumed = started.resumed, "session started");
-                    act.user = Some(SessionUser { id: user.id, nickname: user.nickname.clone() });
+                    act.user = Some(SessionUser {
+                        id: user.id,
+                        nickname: user.nickname.clone(),
+                        seen_day: user.last_seen_at.date(),
+                    });
                     let ack = Typed::SessionAck {
                         reference,
                         user_id: user.id,
@@ -665,18 +690,25 @@ impl Actor for WsSession {
         self.state.metrics.sessions_open.inc();
         self.state.hub.do_send(hub::Connect { id: self.id, recipient: ctx.address().recipient() });
         let (interval, timeout) = (self.state.config.heartbeat_interval, self.state.config.client_timeout);
-        ctx.run_interval(interval, move |act, ctx| {
+        ctx.run_interval(interval, |act, ctx| {
+            act.outbox.borrow_mut().wrote(wire_len(0));
+            ctx.ping(b"");
+            act.record_new_day();
+        });
+        // Checked ten times per timeout, so a silent socket closes within a tenth of it.
+        ctx.run_interval(timeout / 10, move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
                 tracing::info!(session = act.id, "closing silent socket");
                 act.close(1000, "heartbeat timeout", ctx);
-                return;
             }
-            act.outbox.borrow_mut().wrote(wire_len(0));
-            ctx.ping(b"");
         });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(user) = &self.user {
+            // The last time this player was seen is when they left.
+            self.spawn_seen(user.id, self.state.clock.now_naive());
+        }
         for run_id in std::mem::take(&mut self.runs) {
             let service = self.state.runs.clone();
             let session = self.id;

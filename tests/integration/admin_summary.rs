@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use diesel::RunQueryDsl;
+use lorewire::clock::Clock;
 use lorewire::store::schema::user_days;
 use serde_json::{json, Value};
 
-use crate::common::{get_json, spawn_app, Db, TestApp};
+use crate::common::{get_json, spawn_app, spawn_with, Db, Setup, TestApp};
 
 async fn summary(app: &TestApp) -> Value {
     let (status, body) = app.admin_get("/admin/api/metrics/summary").await;
@@ -124,6 +125,60 @@ async fn summary_counts_users_messages_and_retention(db: Db) {
     assert_eq!(bo_row["online"], false);
 }
 
+/// The days a user was seen, oldest first.
+async fn days_seen(app: &TestApp, user_id: i64) -> Vec<String> {
+    let url = app.db.url.clone();
+    actix_web::rt::task::spawn_blocking(move || {
+        let store = lorewire::store::Store::connect(&url).unwrap();
+        store
+            .run_blocking(move |conn| {
+                Ok(user_days::table
+                    .filter(user_days::user_id.eq(user_id))
+                    .select(user_days::day)
+                    .order(user_days::day.asc())
+                    .load::<String>(conn)?)
+            })
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+async fn a_player_connected_across_midnight_is_seen_on_both_days(db: Db) {
+    let app = spawn_with(Setup { manual_clock: true, ..Setup::new(db) }, |c| {
+        c.heartbeat_interval = Duration::from_millis(100);
+    })
+    .await;
+    let (ws, ack) = app.player("Ada").await;
+    let user_id = ack["user_id"].as_i64().unwrap();
+    let first_day = app.clock.now().date_naive();
+    assert_eq!(days_seen(&app, user_id).await, vec![first_day.format("%Y-%m-%d").to_string()]);
+
+    // The socket stays open while the UTC day turns.
+    app.clock.advance(Duration::from_secs(24 * 3600));
+    let next_day = (first_day + chrono::Days::new(1)).format("%Y-%m-%d").to_string();
+    crate::common::eventually("the new day to be recorded", || {
+        let (app, next_day) = (&app, next_day.clone());
+        async move { days_seen(app, user_id).await.contains(&next_day).then_some(()) }
+    })
+    .await;
+    assert_eq!(days_seen(&app, user_id).await.len(), 2);
+
+    // Leaving is the last time the player was seen.
+    app.clock.advance(Duration::from_secs(3600));
+    let left_at = app.clock.now();
+    ws.close().await;
+    crate::common::eventually("last_seen to be the time the player left", || {
+        let app = &app;
+        async move {
+            let (_, users) = app.admin_get("/admin/api/users").await;
+            let last_seen = users["users"][0]["last_seen"].as_str()?.to_owned();
+            (chrono::DateTime::parse_from_rfc3339(&last_seen).ok()? == left_at).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn metrics_expose_the_live_figures(db: Db) {
     let app = spawn_app(db).await;
     let (mut ws, _) = app.player("Ada").await;
@@ -150,10 +205,11 @@ async fn metrics_expose_the_live_figures(db: Db) {
     }
 }
 
-use diesel::ExpressionMethods;
+use diesel::{ExpressionMethods, QueryDsl};
 
 both_backends!(
     summary_is_right_on_an_empty_database,
     summary_counts_users_messages_and_retention,
+    a_player_connected_across_midnight_is_seen_on_both_days,
     metrics_expose_the_live_figures,
 );

@@ -46,13 +46,21 @@ async fn bad_frames_get_errors_and_keep_the_socket(db: Db) {
     assert_eq!(err["type"], "error:unauthorized");
     assert_eq!(err["ref"], "early");
 
-    for (nickname, why) in [("", "empty"), ("   ", "blank"), ("a\u{1}b", "control"), (&"x".repeat(33)[..], "long")] {
+    for (nickname, why) in [
+        ("", "empty"),
+        ("   ", "blank"),
+        ("a\u{1}b", "control"),
+        ("Ada\n", "trailing newline"),
+        (&"x".repeat(33)[..], "long"),
+    ] {
         ws.send(json!({"type": "session:start", "nickname": nickname, "ref": why})).await;
         let err = ws.recv().await;
         assert_eq!(err["type"], "error:invalid_payload", "{why}");
         assert_eq!(err["ref"], why);
         assert!(!err["message"].as_str().unwrap().is_empty());
     }
+    let (_, users) = app.admin_get("/admin/api/users").await;
+    assert_eq!(users["total"], 0, "a refused nickname stores no user: {users}");
     ws.send(json!({"type": "session:start", "nickname": "Ada"})).await;
     ws.recv_type("session:ack").await;
 
@@ -93,18 +101,20 @@ async fn oversized_frame_closes_with_1009(db: Db) {
 
 async fn heartbeat_pings_and_closes_silent_sockets(db: Db) {
     let app = spawn_with(Setup::new(db), |c| {
-        c.heartbeat_interval = Duration::from_millis(100);
-        c.client_timeout = Duration::from_millis(500);
+        c.heartbeat_interval = Duration::from_millis(450);
+        c.client_timeout = Duration::from_millis(1000);
     })
     .await;
-    // A client that answers pings stays connected.
+    // A client that answers pings stays connected past the timeout.
     let (mut alive, _) = app.player("Alive").await;
-    alive.expect_silence(Duration::from_millis(900)).await;
+    alive.expect_silence(Duration::from_millis(1600)).await;
     alive.send(json!({"type": "content:subscribe", "kind": "npc", "subject_id": 1})).await;
     assert_eq!(alive.recv().await["type"], "error:not_found");
 
-    // A silent one gets pings, then a close.
+    // A silent one gets pings, then a close once the timeout has passed (not at the next
+    // ping tick, 1.35 s).
     let (mut silent, _) = app.player("Silent").await;
+    let last_heard = std::time::Instant::now();
     silent.answer_pings = false;
     let mut pings = 0;
     loop {
@@ -114,7 +124,12 @@ async fn heartbeat_pings_and_closes_silent_sockets(db: Db) {
             other => panic!("unexpected {other:?}"),
         }
     }
+    let closed_after = last_heard.elapsed();
     assert!(pings >= 2, "saw {pings} pings before the close");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_millis(1300),
+        "closed {closed_after:?} after the last frame"
+    );
 }
 
 async fn origin_allow_list(db: Db) {
