@@ -91,6 +91,10 @@ pub enum Outcome {
     Rejected,
     /// 429, with the wait the provider asked for.
     RateLimited(Option<Duration>),
+    /// The permit went unused, or the call was cancelled before the provider answered: it
+    /// says nothing about the provider. A probe reporting it frees the probe slot and the
+    /// circuit stays half-open.
+    NotCalled,
 }
 
 /// The state for the admin API.
@@ -349,7 +353,7 @@ impl Handler<Report> for CircuitBreaker {
             }
             // The provider answered: it is up, whatever it thought of the request.
             Outcome::Success | Outcome::Rejected if probing => self.close(ctx),
-            Outcome::Success | Outcome::Rejected => {}
+            Outcome::Success | Outcome::Rejected | Outcome::NotCalled => {}
         }
         if report.probe && self.state == CircuitState::HalfOpen {
             self.probe_in_flight = false;

@@ -142,7 +142,7 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
         Ok(Some(row)) => row,
         other => {
             // Aborted meanwhile (or the store failed): no call was made.
-            d.circuit.do_send(Report { probe, outcome: Outcome::Rejected });
+            d.circuit.do_send(Report { probe, outcome: Outcome::NotCalled });
             let worker = d.worker.clone();
             if matches!(other, Ok(None)) {
                 d.store.run(move |conn| jobs::complete(conn, job.id, &worker)).await?;
@@ -202,7 +202,7 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
     let circuit_outcome = match &outcome.end {
         StreamEnd::Finished => Outcome::Success,
         StreamEnd::Cancelled if outcome.answered => Outcome::Success,
-        StreamEnd::Cancelled => Outcome::Rejected,
+        StreamEnd::Cancelled => Outcome::NotCalled,
         StreamEnd::Upstream(e @ UpstreamError::Status { retry_after, .. }) if e.is_rate_limit() => {
             Outcome::RateLimited(*retry_after)
         }

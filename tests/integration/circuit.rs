@@ -126,6 +126,36 @@ async fn failed_probe_reopens(db: Db) {
     assert_eq!(reason(&app, &token, 2).await, "circuit_open");
 }
 
+/// A probe that is aborted before the provider answers says nothing about the provider: the
+/// circuit stays half-open and the next request is the probe.
+async fn aborted_probe_leaves_the_circuit_half_open(db: Db) {
+    let app = breaker_app(db).await;
+    let token = app.player_token().await;
+    open_circuit(&app, &token).await;
+    app.clock.advance(Duration::from_secs(301));
+    assert_eq!(app.circuit().await["state"], "half_open");
+
+    app.fake.set_mode(Mode::Hang);
+    let calls = app.fake.request_count();
+    let (mut ws, _) = app.player("Prober").await;
+    ws.send(json!({"type": "generate:start", "project_id": "p", "action": "WRITE", "input": "a bell", "ref": 1})).await;
+    let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
+    eventually("the probe to reach the provider", || async { (app.fake.request_count() > calls).then_some(()) }).await;
+    ws.send(json!({"type": "generate:abort", "run_id": run_id})).await;
+    assert_eq!(ws.recv_type("run:error").await["code"], "aborted");
+    assert_eq!(app.circuit().await["state"], "half_open");
+
+    // The slot is free once the cancelled call is reported: a later request is the probe.
+    app.fake.set_mode(Mode::Ok);
+    let next = std::sync::atomic::AtomicU64::new(60);
+    eventually("a request to go through as the new probe", || async {
+        let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        reason(&app, &token, id).await.is_null().then_some(())
+    })
+    .await;
+    assert_eq!(app.circuit().await["state"], "closed");
+}
+
 async fn admin_reset_closes_the_circuit(db: Db) {
     let app = breaker_app(db).await;
     let token = app.player_token().await;
@@ -189,6 +219,7 @@ both_backends!(
     client_errors_and_429_never_count,
     half_open_lets_exactly_one_probe_through,
     failed_probe_reopens,
+    aborted_probe_leaves_the_circuit_half_open,
     admin_reset_closes_the_circuit,
     state_survives_a_restart,
     timer_half_opens_on_its_own,
