@@ -49,7 +49,7 @@ pub struct CircuitRecord {
     pub retry_after_until: Option<NaiveDateTime>,
 }
 
-#[derive(Debug, Clone, Default, AsChangeset)]
+#[derive(Clone, Default, AsChangeset)]
 #[diesel(table_name = llm_config)]
 pub struct SettingsChange {
     pub provider: Option<String>,
@@ -57,6 +57,23 @@ pub struct SettingsChange {
     pub base_url: Option<String>,
     /// `Some(None)` clears the key.
     pub api_key: Option<Option<String>>,
+}
+
+/// The key shows only as set, cleared or unchanged.
+impl std::fmt::Debug for SettingsChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let api_key = match &self.api_key {
+            None => "unchanged",
+            Some(None) => "cleared",
+            Some(Some(_)) => "[redacted]",
+        };
+        f.debug_struct("SettingsChange")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("base_url", &self.base_url)
+            .field("api_key", &api_key)
+            .finish()
+    }
 }
 
 pub fn get(conn: &mut DbConn) -> StoreResult<Option<LlmConfigRow>> {

@@ -71,11 +71,23 @@ pub struct Prompt {
 }
 
 /// A request ready for the HTTP client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamRequest {
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
     pub body: Value,
+}
+
+/// Header values are left out: they carry the API key.
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<_> = self.headers.iter().map(|(name, _)| *name).collect();
+        f.debug_struct("UpstreamRequest")
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 /// Where to send it and as whom.
@@ -131,4 +143,25 @@ pub fn error_message(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let message = value.pointer("/error/message").and_then(Value::as_str)?;
     Some(message.chars().take(300).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let prompt = TextPrompt { system: "s".into(), user: "u".into(), max_tokens: 10 };
+        for provider in [Provider::Anthropic, Provider::OpenAi, Provider::OpenAiChat] {
+            let target = Target { provider, base_url: "http://127.0.0.1:1", model: "m", api_key: "sk-canary-42" };
+            let request = build_stream_request(&target, &prompt);
+            assert!(request.headers.iter().any(|(_, v)| v.contains("sk-canary-42")), "the key is sent");
+            assert!(!format!("{request:?}").contains("canary"), "{provider:?}");
+        }
+        let change = crate::store::llm_config::SettingsChange {
+            api_key: Some(Some("sk-canary-42".into())),
+            ..Default::default()
+        };
+        assert!(!format!("{change:?}").contains("canary"));
+    }
 }
