@@ -278,13 +278,17 @@ impl ContentKind {
         }
     }
 
-    /// A strict JSON schema (OpenAI structured outputs): every field a required string with
-    /// its `maxLength`, no other properties.
+    /// A strict JSON schema (OpenAI structured outputs): every field a required string, no
+    /// other properties. OpenAI's strict mode refuses length keywords, so each field's cap is
+    /// said in its `description`; the answer is checked against the caps before it is stored.
     pub fn json_schema(self) -> Value {
         let mut properties = Map::new();
         for &field in self.field_names() {
             let max = self.max_len(field).expect("every field has a cap");
-            properties.insert(field.to_owned(), json!({"type": "string", "maxLength": max}));
+            properties.insert(
+                field.to_owned(),
+                json!({"type": "string", "description": format!("at most {max} characters")}),
+            );
         }
         json!({
             "type": "object",
@@ -428,7 +432,7 @@ pub enum ContextError {
     TooManyKeys(usize),
     /// Holds a shortened preview of the key.
     #[error(
-        "context key {0:?} is not allowed: keys must be 1..{MAX_CONTEXT_KEY_LEN} characters of letters, digits, '_', '-' or '.'"
+        "context key {0:?} is not allowed: keys must be 1..{MAX_CONTEXT_KEY_LEN} characters of letters, digits, '_', '-', '.' or single inner spaces"
     )]
     BadKey(String),
     #[error("context value for `{0}` must be a string")]
@@ -439,8 +443,8 @@ pub enum ContextError {
 
 impl Context {
     /// `None` or JSON null -> empty context. Anything but an object of strings is an error.
-    /// Keys must match `^[A-Za-z0-9_.-]{1,64}$` (keys are shown to the model as labels, so no
-    /// free text); raw values longer than [`MAX_RAW_CONTEXT_VALUE_CHARS`] are refused; values
+    /// Keys are 1..64 letters, digits, `_`, `-`, `.` and single inner spaces (keys are shown
+    /// to the model as labels, so no punctuation or line breaks); raw values longer than [`MAX_RAW_CONTEXT_VALUE_CHARS`] are refused; values
     /// are stored [sanitized](sanitize_value).
     pub fn parse(value: Option<&Value>) -> Result<Context, ContextError> {
         let object = match value {
@@ -474,10 +478,13 @@ impl Context {
     }
 }
 
-/// Whether `key` matches `^[A-Za-z0-9_.-]{1,64}$`.
+/// Whether `key` is 1..64 characters of letters and digits (any script), `_`, `-`, `.` and
+/// single inner spaces: a label, never markup or a line break.
 fn is_valid_key(key: &str) -> bool {
-    (1..=MAX_CONTEXT_KEY_LEN).contains(&key.len())
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    (1..=MAX_CONTEXT_KEY_LEN).contains(&key.chars().count())
+        && key.trim() == key
+        && !key.contains("  ")
+        && key.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
 }
 
 /// A bad key as it may be echoed back: at most the first 64 chars, with a marker if cut.
@@ -605,7 +612,9 @@ mod tests {
             assert_eq!(names, expected);
             for (field, prop) in properties {
                 assert_eq!(prop["type"], "string");
-                assert_eq!(prop["maxLength"], json!(kind.max_len(field).unwrap()));
+                let cap = kind.max_len(field).unwrap();
+                assert_eq!(prop["description"], format!("at most {cap} characters"));
+                assert!(prop.get("maxLength").is_none(), "strict mode refuses length keywords");
             }
             let name = kind.schema_name();
             assert!(!name.is_empty() && name.len() <= 64);
@@ -705,10 +714,13 @@ mod tests {
         assert_eq!(err, ContextError::TooManyKeys(25));
         assert_eq!(err.to_string(), "context has 25 keys; at most 20 are allowed");
 
-        for key in ["", "bad key!", "a/b", "ключ", "a\nb", "<x>"] {
+        for key in ["", "bad key!", "a/b", "a\nb", "<x>", " lead", "trail ", "two  spaces", "a: b"] {
             let err = Context::parse(Some(&json!({ key: "v" }))).unwrap_err();
             assert!(matches!(err, ContextError::BadKey(_)), "{key:?}: {err:?}");
             assert!(err.to_string().contains("key"), "{err}");
+        }
+        for key in ["quest name", "ключ", "npc.mood-2", "名前"] {
+            assert!(Context::parse(Some(&json!({ key: "v" }))).is_ok(), "{key:?}");
         }
         let long_key = "k".repeat(65);
         let err = Context::parse(Some(&json!({ long_key: "v" }))).unwrap_err();
@@ -764,7 +776,7 @@ mod tests {
 
     #[test]
     fn user_message_is_defensive_about_hand_built_contexts() {
-        let context = ctx(&[("ok", "line\none<>"), ("bad key", "dropped"), ("x", &"y".repeat(300))]);
+        let context = ctx(&[("ok", "line\none<>"), ("bad: key", "dropped"), ("x", &"y".repeat(300))]);
         let message = user_message(ContentKind::Npc, 1, &context);
         let inside = block(&message);
         assert_eq!(inside, format!("ok: \"line one\\u003c\\u003e\"\nx: \"{}\"\n", "y".repeat(200)));

@@ -5,29 +5,37 @@ use serde_json::{json, Value};
 
 use super::{Prompt, UpstreamRequest};
 
+/// The name of the output cap: OpenAI's own API refuses `max_tokens` for its current models and
+/// wants `max_completion_tokens`; Ollama, vLLM and llama.cpp all take `max_tokens`.
+fn output_cap_field(base: &str) -> &'static str {
+    let host = base.split("://").nth(1).unwrap_or(base).split(['/', ':']).next().unwrap_or("");
+    if host.eq_ignore_ascii_case("api.openai.com") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    }
+}
+
 pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest {
     let mut headers = Vec::new();
     // Local servers usually run without a key.
     if !api_key.is_empty() {
         headers.push(("authorization", format!("Bearer {api_key}")));
     }
-    UpstreamRequest {
-        url: format!("{base}/chat/completions"),
-        headers,
-        body: json!({
-            "model": model,
-            "max_tokens": prompt.max_tokens,
-            "messages": [
-                {"role": "system", "content": prompt.system},
-                {"role": "user", "content": prompt.user},
-            ],
-            "response_format": {"type": "json_schema", "json_schema": {
-                "name": prompt.schema_name,
-                "schema": prompt.schema,
-                "strict": true,
-            }},
-        }),
-    }
+    let mut body = json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.user},
+        ],
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": prompt.schema_name,
+            "schema": prompt.schema,
+            "strict": true,
+        }},
+    });
+    body[output_cap_field(base)] = json!(prompt.max_tokens);
+    UpstreamRequest { url: format!("{base}/chat/completions"), headers, body }
 }
 
 /// `choices[0].message.content`.
@@ -49,18 +57,33 @@ pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::Text
     if !api_key.is_empty() {
         headers.push(("authorization", format!("Bearer {api_key}")));
     }
-    UpstreamRequest {
-        url: format!("{base}/chat/completions"),
-        headers,
-        body: json!({
-            "model": model,
-            "max_tokens": prompt.max_tokens,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-            "messages": [
-                {"role": "system", "content": prompt.system},
-                {"role": "user", "content": prompt.user},
-            ],
-        }),
+    let mut body = json!({
+        "model": model,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.user},
+        ],
+    });
+    body[output_cap_field(base)] = json!(prompt.max_tokens);
+    UpstreamRequest { url: format!("{base}/chat/completions"), headers, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_cap_is_named_as_the_server_wants() {
+        let prompt = super::super::TextPrompt { system: "s".into(), user: "u".into(), max_tokens: 77 };
+        let openai = build_stream("https://api.openai.com/v1", "gpt-5-mini", "k", &prompt).body;
+        assert_eq!(openai["max_completion_tokens"], 77);
+        assert!(openai.get("max_tokens").is_none());
+        for local in ["http://127.0.0.1:11434/v1", "http://vllm.internal:8000/v1"] {
+            let body = build_stream(local, "llama3", "", &prompt).body;
+            assert_eq!(body["max_tokens"], 77, "{local}");
+            assert!(body.get("max_completion_tokens").is_none());
+        }
     }
 }
