@@ -45,7 +45,9 @@ impl std::str::FromStr for Secret {
     about = "Realtime game backend with an LLM content pipeline",
     long_about = "Realtime game backend with an LLM content pipeline.\n\n\
         Every flag can also be given as the environment variable shown next to it; \
-        a .env file in the working directory is read at start."
+        a .env file in the working directory is read at start. Flags go before or after the \
+        subcommand.",
+    after_help = "Logging: RUST_LOG sets the log filter (default: info), e.g. RUST_LOG=lorewire=debug."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -69,74 +71,74 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", default_value = "lorewire.db", global = true)]
     pub database_url: String,
     /// Listen address.
-    #[arg(long, env = "LOREWIRE_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(long, global = true, env = "LOREWIRE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// Admin bearer token; when unset a random one is generated and printed once.
-    #[arg(long, env = "LOREWIRE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "LOREWIRE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
     /// Upstream LLM provider: anthropic, openai (Responses API) or openai-chat (Chat Completions).
-    #[arg(long, env = "LOREWIRE_LLM_PROVIDER", default_value = "anthropic")]
+    #[arg(long, global = true, env = "LOREWIRE_LLM_PROVIDER", default_value = "anthropic")]
     pub llm_provider: Provider,
     /// API key; seeds the stored config when none is stored (falls back to ANTHROPIC_API_KEY / OPENAI_API_KEY).
-    #[arg(long, env = "LOREWIRE_LLM_API_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "LOREWIRE_LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<Secret>,
     /// Fallback key for the anthropic provider.
-    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true, hide = true)]
+    #[arg(long, global = true, env = "ANTHROPIC_API_KEY", hide_env_values = true, hide = true)]
     pub anthropic_api_key: Option<Secret>,
     /// Fallback key for the openai providers.
-    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, hide = true)]
+    #[arg(long, global = true, env = "OPENAI_API_KEY", hide_env_values = true, hide = true)]
     pub openai_api_key: Option<Secret>,
     /// Default model (claude-haiku-4-5-20251001 for anthropic, gpt-5-mini for openai).
-    #[arg(long, env = "LOREWIRE_LLM_MODEL")]
+    #[arg(long, global = true, env = "LOREWIRE_LLM_MODEL")]
     pub llm_model: Option<String>,
     /// Provider API root, as the provider's SDKs take it (e.g. http://127.0.0.1:11434/v1 for Ollama).
-    #[arg(long, env = "LOREWIRE_LLM_BASE_URL")]
+    #[arg(long, global = true, env = "LOREWIRE_LLM_BASE_URL")]
     pub llm_base_url: Option<String>,
     /// Timeout of one upstream call, in seconds.
-    #[arg(long, env = "LOREWIRE_LLM_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, global = true, env = "LOREWIRE_LLM_TIMEOUT_SECS", default_value_t = 30)]
     pub llm_timeout_secs: u64,
     /// Upstream calls in flight at once.
-    #[arg(long, env = "LOREWIRE_LLM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "LOREWIRE_LLM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_concurrency: u32,
     /// Failures that open the circuit ...
-    #[arg(long, env = "LOREWIRE_CIRCUIT_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "LOREWIRE_CIRCUIT_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub circuit_failures: u32,
     /// ... within this window, in seconds.
-    #[arg(long, env = "LOREWIRE_CIRCUIT_WINDOW_SECS", default_value_t = 60)]
+    #[arg(long, global = true, env = "LOREWIRE_CIRCUIT_WINDOW_SECS", default_value_t = 60)]
     pub circuit_window_secs: u64,
     /// Open -> half-open after this many seconds.
-    #[arg(long, env = "LOREWIRE_CIRCUIT_RESET_SECS", default_value_t = 300)]
+    #[arg(long, global = true, env = "LOREWIRE_CIRCUIT_RESET_SECS", default_value_t = 300)]
     pub circuit_reset_secs: u64,
     /// First retry delay of a generation run, in ms; doubles per attempt, with jitter.
-    #[arg(long, env = "LOREWIRE_RETRY_BASE_MS", default_value_t = 2000)]
+    #[arg(long, global = true, env = "LOREWIRE_RETRY_BASE_MS", default_value_t = 2000)]
     pub retry_base_ms: u64,
     /// Attempts before a run is dead-lettered.
-    #[arg(long, env = "LOREWIRE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "LOREWIRE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// Queued runs before new ones are refused.
-    #[arg(long, env = "LOREWIRE_QUEUE_LIMIT", default_value_t = 10000)]
+    #[arg(long, global = true, env = "LOREWIRE_QUEUE_LIMIT", default_value_t = 10000)]
     pub queue_limit: u64,
     /// Output tokens asked for per run.
-    #[arg(long, env = "LOREWIRE_MAX_OUTPUT_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "LOREWIRE_MAX_OUTPUT_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_output_tokens: u32,
     /// Longest a generation run's streamed answer may take, in seconds (the idle limit
     /// between chunks is LOREWIRE_LLM_TIMEOUT_SECS).
-    #[arg(long, env = "LOREWIRE_RUN_TOTAL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "LOREWIRE_RUN_TOTAL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub run_total_secs: u64,
-    /// Lobby messages sent on join.
-    #[arg(long, env = "LOREWIRE_HISTORY_LIMIT", default_value_t = 50)]
+    /// Lobby messages sent on join (at most 500).
+    #[arg(long, global = true, env = "LOREWIRE_HISTORY_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=500))]
     pub history_limit: u32,
     /// Per-user lobby message rate, as COUNT/WINDOW (e.g. 5/10s, 30/1m).
-    #[arg(long, env = "LOREWIRE_CHAT_RATE", default_value = "5/10s")]
+    #[arg(long, global = true, env = "LOREWIRE_CHAT_RATE", default_value = "5/10s")]
     pub chat_rate: ChatRate,
     /// Comma list of allowed WebSocket Origins; `*` allows all. Default: same origin only.
-    #[arg(long, env = "LOREWIRE_ALLOWED_ORIGINS", default_value = "")]
+    #[arg(long, global = true, env = "LOREWIRE_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
     /// Graceful drain on SIGTERM/SIGINT, in seconds.
-    #[arg(long, env = "LOREWIRE_SHUTDOWN_SECS", default_value_t = 5)]
+    #[arg(long, global = true, env = "LOREWIRE_SHUTDOWN_SECS", default_value_t = 5)]
     pub shutdown_secs: u64,
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
-    #[arg(long, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_lease_secs: u64,
 }
 
