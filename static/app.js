@@ -5,8 +5,8 @@ import { LorewireClient } from "/static/lorewire.js";
 const $ = (id) => document.getElementById(id);
 const NICK_KEY = "lorewire.nickname";
 const MOOD_ICON = { neutral: "•", happy: "☺", sad: "☂", angry: "✸", excited: "✦", calm: "≈" };
-// The scene's background follows the mood only once it has held this long (and changes at
-// most this often), so a burst of mixed messages never makes it flicker.
+// The scene's background follows the mood only once it has held this long (so it changes at
+// most this often), and a burst of mixed messages never makes it flicker.
 const BG_SETTLE_MS = 1200;
 
 let client = null;
@@ -90,6 +90,13 @@ function showStatus({ state, delayMs }) {
 
 function onSession(ack) {
   me = ack;
+  // A run started over the old socket ended with it (the server aborts a run no socket waits on).
+  if (currentRun) {
+    currentRun = null;
+    $("gen-output").classList.remove("streaming");
+    $("gen-abort").disabled = true;
+    $("gen-state").textContent = "interrupted by the reconnect; start it again";
+  }
   document.body.dataset.view = "app";
   document.body.dataset.variant = ack.variant;
   document.body.dataset.userId = ack.user_id;
@@ -112,6 +119,9 @@ function onError(err) {
     return;
   }
   if (type === "error:rate_limited" || (type === "error:invalid_payload" && String(err.ref || "").startsWith("m"))) {
+    // The message was refused: give its text back so it is not lost.
+    if (unconfirmed && unconfirmed.ref === err.ref && !$("chat-input").value) $("chat-input").value = unconfirmed.text;
+    unconfirmed = null;
     $("chat-error").textContent = errorText(err);
     setTimeout(() => ($("chat-error").textContent = ""), 4000);
   }
@@ -193,12 +203,18 @@ $("chat-input").addEventListener("keydown", (e) => {
   }
 });
 
+let unconfirmed = null; // { ref, text } of the last message sent, until the server refuses it or 4 s pass
+
 function sendChat() {
   const input = $("chat-input");
   const text = input.value.trim();
   if (!text || !client) return;
   client.sendMessage(text).then(
-    () => (input.value = ""),
+    (ref) => {
+      input.value = "";
+      unconfirmed = { ref, text };
+      setTimeout(() => unconfirmed && unconfirmed.ref === ref && (unconfirmed = null), 4000);
+    },
     (err) => ($("chat-error").textContent = errorText(err)),
   );
 }
@@ -227,16 +243,21 @@ function showDialogue(m, { immediate = false, moodOnly = false } = {}) {
   if (settled) wantBackground(mood, immediate);
 }
 
-// Debounced: the scene changes only after the wanted mood has held for BG_SETTLE_MS.
+// Debounced: the scene changes only after the wanted mood has held for BG_SETTLE_MS; every
+// different mood asked for meanwhile starts the wait again.
 function wantBackground(mood, immediate) {
-  bgWanted = mood;
   if (immediate) {
     clearTimeout(bgTimer);
     bgTimer = null;
+    bgWanted = mood;
     setBackground(mood);
     return;
   }
-  if (bgTimer) return;
+  if (bgTimer && mood === bgWanted) return;
+  clearTimeout(bgTimer);
+  bgTimer = null;
+  bgWanted = mood;
+  if (mood === bgMood) return;
   bgTimer = setTimeout(() => {
     bgTimer = null;
     setBackground(bgWanted);

@@ -109,7 +109,12 @@ export class LorewireClient extends EventTarget {
       if (token) start.token = token;
       this.request(start).then(
         (ack) => this.onSession(ack),
-        (err) => this.emit("error", err),
+        (err) => {
+          this.emit("error", err);
+          // The server could not start the session (overloaded, no reply): try again on a new
+          // socket. A refused nickname is final.
+          if (err.type !== "error:invalid_payload" && this.ws === ws && !this.stopped) ws.close();
+        },
       );
     };
     ws.onmessage = (event) => {
@@ -137,7 +142,8 @@ export class LorewireClient extends EventTarget {
   scheduleReconnect() {
     this.attempt += 1;
     const base = Math.min(this.maxBackoffMs, this.minBackoffMs * 2 ** Math.min(this.attempt - 1, 10));
-    // Full jitter keeps a server restart from being met by every client at the same instant.
+    // Jitter (half the delay fixed, half random) keeps a server restart from being met by every
+    // client at the same instant.
     const delayMs = Math.round(base / 2 + Math.random() * (base / 2));
     this.setState("reconnecting", { delayMs });
     this.reconnectTimer = setTimeout(() => this.open(), delayMs);
@@ -249,10 +255,12 @@ export class LorewireClient extends EventTarget {
 
   /** Sends a lobby message; the server answers with message:new to everyone. */
   sendMessage(text) {
-    if (!this.send({ type: "message:send", text, ref: `m${this.nextRef++}` })) {
+    const ref = `m${this.nextRef++}`;
+    if (!this.send({ type: "message:send", text, ref })) {
       return Promise.reject({ type: "error:disconnected", message: "not connected" });
     }
-    return Promise.resolve();
+    // No reply on success (everyone gets message:new); a refusal comes as an "error" event with this ref.
+    return Promise.resolve(ref);
   }
 
   /** Requests (or regenerates) an item; resolves with its snapshot and keeps it subscribed. */
