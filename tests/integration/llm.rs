@@ -68,37 +68,46 @@ async fn openai_chat_wire_format(db: Db) {
 
 /// Every failure ends in a fallback with the right reason and non-empty, deterministic text.
 async fn every_failure_gets_its_fallback(db: Db) {
-    let app = spawn_with(Setup::new(db), |c| {
-        c.llm_timeout = Duration::from_millis(500);
-        // Keep the breaker out of the way: this test is about reasons.
-        c.circuit_failures = 1000;
-    })
-    .await;
-    let token = app.player_token().await;
-    let cases = [
-        (Mode::Status(500), "api_error_500"),
-        (Mode::Status(529), "api_error_529"),
-        (Mode::Status(400), "api_error_400"),
-        (Mode::Hang, "timeout"),
-        (Mode::GarbageJson, "invalid_response"),
-        (Mode::SchemaInvalid, "invalid_response"),
-        (Mode::NotJsonText, "invalid_json"),
-        (Mode::RateLimited { retry_after_secs: 0 }, "rate_limited"),
-    ];
-    for (i, (mode, reason)) in cases.into_iter().enumerate() {
-        app.fake.set_mode(mode.clone());
-        let subject_id = 100 + i as u64;
-        let content = app.content_final(&token, "quest", subject_id, json!({})).await;
-        assert_eq!(content["status"], "fallback", "{mode:?}: {content}");
-        assert_eq!(content["reason"], reason, "{mode:?}");
-        assert_eq!(content["model"], Value::Null);
-        for field in ["flavorText", "hookText"] {
-            assert!(!content["fields"][field].as_str().unwrap().trim().is_empty(), "{mode:?}");
+    let mut app = None;
+    // Each provider's wire format fails in its own way; the reasons are the same.
+    for provider in [Provider::OpenAi, Provider::OpenAiChat, Provider::Anthropic] {
+        let provider_app = spawn_with(Setup { provider, ..Setup::new(db) }, |c| {
+            c.llm_timeout = Duration::from_millis(500);
+            // Keep the breaker out of the way: this test is about reasons.
+            c.circuit_failures = 1000;
+        })
+        .await;
+        let token = provider_app.player_token().await;
+        let cases = [
+            (Mode::Status(500), "api_error_500"),
+            (Mode::Status(529), "api_error_529"),
+            (Mode::Status(400), "api_error_400"),
+            (Mode::Hang, "timeout"),
+            (Mode::GarbageJson, "invalid_response"),
+            (Mode::SchemaInvalid, "invalid_response"),
+            (Mode::NotJsonText, "invalid_json"),
+            (Mode::RateLimited { retry_after_secs: 0 }, "rate_limited"),
+        ];
+        for (i, (mode, reason)) in cases.into_iter().enumerate() {
+            provider_app.fake.set_mode(mode.clone());
+            let subject_id = 100 + i as u64;
+            let content = provider_app.content_final(&token, "quest", subject_id, json!({})).await;
+            assert_eq!(content["status"], "fallback", "{provider:?} {mode:?}: {content}");
+            assert_eq!(content["reason"], reason, "{provider:?} {mode:?}");
+            assert_eq!(content["model"], Value::Null);
+            for field in ["flavorText", "hookText"] {
+                assert!(!content["fields"][field].as_str().unwrap().trim().is_empty(), "{mode:?}");
+            }
+            // The same item always falls back to the same text.
+            if provider == Provider::Anthropic {
+                let again = provider_app.content_final(&token, "quest", subject_id, json!({"regenerate": true})).await;
+                assert_eq!(again["fields"], content["fields"], "{mode:?}");
+            }
         }
-        // The same item always falls back to the same text.
-        let again = app.content_final(&token, "quest", subject_id, json!({"regenerate": true})).await;
-        assert_eq!(again["fields"], content["fields"], "{mode:?}");
+        app = Some(provider_app);
     }
+    let app = app.unwrap();
+    let token = app.player_token().await;
     // Different items may read differently: over a few ids more than one text is used.
     app.fake.set_mode(Mode::Status(500));
     let mut texts = std::collections::HashSet::new();
@@ -125,7 +134,7 @@ async fn no_key_and_network_errors(db: Db) {
 }
 
 async fn retry_after_is_honoured(db: Db) {
-    let app = spawn_app(db).await;
+    let app = spawn_with(Setup { manual_clock: true, ..Setup::new(db) }, |_| {}).await;
     app.fake.push_modes([Mode::RateLimited { retry_after_secs: 30 }]);
     let first = final_content(&app, "quest", 1).await;
     assert_eq!(first["reason"], "rate_limited");
@@ -137,6 +146,12 @@ async fn retry_after_is_honoured(db: Db) {
     let (_, llm) = app.admin_get("/admin/api/llm").await;
     assert_eq!(llm["circuit"]["state"], "closed", "429 never counts");
     assert!(llm["circuit"]["retry_after_until"].is_string(), "{llm}");
+
+    // Once the wait is over, calls go through again.
+    app.clock.advance(Duration::from_secs(31));
+    let third = final_content(&app, "quest", 3).await;
+    assert_eq!(third["status"], "ready", "{third}");
+    assert_eq!(app.fake.request_count(), 2);
 }
 
 /// Player context is sanitized and only ever reaches the user message.

@@ -301,6 +301,46 @@ async fn mood_is_classified_or_falls_back(db: Db) {
     assert!(metrics.contains("lorewire_lobby_messages_total 3"), "{metrics}");
 }
 
+/// Moods go through the same circuit breaker as content: failed classifications open it, and
+/// while it is open a message gets its fallback mood without an upstream call. The request
+/// carries the strict schema of the six moods.
+async fn moods_share_the_circuit_and_send_the_mood_schema(db: Db) {
+    let setup = Setup { provider: lorewire::llm::providers::Provider::OpenAi, ..Setup::new(db) };
+    let app = spawn_with(setup, |c| {
+        c.chat_rate = "100/1s".parse().unwrap();
+        c.circuit_failures = 2;
+    })
+    .await;
+    let mut ada = join(&app, "Ada", None).await;
+    ada.ws.send(json!({"type": "message:send", "text": "so calm here"})).await;
+    assert_eq!(ada.ws.recv_type("message:mood_updated").await["mood_status"], "ready");
+    let request = app.fake.requests().pop().expect("the mood call");
+    let format = &request.body["text"]["format"];
+    assert_eq!(format["type"], "json_schema");
+    assert_eq!(format["strict"], true);
+    let mut moods: Vec<&str> = format["schema"]["properties"]["mood"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    moods.sort_unstable();
+    assert_eq!(moods, ["angry", "calm", "excited", "happy", "neutral", "sad"]);
+
+    app.fake.set_mode(Mode::Status(503));
+    for text in ["one", "two"] {
+        ada.ws.send(json!({"type": "message:send", "text": text})).await;
+        assert_eq!(ada.ws.recv_type("message:mood_updated").await["mood_status"], "fallback");
+    }
+    assert_eq!(app.circuit().await["state"], "open");
+    let calls = app.fake.request_count();
+    app.fake.set_mode(Mode::Ok);
+    ada.ws.send(json!({"type": "message:send", "text": "three"})).await;
+    let mood = ada.ws.recv_type("message:mood_updated").await;
+    assert_eq!((mood["mood"].as_str(), mood["mood_status"].as_str()), (Some("neutral"), Some("fallback")));
+    assert_eq!(app.fake.request_count(), calls, "no upstream call while the circuit is open");
+}
+
 async fn pending_mood_is_settled_after_a_restart(db: Db) {
     let mut app = lobby_app(db, |c| c.shutdown = Duration::from_secs(1)).await;
     app.fake.set_mode(Mode::Hang);
@@ -344,6 +384,7 @@ both_backends!(
     bad_messages_are_refused_and_not_stored,
     rate_limit_is_per_user_across_tabs,
     mood_is_classified_or_falls_back,
+    moods_share_the_circuit_and_send_the_mood_schema,
     pending_mood_is_settled_after_a_restart,
 );
 
