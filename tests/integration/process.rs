@@ -46,8 +46,16 @@ impl Server {
     }
 
     pub(crate) async fn start_with(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)]) -> Server {
+        Self::start_changed(db_url, fake, env, &[]).await
+    }
+
+    /// As [`Server::start_with`], with the variables in `unset` removed from the environment.
+    async fn start_changed(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)], unset: &[&str]) -> Server {
         let (mut cmd, cwd) = command(db_url, fake);
         cmd.envs(env.iter().copied());
+        for var in unset {
+            cmd.env_remove(var);
+        }
         let port = free_port();
         cmd.env("LOREWIRE_BIND", format!("127.0.0.1:{port}"));
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary starts");
@@ -279,7 +287,36 @@ async fn draining_refuses_new_work(db: Db) {
     stopping.await.unwrap();
 }
 
+/// With no admin token configured, one is generated and printed once on stdout (never in a
+/// log line); it opens the admin API, and the next start makes a new one.
+async fn generated_admin_token_is_printed_once_and_works(db: Db) {
+    let fake = FakeLlm::start();
+    let db = test_db(db).await;
+    let printed = |server: &Server| -> Vec<String> {
+        let output = server.output();
+        output.lines().filter_map(|l| l.strip_prefix("LOREWIRE_ADMIN_TOKEN=")).map(str::to_owned).collect()
+    };
+    let mut server = Server::start_changed(&db.url, &fake, &[], &["LOREWIRE_ADMIN_TOKEN"]).await;
+    let tokens =
+        eventually("the token to be printed", || async { Some(printed(&server)).filter(|t| !t.is_empty()) }).await;
+    assert_eq!(tokens.len(), 1, "printed once");
+    let token = &tokens[0];
+    assert!(token.len() >= 32, "a long random token: {token}");
+    assert_eq!(server.output().matches(token.as_str()).count(), 1, "the token appears nowhere else");
+    let url = server.url("/admin/api/llm");
+    assert_eq!(get_json(&url, Some(token)).await.0, 200);
+    assert_eq!(get_json(&url, Some(ADMIN_TOKEN)).await.0, 403);
+    server.kill9();
+
+    let server = Server::start_changed(&db.url, &fake, &[], &["LOREWIRE_ADMIN_TOKEN"]).await;
+    let again =
+        eventually("the token to be printed", || async { Some(printed(&server)).filter(|t| !t.is_empty()) }).await;
+    assert_ne!(&again[0], token, "a new token per start");
+    assert_eq!(get_json(&server.url("/admin/api/llm"), Some(token)).await.0, 403);
+}
+
 both_backends!(
+    generated_admin_token_is_printed_once_and_works,
     kill_9_and_restart_leaves_nothing_pending,
     kill_9_leaves_no_mood_pending,
     api_key_never_leaks,
