@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse};
@@ -696,7 +696,7 @@ impl Actor for WsSession {
             act.record_new_day();
         });
         // Checked ten times per timeout, so a silent socket closes within a tenth of it.
-        ctx.run_interval(timeout / 10, move |act, ctx| {
+        ctx.run_interval((timeout / 10).max(Duration::from_millis(10)), move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
                 tracing::info!(session = act.id, "closing silent socket");
                 act.close(1000, "heartbeat timeout", ctx);
