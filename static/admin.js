@@ -236,13 +236,26 @@ async function loadOptional() {
   });
 }
 
+function renderBudget(b) {
+  $("budgets").replaceChildren(el("div", { class: "tiles" }, tile("limit", b.limit_usd == null ? "none" : usd(b.limit_usd)), tile("spent", usd(b.spent_usd)), tile("reserved", usd(b.reserved_usd))));
+}
+
 $("budget-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const project = $("budget-project").value.trim();
   if (!project) return;
-  optional($("budgets"), `/admin/api/budgets/${encodeURIComponent(project)}`, (b) => {
-    $("budgets").replaceChildren(el("div", { class: "tiles" }, tile("limit", b.limit_usd == null ? "none" : usd(b.limit_usd)), tile("spent", usd(b.spent_usd)), tile("reserved", usd(b.reserved_usd))));
-  });
+  optional($("budgets"), `/admin/api/budgets/${encodeURIComponent(project)}`, renderBudget);
+});
+
+$("budget-set").addEventListener("click", async () => {
+  const project = $("budget-project").value.trim();
+  const raw = $("budget-limit").value.trim();
+  if (!project || raw === "") return;
+  try {
+    renderBudget(await api("PUT", `/admin/api/budgets/${encodeURIComponent(project)}`, { limit_usd: Number(raw) }));
+  } catch (err) {
+    $("budgets").replaceChildren(el("p", { class: "error-text" }, err.message));
+  }
 });
 
 let optionalTick = 0;

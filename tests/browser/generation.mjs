@@ -35,4 +35,14 @@ run("generation", async (t) => {
   await retry.click();
   await admin.locator("#dead-letters button", { hasText: "Retry" }).waitFor({ state: "detached" });
   t.step("admin sees the runs and re-queues the dead letter");
+
+  await admin.fill("#budget-project", "browser");
+  await admin.fill("#budget-limit", "2.5");
+  await admin.click("#budget-set");
+  await admin.locator("#budgets .tile", { hasText: "$2.5000" }).waitFor();
+  // Read it back from the server into an emptied panel.
+  await admin.evaluate(() => document.getElementById("budgets").replaceChildren());
+  await admin.click("#budget-form button[type=submit]");
+  await admin.locator("#budgets .tile", { hasText: "$2.5000" }).waitFor();
+  t.step("admin sets a project's budget and reads it back");
 });
