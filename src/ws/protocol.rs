@@ -214,6 +214,13 @@ impl From<Typed> for ServerFrame {
 }
 
 /// Splits a raw text frame into its `ref` and its typed frame.
+/// Whether `text` is a JSON object whose `type` is `session:start` (well formed or not).
+pub fn is_session_start(text: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some("session:start"))
+}
+
 pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,

@@ -295,6 +295,10 @@ impl WsSession {
         let (reference, frame) = protocol::parse(text);
         let frame = match frame {
             Ok(frame) => frame,
+            // Before the session starts, anything but a (malformed) session:start is unauthorized.
+            Err(_) if self.user.is_none() && !protocol::is_session_start(text) => {
+                return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx)
+            }
             Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
         };
         if let ClientFrame::SessionStart(start) = frame {

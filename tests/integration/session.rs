@@ -45,6 +45,12 @@ async fn bad_frames_get_errors_and_keep_the_socket(db: Db) {
     let err = ws.recv().await;
     assert_eq!(err["type"], "error:unauthorized");
     assert_eq!(err["ref"], "early");
+    // Not JSON, or a type nobody knows: still not a session:start.
+    ws.send_raw(Message::Text("hello?".into())).await;
+    assert_eq!(ws.recv().await["type"], "error:unauthorized");
+    ws.send(json!({"type": "lobby:join", "ref": "odd"})).await;
+    let err = ws.recv().await;
+    assert_eq!((err["type"].as_str(), err["ref"].as_str()), (Some("error:unauthorized"), Some("odd")));
 
     for (nickname, why) in [
         ("", "empty"),
