@@ -112,7 +112,8 @@ pub fn budget(conn: &mut DbConn, project_id: &str) -> StoreResult<Option<BudgetR
 }
 
 /// Sets a project's limit. A new budget starts from what the project has already spent and
-/// what its unfinished runs hold, so it covers history, not only what comes after.
+/// what its unfinished runs hold, so it covers history, not only what comes after. Two
+/// first PUTs at once (PostgreSQL): the later insert becomes an update of the limit.
 pub fn put_budget(conn: &mut DbConn, project_id: &str, limit: i64, now: NaiveDateTime) -> StoreResult<BudgetRow> {
     write_tx(conn, |conn| {
         if budget(conn, project_id)?.is_some() {
@@ -128,16 +129,21 @@ pub fn put_budget(conn: &mut DbConn, project_id: &str, limit: i64, now: NaiveDat
             .into_iter()
             .sum();
         let reserved = active_reservations(conn, Some(project_id))?.into_iter().map(|(_, r)| r).sum::<i64>();
-        Ok(diesel::insert_into(budgets::table)
-            .values((
-                budgets::project_id.eq(project_id),
-                budgets::limit_micros.eq(limit),
-                budgets::spent_micros.eq(spent),
-                budgets::reserved_micros.eq(reserved),
-                budgets::updated_at.eq(now),
-            ))
+        let values = (
+            budgets::project_id.eq(project_id),
+            budgets::limit_micros.eq(limit),
+            budgets::spent_micros.eq(spent),
+            budgets::reserved_micros.eq(reserved),
+            budgets::updated_at.eq(now),
+        );
+        let change = (budgets::limit_micros.eq(limit), budgets::updated_at.eq(now));
+        Ok(on_backend!(conn, |c| diesel::insert_into(budgets::table)
+            .values(values)
+            .on_conflict(budgets::project_id)
+            .do_update()
+            .set(change)
             .returning(budgets::all_columns)
-            .get_result(conn)?)
+            .get_result(c))?)
     })
 }
 

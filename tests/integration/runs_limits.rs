@@ -1,12 +1,18 @@
 //! Generation runs at their limits: budget bookkeeping under concurrency (reconcile while other
-//! processes reserve, settlements that would go below zero).
+//! processes reserve, concurrent first budgets, settlements that would go below zero).
 
 use std::time::Duration;
 
 use diesel::RunQueryDsl;
+use lorewire::llm::providers::Provider;
 use lorewire::store::{billing, write_tx, Store};
+use serde_json::json;
 
-use crate::common::{Db, TestDb};
+use crate::common::{spawn_with, Db, Setup, TestApp, TestDb};
+
+async fn app_with(db: Db, provider: Provider, configure: impl FnOnce(&mut lorewire::config::Config)) -> TestApp {
+    spawn_with(Setup { provider, ..Setup::new(db) }, configure).await
+}
 
 /// A store of the test's own on a migrated database.
 async fn store_for(db: &TestDb) -> Store {
@@ -83,4 +89,22 @@ fn insert_active_run(
     Ok(())
 }
 
-both_backends!(reconcile_keeps_reservations_committed_meanwhile,);
+/// Concurrent first `PUT /admin/api/budgets/{project}`: every one answers 200, and the budget
+/// ends with one of the limits sent.
+async fn concurrent_first_budget_puts_all_succeed(db: Db) {
+    let app = app_with(db, Provider::Anthropic, |_| {}).await;
+    for round in 0..5 {
+        let path = format!("/admin/api/budgets/race{round}");
+        let puts = (1..=4).map(|i| app.admin_put(&path, json!({"limit_usd": f64::from(i)})));
+        for (status, body) in futures_util::future::join_all(puts).await {
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, budget) = app.admin_get(&path).await;
+        assert_eq!(status, 200, "{budget}");
+        let limit = budget["limit_usd"].as_f64().unwrap();
+        assert!([1.0, 2.0, 3.0, 4.0].contains(&limit), "{budget}");
+        assert_eq!(budget["reserved_usd"], 0.0);
+    }
+}
+
+both_backends!(reconcile_keeps_reservations_committed_meanwhile, concurrent_first_budget_puts_all_succeed,);
