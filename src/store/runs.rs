@@ -490,20 +490,27 @@ pub enum Requeued {
     /// An identical run is queued or running already.
     Duplicate,
     BudgetExceeded,
+    /// `queue_limit` runs are queued already.
+    Overloaded,
 }
 
-/// Re-queues a dead run (admin): attempts start again from zero.
+/// Re-queues a dead run (admin): attempts start again from zero. The queue limit holds here
+/// as it does for new runs.
 pub fn retry_dead(
     conn: &mut DbConn,
     run_id: &str,
     priority_of: impl Fn(&str) -> i32,
     worst_case: Option<i64>,
+    queue_limit: i64,
     now: NaiveDateTime,
 ) -> StoreResult<Requeued> {
     let result = write_tx(conn, |conn| {
         let Some(row) = find(conn, run_id)? else { return Ok(Requeued::NotFound) };
         if row.status != RunStatus::Dead.as_str() {
             return Ok(Requeued::NotDead);
+        }
+        if queued_count(conn)? >= queue_limit {
+            return Ok(Requeued::Overloaded);
         }
         let mut reserved = 0;
         if billing::budget(conn, &row.project_id)?.is_some() {

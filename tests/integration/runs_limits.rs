@@ -1,17 +1,40 @@
 //! Generation runs at their limits: budget bookkeeping under concurrency (reconcile while other
-//! processes reserve, concurrent first budgets, settlements that would go below zero).
+//! processes reserve, concurrent first budgets, settlements that would go below zero) and the
+//! queue limit on admin re-queues.
 
 use std::time::Duration;
 
 use diesel::RunQueryDsl;
 use lorewire::llm::providers::Provider;
 use lorewire::store::{billing, write_tx, Store};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::common::{spawn_with, Db, Setup, TestApp, TestDb};
+use crate::common::{eventually, get_json, post_json, spawn_with, Db, Mode, Setup, TestApp, TestDb};
 
 async fn app_with(db: Db, provider: Provider, configure: impl FnOnce(&mut lorewire::config::Config)) -> TestApp {
     spawn_with(Setup { provider, ..Setup::new(db) }, configure).await
+}
+
+/// Starts a run over REST (it runs to its end whoever waits) and returns its id.
+async fn start_run(app: &TestApp, token: &str, input: &str) -> String {
+    let body = json!({"project_id": "p1", "action": "WRITE", "input": input});
+    let (status, body) = post_json(&app.url("/api/generate"), token, &body).await;
+    assert_eq!(status, 202, "{body}");
+    body["run_id"].as_str().unwrap().to_owned()
+}
+
+async fn run_json(app: &TestApp, token: &str, run_id: &str) -> Value {
+    let (status, run) = get_json(&app.url(&format!("/api/runs/{run_id}")), Some(token)).await;
+    assert_eq!(status, 200, "{run}");
+    run
+}
+
+async fn final_run(app: &TestApp, token: &str, run_id: &str) -> Value {
+    eventually("the run to end", || async {
+        let run = run_json(app, token, run_id).await;
+        (!matches!(run["status"].as_str(), Some("queued" | "running"))).then_some(run)
+    })
+    .await
 }
 
 /// A store of the test's own on a migrated database.
@@ -107,4 +130,38 @@ async fn concurrent_first_budget_puts_all_succeed(db: Db) {
     }
 }
 
-both_backends!(reconcile_keeps_reservations_committed_meanwhile, concurrent_first_budget_puts_all_succeed,);
+/// An admin re-queue of a dead letter while LOREWIRE_QUEUE_LIMIT runs are queued is refused
+/// as overloaded (429) and leaves the run dead.
+async fn dead_letter_retry_respects_the_queue_limit(db: Db) {
+    let app = app_with(db, Provider::Anthropic, |c| {
+        c.llm_concurrency = 1;
+        c.queue_limit = 1;
+        c.max_attempts = 1;
+        c.circuit_failures = 100;
+        c.llm_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let token = app.player_token().await;
+    app.fake.push_modes([Mode::StreamError { after_chunks: 1 }]);
+    let dead = start_run(&app, &token, "doomed").await;
+    assert_eq!(final_run(&app, &token, &dead).await["status"], "dead");
+
+    app.fake.set_mode(Mode::Hang);
+    let running = start_run(&app, &token, "hangs upstream").await;
+    eventually("the second run to be upstream", || async { (app.fake.request_count() == 2).then_some(()) }).await;
+    let queued = start_run(&app, &token, "waits in the queue").await;
+    assert_eq!(run_json(&app, &token, &queued).await["status"], "queued");
+
+    let (status, body) = app.admin_post(&format!("/admin/api/dead-letters/{dead}/retry")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "overloaded");
+    assert_eq!(run_json(&app, &token, &dead).await["status"], "dead");
+
+    let _ = running;
+}
+
+both_backends!(
+    reconcile_keeps_reservations_committed_meanwhile,
+    concurrent_first_budget_puts_all_succeed,
+    dead_letter_retry_respects_the_queue_limit,
+);
