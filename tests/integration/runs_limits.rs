@@ -1,18 +1,34 @@
 //! Generation runs at their limits: budget bookkeeping under concurrency (reconcile while other
-//! processes reserve, concurrent first budgets, settlements that would go below zero) and the
-//! queue limit on admin re-queues.
+//! processes reserve, concurrent first budgets, settlements that would go below zero), the
+//! queue limit on admin re-queues, and answers cut at the output-token limit.
 
 use std::time::Duration;
 
 use diesel::RunQueryDsl;
 use lorewire::llm::providers::Provider;
+use lorewire::runs::{Price, Usage};
 use lorewire::store::{billing, write_tx, Store};
 use serde_json::{json, Value};
 
+use crate::common::fake_llm::FakeUsage;
 use crate::common::{eventually, get_json, post_json, spawn_with, Db, Mode, Setup, TestApp, TestDb};
+
+/// Prices the tests set, per million tokens, in micro-dollars; each rate differs so a token
+/// priced at the wrong rate shows.
+const PRICE: Price = Price { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000 };
 
 async fn app_with(db: Db, provider: Provider, configure: impl FnOnce(&mut lorewire::config::Config)) -> TestApp {
     spawn_with(Setup { provider, ..Setup::new(db) }, configure).await
+}
+
+async fn set_price(app: &TestApp, model: &str) {
+    let (status, body) = app
+        .admin_put(
+            &format!("/admin/api/prices/{model}"),
+            json!({"input_usd": 3.0, "output_usd": 15.0, "cache_read_usd": 0.3, "cache_write_usd": 3.75}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// Starts a run over REST (it runs to its end whoever waits) and returns its id.
@@ -35,6 +51,21 @@ async fn final_run(app: &TestApp, token: &str, run_id: &str) -> Value {
         (!matches!(run["status"].as_str(), Some("queued" | "running"))).then_some(run)
     })
     .await
+}
+
+/// The project's cost events, newest first.
+async fn cost_events(app: &TestApp, project: &str) -> Vec<Value> {
+    let (status, body) = app.admin_get(&format!("/admin/api/costs?project_id={project}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["events"].as_array().unwrap().clone()
+}
+
+fn usage_of(v: &Value) -> Usage {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn micros(usd: &Value) -> i64 {
+    (usd.as_f64().unwrap() * 1e6).round() as i64
 }
 
 /// A store of the test's own on a migrated database.
@@ -160,8 +191,35 @@ async fn dead_letter_retry_respects_the_queue_limit(db: Db) {
     let _ = running;
 }
 
+/// An answer cut at the output-token limit (Anthropic `max_tokens`, Responses
+/// `response.incomplete`, Chat `length`) ends the run normally: done with the text so far,
+/// one attempt, one upstream call, charged once for the usage reported.
+async fn answers_cut_at_max_tokens_end_normally(db: Db) {
+    for provider in Provider::ALL {
+        let app = app_with(db, provider, |c| c.retry_base = Duration::from_millis(20)).await;
+        set_price(&app, provider.default_model()).await;
+        app.fake.set_stream_chunks(vec!["One. ".into(), "Two. ".into(), "Three. ".into(), "Four.".into()]);
+        app.fake.set_usage(Some(FakeUsage { input: 120, output: 64, ..FakeUsage::default() }));
+        app.fake.set_mode(Mode::MaxTokens { after_chunks: 2 });
+        let token = app.player_token().await;
+        let run_id = start_run(&app, &token, "count to four").await;
+        let run = final_run(&app, &token, &run_id).await;
+        assert_eq!(run["status"], "done", "{provider}: {run}");
+        assert_eq!(run["text"], "One. Two. ", "{provider}");
+        assert_eq!(run["attempts"], 1, "{provider}");
+        assert_eq!(app.fake.request_count(), 1, "{provider}: not retried");
+        let usage = usage_of(&run["usage"]);
+        assert_eq!(usage, Usage { input_tokens: 120, output_tokens: 64, ..Usage::default() }, "{provider}");
+        let events = cost_events(&app, "p1").await;
+        assert_eq!(events.len(), 1, "{provider}: charged once");
+        assert_eq!(micros(&events[0]["cost_usd"]), PRICE.cost(&usage), "{provider}");
+        assert_eq!(micros(&run["cost_usd"]), PRICE.cost(&usage), "{provider}");
+    }
+}
+
 both_backends!(
     reconcile_keeps_reservations_committed_meanwhile,
     concurrent_first_budget_puts_all_succeed,
     dead_letter_retry_respects_the_queue_limit,
+    answers_cut_at_max_tokens_end_normally,
 );
