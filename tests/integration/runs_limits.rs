@@ -1,12 +1,13 @@
 //! Generation runs at their limits: budget bookkeeping under concurrency (reconcile while other
 //! processes reserve, concurrent first budgets, settlements that would go below zero), the
-//! queue limit on admin re-queues, and answers cut at the output-token limit.
+//! queue limit on admin re-queues, answers cut at the output-token limit, the stream's idle
+//! and total time limits, Chat chunks with `choices: null`, and exact cache pricing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 use lorewire::llm::providers::Provider;
-use lorewire::runs::{Price, Usage};
+use lorewire::runs::{estimate_tokens, Price, Usage};
 use lorewire::store::{billing, write_tx, Store};
 use serde_json::{json, Value};
 
@@ -217,9 +218,135 @@ async fn answers_cut_at_max_tokens_end_normally(db: Db) {
     }
 }
 
+/// A stream that goes silent after two deltas fails its attempt as a timeout once the idle
+/// limit passes; the attempt is charged for the input reported and the text received, retried,
+/// and dead after LOREWIRE_MAX_ATTEMPTS.
+async fn stalled_stream_times_out_per_chunk(db: Db) {
+    let app = app_with(db, Provider::Anthropic, |c| {
+        c.llm_timeout = Duration::from_millis(400);
+        c.retry_base = Duration::from_millis(20);
+        c.max_attempts = 2;
+        c.circuit_failures = 100;
+    })
+    .await;
+    set_price(&app, "claude-haiku-4-5-20251001").await;
+    app.fake.set_stream_chunks(vec!["One. ".into(), "Two. ".into(), "Three. ".into(), "Four.".into()]);
+    app.fake.set_usage(Some(FakeUsage { input: 90, output: 40, ..FakeUsage::default() }));
+    app.fake.set_mode(Mode::StallStream { after_chunks: 2 });
+    let token = app.player_token().await;
+    let run_id = start_run(&app, &token, "a story that stalls").await;
+    let run = final_run(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "dead", "{run}");
+    assert_eq!(run["attempts"], 2);
+    assert_eq!(run["error"]["code"], "timeout", "{run}");
+    assert_eq!(app.fake.request_count(), 2);
+
+    let partial = Usage { input_tokens: 90, output_tokens: estimate_tokens("One. Two. "), ..Usage::default() };
+    let events = cost_events(&app, "p1").await;
+    assert_eq!(events.len(), 2, "one cost event per attempt: {events:?}");
+    for event in &events {
+        assert_eq!(usage_of(&event["usage"]), partial, "{event}");
+        assert_eq!(micros(&event["cost_usd"]), PRICE.cost(&partial), "{event}");
+    }
+    assert_eq!(usage_of(&run["usage"]), partial.add(&partial));
+}
+
+/// LOREWIRE_RUN_TOTAL_SECS bounds the whole stream: chunks that each come well within the
+/// idle limit still fail the attempt as a timeout once the total passes, charged for the text
+/// received so far.
+async fn slow_stream_hits_the_total_limit(db: Db) {
+    let app = app_with(db, Provider::Anthropic, |c| {
+        c.llm_timeout = Duration::from_secs(2);
+        c.run_total_limit = Duration::from_millis(600);
+        c.max_attempts = 1;
+        c.circuit_failures = 100;
+    })
+    .await;
+    set_price(&app, "claude-haiku-4-5-20251001").await;
+    app.fake.set_stream_chunks((0..40).map(|i| format!("w{i:02} ")).collect());
+    app.fake.set_chunk_pause(Some(Duration::from_millis(100)));
+    let token = app.player_token().await;
+    let started = Instant::now();
+    let run_id = start_run(&app, &token, "a very long saga").await;
+    let run = final_run(&app, &token, &run_id).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "the 4 s stream was stopped early");
+    assert_eq!(run["status"], "dead", "{run}");
+    assert_eq!(run["error"]["code"], "timeout", "{run}");
+    assert_eq!(run["attempts"], 1);
+    let usage = usage_of(&run["usage"]);
+    assert!(usage.output_tokens > 0 && usage.output_tokens < estimate_tokens(&"w00 ".repeat(40)), "{usage:?}");
+    let events = cost_events(&app, "p1").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(micros(&events[0]["cost_usd"]), PRICE.cost(&usage));
+}
+
+/// Chat Completions chunks with `"choices": null` (a keep-alive chunk, and the usage chunk)
+/// are tolerated end to end: the run is done with the full text and the usage reported.
+async fn chat_chunks_with_null_choices_are_tolerated(db: Db) {
+    let app = app_with(db, Provider::OpenAiChat, |_| {}).await;
+    set_price(&app, "gpt-5-mini").await;
+    app.fake.set_chat_null_choices(true);
+    app.fake.set_stream_chunks(vec!["Salt ".into(), "and ".into(), "iron.".into()]);
+    app.fake.set_usage(Some(FakeUsage { input: 100, output: 7, cache_read: 40, cache_write: 0 }));
+    let token = app.player_token().await;
+    let run_id = start_run(&app, &token, "a tidal charm").await;
+    let run = final_run(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "done", "{run}");
+    assert_eq!(run["text"], "Salt and iron.");
+    let usage = usage_of(&run["usage"]);
+    assert_eq!(usage, Usage { input_tokens: 100, output_tokens: 7, cache_read_tokens: 40, cache_write_tokens: 0 });
+    assert_eq!(micros(&run["cost_usd"]), PRICE.cost(&usage));
+    let raw = &app.fake.requests()[0];
+    assert_eq!(raw.body["stream_options"]["include_usage"], true);
+}
+
+/// Anthropic cache writes and reads are priced at their own rates: the run, its `run:done`,
+/// its cost event and the budget's spend all carry exactly the cost worked out from the table.
+async fn anthropic_cache_tokens_are_priced_exactly(db: Db) {
+    let app = app_with(db, Provider::Anthropic, |_| {}).await;
+    set_price(&app, "claude-haiku-4-5-20251001").await;
+    let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 5.0})).await;
+    assert_eq!(status, 200, "{body}");
+    // Within the prompt's size, as a real prompt cache reports it.
+    let reported = FakeUsage { input: 20, output: 321, cache_read: 150, cache_write: 90 };
+    app.fake.set_usage(Some(reported));
+    // From the table, per million tokens, rounded up to a whole micro-dollar:
+    // 20 x $3 + 321 x $15 + 150 x $0.30 + 90 x $3.75 = 60 + 4815 + 45 + 337.5 micro-dollars.
+    let expected_micros =
+        (20 * PRICE.input + 321 * PRICE.output + 150 * PRICE.cache_read + 90 * PRICE.cache_write + 999_999) / 1_000_000;
+    assert_eq!(expected_micros, 5_258);
+
+    let (mut ws, ack) = app.player("Writer").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    ws.send(
+        json!({"type": "generate:start", "project_id": "p1", "action": "WRITE", "input": "the cached saga", "ref": 1}),
+    )
+    .await;
+    let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
+    let done = ws.recv_type("run:done").await;
+    assert_eq!(done["run_id"], run_id.as_str());
+    let usage = Usage { input_tokens: 20, output_tokens: 321, cache_read_tokens: 150, cache_write_tokens: 90 };
+    assert_eq!(usage_of(&done["usage"]), usage, "{done}");
+    assert_eq!(micros(&done["cost_usd"]), expected_micros, "{done}");
+
+    let run = run_json(&app, &token, &run_id).await;
+    assert_eq!(micros(&run["cost_usd"]), expected_micros, "{run}");
+    let events = cost_events(&app, "p1").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(usage_of(&events[0]["usage"]), usage);
+    assert_eq!(micros(&events[0]["cost_usd"]), expected_micros);
+    let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
+    assert_eq!(micros(&budget["spent_usd"]), expected_micros, "{budget}");
+    assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
+}
+
 both_backends!(
     reconcile_keeps_reservations_committed_meanwhile,
     concurrent_first_budget_puts_all_succeed,
     dead_letter_retry_respects_the_queue_limit,
     answers_cut_at_max_tokens_end_normally,
+    stalled_stream_times_out_per_chunk,
+    slow_stream_hits_the_total_limit,
+    chat_chunks_with_null_choices_are_tolerated,
+    anthropic_cache_tokens_are_priced_exactly,
 );
