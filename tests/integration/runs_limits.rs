@@ -1,13 +1,14 @@
 //! Generation runs at their limits: budget bookkeeping under concurrency (reconcile while other
 //! processes reserve, concurrent first budgets, settlements that would go below zero), the
 //! queue limit on admin re-queues, answers cut at the output-token limit, the stream's idle
-//! and total time limits, Chat chunks with `choices: null`, and exact cache pricing.
+//! and total time limits, Chat chunks with `choices: null`, exact cache pricing, and the most
+//! an attempt is charged (estimated output capped, never more than its reservation).
 
 use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 use lorewire::llm::providers::Provider;
-use lorewire::runs::{estimate_tokens, Price, Usage};
+use lorewire::runs::{estimate_tokens, prompt_token_bound, Action, Price, Usage};
 use lorewire::store::{billing, write_tx, Store};
 use serde_json::{json, Value};
 
@@ -340,6 +341,56 @@ async fn anthropic_cache_tokens_are_priced_exactly(db: Db) {
     assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
 }
 
+/// Output estimated from a cut stream's text never passes the max output tokens asked for.
+async fn output_estimate_is_capped_at_max_output_tokens(db: Db) {
+    let app = app_with(db, Provider::Anthropic, |c| {
+        c.max_output_tokens = 8;
+        c.max_attempts = 1;
+        c.circuit_failures = 100;
+    })
+    .await;
+    set_price(&app, "claude-haiku-4-5-20251001").await;
+    app.fake.set_stream_chunks(vec!["x".repeat(100), "y".repeat(100), "z".repeat(100)]);
+    app.fake.set_usage(Some(FakeUsage { input: 30, output: 75, ..FakeUsage::default() }));
+    app.fake.set_mode(Mode::CutStream { after_chunks: 2 });
+    let token = app.player_token().await;
+    let run_id = start_run(&app, &token, "far too long").await;
+    let run = final_run(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "dead", "{run}");
+    assert_eq!(run["error"]["code"], "stream_cut", "{run}");
+    let usage = usage_of(&run["usage"]);
+    assert!(estimate_tokens(&"x".repeat(200)) > 8);
+    assert_eq!(usage, Usage { input_tokens: 30, output_tokens: 8, ..Usage::default() });
+    assert_eq!(micros(&run["cost_usd"]), PRICE.cost(&usage));
+}
+
+/// An attempt that costs more than its reservation (the provider reported more input than the
+/// prompt bound allows) is charged the reservation, and the run, its cost event and the
+/// budget's spend all say the same.
+async fn attempt_over_its_reservation_is_charged_it_everywhere(db: Db) {
+    let app = app_with(db, Provider::Anthropic, |_| {}).await;
+    set_price(&app, "claude-haiku-4-5-20251001").await;
+    let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 5.0})).await;
+    assert_eq!(status, 200, "{body}");
+    let input = "an oversized prompt";
+    let reservation = PRICE.worst_case(
+        prompt_token_bound(Action::Write.system_prompt(), &Action::Write.user_message(input)),
+        u64::from(app.config.max_output_tokens),
+    );
+    app.fake.set_usage(Some(FakeUsage { input: 1_000_000, output: 10, ..FakeUsage::default() }));
+    let token = app.player_token().await;
+    let run_id = start_run(&app, &token, input).await;
+    let run = final_run(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "done", "{run}");
+    assert!(PRICE.cost(&usage_of(&run["usage"])) > reservation);
+    assert_eq!(micros(&run["cost_usd"]), reservation, "{run}");
+    let events = cost_events(&app, "p1").await;
+    assert_eq!(micros(&events[0]["cost_usd"]), reservation);
+    let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
+    assert_eq!(micros(&budget["spent_usd"]), reservation, "{budget}");
+    assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
+}
+
 both_backends!(
     reconcile_keeps_reservations_committed_meanwhile,
     concurrent_first_budget_puts_all_succeed,
@@ -349,4 +400,6 @@ both_backends!(
     slow_stream_hits_the_total_limit,
     chat_chunks_with_null_choices_are_tolerated,
     anthropic_cache_tokens_are_priced_exactly,
+    output_estimate_is_capped_at_max_output_tokens,
+    attempt_over_its_reservation_is_charged_it_everywhere,
 );
