@@ -182,6 +182,7 @@ async fn dead_letter_retry_respects_the_queue_limit(db: Db) {
     app.fake.set_mode(Mode::Hang);
     let running = start_run(&app, &token, "hangs upstream").await;
     eventually("the second run to be upstream", || async { (app.fake.request_count() == 2).then_some(()) }).await;
+    assert_eq!(run_json(&app, &token, &running).await["status"], "running");
     let queued = start_run(&app, &token, "waits in the queue").await;
     assert_eq!(run_json(&app, &token, &queued).await["status"], "queued");
 
@@ -189,8 +190,9 @@ async fn dead_letter_retry_respects_the_queue_limit(db: Db) {
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"], "overloaded");
     assert_eq!(run_json(&app, &token, &dead).await["status"], "dead");
-
-    let _ = running;
+    let (_, letters) = app.admin_get("/admin/api/dead-letters").await;
+    assert_eq!(letters["runs"][0]["run_id"], dead.as_str(), "still a dead letter: {letters}");
+    assert_eq!(app.fake.request_count(), 2, "nothing more was sent upstream");
 }
 
 /// An answer cut at the output-token limit (Anthropic `max_tokens`, Responses
