@@ -368,6 +368,7 @@ pub async fn retry_dead_letter(
         Requeued::BudgetExceeded => {
             Err(ApiError::BudgetExceeded("the project's budget has no room to run it again".into()))
         }
+        Requeued::Overloaded => Err(ApiError::Overloaded("the run queue is full; try again later".into())),
     }
 }
 

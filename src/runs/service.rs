@@ -245,6 +245,7 @@ impl RunService {
     pub async fn retry_dead(&self, run_id: String) -> Result<rows::Requeued, StoreError> {
         let now = self.clock.now_naive();
         let max_output = u64::from(self.config.max_output_tokens);
+        let queue_limit = i64::try_from(self.config.queue_limit).unwrap_or(i64::MAX);
         let result = self
             .store
             .run(move |conn| {
@@ -253,7 +254,7 @@ impl RunService {
                 let bound = prompt_token_bound(action.system_prompt(), &action.user_message(&row.input));
                 let worst_case = billing::price(conn, &row.model)?.map(|p| p.worst_case(bound, max_output));
                 let priority_of = |a: &str| Action::parse(a).map_or(Action::Describe.priority(), Action::priority);
-                rows::retry_dead(conn, &run_id, priority_of, worst_case, now)
+                rows::retry_dead(conn, &run_id, priority_of, worst_case, queue_limit, now)
             })
             .await?;
         if let rows::Requeued::Queued(row) = &result {

@@ -194,7 +194,9 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
             usage.input_tokens = ((prompt.system.len() + prompt.user.len()) as u64).div_ceil(4);
         }
         if !outcome.output_reported {
-            usage.output_tokens = usage.output_tokens.max(estimate_tokens(&text));
+            // The provider stops at the max tokens asked for: an estimate above it over-charges.
+            let max_output = u64::from(d.config.max_output_tokens);
+            usage.output_tokens = usage.output_tokens.max(estimate_tokens(&text)).min(max_output);
         }
     }
     let cost = price.map(|p| p.cost(&usage)).unwrap_or(0);

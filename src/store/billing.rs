@@ -5,6 +5,7 @@
 //! every change of a run's reservation happens in the same transaction as the budget's.
 
 use chrono::NaiveDateTime;
+use diesel::dsl::case_when;
 use diesel::prelude::*;
 
 use super::schema::{budgets, cost_events, prices, runs};
@@ -111,7 +112,8 @@ pub fn budget(conn: &mut DbConn, project_id: &str) -> StoreResult<Option<BudgetR
 }
 
 /// Sets a project's limit. A new budget starts from what the project has already spent and
-/// what its unfinished runs hold, so it covers history, not only what comes after.
+/// what its unfinished runs hold, so it covers history, not only what comes after. Two
+/// first PUTs at once (PostgreSQL): the later insert becomes an update of the limit.
 pub fn put_budget(conn: &mut DbConn, project_id: &str, limit: i64, now: NaiveDateTime) -> StoreResult<BudgetRow> {
     write_tx(conn, |conn| {
         if budget(conn, project_id)?.is_some() {
@@ -127,16 +129,21 @@ pub fn put_budget(conn: &mut DbConn, project_id: &str, limit: i64, now: NaiveDat
             .into_iter()
             .sum();
         let reserved = active_reservations(conn, Some(project_id))?.into_iter().map(|(_, r)| r).sum::<i64>();
-        Ok(diesel::insert_into(budgets::table)
-            .values((
-                budgets::project_id.eq(project_id),
-                budgets::limit_micros.eq(limit),
-                budgets::spent_micros.eq(spent),
-                budgets::reserved_micros.eq(reserved),
-                budgets::updated_at.eq(now),
-            ))
+        let values = (
+            budgets::project_id.eq(project_id),
+            budgets::limit_micros.eq(limit),
+            budgets::spent_micros.eq(spent),
+            budgets::reserved_micros.eq(reserved),
+            budgets::updated_at.eq(now),
+        );
+        let change = (budgets::limit_micros.eq(limit), budgets::updated_at.eq(now));
+        Ok(on_backend!(conn, |c| diesel::insert_into(budgets::table)
+            .values(values)
+            .on_conflict(budgets::project_id)
+            .do_update()
+            .set(change)
             .returning(budgets::all_columns)
-            .get_result(conn)?)
+            .get_result(c))?)
     })
 }
 
@@ -154,11 +161,14 @@ pub fn reserve(conn: &mut DbConn, project_id: &str, amount: i64, now: NaiveDateT
 }
 
 /// Moves a finished attempt's money: `charge` becomes spent, `held` is no longer reserved.
+/// `reserved` saturates at zero: a budget that drifted from its runs (edited by hand) must not
+/// fail the settlement, which would hand the job back and run it again uncharged.
 pub fn settle(conn: &mut DbConn, project_id: &str, held: i64, charge: i64, now: NaiveDateTime) -> StoreResult<()> {
+    let released = case_when(budgets::reserved_micros.gt(held), budgets::reserved_micros - held).otherwise(0_i64);
     diesel::update(budgets::table.filter(budgets::project_id.eq(project_id)))
         .set((
             budgets::spent_micros.eq(budgets::spent_micros + charge),
-            budgets::reserved_micros.eq(budgets::reserved_micros - held),
+            budgets::reserved_micros.eq(released),
             budgets::updated_at.eq(now),
         ))
         .execute(conn)?;
@@ -203,8 +213,17 @@ fn active_reservations(conn: &mut DbConn, project_id: Option<&str>) -> StoreResu
 /// attempt's end and its settlement cannot happen, the two share a transaction, but a budget
 /// edited by hand can drift) and sets every budget's `reserved` to what its unfinished runs
 /// hold. Returns how many budgets changed.
+///
+/// Other processes may be reserving and settling meanwhile (PostgreSQL): the budget rows are
+/// locked first, so every transaction that changes a run's reservation (it updates its budget
+/// row first) has committed before the sum is read, and none can commit until this one has.
+/// On SQLite `write_tx` holds the database's write lock from the start.
 pub fn reconcile(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
     write_tx(conn, |conn| {
+        let all: Vec<BudgetRow> = match conn {
+            DbConn::Pg(c) => budgets::table.order(budgets::project_id.asc()).for_update().load(c)?,
+            DbConn::Sqlite(c) => budgets::table.order(budgets::project_id.asc()).load(c)?,
+        };
         diesel::update(runs::table.filter(runs::status.ne_all(RunStatus::ACTIVE)).filter(runs::reserved_micros.ne(0)))
             .set(runs::reserved_micros.eq(0))
             .execute(conn)?;
@@ -212,7 +231,6 @@ pub fn reconcile(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
         for (project, amount) in active_reservations(conn, None)? {
             *held.entry(project).or_default() += amount;
         }
-        let all: Vec<BudgetRow> = budgets::table.load(conn)?;
         let mut changed = 0;
         for b in all {
             let want = held.get(&b.project_id).copied().unwrap_or(0);

@@ -352,11 +352,15 @@ pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> Stor
             return Ok(None);
         }
         let Some(row) = find_by_id(conn, s.run_pk)? else { return Ok(None) };
-        // A run admitted before its project had a budget holds nothing; its cost still counts.
+        // An attempt is charged at most its reservation, so `spent + reserved` stays within the
+        // limit; the cost event and the run record that same charge, so spent always equals the
+        // sum of the events (a budget set later starts from that sum). Only usage over the worst
+        // case (input beyond the prompt bound) gets here, and it is logged. A run admitted
+        // before its project had a budget holds nothing; its cost still counts in full.
         let charge = if row.reserved_micros > 0 { s.cost.min(row.reserved_micros) } else { s.cost };
-        if s.cost > row.reserved_micros && row.reserved_micros > 0 {
+        if charge < s.cost {
             tracing::warn!(run = %row.run_id, cost = s.cost, reserved = row.reserved_micros,
-                "attempt cost more than its worst case; the budget is charged the reservation");
+                "attempt cost more than its worst case; it is charged the reservation");
         }
         billing::settle(conn, &row.project_id, row.reserved_micros, charge, now)?;
         let mut reserved = 0;
@@ -377,7 +381,7 @@ pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> Stor
                     output_tokens: s.usage.output_tokens as i64,
                     cache_read_tokens: s.usage.cache_read_tokens as i64,
                     cache_write_tokens: s.usage.cache_write_tokens as i64,
-                    cost_micros: s.cost,
+                    cost_micros: charge,
                     created_at: now,
                 },
             )?;
@@ -403,7 +407,7 @@ pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> Stor
                 runs::output_tokens.eq(runs::output_tokens + s.usage.output_tokens as i64),
                 runs::cache_read_tokens.eq(runs::cache_read_tokens + s.usage.cache_read_tokens as i64),
                 runs::cache_write_tokens.eq(runs::cache_write_tokens + s.usage.cache_write_tokens as i64),
-                runs::cost_micros.eq(runs::cost_micros + s.cost),
+                runs::cost_micros.eq(runs::cost_micros + charge),
                 runs::reserved_micros.eq(reserved),
                 runs::error_code.eq(code),
                 runs::error.eq(message),
@@ -490,20 +494,27 @@ pub enum Requeued {
     /// An identical run is queued or running already.
     Duplicate,
     BudgetExceeded,
+    /// `queue_limit` runs are queued already.
+    Overloaded,
 }
 
-/// Re-queues a dead run (admin): attempts start again from zero.
+/// Re-queues a dead run (admin): attempts start again from zero. The queue limit holds here
+/// as it does for new runs.
 pub fn retry_dead(
     conn: &mut DbConn,
     run_id: &str,
     priority_of: impl Fn(&str) -> i32,
     worst_case: Option<i64>,
+    queue_limit: i64,
     now: NaiveDateTime,
 ) -> StoreResult<Requeued> {
     let result = write_tx(conn, |conn| {
         let Some(row) = find(conn, run_id)? else { return Ok(Requeued::NotFound) };
         if row.status != RunStatus::Dead.as_str() {
             return Ok(Requeued::NotDead);
+        }
+        if queued_count(conn)? >= queue_limit {
+            return Ok(Requeued::Overloaded);
         }
         let mut reserved = 0;
         if billing::budget(conn, &row.project_id)?.is_some() {

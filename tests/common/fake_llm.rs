@@ -68,6 +68,26 @@ pub enum Mode {
     /// Streaming only: sends that many text deltas, then the provider's
     /// mid-stream error event, and ends. Non-streaming: as `Ok`.
     StreamError { after_chunks: usize },
+    /// Streaming only: sends that many text deltas, then goes silent with
+    /// the connection open (never ends). Non-streaming: as `Ok`.
+    StallStream { after_chunks: usize },
+    /// Streaming only: sends that many text deltas, then ends the answer
+    /// normally as cut at the output-token limit (Anthropic `max_tokens`,
+    /// Responses `response.incomplete`, Chat `length`), with usage.
+    /// Non-streaming: as `Ok`.
+    MaxTokens { after_chunks: usize },
+}
+
+/// Token counts reported instead of the automatic ones (see [`FakeLlm::set_usage`]).
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FakeUsage {
+    /// Uncached input tokens (Anthropic `input_tokens`; OpenAI: total minus cached).
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    /// Anthropic `cache_creation_input_tokens` (other providers have none).
+    pub cache_write: u64,
 }
 
 /// One request received by the fake.
@@ -119,6 +139,9 @@ struct Inner {
     stream_chunks: Option<Vec<String>>,
     /// Pause between two SSE chunks (`None`: [`CHUNK_PAUSE`]).
     chunk_pause: Option<Duration>,
+    usage: Option<FakeUsage>,
+    /// Chat Completions streams carry `"choices": null` chunks.
+    chat_null_choices: bool,
     requests: Vec<Recorded>,
     seen_prompts: HashSet<(Provider, String)>,
 }
@@ -176,6 +199,8 @@ impl FakeLlm {
                 text: None,
                 stream_chunks: None,
                 chunk_pause: None,
+                usage: None,
+                chat_null_choices: false,
                 requests: Vec::new(),
                 seen_prompts: HashSet::new(),
             }),
@@ -274,6 +299,19 @@ impl FakeLlm {
     /// Pause between two streamed chunks (slow streams); `None` restores the default.
     pub fn set_chunk_pause(&self, pause: Option<Duration>) {
         self.shared.lock().chunk_pause = pause;
+    }
+
+    /// Token counts every answer reports; `None` restores the automatic ones
+    /// (from the body and text lengths, cache reads for a repeated system prompt).
+    pub fn set_usage(&self, usage: Option<FakeUsage>) {
+        self.shared.lock().usage = usage;
+    }
+
+    /// Chat Completions streams: a keep-alive chunk with `"choices": null`
+    /// before the first delta, and the usage chunk with `"choices": null`
+    /// instead of `[]` (as some compatible servers send).
+    pub fn set_chat_null_choices(&self, on: bool) {
+        self.shared.lock().chat_null_choices = on;
     }
 
     /// Every request received, in order.
@@ -421,9 +459,13 @@ async fn handle_request(req: HttpRequest, body: Bytes, shared: web::Data<Shared>
         Mode::GarbageJson => {
             HttpResponse::Ok().content_type("application/json").body("{\"id\": \"msg_01\", \"content\": [")
         }
-        Mode::Ok | Mode::SchemaInvalid | Mode::NotJsonText | Mode::CutStream { .. } | Mode::StreamError { .. } => {
-            answer(provider, &mode, &json_body, &raw_body, &shared)
-        }
+        Mode::Ok
+        | Mode::SchemaInvalid
+        | Mode::NotJsonText
+        | Mode::CutStream { .. }
+        | Mode::StreamError { .. }
+        | Mode::StallStream { .. }
+        | Mode::MaxTokens { .. } => answer(provider, &mode, &json_body, &raw_body, &shared),
     }
 }
 
@@ -458,6 +500,7 @@ struct Usage {
     input: u64,
     output: u64,
     cached: u64,
+    cache_write: u64,
 }
 
 /// A successful answer (streaming or not).
@@ -466,7 +509,7 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
     let model = body.get("model").and_then(Value::as_str).unwrap_or("fake-model").to_string();
     let system = system_prompt(provider, body);
 
-    let (text, chunks, cached_before, pause) = {
+    let (text, chunks, cached_before, pause, fixed_usage, null_choices) = {
         let mut inner = shared.lock();
         let pause = inner.chunk_pause.unwrap_or(CHUNK_PAUSE);
         let (text, chunks) = match mode {
@@ -491,12 +534,23 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
             },
         };
         let seen = !inner.seen_prompts.insert((provider, system));
-        (text, chunks, seen, pause)
+        (text, chunks, seen, pause, inner.usage, inner.chat_null_choices)
     };
 
     let input = (raw_body.len() / 4) as u64;
-    let usage =
-        Usage { input, output: text.len().div_ceil(4) as u64, cached: if cached_before { input / 2 } else { 0 } };
+    let usage = match fixed_usage {
+        // OpenAI counts cached tokens inside the input; Anthropic apart from it.
+        Some(u) if provider == Provider::Anthropic => {
+            Usage { input: u.input, output: u.output, cached: u.cache_read, cache_write: u.cache_write }
+        }
+        Some(u) => Usage { input: u.input + u.cache_read, output: u.output, cached: u.cache_read, cache_write: 0 },
+        None => Usage {
+            input,
+            output: text.len().div_ceil(4) as u64,
+            cached: if cached_before { input / 2 } else { 0 },
+            cache_write: 0,
+        },
+    };
 
     if !streaming {
         let json = match provider {
@@ -511,7 +565,7 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
     let events = match provider {
         Provider::Anthropic => anthropic_events(&model, &chunks, &usage, mode),
         Provider::Responses => responses_events(&model, &text, &chunks, &usage, mode),
-        Provider::Chat => chat_events(&model, &chunks, &usage, mode, include_usage),
+        Provider::Chat => chat_events(&model, &chunks, &usage, mode, include_usage, null_choices),
     };
     HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -712,6 +766,8 @@ enum Piece {
     /// Drop the connection (the body stream fails, so the server closes the
     /// connection without the terminating chunk).
     Cut,
+    /// Send nothing more and keep the connection open.
+    Stall,
 }
 
 fn event(name: &str, data: &Value) -> Piece {
@@ -727,12 +783,16 @@ enum Tail {
     Finish,
     Cut,
     Error,
+    Stall,
+    MaxTokens,
 }
 
 fn plan<'a>(chunks: &'a [String], mode: &Mode) -> (&'a [String], Tail) {
     match *mode {
         Mode::CutStream { after_chunks } => (&chunks[..after_chunks.min(chunks.len())], Tail::Cut),
         Mode::StreamError { after_chunks } => (&chunks[..after_chunks.min(chunks.len())], Tail::Error),
+        Mode::StallStream { after_chunks } => (&chunks[..after_chunks.min(chunks.len())], Tail::Stall),
+        Mode::MaxTokens { after_chunks } => (&chunks[..after_chunks.min(chunks.len())], Tail::MaxTokens),
         _ => (chunks, Tail::Finish),
     }
 }
@@ -755,7 +815,7 @@ fn anthropic_events(model: &str, chunks: &[String], usage: &Usage, mode: &Mode) 
                     "usage": {
                         "input_tokens": usage.input,
                         "output_tokens": 1,
-                        "cache_creation_input_tokens": 0,
+                        "cache_creation_input_tokens": usage.cache_write,
                         "cache_read_input_tokens": usage.cached
                     }
                 }
@@ -777,17 +837,19 @@ fn anthropic_events(model: &str, chunks: &[String], usage: &Usage, mode: &Mode) 
     }
     match tail {
         Tail::Cut => out.push(Piece::Cut),
+        Tail::Stall => out.push(Piece::Stall),
         Tail::Error => out.push(event(
             "error",
             &json!({"type": "error",
                     "error": {"type": "overloaded_error", "message": "Overloaded"}}),
         )),
-        Tail::Finish => {
+        Tail::Finish | Tail::MaxTokens => {
+            let stop_reason = if matches!(tail, Tail::MaxTokens) { "max_tokens" } else { "end_turn" };
             out.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
             out.push(event(
                 "message_delta",
                 &json!({"type": "message_delta",
-                        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                        "delta": {"stop_reason": stop_reason, "stop_sequence": null},
                         "usage": {"output_tokens": usage.output}}),
             ));
             out.push(event("message_stop", &json!({"type": "message_stop"})));
@@ -840,6 +902,17 @@ fn responses_events(model: &str, text: &str, chunks: &[String], usage: &Usage, m
     }
     match tail {
         Tail::Cut => out.push(Piece::Cut),
+        Tail::Stall => out.push(Piece::Stall),
+        Tail::MaxTokens => {
+            let partial: String = deltas.concat();
+            let mut response = responses_object(model, &partial, usage);
+            response["status"] = json!("incomplete");
+            response["incomplete_details"] = json!({"reason": "max_output_tokens"});
+            out.push(event(
+                "response.incomplete",
+                &json!({"type": "response.incomplete", "sequence_number": next_seq(), "response": response}),
+            ));
+        }
         Tail::Error => out.push(event(
             "response.failed",
             &json!({
@@ -882,7 +955,14 @@ fn responses_events(model: &str, text: &str, chunks: &[String], usage: &Usage, m
     out
 }
 
-fn chat_events(model: &str, chunks: &[String], usage: &Usage, mode: &Mode, include_usage: bool) -> Vec<Piece> {
+fn chat_events(
+    model: &str,
+    chunks: &[String],
+    usage: &Usage,
+    mode: &Mode,
+    include_usage: bool,
+    null_choices: bool,
+) -> Vec<Piece> {
     let (deltas, tail) = plan(chunks, mode);
     let chunk = |delta: Value, finish: Value| {
         let mut c = json!({
@@ -898,6 +978,10 @@ fn chat_events(model: &str, chunks: &[String], usage: &Usage, mode: &Mode, inclu
         c
     };
     let mut out = Vec::new();
+    if null_choices {
+        out.push(data_line(&json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+                                   "model": model, "choices": null})));
+    }
     for (i, d) in deltas.iter().enumerate() {
         out.push(data_line(&chunk(json!({"role": "assistant", "content": d}), Value::Null)));
         if i == 0 {
@@ -909,19 +993,21 @@ fn chat_events(model: &str, chunks: &[String], usage: &Usage, mode: &Mode, inclu
     }
     match tail {
         Tail::Cut => out.push(Piece::Cut),
+        Tail::Stall => out.push(Piece::Stall),
         Tail::Error => out.push(data_line(&json!({
             "error": {"message": "The server had an error while processing your request (fake).",
                       "type": "server_error", "code": null}
         }))),
-        Tail::Finish => {
-            out.push(data_line(&chunk(json!({}), json!("stop"))));
+        Tail::Finish | Tail::MaxTokens => {
+            let finish = if matches!(tail, Tail::MaxTokens) { "length" } else { "stop" };
+            out.push(data_line(&chunk(json!({}), json!(finish))));
             if include_usage {
                 out.push(data_line(&json!({
                     "id": "chatcmpl-fake",
                     "object": "chat.completion.chunk",
                     "created": 0,
                     "model": model,
-                    "choices": [],
+                    "choices": if null_choices { Value::Null } else { json!([]) },
                     "usage": {
                         "prompt_tokens": usage.input,
                         "completion_tokens": usage.output,
@@ -948,6 +1034,10 @@ fn sse_stream(
         }
         let item = match piece {
             Piece::Data(s) => Ok(Bytes::from(s)),
+            Piece::Stall => {
+                actix_web::rt::time::sleep(HANG_FOR).await;
+                return None;
+            }
             Piece::Cut => Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fake llm: stream cut")),
         };
         // After a cut nothing more is sent.

@@ -14,5 +14,6 @@ mod llm;
 mod lobby;
 mod process;
 mod runs;
+mod runs_limits;
 mod runs_process;
 mod session;

@@ -27,7 +27,9 @@ pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> Upstrea
 
 pub fn text(value: &Value) -> Result<String, String> {
     if let Some(status) = value.get("status").and_then(Value::as_str) {
-        if status != "completed" {
+        // `incomplete` (cut at `max_output_tokens`) still carries the text so far; the
+        // caller's validation decides whether it is usable.
+        if status != "completed" && status != "incomplete" {
             return Err(format!("response status is `{status}`"));
         }
     }
@@ -61,5 +63,21 @@ pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::Text
             "max_output_tokens": prompt.max_tokens,
             "stream": true,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_answer_gives_its_text_and_failed_does_not() {
+        let output =
+            json!([{"type": "message", "content": [{"type": "output_text", "text": "{\"flavorText\": \"Cut"}]}]);
+        let incomplete = json!({"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+                                "output": output});
+        assert_eq!(text(&incomplete).unwrap(), "{\"flavorText\": \"Cut");
+        let failed = json!({"status": "failed", "output": []});
+        assert!(text(&failed).unwrap_err().contains("failed"));
     }
 }

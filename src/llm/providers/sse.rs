@@ -194,9 +194,9 @@ impl StreamReader {
         }
     }
 
-    /// OpenAI Responses: `response.output_text.delta`, `response.completed` (usage with
-    /// `input_tokens_details.cached_tokens`), `response.failed` / `response.incomplete` /
-    /// `error`.
+    /// OpenAI Responses: `response.output_text.delta`, `response.completed` and
+    /// `response.incomplete` (usage with `input_tokens_details.cached_tokens`),
+    /// `response.failed` / `error`.
     fn responses(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
         let value = Self::json(&event.data)?;
         let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
@@ -215,15 +215,20 @@ impl StreamReader {
                 }
                 vec![Step::Finished]
             }
-            "response.failed" | "response.incomplete" => {
+            // Cut short by the provider (`max_output_tokens`, a content filter): the answer
+            // ends with the text so far, as Anthropic's `max_tokens` and Chat's `length` do.
+            "response.incomplete" => {
                 if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
                     self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
                 }
-                let message = value
-                    .pointer("/response/error/message")
-                    .or_else(|| value.pointer("/response/incomplete_details/reason"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("the response failed");
+                vec![Step::Finished]
+            }
+            "response.failed" => {
+                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
+                    self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
+                }
+                let message =
+                    value.pointer("/response/error/message").and_then(Value::as_str).unwrap_or("the response failed");
                 vec![Step::Failed(message.chars().take(300).collect())]
             }
             "error" => vec![Step::Failed(message_of(&value, "/message"))],
@@ -320,5 +325,24 @@ mod tests {
         c.read(&SseEvent { event: None, data: r#"{"choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":8}}}"#.into() }).unwrap();
         assert_eq!(c.usage, Usage { input_tokens: 0, output_tokens: 2, cache_read_tokens: 8, cache_write_tokens: 0 });
         assert_eq!(c.read(&SseEvent { event: None, data: "[DONE]".into() }).unwrap(), vec![Step::Finished]);
+    }
+
+    #[test]
+    fn openai_incomplete_ends_the_answer_with_its_usage() {
+        let mut r = StreamReader::new(Provider::OpenAi);
+        let ev = |data: &str| SseEvent { event: None, data: data.into() };
+        let delta = r#"{"type":"response.output_text.delta","delta":"Once upon"}"#;
+        assert_eq!(r.read(&ev(delta)).unwrap(), vec![Step::Text("Once upon".into())]);
+        let incomplete = r#"{"type":"response.incomplete","response":{"status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":10},"output_tokens":16}}}"#;
+        assert_eq!(r.read(&ev(incomplete)).unwrap(), vec![Step::Finished]);
+        assert_eq!(
+            r.usage,
+            Usage { input_tokens: 40, output_tokens: 16, cache_read_tokens: 10, cache_write_tokens: 0 }
+        );
+        assert!(r.input_reported && r.output_reported);
+
+        let mut f = StreamReader::new(Provider::OpenAi);
+        let failed = r#"{"type":"response.failed","response":{"status":"failed","error":{"code":"server_error","message":"boom"},"usage":null}}"#;
+        assert_eq!(f.read(&ev(failed)).unwrap(), vec![Step::Failed("boom".into())]);
     }
 }
