@@ -184,6 +184,8 @@ impl LlmActor {
 
     /// Renews this worker's leases and takes over jobs whose worker died.
     fn maintain(&mut self, ctx: &mut Context<Self>) {
+        // Runs this process no longer streams are forgotten even when no run changes here.
+        self.runs.prune();
         let store = self.store.clone();
         let worker = self.worker.clone();
         let now = self.clock.now_naive();
