@@ -823,3 +823,44 @@ async fn postgres_run_executed_by_another_process_reaches_the_client() {
     assert_eq!(app.fake.request_count(), 2);
     other.shutdown().await;
 }
+
+/// A socket that closes while its `generate:start` is being admitted (the row is committed after
+/// the session stopped) does not leave the run waiting on a session that is gone: it is aborted.
+#[actix_web::test]
+async fn postgres_socket_closed_during_admission_aborts_its_run() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    let app = app_with(Db::Postgres, Provider::Anthropic, |_| {}).await;
+    set_test_price(&app, &app.config.llm_model.clone()).await;
+    let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 100})).await;
+    assert_eq!(status, 200, "{body}");
+    app.fake.set_stream_chunks((0..30).map(|i| format!("word{i:02} ")).collect());
+    app.fake.set_chunk_pause(Some(Duration::from_millis(50)));
+
+    // Holding the budget row keeps the admission (which reserves on it) from committing.
+    let url = app.config.database_url.clone();
+    let mut lock = diesel::PgConnection::establish(&url).unwrap();
+    lock.batch_execute("BEGIN; SELECT 1 FROM budgets WHERE project_id = 'p1' FOR UPDATE").unwrap();
+    let (mut ws, _) = app.player("Leaver").await;
+    ws.send(start("p1", "WRITE", "a saga nobody waits for", json!(1))).await;
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    ws.close().await;
+    eventually("the session to stop", || async {
+        let body = http().get(app.url("/metrics")).send().await.ok()?.body().await.ok()?;
+        String::from_utf8_lossy(&body).lines().any(|l| l == "lorewire_sessions_open 0").then_some(())
+    })
+    .await;
+    lock.batch_execute("ROLLBACK").unwrap();
+
+    let run_id = eventually("the run to be admitted", || async {
+        let (_, list) = app.admin_get("/admin/api/runs?project_id=p1").await;
+        list["runs"][0]["run_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let token = app.player_token().await;
+    let run = final_run(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "aborted", "{run}");
+    let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
+    assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
+}
