@@ -169,7 +169,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         clock.clone(),
         hub.clone(),
         llm.clone().recipient(),
-        live,
+        live.clone(),
         config.clone(),
         metrics.clone(),
     );
@@ -194,6 +194,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
             store.clone(),
             hub.clone(),
             lobby.addr().clone(),
+            live,
         )),
         Backend::Sqlite => None,
     };

@@ -223,6 +223,7 @@ impl RunService {
 
     async fn abort(&self, run_id: String) -> Result<(), StoreError> {
         // Streaming (or about to): the worker sees the signal, stops and charges what it used.
+        // A run claimed by another process is told there by `abort_queued` (PostgreSQL).
         self.live.cancel(&run_id);
         let now = self.clock.now_naive();
         let (id, origin) = (run_id.clone(), self.origin.clone());

@@ -20,6 +20,7 @@ use super::content::{self as rows, ContentRow};
 use super::{DbConn, Store, StoreResult};
 use crate::content::{Content, ContentKind};
 use crate::hub::{Hub, Publish};
+use crate::runs::live::LiveRuns;
 use crate::ws::protocol::Typed;
 
 pub const CHANNEL: &str = "lorewire_events";
@@ -55,6 +56,9 @@ pub enum Event {
     /// (live deltas reach only the sessions of the process that ran it).
     #[serde(rename = "run_ended")]
     RunEnded { origin: String, run_id: String },
+    /// Nobody waits on a running run any more: the process streaming it stops and ends it.
+    #[serde(rename = "run_cancel")]
+    RunCancel { origin: String, run_id: String },
 }
 
 impl Event {
@@ -65,7 +69,8 @@ impl Event {
             | Event::Presence { origin, .. }
             | Event::Hello { origin }
             | Event::Alive { origin }
-            | Event::RunEnded { origin, .. } => origin,
+            | Event::RunEnded { origin, .. }
+            | Event::RunCancel { origin, .. } => origin,
         }
     }
 }
@@ -122,6 +127,16 @@ pub fn run_ended(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<(
     Ok(())
 }
 
+/// Asks the process streaming a run to stop it; call inside the transaction that finds the
+/// run claimed by a worker (this process's own stream is told directly).
+pub fn run_cancel(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    let event = Event::RunCancel { origin: origin.to_owned(), run_id: run_id.to_owned() };
+    let payload = serde_json::to_string(&event).expect("events serialize");
+    diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    Ok(())
+}
+
 /// Tells the listener thread to stop, and waits for it.
 #[derive(Clone, Default)]
 pub struct ListenerHandle {
@@ -151,13 +166,14 @@ pub fn spawn_listener(
     store: Store,
     hub: Addr<Hub>,
     lobby: Addr<crate::lobby::Lobby>,
+    live: Arc<LiveRuns>,
 ) -> ListenerHandle {
     let handle = ListenerHandle::default();
     let stop = handle.clone();
     let spawned = std::thread::Builder::new().name("lorewire-listen".into()).spawn(move || {
         let mut connected_before = false;
         while !stop.stopped() {
-            match listen(&url, &origin, &store, &hub, &lobby, &stop, &mut connected_before) {
+            match listen(&url, &origin, &store, &hub, &lobby, &live, &stop, &mut connected_before) {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
@@ -173,12 +189,15 @@ pub fn spawn_listener(
     handle
 }
 
+// One listener, every dependency it forwards into.
+#[allow(clippy::too_many_arguments)]
 fn listen(
     url: &str,
     origin: &str,
     store: &Store,
     hub: &Addr<Hub>,
     lobby: &Addr<crate::lobby::Lobby>,
+    live: &LiveRuns,
     stop: &ListenerHandle,
     connected_before: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -199,7 +218,7 @@ fn listen(
                 Ok(event @ (Event::Presence { .. } | Event::Hello { .. } | Event::Alive { .. })) => {
                     lobby.do_send(crate::lobby::Remote(event))
                 }
-                Ok(event) => forward(event, origin, store, hub),
+                Ok(event) => forward(event, origin, store, hub, live),
                 Err(e) => tracing::warn!(error = %e, "unreadable change notification"),
             }
         }
@@ -209,7 +228,7 @@ fn listen(
 }
 
 /// Publishes another process's change to this process's subscribers.
-fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
+fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &LiveRuns) {
     match event {
         _ if event.origin() == origin => {}
         Event::Presence { .. } | Event::Hello { .. } | Event::Alive { .. } => {}
@@ -242,6 +261,10 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
                 hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: None, text });
             }
             hub.do_send(crate::hub::DropTopic { topic });
+        }
+        Event::RunCancel { run_id, .. } => {
+            tracing::info!(run = %run_id, "another process asks to stop the run");
+            live.cancel(&run_id);
         }
         Event::Content { kind, subject_id, .. } => {
             let Some(kind) = ContentKind::parse(&kind) else { return };
