@@ -3,8 +3,9 @@
 //! its upstream stream. (Who waits on a run is counted in the database, over every process.)
 //!
 //! Frames carry a version that grows over the whole run; a subscriber drops any frame whose
-//! version it has already seen, so a catch-up and the live frames never double up. Never
-//! touches the database; a short mutex, never held across an await.
+//! version it has already seen, so a catch-up and the live frames never double up. Frames of a
+//! run streamed by another process (PostgreSQL) are mirrored here with that process's versions.
+//! Never touches the database; a short mutex, never held across an await.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -123,6 +124,27 @@ impl LiveRuns {
         })
     }
 
+    /// Mirrors a frame of a run another process streams, with that process's version.
+    /// `starts_attempt` for its `run:started`. `false` (not recorded) when the frame does not
+    /// follow on from what is here: this process heard the attempt only from its middle.
+    pub fn push_remote(&self, run_id: &str, version: i64, text: ByteString, starts_attempt: bool) -> bool {
+        let mut runs = self.lock();
+        if !starts_attempt && runs.map.get(run_id).is_none_or(|r| r.frames.is_empty()) {
+            return false;
+        }
+        let run = runs.map.entry(run_id.to_owned()).or_insert_with(LiveRun::new);
+        run.touched = Instant::now();
+        if starts_attempt {
+            run.frames.clear();
+        }
+        if run.frames.last().is_some_and(|(v, _)| *v >= version) {
+            return false;
+        }
+        run.next_version = run.next_version.max(version + 1);
+        run.frames.push((version, text));
+        true
+    }
+
     /// The run ended (its last frame was pushed); its frames stay a while for late subscribers.
     pub fn finish(&self, run_id: &str) {
         self.with(run_id, |_| {});
@@ -174,5 +196,19 @@ mod tests {
         let live = LiveRuns::new();
         live.cancel("r");
         assert!(*live.cancel_signal("r").borrow());
+    }
+
+    #[test]
+    fn mirrored_frames_start_at_an_attempt_and_keep_the_remote_versions() {
+        let live = LiveRuns::new();
+        let text = |s: &str| ByteString::from(s.to_owned());
+        assert!(!live.push_remote("r", 5, text("d"), false), "heard from the middle: not mirrored");
+        assert!(live.frames("r").is_none());
+        assert!(live.push_remote("r", 6, text("s"), true));
+        assert!(live.push_remote("r", 7, text("d"), false));
+        assert!(!live.push_remote("r", 7, text("d"), false), "no frame twice");
+        assert_eq!(live.frames("r").unwrap().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![6, 7]);
+        // Frames made here later (the run's end) come after the mirrored ones.
+        assert_eq!(live.push("r", &delta(2)).0, 8);
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use bytestring::ByteString;
 use diesel::pg::PgConnection;
 use diesel::sql_types::Text;
 use diesel::{Connection, RunQueryDsl};
@@ -52,13 +53,30 @@ pub enum Event {
     /// The `origin` process is alive (its presence is dropped when it stops saying so).
     #[serde(rename = "alive")]
     Alive { origin: String },
-    /// A generation run ended; listeners replay its stored result to their own subscribers
-    /// (live deltas reach only the sessions of the process that ran it).
+    /// A generation run ended; listeners send its end to their own subscribers (its stored
+    /// result whole, when they did not hear the attempt's frames live).
     #[serde(rename = "run_ended")]
     RunEnded { origin: String, run_id: String },
+    /// Frames (`run:started`, `run:delta`) of a run streamed by the `origin` process, in order.
+    #[serde(rename = "run_frames")]
+    RunFrames { origin: String, run_id: String, frames: Vec<RemoteFrame> },
     /// Nobody waits on a running run any more: the process streaming it stops and ends it.
     #[serde(rename = "run_cancel")]
     RunCancel { origin: String, run_id: String },
+}
+
+/// One frame of a run streamed by another process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteFrame {
+    /// Its version on the run (the same on every process).
+    #[serde(rename = "v")]
+    pub version: i64,
+    /// It is the `run:started` of an attempt.
+    #[serde(rename = "s", default, skip_serializing_if = "std::ops::Not::not")]
+    pub starts_attempt: bool,
+    /// The frame as sent to clients.
+    #[serde(rename = "f")]
+    pub frame: String,
 }
 
 impl Event {
@@ -70,6 +88,7 @@ impl Event {
             | Event::Hello { origin }
             | Event::Alive { origin }
             | Event::RunEnded { origin, .. }
+            | Event::RunFrames { origin, .. }
             | Event::RunCancel { origin, .. } => origin,
         }
     }
@@ -257,10 +276,26 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &Li
                 }
             };
             let topic = crate::runs::topic(&run_id);
+            if live.frames(&run_id).is_some() {
+                // The attempt's frames were heard live: only its end is new.
+                crate::runs::service::publish(live, hub, &run_id, crate::runs::service::end_frame(&row));
+                crate::runs::service::finish(live, hub, &run_id);
+                return;
+            }
             for (_, text) in crate::runs::service::stored_frames(&row, false) {
                 hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: None, text });
             }
             hub.do_send(crate::hub::DropTopic { topic });
+        }
+        Event::RunFrames { run_id, frames, .. } => {
+            let topic = crate::runs::topic(&run_id);
+            for f in frames {
+                let text = ByteString::from(f.frame);
+                // A frame heard without its attempt's start would leave subscribers a gap.
+                if live.push_remote(&run_id, f.version, text.clone(), f.starts_attempt) {
+                    hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: Some(f.version), text });
+                }
+            }
         }
         Event::RunCancel { run_id, .. } => {
             tracing::info!(run = %run_id, "another process asks to stop the run");
