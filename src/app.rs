@@ -150,7 +150,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let origin: Arc<str> =
         format!("{}-{}", std::process::id(), crate::players::new_token().get(..8).unwrap_or("0")).into();
     let live = Arc::new(LiveRuns::new());
-    let llm = LlmActor::new(
+    let mut llm = LlmActor::new(
         store.clone(),
         hub.clone(),
         circuit.clone(),
@@ -159,8 +159,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         config.clone(),
         origin.clone(),
     )
-    .with_runs(live.clone())
-    .start();
+    .with_runs(live.clone());
+    if backend == Backend::Postgres {
+        llm = llm.with_relay(crate::runs::relay::Relay::new(origin.clone(), store.clone()));
+    }
+    let llm = llm.start();
     let content =
         ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
     let runs = RunService::new(
@@ -169,7 +172,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         clock.clone(),
         hub.clone(),
         llm.clone().recipient(),
-        live,
+        live.clone(),
         config.clone(),
         metrics.clone(),
     );
@@ -194,6 +197,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
             store.clone(),
             hub.clone(),
             lobby.addr().clone(),
+            live,
         )),
         Backend::Sqlite => None,
     };

@@ -54,6 +54,7 @@ struct JobDeps {
     worker: Arc<str>,
     client: awc::Client,
     runs: Arc<crate::runs::live::LiveRuns>,
+    relay: Option<Arc<crate::runs::relay::Relay>>,
     wake: Recipient<JobsAvailable>,
 }
 
@@ -73,12 +74,20 @@ pub struct LlmActor {
     draining: bool,
     /// Generation runs streaming in this process (late subscribers, abort signals).
     runs: Arc<crate::runs::live::LiveRuns>,
+    /// Sends run frames to the other processes (PostgreSQL).
+    relay: Option<Arc<crate::runs::relay::Relay>>,
 }
 
 impl LlmActor {
     /// Shares the registry of live runs with the run service.
     pub fn with_runs(mut self, runs: Arc<crate::runs::live::LiveRuns>) -> Self {
         self.runs = runs;
+        self
+    }
+
+    /// Sends the frames of the runs streamed here to the other processes.
+    pub fn with_relay(mut self, relay: Arc<crate::runs::relay::Relay>) -> Self {
+        self.relay = Some(relay);
         self
     }
 
@@ -105,6 +114,7 @@ impl LlmActor {
             claim_again: false,
             draining: false,
             runs: Arc::default(),
+            relay: None,
         }
     }
 
@@ -184,6 +194,8 @@ impl LlmActor {
 
     /// Renews this worker's leases and takes over jobs whose worker died.
     fn maintain(&mut self, ctx: &mut Context<Self>) {
+        // Runs this process no longer streams are forgotten even when no run changes here.
+        self.runs.prune();
         let store = self.store.clone();
         let worker = self.worker.clone();
         let now = self.clock.now_naive();
@@ -225,6 +237,7 @@ impl Actor for LlmActor {
             worker: self.worker.clone(),
             client: client::build_client(self.config.llm_timeout),
             runs: self.runs.clone(),
+            relay: self.relay.clone(),
             wake: ctx.address().recipient(),
         });
         ctx.run_interval(self.config.job_poll, |act, ctx| act.pump(ctx));
@@ -272,6 +285,7 @@ async fn run_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
                 worker: deps.worker,
                 client: deps.client,
                 live: deps.runs,
+                relay: deps.relay,
                 wake: deps.wake,
             };
             crate::runs::worker::execute(run_deps, job).await

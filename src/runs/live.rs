@@ -3,8 +3,9 @@
 //! its upstream stream. (Who waits on a run is counted in the database, over every process.)
 //!
 //! Frames carry a version that grows over the whole run; a subscriber drops any frame whose
-//! version it has already seen, so a catch-up and the live frames never double up. Never
-//! touches the database; a short mutex, never held across an await.
+//! version it has already seen, so a catch-up and the live frames never double up. Frames of a
+//! run streamed by another process (PostgreSQL) are mirrored here with that process's versions.
+//! Never touches the database; a short mutex, never held across an await.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,25 +16,46 @@ use tokio::sync::watch;
 
 use crate::ws::protocol::ServerFrame;
 
-/// How long the frames of a finished run stay for late subscribers (then the database answers).
-const KEEP_FINISHED: Duration = Duration::from_secs(60);
+/// How long a run nobody streams here stays after its last change (a finished run's frames
+/// for late subscribers, a cancel for a stream about to start); then the database answers.
+const KEEP_IDLE: Duration = Duration::from_secs(60);
+/// Forgotten runs are looked for at most this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 struct LiveRun {
     frames: Vec<(i64, ByteString)>,
     next_version: i64,
     cancel: watch::Sender<bool>,
-    finished_at: Option<Instant>,
+    /// Last change; an entry without a stream watching its cancel signal is dropped after
+    /// `keep` of quiet.
+    touched: Instant,
 }
 
 impl LiveRun {
     fn new() -> Self {
-        LiveRun { frames: Vec::new(), next_version: 1, cancel: watch::channel(false).0, finished_at: None }
+        LiveRun { frames: Vec::new(), next_version: 1, cancel: watch::channel(false).0, touched: Instant::now() }
+    }
+
+    /// A stream of this process holds the cancel signal: the run is in use here.
+    fn streaming(&self) -> bool {
+        self.cancel.receiver_count() > 0
     }
 }
 
-#[derive(Default)]
+struct Runs {
+    map: HashMap<String, LiveRun>,
+    pruned_at: Instant,
+}
+
 pub struct LiveRuns {
-    runs: Mutex<HashMap<String, LiveRun>>,
+    runs: Mutex<Runs>,
+    keep: Duration,
+}
+
+impl Default for LiveRuns {
+    fn default() -> Self {
+        Self::with_keep(KEEP_IDLE)
+    }
 }
 
 impl LiveRuns {
@@ -41,13 +63,40 @@ impl LiveRuns {
         Self::default()
     }
 
-    fn with<T>(&self, run_id: &str, f: impl FnOnce(&mut LiveRun) -> T) -> T {
+    /// Forgets a run `keep` after its last change once no stream of this process holds it.
+    pub fn with_keep(keep: Duration) -> Self {
+        LiveRuns { runs: Mutex::new(Runs { map: HashMap::new(), pruned_at: Instant::now() }), keep }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget finished runs once nobody can still be catching up on them.
-        if runs.len() > 64 {
-            runs.retain(|_, r| r.finished_at.is_none_or(|t| t.elapsed() < KEEP_FINISHED));
+        if runs.pruned_at.elapsed() >= PRUNE_EVERY.min(self.keep) {
+            let keep = self.keep;
+            runs.map.retain(|_, r| r.streaming() || r.touched.elapsed() < keep);
+            runs.pruned_at = Instant::now();
         }
-        f(runs.entry(run_id.to_owned()).or_insert_with(LiveRun::new))
+        runs
+    }
+
+    fn with<T>(&self, run_id: &str, f: impl FnOnce(&mut LiveRun) -> T) -> T {
+        let mut runs = self.lock();
+        let run = runs.map.entry(run_id.to_owned()).or_insert_with(LiveRun::new);
+        run.touched = Instant::now();
+        f(run)
+    }
+
+    /// Forgets the runs nobody streams here that have been quiet for long enough.
+    pub fn prune(&self) {
+        drop(self.lock());
+    }
+
+    /// Runs remembered now.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Tells the run's stream (now or when it starts) to stop.
@@ -61,10 +110,7 @@ impl LiveRuns {
 
     /// A new attempt: the earlier attempt's frames are no longer the run's text.
     pub fn begin_attempt(&self, run_id: &str) {
-        self.with(run_id, |r| {
-            r.frames.clear();
-            r.finished_at = None;
-        });
+        self.with(run_id, |r| r.frames.clear());
     }
 
     /// Records a frame of the run (serialized once) and returns it with its version.
@@ -78,14 +124,91 @@ impl LiveRuns {
         })
     }
 
-    /// The run ended (its last frame was pushed).
+    /// Mirrors a frame of a run another process streams, with that process's version.
+    /// `starts_attempt` for its `run:started`. `false` (not recorded) when the frame does not
+    /// follow on from what is here: this process heard the attempt only from its middle.
+    pub fn push_remote(&self, run_id: &str, version: i64, text: ByteString, starts_attempt: bool) -> bool {
+        let mut runs = self.lock();
+        if !starts_attempt && runs.map.get(run_id).is_none_or(|r| r.frames.is_empty()) {
+            return false;
+        }
+        let run = runs.map.entry(run_id.to_owned()).or_insert_with(LiveRun::new);
+        run.touched = Instant::now();
+        if starts_attempt {
+            run.frames.clear();
+        }
+        if run.frames.last().is_some_and(|(v, _)| *v >= version) {
+            return false;
+        }
+        run.next_version = run.next_version.max(version + 1);
+        run.frames.push((version, text));
+        true
+    }
+
+    /// The run ended (its last frame was pushed); its frames stay a while for late subscribers.
     pub fn finish(&self, run_id: &str) {
-        self.with(run_id, |r| r.finished_at = Some(Instant::now()));
+        self.with(run_id, |_| {});
     }
 
     /// The frames so far, when this process has streamed (or is streaming) the run.
     pub fn frames(&self, run_id: &str) -> Option<Vec<(i64, ByteString)>> {
-        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        runs.get(run_id).filter(|r| !r.frames.is_empty()).map(|r| r.frames.clone())
+        let runs = self.lock();
+        runs.map.get(run_id).filter(|r| !r.frames.is_empty()).map(|r| r.frames.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::protocol::Typed;
+
+    fn delta(seq: u64) -> ServerFrame {
+        Typed::RunDelta { run_id: "r".into(), seq, text: "x".into() }.into()
+    }
+
+    #[test]
+    fn every_run_is_forgotten_once_quiet_and_not_streaming() {
+        let keep = Duration::from_millis(30);
+        let live = LiveRuns::with_keep(keep);
+        // A cancel for a run streamed elsewhere, a finished run, and an attempt whose end was
+        // dropped (its job taken over): none of them is ever finished here.
+        live.cancel("cancelled-only");
+        live.push("finished", &delta(0));
+        live.finish("finished");
+        live.push("dropped", &delta(0));
+        // A stream of this process still holds this one.
+        let signal = live.cancel_signal("streaming");
+        assert_eq!(live.len(), 4);
+
+        std::thread::sleep(keep * 2);
+        live.prune();
+        assert_eq!(live.len(), 1, "only the streaming run is left");
+        assert!(live.frames("finished").is_none());
+
+        drop(signal);
+        std::thread::sleep(keep * 2);
+        live.prune();
+        assert!(live.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_before_the_stream_starts_is_seen_by_it() {
+        let live = LiveRuns::new();
+        live.cancel("r");
+        assert!(*live.cancel_signal("r").borrow());
+    }
+
+    #[test]
+    fn mirrored_frames_start_at_an_attempt_and_keep_the_remote_versions() {
+        let live = LiveRuns::new();
+        let text = |s: &str| ByteString::from(s.to_owned());
+        assert!(!live.push_remote("r", 5, text("d"), false), "heard from the middle: not mirrored");
+        assert!(live.frames("r").is_none());
+        assert!(live.push_remote("r", 6, text("s"), true));
+        assert!(live.push_remote("r", 7, text("d"), false));
+        assert!(!live.push_remote("r", 7, text("d"), false), "no frame twice");
+        assert_eq!(live.frames("r").unwrap().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![6, 7]);
+        // Frames made here later (the run's end) come after the mirrored ones.
+        assert_eq!(live.push("r", &delta(2)).0, 8);
     }
 }

@@ -7,6 +7,7 @@
 //! connection across an upstream call.
 
 pub mod live;
+pub mod relay;
 pub mod service;
 pub mod worker;
 

@@ -223,6 +223,7 @@ impl RunService {
 
     async fn abort(&self, run_id: String) -> Result<(), StoreError> {
         // Streaming (or about to): the worker sees the signal, stops and charges what it used.
+        // A run claimed by another process is told there by `abort_queued` (PostgreSQL).
         self.live.cancel(&run_id);
         let now = self.clock.now_naive();
         let (id, origin) = (run_id.clone(), self.origin.clone());
@@ -282,37 +283,47 @@ impl RunService {
 /// A finished run rebuilt as frames: started, the text as one delta, then done or error.
 /// `cached` answers a duplicate request: no cost, no usage.
 pub fn stored_frames(row: &RunRow, cached: bool) -> Vec<(Option<i64>, ByteString)> {
-    let frame = |t: Typed| (None, ByteString::from(ServerFrame::from(t).to_json()));
+    let frame = |f: ServerFrame| (None, ByteString::from(f.to_json()));
+    let mut frames = Vec::new();
+    if row.run_status() == Some(RunStatus::Done) {
+        frames.push(frame(
+            Typed::RunStarted { run_id: row.run_id.clone(), model: row.model.clone(), attempt: None }.into(),
+        ));
+        if !row.text.is_empty() {
+            frames.push(frame(Typed::RunDelta { run_id: row.run_id.clone(), seq: 0, text: row.text.clone() }.into()));
+        }
+    }
+    frames.push(frame(stored_end(row, cached)));
+    frames
+}
+
+/// The last frame of a finished run (`run:done` or `run:error`), from its row.
+pub fn end_frame(row: &RunRow) -> ServerFrame {
+    stored_end(row, false)
+}
+
+fn stored_end(row: &RunRow, cached: bool) -> ServerFrame {
     match row.run_status() {
         Some(RunStatus::Done) => {
-            let mut frames =
-                vec![frame(Typed::RunStarted { run_id: row.run_id.clone(), model: row.model.clone(), attempt: None })];
-            if !row.text.is_empty() {
-                frames.push(frame(Typed::RunDelta { run_id: row.run_id.clone(), seq: 0, text: row.text.clone() }));
-            }
             let (usage, cost) = if cached { (Usage::default(), 0.0) } else { (row.usage(), usd(row.cost_micros)) };
-            frames.push(frame(Typed::RunDone {
-                run_id: row.run_id.clone(),
-                text: row.text.clone(),
-                usage,
-                cost_usd: cost,
-                cached,
-            }));
-            frames
+            Typed::RunDone { run_id: row.run_id.clone(), text: row.text.clone(), usage, cost_usd: cost, cached }
         }
-        _ => vec![frame(Typed::RunError {
+        _ => Typed::RunError {
             reference: None,
             run_id: row.run_id.clone(),
             code: row.error_code.clone().unwrap_or_else(|| "unknown".into()),
             message: row.error.clone().unwrap_or_default(),
-        })],
+        },
     }
+    .into()
 }
 
-/// Records a run frame for late subscribers and sends it to the current ones.
-pub fn publish(live: &LiveRuns, hub: &Addr<Hub>, run_id: &str, frame: ServerFrame) {
+/// Records a run frame for late subscribers and sends it to the current ones; returns it as
+/// recorded (version, serialized).
+pub fn publish(live: &LiveRuns, hub: &Addr<Hub>, run_id: &str, frame: ServerFrame) -> (i64, ByteString) {
     let (version, text) = live.push(run_id, &frame);
-    hub.do_send(PublishText { topic: topic(run_id), version: Some(version), text });
+    hub.do_send(PublishText { topic: topic(run_id), version: Some(version), text: text.clone() });
+    (version, text)
 }
 
 /// The run ended: its topic goes away after its last frame.

@@ -13,6 +13,7 @@ use actix::prelude::*;
 use rand::Rng;
 
 use super::live::LiveRuns;
+use super::relay::{self, Relay};
 use super::service::{finish, publish};
 use super::{estimate_tokens, prompt_token_bound, usd, Action, RunErrorCode, RunStatus, Usage};
 use crate::clock::SharedClock;
@@ -46,6 +47,8 @@ pub struct RunDeps {
     pub worker: Arc<str>,
     pub client: awc::Client,
     pub live: Arc<LiveRuns>,
+    /// Sends the frames to the other processes (PostgreSQL).
+    pub relay: Option<Arc<Relay>>,
     /// Wakes the LLM actor when a delayed retry is due.
     pub wake: Recipient<JobsAvailable>,
 }
@@ -153,7 +156,7 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
     };
     let attempt = started.attempts;
     d.live.begin_attempt(&run_id);
-    publish(
+    let (version, frame) = publish(
         &d.live,
         &d.hub,
         &run_id,
@@ -164,6 +167,9 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
         }
         .into(),
     );
+    if let Some(relay) = &d.relay {
+        relay.forward(&run_id, version, &frame, true);
+    }
     tracing::info!(run = %run_id, attempt, provider = provider.as_str(), model = %row.model, "run attempt started");
 
     let request = providers::build_stream_request(
@@ -181,8 +187,15 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
             first_delta.observe(attempt_started.elapsed().as_secs_f64());
         }
         text.push_str(&delta);
-        publish(&d.live, &d.hub, &run_id, Typed::RunDelta { run_id: run_id.clone(), seq, text: delta }.into());
-        seq += 1;
+        // Cut so that each delta fits one cross-process notification, the same on every process.
+        for piece in relay::pieces(&delta, relay::MAX_DELTA_BYTES) {
+            let frame = Typed::RunDelta { run_id: run_id.clone(), seq, text: piece.to_owned() };
+            let (version, frame) = publish(&d.live, &d.hub, &run_id, frame.into());
+            if let Some(relay) = &d.relay {
+                relay.forward(&run_id, version, &frame, false);
+            }
+            seq += 1;
+        }
     })
     .await;
 
@@ -273,6 +286,10 @@ impl Attempt<'_> {
     /// Commits the attempt's end, then tells the clients.
     async fn end(&self, attempt: i32, usage: Usage, cost: i64, end: AttemptEnd) -> Result<(), StoreError> {
         let d = self.d;
+        // The other processes hear every frame of the attempt before its end.
+        if let Some(relay) = &d.relay {
+            relay.flush().await;
+        }
         let settlement_end = end.clone();
         let (job_id, run_pk, worker) = (self.job.id, self.run_pk, d.worker.clone());
         let now = d.clock.now_naive();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use bytestring::ByteString;
 use diesel::pg::PgConnection;
 use diesel::sql_types::Text;
 use diesel::{Connection, RunQueryDsl};
@@ -20,6 +21,7 @@ use super::content::{self as rows, ContentRow};
 use super::{DbConn, Store, StoreResult};
 use crate::content::{Content, ContentKind};
 use crate::hub::{Hub, Publish};
+use crate::runs::live::LiveRuns;
 use crate::ws::protocol::Typed;
 
 pub const CHANNEL: &str = "lorewire_events";
@@ -51,10 +53,30 @@ pub enum Event {
     /// The `origin` process is alive (its presence is dropped when it stops saying so).
     #[serde(rename = "alive")]
     Alive { origin: String },
-    /// A generation run ended; listeners replay its stored result to their own subscribers
-    /// (live deltas reach only the sessions of the process that ran it).
+    /// A generation run ended; listeners send its end to their own subscribers (its stored
+    /// result whole, when they did not hear the attempt's frames live).
     #[serde(rename = "run_ended")]
     RunEnded { origin: String, run_id: String },
+    /// Frames (`run:started`, `run:delta`) of a run streamed by the `origin` process, in order.
+    #[serde(rename = "run_frames")]
+    RunFrames { origin: String, run_id: String, frames: Vec<RemoteFrame> },
+    /// Nobody waits on a running run any more: the process streaming it stops and ends it.
+    #[serde(rename = "run_cancel")]
+    RunCancel { origin: String, run_id: String },
+}
+
+/// One frame of a run streamed by another process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteFrame {
+    /// Its version on the run (the same on every process).
+    #[serde(rename = "v")]
+    pub version: i64,
+    /// It is the `run:started` of an attempt.
+    #[serde(rename = "s", default, skip_serializing_if = "std::ops::Not::not")]
+    pub starts_attempt: bool,
+    /// The frame as sent to clients.
+    #[serde(rename = "f")]
+    pub frame: String,
 }
 
 impl Event {
@@ -65,7 +87,9 @@ impl Event {
             | Event::Presence { origin, .. }
             | Event::Hello { origin }
             | Event::Alive { origin }
-            | Event::RunEnded { origin, .. } => origin,
+            | Event::RunEnded { origin, .. }
+            | Event::RunFrames { origin, .. }
+            | Event::RunCancel { origin, .. } => origin,
         }
     }
 }
@@ -122,6 +146,16 @@ pub fn run_ended(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<(
     Ok(())
 }
 
+/// Asks the process streaming a run to stop it; call inside the transaction that finds the
+/// run claimed by a worker (this process's own stream is told directly).
+pub fn run_cancel(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<()> {
+    let DbConn::Pg(pg) = conn else { return Ok(()) };
+    let event = Event::RunCancel { origin: origin.to_owned(), run_id: run_id.to_owned() };
+    let payload = serde_json::to_string(&event).expect("events serialize");
+    diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    Ok(())
+}
+
 /// Tells the listener thread to stop, and waits for it.
 #[derive(Clone, Default)]
 pub struct ListenerHandle {
@@ -151,13 +185,14 @@ pub fn spawn_listener(
     store: Store,
     hub: Addr<Hub>,
     lobby: Addr<crate::lobby::Lobby>,
+    live: Arc<LiveRuns>,
 ) -> ListenerHandle {
     let handle = ListenerHandle::default();
     let stop = handle.clone();
     let spawned = std::thread::Builder::new().name("lorewire-listen".into()).spawn(move || {
         let mut connected_before = false;
         while !stop.stopped() {
-            match listen(&url, &origin, &store, &hub, &lobby, &stop, &mut connected_before) {
+            match listen(&url, &origin, &store, &hub, &lobby, &live, &stop, &mut connected_before) {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
@@ -173,12 +208,15 @@ pub fn spawn_listener(
     handle
 }
 
+// One listener, every dependency it forwards into.
+#[allow(clippy::too_many_arguments)]
 fn listen(
     url: &str,
     origin: &str,
     store: &Store,
     hub: &Addr<Hub>,
     lobby: &Addr<crate::lobby::Lobby>,
+    live: &LiveRuns,
     stop: &ListenerHandle,
     connected_before: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -199,7 +237,7 @@ fn listen(
                 Ok(event @ (Event::Presence { .. } | Event::Hello { .. } | Event::Alive { .. })) => {
                     lobby.do_send(crate::lobby::Remote(event))
                 }
-                Ok(event) => forward(event, origin, store, hub),
+                Ok(event) => forward(event, origin, store, hub, live),
                 Err(e) => tracing::warn!(error = %e, "unreadable change notification"),
             }
         }
@@ -209,7 +247,7 @@ fn listen(
 }
 
 /// Publishes another process's change to this process's subscribers.
-fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
+fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &LiveRuns) {
     match event {
         _ if event.origin() == origin => {}
         Event::Presence { .. } | Event::Hello { .. } | Event::Alive { .. } => {}
@@ -238,10 +276,30 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>) {
                 }
             };
             let topic = crate::runs::topic(&run_id);
+            if live.frames(&run_id).is_some() {
+                // The attempt's frames were heard live: only its end is new.
+                crate::runs::service::publish(live, hub, &run_id, crate::runs::service::end_frame(&row));
+                crate::runs::service::finish(live, hub, &run_id);
+                return;
+            }
             for (_, text) in crate::runs::service::stored_frames(&row, false) {
                 hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: None, text });
             }
             hub.do_send(crate::hub::DropTopic { topic });
+        }
+        Event::RunFrames { run_id, frames, .. } => {
+            let topic = crate::runs::topic(&run_id);
+            for f in frames {
+                let text = ByteString::from(f.frame);
+                // A frame heard without its attempt's start would leave subscribers a gap.
+                if live.push_remote(&run_id, f.version, text.clone(), f.starts_attempt) {
+                    hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: Some(f.version), text });
+                }
+            }
+        }
+        Event::RunCancel { run_id, .. } => {
+            tracing::info!(run = %run_id, "another process asks to stop the run");
+            live.cancel(&run_id);
         }
         Event::Content { kind, subject_id, .. } => {
             let Some(kind) = ContentKind::parse(&kind) else { return };

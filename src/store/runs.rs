@@ -452,7 +452,8 @@ pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<
 }
 
 /// Aborts a run whose job is still waiting in the queue (nobody runs it): the job is deleted,
-/// the reservation released. `None` when the run is not waiting (running, or finished).
+/// the reservation released. `None` when the run is not waiting: finished, or claimed by a
+/// worker, whose process is then asked to stop it (it ends the run and charges what it used).
 pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
     write_tx(conn, |conn| {
         let Some(row) = find(conn, run_id)? else { return Ok(None) };
@@ -467,6 +468,7 @@ pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDat
         )
         .execute(conn)?;
         if deleted == 0 {
+            notify::run_cancel(conn, origin, &row.run_id)?;
             return Ok(None);
         }
         billing::settle(conn, &row.project_id, row.reserved_micros, 0, now)?;

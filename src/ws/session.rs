@@ -29,7 +29,7 @@ use crate::http::error::ApiError;
 use crate::hub::{self, SessionId, ToSession, Topic};
 use crate::lobby::{self, SendRefused};
 use crate::players::{self, Variant};
-use crate::runs::service::{StartError, Started, Waiter};
+use crate::runs::service::{RunService, StartError, Started, Waiter};
 use crate::runs::{self, RunErrorCode};
 
 /// Largest piece of an outgoing frame handed to the HTTP layer at once.
@@ -192,6 +192,37 @@ impl Stream for Outbound {
         }
         outbox.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+/// A run a session was counted as waiting on, on its way to the session. Dropped without
+/// being claimed (the session stopped before the admission answered), it detaches again.
+struct Waiting {
+    service: RunService,
+    run_id: String,
+    session: SessionId,
+    claimed: bool,
+}
+
+impl Waiting {
+    fn new(service: RunService, run_id: String, session: SessionId) -> Self {
+        Waiting { service, run_id, session, claimed: false }
+    }
+
+    /// The session records the run in its own set (detached when it stops).
+    fn claim(mut self) {
+        self.claimed = true;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.claimed {
+            return;
+        }
+        tracing::info!(session = self.session, run = %self.run_id, "session closed before its run was admitted");
+        let (service, run_id, session) = (self.service.clone(), std::mem::take(&mut self.run_id), self.session);
+        actix_web::rt::spawn(async move { service.detach(run_id, session).await });
     }
 }
 
@@ -565,10 +596,29 @@ impl WsSession {
             Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
         };
         let service = self.state.runs.clone();
-        let waiter = Waiter::Session(self.id);
-        ctx.spawn(async move { service.start(request, waiter).await }.into_actor(self).map(move |result, act, ctx| {
+        let session = self.id;
+        // The admission runs to its end even if this session stops meanwhile (a stopping actor
+        // drops its futures, not the transaction in flight); a run it was counted on then
+        // detaches again when the unclaimed `Waiting` is dropped, so it cannot escape abort.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        actix_web::rt::spawn(async move {
+            let result = service.start(request, Waiter::Session(session)).await;
+            let waiting = match &result {
+                Ok(Started::Queued { run_id, .. }) => Some(Waiting::new(service.clone(), run_id.clone(), session)),
+                _ => None,
+            };
+            let _ = answer.send((result, waiting));
+        });
+        ctx.spawn(answered.into_actor(self).map(move |answer, act, ctx| {
+            let Ok((result, waiting)) = answer else {
+                tracing::error!(session = act.id, "run admission ended without an answer");
+                return act.error(ErrorCode::Overloaded, reference, "the run could not be started, try again", ctx);
+            };
             match result {
                 Ok(Started::Queued { run_id, position, estimated_ms, .. }) => {
+                    if let Some(waiting) = waiting {
+                        waiting.claim();
+                    }
                     let topic = Topic::Run(run_id.clone());
                     if !act.runs.insert(run_id.clone()) {
                         // Already waiting on it: the second request counted this session twice.

@@ -151,6 +151,8 @@ struct Shared {
     /// Requests being answered now, and the most there ever were at once.
     in_flight: std::sync::atomic::AtomicUsize,
     max_in_flight: std::sync::atomic::AtomicUsize,
+    /// Streamed answers the client stopped reading before their end (connection closed).
+    streams_cut_by_client: std::sync::atomic::AtomicUsize,
 }
 
 /// Counts a request as in flight until its answer (or its cancellation) drops it.
@@ -206,6 +208,7 @@ impl FakeLlm {
             }),
             in_flight: Default::default(),
             max_in_flight: Default::default(),
+            streams_cut_by_client: Default::default(),
         });
         let (ready_tx, ready_rx) = mpsc::channel::<(u16, ServerHandle)>();
         let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -325,6 +328,11 @@ impl FakeLlm {
 
     /// The most requests that were being answered at the same time (a
     /// streamed answer counts until its headers are sent).
+    /// Streamed answers whose client went away before their last event.
+    pub fn streams_cut_by_client(&self) -> usize {
+        self.shared.streams_cut_by_client.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -504,7 +512,7 @@ struct Usage {
 }
 
 /// A successful answer (streaming or not).
-fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared: &Shared) -> HttpResponse {
+fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared: &web::Data<Shared>) -> HttpResponse {
     let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
     let model = body.get("model").and_then(Value::as_str).unwrap_or("fake-model").to_string();
     let system = system_prompt(provider, body);
@@ -571,7 +579,7 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("request-id", "req_fake"))
-        .streaming(sse_stream(events, pause))
+        .streaming(sse_stream(events, pause, shared.clone().into_inner()))
 }
 
 /// The system prompt of a request, as a cache key.
@@ -1023,11 +1031,27 @@ fn chat_events(
 }
 
 /// A body stream writing each piece as its own chunk, ~1 ms apart.
+/// Counts a streamed answer as cut by its client unless it got to its end.
+struct StreamEnd {
+    shared: Arc<Shared>,
+    reached: bool,
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        if !self.reached {
+            self.shared.streams_cut_by_client.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 fn sse_stream(
     pieces: Vec<Piece>,
     pause: Duration,
+    shared: Arc<Shared>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static {
-    stream::unfold((VecDeque::from(pieces), true), move |(mut pieces, first)| async move {
+    let end = StreamEnd { shared, reached: false };
+    stream::unfold((VecDeque::from(pieces), true, end), move |(mut pieces, first, mut end)| async move {
         let piece = pieces.pop_front()?;
         if !first {
             actix_web::rt::time::sleep(pause).await;
@@ -1044,6 +1068,7 @@ fn sse_stream(
         if item.is_err() {
             pieces.clear();
         }
-        Some((item, (pieces, false)))
+        end.reached = pieces.is_empty();
+        Some((item, (pieces, false, end)))
     })
 }

@@ -793,18 +793,23 @@ both_backends!(
     bad_input_is_refused,
 );
 
-/// PostgreSQL, two processes on one database: a run started on one and executed by the other
-/// still ends for the waiting client (its stored result is replayed through LISTEN/NOTIFY).
+/// PostgreSQL, two processes on one database: a run started on one and streamed by the other
+/// reaches the waiting client live, delta by delta (LISTEN/NOTIFY), and a client joining it late
+/// on the first process gets the text so far then the rest, without gaps or repeats.
 #[actix_web::test]
-async fn postgres_run_executed_by_another_process_reaches_the_client() {
+async fn postgres_run_streamed_by_another_process_reaches_the_client_live() {
     let app = app_with(Db::Postgres, Provider::Anthropic, |c| {
         c.llm_concurrency = 1;
         c.llm_timeout = Duration::from_secs(30);
     })
     .await;
+    let chunks: Vec<String> = (0..20).map(|i| format!("line{i:02} ")).collect();
+    app.fake.set_stream_chunks(chunks.clone());
+    app.fake.set_chunk_pause(Some(Duration::from_millis(60)));
     // This process's only slot hangs on a first run.
     app.fake.push_modes([Mode::Hang]);
-    let (mut ws, _) = app.player("Writer").await;
+    let (mut ws, ack) = app.player("Writer").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
     ws.send(start("p1", "WRITE", "the run that hangs", json!(1))).await;
     ws.recv_type("run:queued").await;
     eventually("the first run to be upstream", || async { (app.fake.request_count() == 1).then_some(()) }).await;
@@ -815,11 +820,67 @@ async fn postgres_run_executed_by_another_process_reaches_the_client() {
 
     ws.send(start("p1", "DESCRIBE", "the run the other process takes", json!(2))).await;
     let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
-    let seen = follow(&mut ws, &run_id).await;
+    let first = ws.recv_type("run:delta").await;
+    assert_eq!(first["seq"], 0, "{first}");
+    // Live: the run is still streaming when its first delta arrives here.
+    assert_eq!(run_json(&app, &token, &run_id).await["status"], "running");
+
+    // A second client on this process joins half-way through.
+    actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+    let (mut late, _) = app.player("Late").await;
+    late.send(start("p1", "DESCRIBE", "the run the other process takes", json!(3))).await;
+    assert_eq!(late.recv_type("run:queued").await["run_id"], run_id.as_str());
+
+    let seen = follow_after(&mut ws, &run_id, vec![first["text"].as_str().unwrap().to_owned()]).await;
     assert_eq!(seen.end["type"], "run:done", "{}", seen.end);
     assert_eq!(seen.deltas.concat(), seen.end["text"].as_str().unwrap());
-    // The other process streamed it: this one replayed the stored text as one delta.
-    assert_eq!(seen.deltas.len(), 1, "{:?}", seen.deltas);
+    assert_eq!(seen.deltas, chunks, "every delta as streamed, none merged or repeated");
+    let joined = follow(&mut late, &run_id).await;
+    assert_eq!(joined.started.len(), 1);
+    assert_eq!(joined.deltas, chunks, "the late client got the text so far then the rest");
+    assert_eq!(joined.end["type"], "run:done");
+    ws.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(app.fake.request_count(), 2);
     other.shutdown().await;
+}
+
+/// A socket that closes while its `generate:start` is being admitted (the row is committed after
+/// the session stopped) does not leave the run waiting on a session that is gone: it is aborted.
+#[actix_web::test]
+async fn postgres_socket_closed_during_admission_aborts_its_run() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    let app = app_with(Db::Postgres, Provider::Anthropic, |_| {}).await;
+    set_test_price(&app, &app.config.llm_model.clone()).await;
+    let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 100})).await;
+    assert_eq!(status, 200, "{body}");
+    app.fake.set_stream_chunks((0..30).map(|i| format!("word{i:02} ")).collect());
+    app.fake.set_chunk_pause(Some(Duration::from_millis(50)));
+
+    // Holding the budget row keeps the admission (which reserves on it) from committing.
+    let url = app.config.database_url.clone();
+    let mut lock = diesel::PgConnection::establish(&url).unwrap();
+    lock.batch_execute("BEGIN; SELECT 1 FROM budgets WHERE project_id = 'p1' FOR UPDATE").unwrap();
+    let (mut ws, _) = app.player("Leaver").await;
+    ws.send(start("p1", "WRITE", "a saga nobody waits for", json!(1))).await;
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    ws.close().await;
+    eventually("the session to stop", || async {
+        let body = http().get(app.url("/metrics")).send().await.ok()?.body().await.ok()?;
+        String::from_utf8_lossy(&body).lines().any(|l| l == "lorewire_sessions_open 0").then_some(())
+    })
+    .await;
+    lock.batch_execute("ROLLBACK").unwrap();
+
+    let run_id = eventually("the run to be admitted", || async {
+        let (_, list) = app.admin_get("/admin/api/runs?project_id=p1").await;
+        list["runs"][0]["run_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let token = app.player_token().await;
+    let run = final_run(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "aborted", "{run}");
+    let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
+    assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
 }
