@@ -371,6 +371,26 @@ async fn generate(
     subject_id: u64,
     context: &ContentContext,
 ) -> Result<(Map<String, Value>, String), FallbackReason> {
+    let prompt = Prompt {
+        system: kind.system_prompt().to_owned(),
+        user: kinds::user_message(kind, subject_id, context),
+        schema_name: kind.schema_name().to_owned(),
+        schema: kind.json_schema(),
+        max_tokens: deps.config.max_output_tokens,
+    };
+    let call = format!("{} {subject_id}", kind.as_str());
+    call_structured(deps, config, &prompt, |text| kind.validate_output(text), &call).await
+}
+
+/// One structured call (content or mood) through the circuit breaker: the validated value and
+/// the model that made it, or why the item falls back. `call` names it in the logs.
+async fn call_structured<T>(
+    deps: &JobDeps,
+    config: Option<&LlmConfigRow>,
+    prompt: &Prompt,
+    validate: impl FnOnce(&str) -> Result<T, kinds::OutputError>,
+    call: &str,
+) -> Result<(T, String), FallbackReason> {
     let config = config.ok_or(FallbackReason::NoConfig)?;
     let provider: Provider = config.provider.parse().map_err(|_| FallbackReason::NoConfig)?;
     let api_key = config.api_key.clone().unwrap_or_default();
@@ -382,61 +402,27 @@ async fn generate(
         Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(FallbackReason::CircuitOpen),
         Ok(Permit::Refuse(Refusal::RateLimited)) => return Err(FallbackReason::RateLimited),
     };
-    let prompt = Prompt {
-        system: kind.system_prompt().to_owned(),
-        user: kinds::user_message(kind, subject_id, context),
-        schema_name: kind.schema_name().to_owned(),
-        schema: kind.json_schema(),
-        max_tokens: deps.config.max_output_tokens,
-    };
     let target = Target { provider, base_url: &config.base_url, model: &config.model, api_key: &api_key };
-    let request = providers::build_request(&target, &prompt);
+    let request = providers::build_request(&target, prompt);
     let answer = client::send(&deps.client, &request, deps.config.llm_timeout).await;
 
-    let (outcome, result) = match answer {
-        Ok(body) => match providers::parse_text(provider, &body) {
-            Err(why) => (Outcome::Failure, Err((FallbackReason::InvalidResponse, why))),
-            Ok(text) => match kind.validate_output(&text) {
-                Ok(fields) => (Outcome::Success, Ok(fields)),
-                Err(kinds::OutputError::NotJson(why)) => (Outcome::Failure, Err((FallbackReason::InvalidJson, why))),
-                Err(e @ kinds::OutputError::Invalid(_)) => {
-                    (Outcome::Failure, Err((FallbackReason::InvalidResponse, e.to_string())))
-                }
-            },
-        },
-        Err(e) => {
-            let outcome = match &e {
-                UpstreamError::Status { retry_after, .. } if e.is_rate_limit() => Outcome::RateLimited(*retry_after),
-                _ if e.counts_for_circuit() => Outcome::Failure,
-                _ => Outcome::Rejected,
-            };
-            let reason = match &e {
-                _ if e.is_rate_limit() => FallbackReason::RateLimited,
-                UpstreamError::Status { status, .. } => FallbackReason::ApiError(*status),
-                UpstreamError::Network(_) => FallbackReason::NetworkError,
-                UpstreamError::Timeout => FallbackReason::Timeout,
-                UpstreamError::InvalidResponse(_) => FallbackReason::InvalidResponse,
-            };
-            (outcome, Err((reason, e.to_string())))
-        }
-    };
+    let (outcome, result) = judge(provider, answer, validate);
     deps.circuit.do_send(Report { probe, outcome });
-
     let outcome_label = match &result {
         Ok(_) => "ok".to_owned(),
         Err((reason, _)) => reason.to_string(),
     };
     deps.metrics.upstream_calls.with_label_values(&[&outcome_label]).inc();
     match result {
-        Ok(fields) => {
+        Ok(value) => {
             if config.last_error.is_some() {
                 record_last_error(deps, None).await;
             }
-            Ok((fields, config.model.clone()))
+            Ok((value, config.model.clone()))
         }
         Err((reason, why)) => {
             let why = super::redact(&why, &api_key);
-            tracing::warn!(kind = kind.as_str(), subject_id, %reason, error = %why, "upstream call failed");
+            tracing::warn!(call, %reason, error = %why, "upstream call failed");
             record_last_error(deps, Some(format!("{reason}: {why}"))).await;
             Err(reason)
         }
@@ -454,4 +440,38 @@ async fn record_last_error(deps: &JobDeps, error: Option<String>) {
 /// OpenAI-compatible servers on a custom base URL (Ollama, vLLM, llama.cpp) usually need no key.
 pub fn keyless_allowed(provider: Provider, base_url: &str) -> bool {
     provider == Provider::OpenAiChat && base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url()
+}
+
+/// A failed structured answer: why it falls back, and the detail for logs and `last_error`.
+type Failed = (FallbackReason, String);
+
+/// A structured answer (content or mood) judged: what it tells the circuit breaker, and the
+/// validated value or why the item falls back.
+fn judge<T>(
+    provider: Provider,
+    answer: Result<bytes::Bytes, UpstreamError>,
+    validate: impl FnOnce(&str) -> Result<T, kinds::OutputError>,
+) -> (Outcome, Result<T, Failed>) {
+    match answer {
+        Ok(body) => match providers::parse_text(provider, &body) {
+            Err(why) => (Outcome::Failure, Err((FallbackReason::InvalidResponse, why))),
+            Ok(text) => match validate(&text) {
+                Ok(value) => (Outcome::Success, Ok(value)),
+                Err(kinds::OutputError::NotJson(why)) => (Outcome::Failure, Err((FallbackReason::InvalidJson, why))),
+                Err(e @ kinds::OutputError::Invalid(_)) => {
+                    (Outcome::Failure, Err((FallbackReason::InvalidResponse, e.to_string())))
+                }
+            },
+        },
+        Err(e) => {
+            let reason = match &e {
+                _ if e.is_rate_limit() => FallbackReason::RateLimited,
+                UpstreamError::Status { status, .. } => FallbackReason::ApiError(*status),
+                UpstreamError::Network(_) => FallbackReason::NetworkError,
+                UpstreamError::Timeout => FallbackReason::Timeout,
+                UpstreamError::InvalidResponse(_) => FallbackReason::InvalidResponse,
+            };
+            (e.circuit_outcome(), Err((reason, e.to_string())))
+        }
+    }
 }

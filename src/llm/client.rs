@@ -6,6 +6,7 @@ use std::time::Duration;
 use awc::http::StatusCode;
 use bytes::Bytes;
 
+use super::circuit::Outcome;
 use super::providers::UpstreamRequest;
 
 /// Largest response body accepted from a provider.
@@ -94,6 +95,15 @@ impl UpstreamError {
 
     pub fn is_rate_limit(&self) -> bool {
         matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS.as_u16())
+    }
+
+    /// What this failure tells the circuit breaker.
+    pub fn circuit_outcome(&self) -> Outcome {
+        match self {
+            UpstreamError::Status { retry_after, .. } if self.is_rate_limit() => Outcome::RateLimited(*retry_after),
+            _ if self.counts_for_circuit() => Outcome::Failure,
+            _ => Outcome::Rejected,
+        }
     }
 
     /// The error text with `secret` cut out, for logs and `last_error`.

@@ -218,10 +218,7 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
         StreamEnd::Finished => Outcome::Success,
         StreamEnd::Cancelled if outcome.answered => Outcome::Success,
         StreamEnd::Cancelled => Outcome::NotCalled,
-        StreamEnd::Upstream(e @ UpstreamError::Status { retry_after, .. }) if e.is_rate_limit() => {
-            Outcome::RateLimited(*retry_after)
-        }
-        StreamEnd::Upstream(e) if !e.counts_for_circuit() => Outcome::Rejected,
+        StreamEnd::Upstream(e) => e.circuit_outcome(),
         _ => Outcome::Failure,
     };
     d.circuit.do_send(Report { probe, outcome: circuit_outcome });

@@ -5,7 +5,6 @@
 //! Like content jobs, it never holds a DB connection across the upstream call.
 
 use super::*;
-use crate::content::kinds::OutputError;
 use crate::lobby::{self, mood, Message, Mood, MoodStatus};
 use crate::store::messages::{self, MOOD_PENDING};
 
@@ -48,17 +47,6 @@ pub(super) async fn run_mood_job(deps: JobDeps, job: JobRow) -> Result<(), Store
 
 /// One classification call; the fallback reason on any failure.
 async fn classify(deps: &JobDeps, config: Option<&LlmConfigRow>, text: &str) -> Result<Mood, FallbackReason> {
-    let config = config.ok_or(FallbackReason::NoConfig)?;
-    let provider: Provider = config.provider.parse().map_err(|_| FallbackReason::NoConfig)?;
-    let api_key = config.api_key.clone().unwrap_or_default();
-    if api_key.is_empty() && !keyless_allowed(provider, &config.base_url) {
-        return Err(FallbackReason::NoConfig);
-    }
-    let probe = match deps.circuit.send(Acquire).await {
-        Ok(Permit::Call { probe }) => probe,
-        Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(FallbackReason::CircuitOpen),
-        Ok(Permit::Refuse(Refusal::RateLimited)) => return Err(FallbackReason::RateLimited),
-    };
     let prompt = Prompt {
         system: mood::SYSTEM_PROMPT.to_owned(),
         user: mood::user_message(text),
@@ -66,55 +54,5 @@ async fn classify(deps: &JobDeps, config: Option<&LlmConfigRow>, text: &str) -> 
         schema: mood::json_schema(),
         max_tokens: deps.config.max_output_tokens.min(MOOD_MAX_TOKENS),
     };
-    let target = Target { provider, base_url: &config.base_url, model: &config.model, api_key: &api_key };
-    let request = providers::build_request(&target, &prompt);
-    let answer = client::send(&deps.client, &request, deps.config.llm_timeout).await;
-
-    let (outcome, result) = match answer {
-        Ok(body) => match providers::parse_text(provider, &body) {
-            Err(why) => (Outcome::Failure, Err((FallbackReason::InvalidResponse, why))),
-            Ok(text) => match mood::validate_output(&text) {
-                Ok(mood) => (Outcome::Success, Ok(mood)),
-                Err(OutputError::NotJson(why)) => (Outcome::Failure, Err((FallbackReason::InvalidJson, why))),
-                Err(e @ OutputError::Invalid(_)) => {
-                    (Outcome::Failure, Err((FallbackReason::InvalidResponse, e.to_string())))
-                }
-            },
-        },
-        Err(e) => {
-            let outcome = match &e {
-                UpstreamError::Status { retry_after, .. } if e.is_rate_limit() => Outcome::RateLimited(*retry_after),
-                _ if e.counts_for_circuit() => Outcome::Failure,
-                _ => Outcome::Rejected,
-            };
-            let reason = match &e {
-                _ if e.is_rate_limit() => FallbackReason::RateLimited,
-                UpstreamError::Status { status, .. } => FallbackReason::ApiError(*status),
-                UpstreamError::Network(_) => FallbackReason::NetworkError,
-                UpstreamError::Timeout => FallbackReason::Timeout,
-                UpstreamError::InvalidResponse(_) => FallbackReason::InvalidResponse,
-            };
-            (outcome, Err((reason, e.to_string())))
-        }
-    };
-    deps.circuit.do_send(Report { probe, outcome });
-    let label = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err((reason, _)) => reason.to_string(),
-    };
-    deps.metrics.upstream_calls.with_label_values(&[&label]).inc();
-    match result {
-        Ok(mood) => {
-            if config.last_error.is_some() {
-                record_last_error(deps, None).await;
-            }
-            Ok(mood)
-        }
-        Err((reason, why)) => {
-            let why = crate::llm::redact(&why, &api_key);
-            tracing::warn!(%reason, error = %why, "mood classification failed");
-            record_last_error(deps, Some(format!("{reason}: {why}"))).await;
-            Err(reason)
-        }
-    }
+    Ok(call_structured(deps, config, &prompt, mood::validate_output, "mood").await?.0)
 }
