@@ -199,6 +199,35 @@ impl TestApp {
         (status, resp.json().limit(1 << 20).await.unwrap_or(Value::Null))
     }
 
+    /// `GET /api/runs/{run_id}`, which must answer 200.
+    pub async fn run_json(&self, token: &str, run_id: &str) -> Value {
+        let (status, run) = get_json(&self.url(&format!("/api/runs/{run_id}")), Some(token)).await;
+        assert_eq!(status, 200, "{run}");
+        run
+    }
+
+    /// The run once it has ended (neither queued nor running).
+    pub async fn final_run(&self, token: &str, run_id: &str) -> Value {
+        eventually("the run to end", || async {
+            let run = self.run_json(token, run_id).await;
+            (!matches!(run["status"].as_str(), Some("queued" | "running"))).then_some(run)
+        })
+        .await
+    }
+
+    /// Sets `model`'s prices (micro-dollars per million tokens) through the admin API.
+    pub async fn set_price(&self, model: &str, price: &lorewire::runs::Price) {
+        let usd = |micros: i64| micros as f64 / 1e6;
+        let body = json!({
+            "input_usd": usd(price.input),
+            "output_usd": usd(price.output),
+            "cache_read_usd": usd(price.cache_read),
+            "cache_write_usd": usd(price.cache_write),
+        });
+        let (status, body) = self.admin_put(&format!("/admin/api/prices/{model}"), body).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub async fn admin_post(&self, path: &str) -> (u16, Value) {
         let mut resp = http().post(self.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         let status = resp.status().as_u16();
@@ -230,6 +259,11 @@ impl TestApp {
             actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A server speaking `provider` upstream, with `configure` applied to its config.
+pub async fn spawn_provider(db: Db, provider: Provider, configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_with(Setup { provider, ..Setup::new(db) }, configure).await
 }
 
 pub fn http() -> awc::Client {

@@ -7,24 +7,10 @@ use lorewire::llm::providers::Provider;
 use lorewire::runs::{prompt_token_bound, Action, Price, Usage};
 use serde_json::{json, Value};
 
-use crate::common::{eventually, get_json, http, post_json, spawn_with, Db, Mode, Setup, TestApp, WsClient};
+use crate::common::{eventually, get_json, http, post_json, spawn_provider, Db, Mode, TestApp, WsClient};
 
 /// Prices the tests set, per million tokens (USD): round numbers so costs are easy to check.
 const TEST_PRICE: Price = Price { input: 2_000_000, output: 10_000_000, cache_read: 200_000, cache_write: 2_500_000 };
-
-async fn app_with(db: Db, provider: Provider, configure: impl FnOnce(&mut lorewire::config::Config)) -> TestApp {
-    spawn_with(Setup { provider, ..Setup::new(db) }, configure).await
-}
-
-async fn set_test_price(app: &TestApp, model: &str) {
-    let (status, body) = app
-        .admin_put(
-            &format!("/admin/api/prices/{model}"),
-            json!({"input_usd": 2.0, "output_usd": 10.0, "cache_read_usd": 0.2, "cache_write_usd": 2.5}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
 
 fn start(project: &str, action: &str, input: &str, r: Value) -> Value {
     json!({"type": "generate:start", "project_id": project, "action": action, "input": input, "ref": r})
@@ -68,20 +54,6 @@ async fn follow_after(ws: &mut WsClient, run_id: &str, deltas: Vec<String>) -> S
     }
 }
 
-async fn run_json(app: &TestApp, token: &str, run_id: &str) -> Value {
-    let (status, run) = get_json(&app.url(&format!("/api/runs/{run_id}")), Some(token)).await;
-    assert_eq!(status, 200, "{run}");
-    run
-}
-
-async fn final_run(app: &TestApp, token: &str, run_id: &str) -> Value {
-    eventually("the run to end", || async {
-        let run = run_json(app, token, run_id).await;
-        (!matches!(run["status"].as_str(), Some("queued" | "running"))).then_some(run)
-    })
-    .await
-}
-
 async fn costs(app: &TestApp, project: &str) -> Value {
     let (status, body) = app.admin_get(&format!("/admin/api/costs?project_id={project}")).await;
     assert_eq!(status, 200, "{body}");
@@ -99,8 +71,8 @@ fn close_to(a: f64, b: f64) -> bool {
 /// WRITE over a WebSocket: queued -> started -> deltas -> done, the text and usage stored,
 /// priced from the table, with one cost event.
 async fn ws_run_streams_and_is_charged(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |_| {}).await;
-    set_test_price(&app, "claude-haiku-4-5-20251001").await;
+    let app = spawn_provider(db, Provider::Anthropic, |_| {}).await;
+    app.set_price("claude-haiku-4-5-20251001", &TEST_PRICE).await;
     app.fake.set_stream_chunks(vec!["Once ".into(), "upon ".into(), "a ".into(), "time.".into()]);
     let (mut ws, ack) = app.player("Writer").await;
     let token = ack["token"].as_str().unwrap().to_owned();
@@ -132,7 +104,7 @@ async fn ws_run_streams_and_is_charged(db: Db) {
     assert_eq!(request["max_tokens"], app.config.max_output_tokens);
     assert!(request["messages"][0]["content"].as_str().unwrap().contains("a tale of the ashen well"));
 
-    let run = run_json(&app, &token, &run_id).await;
+    let run = app.run_json(&token, &run_id).await;
     assert_eq!(run["status"], "done");
     assert_eq!(run["text"], "Once upon a time.");
     assert_eq!(run["action"], "WRITE");
@@ -151,8 +123,8 @@ async fn ws_run_streams_and_is_charged(db: Db) {
 /// priced at the cache-read rate.
 async fn openai_formats_stream_with_cached_usage(db: Db) {
     for provider in [Provider::OpenAi, Provider::OpenAiChat] {
-        let app = app_with(db, provider, |_| {}).await;
-        set_test_price(&app, "gpt-5-mini").await;
+        let app = spawn_provider(db, provider, |_| {}).await;
+        app.set_price("gpt-5-mini", &TEST_PRICE).await;
         let (mut ws, _) = app.player("Writer").await;
         let mut usages = Vec::new();
         for (i, input) in ["the first lighthouse", "the second lighthouse"].into_iter().enumerate() {
@@ -180,8 +152,8 @@ async fn openai_formats_stream_with_cached_usage(db: Db) {
 /// 0; the cut attempt is charged for what it used (its own cost event).
 async fn cut_stream_is_retried_and_charged(db: Db) {
     for provider in Provider::ALL {
-        let app = app_with(db, provider, |c| c.retry_base = Duration::from_millis(20)).await;
-        set_test_price(&app, provider.default_model()).await;
+        let app = spawn_provider(db, provider, |c| c.retry_base = Duration::from_millis(20)).await;
+        app.set_price(provider.default_model(), &TEST_PRICE).await;
         app.fake.set_stream_chunks(vec!["One. ".into(), "Two. ".into(), "Three. ".into(), "Four.".into()]);
         app.fake.push_modes([Mode::CutStream { after_chunks: 2 }]);
         let (mut ws, ack) = app.player("Writer").await;
@@ -194,7 +166,7 @@ async fn cut_stream_is_retried_and_charged(db: Db) {
         assert_eq!(seen.started.last().unwrap()["attempt"], 2, "{provider}");
         assert_eq!(seen.deltas.concat(), "One. Two. Three. Four.");
         assert_eq!(seen.end["text"], "One. Two. Three. Four.");
-        let run = run_json(&app, ack["token"].as_str().unwrap(), &run_id).await;
+        let run = app.run_json(ack["token"].as_str().unwrap(), &run_id).await;
         assert_eq!(run["attempts"], 2);
         let events = costs(&app, "p1").await["events"].as_array().unwrap().clone();
         assert_eq!(events.len(), 2, "{provider}: one cost event per charged attempt");
@@ -210,7 +182,7 @@ async fn cut_stream_is_retried_and_charged(db: Db) {
 /// as a dead letter, and an admin retry runs it again to the end.
 async fn mid_stream_errors_dead_letter_and_admin_retry(db: Db) {
     for provider in Provider::ALL {
-        let app = app_with(db, provider, |c| {
+        let app = spawn_provider(db, provider, |c| {
             c.retry_base = Duration::from_millis(20);
             c.max_attempts = 2;
             c.circuit_failures = 100;
@@ -229,7 +201,7 @@ async fn mid_stream_errors_dead_letter_and_admin_retry(db: Db) {
         assert_eq!(seen.end["code"], "stream_error");
         assert_eq!(app.fake.request_count(), 2);
 
-        let run = run_json(&app, &token, &run_id).await;
+        let run = app.run_json(&token, &run_id).await;
         assert_eq!(run["status"], "dead");
         assert_eq!(run["attempts"], 2);
         assert_eq!(run["error"]["code"], "stream_error");
@@ -240,7 +212,7 @@ async fn mid_stream_errors_dead_letter_and_admin_retry(db: Db) {
         app.fake.set_mode(Mode::Ok);
         let (status, body) = app.admin_post(&format!("/admin/api/dead-letters/{run_id}/retry")).await;
         assert_eq!(status, 202, "{body}");
-        let run = final_run(&app, &token, &run_id).await;
+        let run = app.final_run(&token, &run_id).await;
         assert_eq!(run["status"], "done", "{run}");
         assert_eq!(run["attempts"], 1);
         let (_, dead) = app.admin_get("/admin/api/dead-letters").await;
@@ -253,7 +225,7 @@ async fn mid_stream_errors_dead_letter_and_admin_retry(db: Db) {
 /// Retry n waits between 0.5x and 1x of base x 2^(n-1); attempts stop at the maximum.
 async fn retries_back_off_within_bounds(db: Db) {
     let base = Duration::from_millis(250);
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.retry_base = base;
         c.max_attempts = 4;
         c.circuit_failures = 100;
@@ -265,7 +237,7 @@ async fn retries_back_off_within_bounds(db: Db) {
         post_json(&app.url("/api/generate"), &token, &json!({"project_id": "p1", "action": "WRITE", "input": "x"}))
             .await;
     assert_eq!(status, 202, "{body}");
-    let run = final_run(&app, &token, body["run_id"].as_str().unwrap()).await;
+    let run = app.final_run(&token, body["run_id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "dead");
     assert_eq!(run["attempts"], 4);
     assert_eq!(run["error"]["code"], "api_error_500");
@@ -283,7 +255,7 @@ async fn retries_back_off_within_bounds(db: Db) {
 
 /// Queued runs go REWRITE, then WRITE, then DESCRIBE, oldest first within an action.
 async fn queued_runs_follow_priority(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.llm_concurrency = 1;
         c.llm_timeout = Duration::from_secs(5);
     })
@@ -330,7 +302,7 @@ async fn queued_runs_follow_priority(db: Db) {
 /// While the circuit is open a failed run waits queued without spending attempts, and goes
 /// on once the circuit closes.
 async fn open_circuit_keeps_runs_queued(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.retry_base = Duration::from_millis(20);
         c.circuit_failures = 1;
         c.max_attempts = 2;
@@ -345,26 +317,26 @@ async fn open_circuit_keeps_runs_queued(db: Db) {
     eventually("the circuit to open", || async { (app.circuit().await["state"] == "open").then_some(()) }).await;
     actix_web::rt::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(app.fake.request_count(), 1, "no call while the circuit is open");
-    let run = run_json(&app, &token, &run_id).await;
+    let run = app.run_json(&token, &run_id).await;
     assert_eq!(run["status"], "queued", "{run}");
     assert_eq!(run["attempts"], 1);
 
     app.fake.set_mode(Mode::Ok);
     app.admin_post("/admin/api/llm/circuit/reset").await;
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "done", "{run}");
     assert_eq!(run["attempts"], 2);
 }
 
 /// A 429 does not spend an attempt: the run waits out `retry-after`, then goes on.
 async fn rate_limited_run_waits_without_spending_attempts(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| c.max_attempts = 1).await;
+    let app = spawn_provider(db, Provider::Anthropic, |c| c.max_attempts = 1).await;
     app.fake.push_modes([Mode::RateLimited { retry_after_secs: 1 }]);
     let token = app.player_token().await;
     let (_, body) =
         post_json(&app.url("/api/generate"), &token, &json!({"project_id": "p1", "action": "WRITE", "input": "x"}))
             .await;
-    let run = final_run(&app, &token, body["run_id"].as_str().unwrap()).await;
+    let run = app.final_run(&token, body["run_id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "done", "with one attempt allowed, the 429 did not count: {run}");
     assert_eq!(run["attempts"], 1);
     let times: Vec<Instant> = app.fake.requests().iter().map(|r| r.at).collect();
@@ -376,13 +348,13 @@ async fn rate_limited_run_waits_without_spending_attempts(db: Db) {
 /// 90 refused with `error:budget_exceeded` (HTTP 402 over REST), and spent + reserved never
 /// passes the limit.
 async fn budget_admits_exactly_what_fits(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.llm_timeout = Duration::from_secs(20);
         c.max_output_tokens = 500;
     })
     .await;
     let model = "claude-haiku-4-5-20251001";
-    set_test_price(&app, model).await;
+    app.set_price(model, &TEST_PRICE).await;
     // Nothing settles while the requests come in, so what fits is exactly the reservations.
     app.fake.set_mode(Mode::Delay(Duration::from_secs(3)));
     let inputs: Vec<String> = (0..100).map(|i| format!("scene number {i:03}")).collect();
@@ -420,7 +392,7 @@ async fn budget_admits_exactly_what_fits(db: Db) {
             let (_, b) = app.admin_get("/admin/api/budgets/p1").await;
             let (spent, reserved) = (b["spent_usd"].as_f64().unwrap(), b["reserved_usd"].as_f64().unwrap());
             assert!(spent + reserved <= limit + 1e-9, "overshoot: {b}");
-            if run_json(&app, &token, run_id).await["status"] == "done" {
+            if app.run_json(&token, run_id).await["status"] == "done" {
                 break;
             }
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
@@ -461,12 +433,12 @@ async fn tamper_reserved(db: Db, url: &str, micros: i64) {
 /// At start, every budget's `reserved` is set to what its unfinished runs hold; the run then
 /// continues and settles.
 async fn reservations_are_reconciled_at_start(db: Db) {
-    let mut app = app_with(db, Provider::Anthropic, |c| {
+    let mut app = spawn_provider(db, Provider::Anthropic, |c| {
         c.shutdown = Duration::from_secs(1);
         c.llm_timeout = Duration::from_secs(30);
     })
     .await;
-    set_test_price(&app, "claude-haiku-4-5-20251001").await;
+    app.set_price("claude-haiku-4-5-20251001", &TEST_PRICE).await;
     app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 1.0})).await;
     app.fake.set_mode(Mode::Hang);
     let token = app.player_token().await;
@@ -490,7 +462,7 @@ async fn reservations_are_reconciled_at_start(db: Db) {
     let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
     assert!(close_to(budget["reserved_usd"].as_f64().unwrap(), worst as f64 / 1e6), "reconciled: {budget}");
 
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "done", "{run}");
     let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
     assert_eq!(budget["reserved_usd"], 0.0, "{budget}");
@@ -500,8 +472,8 @@ async fn reservations_are_reconciled_at_start(db: Db) {
 /// `generate:abort` mid-stream: the run ends aborted, charged for the text received; closing
 /// the socket does the same. A REST run is not aborted by anyone leaving.
 async fn abort_mid_stream_charges_partial_usage(db: Db) {
-    let app = app_with(db, Provider::OpenAi, |_| {}).await;
-    set_test_price(&app, "gpt-5-mini").await;
+    let app = spawn_provider(db, Provider::OpenAi, |_| {}).await;
+    app.set_price("gpt-5-mini", &TEST_PRICE).await;
     app.fake.set_stream_chunks((0..40).map(|i| format!("word{i:02} ")).collect());
     app.fake.set_chunk_pause(Some(Duration::from_millis(50)));
     let (mut ws, ack) = app.player("Writer").await;
@@ -515,7 +487,7 @@ async fn abort_mid_stream_charges_partial_usage(db: Db) {
     let reply = ws.recv_type("run:error").await;
     assert_eq!(reply["ref"], "stop");
     assert_eq!(reply["code"], "aborted");
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "aborted", "{run}");
     let usage = usage_of(&run["usage"]);
     assert!(usage.output_tokens > 0 && usage.output_tokens < 40 * 8 / 4, "{run}");
@@ -529,7 +501,7 @@ async fn abort_mid_stream_charges_partial_usage(db: Db) {
     let run2 = ws2.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
     ws2.recv_type("run:delta").await;
     ws2.close().await;
-    let run = final_run(&app, &token, &run2).await;
+    let run = app.final_run(&token, &run2).await;
     assert_eq!(run["status"], "aborted", "{run}");
 
     // While a joiner still waits, one session leaving does not abort the run.
@@ -545,20 +517,20 @@ async fn abort_mid_stream_charges_partial_usage(db: Db) {
     app.fake.set_chunk_pause(Some(Duration::from_millis(2)));
     let seen = follow(&mut b, &shared).await;
     assert_eq!(seen.end["type"], "run:done", "the joiner still waited: {}", seen.end);
-    assert_eq!(run_json(&app, &token, &shared).await["status"], "done");
+    assert_eq!(app.run_json(&token, &shared).await["status"], "done");
 
     // A REST run runs to its end.
     let (_, body) =
         post_json(&app.url("/api/generate"), &token, &json!({"project_id": "p1", "action": "WRITE", "input": "rest"}))
             .await;
-    let run = final_run(&app, &token, body["run_id"].as_str().unwrap()).await;
+    let run = app.final_run(&token, body["run_id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "done");
 }
 
 /// Identical requests while running join one run (one upstream call, both get every frame);
 /// after it finished they are answered from storage at no cost, unless `skip_cache`.
 async fn duplicates_join_and_replay(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |_| {}).await;
+    let app = spawn_provider(db, Provider::Anthropic, |_| {}).await;
     app.fake.set_stream_chunks((0..10).map(|i| format!("part{i} ")).collect());
     app.fake.set_chunk_pause(Some(Duration::from_millis(30)));
     let (mut a, _) = app.player("A").await;
@@ -607,7 +579,7 @@ async fn duplicates_join_and_replay(db: Db) {
 
 /// REST start, the run's events as SSE (also for a subscriber who comes late), GET the run.
 async fn rest_run_with_server_sent_events(db: Db) {
-    let app = app_with(db, Provider::OpenAiChat, |_| {}).await;
+    let app = spawn_provider(db, Provider::OpenAiChat, |_| {}).await;
     app.fake.set_stream_chunks((0..8).map(|i| format!("line {i}\n")).collect());
     app.fake.set_chunk_pause(Some(Duration::from_millis(40)));
     let token = app.player_token().await;
@@ -620,10 +592,8 @@ async fn rest_run_with_server_sent_events(db: Db) {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["position"], 0);
     let run_id = body["run_id"].as_str().unwrap().to_owned();
-    eventually("some output", || async {
-        (run_json(&app, &token, &run_id).await["status"] == "running").then_some(())
-    })
-    .await;
+    eventually("some output", || async { (app.run_json(&token, &run_id).await["status"] == "running").then_some(()) })
+        .await;
     actix_web::rt::time::sleep(Duration::from_millis(150)).await;
 
     let events_url = app.url(&format!("/api/runs/{run_id}/events"));
@@ -655,7 +625,7 @@ async fn rest_run_with_server_sent_events(db: Db) {
     let mut resp = http().get(&events_url).bearer_auth(&token).send().await.unwrap();
     let again = String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap();
     assert!(again.contains("event: done"), "{again}");
-    let run = run_json(&app, &token, &run_id).await;
+    let run = app.run_json(&token, &run_id).await;
     assert_eq!(run["text"], done["text"]);
 
     // A player token is needed.
@@ -665,7 +635,7 @@ async fn rest_run_with_server_sent_events(db: Db) {
 
 /// No API key: `run:error` with `no_config` at once, no upstream call.
 async fn no_api_key_fails_at_once(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| c.llm_api_key = None).await;
+    let app = spawn_provider(db, Provider::Anthropic, |c| c.llm_api_key = None).await;
     let (mut ws, _) = app.player("Writer").await;
     ws.send(start("p1", "WRITE", "anything", json!(9))).await;
     let error = ws.recv().await;
@@ -677,7 +647,7 @@ async fn no_api_key_fails_at_once(db: Db) {
 
 /// Over LOREWIRE_QUEUE_LIMIT queued runs: `error:overloaded` (HTTP 429).
 async fn full_queue_is_overloaded(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.llm_concurrency = 1;
         c.queue_limit = 1;
         c.llm_timeout = Duration::from_secs(30);
@@ -706,7 +676,7 @@ async fn full_queue_is_overloaded(db: Db) {
 
 /// Bad input gets a clear error and stores nothing.
 async fn bad_input_is_refused(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |_| {}).await;
+    let app = spawn_provider(db, Provider::Anthropic, |_| {}).await;
     let (mut ws, ack) = app.player("Writer").await;
     let token = ack["token"].as_str().unwrap().to_owned();
     let cases = [
@@ -798,7 +768,7 @@ both_backends!(
 /// on the first process gets the text so far then the rest, without gaps or repeats.
 #[actix_web::test]
 async fn postgres_run_streamed_by_another_process_reaches_the_client_live() {
-    let app = app_with(Db::Postgres, Provider::Anthropic, |c| {
+    let app = spawn_provider(Db::Postgres, Provider::Anthropic, |c| {
         c.llm_concurrency = 1;
         c.llm_timeout = Duration::from_secs(30);
     })
@@ -823,7 +793,7 @@ async fn postgres_run_streamed_by_another_process_reaches_the_client_live() {
     let first = ws.recv_type("run:delta").await;
     assert_eq!(first["seq"], 0, "{first}");
     // Live: the run is still streaming when its first delta arrives here.
-    assert_eq!(run_json(&app, &token, &run_id).await["status"], "running");
+    assert_eq!(app.run_json(&token, &run_id).await["status"], "running");
 
     // A second client on this process joins half-way through.
     actix_web::rt::time::sleep(Duration::from_millis(400)).await;
@@ -851,8 +821,8 @@ async fn postgres_socket_closed_during_admission_aborts_its_run() {
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
 
-    let app = app_with(Db::Postgres, Provider::Anthropic, |_| {}).await;
-    set_test_price(&app, &app.config.llm_model.clone()).await;
+    let app = spawn_provider(Db::Postgres, Provider::Anthropic, |_| {}).await;
+    app.set_price(&app.config.llm_model.clone(), &TEST_PRICE).await;
     let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 100})).await;
     assert_eq!(status, 200, "{body}");
     app.fake.set_stream_chunks((0..30).map(|i| format!("word{i:02} ")).collect());
@@ -879,7 +849,7 @@ async fn postgres_socket_closed_during_admission_aborts_its_run() {
     })
     .await;
     let token = app.player_token().await;
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "aborted", "{run}");
     let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
     assert_eq!(budget["reserved_usd"], 0.0, "{budget}");

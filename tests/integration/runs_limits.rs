@@ -13,25 +13,11 @@ use lorewire::store::{billing, write_tx, Store};
 use serde_json::{json, Value};
 
 use crate::common::fake_llm::FakeUsage;
-use crate::common::{eventually, get_json, post_json, spawn_with, Db, Mode, Setup, TestApp, TestDb};
+use crate::common::{eventually, post_json, spawn_provider, Db, Mode, TestApp, TestDb};
 
 /// Prices the tests set, per million tokens, in micro-dollars; each rate differs so a token
 /// priced at the wrong rate shows.
 const PRICE: Price = Price { input: 3_000_000, output: 15_000_000, cache_read: 300_000, cache_write: 3_750_000 };
-
-async fn app_with(db: Db, provider: Provider, configure: impl FnOnce(&mut lorewire::config::Config)) -> TestApp {
-    spawn_with(Setup { provider, ..Setup::new(db) }, configure).await
-}
-
-async fn set_price(app: &TestApp, model: &str) {
-    let (status, body) = app
-        .admin_put(
-            &format!("/admin/api/prices/{model}"),
-            json!({"input_usd": 3.0, "output_usd": 15.0, "cache_read_usd": 0.3, "cache_write_usd": 3.75}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
 
 /// Starts a run over REST (it runs to its end whoever waits) and returns its id.
 async fn start_run(app: &TestApp, token: &str, input: &str) -> String {
@@ -39,20 +25,6 @@ async fn start_run(app: &TestApp, token: &str, input: &str) -> String {
     let (status, body) = post_json(&app.url("/api/generate"), token, &body).await;
     assert_eq!(status, 202, "{body}");
     body["run_id"].as_str().unwrap().to_owned()
-}
-
-async fn run_json(app: &TestApp, token: &str, run_id: &str) -> Value {
-    let (status, run) = get_json(&app.url(&format!("/api/runs/{run_id}")), Some(token)).await;
-    assert_eq!(status, 200, "{run}");
-    run
-}
-
-async fn final_run(app: &TestApp, token: &str, run_id: &str) -> Value {
-    eventually("the run to end", || async {
-        let run = run_json(app, token, run_id).await;
-        (!matches!(run["status"].as_str(), Some("queued" | "running"))).then_some(run)
-    })
-    .await
 }
 
 /// The project's cost events, newest first.
@@ -148,7 +120,7 @@ fn insert_active_run(
 /// Concurrent first `PUT /admin/api/budgets/{project}`: every one answers 200, and the budget
 /// ends with one of the limits sent.
 async fn concurrent_first_budget_puts_all_succeed(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |_| {}).await;
+    let app = spawn_provider(db, Provider::Anthropic, |_| {}).await;
     for round in 0..5 {
         let path = format!("/admin/api/budgets/race{round}");
         let puts = (1..=4).map(|i| app.admin_put(&path, json!({"limit_usd": f64::from(i)})));
@@ -166,7 +138,7 @@ async fn concurrent_first_budget_puts_all_succeed(db: Db) {
 /// An admin re-queue of a dead letter while LOREWIRE_QUEUE_LIMIT runs are queued is refused
 /// as overloaded (429) and leaves the run dead.
 async fn dead_letter_retry_respects_the_queue_limit(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.llm_concurrency = 1;
         c.queue_limit = 1;
         c.max_attempts = 1;
@@ -177,19 +149,19 @@ async fn dead_letter_retry_respects_the_queue_limit(db: Db) {
     let token = app.player_token().await;
     app.fake.push_modes([Mode::StreamError { after_chunks: 1 }]);
     let dead = start_run(&app, &token, "doomed").await;
-    assert_eq!(final_run(&app, &token, &dead).await["status"], "dead");
+    assert_eq!(app.final_run(&token, &dead).await["status"], "dead");
 
     app.fake.set_mode(Mode::Hang);
     let running = start_run(&app, &token, "hangs upstream").await;
     eventually("the second run to be upstream", || async { (app.fake.request_count() == 2).then_some(()) }).await;
-    assert_eq!(run_json(&app, &token, &running).await["status"], "running");
+    assert_eq!(app.run_json(&token, &running).await["status"], "running");
     let queued = start_run(&app, &token, "waits in the queue").await;
-    assert_eq!(run_json(&app, &token, &queued).await["status"], "queued");
+    assert_eq!(app.run_json(&token, &queued).await["status"], "queued");
 
     let (status, body) = app.admin_post(&format!("/admin/api/dead-letters/{dead}/retry")).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"], "overloaded");
-    assert_eq!(run_json(&app, &token, &dead).await["status"], "dead");
+    assert_eq!(app.run_json(&token, &dead).await["status"], "dead");
     let (_, letters) = app.admin_get("/admin/api/dead-letters").await;
     assert_eq!(letters["runs"][0]["run_id"], dead.as_str(), "still a dead letter: {letters}");
     assert_eq!(app.fake.request_count(), 2, "nothing more was sent upstream");
@@ -200,14 +172,14 @@ async fn dead_letter_retry_respects_the_queue_limit(db: Db) {
 /// one attempt, one upstream call, charged once for the usage reported.
 async fn answers_cut_at_max_tokens_end_normally(db: Db) {
     for provider in Provider::ALL {
-        let app = app_with(db, provider, |c| c.retry_base = Duration::from_millis(20)).await;
-        set_price(&app, provider.default_model()).await;
+        let app = spawn_provider(db, provider, |c| c.retry_base = Duration::from_millis(20)).await;
+        app.set_price(provider.default_model(), &PRICE).await;
         app.fake.set_stream_chunks(vec!["One. ".into(), "Two. ".into(), "Three. ".into(), "Four.".into()]);
         app.fake.set_usage(Some(FakeUsage { input: 120, output: 64, ..FakeUsage::default() }));
         app.fake.set_mode(Mode::MaxTokens { after_chunks: 2 });
         let token = app.player_token().await;
         let run_id = start_run(&app, &token, "count to four").await;
-        let run = final_run(&app, &token, &run_id).await;
+        let run = app.final_run(&token, &run_id).await;
         assert_eq!(run["status"], "done", "{provider}: {run}");
         assert_eq!(run["text"], "One. Two. ", "{provider}");
         assert_eq!(run["attempts"], 1, "{provider}");
@@ -225,20 +197,20 @@ async fn answers_cut_at_max_tokens_end_normally(db: Db) {
 /// limit passes; the attempt is charged for the input reported and the text received, retried,
 /// and dead after LOREWIRE_MAX_ATTEMPTS.
 async fn stalled_stream_times_out_per_chunk(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.llm_timeout = Duration::from_millis(400);
         c.retry_base = Duration::from_millis(20);
         c.max_attempts = 2;
         c.circuit_failures = 100;
     })
     .await;
-    set_price(&app, "claude-haiku-4-5-20251001").await;
+    app.set_price("claude-haiku-4-5-20251001", &PRICE).await;
     app.fake.set_stream_chunks(vec!["One. ".into(), "Two. ".into(), "Three. ".into(), "Four.".into()]);
     app.fake.set_usage(Some(FakeUsage { input: 90, output: 40, ..FakeUsage::default() }));
     app.fake.set_mode(Mode::StallStream { after_chunks: 2 });
     let token = app.player_token().await;
     let run_id = start_run(&app, &token, "a story that stalls").await;
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "dead", "{run}");
     assert_eq!(run["attempts"], 2);
     assert_eq!(run["error"]["code"], "timeout", "{run}");
@@ -258,20 +230,20 @@ async fn stalled_stream_times_out_per_chunk(db: Db) {
 /// idle limit still fail the attempt as a timeout once the total passes, charged for the text
 /// received so far.
 async fn slow_stream_hits_the_total_limit(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.llm_timeout = Duration::from_secs(2);
         c.run_total_limit = Duration::from_millis(600);
         c.max_attempts = 1;
         c.circuit_failures = 100;
     })
     .await;
-    set_price(&app, "claude-haiku-4-5-20251001").await;
+    app.set_price("claude-haiku-4-5-20251001", &PRICE).await;
     app.fake.set_stream_chunks((0..40).map(|i| format!("w{i:02} ")).collect());
     app.fake.set_chunk_pause(Some(Duration::from_millis(100)));
     let token = app.player_token().await;
     let started = Instant::now();
     let run_id = start_run(&app, &token, "a very long saga").await;
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert!(started.elapsed() < Duration::from_secs(3), "the 4 s stream was stopped early");
     assert_eq!(run["status"], "dead", "{run}");
     assert_eq!(run["error"]["code"], "timeout", "{run}");
@@ -286,14 +258,14 @@ async fn slow_stream_hits_the_total_limit(db: Db) {
 /// Chat Completions chunks with `"choices": null` (a keep-alive chunk, and the usage chunk)
 /// are tolerated end to end: the run is done with the full text and the usage reported.
 async fn chat_chunks_with_null_choices_are_tolerated(db: Db) {
-    let app = app_with(db, Provider::OpenAiChat, |_| {}).await;
-    set_price(&app, "gpt-5-mini").await;
+    let app = spawn_provider(db, Provider::OpenAiChat, |_| {}).await;
+    app.set_price("gpt-5-mini", &PRICE).await;
     app.fake.set_chat_null_choices(true);
     app.fake.set_stream_chunks(vec!["Salt ".into(), "and ".into(), "iron.".into()]);
     app.fake.set_usage(Some(FakeUsage { input: 100, output: 7, cache_read: 40, cache_write: 0 }));
     let token = app.player_token().await;
     let run_id = start_run(&app, &token, "a tidal charm").await;
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "done", "{run}");
     assert_eq!(run["text"], "Salt and iron.");
     let usage = usage_of(&run["usage"]);
@@ -306,8 +278,8 @@ async fn chat_chunks_with_null_choices_are_tolerated(db: Db) {
 /// Anthropic cache writes and reads are priced at their own rates: the run, its `run:done`,
 /// its cost event and the budget's spend all carry exactly the cost worked out from the table.
 async fn anthropic_cache_tokens_are_priced_exactly(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |_| {}).await;
-    set_price(&app, "claude-haiku-4-5-20251001").await;
+    let app = spawn_provider(db, Provider::Anthropic, |_| {}).await;
+    app.set_price("claude-haiku-4-5-20251001", &PRICE).await;
     let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 5.0})).await;
     assert_eq!(status, 200, "{body}");
     // Within the prompt's size, as a real prompt cache reports it.
@@ -332,7 +304,7 @@ async fn anthropic_cache_tokens_are_priced_exactly(db: Db) {
     assert_eq!(usage_of(&done["usage"]), usage, "{done}");
     assert_eq!(micros(&done["cost_usd"]), expected_micros, "{done}");
 
-    let run = run_json(&app, &token, &run_id).await;
+    let run = app.run_json(&token, &run_id).await;
     assert_eq!(micros(&run["cost_usd"]), expected_micros, "{run}");
     let events = cost_events(&app, "p1").await;
     assert_eq!(events.len(), 1);
@@ -345,19 +317,19 @@ async fn anthropic_cache_tokens_are_priced_exactly(db: Db) {
 
 /// Output estimated from a cut stream's text never passes the max output tokens asked for.
 async fn output_estimate_is_capped_at_max_output_tokens(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |c| {
+    let app = spawn_provider(db, Provider::Anthropic, |c| {
         c.max_output_tokens = 8;
         c.max_attempts = 1;
         c.circuit_failures = 100;
     })
     .await;
-    set_price(&app, "claude-haiku-4-5-20251001").await;
+    app.set_price("claude-haiku-4-5-20251001", &PRICE).await;
     app.fake.set_stream_chunks(vec!["x".repeat(100), "y".repeat(100), "z".repeat(100)]);
     app.fake.set_usage(Some(FakeUsage { input: 30, output: 75, ..FakeUsage::default() }));
     app.fake.set_mode(Mode::CutStream { after_chunks: 2 });
     let token = app.player_token().await;
     let run_id = start_run(&app, &token, "far too long").await;
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "dead", "{run}");
     assert_eq!(run["error"]["code"], "stream_cut", "{run}");
     let usage = usage_of(&run["usage"]);
@@ -370,8 +342,8 @@ async fn output_estimate_is_capped_at_max_output_tokens(db: Db) {
 /// prompt bound allows) is charged the reservation, and the run, its cost event and the
 /// budget's spend all say the same.
 async fn attempt_over_its_reservation_is_charged_it_everywhere(db: Db) {
-    let app = app_with(db, Provider::Anthropic, |_| {}).await;
-    set_price(&app, "claude-haiku-4-5-20251001").await;
+    let app = spawn_provider(db, Provider::Anthropic, |_| {}).await;
+    app.set_price("claude-haiku-4-5-20251001", &PRICE).await;
     let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": 5.0})).await;
     assert_eq!(status, 200, "{body}");
     let input = "an oversized prompt";
@@ -382,7 +354,7 @@ async fn attempt_over_its_reservation_is_charged_it_everywhere(db: Db) {
     app.fake.set_usage(Some(FakeUsage { input: 1_000_000, output: 10, ..FakeUsage::default() }));
     let token = app.player_token().await;
     let run_id = start_run(&app, &token, input).await;
-    let run = final_run(&app, &token, &run_id).await;
+    let run = app.final_run(&token, &run_id).await;
     assert_eq!(run["status"], "done", "{run}");
     assert!(PRICE.cost(&usage_of(&run["usage"])) > reservation);
     assert_eq!(micros(&run["cost_usd"]), reservation, "{run}");
