@@ -42,10 +42,11 @@ macro_rules! both_backends {
 }
 
 pub fn pg_admin_url() -> String {
-    // No TLS on the loopback: a test process exits while pool threads may still be inside
-    // libpq, and OpenSSL's exit-time teardown under a live TLS connection can crash it.
+    // No TLS and no GSSAPI on the loopback: a test process exits while pool threads may still
+    // be inside libpq, and the exit-time teardown of OpenSSL (under a live TLS connection) or
+    // of Kerberos (under a GSSAPI negotiation) can crash it.
     std::env::var("LOREWIRE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&gssencmode=disable".into())
 }
 
 /// A database of one test's own.
