@@ -417,16 +417,20 @@ async fn budget_admits_exactly_what_fits(db: Db) {
 }
 
 /// Sets a budget's `reserved` behind lorewire's back (a stand-in for drift left by a crash).
-async fn tamper_reserved(db: Db, url: &str, micros: i64) {
-    use diesel::{Connection, RunQueryDsl};
+/// Through the store, so it waits out a write the stopped server may still be finishing.
+async fn tamper_reserved(url: &str, micros: i64) {
+    use diesel::{ExpressionMethods, RunQueryDsl};
+    use lorewire::store::schema::budgets;
     let url = url.to_owned();
-    let sql = format!("UPDATE budgets SET reserved_micros = {micros}");
-    actix_web::rt::task::spawn_blocking(move || match db {
-        Db::Sqlite => diesel::sql_query(sql).execute(&mut diesel::SqliteConnection::establish(&url).unwrap()),
-        Db::Postgres => diesel::sql_query(sql).execute(&mut diesel::PgConnection::establish(&url).unwrap()),
+    actix_web::rt::task::spawn_blocking(move || {
+        let store = lorewire::store::Store::connect(&url).unwrap();
+        store
+            .run_blocking(move |conn| {
+                Ok(diesel::update(budgets::table).set(budgets::reserved_micros.eq(micros)).execute(conn)?)
+            })
+            .unwrap()
     })
     .await
-    .unwrap()
     .unwrap();
 }
 
@@ -456,7 +460,7 @@ async fn reservations_are_reconciled_at_start(db: Db) {
     assert!(close_to(budget["reserved_usd"].as_f64().unwrap(), worst as f64 / 1e6), "{budget}");
 
     app.stop().await;
-    tamper_reserved(db, &app.db.url, 777_777).await;
+    tamper_reserved(&app.db.url, 777_777).await;
     app.fake.set_mode(Mode::Delay(Duration::from_millis(1500)));
     app.restart(std::sync::Arc::new(lorewire::clock::SystemClock)).await;
     let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;

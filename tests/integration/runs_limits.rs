@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::RunQueryDsl;
+use diesel::{ExpressionMethods, RunQueryDsl};
 use lorewire::llm::providers::Provider;
 use lorewire::runs::{estimate_tokens, prompt_token_bound, Action, Price, Usage};
+use lorewire::store::schema::{budgets, runs};
 use lorewire::store::{billing, write_tx, Store};
 use serde_json::{json, Value};
 
@@ -69,7 +70,7 @@ async fn reconcile_keeps_reservations_committed_meanwhile(db: Db) {
             billing::put_budget(conn, "p1", 1_000_000, now())?;
             insert_active_run(conn, "r-earlier", 3_000)?;
             // Drift to be repaired: the budget holds nothing for the run above.
-            diesel::sql_query("UPDATE budgets SET reserved_micros = 0").execute(conn)?;
+            diesel::update(budgets::table).set(budgets::reserved_micros.eq(0)).execute(conn)?;
             Ok(())
         })
         .await
@@ -108,12 +109,20 @@ fn insert_active_run(
     run_id: &str,
     reserved: i64,
 ) -> lorewire::store::StoreResult<()> {
-    diesel::sql_query(format!(
-        "INSERT INTO runs (run_id, project_id, action, input, model, dedup_key, status, reserved_micros, \
-         created_at, updated_at) VALUES ('{run_id}', 'p1', 'WRITE', 'x', 'm', 'k-{run_id}', 'queued', {reserved}, \
-         CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-    ))
-    .execute(conn)?;
+    diesel::insert_into(runs::table)
+        .values((
+            runs::run_id.eq(run_id),
+            runs::project_id.eq("p1"),
+            runs::action.eq("WRITE"),
+            runs::input.eq("x"),
+            runs::model.eq("m"),
+            runs::dedup_key.eq(format!("k-{run_id}")),
+            runs::status.eq("queued"),
+            runs::reserved_micros.eq(reserved),
+            runs::created_at.eq(now()),
+            runs::updated_at.eq(now()),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
