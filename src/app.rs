@@ -9,14 +9,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
-use crate::clock::SharedClock;
-use crate::config::{Config, Secret};
 use crate::content::ContentService;
+use crate::core::clock::SharedClock;
+use crate::core::config::{Config, Secret};
+use crate::core::metrics::Metrics;
+use crate::core::shutdown::Stop;
 use crate::hub::{CloseAll, Hub};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::{Drain, LlmActor, ReleaseJobs};
 use crate::lobby::{Lobby, LobbyService};
-use crate::metrics::Metrics;
 use crate::runs::live::LiveRuns;
 use crate::runs::RunService;
 use crate::store::notify::{self, ListenerHandle};
@@ -57,22 +58,7 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// Stops an actor (the end of a graceful shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Stop;
-
-macro_rules! stoppable {
-    ($($actor:ty),*) => {$(
-        impl Handler<Stop> for $actor {
-            type Result = ();
-            fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-                ctx.stop();
-            }
-        }
-    )*};
-}
-stoppable!(Hub, CircuitBreaker, LlmActor);
+crate::stoppable!(Hub, CircuitBreaker, LlmActor);
 
 /// A running lorewire.
 pub struct Running {
@@ -148,7 +134,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         CircuitBreaker::restore(settings, &llm_row.circuit(), clock.clone(), store.clone(), metrics.clone()).start();
     // Names this process in job leases and cross-process notifications.
     let origin: Arc<str> =
-        format!("{}-{}", std::process::id(), crate::players::new_token().get(..8).unwrap_or("0")).into();
+        format!("{}-{}", std::process::id(), crate::domain::players::new_token().get(..8).unwrap_or("0")).into();
     let live = Arc::new(LiveRuns::new());
     let mut llm = LlmActor::new(
         store.clone(),
@@ -203,7 +189,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     };
 
     let admin_token_generated = config.admin_token.is_none();
-    let admin_token = config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::players::new_token()));
+    let admin_token = config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
 
     let state = Arc::new(AppState {
         config: config.clone(),

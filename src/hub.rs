@@ -10,23 +10,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use crate::content::ContentKind;
-use crate::metrics::Metrics;
-use crate::ws::protocol::ServerFrame;
+use crate::core::metrics::Metrics;
+pub use crate::domain::topic::Topic;
+use crate::domain::wire::ServerFrame;
 
 pub type SessionId = u64;
-
-/// What a session can be subscribed to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Topic {
-    Content(ContentKind, u64),
-    /// A generation run, by its public id.
-    Run(String),
-    /// The one global lobby: presence changes, new messages, mood updates. Frames carry
-    /// `version = Some(message id)` for `message:new` (joining sessions drop what their history
-    /// already holds), `None` otherwise.
-    Lobby,
-}
 
 /// Delivered to a session by the Hub.
 #[derive(Message, Clone)]

@@ -3,14 +3,13 @@
 //! See `PROTOCOL.md` for the external contract; [`app::start`] builds the whole thing.
 
 pub mod app;
-pub mod clock;
-pub mod config;
 pub mod content;
+pub mod core;
+pub mod domain;
 pub mod http;
 pub mod hub;
 pub mod llm;
 pub mod lobby;
-pub mod metrics;
 pub mod players;
 pub mod runs;
 pub mod store;

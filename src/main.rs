@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use lorewire::clock::SystemClock;
-use lorewire::config::{Cli, Command};
+use lorewire::core::clock::SystemClock;
+use lorewire::core::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn serve(config: lorewire::config::Config) -> anyhow::Result<()> {
+async fn serve(config: lorewire::core::config::Config) -> anyhow::Result<()> {
     let running = lorewire::app::start(config, Arc::new(SystemClock)).await.context("starting lorewire")?;
     if running.admin_token_generated {
         // Printed once, on stdout, so the operator can copy it; never logged.

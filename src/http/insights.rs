@@ -11,9 +11,9 @@ use serde_json::{json, Map, Value};
 use super::admin::authorize;
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::domain::players::Variant;
 use crate::llm::circuit::GetSnapshot;
 use crate::lobby::OnlineUsers;
-use crate::players::Variant;
 use crate::runs::{usd, RunStatus};
 use crate::store::{billing, content as content_rows, jobs, messages, runs as run_rows};
 

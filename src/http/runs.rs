@@ -19,7 +19,7 @@ use crate::hub::{self, SessionId, ToSession};
 use crate::runs::service::{StartError, Started, Waiter};
 use crate::runs::{self, parse_usd, usd, Price, RunStatus, RunView};
 use crate::store::billing;
-use crate::store::runs::{self as rows, Requeued};
+use crate::store::runs::{self as rows, Requeued, RunRow};
 
 /// Frames an SSE client may fall behind by before it is dropped.
 const SSE_BACKLOG: usize = 512;
@@ -80,7 +80,7 @@ pub async fn get_run(
     player(&req, &state).await?;
     let run_id = path.into_inner();
     let row = state.runs.get(run_id.clone()).await?.ok_or_else(|| not_found(&run_id))?;
-    Ok(HttpResponse::Ok().json(RunView::from_row(&row)?))
+    Ok(HttpResponse::Ok().json(row.view()?))
 }
 
 /// Forwards a run topic's frames from the Hub to one SSE response.
@@ -234,7 +234,7 @@ fn project_filter(project_id: Option<String>) -> Result<Option<String>, ApiError
 }
 
 fn views(rows: &[rows::RunRow]) -> Result<Vec<RunView>, ApiError> {
-    Ok(rows.iter().map(RunView::from_row).collect::<Result<_, _>>()?)
+    Ok(rows.iter().map(RunRow::view).collect::<Result<_, _>>()?)
 }
 
 pub async fn admin_runs(
@@ -359,7 +359,7 @@ pub async fn retry_dead_letter(
     authorize(&req, &state)?;
     let run_id = path.into_inner();
     match state.runs.retry_dead(run_id.clone()).await? {
-        Requeued::Queued(row) => Ok(HttpResponse::Accepted().json(RunView::from_row(&row)?)),
+        Requeued::Queued(row) => Ok(HttpResponse::Accepted().json(row.view()?)),
         Requeued::NotFound => Err(not_found(&run_id)),
         Requeued::NotDead => Err(ApiError::Conflict(format!("run `{run_id}` is not a dead letter"))),
         Requeued::Duplicate => {

@@ -14,16 +14,17 @@ use serde_json::{Map, Value};
 use super::circuit::{Acquire, CircuitBreaker, Outcome, Permit, Refusal, Report};
 use super::client::{self, UpstreamError};
 use super::providers::{self, Prompt, Provider, Target};
-use crate::clock::SharedClock;
-use crate::config::Config;
-use crate::content::{kinds, Content, ContentKind, ContentStatus, Context as ContentContext, FallbackReason};
+use crate::content::{prompts, ContentKind, ContentStatus, Context as ContentContext, FallbackReason};
+use crate::core::clock::SharedClock;
+use crate::core::config::Config;
+use crate::core::metrics::Metrics;
+use crate::domain::answer::OutputError;
+use crate::domain::wire::Typed;
 use crate::hub::{Hub, Publish};
-use crate::metrics::Metrics;
 use crate::store::content::{self as content_rows, Finish};
 use crate::store::jobs::{self, JobKind, JobRow};
 use crate::store::llm_config::{self, LlmConfigRow};
 use crate::store::{Store, StoreError};
-use crate::ws::protocol::Typed;
 
 mod mood;
 
@@ -339,7 +340,7 @@ async fn run_content_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
         tracing::warn!(job = job.id, "job was taken over by another worker; result dropped");
         return Ok(());
     };
-    let content = Content::from_row(&row)?;
+    let content = row.content()?;
     deps.metrics
         .content_finished
         .with_label_values(&[content.status.as_str(), content.reason.as_deref().unwrap_or("")])
@@ -373,7 +374,7 @@ async fn generate(
 ) -> Result<(Map<String, Value>, String), FallbackReason> {
     let prompt = Prompt {
         system: kind.system_prompt().to_owned(),
-        user: kinds::user_message(kind, subject_id, context),
+        user: prompts::user_message(kind, subject_id, context),
         schema_name: kind.schema_name().to_owned(),
         schema: kind.json_schema(),
         max_tokens: deps.config.max_output_tokens,
@@ -388,7 +389,7 @@ async fn call_structured<T>(
     deps: &JobDeps,
     config: Option<&LlmConfigRow>,
     prompt: &Prompt,
-    validate: impl FnOnce(&str) -> Result<T, kinds::OutputError>,
+    validate: impl FnOnce(&str) -> Result<T, OutputError>,
     call: &str,
 ) -> Result<(T, String), FallbackReason> {
     let config = config.ok_or(FallbackReason::NoConfig)?;
@@ -450,15 +451,15 @@ type Failed = (FallbackReason, String);
 fn judge<T>(
     provider: Provider,
     answer: Result<bytes::Bytes, UpstreamError>,
-    validate: impl FnOnce(&str) -> Result<T, kinds::OutputError>,
+    validate: impl FnOnce(&str) -> Result<T, OutputError>,
 ) -> (Outcome, Result<T, Failed>) {
     match answer {
         Ok(body) => match providers::parse_text(provider, &body) {
             Err(why) => (Outcome::Failure, Err((FallbackReason::InvalidResponse, why))),
             Ok(text) => match validate(&text) {
                 Ok(value) => (Outcome::Success, Ok(value)),
-                Err(kinds::OutputError::NotJson(why)) => (Outcome::Failure, Err((FallbackReason::InvalidJson, why))),
-                Err(e @ kinds::OutputError::Invalid(_)) => {
+                Err(OutputError::NotJson(why)) => (Outcome::Failure, Err((FallbackReason::InvalidJson, why))),
+                Err(e @ OutputError::Invalid(_)) => {
                     (Outcome::Failure, Err((FallbackReason::InvalidResponse, e.to_string())))
                 }
             },

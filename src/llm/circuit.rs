@@ -13,8 +13,8 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::clock::SharedClock;
-use crate::metrics::Metrics;
+use crate::core::clock::SharedClock;
+use crate::core::metrics::Metrics;
 use crate::store::llm_config::{self, CircuitRecord};
 use crate::store::Store;
 

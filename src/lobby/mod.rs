@@ -14,67 +14,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 
-pub use mood::{Mood, MoodStatus};
+pub use crate::domain::lobby::{
+    validate_text, Message, Mood, MoodStatus, PresenceLeave, PresenceUser, MAX_MESSAGE_CHARS,
+};
 
-use crate::clock::SharedClock;
+use crate::core::clock::SharedClock;
+use crate::core::metrics::Metrics;
+use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{self, Hub, Publish, SessionId, ToSession, Topic};
 use crate::llm::JobsAvailable;
-use crate::metrics::Metrics;
 use crate::store::messages::{self, MessageRow};
 use crate::store::notify;
 use crate::store::{Store, StoreError};
-use crate::ws::protocol::{ServerFrame, Typed};
 use crate::ws::rate_limit::RateLimiter;
-
-/// Longest message, in characters.
-pub const MAX_MESSAGE_CHARS: usize = 500;
-
-/// A lobby message as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Message {
-    pub id: i64,
-    pub user_id: i64,
-    pub nickname: String,
-    pub text: String,
-    pub mood: Mood,
-    pub mood_status: MoodStatus,
-    pub created_at: DateTime<Utc>,
-}
-
-impl Message {
-    /// An unknown stored mood reads as `neutral` / `fallback` rather than failing the history.
-    pub fn from_row(row: &MessageRow) -> Message {
-        let mood = Mood::parse(&row.mood);
-        let status = MoodStatus::parse(&row.mood_status);
-        let (mood, mood_status) = match (mood, status) {
-            (Some(m), Some(s)) => (m, s),
-            _ => (Mood::Neutral, MoodStatus::Fallback),
-        };
-        Message {
-            id: row.id,
-            user_id: row.user_id,
-            nickname: row.nickname.clone(),
-            text: row.text.clone(),
-            mood,
-            mood_status,
-            created_at: DateTime::from_naive_utc_and_offset(row.created_at, Utc),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PresenceUser {
-    pub user_id: i64,
-    pub nickname: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PresenceLeave {
-    pub user_id: i64,
-}
 
 /// `message:new` for everyone in the lobby.
 pub fn new_message_publish(message: Message) -> Publish {
@@ -89,24 +42,6 @@ pub fn mood_publish(message: &Message) -> Publish {
         frame: Typed::MessageMoodUpdated { id: message.id, mood: message.mood, mood_status: message.mood_status }
             .into(),
     }
-}
-
-/// Checks a chat message: 1..500 characters, not blank, no control characters but newline.
-/// Returns it without surrounding whitespace.
-pub fn validate_text(raw: &str) -> Result<String, String> {
-    // Checked before trimming: a control character at either end is refused, not cut.
-    if raw.chars().any(|c| c.is_control() && c != '\n') {
-        return Err("message must not contain control characters (newlines are fine)".into());
-    }
-    let text = raw.trim();
-    if text.is_empty() {
-        return Err("message text must not be empty".into());
-    }
-    let chars = text.chars().count();
-    if chars > MAX_MESSAGE_CHARS {
-        return Err(format!("message is {chars} characters; at most {MAX_MESSAGE_CHARS} are allowed"));
-    }
-    Ok(text.to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,12 +458,7 @@ impl Handler<ListenerReady> for Lobby {
     }
 }
 
-impl Handler<crate::app::Stop> for Lobby {
-    type Result = ();
-    fn handle(&mut self, _: crate::app::Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+crate::stoppable!(Lobby);
 
 // ---------------------------------------------------------------------------------------------
 // The service: what sessions and handlers call.
@@ -567,7 +497,7 @@ impl LobbyService {
         llm: Recipient<JobsAvailable>,
         lobby: Addr<Lobby>,
         metrics: Arc<Metrics>,
-        config: &crate::config::Config,
+        config: &crate::core::config::Config,
     ) -> Self {
         LobbyService {
             origin,
@@ -592,7 +522,7 @@ impl LobbyService {
         let online = self.lobby.send(join).await.map_err(|_| StoreError::Canceled)?;
         let limit = self.history_limit;
         let rows = self.store.run(move |conn| messages::recent(conn, limit)).await?;
-        Ok((online, rows.iter().map(Message::from_row).collect()))
+        Ok((online, rows.iter().map(MessageRow::message).collect()))
     }
 
     pub fn leave(&self, session: SessionId) {
@@ -616,29 +546,11 @@ impl LobbyService {
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
         let row = self.store.run(move |conn| messages::insert(conn, &origin, user_id, &nickname, &text, now)).await?;
-        let message = Message::from_row(&row);
+        let message = row.message();
         self.metrics.lobby_messages.inc();
         tracing::info!(message = message.id, user = user_id, "lobby message");
         self.hub.do_send(new_message_publish(message.clone()));
         self.llm.do_send(JobsAvailable);
         Ok(message)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_rules() {
-        assert_eq!(validate_text("  hello ").unwrap(), "hello");
-        assert_eq!(validate_text("two\nlines").unwrap(), "two\nlines");
-        assert!(validate_text("").is_err());
-        assert!(validate_text(" \n ").is_err());
-        assert!(validate_text("bell\u{7}").is_err());
-        assert!(validate_text("tab\there").is_err());
-        assert!(validate_text("\thello").is_err(), "a leading tab is refused, not trimmed away");
-        assert!(validate_text(&"é".repeat(500)).is_ok());
-        assert!(validate_text(&"x".repeat(501)).is_err());
     }
 }

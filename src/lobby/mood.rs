@@ -1,71 +1,15 @@
-//! The mood of a lobby message: the six moods, the static classification prompt, the strict
-//! JSON schema handed to the provider, and validation of the model's answer.
+//! Classifying the mood of a lobby message: the static classification prompt, the strict JSON
+//! schema handed to the provider, and validation of the model's answer (the six moods are
+//! `domain::lobby::Mood`).
 //!
 //! Rules: the player's text never reaches the system prompt; it is placed JSON-string-encoded
 //! (with `<` and `>` escaped) inside a labeled `<chat_message>` block of the user message, so it
 //! cannot close the block or forge instructions. Nothing here does I/O.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::content::kinds::OutputError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mood {
-    Neutral,
-    Happy,
-    Sad,
-    Angry,
-    Excited,
-    Calm,
-}
-
-impl Mood {
-    pub const ALL: [Mood; 6] = [Mood::Neutral, Mood::Happy, Mood::Sad, Mood::Angry, Mood::Excited, Mood::Calm];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mood::Neutral => "neutral",
-            Mood::Happy => "happy",
-            Mood::Sad => "sad",
-            Mood::Angry => "angry",
-            Mood::Excited => "excited",
-            Mood::Calm => "calm",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mood> {
-        Mood::ALL.into_iter().find(|m| m.as_str() == s)
-    }
-}
-
-/// Where a message's mood stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MoodStatus {
-    Pending,
-    Ready,
-    Fallback,
-}
-
-impl MoodStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MoodStatus::Pending => "pending",
-            MoodStatus::Ready => "ready",
-            MoodStatus::Fallback => "fallback",
-        }
-    }
-    pub fn parse(s: &str) -> Option<MoodStatus> {
-        match s {
-            "pending" => Some(MoodStatus::Pending),
-            "ready" => Some(MoodStatus::Ready),
-            "fallback" => Some(MoodStatus::Fallback),
-            _ => None,
-        }
-    }
-}
+use crate::domain::answer::{json_body, OutputError};
+use crate::domain::lobby::Mood;
 
 /// Static (prompt-cacheable) and free of player text.
 pub const SYSTEM_PROMPT: &str = "You classify the mood of one chat message written by a player in the lobby \
@@ -109,12 +53,7 @@ pub fn user_message(text: &str) -> String {
 /// Reads the model's answer: a JSON object (optionally in a Markdown fence) with one of the six
 /// moods (case and surrounding spaces forgiven).
 pub fn validate_output(text: &str) -> Result<Mood, OutputError> {
-    let mut body = text.trim_start_matches('\u{feff}').trim();
-    if let Some(rest) = body.strip_prefix("```") {
-        let rest = rest.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-        body = rest.strip_suffix("```").unwrap_or(rest).trim();
-    }
-    let value: Value = serde_json::from_str(body).map_err(|e| OutputError::NotJson(e.to_string()))?;
+    let value = json_body(text)?;
     let mood = value
         .get("mood")
         .and_then(Value::as_str)
@@ -127,14 +66,6 @@ pub fn validate_output(text: &str) -> Result<Mood, OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn moods_round_trip() {
-        for mood in Mood::ALL {
-            assert_eq!(Mood::parse(mood.as_str()), Some(mood));
-        }
-        assert_eq!(Mood::parse("furious"), None);
-    }
 
     #[test]
     fn schema_lists_exactly_the_six_moods() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use tokio::sync::watch;
 
-use crate::ws::protocol::ServerFrame;
+use crate::domain::wire::ServerFrame;
 
 /// How long a run nobody streams here stays after its last change (a finished run's frames
 /// for late subscribers, a cancel for a stream about to start); then the database answers.
@@ -160,7 +160,7 @@ impl LiveRuns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::protocol::Typed;
+    use crate::domain::wire::Typed;
 
     fn delta(seq: u64) -> ServerFrame {
         Typed::RunDelta { run_id: "r".into(), seq, text: "x".into() }.into()

@@ -128,7 +128,7 @@ pub fn pieces(text: &str, max: usize) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::protocol::{ServerFrame, Typed};
+    use crate::domain::wire::{ServerFrame, Typed};
 
     fn delta(seq: u64, text: &str) -> RemoteFrame {
         let frame: ServerFrame = Typed::RunDelta { run_id: "run_x".into(), seq, text: text.into() }.into();

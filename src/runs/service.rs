@@ -10,14 +10,14 @@ use sha2::{Digest, Sha256};
 
 use super::live::LiveRuns;
 use super::{prompt_token_bound, topic, usd, Action, RunErrorCode, RunRequest, RunStatus, Usage};
-use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::core::clock::SharedClock;
+use crate::core::config::Config;
+use crate::core::metrics::Metrics;
+use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, PublishText, SessionId};
 use crate::llm::JobsAvailable;
-use crate::metrics::Metrics;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
 use crate::store::{billing, llm_config, Store, StoreError};
-use crate::ws::protocol::{ServerFrame, Typed};
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ fn dedup_key(project_id: &str, action: Action, model: &str, input: &str) -> Stri
 }
 
 fn new_run_id() -> String {
-    format!("run_{}", crate::players::new_token().get(..20).unwrap_or("0"))
+    format!("run_{}", crate::domain::players::new_token().get(..20).unwrap_or("0"))
 }
 
 impl RunService {

@@ -16,19 +16,19 @@ use super::live::LiveRuns;
 use super::relay::{self, Relay};
 use super::service::{finish, publish};
 use super::{estimate_tokens, prompt_token_bound, usd, Action, RunErrorCode, RunStatus, Usage};
-use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::core::clock::SharedClock;
+use crate::core::config::Config;
+use crate::core::metrics::Metrics;
+use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::llm::circuit::{Acquire, CircuitBreaker, GetSnapshot, Outcome, Permit, Report};
 use crate::llm::client::UpstreamError;
 use crate::llm::providers::{self, Provider, Target, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::llm::JobsAvailable;
-use crate::metrics::Metrics;
 use crate::store::jobs::{self, JobRow};
 use crate::store::runs::{self as rows, AttemptEnd, Settlement};
 use crate::store::{billing, llm_config, Store, StoreError};
-use crate::ws::protocol::Typed;
 
 /// Longest wait before a run refused by the circuit looks again (an admin may close it).
 const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(5);

@@ -10,8 +10,9 @@ use diesel::prelude::*;
 
 use super::schema::{budgets, cost_events, prices, runs};
 use super::{write_tx, DbConn, StoreResult};
+use crate::domain::money::Price;
+use crate::domain::runs::RunStatus;
 use crate::on_backend;
-use crate::runs::{Price, RunStatus};
 
 #[derive(Debug, Clone, Queryable)]
 pub struct PriceRow {

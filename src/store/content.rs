@@ -1,12 +1,13 @@
 //! Content items: one row per (kind, subject_id), created `pending` together with its job.
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use super::jobs::{self, JobKind};
 use super::notify;
 use super::schema::content;
-use super::{is_unique_violation, write_tx, DbConn, StoreResult};
+use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
+use crate::domain::content::{Content, ContentKind, ContentStatus};
 
 pub const PENDING: &str = "pending";
 
@@ -23,6 +24,23 @@ pub struct ContentRow {
     pub version: i64,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+}
+
+impl ContentRow {
+    /// The item as clients see it; a row that breaks the rules is [`StoreError::Corrupt`].
+    pub fn content(&self) -> Result<Content, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("content {}: {what}", self.id));
+        Ok(Content {
+            kind: ContentKind::parse(&self.kind).ok_or_else(|| corrupt("unknown kind"))?,
+            subject_id: u64::try_from(self.subject_id).map_err(|_| corrupt("negative subject_id"))?,
+            status: ContentStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
+            fields: serde_json::from_str(&self.fields).map_err(|_| corrupt("fields are not a JSON object"))?,
+            model: self.model.clone(),
+            reason: self.reason.clone(),
+            updated_at: DateTime::from_naive_utc_and_offset(self.updated_at, Utc),
+            version: self.version,
+        })
+    }
 }
 
 #[derive(Insertable)]

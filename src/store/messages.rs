@@ -1,13 +1,14 @@
 //! Lobby messages: written together with their mood job, read back as history, and settled
 //! (mood + the job's deletion) in one transaction by the worker that holds the job.
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use super::jobs::{self, JobKind};
 use super::notify;
 use super::schema::{messages, user_days, users};
 use super::{write_tx, DbConn, StoreResult};
+use crate::domain::lobby::{Message, Mood, MoodStatus};
 
 pub const MOOD_PENDING: &str = "pending";
 
@@ -20,6 +21,27 @@ pub struct MessageRow {
     pub mood: String,
     pub mood_status: String,
     pub created_at: NaiveDateTime,
+}
+
+impl MessageRow {
+    /// An unknown stored mood reads as `neutral` / `fallback` rather than failing the history.
+    pub fn message(&self) -> Message {
+        let mood = Mood::parse(&self.mood);
+        let status = MoodStatus::parse(&self.mood_status);
+        let (mood, mood_status) = match (mood, status) {
+            (Some(m), Some(s)) => (m, s),
+            _ => (Mood::Neutral, MoodStatus::Fallback),
+        };
+        Message {
+            id: self.id,
+            user_id: self.user_id,
+            nickname: self.nickname.clone(),
+            text: self.text.clone(),
+            mood,
+            mood_status,
+            created_at: DateTime::from_naive_utc_and_offset(self.created_at, Utc),
+        }
+    }
 }
 
 #[derive(Insertable)]

@@ -15,14 +15,14 @@ use bytestring::ByteString;
 use diesel::pg::PgConnection;
 use diesel::sql_types::Text;
 use diesel::{Connection, RunQueryDsl};
-use serde::{Deserialize, Serialize};
 
 use super::content::{self as rows, ContentRow};
 use super::{DbConn, Store, StoreResult};
-use crate::content::{Content, ContentKind};
+use crate::content::ContentKind;
+pub use crate::domain::events::{Event, MessageChange, RemoteFrame};
+use crate::domain::wire::Typed;
 use crate::hub::{Hub, Publish};
 use crate::runs::live::LiveRuns;
-use crate::ws::protocol::Typed;
 
 pub const CHANNEL: &str = "lorewire_events";
 /// How often the listener asks libpq for new notifications.
@@ -32,66 +32,6 @@ const RECONNECT: Duration = Duration::from_secs(1);
 diesel::define_sql_function! {
     /// `pg_notify(channel, payload)`.
     fn pg_notify(channel: Text, payload: Text) -> Text;
-}
-
-/// What one process tells the others.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t")]
-pub enum Event {
-    /// A content item changed; listeners read it and publish it.
-    #[serde(rename = "content")]
-    Content { origin: String, kind: String, subject_id: i64, version: i64 },
-    /// A lobby message was stored, or its mood settled; listeners read it and publish it.
-    #[serde(rename = "message")]
-    Message { origin: String, change: MessageChange, id: i64 },
-    /// Users who came online (with their nickname) or went offline on the `origin` process.
-    #[serde(rename = "presence")]
-    Presence { origin: String, online: Vec<(i64, String)>, offline: Vec<i64> },
-    /// A process (re)started listening: every other process announces who is online on it.
-    #[serde(rename = "hello")]
-    Hello { origin: String },
-    /// The `origin` process is alive (its presence is dropped when it stops saying so).
-    #[serde(rename = "alive")]
-    Alive { origin: String },
-    /// A generation run ended; listeners send its end to their own subscribers (its stored
-    /// result whole, when they did not hear the attempt's frames live).
-    #[serde(rename = "run_ended")]
-    RunEnded { origin: String, run_id: String },
-    /// Frames (`run:started`, `run:delta`) of a run streamed by the `origin` process, in order.
-    #[serde(rename = "run_frames")]
-    RunFrames { origin: String, run_id: String, frames: Vec<RemoteFrame> },
-    /// Nobody waits on a running run any more: the process streaming it stops and ends it.
-    #[serde(rename = "run_cancel")]
-    RunCancel { origin: String, run_id: String },
-}
-
-/// One frame of a run streamed by another process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RemoteFrame {
-    /// Its version on the run (the same on every process).
-    #[serde(rename = "v")]
-    pub version: i64,
-    /// It is the `run:started` of an attempt.
-    #[serde(rename = "s", default, skip_serializing_if = "std::ops::Not::not")]
-    pub starts_attempt: bool,
-    /// The frame as sent to clients.
-    #[serde(rename = "f")]
-    pub frame: String,
-}
-
-impl Event {
-    pub fn origin(&self) -> &str {
-        match self {
-            Event::Content { origin, .. }
-            | Event::Message { origin, .. }
-            | Event::Presence { origin, .. }
-            | Event::Hello { origin }
-            | Event::Alive { origin }
-            | Event::RunEnded { origin, .. }
-            | Event::RunFrames { origin, .. }
-            | Event::RunCancel { origin, .. } => origin,
-        }
-    }
 }
 
 /// Largest payload PostgreSQL accepts for one notification is 8000 bytes; stay well below.
@@ -104,14 +44,6 @@ pub fn announce(conn: &mut DbConn, payloads: &[String]) -> StoreResult<()> {
         diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
     }
     Ok(())
-}
-
-/// What happened to a lobby message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageChange {
-    New,
-    Mood,
 }
 
 /// Announces a lobby message change; call inside the transaction that made it.
@@ -260,7 +192,7 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &Li
                     return;
                 }
             };
-            let message = crate::lobby::Message::from_row(&row);
+            let message = row.message();
             hub.do_send(match change {
                 MessageChange::New => crate::lobby::new_message_publish(message),
                 MessageChange::Mood => crate::lobby::mood_publish(&message),
@@ -304,7 +236,7 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &Li
         Event::Content { kind, subject_id, .. } => {
             let Some(kind) = ContentKind::parse(&kind) else { return };
             let row = store.run_blocking(|conn| rows::find(conn, kind.as_str(), subject_id));
-            let content = match row.map(|r| r.as_ref().map(Content::from_row)) {
+            let content = match row.map(|r| r.as_ref().map(ContentRow::content)) {
                 Ok(Some(Ok(content))) => content,
                 Ok(None) => return,
                 Ok(Some(Err(e))) | Err(e) => {

@@ -2,15 +2,17 @@
 //! budget reservation) in one transaction; every attempt's end (usage, cost event, budget
 //! settlement, job hand-back or deletion) is one transaction too.
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use serde_json::json;
 
 use super::billing::{self, NewCostEvent};
 use super::jobs::{self, JobKind};
 use super::notify;
 use super::schema::{jobs as jobs_t, runs};
-use super::{is_unique_violation, write_tx, DbConn, StoreResult};
-use crate::runs::{RunErrorCode, RunStatus, Usage};
+use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
+use crate::domain::money::usd;
+use crate::domain::runs::{Action, RunErrorCode, RunStatus, RunView, Usage};
 
 #[derive(Debug, Clone, Queryable)]
 pub struct RunRow {
@@ -49,6 +51,28 @@ impl RunRow {
     pub fn is_active(&self) -> bool {
         self.run_status().is_some_and(RunStatus::is_active)
     }
+    /// The run as REST clients see it; a row that breaks the rules is [`StoreError::Corrupt`].
+    pub fn view(&self) -> Result<RunView, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("run {}: {what}", self.run_id));
+        Ok(RunView {
+            run_id: self.run_id.clone(),
+            project_id: self.project_id.clone(),
+            action: Action::parse(&self.action).ok_or_else(|| corrupt("unknown action"))?,
+            status: RunStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
+            model: self.model.clone(),
+            attempts: self.attempts,
+            usage: self.usage(),
+            cost_usd: usd(self.cost_micros),
+            text: self.text.clone(),
+            error: self
+                .error_code
+                .as_ref()
+                .map(|code| json!({"code": code, "message": self.error.clone().unwrap_or_default()})),
+            created_at: utc(self.created_at),
+            finished_at: self.finished_at.map(utc),
+        })
+    }
+
     pub fn usage(&self) -> Usage {
         Usage {
             input_tokens: self.input_tokens.max(0) as u64,
@@ -57,6 +81,10 @@ impl RunRow {
             cache_write_tokens: self.cache_write_tokens.max(0) as u64,
         }
     }
+}
+
+fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    DateTime::from_naive_utc_and_offset(t, Utc)
 }
 
 #[derive(Insertable)]

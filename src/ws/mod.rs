@@ -1,7 +1,6 @@
 //! The WebSocket edge: `GET /ws` (Origin check before the upgrade), the session actor and
 //! the frame types.
 
-pub mod protocol;
 pub mod rate_limit;
 pub mod session;
 

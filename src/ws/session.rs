@@ -21,14 +21,17 @@ use bytestring::ByteString;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::protocol::{self, ClientFrame, ContentRequest, ErrorCode, GenerateStart, ServerFrame, Typed};
 use super::MAX_FRAME_BYTES;
 use crate::app::AppState;
 use crate::content::{self, Content, ContentKind};
+use crate::domain::players::{self as player_rules, Variant};
+use crate::domain::wire::{
+    self as protocol, ClientFrame, ContentRequest, ErrorCode, GenerateStart, ServerFrame, Typed,
+};
 use crate::http::error::ApiError;
 use crate::hub::{self, SessionId, ToSession, Topic};
 use crate::lobby::{self, SendRefused};
-use crate::players::{self, Variant};
+use crate::players;
 use crate::runs::service::{RunService, StartError, Started, Waiter};
 use crate::runs::{self, RunErrorCode};
 
@@ -380,7 +383,7 @@ impl WsSession {
         if self.user.is_some() {
             return self.error(ErrorCode::InvalidPayload, reference, "the session has already started", ctx);
         }
-        let nickname = match players::validate_nickname(&nickname) {
+        let nickname = match player_rules::validate_nickname(&nickname) {
             Ok(n) => n,
             Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
         };

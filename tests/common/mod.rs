@@ -10,8 +10,8 @@ use awc::ws::{CloseCode, Codec, Frame, Message};
 use diesel::{Connection, RunQueryDsl};
 use futures_util::{SinkExt, StreamExt};
 use lorewire::app::Running;
-use lorewire::clock::{ManualClock, SharedClock, SystemClock};
-use lorewire::config::{Config, Secret};
+use lorewire::core::clock::{ManualClock, SharedClock, SystemClock};
+use lorewire::core::config::{Config, Secret};
 use lorewire::llm::providers::Provider;
 use serde_json::{json, Value};
 
@@ -65,7 +65,8 @@ impl TestDb {
                 TestDb { url, pg_name: None, _dir: Some(dir) }
             }
             Db::Postgres => {
-                let name = format!("lorewire_t_{}", lorewire::players::new_token().get(..16).unwrap().to_owned());
+                let name =
+                    format!("lorewire_t_{}", lorewire::domain::players::new_token().get(..16).unwrap().to_owned());
                 let admin = pg_admin_url();
                 let mut conn = diesel::PgConnection::establish(&admin).expect("PostgreSQL for tests");
                 diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create database");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use diesel::RunQueryDsl;
-use lorewire::clock::Clock;
+use lorewire::core::clock::Clock;
 use lorewire::store::schema::user_days;
 use serde_json::{json, Value};
 

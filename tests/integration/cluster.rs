@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lorewire::clock::SystemClock;
+use lorewire::core::clock::SystemClock;
 use serde_json::json;
 
 use crate::common::{spawn_app, Db, Mode, WsClient};

@@ -66,7 +66,7 @@ async fn presence_within(ws: &mut WsClient, wait: Duration) -> (Vec<i64>, Vec<i6
     }
 }
 
-async fn lobby_app(db: Db, configure: impl FnOnce(&mut lorewire::config::Config)) -> TestApp {
+async fn lobby_app(db: Db, configure: impl FnOnce(&mut lorewire::core::config::Config)) -> TestApp {
     spawn_with(Setup::new(db), configure).await
 }
 
@@ -357,7 +357,7 @@ async fn pending_mood_is_settled_after_a_restart(db: Db) {
     app.stop().await;
 
     app.fake.set_mode(Mode::Ok);
-    app.restart(Arc::new(lorewire::clock::SystemClock)).await;
+    app.restart(Arc::new(lorewire::core::clock::SystemClock)).await;
     let settled = crate::common::eventually("the mood to settle after the restart", || {
         let app = &app;
         async move {
@@ -395,7 +395,8 @@ async fn postgres_messages_and_moods_cross_processes() {
     let app = lobby_app(Db::Postgres, |_| {}).await;
     let mut config = app.config.clone();
     config.bind = "127.0.0.1:0".parse().unwrap();
-    let other = lorewire::app::start(config, Arc::new(lorewire::clock::SystemClock)).await.expect("second process");
+    let other =
+        lorewire::app::start(config, Arc::new(lorewire::core::clock::SystemClock)).await.expect("second process");
     let mut ada = join(&app, "Ada", None).await;
     let mut bo = {
         let mut ws = WsClient::connect(&format!("http://{}/ws", other.addr)).await;
@@ -464,7 +465,7 @@ async fn postgres_presence_crosses_processes() {
     let start_other = || {
         let mut config = app.config.clone();
         config.bind = "127.0.0.1:0".parse().unwrap();
-        lorewire::app::start(config, Arc::new(lorewire::clock::SystemClock))
+        lorewire::app::start(config, Arc::new(lorewire::core::clock::SystemClock))
     };
     let second = start_other().await.expect("second process");
     let ws_on = |addr: std::net::SocketAddr, nickname: &'static str| async move {

@@ -462,7 +462,7 @@ async fn reservations_are_reconciled_at_start(db: Db) {
     app.stop().await;
     tamper_reserved(&app.db.url, 777_777).await;
     app.fake.set_mode(Mode::Delay(Duration::from_millis(1500)));
-    app.restart(std::sync::Arc::new(lorewire::clock::SystemClock)).await;
+    app.restart(std::sync::Arc::new(lorewire::core::clock::SystemClock)).await;
     let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
     assert!(close_to(budget["reserved_usd"].as_f64().unwrap(), worst as f64 / 1e6), "reconciled: {budget}");
 
@@ -790,7 +790,8 @@ async fn postgres_run_streamed_by_another_process_reaches_the_client_live() {
 
     let mut other_config = app.config.clone();
     other_config.bind = "127.0.0.1:0".parse().unwrap();
-    let other = lorewire::app::start(other_config, std::sync::Arc::new(lorewire::clock::SystemClock)).await.unwrap();
+    let other =
+        lorewire::app::start(other_config, std::sync::Arc::new(lorewire::core::clock::SystemClock)).await.unwrap();
 
     ws.send(start("p1", "DESCRIBE", "the run the other process takes", json!(2))).await;
     let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();

@@ -140,7 +140,7 @@ async fn heartbeat_pings_and_closes_silent_sockets(db: Db) {
 
 async fn origin_allow_list(db: Db) {
     let app = spawn_with(Setup::new(db), |c| {
-        c.allowed_origins = lorewire::config::AllowedOrigins::parse("https://game.example");
+        c.allowed_origins = lorewire::core::config::AllowedOrigins::parse("https://game.example");
     })
     .await;
     let url = app.url("/ws");

@@ -5,7 +5,7 @@
 //! Like content jobs, it never holds a DB connection across the upstream call.
 
 use super::*;
-use crate::lobby::{self, mood, Message, Mood, MoodStatus};
+use crate::lobby::{self, mood, Mood, MoodStatus};
 use crate::store::messages::{self, MOOD_PENDING};
 
 /// Answers are one short JSON object.
@@ -39,7 +39,7 @@ pub(super) async fn run_mood_job(deps: JobDeps, job: JobRow) -> Result<(), Store
         return Ok(());
     };
     deps.metrics.moods_finished.with_label_values(&[status.as_str()]).inc();
-    let message = Message::from_row(&row);
+    let message = row.message();
     tracing::info!(message = message.id, mood = mood.as_str(), status = status.as_str(), "mood settled");
     deps.hub.do_send(lobby::mood_publish(&message));
     Ok(())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::llm::providers::Provider;
+use crate::core::provider::Provider;
 
 /// A value that must never reach a log line, a frame or a response.
 #[derive(Clone, Default, PartialEq, Eq)]

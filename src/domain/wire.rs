@@ -1,13 +1,14 @@
-//! WebSocket frames as typed serde enums (PROTOCOL §2). JSON only at this edge.
+//! The WebSocket wire format as typed serde enums: every client frame, every server frame and the
+//! error codes (README "Using it"). Parsing and serializing only; never does I/O.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::content::{Content, ContentKind};
-use crate::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
-use crate::players::Variant;
-use crate::runs::Usage;
+use super::content::{Content, ContentKind};
+use super::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
+use super::players::Variant;
+use super::runs::Usage;
 
 /// A frame from a client. Unknown fields (including `ref`, read separately) are ignored.
 #[derive(Debug)]
@@ -88,7 +89,7 @@ fn fields<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
     })
 }
 
-/// The error codes of PROTOCOL §2 "Errors".
+/// The error codes of a WebSocket `error:<code>` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidPayload,
@@ -97,6 +98,8 @@ pub enum ErrorCode {
     NotFound,
     BudgetExceeded,
     Overloaded,
+    /// The database (or the backplane) cannot take the request right now; nothing was stored.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -108,6 +111,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

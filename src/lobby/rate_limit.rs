@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::config::ChatRate;
+use crate::core::config::ChatRate;
 
 pub struct RateLimiter {
     count: usize,

@@ -1,0 +1,72 @@
+//! What one lorewire process tells the others: a small event enum, serialized as JSON on
+//! whatever backplane carries it. Pure; never sends anything itself.
+
+use serde::{Deserialize, Serialize};
+
+/// What one process tells the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum Event {
+    /// A content item changed; listeners read it and publish it.
+    #[serde(rename = "content")]
+    Content { origin: String, kind: String, subject_id: i64, version: i64 },
+    /// A lobby message was stored, or its mood settled; listeners read it and publish it.
+    #[serde(rename = "message")]
+    Message { origin: String, change: MessageChange, id: i64 },
+    /// Users who came online (with their nickname) or went offline on the `origin` process.
+    #[serde(rename = "presence")]
+    Presence { origin: String, online: Vec<(i64, String)>, offline: Vec<i64> },
+    /// A process (re)started listening: every other process announces who is online on it.
+    #[serde(rename = "hello")]
+    Hello { origin: String },
+    /// The `origin` process is alive (its presence is dropped when it stops saying so).
+    #[serde(rename = "alive")]
+    Alive { origin: String },
+    /// A generation run ended; listeners send its end to their own subscribers (its stored
+    /// result whole, when they did not hear the attempt's frames live).
+    #[serde(rename = "run_ended")]
+    RunEnded { origin: String, run_id: String },
+    /// Frames (`run:started`, `run:delta`) of a run streamed by the `origin` process, in order.
+    #[serde(rename = "run_frames")]
+    RunFrames { origin: String, run_id: String, frames: Vec<RemoteFrame> },
+    /// Nobody waits on a running run any more: the process streaming it stops and ends it.
+    #[serde(rename = "run_cancel")]
+    RunCancel { origin: String, run_id: String },
+}
+
+/// One frame of a run streamed by another process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteFrame {
+    /// Its version on the run (the same on every process).
+    #[serde(rename = "v")]
+    pub version: i64,
+    /// It is the `run:started` of an attempt.
+    #[serde(rename = "s", default, skip_serializing_if = "std::ops::Not::not")]
+    pub starts_attempt: bool,
+    /// The frame as sent to clients.
+    #[serde(rename = "f")]
+    pub frame: String,
+}
+
+impl Event {
+    pub fn origin(&self) -> &str {
+        match self {
+            Event::Content { origin, .. }
+            | Event::Message { origin, .. }
+            | Event::Presence { origin, .. }
+            | Event::Hello { origin }
+            | Event::Alive { origin }
+            | Event::RunEnded { origin, .. }
+            | Event::RunFrames { origin, .. }
+            | Event::RunCancel { origin, .. } => origin,
+        }
+    }
+}
+
+/// What happened to a lobby message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageChange {
+    New,
+    Mood,
+}

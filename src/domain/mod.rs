@@ -1,0 +1,13 @@
+//! Pure types and rules, shared by every layer above: no I/O, no actors, no database.
+
+pub mod answer;
+pub mod content;
+pub mod context;
+pub mod events;
+pub mod lobby;
+pub mod money;
+pub mod players;
+pub mod runs;
+pub mod status;
+pub mod topic;
+pub mod wire;

@@ -1,0 +1,93 @@
+//! Money: integer micro-dollars, per-model prices per million tokens, and dollar amounts at the
+//! JSON edge. Pure arithmetic; never rounds a charge down.
+
+use serde_json::{json, Value};
+
+use super::runs::Usage;
+
+/// Micro-dollars per dollar.
+pub const MICROS: i64 = 1_000_000;
+
+/// Prices of one model, in micro-dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    pub input: i64,
+    pub output: i64,
+    pub cache_read: i64,
+    pub cache_write: i64,
+}
+
+impl Price {
+    /// The cost of `usage` in micro-dollars, rounded up (never under-charged).
+    pub fn cost(&self, usage: &Usage) -> i64 {
+        let sum = usage.input_tokens as u128 * self.input.max(0) as u128
+            + usage.output_tokens as u128 * self.output.max(0) as u128
+            + usage.cache_read_tokens as u128 * self.cache_read.max(0) as u128
+            + usage.cache_write_tokens as u128 * self.cache_write.max(0) as u128;
+        i64::try_from(sum.div_ceil(1_000_000)).unwrap_or(i64::MAX)
+    }
+
+    /// The most an attempt can cost: every prompt token at the dearest input rate (a cache
+    /// write costs more than plain input) plus `max_output` output tokens.
+    pub fn worst_case(&self, prompt_tokens: u64, max_output: u64) -> i64 {
+        let dearest_input = self.input.max(self.cache_write).max(self.cache_read);
+        let per_token = Price { input: dearest_input, output: self.output, cache_read: 0, cache_write: 0 };
+        per_token.cost(&Usage { input_tokens: prompt_tokens, output_tokens: max_output, ..Usage::default() })
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "input_usd": usd(self.input),
+            "output_usd": usd(self.output),
+            "cache_read_usd": usd(self.cache_read),
+            "cache_write_usd": usd(self.cache_write),
+        })
+    }
+}
+
+/// Micro-dollars as dollars (for JSON).
+pub fn usd(micros: i64) -> f64 {
+    micros as f64 / MICROS as f64
+}
+
+/// A dollar amount from JSON as micro-dollars: a finite, non-negative number up to one billion.
+pub fn parse_usd(value: &Value, field: &str) -> Result<i64, String> {
+    let Some(n) = value.as_f64() else {
+        return Err(format!("`{field}` must be a number of US dollars, e.g. 12.5"));
+    };
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("`{field}` must be zero or more"));
+    }
+    if n > 1e9 {
+        return Err(format!("`{field}` must be at most 1000000000"));
+    }
+    Ok((n * MICROS as f64).round() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_rounds_up_and_prices_each_kind() {
+        let haiku = Price { input: 1_000_000, output: 5_000_000, cache_read: 100_000, cache_write: 1_250_000 };
+        let usage = Usage { input_tokens: 1000, output_tokens: 200, cache_read_tokens: 5000, cache_write_tokens: 800 };
+        // 1000*1 + 200*5 + 5000*0.1 + 800*1.25 = 1000 + 1000 + 500 + 1000 micro-dollars
+        assert_eq!(haiku.cost(&usage), 3500);
+        assert_eq!(haiku.cost(&Usage { cache_read_tokens: 1, ..Usage::default() }), 1);
+        assert_eq!(haiku.cost(&Usage::default()), 0);
+        assert!(
+            haiku.worst_case(100, 10)
+                >= haiku.cost(&Usage { cache_write_tokens: 100, output_tokens: 10, ..Usage::default() })
+        );
+    }
+
+    #[test]
+    fn usd_parsing_refuses_bad_amounts() {
+        assert_eq!(parse_usd(&json!(1.5), "limit_usd"), Ok(1_500_000));
+        assert_eq!(parse_usd(&json!(0), "limit_usd"), Ok(0));
+        assert!(parse_usd(&json!(-1), "limit_usd").is_err());
+        assert!(parse_usd(&json!("5"), "limit_usd").is_err());
+        assert!(parse_usd(&json!(null), "limit_usd").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Players as rules: opaque tokens (only their SHA-256 is stored), nickname rules, and the A/B
+//! variant. Pure functions; never touches the database.
+
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub const MAX_NICKNAME_CHARS: usize = 32;
+
+/// The A/B group of a player: `control` when `user_id` is even, `treatment` when odd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Control,
+    Treatment,
+}
+
+impl Variant {
+    pub fn of(user_id: i64) -> Variant {
+        if user_id.rem_euclid(2) == 0 {
+            Variant::Control
+        } else {
+            Variant::Treatment
+        }
+    }
+}
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Trims and checks a nickname: 1..32 characters, no control characters.
+pub fn validate_nickname(raw: &str) -> Result<String, String> {
+    // Checked before trimming: a tab or newline at either end is refused, not silently cut.
+    if raw.chars().any(char::is_control) {
+        return Err("nickname must not contain control characters".into());
+    }
+    let nickname = raw.trim();
+    let chars = nickname.chars().count();
+    if chars == 0 {
+        return Err("nickname must not be empty".into());
+    }
+    if chars > MAX_NICKNAME_CHARS {
+        return Err(format!("nickname is {chars} characters; at most {MAX_NICKNAME_CHARS} are allowed"));
+    }
+    Ok(nickname.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nickname_rules() {
+        assert_eq!(validate_nickname("  Ada ").unwrap(), "Ada");
+        assert!(validate_nickname("   ").is_err());
+        assert!(validate_nickname("Ada\n").is_err());
+        assert!(validate_nickname("\tAda").is_err());
+        assert!(validate_nickname(&"x".repeat(33)).is_err());
+        assert!(validate_nickname(&"é".repeat(32)).is_ok());
+        assert!(validate_nickname("A\u{7}da").is_err());
+    }
+
+    #[test]
+    fn variant_is_a_function_of_the_id() {
+        assert_eq!(Variant::of(2), Variant::Control);
+        assert_eq!(Variant::of(3), Variant::Treatment);
+        assert_eq!(Variant::of(3), Variant::of(3));
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(hash_token(&a).len(), 64);
+        assert_ne!(hash_token(&a), a);
+    }
+}

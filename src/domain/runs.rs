@@ -1,0 +1,227 @@
+//! Generation runs as rules: the actions, statuses and error codes, token usage and its
+//! estimates, the validation of a request, and the run as REST clients see it. Pure; never
+//! does I/O (prompts are the runs feature's, `runs::prompts`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest accepted `input`, in characters (a frame is at most 64 KiB).
+pub const MAX_INPUT_CHARS: usize = 16_000;
+/// Longest accepted `project_id`.
+pub const MAX_PROJECT_CHARS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    Write,
+    Rewrite,
+    Describe,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Write => "WRITE",
+            Action::Rewrite => "REWRITE",
+            Action::Describe => "DESCRIBE",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "WRITE" => Some(Action::Write),
+            "REWRITE" => Some(Action::Rewrite),
+            "DESCRIBE" => Some(Action::Describe),
+            _ => None,
+        }
+    }
+    /// Queue priority (higher first). Below content and mood jobs (priority 0), which players
+    /// wait on interactively; among runs REWRITE > WRITE > DESCRIBE.
+    pub fn priority(self) -> i32 {
+        match self {
+            Action::Rewrite => -1,
+            Action::Write => -2,
+            Action::Describe => -3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Done,
+    Dead,
+    Aborted,
+}
+
+impl RunStatus {
+    pub const ACTIVE: [&'static str; 2] = ["queued", "running"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Dead => "dead",
+            RunStatus::Aborted => "aborted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        match s {
+            "queued" => Some(RunStatus::Queued),
+            "running" => Some(RunStatus::Running),
+            "done" => Some(RunStatus::Done),
+            "dead" => Some(RunStatus::Dead),
+            "aborted" => Some(RunStatus::Aborted),
+            _ => None,
+        }
+    }
+    pub fn is_active(self) -> bool {
+        matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+/// Why a run ended without its text (`run:error.code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunErrorCode {
+    NoConfig,
+    Aborted,
+    BudgetExceeded,
+    RateLimited,
+    ApiError(u16),
+    NetworkError,
+    Timeout,
+    InvalidResponse,
+    /// The stream ended before the provider said it was complete.
+    StreamCut,
+    /// The provider reported an error inside the stream.
+    StreamError,
+}
+
+impl std::fmt::Display for RunErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunErrorCode::NoConfig => f.write_str("no_config"),
+            RunErrorCode::Aborted => f.write_str("aborted"),
+            RunErrorCode::BudgetExceeded => f.write_str("budget_exceeded"),
+            RunErrorCode::RateLimited => f.write_str("rate_limited"),
+            RunErrorCode::ApiError(status) => write!(f, "api_error_{status}"),
+            RunErrorCode::NetworkError => f.write_str("network_error"),
+            RunErrorCode::Timeout => f.write_str("timeout"),
+            RunErrorCode::InvalidResponse => f.write_str("invalid_response"),
+            RunErrorCode::StreamCut => f.write_str("stream_cut"),
+            RunErrorCode::StreamError => f.write_str("stream_error"),
+        }
+    }
+}
+
+/// Tokens one attempt (or a whole run) consumed. `input_tokens` excludes cache reads and
+/// cache writes, so each count is priced once at its own rate (OpenAI's `input_tokens`
+/// include `cached_tokens`; the parsers subtract them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+impl Usage {
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
+    pub fn add(&self, other: &Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens + other.input_tokens,
+            output_tokens: self.output_tokens + other.output_tokens,
+            cache_read_tokens: self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens + other.cache_write_tokens,
+        }
+    }
+}
+
+/// Output tokens estimated from text when the provider did not report them (a cut or
+/// aborted stream): one token per 4 characters, rounded up. Errs high, as a charge should.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// Upper bound on the prompt's tokens: no tokenizer yields more tokens than UTF-8 bytes, plus a
+/// margin for the per-message tokens the provider adds.
+pub fn prompt_token_bound(system: &str, user: &str) -> u64 {
+    (system.len() + user.len()) as u64 + 64
+}
+
+/// A validated `generate:start`.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub project_id: String,
+    pub action: Action,
+    pub input: String,
+    pub skip_cache: bool,
+}
+
+/// Checks a request's fields; the message is shown to the client as it is.
+pub fn validate(project_id: &str, action: &str, input: &str, skip_cache: bool) -> Result<RunRequest, String> {
+    let project_id = validate_project_id(project_id)?;
+    let action = Action::parse(action)
+        .ok_or_else(|| format!("unknown action `{action}` (expected WRITE, REWRITE or DESCRIBE)"))?;
+    if input.trim().is_empty() {
+        return Err("`input` must not be empty".into());
+    }
+    let chars = input.chars().count();
+    if chars > MAX_INPUT_CHARS {
+        return Err(format!("`input` is {chars} characters; at most {MAX_INPUT_CHARS} are accepted"));
+    }
+    if input.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
+        return Err("`input` must not contain control characters other than newlines and tabs".into());
+    }
+    Ok(RunRequest { project_id, action, input: input.to_owned(), skip_cache })
+}
+
+/// Project ids: 1..64 characters of letters, digits, `-`, `_`, `.` and `:`.
+pub fn validate_project_id(project_id: &str) -> Result<String, String> {
+    let ok = !project_id.is_empty()
+        && project_id.chars().count() <= MAX_PROJECT_CHARS
+        && project_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(project_id.to_owned())
+    } else {
+        Err(format!("`project_id` must be 1..{MAX_PROJECT_CHARS} characters of letters, digits, '-', '_', '.' or ':'"))
+    }
+}
+
+/// A run as REST clients see it (PROTOCOL §3 "Run").
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub run_id: String,
+    pub project_id: String,
+    pub action: Action,
+    pub status: RunStatus,
+    pub model: String,
+    pub attempts: i32,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub text: String,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(validate("p1", "WRITE", "a dragon", false).is_ok());
+        assert!(validate("p1", "SING", "x", false).unwrap_err().contains("SING"));
+        assert!(validate("p1", "WRITE", "  ", false).unwrap_err().contains("empty"));
+        let long = "x".repeat(MAX_INPUT_CHARS + 1);
+        assert!(validate("p1", "WRITE", &long, false).unwrap_err().contains("at most 16000"));
+        assert!(validate("", "WRITE", "x", false).is_err());
+        assert!(validate("p 1", "WRITE", "x", false).is_err());
+    }
+}

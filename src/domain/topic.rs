@@ -1,0 +1,20 @@
+//! What a session can be subscribed to: a key the Hub routes by, nothing more. Pure.
+
+use super::content::ContentKind;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Content(ContentKind, u64),
+    /// A generation run, by its public id.
+    Run(String),
+    /// The one global lobby: presence changes, new messages, mood updates. Frames carry
+    /// `version = Some(message id)` for `message:new` (joining sessions drop what their history
+    /// already holds), `None` otherwise.
+    Lobby,
+}
+
+impl Topic {
+    pub fn run(run_id: &str) -> Topic {
+        Topic::Run(run_id.to_owned())
+    }
+}
