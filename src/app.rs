@@ -20,35 +20,9 @@ use crate::llm::{Drain, LlmActor, ReleaseJobs};
 use crate::lobby::{Lobby, LobbyService};
 use crate::runs::live::LiveRuns;
 use crate::runs::RunService;
-use crate::store::notify::{self, ListenerHandle};
+use crate::state::AppState;
+use crate::store::notify;
 use crate::store::{billing, jobs, llm_config, Backend, Store, StoreError};
-
-/// Shared by every handler and session.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub clock: SharedClock,
-    pub metrics: Arc<Metrics>,
-    pub hub: Addr<Hub>,
-    pub circuit: Addr<CircuitBreaker>,
-    pub llm: Addr<LlmActor>,
-    pub content: ContentService,
-    pub runs: RunService,
-    pub lobby: LobbyService,
-    pub admin_token: Secret,
-    listener: Option<ListenerHandle>,
-    shutting_down: AtomicBool,
-    next_session: AtomicU64,
-}
-
-impl AppState {
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-    pub fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -209,12 +183,17 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     });
 
     let data = web::Data::from(state.clone());
-    let mut server =
-        HttpServer::new(move || App::new().app_data(data.clone()).wrap(tracing_actix()).configure(crate::http::routes))
-            .disable_signals()
-            // Pushed frames are small and follow each other closely: never let Nagle hold one back.
-            .tcp_nodelay(true)
-            .shutdown_timeout(config.shutdown.as_secs().max(1));
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(tracing_actix())
+            .route("/ws", web::get().to(crate::ws::upgrade))
+            .configure(crate::http::routes)
+    })
+    .disable_signals()
+    // Pushed frames are small and follow each other closely: never let Nagle hold one back.
+    .tcp_nodelay(true)
+    .shutdown_timeout(config.shutdown.as_secs().max(1));
     if config.workers > 0 {
         server = server.workers(config.workers);
     }

@@ -1,5 +1,5 @@
-//! The Hub: topic -> subscribed sessions. Serializes each published frame once and hands the
-//! same bytes to every subscriber.
+//! The Hub: topic -> subscribed sessions. Takes a frame already serialized once and hands the
+//! same bytes to every subscriber; it never parses or builds a frame and knows no feature.
 //!
 //! Never blocks on a session: frames go out with `try_send`, and a session whose mailbox is
 //! full is told to close as a slow consumer instead of slowing everyone else down.
@@ -12,7 +12,6 @@ use bytestring::ByteString;
 
 use crate::core::metrics::Metrics;
 pub use crate::domain::topic::Topic;
-use crate::domain::wire::ServerFrame;
 
 pub type SessionId = u64;
 
@@ -57,20 +56,11 @@ pub struct Unsubscribe {
     pub topic: Topic,
 }
 
-/// Send a frame to every subscriber of a topic.
+/// Send a serialized frame to every subscriber of a topic; `version` orders the frames of one
+/// topic (a session drops a frame older than what it has seen).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    pub topic: Topic,
-    pub version: Option<i64>,
-    pub frame: ServerFrame,
-}
-
-/// Send an already serialized frame to every subscriber of a topic (run frames are
-/// serialized once for the late-subscriber log and the Hub alike).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PublishText {
     pub topic: Topic,
     pub version: Option<i64>,
     pub text: ByteString,
@@ -168,22 +158,12 @@ impl Handler<Publish> for Hub {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         let Some((topic, members)) = self.topics.get_key_value(&msg.topic) else { return };
-        let text = ByteString::from(msg.frame.to_json());
-        let frame = ToSession::Frame { topic: topic.clone(), version: msg.version, text };
+        let frame = ToSession::Frame { topic: topic.clone(), version: msg.version, text: msg.text };
         for id in members {
-            let Some(recipient) = self.sessions.get(id) else { continue };
-            if let Err(SendError::Full(_)) = recipient.try_send(frame.clone()) {
-                self.metrics.slow_consumers.inc();
-                recipient.do_send(ToSession::Close { code: 1008, reason: "slow consumer" });
+            if let Some(recipient) = self.sessions.get(id) {
+                deliver(recipient, frame.clone(), &self.metrics);
             }
         }
-    }
-}
-
-impl Handler<PublishText> for Hub {
-    type Result = ();
-    fn handle(&mut self, msg: PublishText, _: &mut Context<Self>) {
-        self.send_text(&msg.topic, msg.version, msg.text);
     }
 }
 
@@ -199,17 +179,12 @@ impl Handler<DropTopic> for Hub {
     }
 }
 
-impl Hub {
-    fn send_text(&mut self, topic: &Topic, version: Option<i64>, text: ByteString) {
-        let Some((topic, members)) = self.topics.get_key_value(topic) else { return };
-        let frame = ToSession::Frame { topic: topic.clone(), version, text };
-        for id in members {
-            let Some(recipient) = self.sessions.get(id) else { continue };
-            if let Err(SendError::Full(_)) = recipient.try_send(frame.clone()) {
-                self.metrics.slow_consumers.inc();
-                recipient.do_send(ToSession::Close { code: 1008, reason: "slow consumer" });
-            }
-        }
+/// Hands one frame to one session without waiting; a session whose mailbox is full is closed
+/// as a slow consumer (and counted), so it can never hold the others back.
+pub fn deliver(recipient: &Recipient<ToSession>, frame: ToSession, metrics: &Metrics) {
+    if let Err(SendError::Full(_)) = recipient.try_send(frame) {
+        metrics.slow_consumers.inc();
+        recipient.do_send(ToSession::Close { code: 1008, reason: "slow consumer" });
     }
 }
 

@@ -12,5 +12,6 @@ pub mod llm;
 pub mod lobby;
 pub mod players;
 pub mod runs;
+pub mod state;
 pub mod store;
 pub mod ws;

@@ -15,11 +15,18 @@ pub use crate::domain::content::{
 pub use crate::domain::context::Context;
 
 use crate::core::clock::SharedClock;
-use crate::domain::wire::Typed;
+use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
 use crate::llm::JobsAvailable;
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::{Store, StoreError};
+
+/// `content:update` for every session subscribed to the item.
+pub fn update_publish(content: Content) -> Publish {
+    let (topic, version) = (content.topic(), content.version);
+    let frame: ServerFrame = Typed::ContentUpdate { content }.into();
+    Publish { topic, version: Some(version), text: frame.to_bytes() }
+}
 
 /// Requests, lookups and the wake-up of the LLM actor.
 #[derive(Clone)]
@@ -72,11 +79,7 @@ impl ContentService {
         }
         if let Requested::Regenerating(_) = requested {
             // Sessions already watching this item see it go back to pending.
-            self.hub.do_send(Publish {
-                topic: content.topic(),
-                version: Some(content.version),
-                frame: Typed::ContentUpdate { content: content.clone() }.into(),
-            });
+            self.hub.do_send(update_publish(content.clone()));
         }
         Ok(content)
     }

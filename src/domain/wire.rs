@@ -1,6 +1,7 @@
 //! The WebSocket wire format as typed serde enums: every client frame, every server frame and the
 //! error codes (README "Using it"). Parsing and serializing only; never does I/O.
 
+use bytestring::ByteString;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -208,6 +209,11 @@ impl ServerFrame {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("frames always serialize")
+    }
+
+    /// The frame serialized once, as the bytes the Hub hands to every subscriber.
+    pub fn to_bytes(&self) -> ByteString {
+        ByteString::from(self.to_json())
     }
 }
 

@@ -8,9 +8,9 @@ use subtle::ConstantTimeEq;
 
 use super::bearer;
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::providers::Provider;
+use crate::state::AppState;
 use crate::store::llm_config::{self, LlmConfigRow, SettingsChange};
 
 const MAX_MODEL_CHARS: usize = 200;

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
-use crate::store::StoreError;
+use crate::store::{Failure, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -48,14 +48,23 @@ impl ApiError {
     }
 }
 
+/// The one mapping of a storage failure to REST: overload 429, a refusing or unreachable
+/// database 503, our own fault 500. The cause is logged here, once; the client gets a safe message.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "database error");
-        match e {
-            StoreError::Pool(_) | StoreError::Connect(_) => {
-                ApiError::Unavailable("the database is not answering, try again".into())
+        match e.failure() {
+            Failure::Overloaded => {
+                tracing::warn!(error = %e, "database overloaded");
+                ApiError::Overloaded("the database is busy, try again".into())
             }
-            _ => ApiError::Internal,
+            Failure::Unavailable => {
+                tracing::error!(error = %e, "database unavailable");
+                ApiError::Unavailable("the database cannot take the request right now; nothing was stored".into())
+            }
+            Failure::Internal => {
+                tracing::error!(error = %e, "database error");
+                ApiError::Internal
+            }
         }
     }
 }

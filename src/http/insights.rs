@@ -10,11 +10,11 @@ use serde_json::{json, Map, Value};
 
 use super::admin::authorize;
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::domain::players::Variant;
 use crate::llm::circuit::GetSnapshot;
 use crate::lobby::OnlineUsers;
 use crate::runs::{usd, RunStatus};
+use crate::state::AppState;
 use crate::store::{billing, content as content_rows, jobs, messages, runs as run_rows};
 
 const DEFAULT_USERS_LIMIT: i64 = 100;

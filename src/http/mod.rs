@@ -1,5 +1,5 @@
-//! HTTP routes (PROTOCOL §3): public, player (`/api`, player token) and admin (`/admin/api`,
-//! admin token). Handlers stay thin: parse, authorize, call a service, map errors.
+//! HTTP routes (README "REST"): public, player (`/api`, player token) and admin (`/admin/api`,
+//! admin token); `GET /ws` is the WebSocket edge's, registered beside these in `app.rs`. Handlers stay thin: parse, authorize, call a service, map errors.
 
 pub mod admin;
 pub mod error;
@@ -26,7 +26,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/health", web::get().to(public::health))
     .route("/ready", web::get().to(public::ready))
     .route("/metrics", web::get().to(public::metrics))
-    .route("/ws", web::get().to(crate::ws::upgrade))
     .route("/", web::get().to(pages::index))
     .route("/admin", web::get().to(pages::admin))
     .route("/static/{name}", web::get().to(pages::asset))

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use super::bearer;
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::content::{self, ContentKind};
 use crate::players;
+use crate::state::AppState;
 use crate::store::users::UserRow;
 
 pub async fn health() -> HttpResponse {

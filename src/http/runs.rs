@@ -14,10 +14,10 @@ use serde_json::{json, Map, Value};
 use super::admin::authorize;
 use super::error::ApiError;
 use super::public::player;
-use crate::app::AppState;
 use crate::hub::{self, SessionId, ToSession};
 use crate::runs::service::{StartError, Started, Waiter};
 use crate::runs::{self, parse_usd, usd, Price, RunStatus, RunView};
+use crate::state::AppState;
 use crate::store::billing;
 use crate::store::runs::{self as rows, Requeued, RunRow};
 

@@ -19,8 +19,7 @@ use crate::core::clock::SharedClock;
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::domain::answer::OutputError;
-use crate::domain::wire::Typed;
-use crate::hub::{Hub, Publish};
+use crate::hub::Hub;
 use crate::store::content::{self as content_rows, Finish};
 use crate::store::jobs::{self, JobKind, JobRow};
 use crate::store::llm_config::{self, LlmConfigRow};
@@ -356,11 +355,7 @@ async fn run_content_job(deps: JobDeps, job: JobRow) -> Result<(), StoreError> {
         version = content.version,
         "content finished"
     );
-    deps.hub.do_send(Publish {
-        topic: content.topic(),
-        version: Some(content.version),
-        frame: Typed::ContentUpdate { content }.into(),
-    });
+    deps.hub.do_send(crate::content::update_publish(content));
     Ok(())
 }
 

@@ -7,13 +7,13 @@
 //! actor only keeps presence in memory; store calls run in [`LobbyService`] on the blocking pool.
 
 pub mod mood;
+pub mod rate_limit;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytestring::ByteString;
 
 pub use crate::domain::lobby::{
     validate_text, Message, Mood, MoodStatus, PresenceLeave, PresenceUser, MAX_MESSAGE_CHARS,
@@ -27,21 +27,20 @@ use crate::llm::JobsAvailable;
 use crate::store::messages::{self, MessageRow};
 use crate::store::notify;
 use crate::store::{Store, StoreError};
-use crate::ws::rate_limit::RateLimiter;
+use rate_limit::RateLimiter;
 
 /// `message:new` for everyone in the lobby.
 pub fn new_message_publish(message: Message) -> Publish {
-    Publish { topic: Topic::Lobby, version: Some(message.id), frame: Typed::MessageNew { message }.into() }
+    let message_id = message.id;
+    let frame: ServerFrame = Typed::MessageNew { message }.into();
+    Publish { topic: Topic::Lobby, version: Some(message_id), text: frame.to_bytes() }
 }
 
 /// `message:mood_updated` for everyone in the lobby.
 pub fn mood_publish(message: &Message) -> Publish {
-    Publish {
-        topic: Topic::Lobby,
-        version: None,
-        frame: Typed::MessageMoodUpdated { id: message.id, mood: message.mood, mood_status: message.mood_status }
-            .into(),
-    }
+    let frame: ServerFrame =
+        Typed::MessageMoodUpdated { id: message.id, mood: message.mood, mood_status: message.mood_status }.into();
+    Publish { topic: Topic::Lobby, version: None, text: frame.to_bytes() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,23 +316,16 @@ impl Lobby {
                 continue;
             }
             let frame: ServerFrame = Typed::PresenceUpdate { joins: fix_joins, leaves: fix_leaves }.into();
-            let text = ByteString::from(frame.to_json());
-            if let Err(SendError::Full(_)) =
-                fresh.recipient.try_send(ToSession::Frame { topic: self.topic.clone(), version: None, text })
-            {
-                fresh.recipient.do_send(ToSession::Close { code: 1008, reason: "slow consumer" });
-            }
+            let frame = ToSession::Frame { topic: self.topic.clone(), version: None, text: frame.to_bytes() };
+            hub::deliver(&fresh.recipient, frame, &self.metrics);
         }
         if joins.is_empty() && leaves.is_empty() {
             return;
         }
         tracing::debug!(joins = joins.len(), leaves = leaves.len(), "presence update");
         self.metrics.presence_updates.inc();
-        self.hub.do_send(Publish {
-            topic: Topic::Lobby,
-            version: None,
-            frame: Typed::PresenceUpdate { joins, leaves }.into(),
-        });
+        let frame: ServerFrame = Typed::PresenceUpdate { joins, leaves }.into();
+        self.hub.do_send(Publish { topic: Topic::Lobby, version: None, text: frame.to_bytes() });
     }
 }
 

@@ -14,7 +14,7 @@ use crate::core::clock::SharedClock;
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::domain::wire::{ServerFrame, Typed};
-use crate::hub::{DropTopic, Hub, PublishText, SessionId};
+use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::llm::JobsAvailable;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
 use crate::store::{billing, llm_config, Store, StoreError};
@@ -322,7 +322,7 @@ fn stored_end(row: &RunRow, cached: bool) -> ServerFrame {
 /// recorded (version, serialized).
 pub fn publish(live: &LiveRuns, hub: &Addr<Hub>, run_id: &str, frame: ServerFrame) -> (i64, ByteString) {
     let (version, text) = live.push(run_id, &frame);
-    hub.do_send(PublishText { topic: topic(run_id), version: Some(version), text: text.clone() });
+    hub.do_send(Publish { topic: topic(run_id), version: Some(version), text: text.clone() });
     (version, text)
 }
 

@@ -68,6 +68,64 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What a storage failure means for the request that met it; the edges map it to their own
+/// codes (`error:overloaded` / `error:unavailable` on the WebSocket, 429 / 503 / 500 on REST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Too much at once (every pooled connection busy, the SQLite write lock held too long):
+    /// the same request may well succeed in a moment.
+    Overloaded,
+    /// The database refuses or cannot be reached (disk full, read-only, connection lost):
+    /// nothing was stored, and retrying soon will not help until an operator acts.
+    Unavailable,
+    /// Lorewire's own fault (a corrupt row, a query bug).
+    Internal,
+}
+
+impl StoreError {
+    pub fn failure(&self) -> Failure {
+        use diesel::result::{DatabaseErrorKind as Kind, Error as Diesel};
+        match self {
+            StoreError::Connect(_) | StoreError::Canceled => Failure::Unavailable,
+            // r2d2 names the last connection error when the pool could not connect at all.
+            StoreError::Pool(e) if e.to_string().contains("waiting for connection: ") => Failure::Unavailable,
+            StoreError::Pool(_) => Failure::Overloaded,
+            StoreError::Query(Diesel::DatabaseError(kind, info)) => match kind {
+                Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::ReadOnlyTransaction => Failure::Unavailable,
+                Kind::SerializationFailure => Failure::Overloaded,
+                _ => classify_message(info.message()),
+            },
+            StoreError::Query(Diesel::BrokenTransactionManager) => Failure::Unavailable,
+            StoreError::Query(_) | StoreError::Migration(_) | StoreError::Corrupt(_) => Failure::Internal,
+        }
+    }
+}
+
+/// The failures both backends report only in words (SQLite result codes, PostgreSQL's
+/// insufficient-resources and connection classes).
+fn classify_message(message: &str) -> Failure {
+    let m = message.to_ascii_lowercase();
+    const BUSY: [&str; 2] = ["database is locked", "database table is locked"];
+    const REFUSED: [&str; 9] = [
+        "disk is full",
+        "disk full",
+        "readonly database",
+        "read-only",
+        "disk i/o error",
+        "no space left",
+        "could not extend file",
+        "server closed the connection",
+        "terminating connection",
+    ];
+    if BUSY.iter().any(|b| m.contains(b)) {
+        Failure::Overloaded
+    } else if REFUSED.iter().any(|r| m.contains(r)) {
+        Failure::Unavailable
+    } else {
+        Failure::Internal
+    }
+}
+
 /// Chooses the backend from the URL scheme so connection errors are reported as they are.
 pub fn backend_of(url: &str) -> (Backend, String) {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -20,8 +20,7 @@ use super::content::{self as rows, ContentRow};
 use super::{DbConn, Store, StoreResult};
 use crate::content::ContentKind;
 pub use crate::domain::events::{Event, MessageChange, RemoteFrame};
-use crate::domain::wire::Typed;
-use crate::hub::{Hub, Publish};
+use crate::hub::Hub;
 use crate::runs::live::LiveRuns;
 
 pub const CHANNEL: &str = "lorewire_events";
@@ -215,7 +214,7 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &Li
                 return;
             }
             for (_, text) in crate::runs::service::stored_frames(&row, false) {
-                hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: None, text });
+                hub.do_send(crate::hub::Publish { topic: topic.clone(), version: None, text });
             }
             hub.do_send(crate::hub::DropTopic { topic });
         }
@@ -225,7 +224,7 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &Li
                 let text = ByteString::from(f.frame);
                 // A frame heard without its attempt's start would leave subscribers a gap.
                 if live.push_remote(&run_id, f.version, text.clone(), f.starts_attempt) {
-                    hub.do_send(crate::hub::PublishText { topic: topic.clone(), version: Some(f.version), text });
+                    hub.do_send(crate::hub::Publish { topic: topic.clone(), version: Some(f.version), text });
                 }
             }
         }
@@ -244,11 +243,7 @@ fn forward(event: Event, origin: &str, store: &Store, hub: &Addr<Hub>, live: &Li
                     return;
                 }
             };
-            hub.do_send(Publish {
-                topic: content.topic(),
-                version: Some(content.version),
-                frame: Typed::ContentUpdate { content }.into(),
-            });
+            hub.do_send(crate::content::update_publish(content));
         }
     }
 }

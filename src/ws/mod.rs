@@ -1,13 +1,12 @@
 //! The WebSocket edge: `GET /ws` (Origin check before the upgrade), the session actor and
 //! the frame types.
 
-pub mod rate_limit;
 pub mod session;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::app::AppState;
 use crate::http::error::ApiError;
+use crate::state::AppState;
 
 /// Largest accepted frame payload; bigger frames close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;

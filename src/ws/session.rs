@@ -22,7 +22,6 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::MAX_FRAME_BYTES;
-use crate::app::AppState;
 use crate::content::{self, Content, ContentKind};
 use crate::domain::players::{self as player_rules, Variant};
 use crate::domain::wire::{
@@ -34,6 +33,7 @@ use crate::lobby::{self, SendRefused};
 use crate::players;
 use crate::runs::service::{RunService, StartError, Started, Waiter};
 use crate::runs::{self, RunErrorCode};
+use crate::state::AppState;
 
 /// Largest piece of an outgoing frame handed to the HTTP layer at once.
 const MAX_CHUNK_BYTES: usize = 8 * 1024;

@@ -1,0 +1,47 @@
+//! What every edge handler and session shares: the configuration, the store, the actors and
+//! the services, and whether the process is shutting down. Holds no business rule; built once,
+//! in `app::start`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::Addr;
+
+use crate::content::ContentService;
+use crate::core::clock::SharedClock;
+use crate::core::config::{Config, Secret};
+use crate::core::metrics::Metrics;
+use crate::hub::Hub;
+use crate::llm::circuit::CircuitBreaker;
+use crate::llm::LlmActor;
+use crate::lobby::LobbyService;
+use crate::runs::RunService;
+use crate::store::notify::ListenerHandle;
+use crate::store::Store;
+
+/// Shared by every handler and session.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub metrics: Arc<Metrics>,
+    pub hub: Addr<Hub>,
+    pub circuit: Addr<CircuitBreaker>,
+    pub llm: Addr<LlmActor>,
+    pub content: ContentService,
+    pub runs: RunService,
+    pub lobby: LobbyService,
+    pub admin_token: Secret,
+    pub(crate) listener: Option<ListenerHandle>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) next_session: AtomicU64,
+}
+
+impl AppState {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
