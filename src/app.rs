@@ -2,6 +2,7 @@
 //! The binary and the tests start it the same way, through [`start`].
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
+use crate::backplane::{self, Sinks};
+use crate::content::remote::ContentSink;
 use crate::content::ContentService;
 use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
@@ -17,11 +20,12 @@ use crate::core::shutdown::Stop;
 use crate::hub::{CloseAll, Hub};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::{Drain, LlmActor, ReleaseJobs};
+use crate::lobby::remote::LobbySink;
 use crate::lobby::{Lobby, LobbyService};
 use crate::runs::live::LiveRuns;
+use crate::runs::remote::RunsSink;
 use crate::runs::RunService;
 use crate::state::AppState;
-use crate::store::notify;
 use crate::store::{billing, jobs, llm_config, Backend, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let origin: Arc<str> =
         format!("{}-{}", std::process::id(), crate::domain::players::new_token().get(..8).unwrap_or("0")).into();
     let live = Arc::new(LiveRuns::new());
+    let backplane = backplane::for_store(&store, &config.database_url, origin.clone());
     let mut llm = LlmActor::new(
         store.clone(),
         hub.clone(),
@@ -120,8 +125,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         origin.clone(),
     )
     .with_runs(live.clone());
-    if backend == Backend::Postgres {
-        llm = llm.with_relay(crate::runs::relay::Relay::new(origin.clone(), store.clone()));
+    if backplane.shared() {
+        llm = llm.with_relay(crate::runs::relay::Relay::new(origin.clone(), backplane.clone()));
     }
     let llm = llm.start();
     let content =
@@ -136,10 +141,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         config.clone(),
         metrics.clone(),
     );
-    // Only PostgreSQL has other processes to share presence with.
-    let presence_store = (backend == Backend::Postgres).then(|| store.clone());
     let lobby_actor =
-        Lobby::new(hub.clone(), metrics.clone(), config.presence_window, origin.clone(), presence_store).start();
+        Lobby::new(hub.clone(), metrics.clone(), config.presence_window, origin.clone(), backplane.clone()).start();
     let lobby = LobbyService::new(
         origin.clone(),
         store.clone(),
@@ -150,17 +153,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         metrics.clone(),
         &config,
     );
-    let listener = match backend {
-        Backend::Postgres => Some(notify::spawn_listener(
-            config.database_url.clone(),
-            origin,
-            store.clone(),
-            hub.clone(),
-            lobby.addr().clone(),
-            live,
-        )),
-        Backend::Sqlite => None,
-    };
+    // What the other processes announce reaches each service through its sink.
+    backplane.listen(Sinks::start(vec![
+        Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
+        Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), lobby: lobby.addr().clone() }),
+        Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
+    ]));
 
     let admin_token_generated = config.admin_token.is_none();
     let admin_token = config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
@@ -177,7 +175,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         runs,
         lobby,
         admin_token,
-        listener,
+        backplane,
         shutting_down: AtomicBool::new(false),
         next_session: AtomicU64::new(1),
     });
@@ -202,7 +200,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let server = server.run();
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
-    tracing::info!(%addr, backend = ?backend, "lorewire is serving");
+    tracing::info!(%addr, backend = ?backend, backplane = state.backplane.name(), "lorewire is serving");
 
     Ok(Running { addr, state, admin_token_generated, server: handle, task })
 }
@@ -236,9 +234,8 @@ impl Running {
         }
         self.server.stop(true).await;
         let _ = self.task.await;
-        if let Some(listener) = self.state.listener.clone() {
-            let _ = actix_web::rt::task::spawn_blocking(move || listener.stop()).await;
-        }
+        let backplane = self.state.backplane.clone();
+        let _ = actix_web::rt::task::spawn_blocking(move || backplane.stop()).await;
         self.state.llm.do_send(Stop);
         self.state.circuit.do_send(Stop);
         self.state.hub.do_send(Stop);

@@ -3,6 +3,7 @@
 //! See `PROTOCOL.md` for the external contract; [`app::start`] builds the whole thing.
 
 pub mod app;
+pub mod backplane;
 pub mod content;
 pub mod core;
 pub mod domain;

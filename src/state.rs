@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
+use crate::backplane::Backplane;
 use crate::content::ContentService;
 use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
@@ -16,7 +17,6 @@ use crate::llm::circuit::CircuitBreaker;
 use crate::llm::LlmActor;
 use crate::lobby::LobbyService;
 use crate::runs::RunService;
-use crate::store::notify::ListenerHandle;
 use crate::store::Store;
 
 /// Shared by every handler and session.
@@ -32,7 +32,8 @@ pub struct AppState {
     pub runs: RunService,
     pub lobby: LobbyService,
     pub admin_token: Secret,
-    pub(crate) listener: Option<ListenerHandle>,
+    /// The bus to the other processes of this deployment.
+    pub backplane: Arc<dyn Backplane>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) next_session: AtomicU64,
 }

@@ -3,6 +3,7 @@
 //! wakes the LLM actor. Never calls the LLM itself and never leaves an item without a job.
 
 pub mod prompts;
+pub mod remote;
 
 use std::sync::Arc;
 

@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Largest serialized event any backplane must carry (PostgreSQL takes at most 8000 bytes per
+/// notification; this stays well below).
+pub const MAX_EVENT_BYTES: usize = 7000;
+
 /// What one process tells the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t")]

@@ -8,6 +8,7 @@
 
 pub mod mood;
 pub mod rate_limit;
+pub mod remote;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,13 +20,14 @@ pub use crate::domain::lobby::{
     validate_text, Message, Mood, MoodStatus, PresenceLeave, PresenceUser, MAX_MESSAGE_CHARS,
 };
 
+use crate::backplane::Backplane;
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
+use crate::domain::events::Event;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{self, Hub, Publish, SessionId, ToSession, Topic};
 use crate::llm::JobsAvailable;
 use crate::store::messages::{self, MessageRow};
-use crate::store::notify;
 use crate::store::{Store, StoreError};
 use rate_limit::RateLimiter;
 
@@ -69,12 +71,12 @@ pub struct Leave {
 #[rtype(result = "HashSet<i64>")]
 pub struct OnlineUsers;
 
-/// Presence news from another process (PostgreSQL LISTEN/NOTIFY).
+/// Presence news from another process (heard on the backplane).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Remote(pub notify::Event);
+pub struct Remote(pub Event);
 
-/// This process's listener is (again) hearing the other processes.
+/// This process's backplane is (again) hearing the other processes.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ListenerReady;
@@ -83,7 +85,7 @@ pub struct ListenerReady;
 /// users of a process that went silent (it crashed).
 const ALIVE_EVERY: Duration = Duration::from_secs(5);
 const REMOTE_EXPIRES: Duration = Duration::from_secs(16);
-/// Users per presence notification, so one stays under PostgreSQL's 8000-byte payload limit.
+/// Users per presence event, so one stays under the backplane's event size limit.
 const USERS_PER_NOTIFICATION: usize = 40;
 
 struct RemoteProcess {
@@ -109,8 +111,8 @@ pub struct Lobby {
     window: Duration,
     topic: Arc<Topic>,
     origin: Arc<str>,
-    /// Set on PostgreSQL: presence is shared with the other processes through it.
-    store: Option<Store>,
+    /// Presence is shared with the other processes through it (when it is shared).
+    backplane: Arc<dyn Backplane>,
     sessions: HashMap<SessionId, i64>,
     /// Online on this process: user -> nickname and open sessions.
     online: HashMap<i64, Member>,
@@ -118,8 +120,8 @@ pub struct Lobby {
     remote: HashMap<String, RemoteProcess>,
     /// Local users whose online state changed since the last announcement (Some = online).
     to_announce: HashMap<i64, Option<String>>,
-    /// Notifications waiting to be sent, one batch in flight at a time so they keep their order.
-    outgoing: Vec<String>,
+    /// Events waiting to be sent, one batch in flight at a time so they keep their order.
+    outgoing: Vec<Event>,
     sending: bool,
     /// Online as last broadcast.
     broadcast: HashMap<i64, String>,
@@ -135,7 +137,7 @@ impl Lobby {
         metrics: Arc<Metrics>,
         window: Duration,
         origin: Arc<str>,
-        store: Option<Store>,
+        backplane: Arc<dyn Backplane>,
     ) -> Self {
         Lobby {
             hub,
@@ -143,7 +145,7 @@ impl Lobby {
             window,
             topic: Arc::new(Topic::Lobby),
             origin,
-            store,
+            backplane,
             sessions: HashMap::new(),
             online: HashMap::new(),
             remote: HashMap::new(),
@@ -179,7 +181,7 @@ impl Lobby {
 
     /// A local user came online or went offline here: tell the other processes at the next flush.
     fn local_changed(&mut self, user_id: i64, ctx: &mut Context<Self>) {
-        if self.store.is_some() {
+        if self.backplane.shared() {
             let state = self.online.get(&user_id).map(|m| m.nickname.clone());
             self.to_announce.insert(user_id, state);
         }
@@ -189,14 +191,14 @@ impl Lobby {
     /// Queues presence notifications of `online` / `offline` users, chunked under the payload limit.
     fn queue_presence(&mut self, online: Vec<(i64, String)>, offline: Vec<i64>) {
         for chunk in online.chunks(USERS_PER_NOTIFICATION) {
-            self.queue(&notify::Event::Presence {
+            self.queue(Event::Presence {
                 origin: self.origin.to_string(),
                 online: chunk.to_vec(),
                 offline: Vec::new(),
             });
         }
         for chunk in offline.chunks(USERS_PER_NOTIFICATION * 4) {
-            self.queue(&notify::Event::Presence {
+            self.queue(Event::Presence {
                 origin: self.origin.to_string(),
                 online: Vec::new(),
                 offline: chunk.to_vec(),
@@ -204,34 +206,31 @@ impl Lobby {
         }
     }
 
-    fn queue(&mut self, event: &notify::Event) {
-        if self.store.is_some() {
-            self.outgoing.push(serde_json::to_string(event).expect("events serialize"));
+    fn queue(&mut self, event: Event) {
+        if self.backplane.shared() {
+            self.outgoing.push(event);
         }
     }
 
     /// Sends the queued notifications in order, one batch at a time.
     fn send_notifications(&mut self, ctx: &mut Context<Self>) {
-        let Some(store) = self.store.clone() else { return };
         if self.sending || self.outgoing.is_empty() {
             return;
         }
         self.sending = true;
         let batch = std::mem::take(&mut self.outgoing);
-        ctx.spawn(async move { store.run(move |conn| notify::announce(conn, &batch)).await }.into_actor(self).map(
-            |result, act, ctx| {
-                act.sending = false;
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "could not announce presence to the other processes");
-                }
-                act.send_notifications(ctx);
-            },
-        ));
+        ctx.spawn(self.backplane.publish(batch).into_actor(self).map(|result, act, ctx| {
+            act.sending = false;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not announce presence to the other processes");
+            }
+            act.send_notifications(ctx);
+        }));
     }
 
     /// Says this process is alive and drops the users of processes that went silent.
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        self.queue(&notify::Event::Alive { origin: self.origin.to_string() });
+        self.queue(Event::Alive { origin: self.origin.to_string() });
         self.send_notifications(ctx);
         let now = Instant::now();
         let gone: Vec<String> = self
@@ -335,7 +334,7 @@ impl Actor for Lobby {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Thousands of sessions may join at once; the mailbox must not refuse them.
         ctx.set_mailbox_capacity(100_000);
-        if self.store.is_some() {
+        if self.backplane.shared() {
             ctx.run_interval(ALIVE_EVERY, |act, ctx| act.heartbeat(ctx));
         }
     }
@@ -414,7 +413,7 @@ impl Handler<Remote> for Lobby {
             self.remote.entry(origin).or_insert_with(|| RemoteProcess { users: HashMap::new(), heard: Instant::now() });
         process.heard = Instant::now();
         match event {
-            notify::Event::Presence { online, offline, .. } => {
+            Event::Presence { online, offline, .. } => {
                 let mut touched = Vec::with_capacity(online.len() + offline.len());
                 for (user_id, nickname) in online {
                     process.users.insert(user_id, nickname);
@@ -428,7 +427,7 @@ impl Handler<Remote> for Lobby {
                     self.changed(user_id, ctx);
                 }
             }
-            notify::Event::Hello { .. } => {
+            Event::Hello { .. } => {
                 // A process (re)joined: tell it who is online here.
                 let everyone: Vec<(i64, String)> =
                     self.online.iter().map(|(id, m)| (*id, m.nickname.clone())).collect();
@@ -445,7 +444,7 @@ impl Handler<ListenerReady> for Lobby {
     type Result = ();
 
     fn handle(&mut self, _: ListenerReady, ctx: &mut Context<Self>) {
-        self.queue(&notify::Event::Hello { origin: self.origin.to_string() });
+        self.queue(Event::Hello { origin: self.origin.to_string() });
         self.send_notifications(ctx);
     }
 }

@@ -9,6 +9,7 @@
 pub mod live;
 pub mod prompts;
 pub mod relay;
+pub mod remote;
 pub mod service;
 pub mod worker;
 

@@ -1,75 +1,94 @@
 //! Sends the frames of the runs this process streams (`run:started`, `run:delta`) to the other
-//! processes sharing its PostgreSQL database, so their subscribers follow the run live.
+//! processes over the backplane, so their subscribers follow the run live.
 //!
-//! Frames are gathered for a short window and sent as few notifications as fit the payload
-//! limit, one sender at a time so they are committed (and heard) in the order they were made.
-//! The run's end is announced by its settlement; flush before it. Never holds a lock across
-//! an await except its own send lock.
+//! Frames are gathered for a short window and sent as few events as fit the backplane's size
+//! limit, by one sender task, so they are sent (and heard) in the order they were made. The run's
+//! end is announced by its settlement; [`Relay::flush`] first. Holds no lock across an await.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::store::notify::{self, Event, RemoteFrame, MAX_PAYLOAD_BYTES};
-use crate::store::Store;
+use crate::backplane::Backplane;
+use crate::domain::events::{Event, RemoteFrame, MAX_EVENT_BYTES};
 
 /// How long frames are gathered before they are sent.
 const GATHER: Duration = Duration::from_millis(25);
-/// Longest `run:delta` text: its frame fits one notification even when every byte needs
-/// escaping twice (`\u0001` in the frame, `\\u0001` in the event).
+/// Longest `run:delta` text: its frame fits one event even when every byte needs escaping
+/// twice (`\u0001` in the frame, `\\u0001` in the event).
 pub const MAX_DELTA_BYTES: usize = 900;
 
+enum Outgoing {
+    Frame(String, RemoteFrame),
+    /// Answered once every frame queued before it has been sent.
+    Flush(oneshot::Sender<()>),
+}
+
 pub struct Relay {
-    origin: Arc<str>,
-    store: Store,
-    pending: Mutex<Vec<(String, RemoteFrame)>>,
-    scheduled: AtomicBool,
-    sending: tokio::sync::Mutex<()>,
+    queue: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl Relay {
-    pub fn new(origin: Arc<str>, store: Store) -> Arc<Self> {
-        Arc::new(Relay {
-            origin,
-            store,
-            pending: Mutex::new(Vec::new()),
-            scheduled: AtomicBool::new(false),
-            sending: tokio::sync::Mutex::new(()),
-        })
+    /// Starts the relay's sender task on the current actix arbiter.
+    pub fn new(origin: Arc<str>, backplane: Arc<dyn Backplane>) -> Arc<Self> {
+        let (queue, rx) = mpsc::unbounded_channel();
+        actix::spawn(send_in_order(origin, backplane, rx));
+        Arc::new(Relay { queue })
     }
 
     /// Queues a frame of a run streamed here; it is sent within the gather window.
     pub fn forward(self: &Arc<Self>, run_id: &str, version: i64, frame: &ByteString, starts_attempt: bool) {
         let remote = RemoteFrame { version, starts_attempt, frame: frame.to_string() };
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push((run_id.to_owned(), remote));
-        if !self.scheduled.swap(true, Ordering::AcqRel) {
-            let relay = self.clone();
-            actix_web::rt::spawn(async move {
-                actix_web::rt::time::sleep(GATHER).await;
-                relay.scheduled.store(false, Ordering::Release);
-                relay.flush().await;
-            });
-        }
+        let _ = self.queue.send(Outgoing::Frame(run_id.to_owned(), remote));
     }
 
-    /// Sends every frame queued so far, after those already on their way.
+    /// Waits until every frame queued so far has been sent.
     pub async fn flush(&self) {
-        let _sending = self.sending.lock().await;
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        if batch.is_empty() {
-            return;
-        }
-        let payloads = pack(&self.origin, batch);
-        if let Err(e) = self.store.run(move |conn| notify::announce(conn, &payloads)).await {
-            tracing::warn!(error = %e, "run frames could not be sent to the other processes");
+        let (done, sent) = oneshot::channel();
+        if self.queue.send(Outgoing::Flush(done)).is_ok() {
+            let _ = sent.await;
         }
     }
 }
 
-/// The frames as `run_frames` notifications of at most [`MAX_PAYLOAD_BYTES`], each run's in order.
-fn pack(origin: &str, batch: Vec<(String, RemoteFrame)>) -> Vec<String> {
+/// The sender task: gathers frames for [`GATHER`] (or until a flush asks), sends them, repeats.
+async fn send_in_order(origin: Arc<str>, backplane: Arc<dyn Backplane>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::new();
+        let mut flushes = Vec::new();
+        match first {
+            Outgoing::Frame(run_id, frame) => {
+                batch.push((run_id, frame));
+                let gather = tokio::time::sleep(GATHER);
+                tokio::pin!(gather);
+                loop {
+                    tokio::select! {
+                        _ = &mut gather => break,
+                        next = rx.recv() => match next {
+                            Some(Outgoing::Frame(run_id, frame)) => batch.push((run_id, frame)),
+                            Some(Outgoing::Flush(done)) => { flushes.push(done); break }
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Outgoing::Flush(done) => flushes.push(done),
+        }
+        if !batch.is_empty() {
+            if let Err(e) = backplane.publish(pack(&origin, batch)).await {
+                tracing::warn!(error = %e, "run frames could not be sent to the other processes");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The frames as `run_frames` events of at most [`MAX_EVENT_BYTES`] serialized, each run's in order.
+fn pack(origin: &str, batch: Vec<(String, RemoteFrame)>) -> Vec<Event> {
     let mut by_run: Vec<(String, Vec<RemoteFrame>)> = Vec::new();
     for (run_id, frame) in batch {
         match by_run.iter_mut().find(|(r, _)| *r == run_id) {
@@ -79,20 +98,18 @@ fn pack(origin: &str, batch: Vec<(String, RemoteFrame)>) -> Vec<String> {
     }
     let mut payloads = Vec::new();
     for (run_id, frames) in by_run {
-        let event = |frames: Vec<RemoteFrame>| {
-            let event = Event::RunFrames { origin: origin.to_owned(), run_id: run_id.clone(), frames };
-            serde_json::to_string(&event).expect("events serialize")
-        };
-        let empty = event(Vec::new()).len();
+        let event =
+            |frames: Vec<RemoteFrame>| Event::RunFrames { origin: origin.to_owned(), run_id: run_id.clone(), frames };
+        let empty = serde_json::to_string(&event(Vec::new())).expect("events serialize").len();
         let (mut group, mut size) = (Vec::new(), empty);
         for frame in frames {
             // One more frame: its JSON and a comma.
             let len = serde_json::to_string(&frame).expect("frames serialize").len() + 1;
-            if !group.is_empty() && size + len > MAX_PAYLOAD_BYTES {
+            if !group.is_empty() && size + len > MAX_EVENT_BYTES {
                 payloads.push(event(std::mem::take(&mut group)));
                 size = empty;
             }
-            if empty + len > MAX_PAYLOAD_BYTES {
+            if empty + len > MAX_EVENT_BYTES {
                 tracing::error!(run = %run_id, bytes = len, "run frame too large to send to other processes; dropped");
                 continue;
             }
@@ -138,9 +155,10 @@ mod tests {
     #[test]
     fn the_largest_delta_fits_one_notification_even_when_every_byte_is_escaped() {
         let worst: String = "\u{1}".repeat(MAX_DELTA_BYTES);
-        let payloads = pack("12345-abcdefgh", vec![("run_0123456789abcdefghij".into(), delta(1_000_000_000, &worst))]);
-        assert_eq!(payloads.len(), 1);
-        assert!(payloads[0].len() <= MAX_PAYLOAD_BYTES, "{}", payloads[0].len());
+        let events = pack("12345-abcdefgh", vec![("run_0123456789abcdefghij".into(), delta(1_000_000_000, &worst))]);
+        assert_eq!(events.len(), 1);
+        let payload = serde_json::to_string(&events[0]).unwrap();
+        assert!(payload.len() <= MAX_EVENT_BYTES, "{}", payload.len());
     }
 
     #[test]
@@ -151,11 +169,11 @@ mod tests {
             batch.push(("r1".to_owned(), delta(seq, &text)));
             batch.push(("r2".to_owned(), delta(seq, "x")));
         }
-        let payloads = pack("o", batch);
+        let payloads: Vec<String> = pack("o", batch).iter().map(|e| serde_json::to_string(e).unwrap()).collect();
         assert!(payloads.len() > 2, "split over several notifications");
         let mut seqs: std::collections::HashMap<String, Vec<i64>> = Default::default();
         for p in &payloads {
-            assert!(p.len() <= MAX_PAYLOAD_BYTES);
+            assert!(p.len() <= MAX_EVENT_BYTES);
             let Event::RunFrames { run_id, frames, .. } = serde_json::from_str(p).unwrap() else { panic!("{p}") };
             seqs.entry(run_id).or_default().extend(frames.iter().map(|f| f.version));
         }

@@ -1,0 +1,128 @@
+//! The cross-process bus, behind one trait: what one lorewire process tells the others
+//! ([`Event`]s: content, lobby, presence, run frames) and how the events of the others reach this
+//! process's services, through the [`Sink`]s they register.
+//!
+//! [`local`] is the bus of a process that is alone (SQLite): nothing to send, nothing to hear.
+//! [`postgres`] carries the events over `LISTEN/NOTIFY`. Each sink hears its own events in the
+//! order they were sent, on a task of its own, so a slow sink (one reading the database) never
+//! delays the others. Never knows what a chat message or a run is beyond the [`Event`] enum; never
+//! publishes to sessions itself (the sinks do, through the Hub).
+
+pub mod local;
+pub mod postgres;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::future::LocalBoxFuture;
+use tokio::sync::mpsc;
+
+pub use crate::domain::events::Event;
+
+/// Why events could not be sent to the other processes.
+#[derive(Debug, thiserror::Error)]
+#[error("the backplane could not send: {0}")]
+pub struct BackplaneError(pub String);
+
+/// The bus between the processes of one deployment.
+pub trait Backplane: Send + Sync + 'static {
+    /// `local`, `postgres`: for logs and the admin summary.
+    fn name(&self) -> &'static str;
+    /// Whether other processes may exist (presence and run frames are worth announcing).
+    fn shared(&self) -> bool;
+    /// Sends `events` to every other process, in order. What this process did is already
+    /// published to its own sessions; the events are only for the others.
+    fn publish(&self, events: Vec<Event>) -> LocalBoxFuture<'static, Result<(), BackplaneError>>;
+    /// Starts hearing the other processes: each event goes to the sink of its [`Family`].
+    fn listen(&self, sinks: Sinks);
+    /// Whether the events of the other processes are being heard now.
+    fn is_up(&self) -> bool;
+    /// Stops hearing (blocking; call off the async threads).
+    fn stop(&self);
+}
+
+/// Which service an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Content,
+    Lobby,
+    Runs,
+}
+
+impl Family {
+    pub fn of(event: &Event) -> Family {
+        match event {
+            Event::Content { .. } => Family::Content,
+            Event::Message { .. } | Event::Presence { .. } | Event::Hello { .. } | Event::Alive { .. } => Family::Lobby,
+            Event::RunEnded { .. } | Event::RunFrames { .. } | Event::RunCancel { .. } => Family::Runs,
+        }
+    }
+}
+
+/// What a service registers to hear the other processes. Runs on the actix system's thread;
+/// the events of one sink are handed over one at a time, in the order they were sent.
+pub trait Sink: 'static {
+    fn family(&self) -> Family;
+    /// One event of another process; the next waits until this future ends.
+    fn deliver(&self, event: Event) -> LocalBoxFuture<'static, ()>;
+    /// The backplane is (again) hearing the other processes: events sent meanwhile were lost.
+    fn reconnected(&self) {}
+}
+
+enum Delivery {
+    Event(Event),
+    Reconnected,
+}
+
+/// The registered sinks, as the backplane's listener sees them: one ordered queue per family,
+/// each drained by a task on the thread that registered the sinks.
+#[derive(Clone, Default)]
+pub struct Sinks {
+    queues: Vec<(Family, mpsc::UnboundedSender<Delivery>)>,
+}
+
+impl Sinks {
+    /// Registers `sinks` (one per family) and starts their tasks on the current actix arbiter.
+    pub fn start(sinks: Vec<Rc<dyn Sink>>) -> Sinks {
+        let mut queues = Vec::with_capacity(sinks.len());
+        for sink in sinks {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+            queues.push((sink.family(), tx));
+            actix::spawn(async move {
+                while let Some(delivery) = rx.recv().await {
+                    match delivery {
+                        Delivery::Event(event) => sink.deliver(event).await,
+                        Delivery::Reconnected => sink.reconnected(),
+                    }
+                }
+            });
+        }
+        Sinks { queues }
+    }
+
+    /// Hands an event of another process to its sink (from any thread).
+    pub fn deliver(&self, event: Event) {
+        let family = Family::of(&event);
+        if let Some((_, queue)) = self.queues.iter().find(|(f, _)| *f == family) {
+            let _ = queue.send(Delivery::Event(event));
+        }
+    }
+
+    /// Tells every sink the other processes are heard again (from any thread).
+    pub fn reconnected(&self) {
+        for (_, queue) in &self.queues {
+            let _ = queue.send(Delivery::Reconnected);
+        }
+    }
+}
+
+/// The backplane a deployment uses: PostgreSQL's own notifications when several processes share
+/// a PostgreSQL database, none for SQLite (one process).
+pub fn for_store(store: &crate::store::Store, database_url: &str, origin: Arc<str>) -> Arc<dyn Backplane> {
+    match store.backend() {
+        crate::store::Backend::Postgres => {
+            Arc::new(postgres::PgBackplane::new(database_url.to_owned(), origin, store.clone()))
+        }
+        crate::store::Backend::Sqlite => Arc::new(local::LocalBackplane),
+    }
+}

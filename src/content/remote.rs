@@ -1,0 +1,43 @@
+//! Content changes made by other processes, as this process hears them on the backplane: the item
+//! is read back (it is committed) and pushed to the sessions subscribed here. Never writes.
+
+use actix::Addr;
+use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt;
+
+use crate::backplane::{Event, Family, Sink};
+use crate::domain::content::ContentKind;
+use crate::hub::Hub;
+use crate::store::content as rows;
+use crate::store::Store;
+
+pub struct ContentSink {
+    pub store: Store,
+    pub hub: Addr<Hub>,
+}
+
+impl Sink for ContentSink {
+    fn family(&self) -> Family {
+        Family::Content
+    }
+
+    fn deliver(&self, event: Event) -> LocalBoxFuture<'static, ()> {
+        let Event::Content { kind, subject_id, .. } = event else { return async {}.boxed_local() };
+        let (store, hub) = (self.store.clone(), self.hub.clone());
+        async move {
+            let Some(kind) = ContentKind::parse(&kind) else {
+                tracing::warn!(kind = %kind, subject_id, "another process announced an unknown content kind");
+                return;
+            };
+            let row = store.run(move |conn| rows::find(conn, kind.as_str(), subject_id)).await;
+            match row.and_then(|r| r.as_ref().map(rows::ContentRow::content).transpose()) {
+                Ok(Some(content)) => hub.do_send(super::update_publish(content)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(kind = kind.as_str(), subject_id, error = %e, "could not read a changed item")
+                }
+            }
+        }
+        .boxed_local()
+    }
+}
