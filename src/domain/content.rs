@@ -13,7 +13,6 @@ use sha2::{Digest, Sha256};
 use super::answer::{json_body, type_name, OutputError};
 use super::context::Context;
 pub use super::status::Status as ContentStatus;
-use super::topic::Topic;
 
 /// The kind of a content item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -296,12 +295,6 @@ pub struct Content {
     pub reason: Option<String>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
-}
-
-impl Content {
-    pub fn topic(&self) -> Topic {
-        Topic::Content(self.kind, self.subject_id)
-    }
 }
 
 /// A validated `content:request`.

@@ -1,6 +1,6 @@
 //! What a session can be subscribed to: a key the Hub routes by, nothing more. Pure.
 
-use super::content::ContentKind;
+use super::content::{Content, ContentKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -16,5 +16,12 @@ pub enum Topic {
 impl Topic {
     pub fn run(run_id: &str) -> Topic {
         Topic::Run(run_id.to_owned())
+    }
+}
+
+impl Content {
+    /// The topic its subscribers follow.
+    pub fn topic(&self) -> Topic {
+        Topic::Content(self.kind, self.subject_id)
     }
 }

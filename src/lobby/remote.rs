@@ -6,7 +6,8 @@ use actix::Addr;
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 
-use super::{mood_publish, new_message_publish, ListenerReady, Lobby, Remote};
+use super::frames::{mood_publish, new_message_publish};
+use super::presence::{ListenerReady, Lobby, Remote};
 use crate::backplane::{Event, Family, Sink};
 use crate::domain::events::MessageChange;
 use crate::hub::Hub;

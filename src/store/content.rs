@@ -8,6 +8,7 @@ use super::notify;
 use super::schema::content;
 use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
 use crate::domain::content::{Content, ContentKind, ContentStatus};
+use crate::domain::events::Event;
 
 pub const PENDING: &str = "pending";
 
@@ -131,7 +132,7 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
                 .returning(content::all_columns)
                 .get_result(conn)?;
             jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
-            notify::content_changed(conn, item.origin, &row)?;
+            content_changed(conn, item.origin, &row)?;
             Ok(Requested::Regenerating(row))
         }
         None => {
@@ -185,7 +186,7 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
             .get_result(conn)
             .optional()?;
         if let Some(row) = &row {
-            notify::content_changed(conn, f.origin, row)?;
+            content_changed(conn, f.origin, row)?;
         }
         Ok(row)
     })
@@ -194,4 +195,15 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
 /// Items by status, for the admin summary and tests.
 pub fn count_by_status(conn: &mut DbConn) -> StoreResult<Vec<(String, i64)>> {
     Ok(content::table.group_by(content::status).select((content::status, diesel::dsl::count_star())).load(conn)?)
+}
+
+/// Announces a content change to the other processes; call inside the transaction that made it.
+fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> StoreResult<()> {
+    let event = Event::Content {
+        origin: origin.to_owned(),
+        kind: row.kind.clone(),
+        subject_id: row.subject_id,
+        version: row.version,
+    };
+    notify::send(conn, &event)
 }

@@ -8,6 +8,7 @@ use super::jobs::{self, JobKind};
 use super::notify;
 use super::schema::{messages, user_days, users};
 use super::{write_tx, DbConn, StoreResult};
+use crate::domain::events::{Event, MessageChange};
 use crate::domain::lobby::{Message, Mood, MoodStatus};
 
 pub const MOOD_PENDING: &str = "pending";
@@ -70,7 +71,7 @@ pub fn insert(
             .returning(messages::all_columns)
             .get_result(conn)?;
         jobs::enqueue(conn, JobKind::Mood, row.id, 0, now)?;
-        notify::message_changed(conn, origin, notify::MessageChange::New, row.id)?;
+        message_changed(conn, origin, MessageChange::New, row.id)?;
         Ok(row)
     })
 }
@@ -107,7 +108,7 @@ pub fn finish_mood(
             .get_result::<MessageRow>(conn)
             .optional()?;
         if let Some(row) = &row {
-            notify::message_changed(conn, origin, notify::MessageChange::Mood, row.id)?;
+            message_changed(conn, origin, MessageChange::Mood, row.id)?;
         }
         Ok(row)
     })
@@ -153,4 +154,9 @@ pub fn user_days(conn: &mut DbConn) -> StoreResult<Vec<(i64, String)>> {
         .order((user_days::user_id.asc(), user_days::day.asc()))
         .select((user_days::user_id, user_days::day))
         .load(conn)?)
+}
+
+/// Announces a message change to the other processes; call inside the transaction that made it.
+fn message_changed(conn: &mut DbConn, origin: &str, change: MessageChange, id: i64) -> StoreResult<()> {
+    notify::send(conn, &Event::Message { origin: origin.to_owned(), change, id })
 }

@@ -11,6 +11,7 @@ use super::jobs::{self, JobKind};
 use super::notify;
 use super::schema::{jobs as jobs_t, runs};
 use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
+use crate::domain::events::Event;
 use crate::domain::money::usd;
 use crate::domain::runs::{Action, RunErrorCode, RunStatus, RunView, Usage};
 
@@ -445,7 +446,7 @@ pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> Stor
             .returning(runs::all_columns)
             .get_result::<RunRow>(conn)?;
         if !status.is_active() {
-            notify::run_ended(conn, s.origin, &row.run_id)?;
+            run_ended(conn, s.origin, &row.run_id)?;
         }
         Ok(Some(row))
     })
@@ -496,7 +497,7 @@ pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDat
         )
         .execute(conn)?;
         if deleted == 0 {
-            notify::run_cancel(conn, origin, &row.run_id)?;
+            notify::send(conn, &Event::RunCancel { origin: origin.to_owned(), run_id: row.run_id.clone() })?;
             return Ok(None);
         }
         billing::settle(conn, &row.project_id, row.reserved_micros, 0, now)?;
@@ -511,7 +512,7 @@ pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDat
             ))
             .returning(runs::all_columns)
             .get_result::<RunRow>(conn)?;
-        notify::run_ended(conn, origin, &row.run_id)?;
+        run_ended(conn, origin, &row.run_id)?;
         Ok(Some(row))
     })
 }
@@ -594,4 +595,9 @@ pub fn list(
 /// Runs by status (admin summary).
 pub fn count_by_status(conn: &mut DbConn) -> StoreResult<Vec<(String, i64)>> {
     Ok(runs::table.group_by(runs::status).select((runs::status, diesel::dsl::count_star())).load(conn)?)
+}
+
+/// Announces a run's end to the other processes; call inside the transaction that commits it.
+fn run_ended(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<()> {
+    notify::send(conn, &Event::RunEnded { origin: origin.to_owned(), run_id: run_id.to_owned() })
 }

@@ -1,0 +1,112 @@
+//! The chat: the rules of a lobby message (validation, the per-user rate over all the user's
+//! tabs), its write together with its durable mood job, and the history sent on join. Runs its
+//! store calls on the blocking pool; never calls the LLM (the mood job does).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::frames::new_message_publish;
+use super::presence::{Join, Leave, Lobby};
+use super::rate_limit::RateLimiter;
+use crate::core::clock::SharedClock;
+use crate::core::config::Config;
+use crate::core::metrics::Metrics;
+use crate::domain::lobby::{validate_text, Message, PresenceUser};
+use crate::hub::{Hub, SessionId};
+use crate::llm::JobsAvailable;
+use crate::store::messages::{self, MessageRow};
+use crate::store::{Store, StoreError};
+
+/// Why a `message:send` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SendRefused {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct LobbyService {
+    origin: Arc<str>,
+    store: Store,
+    clock: SharedClock,
+    hub: Addr<Hub>,
+    llm: Recipient<JobsAvailable>,
+    lobby: Addr<Lobby>,
+    metrics: Arc<Metrics>,
+    history_limit: i64,
+    limiter: Arc<Mutex<RateLimiter>>,
+}
+
+impl LobbyService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        origin: Arc<str>,
+        store: Store,
+        clock: SharedClock,
+        hub: Addr<Hub>,
+        llm: Recipient<JobsAvailable>,
+        lobby: Addr<Lobby>,
+        metrics: Arc<Metrics>,
+        config: &Config,
+    ) -> Self {
+        LobbyService {
+            origin,
+            store,
+            clock,
+            hub,
+            llm,
+            lobby,
+            metrics,
+            history_limit: i64::from(config.history_limit),
+            limiter: Arc::new(Mutex::new(RateLimiter::new(config.chat_rate))),
+        }
+    }
+
+    pub fn addr(&self) -> &Addr<Lobby> {
+        &self.lobby
+    }
+
+    /// Enters the lobby: everyone online, then the history read after the subscription is in
+    /// place (so every message is in the history or arrives as `message:new`, or both).
+    pub async fn join(&self, join: Join) -> Result<(Vec<PresenceUser>, Vec<Message>), StoreError> {
+        let online = self.lobby.send(join).await.map_err(|_| StoreError::Canceled)?;
+        let limit = self.history_limit;
+        let rows = self.store.run(move |conn| messages::recent(conn, limit)).await?;
+        Ok((online, rows.iter().map(MessageRow::message).collect()))
+    }
+
+    pub fn leave(&self, session: SessionId) {
+        self.lobby.do_send(Leave { session });
+    }
+
+    /// Validates and rate-limits a message of `user_id` (across all their tabs); the text to store.
+    pub fn admit(&self, user_id: i64, raw: &str) -> Result<String, SendRefused> {
+        let text = validate_text(raw).map_err(SendRefused::Invalid)?;
+        let allowed = self.limiter.lock().unwrap_or_else(|e| e.into_inner()).check(user_id, Instant::now());
+        if let Err(wait) = allowed {
+            self.metrics.lobby_rate_limited.inc();
+            let secs = wait.as_secs_f64().max(0.1);
+            return Err(SendRefused::RateLimited(format!("too many messages; try again in {secs:.1} s")));
+        }
+        Ok(text)
+    }
+
+    /// Stores an admitted message with its mood job, then tells everyone and wakes the LLM actor.
+    pub async fn post(&self, user_id: i64, nickname: String, text: String) -> Result<Message, StoreError> {
+        let now = self.clock.now_naive();
+        let origin = self.origin.clone();
+        let row = self.store.run(move |conn| messages::insert(conn, &origin, user_id, &nickname, &text, now)).await?;
+        let message = row.message();
+        self.metrics.lobby_messages.inc();
+        tracing::info!(message = message.id, user = user_id, "lobby message");
+        self.hub.do_send(new_message_publish(message.clone()));
+        self.llm.do_send(JobsAvailable);
+        Ok(message)
+    }
+}
