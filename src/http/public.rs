@@ -12,6 +12,7 @@ use crate::content::{self, ContentKind};
 use crate::players;
 use crate::state::AppState;
 use crate::store::users::UserRow;
+use crate::store::ProbeFailed;
 
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -21,8 +22,15 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     if state.is_shutting_down() {
         return Err(ApiError::Unavailable("the server is shutting down".into()));
     }
-    if !state.store.ping(Duration::from_secs(2)).await {
-        return Err(ApiError::Unavailable("the database is not answering".into()));
+    // Ready means the database takes writes, not only that it answers: a full disk or a
+    // read-only database refuses every request that stores something.
+    match state.store.probe(Duration::from_secs(2)).await {
+        Ok(()) => {}
+        Err(ProbeFailed::NotAnswering) => return Err(ApiError::Unavailable("the database is not answering".into())),
+        Err(ProbeFailed::RefusesWrites(e)) => {
+            tracing::error!(error = %e, "not ready: the database refuses writes");
+            return Err(ApiError::Unavailable("the database refuses writes".into()));
+        }
     }
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }

@@ -142,3 +142,10 @@ impl LlmConfigRow {
         }
     }
 }
+
+/// Writes the singleton row without changing it: a commit that proves the database takes
+/// writes (a full disk, a read-only database or a lost connection fails it).
+pub fn probe_write(conn: &mut DbConn) -> StoreResult<()> {
+    diesel::update(llm_config::table.find(ID)).set(llm_config::updated_at.eq(llm_config::updated_at)).execute(conn)?;
+    Ok(())
+}

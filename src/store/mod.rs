@@ -68,6 +68,15 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Why the database is not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeFailed {
+    #[error("the database is not answering")]
+    NotAnswering,
+    #[error("the database refuses writes: {0}")]
+    RefusesWrites(StoreError),
+}
+
 /// What a storage failure means for the request that met it; the edges map it to their own
 /// codes (`error:overloaded` / `error:unavailable` on the WebSocket, 429 / 503 / 500 on REST).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,14 +262,18 @@ impl Store {
         f(&mut conn)
     }
 
-    /// `true` when the database answers within `timeout`.
-    pub async fn ping(&self, timeout: Duration) -> bool {
+    /// `Ok` when the database answers and takes a write within `timeout` (readiness); else why not.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), ProbeFailed> {
         let pool = self.pool.clone();
         actix_web::rt::task::spawn_blocking(move || {
-            pool.get_timeout(timeout).map(|mut c| c.batch_execute("SELECT 1").is_ok()).unwrap_or(false)
+            let mut conn = pool.get_timeout(timeout).map_err(|_| ProbeFailed::NotAnswering)?;
+            llm_config::probe_write(&mut conn).map_err(|e| match e.failure() {
+                Failure::Overloaded => ProbeFailed::NotAnswering,
+                Failure::Unavailable | Failure::Internal => ProbeFailed::RefusesWrites(e),
+            })
         })
         .await
-        .unwrap_or(false)
+        .map_err(|_| ProbeFailed::NotAnswering)?
     }
 }
 

@@ -17,3 +17,4 @@ mod runs;
 mod runs_limits;
 mod runs_process;
 mod session;
+mod storage;
