@@ -184,7 +184,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .wrap(tracing_actix())
+            .wrap(request_logger())
             .route("/ws", web::get().to(crate::ws::upgrade))
             .configure(crate::http::routes)
     })
@@ -205,8 +205,15 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     Ok(Running { addr, state, admin_token_generated, server: handle, task })
 }
 
-fn tracing_actix() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%r %s %Dms").exclude("/health").exclude("/metrics")
+/// One line per request: method, path (never the query string, which may carry a secret),
+/// status and time. actix writes it to the `log` crate, which the subscriber forwards to
+/// `tracing` (`tracing-log`). Health, readiness and metrics polls stay out of the log.
+fn request_logger() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
+        .custom_request_replace("method", |req| req.method().to_string())
+        .exclude("/health")
+        .exclude("/ready")
+        .exclude("/metrics")
 }
 
 impl Running {

@@ -227,6 +227,13 @@ async fn api_key_never_leaks(db: Db) {
 
     let logs = server.output();
     assert!(logs.contains("upstream call failed"), "logs were captured: {logs}");
+    // Every request is logged once, with its method, path and status; polls are not.
+    assert!(logs.contains("GET /admin/api/llm 200"), "request lines are logged: {logs}");
+    assert!(logs.contains("PUT /admin/api/llm 200"), "request lines are logged: {logs}");
+    assert!(logs.contains("GET /api/content/npc/1 200"), "request lines are logged: {logs}");
+    for poll in ["GET /health ", "GET /ready ", "GET /metrics "] {
+        assert!(!logs.contains(poll), "{poll} stays out of the log: {logs}");
+    }
     for key in [API_KEY, second_key] {
         assert!(!seen.contains(key), "the key reached a client: {seen}");
         assert!(!logs.contains(key), "the key reached the logs");
