@@ -1,6 +1,10 @@
 //! lorewire: a realtime game backend whose core is an LLM content pipeline.
 //!
-//! See `PROTOCOL.md` for the external contract; [`app::start`] builds the whole thing.
+//! Layers, bottom first: `core`, `domain`, `store`, `hub`, `backplane`, `llm`, `jobs`, the
+//! features (`content`, `lobby`, `runs`, `players`), the edges (`ws`, `http`, `state`), then `app`.
+//! A file imports only from layers below its own, and no files import each other in a circle
+//! (`tests/integration/layers.rs` checks both). README.md describes what clients see;
+//! [`app::start`] builds the whole thing.
 
 pub mod app;
 pub mod backplane;

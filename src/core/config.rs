@@ -64,7 +64,7 @@ pub enum Command {
     Migrate,
 }
 
-/// Every setting of PROTOCOL §1, as flags with their environment variables.
+/// Every setting (README "Configuration"), as flags with their environment variables.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Database: a path or sqlite:// URL selects SQLite, postgres:// selects PostgreSQL.
@@ -296,7 +296,7 @@ impl Settings {
 }
 
 impl Config {
-    /// The defaults of PROTOCOL §1 with the given database (what tests and benches start from).
+    /// The documented defaults with the given database (what tests and benches start from).
     pub fn with_database(database_url: impl Into<String>) -> Config {
         let mut config = Cli::parse_from(["lorewire"]).settings.into_config();
         config.database_url = database_url.into();

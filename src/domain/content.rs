@@ -256,7 +256,7 @@ impl ContentKind {
     }
 }
 
-/// Why an item got its fallback text (PROTOCOL §2 "Game content").
+/// Why an item got its fallback text (README "Using it").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FallbackReason {
     NoConfig,

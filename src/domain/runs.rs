@@ -193,7 +193,7 @@ pub fn validate_project_id(project_id: &str) -> Result<String, String> {
     }
 }
 
-/// A run as REST clients see it (PROTOCOL §3 "Run").
+/// A run as REST clients see it (README "Generation runs").
 #[derive(Debug, Clone, Serialize)]
 pub struct RunView {
     pub run_id: String,

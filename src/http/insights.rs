@@ -1,5 +1,5 @@
 //! Admin insight routes: `GET /admin/api/users` and `GET /admin/api/metrics/summary`, and the
-//! retention arithmetic (PROTOCOL §3). Read-only; every figure is correct on an empty database.
+//! retention arithmetic (README "REST"). Read-only; every figure is correct on an empty database.
 
 use std::collections::{BTreeMap, HashMap};
 
