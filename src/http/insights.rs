@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::admin::authorize;
 use super::error::ApiError;
+use crate::domain::content::ContentStatus;
 use crate::domain::players::Variant;
 use crate::llm::circuit::GetSnapshot;
 use crate::lobby::OnlineUsers;
@@ -134,8 +135,8 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     let d1 = retention(&days, today, 1);
     let d7 = retention(&days, today, 7);
     let mut by_status = Map::new();
-    for status in ["pending", "ready", "fallback"] {
-        by_status.insert(status.into(), json!(0));
+    for status in ContentStatus::ALL {
+        by_status.insert(status.as_str().into(), json!(0));
     }
     for (status, count) in content {
         by_status.insert(status, json!(count));
