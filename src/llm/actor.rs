@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::circuit::{Acquire, CircuitBreaker, Outcome, Permit, Refusal, Report};
 use super::client::{self, UpstreamError};
-use super::providers::{self, Prompt, Provider, Target};
+use super::providers::{self, Prompt, Provider};
 use crate::content::{prompts, ContentKind, ContentStatus, Context as ContentContext, FallbackReason};
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
@@ -388,18 +388,14 @@ async fn call_structured<T>(
     call: &str,
 ) -> Result<(T, String), FallbackReason> {
     let config = config.ok_or(FallbackReason::NoConfig)?;
-    let provider: Provider = config.provider.parse().map_err(|_| FallbackReason::NoConfig)?;
-    let api_key = config.api_key.clone().unwrap_or_default();
-    if api_key.is_empty() && !keyless_allowed(provider, &config.base_url) {
-        return Err(FallbackReason::NoConfig);
-    }
+    let credentials = super::credentials(config).ok_or(FallbackReason::NoConfig)?;
+    let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
     let probe = match deps.circuit.send(Acquire).await {
         Ok(Permit::Call { probe }) => probe,
         Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(FallbackReason::CircuitOpen),
         Ok(Permit::Refuse(Refusal::RateLimited)) => return Err(FallbackReason::RateLimited),
     };
-    let target = Target { provider, base_url: &config.base_url, model: &config.model, api_key: &api_key };
-    let request = providers::build_request(&target, prompt);
+    let request = providers::build_request(&credentials.target(&config.model), prompt);
     let answer = client::send(&deps.client, &request, deps.config.llm_timeout).await;
 
     let (outcome, result) = judge(provider, answer, validate);
@@ -417,7 +413,7 @@ async fn call_structured<T>(
             Ok((value, config.model.clone()))
         }
         Err((reason, why)) => {
-            let why = super::redact(&why, &api_key);
+            let why = super::redact(&why, api_key);
             tracing::warn!(call, %reason, error = %why, "upstream call failed");
             record_last_error(deps, Some(format!("{reason}: {why}"))).await;
             Err(reason)
@@ -431,11 +427,6 @@ async fn record_last_error(deps: &JobDeps, error: Option<String>) {
     if let Err(e) = saved {
         tracing::error!(error = %e, "could not record the last upstream error");
     }
-}
-
-/// OpenAI-compatible servers on a custom base URL (Ollama, vLLM, llama.cpp) usually need no key.
-pub fn keyless_allowed(provider: Provider, base_url: &str) -> bool {
-    provider == Provider::OpenAiChat && base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url()
 }
 
 /// A failed structured answer: why it falls back, and the detail for logs and `last_error`.
@@ -459,15 +450,6 @@ fn judge<T>(
                 }
             },
         },
-        Err(e) => {
-            let reason = match &e {
-                _ if e.is_rate_limit() => FallbackReason::RateLimited,
-                UpstreamError::Status { status, .. } => FallbackReason::ApiError(*status),
-                UpstreamError::Network(_) => FallbackReason::NetworkError,
-                UpstreamError::Timeout => FallbackReason::Timeout,
-                UpstreamError::InvalidResponse(_) => FallbackReason::InvalidResponse,
-            };
-            (e.circuit_outcome(), Err((reason, e.to_string())))
-        }
+        Err(e) => (e.circuit_outcome(), Err((e.failure().into(), e.to_string()))),
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::circuit::Outcome;
 use super::providers::UpstreamRequest;
+use crate::domain::upstream::UpstreamFailure;
 
 /// Largest response body accepted from a provider.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -95,6 +96,17 @@ impl UpstreamError {
 
     pub fn is_rate_limit(&self) -> bool {
         matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS.as_u16())
+    }
+
+    /// The failure's name, as content fallbacks and run errors give it.
+    pub fn failure(&self) -> UpstreamFailure {
+        match self {
+            _ if self.is_rate_limit() => UpstreamFailure::RateLimited,
+            UpstreamError::Status { status, .. } => UpstreamFailure::ApiError(*status),
+            UpstreamError::Network(_) => UpstreamFailure::NetworkError,
+            UpstreamError::Timeout => UpstreamFailure::Timeout,
+            UpstreamError::InvalidResponse(_) => UpstreamFailure::InvalidResponse,
+        }
     }
 
     /// What this failure tells the circuit breaker.

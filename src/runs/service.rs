@@ -116,14 +116,7 @@ impl RunService {
             .run(move |conn| {
                 let llm = llm_config::get(conn)?;
                 let model = llm.as_ref().map(|c| c.model.clone()).unwrap_or_else(|| config.llm_model.clone());
-                let no_config = match &llm {
-                    None => true,
-                    Some(c) => {
-                        let keyless =
-                            c.provider.parse().is_ok_and(|p| crate::llm::actor::keyless_allowed(p, &c.base_url));
-                        c.api_key.as_deref().is_none_or(str::is_empty) && !keyless
-                    }
-                };
+                let no_config = llm.as_ref().and_then(crate::llm::credentials).is_none();
                 let bound = prompt_token_bound(req.action.system_prompt(), &req.action.user_message(&req.input));
                 let worst_case =
                     billing::price(conn, &model)?.map(|p| p.worst_case(bound, u64::from(config.max_output_tokens)));

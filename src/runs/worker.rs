@@ -22,8 +22,7 @@ use crate::core::metrics::Metrics;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::llm::circuit::{Acquire, CircuitBreaker, GetSnapshot, Outcome, Permit, Report};
-use crate::llm::client::UpstreamError;
-use crate::llm::providers::{self, Provider, Target, TextPrompt};
+use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::llm::JobsAvailable;
 use crate::store::jobs::{self, JobRow};
@@ -97,16 +96,11 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
         user: action.user_message(&row.input),
         max_tokens: d.config.max_output_tokens,
     };
-    let target = config.as_ref().and_then(|c| {
-        let provider: Provider = c.provider.parse().ok()?;
-        let key = c.api_key.clone().unwrap_or_default();
-        (!key.is_empty() || crate::llm::actor::keyless_allowed(provider, &c.base_url))
-            .then(|| (provider, c.base_url.clone(), key))
-    });
-    let Some((provider, base_url, api_key)) = target else {
+    let Some(credentials) = config.as_ref().and_then(crate::llm::credentials) else {
         let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: "no LLM API key is configured".into() };
         return ctx.end(row.attempts, Usage::default(), 0, end).await;
     };
+    let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
     let worst_case =
         price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
 
@@ -172,10 +166,7 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
     }
     tracing::info!(run = %run_id, attempt, provider = provider.as_str(), model = %row.model, "run attempt started");
 
-    let request = providers::build_stream_request(
-        &Target { provider, base_url: &base_url, model: &row.model, api_key: &api_key },
-        &prompt,
-    );
+    let request = providers::build_stream_request(&credentials.target(&row.model), &prompt);
     let limits =
         StreamLimits { headers: d.config.llm_timeout, idle: d.config.llm_timeout, total: d.config.run_total_limit };
     let attempt_started = std::time::Instant::now();
@@ -232,23 +223,15 @@ pub async fn execute(d: RunDeps, job: JobRow) -> Result<(), StoreError> {
         StreamEnd::Upstream(e) if e.is_rate_limit() => {
             d.metrics.upstream_calls.with_label_values(&["rate_limited"]).inc();
             // Throttled, not failed: the run waits without spending an attempt.
-            return ctx.wait(e.redacted(&api_key), true).await;
+            return ctx.wait(e.redacted(api_key), true).await;
         }
-        StreamEnd::Upstream(e) => {
-            let code = match &e {
-                UpstreamError::Status { status, .. } => RunErrorCode::ApiError(*status),
-                UpstreamError::Network(_) => RunErrorCode::NetworkError,
-                UpstreamError::Timeout => RunErrorCode::Timeout,
-                UpstreamError::InvalidResponse(_) => RunErrorCode::InvalidResponse,
-            };
-            (code, e.redacted(&api_key))
-        }
+        StreamEnd::Upstream(e) => (e.failure().into(), e.redacted(api_key)),
         StreamEnd::Cut(why) => (RunErrorCode::StreamCut, why),
         StreamEnd::Timeout => (RunErrorCode::Timeout, "the stream went silent or took too long".into()),
         StreamEnd::ProviderError(why) => (RunErrorCode::StreamError, why),
         StreamEnd::Invalid(why) => (RunErrorCode::InvalidResponse, why),
     };
-    let message = crate::llm::redact(&message, &api_key);
+    let message = crate::llm::redact(&message, api_key);
     d.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
     tracing::warn!(run = %run_id, attempt, code = %code, error = %message, "run attempt failed");
     let end = if attempt < d.config.max_attempts as i32 {
