@@ -1,13 +1,14 @@
-//! Everything upstream: the LLM actor (job claims, bounded concurrency), the circuit
-//! breaker, the HTTP client and the provider wire formats.
+//! Everything upstream: the provider wire formats, the HTTP client and the SSE stream, the
+//! circuit breaker, and the one structured-call path ([`Llm`]). Knows nothing of content,
+//! moods or runs: callers bring their prompts and validators.
 
-pub mod actor;
+pub mod call;
 pub mod circuit;
 pub mod client;
 pub mod providers;
 pub mod stream;
 
-pub use actor::{Drain, JobsAvailable, LlmActor, ReleaseJobs};
+pub use call::{Answer, Llm};
 
 use crate::store::llm_config::LlmConfigRow;
 use providers::{Provider, Target};

@@ -7,6 +7,7 @@
 //! actor only keeps presence in memory; store calls run in [`LobbyService`] on the blocking pool.
 
 pub mod mood;
+pub mod mood_job;
 pub mod rate_limit;
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +24,7 @@ use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{self, Hub, Publish, SessionId, ToSession, Topic};
-use crate::llm::JobsAvailable;
+use crate::jobs::JobsAvailable;
 use crate::store::messages::{self, MessageRow};
 use crate::store::notify;
 use crate::store::{Store, StoreError};

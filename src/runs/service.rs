@@ -1,5 +1,5 @@
 //! The run service: admits a validated request (dedup, queue limit, budget reservation, the
-//! run row and its job in one transaction), wakes the LLM actor, tracks which sessions wait on
+//! run row and its job in one transaction), wakes the job worker, tracks which sessions wait on
 //! which run, and aborts a WebSocket run nobody waits on any more. Never calls the LLM itself.
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
-use crate::llm::JobsAvailable;
+use crate::jobs::JobsAvailable;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
 use crate::store::{billing, llm_config, Store, StoreError};
 

@@ -11,7 +11,7 @@ use super::schema::jobs;
 use super::{write_tx, DbConn, StoreError, StoreResult};
 use crate::on_backend;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
     /// Generate the fields of a content item (`target_id` = content.id).
     Content,
@@ -41,6 +41,16 @@ impl JobKind {
 
 pub const QUEUED: &str = "queued";
 pub const RUNNING: &str = "running";
+
+/// What the transaction that ends a job found.
+#[derive(Debug)]
+pub enum Ended<T> {
+    /// The job was this worker's and is deleted; `Some` with the target as written, `None` when
+    /// the target no longer waited (gone, or final already).
+    Done(Option<T>),
+    /// Another worker holds the job now: nothing was written.
+    TakenOver,
+}
 
 #[derive(Debug, Clone, Queryable)]
 pub struct JobRow {
