@@ -1,6 +1,7 @@
 //! The content job: generates one item's fields through the structured-call path and commits
 //! `ready` (or `fallback` on any upstream failure) together with the job's removal, then
-//! publishes `content:update`. Nothing stays pending.
+//! publishes `content:update`. A corrupt row fails the attempt (the worker retries it); when no
+//! attempt is left the item gets its fallback. Nothing stays pending.
 //!
 //! Never holds a DB connection across the upstream call: the row and the settings are read
 //! before it, the result written after it.
@@ -68,7 +69,8 @@ impl ContentJob {
         };
         let kind = kind_of(&row)?;
         let subject_id = row.subject_id as u64;
-        let context: Context = serde_json::from_str(&row.context).unwrap_or_default();
+        let context: Context = serde_json::from_str(&row.context)
+            .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
         let prompt = Prompt {
             system: kind.system_prompt().to_owned(),
             user: prompts::user_message(kind, subject_id, &context),
@@ -83,6 +85,19 @@ impl ContentJob {
             }
             Err(failure) => fallback(kind, subject_id, failure.into()),
         };
+        self.commit(&claim, &row, ending).await
+    }
+
+    /// No attempt is left: the item gets its fallback with reason `invalid_response` (the
+    /// reasons clients know have no word for lorewire's own failures).
+    async fn give_up(&self, claim: Claim) -> JobResult {
+        let content_id = claim.target_id;
+        let row = self.store.run(move |conn| rows::find_by_id(conn, content_id)).await?;
+        let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
+            return self.nothing_to_do(&claim).await;
+        };
+        let kind = kind_of(&row)?;
+        let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse);
         self.commit(&claim, &row, ending).await
     }
 
@@ -171,5 +186,9 @@ impl JobHandler for ContentJob {
 
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
         Box::pin(async move { self.attempt(claim).await })
+    }
+
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { ContentJob::give_up(&self, claim).await })
     }
 }

@@ -2,8 +2,9 @@
 //! job kind (content, mood, run), which lives in its feature and is registered at start.
 //!
 //! The worker owns claiming, leases, backoff, the attempt cap and the hand-back; a handler owns
-//! what its job does and commits its result together with the job's removal. Never knows what
-//! a content item, a mood or a run is.
+//! what its job does, commits its result together with the job's removal, and knows how to
+//! give its target a final state when no attempt is left. Never knows what a content item, a
+//! mood or a run is.
 
 pub mod worker;
 
@@ -24,7 +25,8 @@ pub struct Claim {
     pub job_id: i64,
     /// The row the job works on (`content.id`, `messages.id`, `runs.id`).
     pub target_id: i64,
-    /// This attempt, counting from 1.
+    /// This attempt, counting from 1: every claim counts, a takeover after a crash included,
+    /// except claims given back (a run that only waited for the provider, a graceful stop).
     pub attempt: u32,
     /// `LOREWIRE_MAX_ATTEMPTS`.
     pub max_attempts: u32,
@@ -55,7 +57,7 @@ pub enum Outcome {
 }
 
 /// What a handler's attempt gives back: an outcome, or a failure on lorewire's side (a store
-/// error, a corrupt row), which the worker hands back to the queue.
+/// error, a corrupt row), which the worker retries with backoff and counts as an attempt.
 pub type JobResult = Result<Outcome, StoreError>;
 
 /// Runs the jobs of one kind. The futures run on the worker's arbiter thread and need not be
@@ -67,6 +69,11 @@ pub trait JobHandler {
     /// One attempt. Every `Ok` path has committed (or found nothing to commit); an `Err`
     /// committed nothing.
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult>;
+
+    /// No attempt is left (the last failed on lorewire's side, or the job came back past the
+    /// cap): gives the target its final state (a fallback, a dead run) with the job's removal,
+    /// and publishes it like any other.
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult>;
 
     /// Called at every lease renewal, for upkeep of the handler's own state.
     fn tick(&self) {}

@@ -2,8 +2,11 @@
 //! each to the handler registered for its kind, renews the leases of the jobs it runs, takes
 //! over jobs whose worker stopped, and hands jobs back at shutdown.
 //!
-//! A job that fails on lorewire's side (a store error, a corrupt row) is handed back to the
-//! queue. Never holds a DB connection while a handler runs, and never knows what a job does.
+//! A failure on lorewire's side (a store error, a corrupt row) is retried with the same backoff
+//! as an upstream failure and counts against `LOREWIRE_MAX_ATTEMPTS`; after the last attempt the
+//! handler gives the target its final state, and a job even that fails for is buried (kept,
+//! `dead`, never claimed again), so no job loops. Never holds a DB connection while a handler
+//! runs, and never knows what a job does.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -30,7 +33,8 @@ pub struct JobsAvailable;
 #[rtype(result = "usize")]
 pub struct Drain;
 
-/// Put the jobs this worker still holds back in the queue (end of shutdown).
+/// Put the jobs this worker still holds back in the queue (end of shutdown); the attempts they
+/// were on are given back.
 #[derive(Message)]
 #[rtype(result = "Result<usize, StoreError>")]
 pub struct ReleaseJobs;
@@ -54,6 +58,7 @@ pub struct JobWorker {
     concurrency: usize,
     lease: Duration,
     poll: Duration,
+    retry_base: Duration,
     max_attempts: u32,
     handlers: HashMap<JobKind, Rc<dyn JobHandler>>,
     /// Jobs this worker is running now: the only ones whose lease it renews.
@@ -73,6 +78,7 @@ impl JobWorker {
             concurrency: config.llm_concurrency,
             lease: config.job_lease,
             poll: config.job_poll,
+            retry_base: config.retry_base,
             max_attempts: config.max_attempts.max(1),
             handlers: HashMap::new(),
             in_flight: HashSet::new(),
@@ -140,7 +146,7 @@ impl JobWorker {
             max_attempts: self.max_attempts,
             worker: self.name.clone(),
         };
-        let queue = Queue { store: self.store.clone(), clock: self.clock.clone() };
+        let queue = Queue { store: self.store.clone(), clock: self.clock.clone(), retry_base: self.retry_base };
         let job_id = job.id;
         ctx.spawn(queue.process(handler, claim, job.kind).into_actor(self).map(move |again_in, act, ctx| {
             act.in_flight.remove(&job_id);
@@ -188,19 +194,38 @@ impl JobWorker {
 struct Queue {
     store: Store,
     clock: SharedClock,
+    retry_base: Duration,
 }
 
-/// Pause before a job that failed on our side is tried again.
-const HAND_BACK_AFTER: Duration = Duration::from_secs(1);
-
 impl Queue {
-    /// Runs one claimed job to its end. Answers when to look for due jobs again, for a job put
-    /// back for later.
+    /// Runs one claimed job to its end: the handler's attempt, a retry with backoff after a
+    /// failure on our side, the give-up after the last attempt, the burial if even that fails.
+    /// Answers when to look for due jobs again, for a job put back for later.
     async fn process(self, handler: Option<Rc<dyn JobHandler>>, claim: Claim, kind: String) -> Option<Duration> {
         let (job, target) = (claim.job_id, claim.target_id);
-        let result = match handler {
-            Some(handler) => handler.run(claim.clone()).await,
-            None => Err(StoreError::Corrupt(format!("no handler for job kind `{kind}`"))),
+        let Some(handler) = handler else {
+            tracing::error!(job, kind, target, "no handler runs jobs of this kind; burying the job");
+            self.bury(&claim, &format!("no handler for job kind `{kind}`")).await;
+            return None;
+        };
+        let result = if claim.attempt > claim.max_attempts {
+            tracing::warn!(job, kind, target, attempts = claim.attempt - 1, "job came back with its attempts spent");
+            handler.give_up(claim.clone()).await
+        } else {
+            match handler.clone().run(claim.clone()).await {
+                Err(e) if !claim.is_last() => {
+                    let delay = backoff(self.retry_base, claim.attempt);
+                    tracing::error!(job, kind, target, attempt = claim.attempt, retry_in_ms = delay.as_millis() as u64,
+                        error = %e, "job failed; it will be retried");
+                    return self.retry(&claim, delay, &e.to_string()).await;
+                }
+                Err(e) => {
+                    tracing::error!(job, kind, target, attempt = claim.attempt, error = %e,
+                        "job failed on its last attempt; giving its target the final state");
+                    handler.give_up(claim.clone()).await
+                }
+                done => done,
+            }
         };
         match result {
             Ok(Outcome::Done | Outcome::Nothing) => None,
@@ -210,14 +235,15 @@ impl Queue {
                 None
             }
             Err(e) => {
-                tracing::error!(job, kind, target, error = %e, "job could not be finished; handing it back");
-                self.hand_back(&claim, HAND_BACK_AFTER, &e.to_string()).await
+                tracing::error!(job, kind, target, error = %e, "could not give the target its final state; burying the job");
+                self.bury(&claim, &e.to_string()).await;
+                None
             }
         }
     }
 
-    /// Puts the job back, to run again after `delay`.
-    async fn hand_back(&self, claim: &Claim, delay: Duration, error: &str) -> Option<Duration> {
+    /// Puts the job back, to run again after `delay`; the attempt it was on counts.
+    async fn retry(&self, claim: &Claim, delay: Duration, error: &str) -> Option<Duration> {
         let (job_id, worker, error) = (claim.job_id, claim.worker.clone(), error.to_owned());
         let now = self.clock.now_naive();
         let run_after = now + chrono_dur(delay);
@@ -228,6 +254,15 @@ impl Queue {
                 tracing::error!(job = job_id, error = %e, "could not hand the job back; its lease will run out");
                 None
             }
+        }
+    }
+
+    /// Keeps the job as `dead` with its last error: never claimed again, out of the queue depth.
+    async fn bury(&self, claim: &Claim, error: &str) {
+        let (job_id, worker, error) = (claim.job_id, claim.worker.clone(), error.to_owned());
+        let now = self.clock.now_naive();
+        if let Err(e) = self.store.run(move |conn| jobs::bury(conn, job_id, &worker, &error, now)).await {
+            tracing::error!(job = job_id, error = %e, "could not bury the job; its lease will run out");
         }
     }
 }

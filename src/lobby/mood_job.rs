@@ -1,6 +1,6 @@
 //! The mood job: classifies one lobby message through the structured-call path and commits a
-//! mood (`ready`, or `neutral` / `fallback` on any failure) together with the job's removal,
-//! then publishes `message:mood_updated`.
+//! mood (`ready`, or `neutral` / `fallback` on any failure, lorewire's own after the last
+//! attempt included) together with the job's removal, then publishes `message:mood_updated`.
 //!
 //! Never holds a DB connection across the upstream call.
 
@@ -102,5 +102,10 @@ impl JobHandler for MoodJob {
 
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
         Box::pin(async move { self.attempt(claim).await })
+    }
+
+    /// No attempt is left: the message settles `neutral` / `fallback`.
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { self.commit(&claim, Mood::Neutral, MoodStatus::Fallback).await })
     }
 }

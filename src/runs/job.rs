@@ -4,7 +4,8 @@
 //! run back without counting an attempt), the attempt counted, the answer streamed (every delta
 //! recorded for late subscribers and published), and the attempt's end committed in one
 //! transaction (usage, cost event, budget settlement, job deleted or handed back with backoff)
-//! before any client hears of it. Never holds a DB connection across the upstream call.
+//! before any client hears of it. When no attempt is left after failures on lorewire's side,
+//! the run goes `dead`. Never holds a DB connection across the upstream call.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -94,6 +95,22 @@ impl RunJob {
     pub fn with_relay(mut self, relay: Arc<Relay>) -> Self {
         self.relay = Some(relay);
         self
+    }
+
+    /// No attempt is left: the run goes `dead` (`internal_error`), its reservation released, in
+    /// the transaction that removes the job, and its sessions hear `run:error`.
+    async fn give_up(&self, claim: Claim) -> JobResult {
+        let run_pk = claim.target_id;
+        let row = self.store.run(move |conn| rows::find_by_id(conn, run_pk)).await?;
+        let Some(row) = row.filter(|r| r.is_active()) else {
+            return self.nothing_to_do(&claim).await;
+        };
+        let ctx = Attempt { d: self, claim: &claim, run_pk, run_id: &row.run_id, model: &row.model };
+        let end = AttemptEnd::Dead {
+            code: RunErrorCode::Internal,
+            message: "the run failed on the server's side and its attempts are spent".into(),
+        };
+        ctx.end(row.attempts, Usage::default(), 0, end).await
     }
 
     /// The run is gone or final already: the job only has to go.
@@ -268,8 +285,12 @@ impl RunJob {
         let message = crate::llm::redact(&message, api_key);
         self.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
         tracing::warn!(run = %run_id, attempt, code = %code, error = %message, "run attempt failed");
-        if attempt < self.limits.max_attempts as i32 {
-            let delay = backoff(self.limits.retry_base, attempt.max(1) as u32);
+        // The run's attempts (shown to clients) and the job's (failures on our side count too)
+        // agree unless something went wrong on our side; the larger decides, so neither passes
+        // the cap.
+        let spent = u32::try_from(attempt).unwrap_or(0).max(claim.attempt).max(1);
+        if spent < self.limits.max_attempts {
+            let delay = backoff(self.limits.retry_base, spent);
             let run_after = self.clock.now_naive() + chrono_dur(delay);
             let end = AttemptEnd::Retry { run_after, code, message };
             return Ok(match ctx.end(attempt, usage, cost, end).await? {
@@ -383,6 +404,10 @@ impl JobHandler for RunJob {
 
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
         Box::pin(async move { self.execute(claim).await })
+    }
+
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { RunJob::give_up(&self, claim).await })
     }
 
     /// Forgets the runs this process no longer streams, even when no run changes here.

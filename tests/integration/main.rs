@@ -10,6 +10,7 @@ mod browser;
 mod circuit;
 mod cluster;
 mod content;
+mod jobs;
 mod llm;
 mod lobby;
 mod process;
