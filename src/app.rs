@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
 use crate::backplane::{self, Sinks};
+use crate::content::job::ContentJob;
 use crate::content::remote::ContentSink;
 use crate::content::ContentService;
 use crate::core::clock::SharedClock;
@@ -18,10 +19,13 @@ use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
 use crate::core::shutdown::Stop;
 use crate::hub::{CloseAll, Hub};
+use crate::jobs::{Drain, JobWorker, ReleaseJobs};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
-use crate::llm::{Drain, LlmActor, ReleaseJobs};
+use crate::llm::Llm;
+use crate::lobby::mood_job::MoodJob;
 use crate::lobby::remote::LobbySink;
 use crate::lobby::{Lobby, LobbyService};
+use crate::runs::job::RunJob;
 use crate::runs::live::LiveRuns;
 use crate::runs::remote::RunsSink;
 use crate::runs::RunService;
@@ -36,7 +40,7 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-crate::stoppable!(Hub, CircuitBreaker, LlmActor);
+crate::stoppable!(Hub, CircuitBreaker);
 
 /// A running lorewire.
 pub struct Running {
@@ -115,28 +119,46 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         format!("{}-{}", std::process::id(), crate::domain::players::new_token().get(..8).unwrap_or("0")).into();
     let live = Arc::new(LiveRuns::new());
     let backplane = backplane::for_store(&store, &config.database_url, origin.clone());
-    let mut llm = LlmActor::new(
+    // One job worker; each job kind's handler lives in its feature.
+    let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
+    let max_tokens = config.max_output_tokens;
+    let content_job = ContentJob::new(
+        origin.clone(),
+        store.clone(),
+        clock.clone(),
+        hub.clone(),
+        metrics.clone(),
+        llm.clone(),
+        max_tokens,
+    );
+    let mood_job = MoodJob::new(origin.clone(), store.clone(), hub.clone(), metrics.clone(), llm.clone(), max_tokens);
+    let mut run_job = RunJob::new(
+        origin.clone(),
         store.clone(),
         hub.clone(),
         circuit.clone(),
         clock.clone(),
         metrics.clone(),
-        config.clone(),
-        origin.clone(),
-    )
-    .with_runs(live.clone());
+        llm.client().clone(),
+        live.clone(),
+        &config,
+    );
     if backplane.shared() {
-        llm = llm.with_relay(crate::runs::relay::Relay::new(origin.clone(), backplane.clone()));
+        run_job = run_job.with_relay(crate::runs::relay::Relay::new(origin.clone(), backplane.clone()));
     }
-    let llm = llm.start();
+    let jobs = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), &config, origin.clone())
+        .register(content_job)
+        .register(mood_job)
+        .register(run_job)
+        .start();
     let content =
-        ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), llm.clone().recipient());
+        ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), jobs.clone().recipient());
     let runs = RunService::new(
         origin.clone(),
         store.clone(),
         clock.clone(),
         hub.clone(),
-        llm.clone().recipient(),
+        jobs.clone().recipient(),
         live.clone(),
         config.clone(),
         metrics.clone(),
@@ -148,7 +170,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         store.clone(),
         clock.clone(),
         hub.clone(),
-        llm.clone().recipient(),
+        jobs.clone().recipient(),
         lobby_actor,
         metrics.clone(),
         &config,
@@ -170,7 +192,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         metrics,
         hub,
         circuit,
-        llm,
+        jobs,
         content,
         runs,
         lobby,
@@ -225,7 +247,7 @@ impl Running {
         let sockets = self.state.hub.send(CloseAll { code: 1001, reason: "server shutting down" }).await.unwrap_or(0);
         tracing::info!(sockets, "shutting down");
         loop {
-            let in_flight = self.state.llm.send(Drain).await.unwrap_or(0);
+            let in_flight = self.state.jobs.send(Drain).await.unwrap_or(0);
             if in_flight == 0 || tokio::time::Instant::now() + Duration::from_millis(300) >= deadline {
                 if in_flight > 0 {
                     tracing::warn!(jobs = in_flight, "re-queueing unfinished jobs");
@@ -234,7 +256,7 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        match self.state.llm.send(ReleaseJobs).await {
+        match self.state.jobs.send(ReleaseJobs).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(jobs = n, "jobs handed back to the queue"),
             Ok(Err(e)) => tracing::error!(error = %e, "could not hand jobs back; their lease will run out"),
             _ => {}
@@ -243,7 +265,7 @@ impl Running {
         let _ = self.task.await;
         let backplane = self.state.backplane.clone();
         let _ = actix_web::rt::task::spawn_blocking(move || backplane.stop()).await;
-        self.state.llm.do_send(Stop);
+        self.state.jobs.do_send(Stop);
         self.state.circuit.do_send(Stop);
         self.state.hub.do_send(Stop);
         self.state.lobby.addr().do_send(Stop);

@@ -13,6 +13,7 @@ pub mod core;
 pub mod domain;
 pub mod http;
 pub mod hub;
+pub mod jobs;
 pub mod llm;
 pub mod lobby;
 pub mod players;

@@ -13,8 +13,8 @@ use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
 use crate::hub::Hub;
+use crate::jobs::JobWorker;
 use crate::llm::circuit::CircuitBreaker;
-use crate::llm::LlmActor;
 use crate::lobby::LobbyService;
 use crate::runs::RunService;
 use crate::store::Store;
@@ -27,7 +27,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub hub: Addr<Hub>,
     pub circuit: Addr<CircuitBreaker>,
-    pub llm: Addr<LlmActor>,
+    pub jobs: Addr<JobWorker>,
     pub content: ContentService,
     pub runs: RunService,
     pub lobby: LobbyService,

@@ -1,7 +1,9 @@
 //! Game content (quest / event / npc): the item as clients see it, and the service that
 //! validates a request, writes the pending row and its durable job in one transaction, and
-//! wakes the LLM actor. Never calls the LLM itself and never leaves an item without a job.
+//! wakes the job worker; [`job`] is the handler of content jobs. The service never calls the
+//! LLM itself and never leaves an item without a job.
 
+pub mod job;
 pub mod prompts;
 pub mod remote;
 
@@ -18,7 +20,7 @@ pub use crate::domain::context::Context;
 use crate::core::clock::SharedClock;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
-use crate::llm::JobsAvailable;
+use crate::jobs::JobsAvailable;
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::{Store, StoreError};
 
@@ -29,14 +31,14 @@ pub fn update_publish(content: Content) -> Publish {
     Publish { topic, version: Some(version), text: frame.to_bytes() }
 }
 
-/// Requests, lookups and the wake-up of the LLM actor.
+/// Requests, lookups and the wake-up of the job worker.
 #[derive(Clone)]
 pub struct ContentService {
     origin: Arc<str>,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
-    llm: Recipient<JobsAvailable>,
+    jobs: Recipient<JobsAvailable>,
 }
 
 impl ContentService {
@@ -45,13 +47,13 @@ impl ContentService {
         store: Store,
         clock: SharedClock,
         hub: Addr<Hub>,
-        llm: Recipient<JobsAvailable>,
+        jobs: Recipient<JobsAvailable>,
     ) -> Self {
-        ContentService { origin, store, clock, hub, llm }
+        ContentService { origin, store, clock, hub, jobs }
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
-    /// transaction) and wakes the LLM actor.
+    /// transaction) and wakes the job worker.
     pub async fn request(&self, req: ValidRequest) -> Result<Content, StoreError> {
         let kind = req.kind.as_str();
         let subject_id = req.subject_id as i64;
@@ -76,7 +78,7 @@ impl ContentService {
             .await?;
         let content = requested.row().content()?;
         if requested.enqueued() {
-            self.llm.do_send(JobsAvailable);
+            self.jobs.do_send(JobsAvailable);
         }
         if let Requested::Regenerating(_) = requested {
             // Sessions already watching this item see it go back to pending.

@@ -10,4 +10,5 @@ pub mod players;
 pub mod runs;
 pub mod status;
 pub mod topic;
+pub mod upstream;
 pub mod wire;

@@ -98,6 +98,8 @@ pub enum RunErrorCode {
     StreamCut,
     /// The provider reported an error inside the stream.
     StreamError,
+    /// Lorewire could not run it (its attempts went to failures on lorewire's side).
+    Internal,
 }
 
 impl std::fmt::Display for RunErrorCode {
@@ -113,6 +115,7 @@ impl std::fmt::Display for RunErrorCode {
             RunErrorCode::InvalidResponse => f.write_str("invalid_response"),
             RunErrorCode::StreamCut => f.write_str("stream_cut"),
             RunErrorCode::StreamError => f.write_str("stream_error"),
+            RunErrorCode::Internal => f.write_str("internal_error"),
         }
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::circuit::Outcome;
 use super::providers::UpstreamRequest;
+use crate::domain::upstream::UpstreamFailure;
 
 /// Largest response body accepted from a provider.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -97,6 +98,17 @@ impl UpstreamError {
         matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS.as_u16())
     }
 
+    /// The failure's name, as content fallbacks and run errors give it.
+    pub fn failure(&self) -> UpstreamFailure {
+        match self {
+            _ if self.is_rate_limit() => UpstreamFailure::RateLimited,
+            UpstreamError::Status { status, .. } => UpstreamFailure::ApiError(*status),
+            UpstreamError::Network(_) => UpstreamFailure::NetworkError,
+            UpstreamError::Timeout => UpstreamFailure::Timeout,
+            UpstreamError::InvalidResponse(_) => UpstreamFailure::InvalidResponse,
+        }
+    }
+
     /// What this failure tells the circuit breaker.
     pub fn circuit_outcome(&self) -> Outcome {
         match self {
@@ -108,7 +120,7 @@ impl UpstreamError {
 
     /// The error text with `secret` cut out, for logs and `last_error`.
     pub fn redacted(&self, secret: &str) -> String {
-        crate::llm::redact(&self.to_string(), secret)
+        super::redact::redact(&self.to_string(), secret)
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::client::{parse_retry_after, UpstreamError};
 use super::providers::sse::{SseParser, Step, StreamReader};
 use super::providers::{Provider, UpstreamRequest};
-use crate::runs::Usage;
+use crate::domain::runs::Usage;
 
 /// Largest error body read from a failed streaming request.
 const MAX_ERROR_BODY: usize = 64 * 1024;

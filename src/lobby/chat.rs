@@ -15,7 +15,7 @@ use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::domain::lobby::{validate_text, Message, PresenceUser};
 use crate::hub::{Hub, SessionId};
-use crate::llm::JobsAvailable;
+use crate::jobs::JobsAvailable;
 use crate::store::messages::{self, MessageRow};
 use crate::store::{Store, StoreError};
 

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod frames;
 pub mod mood;
+pub mod mood_job;
 pub mod presence;
 pub mod rate_limit;
 pub mod remote;

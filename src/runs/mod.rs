@@ -2,16 +2,16 @@
 //! (integer micro-dollars, prices per million tokens) and the validation of requests.
 //!
 //! [`service`] admits runs (dedup, queue limit, budget reservation) and detaches waiters;
-//! [`worker`] executes one attempt of a claimed run job, streaming; [`live`] keeps the frames
+//! [`job`] executes one attempt of a claimed run job, streaming; [`live`] keeps the frames
 //! of runs streaming in this process for late subscribers. Nothing here holds a database
 //! connection across an upstream call.
 
+pub mod job;
 pub mod live;
 pub mod prompts;
 pub mod relay;
 pub mod remote;
 pub mod service;
-pub mod worker;
 
 pub use crate::domain::money::{parse_usd, usd, Price, MICROS};
 pub use crate::domain::runs::*;

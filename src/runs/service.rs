@@ -1,5 +1,5 @@
 //! The run service: admits a validated request (dedup, queue limit, budget reservation, the
-//! run row and its job in one transaction), wakes the LLM actor, tracks which sessions wait on
+//! run row and its job in one transaction), wakes the job worker, tracks which sessions wait on
 //! which run, and aborts a WebSocket run nobody waits on any more. Never calls the LLM itself.
 
 use std::sync::Arc;
@@ -9,13 +9,15 @@ use bytestring::ByteString;
 use sha2::{Digest, Sha256};
 
 use super::live::LiveRuns;
-use super::{prompt_token_bound, topic, usd, Action, RunErrorCode, RunRequest, RunStatus, Usage};
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
+use crate::domain::money::usd;
+use crate::domain::runs::{prompt_token_bound, Action, RunErrorCode, RunRequest, RunStatus, Usage};
+use crate::domain::topic::Topic;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
-use crate::llm::JobsAvailable;
+use crate::jobs::JobsAvailable;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
 use crate::store::{billing, llm_config, Store, StoreError};
 
@@ -116,14 +118,7 @@ impl RunService {
             .run(move |conn| {
                 let llm = llm_config::get(conn)?;
                 let model = llm.as_ref().map(|c| c.model.clone()).unwrap_or_else(|| config.llm_model.clone());
-                let no_config = match &llm {
-                    None => true,
-                    Some(c) => {
-                        let keyless =
-                            c.provider.parse().is_ok_and(|p| crate::llm::actor::keyless_allowed(p, &c.base_url));
-                        c.api_key.as_deref().is_none_or(str::is_empty) && !keyless
-                    }
-                };
+                let no_config = llm.as_ref().and_then(crate::llm::credentials).is_none();
                 let bound = prompt_token_bound(req.action.system_prompt(), &req.action.user_message(&req.input));
                 let worst_case =
                     billing::price(conn, &model)?.map(|p| p.worst_case(bound, u64::from(config.max_output_tokens)));
@@ -322,12 +317,12 @@ fn stored_end(row: &RunRow, cached: bool) -> ServerFrame {
 /// recorded (version, serialized).
 pub fn publish(live: &LiveRuns, hub: &Addr<Hub>, run_id: &str, frame: ServerFrame) -> (i64, ByteString) {
     let (version, text) = live.push(run_id, &frame);
-    hub.do_send(Publish { topic: topic(run_id), version: Some(version), text: text.clone() });
+    hub.do_send(Publish { topic: Topic::run(run_id), version: Some(version), text: text.clone() });
     (version, text)
 }
 
 /// The run ended: its topic goes away after its last frame.
 pub fn finish(live: &LiveRuns, hub: &Addr<Hub>, run_id: &str) {
     live.finish(run_id);
-    hub.do_send(DropTopic { topic: topic(run_id) });
+    hub.do_send(DropTopic { topic: Topic::run(run_id) });
 }

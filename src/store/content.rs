@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
-use super::jobs::{self, JobKind};
+use super::jobs::{self, Ended, JobKind};
 use super::notify;
 use super::schema::content;
 use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
@@ -156,7 +156,7 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
 }
 
 /// The end of a content job: the result (or fallback) and the job's deletion, committed
-/// together. `None` when the job is no longer this worker's (another one took it over).
+/// together, only while the job is this worker's.
 pub struct Finish<'a> {
     pub origin: &'a str,
     pub job_id: i64,
@@ -168,10 +168,10 @@ pub struct Finish<'a> {
     pub reason: Option<&'a str>,
 }
 
-pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreResult<Option<ContentRow>> {
+pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreResult<Ended<ContentRow>> {
     write_tx(conn, |conn| {
         if !jobs::complete(conn, f.job_id, f.worker)? {
-            return Ok(None);
+            return Ok(Ended::TakenOver);
         }
         let row = diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
             .set((
@@ -188,7 +188,7 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
         if let Some(row) = &row {
             content_changed(conn, f.origin, row)?;
         }
-        Ok(row)
+        Ok(Ended::Done(row))
     })
 }
 

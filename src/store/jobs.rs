@@ -1,8 +1,12 @@
-//! The durable job queue: a row per piece of work that is queued or running.
+//! The durable job queue: a row per piece of work that is queued or running, or dead.
 //!
 //! A job is inserted in the same transaction as the row it works on, claimed with a lease
 //! (`locked_by`, `locked_at`), renewed while its worker lives, and deleted in the transaction
-//! that commits its result. Claiming never holds a lock beyond its own short transaction.
+//! that commits its result. `attempts` counts the claims that were real attempts: a claim is
+//! counted when it is made and given back when the job only waited or was released at a
+//! graceful stop. A job whose target could not even be given its final state is buried
+//! (`dead`): kept with its last error, never claimed again, left out of the queue depth.
+//! Claiming never holds a lock beyond its own short transaction.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -11,7 +15,7 @@ use super::schema::jobs;
 use super::{write_tx, DbConn, StoreError, StoreResult};
 use crate::on_backend;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
     /// Generate the fields of a content item (`target_id` = content.id).
     Content,
@@ -41,6 +45,17 @@ impl JobKind {
 
 pub const QUEUED: &str = "queued";
 pub const RUNNING: &str = "running";
+pub const DEAD: &str = "dead";
+
+/// What the transaction that ends a job found.
+#[derive(Debug)]
+pub enum Ended<T> {
+    /// The job was this worker's and is deleted; `Some` with the target as written, `None` when
+    /// the target no longer waited (gone, or final already).
+    Done(Option<T>),
+    /// Another worker holds the job now: nothing was written.
+    TakenOver,
+}
 
 #[derive(Debug, Clone, Queryable)]
 pub struct JobRow {
@@ -141,7 +156,7 @@ pub fn renew(conn: &mut DbConn, worker: &str, ids: &[i64], now: NaiveDateTime) -
     Ok(renewed)
 }
 
-/// Hands one job back to the queue, to run again from `run_after`.
+/// Hands one job back to the queue, to run again from `run_after`; the attempt it was on counts.
 pub fn requeue(
     conn: &mut DbConn,
     job_id: i64,
@@ -162,7 +177,44 @@ pub fn requeue(
     Ok(updated == 1)
 }
 
-/// Puts back running jobs whose lease ran out before `cutoff` (their worker died).
+/// Hands one job back to the queue, to run again from `run_after`, giving its claim back: it
+/// only waited (the circuit is open, the provider asked to wait).
+pub fn give_back(
+    conn: &mut DbConn,
+    job_id: i64,
+    worker: &str,
+    run_after: NaiveDateTime,
+    why: &str,
+    now: NaiveDateTime,
+) -> StoreResult<bool> {
+    let updated = diesel::update(jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker)))
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::locked_by.eq(None::<String>),
+            jobs::attempts.eq(jobs::attempts - 1),
+            jobs::run_after.eq(run_after),
+            jobs::last_error.eq(why),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(updated == 1)
+}
+
+/// Buries a job `worker` holds: `dead` with its last error, never claimed again.
+pub fn bury(conn: &mut DbConn, job_id: i64, worker: &str, error: &str, now: NaiveDateTime) -> StoreResult<bool> {
+    let updated = diesel::update(jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker)))
+        .set((
+            jobs::status.eq(DEAD),
+            jobs::locked_by.eq(None::<String>),
+            jobs::last_error.eq(error),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(updated == 1)
+}
+
+/// Puts back running jobs whose lease ran out before `cutoff` (their worker died); the attempts
+/// they were on count.
 pub fn reclaim_stale(conn: &mut DbConn, cutoff: NaiveDateTime, now: NaiveDateTime) -> StoreResult<usize> {
     Ok(diesel::update(jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_at.lt(cutoff)))
         .set((jobs::status.eq(QUEUED), jobs::locked_by.eq(None::<String>), jobs::updated_at.eq(now)))
@@ -176,10 +228,16 @@ pub fn reclaim_all(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> 
         .execute(conn)?)
 }
 
-/// Puts back the jobs `worker` holds (graceful shutdown).
+/// Puts back the jobs `worker` holds (graceful shutdown), giving their claims back: they were
+/// interrupted, not failed.
 pub fn release(conn: &mut DbConn, worker: &str, now: NaiveDateTime) -> StoreResult<usize> {
     Ok(diesel::update(jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_by.eq(worker)))
-        .set((jobs::status.eq(QUEUED), jobs::locked_by.eq(None::<String>), jobs::updated_at.eq(now)))
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::locked_by.eq(None::<String>),
+            jobs::attempts.eq(jobs::attempts - 1),
+            jobs::updated_at.eq(now),
+        ))
         .execute(conn)?)
 }
 
@@ -190,7 +248,7 @@ pub fn complete(conn: &mut DbConn, job_id: i64, worker: &str) -> StoreResult<boo
     Ok(deleted == 1)
 }
 
-/// Jobs waiting or running (queue depth).
+/// Jobs waiting or running (queue depth); buried ones are not.
 pub fn depth(conn: &mut DbConn) -> StoreResult<i64> {
-    Ok(jobs::table.count().get_result(conn)?)
+    Ok(jobs::table.filter(jobs::status.ne(DEAD)).count().get_result(conn)?)
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
-use super::jobs::{self, JobKind};
+use super::jobs::{self, Ended, JobKind};
 use super::notify;
 use super::schema::{messages, user_days, users};
 use super::{write_tx, DbConn, StoreResult};
@@ -87,8 +87,8 @@ pub fn recent(conn: &mut DbConn, limit: i64) -> StoreResult<Vec<MessageRow>> {
     Ok(rows)
 }
 
-/// The end of a mood job: the mood and the job's deletion, committed together. `None` when
-/// the job is no longer this worker's, or the message is gone or already settled.
+/// The end of a mood job: the mood and the job's deletion, committed together, only while the
+/// job is this worker's.
 pub fn finish_mood(
     conn: &mut DbConn,
     origin: &str,
@@ -97,10 +97,10 @@ pub fn finish_mood(
     message_id: i64,
     mood: &str,
     mood_status: &str,
-) -> StoreResult<Option<MessageRow>> {
+) -> StoreResult<Ended<MessageRow>> {
     write_tx(conn, |conn| {
         if !jobs::complete(conn, job_id, worker)? {
-            return Ok(None);
+            return Ok(Ended::TakenOver);
         }
         let row = diesel::update(messages::table.find(message_id).filter(messages::mood_status.eq(MOOD_PENDING)))
             .set((messages::mood.eq(mood), messages::mood_status.eq(mood_status)))
@@ -110,7 +110,7 @@ pub fn finish_mood(
         if let Some(row) = &row {
             message_changed(conn, origin, MessageChange::Mood, row.id)?;
         }
-        Ok(row)
+        Ok(Ended::Done(row))
     })
 }
 

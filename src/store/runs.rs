@@ -465,7 +465,7 @@ pub struct Wait<'a> {
 
 pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<bool> {
     write_tx(conn, |conn| {
-        if !jobs::requeue(conn, w.job_id, w.worker, w.run_after, w.why, now)? {
+        if !jobs::give_back(conn, w.job_id, w.worker, w.run_after, w.why, now)? {
             return Ok(false);
         }
         let refund = i32::from(w.refund);

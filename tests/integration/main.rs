@@ -10,6 +10,8 @@ mod browser;
 mod circuit;
 mod cluster;
 mod content;
+mod jobs;
+mod layers;
 mod llm;
 mod lobby;
 mod process;

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{Prompt, UpstreamRequest};
+use crate::domain::runs::Usage;
 
 pub const API_VERSION: &str = "2023-06-01";
 
@@ -32,6 +33,19 @@ pub fn text(value: &Value) -> Result<String, String> {
         other => return Err(format!("first content block is {other:?}, not text")),
     }
     block.get("text").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| "content[0].text is missing".into())
+}
+
+/// `usage`, when the answer reports it.
+pub fn usage(value: &Value) -> Option<Usage> {
+    let usage = value.get("usage")?;
+    let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+    usage.get("input_tokens")?.as_u64()?;
+    Some(Usage {
+        input_tokens: count("input_tokens"),
+        output_tokens: count("output_tokens"),
+        cache_read_tokens: count("cache_read_input_tokens"),
+        cache_write_tokens: count("cache_creation_input_tokens"),
+    })
 }
 
 /// A streamed prose request (`stream: true`), the system prompt cached as for content.

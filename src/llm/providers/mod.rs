@@ -9,6 +9,7 @@ pub mod sse;
 use serde_json::Value;
 
 pub use crate::core::provider::Provider;
+use crate::domain::runs::Usage;
 
 /// What to ask the model: a static system prompt, the user message, and the JSON schema of
 /// the answer.
@@ -75,18 +76,40 @@ pub fn build_stream_request(target: &Target<'_>, prompt: &TextPrompt) -> Upstrea
     }
 }
 
-/// The model's text out of a successful response body, or why the body is unusable.
-pub fn parse_text(provider: Provider, body: &[u8]) -> Result<String, String> {
+/// The model's text out of a successful response body, with the usage when the body reports
+/// it, or why the body is unusable.
+pub fn parse_answer(provider: Provider, body: &[u8]) -> Result<(String, Option<Usage>), String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("response body is not JSON: {e}"))?;
-    let text = match provider {
-        Provider::Anthropic => anthropic::text(&value),
-        Provider::OpenAi => openai::text(&value),
-        Provider::OpenAiChat => openai_chat::text(&value),
-    }?;
+    let (text, usage) = match provider {
+        Provider::Anthropic => (anthropic::text(&value), anthropic::usage(&value)),
+        Provider::OpenAi => {
+            (openai::text(&value), openai_usage(&value, "input_tokens", "output_tokens", "input_tokens_details"))
+        }
+        Provider::OpenAiChat => (
+            openai_chat::text(&value),
+            openai_usage(&value, "prompt_tokens", "completion_tokens", "prompt_tokens_details"),
+        ),
+    };
+    let text = text?;
     if text.trim().is_empty() {
         return Err("the model returned no text".into());
     }
-    Ok(text)
+    Ok((text, usage))
+}
+
+/// OpenAI's `usage` (Responses and Chat name the counts differently); its input includes the
+/// cached tokens, which are split out so each count is priced once.
+fn openai_usage(value: &Value, input: &str, output: &str, details: &str) -> Option<Usage> {
+    let usage = value.get("usage")?;
+    let total_input = usage.get(input)?.as_u64()?;
+    let cached = usage.get(details).and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64).unwrap_or(0);
+    let cached = cached.min(total_input);
+    Some(Usage {
+        input_tokens: total_input - cached,
+        output_tokens: usage.get(output).and_then(Value::as_u64).unwrap_or(0),
+        cache_read_tokens: cached,
+        cache_write_tokens: 0,
+    })
 }
 
 /// The provider's error message from an error body (`{"error":{"message":..}}` in every format).
@@ -99,6 +122,28 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_give_their_usage_when_reported() {
+        let anthropic = br#"{"content":[{"type":"text","text":"{}"}],"usage":{"input_tokens":12,"output_tokens":5,
+            "cache_creation_input_tokens":3,"cache_read_input_tokens":40}}"#;
+        let (text, usage) = parse_answer(Provider::Anthropic, anthropic).unwrap();
+        assert_eq!(text, "{}");
+        assert_eq!(
+            usage,
+            Some(Usage { input_tokens: 12, output_tokens: 5, cache_read_tokens: 40, cache_write_tokens: 3 })
+        );
+        let chat = br#"{"choices":[{"message":{"content":"{}"}}],"usage":{"prompt_tokens":10,"completion_tokens":2,
+            "prompt_tokens_details":{"cached_tokens":4}}}"#;
+        let usage = parse_answer(Provider::OpenAiChat, chat).unwrap().1;
+        assert_eq!(
+            usage,
+            Some(Usage { input_tokens: 6, output_tokens: 2, cache_read_tokens: 4, cache_write_tokens: 0 })
+        );
+        let responses =
+            br#"{"status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":"{}"}]}]}"#;
+        assert_eq!(parse_answer(Provider::OpenAi, responses).unwrap().1, None);
+    }
 
     #[test]
     fn debug_output_never_shows_the_key() {

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::Provider;
-use crate::runs::Usage;
+use crate::domain::runs::Usage;
 
 /// The most a single event may hold before the stream counts as broken.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;

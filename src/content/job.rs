@@ -1,0 +1,194 @@
+//! The content job: generates one item's fields through the structured-call path and commits
+//! `ready` (or `fallback` on any upstream failure) together with the job's removal, then
+//! publishes `content:update`. A corrupt row fails the attempt (the worker retries it); when no
+//! attempt is left the item gets its fallback. Nothing stays pending.
+//!
+//! Never holds a DB connection across the upstream call: the row and the settings are read
+//! before it, the result written after it.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::Addr;
+use futures_util::future::LocalBoxFuture;
+use serde_json::{Map, Value};
+
+use super::{prompts, update_publish, ContentKind, ContentStatus, Context, FallbackReason};
+use crate::core::clock::SharedClock;
+use crate::core::metrics::Metrics;
+use crate::hub::Hub;
+use crate::jobs::{Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::llm::providers::Prompt;
+use crate::llm::Llm;
+use crate::store::content::{self as rows, ContentRow, Finish};
+use crate::store::jobs::{self, Ended};
+use crate::store::{llm_config, Store, StoreError};
+
+/// Runs `content` jobs.
+pub struct ContentJob {
+    /// This process (cross-process notifications).
+    origin: Arc<str>,
+    store: Store,
+    clock: SharedClock,
+    hub: Addr<Hub>,
+    metrics: Arc<Metrics>,
+    llm: Llm,
+    max_output_tokens: u32,
+}
+
+/// What an item ends with.
+struct Ending {
+    status: ContentStatus,
+    fields: Map<String, Value>,
+    model: Option<String>,
+    reason: Option<FallbackReason>,
+}
+
+impl ContentJob {
+    // Wired once, in `app::start`; each argument is one dependency.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        origin: Arc<str>,
+        store: Store,
+        clock: SharedClock,
+        hub: Addr<Hub>,
+        metrics: Arc<Metrics>,
+        llm: Llm,
+        max_output_tokens: u32,
+    ) -> Self {
+        ContentJob { origin, store, clock, hub, metrics, llm, max_output_tokens }
+    }
+
+    /// Generates the item and commits ready or fallback.
+    async fn attempt(&self, claim: Claim) -> JobResult {
+        let content_id = claim.target_id;
+        let (row, config) =
+            self.store.run(move |conn| Ok((rows::find_by_id(conn, content_id)?, llm_config::get(conn)?))).await?;
+        let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
+            return self.nothing_to_do(&claim).await;
+        };
+        let kind = kind_of(&row)?;
+        let subject_id = row.subject_id as u64;
+        let context: Context = serde_json::from_str(&row.context)
+            .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
+        let prompt = Prompt {
+            system: kind.system_prompt().to_owned(),
+            user: prompts::user_message(kind, subject_id, &context),
+            schema_name: kind.schema_name().to_owned(),
+            schema: kind.json_schema(),
+            max_tokens: self.max_output_tokens,
+        };
+        let what = format!("{} {subject_id}", kind.as_str());
+        let ending = match self.llm.call(config.as_ref(), &prompt, |text| kind.validate_output(text), &what).await {
+            Ok(answer) => {
+                Ending { status: ContentStatus::Ready, fields: answer.value, model: Some(answer.model), reason: None }
+            }
+            Err(failure) => fallback(kind, subject_id, failure.into()),
+        };
+        self.commit(&claim, &row, ending).await
+    }
+
+    /// No attempt is left: the item gets its fallback with reason `invalid_response` (the
+    /// reasons clients know have no word for lorewire's own failures).
+    async fn give_up(&self, claim: Claim) -> JobResult {
+        let content_id = claim.target_id;
+        let row = self.store.run(move |conn| rows::find_by_id(conn, content_id)).await?;
+        let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
+            return self.nothing_to_do(&claim).await;
+        };
+        let kind = kind_of(&row)?;
+        let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse);
+        self.commit(&claim, &row, ending).await
+    }
+
+    /// The item is gone or final already: the job only has to go.
+    async fn nothing_to_do(&self, claim: &Claim) -> JobResult {
+        let (job_id, worker) = (claim.job_id, claim.worker.clone());
+        let held = self.store.run(move |conn| jobs::complete(conn, job_id, &worker)).await?;
+        Ok(if held { Outcome::Nothing } else { Outcome::TakenOver })
+    }
+
+    /// Commits the end of the pending item `row` with the job's removal, then tells the
+    /// subscribers.
+    async fn commit(&self, claim: &Claim, row: &ContentRow, ending: Ending) -> JobResult {
+        let pending_since = row.updated_at;
+        let fields = Value::Object(ending.fields).to_string();
+        let reason = ending.reason.map(|r| r.to_string());
+        let (origin, worker, job_id, content_id) = (self.origin.clone(), claim.worker.clone(), claim.job_id, row.id);
+        let status = ending.status;
+        let model = ending.model;
+        let now = self.clock.now_naive();
+        let ended = self
+            .store
+            .run(move |conn| {
+                let finish = Finish {
+                    origin: &origin,
+                    job_id,
+                    worker: &worker,
+                    content_id,
+                    status: status.as_str(),
+                    fields: &fields,
+                    model: model.as_deref(),
+                    reason: reason.as_deref(),
+                };
+                rows::finish(conn, &finish, now)
+            })
+            .await?;
+        let written = match ended {
+            Ended::TakenOver => return Ok(Outcome::TakenOver),
+            Ended::Done(None) => return Ok(Outcome::Nothing),
+            Ended::Done(Some(written)) => written,
+        };
+        // Committed: from here on nothing can fail the job.
+        let content = match written.content() {
+            Ok(content) => content,
+            Err(e) => {
+                tracing::error!(content = written.id, error = %e, "finished item cannot be read back; not published");
+                return Ok(Outcome::Done);
+            }
+        };
+        let reason = content.reason.as_deref().unwrap_or("");
+        self.metrics.content_finished.with_label_values(&[content.status.as_str(), reason]).inc();
+        if let Ok(latency) = (self.clock.now_naive() - pending_since).to_std() {
+            self.metrics.push_latency.observe(latency.as_secs_f64());
+        }
+        tracing::info!(
+            kind = content.kind.as_str(),
+            subject_id = content.subject_id,
+            status = content.status.as_str(),
+            reason,
+            version = content.version,
+            "content finished"
+        );
+        self.hub.do_send(update_publish(content));
+        Ok(Outcome::Done)
+    }
+}
+
+fn kind_of(row: &ContentRow) -> Result<ContentKind, StoreError> {
+    ContentKind::parse(&row.kind).ok_or_else(|| StoreError::Corrupt(format!("content {}: unknown kind", row.id)))
+}
+
+/// The item's deterministic fallback text, and why.
+fn fallback(kind: ContentKind, subject_id: u64, reason: FallbackReason) -> Ending {
+    Ending {
+        status: ContentStatus::Fallback,
+        fields: kind.fallback_fields(subject_id),
+        model: None,
+        reason: Some(reason),
+    }
+}
+
+impl JobHandler for ContentJob {
+    fn kind(&self) -> JobKind {
+        JobKind::Content
+    }
+
+    fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { self.attempt(claim).await })
+    }
+
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { ContentJob::give_up(&self, claim).await })
+    }
+}

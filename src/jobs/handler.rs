@@ -1,0 +1,72 @@
+//! The contract between the job worker and a job kind's handler: the claimed job as the handler
+//! sees it, what its attempt came to, and the give-up when no attempt is left. Never runs a job.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+
+use crate::store::jobs::JobKind;
+use crate::store::StoreError;
+
+/// One claimed job, as its handler sees it.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// `jobs.id`: commit the job's end only while this worker still holds it.
+    pub job_id: i64,
+    /// The row the job works on (`content.id`, `messages.id`, `runs.id`).
+    pub target_id: i64,
+    /// This attempt, counting from 1: every claim counts, a takeover after a crash included,
+    /// except claims given back (a run that only waited for the provider, a graceful stop).
+    pub attempt: u32,
+    /// `LOREWIRE_MAX_ATTEMPTS`.
+    pub max_attempts: u32,
+    /// The worker holding the job (the `locked_by` its end must match).
+    pub worker: Arc<str>,
+}
+
+impl Claim {
+    /// No attempt follows this one: a failure now is final.
+    pub fn is_last(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+/// How an attempt ended, when it did not fail on lorewire's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target's new state (result or fallback) is committed with the job's removal, and
+    /// published.
+    Done,
+    /// The target no longer waits (gone, or final already): the job is removed.
+    Nothing,
+    /// The handler put the job back in the queue (a retry, a wait for the provider): the worker
+    /// looks for due jobs again after this long.
+    Later(Duration),
+    /// Another worker holds the job now (this one's lease ran out): nothing was committed.
+    TakenOver,
+}
+
+/// What a handler's attempt gives back: an outcome, or a failure on lorewire's side (a store
+/// error, a corrupt row), which the worker retries with backoff and counts as an attempt.
+pub type JobResult = Result<Outcome, StoreError>;
+
+/// Runs the jobs of one kind. The futures run on the worker's arbiter thread and need not be
+/// `Send`.
+pub trait JobHandler {
+    /// The jobs this handler runs.
+    fn kind(&self) -> JobKind;
+
+    /// One attempt. Every `Ok` path has committed (or found nothing to commit); an `Err`
+    /// committed nothing.
+    fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult>;
+
+    /// No attempt is left (the last failed on lorewire's side, or the job came back past the
+    /// cap): gives the target its final state (a fallback, a dead run) with the job's removal,
+    /// and publishes it like any other.
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult>;
+
+    /// Called at every lease renewal, for upkeep of the handler's own state.
+    fn tick(&self) {}
+}

@@ -1,0 +1,14 @@
+//! Durable jobs: the worker that claims them ([`worker`]) and the contract of a handler, one per
+//! job kind (content, mood, run), which lives in its feature and is registered at start.
+//!
+//! The worker owns claiming, leases, backoff, the attempt cap and the hand-back; a handler owns
+//! what its job does, commits its result together with the job's removal, and knows how to
+//! give its target a final state when no attempt is left. Never knows what a content item, a
+//! mood or a run is.
+
+pub mod handler;
+pub mod worker;
+
+pub use crate::store::jobs::JobKind;
+pub use handler::{Claim, JobHandler, JobResult, Outcome};
+pub use worker::{backoff, Drain, JobWorker, JobsAvailable, ReleaseJobs};

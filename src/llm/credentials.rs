@@ -1,0 +1,30 @@
+//! The one no-key rule: whether the stored settings can make an upstream call, and as whom.
+//! Reads the settings row only; never calls anything.
+
+use super::providers::{Provider, Target};
+use crate::store::llm_config::LlmConfigRow;
+
+/// Where calls go and as whom, read from the stored settings.
+pub struct Credentials {
+    pub provider: Provider,
+    pub base_url: String,
+    pub api_key: String,
+}
+
+impl Credentials {
+    /// The request target for `model` (runs keep the model they were admitted with).
+    pub fn target<'a>(&'a self, model: &'a str) -> Target<'a> {
+        Target { provider: self.provider, base_url: &self.base_url, model, api_key: &self.api_key }
+    }
+}
+
+/// The one no-key rule: the stored settings can make a call when they name a known provider
+/// and hold an API key, or point an OpenAI-compatible provider at a server of one's own
+/// (Ollama, vLLM, llama.cpp), which usually needs none. `None`: every call is `no_config`.
+pub fn credentials(config: &LlmConfigRow) -> Option<Credentials> {
+    let provider: Provider = config.provider.parse().ok()?;
+    let api_key = config.api_key.clone().unwrap_or_default();
+    let own_server = provider == Provider::OpenAiChat
+        && config.base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url();
+    (!api_key.is_empty() || own_server).then(|| Credentials { provider, base_url: config.base_url.clone(), api_key })
+}

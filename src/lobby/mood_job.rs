@@ -1,0 +1,111 @@
+//! The mood job: classifies one lobby message through the structured-call path and commits a
+//! mood (`ready`, or `neutral` / `fallback` on any failure, lorewire's own after the last
+//! attempt included) together with the job's removal, then publishes `message:mood_updated`.
+//!
+//! Never holds a DB connection across the upstream call.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::Addr;
+use futures_util::future::LocalBoxFuture;
+
+use super::{mood, mood_publish, Mood, MoodStatus};
+use crate::core::metrics::Metrics;
+use crate::hub::Hub;
+use crate::jobs::{Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::llm::providers::Prompt;
+use crate::llm::Llm;
+use crate::store::jobs::{self, Ended};
+use crate::store::messages::{self, MOOD_PENDING};
+use crate::store::{llm_config, Store};
+
+/// Answers are one short JSON object.
+const MOOD_MAX_TOKENS: u32 = 64;
+
+/// Runs `mood` jobs.
+pub struct MoodJob {
+    /// This process (cross-process notifications).
+    origin: Arc<str>,
+    store: Store,
+    hub: Addr<Hub>,
+    metrics: Arc<Metrics>,
+    llm: Llm,
+    max_tokens: u32,
+}
+
+impl MoodJob {
+    pub fn new(
+        origin: Arc<str>,
+        store: Store,
+        hub: Addr<Hub>,
+        metrics: Arc<Metrics>,
+        llm: Llm,
+        max_output_tokens: u32,
+    ) -> Self {
+        MoodJob { origin, store, hub, metrics, llm, max_tokens: max_output_tokens.min(MOOD_MAX_TOKENS) }
+    }
+
+    async fn attempt(&self, claim: Claim) -> JobResult {
+        let message_id = claim.target_id;
+        let (row, config) =
+            self.store.run(move |conn| Ok((messages::find(conn, message_id)?, llm_config::get(conn)?))).await?;
+        let Some(row) = row.filter(|r| r.mood_status == MOOD_PENDING) else {
+            let (job_id, worker) = (claim.job_id, claim.worker.clone());
+            let held = self.store.run(move |conn| jobs::complete(conn, job_id, &worker)).await?;
+            return Ok(if held { Outcome::Nothing } else { Outcome::TakenOver });
+        };
+        let prompt = Prompt {
+            system: mood::SYSTEM_PROMPT.to_owned(),
+            user: mood::user_message(&row.text),
+            schema_name: mood::SCHEMA_NAME.to_owned(),
+            schema: mood::json_schema(),
+            max_tokens: self.max_tokens,
+        };
+        let (mood, status) = match self.llm.call(config.as_ref(), &prompt, mood::validate_output, "mood").await {
+            Ok(answer) => (answer.value, MoodStatus::Ready),
+            Err(reason) => {
+                tracing::info!(message = message_id, %reason, "mood fallback");
+                (Mood::Neutral, MoodStatus::Fallback)
+            }
+        };
+        self.commit(&claim, mood, status).await
+    }
+
+    /// Commits the mood with the job's removal, then tells everyone in the lobby.
+    async fn commit(&self, claim: &Claim, mood: Mood, status: MoodStatus) -> JobResult {
+        let (origin, worker, job_id, message_id) =
+            (self.origin.clone(), claim.worker.clone(), claim.job_id, claim.target_id);
+        let ended = self
+            .store
+            .run(move |conn| {
+                messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood.as_str(), status.as_str())
+            })
+            .await?;
+        let row = match ended {
+            Ended::TakenOver => return Ok(Outcome::TakenOver),
+            Ended::Done(None) => return Ok(Outcome::Nothing),
+            Ended::Done(Some(row)) => row,
+        };
+        self.metrics.moods_finished.with_label_values(&[status.as_str()]).inc();
+        let message = row.message();
+        tracing::info!(message = message.id, mood = mood.as_str(), status = status.as_str(), "mood settled");
+        self.hub.do_send(mood_publish(&message));
+        Ok(Outcome::Done)
+    }
+}
+
+impl JobHandler for MoodJob {
+    fn kind(&self) -> JobKind {
+        JobKind::Mood
+    }
+
+    fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { self.attempt(claim).await })
+    }
+
+    /// No attempt is left: the message settles `neutral` / `fallback`.
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { self.commit(&claim, Mood::Neutral, MoodStatus::Fallback).await })
+    }
+}

@@ -1,0 +1,417 @@
+//! The run job: one attempt of a generation run for a claimed `run` job.
+//!
+//! Order: the budget reservation is made sure of, the circuit breaker asked (a refusal puts the
+//! run back without counting an attempt), the attempt counted, the answer streamed (every delta
+//! recorded for late subscribers and published), and the attempt's end committed in one
+//! transaction (usage, cost event, budget settlement, job deleted or handed back with backoff)
+//! before any client hears of it. When no attempt is left after failures on lorewire's side,
+//! the run goes `dead`. Never holds a DB connection across the upstream call.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
+
+use super::live::LiveRuns;
+use super::relay::{self, Relay};
+use super::service::{finish, publish};
+use super::{estimate_tokens, prompt_token_bound, usd, Action, RunErrorCode, RunStatus, Usage};
+use crate::core::clock::SharedClock;
+use crate::core::config::Config;
+use crate::core::metrics::Metrics;
+use crate::domain::wire::Typed;
+use crate::hub::Hub;
+use crate::jobs::{backoff, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
+use crate::llm::providers::{self, TextPrompt};
+use crate::llm::stream::{self, StreamEnd, StreamLimits};
+use crate::store::jobs;
+use crate::store::runs::{self as rows, AttemptEnd, Settlement};
+use crate::store::{billing, llm_config, Store, StoreError};
+
+/// Longest wait before a run refused by the circuit looks again (an admin may close it).
+const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(5);
+/// Wait while the half-open circuit's single probe is in flight.
+const PROBE_WAIT: Duration = Duration::from_millis(200);
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The settings an attempt follows.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_output_tokens: u32,
+    /// Wait for the headers, and the longest silence inside the stream.
+    llm_timeout: Duration,
+    run_total: Duration,
+    retry_base: Duration,
+    max_attempts: u32,
+}
+
+/// Runs `run` jobs.
+pub struct RunJob {
+    /// This process (cross-process notifications).
+    origin: Arc<str>,
+    store: Store,
+    hub: Addr<Hub>,
+    circuit: Addr<CircuitBreaker>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    client: awc::Client,
+    live: Arc<LiveRuns>,
+    /// Sends the frames to the other processes (PostgreSQL).
+    relay: Option<Arc<Relay>>,
+    limits: Limits,
+}
+
+impl RunJob {
+    // Wired once, in `app::start`; each argument is one dependency.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        origin: Arc<str>,
+        store: Store,
+        hub: Addr<Hub>,
+        circuit: Addr<CircuitBreaker>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        client: awc::Client,
+        live: Arc<LiveRuns>,
+        config: &Config,
+    ) -> Self {
+        let limits = Limits {
+            max_output_tokens: config.max_output_tokens,
+            llm_timeout: config.llm_timeout,
+            run_total: config.run_total_limit,
+            retry_base: config.retry_base,
+            max_attempts: config.max_attempts,
+        };
+        RunJob { origin, store, hub, circuit, clock, metrics, client, live, relay: None, limits }
+    }
+
+    /// Sends the frames of the runs streamed here to the other processes.
+    pub fn with_relay(mut self, relay: Arc<Relay>) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// No attempt is left: the run goes `dead` (`internal_error`), its reservation released, in
+    /// the transaction that removes the job, and its sessions hear `run:error`.
+    async fn give_up(&self, claim: Claim) -> JobResult {
+        let run_pk = claim.target_id;
+        let row = self.store.run(move |conn| rows::find_by_id(conn, run_pk)).await?;
+        let Some(row) = row.filter(|r| r.is_active()) else {
+            return self.nothing_to_do(&claim).await;
+        };
+        let ctx = Attempt { d: self, claim: &claim, run_pk, run_id: &row.run_id, model: &row.model };
+        let end = AttemptEnd::Dead {
+            code: RunErrorCode::Internal,
+            message: "the run failed on the server's side and its attempts are spent".into(),
+        };
+        ctx.end(row.attempts, Usage::default(), 0, end).await
+    }
+
+    /// The run is gone or final already: the job only has to go.
+    async fn nothing_to_do(&self, claim: &Claim) -> JobResult {
+        let (job_id, worker) = (claim.job_id, claim.worker.clone());
+        let held = self.store.run(move |conn| jobs::complete(conn, job_id, &worker)).await?;
+        Ok(if held { Outcome::Nothing } else { Outcome::TakenOver })
+    }
+
+    /// Runs one attempt of the run behind `claim`; every `Ok` path ended the job (committed)
+    /// or handed it back.
+    async fn execute(&self, claim: Claim) -> JobResult {
+        let run_pk = claim.target_id;
+        let (row, config, price, budgeted) = self
+            .store
+            .run(move |conn| {
+                let row = rows::find_by_id(conn, run_pk)?;
+                let (price, budgeted) = match &row {
+                    Some(r) => (billing::price(conn, &r.model)?, billing::budget(conn, &r.project_id)?.is_some()),
+                    None => (None, false),
+                };
+                Ok((row, llm_config::get(conn)?, price, budgeted))
+            })
+            .await?;
+        let Some(row) = row.filter(|r| r.is_active()) else {
+            return self.nothing_to_do(&claim).await;
+        };
+        let run_id = row.run_id.clone();
+        let action =
+            Action::parse(&row.action).ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: unknown action")))?;
+        let mut cancel = self.live.cancel_signal(&run_id);
+        let ctx = Attempt { d: self, claim: &claim, run_pk, run_id: &run_id, model: &row.model };
+        if *cancel.borrow() {
+            return ctx.end(row.attempts, Usage::default(), 0, AttemptEnd::Aborted).await;
+        }
+
+        let prompt = TextPrompt {
+            system: action.system_prompt().to_owned(),
+            user: action.user_message(&row.input),
+            max_tokens: self.limits.max_output_tokens,
+        };
+        let Some(credentials) = config.as_ref().and_then(crate::llm::credentials) else {
+            let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: "no LLM API key is configured".into() };
+            return ctx.end(row.attempts, Usage::default(), 0, end).await;
+        };
+        let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
+        let worst_case =
+            price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
+
+        // The reservation first: waiting on the circuit keeps it, so the run cannot be refused later.
+        // (Skipped, saving a write, when the run holds one already or its project has no budget.)
+        let now = self.clock.now_naive();
+        let reserved = if row.reserved_micros > 0 || !budgeted {
+            rows::Reservation::Held
+        } else {
+            self.store.run(move |conn| rows::ensure_reservation(conn, run_pk, worst_case, now)).await?
+        };
+        match reserved {
+            rows::Reservation::Gone => return self.nothing_to_do(&claim).await,
+            rows::Reservation::NoBudget => {
+                let end = AttemptEnd::Dead {
+                    code: RunErrorCode::BudgetExceeded,
+                    message: "another attempt could take the project past its budget".into(),
+                };
+                return ctx.end(row.attempts, Usage::default(), 0, end).await;
+            }
+            rows::Reservation::Held => {}
+        }
+
+        let probe = match self.circuit.send(Acquire).await {
+            Ok(Permit::Call { probe }) => probe,
+            Ok(Permit::Refuse(refusal)) => return ctx.wait(format!("{refusal:?}"), false).await,
+            Err(_) => return ctx.wait("the circuit breaker is not answering".into(), false).await,
+        };
+
+        let now = self.clock.now_naive();
+        let started = match self.store.run(move |conn| rows::mark_running(conn, run_pk, now)).await {
+            Ok(Some(row)) => row,
+            other => {
+                // Aborted meanwhile (or the store failed): no call was made.
+                self.circuit.do_send(Report { probe, outcome: circuit::Outcome::NotCalled });
+                other?;
+                return self.nothing_to_do(&claim).await;
+            }
+        };
+        let attempt = started.attempts;
+        self.live.begin_attempt(&run_id);
+        let (version, frame) = publish(
+            &self.live,
+            &self.hub,
+            &run_id,
+            Typed::RunStarted {
+                run_id: run_id.clone(),
+                model: row.model.clone(),
+                attempt: (attempt > 1).then_some(attempt),
+            }
+            .into(),
+        );
+        if let Some(relay) = &self.relay {
+            relay.forward(&run_id, version, &frame, true);
+        }
+        tracing::info!(run = %run_id, attempt, provider = provider.as_str(), model = %row.model, "run attempt started");
+
+        let request = providers::build_stream_request(&credentials.target(&row.model), &prompt);
+        let limits = StreamLimits {
+            headers: self.limits.llm_timeout,
+            idle: self.limits.llm_timeout,
+            total: self.limits.run_total,
+        };
+        let attempt_started = std::time::Instant::now();
+        let mut text = String::new();
+        let mut seq = 0u64;
+        let first_delta = self.metrics.run_first_delta.clone();
+        let outcome = stream::stream(&self.client, &request, provider, limits, &mut cancel, |delta| {
+            if seq == 0 {
+                first_delta.observe(attempt_started.elapsed().as_secs_f64());
+            }
+            text.push_str(&delta);
+            // Cut so that each delta fits one cross-process notification, the same on every process.
+            for piece in relay::pieces(&delta, relay::MAX_DELTA_BYTES) {
+                let frame = Typed::RunDelta { run_id: run_id.clone(), seq, text: piece.to_owned() };
+                let (version, frame) = publish(&self.live, &self.hub, &run_id, frame.into());
+                if let Some(relay) = &self.relay {
+                    relay.forward(&run_id, version, &frame, false);
+                }
+                seq += 1;
+            }
+        })
+        .await;
+
+        // What was consumed: reported counts, else estimated (input from the prompt, output from
+        // the text received), only when the provider answered at all.
+        let mut usage = outcome.usage;
+        if outcome.answered {
+            if !outcome.input_reported && usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens == 0 {
+                usage.input_tokens = ((prompt.system.len() + prompt.user.len()) as u64).div_ceil(4);
+            }
+            if !outcome.output_reported {
+                // The provider stops at the max tokens asked for: an estimate above it over-charges.
+                let max_output = u64::from(self.limits.max_output_tokens);
+                usage.output_tokens = usage.output_tokens.max(estimate_tokens(&text)).min(max_output);
+            }
+        }
+        let cost = price.map(|p| p.cost(&usage)).unwrap_or(0);
+
+        let circuit_outcome = match &outcome.end {
+            StreamEnd::Finished => circuit::Outcome::Success,
+            StreamEnd::Cancelled if outcome.answered => circuit::Outcome::Success,
+            StreamEnd::Cancelled => circuit::Outcome::NotCalled,
+            StreamEnd::Upstream(e) => e.circuit_outcome(),
+            _ => circuit::Outcome::Failure,
+        };
+        self.circuit.do_send(Report { probe, outcome: circuit_outcome });
+
+        let (code, message) = match outcome.end {
+            StreamEnd::Finished => {
+                self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+                return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
+            }
+            StreamEnd::Cancelled => return ctx.end(attempt, usage, cost, AttemptEnd::Aborted).await,
+            StreamEnd::Upstream(e) if e.is_rate_limit() => {
+                self.metrics.upstream_calls.with_label_values(&["rate_limited"]).inc();
+                // Throttled, not failed: the run waits without spending an attempt.
+                return ctx.wait(e.redacted(api_key), true).await;
+            }
+            StreamEnd::Upstream(e) => (e.failure().into(), e.redacted(api_key)),
+            StreamEnd::Cut(why) => (RunErrorCode::StreamCut, why),
+            StreamEnd::Timeout => (RunErrorCode::Timeout, "the stream went silent or took too long".into()),
+            StreamEnd::ProviderError(why) => (RunErrorCode::StreamError, why),
+            StreamEnd::Invalid(why) => (RunErrorCode::InvalidResponse, why),
+        };
+        let message = crate::llm::redact(&message, api_key);
+        self.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
+        tracing::warn!(run = %run_id, attempt, code = %code, error = %message, "run attempt failed");
+        // The run's attempts (shown to clients) and the job's (failures on our side count too)
+        // agree unless something went wrong on our side; the larger decides, so neither passes
+        // the cap.
+        let spent = u32::try_from(attempt).unwrap_or(0).max(claim.attempt).max(1);
+        if spent < self.limits.max_attempts {
+            let delay = backoff(self.limits.retry_base, spent);
+            let run_after = self.clock.now_naive() + chrono_dur(delay);
+            let end = AttemptEnd::Retry { run_after, code, message };
+            return Ok(match ctx.end(attempt, usage, cost, end).await? {
+                Outcome::Done => Outcome::Later(delay),
+                other => other,
+            });
+        }
+        ctx.end(attempt, usage, cost, AttemptEnd::Dead { code, message }).await
+    }
+}
+
+struct Attempt<'a> {
+    d: &'a RunJob,
+    claim: &'a Claim,
+    run_pk: i64,
+    run_id: &'a str,
+    model: &'a str,
+}
+
+impl Attempt<'_> {
+    /// Commits the attempt's end, then tells the clients (a retry tells them nothing yet).
+    async fn end(&self, attempt: i32, usage: Usage, cost: i64, end: AttemptEnd) -> JobResult {
+        let d = self.d;
+        // The other processes hear every frame of the attempt before its end.
+        if let Some(relay) = &d.relay {
+            relay.flush().await;
+        }
+        let settlement_end = end.clone();
+        let (job_id, run_pk, worker, origin) =
+            (self.claim.job_id, self.run_pk, self.claim.worker.clone(), d.origin.clone());
+        let now = d.clock.now_naive();
+        let settled = d
+            .store
+            .run(move |conn| {
+                let s = Settlement {
+                    origin: &origin,
+                    job_id,
+                    worker: &worker,
+                    run_pk,
+                    attempt,
+                    usage,
+                    cost,
+                    end: settlement_end,
+                };
+                rows::settle(conn, &s, now)
+            })
+            .await?;
+        let Some(row) = settled else { return Ok(Outcome::TakenOver) };
+        let run_id = self.run_id.to_owned();
+        let status = row.run_status().unwrap_or(RunStatus::Dead);
+        if cost > 0 {
+            d.metrics.run_cost_micros.with_label_values(&[self.model]).inc_by(cost as u64);
+        }
+        let frame = match end {
+            AttemptEnd::Retry { .. } => return Ok(Outcome::Done),
+            AttemptEnd::Done { text } => Typed::RunDone {
+                run_id: run_id.clone(),
+                text,
+                usage: row.usage(),
+                cost_usd: usd(row.cost_micros),
+                cached: false,
+            },
+            AttemptEnd::Aborted => Typed::RunError {
+                reference: None,
+                run_id: run_id.clone(),
+                code: RunErrorCode::Aborted.to_string(),
+                message: "the run was aborted".into(),
+            },
+            AttemptEnd::Dead { code, message } => {
+                Typed::RunError { reference: None, run_id: run_id.clone(), code: code.to_string(), message }
+            }
+        };
+        d.metrics.runs_finished.with_label_values(&[status.as_str()]).inc();
+        tracing::info!(run = %run_id, status = status.as_str(), attempts = row.attempts, cost_micros = row.cost_micros,
+            input_tokens = row.input_tokens, output_tokens = row.output_tokens, "run finished");
+        publish(&d.live, &d.hub, &run_id, frame.into());
+        finish(&d.live, &d.hub, &run_id);
+        Ok(Outcome::Done)
+    }
+
+    /// Puts the run back without counting an attempt, until the circuit or the provider's
+    /// `retry-after` lets calls through again.
+    async fn wait(&self, why: String, refund: bool) -> JobResult {
+        let d = self.d;
+        let snapshot = d.circuit.send(GetSnapshot).await.ok();
+        let now = d.clock.now();
+        let until = snapshot
+            .and_then(|s| [s.resets_at, s.retry_after_until].into_iter().flatten().filter(|t| *t > now).max())
+            .and_then(|t| (t - now).to_std().ok())
+            .unwrap_or(PROBE_WAIT)
+            .min(MAX_CIRCUIT_WAIT);
+        let run_after = d.clock.now_naive() + chrono_dur(until);
+        let (job_id, run_pk, worker, now) =
+            (self.claim.job_id, self.run_pk, self.claim.worker.clone(), d.clock.now_naive());
+        tracing::debug!(run = %self.run_id, wait_ms = until.as_millis() as u64, why = %why, "run waits for the provider");
+        let held = d
+            .store
+            .run(move |conn| {
+                let w = rows::Wait { job_id, worker: &worker, run_pk, run_after, why: &why, refund };
+                rows::wait(conn, &w, now)
+            })
+            .await?;
+        Ok(if held { Outcome::Later(until) } else { Outcome::TakenOver })
+    }
+}
+
+impl JobHandler for RunJob {
+    fn kind(&self) -> JobKind {
+        JobKind::Run
+    }
+
+    fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { self.execute(claim).await })
+    }
+
+    fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
+        Box::pin(async move { RunJob::give_up(&self, claim).await })
+    }
+
+    /// Forgets the runs this process no longer streams, even when no run changes here.
+    fn tick(&self) {
+        self.live.prune();
+    }
+}

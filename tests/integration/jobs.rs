@@ -1,0 +1,285 @@
+//! The job worker never loops: a job that fails on lorewire's side (here a row corrupted in the
+//! database) is retried with backoff, counts against LOREWIRE_MAX_ATTEMPTS, and after the last
+//! attempt its target gets a final state that clients are told of: a content item its fallback,
+//! a run `dead`, a mood `neutral` / `fallback`. A job whose target cannot even be given that is
+//! buried: kept `dead`, never claimed again, out of the queue depth.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use lorewire::store::schema::{content, jobs, messages, runs};
+use lorewire::store::Store;
+use serde_json::{json, Value};
+
+use crate::common::{eventually, http, spawn_with, Db, Mode, Setup, TestApp, WsClient};
+
+const MAX_ATTEMPTS: u32 = 3;
+
+/// One call slot, held for a while by the first item, so the next job waits queued.
+async fn app_with_one_slot(db: Db, retry_base: Duration) -> TestApp {
+    let app = spawn_with(Setup::new(db), |c| {
+        c.llm_concurrency = 1;
+        c.retry_base = retry_base;
+        c.max_attempts = MAX_ATTEMPTS;
+    })
+    .await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(700)));
+    app
+}
+
+async fn store(app: &TestApp) -> Store {
+    let url = app.db.url.clone();
+    actix_web::rt::task::spawn_blocking(move || Store::connect(&url).expect("test store")).await.unwrap()
+}
+
+/// Requests quest `subject_id` and returns its snapshot.
+async fn request_quest(ws: &mut WsClient, subject_id: u64) -> Value {
+    ws.send(json!({"type": "content:request", "kind": "quest", "subject_id": subject_id, "ref": subject_id,
+                   "context": {"character_name": "Ada"}}))
+        .await;
+    loop {
+        let frame = ws.recv().await;
+        if frame["type"] == "content:snapshot" && frame["ref"] == subject_id {
+            return frame["content"].clone();
+        }
+    }
+}
+
+/// The next `content:update` of quest `subject_id`.
+async fn quest_update(ws: &mut WsClient, subject_id: u64) -> Value {
+    loop {
+        let frame = ws.recv_type("content:update").await;
+        if frame["content"]["subject_id"] == subject_id {
+            return frame["content"].clone();
+        }
+    }
+}
+
+async fn content_id(store: &Store, subject_id: i64) -> i64 {
+    store
+        .run(move |c| {
+            Ok(content::table.filter(content::subject_id.eq(subject_id)).select(content::id).first::<i64>(c)?)
+        })
+        .await
+        .unwrap()
+}
+
+/// `(status, attempts, last_error)` of the job on `(kind, target)`, if there is one.
+async fn job_of(store: &Store, kind: &'static str, target: i64) -> Option<(String, i32, Option<String>)> {
+    store
+        .run(move |c| {
+            Ok(jobs::table
+                .filter(jobs::kind.eq(kind))
+                .filter(jobs::target_id.eq(target))
+                .select((jobs::status, jobs::attempts, jobs::last_error))
+                .first(c)
+                .optional()?)
+        })
+        .await
+        .unwrap()
+}
+
+async fn job_count(store: &Store) -> i64 {
+    store.run(|c| Ok(jobs::table.count().get_result(c)?)).await.unwrap()
+}
+
+/// Watches the job until it is gone; returns the most attempts it showed.
+async fn attempts_until_gone(store: &Store, kind: &'static str, target: i64) -> i32 {
+    let until = std::time::Instant::now() + crate::common::WAIT;
+    let mut most = 0;
+    while let Some((_, attempts, _)) = job_of(store, kind, target).await {
+        most = most.max(attempts);
+        assert!(std::time::Instant::now() < until, "the job is still there after {most} attempts");
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    most
+}
+
+/// A value of the Prometheus text at `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let body = http().get(app.url("/metrics")).send().await.unwrap().body().await.unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+async fn corrupt_content_context_ends_in_fallback_after_the_last_attempt(db: Db) {
+    let app = app_with_one_slot(db, Duration::from_millis(200)).await;
+    let store = store(&app).await;
+    let (mut ws, _) = app.player("Ada").await;
+    request_quest(&mut ws, 1).await;
+    let pending = request_quest(&mut ws, 2).await;
+    assert_eq!(pending["status"], "pending");
+    let id = content_id(&store, 2).await;
+    // While its job waits for the slot, the stored context stops being JSON.
+    store
+        .run(move |c| Ok(diesel::update(content::table.find(id)).set(content::context.eq("{not json")).execute(c)?))
+        .await
+        .unwrap();
+
+    assert_eq!(quest_update(&mut ws, 1).await["status"], "ready");
+    let most = attempts_until_gone(&store, "content", id).await;
+    let item = quest_update(&mut ws, 2).await;
+    assert_eq!(item["status"], "fallback", "{item}");
+    assert_eq!(item["reason"], "invalid_response", "{item}");
+    assert_eq!(item["version"], 2);
+    for field in ["flavorText", "hookText"] {
+        assert!(!item["fields"][field].as_str().unwrap().is_empty(), "{item}");
+    }
+    assert!(most >= 2 && most <= MAX_ATTEMPTS as i32, "the job showed {most} attempts");
+    // Quest 1 was claimed once, quest 2 once per attempt; nothing more comes.
+    assert_eq!(metric(&app, "lorewire_jobs_claimed_total").await, 1.0 + f64::from(MAX_ATTEMPTS));
+    actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(metric(&app, "lorewire_jobs_claimed_total").await, 1.0 + f64::from(MAX_ATTEMPTS));
+    assert_eq!(job_count(&store).await, 0);
+    assert_eq!(app.fake.request_count(), 1, "the corrupt item never went upstream");
+    let (status, stored) =
+        crate::common::get_json(&app.url("/api/content/quest/2"), Some(&app.player_token().await)).await;
+    assert_eq!((status, &stored["status"]), (200, &json!("fallback")));
+}
+
+async fn job_back_past_its_attempts_gives_up_at_once(db: Db) {
+    let app = app_with_one_slot(db, Duration::from_millis(200)).await;
+    let store = store(&app).await;
+    let (mut ws, _) = app.player("Ada").await;
+    request_quest(&mut ws, 1).await;
+    request_quest(&mut ws, 2).await;
+    let id = content_id(&store, 2).await;
+    // As after a process that died on the job's last attempt, and its lease taken over.
+    store
+        .run(move |c| {
+            Ok(diesel::update(jobs::table.filter(jobs::kind.eq("content")).filter(jobs::target_id.eq(id)))
+                .set(jobs::attempts.eq(MAX_ATTEMPTS as i32))
+                .execute(c)?)
+        })
+        .await
+        .unwrap();
+    let item = quest_update(&mut ws, 2).await;
+    assert_eq!(item["status"], "fallback", "{item}");
+    assert_eq!(item["reason"], "invalid_response", "{item}");
+    assert_eq!(metric(&app, "lorewire_jobs_claimed_total").await, 2.0);
+    assert_eq!(app.fake.request_count(), 1);
+    assert_eq!(job_count(&store).await, 0);
+}
+
+async fn job_whose_target_cannot_be_finished_is_buried(db: Db) {
+    let app = app_with_one_slot(db, Duration::from_millis(100)).await;
+    let store = store(&app).await;
+    let (mut ws, _) = app.player("Ada").await;
+    request_quest(&mut ws, 1).await;
+    request_quest(&mut ws, 2).await;
+    let id = content_id(&store, 2).await;
+    // No kind, no fallback text: not even a final state can be written.
+    store
+        .run(move |c| Ok(diesel::update(content::table.find(id)).set(content::kind.eq("scroll")).execute(c)?))
+        .await
+        .unwrap();
+    assert_eq!(quest_update(&mut ws, 1).await["status"], "ready");
+    let (status, attempts, error) = eventually("the job to be buried", || async {
+        job_of(&store, "content", id).await.filter(|(status, _, _)| status == "dead")
+    })
+    .await;
+    assert_eq!((status.as_str(), attempts), ("dead", MAX_ATTEMPTS as i32));
+    assert!(error.as_deref().unwrap_or("").contains("unknown kind"), "{error:?}");
+    // Never claimed again, and not counted as queued work.
+    actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(job_of(&store, "content", id).await.map(|j| j.1), Some(MAX_ATTEMPTS as i32));
+    assert_eq!(metric(&app, "lorewire_jobs_claimed_total").await, 1.0 + f64::from(MAX_ATTEMPTS));
+    assert_eq!(metric(&app, "lorewire_queue_depth").await, 0.0);
+}
+
+async fn corrupt_run_goes_dead_after_the_last_attempt(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| {
+        c.retry_base = Duration::from_millis(600);
+        c.max_attempts = MAX_ATTEMPTS;
+        c.circuit_failures = 100;
+    })
+    .await;
+    let store = store(&app).await;
+    // The first attempt fails upstream; the run waits out its backoff, queued.
+    app.fake.push_modes([Mode::Status(500)]);
+    let (mut ws, _) = app.player("Ada").await;
+    ws.send(json!({"type": "generate:start", "project_id": "p1", "action": "WRITE", "input": "a dragon", "ref": 1}))
+        .await;
+    let queued = ws.recv_type("run:queued").await;
+    let run_id = queued["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(ws.recv_type("run:started").await["run_id"], run_id.as_str());
+    let id = run_id.clone();
+    let pk = eventually("the first attempt to fail", || async {
+        let id = id.clone();
+        store
+            .run(move |c| {
+                Ok(runs::table
+                    .filter(runs::run_id.eq(id))
+                    .filter(runs::status.eq("queued"))
+                    .filter(runs::error_code.is_not_null())
+                    .select(runs::id)
+                    .first::<i64>(c)
+                    .optional()?)
+            })
+            .await
+            .unwrap()
+    })
+    .await;
+    // Its stored action stops being one lorewire knows before the retry is due.
+    store
+        .run(move |c| Ok(diesel::update(runs::table.find(pk)).set(runs::action.eq("SING")).execute(c)?))
+        .await
+        .unwrap();
+
+    let error = ws.recv_type("run:error").await;
+    assert_eq!(error["run_id"], run_id.as_str());
+    assert_eq!(error["code"], "internal_error", "{error}");
+    let (status, code, attempts, reserved): (String, Option<String>, i32, i64) = store
+        .run(move |c| {
+            Ok(runs::table
+                .find(pk)
+                .select((runs::status, runs::error_code, runs::attempts, runs::reserved_micros))
+                .first(c)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!((status.as_str(), code.as_deref(), reserved), ("dead", Some("internal_error"), 0));
+    assert_eq!(attempts, 1, "one attempt reached the provider");
+    assert_eq!(app.fake.request_count(), 1);
+    assert_eq!(metric(&app, "lorewire_jobs_claimed_total").await, f64::from(MAX_ATTEMPTS));
+    assert_eq!(job_count(&store).await, 0);
+}
+
+async fn mood_back_past_its_attempts_settles_neutral(db: Db) {
+    let app = app_with_one_slot(db, Duration::from_millis(200)).await;
+    let store = store(&app).await;
+    let (mut ws, _) = app.player("Ada").await;
+    ws.lobby_frames = true;
+    request_quest(&mut ws, 1).await;
+    ws.send(json!({"type": "message:send", "text": "what a glorious day!"})).await;
+    let message = ws.recv_type("message:new").await;
+    let id = message["message"]["id"].as_i64().unwrap();
+    store
+        .run(move |c| {
+            Ok(diesel::update(jobs::table.filter(jobs::kind.eq("mood")).filter(jobs::target_id.eq(id)))
+                .set(jobs::attempts.eq(MAX_ATTEMPTS as i32))
+                .execute(c)?)
+        })
+        .await
+        .unwrap();
+    let updated = ws.recv_type("message:mood_updated").await;
+    assert_eq!(updated["id"], id);
+    assert_eq!((&updated["mood"], &updated["mood_status"]), (&json!("neutral"), &json!("fallback")));
+    let stored: (String, String) = store
+        .run(move |c| Ok(messages::table.find(id).select((messages::mood, messages::mood_status)).first(c)?))
+        .await
+        .unwrap();
+    assert_eq!(stored, ("neutral".to_owned(), "fallback".to_owned()));
+    assert_eq!(app.fake.request_count(), 1, "only the quest went upstream");
+    eventually("the jobs to end", || async { (job_count(&store).await == 0).then_some(()) }).await;
+}
+
+both_backends!(
+    corrupt_content_context_ends_in_fallback_after_the_last_attempt,
+    job_back_past_its_attempts_gives_up_at_once,
+    job_whose_target_cannot_be_finished_is_buried,
+    corrupt_run_goes_dead_after_the_last_attempt,
+    mood_back_past_its_attempts_settles_neutral,
+);
