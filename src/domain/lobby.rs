@@ -64,7 +64,7 @@ pub enum Mood {
 impl Mood {
     pub const ALL: [Mood; 6] = [Mood::Neutral, Mood::Happy, Mood::Sad, Mood::Angry, Mood::Excited, Mood::Calm];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Mood::Neutral => "neutral",
             Mood::Happy => "happy",

@@ -14,7 +14,7 @@ pub enum Status {
 impl Status {
     pub const ALL: [Status; 3] = [Status::Pending, Status::Ready, Status::Fallback];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
             Status::Ready => "ready",

@@ -44,13 +44,7 @@ fn llm_view(row: &LlmConfigRow, circuit: &CircuitSnapshot) -> Value {
         "api_key_set": key.is_some(),
         "api_key_last4": key.and_then(last4),
         "last_error": row.last_error,
-        "circuit": {
-            "state": circuit.state,
-            "failures": circuit.failures,
-            "opened_at": circuit.opened_at,
-            "resets_at": circuit.resets_at,
-            "retry_after_until": circuit.retry_after_until,
-        },
+        "circuit": circuit,
     })
 }
 
@@ -156,12 +150,7 @@ pub async fn put_llm(
 pub async fn reset_circuit(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let circuit = state.circuit.send(Reset).await.map_err(|_| ApiError::Internal)?;
-    Ok(HttpResponse::Ok().json(json!({"circuit": {
-        "state": circuit.state,
-        "failures": circuit.failures,
-        "opened_at": circuit.opened_at,
-        "resets_at": circuit.resets_at,
-    }})))
+    Ok(HttpResponse::Ok().json(json!({ "circuit": circuit })))
 }
 
 #[cfg(test)]

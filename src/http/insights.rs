@@ -157,12 +157,7 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         "retention": {"d1": d1.to_json(), "d7": d7.to_json()},
         "content": by_status,
         "runs": runs_by_status,
-        "circuit": {
-            "state": circuit.state,
-            "failures": circuit.failures,
-            "opened_at": circuit.opened_at,
-            "resets_at": circuit.resets_at,
-        },
+        "circuit": circuit,
         "spend": {"total_usd": usd(spent)},
         "queue_depth": depth,
     })))

@@ -37,11 +37,12 @@ impl CircuitState {
             CircuitState::HalfOpen => "half_open",
         }
     }
-    fn parse(s: &str) -> CircuitState {
+    fn parse(s: &str) -> Option<CircuitState> {
         match s {
-            "open" => CircuitState::Open,
-            "half_open" => CircuitState::HalfOpen,
-            _ => CircuitState::Closed,
+            "closed" => Some(CircuitState::Closed),
+            "open" => Some(CircuitState::Open),
+            "half_open" => Some(CircuitState::HalfOpen),
+            _ => None,
         }
     }
 }
@@ -113,7 +114,7 @@ pub struct CircuitSnapshot {
     pub failures: u32,
     pub opened_at: Option<DateTime<Utc>>,
     pub resets_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Until when a provider's 429 `retry-after` holds calls back.
     pub retry_after_until: Option<DateTime<Utc>>,
 }
 
@@ -150,13 +151,23 @@ impl CircuitBreaker {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let failures: Vec<DateTime<Utc>> = serde_json::from_str(&record.failures).unwrap_or_default();
+        // A corrupt record cannot stop the start: the breaker resumes closed and empty, and says so.
+        let failures: Vec<DateTime<Utc>> = serde_json::from_str(&record.failures).unwrap_or_else(|e| {
+            tracing::error!(row = "llm_config 1", column = "circuit_failures", error = %e,
+                "stored circuit history is corrupt; resuming without it");
+            Vec::new()
+        });
+        let state = CircuitState::parse(&record.state).unwrap_or_else(|| {
+            tracing::error!(row = "llm_config 1", column = "circuit_state", state = %record.state,
+                "stored circuit state is unknown; resuming closed");
+            CircuitState::Closed
+        });
         CircuitBreaker {
             settings,
             clock,
             store,
             metrics,
-            state: CircuitState::parse(&record.state),
+            state,
             failures: failures.into(),
             opened_at: record.opened_at.map(utc),
             resets_at: record.resets_at.map(utc),

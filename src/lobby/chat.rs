@@ -97,7 +97,7 @@ impl LobbyService {
         Ok(text)
     }
 
-    /// Stores an admitted message with its mood job, then tells everyone and wakes the LLM actor.
+    /// Stores an admitted message with its mood job, then tells everyone and wakes the job worker.
     pub async fn post(&self, user_id: i64, nickname: String, text: String) -> Result<Message, StoreError> {
         let now = self.clock.now_naive();
         let origin = self.origin.clone();

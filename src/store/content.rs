@@ -10,7 +10,8 @@ use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
 use crate::domain::content::{Content, ContentKind, ContentStatus};
 use crate::domain::events::Event;
 
-pub const PENDING: &str = "pending";
+/// What a content row holds while its job has not committed a result.
+const PENDING: &str = ContentStatus::Pending.as_str();
 
 #[derive(Debug, Clone, Queryable)]
 pub struct ContentRow {

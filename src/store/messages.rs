@@ -11,7 +11,8 @@ use super::{write_tx, DbConn, StoreResult};
 use crate::domain::events::{Event, MessageChange};
 use crate::domain::lobby::{Message, Mood, MoodStatus};
 
-pub const MOOD_PENDING: &str = "pending";
+/// What a message's mood holds while its job has not committed one.
+pub const MOOD_PENDING: &str = MoodStatus::Pending.as_str();
 
 #[derive(Debug, Clone, Queryable)]
 pub struct MessageRow {
@@ -67,7 +68,14 @@ pub fn insert(
 ) -> StoreResult<MessageRow> {
     write_tx(conn, |conn| {
         let row: MessageRow = diesel::insert_into(messages::table)
-            .values(NewMessage { user_id, nickname, text, mood: "neutral", mood_status: MOOD_PENDING, created_at: now })
+            .values(NewMessage {
+                user_id,
+                nickname,
+                text,
+                mood: Mood::Neutral.as_str(),
+                mood_status: MOOD_PENDING,
+                created_at: now,
+            })
             .returning(messages::all_columns)
             .get_result(conn)?;
         jobs::enqueue(conn, JobKind::Mood, row.id, 0, now)?;

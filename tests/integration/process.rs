@@ -322,8 +322,40 @@ async fn generated_admin_token_is_printed_once_and_works(db: Db) {
     assert_eq!(get_json(&server.url("/admin/api/llm"), Some(token)).await.0, 403);
 }
 
+/// A corrupt circuit record in the database does not stop the start: the breaker resumes closed
+/// and empty, and the log names the row and the column at fault.
+async fn corrupt_circuit_record_is_logged_not_silently_emptied(db: Db) {
+    use diesel::prelude::*;
+    use lorewire::store::schema::llm_config;
+
+    let fake = FakeLlm::start();
+    let db = test_db(db).await;
+    let mut server = Server::start(&db.url, &fake).await;
+    server.kill9();
+    let store = lorewire::store::Store::connect(&db.url).unwrap();
+    store
+        .run(|conn| {
+            diesel::update(llm_config::table)
+                .set((llm_config::circuit_failures.eq("{not json"), llm_config::circuit_state.eq("ajar")))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let server = Server::start(&db.url, &fake).await;
+    let (status, llm) = get_json(&server.url("/admin/api/llm"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(llm["circuit"]["state"], "closed", "{llm}");
+    assert_eq!(llm["circuit"]["failures"], 0, "{llm}");
+    let logs = server.output();
+    assert!(logs.contains("stored circuit history is corrupt"), "{logs}");
+    assert!(logs.contains("circuit_failures") && logs.contains("llm_config 1"), "{logs}");
+    assert!(logs.contains("stored circuit state is unknown"), "{logs}");
+}
+
 both_backends!(
     generated_admin_token_is_printed_once_and_works,
+    corrupt_circuit_record_is_logged_not_silently_emptied,
     kill_9_and_restart_leaves_nothing_pending,
     kill_9_leaves_no_mood_pending,
     api_key_never_leaks,
