@@ -28,7 +28,8 @@ use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Re
 use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::store::jobs;
-use crate::store::runs::{self as rows, AttemptEnd, Settlement};
+use crate::store::run_attempts::{self as attempts, AttemptEnd, Settlement};
+use crate::store::runs as rows;
 use crate::store::{billing, llm_config, Store, StoreError};
 
 /// Longest wait before a run refused by the circuit looks again (an admin may close it).
@@ -164,20 +165,20 @@ impl RunJob {
         // (Skipped, saving a write, when the run holds one already or its project has no budget.)
         let now = self.clock.now_naive();
         let reserved = if row.reserved_micros > 0 || !budgeted {
-            rows::Reservation::Held
+            attempts::Reservation::Held
         } else {
-            self.store.run(move |conn| rows::ensure_reservation(conn, run_pk, worst_case, now)).await?
+            self.store.run(move |conn| attempts::ensure_reservation(conn, run_pk, worst_case, now)).await?
         };
         match reserved {
-            rows::Reservation::Gone => return self.nothing_to_do(&claim).await,
-            rows::Reservation::NoBudget => {
+            attempts::Reservation::Gone => return self.nothing_to_do(&claim).await,
+            attempts::Reservation::NoBudget => {
                 let end = AttemptEnd::Dead {
                     code: RunErrorCode::BudgetExceeded,
                     message: "another attempt could take the project past its budget".into(),
                 };
                 return ctx.end(row.attempts, Usage::default(), 0, end).await;
             }
-            rows::Reservation::Held => {}
+            attempts::Reservation::Held => {}
         }
 
         let probe = match self.circuit.send(Acquire).await {
@@ -187,7 +188,7 @@ impl RunJob {
         };
 
         let now = self.clock.now_naive();
-        let started = match self.store.run(move |conn| rows::mark_running(conn, run_pk, now)).await {
+        let started = match self.store.run(move |conn| attempts::mark_running(conn, run_pk, now)).await {
             Ok(Some(row)) => row,
             other => {
                 // Aborted meanwhile (or the store failed): no call was made.
@@ -335,7 +336,7 @@ impl Attempt<'_> {
                     cost,
                     end: settlement_end,
                 };
-                rows::settle(conn, &s, now)
+                attempts::settle(conn, &s, now)
             })
             .await?;
         let Some(row) = settled else { return Ok(Outcome::TakenOver) };
@@ -389,8 +390,8 @@ impl Attempt<'_> {
         let held = d
             .store
             .run(move |conn| {
-                let w = rows::Wait { job_id, worker: &worker, run_pk, run_after, why: &why, refund };
-                rows::wait(conn, &w, now)
+                let w = attempts::Wait { job_id, worker: &worker, run_pk, run_after, why: &why, refund };
+                attempts::wait(conn, &w, now)
             })
             .await?;
         Ok(if held { Outcome::Later(until) } else { Outcome::TakenOver })

@@ -18,6 +18,7 @@ use crate::domain::topic::Topic;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::jobs::JobsAvailable;
+use crate::store::run_attempts;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
 use crate::store::{billing, llm_config, Store, StoreError};
 
@@ -222,7 +223,7 @@ impl RunService {
         self.live.cancel(&run_id);
         let now = self.clock.now_naive();
         let (id, origin) = (run_id.clone(), self.origin.clone());
-        if let Some(row) = self.store.run(move |conn| rows::abort_queued(conn, &origin, &id, now)).await? {
+        if let Some(row) = self.store.run(move |conn| run_attempts::abort_queued(conn, &origin, &id, now)).await? {
             tracing::info!(run = %row.run_id, "queued run aborted: nobody waits on it");
             self.metrics.runs_finished.with_label_values(&[RunStatus::Aborted.as_str()]).inc();
             let frame = Typed::RunError {

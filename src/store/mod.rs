@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod llm_config;
 pub mod messages;
 pub mod notify;
+pub mod run_attempts;
 pub mod runs;
 pub mod schema;
 pub mod users;
