@@ -1,4 +1,5 @@
-//! The `lorewire` binary: `serve` (default) or `migrate`.
+//! The `lorewire` binary: `serve` (default) or `migrate`. Only parses, starts and stops; every
+//! part is built by `app::start`.
 
 use std::sync::Arc;
 

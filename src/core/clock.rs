@@ -1,5 +1,5 @@
 //! Time as a dependency: the circuit breaker and the job queue read the clock through
-//! [`Clock`] so tests can move time forward without sleeping.
+//! [`Clock`] so tests can move time forward without sleeping. Never sleeps or schedules.
 
 use std::sync::{Arc, Mutex};
 

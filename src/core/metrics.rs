@@ -1,5 +1,5 @@
 //! Prometheus metrics, one registry per running app (no global state, so tests can run
-//! several apps in one process).
+//! several apps in one process). Only counts; never reads the database or decides anything.
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 

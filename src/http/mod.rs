@@ -1,5 +1,6 @@
 //! HTTP routes (README "REST"): public, player (`/api`, player token) and admin (`/admin/api`,
-//! admin token); `GET /ws` is the WebSocket edge's, registered beside these in `app.rs`. Handlers stay thin: parse, authorize, call a service, map errors.
+//! admin token); `GET /ws` is the WebSocket edge's, registered beside these in `app.rs`.
+//! Handlers stay thin: parse, authorize, call a service, map errors; they hold no business rule.
 
 pub mod admin;
 pub mod error;

@@ -1,4 +1,5 @@
-//! Public and player routes: health, readiness, metrics, and the content REST API.
+//! Public and player routes: health, readiness (the database takes a write), metrics, and the
+//! content REST API. Thin: never holds a business rule (the content service does).
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! The circuit breaker: closed / open / half-open, as PROTOCOL §4 says.
+//! The circuit breaker: closed / open / half-open (README "Pointing it at a provider" and
+//! "Errors, faults and logs").
 //!
 //! Owns the breaker state and nothing else. Failures are counted within a sliding window;
 //! opening schedules the move to half-open with `run_later`; half-open lets one probe through.

@@ -1,10 +1,10 @@
-//! Generation runs (WRITE / REWRITE / DESCRIBE): the run as clients see it, its money
-//! (integer micro-dollars, prices per million tokens) and the validation of requests.
+//! Generation runs (WRITE / REWRITE / DESCRIBE), the feature: its types and money are
+//! `domain::runs` and `domain::money` (re-exported here).
 //!
 //! [`service`] admits runs (dedup, queue limit, budget reservation) and detaches waiters;
 //! [`job`] executes one attempt of a claimed run job, streaming; [`live`] keeps the frames
-//! of runs streaming in this process for late subscribers. Nothing here holds a database
-//! connection across an upstream call.
+//! of runs streaming in this process for late subscribers; [`relay`] and [`remote`] carry runs
+//! between processes. Nothing here holds a database connection across an upstream call.
 
 pub mod job;
 pub mod live;

@@ -1,4 +1,5 @@
-//! Content items: one row per (kind, subject_id), created `pending` together with its job.
+//! Content items: one row per (kind, subject_id), created `pending` together with its job, and
+//! finished with the job's removal in one transaction. Never decides an item's text.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;

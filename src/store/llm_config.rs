@@ -1,5 +1,5 @@
 //! The singleton LLM configuration row (id = 1): provider settings, the API key, the last
-//! upstream error and the persisted circuit breaker.
+//! upstream error and the persisted circuit breaker. Its Debug output never shows the key.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

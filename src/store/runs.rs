@@ -1,7 +1,8 @@
 //! Generation runs: one row per run, admitted `queued` together with its durable job (and its
 //! budget reservation) in one transaction after dedup and the queue limit; detaching waiters,
 //! queue positions, the admin re-queue of a dead run and the run history. An attempt's own
-//! writes are `run_attempts`. Never dispatches events; never decides an attempt's outcome.
+//! writes are `run_attempts`. Announces a run's end only inside the write that makes it; never
+//! decides an attempt's outcome.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;

@@ -1,4 +1,5 @@
-//! Players: rows keyed by the SHA-256 of their token, and the days they were seen.
+//! Players: rows keyed by the SHA-256 of their token, and the days they were seen. Never sees a
+//! token in the clear.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

@@ -1,5 +1,5 @@
-//! The WebSocket edge: `GET /ws` (Origin check before the upgrade), the session actor and
-//! the frame types.
+//! The WebSocket edge: `GET /ws` (Origin check before the upgrade) and the session actor (the
+//! frame types are `domain::wire`).
 
 pub mod session;
 
