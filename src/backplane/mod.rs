@@ -126,3 +126,75 @@ pub fn for_store(store: &crate::store::Store, database_url: &str, origin: Arc<st
         crate::store::Backend::Sqlite => Arc::new(local::LocalBackplane),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// Records what it hears; its first delivery is slow, to show the other sink does not wait.
+    struct Recorder {
+        family: Family,
+        heard: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Sink for Recorder {
+        fn family(&self) -> Family {
+            self.family
+        }
+        fn deliver(&self, event: Event) -> LocalBoxFuture<'static, ()> {
+            let heard = self.heard.clone();
+            let family = self.family;
+            async move {
+                let first = heard.borrow().iter().all(|h| !h.starts_with(&format!("{family:?}")));
+                if first && family == Family::Content {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let what = match &event {
+                    Event::Content { subject_id, .. } => format!("{family:?} content {subject_id}"),
+                    Event::RunCancel { run_id, .. } => format!("{family:?} cancel {run_id}"),
+                    other => format!("{family:?} {other:?}"),
+                };
+                heard.borrow_mut().push(what);
+            }
+            .boxed_local()
+        }
+        fn reconnected(&self) {
+            self.heard.borrow_mut().push(format!("{:?} reconnected", self.family));
+        }
+    }
+
+    #[actix_rt::test]
+    async fn each_sink_hears_its_family_in_order_without_waiting_for_the_others() {
+        let heard = Rc::new(RefCell::new(Vec::new()));
+        let sinks = Sinks::start(vec![
+            Rc::new(Recorder { family: Family::Content, heard: heard.clone() }),
+            Rc::new(Recorder { family: Family::Runs, heard: heard.clone() }),
+        ]);
+        let content = |id: i64| Event::Content { origin: "o".into(), kind: "quest".into(), subject_id: id, version: 1 };
+        // Delivered from another thread, as the PostgreSQL listener does.
+        let from_listener = sinks.clone();
+        std::thread::spawn(move || {
+            from_listener.deliver(content(1));
+            from_listener.deliver(content(2));
+            from_listener.deliver(Event::RunCancel { origin: "o".into(), run_id: "r".into() });
+            // No lobby sink is registered: its events are dropped, not queued forever.
+            from_listener.deliver(Event::Alive { origin: "o".into() });
+        })
+        .join()
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        sinks.reconnected();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let heard = heard.borrow().clone();
+        assert_eq!(heard[0], "Runs cancel r", "the slow content sink held nobody back: {heard:?}");
+        assert_eq!(&heard[1..3], ["Content content 1", "Content content 2"], "{heard:?}");
+        assert_eq!(heard.len(), 5, "{heard:?}");
+        assert!(heard[3..].iter().all(|h| h.ends_with("reconnected")), "{heard:?}");
+        assert_eq!(Family::of(&Event::Hello { origin: "o".into() }), Family::Lobby);
+    }
+}
