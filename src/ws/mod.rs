@@ -1,6 +1,7 @@
 //! The WebSocket edge: `GET /ws` (Origin check before the upgrade), the session actor and
 //! the frame types.
 
+pub mod outbox;
 pub mod session;
 
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -5,22 +5,17 @@
 //! later frames back so they are handled as the started user). Watches its own outbound
 //! backlog and closes with 1008 when the client stops reading.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::pin::Pin;
-use std::rc::Rc;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use bytes::Bytes;
 use bytestring::ByteString;
-use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
+use super::outbox::{self, Outbox, MAX_BACKLOG_FRAMES};
 use super::MAX_FRAME_BYTES;
 use crate::content::{self, Content, ContentKind};
 use crate::domain::players::{self as player_rules, Variant};
@@ -35,19 +30,10 @@ use crate::runs::service::{RunService, StartError, Started, Waiter};
 use crate::runs::{self, RunErrorCode};
 use crate::state::AppState;
 
-/// Largest piece of an outgoing frame handed to the HTTP layer at once.
-const MAX_CHUNK_BYTES: usize = 8 * 1024;
-
-/// Unsent frames (or bytes) after which a client counts as not reading.
-pub const MAX_BACKLOG_FRAMES: usize = 256;
-pub const MAX_BACKLOG_BYTES: u64 = 1024 * 1024;
-
 /// Upgrades the request and starts a session.
 ///
-/// actix-web-actors runs a session only while the response body is polled, and the HTTP
-/// dispatcher stops polling it once a client stops reading: the session would freeze (no
-/// heartbeat, no slow-consumer check, a mailbox filling up). So the session's context is
-/// driven by a task of its own, which moves its encoded frames into an [`Outbox`] that the
+/// actix-web-actors runs a session only while the response body is polled, so the session's
+/// context is driven by a task of its own ([`outbox::drive`]) into an [`Outbox`] that the
 /// response body drains. The outbox is what tells how far behind the client is.
 pub fn start(
     req: &HttpRequest,
@@ -55,147 +41,11 @@ pub fn start(
     state: Arc<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut response = ws::handshake(req).map_err(|e| ApiError::Invalid(format!("not a WebSocket upgrade: {e}")))?;
-    let outbox = Rc::new(RefCell::new(Outbox::default()));
+    let outbox = Outbox::default();
     let session = WsSession::new(state, outbox.clone());
     let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME_BYTES);
     let frames = ws::WebsocketContext::with_codec(session, payload, codec);
-    let (body_dropped, dropped) = tokio::sync::oneshot::channel::<()>();
-    let forward_to = outbox.clone();
-    actix_web::rt::spawn(async move {
-        let forward = async {
-            let mut frames = std::pin::pin!(frames);
-            while let Some(Ok(bytes)) = frames.next().await {
-                forward_to.borrow_mut().push(bytes);
-            }
-        };
-        // Ends when the session stops, or when the connection is gone (the body was dropped);
-        // dropping `frames` then stops the session.
-        tokio::select! {
-            _ = forward => {}
-            _ = dropped => {}
-        }
-        forward_to.borrow_mut().finish();
-    });
-    Ok(response.streaming(Outbound { outbox, done: false, _body_dropped: body_dropped }))
-}
-
-/// Encoded frames on their way to the socket, and the accounting of what is still unsent.
-#[derive(Default)]
-struct Outbox {
-    chunks: VecDeque<Bytes>,
-    written: u64,
-    pulled: u64,
-    /// Stream offset at which each unsent frame ends.
-    ends: VecDeque<u64>,
-    /// The session gave up on the client: this close frame goes next, then the end.
-    close: Option<Bytes>,
-    /// The rest of a chunk handed out in slices (it holds whole frames only once complete).
-    partial: Option<Bytes>,
-    aborted: bool,
-    finished: bool,
-    waker: Option<Waker>,
-}
-
-impl Outbox {
-    /// Accounts for a frame the session wrote; returns the unsent frames and bytes.
-    fn wrote(&mut self, frame_len: usize) -> (usize, u64) {
-        self.written += frame_len as u64;
-        self.ends.push_back(self.written);
-        (self.ends.len(), self.written - self.pulled)
-    }
-    fn push(&mut self, bytes: Bytes) {
-        if !self.aborted {
-            self.chunks.push_back(bytes);
-            self.wake();
-        }
-    }
-    fn pulled(&mut self, n: usize) {
-        self.pulled += n as u64;
-        while self.ends.front().is_some_and(|end| *end <= self.pulled) {
-            self.ends.pop_front();
-        }
-    }
-    /// Drops everything unsent; the client gets `close` next, then EOF.
-    fn abort(&mut self, close: Bytes) {
-        self.aborted = true;
-        self.chunks.clear();
-        self.ends.clear();
-        self.close = Some(close);
-        self.wake();
-    }
-    /// The HTTP layer copies each chunk into a per-connection write buffer that keeps its
-    /// largest size: hand it big frames (a full presence list) in slices, zero-copy.
-    fn slice(&mut self, mut chunk: Bytes) -> Bytes {
-        if chunk.len() > MAX_CHUNK_BYTES {
-            self.partial = Some(chunk.split_off(MAX_CHUNK_BYTES));
-        }
-        self.pulled(chunk.len());
-        chunk
-    }
-    fn finish(&mut self) {
-        self.finished = true;
-        self.wake();
-    }
-    fn wake(&mut self) {
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-}
-
-/// Size on the wire of an unmasked (server) frame carrying `payload` bytes.
-fn wire_len(payload: usize) -> usize {
-    payload
-        + match payload {
-            0..=125 => 2,
-            126..=65535 => 4,
-            _ => 10,
-        }
-}
-
-fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut frame = vec![0x88, (2 + reason.len()) as u8];
-    frame.extend_from_slice(&code.to_be_bytes());
-    frame.extend_from_slice(reason.as_bytes());
-    Bytes::from(frame)
-}
-
-/// The response body: drains the outbox as fast as the socket takes it.
-struct Outbound {
-    outbox: Rc<RefCell<Outbox>>,
-    done: bool,
-    /// Dropped with the body (connection gone): tells the session's task to stop.
-    _body_dropped: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Stream for Outbound {
-    type Item = Result<Bytes, actix_web::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let mut outbox = self.outbox.borrow_mut();
-        // A frame already begun is finished first, even before a close.
-        if let Some(rest) = outbox.partial.take() {
-            let piece = outbox.slice(rest);
-            return Poll::Ready(Some(Ok(piece)));
-        }
-        if let Some(close) = outbox.close.take() {
-            drop(outbox);
-            self.done = true;
-            return Poll::Ready(Some(Ok(close)));
-        }
-        if let Some(chunk) = outbox.chunks.pop_front() {
-            let piece = outbox.slice(chunk);
-            return Poll::Ready(Some(Ok(piece)));
-        }
-        if outbox.finished {
-            return Poll::Ready(None);
-        }
-        outbox.waker = Some(cx.waker().clone());
-        Poll::Pending
-    }
+    Ok(response.streaming(outbox::drive(outbox, frames)))
 }
 
 /// A run a session was counted as waiting on, on its way to the session. Dropped without
@@ -253,7 +103,7 @@ enum LobbyJoin {
 pub struct WsSession {
     id: SessionId,
     state: Arc<AppState>,
-    outbox: Rc<RefCell<Outbox>>,
+    outbox: Outbox,
     user: Option<SessionUser>,
     subscriptions: HashMap<Topic, Subscription>,
     lobby: LobbyJoin,
@@ -267,7 +117,7 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    fn new(state: Arc<AppState>, outbox: Rc<RefCell<Outbox>>) -> Self {
+    fn new(state: Arc<AppState>, outbox: Outbox) -> Self {
         WsSession {
             id: state.next_session_id(),
             state,
@@ -286,10 +136,9 @@ impl WsSession {
         if self.aborted {
             return;
         }
-        let (frames, bytes) = self.outbox.borrow_mut().wrote(wire_len(text.len()));
-        // One frame alone (a long history on join) is not a backlog, however big.
-        if frames > MAX_BACKLOG_FRAMES || (frames > 1 && bytes > MAX_BACKLOG_BYTES) {
-            tracing::warn!(session = self.id, frames, bytes, "closing slow consumer");
+        let backlog = self.outbox.wrote(text.len());
+        if backlog.is_slow_consumer() {
+            tracing::warn!(session = self.id, frames = backlog.frames, bytes = backlog.bytes, "closing slow consumer");
             self.state.metrics.slow_consumers.inc();
             self.abort(1008, "slow consumer", ctx);
             return;
@@ -315,7 +164,7 @@ impl WsSession {
     /// Gives up on the client: the close frame goes out ahead of anything unsent.
     fn abort(&mut self, code: u16, reason: &'static str, ctx: &mut ws::WebsocketContext<Self>) {
         self.aborted = true;
-        self.outbox.borrow_mut().abort(close_frame(code, reason));
+        self.outbox.abort(code, reason);
         ctx.stop();
     }
 
@@ -748,7 +597,7 @@ impl Actor for WsSession {
         self.state.hub.do_send(hub::Connect { id: self.id, recipient: ctx.address().recipient() });
         let (interval, timeout) = (self.state.config.heartbeat_interval, self.state.config.client_timeout);
         ctx.run_interval(interval, |act, ctx| {
-            act.outbox.borrow_mut().wrote(wire_len(0));
+            act.outbox.wrote(0);
             ctx.ping(b"");
             act.record_new_day();
         });
@@ -821,7 +670,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 }
             }
             ws::Message::Ping(payload) => {
-                self.outbox.borrow_mut().wrote(wire_len(payload.len()));
+                self.outbox.wrote(payload.len());
                 ctx.pong(&payload)
             }
             ws::Message::Pong(_) | ws::Message::Nop => {}
