@@ -3,6 +3,7 @@
 
 pub mod outbox;
 pub mod session;
+pub mod subscriptions;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 

@@ -5,7 +5,7 @@
 //! later frames back so they are handled as the started user). Watches its own outbound
 //! backlog and closes with 1008 when the client stops reading.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 
 use super::outbox::{self, Outbox, MAX_BACKLOG_FRAMES};
+use super::subscriptions::{Seen, Subscriptions};
 use super::MAX_FRAME_BYTES;
 use crate::content::{self, Content, ContentKind};
 use crate::domain::players::{self as player_rules, Variant};
@@ -79,12 +80,6 @@ impl Drop for Waiting {
     }
 }
 
-/// How a subscription stands: waiting for its snapshot (updates are held back), or live.
-enum Subscription {
-    AwaitingSnapshot(Vec<(Option<i64>, ByteString)>),
-    Live { version: i64 },
-}
-
 struct SessionUser {
     id: i64,
     nickname: String,
@@ -92,21 +87,13 @@ struct SessionUser {
     seen_day: chrono::NaiveDate,
 }
 
-/// Where the session stands in the lobby: lobby frames are held back while its history and
-/// presence snapshot are on their way, so they arrive after them, in order.
-enum LobbyJoin {
-    Out,
-    Joining(Vec<(Option<i64>, ByteString)>),
-    In,
-}
-
 pub struct WsSession {
     id: SessionId,
     state: Arc<AppState>,
     outbox: Outbox,
     user: Option<SessionUser>,
-    subscriptions: HashMap<Topic, Subscription>,
-    lobby: LobbyJoin,
+    /// Content items, runs and (once joined) the lobby, each held back until its snapshot is sent.
+    subscriptions: Subscriptions,
     last_heard: Instant,
     /// Frames of a fragmented message are refused; answer once at its end.
     in_fragment: bool,
@@ -123,8 +110,7 @@ impl WsSession {
             state,
             outbox,
             user: None,
-            subscriptions: HashMap::new(),
-            lobby: LobbyJoin::Out,
+            subscriptions: Subscriptions::default(),
             last_heard: Instant::now(),
             in_fragment: false,
             aborted: false,
@@ -272,30 +258,26 @@ impl WsSession {
     /// Enters the lobby after the ack: `lobby:history`, `presence:state`, then the lobby frames
     /// that arrived meanwhile (minus messages the history already holds).
     fn join_lobby(&mut self, user_id: i64, nickname: String, ctx: &mut ws::WebsocketContext<Self>) {
-        self.lobby = LobbyJoin::Joining(Vec::new());
+        // Lobby frames are held back while the history and presence are on their way.
+        self.subscriptions.hold(Topic::Lobby);
         let service = self.state.lobby.clone();
         let join = lobby::Join { session: self.id, user_id, nickname, recipient: ctx.address().recipient() };
         ctx.spawn(async move { service.join(join).await }.into_actor(self).map(|result, act, ctx| {
-            let held = match std::mem::replace(&mut act.lobby, LobbyJoin::In) {
-                LobbyJoin::Joining(held) => held,
-                _ => Vec::new(),
-            };
-            let mut in_history = HashSet::new();
-            match result {
+            let in_history = match result {
                 Ok((online, messages)) => {
-                    in_history.extend(messages.iter().map(|m| m.id));
+                    let in_history = messages.iter().map(|m| m.id).collect();
                     act.send(Typed::LobbyHistory { messages }.into(), ctx);
                     act.send(Typed::PresenceState { online }.into(), ctx);
+                    in_history
                 }
                 Err(e) => {
                     tracing::error!(session = act.id, error = %e, "could not load the lobby");
                     act.error(ErrorCode::Overloaded, None, "the lobby could not be loaded; reconnect to retry", ctx);
+                    HashSet::new()
                 }
-            }
-            for (id, text) in held {
-                if !id.is_some_and(|id| in_history.contains(&id)) {
-                    act.send_text(text, ctx);
-                }
+            };
+            for text in act.subscriptions.release(&Topic::Lobby, Seen::Messages(in_history)) {
+                act.send_text(text, ctx);
             }
         }));
     }
@@ -389,26 +371,19 @@ impl WsSession {
     /// change between the read and the subscription can be missed and none arrives before
     /// the reply it follows.
     fn watch(&mut self, topic: Topic) {
-        match self.subscriptions.get(&topic) {
-            None => {
-                self.subscriptions.insert(topic.clone(), Subscription::AwaitingSnapshot(Vec::new()));
-                self.state.hub.do_send(hub::Subscribe { id: self.id, topic });
-            }
-            Some(Subscription::Live { .. }) => {
-                self.subscriptions.insert(topic, Subscription::AwaitingSnapshot(Vec::new()));
-            }
-            Some(Subscription::AwaitingSnapshot(_)) => {}
+        if self.subscriptions.hold(topic.clone()) {
+            self.state.hub.do_send(hub::Subscribe { id: self.id, topic });
         }
     }
 
     fn unwatch(&mut self, topic: &Topic) {
-        if self.subscriptions.remove(topic).is_some() {
+        if self.subscriptions.remove(topic) {
             self.state.hub.do_send(hub::Unsubscribe { id: self.id, topic: topic.clone() });
         }
     }
 
     fn unwatch_if_awaiting(&mut self, topic: &Topic) {
-        if matches!(self.subscriptions.get(topic), Some(Subscription::AwaitingSnapshot(_))) {
+        if self.subscriptions.is_holding(topic) {
             self.unwatch(topic);
         }
     }
@@ -421,25 +396,11 @@ impl WsSession {
         content: Content,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let mut version = content.version;
-        let held = match self.subscriptions.get(&topic) {
-            Some(Subscription::AwaitingSnapshot(held)) => Some(held.clone()),
-            Some(Subscription::Live { version: live }) => {
-                version = version.max(*live);
-                None
-            }
-            None => None,
-        };
+        let seen = Seen::Upto(content.version);
         self.send(Typed::ContentSnapshot { reference, content }.into(), ctx);
-        let Some(mut held) = held else { return };
-        held.sort_by_key(|(v, _)| *v);
-        for (v, text) in held {
-            if v.is_none_or(|v| v > version) {
-                version = v.unwrap_or(version);
-                self.send_text(text, ctx);
-            }
+        for text in self.subscriptions.release(&topic, seen) {
+            self.send_text(text, ctx);
         }
-        self.subscriptions.insert(topic, Subscription::Live { version });
     }
 
     fn generate_start(&mut self, g: GenerateStart, reference: Option<Value>, ctx: &mut ws::WebsocketContext<Self>) {
@@ -516,32 +477,20 @@ impl WsSession {
         let service = self.state.runs.clone();
         ctx.spawn(async move { service.catch_up(run_id).await }.into_actor(self).map(move |result, act, ctx| {
             act.send(reply, ctx);
-            let mut seen = 0;
-            match result {
-                Ok(Some(catch_up)) => {
-                    for (version, text) in catch_up.frames {
-                        // Frames rebuilt from storage end the run: nothing live may follow.
-                        seen = version.unwrap_or(i64::MAX).max(seen);
-                        act.send_text(text, ctx);
-                    }
+            let frames = match result {
+                Ok(catch_up) => catch_up.map(|c| c.frames).unwrap_or_default(),
+                Err(e) => {
+                    tracing::error!(session = act.id, error = %e, "run catch-up failed");
+                    Vec::new()
                 }
-                Ok(None) => {}
-                Err(e) => tracing::error!(session = act.id, error = %e, "run catch-up failed"),
-            }
-            let held = match act.subscriptions.get(&topic) {
-                Some(Subscription::AwaitingSnapshot(held)) => held.clone(),
-                _ => Vec::new(),
             };
-            for (version, text) in held {
-                match version {
-                    Some(v) if v > seen => seen = v,
-                    // The stored result, replayed by another process's end notification.
-                    None if seen != i64::MAX => {}
-                    _ => continue,
-                }
+            let seen = Seen::catch_up(&frames);
+            for (_, text) in frames {
                 act.send_text(text, ctx);
             }
-            act.subscriptions.insert(topic, Subscription::Live { version: seen });
+            for text in act.subscriptions.release(&topic, seen) {
+                act.send_text(text, ctx);
+            }
         }));
     }
 
@@ -564,26 +513,8 @@ impl WsSession {
     }
 
     fn deliver(&mut self, topic: &Topic, version: Option<i64>, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
-        if *topic == Topic::Lobby {
-            match &mut self.lobby {
-                LobbyJoin::Joining(held) => held.push((version, text)),
-                LobbyJoin::In => self.send_text(text, ctx),
-                LobbyJoin::Out => {}
-            }
-            return;
-        }
-        match self.subscriptions.get_mut(topic) {
-            Some(Subscription::AwaitingSnapshot(held)) => held.push((version, text)),
-            Some(Subscription::Live { version: seen }) => {
-                if let Some(v) = version {
-                    if v <= *seen {
-                        return;
-                    }
-                    *seen = v;
-                }
-                self.send_text(text, ctx);
-            }
-            None => {}
+        if let Some(text) = self.subscriptions.offer(topic, version, text) {
+            self.send_text(text, ctx);
         }
     }
 }
@@ -622,7 +553,7 @@ impl Actor for WsSession {
         }
         self.state.metrics.sessions_open.dec();
         self.state.hub.do_send(hub::Disconnect { id: self.id });
-        if !matches!(self.lobby, LobbyJoin::Out) {
+        if self.subscriptions.contains(&Topic::Lobby) {
             self.state.lobby.leave(self.id);
         }
     }
