@@ -38,9 +38,8 @@ impl WsSession {
             match result {
                 Ok(content) => act.snapshot(topic, reference, content, ctx),
                 Err(e) => {
-                    tracing::error!(session = act.id, error = %e, "content request failed");
                     act.unwatch_if_holding(&topic);
-                    act.error(ErrorCode::Overloaded, reference, "the request could not be stored, try again", ctx);
+                    act.store_failed("the request could not be stored", &e, reference, ctx);
                 }
             }
         }));
@@ -65,9 +64,8 @@ impl WsSession {
                     act.error(ErrorCode::NotFound, reference, message, ctx);
                 }
                 Err(e) => {
-                    tracing::error!(session = act.id, error = %e, "content lookup failed");
                     act.unwatch_if_holding(&topic);
-                    act.error(ErrorCode::Overloaded, reference, "the item could not be read, try again", ctx);
+                    act.store_failed("the item could not be read", &e, reference, ctx);
                 }
             }
         }));

@@ -22,13 +22,17 @@ impl WsSession {
             Err(SendRefused::RateLimited(message)) => {
                 return self.error(ErrorCode::RateLimited, reference, message, ctx);
             }
-            Err(refused) => return self.error(ErrorCode::InvalidPayload, reference, refused.to_string(), ctx),
+            Err(SendRefused::Invalid(message)) => {
+                return self.error(ErrorCode::InvalidPayload, reference, message, ctx)
+            }
+            Err(SendRefused::Store(e)) => {
+                return self.store_failed("the message could not be stored", &e, reference, ctx)
+            }
         };
         ctx.spawn(async move { service.post(user_id, nickname, text).await }.into_actor(self).map(
             move |result, act, ctx| {
                 if let Err(e) = result {
-                    tracing::error!(session = act.id, error = %e, "lobby message could not be stored");
-                    act.error(ErrorCode::Overloaded, reference, "the message could not be stored, try again", ctx);
+                    act.store_failed("the message could not be stored", &e, reference, ctx);
                 }
             },
         ));

@@ -23,6 +23,7 @@ use actix_web_actors::ws;
 use bytestring::ByteString;
 use serde_json::Value;
 
+use super::error::store_error;
 use super::outbox::{self, Outbox, MAX_BACKLOG_FRAMES};
 use super::subscriptions::Subscriptions;
 use super::MAX_FRAME_BYTES;
@@ -30,6 +31,7 @@ use crate::domain::wire::{self as protocol, ClientFrame, ErrorCode, ServerFrame}
 use crate::http::error::ApiError;
 use crate::hub::{self, SessionId, ToSession, Topic};
 use crate::state::AppState;
+use crate::store::StoreError;
 use start::SessionUser;
 
 /// The session's actor context, as the handler files name it.
@@ -102,6 +104,12 @@ impl WsSession {
 
     fn error(&mut self, code: ErrorCode, reference: Option<Value>, message: impl Into<String>, ctx: &mut Ctx) {
         self.send(ServerFrame::error(code, reference, message), ctx);
+    }
+
+    /// Answers a storage failure met while `what` (see [`store_error`]).
+    fn store_failed(&mut self, what: &str, e: &StoreError, reference: Option<Value>, ctx: &mut Ctx) {
+        let (code, message) = store_error(self.id, what, e);
+        self.error(code, reference, message, ctx);
     }
 
     /// Gives up on the client: the close frame goes out ahead of anything unsent.

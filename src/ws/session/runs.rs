@@ -109,10 +109,7 @@ impl WsSession {
                     act.error(ErrorCode::BudgetExceeded, reference, message, ctx)
                 }
                 Err(StartError::Overloaded(message)) => act.error(ErrorCode::Overloaded, reference, message, ctx),
-                Err(StartError::Store(e)) => {
-                    tracing::error!(session = act.id, error = %e, "run could not be started");
-                    act.error(ErrorCode::Overloaded, reference, "the run could not be stored, try again", ctx);
-                }
+                Err(StartError::Store(e)) => act.store_failed("the run could not be stored", &e, reference, ctx),
             }
         }));
     }

@@ -66,10 +66,7 @@ impl WsSession {
                     act.send(ack.into(), ctx);
                     act.join_lobby(user.id, user.nickname, ctx);
                 }
-                Err(e) => {
-                    tracing::error!(session = act.id, error = %e, "session start failed");
-                    act.error(ErrorCode::Overloaded, reference, "could not start the session, try again", ctx);
-                }
+                Err(e) => act.store_failed("could not start the session", &e, reference, ctx),
             },
         ));
     }
@@ -90,8 +87,7 @@ impl WsSession {
                     in_history
                 }
                 Err(e) => {
-                    tracing::error!(session = act.id, error = %e, "could not load the lobby");
-                    act.error(ErrorCode::Overloaded, None, "the lobby could not be loaded; reconnect to retry", ctx);
+                    act.store_failed("the lobby could not be loaded (reconnect to retry)", &e, None, ctx);
                     HashSet::new()
                 }
             };
