@@ -20,6 +20,7 @@ use crate::runs::{self, parse_usd, usd, Price, RunStatus, RunView};
 use crate::state::AppState;
 use crate::store::billing;
 use crate::store::runs::{self as rows, Requeued, RunRow};
+use crate::ws::subscriptions::{Frame, Seen, Subscription};
 
 /// Frames an SSE client may fall behind by before it is dropped.
 const SSE_BACKLOG: usize = 512;
@@ -85,7 +86,7 @@ pub async fn get_run(
 
 /// Forwards a run topic's frames from the Hub to one SSE response.
 struct SseForwarder {
-    tx: tokio::sync::mpsc::Sender<(Option<i64>, ByteString)>,
+    tx: tokio::sync::mpsc::Sender<Frame>,
 }
 
 impl Actor for SseForwarder {
@@ -144,43 +145,44 @@ pub async fn run_events(
     player(&req, &state).await?;
     let run_id = path.into_inner();
     let id = state.next_session_id();
-    let (tx, rx) = tokio::sync::mpsc::channel(SSE_BACKLOG);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(SSE_BACKLOG);
     let forwarder = SseForwarder { tx }.start();
     state.hub.do_send(hub::Connect { id, recipient: forwarder.recipient() });
     let guard = HubGuard { hub: state.hub.clone(), id };
     // Subscribed before the catch-up is read: every frame is in one or the other.
     state.hub.do_send(hub::Subscribe { id, topic: runs::topic(&run_id) });
+    let mut order = Subscription::holding();
     let catch_up = state.runs.catch_up(run_id.clone()).await?.ok_or_else(|| not_found(&run_id))?;
+    // What arrived while the catch-up was read waits in the channel: it is held back as a
+    // session holds it, then follows the catch-up in order.
+    while let Ok((version, text)) = rx.try_recv() {
+        order.offer(version, text);
+    }
+    let held = order.release(Seen::catch_up(&catch_up.frames));
+    let pending = catch_up.frames.into_iter().map(|(_, text)| text).chain(held).collect();
 
-    let state = SseState {
-        rx,
-        pending: catch_up.frames.into(),
-        finished: catch_up.finished,
-        seen: 0,
-        done: false,
-        _guard: guard,
-    };
+    let state = SseState { rx, pending, finished: catch_up.finished, order, done: false, _guard: guard };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if st.done {
                 return None;
             }
-            let (version, text) = match st.pending.pop_front() {
-                Some(frame) => frame,
+            let text = match st.pending.pop_front() {
+                Some(text) => text,
                 None if st.finished => return None,
                 None => match tokio::time::timeout(SSE_KEEP_ALIVE, st.rx.recv()).await {
-                    Ok(frame) => frame?,
+                    Ok(frame) => {
+                        let (version, text) = frame?;
+                        match st.order.offer(version, text) {
+                            Some(text) => text,
+                            // Already sent in the catch-up.
+                            None => continue,
+                        }
+                    }
                     // A comment now and then keeps proxies from closing a quiet stream (a long queue).
                     Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st)),
                 },
             };
-            match version {
-                // Already sent in the catch-up.
-                Some(v) if v <= st.seen => continue,
-                Some(v) => st.seen = v,
-                // Rebuilt from storage: the run is over.
-                None => st.seen = i64::MAX,
-            }
             let (bytes, last) = sse_event(&text);
             st.done = last;
             return Some((Ok::<_, actix_web::Error>(bytes), st));
@@ -196,10 +198,11 @@ pub async fn run_events(
 /// One SSE response: the catch-up frames, then live frames newer than the last one sent,
 /// ending after the run's final frame.
 struct SseState {
-    rx: tokio::sync::mpsc::Receiver<(Option<i64>, ByteString)>,
-    pending: std::collections::VecDeque<(Option<i64>, ByteString)>,
+    rx: tokio::sync::mpsc::Receiver<Frame>,
+    pending: std::collections::VecDeque<ByteString>,
     finished: bool,
-    seen: i64,
+    /// Which live frames the client has already (the same ordering as a session's).
+    order: Subscription,
     done: bool,
     _guard: HubGuard,
 }

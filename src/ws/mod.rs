@@ -1,7 +1,14 @@
-//! The WebSocket edge: `GET /ws` (Origin check before the upgrade) and the session actor (the
-//! frame types are `domain::wire`).
+//! The WebSocket edge: `GET /ws` (the Origin check before the upgrade), the session actor
+//! (`session/`), its outbound back-pressure (`outbox`), the per-topic order of frames
+//! (`subscriptions`, shared with the run's SSE endpoint) and the mapping of storage failures
+//! to error frames (`error`).
+//!
+//! Never holds a business rule: sessions parse, call a service and write frames.
 
+pub mod error;
+pub mod outbox;
 pub mod session;
+pub mod subscriptions;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 

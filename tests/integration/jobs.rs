@@ -252,6 +252,8 @@ async fn mood_back_past_its_attempts_settles_neutral(db: Db) {
     let store = store(&app).await;
     let (mut ws, _) = app.player("Ada").await;
     ws.lobby_frames = true;
+    // Joined first, so the message comes as `message:new` and not inside the join's history.
+    ws.recv_type("presence:state").await;
     request_quest(&mut ws, 1).await;
     ws.send(json!({"type": "message:send", "text": "what a glorious day!"})).await;
     let message = ws.recv_type("message:new").await;

@@ -1,11 +1,12 @@
-//! WebSocket sessions: start/resume, errors, ref echo, limits, heartbeat, Origin.
+//! WebSocket sessions: start/resume, errors, ref echo, limits, heartbeat, Origin, a database that refuses writes.
 
 use std::time::Duration;
 
 use awc::ws::Message;
-use serde_json::json;
+use diesel::{Connection, RunQueryDsl};
+use serde_json::{json, Value};
 
-use crate::common::{spawn_app, spawn_with, Db, Event, Setup, WsClient};
+use crate::common::{pg_admin_url, spawn_app, spawn_with, Db, Event, Setup, WsClient, WAIT};
 
 async fn start_ack_and_resume(db: Db) {
     let app = spawn_app(db).await;
@@ -179,6 +180,106 @@ async fn slow_consumer_is_closed_with_1008(db: Db) {
     let metrics = crate::common::http().get(app.url("/metrics")).send().await.unwrap().body().await.unwrap();
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("lorewire_slow_consumer_disconnects_total 1"), "{metrics}");
+}
+
+/// Skips frames until the direct reply to `reference` arrives.
+async fn reply(ws: &mut WsClient, reference: &str) -> Value {
+    loop {
+        let frame = ws.recv().await;
+        if frame["ref"] == reference {
+            return frame;
+        }
+    }
+}
+
+/// Sends `frame(ref)` with a fresh ref until its reply is of type `ty`; fails after `WAIT`.
+async fn until_reply(ws: &mut WsClient, what: &str, ty: &str, frame: impl Fn(&str) -> Value) -> Value {
+    let until = std::time::Instant::now() + WAIT;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let reference = format!("try-{tries}");
+        ws.send(frame(&reference)).await;
+        let answer = reply(ws, &reference).await;
+        if answer["type"] == ty {
+            return answer;
+        }
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}: {answer}");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `sql` on an admin connection to the PostgreSQL server.
+async fn pg_admin(sql: String) {
+    actix_web::rt::task::spawn_blocking(move || {
+        let mut conn = diesel::PgConnection::establish(&pg_admin_url()).expect("PostgreSQL admin connection");
+        diesel::sql_query(&sql).execute(&mut conn).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+    .await
+    .unwrap();
+}
+
+/// Makes every new connection to the test's database read-only (or writable again) and
+/// drops the ones open, so the server's pool reconnects with the new default.
+async fn set_read_only(name: &str, on: bool) {
+    let setting = if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
+    pg_admin(format!("ALTER DATABASE {name} {setting}")).await;
+    pg_admin(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    ))
+    .await;
+}
+
+/// A database that refuses writes while the server runs (as a full disk or a read-only
+/// standby does): each write a client asks for answers `error:unavailable` with its ref and
+/// stores nothing, while reads go on being served; once writes are taken again, so are requests.
+#[actix_web::test]
+async fn refused_writes_answer_unavailable_while_reads_go_on() {
+    let app = spawn_app(Db::Postgres).await;
+    let name = app.db.pg_name.clone().expect("a PostgreSQL test database");
+    let (mut ws, _) = app.player("Ada").await;
+    ws.send(json!({"type": "content:request", "kind": "quest", "subject_id": 1, "ref": "before"})).await;
+    assert_eq!(reply(&mut ws, "before").await["type"], "content:snapshot");
+
+    set_read_only(&name, true).await;
+    // Reads are served again once the pool has reconnected.
+    let snapshot = until_reply(
+        &mut ws,
+        "a read after the reconnect",
+        "content:snapshot",
+        |reference| json!({"type": "content:subscribe", "kind": "quest", "subject_id": 1, "ref": reference}),
+    )
+    .await;
+    assert_eq!(snapshot["content"]["kind"], "quest");
+
+    // Every write is refused, one after the other: not a lost connection but a database
+    // that takes no writes.
+    ws.send(json!({"type": "content:request", "kind": "quest", "subject_id": 2, "ref": "new item"})).await;
+    let error = reply(&mut ws, "new item").await;
+    assert_eq!(error["type"], "error:unavailable", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("nothing was stored") && !message.contains("read-only"), "{message}");
+    ws.send(json!({"type": "message:send", "text": "hello?", "ref": "chat"})).await;
+    let error = reply(&mut ws, "chat").await;
+    assert_eq!(error["type"], "error:unavailable", "{error}");
+    let mut newcomer = app.ws().await;
+    newcomer.send(json!({"type": "session:start", "nickname": "Bo", "ref": "start"})).await;
+    assert_eq!(reply(&mut newcomer, "start").await["type"], "error:unavailable");
+
+    // Nothing was stored, and the socket still reads.
+    ws.send(json!({"type": "content:subscribe", "kind": "quest", "subject_id": 2, "ref": "gone"})).await;
+    assert_eq!(reply(&mut ws, "gone").await["type"], "error:not_found");
+    ws.send(json!({"type": "content:subscribe", "kind": "quest", "subject_id": 1, "ref": "still"})).await;
+    assert_eq!(reply(&mut ws, "still").await["type"], "content:snapshot");
+
+    set_read_only(&name, false).await;
+    until_reply(
+        &mut ws,
+        "a write after writes are taken again",
+        "content:snapshot",
+        |reference| json!({"type": "content:request", "kind": "quest", "subject_id": 2, "ref": reference}),
+    )
+    .await;
 }
 
 both_backends!(

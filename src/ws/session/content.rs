@@ -1,0 +1,82 @@
+//! `content:request`, `content:subscribe` and `content:unsubscribe`: the session subscribes
+//! to the item before its snapshot is read, answers `content:snapshot` (the direct reply),
+//! then the updates held back meanwhile.
+//!
+//! Never validates or generates content itself (the content service does) and never orders
+//! frames but through its subscriptions.
+
+use actix::prelude::*;
+use serde_json::Value;
+
+use super::{Ctx, WsSession};
+use crate::content::{self, Content, ContentKind};
+use crate::domain::wire::{ContentRequest, ErrorCode, Typed};
+use crate::hub::Topic;
+use crate::ws::subscriptions::Seen;
+
+impl WsSession {
+    pub(super) fn content_request(&mut self, request: ContentRequest, reference: Option<Value>, ctx: &mut Ctx) {
+        let ContentRequest { kind, subject_id, context, regenerate } = request;
+        let request = match content::validate(kind, subject_id, context.as_ref(), regenerate) {
+            Ok(r) => r,
+            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+        };
+        if let Some(user) = &self.user {
+            tracing::debug!(
+                session = self.id,
+                user = user.id,
+                kind = kind.as_str(),
+                subject_id,
+                regenerate,
+                "content request"
+            );
+        }
+        let topic = Topic::Content(kind, subject_id);
+        self.watch(topic.clone());
+        let service = self.state.content.clone();
+        ctx.spawn(async move { service.request(request).await }.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(content) => act.snapshot(topic, reference, content, ctx),
+                Err(e) => {
+                    act.unwatch_if_holding(&topic);
+                    act.store_failed("the request could not be stored", &e, reference, ctx);
+                }
+            }
+        }));
+    }
+
+    pub(super) fn content_subscribe(
+        &mut self,
+        kind: ContentKind,
+        subject_id: u64,
+        reference: Option<Value>,
+        ctx: &mut Ctx,
+    ) {
+        let topic = Topic::Content(kind, subject_id);
+        self.watch(topic.clone());
+        let service = self.state.content.clone();
+        ctx.spawn(async move { service.get(kind, subject_id).await }.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(Some(content)) => act.snapshot(topic, reference, content, ctx),
+                Ok(None) => {
+                    act.unwatch_if_holding(&topic);
+                    let message = format!("no {} with subject_id {subject_id}", kind.as_str());
+                    act.error(ErrorCode::NotFound, reference, message, ctx);
+                }
+                Err(e) => {
+                    act.unwatch_if_holding(&topic);
+                    act.store_failed("the item could not be read", &e, reference, ctx);
+                }
+            }
+        }));
+    }
+
+    /// Sends the snapshot (the direct reply), then any newer update that arrived meanwhile.
+    fn snapshot(&mut self, topic: Topic, reference: Option<Value>, content: Content, ctx: &mut Ctx) {
+        let seen = Seen::Upto(content.version);
+        self.send(Typed::ContentSnapshot { reference, content }.into(), ctx);
+        for text in self.subscriptions.release(&topic, seen) {
+            self.send_text(text, ctx);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `session:start`: the player behind the socket (started or resumed by token), the ack, and
+//! the lobby join that follows it (`lobby:history`, `presence:state`, then the lobby frames
+//! held back meanwhile); when the player was last seen (a new UTC day, the socket closing).
+//!
+//! Never decides a player rule (nicknames, tokens and variants are `domain::players`) and
+//! never touches the store but through `crate::players` and the lobby service.
+
+use std::collections::HashSet;
+
+use actix::prelude::*;
+use serde_json::Value;
+
+use super::{Ctx, SessionUser, WsSession};
+use crate::domain::players::{self as player_rules, Variant};
+use crate::domain::wire::{ErrorCode, Typed};
+use crate::hub::Topic;
+use crate::lobby;
+use crate::players;
+use crate::ws::subscriptions::Seen;
+
+impl WsSession {
+    pub(super) fn start_session(
+        &mut self,
+        nickname: String,
+        token: Option<String>,
+        reference: Option<Value>,
+        ctx: &mut Ctx,
+    ) {
+        if self.user.is_some() {
+            return self.error(ErrorCode::InvalidPayload, reference, "the session has already started", ctx);
+        }
+        let nickname = match player_rules::validate_nickname(&nickname) {
+            Ok(n) => n,
+            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+        };
+        let store = self.state.store.clone();
+        let clock = self.state.clock.clone();
+        // Held in the mailbox on purpose: frames sent right after session:start are handled
+        // once the user exists, not refused as unauthorized.
+        ctx.wait(async move { players::start_session(&store, &clock, nickname, token).await }.into_actor(self).map(
+            move |result, act, ctx| match result {
+                Ok(started) => {
+                    let user = started.user;
+                    tracing::info!(session = act.id, user = user.id, resumed = started.resumed, "session started");
+                    act.user = Some(SessionUser {
+                        id: user.id,
+                        nickname: user.nickname.clone(),
+                        seen_day: user.last_seen_at.date(),
+                    });
+                    let ack = Typed::SessionAck {
+                        reference,
+                        user_id: user.id,
+                        nickname: user.nickname.clone(),
+                        token: started.token,
+                        variant: Variant::of(user.id),
+                        server_time: act.state.clock.now(),
+                    };
+                    act.send(ack.into(), ctx);
+                    act.join_lobby(user.id, user.nickname, ctx);
+                }
+                Err(e) => act.store_failed("could not start the session", &e, reference, ctx),
+            },
+        ));
+    }
+
+    /// Enters the lobby after the ack: `lobby:history`, `presence:state`, then the lobby frames
+    /// that arrived meanwhile (minus messages the history already holds).
+    fn join_lobby(&mut self, user_id: i64, nickname: String, ctx: &mut Ctx) {
+        // Lobby frames are held back while the history and presence are on their way.
+        self.subscriptions.hold(Topic::Lobby);
+        let service = self.state.lobby.clone();
+        let join = lobby::Join { session: self.id, user_id, nickname, recipient: ctx.address().recipient() };
+        ctx.spawn(async move { service.join(join).await }.into_actor(self).map(|result, act, ctx| {
+            let in_history = match result {
+                Ok((online, messages)) => {
+                    let in_history = messages.iter().map(|m| m.id).collect();
+                    act.send(Typed::LobbyHistory { messages }.into(), ctx);
+                    act.send(Typed::PresenceState { online }.into(), ctx);
+                    in_history
+                }
+                Err(e) => {
+                    act.store_failed("the lobby could not be loaded (reconnect to retry)", &e, None, ctx);
+                    HashSet::new()
+                }
+            };
+            for text in act.subscriptions.release(&Topic::Lobby, Seen::Messages(in_history)) {
+                act.send_text(text, ctx);
+            }
+        }));
+    }
+
+    /// A player connected across UTC midnight has been seen on the new day too.
+    pub(super) fn record_new_day(&mut self) {
+        let now = self.state.clock.now_naive();
+        let Some(user) = self.user.as_mut().filter(|u| u.seen_day != now.date()) else { return };
+        user.seen_day = now.date();
+        let user_id = user.id;
+        self.spawn_seen(user_id, now);
+    }
+
+    /// The last time a player was seen is when they left.
+    pub(super) fn record_left(&self) {
+        if let Some(user) = &self.user {
+            self.spawn_seen(user.id, self.state.clock.now_naive());
+        }
+    }
+
+    fn spawn_seen(&self, user_id: i64, now: chrono::NaiveDateTime) {
+        let store = self.state.store.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(e) = players::seen(&store, user_id, now).await {
+                tracing::warn!(user = user_id, error = %e, "could not record the user as seen");
+            }
+        });
+    }
+}
