@@ -148,6 +148,9 @@ impl Subscription {
 /// A session's subscriptions, by topic.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
+    /// Kept apart from the map: nearly every session is in the lobby and nothing else, and an
+    /// idle session then needs no map of its own.
+    lobby: Option<Subscription>,
     topics: HashMap<Topic, Subscription>,
 }
 
@@ -155,13 +158,18 @@ impl Subscriptions {
     /// Holds `topic` back until its snapshot is sent; `true` when the subscription is new
     /// (the caller subscribes it at the Hub).
     pub fn hold(&mut self, topic: Topic) -> bool {
-        match self.topics.get_mut(&topic) {
+        match self.get_mut(&topic) {
             Some(subscription) => {
                 subscription.hold();
                 false
             }
             None => {
-                self.topics.insert(topic, Subscription::holding());
+                match topic {
+                    Topic::Lobby => self.lobby = Some(Subscription::holding()),
+                    topic => {
+                        self.topics.insert(topic, Subscription::holding());
+                    }
+                }
                 true
             }
         }
@@ -169,26 +177,43 @@ impl Subscriptions {
 
     /// A frame of `topic` from the Hub: the text to send now, if any.
     pub fn offer(&mut self, topic: &Topic, version: Option<i64>, text: ByteString) -> Option<ByteString> {
-        self.topics.get_mut(topic)?.offer(version, text)
+        self.get_mut(topic)?.offer(version, text)
     }
 
     /// The snapshot of `topic` holding `seen` has just been sent: the frames to send after it.
     /// A topic unsubscribed meanwhile stays unsubscribed.
     pub fn release(&mut self, topic: &Topic, seen: Seen) -> Vec<ByteString> {
-        self.topics.get_mut(topic).map(|s| s.release(seen)).unwrap_or_default()
+        self.get_mut(topic).map(|s| s.release(seen)).unwrap_or_default()
     }
 
     /// Forgets `topic`; `true` when it was subscribed (the caller unsubscribes it at the Hub).
     pub fn remove(&mut self, topic: &Topic) -> bool {
-        self.topics.remove(topic).is_some()
+        match topic {
+            Topic::Lobby => self.lobby.take().is_some(),
+            topic => self.topics.remove(topic).is_some(),
+        }
     }
 
     pub fn contains(&self, topic: &Topic) -> bool {
-        self.topics.contains_key(topic)
+        self.get(topic).is_some()
     }
 
     pub fn is_holding(&self, topic: &Topic) -> bool {
-        self.topics.get(topic).is_some_and(Subscription::is_holding)
+        self.get(topic).is_some_and(Subscription::is_holding)
+    }
+
+    fn get(&self, topic: &Topic) -> Option<&Subscription> {
+        match topic {
+            Topic::Lobby => self.lobby.as_ref(),
+            topic => self.topics.get(topic),
+        }
+    }
+
+    fn get_mut(&mut self, topic: &Topic) -> Option<&mut Subscription> {
+        match topic {
+            Topic::Lobby => self.lobby.as_mut(),
+            topic => self.topics.get_mut(topic),
+        }
     }
 }
 
@@ -317,5 +342,11 @@ mod tests {
         // Released after an unsubscribe: stays unsubscribed.
         assert!(subs.release(&run, Seen::Upto(0)).is_empty());
         assert!(!subs.contains(&run));
+
+        assert!(subs.hold(Topic::Lobby) && subs.is_holding(&Topic::Lobby));
+        assert_eq!(subs.offer(&Topic::Lobby, None, "presence".into()), None);
+        assert_eq!(texts(subs.release(&Topic::Lobby, Seen::Messages(HashSet::new()))), ["presence"]);
+        assert!(subs.contains(&Topic::Lobby) && subs.topics.is_empty());
+        assert!(subs.remove(&Topic::Lobby) && !subs.contains(&Topic::Lobby));
     }
 }
