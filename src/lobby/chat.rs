@@ -36,7 +36,7 @@ pub struct LobbyService {
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
-    llm: Recipient<JobsAvailable>,
+    jobs: Recipient<JobsAvailable>,
     lobby: Addr<Lobby>,
     metrics: Arc<Metrics>,
     history_limit: i64,
@@ -50,7 +50,7 @@ impl LobbyService {
         store: Store,
         clock: SharedClock,
         hub: Addr<Hub>,
-        llm: Recipient<JobsAvailable>,
+        jobs: Recipient<JobsAvailable>,
         lobby: Addr<Lobby>,
         metrics: Arc<Metrics>,
         config: &Config,
@@ -60,7 +60,7 @@ impl LobbyService {
             store,
             clock,
             hub,
-            llm,
+            jobs,
             lobby,
             metrics,
             history_limit: i64::from(config.history_limit),
@@ -106,7 +106,7 @@ impl LobbyService {
         self.metrics.lobby_messages.inc();
         tracing::info!(message = message.id, user = user_id, "lobby message");
         self.hub.do_send(new_message_publish(message.clone()));
-        self.llm.do_send(JobsAvailable);
+        self.jobs.do_send(JobsAvailable);
         Ok(message)
     }
 }

@@ -70,7 +70,7 @@ pub struct RunService {
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
-    llm: Recipient<JobsAvailable>,
+    jobs: Recipient<JobsAvailable>,
     live: Arc<LiveRuns>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -98,12 +98,12 @@ impl RunService {
         store: Store,
         clock: SharedClock,
         hub: Addr<Hub>,
-        llm: Recipient<JobsAvailable>,
+        jobs: Recipient<JobsAvailable>,
         live: Arc<LiveRuns>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        RunService { origin, store, clock, hub, llm, live, config, metrics }
+        RunService { origin, store, clock, hub, jobs, live, config, metrics }
     }
 
     pub fn live(&self) -> &Arc<LiveRuns> {
@@ -180,7 +180,7 @@ impl RunService {
         };
         if !joined {
             self.metrics.runs_queued.inc();
-            self.llm.do_send(JobsAvailable);
+            self.jobs.do_send(JobsAvailable);
         }
         tracing::info!(run = %row.run_id, project = %row.project_id, action = %row.action, joined, position, "run queued");
         let per_slot = avg_ms.unwrap_or(DEFAULT_RUN_MS).max(1);
@@ -256,7 +256,7 @@ impl RunService {
             .await?;
         if let rows::Requeued::Queued(row) = &result {
             tracing::info!(run = %row.run_id, "dead letter re-queued by admin");
-            self.llm.do_send(JobsAvailable);
+            self.jobs.do_send(JobsAvailable);
         }
         Ok(result)
     }

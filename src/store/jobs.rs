@@ -165,16 +165,7 @@ pub fn requeue(
     error: &str,
     now: NaiveDateTime,
 ) -> StoreResult<bool> {
-    let updated = diesel::update(jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker)))
-        .set((
-            jobs::status.eq(QUEUED),
-            jobs::locked_by.eq(None::<String>),
-            jobs::run_after.eq(run_after),
-            jobs::last_error.eq(error),
-            jobs::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(updated == 1)
+    put_back(conn, job_id, worker, run_after, error, 0, now)
 }
 
 /// Hands one job back to the queue, to run again from `run_after`, giving its claim back: it
@@ -187,11 +178,24 @@ pub fn give_back(
     why: &str,
     now: NaiveDateTime,
 ) -> StoreResult<bool> {
+    put_back(conn, job_id, worker, run_after, why, 1, now)
+}
+
+/// Queues a job `worker` holds again from `run_after`, taking `refund` claims off its attempts.
+fn put_back(
+    conn: &mut DbConn,
+    job_id: i64,
+    worker: &str,
+    run_after: NaiveDateTime,
+    why: &str,
+    refund: i32,
+    now: NaiveDateTime,
+) -> StoreResult<bool> {
     let updated = diesel::update(jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker)))
         .set((
             jobs::status.eq(QUEUED),
             jobs::locked_by.eq(None::<String>),
-            jobs::attempts.eq(jobs::attempts - 1),
+            jobs::attempts.eq(jobs::attempts - refund),
             jobs::run_after.eq(run_after),
             jobs::last_error.eq(why),
             jobs::updated_at.eq(now),
