@@ -76,11 +76,16 @@ impl ContentJob {
             user: prompts::user_message(kind, subject_id, &context),
             schema_name: kind.schema_name().to_owned(),
             schema: kind.json_schema(),
-            max_tokens: self.max_output_tokens,
+            // Never so few that a valid answer is cut off.
+            max_tokens: self.max_output_tokens.max(kind.answer_token_bound()),
         };
         let what = format!("{} {subject_id}", kind.as_str());
         let ending = match self.llm.call(config.as_ref(), &prompt, |text| kind.validate_output(text), &what).await {
             Ok(answer) => {
+                if let Some(repair) = answer.repair {
+                    self.metrics.answers_repaired.with_label_values(&[kind.as_str(), repair.as_str()]).inc();
+                    tracing::info!(kind = kind.as_str(), subject_id, how = repair.as_str(), "answer repaired");
+                }
                 Ending { status: ContentStatus::Ready, fields: answer.value, model: Some(answer.model), reason: None }
             }
             Err(failure) => fallback(kind, subject_id, failure.into()),

@@ -110,16 +110,24 @@ impl ContentKind {
         }
     }
 
-    /// A strict JSON schema (OpenAI structured outputs): every field a required string, no
-    /// other properties. OpenAI's strict mode refuses length keywords, so each field's cap is
-    /// said in its `description`; the answer is checked against the caps before it is stored.
+    /// A strict JSON schema (OpenAI structured outputs): every field a required, non-empty
+    /// string of at most its cap (`minLength` / `maxLength`, which servers that compile a
+    /// schema into a grammar enforce while the model writes), no other properties. OpenAI's
+    /// strict mode refuses length keywords and gets the schema without them
+    /// (`llm::providers::strict_schema`), so each cap is said in its `description` too; the
+    /// answer is checked against the caps before it is stored.
     pub fn json_schema(self) -> Value {
         let mut properties = Map::new();
         for &field in self.field_names() {
             let max = self.max_len(field).expect("every field has a cap");
             properties.insert(
                 field.to_owned(),
-                json!({"type": "string", "description": format!("at most {max} characters")}),
+                json!({
+                    "type": "string",
+                    "description": format!("at most {max} characters"),
+                    "minLength": 1,
+                    "maxLength": max,
+                }),
             );
         }
         json!({
@@ -128,6 +136,18 @@ impl ContentKind {
             "required": self.field_names(),
             "additionalProperties": false,
         })
+    }
+
+    /// Output tokens that always fit a valid answer: its longest JSON in characters (every
+    /// field at its cap, plus keys and punctuation), as a token is at least one character of
+    /// such text.
+    pub fn answer_token_bound(self) -> u32 {
+        let longest: usize = self
+            .field_names()
+            .iter()
+            .map(|field| self.max_len(field).expect("every field has a cap") + field.len() + 8)
+            .sum();
+        u32::try_from(longest + 8).expect("caps are small")
     }
 }
 
@@ -209,13 +229,28 @@ mod tests {
                 assert_eq!(prop["type"], "string");
                 let cap = kind.max_len(field).unwrap();
                 assert_eq!(prop["description"], format!("at most {cap} characters"));
-                assert!(prop.get("maxLength").is_none(), "strict mode refuses length keywords");
+                assert_eq!(prop["maxLength"], cap);
+                assert_eq!(prop["minLength"], 1);
             }
             let name = kind.schema_name();
             assert!(!name.is_empty() && name.len() <= 64);
             assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'), "{name}");
         }
         assert_eq!(ContentKind::Event.json_schema()["required"], json!(["announcementText", "resolutionText"]));
+    }
+
+    #[test]
+    fn a_longest_valid_answer_fits_the_token_bound() {
+        for kind in ContentKind::ALL {
+            let longest: Map<String, Value> = kind
+                .field_names()
+                .iter()
+                .map(|&f| (f.to_owned(), Value::String("a".repeat(kind.max_len(f).unwrap()))))
+                .collect();
+            let text = serde_json::to_string_pretty(&longest).unwrap();
+            assert!(text.chars().count() <= kind.answer_token_bound() as usize, "{kind:?}");
+            assert!(kind.answer_token_bound() < 1600, "{kind:?}: {}", kind.answer_token_bound());
+        }
     }
 
     #[test]

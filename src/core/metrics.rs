@@ -15,6 +15,9 @@ pub struct Metrics {
     pub circuit_state: IntGauge,
     /// Content items finished, by status and reason.
     pub content_finished: IntCounterVec,
+    /// Structured answers accepted after a repair, by what was asked (quest, event, npc, mood)
+    /// and how (salvaged, reasked).
+    pub answers_repaired: IntCounterVec,
     pub jobs_claimed: IntCounter,
     /// Seconds from the pending row's commit to the pushed ready/fallback.
     pub push_latency: Histogram,
@@ -58,6 +61,16 @@ impl Metrics {
             &["status", "reason"],
         )
         .expect("metric");
+        let answers_repaired = IntCounterVec::new(
+            Opts::new("answers_repaired_total", "Structured answers accepted after a repair, by what and how"),
+            &["what", "how"],
+        )
+        .expect("metric");
+        for what in ["quest", "event", "npc", "mood"] {
+            for how in ["salvaged", "reasked"] {
+                answers_repaired.with_label_values(&[what, how]);
+            }
+        }
         let jobs_claimed = IntCounter::new("jobs_claimed_total", "Durable jobs claimed").expect("metric");
         let push_latency = Histogram::with_opts(
             HistogramOpts::new("push_latency_seconds", "From the pending row to the pushed result")
@@ -100,6 +113,7 @@ impl Metrics {
             Box::new(upstream_calls.clone()),
             Box::new(circuit_state.clone()),
             Box::new(content_finished.clone()),
+            Box::new(answers_repaired.clone()),
             Box::new(jobs_claimed.clone()),
             Box::new(push_latency.clone()),
             Box::new(runs_queued.clone()),
@@ -126,6 +140,7 @@ impl Metrics {
             upstream_calls,
             circuit_state,
             content_finished,
+            answers_repaired,
             jobs_claimed,
             push_latency,
             runs_queued,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::answer::{json_body, type_name, OutputError};
+use super::answer::{close_truncated, cut_at_sentence, json_body, type_name, Checked, Closed, OutputError};
 use super::context::Context;
 pub use super::status::Status as ContentStatus;
 
@@ -223,15 +223,33 @@ impl ContentKind {
     /// and at most [`max_len`](Self::max_len) chars; drops unknown keys; returns the fields
     /// (trimmed). Text that does not parse is [`OutputError::NotJson`]; JSON of the wrong shape
     /// is [`OutputError::Invalid`].
-    pub fn validate_output(self, text: &str) -> Result<Map<String, Value>, OutputError> {
-        let value = json_body(text)?;
-        let Value::Object(object) = value else {
-            return Err(OutputError::Invalid(format!("expected a JSON object, got {}", type_name(&value))));
+    ///
+    /// Two salvages make a nearly right answer acceptable (and say so): a field over its cap is
+    /// cut at its last sentence end that fits, and an answer cut off inside its last field (the
+    /// output-token cap) is closed and that field cut at its last sentence end; either only when
+    /// at least half of the field survives. Nothing that breaks a cap is ever accepted.
+    pub fn validate_output(self, text: &str) -> Result<Checked<Map<String, Value>>, OutputError> {
+        let (object, cut) = match json_body(text) {
+            Ok(Value::Object(object)) => (object, None),
+            Ok(value) => {
+                return Err(OutputError::Invalid(format!("expected a JSON object, got {}", type_name(&value))))
+            }
+            Err(not_json) => match close_truncated(text) {
+                Some(Closed { value: Value::Object(object), cut_member }) => (object, Some((cut_member, not_json))),
+                _ => return Err(not_json),
+            },
         };
+        let mut salvaged = cut.is_some();
         let mut fields = Map::new();
         for &field in self.field_names() {
             let text = match object.get(field) {
-                None => return Err(OutputError::Invalid(format!("missing field `{field}`"))),
+                None => {
+                    return Err(match cut {
+                        // Cut off before this field: the answer is not whole JSON.
+                        Some((_, not_json)) => not_json,
+                        None => OutputError::Invalid(format!("missing field `{field}`")),
+                    });
+                }
                 Some(Value::String(s)) => s.trim(),
                 Some(other) => {
                     return Err(OutputError::Invalid(format!(
@@ -240,19 +258,31 @@ impl ContentKind {
                     )))
                 }
             };
+            let max = self.max_len(field).expect("every field has a cap");
+            let chars = text.chars().count();
+            let was_cut = cut.as_ref().is_some_and(|(member, _)| member.as_deref() == Some(field));
+            let text = if was_cut || chars > max {
+                match cut_at_sentence(text, max) {
+                    Some(kept) => {
+                        salvaged = true;
+                        kept
+                    }
+                    None if was_cut => return Err(cut.expect("was cut").1),
+                    None => {
+                        return Err(OutputError::Invalid(format!(
+                            "field `{field}` is too long ({chars} characters; at most {max})"
+                        )))
+                    }
+                }
+            } else {
+                text
+            };
             if text.is_empty() {
                 return Err(OutputError::Invalid(format!("field `{field}` is empty")));
             }
-            let max = self.max_len(field).expect("every field has a cap");
-            let chars = text.chars().count();
-            if chars > max {
-                return Err(OutputError::Invalid(format!(
-                    "field `{field}` is too long ({chars} characters; at most {max})"
-                )));
-            }
             fields.insert(field.to_owned(), Value::String(text.to_owned()));
         }
-        Ok(fields)
+        Ok(Checked { value: fields, salvaged })
     }
 }
 
@@ -363,7 +393,9 @@ mod tests {
     #[test]
     fn validate_output_happy_path_with_and_without_fence() {
         let plain = r#"{"flavorText": "  Mist over the barrow.  ", "hookText": "Go.", "extra": 1}"#;
-        let fields = ContentKind::Quest.validate_output(plain).unwrap();
+        let checked = ContentKind::Quest.validate_output(plain).unwrap();
+        assert!(!checked.salvaged);
+        let fields = checked.value;
         assert_eq!(fields.len(), 2, "unknown keys are dropped");
         assert_eq!(fields["flavorText"], "Mist over the barrow.");
         assert_eq!(fields["hookText"], "Go.");
@@ -375,7 +407,7 @@ mod tests {
             "```JSON {\"greeting\": \"Hail.\", \"personalityNote\": \"Grim.\"} ```",
             "\u{feff}{\"greeting\": \"Hail.\", \"personalityNote\": \"Grim.\"}",
         ] {
-            let fields = ContentKind::Npc.validate_output(fenced).unwrap();
+            let fields = ContentKind::Npc.validate_output(fenced).unwrap().value;
             assert_eq!(fields["greeting"], "Hail.", "{fenced}");
             assert_eq!(fields["personalityNote"], "Grim.", "{fenced}");
         }
@@ -410,7 +442,7 @@ mod tests {
 
         let max = kind.max_len("resolutionText").unwrap();
         let at_cap = json!({"announcementText": "A storm.", "resolutionText": "é".repeat(max)}).to_string();
-        assert_eq!(kind.validate_output(&at_cap).unwrap()["resolutionText"], "é".repeat(max));
+        assert_eq!(kind.validate_output(&at_cap).unwrap().value["resolutionText"], "é".repeat(max));
         let over = json!({"announcementText": "A storm.", "resolutionText": "é".repeat(max + 1)}).to_string();
         let why = invalid(&over);
         assert!(why.contains("`resolutionText` is too long"), "{why}");
@@ -418,6 +450,37 @@ mod tests {
         let padded = json!({"announcementText": "A storm.", "resolutionText": format!("  {}  ", "a".repeat(max))});
         assert!(kind.validate_output(&padded.to_string()).is_ok());
         assert!(OutputError::Invalid("x".into()).to_string().starts_with("the model's JSON does not match the schema"));
+    }
+
+    #[test]
+    fn nearly_right_answers_are_salvaged_within_their_caps() {
+        let kind = ContentKind::Quest;
+        let max = kind.max_len("hookText").unwrap();
+        // A field 4 characters over its cap, with a sentence end inside it.
+        let first = format!("{}.", "a".repeat(200));
+        let over = format!("{first} {}", "b".repeat(max + 4 - first.len() - 1));
+        assert_eq!(over.chars().count(), max + 4);
+        let text = json!({"flavorText": "Mist.", "hookText": over}).to_string();
+        let checked = kind.validate_output(&text).unwrap();
+        assert!(checked.salvaged);
+        assert_eq!(checked.value["hookText"], first);
+
+        // Cut off inside the last field: closed, and that field cut at its last sentence end.
+        let cut =
+            "{\"flavorText\": \"Mist over the barrow.\", \"hookText\": \"Go now, before the bells toll again. Or ne";
+        let checked = kind.validate_output(cut).unwrap();
+        assert!(checked.salvaged);
+        assert_eq!(checked.value["flavorText"], "Mist over the barrow.");
+        assert_eq!(checked.value["hookText"], "Go now, before the bells toll again.");
+
+        // Not salvageable: cut inside the first field, less than half of a field would survive,
+        // or no sentence end to cut at.
+        let refused = |text: &str| kind.validate_output(text).unwrap_err();
+        assert!(matches!(refused("{\"flavorText\": \"Mist over the barrow. It"), OutputError::NotJson(_)));
+        let cut_early = "{\"flavorText\": \"Mist.\", \"hookText\": \"Go. Before the bells toll again tonight";
+        assert!(matches!(refused(cut_early), OutputError::NotJson(_)));
+        let mostly_over = json!({"flavorText": "Mist.", "hookText": format!("Go. {}", "b".repeat(max))}).to_string();
+        assert!(refused(&mostly_over).to_string().contains("too long"));
     }
 
     #[test]
@@ -439,7 +502,8 @@ mod tests {
                 assert_eq!(fields, kind.fallback_fields(id), "{kind:?} {id}");
                 // The fallback passes the same checks as a model answer, unchanged.
                 let checked = kind.validate_output(&Value::Object(fields.clone()).to_string()).unwrap();
-                assert_eq!(checked, fields);
+                assert_eq!(checked.value, fields);
+                assert!(!checked.salvaged);
                 distinct.insert(fields[kind.field_names()[0]].as_str().unwrap().to_owned());
             }
             assert!(distinct.len() >= 5, "{kind:?}: only {} texts reached", distinct.len());

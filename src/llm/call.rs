@@ -1,8 +1,14 @@
 //! The one structured-call path: the stored settings, a [`Prompt`] and a validator in; the
-//! validated value, the model that made it and the usage the provider reported out, or the
-//! failure's code. The circuit breaker's permit, the call, judging the answer, the
-//! `upstream_calls` metric, the stored `last_error` and the redaction of the key all happen
-//! here and nowhere else.
+//! validated value, the model that made it, the usage the provider reported and how it was
+//! repaired out, or the failure's code. The circuit breaker's permit, the calls, judging the
+//! answer, the one re-ask, the `upstream_calls` metric, the stored `last_error` and the
+//! redaction of the key all happen here and nowhere else.
+//!
+//! Repair before fallback: an answer the validator can salvage is accepted as salvaged; an
+//! answer it refuses (not JSON, a missing field, a field over its cap) is asked for once more,
+//! telling the model what was wrong. The pair of calls holds one permit and reports one outcome
+//! to the circuit breaker (the provider answered; a repaired answer is a success), while each
+//! call is counted in `upstream_calls`.
 //!
 //! Knows nothing of what is asked (content, moods): the caller brings the prompt and the
 //! validator. Never holds a DB connection across the call.
@@ -17,7 +23,7 @@ use super::client::{self, UpstreamError};
 use super::providers::{self, Prompt, Provider};
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
-use crate::domain::answer::OutputError;
+use crate::domain::answer::{Checked, OutputError};
 use crate::domain::runs::Usage;
 use crate::domain::upstream::{CallFailure, UpstreamFailure};
 use crate::store::llm_config::{self, LlmConfigRow};
@@ -29,8 +35,29 @@ pub struct Answer<T> {
     pub value: T,
     /// The model that answered.
     pub model: String,
-    /// Tokens, when the provider reported them.
+    /// Tokens, when the provider reported them (both calls' when it was asked twice).
     pub usage: Option<Usage>,
+    /// How a refused or nearly right answer was made acceptable, if it had to be.
+    pub repair: Option<Repair>,
+}
+
+/// How an answer was repaired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Cut to fit by the validator (a field over its cap, an answer cut off).
+    Salvaged,
+    /// Refused, then asked for again and valid the second time.
+    Reasked,
+}
+
+impl Repair {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Repair::Salvaged => "salvaged",
+            Repair::Reasked => "reasked",
+        }
+    }
 }
 
 /// Makes structured calls; cheap to clone (one HTTP client, shared).
@@ -61,12 +88,13 @@ impl Llm {
         &self.client
     }
 
-    /// One structured call through the circuit breaker. `what` names the call in the logs.
+    /// One structured call through the circuit breaker, asked once more if the answer is
+    /// refused. `what` names the call in the logs.
     pub async fn call<T>(
         &self,
         config: Option<&LlmConfigRow>,
         prompt: &Prompt,
-        validate: impl FnOnce(&str) -> Result<T, OutputError>,
+        validate: impl Fn(&str) -> Result<Checked<T>, OutputError>,
         what: &str,
     ) -> Result<Answer<T>, CallFailure> {
         let config = config.ok_or(CallFailure::NoConfig)?;
@@ -76,22 +104,32 @@ impl Llm {
             Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(CallFailure::CircuitOpen),
             Ok(Permit::Refuse(Refusal::RateLimited)) => return Err(UpstreamFailure::RateLimited.into()),
         };
-        let request = providers::build_request(&credentials.target(&config.model), prompt);
-        let answer = client::send(&self.client, &request, self.timeout).await;
-
-        let (outcome, result) = judge(credentials.provider, answer, validate);
-        self.circuit.do_send(Report { probe, outcome });
-        let label = match &result {
-            Ok(_) => "ok".to_owned(),
-            Err((failure, _)) => failure.to_string(),
+        let target = credentials.target(&config.model);
+        let mut judged = self.ask(credentials.provider, &providers::build_request(&target, prompt), &validate).await;
+        let mut repair = None;
+        let mut earlier_usage = None;
+        if let Judged::Refused(refusal, usage) = judged {
+            tracing::info!(call = what, error = %refusal, "answer refused; asking once more");
+            earlier_usage = usage;
+            let again = prompt.reasked(&refusal.to_string());
+            judged = self.ask(credentials.provider, &providers::build_request(&target, &again), &validate).await;
+            repair = Some(Repair::Reasked);
+        }
+        let (outcome, result) = match judged {
+            Judged::Valid(checked, usage) => {
+                let repair = repair.or(checked.salvaged.then_some(Repair::Salvaged));
+                (Outcome::Success, Ok((checked.value, add_usage(earlier_usage, usage), repair)))
+            }
+            Judged::Refused(refusal, _) => (Outcome::Failure, Err(refused(refusal))),
+            Judged::Failed(outcome, failure, why) => (outcome, Err((failure, why))),
         };
-        self.metrics.upstream_calls.with_label_values(&[&label]).inc();
+        self.circuit.do_send(Report { probe, outcome });
         match result {
-            Ok((value, usage)) => {
+            Ok((value, usage, repair)) => {
                 if config.last_error.is_some() {
                     self.record_last_error(None).await;
                 }
-                Ok(Answer { value, model: config.model.clone(), usage })
+                Ok(Answer { value, model: config.model.clone(), usage, repair })
             }
             Err((failure, why)) => {
                 let why = super::redact::redact(&why, &credentials.api_key);
@@ -100,6 +138,24 @@ impl Llm {
                 Err(failure)
             }
         }
+    }
+
+    /// One upstream call, judged and counted.
+    async fn ask<T>(
+        &self,
+        provider: Provider,
+        request: &providers::UpstreamRequest,
+        validate: &impl Fn(&str) -> Result<Checked<T>, OutputError>,
+    ) -> Judged<T> {
+        let answer = client::send(&self.client, request, self.timeout).await;
+        let judged = judge(provider, answer, validate);
+        let label = match &judged {
+            Judged::Valid(..) => "ok".to_owned(),
+            Judged::Refused(refusal, _) => refused(refusal.clone()).0.to_string(),
+            Judged::Failed(_, failure, _) => failure.to_string(),
+        };
+        self.metrics.upstream_calls.with_label_values(&[&label]).inc();
+        judged
     }
 
     async fn record_last_error(&self, error: Option<String>) {
@@ -114,23 +170,50 @@ impl Llm {
 /// A failed answer: its code, and the detail for logs and `last_error`.
 type Failed = (CallFailure, String);
 
-/// An answer judged: what it tells the circuit breaker, and the validated value (with the usage
-/// reported) or why there is none.
+/// One call's answer judged.
+enum Judged<T> {
+    /// Valid (perhaps salvaged), with the usage reported.
+    Valid(Checked<T>, Option<Usage>),
+    /// The provider answered, but the validator refused the answer.
+    Refused(OutputError, Option<Usage>),
+    /// No usable answer: what it tells the circuit breaker, its code and detail.
+    Failed(Outcome, CallFailure, String),
+}
+
 fn judge<T>(
     provider: Provider,
     answer: Result<bytes::Bytes, UpstreamError>,
-    validate: impl FnOnce(&str) -> Result<T, OutputError>,
-) -> (Outcome, Result<(T, Option<Usage>), Failed>) {
-    let invalid = CallFailure::Upstream(UpstreamFailure::InvalidResponse);
+    validate: &impl Fn(&str) -> Result<Checked<T>, OutputError>,
+) -> Judged<T> {
     match answer {
         Ok(body) => match providers::parse_answer(provider, &body) {
-            Err(why) => (Outcome::Failure, Err((invalid, why))),
+            Err(why) => Judged::Failed(Outcome::Failure, UpstreamFailure::InvalidResponse.into(), why),
             Ok((text, usage)) => match validate(&text) {
-                Ok(value) => (Outcome::Success, Ok((value, usage))),
-                Err(OutputError::NotJson(why)) => (Outcome::Failure, Err((CallFailure::InvalidJson, why))),
-                Err(e @ OutputError::Invalid(_)) => (Outcome::Failure, Err((invalid, e.to_string()))),
+                Ok(checked) => Judged::Valid(checked, usage),
+                Err(refusal) => Judged::Refused(refusal, usage),
             },
         },
-        Err(e) => (e.circuit_outcome(), Err((e.failure().into(), e.to_string()))),
+        Err(e) => Judged::Failed(e.circuit_outcome(), e.failure().into(), e.to_string()),
+    }
+}
+
+/// A refused answer's code: `invalid_json` for text that is not JSON, else `invalid_response`.
+fn refused(refusal: OutputError) -> Failed {
+    match refusal {
+        OutputError::NotJson(why) => (CallFailure::InvalidJson, why),
+        e @ OutputError::Invalid(_) => (UpstreamFailure::InvalidResponse.into(), e.to_string()),
+    }
+}
+
+/// The usage of two calls together (either may be unreported).
+fn add_usage(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Usage {
+            input_tokens: a.input_tokens + b.input_tokens,
+            output_tokens: a.output_tokens + b.output_tokens,
+            cache_read_tokens: a.cache_read_tokens + b.cache_read_tokens,
+            cache_write_tokens: a.cache_write_tokens + b.cache_write_tokens,
+        }),
+        (a, b) => a.or(b),
     }
 }

@@ -12,6 +12,7 @@ use futures_util::future::LocalBoxFuture;
 
 use super::{mood, mood_publish, Mood, MoodStatus};
 use crate::core::metrics::Metrics;
+use crate::domain::answer::Checked;
 use crate::hub::Hub;
 use crate::jobs::{Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::llm::providers::Prompt;
@@ -62,8 +63,14 @@ impl MoodJob {
             schema: mood::json_schema(),
             max_tokens: self.max_tokens,
         };
-        let (mood, status) = match self.llm.call(config.as_ref(), &prompt, mood::validate_output, "mood").await {
-            Ok(answer) => (answer.value, MoodStatus::Ready),
+        let validate = |text: &str| mood::validate_output(text).map(Checked::exact);
+        let (mood, status) = match self.llm.call(config.as_ref(), &prompt, validate, "mood").await {
+            Ok(answer) => {
+                if let Some(repair) = answer.repair {
+                    self.metrics.answers_repaired.with_label_values(&["mood", repair.as_str()]).inc();
+                }
+                (answer.value, MoodStatus::Ready)
+            }
             Err(reason) => {
                 tracing::info!(message = message_id, %reason, "mood fallback");
                 (Mood::Neutral, MoodStatus::Fallback)

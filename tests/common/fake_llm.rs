@@ -60,6 +60,8 @@ pub enum Mode {
     SchemaInvalid,
     /// 200, well-formed wire answer whose model text is not JSON.
     NotJsonText,
+    /// 200, well-formed wire answer whose model text is exactly this.
+    Text(String),
     /// 401 whose error message repeats the received API key.
     EchoKey,
     /// Streaming only: sends that many text deltas, then drops the
@@ -470,6 +472,7 @@ async fn handle_request(req: HttpRequest, body: Bytes, shared: web::Data<Shared>
         Mode::Ok
         | Mode::SchemaInvalid
         | Mode::NotJsonText
+        | Mode::Text(_)
         | Mode::CutStream { .. }
         | Mode::StreamError { .. }
         | Mode::StallStream { .. }
@@ -531,6 +534,7 @@ fn answer(provider: Provider, mode: &Mode, body: &Value, raw_body: &str, shared:
                 let c = split_chunks(&t);
                 (t, c)
             }
+            Mode::Text(t) => (t.clone(), split_chunks(t)),
             _ => match (&inner.stream_chunks, &inner.text) {
                 (Some(chunks), _) if streaming => (chunks.concat(), chunks.clone()),
                 (_, Some(t)) => (t.clone(), split_chunks(t)),

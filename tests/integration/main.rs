@@ -15,6 +15,7 @@ mod layers;
 mod llm;
 mod lobby;
 mod process;
+mod repair;
 mod runs;
 mod runs_limits;
 mod runs_process;

@@ -12,7 +12,9 @@ pub use crate::core::provider::Provider;
 use crate::domain::runs::Usage;
 
 /// What to ask the model: a static system prompt, the user message, and the JSON schema of
-/// the answer.
+/// the answer. The schema states every cap (`maxLength`); servers that turn a schema into a
+/// grammar (llama.cpp, vLLM, Ollama) then always close the answer, and OpenAI's strict mode,
+/// which refuses length keywords, gets the schema without them ([`strict_schema`]).
 #[derive(Debug, Clone)]
 pub struct Prompt {
     pub system: String,
@@ -20,6 +22,50 @@ pub struct Prompt {
     pub schema_name: String,
     pub schema: Value,
     pub max_tokens: u32,
+}
+
+impl Prompt {
+    /// The same prompt asked once more, after its first answer was refused for `problem`.
+    pub fn reasked(&self, problem: &str) -> Prompt {
+        let mut again = self.clone();
+        again.user = format!(
+            "{}\n\nYour previous answer was refused: {problem}. Answer again with only the JSON \
+             object: every key present, every value a string within its length limit.",
+            self.user
+        );
+        again
+    }
+}
+
+/// Whether `base` is OpenAI's own API (which has its own rules: strict schemas without length
+/// keywords, `max_completion_tokens`), not a compatible server.
+pub fn is_openai_api(base: &str) -> bool {
+    let host = base.split("://").nth(1).unwrap_or(base).split(['/', ':']).next().unwrap_or("");
+    host.eq_ignore_ascii_case("api.openai.com")
+}
+
+/// `schema` without the keywords OpenAI's strict mode refuses (`maxLength`, `minLength`); the
+/// caps stay said in each field's `description` and are checked on the answer.
+pub fn strict_schema(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => map
+            .iter()
+            .filter(|(key, _)| !matches!(key.as_str(), "maxLength" | "minLength"))
+            .map(|(key, value)| (key.clone(), strict_schema(value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Value::Array(items) => Value::Array(items.iter().map(strict_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The schema to send to the server at `base`.
+pub fn schema_for(base: &str, schema: &Value) -> Value {
+    if is_openai_api(base) {
+        strict_schema(schema)
+    } else {
+        schema.clone()
+    }
 }
 
 /// A request ready for the HTTP client.
@@ -143,6 +189,35 @@ mod tests {
         let responses =
             br#"{"status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":"{}"}]}]}"#;
         assert_eq!(parse_answer(Provider::OpenAi, responses).unwrap().1, None);
+    }
+
+    #[test]
+    fn openai_strict_mode_gets_the_schema_without_length_keywords() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "a": {"type": "string", "minLength": 1, "maxLength": 300, "description": "at most 300 characters"},
+            "b": {"type": "array", "items": [{"type": "string", "maxLength": 5}]},
+        }});
+        let strict = schema_for("https://api.openai.com/v1", &schema);
+        assert!(!strict.to_string().contains("Length"), "{strict}");
+        assert_eq!(strict["properties"]["a"]["description"], "at most 300 characters");
+        for compatible in ["http://127.0.0.1:8080/v1", "http://vllm.internal:8000/v1", "https://openrouter.ai/api/v1"] {
+            assert_eq!(schema_for(compatible, &schema), schema, "{compatible}");
+        }
+    }
+
+    #[test]
+    fn a_reasked_prompt_repeats_the_request_and_says_what_was_wrong() {
+        let prompt = Prompt {
+            system: "s".into(),
+            user: "Write it.".into(),
+            schema_name: "n".into(),
+            schema: Value::Null,
+            max_tokens: 9,
+        };
+        let again = prompt.reasked("missing field `hookText`");
+        assert!(again.user.starts_with("Write it.\n\n"));
+        assert!(again.user.contains("refused: missing field `hookText`."));
+        assert_eq!((again.system, again.max_tokens), (prompt.system, prompt.max_tokens));
     }
 
     #[test]

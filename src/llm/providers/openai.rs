@@ -18,7 +18,7 @@ pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> Upstrea
             "text": {"format": {
                 "type": "json_schema",
                 "name": prompt.schema_name,
-                "schema": prompt.schema,
+                "schema": super::schema_for(base, &prompt.schema),
                 "strict": true,
             }},
         }),

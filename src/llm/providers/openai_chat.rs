@@ -1,5 +1,6 @@
 //! Chat Completions: `POST {base}/chat/completions` with a `json_schema` response format.
-//! Spoken by OpenAI and by OpenAI-compatible servers (Ollama, vLLM, llama.cpp).
+//! Spoken by OpenAI and by OpenAI-compatible servers (Ollama, vLLM, llama.cpp), which get the
+//! schema with its length caps (they turn it into a grammar, so the answer always closes).
 
 use serde_json::{json, Value};
 
@@ -8,8 +9,7 @@ use super::{Prompt, UpstreamRequest};
 /// The name of the output cap: OpenAI's own API refuses `max_tokens` for its current models and
 /// wants `max_completion_tokens`; Ollama, vLLM and llama.cpp all take `max_tokens`.
 fn output_cap_field(base: &str) -> &'static str {
-    let host = base.split("://").nth(1).unwrap_or(base).split(['/', ':']).next().unwrap_or("");
-    if host.eq_ignore_ascii_case("api.openai.com") {
+    if super::is_openai_api(base) {
         "max_completion_tokens"
     } else {
         "max_tokens"
@@ -30,7 +30,7 @@ pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> Upstrea
         ],
         "response_format": {"type": "json_schema", "json_schema": {
             "name": prompt.schema_name,
-            "schema": prompt.schema,
+            "schema": super::schema_for(base, &prompt.schema),
             "strict": true,
         }},
     });
