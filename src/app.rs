@@ -104,6 +104,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     if reclaimed > 0 {
         tracing::warn!(jobs = reclaimed, "resuming jobs interrupted by a previous stop");
     }
+    if let Some(notice) = crate::llm::credentials::no_config_notice(&llm_row) {
+        tracing::warn!("{notice}");
+    }
 
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(metrics.clone()).start();

@@ -95,6 +95,8 @@ async function loadLlm() {
   $("llm-key-state").textContent = llm.api_key_set ? `a key is set${llm.api_key_last4 ? `, ending in …${llm.api_key_last4}` : ""}` : "no key set";
   $("llm-key-state").dataset.set = llm.api_key_set;
   $("llm-last-error").textContent = llm.last_error || "none";
+  $("llm-notice").textContent = llm.notice || "";
+  $("llm-notice").hidden = !llm.notice;
   renderCircuit(llm.circuit);
   return llm;
 }

@@ -45,6 +45,7 @@ fn llm_view(row: &LlmConfigRow, circuit: &CircuitSnapshot) -> Value {
         "api_key_last4": key.and_then(last4),
         "last_error": row.last_error,
         "circuit": circuit,
+        "notice": crate::llm::credentials::no_config_notice(row),
     })
 }
 

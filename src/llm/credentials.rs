@@ -28,3 +28,12 @@ pub fn credentials(config: &LlmConfigRow) -> Option<Credentials> {
         && config.base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url();
     (!api_key.is_empty() || own_server).then(|| Credentials { provider, base_url: config.base_url.clone(), api_key })
 }
+
+/// The one sentence that says calls cannot be made, for the startup log and the dashboard:
+/// `Some` exactly when [`credentials`] is `None`.
+pub fn no_config_notice(config: &LlmConfigRow) -> Option<&'static str> {
+    credentials(config).is_none().then_some(NO_CONFIG_NOTICE)
+}
+
+pub const NO_CONFIG_NOTICE: &str = "No API key and no model server of your own are configured, so every content \
+item will fall back with `no_config`: set an API key, or see README \"Try it with a local model\".";

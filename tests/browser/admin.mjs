@@ -1,5 +1,6 @@
 // The admin dashboard: sign-in with the token, the circuit shown open after upstream failures,
-// and its reset button closing it; the key is never on the page.
+// and its reset button closing it; the key is never on the page; without a key, the notice
+// that every item falls back.
 import { run, base, adminToken, assert } from "./lib.mjs";
 
 run("admin", async (t) => {
@@ -27,4 +28,11 @@ run("admin", async (t) => {
   await page.waitForTimeout(3500);
   assert((await page.getAttribute("#circuit-state", "data-state")) === "closed", "still closed after a refresh");
   t.step("reset closed the circuit");
+
+  assert(await page.locator("#llm-notice").isHidden(), "no notice while calls can be made");
+  await page.click("#llm-key-clear");
+  await page.locator("#llm-key-state", { hasText: "no key set" }).waitFor();
+  await page.locator("#llm-notice", { hasText: "every content item will fall back with `no_config`" }).waitFor();
+  assert((await page.textContent("#llm-notice")).includes("Try it with a local model"), "the notice points to README");
+  t.step("without a key the dashboard says every item falls back");
 });

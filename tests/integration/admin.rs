@@ -29,6 +29,7 @@ async fn llm_settings_round_trip_with_a_write_only_key(db: Db) {
     assert_eq!(llm["api_key_last4"], &API_KEY[API_KEY.len() - 4..]);
     assert_eq!(llm["last_error"], Value::Null);
     assert_eq!(llm["circuit"]["state"], "closed");
+    assert_eq!(llm["notice"], Value::Null, "calls can be made");
     assert!(!llm.to_string().contains(API_KEY));
 
     // Switching provider moves a default model along; the base URL was set by hand, so it stays.
@@ -60,6 +61,12 @@ async fn llm_settings_round_trip_with_a_write_only_key(db: Db) {
     assert_eq!(status, 200);
     assert_eq!(llm["api_key_set"], false);
     assert_eq!(llm["api_key_last4"], Value::Null);
+    // A server of one's own needs no key; a provider's own API does.
+    assert_eq!(llm["notice"], Value::Null, "{llm}");
+    let (_, llm) = app.admin_put("/admin/api/llm", json!({"provider": "anthropic"})).await;
+    let notice = llm["notice"].as_str().unwrap_or_else(|| panic!("no notice: {llm}"));
+    assert!(notice.contains("every content item will fall back with `no_config`"), "{notice}");
+    assert!(notice.contains("Try it with a local model"), "{notice}");
 }
 
 async fn bad_llm_settings_are_refused_and_change_nothing(db: Db) {

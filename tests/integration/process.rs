@@ -356,7 +356,31 @@ async fn corrupt_circuit_record_is_logged_not_silently_emptied(db: Db) {
     assert!(logs.contains("stored circuit state is unknown"), "{logs}");
 }
 
+/// With no key and no model server of one's own, the start says once that every item will fall
+/// back and where to read how to try a local model; with a key it says nothing of the sort.
+async fn no_key_is_told_at_start(kind: Db) {
+    let fake = FakeLlm::start();
+    let db = test_db(kind).await;
+    let notice = "every content item will fall back with `no_config`";
+    let mut server = Server::start_changed(&db.url, &fake, &[], &["LOREWIRE_LLM_API_KEY"]).await;
+    let line = eventually("the notice to be logged", || async {
+        server.output().lines().find(|l| l.contains(notice)).map(str::to_owned)
+    })
+    .await;
+    assert!(line.contains("WARN") && line.contains("Try it with a local model"), "{line}");
+    assert_eq!(server.output().matches(notice).count(), 1);
+    server.kill9();
+
+    // Settings are seeded once per database: a keyed start needs a database of its own.
+    let keyed = test_db(kind).await;
+    let server = Server::start(&keyed.url, &fake).await;
+    let (_, llm) = get_json(&server.url("/admin/api/llm"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(llm["notice"], Value::Null, "{llm}");
+    assert!(!server.output().contains(notice));
+}
+
 both_backends!(
+    no_key_is_told_at_start,
     generated_admin_token_is_printed_once_and_works,
     corrupt_circuit_record_is_logged_not_silently_emptied,
     kill_9_and_restart_leaves_nothing_pending,
