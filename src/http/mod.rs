@@ -7,6 +7,7 @@ pub mod error;
 pub mod insights;
 pub mod pages;
 pub mod public;
+pub mod request_log;
 pub mod runs;
 
 use actix_web::{error::JsonPayloadError, web, HttpRequest};
