@@ -198,3 +198,9 @@ async fn admin_sees_the_circuit_open_and_resets_it() {
     scenario(&app, "admin", |_| {}).await;
     assert_eq!(app.circuit().await["state"], "closed");
 }
+
+#[actix_web::test]
+async fn pages_load_without_failed_requests_or_console_errors() {
+    let app = spawn_app(Db::Sqlite).await;
+    scenario(&app, "pages_clean", |_| {}).await;
+}

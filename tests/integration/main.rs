@@ -15,6 +15,7 @@ mod layers;
 mod llm;
 mod lobby;
 mod logs;
+mod pages;
 mod process;
 mod runs;
 mod runs_limits;
