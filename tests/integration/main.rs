@@ -22,3 +22,4 @@ mod runs_limits;
 mod runs_process;
 mod session;
 mod storage;
+mod types;
