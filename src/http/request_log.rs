@@ -9,7 +9,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage};
-use tracing::{Level, Span};
+use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder, TracingLogger};
 
 /// Paths polled by load balancers and scrapers: their lines would drown everything else.
@@ -31,29 +31,21 @@ impl RootSpanBuilder for RequestLine {
     }
 
     fn on_request_end<B: MessageBody>(_span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
-        let (status, path, duration_ms) = match outcome {
+        let (status, poll, duration_ms) = match outcome {
             Ok(response) => {
                 let arrived = response.request().extensions().get::<Arrived>().copied();
                 let ms = arrived.map(|a| a.0.elapsed().as_secs_f64() * 1000.0);
-                (response.status().as_u16(), response.request().path().to_owned(), ms)
+                (response.status().as_u16(), POLLS.contains(&response.request().path()), ms)
             }
-            Err(e) => (e.as_response_error().status_code().as_u16(), String::new(), None),
+            Err(e) => (e.as_response_error().status_code().as_u16(), false, None),
         };
         // Rounded to microseconds: a shipper wants a number, not 17 digits.
         let duration_ms = duration_ms.map(|ms| (ms * 1000.0).round() / 1000.0);
-        if POLLS.contains(&path.as_str()) {
-            line(Level::DEBUG, status, duration_ms);
+        if poll {
+            tracing::debug!(status, duration_ms, "request");
         } else {
-            line(Level::INFO, status, duration_ms);
+            tracing::info!(status, duration_ms, "request");
         }
-    }
-}
-
-fn line(level: Level, status: u16, duration_ms: Option<f64>) {
-    if level == Level::DEBUG {
-        tracing::debug!(status, duration_ms, "request");
-    } else {
-        tracing::info!(status, duration_ms, "request");
     }
 }
 

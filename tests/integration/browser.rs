@@ -1,6 +1,6 @@
 //! The browser client and admin dashboard in headless Chromium: each test starts lorewire
 //! in-process (SQLite, fake LLM) and runs one scenario of `tests/browser/*.mjs` with node and
-//! playwright-core. Prerequisites (`.ci/run` installs them): node, Chromium at /usr/bin/chromium
+//! playwright-core. Prerequisites (`scripts/test` installs them): node, Chromium at /usr/bin/chromium
 //! (or `LOREWIRE_CHROMIUM`), and `npm ci` in tests/browser. A missing one fails the test with
 //! what to install; it never passes silently.
 
