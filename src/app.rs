@@ -209,7 +209,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .wrap(request_logger())
+            .wrap_fn(crate::http::request_log::echo_request_id)
+            .wrap(crate::http::request_log::logger())
             .route("/ws", web::get().to(crate::ws::upgrade))
             .configure(crate::http::routes)
     })
@@ -228,17 +229,6 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     tracing::info!(%addr, backend = ?backend, backplane = state.backplane.name(), "lorewire is serving");
 
     Ok(Running { addr, state, admin_token_generated, server: handle, task })
-}
-
-/// One line per request: method, path (never the query string, which may carry a secret),
-/// status and time. actix writes it to the `log` crate, which the subscriber forwards to
-/// `tracing` (`tracing-log`). Health, readiness and metrics polls stay out of the log.
-fn request_logger() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
-        .custom_request_replace("method", |req| req.method().to_string())
-        .exclude("/health")
-        .exclude("/ready")
-        .exclude("/metrics")
 }
 
 impl Running {

@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use lorewire::core::clock::SystemClock;
 use lorewire::core::config::{Cli, Command};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     // Initialise OpenSSL before libpq does, without its exit-time cleanup: threads still inside
@@ -16,10 +15,7 @@ fn main() -> anyhow::Result<()> {
     // Flags win over the environment, the environment over .env, .env over defaults.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    lorewire::core::logging::init(cli.settings.log_format);
     let config = cli.settings.into_config();
     actix_web::rt::System::new().block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {

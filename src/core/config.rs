@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::core::logging::LogFormat;
 use crate::core::provider::Provider;
 
 /// A value that must never reach a log line, a frame or a response.
@@ -47,7 +48,8 @@ impl std::str::FromStr for Secret {
         Every flag can also be given as the environment variable shown next to it; \
         a .env file in the working directory is read at start. Flags go before or after the \
         subcommand.",
-    after_help = "Logging: RUST_LOG sets the log filter (default: info), e.g. RUST_LOG=lorewire=debug."
+    after_help = "Logging: RUST_LOG sets the log filter (default: info), e.g. RUST_LOG=lorewire=debug; \
+        LOREWIRE_LOG_FORMAT=json writes one JSON object a line."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -140,6 +142,9 @@ pub struct Settings {
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
     #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_lease_secs: u64,
+    /// Log output on stderr: text (colour only on a terminal) or json (one object a line).
+    #[arg(long, global = true, env = "LOREWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// `COUNT/WINDOW`, e.g. `5/10s`.

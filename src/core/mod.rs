@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod logging;
 pub mod metrics;
 pub mod provider;
 pub mod shutdown;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod insights;
 pub mod pages;
 pub mod public;
+pub mod request_log;
 pub mod runs;
 
 use actix_web::{error::JsonPayloadError, web, HttpRequest};
@@ -27,9 +28,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/health", web::get().to(public::health))
     .route("/ready", web::get().to(public::ready))
     .route("/metrics", web::get().to(public::metrics))
-    .route("/", web::get().to(pages::index))
-    .route("/admin", web::get().to(pages::admin))
-    .route("/static/{name}", web::get().to(pages::asset))
+    .route("/", get_or_head().to(pages::index))
+    .route("/admin", get_or_head().to(pages::admin))
+    .route("/favicon.ico", get_or_head().to(pages::favicon))
+    .route("/static/{name}", get_or_head().to(pages::asset))
     .service(
         web::scope("/api")
             .route("/content", web::post().to(public::request_content))
@@ -57,6 +59,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
     }));
+}
+
+/// A route for `GET` and `HEAD` (actix sends a HEAD response's headers without its body).
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 fn json_error(e: &JsonPayloadError) -> String {

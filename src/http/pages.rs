@@ -1,6 +1,7 @@
 //! The browser client (`GET /`), the admin dashboard (`GET /admin`) and their assets, compiled
 //! into the binary from `static/` so they are served the same from any working directory.
 //! The pages hold no secret: the admin page asks for the token and keeps it in sessionStorage.
+//! Every route here answers `HEAD` like `GET` (same status and headers, no body).
 
 use actix_web::{web, HttpResponse};
 
@@ -12,6 +13,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../static/app.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_str!("../../static/admin.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../static/style.css")),
+    ("favicon.svg", "image/svg+xml", include_str!("../../static/favicon.svg")),
+    // The types of lorewire.js, for TypeScript clients (README "Browser client").
+    ("lorewire.d.ts", "application/typescript; charset=utf-8", include_str!("../../static/lorewire.d.ts")),
 ];
 
 const INDEX: &str = include_str!("../../static/index.html");
@@ -23,6 +27,8 @@ fn page(body: &'static str) -> HttpResponse {
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("x-content-type-options", "nosniff"))
         .insert_header(("referrer-policy", "no-referrer"))
+        // Never framed (clickjacking): the header older browsers know, and CSP's frame-ancestors.
+        .insert_header(("x-frame-options", "DENY"))
         // Only our own scripts and styles run; the page talks only to this server.
         .insert_header((
             "content-security-policy",
@@ -41,13 +47,22 @@ pub async fn admin() -> HttpResponse {
 }
 
 pub async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let (_, content_type, body) = ASSETS
-        .iter()
-        .find(|(n, _, _)| *n == name.as_str())
-        .ok_or_else(|| ApiError::NotFound(format!("no asset `{}`", name.chars().take(64).collect::<String>())))?;
-    Ok(HttpResponse::Ok()
-        .content_type(*content_type)
-        .insert_header(("cache-control", "no-cache"))
-        .insert_header(("x-content-type-options", "nosniff"))
-        .body(*body))
+    served(name.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("no asset `{}`", name.chars().take(64).collect::<String>())))
+}
+
+/// `/favicon.ico`, which browsers ask for on their own: the SVG icon the pages link.
+pub async fn favicon() -> HttpResponse {
+    served("favicon.svg").expect("the icon is compiled in")
+}
+
+fn served(name: &str) -> Option<HttpResponse> {
+    let (_, content_type, body) = ASSETS.iter().find(|(n, _, _)| *n == name)?;
+    Some(
+        HttpResponse::Ok()
+            .content_type(*content_type)
+            .insert_header(("cache-control", "no-cache"))
+            .insert_header(("x-content-type-options", "nosniff"))
+            .body(*body),
+    )
 }

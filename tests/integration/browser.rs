@@ -1,6 +1,6 @@
 //! The browser client and admin dashboard in headless Chromium: each test starts lorewire
 //! in-process (SQLite, fake LLM) and runs one scenario of `tests/browser/*.mjs` with node and
-//! playwright-core. Prerequisites (`.ci/run` installs them): node, Chromium at /usr/bin/chromium
+//! playwright-core. Prerequisites (`scripts/test` installs them): node, Chromium at /usr/bin/chromium
 //! (or `LOREWIRE_CHROMIUM`), and `npm ci` in tests/browser. A missing one fails the test with
 //! what to install; it never passes silently.
 
@@ -197,4 +197,10 @@ async fn admin_sees_the_circuit_open_and_resets_it() {
     app.fake.set_mode(Mode::Ok);
     scenario(&app, "admin", |_| {}).await;
     assert_eq!(app.circuit().await["state"], "closed");
+}
+
+#[actix_web::test]
+async fn pages_load_without_failed_requests_or_console_errors() {
+    let app = spawn_app(Db::Sqlite).await;
+    scenario(&app, "pages_clean", |_| {}).await;
 }
