@@ -1,8 +1,8 @@
 //! The one structured-call path: the stored settings, a [`Prompt`] and a validator in; the
 //! validated value, the model that made it and the usage the provider reported out, or the
 //! failure's code. The circuit breaker's permit, the call, judging the answer, the
-//! `upstream_calls` metric, the stored `last_error` and the redaction of the key all happen
-//! here and nowhere else.
+//! `upstream_calls` and `upstream_call_seconds` metrics, the stored `last_error` and the
+//! redaction of the key all happen here and nowhere else.
 //!
 //! Knows nothing of what is asked (content, moods): the caller brings the prompt and the
 //! validator. Never holds a DB connection across the call.
@@ -77,7 +77,9 @@ impl Llm {
             Ok(Permit::Refuse(Refusal::RateLimited)) => return Err(UpstreamFailure::RateLimited.into()),
         };
         let request = providers::build_request(&credentials.target(&config.model), prompt);
+        let sent = std::time::Instant::now();
         let answer = client::send(&self.client, &request, self.timeout).await;
+        self.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
 
         let (outcome, result) = judge(credentials.provider, answer, validate);
         self.circuit.do_send(Report { probe, outcome });
