@@ -165,7 +165,8 @@ pub struct HistorySeries {
 
 impl HistoryView {
     fn push(&mut self, before: &Sample, at: &Sample, interval: f64) {
-        let secs = ((at.at - before.at).num_milliseconds() as f64 / 1000.0).max(interval);
+        // Measured between the times as `t` shows them (to the millisecond).
+        let secs = ((at.at.timestamp_millis() - before.at.timestamp_millis()) as f64 / 1000.0).max(interval);
         let per_min = |field: fn(&Totals) -> u64| {
             Some(field(&at.totals).saturating_sub(field(&before.totals)) as f64 * 60.0 / secs)
         };

@@ -14,6 +14,7 @@ mod jobs;
 mod layers;
 mod llm;
 mod lobby;
+mod metrics_history;
 mod process;
 mod runs;
 mod runs_limits;
