@@ -15,6 +15,7 @@ mod layers;
 mod llm;
 mod lobby;
 mod metrics_history;
+mod monitoring;
 mod process;
 mod runs;
 mod runs_limits;
