@@ -94,8 +94,14 @@ impl History {
             series: HistorySeries::default(),
         };
         let zero = Sample { at: now.at, totals: Totals::default(), queue_depth: None };
+        // A sample taken this very millisecond already is the point now (`t` stays increasing).
+        let now = self
+            .samples
+            .back()
+            .is_none_or(|last| last.at.timestamp_millis() < now.at.timestamp_millis())
+            .then_some(now);
         let mut previous = self.evicted.as_ref();
-        for sample in self.samples.iter().chain(std::iter::once(&now)) {
+        for sample in self.samples.iter().chain(now.as_ref()) {
             view.push(previous.unwrap_or(&zero), sample, interval);
             previous = Some(sample);
         }
@@ -223,5 +229,15 @@ mod tests {
         assert_eq!(view.series.queue_depth[SAMPLES], Some(2.0));
         // No upstream call: no latency to tell.
         assert_eq!(view.series.upstream_p50_secs[0], None);
+    }
+
+    #[test]
+    fn a_request_in_the_millisecond_of_a_sample_gets_that_sample_as_the_point_now() {
+        let mut h = history(Duration::from_secs(10));
+        h.push(sample(0, 0));
+        h.push(sample(10, 1));
+        let view = h.view(sample(10, 1));
+        assert_eq!(view.t.len(), 2);
+        assert_eq!(h.view(sample(11, 1)).t.len(), 3);
     }
 }
