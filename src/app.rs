@@ -18,6 +18,9 @@ use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
 use crate::core::shutdown::Stop;
+use crate::domain::content::{ContentStatus, FallbackReason};
+use crate::domain::upstream::UpstreamFailure;
+use crate::history::History;
 use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
@@ -109,6 +112,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     }
 
     let metrics = Arc::new(Metrics::new());
+    seed_series(&metrics, &config.llm_model);
+    let history = History::new(metrics.clone(), store.clone(), clock.clone(), config.metrics_sample).start();
     let hub = Hub::new(metrics.clone()).start();
     let settings = CircuitSettings {
         failures: config.circuit_failures,
@@ -196,6 +201,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         hub,
         circuit,
         jobs,
+        history,
         content,
         runs,
         lobby,
@@ -231,6 +237,35 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     Ok(Running { addr, state, admin_token_generated, server: handle, task })
 }
 
+/// Series that exist (at 0) from the start, so that dashboards and alert rules over `/metrics`
+/// find them before the first item, call or charge.
+fn seed_series(metrics: &Metrics, model: &str) {
+    metrics.content_finished.with_label_values(&[ContentStatus::Ready.as_str(), ""]);
+    let reasons = [
+        FallbackReason::NoConfig,
+        FallbackReason::CircuitOpen,
+        FallbackReason::RateLimited,
+        FallbackReason::NetworkError,
+        FallbackReason::Timeout,
+        FallbackReason::InvalidJson,
+        FallbackReason::InvalidResponse,
+    ];
+    for reason in reasons {
+        metrics.content_finished.with_label_values(&[ContentStatus::Fallback.as_str(), &reason.to_string()]);
+    }
+    metrics.upstream_calls.with_label_values(&["ok"]);
+    let failures = [
+        UpstreamFailure::RateLimited,
+        UpstreamFailure::NetworkError,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::InvalidResponse,
+    ];
+    for failure in failures {
+        metrics.upstream_calls.with_label_values(&[&failure.to_string()]);
+    }
+    metrics.run_cost_micros.with_label_values(&[model]);
+}
+
 impl Running {
     /// Graceful stop: `/ready` turns 503 and new work is refused, every socket gets 1001,
     /// in-flight jobs finish (or go back to the queue) within `LOREWIRE_SHUTDOWN_SECS`.
@@ -261,6 +296,7 @@ impl Running {
         self.state.jobs.do_send(Stop);
         self.state.circuit.do_send(Stop);
         self.state.hub.do_send(Stop);
+        self.state.history.do_send(Stop);
         self.state.lobby.addr().do_send(Stop);
     }
 

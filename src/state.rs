@@ -12,6 +12,7 @@ use crate::content::ContentService;
 use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::jobs::JobWorker;
 use crate::llm::circuit::CircuitBreaker;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub hub: Addr<Hub>,
     pub circuit: Addr<CircuitBreaker>,
     pub jobs: Addr<JobWorker>,
+    /// The dashboard's last hour of metrics.
+    pub history: Addr<History>,
     pub content: ContentService,
     pub runs: RunService,
     pub lobby: LobbyService,

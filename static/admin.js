@@ -1,6 +1,8 @@
 // The admin dashboard: token sign-in (sessionStorage), LLM settings (the key is write-only),
-// circuit breaker with reset, live summary, players, and runs / costs / budgets / dead letters
-// where the server has them (a 404 shows "not available").
+// circuit breaker with reset, live summary, the last hour's charts (charts.js), players, and
+// runs / costs / budgets / dead letters where the server has them (a 404 shows "not available").
+import { chartBoxes, startCharts, stopCharts } from "./charts.js";
+
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "lorewire.admin";
 const REFRESH_MS = 3000;
@@ -53,9 +55,11 @@ $("login-form").addEventListener("submit", async (e) => {
   sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
   await signIn();
 });
+$("charts").replaceChildren(...chartBoxes());
 $("logout").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   clearInterval(timer);
+  stopCharts();
   $("dash").hidden = true;
   $("login").hidden = false;
   $("logout").hidden = true;
@@ -73,6 +77,8 @@ async function signIn() {
   $("login").hidden = true;
   $("dash").hidden = false;
   $("logout").hidden = false;
+  // The charts need the dashboard shown to know their width.
+  startCharts(api);
   await refresh();
   clearInterval(timer);
   timer = setInterval(refresh, REFRESH_MS);

@@ -252,6 +252,8 @@ pub struct Config {
     pub workers: usize,
     /// Presence changes are gathered this long into one `presence:update` (at most 100 ms).
     pub presence_window: Duration,
+    /// How often the dashboard's history samples the metrics (10 s; 360 samples are kept).
+    pub metrics_sample: Duration,
 }
 
 impl Settings {
@@ -296,6 +298,7 @@ impl Settings {
             client_timeout: Duration::from_secs(30),
             workers: 0,
             presence_window: Duration::from_millis(95),
+            metrics_sample: Duration::from_secs(10),
         }
     }
 }

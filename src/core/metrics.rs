@@ -1,7 +1,14 @@
 //! Prometheus metrics, one registry per running app (no global state, so tests can run
-//! several apps in one process). Only counts; never reads the database or decides anything.
+//! several apps in one process), and [`Totals`]: the dashboard's numbers read from them at one
+//! instant. Only counts; never reads the database or decides anything.
 
+use prometheus::core::Collector;
+use prometheus::proto::LabelPair;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Upper bounds (seconds) of the upstream call latency histogram.
+pub const UPSTREAM_SECONDS_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -11,6 +18,8 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Upstream calls by outcome: ok, api_error_<status>, rate_limited, network_error, timeout, invalid_response.
     pub upstream_calls: IntCounterVec,
+    /// Seconds from sending an upstream call to its whole answer (a streamed run: the stream's end).
+    pub upstream_seconds: Histogram,
     /// 0 closed, 1 open, 2 half-open.
     pub circuit_state: IntGauge,
     /// Content items finished, by status and reason.
@@ -54,6 +63,11 @@ impl Metrics {
         let upstream_calls =
             IntCounterVec::new(Opts::new("upstream_calls_total", "Upstream LLM calls by outcome"), &["outcome"])
                 .expect("metric");
+        let upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new("upstream_call_seconds", "Upstream LLM calls from request to the whole answer")
+                .buckets(UPSTREAM_SECONDS_BUCKETS.to_vec()),
+        )
+        .expect("metric");
         let circuit_state =
             IntGauge::new("circuit_state", "Circuit breaker: 0 closed, 1 open, 2 half-open").expect("metric");
         let content_finished = IntCounterVec::new(
@@ -111,6 +125,7 @@ impl Metrics {
             Box::new(frames_out.clone()),
             Box::new(slow_consumers.clone()),
             Box::new(upstream_calls.clone()),
+            Box::new(upstream_seconds.clone()),
             Box::new(circuit_state.clone()),
             Box::new(content_finished.clone()),
             Box::new(answers_repaired.clone()),
@@ -138,6 +153,7 @@ impl Metrics {
             frames_out,
             slow_consumers,
             upstream_calls,
+            upstream_seconds,
             circuit_state,
             content_finished,
             answers_repaired,
@@ -164,10 +180,143 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
         String::from_utf8(out).unwrap_or_default()
     }
+
+    /// The counters and gauges the dashboard charts, as they stand now.
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals {
+            lobby_messages: self.lobby_messages.get(),
+            online_users: self.online_users.get(),
+            circuit_state: self.circuit_state.get(),
+            upstream_seconds_count: self.upstream_seconds.get_sample_count(),
+            ..Totals::default()
+        };
+        for_each_child(&self.content_finished, |labels, value| match label(labels, "status") {
+            Some("ready") => totals.content_ready += value,
+            Some("fallback") => totals.content_fallback += value,
+            _ => {}
+        });
+        for_each_child(&self.upstream_calls, |labels, value| match label(labels, "outcome") {
+            Some("ok") => totals.upstream_ok += value,
+            Some("rate_limited") => totals.upstream_rate_limited += value,
+            _ => totals.upstream_failed += value,
+        });
+        for_each_child(&self.run_cost_micros, |_, value| totals.spend_micros += value);
+        for family in self.upstream_seconds.collect() {
+            for metric in family.get_metric() {
+                totals.upstream_seconds_buckets =
+                    metric.get_histogram().get_bucket().iter().map(|b| b.cumulative_count()).collect();
+            }
+        }
+        totals
+    }
+}
+
+/// Calls `f` with the labels and the value of each child of a counter family.
+fn for_each_child(vec: &IntCounterVec, mut f: impl FnMut(&[LabelPair], u64)) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            f(metric.get_label(), metric.get_counter().get_value() as u64);
+        }
+    }
+}
+
+fn label<'a>(labels: &'a [LabelPair], name: &str) -> Option<&'a str> {
+    labels.iter().find(|l| l.name() == name).map(|l| l.value())
+}
+
+/// The dashboard's numbers at one instant: counters since the process started, gauges now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub content_ready: u64,
+    pub content_fallback: u64,
+    pub upstream_ok: u64,
+    pub upstream_failed: u64,
+    pub upstream_rate_limited: u64,
+    /// Cumulative counts per bucket of [`UPSTREAM_SECONDS_BUCKETS`], and all calls.
+    pub upstream_seconds_buckets: Vec<u64>,
+    pub upstream_seconds_count: u64,
+    pub lobby_messages: u64,
+    pub spend_micros: u64,
+    pub online_users: i64,
+    pub circuit_state: i64,
+}
+
+/// The `q` quantile (0..1) of the upstream calls made between two readings, estimated from the
+/// histogram buckets as Prometheus' `histogram_quantile` does (linear within a bucket); `None`
+/// when no call was made between them.
+pub fn upstream_quantile(earlier: &Totals, later: &Totals, q: f64) -> Option<f64> {
+    let total = later.upstream_seconds_count.saturating_sub(earlier.upstream_seconds_count);
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut lower = 0.0;
+    let mut below = 0u64;
+    for (i, upper) in UPSTREAM_SECONDS_BUCKETS.iter().enumerate() {
+        let at = |t: &Totals| t.upstream_seconds_buckets.get(i).copied().unwrap_or(0);
+        let cumulative = at(later).saturating_sub(at(earlier));
+        if cumulative as f64 >= rank && cumulative > below {
+            let within = (rank - below as f64) / (cumulative - below) as f64;
+            return Some(lower + (upper - lower) * within.clamp(0.0, 1.0));
+        }
+        lower = *upper;
+        below = cumulative;
+    }
+    // Slower than the last bound: that bound is the best the buckets can tell.
+    Some(lower)
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_children_by_what_the_charts_group() {
+        let m = Metrics::new();
+        m.content_finished.with_label_values(&["ready", ""]).inc_by(3);
+        m.content_finished.with_label_values(&["fallback", "timeout"]).inc();
+        m.content_finished.with_label_values(&["fallback", "no_config"]).inc();
+        m.upstream_calls.with_label_values(&["ok"]).inc_by(4);
+        m.upstream_calls.with_label_values(&["rate_limited"]).inc();
+        m.upstream_calls.with_label_values(&["api_error_500"]).inc();
+        m.upstream_calls.with_label_values(&["timeout"]).inc();
+        m.run_cost_micros.with_label_values(&["a"]).inc_by(10);
+        m.run_cost_micros.with_label_values(&["b"]).inc_by(5);
+        m.online_users.set(2);
+        let t = m.totals();
+        assert_eq!((t.content_ready, t.content_fallback), (3, 2));
+        assert_eq!((t.upstream_ok, t.upstream_failed, t.upstream_rate_limited), (4, 2, 1));
+        assert_eq!(t.spend_micros, 15);
+        assert_eq!(t.online_users, 2);
+        assert_eq!(t.upstream_seconds_buckets.len(), UPSTREAM_SECONDS_BUCKETS.len());
+    }
+
+    #[test]
+    fn quantiles_come_from_the_calls_between_two_readings() {
+        let m = Metrics::new();
+        // Before: one slow call that must not count.
+        m.upstream_seconds.observe(50.0);
+        let before = m.totals();
+        assert_eq!(upstream_quantile(&before, &m.totals(), 0.5), None);
+        // 10 calls: 9 in (0.05, 0.1], 1 in (1, 2.5].
+        for _ in 0..9 {
+            m.upstream_seconds.observe(0.08);
+        }
+        m.upstream_seconds.observe(2.0);
+        let after = m.totals();
+        let p50 = upstream_quantile(&before, &after, 0.5).unwrap();
+        assert!(p50 > 0.05 && p50 <= 0.1, "{p50}");
+        let p95 = upstream_quantile(&before, &after, 0.95).unwrap();
+        assert!(p95 > 1.0 && p95 <= 2.5, "{p95}");
+        // Past the last bound: the last bound.
+        m.upstream_seconds.observe(500.0);
+        let slow = upstream_quantile(&after, &m.totals(), 0.5).unwrap();
+        assert_eq!(slow, 120.0);
     }
 }

@@ -1,5 +1,6 @@
-//! Admin insight routes: `GET /admin/api/users` and `GET /admin/api/metrics/summary`, and the
-//! retention arithmetic (README "REST"). Read-only; every figure is correct on an empty database.
+//! Admin insight routes: `GET /admin/api/users`, `GET /admin/api/metrics/summary` and
+//! `GET /admin/api/metrics/history`, and the retention arithmetic (README "REST"). Read-only;
+//! every figure is correct on an empty database.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,6 +13,7 @@ use super::admin::authorize;
 use super::error::ApiError;
 use crate::domain::content::ContentStatus;
 use crate::domain::players::Variant;
+use crate::history::{GetHistory, HistoryView};
 use crate::llm::circuit::GetSnapshot;
 use crate::lobby::OnlineUsers;
 use crate::runs::{usd, RunStatus};
@@ -161,6 +163,21 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         "spend": {"total_usd": usd(spent)},
         "queue_depth": depth,
     })))
+}
+
+/// The last hour, sampled every 10 s, ending with the values now (the dashboard's charts).
+pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<web::Json<HistoryView>, ApiError> {
+    authorize(&req, &state)?;
+    // A chart with a gap beats no charts: an unreadable queue depth is `null`, not an error.
+    let queue_depth = match state.store.run(jobs::depth).await {
+        Ok(depth) => Some(depth),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the queue depth for the history");
+            None
+        }
+    };
+    let view = state.history.send(GetHistory { queue_depth }).await.map_err(|_| ApiError::Internal)?;
+    Ok(web::Json(view))
 }
 
 #[cfg(test)]

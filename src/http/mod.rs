@@ -54,7 +54,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/prices", web::get().to(runs::get_prices))
             .route("/prices/{model}", web::put().to(runs::put_price))
             .route("/users", web::get().to(insights::users))
-            .route("/metrics/summary", web::get().to(insights::summary)),
+            .route("/metrics/summary", web::get().to(insights::summary))
+            .route("/metrics/history", web::get().to(insights::history)),
     )
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))

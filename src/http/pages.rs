@@ -12,6 +12,14 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("lorewire.js", "text/javascript; charset=utf-8", include_str!("../../static/lorewire.js")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../static/app.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_str!("../../static/admin.js")),
+    ("charts.js", "text/javascript; charset=utf-8", include_str!("../../static/charts.js")),
+    // uPlot (MIT), vendored from npm: see static/vendor/uplot/README.md.
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/vendor/uplot/uPlot.iife.min.js"),
+    ),
+    ("uPlot.min.css", "text/css; charset=utf-8", include_str!("../../static/vendor/uplot/uPlot.min.css")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../static/style.css")),
     ("favicon.svg", "image/svg+xml", include_str!("../../static/favicon.svg")),
     // The types of lorewire.js, for TypeScript clients (README "Browser client").

@@ -1,14 +1,14 @@
 //! The one structured-call path: the stored settings, a [`Prompt`] and a validator in; the
 //! validated value, the model that made it, the usage the provider reported and how it was
 //! repaired out, or the failure's code. The circuit breaker's permit, the calls, judging the
-//! answer, the one re-ask, the `upstream_calls` metric, the stored `last_error` and the
-//! redaction of the key all happen here and nowhere else.
+//! answer, the one re-ask, the `upstream_calls` and `upstream_call_seconds` metrics, the
+//! stored `last_error` and the redaction of the key all happen here and nowhere else.
 //!
 //! Repair before fallback: an answer the validator can salvage is accepted as salvaged; an
 //! answer it refuses (not JSON, a missing field, a field over its cap) is asked for once more,
 //! telling the model what was wrong. The pair of calls holds one permit and reports one outcome
 //! to the circuit breaker (the provider answered; a repaired answer is a success), while each
-//! call is counted in `upstream_calls`.
+//! call is counted in `upstream_calls` and timed in `upstream_call_seconds`.
 //!
 //! Knows nothing of what is asked (content, moods): the caller brings the prompt and the
 //! validator. Never holds a DB connection across the call.
@@ -147,7 +147,9 @@ impl Llm {
         request: &providers::UpstreamRequest,
         validate: &impl Fn(&str) -> Result<Checked<T>, OutputError>,
     ) -> Judged<T> {
+        let sent = std::time::Instant::now();
         let answer = client::send(&self.client, request, self.timeout).await;
+        self.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
         let judged = judge(provider, answer, validate);
         let label = match &judged {
             Judged::Valid(..) => "ok".to_owned(),

@@ -257,6 +257,10 @@ impl RunJob {
         }
         let cost = price.map(|p| p.cost(&usage)).unwrap_or(0);
 
+        // A cancelled stream lasted as long as its listeners, not as long as the provider took.
+        if !matches!(outcome.end, StreamEnd::Cancelled) {
+            self.metrics.upstream_seconds.observe(attempt_started.elapsed().as_secs_f64());
+        }
         let circuit_outcome = match &outcome.end {
             StreamEnd::Finished => circuit::Outcome::Success,
             StreamEnd::Cancelled if outcome.answered => circuit::Outcome::Success,

@@ -15,6 +15,8 @@ mod layers;
 mod llm;
 mod lobby;
 mod logs;
+mod metrics_history;
+mod monitoring;
 mod pages;
 mod process;
 mod repair;
