@@ -40,9 +40,13 @@ impl Price {
 /// The prices of one model in US dollars per million tokens, as the admin API shows and takes them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PriceUsd {
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub input_usd: f64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub output_usd: f64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub cache_read_usd: f64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub cache_write_usd: f64,
 }
 

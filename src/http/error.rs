@@ -106,8 +106,12 @@ impl ResponseError for ApiError {
     }
 }
 
-/// A JSON body as `T`, the error naming the field at fault (`limit_usd: invalid type: ...`).
+/// A JSON object body as `T`, the error naming the field at fault (`limit_usd: invalid type: ...`).
 pub fn typed_body<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+    // serde would also read a struct from an array of its fields in order.
+    if !body.is_object() {
+        return Err(ApiError::Invalid("the body must be a JSON object".into()));
+    }
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

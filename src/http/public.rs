@@ -81,9 +81,10 @@ pub async fn player(req: &HttpRequest, state: &AppState) -> Result<UserRow, ApiE
 pub struct ContentBody {
     kind: ContentKind,
     /// The game's own id of the quest template, event or NPC.
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     subject_id: u64,
-    /// At most 20 string values, keys up to 64 characters; each value is sanitized and capped
-    /// at 200 characters before it reaches a prompt.
+    /// At most 20 string values of up to 1000 characters, keys up to 64 characters; each value
+    /// is sanitized and capped at 200 characters before it reaches a prompt.
     #[serde(default)]
     #[schema(value_type = Option<HashMap<String, String>>)]
     context: Option<Value>,
@@ -123,7 +124,7 @@ pub async fn request_content(
 #[utoipa::path(get, path = "/api/content/{kind}/{subject_id}", tag = "content",
     params(
         ("kind" = ContentKind, Path, description = "quest, event or npc"),
-        ("subject_id" = u64, Path, description = "The game's own id of the item"),
+        ("subject_id" = u64, Path, description = "The game's own id of the item", maximum = 9_223_372_036_854_775_807_u64),
     ),
     security(("player_token" = [])),
     responses(

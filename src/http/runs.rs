@@ -36,12 +36,13 @@ const MAX_LIST: i64 = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerateBody {
     /// 1..64 letters, digits, `-`, `_`, `.` or `:`.
-    #[schema(example = "p1")]
+    #[schema(example = "p1", pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     project_id: String,
     /// WRITE, REWRITE or DESCRIBE.
     #[schema(value_type = runs::Action)]
     action: String,
-    /// 1..16000 characters.
+    /// 1..16000 characters, not only whitespace; no control characters but newlines and tabs.
+    #[schema(min_length = 1, max_length = 16000)]
     input: String,
     /// Run again even if an identical request has finished before.
     #[serde(default)]
@@ -184,9 +185,26 @@ fn sse_kind(text: &str) -> (String, bool) {
     (name, last)
 }
 
+/// One Server-Sent Event of a run: the frame's type without `run:`, and the frame's JSON.
+#[derive(Debug, ToSchema)]
+pub struct RunEvent {
+    /// `started`, `delta`, `done` or `error`.
+    #[schema(example = "delta")]
+    event: String,
+    /// The frame (`run:started`, `run:delta`, `run:done`, `run:error`) as on the WebSocket.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+impl RunEvent {
+    fn to_bytes(&self) -> Bytes {
+        Bytes::from(format!("event: {}\ndata: {}\n\n", self.event, self.data))
+    }
+}
+
 fn sse_event(text: &str) -> (Bytes, bool) {
-    let (name, last) = sse_kind(text);
-    (Bytes::from(format!("event: {name}\ndata: {text}\n\n")), last)
+    let (event, last) = sse_kind(text);
+    (RunEvent { event, data: text.to_owned() }.to_bytes(), last)
 }
 
 /// The run's frames as Server-Sent Events: the text so far, then live, until done or error.
@@ -196,7 +214,7 @@ fn sse_event(text: &str) -> (Bytes, bool) {
     responses(
         (status = 200, description = "Events `started`, `delta`, `done` and `error`, each with the JSON of the \
             frame of the same name (`run:started`, ...); the stream ends after `done` or `error`",
-            body = String, content_type = "text/event-stream"),
+            body = RunEvent, content_type = "text/event-stream"),
         (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 429, description = "The database is busy", body = ErrorBody),
@@ -282,6 +300,7 @@ struct SseState {
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     /// Only this project's runs.
+    #[param(pattern = "^[A-Za-z0-9._:-]{0,64}$")]
     project_id: Option<String>,
     /// Only runs with this status.
     #[param(value_type = Option<RunStatus>)]
@@ -296,6 +315,7 @@ pub struct RunsQuery {
 #[into_params(parameter_in = Query)]
 pub struct CostsQuery {
     /// Only this project's costs.
+    #[param(pattern = "^[A-Za-z0-9._:-]{0,64}$")]
     project_id: Option<String>,
     /// At most this many events, newest first (1..1000, default 1000).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
@@ -362,8 +382,8 @@ pub struct Budget {
 /// `PUT /admin/api/budgets/{project_id}`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BudgetBody {
-    /// US dollars, 0..1000000000.
-    #[schema(example = 12.5)]
+    /// US dollars.
+    #[schema(example = 12.5, minimum = 0, maximum = 1_000_000_000)]
     limit_usd: f64,
 }
 
@@ -470,7 +490,7 @@ fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_b
 
 /// A project's budget (a project without one shows what it has spent).
 #[utoipa::path(get, path = "/admin/api/budgets/{project_id}", tag = "admin",
-    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`")),
+    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The budget", body = Budget),
@@ -496,7 +516,7 @@ pub async fn get_budget(
 
 /// Set a project's spending limit (a new budget starts from what the project has spent).
 #[utoipa::path(put, path = "/admin/api/budgets/{project_id}", tag = "admin", request_body = BudgetBody,
-    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`")),
+    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The budget as stored now", body = Budget),
@@ -597,7 +617,7 @@ pub async fn get_prices(req: HttpRequest, state: web::Data<AppState>) -> Result<
 
 /// Set one model's prices per million tokens.
 #[utoipa::path(put, path = "/admin/api/prices/{model}", tag = "admin", request_body = PriceUsd,
-    params(("model" = String, Path, description = "The model name, 1..200 characters without control characters")),
+    params(("model" = String, Path, description = "The model name, 1..200 characters without control characters", min_length = 1, max_length = 200)),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The model's prices as stored now, under its name", body = BTreeMap<String, PriceUsd>),
