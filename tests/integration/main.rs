@@ -14,6 +14,7 @@ mod jobs;
 mod layers;
 mod llm;
 mod lobby;
+mod openapi;
 mod process;
 mod runs;
 mod runs_limits;
