@@ -58,7 +58,7 @@ pub struct UserView {
 
 /// Users, most recently seen first, with first / last seen, variant, message count and
 /// whether they are online now.
-#[utoipa::path(get, path = "/admin/api/users", tag = "admin", params(UsersQuery),
+#[utoipa::path(get, path = "/admin/api/users", tag = "admin", operation_id = "admin_users", params(UsersQuery),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of users", body = UsersPage),
@@ -197,7 +197,7 @@ pub fn retention(days: &[(i64, String)], today: NaiveDate, n: u64) -> Retention 
 }
 
 /// Users, online, messages, D1 and D7 retention, content and runs by status, the circuit and spend.
-#[utoipa::path(get, path = "/admin/api/metrics/summary", tag = "admin",
+#[utoipa::path(get, path = "/admin/api/metrics/summary", tag = "admin", operation_id = "metrics_summary",
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The summary", body = Summary),

@@ -86,7 +86,7 @@ pub fn document_json() -> &'static str {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "public",
+#[utoipa::path(get, path = "/api/openapi.json", tag = "public", operation_id = "openapi_document",
     responses((status = 200, description = "The OpenAPI 3.1 description of every REST route", body = Object)))]
 pub async fn document() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(document_json())

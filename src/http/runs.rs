@@ -57,12 +57,15 @@ pub struct RunAccepted {
     /// Runs ahead of it in the queue.
     position: i64,
     /// A guess of the wait until it starts (queued runs only).
+    #[schema(nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     estimated_ms: Option<i64>,
     /// Answered from the stored text of an identical run, at no cost.
+    #[schema(nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cached: Option<bool>,
     /// `dead` when no API key is configured.
+    #[schema(nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<RunStatus>,
 }
