@@ -262,7 +262,6 @@ async fn fuzz(app: &TestApp, player_token: &str, run_id: &str, paths: (&str, &st
     // Blocking here would stall the server's actors, which run on this thread.
     let out = actix_web::rt::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("st runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
     assert!(
         out.status.success(),
         "schemathesis found problems ({filter} {regex}):\n{stdout}\n{}",
