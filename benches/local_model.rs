@@ -142,6 +142,14 @@ async fn content(app: &TestApp) {
         let key = (item["kind"].as_str().unwrap().to_owned(), item["subject_id"].as_u64().unwrap());
         let Some(sent) = pending.remove(&key) else { continue };
         times.push(sent.elapsed());
+        eprintln!(
+            "  {} {}: {} {} after {:.1} s",
+            key.0,
+            key.1,
+            item["status"].as_str().unwrap_or("?"),
+            item["reason"].as_str().unwrap_or(""),
+            sent.elapsed().as_secs_f64()
+        );
         if item["status"] == "ready" {
             ready += 1;
             sample.get_or_insert_with(|| item["fields"].clone());
@@ -232,6 +240,7 @@ async fn runs(app: &TestApp) {
         let frame = wait_for(&mut ws, |f| f["type"] == "run:done" || f["type"] == "run:error").await;
         let Some(at) = started.remove(frame["run_id"].as_str().unwrap()) else { continue };
         times.push(at.elapsed());
+        eprintln!("  run {}: {} after {:.1} s", frame["run_id"], frame["type"], at.elapsed().as_secs_f64());
         if frame["type"] == "run:done" {
             done += 1;
             chars += frame["text"].as_str().unwrap().chars().count();

@@ -139,7 +139,7 @@ impl Handler<GetHistory> for History {
 /// `GET /admin/api/metrics/history`: one entry of `t` (unix seconds) per point, and every series
 /// as long as `t`. Rates are per minute over the time since the point before (at least one
 /// interval); `null` where there is nothing to tell (no upstream call to time, the store not read).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HistoryView {
     pub interval_secs: f64,
     pub t: Vec<f64>,
@@ -147,7 +147,7 @@ pub struct HistoryView {
 }
 
 /// The charts' series, parallel to `t`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct HistorySeries {
     /// Content items finished `ready` / `fallback`, per minute.
     pub content_ready_per_min: Vec<Option<f64>>,

@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use super::answer::{close_truncated, cut_at_sentence, json_body, type_name, Checked, Closed, OutputError};
 use super::context::Context;
 pub use super::status::Status as ContentStatus;
 
 /// The kind of a content item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentKind {
     Quest,
@@ -315,15 +316,22 @@ impl std::fmt::Display for FallbackReason {
 }
 
 /// A content item as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Content {
     pub kind: ContentKind,
+    /// The game's own id of the quest template, event or NPC.
     pub subject_id: u64,
     pub status: ContentStatus,
+    /// quest `flavorText`, `hookText`; event `announcementText`, `resolutionText`; npc
+    /// `greeting`, `personalityNote` (empty while pending).
+    #[schema(value_type = HashMap<String, String>)]
     pub fields: Map<String, Value>,
+    /// The model that wrote it (when ready).
     pub model: Option<String>,
+    /// Why it fell back: `no_config`, `circuit_open`, `rate_limited`, `api_error_<status>`, ...
     pub reason: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Starts at 1 and increases with every change of the item.
     pub version: i64,
 }
 

@@ -1,7 +1,8 @@
 //! Money: integer micro-dollars, per-model prices per million tokens, and dollar amounts at the
 //! JSON edge. Pure arithmetic; never rounds a charge down.
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::runs::Usage;
 
@@ -34,13 +35,40 @@ impl Price {
         let per_token = Price { input: dearest_input, output: self.output, cache_read: 0, cache_write: 0 };
         per_token.cost(&Usage { input_tokens: prompt_tokens, output_tokens: max_output, ..Usage::default() })
     }
+}
 
-    pub fn to_json(&self) -> Value {
-        json!({
-            "input_usd": usd(self.input),
-            "output_usd": usd(self.output),
-            "cache_read_usd": usd(self.cache_read),
-            "cache_write_usd": usd(self.cache_write),
+/// The prices of one model in US dollars per million tokens, as the admin API shows and takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PriceUsd {
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub input_usd: f64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub output_usd: f64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub cache_read_usd: f64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub cache_write_usd: f64,
+}
+
+impl From<&Price> for PriceUsd {
+    fn from(p: &Price) -> Self {
+        PriceUsd {
+            input_usd: usd(p.input),
+            output_usd: usd(p.output),
+            cache_read_usd: usd(p.cache_read),
+            cache_write_usd: usd(p.cache_write),
+        }
+    }
+}
+
+impl PriceUsd {
+    /// The price in micro-dollars; the error names the amount at fault.
+    pub fn to_price(&self) -> Result<Price, String> {
+        Ok(Price {
+            input: parse_usd(self.input_usd, "input_usd")?,
+            output: parse_usd(self.output_usd, "output_usd")?,
+            cache_read: parse_usd(self.cache_read_usd, "cache_read_usd")?,
+            cache_write: parse_usd(self.cache_write_usd, "cache_write_usd")?,
         })
     }
 }
@@ -50,11 +78,8 @@ pub fn usd(micros: i64) -> f64 {
     micros as f64 / MICROS as f64
 }
 
-/// A dollar amount from JSON as micro-dollars: a finite, non-negative number up to one billion.
-pub fn parse_usd(value: &Value, field: &str) -> Result<i64, String> {
-    let Some(n) = value.as_f64() else {
-        return Err(format!("`{field}` must be a number of US dollars, e.g. 12.5"));
-    };
+/// A dollar amount as micro-dollars: a finite, non-negative number up to one billion.
+pub fn parse_usd(n: f64, field: &str) -> Result<i64, String> {
     if !n.is_finite() || n < 0.0 {
         return Err(format!("`{field}` must be zero or more"));
     }
@@ -84,10 +109,12 @@ mod tests {
 
     #[test]
     fn usd_parsing_refuses_bad_amounts() {
-        assert_eq!(parse_usd(&json!(1.5), "limit_usd"), Ok(1_500_000));
-        assert_eq!(parse_usd(&json!(0), "limit_usd"), Ok(0));
-        assert!(parse_usd(&json!(-1), "limit_usd").is_err());
-        assert!(parse_usd(&json!("5"), "limit_usd").is_err());
-        assert!(parse_usd(&json!(null), "limit_usd").is_err());
+        assert_eq!(parse_usd(1.5, "limit_usd"), Ok(1_500_000));
+        assert_eq!(parse_usd(0.0, "limit_usd"), Ok(0));
+        assert!(parse_usd(-1.0, "limit_usd").unwrap_err().contains("limit_usd"));
+        assert!(parse_usd(f64::NAN, "limit_usd").is_err());
+        assert!(parse_usd(2e9, "limit_usd").is_err());
+        let price = PriceUsd { input_usd: 1.0, output_usd: -2.0, cache_read_usd: 0.1, cache_write_usd: 1.25 };
+        assert!(price.to_price().unwrap_err().contains("output_usd"));
     }
 }

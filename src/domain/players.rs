@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 pub const MAX_NICKNAME_CHARS: usize = 32;
 
 /// The A/B group of a player: `control` when `user_id` is even, `treatment` when odd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     Control,

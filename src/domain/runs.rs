@@ -4,14 +4,14 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Longest accepted `input`, in characters (a frame is at most 64 KiB).
 pub const MAX_INPUT_CHARS: usize = 16_000;
 /// Longest accepted `project_id`.
 pub const MAX_PROJECT_CHARS: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Action {
     Write,
@@ -46,7 +46,7 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Queued,
@@ -123,7 +123,7 @@ impl std::fmt::Display for RunErrorCode {
 /// Tokens one attempt (or a whole run) consumed. `input_tokens` excludes cache reads and
 /// cache writes, so each count is priced once at its own rate (OpenAI's `input_tokens`
 /// include `cached_tokens`; the parsers subtract them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -197,7 +197,8 @@ pub fn validate_project_id(project_id: &str) -> Result<String, String> {
 }
 
 /// A run as REST clients see it (README "Generation runs").
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Run)]
 pub struct RunView {
     pub run_id: String,
     pub project_id: String,
@@ -208,9 +209,18 @@ pub struct RunView {
     pub usage: Usage,
     pub cost_usd: f64,
     pub text: String,
-    pub error: Option<Value>,
+    /// Why the run ended without its text; null while it has not.
+    pub error: Option<RunFailure>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The error of a run that ended without its text: a `run:error` code and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RunFailure {
+    /// `no_config`, `aborted`, `budget_exceeded`, `api_error_<status>`, `network_error`, ...
+    pub code: String,
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! job commits, then ready (the model's answer) or fallback. Pure; never does I/O.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = ContentStatus)]
 pub enum Status {
     Pending,
     Ready,

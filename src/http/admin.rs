@@ -2,12 +2,15 @@
 //! Every route checks the admin bearer token in constant time (401 without, 403 wrong).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::ToSchema;
 
 use super::bearer;
-use super::error::ApiError;
+use super::error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::providers::Provider;
 use crate::state::AppState;
@@ -35,18 +38,74 @@ fn last4(key: &str) -> Option<String> {
     (chars.len() >= 8).then(|| chars[chars.len() - 4..].iter().collect())
 }
 
-fn llm_view(row: &LlmConfigRow, circuit: &CircuitSnapshot) -> Value {
+/// The LLM settings as admins see them: the key only as whether it is set and its last 4 characters.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LlmView {
+    #[schema(schema_with = provider_schema)]
+    provider: String,
+    model: String,
+    base_url: String,
+    api_key_set: bool,
+    /// The key's last 4 characters; null when it is unset or shorter than 8.
+    api_key_last4: Option<String>,
+    /// The last upstream answer an admin must fix (a 401 or 403), if any.
+    last_error: Option<String>,
+    circuit: CircuitSnapshot,
+    /// Set when no call can be made (no key, and no model server of one's own): the one
+    /// sentence saying every content item will fall back with `no_config`.
+    notice: Option<&'static str>,
+}
+
+/// The circuit after a reset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CircuitReply {
+    circuit: CircuitSnapshot,
+}
+
+/// `PUT /admin/api/llm`: any of the settings; a field left out keeps its value.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LlmSettingsBody {
+    /// Switching provider also switches a model or base URL still at the old provider's default.
+    #[serde(default)]
+    #[schema(schema_with = provider_schema, required = false)]
+    provider: Option<String>,
+    /// 1..200 characters without control characters.
+    #[serde(default)]
+    model: Option<String>,
+    /// An http(s) URL of at most 500 characters: the API root as the provider's SDKs take it.
+    #[serde(default)]
+    base_url: Option<String>,
+    /// The new key (write-only); null or empty removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    api_key: Option<Option<String>>,
+}
+
+/// A field that is present (`Some`, maybe null) as opposed to left out (`None`, by default).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The provider names, from the providers themselves.
+fn provider_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Provider::ALL.iter().map(|p| p.as_str())))
+        .description(Some("anthropic (Messages API), openai (Responses API) or openai-chat (Chat Completions)"))
+}
+
+fn llm_view(row: &LlmConfigRow, circuit: CircuitSnapshot) -> LlmView {
     let key = row.api_key.as_deref().filter(|k| !k.is_empty());
-    json!({
-        "provider": row.provider,
-        "model": row.model,
-        "base_url": row.base_url,
-        "api_key_set": key.is_some(),
-        "api_key_last4": key.and_then(last4),
-        "last_error": row.last_error,
-        "circuit": circuit,
-        "notice": crate::llm::credentials::no_config_notice(row),
-    })
+    LlmView {
+        provider: row.provider.clone(),
+        model: row.model.clone(),
+        base_url: row.base_url.clone(),
+        api_key_set: key.is_some(),
+        api_key_last4: key.and_then(last4),
+        last_error: row.last_error.clone(),
+        circuit,
+        notice: crate::llm::credentials::no_config_notice(row),
+    }
 }
 
 async fn circuit_snapshot(state: &AppState) -> Result<CircuitSnapshot, ApiError> {
@@ -57,27 +116,30 @@ async fn stored_config(state: &AppState) -> Result<LlmConfigRow, ApiError> {
     state.store.run(llm_config::get).await?.ok_or(ApiError::Internal)
 }
 
+/// The LLM settings and the circuit.
+#[utoipa::path(get, path = "/admin/api/llm", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The settings and the circuit", body = LlmView),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn get_llm(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let row = stored_config(&state).await?;
     let circuit = circuit_snapshot(&state).await?;
-    Ok(HttpResponse::Ok().json(llm_view(&row, &circuit)))
-}
-
-fn string_field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match body.get(name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(ApiError::Invalid(format!("`{name}` must be a string"))),
-    }
+    Ok(HttpResponse::Ok().json(llm_view(&row, circuit)))
 }
 
 /// Validates a PUT body against the stored settings. Switching provider also switches a
 /// model or base URL still at the old provider's default.
-fn settings_change(body: &Map<String, Value>, stored: &LlmConfigRow) -> Result<SettingsChange, ApiError> {
+fn settings_change(body: &LlmSettingsBody, stored: &LlmConfigRow) -> Result<SettingsChange, ApiError> {
     let mut change = SettingsChange::default();
     let old_provider: Option<Provider> = stored.provider.parse().ok();
-    let provider = match string_field(body, "provider")? {
+    let provider = match body.provider.as_deref() {
         Some(p) => Some(p.parse::<Provider>().map_err(ApiError::Invalid)?),
         None => None,
     };
@@ -92,7 +154,7 @@ fn settings_change(body: &Map<String, Value>, stored: &LlmConfigRow) -> Result<S
             }
         }
     }
-    if let Some(model) = string_field(body, "model")? {
+    if let Some(model) = body.model.as_deref() {
         let model = model.trim();
         if model.is_empty() || model.chars().count() > MAX_MODEL_CHARS || model.chars().any(char::is_control) {
             return Err(ApiError::Invalid(format!(
@@ -101,7 +163,7 @@ fn settings_change(body: &Map<String, Value>, stored: &LlmConfigRow) -> Result<S
         }
         change.model = Some(model.to_owned());
     }
-    if let Some(base_url) = string_field(body, "base_url")? {
+    if let Some(base_url) = body.base_url.as_deref() {
         let base_url = base_url.trim();
         let parsed =
             url::Url::parse(base_url).map_err(|e| ApiError::Invalid(format!("`base_url` is not a URL: {e}")))?;
@@ -112,10 +174,10 @@ fn settings_change(body: &Map<String, Value>, stored: &LlmConfigRow) -> Result<S
         }
         change.base_url = Some(base_url.trim_end_matches('/').to_owned());
     }
-    match body.get("api_key") {
+    match &body.api_key {
         None => {}
-        Some(Value::Null) => change.api_key = Some(None),
-        Some(Value::String(key)) => {
+        Some(None) => change.api_key = Some(None),
+        Some(Some(key)) => {
             let key = key.trim();
             if key.chars().count() > MAX_API_KEY_CHARS || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 return Err(ApiError::Invalid(format!(
@@ -124,20 +186,29 @@ fn settings_change(body: &Map<String, Value>, stored: &LlmConfigRow) -> Result<S
             }
             change.api_key = Some((!key.is_empty()).then(|| key.to_owned()));
         }
-        Some(_) => return Err(ApiError::Invalid("`api_key` must be a string or null".into())),
     }
     Ok(change)
 }
 
+/// Change any of the LLM settings.
+#[utoipa::path(put, path = "/admin/api/llm", tag = "admin", request_body = LlmSettingsBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The settings as stored now", body = LlmView),
+        (status = 400, description = "A setting is not valid; nothing was changed", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn put_llm(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let Value::Object(body) = body.into_inner() else {
-        return Err(ApiError::Invalid("the body must be a JSON object".into()));
-    };
+    let body: LlmSettingsBody = typed_body(body.into_inner())?;
     let stored = stored_config(&state).await?;
     let change = settings_change(&body, &stored)?;
     let now = state.clock.now_naive();
@@ -145,13 +216,22 @@ pub async fn put_llm(
     tracing::info!(provider = %row.provider, model = %row.model, base_url = %row.base_url,
         api_key_set = row.api_key.is_some(), "LLM settings changed by admin");
     let circuit = circuit_snapshot(&state).await?;
-    Ok(HttpResponse::Ok().json(llm_view(&row, &circuit)))
+    Ok(HttpResponse::Ok().json(llm_view(&row, circuit)))
 }
 
+/// Close the circuit now.
+#[utoipa::path(post, path = "/admin/api/llm/circuit/reset", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The circuit, closed", body = CircuitReply),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn reset_circuit(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let circuit = state.circuit.send(Reset).await.map_err(|_| ApiError::Internal)?;
-    Ok(HttpResponse::Ok().json(json!({ "circuit": circuit })))
+    Ok(HttpResponse::Ok().json(CircuitReply { circuit }))
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::{Failure, StoreError};
 
@@ -30,6 +31,18 @@ pub enum ApiError {
     Conflict(String),
     #[error("internal error")]
     Internal,
+}
+
+/// Every REST error: a machine-readable code and a message for people.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// `invalid_payload`, `unauthorized`, `forbidden`, `not_found`, `budget_exceeded`,
+    /// `overloaded`, `conflict`, `unavailable` or `internal`.
+    #[schema(example = "not_found")]
+    pub error: &'static str,
+    #[schema(example = "no run `run_x`")]
+    pub message: String,
 }
 
 impl ApiError {
@@ -89,6 +102,19 @@ impl ResponseError for ApiError {
             ApiError::Internal => "something went wrong on our side".to_owned(),
             other => other.to_string(),
         };
-        HttpResponse::build(self.status_code()).json(json!({"error": self.code(), "message": message}))
+        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.code(), message })
     }
+}
+
+/// A JSON object body as `T`, the error naming the field at fault (`limit_usd: invalid type: ...`).
+pub fn typed_body<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+    // serde would also read a struct from an array of its fields in order.
+    if !body.is_object() {
+        return Err(ApiError::Invalid("the body must be a JSON object".into()));
+    }
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::Invalid(if path == "." { inner.to_string() } else { format!("`{path}`: {inner}") })
+    })
 }

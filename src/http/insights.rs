@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::admin::authorize;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::domain::content::ContentStatus;
 use crate::domain::players::Variant;
 use crate::history::{GetHistory, HistoryView};
-use crate::llm::circuit::GetSnapshot;
+use crate::llm::circuit::{CircuitSnapshot, GetSnapshot};
 use crate::lobby::OnlineUsers;
 use crate::runs::{usd, RunStatus};
 use crate::state::AppState;
@@ -23,14 +23,54 @@ use crate::store::{billing, content as content_rows, jobs, messages, runs as run
 const DEFAULT_USERS_LIMIT: i64 = 100;
 const MAX_USERS_LIMIT: i64 = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsersQuery {
+    /// At most this many (1..1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Skip this many (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
+}
+
+/// A page of users, most recently seen first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsersPage {
+    /// Every user there is.
+    total: i64,
+    limit: i64,
+    offset: i64,
+    users: Vec<UserView>,
+}
+
+/// A user as admins see them.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = User)]
+pub struct UserView {
+    user_id: i64,
+    nickname: String,
+    variant: Variant,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    message_count: i64,
+    /// In the lobby now.
+    online: bool,
 }
 
 /// Users, most recently seen first, with first / last seen, variant, message count and
 /// whether they are online now.
+#[utoipa::path(get, path = "/admin/api/users", tag = "admin", operation_id = "admin_users", params(UsersQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of users", body = UsersPage),
+        (status = 400, description = "`limit` or `offset` out of range", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn users(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -56,21 +96,19 @@ pub async fn users(
         })
         .await?;
     let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?;
-    let users: Vec<Value> = page
+    let users = page
         .into_iter()
-        .map(|(id, nickname, created_at, last_seen_at)| {
-            json!({
-                "user_id": id,
-                "nickname": nickname,
-                "variant": Variant::of(id),
-                "first_seen": DateTime::<Utc>::from_naive_utc_and_offset(created_at, Utc),
-                "last_seen": DateTime::<Utc>::from_naive_utc_and_offset(last_seen_at, Utc),
-                "message_count": counts.get(&id).copied().unwrap_or(0),
-                "online": online.contains(&id),
-            })
+        .map(|(id, nickname, created_at, last_seen_at)| UserView {
+            user_id: id,
+            nickname,
+            variant: Variant::of(id),
+            first_seen: DateTime::<Utc>::from_naive_utc_and_offset(created_at, Utc),
+            last_seen: DateTime::<Utc>::from_naive_utc_and_offset(last_seen_at, Utc),
+            message_count: counts.get(&id).copied().unwrap_or(0),
+            online: online.contains(&id),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"total": total, "limit": limit, "offset": offset, "users": users})))
+    Ok(HttpResponse::Ok().json(UsersPage { total, limit, offset, users }))
 }
 
 /// D1 / D7 retention over the users whose D+n day has ended.
@@ -85,9 +123,54 @@ impl Retention {
     pub fn rate(&self) -> Option<f64> {
         (self.eligible > 0).then(|| self.retained as f64 / self.eligible as f64)
     }
-    fn to_json(self) -> Value {
-        json!({"eligible": self.eligible, "retained": self.retained, "rate": self.rate()})
+}
+
+/// A retention figure with what it is made of.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetentionView {
+    /// Users whose D+n day has ended.
+    eligible: u64,
+    /// Of those, the users seen on day D+n.
+    retained: u64,
+    /// retained / eligible; null with no eligible user.
+    rate: Option<f64>,
+}
+
+impl From<Retention> for RetentionView {
+    fn from(r: Retention) -> Self {
+        RetentionView { eligible: r.eligible, retained: r.retained, rate: r.rate() }
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetentionPair {
+    d1: RetentionView,
+    d7: RetentionView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Spend {
+    total_usd: f64,
+}
+
+/// The game at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Summary {
+    users: i64,
+    /// Users in the lobby now.
+    online: usize,
+    messages: i64,
+    d1_retention: Option<f64>,
+    d7_retention: Option<f64>,
+    retention: RetentionPair,
+    /// Content items by status (`pending`, `ready`, `fallback`).
+    content: BTreeMap<String, i64>,
+    /// Runs by status (`queued`, `running`, `done`, `dead`, `aborted`).
+    runs: BTreeMap<String, i64>,
+    circuit: CircuitSnapshot,
+    spend: Spend,
+    /// Jobs waiting to run.
+    queue_depth: i64,
 }
 
 /// Retention at day `n` from `(user_id, "YYYY-MM-DD")` rows: a user first seen on UTC day D
@@ -115,6 +198,17 @@ pub fn retention(days: &[(i64, String)], today: NaiveDate, n: u64) -> Retention 
     result
 }
 
+/// Users, online, messages, D1 and D7 retention, content and runs by status, the circuit and spend.
+#[utoipa::path(get, path = "/admin/api/metrics/summary", tag = "admin", operation_id = "metrics_summary",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The summary", body = Summary),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let (users, message_count, content, days, depth, runs, spent) = state
@@ -136,36 +230,38 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     let today = state.clock.now_naive().date();
     let d1 = retention(&days, today, 1);
     let d7 = retention(&days, today, 7);
-    let mut by_status = Map::new();
-    for status in ContentStatus::ALL {
-        by_status.insert(status.as_str().into(), json!(0));
-    }
-    for (status, count) in content {
-        by_status.insert(status, json!(count));
-    }
-    let mut runs_by_status = Map::new();
-    for status in [RunStatus::Queued, RunStatus::Running, RunStatus::Done, RunStatus::Dead, RunStatus::Aborted] {
-        runs_by_status.insert(status.as_str().into(), json!(0));
-    }
-    for (status, count) in runs {
-        runs_by_status.insert(status, json!(count));
-    }
-    Ok(HttpResponse::Ok().json(json!({
-        "users": users,
-        "online": online,
-        "messages": message_count,
-        "d1_retention": d1.rate(),
-        "d7_retention": d7.rate(),
-        "retention": {"d1": d1.to_json(), "d7": d7.to_json()},
-        "content": by_status,
-        "runs": runs_by_status,
-        "circuit": circuit,
-        "spend": {"total_usd": usd(spent)},
-        "queue_depth": depth,
-    })))
+    let mut by_status: BTreeMap<String, i64> = ContentStatus::ALL.iter().map(|s| (s.as_str().into(), 0)).collect();
+    by_status.extend(content);
+    let mut runs_by_status: BTreeMap<String, i64> =
+        [RunStatus::Queued, RunStatus::Running, RunStatus::Done, RunStatus::Dead, RunStatus::Aborted]
+            .iter()
+            .map(|s| (s.as_str().into(), 0))
+            .collect();
+    runs_by_status.extend(runs);
+    Ok(HttpResponse::Ok().json(Summary {
+        users,
+        online,
+        messages: message_count,
+        d1_retention: d1.rate(),
+        d7_retention: d7.rate(),
+        retention: RetentionPair { d1: d1.into(), d7: d7.into() },
+        content: by_status,
+        runs: runs_by_status,
+        circuit,
+        spend: Spend { total_usd: usd(spent) },
+        queue_depth: depth,
+    }))
 }
 
 /// The last hour, sampled every 10 s, ending with the values now (the dashboard's charts).
+#[utoipa::path(get, path = "/admin/api/metrics/history", tag = "admin", operation_id = "metrics_history",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The last hour: `t` (unix seconds) and every series as long as `t`", body = HistoryView),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<web::Json<HistoryView>, ApiError> {
     authorize(&req, &state)?;
     // A chart with a gap beats no charts: an unreadable queue depth is `null`, not an error.

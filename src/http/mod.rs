@@ -5,17 +5,83 @@
 pub mod admin;
 pub mod error;
 pub mod insights;
+pub mod openapi;
 pub mod pages;
 pub mod public;
 pub mod request_log;
 pub mod runs;
 
-use actix_web::{error::JsonPayloadError, web, HttpRequest};
+use actix_web::http::Method;
+use actix_web::{error::JsonPayloadError, web, FromRequest, Handler, HttpRequest, Responder};
 
 use self::error::ApiError;
 
 /// Largest JSON body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// One route of this edge: its method, its whole path and its handler.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    route: actix_web::Route,
+}
+
+fn at<F, Args>(method: Method, path: &'static str, handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    Endpoint { route: web::method(method.clone()).to(handler), method, path }
+}
+
+/// A page or asset: `GET`, and `HEAD` answering the same headers without the body (actix drops
+/// a HEAD response's body).
+fn page<F, Args>(path: &'static str, handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let get_or_head = actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head());
+    Endpoint { route: web::route().guard(get_or_head).to(handler), method: Method::GET, path }
+}
+
+/// Every route this edge serves: `routes` registers exactly these, and a test checks each
+/// against the OpenAPI document (`openapi.rs`), so a route cannot be added undescribed.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        at(Method::GET, "/health", public::health),
+        at(Method::GET, "/ready", public::ready),
+        at(Method::GET, "/metrics", public::metrics),
+        page("/", pages::index),
+        page("/admin", pages::admin),
+        page("/favicon.ico", pages::favicon),
+        page("/static/{name}", pages::asset),
+        // Player routes (player token), except the document itself.
+        at(Method::GET, "/api/openapi.json", openapi::document),
+        at(Method::POST, "/api/content", public::request_content),
+        at(Method::GET, "/api/content/{kind}/{subject_id}", public::get_content),
+        at(Method::POST, "/api/generate", runs::generate),
+        at(Method::GET, "/api/runs/{run_id}", runs::get_run),
+        at(Method::GET, "/api/runs/{run_id}/events", runs::run_events),
+        // Admin routes (admin token).
+        at(Method::GET, "/admin/api/llm", admin::get_llm),
+        at(Method::PUT, "/admin/api/llm", admin::put_llm),
+        at(Method::POST, "/admin/api/llm/circuit/reset", admin::reset_circuit),
+        at(Method::GET, "/admin/api/runs", runs::admin_runs),
+        at(Method::GET, "/admin/api/costs", runs::admin_costs),
+        at(Method::GET, "/admin/api/budgets/{project_id}", runs::get_budget),
+        at(Method::PUT, "/admin/api/budgets/{project_id}", runs::put_budget),
+        at(Method::GET, "/admin/api/dead-letters", runs::dead_letters),
+        at(Method::POST, "/admin/api/dead-letters/{run_id}/retry", runs::retry_dead_letter),
+        at(Method::GET, "/admin/api/prices", runs::get_prices),
+        at(Method::PUT, "/admin/api/prices/{model}", runs::put_price),
+        at(Method::GET, "/admin/api/users", insights::users),
+        at(Method::GET, "/admin/api/metrics/summary", insights::summary),
+        at(Method::GET, "/admin/api/metrics/history", insights::history),
+    ]
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
@@ -24,47 +90,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .error_handler(|e: JsonPayloadError, _| ApiError::Invalid(json_error(&e)).into()),
     )
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
-    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
-    .route("/health", web::get().to(public::health))
-    .route("/ready", web::get().to(public::ready))
-    .route("/metrics", web::get().to(public::metrics))
-    .route("/", get_or_head().to(pages::index))
-    .route("/admin", get_or_head().to(pages::admin))
-    .route("/favicon.ico", get_or_head().to(pages::favicon))
-    .route("/static/{name}", get_or_head().to(pages::asset))
-    .service(
-        web::scope("/api")
-            .route("/content", web::post().to(public::request_content))
-            .route("/content/{kind}/{subject_id}", web::get().to(public::get_content))
-            .route("/generate", web::post().to(runs::generate))
-            .route("/runs/{run_id}", web::get().to(runs::get_run))
-            .route("/runs/{run_id}/events", web::get().to(runs::run_events)),
-    )
-    .service(
-        web::scope("/admin/api")
-            .route("/llm", web::get().to(admin::get_llm))
-            .route("/llm", web::put().to(admin::put_llm))
-            .route("/llm/circuit/reset", web::post().to(admin::reset_circuit))
-            .route("/runs", web::get().to(runs::admin_runs))
-            .route("/costs", web::get().to(runs::admin_costs))
-            .route("/budgets/{project_id}", web::get().to(runs::get_budget))
-            .route("/budgets/{project_id}", web::put().to(runs::put_budget))
-            .route("/dead-letters", web::get().to(runs::dead_letters))
-            .route("/dead-letters/{run_id}/retry", web::post().to(runs::retry_dead_letter))
-            .route("/prices", web::get().to(runs::get_prices))
-            .route("/prices/{model}", web::put().to(runs::put_price))
-            .route("/users", web::get().to(insights::users))
-            .route("/metrics/summary", web::get().to(insights::summary))
-            .route("/metrics/history", web::get().to(insights::history)),
-    )
-    .default_service(web::to(|| async {
+    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()));
+    for endpoint in endpoints() {
+        cfg.route(endpoint.path, endpoint.route);
+    }
+    cfg.default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
     }));
-}
-
-/// A route for `GET` and `HEAD` (actix sends a HEAD response's headers without its body).
-fn get_or_head() -> actix_web::Route {
-    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 fn json_error(e: &JsonPayloadError) -> String {

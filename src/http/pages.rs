@@ -46,10 +46,16 @@ fn page(body: &'static str) -> HttpResponse {
         .body(body)
 }
 
+/// The browser client.
+#[utoipa::path(get, path = "/", tag = "pages", operation_id = "client_page",
+    responses((status = 200, description = "The browser client's page", body = String, content_type = "text/html; charset=utf-8")))]
 pub async fn index() -> HttpResponse {
     page(INDEX)
 }
 
+/// The admin dashboard (it asks for the admin token itself).
+#[utoipa::path(get, path = "/admin", tag = "pages", operation_id = "admin_page",
+    responses((status = 200, description = "The admin dashboard's page", body = String, content_type = "text/html; charset=utf-8")))]
 pub async fn admin() -> HttpResponse {
     page(ADMIN)
 }

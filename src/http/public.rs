@@ -4,21 +4,39 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::bearer;
-use super::error::ApiError;
-use crate::content::{self, ContentKind};
+use super::error::{ApiError, ErrorBody};
+use crate::content::{self, Content, ContentKind};
 use crate::players;
 use crate::state::AppState;
 use crate::store::users::UserRow;
 use crate::store::ProbeFailed;
 
-pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+/// What `/health` and `/ready` answer when all is well.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceStatus {
+    /// `ok` (health) or `ready` (readiness).
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
+/// The process serves.
+#[utoipa::path(get, path = "/health", tag = "public",
+    responses((status = 200, description = "The process serves", body = ServiceStatus)))]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(ServiceStatus { status: "ok" })
+}
+
+/// The database answers and takes a write, and the server is not shutting down.
+#[utoipa::path(get, path = "/ready", tag = "public",
+    responses(
+        (status = 200, description = "Ready to serve", body = ServiceStatus),
+        (status = 503, description = "The database refuses writes or does not answer, or the server is shutting down", body = ErrorBody),
+    ))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.is_shutting_down() {
         return Err(ApiError::Unavailable("the server is shutting down".into()));
@@ -33,9 +51,13 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             return Err(ApiError::Unavailable("the database refuses writes".into()));
         }
     }
-    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(ServiceStatus { status: "ready" }))
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "public",
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Queue depth lives in the database; a scrape still answers when it cannot be read.
     match state.store.run(crate::store::jobs::depth).await {
@@ -54,16 +76,34 @@ pub async fn player(req: &HttpRequest, state: &AppState) -> Result<UserRow, ApiE
         .ok_or_else(|| ApiError::Unauthorized("unknown player token; start a session to get one".into()))
 }
 
-#[derive(Debug, Deserialize)]
+/// A `content:request` without `type`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentBody {
     kind: ContentKind,
+    /// The game's own id of the quest template, event or NPC.
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     subject_id: u64,
+    /// At most 20 string values of up to 1000 characters, keys up to 64 characters; each value
+    /// is sanitized and capped at 200 characters before it reaches a prompt.
     #[serde(default)]
+    #[schema(value_type = Option<HashMap<String, String>>)]
     context: Option<Value>,
+    /// Write the item again even if it exists.
     #[serde(default)]
     regenerate: bool,
 }
 
+/// Request a content item: answered at once with the item as it is (pending while it is written).
+#[utoipa::path(post, path = "/api/content", tag = "content", request_body = ContentBody,
+    security(("player_token" = [])),
+    responses(
+        (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
+        (status = 400, description = "The body is not a valid content request", body = ErrorBody),
+        (status = 401, description = "No or unknown player token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn request_content(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -80,6 +120,22 @@ pub async fn request_content(
     Ok(HttpResponse::Accepted().json(content))
 }
 
+/// A content item.
+#[utoipa::path(get, path = "/api/content/{kind}/{subject_id}", tag = "content",
+    params(
+        ("kind" = ContentKind, Path, description = "quest, event or npc"),
+        ("subject_id" = u64, Path, description = "The game's own id of the item", maximum = 9_223_372_036_854_775_807_u64),
+    ),
+    security(("player_token" = [])),
+    responses(
+        (status = 200, description = "The item", body = Content),
+        (status = 400, description = "Unknown kind or a subject_id that is not an unsigned integer", body = ErrorBody),
+        (status = 401, description = "No or unknown player token", body = ErrorBody),
+        (status = 404, description = "No such item", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn get_content(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -2,21 +2,24 @@
 //! Server-Sent Events, and the admin runs, costs, budgets, dead letters and prices.
 //! Handlers stay thin: parse, authorize, call the run service or the store, map errors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use bytestring::ByteString;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::admin::authorize;
-use super::error::ApiError;
+use super::error::{typed_body, ApiError, ErrorBody};
 use super::public::player;
+use crate::domain::money::PriceUsd;
 use crate::hub::{self, SessionId, ToSession};
 use crate::runs::service::{StartError, Started, Waiter};
-use crate::runs::{self, parse_usd, usd, Price, RunStatus, RunView};
+use crate::runs::{self, parse_usd, usd, RunStatus, RunView, Usage};
 use crate::state::AppState;
 use crate::store::billing;
 use crate::store::runs::{self as rows, Requeued, RunRow};
@@ -29,13 +32,42 @@ const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 /// Most rows an admin list returns.
 const MAX_LIST: i64 = 1000;
 
-#[derive(Debug, Deserialize)]
+/// A `generate:start` without `type`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerateBody {
+    /// 1..64 letters, digits, `-`, `_`, `.` or `:`.
+    #[schema(example = "p1", pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     project_id: String,
+    /// WRITE, REWRITE or DESCRIBE.
+    #[schema(value_type = runs::Action)]
     action: String,
+    /// 1..16000 characters, not only whitespace; no control characters but newlines and tabs.
+    #[schema(min_length = 1, max_length = 16000)]
     input: String,
+    /// Run again even if an identical request has finished before.
     #[serde(default)]
     skip_cache: bool,
+}
+
+/// A run taken: its id and place in the queue; a finished identical run answers with
+/// `cached: true`, and with no API key configured the run is `dead` at once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunAccepted {
+    run_id: String,
+    /// Runs ahead of it in the queue.
+    position: i64,
+    /// A guess of the wait until it starts (queued runs only).
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimated_ms: Option<i64>,
+    /// Answered from the stored text of an identical run, at no cost.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached: Option<bool>,
+    /// `dead` when no API key is configured.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<RunStatus>,
 }
 
 impl From<StartError> for ApiError {
@@ -48,6 +80,18 @@ impl From<StartError> for ApiError {
     }
 }
 
+/// Start a generation run (it runs to its end even if no one watches).
+#[utoipa::path(post, path = "/api/generate", tag = "runs", request_body = GenerateBody,
+    security(("player_token" = [])),
+    responses(
+        (status = 202, description = "The run is queued (or answered from an identical finished run)", body = RunAccepted),
+        (status = 400, description = "The body is not a valid generation request", body = ErrorBody),
+        (status = 401, description = "No or unknown player token", body = ErrorBody),
+        (status = 402, description = "The project's budget has no room, or the model has no price", body = ErrorBody),
+        (status = 429, description = "Too many runs queued, or the database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn generate(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -59,12 +103,13 @@ pub async fn generate(
     }
     let b = body.into_inner();
     let request = runs::validate(&b.project_id, &b.action, &b.input, b.skip_cache).map_err(ApiError::Invalid)?;
+    let none = RunAccepted { run_id: String::new(), position: 0, estimated_ms: None, cached: None, status: None };
     let body = match state.runs.start(request, Waiter::Rest).await? {
         Started::Queued { run_id, position, estimated_ms, .. } => {
-            json!({"run_id": run_id, "position": position, "estimated_ms": estimated_ms})
+            RunAccepted { run_id, position, estimated_ms: Some(estimated_ms), ..none }
         }
-        Started::Cached(row) => json!({"run_id": row.run_id, "position": 0, "cached": true}),
-        Started::NoConfig(row) => json!({"run_id": row.run_id, "position": 0, "status": "dead"}),
+        Started::Cached(row) => RunAccepted { run_id: row.run_id, cached: Some(true), ..none },
+        Started::NoConfig(row) => RunAccepted { run_id: row.run_id, status: Some(RunStatus::Dead), ..none },
     };
     Ok(HttpResponse::Accepted().json(body))
 }
@@ -73,6 +118,18 @@ fn not_found(run_id: &str) -> ApiError {
     ApiError::NotFound(format!("no run `{run_id}`"))
 }
 
+/// A run.
+#[utoipa::path(get, path = "/api/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path, description = "From `POST /api/generate` or `run:queued`")),
+    security(("player_token" = [])),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 401, description = "No or unknown player token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn get_run(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -131,12 +188,42 @@ fn sse_kind(text: &str) -> (String, bool) {
     (name, last)
 }
 
+/// One Server-Sent Event of a run: the frame's type without `run:`, and the frame's JSON.
+#[derive(Debug, ToSchema)]
+pub struct RunEvent {
+    /// `started`, `delta`, `done` or `error`.
+    #[schema(example = "delta")]
+    event: String,
+    /// The frame (`run:started`, `run:delta`, `run:done`, `run:error`) as on the WebSocket.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+impl RunEvent {
+    fn to_bytes(&self) -> Bytes {
+        Bytes::from(format!("event: {}\ndata: {}\n\n", self.event, self.data))
+    }
+}
+
 fn sse_event(text: &str) -> (Bytes, bool) {
-    let (name, last) = sse_kind(text);
-    (Bytes::from(format!("event: {name}\ndata: {text}\n\n")), last)
+    let (event, last) = sse_kind(text);
+    (RunEvent { event, data: text.to_owned() }.to_bytes(), last)
 }
 
 /// The run's frames as Server-Sent Events: the text so far, then live, until done or error.
+#[utoipa::path(get, path = "/api/runs/{run_id}/events", tag = "runs",
+    params(("run_id" = String, Path, description = "From `POST /api/generate` or `run:queued`")),
+    security(("player_token" = [])),
+    responses(
+        (status = 200, description = "Events `started`, `delta`, `done` and `error`, each with the JSON of the \
+            frame of the same name (`run:started`, ...); the stream ends after `done` or `error`",
+            body = RunEvent, content_type = "text/event-stream"),
+        (status = 401, description = "No or unknown player token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn run_events(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -211,11 +298,37 @@ struct SseState {
 // Admin
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// The filters of the run history (empty values are ignored).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// Only this project's runs.
+    #[param(pattern = "^[A-Za-z0-9._:-]{0,64}$")]
     project_id: Option<String>,
+    /// Only runs with this status.
+    #[param(value_type = Option<RunStatus>)]
     status: Option<String>,
+    /// At most this many (1..1000, default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+}
+
+/// The filters of the cost events (empty values are ignored).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CostsQuery {
+    /// Only this project's costs.
+    #[param(pattern = "^[A-Za-z0-9._:-]{0,64}$")]
+    project_id: Option<String>,
+    /// At most this many events, newest first (1..1000, default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+}
+
+/// Runs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunList {
+    runs: Vec<RunView>,
 }
 
 fn limit_of(limit: Option<&str>, default: i64) -> Result<i64, ApiError> {
@@ -236,16 +349,66 @@ fn project_filter(project_id: Option<String>) -> Result<Option<String>, ApiError
     }
 }
 
-fn views(rows: &[rows::RunRow]) -> Result<Vec<RunView>, ApiError> {
-    Ok(rows.iter().map(RunRow::view).collect::<Result<_, _>>()?)
+fn run_list(rows: &[rows::RunRow]) -> Result<RunList, ApiError> {
+    Ok(RunList { runs: rows.iter().map(RunRow::view).collect::<Result<_, _>>()? })
 }
 
+/// One charged attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CostEvent {
+    run_id: String,
+    project_id: String,
+    model: String,
+    attempt: i32,
+    usage: Usage,
+    cost_usd: f64,
+    created_at: DateTime<Utc>,
+}
+
+/// What was spent, and on what.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Costs {
+    total_usd: f64,
+    /// Newest first.
+    events: Vec<CostEvent>,
+}
+
+/// A project's budget; `limit_usd` is null while it has none.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Budget {
+    project_id: String,
+    limit_usd: Option<f64>,
+    spent_usd: f64,
+    reserved_usd: f64,
+}
+
+/// `PUT /admin/api/budgets/{project_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BudgetBody {
+    /// US dollars.
+    #[schema(example = 12.5, minimum = 0, maximum = 1_000_000_000)]
+    limit_usd: f64,
+}
+
+/// Run history, newest first.
+#[utoipa::path(get, path = "/admin/api/runs", tag = "admin", params(RunsQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The runs", body = RunList),
+        (status = 400, description = "A filter is not valid", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn admin_runs(
     req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
+    // Read by hand rather than as `RunsQuery` so a repeated or unknown key is not an error.
     let q = RunsQuery {
         project_id: query.get("project_id").cloned(),
         status: query.get("status").cloned(),
@@ -260,62 +423,87 @@ pub async fn admin_runs(
     };
     let limit = limit_of(q.limit.as_deref(), 100)?;
     let list = state.store.run(move |conn| rows::list(conn, project.as_deref(), status, limit)).await?;
-    Ok(HttpResponse::Ok().json(json!({"runs": views(&list)?})))
+    Ok(HttpResponse::Ok().json(run_list(&list)?))
 }
 
+/// The total spent and the cost events, newest first.
+#[utoipa::path(get, path = "/admin/api/costs", tag = "admin", params(CostsQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The costs", body = Costs),
+        (status = 400, description = "A filter is not valid", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn admin_costs(
     req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let project = project_filter(query.get("project_id").cloned())?;
-    let limit = limit_of(query.get("limit").map(String::as_str), MAX_LIST)?;
+    let q = CostsQuery { project_id: query.get("project_id").cloned(), limit: query.get("limit").cloned() };
+    let project = project_filter(q.project_id)?;
+    let limit = limit_of(q.limit.as_deref(), MAX_LIST)?;
     let (total, events) = state
         .store
         .run(move |conn| {
             Ok((billing::total_cost(conn, project.as_deref())?, billing::cost_events(conn, project.as_deref(), limit)?))
         })
         .await?;
-    let events: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            json!({
-                "run_id": e.run_id,
-                "project_id": e.project_id,
-                "model": e.model,
-                "attempt": e.attempt,
-                "usage": {
-                    "input_tokens": e.input_tokens,
-                    "output_tokens": e.output_tokens,
-                    "cache_read_tokens": e.cache_read_tokens,
-                    "cache_write_tokens": e.cache_write_tokens,
-                },
-                "cost_usd": usd(e.cost_micros),
-                "created_at": chrono::DateTime::<chrono::Utc>::from_naive_utc_and_offset(e.created_at, chrono::Utc),
-            })
+    let tokens = |n: i64| n.max(0) as u64;
+    let events = events
+        .into_iter()
+        .map(|e| CostEvent {
+            usage: Usage {
+                input_tokens: tokens(e.input_tokens),
+                output_tokens: tokens(e.output_tokens),
+                cache_read_tokens: tokens(e.cache_read_tokens),
+                cache_write_tokens: tokens(e.cache_write_tokens),
+            },
+            cost_usd: usd(e.cost_micros),
+            created_at: DateTime::<Utc>::from_naive_utc_and_offset(e.created_at, Utc),
+            run_id: e.run_id,
+            project_id: e.project_id,
+            model: e.model,
+            attempt: e.attempt,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"total_usd": usd(total), "events": events})))
+    Ok(HttpResponse::Ok().json(Costs { total_usd: usd(total), events }))
 }
 
-fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_budget: i64) -> Value {
+fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_budget: i64) -> Budget {
     match b {
-        Some(b) => json!({
-            "project_id": project_id,
-            "limit_usd": usd(b.limit_micros),
-            "spent_usd": usd(b.spent_micros),
-            "reserved_usd": usd(b.reserved_micros),
-        }),
-        None => json!({
-            "project_id": project_id,
-            "limit_usd": null,
-            "spent_usd": usd(spent_without_budget),
-            "reserved_usd": 0.0,
-        }),
+        Some(b) => Budget {
+            project_id: project_id.to_owned(),
+            limit_usd: Some(usd(b.limit_micros)),
+            spent_usd: usd(b.spent_micros),
+            reserved_usd: usd(b.reserved_micros),
+        },
+        None => Budget {
+            project_id: project_id.to_owned(),
+            limit_usd: None,
+            spent_usd: usd(spent_without_budget),
+            reserved_usd: 0.0,
+        },
     }
 }
 
+/// A project's budget (a project without one shows what it has spent).
+#[utoipa::path(get, path = "/admin/api/budgets/{project_id}", tag = "admin",
+    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The budget", body = Budget),
+        (status = 400, description = "Not a valid project id", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn get_budget(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -329,6 +517,19 @@ pub async fn get_budget(
     Ok(HttpResponse::Ok().json(budget_view(&project_id, budget.as_ref(), spent)))
 }
 
+/// Set a project's spending limit (a new budget starts from what the project has spent).
+#[utoipa::path(put, path = "/admin/api/budgets/{project_id}", tag = "admin", request_body = BudgetBody,
+    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The budget as stored now", body = Budget),
+        (status = 400, description = "Not a valid project id or limit", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn put_budget(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -337,10 +538,8 @@ pub async fn put_budget(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
-    let limit = match body.get("limit_usd") {
-        None => return Err(ApiError::Invalid("send {\"limit_usd\": <dollars>}".into())),
-        Some(v) => parse_usd(v, "limit_usd").map_err(ApiError::Invalid)?,
-    };
+    let body: BudgetBody = typed_body(body.into_inner())?;
+    let limit = parse_usd(body.limit_usd, "limit_usd").map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
     let p = project_id.clone();
     let row = state.store.run(move |conn| billing::put_budget(conn, &p, limit, now)).await?;
@@ -348,12 +547,38 @@ pub async fn put_budget(
     Ok(HttpResponse::Ok().json(budget_view(&project_id, Some(&row), 0)))
 }
 
+/// Dead runs (every attempt failed), newest first.
+#[utoipa::path(get, path = "/admin/api/dead-letters", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The dead runs", body = RunList),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let list = state.store.run(|conn| rows::list(conn, None, Some(RunStatus::Dead), MAX_LIST)).await?;
-    Ok(HttpResponse::Ok().json(json!({"runs": views(&list)?})))
+    Ok(HttpResponse::Ok().json(run_list(&list)?))
 }
 
+/// Queue a dead run again, with fresh attempts.
+#[utoipa::path(post, path = "/admin/api/dead-letters/{run_id}/retry", tag = "admin",
+    params(("run_id" = String, Path, description = "A dead run's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "The run, queued again", body = RunView),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 402, description = "The project's budget has no room to run it again", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run is not dead, or an identical run is queued or running", body = ErrorBody),
+        (status = 429, description = "The run queue is full, or the database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn retry_dead_letter(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -375,13 +600,37 @@ pub async fn retry_dead_letter(
     }
 }
 
+/// Prices per million tokens, by model.
+#[utoipa::path(get, path = "/admin/api/prices", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every known model's prices, by model name", body = BTreeMap<String, PriceUsd>),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn get_prices(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let list = state.store.run(billing::prices).await?;
-    let map: Map<String, Value> = list.iter().map(|p| (p.model.clone(), p.price().to_json())).collect();
-    Ok(HttpResponse::Ok().json(Value::Object(map)))
+    let map: BTreeMap<String, PriceUsd> = list.iter().map(|p| (p.model.clone(), PriceUsd::from(&p.price()))).collect();
+    Ok(HttpResponse::Ok().json(map))
 }
 
+/// Set one model's prices per million tokens.
+#[utoipa::path(put, path = "/admin/api/prices/{model}", tag = "admin", request_body = PriceUsd,
+    params(("model" = String, Path, description = "The model name, 1..200 characters without control characters", min_length = 1, max_length = 200)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The model's prices as stored now, under its name", body = BTreeMap<String, PriceUsd>),
+        (status = 400, description = "Not a valid model name or price", body = ErrorBody),
+        (status = 401, description = "No admin token", body = ErrorBody),
+        (status = 403, description = "Wrong admin token", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
+        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+    ))]
 pub async fn put_price(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -393,23 +642,11 @@ pub async fn put_price(
     if model.trim().is_empty() || model.chars().count() > 200 || model.chars().any(char::is_control) {
         return Err(ApiError::Invalid("the model name must be 1..200 characters without control characters".into()));
     }
-    let field = |name: &str| -> Result<i64, ApiError> {
-        let v = body.get(name).ok_or_else(|| {
-            ApiError::Invalid(format!(
-                "`{name}` is missing; send input_usd, output_usd, cache_read_usd and cache_write_usd per million tokens"
-            ))
-        })?;
-        parse_usd(v, name).map_err(ApiError::Invalid)
-    };
-    let price = Price {
-        input: field("input_usd")?,
-        output: field("output_usd")?,
-        cache_read: field("cache_read_usd")?,
-        cache_write: field("cache_write_usd")?,
-    };
+    let body: PriceUsd = typed_body(body.into_inner())?;
+    let price = body.to_price().map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
     let m = model.clone();
     state.store.run(move |conn| billing::put_price(conn, &m, &price, now)).await?;
     tracing::info!(model = %model, "price set by admin");
-    Ok(HttpResponse::Ok().json(json!({ model: price.to_json() })))
+    Ok(HttpResponse::Ok().json(BTreeMap::from([(model, PriceUsd::from(&price))])))
 }

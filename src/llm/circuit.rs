@@ -22,7 +22,7 @@ use crate::store::Store;
 /// Wait before calling again after a 429 that named no `retry-after`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     Closed,
@@ -109,9 +109,12 @@ pub struct GetSnapshot;
 #[rtype(result = "CircuitSnapshot")]
 pub struct Reset;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// The circuit breaker as admins see it.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Circuit)]
 pub struct CircuitSnapshot {
     pub state: CircuitState,
+    /// Failures counted in the current window.
     pub failures: u32,
     pub opened_at: Option<DateTime<Utc>>,
     pub resets_at: Option<DateTime<Utc>>,

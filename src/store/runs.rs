@@ -6,7 +6,6 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use serde_json::json;
 
 use super::billing;
 use super::jobs::{self, JobKind};
@@ -15,7 +14,7 @@ use super::schema::{jobs as jobs_t, runs};
 use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
 use crate::domain::events::Event;
 use crate::domain::money::usd;
-use crate::domain::runs::{Action, RunErrorCode, RunStatus, RunView, Usage};
+use crate::domain::runs::{Action, RunErrorCode, RunFailure, RunStatus, RunView, Usage};
 
 #[derive(Debug, Clone, Queryable)]
 pub struct RunRow {
@@ -70,7 +69,7 @@ impl RunRow {
             error: self
                 .error_code
                 .as_ref()
-                .map(|code| json!({"code": code, "message": self.error.clone().unwrap_or_default()})),
+                .map(|code| RunFailure { code: code.clone(), message: self.error.clone().unwrap_or_default() }),
             created_at: utc(self.created_at),
             finished_at: self.finished_at.map(utc),
         })

@@ -83,6 +83,8 @@ async fn bad_llm_settings_are_refused_and_change_nothing(db: Db) {
         json!({"api_key": 12}),
         json!({"model": "fine", "base_url": "nope"}),
         json!([1]),
+        // An array of the fields in order is not an object either.
+        json!([null, null]),
     ] {
         let (status, resp) = app.admin_put("/admin/api/llm", body.clone()).await;
         assert_eq!(status, 400, "{body}: {resp}");

@@ -17,6 +17,7 @@ mod lobby;
 mod logs;
 mod metrics_history;
 mod monitoring;
+mod openapi;
 mod pages;
 mod process;
 mod repair;

@@ -717,6 +717,8 @@ async fn bad_input_is_refused(db: Db) {
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body["message"].as_str().unwrap().contains("limit_usd"), "{body}");
     }
+    let (status, body) = app.admin_put("/admin/api/budgets/p1", json!([5.0])).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_payload")), "{body}");
     let (_, budget) = app.admin_get("/admin/api/budgets/p1").await;
     assert_eq!(budget["limit_usd"], Value::Null, "nothing stored: {budget}");
 

@@ -1,0 +1,94 @@
+//! The OpenAPI 3.1 description of every REST route (`GET /api/openapi.json`), generated from the
+//! handlers' `#[utoipa::path]` annotations and the types they take and answer. Describes; never
+//! registers a route (`http::endpoints` does, and a test checks that both list the same routes).
+
+use std::sync::OnceLock;
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, insights, pages, public, runs};
+
+/// The security scheme of `/api/*`: the token of a `session:ack`.
+pub const PLAYER_TOKEN: &str = "player_token";
+/// The security scheme of `/admin/api/*`: `LOREWIRE_ADMIN_TOKEN`.
+pub const ADMIN_TOKEN: &str = "admin_token";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "lorewire",
+        description = "REST API of lorewire, a realtime game backend. Every error is \
+            `{\"error\": <code>, \"message\": <text>}`. The WebSocket protocol (`GET /ws`) is \
+            described in the README.",
+    ),
+    paths(
+        public::health,
+        public::ready,
+        public::metrics,
+        document,
+        pages::index,
+        pages::admin,
+        public::request_content,
+        public::get_content,
+        runs::generate,
+        runs::get_run,
+        runs::run_events,
+        admin::get_llm,
+        admin::put_llm,
+        admin::reset_circuit,
+        runs::admin_runs,
+        runs::admin_costs,
+        runs::get_budget,
+        runs::put_budget,
+        runs::dead_letters,
+        runs::retry_dead_letter,
+        runs::get_prices,
+        runs::put_price,
+        insights::users,
+        insights::summary,
+        insights::history,
+    ),
+    modifiers(&BearerSchemes),
+    tags(
+        (name = "public", description = "Health, readiness and metrics; no token"),
+        (name = "pages", description = "The browser client and the admin dashboard"),
+        (name = "content", description = "Quest, event and NPC text (player token)"),
+        (name = "runs", description = "Generation runs (player token)"),
+        (name = "admin", description = "Settings, costs, budgets and insights (admin token)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the two bearer schemes the operations name.
+struct BearerSchemes;
+
+impl Modify for BearerSchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build(),
+            )
+        };
+        components.add_security_scheme(
+            PLAYER_TOKEN,
+            bearer("The `token` of a WebSocket `session:ack`: `Authorization: Bearer <token>`"),
+        );
+        components.add_security_scheme(ADMIN_TOKEN, bearer("`LOREWIRE_ADMIN_TOKEN`: `Authorization: Bearer <token>`"));
+    }
+}
+
+/// The document as JSON, built once.
+pub fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| ApiDoc::openapi().to_json().expect("the OpenAPI document serializes"))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "public", operation_id = "openapi_document",
+    responses((status = 200, description = "The OpenAPI 3.1 description of every REST route", body = Object)))]
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(document_json())
+}
