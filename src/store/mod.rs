@@ -15,6 +15,7 @@ pub mod runs;
 pub mod schema;
 pub mod users;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -198,11 +199,17 @@ impl r2d2::ManageConnection for Manager {
 
 pub type Pool = r2d2::Pool<Manager>;
 
+/// Where the store hands the events of committed transactions (see [`notify`]).
+pub type AfterCommit = Arc<dyn Fn(Vec<notify::Event>) + Send + Sync>;
+
 /// The database, shared by every actor and handler.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
     backend: Backend,
+    /// Set once at start when changes are announced by a backplane of its own rather than by
+    /// PostgreSQL's notifications.
+    after_commit: Arc<OnceLock<AfterCommit>>,
 }
 
 impl Store {
@@ -222,7 +229,7 @@ impl Store {
             .connection_timeout(Duration::from_secs(10))
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
             .build(manager)?;
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, after_commit: Arc::new(OnceLock::new()) })
     }
 
     pub fn backend(&self) -> Backend {
@@ -242,25 +249,36 @@ impl Store {
         Ok(ran)
     }
 
+    /// From now on, the changes transactions announce ([`notify::send`]) go to `hook` once
+    /// they commit, in order, instead of PostgreSQL's notifications. Set once, at start.
+    pub fn announce_after_commit(&self, hook: AfterCommit) {
+        if self.after_commit.set(hook).is_err() {
+            tracing::error!("the store's after-commit hook was set twice; the first one stays");
+        }
+    }
+
     /// Runs `f` with a pooled connection on the blocking thread pool.
     pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> StoreResult<T> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        actix_web::rt::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|_| StoreError::Canceled)?
+        let store = self.clone();
+        actix_web::rt::task::spawn_blocking(move || store.run_blocking(f)).await.map_err(|_| StoreError::Canceled)?
     }
 
     /// The same as [`Store::run`] for callers already off the async threads.
     pub fn run_blocking<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.pool.get()?;
-        f(&mut conn)
+        let Some(hook) = self.after_commit.get() else { return f(&mut conn) };
+        let collecting = notify::collect();
+        let result = f(&mut conn);
+        // Whatever `f` returns, the transactions that committed are announced.
+        let events = collecting.collected();
+        if !events.is_empty() {
+            hook(events);
+        }
+        result
     }
 
     /// `Ok` when the database answers and takes a write within `timeout` (readiness); else why not.
@@ -286,12 +304,20 @@ pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult
         DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
         DbConn::Pg(_) => <DbConn as Connection>::TransactionManager::begin_transaction(conn)?,
     }
+    notify::begun();
     match f(conn) {
-        Ok(value) => {
-            <DbConn as Connection>::TransactionManager::commit_transaction(conn)?;
-            Ok(value)
-        }
+        Ok(value) => match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
+            Ok(()) => {
+                notify::ended(true);
+                Ok(value)
+            }
+            Err(e) => {
+                notify::ended(false);
+                Err(e.into())
+            }
+        },
         Err(e) => {
+            notify::ended(false);
             let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
             Err(e)
         }
