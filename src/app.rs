@@ -41,6 +41,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Backplane(#[from] backplane::SetupError),
 }
 
 crate::stoppable!(Hub, CircuitBreaker);
@@ -126,7 +128,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let origin: Arc<str> =
         format!("{}-{}", std::process::id(), crate::domain::players::new_token().get(..8).unwrap_or("0")).into();
     let live = Arc::new(LiveRuns::new());
-    let backplane = backplane::for_store(&store, &config.database_url, origin.clone());
+    let redis = config.redis_url.as_deref().map(|url| (url, config.redis_prefix.as_str()));
+    let backplane = backplane::for_deployment(&store, &config.database_url, redis, origin.clone())?;
     // One job worker; each job kind's handler lives in its feature.
     let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
     let max_tokens = config.max_output_tokens;
@@ -181,6 +184,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         jobs.clone().recipient(),
         lobby_actor,
         metrics.clone(),
+        backplane.clone(),
         &config,
     );
     // What the other processes announce reaches each service through its sink.

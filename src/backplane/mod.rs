@@ -3,18 +3,21 @@
 //! process's services, through the [`Sink`]s they register.
 //!
 //! [`local`] is the bus of a process that is alone (SQLite): nothing to send, nothing to hear.
-//! [`postgres`] carries the events over `LISTEN/NOTIFY`. Each sink hears its own events in the
+//! [`postgres`] carries the events over `LISTEN/NOTIFY`; [`redis`] over Redis pub/sub. Each sink hears its own events in the
 //! order they were sent, on a task of its own, so a slow sink (one reading the database) never
 //! delays the others. Never knows what a chat message or a run is beyond the [`Event`] enum; never
 //! publishes to sessions itself (the sinks do, through the Hub).
 
 pub mod local;
 pub mod postgres;
+pub mod redis;
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 pub use crate::domain::events::Event;
@@ -37,6 +40,17 @@ pub trait Backplane: Send + Sync + 'static {
     fn listen(&self, sinks: Sinks);
     /// Whether the events of the other processes are being heard now.
     fn is_up(&self) -> bool;
+    /// Admits one event of `user_id` under a rate of `count` per `per` kept for every process
+    /// together (a sliding window), `Err` with the wait when the window is full; `None` when
+    /// this backplane keeps no shared windows or cannot answer now: the caller counts alone.
+    fn admit(
+        &self,
+        _user_id: i64,
+        _count: u32,
+        _per: Duration,
+    ) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
+        async { None }.boxed_local()
+    }
     /// Stops hearing (blocking; call off the async threads).
     fn stop(&self);
 }
@@ -116,14 +130,38 @@ impl Sinks {
     }
 }
 
-/// The backplane a deployment uses: PostgreSQL's own notifications when several processes share
-/// a PostgreSQL database, none for SQLite (one process).
-pub fn for_store(store: &crate::store::Store, database_url: &str, origin: Arc<str>) -> Arc<dyn Backplane> {
-    match store.backend() {
-        crate::store::Backend::Postgres => {
-            Arc::new(postgres::PgBackplane::new(database_url.to_owned(), origin, store.clone()))
+/// Why the backplane the settings ask for cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "LOREWIRE_REDIS_URL is set, but DATABASE_URL is SQLite: SQLite serves one process, which needs no \
+         backplane. Unset LOREWIRE_REDIS_URL, or use PostgreSQL to run several processes"
+    )]
+    RedisWithSqlite,
+    #[error(transparent)]
+    BadRedisUrl(#[from] redis::BadRedisUrl),
+}
+
+/// The backplane a deployment uses: none for SQLite (one process); for processes sharing a
+/// PostgreSQL database, Redis when `redis_url` is set, else PostgreSQL's own notifications.
+/// With Redis, the store hands it the changes of committed transactions.
+pub fn for_deployment(
+    store: &crate::store::Store,
+    database_url: &str,
+    redis: Option<(&str, &str)>,
+    origin: Arc<str>,
+) -> Result<Arc<dyn Backplane>, SetupError> {
+    match (store.backend(), redis) {
+        (crate::store::Backend::Sqlite, Some(_)) => Err(SetupError::RedisWithSqlite),
+        (crate::store::Backend::Sqlite, None) => Ok(Arc::new(local::LocalBackplane)),
+        (crate::store::Backend::Postgres, Some((url, prefix))) => {
+            let backplane = redis::RedisBackplane::new(url, prefix, origin)?;
+            store.announce_after_commit(backplane.after_commit());
+            Ok(Arc::new(backplane))
         }
-        crate::store::Backend::Sqlite => Arc::new(local::LocalBackplane),
+        (crate::store::Backend::Postgres, None) => {
+            Ok(Arc::new(postgres::PgBackplane::new(database_url.to_owned(), origin, store.clone())))
+        }
     }
 }
 

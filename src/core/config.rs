@@ -142,6 +142,14 @@ pub struct Settings {
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
     #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_lease_secs: u64,
+    /// Redis as the cross-process backplane (fan-out, presence, shared rate limits), as
+    /// redis://host:port[/db]; needs a PostgreSQL DATABASE_URL. Without it, processes on one
+    /// PostgreSQL use LISTEN/NOTIFY.
+    #[arg(long, global = true, env = "LOREWIRE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel lorewire uses.
+    #[arg(long, global = true, env = "LOREWIRE_REDIS_PREFIX", default_value = "lorewire:")]
+    pub redis_prefix: String,
     /// Log output on stderr: text (colour only on a terminal) or json (one object a line).
     #[arg(long, global = true, env = "LOREWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -254,6 +262,9 @@ pub struct Config {
     pub presence_window: Duration,
     /// How often the dashboard's history samples the metrics (10 s; 360 samples are kept).
     pub metrics_sample: Duration,
+    /// Redis as the backplane (`LOREWIRE_REDIS_URL`), and the prefix of its keys and channels.
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
 }
 
 impl Settings {
@@ -299,6 +310,8 @@ impl Settings {
             workers: 0,
             presence_window: Duration::from_millis(95),
             metrics_sample: Duration::from_secs(10),
+            redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
+            redis_prefix: self.redis_prefix,
         }
     }
 }

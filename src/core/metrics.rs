@@ -50,6 +50,8 @@ pub struct Metrics {
     pub moods_finished: IntCounterVec,
     /// Durable jobs queued or running, read from the store at each scrape.
     pub queue_depth: IntGauge,
+    /// 1 while this process hears the other processes over its backplane (always 1 alone).
+    pub backplane_up: IntGauge,
 }
 
 impl Metrics {
@@ -119,6 +121,8 @@ impl Metrics {
             IntCounterVec::new(Opts::new("moods_finished_total", "Message moods settled by status"), &["status"])
                 .expect("metric");
         let queue_depth = IntGauge::new("queue_depth", "Durable jobs queued or running").expect("metric");
+        let backplane_up =
+            IntGauge::new("backplane_up", "1 while the other processes are heard over the backplane").expect("metric");
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -143,6 +147,7 @@ impl Metrics {
             Box::new(presence_updates.clone()),
             Box::new(moods_finished.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(backplane_up.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -171,6 +176,7 @@ impl Metrics {
             presence_updates,
             moods_finished,
             queue_depth,
+            backplane_up,
         }
     }
 

@@ -171,6 +171,15 @@ pub struct Summary {
     spend: Spend,
     /// Jobs waiting to run.
     queue_depth: i64,
+    backplane: BackplaneState,
+}
+
+/// The bus between processes: which (`local`, `postgres`, `redis`) and whether this process
+/// hears the others now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackplaneState {
+    kind: &'static str,
+    up: bool,
 }
 
 /// Retention at day `n` from `(user_id, "YYYY-MM-DD")` rows: a user first seen on UTC day D
@@ -250,6 +259,7 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         circuit,
         spend: Spend { total_usd: usd(spent) },
         queue_depth: depth,
+        backplane: BackplaneState { kind: state.backplane.name(), up: state.backplane.is_up() },
     }))
 }
 

@@ -64,6 +64,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         Ok(depth) => state.metrics.queue_depth.set(depth),
         Err(e) => tracing::warn!(error = %e, "could not read the queue depth for /metrics"),
     }
+    state.metrics.backplane_up.set(i64::from(state.backplane.is_up()));
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 

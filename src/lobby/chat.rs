@@ -1,5 +1,6 @@
 //! The chat: the rules of a lobby message (validation, the per-user rate over all the user's
-//! tabs), its write together with its durable mood job, and the history sent on join. Runs its
+//! tabs, and over every process when the backplane keeps shared windows), its write together
+//! with its durable mood job, and the history sent on join. Runs its
 //! store calls on the blocking pool; never calls the LLM (the mood job does).
 
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,9 @@ use actix::prelude::*;
 use super::frames::new_message_publish;
 use super::presence::{Join, Leave, Lobby};
 use super::rate_limit::RateLimiter;
+use crate::backplane::Backplane;
 use crate::core::clock::SharedClock;
-use crate::core::config::Config;
+use crate::core::config::{ChatRate, Config};
 use crate::core::metrics::Metrics;
 use crate::domain::lobby::{validate_text, Message, PresenceUser};
 use crate::hub::{Hub, SessionId};
@@ -40,7 +42,10 @@ pub struct LobbyService {
     lobby: Addr<Lobby>,
     metrics: Arc<Metrics>,
     history_limit: i64,
+    rate: ChatRate,
+    /// This process's own windows: the rate when the backplane keeps none or cannot answer.
     limiter: Arc<Mutex<RateLimiter>>,
+    backplane: Arc<dyn Backplane>,
 }
 
 impl LobbyService {
@@ -53,6 +58,7 @@ impl LobbyService {
         jobs: Recipient<JobsAvailable>,
         lobby: Addr<Lobby>,
         metrics: Arc<Metrics>,
+        backplane: Arc<dyn Backplane>,
         config: &Config,
     ) -> Self {
         LobbyService {
@@ -64,7 +70,9 @@ impl LobbyService {
             lobby,
             metrics,
             history_limit: i64::from(config.history_limit),
+            rate: config.chat_rate,
             limiter: Arc::new(Mutex::new(RateLimiter::new(config.chat_rate))),
+            backplane,
         }
     }
 
@@ -85,10 +93,15 @@ impl LobbyService {
         self.lobby.do_send(Leave { session });
     }
 
-    /// Validates and rate-limits a message of `user_id` (across all their tabs); the text to store.
-    pub fn admit(&self, user_id: i64, raw: &str) -> Result<String, SendRefused> {
+    /// Validates and rate-limits a message of `user_id` (across all their tabs, and their
+    /// processes when the backplane keeps the window); the text to store.
+    pub async fn admit(&self, user_id: i64, raw: &str) -> Result<String, SendRefused> {
         let text = validate_text(raw).map_err(SendRefused::Invalid)?;
-        let allowed = self.limiter.lock().unwrap_or_else(|e| e.into_inner()).check(user_id, Instant::now());
+        let shared = self.backplane.admit(user_id, self.rate.count, self.rate.per).await;
+        let allowed = match shared {
+            Some(allowed) => allowed,
+            None => self.limiter.lock().unwrap_or_else(|e| e.into_inner()).check(user_id, Instant::now()),
+        };
         if let Err(wait) = allowed {
             self.metrics.lobby_rate_limited.inc();
             let secs = wait.as_secs_f64().max(0.1);

@@ -41,6 +41,16 @@ macro_rules! both_backends {
     };
 }
 
+/// The Redis the suite talks to (`LOREWIRE_TEST_REDIS_URL`, default the local one).
+pub fn redis_url() -> String {
+    std::env::var("LOREWIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis key prefix of one test's own, so tests share one Redis without hearing each other.
+pub fn redis_prefix() -> String {
+    format!("lwtest:{}:", lorewire::domain::players::new_token().get(..12).unwrap())
+}
+
 pub fn pg_admin_url() -> String {
     // No TLS and no GSSAPI on the loopback: a test process exits while pool threads may still
     // be inside libpq, and the exit-time teardown of OpenSSL (under a live TLS connection) or

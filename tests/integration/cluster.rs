@@ -7,11 +7,22 @@ use std::time::Duration;
 use lorewire::core::clock::SystemClock;
 use serde_json::json;
 
-use crate::common::{spawn_app, Db, Mode, WsClient};
+use crate::common::{Db, Mode, WsClient};
 
 #[actix_web::test]
 async fn content_changes_reach_subscribers_on_every_process() {
-    let app = spawn_app(Db::Postgres).await;
+    content_changes_reach_subscribers_on_every_process_over(None).await;
+}
+
+/// The same over a backplane of Redis at `redis` (`url`, `prefix`) when given.
+pub(crate) async fn content_changes_reach_subscribers_on_every_process_over(redis: Option<(String, String)>) {
+    let app = crate::common::spawn_with(crate::common::Setup::new(Db::Postgres), |c| {
+        if let Some((url, prefix)) = redis {
+            c.redis_url = Some(url);
+            c.redis_prefix = prefix;
+        }
+    })
+    .await;
     app.fake.set_mode(Mode::Delay(Duration::from_millis(300)));
     let mut config = app.config.clone();
     config.bind = "127.0.0.1:0".parse().unwrap();

@@ -20,6 +20,7 @@ mod monitoring;
 mod openapi;
 mod pages;
 mod process;
+mod redis;
 mod repair;
 mod runs;
 mod runs_limits;

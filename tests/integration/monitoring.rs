@@ -131,6 +131,7 @@ async fn grafana_and_alert_rules_name_only_metrics_a_fresh_server_shows() {
         "LorewireQueueDepthHigh",
         "LorewireFallbackShareHigh",
         "LorewireSlowConsumerDisconnects",
+        "LorewireBackplaneDown",
     ];
     assert_eq!(alerts, want.into_iter().collect(), "alerts");
     for rule in &rules.groups[0].rules {

@@ -427,6 +427,8 @@ fn help_lists_every_setting() {
         "LOREWIRE_CIRCUIT_RESET_SECS",
         "LOREWIRE_SHUTDOWN_SECS",
         "LOREWIRE_ALLOWED_ORIGINS",
+        "LOREWIRE_REDIS_URL",
+        "LOREWIRE_REDIS_PREFIX",
         "LOREWIRE_LOG_FORMAT",
         "serve",
         "migrate",

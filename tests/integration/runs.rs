@@ -774,9 +774,18 @@ both_backends!(
 /// on the first process gets the text so far then the rest, without gaps or repeats.
 #[actix_web::test]
 async fn postgres_run_streamed_by_another_process_reaches_the_client_live() {
+    run_streamed_by_another_process_reaches_the_client_live(None).await;
+}
+
+/// The same over a backplane of Redis at `redis` (`url`, `prefix`) when given.
+pub(crate) async fn run_streamed_by_another_process_reaches_the_client_live(redis: Option<(String, String)>) {
     let app = spawn_provider(Db::Postgres, Provider::Anthropic, |c| {
         c.llm_concurrency = 1;
         c.llm_timeout = Duration::from_secs(30);
+        if let Some((url, prefix)) = redis {
+            c.redis_url = Some(url);
+            c.redis_prefix = prefix;
+        }
     })
     .await;
     let chunks: Vec<String> = (0..20).map(|i| format!("line{i:02} ")).collect();

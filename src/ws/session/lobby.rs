@@ -17,24 +17,15 @@ impl WsSession {
         let Some(user) = self.user.as_ref() else { return };
         let (user_id, nickname) = (user.id, user.nickname.clone());
         let service = self.state.lobby.clone();
-        let text = match service.admit(user_id, &text) {
-            Ok(text) => text,
-            Err(SendRefused::RateLimited(message)) => {
-                return self.error(ErrorCode::RateLimited, reference, message, ctx);
-            }
-            Err(SendRefused::Invalid(message)) => {
-                return self.error(ErrorCode::InvalidPayload, reference, message, ctx)
-            }
-            Err(SendRefused::Store(e)) => {
-                return self.store_failed("the message could not be stored", &e, reference, ctx)
-            }
+        let sent = async move {
+            let text = service.admit(user_id, &text).await?;
+            Ok(service.post(user_id, nickname, text).await?)
         };
-        ctx.spawn(async move { service.post(user_id, nickname, text).await }.into_actor(self).map(
-            move |result, act, ctx| {
-                if let Err(e) = result {
-                    act.store_failed("the message could not be stored", &e, reference, ctx);
-                }
-            },
-        ));
+        ctx.spawn(sent.into_actor(self).map(move |result: Result<_, SendRefused>, act, ctx| match result {
+            Ok(_) => {}
+            Err(SendRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
+            Err(SendRefused::Invalid(message)) => act.error(ErrorCode::InvalidPayload, reference, message, ctx),
+            Err(SendRefused::Store(e)) => act.store_failed("the message could not be stored", &e, reference, ctx),
+        }));
     }
 }

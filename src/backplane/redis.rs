@@ -1,0 +1,268 @@
+//! The backplane over Redis pub/sub, for processes sharing one PostgreSQL database that would
+//! rather keep fan-out off it (`LOREWIRE_REDIS_URL`).
+//!
+//! Every event goes out on one channel, `{prefix}events`, as the same JSON the other
+//! backplanes carry. Changes of rows are handed over by the store once their transaction has
+//! committed ([`crate::store::Store::announce_after_commit`]); everything else (presence, run
+//! frames) through [`Backplane::publish`]. Both go into one queue that one publisher task drains
+//! in order, pipelining what has gathered, so the events of this process reach the others in the
+//! order they happened. One subscriber connection hears the others (its own events are
+//! dropped); it reconnects on its own with backoff, and each time it is back the sinks are told
+//! (events sent meanwhile are lost: Redis holds nothing that cannot be rebuilt).
+//!
+//! The chat rate is one sliding window per user in Redis (a sorted set, read and written by one
+//! Lua script), so two tabs on two processes share `LOREWIRE_CHAT_RATE`.
+//!
+//! Redis down never stops local play: publishing fails fast, the failure is logged once per
+//! outage, and the events are dropped; the chat rate falls back to each process's own window.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, watch};
+
+use super::{Backplane, BackplaneError, Event, Sinks};
+
+/// Longest wait for Redis to connect or answer before a publish or a subscription gives up.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a chat message waits on the shared rate window before this process decides alone.
+const ADMIT_TIMEOUT: Duration = Duration::from_millis(250);
+/// A sliding window in a sorted set (one member per accepted event, scored by Redis's clock in
+/// ms): drops what is older than the window, refuses when full (answering the ms until the
+/// oldest leaves it), else adds the event; -1 means accepted. KEYS[1] the window; ARGV: window
+/// ms, count, a unique member.
+const SLIDING_WINDOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(oldest[2]) + window - now)
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+return -1
+";
+/// Backoff of the subscriber's reconnects.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+pub struct RedisBackplane {
+    client: redis::Client,
+    /// Commands (publishes, rate windows): one multiplexed connection that reconnects by itself.
+    commands: ConnectionManager,
+    /// `{prefix}`, for keys.
+    prefix: String,
+    /// `{prefix}events`.
+    channel: String,
+    origin: Arc<str>,
+    queue: mpsc::UnboundedSender<Vec<Event>>,
+    /// The queue's other end, until the publisher task takes it.
+    pending: Mutex<Option<mpsc::UnboundedReceiver<Vec<Event>>>>,
+    up: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+}
+
+/// Why the Redis settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("LOREWIRE_REDIS_URL is not a Redis URL: {0}")]
+pub struct BadRedisUrl(String);
+
+impl RedisBackplane {
+    /// Checks the URL; connects only later, in the background (Redis may come up after us).
+    pub fn new(url: &str, prefix: &str, origin: Arc<str>) -> Result<Self, BadRedisUrl> {
+        let client = redis::Client::open(url).map_err(|e| BadRedisUrl(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_MAX);
+        let commands =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| BadRedisUrl(e.to_string()))?;
+        let (queue, pending) = mpsc::unbounded_channel();
+        Ok(RedisBackplane {
+            client,
+            commands,
+            prefix: prefix.to_owned(),
+            channel: format!("{prefix}events"),
+            origin,
+            queue,
+            pending: Mutex::new(Some(pending)),
+            up: Arc::new(AtomicBool::new(false)),
+            stop: watch::channel(false).0,
+        })
+    }
+
+    /// What the store calls with the events of each committed transaction (from its threads).
+    pub fn after_commit(&self) -> crate::store::AfterCommit {
+        let queue = self.queue.clone();
+        Arc::new(move |events| {
+            let _ = queue.send(events);
+        })
+    }
+
+    /// Starts the publisher task (once; on the actix system).
+    fn start_publisher(&self) {
+        let Some(mut pending) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let manager = self.commands.clone();
+        let channel = self.channel.clone();
+        let mut stop = self.stop.subscribe();
+        actix::spawn(async move {
+            let mut manager = manager;
+            let mut failing = false;
+            loop {
+                let mut batch = tokio::select! {
+                    batch = pending.recv() => match batch {
+                        Some(batch) => batch,
+                        None => return,
+                    },
+                    _ = stop.changed() => return,
+                };
+                // Whatever else has gathered goes in the same round trip.
+                while let Ok(more) = pending.try_recv() {
+                    batch.extend(more);
+                }
+                let mut pipe = redis::pipe();
+                for event in &batch {
+                    pipe.publish(&channel, serde_json::to_string(event).expect("events serialize")).ignore();
+                }
+                match pipe.query_async::<()>(&mut manager).await {
+                    Ok(()) => {
+                        if failing {
+                            tracing::info!("Redis takes this process's events again");
+                            failing = false;
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, events = batch.len(),
+                                "Redis does not take this process's events; they are dropped while it is away");
+                            failing = true;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Backplane for RedisBackplane {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn publish(&self, events: Vec<Event>) -> LocalBoxFuture<'static, Result<(), BackplaneError>> {
+        let sent = if events.is_empty() { Ok(()) } else { self.queue.send(events) };
+        async move { sent.map_err(|_| BackplaneError("the Redis publisher has stopped".into())) }.boxed_local()
+    }
+
+    fn listen(&self, sinks: Sinks) {
+        self.start_publisher();
+        let (client, channel, origin, up) =
+            (self.client.clone(), self.channel.clone(), self.origin.clone(), self.up.clone());
+        let mut stop = self.stop.subscribe();
+        actix::spawn(async move {
+            let mut wait = RECONNECT_FIRST;
+            let mut connected_before = false;
+            loop {
+                let subscribed = tokio::time::timeout(REDIS_TIMEOUT, async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                })
+                .await;
+                match subscribed {
+                    Ok(Ok(pubsub)) => {
+                        up.store(true, Ordering::Relaxed);
+                        wait = RECONNECT_FIRST;
+                        if connected_before {
+                            tracing::info!("Redis subscriber reconnected; events sent meanwhile were lost");
+                        }
+                        connected_before = true;
+                        // Now that this process hears the others, the sinks may ask them for what they hold.
+                        sinks.reconnected();
+                        let mut messages = pubsub.into_on_message();
+                        loop {
+                            let message = tokio::select! {
+                                message = messages.next() => message,
+                                _ = stop.changed() => {
+                                    up.store(false, Ordering::Relaxed);
+                                    return;
+                                }
+                            };
+                            let Some(message) = message else { break };
+                            let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                            match serde_json::from_slice::<Event>(&payload) {
+                                Ok(event) if event.origin() == &*origin => {}
+                                Ok(event) => sinks.deliver(event),
+                                Err(e) => tracing::warn!(error = %e, "unreadable event on the Redis channel"),
+                            }
+                        }
+                        up.store(false, Ordering::Relaxed);
+                        tracing::warn!("Redis subscriber lost its connection; reconnecting");
+                    }
+                    Ok(Err(e)) => {
+                        if connected_before || wait == RECONNECT_FIRST {
+                            tracing::warn!(error = %e, "cannot subscribe on Redis; retrying");
+                        }
+                    }
+                    Err(_) => tracing::warn!("Redis did not answer the subscription in time; retrying"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+                wait = (wait * 2).min(RECONNECT_MAX);
+            }
+        });
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// One Lua script per admission, so the window is read and written atomically; Redis's own
+    /// clock, so the processes' clocks need not agree.
+    fn admit(&self, user_id: i64, count: u32, per: Duration) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
+        if !self.is_up() {
+            return async { None }.boxed_local();
+        }
+        let mut commands = self.commands.clone();
+        let key = format!("{}rate:chat:{user_id}", self.prefix);
+        let member = crate::domain::players::new_token();
+        async move {
+            static SCRIPT: std::sync::LazyLock<redis::Script> =
+                std::sync::LazyLock::new(|| redis::Script::new(SLIDING_WINDOW));
+            let mut invocation = SCRIPT.key(key);
+            invocation.arg(u64::try_from(per.as_millis()).unwrap_or(u64::MAX)).arg(count).arg(member);
+            let call = invocation.invoke_async::<i64>(&mut commands);
+            match tokio::time::timeout(ADMIT_TIMEOUT, call).await {
+                Ok(Ok(wait_ms)) if wait_ms < 0 => Some(Ok(())),
+                Ok(Ok(wait_ms)) => Some(Err(Duration::from_millis(wait_ms.unsigned_abs()))),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Redis cannot keep the chat rate now; this process counts on its own");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!("Redis did not answer the chat rate in time; this process counts on its own");
+                    None
+                }
+            }
+        }
+        .boxed_local()
+    }
+
+    fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.up.store(false, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,318 @@
+//! Redis as the backplane (`LOREWIRE_REDIS_URL`): several processes on one PostgreSQL database
+//! hear each other through Redis pub/sub, not `LISTEN/NOTIFY`; SQLite with Redis refuses to
+//! start; Redis going away never stops local play, shows in `/metrics` and the admin summary,
+//! and the processes hear each other again once it is back. Each test has a key prefix of its
+//! own on the machine's Redis, or a private `redis-server` it starts and kills.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lorewire::app::Running;
+use lorewire::core::clock::SystemClock;
+use serde_json::{json, Value};
+
+use crate::common::{
+    eventually, get_json, http, redis_prefix, redis_url, spawn_with, Db, Setup, TestApp, WsClient, ADMIN_TOKEN,
+};
+
+fn with_redis(url: &str, prefix: &str) -> impl FnOnce(&mut lorewire::core::config::Config) {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    move |c| {
+        c.redis_url = Some(url);
+        c.redis_prefix = prefix;
+    }
+}
+
+/// A second process on the same database and settings.
+async fn second_process(app: &TestApp) -> Running {
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    lorewire::app::start(config, Arc::new(SystemClock)).await.expect("second process starts")
+}
+
+async fn metrics(base: &str) -> String {
+    let body = http().get(format!("{base}/metrics")).send().await.unwrap().body().await.unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+async fn backplane_up(base: &str) -> Option<bool> {
+    let text = metrics(base).await;
+    let value = text.lines().find_map(|l| l.strip_prefix("lorewire_backplane_up "))?;
+    Some(value.trim() == "1")
+}
+
+async fn wait_backplane(base: &str, up: bool) {
+    let base = base.to_owned();
+    eventually(&format!("lorewire_backplane_up to be {}", u8::from(up)), || {
+        let base = base.clone();
+        async move { (backplane_up(&base).await == Some(up)).then_some(()) }
+    })
+    .await;
+}
+
+/// A joined lobby player who sees lobby frames.
+async fn lobby_player(base: &str, nickname: &str) -> (WsClient, Value) {
+    let mut ws = WsClient::connect(&format!("{base}/ws")).await;
+    ws.lobby_frames = true;
+    ws.send(json!({"type": "session:start", "nickname": nickname})).await;
+    let ack = ws.recv_type("session:ack").await;
+    ws.recv_type("presence:state").await;
+    (ws, ack)
+}
+
+/// Skips frames until one that `pick` accepts.
+async fn recv_where(ws: &mut WsClient, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match ws.next_event(left).await {
+            Some(crate::common::Event::Json(frame)) if pick(&frame) => return frame,
+            Some(crate::common::Event::Json(_)) => continue,
+            other => panic!("expected {what}, got {other:?}"),
+        }
+    }
+}
+
+#[actix_web::test]
+async fn content_changes_reach_every_process_over_redis() {
+    crate::cluster::content_changes_reach_subscribers_on_every_process_over(Some((redis_url(), redis_prefix()))).await;
+}
+
+#[actix_web::test]
+async fn run_deltas_reach_a_client_on_another_process_over_redis() {
+    crate::runs::run_streamed_by_another_process_reaches_the_client_live(Some((redis_url(), redis_prefix()))).await;
+}
+
+#[actix_web::test]
+async fn chat_moods_and_presence_cross_processes_over_redis() {
+    let prefix = redis_prefix();
+    let app = spawn_with(Setup::new(Db::Postgres), with_redis(&redis_url(), &prefix)).await;
+    let other = second_process(&app).await;
+    let (a, b) = (app.url(""), format!("http://{}", other.addr));
+    wait_backplane(&a, true).await;
+    wait_backplane(&b, true).await;
+
+    let (mut bo, _) = lobby_player(&b, "Bo").await;
+    let (mut ada, ada_ack) = lobby_player(&a, "Ada").await;
+    let ada_id = ada_ack["user_id"].clone();
+    let joined = recv_where(&mut bo, "Ada's join", |f| {
+        f["type"] == "presence:update"
+            && f["joins"].as_array().is_some_and(|j| j.iter().any(|u| u["user_id"] == ada_id))
+    })
+    .await;
+    assert!(joined.to_string().contains("Ada"), "{joined}");
+
+    ada.send(json!({"type": "message:send", "text": "over the river"})).await;
+    let new = recv_where(&mut bo, "Ada's message", |f| f["type"] == "message:new").await;
+    assert_eq!(new["message"]["text"], "over the river");
+    assert_eq!(new["message"]["user_id"], ada_id);
+    let id = new["message"]["id"].clone();
+    let mood = recv_where(&mut bo, "the message's mood", |f| f["type"] == "message:mood_updated").await;
+    assert_eq!(mood["id"], id);
+    assert_eq!(mood["mood_status"], "ready", "{mood}");
+
+    ada.close().await;
+    recv_where(&mut bo, "Ada's leave", |f| {
+        f["type"] == "presence:update"
+            && f["leaves"].as_array().is_some_and(|l| l.iter().any(|u| u["user_id"] == ada_id))
+    })
+    .await;
+    other.shutdown().await;
+}
+
+/// The events go through Redis: a subscriber on the channel hears them, and PostgreSQL's
+/// notification channel stays silent.
+#[actix_web::test]
+async fn events_travel_on_redis_and_not_on_notify() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    let prefix = redis_prefix();
+    let app = spawn_with(Setup::new(Db::Postgres), with_redis(&redis_url(), &prefix)).await;
+    let mut pg = diesel::PgConnection::establish(&app.db.url).unwrap();
+    pg.batch_execute(&format!("LISTEN {}", lorewire::store::notify::CHANNEL)).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(format!("{prefix}events")).await.unwrap();
+    let mut heard = pubsub.into_on_message();
+
+    let (mut ada, _) = lobby_player(&app.url(""), "Ada").await;
+    ada.send(json!({"type": "message:send", "text": "a bell rings"})).await;
+    recv_where(&mut ada, "the message", |f| f["type"] == "message:new").await;
+    let token = app.player_token().await;
+    assert_eq!(app.content_final(&token, "quest", 1, json!({})).await["status"], "ready");
+
+    let mut kinds = Vec::new();
+    while !(kinds.contains(&"message".to_owned()) && kinds.contains(&"content".to_owned())) {
+        let message = tokio::time::timeout(Duration::from_secs(10), heard.next())
+            .await
+            .unwrap_or_else(|_| panic!("Redis carried only {kinds:?}"))
+            .expect("the subscription stays open");
+        let event: Value = serde_json::from_slice(message.get_payload_bytes()).unwrap();
+        kinds.push(event["t"].as_str().unwrap().to_owned());
+    }
+    let notifications: Vec<_> = pg.notifications_iter().collect::<Result<_, _>>().unwrap();
+    assert!(notifications.is_empty(), "PostgreSQL notified: {notifications:?}");
+}
+
+/// Two tabs of one player on two processes share one chat rate (2 per 10 s here); without Redis
+/// each process counts alone.
+#[actix_web::test]
+async fn the_chat_rate_is_shared_by_every_process() {
+    for redis in [true, false] {
+        let prefix = redis_prefix();
+        let configure = with_redis(&redis_url(), &prefix);
+        let app = spawn_with(Setup::new(Db::Postgres), |c| {
+            if redis {
+                configure(c);
+            }
+            c.chat_rate = lorewire::core::config::ChatRate { count: 2, per: Duration::from_secs(10) };
+        })
+        .await;
+        let other = second_process(&app).await;
+        let (a, b) = (app.url(""), format!("http://{}", other.addr));
+        wait_backplane(&a, true).await;
+        wait_backplane(&b, true).await;
+        let (mut tab1, ack) = lobby_player(&a, "Ada").await;
+        let mut tab2 = WsClient::connect(&format!("{b}/ws")).await;
+        tab2.lobby_frames = true;
+        tab2.send(json!({"type": "session:start", "nickname": "Ada", "token": ack["token"]})).await;
+        tab2.recv_type("presence:state").await;
+        for n in 1..=2 {
+            tab1.send(json!({"type": "message:send", "text": format!("tab one {n}")})).await;
+            recv_where(&mut tab1, "the message", |f| f["type"] == "message:new").await;
+        }
+        tab2.send(json!({"type": "message:send", "text": "tab two", "ref": 9})).await;
+        let answer = recv_where(&mut tab2, "the answer", |f| {
+            f["type"].as_str().is_some_and(|t| t.starts_with("error:"))
+                || (f["type"] == "message:new" && f["message"]["text"] == "tab two")
+        })
+        .await;
+        if redis {
+            assert_eq!(answer["type"], "error:rate_limited", "{answer}");
+            assert_eq!(answer["ref"], 9);
+        } else {
+            assert_eq!(answer["type"], "message:new", "without Redis each process counts alone: {answer}");
+        }
+        other.shutdown().await;
+    }
+}
+
+#[actix_web::test]
+async fn sqlite_with_redis_refuses_to_start() {
+    let db = crate::process::test_db(Db::Sqlite).await;
+    let mut config = lorewire::core::config::Config::with_database(&db.url);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    with_redis(&redis_url(), &redis_prefix())(&mut config);
+    let refused = lorewire::app::start(config, Arc::new(SystemClock)).await.err().expect("the start is refused");
+    let message = refused.to_string();
+    assert!(message.contains("LOREWIRE_REDIS_URL") && message.contains("SQLite"), "{message}");
+}
+
+/// A `redis-server` of this test's own, on a free port, keeping nothing on disk.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let dir = std::env::temp_dir();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (apt-get install redis-server)");
+        self.child = Some(child);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < until, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[actix_web::test]
+async fn redis_going_away_never_stops_local_play() {
+    let mut redis = PrivateRedis::start();
+    let configure = with_redis(&redis.url(), "lw:");
+    let app = spawn_with(Setup::new(Db::Postgres), |c| {
+        configure(c);
+        c.chat_rate = lorewire::core::config::ChatRate { count: 100, per: Duration::from_secs(10) };
+    })
+    .await;
+    let other = second_process(&app).await;
+    let (a, b) = (app.url(""), format!("http://{}", other.addr));
+    wait_backplane(&a, true).await;
+    wait_backplane(&b, true).await;
+    let (mut ada, _) = lobby_player(&a, "Ada").await;
+
+    redis.kill();
+    wait_backplane(&a, false).await;
+    wait_backplane(&b, false).await;
+    // Readiness is the database's; the admin summary says the backplane is down.
+    assert_eq!(get_json(&format!("{a}/ready"), None).await.0, 200);
+    let (_, summary) = get_json(&format!("{a}/admin/api/metrics/summary"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(summary["backplane"], json!({"kind": "redis", "up": false}), "{summary}");
+
+    // Local play goes on: chat and content on one process.
+    ada.send(json!({"type": "message:send", "text": "still here"})).await;
+    let new = recv_where(&mut ada, "the message", |f| f["type"] == "message:new").await;
+    assert_eq!(new["message"]["text"], "still here");
+    let token = app.player_token().await;
+    assert_eq!(app.content_final(&token, "npc", 1, json!({})).await["status"], "ready");
+
+    // Redis is back: each process reconnects on its own and they hear each other again.
+    redis.restart();
+    wait_backplane(&a, true).await;
+    wait_backplane(&b, true).await;
+    let (_, summary) = get_json(&format!("{a}/admin/api/metrics/summary"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(summary["backplane"]["up"], true, "{summary}");
+    let (mut bo, _) = lobby_player(&b, "Bo").await;
+    // What is published while the publisher's own connection comes back may be lost (Redis
+    // holds nothing); a message sent once both are back arrives.
+    let mut n = 0;
+    let heard = loop {
+        n += 1;
+        let text = format!("hello again {n}");
+        ada.send(json!({"type": "message:send", "text": text})).await;
+        match tokio::time::timeout(Duration::from_secs(2), async {
+            recv_where(&mut bo, "a message from the other process", |f| f["type"] == "message:new").await
+        })
+        .await
+        {
+            Ok(frame) => break frame,
+            Err(_) => assert!(n < 4, "no message crossed after Redis came back"),
+        }
+    };
+    assert!(heard["message"]["text"].as_str().unwrap().starts_with("hello again"), "{heard}");
+    other.shutdown().await;
+}
