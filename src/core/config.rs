@@ -142,9 +142,22 @@ pub struct Settings {
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
     #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_lease_secs: u64,
+    /// Most users listed in one presence:state or presence:page; above it, presence:update
+    /// carries only the count (at most once a second) and clients page with presence:list.
+    #[arg(long, global = true, env = "LOREWIRE_PRESENCE_LIST_MAX", default_value_t = 200, value_parser = parse_list_max)]
+    pub presence_list_max: usize,
     /// Log output on stderr: text (colour only on a terminal) or json (one object a line).
     #[arg(long, global = true, env = "LOREWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// `LOREWIRE_PRESENCE_LIST_MAX`: a positive number of users.
+fn parse_list_max(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1: it is how many users one presence:state or presence:page lists".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number of users (at least 1)")),
+    }
 }
 
 /// `COUNT/WINDOW`, e.g. `5/10s`.
@@ -252,6 +265,8 @@ pub struct Config {
     pub workers: usize,
     /// Presence changes are gathered this long into one `presence:update` (at most 100 ms).
     pub presence_window: Duration,
+    /// Most users in one `presence:state` / `presence:page`; above it updates carry only the count.
+    pub presence_list_max: usize,
     /// How often the dashboard's history samples the metrics (10 s; 360 samples are kept).
     pub metrics_sample: Duration,
 }
@@ -298,6 +313,7 @@ impl Settings {
             client_timeout: Duration::from_secs(30),
             workers: 0,
             presence_window: Duration::from_millis(95),
+            presence_list_max: self.presence_list_max,
             metrics_sample: Duration::from_secs(10),
         }
     }
@@ -334,6 +350,16 @@ mod tests {
         assert!(list.allows("http://localhost:3000", None));
         assert!(!list.allows("http://localhost:3001", None));
         assert!(AllowedOrigins::parse("*").allows("http://anything", None));
+    }
+
+    #[test]
+    fn presence_list_max_refuses_zero() {
+        let cli = |v: &str| Cli::try_parse_from(["lorewire", "--presence-list-max", v]);
+        assert_eq!(Cli::parse_from(["lorewire"]).settings.presence_list_max, 200);
+        assert_eq!(cli("3").unwrap().settings.presence_list_max, 3);
+        let zero = cli("0").unwrap_err().to_string();
+        assert!(zero.contains("at least 1"), "{zero}");
+        assert!(cli("-2").is_err() && cli("many").is_err());
     }
 
     #[test]
