@@ -144,7 +144,6 @@ pub struct Lobby {
 }
 
 impl Lobby {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hub: Addr<Hub>,
         metrics: Arc<Metrics>,
