@@ -174,8 +174,15 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         config.clone(),
         metrics.clone(),
     );
-    let lobby_actor =
-        Lobby::new(hub.clone(), metrics.clone(), config.presence_window, origin.clone(), backplane.clone()).start();
+    let lobby_actor = Lobby::new(
+        hub.clone(),
+        metrics.clone(),
+        config.presence_window,
+        config.presence_list_max,
+        origin.clone(),
+        backplane.clone(),
+    )
+    .start();
     let lobby = LobbyService::new(
         origin.clone(),
         store.clone(),

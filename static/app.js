@@ -129,7 +129,7 @@ function onError(err) {
 
 // --- presence --------------------------------------------------------------------------------
 
-function renderPresence({ online }) {
+function renderPresence({ online, online_count, complete }) {
   const list = $("presence");
   list.replaceChildren(
     ...online.map((u) => {
@@ -138,8 +138,21 @@ function renderPresence({ online }) {
       return li;
     }),
   );
-  $("online-count").textContent = `${online.length} online`;
+  $("online-count").textContent = `${online_count ?? online.length} online`;
+  $("presence-more").hidden = complete !== false;
 }
+
+$("presence-more").addEventListener("click", async () => {
+  const button = $("presence-more");
+  button.disabled = true;
+  try {
+    await client.morePresence();
+  } catch (err) {
+    onError(err);
+  } finally {
+    button.disabled = false;
+  }
+});
 
 // --- chat ------------------------------------------------------------------------------------
 

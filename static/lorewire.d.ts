@@ -156,6 +156,12 @@ export interface MessageSendFrame extends Referenced {
   text: string;
 }
 
+/** The next page of everyone online: the users with a user_id above `after_user_id` (0 first). */
+export interface PresenceListFrame extends Referenced {
+  type: "presence:list";
+  after_user_id: number;
+}
+
 export type ClientFrame =
   | SessionStartFrame
   | ContentRequestFrame
@@ -163,7 +169,8 @@ export type ClientFrame =
   | ContentUnsubscribeFrame
   | GenerateStartFrame
   | GenerateAbortFrame
-  | MessageSendFrame;
+  | MessageSendFrame
+  | PresenceListFrame;
 
 // --- Server frames (server -> client) ---------------------------------------------------------
 
@@ -234,15 +241,30 @@ export interface LobbyHistoryFrame {
   messages: Message[];
 }
 
+/** After `session:ack`: the lowest user_ids online, at most `LOREWIRE_PRESENCE_LIST_MAX`. */
 export interface PresenceStateFrame {
   type: "presence:state";
   online: PresenceUser[];
+  /** Distinct users online, listed or not. */
+  online_count: number;
+  /** Whether `online` is everyone. */
+  complete: boolean;
 }
 
+/** Above `LOREWIRE_PRESENCE_LIST_MAX` online, `joins` and `leaves` are empty: only the count. */
 export interface PresenceUpdateFrame {
   type: "presence:update";
   joins: PresenceUser[];
   leaves: PresenceLeave[];
+  online_count: number;
+}
+
+/** The answer to `presence:list`, ascending by user_id. */
+export interface PresencePageFrame extends Referenced {
+  type: "presence:page";
+  online: PresenceUser[];
+  /** The last listed user_id when more follow (the next `after_user_id`); null on the last page. */
+  next_after_user_id: number | null;
 }
 
 export interface MessageNewFrame {
@@ -272,6 +294,7 @@ export type ServerFrame =
   | LobbyHistoryFrame
   | PresenceStateFrame
   | PresenceUpdateFrame
+  | PresencePageFrame
   | MessageNewFrame
   | MessageMoodUpdatedFrame
   | ErrorFrame;
@@ -288,6 +311,7 @@ export interface Replies {
   "content:request": ContentSnapshotFrame;
   "content:subscribe": ContentSnapshotFrame;
   "generate:start": RunQueuedFrame | RunErrorFrame;
+  "presence:list": PresencePageFrame;
 }
 
 export type ReplyTo<F extends ClientFrame> = F["type"] extends keyof Replies ? Replies[F["type"]] : ServerFrame;
@@ -313,8 +337,16 @@ export interface LorewireEventMap {
   session: SessionAckFrame;
   /** Lobby history, oldest first. */
   history: Message[];
-  /** The whole list after each change, with the change itself. */
-  presence: { online: PresenceUser[]; joins: PresenceUser[]; leaves: PresenceLeave[] };
+  /** The list as known after each change or page, with the change itself. */
+  presence: {
+    online: PresenceUser[];
+    joins: PresenceUser[];
+    leaves: PresenceLeave[];
+    /** Everyone online, listed or not. */
+    online_count: number;
+    /** Whether `online` is everyone; if not, `morePresence()` lists more. */
+    complete: boolean;
+  };
   message: Message;
   mood: { id: number; mood: Mood; mood_status: Exclude<MoodStatus, "pending"> };
   /** A snapshot or update, newest version only. */
@@ -340,8 +372,12 @@ export declare class LorewireClient extends EventTarget {
   readonly session: SessionAckFrame | null;
   /** Every item this client knows, newest version, by `"kind:subject_id"`. */
   readonly items: Map<string, Content>;
-  /** Who is online: user_id -> nickname. */
+  /** Who is online as far as listed: user_id -> nickname. */
   readonly online: Map<number, string>;
+  /** Everyone online, listed or not. */
+  readonly onlineCount: number;
+  /** Whether `online` is everyone. */
+  readonly presenceComplete: boolean;
   /** The resume token kept in storage. */
   token: string | null;
 
@@ -356,6 +392,8 @@ export declare class LorewireClient extends EventTarget {
   /** Sends a frame with a fresh `ref`; resolves with the direct reply, rejects with an error frame. */
   request<F extends ClientFrame>(frame: F, timeoutMs?: number): Promise<ReplyTo<F>>;
 
+  /** Lists the next page of who is online (or the first again once the list went stale); null when complete. */
+  morePresence(): Promise<PresencePageFrame | null>;
   /** Sends a lobby message; resolves with its `ref` (a refusal comes as an `error` event with it). */
   sendMessage(text: string): Promise<string>;
   /** Requests (or regenerates) an item; resolves with its snapshot and keeps it subscribed. */

@@ -15,7 +15,9 @@
 //   status     {state: "connecting"|"live"|"reconnecting"|"closed", attempt, delayMs}
 //   session    the session:ack frame (user_id, nickname, token, variant, server_time)
 //   history    [Message]                       lobby history, oldest first
-//   presence   {online: [{user_id, nickname}], joins, leaves}   the full list after each change
+//   presence   {online: [{user_id, nickname}], joins, leaves, online_count, complete}
+//              the list as known after each change or page; `online_count` is everyone online,
+//              `complete` whether the list is all of them (else morePresence() pages on)
 //   message    Message                         a new lobby message
 //   mood       {id, mood, mood_status}         a message's mood settled
 //   content    Content                         an item changed (snapshot or update, newest only)
@@ -50,6 +52,9 @@ export class LorewireClient extends EventTarget {
     this.attempt = 0;
     this.items = new Map(); // "kind:subject_id" -> Content (newest seen)
     this.online = new Map(); // user_id -> nickname
+    this.onlineCount = 0; // everyone online, listed or not
+    this.presenceComplete = true; // the list is everyone online
+    this.presenceCursor = null; // after_user_id of the next page; null once a pass is done
     this.pending = new Map(); // ref -> {resolve, reject, timer}
     this.nextRef = 1;
     this.stopped = true;
@@ -212,15 +217,27 @@ export class LorewireClient extends EventTarget {
       case "lobby:history":
         this.emit("history", frame.messages || []);
         break;
-      case "presence:state":
-        this.online = new Map((frame.online || []).map((u) => [u.user_id, u.nickname]));
+      case "presence:state": {
+        const listed = frame.online || [];
+        this.online = new Map(listed.map((u) => [u.user_id, u.nickname]));
+        this.onlineCount = frame.online_count ?? this.online.size;
+        this.presenceComplete = frame.complete !== false;
+        // The state lists the lowest user_ids: the next page starts after the last of them.
+        this.presenceCursor = this.presenceComplete ? null : listed.length ? listed[listed.length - 1].user_id : 0;
         this.emitPresence([], []);
         break;
-      case "presence:update":
-        for (const u of frame.joins || []) this.online.set(u.user_id, u.nickname);
-        for (const u of frame.leaves || []) this.online.delete(u.user_id);
-        this.emitPresence(frame.joins || [], frame.leaves || []);
+      }
+      case "presence:update": {
+        const joins = frame.joins || [];
+        const leaves = frame.leaves || [];
+        for (const u of joins) this.online.set(u.user_id, u.nickname);
+        for (const u of leaves) this.online.delete(u.user_id);
+        this.onlineCount = frame.online_count ?? this.online.size;
+        // Only the count: above the server's list maximum the list is no longer kept up to date.
+        if (!joins.length && !leaves.length && this.onlineCount !== this.online.size) this.presenceComplete = false;
+        this.emitPresence(joins, leaves);
         break;
+      }
       case "message:new":
         this.emit("message", frame.message);
         break;
@@ -239,7 +256,7 @@ export class LorewireClient extends EventTarget {
   emitPresence(joins, leaves) {
     const online = [...this.online].map(([user_id, nickname]) => ({ user_id, nickname }));
     online.sort((a, b) => a.nickname.localeCompare(b.nickname) || a.user_id - b.user_id);
-    this.emit("presence", { online, joins, leaves });
+    this.emit("presence", { online, joins, leaves, online_count: this.onlineCount, complete: this.presenceComplete });
   }
 
   onContent(content) {
@@ -282,6 +299,23 @@ export class LorewireClient extends EventTarget {
   unsubscribe(kind, subjectId) {
     this.items.delete(`${kind}:${subjectId}`);
     this.send({ type: "content:unsubscribe", kind, subject_id: Number(subjectId) });
+  }
+
+  /**
+   * Lists more of who is online (presence:list): the next page after those listed, or, when the
+   * list went stale after a whole pass, the first page again in place of it. Resolves with the
+   * presence:page (null when the list is already everyone).
+   */
+  async morePresence() {
+    if (this.presenceComplete) return null;
+    const restart = this.presenceCursor === null;
+    const page = await this.request({ type: "presence:list", after_user_id: restart ? 0 : this.presenceCursor });
+    if (restart) this.online = new Map();
+    for (const u of page.online || []) this.online.set(u.user_id, u.nickname);
+    this.presenceCursor = page.next_after_user_id ?? null;
+    if (this.presenceCursor === null) this.presenceComplete = this.online.size >= this.onlineCount;
+    this.emitPresence([], []);
+    return page;
   }
 
   /** Starts a generation run; resolves with run:queued. Its frames arrive as "run" events. */

@@ -150,9 +150,22 @@ pub struct Settings {
     /// Prefix of every Redis key and channel lorewire uses.
     #[arg(long, global = true, env = "LOREWIRE_REDIS_PREFIX", default_value = "lorewire:")]
     pub redis_prefix: String,
+    /// Most users listed in one presence:state or presence:page; above it, presence:update
+    /// carries only the count (at most once a second) and clients page with presence:list.
+    #[arg(long, global = true, env = "LOREWIRE_PRESENCE_LIST_MAX", default_value_t = 200, value_parser = parse_list_max)]
+    pub presence_list_max: usize,
     /// Log output on stderr: text (colour only on a terminal) or json (one object a line).
     #[arg(long, global = true, env = "LOREWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// `LOREWIRE_PRESENCE_LIST_MAX`: a positive number of users.
+fn parse_list_max(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1: it is how many users one presence:state or presence:page lists".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number of users (at least 1)")),
+    }
 }
 
 /// `COUNT/WINDOW`, e.g. `5/10s`.
@@ -260,6 +273,8 @@ pub struct Config {
     pub workers: usize,
     /// Presence changes are gathered this long into one `presence:update` (at most 100 ms).
     pub presence_window: Duration,
+    /// Most users in one `presence:state` / `presence:page`; above it updates carry only the count.
+    pub presence_list_max: usize,
     /// How often the dashboard's history samples the metrics (10 s; 360 samples are kept).
     pub metrics_sample: Duration,
     /// Redis as the backplane (`LOREWIRE_REDIS_URL`), and the prefix of its keys and channels.
@@ -309,6 +324,7 @@ impl Settings {
             client_timeout: Duration::from_secs(30),
             workers: 0,
             presence_window: Duration::from_millis(95),
+            presence_list_max: self.presence_list_max,
             metrics_sample: Duration::from_secs(10),
             redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
             redis_prefix: self.redis_prefix,
@@ -347,6 +363,16 @@ mod tests {
         assert!(list.allows("http://localhost:3000", None));
         assert!(!list.allows("http://localhost:3001", None));
         assert!(AllowedOrigins::parse("*").allows("http://anything", None));
+    }
+
+    #[test]
+    fn presence_list_max_refuses_zero() {
+        let cli = |v: &str| Cli::try_parse_from(["lorewire", "--presence-list-max", v]);
+        assert_eq!(Cli::parse_from(["lorewire"]).settings.presence_list_max, 200);
+        assert_eq!(cli("3").unwrap().settings.presence_list_max, 3);
+        let zero = cli("0").unwrap_err().to_string();
+        assert!(zero.contains("at least 1"), "{zero}");
+        assert!(cli("-2").is_err() && cli("many").is_err());
     }
 
     #[test]

@@ -21,6 +21,13 @@ pub enum ClientFrame {
     GenerateStart(GenerateStart),
     GenerateAbort(GenerateAbort),
     MessageSend(MessageSend),
+    PresenceList(PresenceList),
+}
+
+/// `presence:list`: the next page of everyone online, after `after_user_id` (0 for the first).
+#[derive(Debug, Deserialize)]
+pub struct PresenceList {
+    pub after_user_id: u64,
 }
 
 /// `generate:start`; `action` stays a string so an unknown one gets a message naming it.
@@ -67,7 +74,7 @@ pub struct ContentRef {
 }
 
 /// The frame types a client may send.
-pub const CLIENT_TYPES: [&str; 7] = [
+pub const CLIENT_TYPES: [&str; 8] = [
     "session:start",
     "content:request",
     "content:subscribe",
@@ -75,6 +82,7 @@ pub const CLIENT_TYPES: [&str; 7] = [
     "generate:start",
     "generate:abort",
     "message:send",
+    "presence:list",
 ];
 
 /// Deserializes a frame's fields, naming the field at fault in the error.
@@ -183,10 +191,20 @@ pub enum Typed {
     },
     #[serde(rename = "lobby:history")]
     LobbyHistory { messages: Vec<Message> },
+    /// The lowest `user_id`s online (at most the list maximum); `complete` when that is everyone.
     #[serde(rename = "presence:state")]
-    PresenceState { online: Vec<PresenceUser> },
+    PresenceState { online: Vec<PresenceUser>, online_count: usize, complete: bool },
+    /// The changes, or above the list maximum only the new count (empty lists).
     #[serde(rename = "presence:update")]
-    PresenceUpdate { joins: Vec<PresenceUser>, leaves: Vec<PresenceLeave> },
+    PresenceUpdate { joins: Vec<PresenceUser>, leaves: Vec<PresenceLeave>, online_count: usize },
+    /// The answer to `presence:list`; `next_after_user_id` is null on the last page.
+    #[serde(rename = "presence:page")]
+    PresencePage {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        online: Vec<PresenceUser>,
+        next_after_user_id: Option<i64>,
+    },
     #[serde(rename = "message:new")]
     MessageNew { message: Message },
     #[serde(rename = "message:mood_updated")]
@@ -255,6 +273,7 @@ pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
         "generate:start" => fields(value).map(ClientFrame::GenerateStart),
         "generate:abort" => fields(value).map(ClientFrame::GenerateAbort),
         "message:send" => fields(value).map(ClientFrame::MessageSend),
+        "presence:list" => fields(value).map(ClientFrame::PresenceList),
         other => Err(format!("unknown frame type `{other}` (expected one of {})", CLIENT_TYPES.join(", "))),
     };
     (reference, frame)
@@ -276,6 +295,16 @@ mod tests {
         assert!(f.unwrap_err().contains("`subject_id`"));
         let (_, f) = parse(r#"{"type":"content:request","kind":"dragon","subject_id":1}"#);
         assert!(f.unwrap_err().contains("dragon"));
+        for bad in [
+            r#"{"type":"presence:list"}"#,
+            r#"{"type":"presence:list","after_user_id":-1}"#,
+            r#"{"type":"presence:list","after_user_id":"0"}"#,
+            r#"{"type":"presence:list","after_user_id":1.5}"#,
+        ] {
+            assert!(parse(bad).1.unwrap_err().contains("after_user_id"), "{bad}");
+        }
+        let (_, f) = parse(r#"{"type":"presence:list","after_user_id":250}"#);
+        assert!(matches!(f, Ok(ClientFrame::PresenceList(PresenceList { after_user_id: 250 }))));
         let (_, f) = parse("not json");
         assert!(f.is_err());
     }

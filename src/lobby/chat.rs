@@ -9,13 +9,13 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::frames::new_message_publish;
-use super::presence::{Join, Leave, Lobby};
+use super::presence::{Join, Leave, Lobby, Page, PendingState, PresencePage};
 use super::rate_limit::RateLimiter;
 use crate::backplane::Backplane;
 use crate::core::clock::SharedClock;
 use crate::core::config::{ChatRate, Config};
 use crate::core::metrics::Metrics;
-use crate::domain::lobby::{validate_text, Message, PresenceUser};
+use crate::domain::lobby::{validate_text, Message};
 use crate::hub::{Hub, SessionId};
 use crate::jobs::JobsAvailable;
 use crate::store::messages::{self, MessageRow};
@@ -80,13 +80,18 @@ impl LobbyService {
         &self.lobby
     }
 
-    /// Enters the lobby: everyone online, then the history read after the subscription is in
-    /// place (so every message is in the history or arrives as `message:new`, or both).
-    pub async fn join(&self, join: Join) -> Result<(Vec<PresenceUser>, Vec<Message>), StoreError> {
-        let online = self.lobby.send(join).await.map_err(|_| StoreError::Canceled)?;
+    /// Enters the lobby: the history read after the subscription is in place (so every message
+    /// is in the history or arrives as `message:new`, or both), and the `presence:state` to come.
+    pub async fn join(&self, join: Join) -> Result<(Vec<Message>, PendingState), StoreError> {
+        let state = self.lobby.send(join).await.map_err(|_| StoreError::Canceled)?;
         let limit = self.history_limit;
         let rows = self.store.run(move |conn| messages::recent(conn, limit)).await?;
-        Ok((online, rows.iter().map(MessageRow::message).collect()))
+        Ok((rows.iter().map(MessageRow::message).collect(), state))
+    }
+
+    /// The next page of everyone online after `after_user_id`.
+    pub async fn page(&self, after_user_id: i64) -> Result<PresencePage, StoreError> {
+        self.lobby.send(Page { after_user_id }).await.map_err(|_| StoreError::Canceled)
     }
 
     pub fn leave(&self, session: SessionId) {

@@ -12,7 +12,7 @@ pub mod remote;
 
 pub use chat::{LobbyService, SendRefused};
 pub use frames::{mood_publish, new_message_publish};
-pub use presence::{Join, Leave, ListenerReady, Lobby, OnlineUsers, Remote};
+pub use presence::{Join, Leave, ListenerReady, Lobby, OnlineUsers, Page, PendingState, PresencePage, Remote};
 
 pub use crate::domain::lobby::{
     validate_text, Message, Mood, MoodStatus, PresenceLeave, PresenceUser, MAX_MESSAGE_CHARS,

@@ -3,32 +3,66 @@
 //! the database and never calls the LLM.
 //!
 //! Presence goes out as changes gathered over at most `presence_window` (never the whole list to
-//! everyone); a session that joins gets the full list once, as its own reply. When the backplane
-//! is shared, this process announces its own players' changes, says it is alive every few
-//! seconds, and drops the players of a process that went silent (it died).
+//! everyone). Everyone online on every process is kept in one ordered map by `user_id`, updated
+//! once per window, so a join costs O(log n) in the number online: a joining session gets the
+//! lowest `presence_list_max` users of it (built once per window for all who joined in it) and
+//! pages through the rest with `presence:list`. Above `presence_list_max` the updates carry only
+//! the count, at most once a second; when the count comes back to it, everyone in the lobby gets
+//! the whole (short) list again once, as a `presence:state`.
+//!
+//! When the backplane is shared, this process announces its own players' changes, says it is
+//! alive every few seconds, and drops the players of a process that went silent (it died).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use bytestring::ByteString;
+use tokio::sync::oneshot;
 
 use crate::backplane::Backplane;
 use crate::core::metrics::Metrics;
 use crate::domain::events::Event;
 use crate::domain::lobby::{PresenceLeave, PresenceUser};
 use crate::domain::wire::{ServerFrame, Typed};
-use crate::hub::{self, Hub, Publish, SessionId, ToSession, Topic};
+use crate::hub::{self, Hub, Publish, SessionId, Topic};
 
-/// A session of `user_id` enters the lobby. Answers everyone online now (the joining user
-/// included); the Lobby subscribes the session to [`Topic::Lobby`] before answering.
+/// A session of `user_id` enters the lobby. The Lobby subscribes the session to
+/// [`Topic::Lobby`] at once and answers with its [`PendingState`].
 #[derive(Message)]
-#[rtype(result = "Vec<PresenceUser>")]
+#[rtype(result = "PendingState")]
 pub struct Join {
     pub session: SessionId,
     pub user_id: i64,
     pub nickname: String,
-    pub recipient: Recipient<ToSession>,
+}
+
+/// The `presence:state` of a joining session, as of the end of the window its join falls in
+/// (so it lists the joining user); the frames of the lobby in between are to be held back.
+pub struct PendingState(oneshot::Receiver<ByteString>);
+
+impl PendingState {
+    /// The frame to send; `None` if the lobby stopped first.
+    pub async fn ready(self) -> Option<ByteString> {
+        self.0.await.ok()
+    }
+}
+
+/// The next page of everyone online: at most `presence_list_max` users with a `user_id` above
+/// `after_user_id`, ascending.
+#[derive(Message)]
+#[rtype(result = "PresencePage")]
+pub struct Page {
+    pub after_user_id: i64,
+}
+
+/// One page of everyone online; `next_after_user_id` is the last listed id when more follow.
+#[derive(Debug)]
+pub struct PresencePage {
+    pub online: Vec<PresenceUser>,
+    pub next_after_user_id: Option<i64>,
 }
 
 /// A session left (its socket closed).
@@ -59,6 +93,8 @@ const ALIVE_EVERY: Duration = Duration::from_secs(5);
 const REMOTE_EXPIRES: Duration = Duration::from_secs(16);
 /// Users per presence event, so one stays under the backplane's event size limit.
 const USERS_PER_NOTIFICATION: usize = 40;
+/// Above the list maximum, the count goes out at most this often.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
 
 struct RemoteProcess {
     users: HashMap<i64, String>,
@@ -70,18 +106,11 @@ struct Member {
     sessions: usize,
 }
 
-/// A session that joined since the last flush, and what its snapshot said about the users
-/// whose change was still being gathered then (everyone else matched the last broadcast).
-struct Fresh {
-    recipient: Recipient<ToSession>,
-    seen: Vec<(i64, bool)>,
-}
-
 pub struct Lobby {
     hub: Addr<Hub>,
     metrics: Arc<Metrics>,
     window: Duration,
-    topic: Arc<Topic>,
+    list_max: usize,
     origin: Arc<str>,
     /// Presence is shared with the other processes through it (when it is shared).
     backplane: Arc<dyn Backplane>,
@@ -95,12 +124,23 @@ pub struct Lobby {
     /// Events waiting to be sent, one batch in flight at a time so they keep their order.
     outgoing: Vec<Event>,
     sending: bool,
-    /// Online as last broadcast.
-    broadcast: HashMap<i64, String>,
-    /// Users changed since the last broadcast.
+    /// Everyone online on every process as of the last flush, by user_id: what states, pages,
+    /// counts and updates say.
+    view: BTreeMap<i64, String>,
+    /// The `presence:state` of `view`, built once until `view` changes.
+    state_frame: Option<ByteString>,
+    /// Users changed since the last flush.
     dirty: HashSet<i64>,
-    fresh: Vec<Fresh>,
+    /// Joins waiting for the flush of their window, to be answered its `presence:state`.
+    waiting: Vec<oneshot::Sender<ByteString>>,
     flush_scheduled: bool,
+    /// The lobby's sessions hold the whole list and are told every change (the count was at or
+    /// below the list maximum at every flush since the last full state).
+    listing: bool,
+    /// The last `online_count` sent to the lobby, and when a count-only frame last went out.
+    told_count: usize,
+    count_sent_at: Option<Instant>,
+    count_scheduled: bool,
 }
 
 impl Lobby {
@@ -108,6 +148,7 @@ impl Lobby {
         hub: Addr<Hub>,
         metrics: Arc<Metrics>,
         window: Duration,
+        list_max: usize,
         origin: Arc<str>,
         backplane: Arc<dyn Backplane>,
     ) -> Self {
@@ -115,7 +156,7 @@ impl Lobby {
             hub,
             metrics,
             window,
-            topic: Arc::new(Topic::Lobby),
+            list_max: list_max.max(1),
             origin,
             backplane,
             sessions: HashMap::new(),
@@ -124,10 +165,15 @@ impl Lobby {
             to_announce: HashMap::new(),
             outgoing: Vec::new(),
             sending: false,
-            broadcast: HashMap::new(),
+            view: BTreeMap::new(),
+            state_frame: None,
             dirty: HashSet::new(),
-            fresh: Vec::new(),
+            waiting: Vec::new(),
             flush_scheduled: false,
+            listing: true,
+            told_count: 0,
+            count_sent_at: None,
+            count_scheduled: false,
         }
     }
 
@@ -139,16 +185,34 @@ impl Lobby {
             .or_else(|| self.remote.values().find_map(|p| p.users.get(&user_id)))
     }
 
-    fn everyone(&self) -> Vec<PresenceUser> {
-        let mut all: HashMap<i64, &String> = HashMap::new();
-        for process in self.remote.values() {
-            all.extend(process.users.iter().map(|(id, n)| (*id, n)));
-        }
-        all.extend(self.online.iter().map(|(id, m)| (*id, &m.nickname)));
-        let mut list: Vec<PresenceUser> =
-            all.into_iter().map(|(user_id, nickname)| PresenceUser { user_id, nickname: nickname.clone() }).collect();
-        list.sort_by_key(|u| u.user_id);
-        list
+    /// `presence:state` of the lowest `list_max` users of the view.
+    fn state(&mut self) -> ByteString {
+        let (view, list_max) = (&self.view, self.list_max);
+        self.state_frame
+            .get_or_insert_with(|| {
+                let online = view
+                    .iter()
+                    .take(list_max)
+                    .map(|(id, nickname)| PresenceUser { user_id: *id, nickname: nickname.clone() })
+                    .collect();
+                let frame: ServerFrame =
+                    Typed::PresenceState { online, online_count: view.len(), complete: view.len() <= list_max }.into();
+                frame.to_bytes()
+            })
+            .clone()
+    }
+
+    fn page(&self, after_user_id: i64) -> PresencePage {
+        let mut online: Vec<PresenceUser> = self
+            .view
+            .range((Bound::Excluded(after_user_id), Bound::Unbounded))
+            .take(self.list_max + 1)
+            .map(|(id, nickname)| PresenceUser { user_id: *id, nickname: nickname.clone() })
+            .collect();
+        let more = online.len() > self.list_max;
+        online.truncate(self.list_max);
+        let next_after_user_id = if more { online.last().map(|u| u.user_id) } else { None };
+        PresencePage { online, next_after_user_id }
     }
 
     /// A local user came online or went offline here: tell the other processes at the next flush.
@@ -235,9 +299,15 @@ impl Lobby {
         self.metrics.online_users.set(self.online.len() as i64);
     }
 
-    /// Broadcasts what changed since the last broadcast (a user who left and came back in
-    /// between appears in neither list), then corrects the sessions that joined meanwhile
-    /// where their snapshot and that broadcast disagree.
+    fn publish(&mut self, frame: Typed) {
+        self.metrics.presence_updates.inc();
+        let frame: ServerFrame = frame.into();
+        self.hub.do_send(Publish { topic: Topic::Lobby, version: None, text: frame.to_bytes() });
+    }
+
+    /// Brings the view up to date with what changed in the window and tells the lobby: every
+    /// change while it is listing (a user who left and came back in between appears in neither
+    /// list), else the count; then answers the joins of the window.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
         if !self.to_announce.is_empty() {
@@ -255,48 +325,80 @@ impl Lobby {
         let mut joins = Vec::new();
         let mut leaves = Vec::new();
         for user_id in std::mem::take(&mut self.dirty) {
-            match (self.effective(user_id).cloned(), self.broadcast.get(&user_id)) {
+            match (self.effective(user_id).cloned(), self.view.get(&user_id)) {
                 (Some(nickname), seen) if seen != Some(&nickname) => {
                     joins.push(PresenceUser { user_id, nickname: nickname.clone() });
-                    self.broadcast.insert(user_id, nickname);
+                    self.view.insert(user_id, nickname);
                 }
                 (None, Some(_)) => {
                     leaves.push(PresenceLeave { user_id });
-                    self.broadcast.remove(&user_id);
+                    self.view.remove(&user_id);
                 }
                 _ => {}
             }
         }
-        joins.sort_by_key(|j| j.user_id);
-        leaves.sort_by_key(|l| l.user_id);
-        let in_update: HashSet<i64> = joins.iter().map(|j| j.user_id).chain(leaves.iter().map(|l| l.user_id)).collect();
-        for fresh in std::mem::take(&mut self.fresh) {
-            let mut fix_joins = Vec::new();
-            let mut fix_leaves = Vec::new();
-            for (user_id, was_online) in fresh.seen {
-                let now_online = self.effective(user_id);
-                if in_update.contains(&user_id) || now_online.is_some() == was_online {
-                    continue;
-                }
-                match now_online {
-                    Some(nickname) => fix_joins.push(PresenceUser { user_id, nickname: nickname.clone() }),
-                    None => fix_leaves.push(PresenceLeave { user_id }),
-                }
-            }
-            if fix_joins.is_empty() && fix_leaves.is_empty() {
-                continue;
-            }
-            let frame: ServerFrame = Typed::PresenceUpdate { joins: fix_joins, leaves: fix_leaves }.into();
-            let frame = ToSession::Frame { topic: self.topic.clone(), version: None, text: frame.to_bytes() };
-            hub::deliver(&fresh.recipient, frame, &self.metrics);
+        if !(joins.is_empty() && leaves.is_empty()) {
+            self.state_frame = None;
         }
-        if joins.is_empty() && leaves.is_empty() {
+        if self.view.len() > self.list_max {
+            self.listing = false;
+        }
+        if self.listing {
+            if !(joins.is_empty() && leaves.is_empty()) {
+                joins.sort_by_key(|j| j.user_id);
+                leaves.sort_by_key(|l| l.user_id);
+                tracing::debug!(joins = joins.len(), leaves = leaves.len(), "presence update");
+                self.told_count = self.view.len();
+                self.publish(Typed::PresenceUpdate { joins, leaves, online_count: self.told_count });
+            }
+        } else {
+            self.count_news(ctx);
+        }
+        if !self.waiting.is_empty() {
+            let state = self.state();
+            for answer in self.waiting.drain(..) {
+                let _ = answer.send(state.clone());
+            }
+        }
+    }
+
+    /// Not listing: the count (or, back at the list maximum, the whole list) goes out now, or a
+    /// second after the last one.
+    fn count_news(&mut self, ctx: &mut Context<Self>) {
+        if self.count_scheduled {
             return;
         }
-        tracing::debug!(joins = joins.len(), leaves = leaves.len(), "presence update");
-        self.metrics.presence_updates.inc();
-        let frame: ServerFrame = Typed::PresenceUpdate { joins, leaves }.into();
-        self.hub.do_send(Publish { topic: Topic::Lobby, version: None, text: frame.to_bytes() });
+        let wait = self
+            .count_sent_at
+            .map(|at| (at + COUNT_EVERY).saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        if wait.is_zero() {
+            return self.send_count();
+        }
+        self.count_scheduled = true;
+        ctx.run_later(wait, |act, _| {
+            act.count_scheduled = false;
+            act.send_count();
+        });
+    }
+
+    fn send_count(&mut self) {
+        let count = self.view.len();
+        if self.listing || (count > self.list_max && count == self.told_count) {
+            return;
+        }
+        if count <= self.list_max {
+            // Back at the list maximum: the lists the sessions hold are stale, so they get the
+            // whole list once; every change is listed from here on.
+            tracing::debug!(online = count, "presence listed again");
+            self.listing = true;
+            let text = self.state();
+            self.hub.do_send(Publish { topic: Topic::Lobby, version: None, text });
+        } else {
+            self.publish(Typed::PresenceUpdate { joins: Vec::new(), leaves: Vec::new(), online_count: count });
+        }
+        self.told_count = count;
+        self.count_sent_at = Some(Instant::now());
     }
 }
 
@@ -330,15 +432,19 @@ impl Handler<Join> for Lobby {
         member.nickname = msg.nickname;
         if first_here || renamed {
             self.local_changed(msg.user_id, ctx);
-        } else if !self.broadcast.contains_key(&msg.user_id) {
+        } else if !self.view.contains_key(&msg.user_id) {
             self.changed(msg.user_id, ctx);
         }
-        let seen = self.dirty.iter().map(|u| (*u, self.effective(*u).is_some())).collect();
-        self.fresh.push(Fresh { recipient: msg.recipient, seen });
         // Sent before any later lobby publish of this actor, so the session misses none of them.
         self.hub.do_send(hub::Subscribe { id: msg.session, topic: Topic::Lobby });
         self.gauges();
-        MessageResult(self.everyone())
+        let (answer, answered) = oneshot::channel();
+        if self.dirty.is_empty() {
+            let _ = answer.send(self.state());
+        } else {
+            self.waiting.push(answer);
+        }
+        MessageResult(PendingState(answered))
     }
 }
 
@@ -359,6 +465,13 @@ impl Handler<Leave> for Lobby {
             self.local_changed(user_id, ctx);
         }
         self.gauges();
+    }
+}
+
+impl Handler<Page> for Lobby {
+    type Result = MessageResult<Page>;
+    fn handle(&mut self, msg: Page, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.page(msg.after_user_id))
     }
 }
 

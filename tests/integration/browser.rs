@@ -7,13 +7,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lorewire::hub::CloseAll;
 use serde_json::json;
 
-use crate::common::{spawn_app, spawn_with, Db, Mode, Setup, TestApp, ADMIN_TOKEN};
+use crate::common::{spawn_app, spawn_with, Db, Event, Mode, Setup, TestApp, ADMIN_TOKEN};
 
 /// A scenario that runs longer than this is killed.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(50);
@@ -118,6 +119,33 @@ async fn scenario(app: &TestApp, name: &'static str, on_request: impl Fn(&str) +
 async fn two_players_see_each_other_and_chat() {
     let app = spawn_app(Db::Sqlite).await;
     scenario(&app, "presence_chat", |_| {}).await;
+}
+
+/// Four players online on sockets of their own, one of whom leaves when the scenario asks.
+#[actix_web::test]
+async fn the_online_count_shows_and_show_more_pages_the_list() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.presence_list_max = 2).await;
+    let leave = Arc::new(AtomicBool::new(false));
+    for i in 0..4 {
+        let (mut ws, _) = app.player(&format!("Rival{i}")).await;
+        let leave = (i == 0).then(|| leave.clone());
+        // Read on (answering pings) until told to leave.
+        actix_web::rt::spawn(async move {
+            loop {
+                if leave.as_ref().is_some_and(|l| l.load(Ordering::SeqCst)) {
+                    return ws.close().await;
+                }
+                if matches!(ws.next_event(Duration::from_millis(50)).await, Some(Event::Close(_) | Event::Eof)) {
+                    return;
+                }
+            }
+        });
+    }
+    scenario(&app, "presence_pages", move |what| {
+        assert_eq!(what, "leave");
+        leave.store(true, Ordering::SeqCst);
+    })
+    .await;
 }
 
 #[actix_web::test]

@@ -1,5 +1,6 @@
-//! The lobby: frames after the ack, presence over tabs and its gathering window, chat rules,
-//! rate limit, history, moods (ready, fallback, recovered after a restart).
+//! The lobby: frames after the ack, presence over tabs and its gathering window, the presence
+//! list maximum (capped state, paging, count-only updates, full lists again), chat rules, rate
+//! limit, history, moods (ready, fallback, recovered after a restart).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ struct Joined {
     ack: Value,
     history: Value,
     online: Value,
+    /// The whole `presence:state` frame.
+    state: Value,
 }
 
 impl Joined {
@@ -40,7 +43,7 @@ async fn join(app: &TestApp, nickname: &str, token: Option<&str>) -> Joined {
     assert_eq!(history["type"], "lobby:history", "{history}");
     let online = ws.recv().await;
     assert_eq!(online["type"], "presence:state", "{online}");
-    Joined { ws, ack, history: history["messages"].clone(), online: online["online"].clone() }
+    Joined { ws, ack, history: history["messages"].clone(), online: online["online"].clone(), state: online }
 }
 
 fn ids(list: &Value) -> Vec<i64> {
@@ -74,8 +77,11 @@ async fn presence_state_then_updates(db: Db) {
     let app = lobby_app(db, |_| {}).await;
     let mut ada = join(&app, "Ada", None).await;
     assert_eq!(ada.history, json!([]));
-    assert_eq!(ada.online, json!([{"user_id": ada.user_id(), "nickname": "Ada"}]));
-    // Ada's own join is broadcast too (to Ada as well); let it pass.
+    assert_eq!(
+        ada.state,
+        json!({"type": "presence:state", "online": [{"user_id": ada.user_id(), "nickname": "Ada"}], "online_count": 1, "complete": true})
+    );
+    // Ada's own join is broadcast too (to Ada as well, after her state); let it pass.
     let (joins, _, _) = presence_within(&mut ada.ws, Duration::from_millis(300)).await;
     assert_eq!(joins, vec![ada.user_id()]);
 
@@ -85,15 +91,21 @@ async fn presence_state_then_updates(db: Db) {
     online.sort();
     assert_eq!(online, vec![ada.user_id(), bo.user_id()]);
 
+    assert_eq!((bo.state["online_count"].as_i64(), bo.state["complete"].as_bool()), (Some(2), Some(true)));
+
     let joined = ada.ws.recv_type("presence:update").await;
-    assert_eq!(joined["joins"], json!([{"user_id": bo.user_id(), "nickname": "Bo"}]));
-    assert_eq!(joined["leaves"], json!([]));
+    assert_eq!(
+        joined,
+        json!({"type": "presence:update", "joins": [{"user_id": bo.user_id(), "nickname": "Bo"}], "leaves": [], "online_count": 2})
+    );
 
     let bo_id = bo.user_id();
     bo.ws.close().await;
     let left = ada.ws.recv_type("presence:update").await;
-    assert_eq!(left["joins"], json!([]));
-    assert_eq!(left["leaves"], json!([{"user_id": bo_id}]));
+    assert_eq!(
+        left,
+        json!({"type": "presence:update", "joins": [], "leaves": [{"user_id": bo_id}], "online_count": 1})
+    );
 }
 
 async fn two_tabs_leave_when_the_last_closes(db: Db) {
@@ -125,12 +137,14 @@ async fn presence_is_gathered_and_cancels_within_the_window(db: Db) {
     let mut watcher = join(&app, "Watcher", None).await;
     let (_, _, _) = presence_within(&mut watcher.ws, Duration::from_millis(800)).await;
 
-    // Two joins inside one window: one update with both.
-    let a = join(&app, "A", None).await;
-    let b = join(&app, "B", None).await;
+    // Two joins inside one window: one update with both. (A join is answered at the end of its
+    // window, so the two go at once.)
+    let (a, b) = futures_util::future::join(join(&app, "A", None), join(&app, "B", None)).await;
     let (mut joins, leaves, frames) = presence_within(&mut watcher.ws, Duration::from_millis(1000)).await;
     joins.sort();
-    assert_eq!(joins, vec![a.user_id(), b.user_id()]);
+    let mut both = vec![a.user_id(), b.user_id()];
+    both.sort();
+    assert_eq!(joins, both);
     assert!(leaves.is_empty());
     assert_eq!(frames, 1, "the joins were gathered into one presence:update");
 
@@ -144,14 +158,13 @@ async fn presence_is_gathered_and_cancels_within_the_window(db: Db) {
     let (joins, leaves, _) = presence_within(&mut watcher.ws, Duration::from_millis(1000)).await;
     assert!(!joins.contains(&a_id) && !leaves.contains(&a_id), "joins {joins:?} leaves {leaves:?}");
 
-    // A session that joined while a change was being gathered still ends up right: B leaves,
-    // C joins (its snapshot lacks B), B comes back inside the same window.
+    // A session that joins while a change is being gathered still ends up right: B leaves,
+    // C joins, B comes back inside the same window.
     let b_token = b.token();
     let b_id = b.user_id();
     b.ws.close().await;
     actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    let mut c = join(&app, "C", None).await;
-    let b_again = join(&app, "B", Some(&b_token)).await;
+    let (mut c, b_again) = futures_util::future::join(join(&app, "C", None), join(&app, "B", Some(&b_token))).await;
     let mut online: std::collections::BTreeSet<i64> = ids(&c.online).into_iter().collect();
     let (joins, leaves, _) = presence_within(&mut c.ws, Duration::from_millis(1000)).await;
     online.extend(joins);
@@ -161,6 +174,182 @@ async fn presence_is_gathered_and_cancels_within_the_window(db: Db) {
     assert!(online.contains(&b_id), "C must see B online: {online:?}");
     assert!(online.contains(&a_id) && online.contains(&c.user_id()));
     drop(b_again);
+}
+
+/// Pages through everyone online from `ws` with `presence:list`, checking each page: the ids in
+/// order, and how many pages it took.
+async fn page_through(ws: &mut WsClient, list_max: usize) -> (Vec<i64>, usize) {
+    let (mut seen, mut after, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        ws.send(json!({"type": "presence:list", "after_user_id": after, "ref": format!("p{pages}")})).await;
+        let page = ws.recv_type("presence:page").await;
+        assert_eq!(page["ref"], format!("p{pages}"), "{page}");
+        pages += 1;
+        let got = ids(&page["online"]);
+        assert!(got.len() <= list_max, "{page}");
+        assert!(page["online"].as_array().unwrap().iter().all(|u| u["nickname"].is_string()), "{page}");
+        assert!(got.iter().all(|id| *id > after), "only ids after {after}: {page}");
+        seen.extend(&got);
+        match &page["next_after_user_id"] {
+            Value::Null => return (seen, pages),
+            next => {
+                assert_eq!(next.as_i64(), got.last().copied(), "the last listed id: {page}");
+                after = next.as_i64().unwrap();
+            }
+        }
+        assert!(pages < 100, "paging never ended");
+    }
+}
+
+async fn presence_state_is_capped_and_pages_through_everyone(db: Db) {
+    let app = lobby_app(db, |c| c.presence_list_max = 3).await;
+    let mut everyone = Vec::new();
+    for i in 0..7 {
+        let player = join(&app, &format!("P{i}"), None).await;
+        everyone.push((player.user_id(), player));
+    }
+    // At the maximum the list is everyone; above it, the lowest ids and the whole count.
+    assert_eq!(
+        (everyone[2].1.state["online_count"].as_i64(), everyone[2].1.state["complete"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert_eq!(ids(&everyone[2].1.online).len(), 3);
+    let mut last = join(&app, "Last", None).await;
+    let mut all: Vec<i64> = everyone.iter().map(|(id, _)| *id).chain([last.user_id()]).collect();
+    all.sort_unstable();
+    assert_eq!(last.state["online_count"], 8, "{}", last.state);
+    assert_eq!(last.state["complete"], false);
+    assert_eq!(ids(&last.online), all[..3], "the lowest user_ids first");
+
+    let (seen, pages) = page_through(&mut last.ws, 3).await;
+    assert_eq!(seen, all, "every user once, ascending, none missing");
+    assert_eq!(pages, 3);
+    // Going on from where presence:state stopped gives the rest.
+    last.ws.send(json!({"type": "presence:list", "after_user_id": all[2], "ref": "rest"})).await;
+    let rest = last.ws.recv_type("presence:page").await;
+    assert_eq!(ids(&rest["online"]), all[3..6]);
+    assert_eq!(rest["next_after_user_id"], all[5]);
+    // Past everyone: an empty last page.
+    last.ws.send(json!({"type": "presence:list", "after_user_id": all[7], "ref": "end"})).await;
+    assert_eq!(
+        last.ws.recv_type("presence:page").await,
+        json!({"type": "presence:page", "ref": "end", "online": [], "next_after_user_id": null})
+    );
+    // A player who leaves is no longer listed.
+    let (gone, player) = everyone.remove(0);
+    player.ws.close().await;
+    let until = tokio::time::Instant::now() + crate::common::WAIT;
+    while page_through(&mut last.ws, 3).await.0.contains(&gone) {
+        assert!(tokio::time::Instant::now() < until, "the leave never reached the pages");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for (bad, reference) in [
+        (json!({"type": "presence:list", "ref": "missing"}), "missing"),
+        (json!({"type": "presence:list", "after_user_id": -1, "ref": "negative"}), "negative"),
+        (json!({"type": "presence:list", "after_user_id": "0", "ref": "string"}), "string"),
+        (json!({"type": "presence:list", "after_user_id": 2.5, "ref": "fraction"}), "fraction"),
+    ] {
+        last.ws.send(bad).await;
+        let err = last.ws.recv_type("error:invalid_payload").await;
+        assert_eq!(err["ref"], reference, "{err}");
+        assert!(err["message"].as_str().unwrap().contains("after_user_id"), "{err}");
+    }
+    // Before session:start it is unauthorized, like every other frame.
+    let mut early = app.ws().await;
+    early.lobby_frames = true;
+    early.send(json!({"type": "presence:list", "after_user_id": 0, "ref": 1})).await;
+    assert_eq!(
+        early.recv().await,
+        json!({"type": "error:unauthorized", "ref": 1, "message": "the first frame must be session:start"})
+    );
+}
+
+/// Above the maximum, updates carry only the count and come at most once a second; back at it,
+/// the lobby gets the whole list once and every change is listed again.
+async fn count_only_above_the_cap_then_lists_again(db: Db) {
+    let app = lobby_app(db, |c| c.presence_list_max = 3).await;
+    let mut watcher = join(&app, "Watcher", None).await;
+    assert_eq!(watcher.state["online_count"], 1);
+    let own = watcher.ws.recv_type("presence:update").await;
+    assert_eq!(own["online_count"], 1, "{own}");
+    let mut below = Vec::new();
+    for (name, count) in [("A", 2), ("B", 3)] {
+        let player = join(&app, name, None).await;
+        let update = watcher.ws.recv_type("presence:update").await;
+        assert_eq!(
+            update,
+            json!({"type": "presence:update", "joins": [{"user_id": player.user_id(), "nickname": name}], "leaves": [], "online_count": count})
+        );
+        below.push(player);
+    }
+
+    // Twelve joins, one window after another, while the watcher reads what comes.
+    const MORE: i64 = 12;
+    let started = tokio::time::Instant::now();
+    let joining = async {
+        let mut players = Vec::new();
+        for i in 0..MORE {
+            players.push(join(&app, &format!("P{i}"), None).await);
+        }
+        players
+    };
+    let watching = async {
+        let mut counts = Vec::new();
+        let until = started + crate::common::WAIT;
+        while counts.last() != Some(&(3 + MORE)) {
+            match watcher.ws.next_event(until.saturating_duration_since(tokio::time::Instant::now())).await {
+                Some(Event::Json(v)) if v["type"] == "presence:update" => {
+                    assert_eq!((&v["joins"], &v["leaves"]), (&json!([]), &json!([])), "count only above the cap: {v}");
+                    counts.push(v["online_count"].as_i64().unwrap());
+                }
+                Some(Event::Json(v)) => panic!("unexpected {v}"),
+                other => panic!("the count never reached {}: {counts:?}, then {other:?}", 3 + MORE),
+            }
+        }
+        counts
+    };
+    let (players, counts) = futures_util::future::join(joining, watching).await;
+    let took = started.elapsed().as_secs_f64();
+    assert!(counts.iter().all(|c| *c > 3) && counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+    assert!(
+        (counts.len() as f64) <= took.ceil() + 1.0,
+        "at most one count a second: {} frames in {took:.1} s ({counts:?}) for {MORE} joins",
+        counts.len()
+    );
+    // No change, no frame.
+    let (joins, leaves, frames) = presence_within(&mut watcher.ws, Duration::from_millis(1500)).await;
+    assert_eq!((joins.len(), leaves.len(), frames), (0, 0, 0));
+
+    // Back down to the maximum: the whole list again, once, then every change listed.
+    for player in players {
+        player.ws.close().await;
+    }
+    let state = loop {
+        let frame = watcher.ws.recv().await;
+        match frame["type"].as_str() {
+            Some("presence:update") => {
+                assert_eq!((&frame["joins"], &frame["leaves"]), (&json!([]), &json!([])), "{frame}");
+                assert!(frame["online_count"].as_i64().unwrap() > 3, "{frame}");
+            }
+            Some("presence:state") => break frame,
+            _ => panic!("unexpected {frame}"),
+        }
+    };
+    let mut expected = vec![watcher.user_id(), below[0].user_id(), below[1].user_id()];
+    expected.sort_unstable();
+    assert_eq!(ids(&state["online"]), expected, "{state}");
+    assert_eq!((state["online_count"].as_i64(), state["complete"].as_bool()), (Some(3), Some(true)));
+    let b = below.pop().unwrap();
+    let b_id = b.user_id();
+    b.ws.close().await;
+    let update = watcher.ws.recv_type("presence:update").await;
+    assert_eq!(
+        update,
+        json!({"type": "presence:update", "joins": [], "leaves": [{"user_id": b_id}], "online_count": 2})
+    );
+    let (_, _, frames) = presence_within(&mut watcher.ws, Duration::from_millis(500)).await;
+    assert_eq!(frames, 0, "the full list went out once");
 }
 
 async fn chat_reaches_everyone_and_history_is_bounded(db: Db) {
@@ -203,6 +392,8 @@ async fn bad_messages_are_refused_and_not_stored(db: Db) {
     assert_eq!(err["ref"], "e");
 
     let mut ada = join(&app, "Ada", None).await;
+    // Her own join comes right after her state.
+    assert_eq!(ids(&ada.ws.recv_type("presence:update").await["joins"]), vec![ada.user_id()]);
     let long = "x".repeat(501);
     let cases = [
         json!({"type": "message:send", "text": "", "ref": "empty"}),
@@ -380,6 +571,8 @@ both_backends!(
     presence_state_then_updates,
     two_tabs_leave_when_the_last_closes,
     presence_is_gathered_and_cancels_within_the_window,
+    presence_state_is_capped_and_pages_through_everyone,
+    count_only_above_the_cap_then_lists_again,
     chat_reaches_everyone_and_history_is_bounded,
     bad_messages_are_refused_and_not_stored,
     rate_limit_is_per_user_across_tabs,
@@ -496,5 +689,54 @@ async fn postgres_presence_crosses_processes() {
     presence_until(&mut ada, &mut ada_sees, |s| !s.contains(&bo_id)).await;
     presence_until(&mut cy, &mut cy_sees, |s| !s.contains(&bo_id)).await;
     third.shutdown().await;
+    second.shutdown().await;
+}
+
+/// Two processes on one PostgreSQL database with a list maximum of 3: on either process a
+/// newcomer gets the cluster's count and pages through the players of both.
+#[actix_web::test]
+async fn postgres_presence_count_and_pages_are_the_clusters() {
+    let app = lobby_app(Db::Postgres, |c| c.presence_list_max = 3).await;
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let second =
+        lorewire::app::start(config, Arc::new(lorewire::core::clock::SystemClock)).await.expect("second process");
+    let enter = |addr: std::net::SocketAddr, nickname: &'static str| async move {
+        let mut ws = WsClient::connect(&format!("http://{addr}/ws")).await;
+        ws.lobby_frames = true;
+        ws.send(json!({"type": "session:start", "nickname": nickname})).await;
+        let id = ws.recv_type("session:ack").await["user_id"].as_i64().unwrap();
+        let state = ws.recv_type("presence:state").await;
+        (ws, id, state)
+    };
+    let (mut everyone, mut open) = (Vec::new(), Vec::new());
+    for (addr, nickname) in
+        [(app.addr, "Ada"), (app.addr, "Bo"), (second.addr, "Cy"), (second.addr, "Di"), (second.addr, "Ed")]
+    {
+        let (ws, id, _) = enter(addr, nickname).await;
+        everyone.push(id);
+        open.push(ws);
+    }
+    for (addr, nickname) in [(app.addr, "First"), (second.addr, "Second")] {
+        // The other process's players arrive over LISTEN/NOTIFY: come in until they are counted.
+        let until = tokio::time::Instant::now() + crate::common::WAIT;
+        let (mut ws, id, state) = loop {
+            let (ws, id, state) = enter(addr, nickname).await;
+            if state["online_count"].as_u64() == Some(everyone.len() as u64 + 1) {
+                break (ws, id, state);
+            }
+            assert!(tokio::time::Instant::now() < until, "the cluster was never counted: {state}");
+            ws.close().await;
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        };
+        everyone.push(id);
+        let mut all = everyone.clone();
+        all.sort_unstable();
+        assert_eq!(state["complete"], false, "{state}");
+        assert_eq!(ids(&state["online"]), all[..3], "{state}");
+        let (seen, _) = page_through(&mut ws, 3).await;
+        assert_eq!(seen, all, "the pages on {nickname} list the players of both processes");
+        open.push(ws);
+    }
     second.shutdown().await;
 }

@@ -159,6 +159,7 @@ impl WsSession {
             ClientFrame::GenerateStart(g) => self.generate_start(g, reference, ctx),
             ClientFrame::GenerateAbort(a) => self.generate_abort(a.run_id, reference, ctx),
             ClientFrame::MessageSend(m) => self.message_send(m.text, reference, ctx),
+            ClientFrame::PresenceList(p) => self.presence_list(p.after_user_id, reference, ctx),
         }
     }
 

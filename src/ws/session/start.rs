@@ -16,7 +16,10 @@ use crate::domain::wire::{ErrorCode, Typed};
 use crate::hub::Topic;
 use crate::lobby;
 use crate::players;
+use crate::store::StoreError;
 use crate::ws::subscriptions::Seen;
+
+const LOBBY_FAILED: &str = "the lobby could not be loaded (reconnect to retry)";
 
 impl WsSession {
     pub(super) fn start_session(
@@ -69,24 +72,32 @@ impl WsSession {
         // Lobby frames are held back while the history and presence are on their way.
         self.subscriptions.hold(Topic::Lobby);
         let service = self.state.lobby.clone();
-        let join = lobby::Join { session: self.id, user_id, nickname, recipient: ctx.address().recipient() };
-        ctx.spawn(async move { service.join(join).await }.into_actor(self).map(|result, act, ctx| {
-            let in_history = match result {
-                Ok((online, messages)) => {
-                    let in_history = messages.iter().map(|m| m.id).collect();
-                    act.send(Typed::LobbyHistory { messages }.into(), ctx);
-                    act.send(Typed::PresenceState { online }.into(), ctx);
-                    in_history
-                }
-                Err(e) => {
-                    act.store_failed("the lobby could not be loaded (reconnect to retry)", &e, None, ctx);
-                    HashSet::new()
-                }
-            };
-            for text in act.subscriptions.release(&Topic::Lobby, Seen::Messages(in_history)) {
-                act.send_text(text, ctx);
+        let join = lobby::Join { session: self.id, user_id, nickname };
+        ctx.spawn(async move { service.join(join).await }.into_actor(self).map(|result, act, ctx| match result {
+            Ok((messages, presence_state)) => {
+                let in_history: HashSet<i64> = messages.iter().map(|m| m.id).collect();
+                act.send(Typed::LobbyHistory { messages }.into(), ctx);
+                // The state comes at the end of the join's presence window.
+                ctx.spawn(presence_state.ready().into_actor(act).map(move |state, act, ctx| {
+                    match state {
+                        Some(state) => act.send_text(state, ctx),
+                        None => act.store_failed(LOBBY_FAILED, &StoreError::Canceled, None, ctx),
+                    }
+                    act.release_lobby(in_history, ctx);
+                }));
+            }
+            Err(e) => {
+                act.store_failed(LOBBY_FAILED, &e, None, ctx);
+                act.release_lobby(HashSet::new(), ctx);
             }
         }));
+    }
+
+    /// Sends the lobby frames held back while joining, minus messages the history holds.
+    fn release_lobby(&mut self, in_history: HashSet<i64>, ctx: &mut Ctx) {
+        for text in self.subscriptions.release(&Topic::Lobby, Seen::Messages(in_history)) {
+            self.send_text(text, ctx);
+        }
     }
 
     /// A player connected across UTC midnight has been seen on the new day too.

@@ -20,7 +20,10 @@ lw.addEventListener("session", (e) => {
   console.log(e.detail.user_id.toFixed(0), e.detail.token.length, variant);
 });
 lw.addEventListener("history", (e) => e.detail.forEach((m) => console.log(m.nickname, m.text, m.mood)));
-lw.addEventListener("presence", (e) => console.log(e.detail.online.map((u) => u.nickname), e.detail.leaves.length));
+lw.addEventListener("presence", (e) => {
+  console.log(e.detail.online.map((u) => u.nickname), e.detail.leaves.length, `${e.detail.online_count} online`);
+  if (!e.detail.complete) void lw.morePresence().then((page) => page?.next_after_user_id ?? "last page");
+});
 lw.addEventListener("message", (e) => console.log(e.detail.created_at, e.detail.mood_status));
 lw.addEventListener("mood", (e) => {
   // @ts-expect-error a settled mood is never pending
@@ -70,7 +73,11 @@ function describe(frame: ServerFrame): string {
     case "session:ack":
       return frame.nickname;
     case "presence:update":
-      return `${frame.joins.length} joined`;
+      return `${frame.joins.length} joined, ${frame.online_count} online`;
+    case "presence:state":
+      return frame.complete ? "everyone" : `${frame.online.length} of ${frame.online_count}`;
+    case "presence:page":
+      return frame.next_after_user_id === null ? "last page" : `more after ${frame.next_after_user_id}`;
     case "message:mood_updated":
       return frame.mood;
     case "error:rate_limited":
@@ -94,6 +101,10 @@ async function play(): Promise<void> {
   console.log(ack.server_time);
   const snapshot = await lw.request({ type: "content:subscribe", kind: "event", subject_id: 3 });
   console.log(snapshot.content.status);
+  const page = await lw.request({ type: "presence:list", after_user_id: 0 });
+  console.log(page.online.length, page.next_after_user_id ?? "last page", lw.onlineCount, lw.presenceComplete);
+  // @ts-expect-error after_user_id is a number
+  lw.send({ type: "presence:list", after_user_id: "0" });
 
   const frames: ClientFrame[] = [
     { type: "message:send", text: "hi", ref: 1 },
