@@ -40,6 +40,11 @@ pub trait Backplane: Send + Sync + 'static {
     fn listen(&self, sinks: Sinks);
     /// Whether the events of the other processes are being heard now.
     fn is_up(&self) -> bool;
+    /// How often a process says it is alive, and how long the others wait before they drop the
+    /// players of a process that went silent (it died).
+    fn liveness(&self) -> Liveness {
+        Liveness { every: Duration::from_secs(5), expires: Duration::from_secs(16) }
+    }
     /// Admits one event of `user_id` under a rate of `count` per `per` kept for every process
     /// together (a sliding window), `Err` with the wait when the window is full; `None` when
     /// this backplane keeps no shared windows or cannot answer now: the caller counts alone.
@@ -53,6 +58,13 @@ pub trait Backplane: Send + Sync + 'static {
     }
     /// Stops hearing (blocking; call off the async threads).
     fn stop(&self);
+}
+
+/// A process's heartbeat on the backplane (see [`Backplane::liveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    pub every: Duration,
+    pub expires: Duration,
 }
 
 /// Which service an event is for.

@@ -87,10 +87,9 @@ pub struct Remote(pub Event);
 #[rtype(result = "()")]
 pub struct ListenerReady;
 
-/// How often a process says it is alive, and how long the others wait before they drop the
-/// users of a process that went silent (it crashed).
-const ALIVE_EVERY: Duration = Duration::from_secs(5);
-const REMOTE_EXPIRES: Duration = Duration::from_secs(16);
+/// After the backplane hears the others again, how long their answers to this process's hello
+/// are given before every session gets the whole list again.
+const RESYNC_AFTER: Duration = Duration::from_millis(500);
 /// Users per presence event, so one stays under the backplane's event size limit.
 const USERS_PER_NOTIFICATION: usize = 40;
 /// Above the list maximum, the count goes out at most this often.
@@ -141,6 +140,8 @@ pub struct Lobby {
     told_count: usize,
     count_sent_at: Option<Instant>,
     count_scheduled: bool,
+    /// The backplane has heard the other processes before (a `ListenerReady` now is a reconnect).
+    heard_before: bool,
 }
 
 impl Lobby {
@@ -174,6 +175,7 @@ impl Lobby {
             told_count: 0,
             count_sent_at: None,
             count_scheduled: false,
+            heard_before: false,
         }
     }
 
@@ -272,7 +274,7 @@ impl Lobby {
         let gone: Vec<String> = self
             .remote
             .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.heard) > REMOTE_EXPIRES)
+            .filter(|(_, p)| now.saturating_duration_since(p.heard) > self.backplane.liveness().expires)
             .map(|(o, _)| o.clone())
             .collect();
         for origin in gone {
@@ -409,7 +411,7 @@ impl Actor for Lobby {
         // Thousands of sessions may join at once; the mailbox must not refuse them.
         ctx.set_mailbox_capacity(100_000);
         if self.backplane.shared() {
-            ctx.run_interval(ALIVE_EVERY, |act, ctx| act.heartbeat(ctx));
+            ctx.run_interval(self.backplane.liveness().every, |act, ctx| act.heartbeat(ctx));
         }
     }
 }
@@ -529,6 +531,23 @@ impl Handler<ListenerReady> for Lobby {
     type Result = ();
 
     fn handle(&mut self, _: ListenerReady, ctx: &mut Context<Self>) {
+        if self.heard_before {
+            // What the others said while this process could not hear them is lost, and they may
+            // have dropped this process's players. Forget theirs and ask again (the answers land
+            // in the same gathering window, so only real changes reach the sessions), tell them
+            // ours again, and give every session the whole list once the answers are in.
+            let theirs: Vec<i64> = self.remote.drain().flat_map(|(_, p)| p.users.into_keys()).collect();
+            for user_id in theirs {
+                self.changed(user_id, ctx);
+            }
+            let ours: Vec<(i64, String)> = self.online.iter().map(|(id, m)| (*id, m.nickname.clone())).collect();
+            self.queue_presence(ours, Vec::new());
+            ctx.run_later(RESYNC_AFTER, |act, _| {
+                let state = act.state();
+                act.hub.do_send(Publish { topic: Topic::Lobby, version: None, text: state });
+            });
+        }
+        self.heard_before = true;
         self.queue(Event::Hello { origin: self.origin.to_string() });
         self.send_notifications(ctx);
     }

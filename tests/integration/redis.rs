@@ -290,13 +290,31 @@ async fn redis_going_away_never_stops_local_play() {
     let token = app.player_token().await;
     assert_eq!(app.content_final(&token, "npc", 1, json!({})).await["status"], "ready");
 
-    // Redis is back: each process reconnects on its own and they hear each other again.
+    // Redis is back: each process reconnects on its own and they hear each other again; the
+    // sessions get the whole list again.
     redis.restart();
     wait_backplane(&a, true).await;
     wait_backplane(&b, true).await;
+    let fresh = recv_where(&mut ada, "a fresh presence:state", |f| f["type"] == "presence:state").await;
+    assert_eq!(fresh["online_count"], 1, "{fresh}");
     let (_, summary) = get_json(&format!("{a}/admin/api/metrics/summary"), Some(ADMIN_TOKEN)).await;
     assert_eq!(summary["backplane"]["up"], true, "{summary}");
-    let (mut bo, _) = lobby_player(&b, "Bo").await;
+    // B dropped A's players while it could not hear A; A announced them again.
+    let ada_id = new["message"]["user_id"].clone();
+    let bo = eventually("B to list Ada again", || {
+        let b = b.clone();
+        let ada_id = ada_id.clone();
+        async move {
+            let mut ws = WsClient::connect(&format!("{b}/ws")).await;
+            ws.lobby_frames = true;
+            ws.send(json!({"type": "session:start", "nickname": "Bo"})).await;
+            let state = ws.recv_type("presence:state").await;
+            let listed = state["online"].as_array().unwrap().iter().any(|u| u["user_id"] == ada_id);
+            listed.then_some(ws)
+        }
+    })
+    .await;
+    let mut bo = bo;
     // What is published while the publisher's own connection comes back may be lost (Redis
     // holds nothing); a message sent once both are back arrives.
     let mut n = 0;
@@ -315,4 +333,36 @@ async fn redis_going_away_never_stops_local_play() {
     };
     assert!(heard["message"]["text"].as_str().unwrap().starts_with("hello again"), "{heard}");
     other.shutdown().await;
+}
+
+/// A process killed with -9 has its players leave everyone else's presence within 5 s.
+#[actix_web::test]
+async fn players_of_a_killed_process_leave_within_five_seconds() {
+    let fake = crate::common::FakeLlm::start();
+    let db = crate::process::test_db(Db::Postgres).await;
+    let prefix = redis_prefix();
+    let env = [("LOREWIRE_REDIS_URL", redis_url()), ("LOREWIRE_REDIS_PREFIX", prefix)];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = crate::process::Server::start_with(&db.url, &fake, &env).await;
+    let mut b = crate::process::Server::start_with(&db.url, &fake, &env).await;
+    let (base_a, base_b) = (a.url(""), b.url(""));
+    wait_backplane(&base_a, true).await;
+    wait_backplane(&base_b, true).await;
+    let (mut ada, _) = lobby_player(&base_a, "Ada").await;
+    let (_bo, bo_ack) = lobby_player(&base_b, "Bo").await;
+    let bo_id = bo_ack["user_id"].clone();
+    recv_where(&mut ada, "Bo's join", |f| {
+        f["type"] == "presence:update" && f["joins"].as_array().is_some_and(|j| j.iter().any(|u| u["user_id"] == bo_id))
+    })
+    .await;
+
+    b.kill9();
+    let killed = std::time::Instant::now();
+    recv_where(&mut ada, "Bo's leave", |f| {
+        f["type"] == "presence:update"
+            && f["leaves"].as_array().is_some_and(|l| l.iter().any(|u| u["user_id"] == bo_id))
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_millis(5500), "Bo left after {took:?}\n{}", a.output());
 }
