@@ -86,14 +86,26 @@ async fn run_deltas_reach_a_client_on_another_process_over_redis() {
 }
 
 #[actix_web::test]
+async fn abort_on_one_process_stops_the_stream_on_another_over_redis() {
+    let (url, prefix) = (redis_url(), redis_prefix());
+    let env = [("LOREWIRE_REDIS_URL", url.as_str()), ("LOREWIRE_REDIS_PREFIX", prefix.as_str())];
+    crate::runs_process::abort_on_one_process_stops_the_stream_on_another_with(&env).await;
+}
+
+/// Three processes: a message on one reaches the other two with its mood, presence is the
+/// cluster's on each.
+#[actix_web::test]
 async fn chat_moods_and_presence_cross_processes_over_redis() {
     let prefix = redis_prefix();
     let app = spawn_with(Setup::new(Db::Postgres), with_redis(&redis_url(), &prefix)).await;
     let other = second_process(&app).await;
-    let (a, b) = (app.url(""), format!("http://{}", other.addr));
-    wait_backplane(&a, true).await;
-    wait_backplane(&b, true).await;
+    let third = second_process(&app).await;
+    let (a, b, c) = (app.url(""), format!("http://{}", other.addr), format!("http://{}", third.addr));
+    for base in [&a, &b, &c] {
+        wait_backplane(base, true).await;
+    }
 
+    let (mut cy, _) = lobby_player(&c, "Cy").await;
     let (mut bo, _) = lobby_player(&b, "Bo").await;
     let (mut ada, ada_ack) = lobby_player(&a, "Ada").await;
     let ada_id = ada_ack["user_id"].clone();
@@ -112,6 +124,18 @@ async fn chat_moods_and_presence_cross_processes_over_redis() {
     let mood = recv_where(&mut bo, "the message's mood", |f| f["type"] == "message:mood_updated").await;
     assert_eq!(mood["id"], id);
     assert_eq!(mood["mood_status"], "ready", "{mood}");
+    let on_c = recv_where(&mut cy, "Ada's message on the third process", |f| f["type"] == "message:new").await;
+    assert_eq!(on_c["message"]["id"], id);
+    recv_where(&mut cy, "the mood on the third process", |f| f["type"] == "message:mood_updated" && f["id"] == id)
+        .await;
+    // Each process counts the cluster: Ada, Bo and Cy.
+    let (mut late, _) = lobby_player(&c, "Late").await;
+    late.send(json!({"type": "presence:list", "after_user_id": 0, "ref": 1})).await;
+    let page = recv_where(&mut late, "the page", |f| f["type"] == "presence:page").await;
+    let names: Vec<&str> = page["online"].as_array().unwrap().iter().map(|u| u["nickname"].as_str().unwrap()).collect();
+    for name in ["Ada", "Bo", "Cy", "Late"] {
+        assert!(names.contains(&name), "{name} missing from {page}");
+    }
 
     ada.close().await;
     recv_where(&mut bo, "Ada's leave", |f| {
@@ -120,6 +144,7 @@ async fn chat_moods_and_presence_cross_processes_over_redis() {
     })
     .await;
     other.shutdown().await;
+    third.shutdown().await;
 }
 
 /// The events go through Redis: a subscriber on the channel hears them, and PostgreSQL's

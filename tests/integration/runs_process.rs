@@ -61,12 +61,18 @@ both_backends!(kill_9_while_streaming_then_restart);
 /// for what it received.
 #[actix_web::test]
 async fn abort_on_one_process_stops_the_stream_on_another() {
+    abort_on_one_process_stops_the_stream_on_another_with(&[]).await;
+}
+
+/// The same with `extra` settings on both processes (e.g. a Redis backplane).
+pub(crate) async fn abort_on_one_process_stops_the_stream_on_another_with(extra: &[(&str, &str)]) {
     let fake = FakeLlm::start();
     let chunks: Vec<String> = (0..60).map(|i| format!("word{i:02} ")).collect();
     fake.set_stream_chunks(chunks);
     fake.set_chunk_pause(Some(Duration::from_millis(100)));
     let db = test_db(Db::Postgres).await;
-    let env = [("LOREWIRE_LLM_CONCURRENCY", "1"), ("LOREWIRE_LLM_TIMEOUT_SECS", "30")];
+    let mut env = vec![("LOREWIRE_LLM_CONCURRENCY", "1"), ("LOREWIRE_LLM_TIMEOUT_SECS", "30")];
+    env.extend_from_slice(extra);
     // A's only slot hangs on a REST run, so the WebSocket run can only stream on B.
     fake.push_modes([Mode::Hang]);
     let a = Server::start_with(&db.url, &fake, &env).await;
