@@ -185,12 +185,15 @@ async fn moods(app: &TestApp) {
     ];
     // Three players (the chat rate is raised too: it is not what is measured).
     let mut players = Vec::new();
-    for name in ["Ada", "Bram", "Cyra"] {
+    for name in ["Ada", "Bram", "Cyra", "Watcher"] {
         let (mut ws, _) = app.player(name).await;
         ws.lobby_frames = true;
         wait_for(&mut ws, |f| f["type"] == "presence:state").await;
         players.push(ws);
     }
+    // The watcher only reads, at the end: every mood reaches it (the senders skip frames while
+    // they wait for their own messages).
+    let mut watcher = players.pop().expect("the watcher");
     let mut sent = BTreeMap::new();
     for round in 0..10 {
         for (p, ws) in players.iter_mut().enumerate() {
@@ -204,9 +207,8 @@ async fn moods(app: &TestApp) {
     }
     let total = sent.len();
     let (mut ready, mut times, mut moods) = (0, Vec::new(), BTreeMap::<String, usize>::new());
-    let watcher = &mut players[0];
     while !sent.is_empty() {
-        let frame = wait_for(watcher, |f| f["type"] == "message:mood_updated").await;
+        let frame = wait_for(&mut watcher, |f| f["type"] == "message:mood_updated").await;
         let Some(at) = sent.remove(&frame["id"].as_i64().unwrap()) else { continue };
         times.push(at.elapsed());
         if frame["mood_status"] == "ready" {
