@@ -66,6 +66,8 @@ pub struct RedisBackplane {
     pending: Mutex<Option<mpsc::UnboundedReceiver<Vec<Event>>>>,
     up: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
+    /// Disconnected once the publisher has sent what was queued at the stop.
+    publisher_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 /// Why the Redis settings cannot be used.
@@ -95,6 +97,7 @@ impl RedisBackplane {
             pending: Mutex::new(Some(pending)),
             up: Arc::new(AtomicBool::new(false)),
             stop: watch::channel(false).0,
+            publisher_done: Mutex::new(None),
         })
     }
 
@@ -112,39 +115,50 @@ impl RedisBackplane {
         let manager = self.commands.clone();
         let channel = self.channel.clone();
         let mut stop = self.stop.subscribe();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        *self.publisher_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(finished);
         actix::spawn(async move {
+            // Dropped when the publisher ends: `stop` waits for it.
+            let _done = done;
             let mut manager = manager;
             let mut failing = false;
             loop {
-                let mut batch = tokio::select! {
+                // What is queued goes out before a stop is heeded; a stop sends what is left.
+                let (mut batch, stopping) = tokio::select! {
+                    biased;
                     batch = pending.recv() => match batch {
-                        Some(batch) => batch,
+                        Some(batch) => (batch, false),
                         None => return,
                     },
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => (Vec::new(), true),
                 };
                 // Whatever else has gathered goes in the same round trip.
                 while let Ok(more) = pending.try_recv() {
                     batch.extend(more);
                 }
-                let mut pipe = redis::pipe();
-                for event in &batch {
-                    pipe.publish(&channel, serde_json::to_string(event).expect("events serialize")).ignore();
+                if !batch.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for event in &batch {
+                        pipe.publish(&channel, serde_json::to_string(event).expect("events serialize")).ignore();
+                    }
+                    match pipe.query_async::<()>(&mut manager).await {
+                        Ok(()) => {
+                            if failing {
+                                tracing::info!("Redis takes this process's events again");
+                                failing = false;
+                            }
+                        }
+                        Err(e) => {
+                            if !failing {
+                                tracing::warn!(error = %e, events = batch.len(),
+                                    "Redis does not take this process's events; they are dropped while it is away");
+                                failing = true;
+                            }
+                        }
+                    }
                 }
-                match pipe.query_async::<()>(&mut manager).await {
-                    Ok(()) => {
-                        if failing {
-                            tracing::info!("Redis takes this process's events again");
-                            failing = false;
-                        }
-                    }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, events = batch.len(),
-                                "Redis does not take this process's events; they are dropped while it is away");
-                            failing = true;
-                        }
-                    }
+                if stopping {
+                    return;
                 }
             }
         });
@@ -267,8 +281,14 @@ impl Backplane for RedisBackplane {
         .boxed_local()
     }
 
+    /// Stops hearing, and waits (a little longer than one Redis timeout at most) until the
+    /// events queued so far, such as those of jobs that finished during the drain, are sent.
     fn stop(&self) {
         let _ = self.stop.send(true);
         self.up.store(false, Ordering::Relaxed);
+        let finished = self.publisher_done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(finished) = finished {
+            let _ = finished.recv_timeout(REDIS_TIMEOUT + Duration::from_millis(500));
+        }
     }
 }

@@ -391,3 +391,44 @@ async fn players_of_a_killed_process_leave_within_five_seconds() {
     let took = killed.elapsed();
     assert!(took <= Duration::from_millis(5500), "Bo left after {took:?}\n{}", a.output());
 }
+
+/// What is queued when the backplane stops (the events of jobs that finished during a drain)
+/// is still sent, in order: `stop` waits for the publisher. Ten backplanes, each stopped right
+/// after its events were queued, before its publisher has run, so a stop heeded before the queue
+/// would lose them.
+#[actix_web::test]
+async fn a_stop_sends_what_was_queued() {
+    use lorewire::backplane::{redis::RedisBackplane, Backplane, Sinks};
+    use lorewire::domain::events::Event;
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    for round in 0..10 {
+        let prefix = redis_prefix();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(format!("{prefix}events")).await.unwrap();
+        let mut heard = pubsub.into_on_message();
+
+        let backplane = Arc::new(RedisBackplane::new(&redis_url(), &prefix, "stopping".into()).unwrap());
+        backplane.listen(Sinks::start(Vec::new()));
+        let events: Vec<Event> = (0..50)
+            .map(|i| Event::Content { origin: "stopping".into(), kind: "quest".into(), subject_id: i, version: 1 })
+            .collect();
+        // Queued at once (nothing has yielded to the publisher yet), then stopped.
+        let queued = backplane.publish(events);
+        let stopping = backplane.clone();
+        let stop = std::thread::spawn(move || stopping.stop());
+        // Holds this (the publisher's) thread while the stop is signalled.
+        std::thread::sleep(Duration::from_millis(20));
+        queued.await.unwrap();
+        actix_web::rt::task::spawn_blocking(move || stop.join().unwrap()).await.unwrap();
+
+        for i in 0..50 {
+            let message = tokio::time::timeout(Duration::from_secs(5), heard.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: only {i} of 50 events were sent"))
+                .unwrap();
+            let event: Event = serde_json::from_slice(message.get_payload_bytes()).unwrap();
+            assert!(matches!(event, Event::Content { subject_id, .. } if subject_id == i), "in order: {event:?}");
+        }
+    }
+}
