@@ -214,8 +214,7 @@ impl Backplane for RedisBackplane {
                                 }
                             };
                             let Some(message) = message else { break };
-                            let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                            match serde_json::from_slice::<Event>(&payload) {
+                            match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
                                 Ok(event) if event.origin() == &*origin => {}
                                 Ok(event) => sinks.deliver(event),
                                 Err(e) => tracing::warn!(error = %e, "unreadable event on the Redis channel"),
