@@ -1,0 +1,226 @@
+//! Lobby fan-out across processes: three real binaries (child processes) on one PostgreSQL
+//! database, 1,000 WebSocket clients spread over them, one message at a time sent from clients
+//! on every process; through Redis pub/sub and through `LISTEN/NOTIFY`, side by side.
+//!
+//! Prints, per backplane: `message:send` -> `message:new` latency over every delivery (p50 /
+//! p99 / max) and the three servers' CPU time (user + system, /proc/PID/stat) per delivered
+//! `message:new`. No LLM key, so moods fall back at once without an upstream call.
+//!
+//! `cargo bench --bench cluster` (Linux; needs the local PostgreSQL and Redis, as the tests do).
+//! LOREWIRE_BENCH_CLIENTS / LOREWIRE_BENCH_MESSAGES change the sizes.
+
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use awc::ws::{Frame, Message};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+type Sink = tokio::sync::mpsc::UnboundedSender<Message>;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain libc calls on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(database_url: &str, redis: Option<(&str, &str)>) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorewire"));
+        cmd.current_dir(dir.path())
+            .env("DATABASE_URL", database_url)
+            .env("LOREWIRE_BIND", &addr)
+            .env("LOREWIRE_ADMIN_TOKEN", "bench-admin")
+            .env("LOREWIRE_CHAT_RATE", "1000000/1s")
+            .env("RUST_LOG", "warn")
+            .env_remove("LOREWIRE_REDIS_URL")
+            .env_remove("LOREWIRE_LLM_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((url, prefix)) = redis {
+            cmd.env("LOREWIRE_REDIS_URL", url).env("LOREWIRE_REDIS_PREFIX", prefix);
+        }
+        let child = cmd.spawn().expect("lorewire starts");
+        let server = Server { child, addr, _dir: dir };
+        let client = awc::Client::default();
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = client.get(format!("http://{}/ready", server.addr)).send().await {
+                if resp.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < until, "the server did not become ready");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Duration::from_secs_f64(ticks as f64 / hz)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the clients saw: joins, and the latency of every `message:new` by message number.
+#[derive(Default)]
+struct Seen {
+    joined: usize,
+    sent_at: HashMap<u64, Instant>,
+    latencies: Vec<Duration>,
+}
+
+async fn connect(client: &awc::Client, addr: &str, n: usize, seen: Rc<RefCell<Seen>>) -> Sink {
+    let (_, mut framed) =
+        client.ws(format!("http://{addr}/ws")).max_frame_size(64 << 20).connect().await.expect("ws connects");
+    let start = json!({"type": "session:start", "nickname": format!("bench{n}")}).to_string();
+    framed.send(Message::Text(start.into())).await.expect("send");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(msg) => if framed.send(msg).await.is_err() { break },
+                    None => break,
+                },
+                frame = framed.next() => match frame {
+                    Some(Ok(Frame::Text(bytes))) => {
+                        let head = &bytes[..bytes.len().min(40)];
+                        if head.starts_with(br#"{"type":"presence:state""#) {
+                            seen.borrow_mut().joined += 1;
+                        } else if head.starts_with(br#"{"type":"message:new""#) {
+                            let arrived = Instant::now();
+                            let frame: Value = serde_json::from_slice(&bytes).expect("JSON");
+                            let m = frame["message"]["text"].as_str().and_then(|t| t.strip_prefix("bench "))
+                                .and_then(|m| m.parse::<u64>().ok());
+                            let mut seen = seen.borrow_mut();
+                            if let Some(sent) = m.and_then(|m| seen.sent_at.get(&m).copied()) {
+                                seen.latencies.push(arrived - sent);
+                            }
+                        }
+                    }
+                    Some(Ok(Frame::Ping(p))) => if framed.send(Message::Pong(p)).await.is_err() { break },
+                    Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+    tx
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn ms(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, clients: usize, messages: usize) {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(Server::start(database_url, redis).await);
+    }
+    // Let each process hear the others before anyone joins.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let seen = Rc::new(RefCell::new(Seen::default()));
+    let client =
+        awc::Client::builder().connector(awc::Connector::new().limit(0)).timeout(Duration::from_secs(60)).finish();
+    let mut sinks = Vec::with_capacity(clients);
+    for chunk in (0..clients).collect::<Vec<_>>().chunks(100) {
+        let batch = chunk.iter().map(|i| connect(&client, &servers[i % 3].addr, *i, seen.clone()));
+        sinks.extend(futures_util::future::join_all(batch).await);
+    }
+    wait_for("every session to join", Duration::from_secs(120), || seen.borrow().joined >= clients).await;
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+
+    let cpu_before: Duration = servers.iter().map(Server::cpu).sum();
+    let started = Instant::now();
+    for m in 0..messages as u64 {
+        seen.borrow_mut().sent_at.insert(m, Instant::now());
+        let text = json!({"type": "message:send", "text": format!("bench {m}")}).to_string();
+        // Senders on every process in turn.
+        sinks[m as usize % 30].send(Message::Text(text.into())).expect("client task alive");
+        let expected = (m as usize + 1) * clients;
+        wait_for("every delivery", Duration::from_secs(60), || seen.borrow().latencies.len() >= expected).await;
+    }
+    let took = started.elapsed();
+    let cpu: Duration = servers.iter().map(Server::cpu).sum::<Duration>() - cpu_before;
+    let mut latencies = std::mem::take(&mut seen.borrow_mut().latencies);
+    latencies.sort();
+    let delivered = latencies.len();
+    println!(
+        "{name}: 3 processes, {clients} clients, {messages} messages one at a time: {delivered} deliveries in \
+         {secs:.1} s; send -> message:new p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; server CPU \
+         {cpu_ms:.0} ms = {per:.1} us per delivery (moods included)",
+        secs = took.as_secs_f64(),
+        p50 = ms(&latencies, 0.50),
+        p99 = ms(&latencies, 0.99),
+        max = ms(&latencies, 1.0),
+        cpu_ms = cpu.as_secs_f64() * 1000.0,
+        per = cpu.as_secs_f64() * 1e6 / delivered as f64,
+    );
+    drop(sinks);
+}
+
+fn main() {
+    let fds = raise_fd_limit();
+    let clients = env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
+    let messages = env_usize("LOREWIRE_BENCH_MESSAGES", 100);
+    assert!(fds as usize > 2 * clients + 100, "open-file limit {fds} is too low for {clients} clients");
+    actix_web::rt::System::new().block_on(async move {
+        let redis_url = common::redis_url();
+        for (name, redis) in [("redis", true), ("notify", false)] {
+            let db = actix_web::rt::task::spawn_blocking(|| common::TestDb::new(common::Db::Postgres)).await.unwrap();
+            let prefix = common::redis_prefix();
+            let redis = redis.then_some((redis_url.as_str(), prefix.as_str()));
+            fan_out(name, &db.url, redis, clients, messages).await;
+        }
+    });
+}
