@@ -357,11 +357,21 @@ impl Lobby {
             self.count_news(ctx);
         }
         if !self.waiting.is_empty() {
-            let state = self.state();
+            let state = self.handed_state();
             for answer in self.waiting.drain(..) {
                 let _ = answer.send(state.clone());
             }
         }
+    }
+
+    /// The `presence:state` for sessions that join. Above the maximum its count may not be the
+    /// one the lobby was last told (a count frame is due): then the lobby holds two counts, and
+    /// the next count frame must go out even if the count is back to the one told before.
+    fn handed_state(&mut self) -> ByteString {
+        if !self.listing && self.view.len() != self.told_count {
+            self.told_count = usize::MAX;
+        }
+        self.state()
     }
 
     /// Not listing: the count (or, back at the list maximum, the whole list) goes out now, or a
@@ -442,7 +452,7 @@ impl Handler<Join> for Lobby {
         self.gauges();
         let (answer, answered) = oneshot::channel();
         if self.dirty.is_empty() {
-            let _ = answer.send(self.state());
+            let _ = answer.send(self.handed_state());
         } else {
             self.waiting.push(answer);
         }

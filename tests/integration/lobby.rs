@@ -567,7 +567,38 @@ pub async fn metrics_text(app: &TestApp) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// Above the maximum, a player who joins while a count frame is due gets the new count in their
+/// state; if the count is back to the one the lobby was last told before the frame goes out,
+/// the frame still goes out, so the joiner's count follows.
+async fn a_joiner_is_told_the_count_that_follows(db: Db) {
+    let app = lobby_app(db, |c| c.presence_list_max = 2).await;
+    let mut watcher = join(&app, "Watcher", None).await;
+    let mut others = Vec::new();
+    for name in ["A", "B", "C"] {
+        others.push(join(&app, name, None).await);
+    }
+    // The lobby is told 4 (a count frame: above the maximum).
+    loop {
+        let update = watcher.ws.recv_type("presence:update").await;
+        if update["online_count"] == 4 {
+            break;
+        }
+    }
+    // Within the second after that frame: one joins (their state says 5), one leaves (back to 4).
+    let mut late = join(&app, "Late", None).await;
+    assert_eq!(late.state["online_count"], 5, "{}", late.state);
+    others.pop().unwrap().ws.close().await;
+    let update = loop {
+        let update = late.ws.recv_type("presence:update").await;
+        if update["online_count"] != 5 {
+            break update;
+        }
+    };
+    assert_eq!(update["online_count"], 4, "{update}");
+}
+
 both_backends!(
+    a_joiner_is_told_the_count_that_follows,
     presence_state_then_updates,
     two_tabs_leave_when_the_last_closes,
     presence_is_gathered_and_cancels_within_the_window,
