@@ -4,7 +4,11 @@
 //!
 //! Prints, per backplane: `message:send` -> `message:new` latency over every delivery (p50 /
 //! p99 / max) and the three servers' CPU time (user + system, /proc/PID/stat) per delivered
-//! `message:new`. No LLM key, so moods fall back at once without an upstream call.
+//! `message:new` (no LLM key, so moods fall back at once without an upstream call); then 200
+//! concurrent streamed runs, each started on one process and watched from another (the watcher
+//! joins the same run), each process with a fake upstream of its own (so the process that
+//! streams a run is known): the latency of every `run:delta` from the upstream's chunk, on the
+//! process that streams it and on the others.
 //!
 //! `cargo bench --bench cluster` (Linux; needs the local PostgreSQL and Redis, as the tests do).
 //! LOREWIRE_BENCH_CLIENTS / LOREWIRE_BENCH_MESSAGES change the sizes.
@@ -48,7 +52,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(database_url: &str, redis: Option<(&str, &str)>) -> Server {
+    async fn start(database_url: &str, redis: Option<(&str, &str)>, extra: &[(&str, String)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
@@ -67,6 +71,9 @@ impl Server {
             .stderr(Stdio::null());
         if let Some((url, prefix)) = redis {
             cmd.env("LOREWIRE_REDIS_URL", url).env("LOREWIRE_REDIS_PREFIX", prefix);
+        }
+        for (name, value) in extra {
+            cmd.env(name, value);
         }
         let child = cmd.spawn().expect("lorewire starts");
         let server = Server { child, addr, _dir: dir };
@@ -165,7 +172,7 @@ fn ms(sorted: &[Duration], p: f64) -> f64 {
 async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, clients: usize, messages: usize) {
     let mut servers = Vec::new();
     for _ in 0..3 {
-        servers.push(Server::start(database_url, redis).await);
+        servers.push(Server::start(database_url, redis, &[]).await);
     }
     // Let each process hear the others before anyone joins.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
@@ -209,6 +216,127 @@ async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, cl
     drop(sinks);
 }
 
+/// Chunks of every streamed answer, and the pause between two.
+const CHUNKS: usize = 20;
+const CHUNK_PAUSE: Duration = Duration::from_millis(25);
+
+/// One client of one run: starts (or, when `after` is given, once it fires, joins) the run of
+/// `input` and returns its id and the `run:delta` arrivals (seq, when) until `run:done`;
+/// `queued` is told when the run is queued.
+async fn follow(
+    client: &awc::Client,
+    addr: &str,
+    input: &str,
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    mut queued: Option<tokio::sync::oneshot::Sender<()>>,
+) -> (String, Vec<(u64, Instant)>) {
+    let (_, mut framed) = client.ws(format!("http://{addr}/ws")).connect().await.expect("ws connects");
+    let start = json!({"type": "session:start", "nickname": "runner"}).to_string();
+    framed.send(Message::Text(start.into())).await.expect("send");
+    if let Some(after) = after {
+        let _ = after.await;
+    }
+    let run = json!({"type": "generate:start", "project_id": "bench", "action": "WRITE", "input": input}).to_string();
+    framed.send(Message::Text(run.into())).await.expect("send");
+    let (mut run_id, mut deltas) = (String::new(), Vec::new());
+    loop {
+        match framed.next().await {
+            Some(Ok(Frame::Text(bytes))) => {
+                let arrived = Instant::now();
+                let frame: Value = serde_json::from_slice(&bytes).expect("JSON");
+                match frame["type"].as_str().unwrap_or("") {
+                    "run:queued" => {
+                        run_id = frame["run_id"].as_str().unwrap().to_owned();
+                        if let Some(queued) = queued.take() {
+                            let _ = queued.send(());
+                        }
+                    }
+                    "run:delta" => deltas.push((frame["seq"].as_u64().unwrap(), arrived)),
+                    "run:done" => break,
+                    t if t.starts_with("error") || t == "run:error" => panic!("the run failed: {frame}"),
+                    _ => {}
+                }
+            }
+            Some(Ok(Frame::Ping(p))) => {
+                let _ = framed.send(Message::Pong(p)).await;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+    (run_id, deltas)
+}
+
+async fn streamed_runs(name: &str, database_url: &str, redis: Option<(&str, &str)>, runs: usize) {
+    let fakes: Vec<common::FakeLlm> = (0..3).map(|_| common::FakeLlm::start()).collect();
+    let chunks: Vec<String> = (0..CHUNKS).map(|i| format!("word{i:02} ")).collect();
+    for fake in &fakes {
+        fake.set_stream_chunks(chunks.clone());
+        fake.set_chunk_pause(Some(CHUNK_PAUSE));
+    }
+    let mut servers = Vec::new();
+    for fake in &fakes {
+        let extra = [
+            ("LOREWIRE_LLM_PROVIDER", "openai-chat".to_owned()),
+            ("LOREWIRE_LLM_BASE_URL", fake.openai_base_url()),
+            ("LOREWIRE_LLM_API_KEY", "sk-bench-0000".to_owned()),
+        ];
+        servers.push(Server::start(database_url, redis, &extra).await);
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let client =
+        awc::Client::builder().connector(awc::Connector::new().limit(0)).timeout(Duration::from_secs(60)).finish();
+    // Run i is started on process i % 3 and watched from the next one.
+    let all = (0..runs).map(|i| {
+        let (starter, watcher) = (&servers[i % 3].addr, &servers[(i + 1) % 3].addr);
+        let input = format!("bench run {i}");
+        let client = &client;
+        async move {
+            let (queued, after) = tokio::sync::oneshot::channel::<()>();
+            let starting = follow(client, starter, &input, None, Some(queued));
+            let watching = follow(client, watcher, &input, Some(after), None);
+            let ((a_id, a), (b_id, b)) = futures_util::future::join(starting, watching).await;
+            assert_eq!(a_id, b_id, "the watcher joined the same run");
+            (i, input, a, b)
+        }
+    });
+    let results = futures_util::future::join_all(all).await;
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    for (i, input, starter, watcher) in results {
+        let streamed_by = fakes
+            .iter()
+            .enumerate()
+            .find_map(|(p, fake)| fake.requests().into_iter().find(|r| r.raw_body.contains(&input)).map(|r| (p, r.at)))
+            .expect("one upstream saw the run");
+        let (process, asked) = streamed_by;
+        for (client_process, deltas) in [(i % 3, starter), ((i + 1) % 3, watcher)] {
+            for (seq, arrived) in deltas {
+                let sent = asked + CHUNK_PAUSE * seq as u32;
+                let latency = arrived.saturating_duration_since(sent);
+                if client_process == process {
+                    local.push(latency)
+                } else {
+                    remote.push(latency)
+                }
+            }
+        }
+    }
+    local.sort();
+    remote.sort();
+    println!(
+        "{name}: {runs} streamed runs at once over 3 processes ({CHUNKS} chunks, {} ms apart): upstream chunk -> \
+         run:delta on the streaming process p50 {:.1} ms, p99 {:.1} ms ({} deltas); on another process p50 {:.1} ms, \
+         p99 {:.1} ms ({} deltas)",
+        CHUNK_PAUSE.as_millis(),
+        ms(&local, 0.5),
+        ms(&local, 0.99),
+        local.len(),
+        ms(&remote, 0.5),
+        ms(&remote, 0.99),
+        remote.len(),
+    );
+}
+
 fn main() {
     let fds = raise_fd_limit();
     let clients = env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
@@ -221,6 +349,12 @@ fn main() {
             let prefix = common::redis_prefix();
             let redis = redis.then_some((redis_url.as_str(), prefix.as_str()));
             fan_out(name, &db.url, redis, clients, messages).await;
+        }
+        for (name, redis) in [("redis", true), ("notify", false)] {
+            let db = actix_web::rt::task::spawn_blocking(|| common::TestDb::new(common::Db::Postgres)).await.unwrap();
+            let prefix = common::redis_prefix();
+            let redis = redis.then_some((redis_url.as_str(), prefix.as_str()));
+            streamed_runs(name, &db.url, redis, env_usize("LOREWIRE_BENCH_RUNS", 200)).await;
         }
     });
 }
