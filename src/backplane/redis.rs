@@ -10,6 +10,11 @@
 //! dropped); it reconnects on its own with backoff, and each time it is back the sinks are told
 //! (events sent meanwhile are lost: Redis holds nothing that cannot be rebuilt).
 //!
+//! Each process keeps its players in a hash of its own, `{prefix}presence:{origin}`, whose expiry
+//! every announcement and heartbeat pushes back 3.5 s: a process that dies leaves none behind,
+//! and one that (re)connects reads everyone's at once. The announcements on the channel still
+//! carry every change as it happens.
+//!
 //! The chat rate is one sliding window per user in Redis (a sorted set, read and written by one
 //! Lua script), so two tabs on two processes share `LOREWIRE_CHAT_RATE`.
 //!
@@ -29,6 +34,9 @@ use super::{Backplane, BackplaneError, Event, Liveness, Sinks};
 
 /// Longest wait for Redis to connect or answer before a publish or a subscription gives up.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// A process's presence key lives this long after its last announcement or heartbeat (see
+/// `liveness`: a heartbeat a second, dropped after 3.5 s of silence).
+const PRESENCE_TTL_MS: i64 = 3500;
 /// Longest a chat message waits on the shared rate window before this process decides alone.
 const ADMIT_TIMEOUT: Duration = Duration::from_millis(250);
 /// A sliding window in a sorted set (one member per accepted event, scored by Redis's clock in
@@ -60,6 +68,9 @@ pub struct RedisBackplane {
     prefix: String,
     /// `{prefix}events`.
     channel: String,
+    /// `{prefix}presence:{origin}`: this process's players (user id -> nickname), kept as long
+    /// as its heartbeat refreshes the key's expiry.
+    presence_key: String,
     origin: Arc<str>,
     queue: mpsc::UnboundedSender<Vec<Event>>,
     /// The queue's other end, until the publisher task takes it.
@@ -92,6 +103,7 @@ impl RedisBackplane {
             commands,
             prefix: prefix.to_owned(),
             channel: format!("{prefix}events"),
+            presence_key: format!("{prefix}presence:{origin}"),
             origin,
             queue,
             pending: Mutex::new(Some(pending)),
@@ -114,6 +126,7 @@ impl RedisBackplane {
         let Some(mut pending) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
         let manager = self.commands.clone();
         let channel = self.channel.clone();
+        let (presence_key, origin) = (self.presence_key.clone(), self.origin.clone());
         let mut stop = self.stop.subscribe();
         let (done, finished) = std::sync::mpsc::channel::<()>();
         *self.publisher_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(finished);
@@ -140,6 +153,7 @@ impl RedisBackplane {
                     let mut pipe = redis::pipe();
                     for event in &batch {
                         pipe.publish(&channel, serde_json::to_string(event).expect("events serialize")).ignore();
+                        keep_presence(&mut pipe, event, &presence_key, &origin);
                     }
                     match pipe.query_async::<()>(&mut manager).await {
                         Ok(()) => {
@@ -165,6 +179,61 @@ impl RedisBackplane {
     }
 }
 
+/// Mirrors this process's own presence news into its presence key: who comes and goes, and
+/// the key's expiry pushed back by every announcement and heartbeat.
+fn keep_presence(pipe: &mut redis::Pipeline, event: &Event, key: &str, origin: &str) {
+    if event.origin() != origin {
+        return;
+    }
+    match event {
+        Event::Presence { online, offline, .. } => {
+            for (user_id, nickname) in online {
+                pipe.hset(key, user_id, nickname).ignore();
+            }
+            if !offline.is_empty() {
+                pipe.hdel(key, offline).ignore();
+            }
+        }
+        Event::Alive { .. } => {}
+        _ => return,
+    }
+    pipe.pexpire(key, PRESENCE_TTL_MS).ignore();
+}
+
+/// The players the other processes keep in Redis, as the presence news they stand for.
+async fn stored_presence(commands: &mut ConnectionManager, prefix: &str, own: &str) -> redis::RedisResult<Vec<Event>> {
+    let pattern = format!("{prefix}presence:*");
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(100)
+            .query_async(commands)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut events = Vec::new();
+    for key in keys {
+        let Some(origin) = key.strip_prefix(&format!("{prefix}presence:")).map(str::to_owned) else { continue };
+        if origin == own {
+            continue;
+        }
+        let users: Vec<(i64, String)> = redis::cmd("HGETALL").arg(&key).query_async(commands).await?;
+        if !users.is_empty() {
+            events.push(Event::Presence { origin, online: users, offline: Vec::new() });
+        }
+    }
+    Ok(events)
+}
+
 impl Backplane for RedisBackplane {
     fn name(&self) -> &'static str {
         "redis"
@@ -183,6 +252,7 @@ impl Backplane for RedisBackplane {
         self.start_publisher();
         let (client, channel, origin, up) =
             (self.client.clone(), self.channel.clone(), self.origin.clone(), self.up.clone());
+        let (mut commands, prefix) = (self.commands.clone(), self.prefix.clone());
         let mut stop = self.stop.subscribe();
         actix::spawn(async move {
             let mut wait = RECONNECT_FIRST;
@@ -202,8 +272,15 @@ impl Backplane for RedisBackplane {
                             tracing::info!("Redis subscriber reconnected; events sent meanwhile were lost");
                         }
                         connected_before = true;
-                        // Now that this process hears the others, the sinks may ask them for what they hold.
+                        // Now that this process hears the others, the sinks may ask them for what they hold,
+                        // and the players the others keep in Redis are known at once.
                         sinks.reconnected();
+                        match stored_presence(&mut commands, &prefix, &origin).await {
+                            Ok(events) => events.into_iter().for_each(|event| sinks.deliver(event)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the presence kept in Redis; asking the processes")
+                            }
+                        }
                         let mut messages = pubsub.into_on_message();
                         loop {
                             let message = tokio::select! {

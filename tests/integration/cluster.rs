@@ -26,7 +26,8 @@ pub(crate) async fn content_changes_reach_subscribers_on_every_process_over(redi
     app.fake.set_mode(Mode::Delay(Duration::from_millis(300)));
     let mut config = app.config.clone();
     config.bind = "127.0.0.1:0".parse().unwrap();
-    let other = lorewire::app::start(config, Arc::new(SystemClock)).await.expect("second process starts");
+    let other = lorewire::app::start(config.clone(), Arc::new(SystemClock)).await.expect("second process starts");
+    let third = lorewire::app::start(config, Arc::new(SystemClock)).await.expect("third process starts");
 
     let (mut a, ack) = app.player("Ada").await;
     // The same player token works on every process: they share the database.
@@ -39,13 +40,18 @@ pub(crate) async fn content_changes_reach_subscribers_on_every_process_over(redi
     b.send(json!({"type": "content:subscribe", "kind": "npc", "subject_id": 7, "ref": 2})).await;
     let snap = b.recv_type("content:snapshot").await;
     assert_eq!(snap["content"]["version"], 1, "{snap}");
+    let mut c = WsClient::connect(&format!("http://{}/ws", third.addr)).await;
+    c.send(json!({"type": "session:start", "nickname": "Ada", "token": ack["token"]})).await;
+    c.recv_type("session:ack").await;
+    c.send(json!({"type": "content:subscribe", "kind": "npc", "subject_id": 7, "ref": 2})).await;
+    c.recv_type("content:snapshot").await;
 
-    for ws in [&mut a, &mut b] {
+    for ws in [&mut a, &mut b, &mut c] {
         let update = ws.recv_type("content:update").await;
         assert_eq!(update["content"]["status"], "ready", "{update}");
         assert_eq!(update["content"]["version"], 2);
     }
-    assert_eq!(app.fake.request_count(), 1, "one upstream call for the item across both processes");
+    assert_eq!(app.fake.request_count(), 1, "one upstream call for the item across the processes");
 
     // A regenerate asked on the second process is seen going round on the first.
     b.send(json!({"type": "content:request", "kind": "npc", "subject_id": 7, "regenerate": true, "ref": 3})).await;
@@ -58,4 +64,5 @@ pub(crate) async fn content_changes_reach_subscribers_on_every_process_over(redi
     a.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(app.fake.request_count(), 2);
     other.shutdown().await;
+    third.shutdown().await;
 }

@@ -432,3 +432,77 @@ async fn a_stop_sends_what_was_queued() {
         }
     }
 }
+
+/// The players of each process are kept in Redis, under a key of that process's own that lives
+/// as long as its heartbeat: a killed process's key is gone within 5 s, and a process that
+/// starts later knows the others' players from Redis.
+#[actix_web::test]
+async fn presence_is_kept_in_redis_for_as_long_as_its_process_lives() {
+    let fake = crate::common::FakeLlm::start();
+    let db = crate::process::test_db(Db::Postgres).await;
+    let prefix = redis_prefix();
+    let env = [("LOREWIRE_REDIS_URL", redis_url()), ("LOREWIRE_REDIS_PREFIX", prefix.clone())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = crate::process::Server::start_with(&db.url, &fake, &env).await;
+    let mut b = crate::process::Server::start_with(&db.url, &fake, &env).await;
+    wait_backplane(&a.url(""), true).await;
+    wait_backplane(&b.url(""), true).await;
+    let (_ada, ada_ack) = lobby_player(&a.url(""), "Ada").await;
+    let (_bo, bo_ack) = lobby_player(&b.url(""), "Bo").await;
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let redis = client.get_multiplexed_async_connection().await.unwrap();
+    let stored = |redis: redis::aio::MultiplexedConnection| {
+        let pattern = format!("{prefix}presence:*");
+        async move {
+            let mut redis = redis;
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
+            let mut users = std::collections::BTreeMap::new();
+            for key in keys {
+                let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await.unwrap();
+                assert!((1..=3500).contains(&ttl), "{key} lives {ttl} ms");
+                let hash: Vec<(i64, String)> = redis::cmd("HGETALL").arg(&key).query_async(&mut redis).await.unwrap();
+                users.insert(key, hash);
+            }
+            users
+        }
+    };
+    let both = eventually("both processes to keep their players in Redis", || {
+        let redis = redis.clone();
+        async move { Some(stored(redis).await).filter(|users| users.len() == 2) }
+    })
+    .await;
+    let everyone: Vec<&(i64, String)> = both.values().flatten().collect();
+    assert!(everyone.contains(&&(ada_ack["user_id"].as_i64().unwrap(), "Ada".to_owned())), "{both:?}");
+    assert!(everyone.contains(&&(bo_ack["user_id"].as_i64().unwrap(), "Bo".to_owned())), "{both:?}");
+
+    // A process started now lists both in its first presence:state.
+    let c = crate::process::Server::start_with(&db.url, &fake, &env).await;
+    wait_backplane(&c.url(""), true).await;
+    let mut cy = WsClient::connect(&c.url("/ws")).await;
+    cy.lobby_frames = true;
+    cy.send(json!({"type": "session:start", "nickname": "Cy"})).await;
+    let state = cy.recv_type("presence:state").await;
+    let listed: Vec<&str> =
+        state["online"].as_array().unwrap().iter().map(|u| u["nickname"].as_str().unwrap()).collect();
+    assert!(listed.contains(&"Ada") && listed.contains(&"Bo"), "{state}");
+
+    b.kill9();
+    let killed = std::time::Instant::now();
+    let has = |users: &std::collections::BTreeMap<String, Vec<(i64, String)>>, who: &str| {
+        users.values().flatten().any(|(_, name)| name == who)
+    };
+    eventually("B's key to expire", || {
+        let redis = redis.clone();
+        async move { Some(stored(redis).await).filter(|users| !has(users, "Bo")) }
+    })
+    .await;
+    assert!(killed.elapsed() <= Duration::from_secs(5), "B's key outlived it by {:?}", killed.elapsed());
+    // The living keep theirs.
+    let left = eventually("A's and C's players in Redis", || {
+        let redis = redis.clone();
+        async move { Some(stored(redis).await).filter(|users| has(users, "Ada") && has(users, "Cy")) }
+    })
+    .await;
+    assert_eq!(left.len(), 2, "{left:?}");
+}

@@ -801,7 +801,11 @@ pub(crate) async fn run_streamed_by_another_process_reaches_the_client_live(redi
 
     let mut other_config = app.config.clone();
     other_config.bind = "127.0.0.1:0".parse().unwrap();
-    let other =
+    let other = lorewire::app::start(other_config.clone(), std::sync::Arc::new(lorewire::core::clock::SystemClock))
+        .await
+        .unwrap();
+    // A third process, with a client that joins the run too.
+    let third =
         lorewire::app::start(other_config, std::sync::Arc::new(lorewire::core::clock::SystemClock)).await.unwrap();
 
     ws.send(start("p1", "DESCRIBE", "the run the other process takes", json!(2))).await;
@@ -821,13 +825,23 @@ pub(crate) async fn run_streamed_by_another_process_reaches_the_client_live(redi
     assert_eq!(seen.end["type"], "run:done", "{}", seen.end);
     assert_eq!(seen.deltas.concat(), seen.end["text"].as_str().unwrap());
     assert_eq!(seen.deltas, chunks, "every delta as streamed, none merged or repeated");
+    let mut far = crate::common::WsClient::connect(&format!("http://{}/ws", third.addr)).await;
+    far.send(json!({"type": "session:start", "nickname": "Far"})).await;
+    far.recv_type("session:ack").await;
+    far.send(start("p1", "DESCRIBE", "the run the other process takes", json!(4))).await;
+    assert_eq!(far.recv_type("run:queued").await["run_id"], run_id.as_str());
     let joined = follow(&mut late, &run_id).await;
     assert_eq!(joined.started.len(), 1);
     assert_eq!(joined.deltas, chunks, "the late client got the text so far then the rest");
     assert_eq!(joined.end["type"], "run:done");
     ws.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(app.fake.request_count(), 2);
+    let far = follow(&mut far, &run_id).await;
+    // The text so far may come as one delta: no gap and no repeat is what counts.
+    assert_eq!(far.deltas.concat(), chunks.concat(), "the client on the third process got the whole text once");
+    assert_eq!(far.end["type"], "run:done");
     other.shutdown().await;
+    third.shutdown().await;
 }
 
 /// A socket that closes while its `generate:start` is being admitted (the row is committed after
