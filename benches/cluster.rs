@@ -17,6 +17,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -29,21 +33,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
 type Sink = tokio::sync::mpsc::UnboundedSender<Message>;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain libc calls on a struct we own.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
-}
 
 struct Server {
     child: Child,
@@ -92,13 +81,7 @@ impl Server {
     }
 
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
-        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Duration::from_secs_f64(ticks as f64 / hz)
+        support::cpu(self.child.id())
     }
 }
 
@@ -338,9 +321,9 @@ async fn streamed_runs(name: &str, database_url: &str, redis: Option<(&str, &str
 }
 
 fn main() {
-    let fds = raise_fd_limit();
-    let clients = env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
-    let messages = env_usize("LOREWIRE_BENCH_MESSAGES", 100);
+    let fds = support::raise_fd_limit();
+    let clients = support::env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
+    let messages = support::env_usize("LOREWIRE_BENCH_MESSAGES", 100);
     assert!(fds as usize > 2 * clients + 100, "open-file limit {fds} is too low for {clients} clients");
     actix_web::rt::System::new().block_on(async move {
         let redis_url = common::redis_url();
@@ -354,7 +337,7 @@ fn main() {
             let db = actix_web::rt::task::spawn_blocking(|| common::TestDb::new(common::Db::Postgres)).await.unwrap();
             let prefix = common::redis_prefix();
             let redis = redis.then_some((redis_url.as_str(), prefix.as_str()));
-            streamed_runs(name, &db.url, redis, env_usize("LOREWIRE_BENCH_RUNS", 200)).await;
+            streamed_runs(name, &db.url, redis, support::env_usize("LOREWIRE_BENCH_RUNS", 200)).await;
         }
     });
 }

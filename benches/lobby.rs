@@ -10,6 +10,10 @@
 //! `cargo bench --bench lobby` (Linux only; about a minute). Set LOREWIRE_BENCH_SESSIONS /
 //! LOREWIRE_BENCH_CLIENTS / LOREWIRE_BENCH_MESSAGES to change the sizes.
 
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
+
 use std::cell::Cell;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -22,22 +26,6 @@ use serde_json::json;
 
 /// Frames to send on one client's socket.
 type Sink = tokio::sync::mpsc::UnboundedSender<Message>;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Raises this process's open-file limit to its hard limit (the server child inherits it).
-fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain libc calls on a struct we own.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
-}
 
 struct Server {
     child: Child,
@@ -81,28 +69,15 @@ impl Server {
 
     /// A numeric field of /proc/PID/status (`VmRSS` in KiB, `Threads`).
     fn status(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+        support::status(self.child.id(), field)
     }
 
     fn rss_kib(&self) -> u64 {
         self.status("VmRSS")
     }
 
-    /// User + system CPU time of the server so far.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
-        // Fields after the command name (which may hold spaces) start at field 3.
-        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Duration::from_secs_f64(ticks as f64 / hz)
+        support::cpu(self.child.id())
     }
 }
 
@@ -240,10 +215,10 @@ async fn cpu_per_frame(clients: usize, messages: usize) {
 }
 
 fn main() {
-    let fds = raise_fd_limit();
-    let sessions = env_usize("LOREWIRE_BENCH_SESSIONS", 5000);
-    let clients = env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
-    let messages = env_usize("LOREWIRE_BENCH_MESSAGES", 200);
+    let fds = support::raise_fd_limit();
+    let sessions = support::env_usize("LOREWIRE_BENCH_SESSIONS", 5000);
+    let clients = support::env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
+    let messages = support::env_usize("LOREWIRE_BENCH_MESSAGES", 200);
     assert!(fds as usize > sessions + 100, "open-file limit {fds} is too low for {sessions} sessions");
     actix_web::rt::System::new().block_on(async move {
         memory_per_session(sessions).await;
