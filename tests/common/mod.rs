@@ -194,6 +194,28 @@ impl TestApp {
         (ws, ack)
     }
 
+    /// Traffic for every series of the dashboard's history: three content items from the fake
+    /// upstream, a chat message (and its mood) and a charged run, from a player who stays joined
+    /// (returned, with their token).
+    pub async fn history_traffic(&self) -> (WsClient, String) {
+        let (mut ws, ack) = self.player("Ada").await;
+        let token = ack["token"].as_str().unwrap().to_owned();
+        for id in 1..=3 {
+            assert_eq!(self.content_final(&token, "quest", id, json!({})).await["status"], "ready");
+        }
+        ws.lobby_frames = true;
+        ws.recv_type("presence:state").await;
+        ws.send(json!({"type": "message:send", "text": "to the charts", "ref": 1})).await;
+        ws.recv_type("message:new").await;
+        let body = json!({"project_id": "charts", "action": "WRITE", "input": "a bell"});
+        let (status, run) = post_json(&self.url("/api/generate"), &token, &body).await;
+        assert_eq!(status, 202, "{run}");
+        let run = self.final_run(&token, run["run_id"].as_str().unwrap()).await;
+        assert_eq!(run["status"], "done", "{run}");
+        assert!(run["cost_usd"].as_f64().unwrap() > 0.0, "{run}");
+        (ws, token)
+    }
+
     pub async fn player_token(&self) -> String {
         let (_ws, ack) = self.player("Rest").await;
         ack["token"].as_str().unwrap().to_owned()

@@ -236,22 +236,8 @@ async fn pages_load_without_failed_requests_or_console_errors() {
 #[actix_web::test]
 async fn admin_charts_show_the_traffic_of_the_last_hour() {
     let app = spawn_app(Db::Sqlite).await;
-    // Traffic for every chart: content from the fake upstream, a chat message, a charged run,
-    // and a player who stays joined while the dashboard is open.
-    let (mut ws, ack) = app.player("Ada").await;
-    let token = ack["token"].as_str().unwrap().to_owned();
-    for id in 1..=3 {
-        assert_eq!(app.content_final(&token, "quest", id, json!({})).await["status"], "ready");
-    }
-    ws.lobby_frames = true;
-    ws.recv_type("presence:state").await;
-    ws.send(json!({"type": "message:send", "text": "to the charts"})).await;
-    ws.recv_type("message:new").await;
-    let body = json!({"project_id": "charts", "action": "WRITE", "input": "a bell"});
-    let (status, run) = crate::common::post_json(&app.url("/api/generate"), &token, &body).await;
-    assert_eq!(status, 202, "{run}");
-    let run = app.final_run(&token, run["run_id"].as_str().unwrap()).await;
-    assert!(run["cost_usd"].as_f64().unwrap() > 0.0, "{run}");
+    // Traffic for every chart, and a player who stays joined while the dashboard is open.
+    let (ws, _) = app.history_traffic().await;
     scenario(&app, "charts", |_| {}).await;
     ws.close().await;
 }

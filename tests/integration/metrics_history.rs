@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{eventually, get_json, http, post_json, spawn_app, spawn_with, Db, Setup, TestApp};
+use crate::common::{eventually, get_json, http, spawn_app, spawn_with, Db, Setup, TestApp};
 
 const SERIES: [&str; 12] = [
     "content_ready_per_min",
@@ -71,25 +71,7 @@ async fn history_follows_the_traffic() {
     assert_eq!(last(&fresh, "players_online"), Some(0.0));
     assert_eq!(max(&fresh, "content_ready_per_min"), 0.0);
 
-    let (mut ws, ack) = app.player("Ada").await;
-    let token = ack["token"].as_str().unwrap().to_owned();
-    for id in 1..=3 {
-        assert_eq!(app.content_final(&token, "quest", id, json!({})).await["status"], "ready");
-    }
-    ws.lobby_frames = true;
-    ws.recv_type("presence:state").await;
-    ws.send(json!({"type": "message:send", "text": "hello", "ref": 1})).await;
-    ws.recv_type("message:new").await;
-    let (status, run) = post_json(
-        &app.url("/api/generate"),
-        &token,
-        &json!({"project_id": "charts", "action": "WRITE", "input": "a bell"}),
-    )
-    .await;
-    assert_eq!(status, 202, "{run}");
-    let run = app.final_run(&token, run["run_id"].as_str().unwrap()).await;
-    assert_eq!(run["status"], "done", "{run}");
-    assert!(run["cost_usd"].as_f64().unwrap() > 0.0, "{run}");
+    let (ws, _) = app.history_traffic().await;
 
     let body = history(&app).await;
     assert!(max(&body, "content_ready_per_min") > 0.0, "{body}");
