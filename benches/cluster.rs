@@ -23,73 +23,24 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use awc::ws::{Frame, Message};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use support::Server;
 
 type Sink = tokio::sync::mpsc::UnboundedSender<Message>;
 
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(database_url: &str, redis: Option<(&str, &str)>, extra: &[(&str, String)]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorewire"));
-        cmd.current_dir(dir.path())
-            .env("DATABASE_URL", database_url)
-            .env("LOREWIRE_BIND", &addr)
-            .env("LOREWIRE_ADMIN_TOKEN", "bench-admin")
-            .env("LOREWIRE_CHAT_RATE", "1000000/1s")
-            .env("RUST_LOG", "warn")
-            .env_remove("LOREWIRE_REDIS_URL")
-            .env_remove("LOREWIRE_LLM_API_KEY")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("OPENAI_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some((url, prefix)) = redis {
-            cmd.env("LOREWIRE_REDIS_URL", url).env("LOREWIRE_REDIS_PREFIX", prefix);
-        }
-        for (name, value) in extra {
-            cmd.env(name, value);
-        }
-        let child = cmd.spawn().expect("lorewire starts");
-        let server = Server { child, addr, _dir: dir };
-        let client = awc::Client::default();
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = client.get(format!("http://{}/ready", server.addr)).send().await {
-                if resp.status().is_success() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < until, "the server did not become ready");
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
+/// A lorewire child process on `database_url`, through Redis when `redis` is given.
+async fn start(database_url: &str, redis: Option<(&str, &str)>, extra: &[(&str, String)]) -> Server {
+    let mut env = vec![("DATABASE_URL", database_url.to_owned())];
+    if let Some((url, prefix)) = redis {
+        env.extend([("LOREWIRE_REDIS_URL", url.to_owned()), ("LOREWIRE_REDIS_PREFIX", prefix.to_owned())]);
     }
-
-    fn cpu(&self) -> Duration {
-        support::cpu(self.child.id())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    env.extend(extra.iter().cloned());
+    Server::lorewire(&env).await
 }
 
 /// What the clients saw: joins, and the latency of every `message:new` by message number.
@@ -139,23 +90,10 @@ async fn connect(client: &awc::Client, addr: &str, n: usize, seen: Rc<RefCell<Se
     tx
 }
 
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn ms(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, clients: usize, messages: usize) {
     let mut servers = Vec::new();
     for _ in 0..3 {
-        servers.push(Server::start(database_url, redis, &[]).await);
+        servers.push(start(database_url, redis, &[]).await);
     }
     // Let each process hear the others before anyone joins.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
@@ -167,7 +105,8 @@ async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, cl
         let batch = chunk.iter().map(|i| connect(&client, &servers[i % 3].addr, *i, seen.clone()));
         sinks.extend(futures_util::future::join_all(batch).await);
     }
-    wait_for("every session to join", Duration::from_secs(120), || seen.borrow().joined >= clients).await;
+    support::clients::wait_for("every session to join", Duration::from_secs(120), || seen.borrow().joined >= clients)
+        .await;
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
 
     let cpu_before: Duration = servers.iter().map(Server::cpu).sum();
@@ -178,7 +117,10 @@ async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, cl
         // Senders on every process in turn.
         sinks[m as usize % 30].send(Message::Text(text.into())).expect("client task alive");
         let expected = (m as usize + 1) * clients;
-        wait_for("every delivery", Duration::from_secs(60), || seen.borrow().latencies.len() >= expected).await;
+        support::clients::wait_for("every delivery", Duration::from_secs(60), || {
+            seen.borrow().latencies.len() >= expected
+        })
+        .await;
     }
     let took = started.elapsed();
     let cpu: Duration = servers.iter().map(Server::cpu).sum::<Duration>() - cpu_before;
@@ -190,9 +132,9 @@ async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, cl
          {secs:.1} s; send -> message:new p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; server CPU \
          {cpu_ms:.0} ms = {per:.1} us per delivery (moods included)",
         secs = took.as_secs_f64(),
-        p50 = ms(&latencies, 0.50),
-        p99 = ms(&latencies, 0.99),
-        max = ms(&latencies, 1.0),
+        p50 = support::ms(&latencies, 0.50),
+        p99 = support::ms(&latencies, 0.99),
+        max = support::ms(&latencies, 1.0),
         cpu_ms = cpu.as_secs_f64() * 1000.0,
         per = cpu.as_secs_f64() * 1e6 / delivered as f64,
     );
@@ -264,7 +206,7 @@ async fn streamed_runs(name: &str, database_url: &str, redis: Option<(&str, &str
             ("LOREWIRE_LLM_BASE_URL", fake.openai_base_url()),
             ("LOREWIRE_LLM_API_KEY", "sk-bench-0000".to_owned()),
         ];
-        servers.push(Server::start(database_url, redis, &extra).await);
+        servers.push(start(database_url, redis, &extra).await);
     }
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
     let client =
@@ -311,11 +253,11 @@ async fn streamed_runs(name: &str, database_url: &str, redis: Option<(&str, &str
          run:delta on the streaming process p50 {:.1} ms, p99 {:.1} ms ({} deltas); on another process p50 {:.1} ms, \
          p99 {:.1} ms ({} deltas)",
         CHUNK_PAUSE.as_millis(),
-        ms(&local, 0.5),
-        ms(&local, 0.99),
+        support::ms(&local, 0.5),
+        support::ms(&local, 0.99),
         local.len(),
-        ms(&remote, 0.5),
-        ms(&remote, 0.99),
+        support::ms(&remote, 0.5),
+        support::ms(&remote, 0.99),
         remote.len(),
     );
 }

@@ -1,19 +1,33 @@
-//! Content pipeline throughput and latency, on SQLite, with an upstream that answers at once.
+//! The content pipeline as a user sees it: the real binary as a child process, the fake
+//! upstream (OpenAI Chat Completions, answering at once) an HTTP server of its own in this
+//! process, and WebSocket clients here.
 //!
-//! `cargo bench --bench content` prints, at 1 and 32 concurrent WebSocket clients, content
-//! generations per second and p50/p99 from `content:request` to the pushed `ready` frame.
+//! `cargo bench --bench content` prints, on SQLite and on PostgreSQL, at 1 and 32 concurrent
+//! clients (each sending `content:request` and waiting for its `content:update` `ready`
+//! before the next): items per second, request -> `ready` p50 / p99 / max, and the server's
+//! CPU time (user + system, /proc/PID/stat) and context switches (every thread's, from
+//! /proc/PID/task/*/status: each hand-off between threads costs at least one) per item. PostgreSQL is the local one the tests use
+//! (`LOREWIRE_TEST_PG_URL`); LOREWIRE_BENCH_ITEMS (per size, default 2,000) changes the count.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
-use common::{spawn_with, Db, Setup, TestApp};
+use common::{Db, FakeLlm, TestDb, WsClient};
 use serde_json::json;
+use support::Server;
 
-async fn client(app: &TestApp, first_id: u64, count: u64) -> Vec<Duration> {
-    let (mut ws, _) = app.player("Bench").await;
+/// One client: `count` items one after another; the latency of each.
+async fn client(addr: &str, first_id: u64, count: u64) -> Vec<Duration> {
+    let mut ws = WsClient::connect(&format!("http://{addr}/ws")).await;
+    ws.send(json!({"type": "session:start", "nickname": "Bench"})).await;
+    ws.recv_type("session:ack").await;
     let mut latencies = Vec::with_capacity(count as usize);
     for subject_id in first_id..first_id + count {
         let started = Instant::now();
@@ -29,42 +43,57 @@ async fn client(app: &TestApp, first_id: u64, count: u64) -> Vec<Duration> {
         }
         latencies.push(started.elapsed());
     }
+    ws.close().await;
     latencies
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+async fn pipeline(db: Db, fake: &FakeLlm, items: u64) {
+    let database = TestDb::new(db);
+    let server = Server::lorewire(&[
+        ("DATABASE_URL", database.url.clone()),
+        ("LOREWIRE_LLM_PROVIDER", "openai-chat".into()),
+        ("LOREWIRE_LLM_BASE_URL", fake.openai_base_url()),
+        ("LOREWIRE_LLM_API_KEY", "sk-bench".into()),
+        ("LOREWIRE_LLM_MODEL", "bench-model".into()),
+        ("LOREWIRE_LLM_CONCURRENCY", "64".into()),
+    ])
+    .await;
+    let mut next_id = 1;
+    for clients in [1u64, 32] {
+        let per_client = (items / clients).max(1);
+        // Warm-up: connections, prepared statements, page cache.
+        client(&server.addr, 1_000_000 + next_id, 50).await;
+        next_id += 50;
+        let (cpu_before, switches_before, started) = (server.cpu(), server.context_switches(), Instant::now());
+        let runs = (0..clients).map(|c| client(&server.addr, next_id + c * per_client, per_client));
+        let mut latencies: Vec<Duration> = futures_util::future::join_all(runs).await.concat();
+        let (elapsed, cpu) = (started.elapsed(), server.cpu() - cpu_before);
+        let switches = server.context_switches().saturating_sub(switches_before);
+        next_id += clients * per_client;
+        latencies.sort();
+        let n = latencies.len();
+        println!(
+            "content, {db:?}, {clients:>2} client(s): {n} items in {secs:.2} s = {rate:.0}/s; request -> ready \
+             p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; server CPU {per:.3} ms and {switches_per:.1} context switches per item",
+            secs = elapsed.as_secs_f64(),
+            rate = n as f64 / elapsed.as_secs_f64(),
+            p50 = support::ms(&latencies, 0.50),
+            p99 = support::ms(&latencies, 0.99),
+            max = support::ms(&latencies, 1.0),
+            per = cpu.as_secs_f64() * 1000.0 / n as f64,
+            switches_per = switches as f64 / n as f64,
+        );
+    }
+    assert_eq!(fake.request_count() as u64, next_id - 1, "one upstream call per item");
 }
 
 fn main() {
+    let items = support::env_usize("LOREWIRE_BENCH_ITEMS", 2000) as u64;
+    let fake = FakeLlm::start();
     actix_web::rt::System::new().block_on(async {
-        let app = spawn_with(Setup::new(Db::Sqlite), |c| {
-            c.llm_concurrency = 64;
-            c.job_poll = Duration::from_secs(1);
-        })
-        .await;
-        let mut next_id = 1;
-        for (clients, per_client) in [(1u64, 400u64), (32, 50)] {
-            // Warm-up: connections, prepared statements, page cache.
-            client(&app, 1_000_000 + next_id, 20).await;
-            next_id += 20;
-            let started = Instant::now();
-            let runs = (0..clients).map(|c| client(&app, next_id + c * per_client, per_client));
-            let mut latencies: Vec<Duration> = futures_util::future::join_all(runs).await.concat();
-            let elapsed = started.elapsed();
-            next_id += clients * per_client;
-            latencies.sort();
-            println!(
-                "content pipeline, SQLite, {clients:>2} client(s): {n} generations in {secs:.2}s = {rate:.0}/s, \
-                 request -> ready p50 {p50:.2} ms, p99 {p99:.2} ms",
-                n = latencies.len(),
-                secs = elapsed.as_secs_f64(),
-                rate = latencies.len() as f64 / elapsed.as_secs_f64(),
-                p50 = percentile(&latencies, 0.50),
-                p99 = percentile(&latencies, 0.99),
-            );
+        for db in [Db::Sqlite, Db::Postgres] {
+            fake.reset_requests();
+            pipeline(db, &fake, items).await;
         }
-        assert_eq!(app.fake.request_count() as u64, next_id - 1, "one upstream call per item");
     });
 }

@@ -1,227 +1,123 @@
-//! Lobby cost, measured on the real binary as a child process (SQLite, no LLM key, so every
-//! mood falls back at once without an upstream call):
+//! Sessions and the lobby, measured on the real binary as a child process (SQLite, no LLM
+//! key, so every mood falls back at once without an upstream call), by clients in this process:
 //!
-//! 1. memory per idle joined session: RSS of the server (/proc/PID/status VmRSS) before and
-//!    after 5,000 WebSocket sessions have started and received their history and presence;
-//! 2. server CPU per delivered lobby frame with 1,000 joined clients: utime + stime of the
-//!    server (/proc/PID/stat) around a burst of messages, divided by the `message:new` and
-//!    `message:mood_updated` frames the clients received.
+//! 1. memory per idle joined session at 1,000, 5,000 and 15,000 sessions: the server's RSS
+//!    (/proc/PID/status VmRSS) before the sessions and once every one has its ack, history and
+//!    `presence:state`, divided by the sessions; then the RSS once they have all closed;
+//! 2. the join storm: the time from the first handshake to the last `presence:state`, with at
+//!    most 100 handshakes in flight;
+//! 3. lobby fan-out with 1,000 joined clients: messages sent one at a time (the next once every
+//!    client has the last), `message:send` -> `message:new` latency over every delivery
+//!    (p50 / p99 / max), and the server's CPU time (user + system, /proc/PID/stat) per delivered
+//!    lobby frame (`message:new` and `message:mood_updated`).
 //!
-//! `cargo bench --bench lobby` (Linux only; about a minute). Set LOREWIRE_BENCH_SESSIONS /
-//! LOREWIRE_BENCH_CLIENTS / LOREWIRE_BENCH_MESSAGES to change the sizes.
+//! `cargo bench --bench lobby` (Linux only; about two minutes). LOREWIRE_BENCH_SESSIONS
+//! (`1000,5000,15000`), LOREWIRE_BENCH_CLIENTS and LOREWIRE_BENCH_MESSAGES change the sizes.
+//! `cargo bench --bench echo_floor` measures a bare actix-web-actors echo session the same way.
 
 #[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
 
-use std::cell::Cell;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use awc::ws::{Frame, Message};
-use futures_util::{SinkExt, StreamExt};
+use awc::ws::Message;
 use serde_json::json;
+use support::clients::{self, Counters, PLAYER};
+use support::Server;
 
-/// Frames to send on one client's socket.
-type Sink = tokio::sync::mpsc::UnboundedSender<Message>;
-
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_lorewire"))
-            .current_dir(dir.path())
-            .env("DATABASE_URL", dir.path().join("bench.db"))
-            .env("LOREWIRE_BIND", &addr)
-            .env("LOREWIRE_ADMIN_TOKEN", "bench-admin")
-            .env("LOREWIRE_CHAT_RATE", "1000000/1s")
-            .env("RUST_LOG", "warn")
-            .env_remove("LOREWIRE_LLM_API_KEY")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("OPENAI_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("lorewire starts");
-        let server = Server { child, addr, _dir: dir };
-        let client = awc::Client::default();
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = client.get(format!("http://{}/ready", server.addr)).send().await {
-                if resp.status().is_success() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < until, "the server did not become ready");
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    /// A numeric field of /proc/PID/status (`VmRSS` in KiB, `Threads`).
-    fn status(&self, field: &str) -> u64 {
-        support::status(self.child.id(), field)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        self.status("VmRSS")
-    }
-
-    fn cpu(&self) -> Duration {
-        support::cpu(self.child.id())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What every client saw, shared with its reader task.
-#[derive(Default)]
-struct Counters {
-    joined: Cell<usize>,
-    lobby_frames: Cell<usize>,
-    closed: Cell<usize>,
-}
-
-/// Opens a session; a task of its own keeps reading, answers pings and sends what it is given.
-async fn connect(client: &awc::Client, addr: &str, n: usize, counters: Rc<Counters>) -> Sink {
-    let (_, mut framed) =
-        client.ws(format!("http://{addr}/ws")).max_frame_size(64 << 20).connect().await.expect("ws connects");
-    let start = json!({"type": "session:start", "nickname": format!("bench{n}")}).to_string();
-    framed.send(Message::Text(start.into())).await.expect("send");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
-    actix_web::rt::spawn(async move {
-        loop {
-            tokio::select! {
-                out = rx.recv() => match out {
-                    Some(msg) => if framed.send(msg).await.is_err() { break },
-                    None => break,
-                },
-                frame = framed.next() => match frame {
-                    Some(Ok(Frame::Text(bytes))) => {
-                        // Only the type is needed; a prefix check avoids parsing the big frames.
-                        let head = &bytes[..bytes.len().min(40)];
-                        if head.starts_with(br#"{"type":"presence:state""#) {
-                            counters.joined.set(counters.joined.get() + 1);
-                        } else if head.starts_with(br#"{"type":"message:new""#)
-                            || head.starts_with(br#"{"type":"message:mood_updated""#)
-                        {
-                            counters.lobby_frames.set(counters.lobby_frames.get() + 1);
-                        }
-                    }
-                    Some(Ok(Frame::Ping(p))) => if framed.send(Message::Pong(p)).await.is_err() { break },
-                    Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => break,
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-        counters.closed.set(counters.closed.get() + 1);
-    });
-    tx
-}
-
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Connects `n` sessions, at most 100 handshakes at a time, and waits until all have joined.
-async fn join_all(server: &Server, n: usize, counters: &Rc<Counters>) -> Vec<Sink> {
-    let client =
-        awc::Client::builder().connector(awc::Connector::new().limit(0)).timeout(Duration::from_secs(60)).finish();
-    let mut sinks = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-        let batch = chunk.iter().map(|i| connect(&client, &server.addr, *i, counters.clone()));
-        sinks.extend(futures_util::future::join_all(batch).await);
-    }
-    wait_for("every session to join", Duration::from_secs(120), || counters.joined.get() >= n).await;
-    assert_eq!(counters.closed.get(), 0, "no session was closed");
-    sinks
-}
-
-async fn memory_per_session(sessions: usize) {
-    let server = Server::start().await;
+/// Memory per idle joined session at `sessions`, the join storm, and the memory once they closed.
+async fn sessions(sessions: usize) {
+    let server = Server::lorewire(&[]).await;
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     let before = server.rss_kib();
     let counters = Rc::new(Counters::default());
-    let started = Instant::now();
-    let sinks = join_all(&server, sessions, &counters).await;
-    let took = started.elapsed();
-    // Let the last presence updates go out and buffers drain.
+    let (sinks, took) = clients::join_all(&server.addr, sessions, 100, PLAYER, &counters).await;
+    // Let the last presence updates go out and the buffers drain.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-    let after = server.rss_kib();
-    let threads = server.status("Threads");
+    let joined = server.rss_kib();
     println!(
-        "memory: {sessions} idle joined sessions: server RSS {before} KiB -> {after} KiB = {per:.1} KiB per session \
-         (joined in {secs:.1} s; {threads} threads)",
-        per = (after.saturating_sub(before)) as f64 / sessions as f64,
+        "sessions: {sessions:>6} idle joined: join storm {secs:.2} s (100 handshakes in flight); server RSS \
+         {before} KiB -> {joined} KiB = {per:.1} KiB per session ({threads} threads)",
+        per = joined.saturating_sub(before) as f64 / sessions as f64,
         secs = took.as_secs_f64(),
-    );
-    // The join storm grew the blocking pool (one session start each); its idle threads exit after 10 s.
-    actix_web::rt::time::sleep(Duration::from_secs(11)).await;
-    let settled = server.rss_kib();
-    println!(
-        "memory: the same sessions once the blocking pool is idle again: RSS {settled} KiB = {per:.1} KiB per \
-         session ({threads} threads)",
-        per = (settled.saturating_sub(before)) as f64 / sessions as f64,
         threads = server.status("Threads"),
     );
     drop(sinks);
+    clients::wait_for("every client to close", Duration::from_secs(60), || counters.closed.get() >= sessions).await;
+    // The server sees the sockets close; idle threads of the blocking pool exit after 10 s.
+    actix_web::rt::time::sleep(Duration::from_secs(11)).await;
+    let closed = server.rss_kib();
+    println!(
+        "sessions: {sessions:>6} closed: server RSS {closed} KiB = before + {grew} KiB ({threads} threads)",
+        grew = closed as i64 - before as i64,
+        threads = server.status("Threads"),
+    );
 }
 
-async fn cpu_per_frame(clients: usize, messages: usize) {
-    let server = Server::start().await;
+/// Lobby fan-out latency and CPU per delivered frame with `clients` joined clients.
+async fn fan_out(clients: usize, messages: usize) {
+    let server = Server::lorewire(&[]).await;
     let counters = Rc::new(Counters::default());
-    let sinks = join_all(&server, clients, &counters).await;
-    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
-    let cpu_before = server.cpu();
-    let frames_before = counters.lobby_frames.get();
-    let started = Instant::now();
+    let (sinks, _) = clients::join_all(&server.addr, clients, 100, PLAYER, &counters).await;
     let senders = sinks.len().min(50);
-    for m in 0..messages {
+    let send = |m: usize| {
         let text = json!({"type": "message:send", "text": format!("bench message {m}")}).to_string();
+        counters.sent_at.set(Some(Instant::now()));
         sinks[m % senders].send(Message::Text(text.into())).expect("client task alive");
+    };
+    // Warm-up, then one message at a time, each once every client has the one before.
+    for m in 0..10 {
+        let expected = counters.messages.get() + clients;
+        send(m);
+        clients::wait_for("a warm-up message", Duration::from_secs(30), || counters.messages.get() >= expected).await;
     }
-    // Every client gets message:new and message:mood_updated for every message.
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    counters.latencies.borrow_mut().clear();
+    let (cpu_before, frames_before) = (server.cpu(), counters.lobby_frames.get());
+    let started = Instant::now();
+    for m in 0..messages {
+        let expected = counters.messages.get() + clients;
+        send(10 + m);
+        clients::wait_for("every delivery", Duration::from_secs(30), || counters.messages.get() >= expected).await;
+    }
+    // The moods of the last messages settle too.
     let expected = frames_before + 2 * messages * clients;
-    wait_for("every lobby frame", Duration::from_secs(300), || counters.lobby_frames.get() >= expected).await;
+    clients::wait_for("every mood", Duration::from_secs(30), || counters.lobby_frames.get() >= expected).await;
     let took = started.elapsed();
     let cpu = server.cpu() - cpu_before;
     let delivered = counters.lobby_frames.get() - frames_before;
+    let mut latencies = counters.latencies.take();
+    latencies.sort();
     println!(
-        "cpu: {clients} clients, {messages} messages: {delivered} lobby frames delivered in {secs:.2} s \
-         ({rate:.0} frames/s); server CPU {cpu_ms:.0} ms = {per:.2} us per delivered frame",
+        "fan-out: {clients} clients, {messages} messages one at a time: send -> message:new over {n} deliveries \
+         p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; {delivered} lobby frames in {secs:.2} s, server CPU \
+         {cpu_ms:.0} ms = {per:.2} us per delivered frame",
+        n = latencies.len(),
+        p50 = support::ms(&latencies, 0.50),
+        p99 = support::ms(&latencies, 0.99),
+        max = support::ms(&latencies, 1.0),
         secs = took.as_secs_f64(),
-        rate = delivered as f64 / took.as_secs_f64(),
         cpu_ms = cpu.as_secs_f64() * 1000.0,
         per = cpu.as_secs_f64() * 1e6 / delivered as f64,
     );
 }
 
 fn main() {
-    let fds = support::raise_fd_limit();
-    let sessions = support::env_usize("LOREWIRE_BENCH_SESSIONS", 5000);
+    let fds = support::raise_fd_limit() as usize;
+    let sizes = support::env_sizes("LOREWIRE_BENCH_SESSIONS", &[1000, 5000, 15000]);
     let clients = support::env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
     let messages = support::env_usize("LOREWIRE_BENCH_MESSAGES", 200);
-    assert!(fds as usize > sessions + 100, "open-file limit {fds} is too low for {sessions} sessions");
+    println!("open-file limit raised to {fds} (the hard limit)");
     actix_web::rt::System::new().block_on(async move {
-        memory_per_session(sessions).await;
-        cpu_per_frame(clients, messages).await;
+        for size in sizes {
+            if size + 200 > fds {
+                println!("sessions: {size:>6}: does not fit under the open-file limit of {fds}; skipped");
+                continue;
+            }
+            sessions(size).await;
+        }
+        fan_out(clients, messages).await;
     });
 }

@@ -1,11 +1,24 @@
 //! What the benches that run the real binary share: sizes from the environment, the open-file
-//! limit, and a child process's CPU time and memory read from /proc (Linux).
+//! limit, a server child process with its CPU time and memory read from /proc (Linux), and
+//! WebSocket clients that join and count what they receive.
 
-use std::time::Duration;
+pub mod clients;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A size from the environment, or `default`.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A list of sizes from the environment (`1000,5000`), or `default`.
+pub fn env_sizes(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit (the server children inherit it).
@@ -40,4 +53,123 @@ pub fn status(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+}
+
+/// Context switches (voluntary + involuntary) of every live thread of process `pid` so far:
+/// each hand-off between threads costs one at least.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:").or(l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// The `p` quantile of sorted durations, in milliseconds.
+pub fn ms(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A command running `binary`, under `LOREWIRE_BENCH_WRAPPER` when it is set (e.g.
+/// `heaptrack -o /tmp/lw`: a profiler; the memory and CPU figures are then the wrapper's).
+pub fn command(binary: impl AsRef<std::ffi::OsStr>) -> Command {
+    match std::env::var("LOREWIRE_BENCH_WRAPPER") {
+        Ok(wrapper) => {
+            let mut words = wrapper.split_whitespace();
+            let mut cmd = Command::new(words.next().expect("a wrapper command"));
+            cmd.args(words).arg(binary);
+            cmd
+        }
+        Err(_) => Command::new(binary),
+    }
+}
+
+/// A server child process listening on `addr`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the lorewire release binary on a free port with a SQLite file of its own (unless
+    /// `env` names another `DATABASE_URL`), no LLM key and no chat rate limit to speak of, and
+    /// waits until `/ready` answers. `LOREWIRE_BENCH_BINARY` names another build of lorewire to
+    /// measure (an earlier commit's, for a before/after).
+    pub async fn lorewire(env: &[(&str, String)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = free_addr();
+        let binary = std::env::var("LOREWIRE_BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lorewire").into());
+        let mut cmd = command(binary);
+        cmd.current_dir(dir.path())
+            .env("DATABASE_URL", dir.path().join("bench.db"))
+            .env("LOREWIRE_BIND", &addr)
+            .env("LOREWIRE_ADMIN_TOKEN", "bench-admin")
+            .env("LOREWIRE_CHAT_RATE", "1000000/1s")
+            .env("RUST_LOG", "warn")
+            .env_remove("LOREWIRE_REDIS_URL")
+            .env_remove("LOREWIRE_LLM_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("OPENAI_API_KEY");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        Server::spawn(cmd, addr, dir, "/ready").await
+    }
+
+    /// Starts `cmd` (told its address already) and waits until `ready_path` answers 2xx.
+    pub async fn spawn(mut cmd: Command, addr: String, dir: tempfile::TempDir, ready_path: &str) -> Server {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the server starts");
+        let server = Server { child, addr, _dir: dir };
+        let client = awc::Client::default();
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = client.get(format!("http://{}{ready_path}", server.addr)).send().await {
+                if resp.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < until, "the server did not become ready");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn status(&self, field: &str) -> u64 {
+        status(self.child.id(), field)
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        self.status("VmRSS")
+    }
+
+    pub fn cpu(&self) -> Duration {
+        cpu(self.child.id())
+    }
+
+    pub fn context_switches(&self) -> u64 {
+        context_switches(self.child.id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
