@@ -115,6 +115,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
 
     let metrics = Arc::new(Metrics::new());
     seed_series(&metrics, &config.llm_model);
+    crate::core::memory::trim_after_sessions_close(metrics.sessions_open.clone());
     let history = History::new(metrics.clone(), store.clone(), clock.clone(), config.metrics_sample).start();
     let hub = Hub::new(metrics.clone()).start();
     let settings = CircuitSettings {
@@ -223,6 +224,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     });
 
     let data = web::Data::from(state.clone());
+    let max_connections = state.store.max_connections();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -234,6 +236,13 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     .disable_signals()
     // Pushed frames are small and follow each other closely: never let Nagle hold one back.
     .tcp_nodelay(true)
+    // Every blocking task is a store call waiting for one of the pool's connections: more
+    // threads than connections only wait (and each keeps its stack and heap arena).
+    .worker_max_blocking_threads(max_connections)
+    // Each connection keeps its write buffer (8 KiB, or whatever it grew to) for its life:
+    // body pieces (at most MAX_CHUNK_BYTES each, see ws::outbox) are queued only until that
+    // much is waiting, so it never grows and a session touches at most 4 KiB of it.
+    .h1_write_buffer_size(crate::ws::outbox::MAX_CHUNK_BYTES)
     .shutdown_timeout(config.shutdown.as_secs().max(1));
     if config.workers > 0 {
         server = server.workers(config.workers);

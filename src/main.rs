@@ -9,6 +9,7 @@ use lorewire::core::clock::SystemClock;
 use lorewire::core::config::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
+    lorewire::core::memory::tune();
     // Initialise OpenSSL before libpq does, without its exit-time cleanup: threads still inside
     // libpq's TLS code while the process exits would otherwise crash it.
     openssl::init();

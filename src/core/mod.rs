@@ -1,9 +1,11 @@
-//! The bottom layer: settings, injected time, the metrics registry and the shutdown signal.
+//! The bottom layer: settings, injected time, the metrics registry, the shutdown signal and
+//! how the process holds memory.
 //! Knows no feature and imports nothing else of lorewire.
 
 pub mod clock;
 pub mod config;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod provider;
 pub mod shutdown;

@@ -12,10 +12,14 @@ use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 
-/// Largest piece of an outgoing frame handed to the HTTP layer at once.
-const MAX_CHUNK_BYTES: usize = 8 * 1024;
+/// Largest piece of an outgoing frame handed to the HTTP layer at once; the HTTP layer queues
+/// pieces only until this much is waiting (see `app::start`), so of its 8 KiB write buffer,
+/// kept for the connection's life, at most twice this is ever written. Smaller pieces (1 KiB)
+/// drain a flood of big frames too slowly: the slow-consumer close then comes while the
+/// client is still sending.
+pub const MAX_CHUNK_BYTES: usize = 2 * 1024;
 
 /// Unsent frames (or bytes) after which a client counts as not reading.
 pub const MAX_BACKLOG_FRAMES: usize = 256;
@@ -160,21 +164,46 @@ where
     S: Stream<Item = Result<Bytes, E>> + 'static,
 {
     let (body_dropped, dropped) = tokio::sync::oneshot::channel::<()>();
-    let forward_to = outbox.clone();
-    actix_web::rt::spawn(async move {
-        let forward = async {
-            let mut frames = std::pin::pin!(frames);
-            while let Some(Ok(bytes)) = frames.next().await {
-                forward_to.push(bytes);
-            }
-        };
-        tokio::select! {
-            _ = forward => {}
-            _ = dropped => {}
-        }
-        forward_to.finish();
-    });
+    actix_web::rt::spawn(Drive { frames, outbox: outbox.clone(), dropped });
     Outbound { outbox, done: false, _body_dropped: body_dropped }
+}
+
+pin_project_lite::pin_project! {
+    /// The task of [`drive`], written out rather than as an `async` block: it holds the
+    /// session's context once (an `async` block keeps a moved-in stream and its pinned copy
+    /// apart), and it lives as long as the session.
+    struct Drive<S> {
+        #[pin]
+        frames: S,
+        outbox: Outbox,
+        dropped: tokio::sync::oneshot::Receiver<()>,
+    }
+}
+
+impl<S, E> std::future::Future for Drive<S>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // The body was dropped (never sent: the receiver only ever sees the sender go).
+        if Pin::new(&mut *this.dropped).poll(cx).is_ready() {
+            this.outbox.finish();
+            return Poll::Ready(());
+        }
+        loop {
+            match this.frames.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => this.outbox.push(bytes),
+                Poll::Ready(Some(Err(_)) | None) => {
+                    this.outbox.finish();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 /// The response body: drains the outbox as fast as the socket takes it.
@@ -263,8 +292,13 @@ mod tests {
         // Part of a frame pulled: still unsent.
         assert_eq!(outbox.wrote(0), Backlog { frames: 2, bytes: 20_004 - MAX_CHUNK_BYTES as u64 + 2 });
         outbox.push(Bytes::from_static(b"\x89\x00"));
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(MAX_CHUNK_BYTES)));
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(20_004 - 2 * MAX_CHUNK_BYTES)));
+        // The rest of the big frame comes first, in slices, ahead of the ping.
+        let mut rest = 20_004 - MAX_CHUNK_BYTES;
+        while rest > 0 {
+            let piece = rest.min(MAX_CHUNK_BYTES);
+            assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(piece)));
+            rest -= piece;
+        }
         assert_eq!(outbox.0.borrow().ends.len(), 1, "the big frame is sent, the ping is not");
         assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(2)));
         assert_eq!(poll(&mut body), Poll::Pending);
