@@ -10,13 +10,12 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
-use support::clients::{self, Counters, Hello};
+use support::clients::{self, Hello};
 use support::Server;
 
 const SERVE: &str = "ECHO_FLOOR_SERVE";
@@ -67,26 +66,16 @@ async fn sessions(sessions: usize) {
     let mut cmd = support::command(std::env::current_exe().expect("this bench's path"));
     cmd.env(SERVE, &addr);
     let server = Server::spawn(cmd, addr, tempfile::tempdir().expect("temp dir"), "/ready").await;
-    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    let before = server.rss_kib();
-    let counters = Rc::new(Counters::default());
-    let (sinks, took) = clients::join_all(&server.addr, sessions, 100, HELLO, &counters).await;
-    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-    let joined = server.rss_kib();
+    let m = clients::memory_per_session(&server, sessions, HELLO, Duration::from_secs(3)).await;
     println!(
-        "echo floor: {sessions:>6} idle sessions: connected in {secs:.2} s; server RSS {before} KiB -> {joined} KiB \
+        "echo floor: {sessions:>6} idle sessions: connected in {storm:.2} s; server RSS {before} KiB -> {joined} KiB \
          = {per:.1} KiB per session",
-        per = joined.saturating_sub(before) as f64 / sessions as f64,
-        secs = took.as_secs_f64(),
+        storm = m.storm.as_secs_f64(),
+        before = m.before,
+        joined = m.joined,
+        per = m.per_session(sessions),
     );
-    drop(sinks);
-    clients::wait_for("every client to close", Duration::from_secs(60), || counters.closed.get() >= sessions).await;
-    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
-    let closed = server.rss_kib();
-    println!(
-        "echo floor: {sessions:>6} closed: server RSS {closed} KiB = before + {grew} KiB",
-        grew = closed as i64 - before as i64
-    );
+    println!("echo floor: {sessions:>6} closed: server RSS {} KiB = before + {} KiB", m.closed, m.grew_after_close());
 }
 
 fn main() -> std::io::Result<()> {

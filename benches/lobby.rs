@@ -30,29 +30,22 @@ use support::Server;
 /// Memory per idle joined session at `sessions`, the join storm, and the memory once they closed.
 async fn sessions(sessions: usize) {
     let server = Server::lorewire(&[]).await;
-    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    let before = server.rss_kib();
-    let counters = Rc::new(Counters::default());
-    let (sinks, took) = clients::join_all(&server.addr, sessions, 100, PLAYER, &counters).await;
-    // Let the last presence updates go out and the buffers drain.
-    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-    let joined = server.rss_kib();
-    println!(
-        "sessions: {sessions:>6} idle joined: join storm {secs:.2} s (100 handshakes in flight); server RSS \
-         {before} KiB -> {joined} KiB = {per:.1} KiB per session ({threads} threads)",
-        per = joined.saturating_sub(before) as f64 / sessions as f64,
-        secs = took.as_secs_f64(),
-        threads = server.status("Threads"),
-    );
-    drop(sinks);
-    clients::wait_for("every client to close", Duration::from_secs(60), || counters.closed.get() >= sessions).await;
     // The server sees the sockets close; idle threads of the blocking pool exit after 10 s.
-    actix_web::rt::time::sleep(Duration::from_secs(11)).await;
-    let closed = server.rss_kib();
+    let m = clients::memory_per_session(&server, sessions, PLAYER, Duration::from_secs(11)).await;
+    println!(
+        "sessions: {sessions:>6} idle joined: join storm {storm:.2} s (100 handshakes in flight); server RSS \
+         {before} KiB -> {joined} KiB = {per:.1} KiB per session ({threads} threads)",
+        storm = m.storm.as_secs_f64(),
+        before = m.before,
+        joined = m.joined,
+        per = m.per_session(sessions),
+        threads = m.threads_joined,
+    );
     println!(
         "sessions: {sessions:>6} closed: server RSS {closed} KiB = before + {grew} KiB ({threads} threads)",
-        grew = closed as i64 - before as i64,
-        threads = server.status("Threads"),
+        closed = m.closed,
+        grew = m.grew_after_close(),
+        threads = m.threads_closed,
     );
 }
 

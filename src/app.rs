@@ -239,10 +239,6 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     // Every blocking task is a store call waiting for one of the pool's connections: more
     // threads than connections only wait (and each keeps its stack and heap arena).
     .worker_max_blocking_threads(max_connections)
-    // Each connection keeps its write buffer (8 KiB, or whatever it grew to) for its life:
-    // body pieces (at most MAX_CHUNK_BYTES each, see ws::outbox) are queued only until that
-    // much is waiting, so it never grows and a session touches at most 4 KiB of it.
-    .h1_write_buffer_size(crate::ws::outbox::MAX_CHUNK_BYTES)
     .shutdown_timeout(config.shutdown.as_secs().max(1));
     if config.workers > 0 {
         server = server.workers(config.workers);

@@ -18,7 +18,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     lorewire::core::logging::init(cli.settings.log_format);
     let config = cli.settings.into_config();
-    actix_web::rt::System::new().block_on(async move {
+    // The actors' store calls wait on the blocking pool for one of the store's connections:
+    // no more threads than connections (the HTTP workers are capped alike, see `app::start`).
+    let store_threads = lorewire::store::pool_size(lorewire::store::backend_of(&config.database_url).0);
+    let runtime = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(store_threads)
+            .build()
+            .expect("the main runtime starts")
+    };
+    actix_web::rt::System::with_tokio_rt(runtime).block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Migrate => {
                 lorewire::app::open_store(&config.database_url).await.context("migrating the database")?;

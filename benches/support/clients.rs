@@ -107,3 +107,51 @@ pub async fn join_all(
     assert_eq!(counters.closed.get(), 0, "no session was closed");
     (sinks, took)
 }
+
+/// What [`memory_per_session`] measured, RSS in KiB.
+pub struct SessionMemory {
+    pub before: u64,
+    pub joined: u64,
+    pub closed: u64,
+    pub storm: Duration,
+    pub threads_joined: u64,
+    pub threads_closed: u64,
+}
+
+impl SessionMemory {
+    pub fn per_session(&self, sessions: usize) -> f64 {
+        self.joined.saturating_sub(self.before) as f64 / sessions as f64
+    }
+
+    pub fn grew_after_close(&self) -> i64 {
+        self.closed as i64 - self.before as i64
+    }
+}
+
+/// The server's RSS before `sessions` clients, once every one has joined (100 handshakes in
+/// flight) and buffers drained, and `after_close` after they have all closed.
+pub async fn memory_per_session(
+    server: &super::Server,
+    sessions: usize,
+    hello: Hello,
+    after_close: Duration,
+) -> SessionMemory {
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib();
+    let counters = Rc::new(Counters::default());
+    let (sinks, storm) = join_all(&server.addr, sessions, 100, hello, &counters).await;
+    // Let the last presence updates go out and the buffers drain.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let (joined, threads_joined) = (server.rss_kib(), server.status("Threads"));
+    drop(sinks);
+    wait_for("every client to close", Duration::from_secs(60), || counters.closed.get() >= sessions).await;
+    actix_web::rt::time::sleep(after_close).await;
+    SessionMemory {
+        before,
+        joined,
+        closed: server.rss_kib(),
+        storm,
+        threads_joined,
+        threads_closed: server.status("Threads"),
+    }
+}

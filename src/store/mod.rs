@@ -147,6 +147,14 @@ pub fn backend_of(url: &str) -> (Backend, String) {
     }
 }
 
+/// The most connections a process opens to `backend`: also the most store calls it runs at once.
+pub fn pool_size(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 8,
+        Backend::Postgres => 16,
+    }
+}
+
 /// r2d2 manager that establishes the right backend itself, so a wrong password or a
 /// server that is down is reported as such (the derived MultiConnection hides it).
 #[derive(Debug)]
@@ -219,12 +227,8 @@ impl Store {
         let backend = manager.backend;
         // Fail fast with the database's own words rather than a pool timeout.
         manager.establish()?;
-        let size = match backend {
-            Backend::Sqlite => 8,
-            Backend::Postgres => 16,
-        };
         let pool = r2d2::Pool::builder()
-            .max_size(size)
+            .max_size(pool_size(backend) as u32)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
@@ -289,15 +293,19 @@ impl Store {
     /// `Ok` when the database answers and takes a write within `timeout` (readiness); else why not.
     pub async fn probe(&self, timeout: Duration) -> Result<(), ProbeFailed> {
         let pool = self.pool.clone();
-        actix_web::rt::task::spawn_blocking(move || {
+        let probe = actix_web::rt::task::spawn_blocking(move || {
             let mut conn = pool.get_timeout(timeout).map_err(|_| ProbeFailed::NotAnswering)?;
             llm_config::probe_write(&mut conn).map_err(|e| match e.failure() {
                 Failure::Overloaded => ProbeFailed::NotAnswering,
                 Failure::Unavailable | Failure::Internal => ProbeFailed::RefusesWrites(e),
             })
-        })
-        .await
-        .map_err(|_| ProbeFailed::NotAnswering)?
+        });
+        // The blocking pool has a thread per connection: behind busy store calls the probe
+        // may wait for a thread too, and that wait counts.
+        match actix_web::rt::time::timeout(timeout * 2, probe).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => Err(ProbeFailed::NotAnswering),
+        }
     }
 }
 

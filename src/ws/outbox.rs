@@ -14,12 +14,11 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use bytes::Bytes;
 use futures_util::Stream;
 
-/// Largest piece of an outgoing frame handed to the HTTP layer at once; the HTTP layer queues
-/// pieces only until this much is waiting (see `app::start`), so of its 8 KiB write buffer,
-/// kept for the connection's life, at most twice this is ever written. Smaller pieces (1 KiB)
-/// drain a flood of big frames too slowly: the slow-consumer close then comes while the
-/// client is still sending.
-pub const MAX_CHUNK_BYTES: usize = 2 * 1024;
+/// Largest piece of an outgoing frame handed to the HTTP layer at once. Smaller pieces keep the
+/// HTTP layer's write buffer from growing, but drain a flood of big frames more slowly: the
+/// slow-consumer close then comes while such a client is still sending, and it sees a reset
+/// instead of its close frame.
+const MAX_CHUNK_BYTES: usize = 8 * 1024;
 
 /// Unsent frames (or bytes) after which a client counts as not reading.
 pub const MAX_BACKLOG_FRAMES: usize = 256;
