@@ -7,7 +7,8 @@
 //! before the next): items per second, request -> `ready` p50 / p99 / max, and the server's
 //! CPU time (user + system, /proc/PID/stat) and context switches (every thread's, from
 //! /proc/PID/task/*/status: each hand-off between threads costs at least one) per item. PostgreSQL is the local one the tests use
-//! (`LOREWIRE_TEST_PG_URL`); LOREWIRE_BENCH_ITEMS (per size, default 2,000) changes the count.
+//! (`LOREWIRE_TEST_PG_URL`); LOREWIRE_BENCH_ITEMS (per size, default 2,000) changes the count,
+//! LOREWIRE_BENCH_BACKENDS (`sqlite,postgres`) the databases.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/common/mod.rs"]
@@ -91,7 +92,11 @@ fn main() {
     let items = support::env_usize("LOREWIRE_BENCH_ITEMS", 2000) as u64;
     let fake = FakeLlm::start();
     actix_web::rt::System::new().block_on(async {
+        let backends = std::env::var("LOREWIRE_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
         for db in [Db::Sqlite, Db::Postgres] {
+            if !backends.contains(&format!("{db:?}").to_lowercase()) {
+                continue;
+            }
             fake.reset_requests();
             pipeline(db, &fake, items).await;
         }
