@@ -224,7 +224,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     });
 
     let data = web::Data::from(state.clone());
-    let max_connections = state.store.max_connections();
+    let max_connections = crate::store::pool_size(backend);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())

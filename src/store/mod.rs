@@ -240,11 +240,6 @@ impl Store {
         self.backend
     }
 
-    /// The most connections the pool opens (also the most store calls running at once).
-    pub fn max_connections(&self) -> usize {
-        self.pool.max_size() as usize
-    }
-
     /// Runs pending migrations for this backend; returns how many ran.
     pub fn migrate(&self) -> StoreResult<usize> {
         let mut conn = self.pool.get()?;
