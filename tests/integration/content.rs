@@ -57,6 +57,10 @@ async fn request_pushes_ready_to_every_subscriber(db: Db) {
 
     // Unsubscribed sessions hear nothing more; subscribed ones see regenerate go round.
     b.send(json!({"type": "content:unsubscribe", "kind": "quest", "subject_id": 42})).await;
+    // A session handles its frames in order: once b has the answer to a later one, its
+    // unsubscribe is done.
+    b.send(json!({"type": "nope", "ref": "sync"})).await;
+    while b.recv().await["ref"] != "sync" {}
     a.send(json!({"type": "content:request", "kind": "quest", "subject_id": 42, "regenerate": true, "ref": 3})).await;
     let snap = a.recv().await;
     assert_eq!(snap["ref"], 3);
