@@ -21,17 +21,14 @@ mod common;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use awc::ws::{Frame, Message};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use support::clients::{Counters, PLAYER};
 use support::Server;
-
-type Sink = tokio::sync::mpsc::UnboundedSender<Message>;
 
 /// A lorewire child process on `database_url`, through Redis when `redis` is given.
 async fn start(database_url: &str, redis: Option<(&str, &str)>, extra: &[(&str, String)]) -> Server {
@@ -43,53 +40,6 @@ async fn start(database_url: &str, redis: Option<(&str, &str)>, extra: &[(&str, 
     Server::lorewire(&env).await
 }
 
-/// What the clients saw: joins, and the latency of every `message:new` by message number.
-#[derive(Default)]
-struct Seen {
-    joined: usize,
-    sent_at: HashMap<u64, Instant>,
-    latencies: Vec<Duration>,
-}
-
-async fn connect(client: &awc::Client, addr: &str, n: usize, seen: Rc<RefCell<Seen>>) -> Sink {
-    let (_, mut framed) =
-        client.ws(format!("http://{addr}/ws")).max_frame_size(64 << 20).connect().await.expect("ws connects");
-    let start = json!({"type": "session:start", "nickname": format!("bench{n}")}).to_string();
-    framed.send(Message::Text(start.into())).await.expect("send");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
-    actix_web::rt::spawn(async move {
-        loop {
-            tokio::select! {
-                out = rx.recv() => match out {
-                    Some(msg) => if framed.send(msg).await.is_err() { break },
-                    None => break,
-                },
-                frame = framed.next() => match frame {
-                    Some(Ok(Frame::Text(bytes))) => {
-                        let head = &bytes[..bytes.len().min(40)];
-                        if head.starts_with(br#"{"type":"presence:state""#) {
-                            seen.borrow_mut().joined += 1;
-                        } else if head.starts_with(br#"{"type":"message:new""#) {
-                            let arrived = Instant::now();
-                            let frame: Value = serde_json::from_slice(&bytes).expect("JSON");
-                            let m = frame["message"]["text"].as_str().and_then(|t| t.strip_prefix("bench "))
-                                .and_then(|m| m.parse::<u64>().ok());
-                            let mut seen = seen.borrow_mut();
-                            if let Some(sent) = m.and_then(|m| seen.sent_at.get(&m).copied()) {
-                                seen.latencies.push(arrived - sent);
-                            }
-                        }
-                    }
-                    Some(Ok(Frame::Ping(p))) => if framed.send(Message::Pong(p)).await.is_err() { break },
-                    Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => break,
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-    });
-    tx
-}
-
 async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, clients: usize, messages: usize) {
     let mut servers = Vec::new();
     for _ in 0..3 {
@@ -97,34 +47,26 @@ async fn fan_out(name: &str, database_url: &str, redis: Option<(&str, &str)>, cl
     }
     // Let each process hear the others before anyone joins.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-    let seen = Rc::new(RefCell::new(Seen::default()));
-    let client =
-        awc::Client::builder().connector(awc::Connector::new().limit(0)).timeout(Duration::from_secs(60)).finish();
-    let mut sinks = Vec::with_capacity(clients);
-    for chunk in (0..clients).collect::<Vec<_>>().chunks(100) {
-        let batch = chunk.iter().map(|i| connect(&client, &servers[i % 3].addr, *i, seen.clone()));
-        sinks.extend(futures_util::future::join_all(batch).await);
-    }
-    support::clients::wait_for("every session to join", Duration::from_secs(120), || seen.borrow().joined >= clients)
-        .await;
+    let counters = Rc::new(Counters::default());
+    let addrs: Vec<&str> = servers.iter().map(|s| s.addr.as_str()).collect();
+    let (sinks, _) = support::clients::join_all(&addrs, clients, 100, PLAYER, &counters).await;
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
 
+    counters.latencies.borrow_mut().clear();
     let cpu_before: Duration = servers.iter().map(Server::cpu).sum();
     let started = Instant::now();
-    for m in 0..messages as u64 {
-        seen.borrow_mut().sent_at.insert(m, Instant::now());
+    for m in 0..messages {
         let text = json!({"type": "message:send", "text": format!("bench {m}")}).to_string();
+        let expected = counters.messages.get() + clients;
+        counters.sent_at.set(Some(Instant::now()));
         // Senders on every process in turn.
-        sinks[m as usize % 30].send(Message::Text(text.into())).expect("client task alive");
-        let expected = (m as usize + 1) * clients;
-        support::clients::wait_for("every delivery", Duration::from_secs(60), || {
-            seen.borrow().latencies.len() >= expected
-        })
-        .await;
+        sinks[m % 30].send(Message::Text(text.into())).expect("client task alive");
+        support::clients::wait_for("every delivery", Duration::from_secs(60), || counters.messages.get() >= expected)
+            .await;
     }
     let took = started.elapsed();
     let cpu: Duration = servers.iter().map(Server::cpu).sum::<Duration>() - cpu_before;
-    let mut latencies = std::mem::take(&mut seen.borrow_mut().latencies);
+    let mut latencies = counters.latencies.take();
     latencies.sort();
     let delivered = latencies.len();
     println!(

@@ -82,14 +82,9 @@ fn main() -> std::io::Result<()> {
     if let Ok(addr) = std::env::var(SERVE) {
         return serve(&addr);
     }
-    let fds = support::raise_fd_limit() as usize;
-    let sizes = support::env_sizes("LOREWIRE_BENCH_SESSIONS", &[1000, 5000, 15000]);
+    let sizes = support::session_sizes("echo floor");
     actix_web::rt::System::new().block_on(async move {
         for size in sizes {
-            if size + 200 > fds {
-                println!("echo floor: {size:>6}: does not fit under the open-file limit of {fds}; skipped");
-                continue;
-            }
             sessions(size).await;
         }
     });

@@ -53,7 +53,7 @@ async fn sessions(sessions: usize) {
 async fn fan_out(clients: usize, messages: usize) {
     let server = Server::lorewire(&[]).await;
     let counters = Rc::new(Counters::default());
-    let (sinks, _) = clients::join_all(&server.addr, clients, 100, PLAYER, &counters).await;
+    let (sinks, _) = clients::join_all(&[&server.addr], clients, 100, PLAYER, &counters).await;
     let senders = sinks.len().min(50);
     let send = |m: usize| {
         let text = json!({"type": "message:send", "text": format!("bench message {m}")}).to_string();
@@ -98,17 +98,11 @@ async fn fan_out(clients: usize, messages: usize) {
 }
 
 fn main() {
-    let fds = support::raise_fd_limit() as usize;
-    let sizes = support::env_sizes("LOREWIRE_BENCH_SESSIONS", &[1000, 5000, 15000]);
+    let sizes = support::session_sizes("sessions");
     let clients = support::env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
     let messages = support::env_usize("LOREWIRE_BENCH_MESSAGES", 200);
-    println!("open-file limit raised to {fds} (the hard limit)");
     actix_web::rt::System::new().block_on(async move {
         for size in sizes {
-            if size + 200 > fds {
-                println!("sessions: {size:>6}: does not fit under the open-file limit of {fds}; skipped");
-                continue;
-            }
             sessions(size).await;
         }
         fan_out(clients, messages).await;

@@ -87,10 +87,11 @@ pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> boo
     }
 }
 
-/// Connects `n` clients with at most `in_flight` handshakes at a time and waits until every
-/// one has joined; returns their sinks and how long the whole storm took.
+/// Connects `n` clients (client `i` to `addrs[i % addrs.len()]`) with at most `in_flight`
+/// handshakes at a time and waits until every one has joined; returns their sinks and how long
+/// the whole storm took. The sinks are in client order.
 pub async fn join_all(
-    addr: &str,
+    addrs: &[&str],
     n: usize,
     in_flight: usize,
     hello: Hello,
@@ -100,8 +101,8 @@ pub async fn join_all(
         awc::Client::builder().connector(awc::Connector::new().limit(0)).timeout(Duration::from_secs(60)).finish();
     let joined_before = counters.joined.get();
     let started = Instant::now();
-    let connects = (0..n).map(|i| connect(&client, addr, i, hello, counters.clone()));
-    let sinks: Vec<Sink> = futures_util::stream::iter(connects).buffer_unordered(in_flight).collect().await;
+    let connects = (0..n).map(|i| connect(&client, addrs[i % addrs.len()], i, hello, counters.clone()));
+    let sinks: Vec<Sink> = futures_util::stream::iter(connects).buffered(in_flight).collect().await;
     wait_for("every session to join", Duration::from_secs(180), || counters.joined.get() >= joined_before + n).await;
     let took = started.elapsed();
     assert_eq!(counters.closed.get(), 0, "no session was closed");
@@ -139,7 +140,7 @@ pub async fn memory_per_session(
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     let before = server.rss_kib();
     let counters = Rc::new(Counters::default());
-    let (sinks, storm) = join_all(&server.addr, sessions, 100, hello, &counters).await;
+    let (sinks, storm) = join_all(&[&server.addr], sessions, 100, hello, &counters).await;
     // Let the last presence updates go out and the buffers drain.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
     let (joined, threads_joined) = (server.rss_kib(), server.status("Threads"));

@@ -21,6 +21,22 @@ pub fn env_sizes(name: &str, default: &[usize]) -> Vec<usize> {
     }
 }
 
+/// The sizes of `LOREWIRE_BENCH_SESSIONS` (default 1,000 / 5,000 / 15,000) that fit under the
+/// open-file limit once raised to its hard limit; says so of each that does not.
+pub fn session_sizes(label: &str) -> Vec<usize> {
+    let fds = raise_fd_limit() as usize;
+    println!("{label}: open-file limit raised to {fds} (the hard limit)");
+    let mut sizes = env_sizes("LOREWIRE_BENCH_SESSIONS", &[1000, 5000, 15000]);
+    sizes.retain(|&size| {
+        let fits = size + 200 <= fds;
+        if !fits {
+            println!("{label}: {size:>6} sessions do not fit under the open-file limit of {fds}; skipped");
+        }
+        fits
+    });
+    sizes
+}
+
 /// Raises this process's open-file limit to its hard limit (the server children inherit it).
 pub fn raise_fd_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
