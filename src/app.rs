@@ -81,7 +81,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let seed = config.clone();
     let backend = store.backend();
     let (llm_row, reclaimed) = store
-        .run(move |conn| {
+        .write(move |conn| {
             let row = llm_config::seed(
                 conn,
                 seed.llm_provider.as_str(),
@@ -115,6 +115,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
 
     let metrics = Arc::new(Metrics::new());
     seed_series(&metrics, &config.llm_model);
+    let writer = store.writer_counters();
+    for counter in [&writer.writes, &writer.batches, &writer.failed_batches] {
+        metrics.register(counter.clone());
+    }
     crate::core::memory::trim_after_sessions_close(metrics.sessions_open.clone());
     let history = History::new(metrics.clone(), store.clone(), clock.clone(), config.metrics_sample).start();
     let hub = Hub::new(metrics.clone()).start();

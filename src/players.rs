@@ -27,8 +27,9 @@ pub async fn start_session(
     let presented_hash = presented.as_deref().map(hash_token);
     let new_hash = hash_token(&new_token);
     let now = clock.now_naive();
-    let (user, resumed) =
-        store.run(move |conn| users::start_session(conn, presented_hash.as_deref(), &new_hash, &nickname, now)).await?;
+    let (user, resumed) = store
+        .write(move |conn| users::start_session(conn, presented_hash.as_deref(), &new_hash, &nickname, now))
+        .await?;
     let token = if resumed { presented.unwrap_or(new_token) } else { new_token };
     Ok(Started { user, token, resumed })
 }
@@ -40,21 +41,18 @@ pub async fn authenticate(store: &Store, clock: &SharedClock, token: &str) -> St
     }
     let hash = hash_token(token);
     let now = clock.now_naive();
-    store
-        .run(move |conn| {
-            let user = users::find_by_token_hash(conn, &hash)?;
-            if let Some(user) = user.as_ref().filter(|u| needs_touch(u.last_seen_at, now)) {
-                users::touch(conn, user.id, now)?;
-            }
-            Ok(user)
-        })
-        .await
+    let user = store.run(move |conn| users::find_by_token_hash(conn, &hash)).await?;
+    if let Some(user) = user.as_ref().filter(|u| needs_touch(u.last_seen_at, now)) {
+        let id = user.id;
+        store.write(move |conn| users::touch(conn, id, now)).await?;
+    }
+    Ok(user)
 }
 
 /// Marks a connected user as seen now: a session calls it when a new UTC day begins while it is
 /// open (so retention counts a player who never disconnects) and when it closes.
 pub async fn seen(store: &Store, user_id: i64, now: chrono::NaiveDateTime) -> StoreResult<()> {
-    store.run(move |conn| users::touch(conn, user_id, now)).await
+    store.write(move |conn| users::touch(conn, user_id, now)).await
 }
 
 /// Seen-times are kept to the minute (and every new UTC day), so reads stay reads.

@@ -62,7 +62,7 @@ impl Backplane for PgBackplane {
             }
             let payloads: Vec<String> =
                 events.iter().map(|e| serde_json::to_string(e).expect("events serialize")).collect();
-            store.run(move |conn| notify::announce(conn, &payloads)).await.map_err(|e| BackplaneError(e.to_string()))
+            store.write(move |conn| notify::announce(conn, &payloads)).await.map_err(|e| BackplaneError(e.to_string()))
         }
         .boxed_local()
     }

@@ -109,7 +109,7 @@ impl ContentJob {
     /// The item is gone or final already: the job only has to go.
     async fn nothing_to_do(&self, claim: &Claim) -> JobResult {
         let (job_id, worker) = (claim.job_id, claim.worker.clone());
-        let held = self.store.run(move |conn| jobs::complete(conn, job_id, &worker)).await?;
+        let held = self.store.write(move |conn| jobs::complete(conn, job_id, &worker)).await?;
         Ok(if held { Outcome::Nothing } else { Outcome::TakenOver })
     }
 
@@ -125,7 +125,7 @@ impl ContentJob {
         let now = self.clock.now_naive();
         let ended = self
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 let finish = Finish {
                     origin: &origin,
                     job_id,

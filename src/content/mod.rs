@@ -64,7 +64,7 @@ impl ContentService {
         let origin = self.origin.clone();
         let requested = self
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 let item = RequestItem {
                     origin: &origin,
                     kind,

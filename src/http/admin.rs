@@ -212,7 +212,7 @@ pub async fn put_llm(
     let stored = stored_config(&state).await?;
     let change = settings_change(&body, &stored)?;
     let now = state.clock.now_naive();
-    let row = state.store.run(move |conn| llm_config::update_settings(conn, &change, now)).await?;
+    let row = state.store.write(move |conn| llm_config::update_settings(conn, &change, now)).await?;
     tracing::info!(provider = %row.provider, model = %row.model, base_url = %row.base_url,
         api_key_set = row.api_key.is_some(), "LLM settings changed by admin");
     let circuit = circuit_snapshot(&state).await?;

@@ -542,7 +542,7 @@ pub async fn put_budget(
     let limit = parse_usd(body.limit_usd, "limit_usd").map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
     let p = project_id.clone();
-    let row = state.store.run(move |conn| billing::put_budget(conn, &p, limit, now)).await?;
+    let row = state.store.write(move |conn| billing::put_budget(conn, &p, limit, now)).await?;
     tracing::info!(project = %project_id, limit_micros = limit, "budget set by admin");
     Ok(HttpResponse::Ok().json(budget_view(&project_id, Some(&row), 0)))
 }
@@ -646,7 +646,7 @@ pub async fn put_price(
     let price = body.to_price().map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
     let m = model.clone();
-    state.store.run(move |conn| billing::put_price(conn, &m, &price, now)).await?;
+    state.store.write(move |conn| billing::put_price(conn, &m, &price, now)).await?;
     tracing::info!(model = %model, "price set by admin");
     Ok(HttpResponse::Ok().json(BTreeMap::from([(model, PriceUsd::from(&price))])))
 }

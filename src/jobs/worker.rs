@@ -114,7 +114,7 @@ impl JobWorker {
         let now = self.clock.now_naive();
         let store = self.store.clone();
         ctx.spawn(
-            async move { store.run(move |conn| jobs::claim(conn, &name, limit, now)).await }.into_actor(self).map(
+            async move { store.write(move |conn| jobs::claim(conn, &name, limit, now)).await }.into_actor(self).map(
                 move |claimed, act, ctx| {
                     act.claiming = false;
                     let claimed = match claimed {
@@ -172,7 +172,7 @@ impl JobWorker {
         ctx.spawn(
             async move {
                 store
-                    .run(move |conn| {
+                    .write(move |conn| {
                         jobs::renew(conn, &name, &running, now)?;
                         jobs::reclaim_stale(conn, now - lease, now)
                     })
@@ -248,7 +248,7 @@ impl Queue {
         let (job_id, worker, error) = (claim.job_id, claim.worker.clone(), error.to_owned());
         let now = self.clock.now_naive();
         let run_after = now + chrono_dur(delay);
-        match self.store.run(move |conn| jobs::requeue(conn, job_id, &worker, run_after, &error, now)).await {
+        match self.store.write(move |conn| jobs::requeue(conn, job_id, &worker, run_after, &error, now)).await {
             Ok(true) => Some(delay),
             Ok(false) => None,
             Err(e) => {
@@ -262,7 +262,7 @@ impl Queue {
     async fn bury(&self, claim: &Claim, error: &str) {
         let (job_id, worker, error) = (claim.job_id, claim.worker.clone(), error.to_owned());
         let now = self.clock.now_naive();
-        if let Err(e) = self.store.run(move |conn| jobs::bury(conn, job_id, &worker, &error, now)).await {
+        if let Err(e) = self.store.write(move |conn| jobs::bury(conn, job_id, &worker, &error, now)).await {
             tracing::error!(job = job_id, error = %e, "could not bury the job; its lease will run out");
         }
     }
@@ -299,7 +299,7 @@ impl Handler<ReleaseJobs> for JobWorker {
         let store = self.store.clone();
         let name = self.name.clone();
         let now = self.clock.now_naive();
-        Box::pin(async move { store.run(move |conn| jobs::release(conn, &name, now)).await })
+        Box::pin(async move { store.write(move |conn| jobs::release(conn, &name, now)).await })
     }
 }
 

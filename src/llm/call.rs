@@ -162,7 +162,7 @@ impl Llm {
 
     async fn record_last_error(&self, error: Option<String>) {
         let now = self.clock.now_naive();
-        let saved = self.store.run(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
+        let saved = self.store.write(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
         if let Err(e) = saved {
             tracing::error!(error = %e, "could not record the last upstream error");
         }

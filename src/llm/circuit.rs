@@ -291,7 +291,7 @@ impl CircuitBreaker {
         let now = self.clock.now_naive();
         let store = self.store.clone();
         ctx.spawn(
-            async move { store.run(move |conn| llm_config::save_circuit(conn, &record, now)).await }
+            async move { store.write(move |conn| llm_config::save_circuit(conn, &record, now)).await }
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     act.saving = false;

@@ -119,7 +119,7 @@ impl LobbyService {
     pub async fn post(&self, user_id: i64, nickname: String, text: String) -> Result<Message, StoreError> {
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
-        let row = self.store.run(move |conn| messages::insert(conn, &origin, user_id, &nickname, &text, now)).await?;
+        let row = self.store.write(move |conn| messages::insert(conn, &origin, user_id, &nickname, &text, now)).await?;
         let message = row.message();
         self.metrics.lobby_messages.inc();
         tracing::info!(message = message.id, user = user_id, "lobby message");

@@ -53,7 +53,7 @@ impl MoodJob {
             self.store.run(move |conn| Ok((messages::find(conn, message_id)?, llm_config::get(conn)?))).await?;
         let Some(row) = row.filter(|r| r.mood_status == MOOD_PENDING) else {
             let (job_id, worker) = (claim.job_id, claim.worker.clone());
-            let held = self.store.run(move |conn| jobs::complete(conn, job_id, &worker)).await?;
+            let held = self.store.write(move |conn| jobs::complete(conn, job_id, &worker)).await?;
             return Ok(if held { Outcome::Nothing } else { Outcome::TakenOver });
         };
         let prompt = Prompt {
@@ -85,7 +85,7 @@ impl MoodJob {
             (self.origin.clone(), claim.worker.clone(), claim.job_id, claim.target_id);
         let ended = self
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood.as_str(), status.as_str())
             })
             .await?;

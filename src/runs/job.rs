@@ -117,7 +117,7 @@ impl RunJob {
     /// The run is gone or final already: the job only has to go.
     async fn nothing_to_do(&self, claim: &Claim) -> JobResult {
         let (job_id, worker) = (claim.job_id, claim.worker.clone());
-        let held = self.store.run(move |conn| jobs::complete(conn, job_id, &worker)).await?;
+        let held = self.store.write(move |conn| jobs::complete(conn, job_id, &worker)).await?;
         Ok(if held { Outcome::Nothing } else { Outcome::TakenOver })
     }
 
@@ -167,7 +167,7 @@ impl RunJob {
         let reserved = if row.reserved_micros > 0 || !budgeted {
             attempts::Reservation::Held
         } else {
-            self.store.run(move |conn| attempts::ensure_reservation(conn, run_pk, worst_case, now)).await?
+            self.store.write(move |conn| attempts::ensure_reservation(conn, run_pk, worst_case, now)).await?
         };
         match reserved {
             attempts::Reservation::Gone => return self.nothing_to_do(&claim).await,
@@ -188,7 +188,7 @@ impl RunJob {
         };
 
         let now = self.clock.now_naive();
-        let started = match self.store.run(move |conn| attempts::mark_running(conn, run_pk, now)).await {
+        let started = match self.store.write(move |conn| attempts::mark_running(conn, run_pk, now)).await {
             Ok(Some(row)) => row,
             other => {
                 // Aborted meanwhile (or the store failed): no call was made.
@@ -329,7 +329,7 @@ impl Attempt<'_> {
         let now = d.clock.now_naive();
         let settled = d
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 let s = Settlement {
                     origin: &origin,
                     job_id,
@@ -338,7 +338,7 @@ impl Attempt<'_> {
                     attempt,
                     usage,
                     cost,
-                    end: settlement_end,
+                    end: settlement_end.clone(),
                 };
                 attempts::settle(conn, &s, now)
             })
@@ -393,7 +393,7 @@ impl Attempt<'_> {
         tracing::debug!(run = %self.run_id, wait_ms = until.as_millis() as u64, why = %why, "run waits for the provider");
         let held = d
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 let w = attempts::Wait { job_id, worker: &worker, run_pk, run_after, why: &why, refund };
                 attempts::wait(conn, &w, now)
             })

@@ -116,7 +116,7 @@ impl RunService {
         let run_id = new_run_id();
         let (admitted, position, avg_ms) = self
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 let llm = llm_config::get(conn)?;
                 let model = llm.as_ref().map(|c| c.model.clone()).unwrap_or_else(|| config.llm_model.clone());
                 let no_config = llm.as_ref().and_then(crate::llm::credentials).is_none();
@@ -198,7 +198,7 @@ impl RunService {
     pub async fn detach(&self, run_id: String, session: SessionId) {
         tracing::debug!(run = %run_id, session, "session stops waiting on the run");
         let id = run_id.clone();
-        match self.store.run(move |conn| rows::detach(conn, &id)).await {
+        match self.store.write(move |conn| rows::detach(conn, &id)).await {
             Ok(Some(_)) => {
                 if let Err(e) = self.abort(run_id.clone()).await {
                     tracing::error!(run = %run_id, error = %e, "could not abort a run nobody waits on");
@@ -212,7 +212,7 @@ impl RunService {
     /// Takes back the count of a session that asked for a run it already waits on.
     pub async fn undo_join(&self, run_id: String, session: SessionId) {
         let id = run_id.clone();
-        if let Err(e) = self.store.run(move |conn| rows::detach(conn, &id)).await {
+        if let Err(e) = self.store.write(move |conn| rows::detach(conn, &id)).await {
             tracing::error!(run = %run_id, session, error = %e, "could not correct a run's waiters");
         }
     }
@@ -223,7 +223,7 @@ impl RunService {
         self.live.cancel(&run_id);
         let now = self.clock.now_naive();
         let (id, origin) = (run_id.clone(), self.origin.clone());
-        if let Some(row) = self.store.run(move |conn| run_attempts::abort_queued(conn, &origin, &id, now)).await? {
+        if let Some(row) = self.store.write(move |conn| run_attempts::abort_queued(conn, &origin, &id, now)).await? {
             tracing::info!(run = %row.run_id, "queued run aborted: nobody waits on it");
             self.metrics.runs_finished.with_label_values(&[RunStatus::Aborted.as_str()]).inc();
             let frame = Typed::RunError {
@@ -245,7 +245,7 @@ impl RunService {
         let queue_limit = i64::try_from(self.config.queue_limit).unwrap_or(i64::MAX);
         let result = self
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 let Some(row) = rows::find(conn, &run_id)? else { return Ok(rows::Requeued::NotFound) };
                 let Some(action) = Action::parse(&row.action) else { return Ok(rows::Requeued::NotDead) };
                 let bound = prompt_token_bound(action.system_prompt(), &action.user_message(&row.input));

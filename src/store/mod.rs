@@ -1,8 +1,10 @@
-//! Store: the pool, the backend choice, migrations, and the one door from async code into
-//! the database ([`Store::run`], which runs Diesel on the blocking pool).
+//! Store: the pool, the backend choice, migrations, and the two doors from async code into
+//! the database: [`Store::run`] reads on a pooled connection (the blocking pool; the pool's
+//! connections refuse writes), [`Store::write`] queues a write for the one writer thread, which
+//! commits the writes that arrive together in one transaction ([`writer`]).
 //!
 //! Never runs a Diesel call on an async worker; never holds a connection across an upstream
-//! call (closures passed to `run` are synchronous, so they cannot await the network).
+//! call (closures passed to `run` and `write` are synchronous, so they cannot await the network).
 
 pub mod billing;
 pub mod content;
@@ -14,6 +16,7 @@ pub mod run_attempts;
 pub mod runs;
 pub mod schema;
 pub mod users;
+pub mod writer;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -66,6 +69,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the blocking pool is gone")]
     Canceled,
+    #[error("a write panicked")]
+    Panicked,
+    /// The transaction this request's write shared with others failed as a whole.
+    #[error("the batch of writes failed: {}", .0.message)]
+    Batch(writer::BatchFailed),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -107,7 +115,10 @@ impl StoreError {
                 _ => classify_message(info.message()),
             },
             StoreError::Query(Diesel::BrokenTransactionManager) => Failure::Unavailable,
-            StoreError::Query(_) | StoreError::Migration(_) | StoreError::Corrupt(_) => Failure::Internal,
+            StoreError::Batch(failed) => failed.failure,
+            StoreError::Query(_) | StoreError::Migration(_) | StoreError::Corrupt(_) | StoreError::Panicked => {
+                Failure::Internal
+            }
         }
     }
 }
@@ -116,7 +127,7 @@ impl StoreError {
 /// insufficient-resources and connection classes).
 fn classify_message(message: &str) -> Failure {
     let m = message.to_ascii_lowercase();
-    const BUSY: [&str; 2] = ["database is locked", "database table is locked"];
+    const BUSY: [&str; 3] = ["database is locked", "database table is locked", "deadlock detected"];
     const REFUSED: [&str; 9] = [
         "disk is full",
         "disk full",
@@ -157,22 +168,33 @@ pub fn pool_size(backend: Backend) -> usize {
 
 /// r2d2 manager that establishes the right backend itself, so a wrong password or a
 /// server that is down is reported as such (the derived MultiConnection hides it).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Manager {
     backend: Backend,
     url: String,
+    /// The connections refuse writes (the pool's: every write goes through the writer).
+    reads_only: bool,
 }
 
 impl Manager {
     pub fn new(url: &str) -> Self {
         let (backend, url) = backend_of(url);
-        Manager { backend, url }
+        Manager { backend, url, reads_only: false }
+    }
+
+    /// The same database, for connections that only read.
+    fn reading(&self) -> Self {
+        Manager { reads_only: true, ..self.clone() }
     }
 
     fn establish(&self) -> StoreResult<DbConn> {
         let conn = match self.backend {
             Backend::Postgres => {
-                DbConn::Pg(PgConnection::establish(&self.url).map_err(|e| StoreError::Connect(e.to_string()))?)
+                let mut c = PgConnection::establish(&self.url).map_err(|e| StoreError::Connect(e.to_string()))?;
+                if self.reads_only {
+                    c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
+                }
+                DbConn::Pg(c)
             }
             Backend::Sqlite => {
                 let mut c = SqliteConnection::establish(&self.url).map_err(|e| StoreError::Connect(e.to_string()))?;
@@ -183,6 +205,9 @@ impl Manager {
                     "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                      PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
                 )?;
+                if self.reads_only {
+                    c.batch_execute("PRAGMA query_only = ON")?;
+                }
                 DbConn::Sqlite(c)
             }
         };
@@ -213,7 +238,12 @@ pub type AfterCommit = Arc<dyn Fn(Vec<notify::Event>) + Send + Sync>;
 /// The database, shared by every actor and handler.
 #[derive(Clone)]
 pub struct Store {
+    /// Connections for reads.
     pool: Pool,
+    /// The queue of writes.
+    writer: writer::Writer,
+    /// Opens the connection migrations run on.
+    manager: Manager,
     backend: Backend,
     /// Set once at start when changes are announced by a backplane of its own rather than by
     /// PostgreSQL's notifications.
@@ -232,18 +262,26 @@ impl Store {
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
-            .build(manager)?;
-        Ok(Store { pool, backend, after_commit: Arc::new(OnceLock::new()) })
+            .build(manager.reading())?;
+        let after_commit = Arc::new(OnceLock::new());
+        let writer = writer::Writer::start(manager.clone(), after_commit.clone())
+            .map_err(|e| StoreError::Connect(format!("could not start the writer thread: {e}")))?;
+        Ok(Store { pool, writer, manager, backend, after_commit })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
+    /// The writer's counters (writes, batches, failed batches), for the metrics registry.
+    pub fn writer_counters(&self) -> &writer::WriterCounters {
+        self.writer.counters()
+    }
+
     /// Runs pending migrations for this backend; returns how many ran.
     pub fn migrate(&self) -> StoreResult<usize> {
-        let mut conn = self.pool.get()?;
-        let ran = on_backend!(&mut *conn, |c| {
+        let mut conn = self.manager.establish()?;
+        let ran = on_backend!(&mut conn, |c| {
             let migrations = match self.backend {
                 Backend::Sqlite => SQLITE_MIGRATIONS,
                 Backend::Postgres => PG_MIGRATIONS,
@@ -261,7 +299,7 @@ impl Store {
         }
     }
 
-    /// Runs `f` with a pooled connection on the blocking thread pool.
+    /// Runs `f`, which only reads, with a pooled connection on the blocking thread pool.
     pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -273,44 +311,57 @@ impl Store {
 
     /// The same as [`Store::run`] for callers already off the async threads.
     pub fn run_blocking<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = self.pool.get()?;
-        let Some(hook) = self.after_commit.get() else { return f(&mut conn) };
-        let collecting = notify::collect();
-        let result = f(&mut conn);
-        // Whatever `f` returns, the transactions that committed are announced.
-        let events = collecting.collected();
-        if !events.is_empty() {
-            hook(events);
-        }
-        result
+        f(&mut *self.pool.get()?)
     }
 
-    /// `Ok` when the database answers and takes a write within `timeout` (readiness); else why not.
+    /// Queues `f`, which writes, for the writer: it runs in a savepoint of the transaction of
+    /// its batch, and the answer comes once that transaction has committed (and its events are
+    /// handed on), or failed. `f` may run twice when it lost a lock race the first time (its
+    /// first run rolled back). Queued when called, not when first polled: writes run in the
+    /// order they were asked for.
+    pub fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+    {
+        let answer = self.writer.submit(f);
+        async move { answer.await.map_err(|_| StoreError::Canceled)? }
+    }
+
+    /// The same as [`Store::write`] for callers off the async threads (it blocks until the
+    /// answer comes).
+    pub fn write_blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.submit(f).blocking_recv().map_err(|_| StoreError::Canceled)?
+    }
+
+    /// `Ok` when the database takes a write within `timeout` (readiness); else why not.
     pub async fn probe(&self, timeout: Duration) -> Result<(), ProbeFailed> {
-        let pool = self.pool.clone();
-        let probe = actix_web::rt::task::spawn_blocking(move || {
-            let mut conn = pool.get_timeout(timeout).map_err(|_| ProbeFailed::NotAnswering)?;
-            llm_config::probe_write(&mut conn).map_err(|e| match e.failure() {
-                Failure::Overloaded => ProbeFailed::NotAnswering,
-                Failure::Unavailable | Failure::Internal => ProbeFailed::RefusesWrites(e),
-            })
-        });
-        // The blocking pool has a thread per connection: behind busy store calls the probe
-        // may wait for a thread too, and that wait counts.
-        match actix_web::rt::time::timeout(timeout * 2, probe).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) => Err(ProbeFailed::NotAnswering),
+        // Behind the writes queued before it: that wait counts.
+        match actix_web::rt::time::timeout(timeout, self.write(llm_config::probe_write)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => match e.failure() {
+                Failure::Overloaded => Err(ProbeFailed::NotAnswering),
+                Failure::Unavailable | Failure::Internal => Err(ProbeFailed::RefusesWrites(e)),
+            },
+            Err(_) => Err(ProbeFailed::NotAnswering),
         }
     }
 }
 
-/// A write transaction. On SQLite it is `BEGIN IMMEDIATE`, so a transaction that reads
-/// before it writes takes the write lock up front and waits on busy_timeout instead of
-/// failing with SQLITE_BUSY when it upgrades.
+/// A write transaction: all of `f` or none of it. Inside another (the writer's batch) it is
+/// a savepoint. Alone on SQLite it is `BEGIN IMMEDIATE`, so a transaction that reads before it
+/// writes takes the write lock up front and waits on busy_timeout instead of failing with
+/// SQLITE_BUSY when it upgrades.
 pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+    type Tm = <DbConn as Connection>::TransactionManager;
+    let outermost = Tm::transaction_manager_status_mut(conn).transaction_depth()?.is_none();
     match conn {
-        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
-        DbConn::Pg(_) => <DbConn as Connection>::TransactionManager::begin_transaction(conn)?,
+        DbConn::Sqlite(c) if outermost => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        _ => Tm::begin_transaction(conn)?,
     }
     notify::begun();
     match f(conn) {

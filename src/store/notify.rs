@@ -102,6 +102,16 @@ pub(super) fn begun() {
     });
 }
 
+/// Drops the lists of transactions beyond the `open` outermost ones (rolled back without
+/// saying so: a write that panicked inside them).
+pub(super) fn unwind_to(open: usize) {
+    COLLECTOR.with_borrow_mut(|collector| {
+        if let Some(c) = collector {
+            c.open.truncate(open);
+        }
+    });
+}
+
 /// The transaction that began last ended: committed (its events count; a nested one's go to
 /// the transaction around it) or rolled back (they are dropped).
 pub(super) fn ended(committed: bool) {

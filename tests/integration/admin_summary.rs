@@ -76,10 +76,10 @@ async fn summary_counts_users_messages_and_retention(db: Db) {
     actix_web::rt::task::spawn_blocking(move || {
         let store = lorewire::store::Store::connect(&url).unwrap();
         store
-            .run_blocking(|conn| {
-                for (user_id, day) in rows {
+            .write_blocking(move |conn| {
+                for (user_id, day) in &rows {
                     diesel::insert_into(user_days::table)
-                        .values((user_days::user_id.eq(user_id), user_days::day.eq(day)))
+                        .values((user_days::user_id.eq(*user_id), user_days::day.eq(day)))
                         .execute(conn)?;
                 }
                 Ok(())

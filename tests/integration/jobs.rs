@@ -114,7 +114,7 @@ async fn corrupt_content_context_ends_in_fallback_after_the_last_attempt(db: Db)
     let id = content_id(&store, 2).await;
     // While its job waits for the slot, the stored context stops being JSON.
     store
-        .run(move |c| Ok(diesel::update(content::table.find(id)).set(content::context.eq("{not json")).execute(c)?))
+        .write(move |c| Ok(diesel::update(content::table.find(id)).set(content::context.eq("{not json")).execute(c)?))
         .await
         .unwrap();
 
@@ -148,7 +148,7 @@ async fn job_back_past_its_attempts_gives_up_at_once(db: Db) {
     let id = content_id(&store, 2).await;
     // As after a process that died on the job's last attempt, and its lease taken over.
     store
-        .run(move |c| {
+        .write(move |c| {
             Ok(diesel::update(jobs::table.filter(jobs::kind.eq("content")).filter(jobs::target_id.eq(id)))
                 .set(jobs::attempts.eq(MAX_ATTEMPTS as i32))
                 .execute(c)?)
@@ -172,7 +172,7 @@ async fn job_whose_target_cannot_be_finished_is_buried(db: Db) {
     let id = content_id(&store, 2).await;
     // No kind, no fallback text: not even a final state can be written.
     store
-        .run(move |c| Ok(diesel::update(content::table.find(id)).set(content::kind.eq("scroll")).execute(c)?))
+        .write(move |c| Ok(diesel::update(content::table.find(id)).set(content::kind.eq("scroll")).execute(c)?))
         .await
         .unwrap();
     assert_eq!(quest_update(&mut ws, 1).await["status"], "ready");
@@ -224,7 +224,7 @@ async fn corrupt_run_goes_dead_after_the_last_attempt(db: Db) {
     .await;
     // Its stored action stops being one lorewire knows before the retry is due.
     store
-        .run(move |c| Ok(diesel::update(runs::table.find(pk)).set(runs::action.eq("SING")).execute(c)?))
+        .write(move |c| Ok(diesel::update(runs::table.find(pk)).set(runs::action.eq("SING")).execute(c)?))
         .await
         .unwrap();
 
@@ -259,7 +259,7 @@ async fn mood_back_past_its_attempts_settles_neutral(db: Db) {
     let message = ws.recv_type("message:new").await;
     let id = message["message"]["id"].as_i64().unwrap();
     store
-        .run(move |c| {
+        .write(move |c| {
             Ok(diesel::update(jobs::table.filter(jobs::kind.eq("mood")).filter(jobs::target_id.eq(id)))
                 .set(jobs::attempts.eq(MAX_ATTEMPTS as i32))
                 .execute(c)?)

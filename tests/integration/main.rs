@@ -28,3 +28,4 @@ mod runs_process;
 mod session;
 mod storage;
 mod types;
+mod writer;

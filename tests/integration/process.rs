@@ -357,7 +357,7 @@ async fn corrupt_circuit_record_is_logged_not_silently_emptied(db: Db) {
     server.kill9();
     let store = lorewire::store::Store::connect(&db.url).unwrap();
     store
-        .run(|conn| {
+        .write(|conn| {
             diesel::update(llm_config::table)
                 .set((llm_config::circuit_failures.eq("{not json"), llm_config::circuit_state.eq("ajar")))
                 .execute(conn)?;

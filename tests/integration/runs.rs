@@ -425,7 +425,7 @@ async fn tamper_reserved(url: &str, micros: i64) {
     actix_web::rt::task::spawn_blocking(move || {
         let store = lorewire::store::Store::connect(&url).unwrap();
         store
-            .run_blocking(move |conn| {
+            .write_blocking(move |conn| {
                 Ok(diesel::update(budgets::table).set(budgets::reserved_micros.eq(micros)).execute(conn)?)
             })
             .unwrap()

@@ -66,7 +66,7 @@ async fn reconcile_keeps_reservations_committed_meanwhile(db: Db) {
     let test_db = actix_web::rt::task::spawn_blocking(move || TestDb::new(db)).await.unwrap();
     let store = store_for(&test_db).await;
     store
-        .run(|conn| {
+        .write(|conn| {
             billing::put_budget(conn, "p1", 1_000_000, now())?;
             insert_active_run(conn, "r-earlier", 3_000)?;
             // Drift to be repaired: the budget holds nothing for the run above.
@@ -77,9 +77,10 @@ async fn reconcile_keeps_reservations_committed_meanwhile(db: Db) {
         .unwrap();
 
     let (held_tx, held_rx) = std::sync::mpsc::channel();
-    let other = store.clone();
+    // Another process: a store (and writer) of its own on the same database.
+    let other = store_for(&test_db).await;
     let admitting = std::thread::spawn(move || {
-        other.run_blocking(|conn| {
+        other.write_blocking(move |conn| {
             write_tx(conn, |conn| {
                 assert!(billing::reserve(conn, "p1", 5_000, now())?);
                 insert_active_run(conn, "r-meanwhile", 5_000)?;
@@ -91,13 +92,13 @@ async fn reconcile_keeps_reservations_committed_meanwhile(db: Db) {
         })
     });
     actix_web::rt::task::spawn_blocking(move || held_rx.recv().unwrap()).await.unwrap();
-    let reconciled = store.run(|conn| billing::reconcile(conn, now())).await;
+    let reconciled = store.write(|conn| billing::reconcile(conn, now())).await;
     admitting.join().unwrap().unwrap();
     assert_eq!(reconciled.unwrap(), 1);
     let budget = store.run(|conn| billing::budget(conn, "p1")).await.unwrap().unwrap();
     assert_eq!(budget.reserved_micros, 8_000, "both runs' reservations are held");
 
-    store.run(|conn| billing::settle(conn, "p1", 9_000, 1_200, now())).await.unwrap();
+    store.write(|conn| billing::settle(conn, "p1", 9_000, 1_200, now())).await.unwrap();
     let budget = store.run(|conn| billing::budget(conn, "p1")).await.unwrap().unwrap();
     assert_eq!(budget.reserved_micros, 0, "released down to zero, not below");
     assert_eq!(budget.spent_micros, 1_200);
