@@ -6,9 +6,12 @@
 //! clients (each sending `content:request` and waiting for its `content:update` `ready`
 //! before the next): items per second, request -> `ready` p50 / p99 / max, and the server's
 //! CPU time (user + system, /proc/PID/stat) and context switches (every thread's, from
-//! /proc/PID/task/*/status: each hand-off between threads costs at least one) per item. PostgreSQL is the local one the tests use
+//! /proc/PID/task/*/status: each hand-off between threads costs at least one) per item, and
+//! how many transactions the store's writer needed for the writes (from `/metrics`).
+//! PostgreSQL is the local one the tests use
 //! (`LOREWIRE_TEST_PG_URL`); LOREWIRE_BENCH_ITEMS (per size, default 2,000) changes the count,
-//! LOREWIRE_BENCH_BACKENDS (`sqlite,postgres`) the databases.
+//! LOREWIRE_BENCH_BACKENDS (`sqlite,postgres`) the databases, LOREWIRE_BENCH_CLIENTS (`1,32`)
+//! the numbers of clients.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/common/mod.rs"]
@@ -60,22 +63,27 @@ async fn pipeline(db: Db, fake: &FakeLlm, items: u64) {
     ])
     .await;
     let mut next_id = 1;
-    for clients in [1u64, 32] {
+    for clients in support::env_sizes("LOREWIRE_BENCH_CLIENTS", &[1, 32]).into_iter().map(|c| c as u64) {
         let per_client = (items / clients).max(1);
         // Warm-up: connections, prepared statements, page cache.
         client(&server.addr, 1_000_000 + next_id, 50).await;
         next_id += 50;
+        let writes_before = writer_counters(&server.addr).await;
         let (cpu_before, switches_before, started) = (server.cpu(), server.context_switches(), Instant::now());
         let runs = (0..clients).map(|c| client(&server.addr, next_id + c * per_client, per_client));
         let mut latencies: Vec<Duration> = futures_util::future::join_all(runs).await.concat();
         let (elapsed, cpu) = (started.elapsed(), server.cpu() - cpu_before);
         let switches = server.context_switches().saturating_sub(switches_before);
         next_id += clients * per_client;
+        let transactions = match (writes_before, writer_counters(&server.addr).await) {
+            (Some((w0, b0)), Some((w1, b1))) => format!("; {} writes in {} transactions", w1 - w0, b1 - b0),
+            _ => String::new(),
+        };
         latencies.sort();
         let n = latencies.len();
         println!(
             "content, {db:?}, {clients:>2} client(s): {n} items in {secs:.2} s = {rate:.0}/s; request -> ready \
-             p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; server CPU {per:.3} ms and {switches_per:.1} context switches per item",
+             p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; server CPU {per:.3} ms and {switches_per:.1} context switches per item{transactions}",
             secs = elapsed.as_secs_f64(),
             rate = n as f64 / elapsed.as_secs_f64(),
             p50 = support::ms(&latencies, 0.50),
@@ -86,6 +94,18 @@ async fn pipeline(db: Db, fake: &FakeLlm, items: u64) {
         );
     }
     assert_eq!(fake.request_count() as u64, next_id - 1, "one upstream call per item");
+}
+
+/// The store writer's `(writes, transactions)` so far, from `/metrics` (`None` for a build
+/// without them).
+async fn writer_counters(addr: &str) -> Option<(u64, u64)> {
+    let mut response = common::http().get(format!("http://{addr}/metrics")).send().await.ok()?;
+    let body = response.body().limit(1 << 22).await.ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
+    };
+    Some((value("lorewire_store_writes_total")?, value("lorewire_store_write_batches_total")?))
 }
 
 fn main() {

@@ -66,6 +66,10 @@ pub struct JobWorker {
     in_flight: HashSet<i64>,
     claiming: bool,
     claim_again: bool,
+    /// Due jobs may be waiting for a free slot: the last claim filled every slot it could
+    /// (or failed, or there was none free). Only then does a job's end look for more at once;
+    /// otherwise new jobs announce themselves (`JobsAvailable`) and the poll finds the rest.
+    saturated: bool,
     draining: bool,
 }
 
@@ -85,6 +89,7 @@ impl JobWorker {
             in_flight: HashSet::new(),
             claiming: false,
             claim_again: false,
+            saturated: true,
             draining: false,
         }
     }
@@ -106,6 +111,7 @@ impl JobWorker {
         }
         let free = self.concurrency.saturating_sub(self.in_flight.len());
         if free == 0 {
+            self.saturated = true;
             return;
         }
         self.claiming = true;
@@ -120,11 +126,13 @@ impl JobWorker {
                     let claimed = match claimed {
                         Ok(claimed) => claimed,
                         Err(e) => {
+                            act.saturated = true;
                             tracing::error!(error = %e, "could not claim jobs");
                             return;
                         }
                     };
                     let full = claimed.len() as i64 == limit;
+                    act.saturated = full;
                     for job in claimed {
                         act.start(job, ctx);
                     }
@@ -155,7 +163,9 @@ impl JobWorker {
                 // A job put back for later: look again when it is due (the poll is slower).
                 ctx.run_later(delay, |act, ctx| act.pump(ctx));
             }
-            act.pump(ctx);
+            if act.saturated {
+                act.pump(ctx);
+            }
         }));
     }
 

@@ -67,7 +67,7 @@ pub enum StoreError {
     Migration(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("the blocking pool is gone")]
+    #[error("the store's threads are gone")]
     Canceled,
     #[error("a write panicked")]
     Panicked,

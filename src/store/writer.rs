@@ -9,21 +9,30 @@
 //! aborted) answers every request in it with that failure. A request that lost a lock race
 //! (a deadlock, a serialization failure) is run once more alone after its batch. A connection
 //! the database dropped or refused is opened again for the next batch.
+//!
+//! On SQLite the writer never checkpoints the WAL itself (a checkpoint copies up to a thousand
+//! pages and would hold every write behind it): a checkpointer thread with a connection of its
+//! own does, [`CHECKPOINT_EVERY`] after writes committed, in `PASSIVE` mode (it never waits on
+//! the writer or a reader, nor they on it).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::Connection;
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
-use super::{notify, AfterCommit, DbConn, Failure, Manager, StoreError, StoreResult};
+use super::{notify, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult};
 
 /// The most requests one transaction carries: enough to take in every client at once, few
 /// enough that the first of them is not kept waiting behind a long commit.
 pub const MAX_BATCH: usize = 256;
+
+/// How often the checkpointer looks for committed writes to copy from the WAL into the database.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 type Tm = <DbConn as Connection>::TransactionManager;
 
@@ -126,6 +135,8 @@ impl WriterCounters {
 pub struct Writer {
     queue: mpsc::Sender<Box<dyn Request>>,
     counters: WriterCounters,
+    /// Dropped with the last store: the checkpointer stops.
+    _checkpoints: Option<mpsc::Sender<()>>,
 }
 
 impl Writer {
@@ -133,9 +144,20 @@ impl Writer {
     pub fn start(manager: Manager, after_commit: Arc<OnceLock<AfterCommit>>) -> std::io::Result<Writer> {
         let (queue, requests) = mpsc::channel();
         let counters = WriterCounters::new();
+        let checkpoints = match manager.backend {
+            Backend::Sqlite => {
+                let (stop, stopped) = mpsc::channel();
+                let (manager, batches) = (manager.clone(), counters.batches.clone());
+                std::thread::Builder::new()
+                    .name("lorewire-checkpoint".into())
+                    .spawn(move || checkpoint(&manager, &batches, &stopped))?;
+                Some(stop)
+            }
+            Backend::Postgres => None,
+        };
         let serve = Serve { manager, after_commit, conn: None, counters: counters.clone() };
         std::thread::Builder::new().name("lorewire-writer".into()).spawn(move || serve.serve(requests))?;
-        Ok(Writer { queue, counters })
+        Ok(Writer { queue, counters, _checkpoints: checkpoints })
     }
 
     pub fn counters(&self) -> &WriterCounters {
@@ -232,8 +254,37 @@ impl Serve {
             }
         }
         let mut conn = self.manager.establish()?;
+        if let DbConn::Sqlite(c) = &mut conn {
+            // The checkpointer's job (see the module's doc).
+            c.batch_execute("PRAGMA wal_autocheckpoint = 0")?;
+        }
         begin(&mut conn)?;
         Ok(conn)
+    }
+}
+
+/// The checkpointer (SQLite): every [`CHECKPOINT_EVERY`] that saw a batch, a passive
+/// checkpoint on a connection of its own; ends when the store is gone.
+fn checkpoint(manager: &Manager, batches: &IntCounter, stop: &mpsc::Receiver<()>) {
+    let mut conn: Option<DbConn> = None;
+    let mut seen = batches.get();
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if batches.get() == seen {
+            continue;
+        }
+        seen = batches.get();
+        let done = match conn.as_mut() {
+            Some(c) => c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)").map_err(StoreError::from),
+            None => manager.establish().and_then(|mut c| {
+                c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
+                conn = Some(c);
+                Ok(())
+            }),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "could not checkpoint the database's write-ahead log");
+            conn = None;
+        }
     }
 }
 
