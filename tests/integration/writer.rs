@@ -18,6 +18,30 @@ both_backends!(
     reads_on_the_pool_cannot_write,
 );
 
+#[actix_web::test]
+async fn sqlite_writes_reach_the_database_file_while_the_store_runs() {
+    let Setup { store, user_id, _db, .. } = setup(Db::Sqlite).await;
+    let file = std::path::PathBuf::from(&_db.url);
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    // About 600 KB of messages, more than the WAL would take before an automatic checkpoint.
+    let text = "x".repeat(2000);
+    let writes: Vec<_> = (0..300)
+        .map(|_| {
+            let text = text.clone();
+            store.write(move |conn| rows::insert(conn, "test", user_id, "Ada", &text, now()))
+        })
+        .collect();
+    for answer in futures_util::future::join_all(writes).await {
+        answer.unwrap();
+    }
+    // The writer never checkpoints; the checkpointer copies the WAL into the file meanwhile.
+    crate::common::eventually("the committed pages to be copied into the database file", || async {
+        (size() >= before + 500_000).then_some(())
+    })
+    .await;
+}
+
 struct Setup {
     store: Store,
     user_id: i64,
