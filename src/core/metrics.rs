@@ -180,12 +180,12 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
     /// Adds metrics counted elsewhere (the store's writer) to this registry.
     pub fn register(&self, metric: impl Collector + 'static) {
         self.registry.register(Box::new(metric)).expect("unique metric");
     }
 
+    /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
