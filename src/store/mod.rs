@@ -352,20 +352,29 @@ impl Store {
     }
 }
 
-/// A write transaction: all of `f` or none of it. Inside another (the writer's batch) it is
-/// a savepoint. Alone on SQLite it is `BEGIN IMMEDIATE`, so a transaction that reads before it
-/// writes takes the write lock up front and waits on busy_timeout instead of failing with
-/// SQLITE_BUSY when it upgrades.
-pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
-    type Tm = <DbConn as Connection>::TransactionManager;
+/// The transaction manager of both backends.
+pub(crate) type Tm = <DbConn as Connection>::TransactionManager;
+
+/// Begins a write transaction, or a savepoint inside one already open. The outermost on
+/// SQLite is `BEGIN IMMEDIATE`: it takes the write lock up front.
+fn begin_write(conn: &mut DbConn) -> StoreResult<()> {
     let outermost = Tm::transaction_manager_status_mut(conn).transaction_depth()?.is_none();
     match conn {
         DbConn::Sqlite(c) if outermost => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
         _ => Tm::begin_transaction(conn)?,
     }
+    Ok(())
+}
+
+/// A write transaction: all of `f` or none of it. Inside another (the writer's batch) it is
+/// a savepoint. Alone on SQLite it is `BEGIN IMMEDIATE`, so a transaction that reads before it
+/// writes takes the write lock up front and waits on busy_timeout instead of failing with
+/// SQLITE_BUSY when it upgrades.
+pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+    begin_write(conn)?;
     notify::begun();
     match f(conn) {
-        Ok(value) => match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
+        Ok(value) => match Tm::commit_transaction(conn) {
             Ok(()) => {
                 notify::ended(true);
                 Ok(value)
@@ -377,7 +386,7 @@ pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult
         },
         Err(e) => {
             notify::ended(false);
-            let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
+            let _ = Tm::rollback_transaction(conn);
             Err(e)
         }
     }

@@ -20,12 +20,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
-use diesel::Connection;
+use diesel::connection::{SimpleConnection, TransactionManager};
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
-use super::{notify, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult};
+use super::{begin_write, notify, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm};
 
 /// The most requests one transaction carries: enough to take in every client at once, few
 /// enough that the first of them is not kept waiting behind a long commit.
@@ -33,8 +32,6 @@ pub const MAX_BATCH: usize = 256;
 
 /// How often the checkpointer looks for committed writes to copy from the WAL into the database.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-
-type Tm = <DbConn as Connection>::TransactionManager;
 
 /// How a request's work ended inside its savepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +245,7 @@ impl Serve {
     /// that cannot begin (the database dropped it) is replaced by a new one at once.
     fn begin(&mut self) -> StoreResult<DbConn> {
         if let Some(mut conn) = self.conn.take() {
-            match begin(&mut conn) {
+            match begin_write(&mut conn) {
                 Ok(()) => return Ok(conn),
                 Err(e) => tracing::warn!(error = %e, "the writer's connection failed; connecting again"),
             }
@@ -258,7 +255,7 @@ impl Serve {
             // The checkpointer's job (see the module's doc).
             c.batch_execute("PRAGMA wal_autocheckpoint = 0")?;
         }
-        begin(&mut conn)?;
+        begin_write(&mut conn)?;
         Ok(conn)
     }
 }
@@ -273,28 +270,13 @@ fn checkpoint(manager: &Manager, batches: &IntCounter, stop: &mpsc::Receiver<()>
             continue;
         }
         seen = batches.get();
-        let done = match conn.as_mut() {
-            Some(c) => c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)").map_err(StoreError::from),
-            None => manager.establish().and_then(|mut c| {
-                c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
-                conn = Some(c);
-                Ok(())
-            }),
-        };
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "could not checkpoint the database's write-ahead log");
-            conn = None;
+        let opened = conn.take().map_or_else(|| manager.establish(), Ok);
+        // A connection that failed is opened anew next time.
+        match opened.and_then(|mut c| Ok(c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)").map(|()| c)?)) {
+            Ok(c) => conn = Some(c),
+            Err(e) => tracing::warn!(error = %e, "could not checkpoint the database's write-ahead log"),
         }
     }
-}
-
-/// Begins the batch's transaction: `BEGIN IMMEDIATE` on SQLite (the write lock up front).
-fn begin(conn: &mut DbConn) -> StoreResult<()> {
-    match conn {
-        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
-        DbConn::Pg(_) => Tm::begin_transaction(conn)?,
-    }
-    Ok(())
 }
 
 type Done = Vec<Box<dyn Request>>;
