@@ -68,9 +68,11 @@ async fn sessions(sessions: usize) {
     let server = Server::spawn(cmd, addr, tempfile::tempdir().expect("temp dir"), "/ready").await;
     let m = clients::memory_per_session(&server, sessions, HELLO, Duration::from_secs(3)).await;
     println!(
-        "echo floor: {sessions:>6} idle sessions: connected in {storm:.2} s; server RSS {before} KiB -> {joined} KiB \
-         = {per:.1} KiB per session",
+        "echo floor: {sessions:>6} idle sessions: connected in {storm:.2} s; server RSS {cold} KiB at start, \
+         {before} KiB after {warm_up} sessions came and went -> {joined} KiB = {per:.1} KiB per session",
         storm = m.storm.as_secs_f64(),
+        cold = m.cold,
+        warm_up = clients::WARM_UP,
         before = m.before,
         joined = m.joined,
         per = m.per_session(sessions),

@@ -2,8 +2,10 @@
 //! key, so every mood falls back at once without an upstream call), by clients in this process:
 //!
 //! 1. memory per idle joined session at 1,000, 5,000 and 15,000 sessions: the server's RSS
-//!    (/proc/PID/status VmRSS) before the sessions and once every one has its ack, history and
-//!    `presence:state`, divided by the sessions; then the RSS once they have all closed;
+//!    (/proc/PID/status VmRSS) before the sessions (after 100 warm-up sessions joined and
+//!    left, so the server's fixed costs are in it; the RSS at start is printed too) and once
+//!    every one has its ack, history and `presence:state`, divided by the sessions; then the
+//!    RSS once they have all closed;
 //! 2. the join storm: the time from the first handshake to the last `presence:state`, with at
 //!    most 100 handshakes in flight;
 //! 3. lobby fan-out with 1,000 joined clients: messages sent one at a time (the next once every
@@ -34,8 +36,11 @@ async fn sessions(sessions: usize) {
     let m = clients::memory_per_session(&server, sessions, PLAYER, Duration::from_secs(11)).await;
     println!(
         "sessions: {sessions:>6} idle joined: join storm {storm:.2} s (100 handshakes in flight); server RSS \
-         {before} KiB -> {joined} KiB = {per:.1} KiB per session ({threads} threads)",
+         {cold} KiB at start, {before} KiB after {warm_up} sessions joined and left -> {joined} KiB = {per:.1} KiB \
+         per session ({threads} threads)",
         storm = m.storm.as_secs_f64(),
+        cold = m.cold,
+        warm_up = clients::WARM_UP,
         before = m.before,
         joined = m.joined,
         per = m.per_session(sessions),

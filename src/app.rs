@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 
 use crate::backplane::{self, Sinks};
 use crate::content::job::ContentJob;
@@ -228,33 +231,75 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     });
 
     let data = web::Data::from(state.clone());
-    let max_connections = crate::store::pool_size(backend);
-    let mut server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .app_data(data.clone())
             .wrap_fn(crate::http::request_log::echo_request_id)
             .wrap(crate::http::request_log::logger())
             .route("/ws", web::get().to(crate::ws::upgrade))
             .configure(crate::http::routes)
-    })
-    .disable_signals()
-    // Pushed frames are small and follow each other closely: never let Nagle hold one back.
-    .tcp_nodelay(true)
-    // Every blocking task is a store call waiting for one of the pool's connections: more
-    // threads than connections only wait (and each keeps its stack and heap arena).
-    .worker_max_blocking_threads(max_connections)
-    .shutdown_timeout(config.shutdown.as_secs().max(1));
+    };
+    let listener = listen(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.bind, source })?;
+    let max_connections = crate::store::pool_size(backend);
+    let builder = actix_server::Server::build();
+    // Idle keep-alive connections close as soon as a graceful stop begins (as in actix-web's
+    // own server).
+    let stopping = builder.graceful_shutdown_signal();
+    let mut server = builder
+        .disable_signals()
+        // Every blocking task is a store call waiting for one of the pool's connections: more
+        // threads than connections only wait (and each keeps its stack and heap arena).
+        .worker_max_blocking_threads(max_connections)
+        .shutdown_timeout(config.shutdown.as_secs().max(1));
     if config.workers > 0 {
         server = server.workers(config.workers);
     }
-    let server = server.bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
-    let addr = server.addrs()[0];
-    let server = server.run();
+    let server = server
+        .listen("lorewire", listener, move || {
+            let (upgrades, stopping) = (app.clone(), stopping.clone());
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
+                .keep_alive(Duration::from_secs(5))
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // Pushed frames are small and follow each other closely: never let Nagle hold one back.
+                .tcp_nodelay(true)
+                .local_addr(addr)
+                // An upgrade goes through the app too; a WebSocket it accepts keeps the socket.
+                .upgrade(fn_factory(move || {
+                    let app = upgrades();
+                    async move {
+                        let app = Rc::new(app.into_factory().new_service(AppConfig::default()).await?);
+                        Ok::<_, ()>(fn_service(move |(req, framed)| {
+                            crate::ws::transport::serve(app.clone(), req, framed)
+                        }))
+                    }
+                }))
+                .finish(map_config(app(), |_| AppConfig::default()))
+                .tcp()
+        })
+        .map_err(|source| StartError::Bind { addr: config.bind, source })?
+        .run();
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
     tracing::info!(%addr, backend = ?backend, backplane = state.backplane.name(), "lorewire is serving");
 
     Ok(Running { addr, state, admin_token_generated, server: handle, task })
+}
+
+/// A listening socket on `addr` that a restarted server can take over at once
+/// (`SO_REUSEADDR`, as actix-web's own server sets it).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Series that exist (at 0) from the start, so that dashboards and alert rules over `/metrics`

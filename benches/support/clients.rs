@@ -109,8 +109,15 @@ pub async fn join_all(
     (sinks, took)
 }
 
+/// Sessions that join and leave before the measurement, so that the server's fixed costs
+/// (blocking threads and their heaps, the store connections' page caches) are in `before`.
+pub const WARM_UP: usize = 100;
+
 /// What [`memory_per_session`] measured, RSS in KiB.
 pub struct SessionMemory {
+    /// At start, before any session.
+    pub cold: u64,
+    /// After the [`WARM_UP`] sessions have joined and left.
     pub before: u64,
     pub joined: u64,
     pub closed: u64,
@@ -129,14 +136,21 @@ impl SessionMemory {
     }
 }
 
-/// The server's RSS before `sessions` clients, once every one has joined (100 handshakes in
-/// flight) and buffers drained, and `after_close` after they have all closed.
+/// The server's RSS at start, after [`WARM_UP`] sessions have joined and left, once every one
+/// of `sessions` clients has joined (100 handshakes in flight) and buffers drained, and
+/// `after_close` after they have all closed.
 pub async fn memory_per_session(
     server: &super::Server,
     sessions: usize,
     hello: Hello,
     after_close: Duration,
 ) -> SessionMemory {
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let cold = server.rss_kib();
+    let warm_up = Rc::new(Counters::default());
+    let (sinks, _) = join_all(&[&server.addr], WARM_UP, 100, hello, &warm_up).await;
+    drop(sinks);
+    wait_for("the warm-up sessions to close", Duration::from_secs(60), || warm_up.closed.get() >= WARM_UP).await;
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     let before = server.rss_kib();
     let counters = Rc::new(Counters::default());
@@ -148,6 +162,7 @@ pub async fn memory_per_session(
     wait_for("every client to close", Duration::from_secs(60), || counters.closed.get() >= sessions).await;
     actix_web::rt::time::sleep(after_close).await;
     SessionMemory {
+        cold,
         before,
         joined,
         closed: server.rss_kib(),

@@ -1,5 +1,6 @@
-//! The WebSocket edge: `GET /ws` (the Origin check before the upgrade), the session actor
-//! (`session/`), its outbound back-pressure (`outbox`), the per-topic order of frames
+//! The WebSocket edge: `GET /ws` (the Origin check before the upgrade), the socket once
+//! upgraded (`transport`), the session actor (`session/`), its outbound back-pressure
+//! (`outbox`), the per-topic order of frames
 //! (`subscriptions`, shared with the run's SSE endpoint) and the mapping of storage failures
 //! to error frames (`error`).
 //!
@@ -9,6 +10,7 @@ pub mod error;
 pub mod outbox;
 pub mod session;
 pub mod subscriptions;
+pub mod transport;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -18,11 +20,7 @@ use crate::state::AppState;
 /// Largest accepted frame payload; bigger frames close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 
-pub async fn upgrade(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn upgrade(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if let Some(origin) = req.headers().get("origin") {
         let origin = origin.to_str().unwrap_or("");
         let host = req.headers().get("host").and_then(|h| h.to_str().ok());
@@ -34,5 +32,5 @@ pub async fn upgrade(
     if state.is_shutting_down() {
         return Err(ApiError::Unavailable("the server is shutting down".into()));
     }
-    session::start(&req, payload, state.into_inner())
+    session::start(&req, state.into_inner())
 }

@@ -1,5 +1,5 @@
-//! Outbound back-pressure of one socket: the [`Outbox`] between the session and the response
-//! body, the accounting of what the client has not read yet, the backlog limits, and the close
+//! Outbound back-pressure of one socket: the [`Outbox`] between the session and the socket,
+//! the accounting of what the client has not read yet, the backlog limits, and the close
 //! frame that goes out ahead of everything unsent when the session gives up on a client.
 //!
 //! Never parses or builds a JSON frame and never knows the session's actor type: it moves
@@ -7,22 +7,20 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::task::{ready, Context as TaskContext, Poll};
 
-use bytes::Bytes;
-use futures_util::Stream;
-
-/// Largest piece of an outgoing frame handed to the HTTP layer at once. Smaller pieces keep the
-/// HTTP layer's write buffer from growing, but drain a flood of big frames more slowly: the
-/// slow-consumer close then comes while such a client is still sending, and it sees a reset
-/// instead of its close frame.
-const MAX_CHUNK_BYTES: usize = 8 * 1024;
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
 
 /// Unsent frames (or bytes) after which a client counts as not reading.
 pub const MAX_BACKLOG_FRAMES: usize = 256;
 pub const MAX_BACKLOG_BYTES: u64 = 1024 * 1024;
+
+/// Chunks handed to the socket in one vectored write.
+const WRITE_SLICES: usize = 16;
 
 /// What the client has not read yet, right after a frame was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,29 +37,36 @@ impl Backlog {
     }
 }
 
-/// Encoded frames on their way to one socket. Shared (one thread, one connection) by the
-/// session, which accounts for what it writes, the task that drives the session's context,
-/// which pushes the encoded bytes, and the response body, which pulls them.
+/// Encoded bytes on their way to one socket. Shared (one thread, one connection) by the
+/// session, which accounts for the frames it writes, and the connection, which pushes the
+/// encoded bytes and writes them to the socket straight from here (no copy).
 #[derive(Clone, Default)]
 pub struct Outbox(Rc<RefCell<Queue>>);
 
 #[derive(Default)]
 struct Queue {
     chunks: VecDeque<Bytes>,
+    /// Chunks at the front that must go out whole even after an abort: the upgrade's
+    /// response head, and a chunk already begun on the socket.
+    keep: usize,
     written: u64,
     pulled: u64,
     /// Stream offset at which each unsent frame ends.
     ends: VecDeque<u64>,
-    /// The session gave up on the client: this close frame goes next, then the end.
-    close: Option<Bytes>,
-    /// The rest of a chunk handed out in slices (it holds whole frames only once complete).
-    partial: Option<Bytes>,
     aborted: bool,
-    finished: bool,
-    waker: Option<Waker>,
 }
 
 impl Outbox {
+    /// Queues `head` (the upgrade's response), which goes out whole before any frame: call
+    /// it before the session writes anything.
+    pub fn head(&self, head: Bytes) {
+        let mut queue = self.0.borrow_mut();
+        debug_assert!(queue.chunks.is_empty() && queue.written == 0, "the head comes first");
+        queue.written = head.len() as u64;
+        queue.chunks.push_back(head);
+        queue.keep = 1;
+    }
+
     /// Accounts for a frame with `payload` bytes that the session wrote; returns the backlog.
     pub fn wrote(&self, payload: usize) -> Backlog {
         self.0.borrow_mut().wrote(wire_len(payload))
@@ -73,12 +78,33 @@ impl Outbox {
         self.0.borrow_mut().abort(close_frame(code, reason));
     }
 
-    fn push(&self, bytes: Bytes) {
-        self.0.borrow_mut().push(bytes);
+    /// Queues encoded bytes of the session (nothing once it has aborted).
+    pub fn push(&self, bytes: Bytes) {
+        let mut queue = self.0.borrow_mut();
+        if !queue.aborted && !bytes.is_empty() {
+            queue.chunks.push_back(bytes);
+        }
     }
 
-    fn finish(&self) {
-        self.0.borrow_mut().finish();
+    pub fn is_empty(&self) -> bool {
+        self.0.borrow().chunks.is_empty()
+    }
+
+    /// Writes what is queued to `io` until it is all sent or the socket is full.
+    pub fn poll_write_to<W: AsyncWrite + Unpin>(&self, io: &mut W, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let mut queue = self.0.borrow_mut();
+        while !queue.chunks.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let n = slices.iter_mut().zip(&queue.chunks).map(|(slice, chunk)| *slice = IoSlice::new(chunk)).count();
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            queue.sent(written);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -89,47 +115,31 @@ impl Queue {
         Backlog { frames: self.ends.len(), bytes: self.written.saturating_sub(self.pulled) }
     }
 
-    fn push(&mut self, bytes: Bytes) {
-        if !self.aborted {
-            self.chunks.push_back(bytes);
-            self.wake();
-        }
-    }
-
-    fn pulled(&mut self, n: usize) {
+    /// `n` bytes from the front went out on the socket.
+    fn sent(&mut self, mut n: usize) {
         self.pulled += n as u64;
         while self.ends.front().is_some_and(|end| *end <= self.pulled) {
             self.ends.pop_front();
+        }
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("no more sent than queued");
+            if front.len() <= n {
+                n -= front.len();
+                self.chunks.pop_front();
+                self.keep = self.keep.saturating_sub(1);
+            } else {
+                front.advance(n);
+                self.keep = self.keep.max(1);
+                n = 0;
+            }
         }
     }
 
     fn abort(&mut self, close: Bytes) {
         self.aborted = true;
-        self.chunks.clear();
+        self.chunks.truncate(self.keep);
+        self.chunks.push_back(close);
         self.ends.clear();
-        self.close = Some(close);
-        self.wake();
-    }
-
-    /// The HTTP layer copies each chunk into a per-connection write buffer that keeps its
-    /// largest size: hand it big frames (a full presence list) in slices, zero-copy.
-    fn slice(&mut self, mut chunk: Bytes) -> Bytes {
-        if chunk.len() > MAX_CHUNK_BYTES {
-            self.partial = Some(chunk.split_off(MAX_CHUNK_BYTES));
-        }
-        self.pulled(chunk.len());
-        chunk
-    }
-
-    fn finish(&mut self) {
-        self.finished = true;
-        self.wake();
-    }
-
-    fn wake(&mut self) {
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
     }
 }
 
@@ -151,117 +161,56 @@ fn close_frame(code: u16, reason: &str) -> Bytes {
     Bytes::from(frame)
 }
 
-/// Drives the session's encoded output `frames` on a task of its own, moving it into
-/// `outbox`, and returns the response body that drains the outbox as the socket takes it.
-///
-/// The session must not depend on the body being polled: the HTTP dispatcher stops polling
-/// it once a client stops reading, and a session that froze then would miss its heartbeat,
-/// its slow-consumer check and a filling mailbox. The task ends when `frames` ends (the
-/// session stopped) or when the body is dropped (the connection is gone), dropping `frames`.
-pub fn drive<S, E>(outbox: Outbox, frames: S) -> Outbound
-where
-    S: Stream<Item = Result<Bytes, E>> + 'static,
-{
-    let (body_dropped, dropped) = tokio::sync::oneshot::channel::<()>();
-    actix_web::rt::spawn(Drive { frames, outbox: outbox.clone(), dropped });
-    Outbound { outbox, done: false, _body_dropped: body_dropped }
-}
-
-pin_project_lite::pin_project! {
-    /// The task of [`drive`], written out rather than as an `async` block: it holds the
-    /// session's context once (an `async` block keeps a moved-in stream and its pinned copy
-    /// apart), and it lives as long as the session.
-    struct Drive<S> {
-        #[pin]
-        frames: S,
-        outbox: Outbox,
-        dropped: tokio::sync::oneshot::Receiver<()>,
-    }
-}
-
-impl<S, E> std::future::Future for Drive<S>
-where
-    S: Stream<Item = Result<Bytes, E>>,
-{
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        let mut this = self.project();
-        // The body was dropped (never sent: the receiver only ever sees the sender go).
-        if Pin::new(&mut *this.dropped).poll(cx).is_ready() {
-            this.outbox.finish();
-            return Poll::Ready(());
-        }
-        loop {
-            match this.frames.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => this.outbox.push(bytes),
-                Poll::Ready(Some(Err(_)) | None) => {
-                    this.outbox.finish();
-                    return Poll::Ready(());
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-/// The response body: drains the outbox as fast as the socket takes it.
-pub struct Outbound {
-    outbox: Outbox,
-    done: bool,
-    /// Dropped with the body (connection gone): tells the driving task to stop.
-    _body_dropped: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Stream for Outbound {
-    type Item = Result<Bytes, actix_web::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let shared = self.outbox.0.clone();
-        let mut queue = shared.borrow_mut();
-        // A frame already begun is finished first, even before a close.
-        if let Some(rest) = queue.partial.take() {
-            let piece = queue.slice(rest);
-            return Poll::Ready(Some(Ok(piece)));
-        }
-        if let Some(close) = queue.close.take() {
-            self.done = true;
-            return Poll::Ready(Some(Ok(close)));
-        }
-        if let Some(chunk) = queue.chunks.pop_front() {
-            let piece = queue.slice(chunk);
-            return Poll::Ready(Some(Ok(piece)));
-        }
-        if queue.finished {
-            return Poll::Ready(None);
-        }
-        queue.waker = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::task::Waker;
+
     use super::*;
 
-    /// A body over `outbox` with no driving task (the tests push by hand).
-    fn body(outbox: &Outbox) -> Outbound {
-        let (body_dropped, _) = tokio::sync::oneshot::channel::<()>();
-        Outbound { outbox: outbox.clone(), done: false, _body_dropped: body_dropped }
+    /// A socket that takes at most `room` more bytes (then it is full: `Pending`).
+    #[derive(Default)]
+    struct Socket {
+        out: Vec<u8>,
+        room: usize,
     }
 
-    fn poll(body: &mut Outbound) -> Poll<Option<Bytes>> {
+    impl AsyncWrite for Socket {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.room -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Lets `room` more bytes through to `socket`; `true` once the outbox is empty.
+    fn drain(outbox: &Outbox, socket: &mut Socket, room: usize) -> bool {
+        socket.room += room;
         let mut cx = TaskContext::from_waker(Waker::noop());
-        Pin::new(body).poll_next(&mut cx).map(|item| item.map(|r| r.expect("no body error")))
+        match outbox.poll_write_to(socket, &mut cx) {
+            Poll::Ready(result) => {
+                result.expect("the socket takes what it has room for");
+                true
+            }
+            Poll::Pending => false,
+        }
     }
 
     /// Writes a text frame of `payload` bytes as the session would: accounted, then encoded.
-    fn write(outbox: &Outbox, payload: usize) -> Backlog {
+    fn write(outbox: &Outbox, payload: usize, byte: u8) -> Backlog {
         let backlog = outbox.wrote(payload);
-        outbox.push(Bytes::from(vec![b'x'; wire_len(payload)]));
+        outbox.push(Bytes::from(vec![byte; wire_len(payload)]));
         backlog
     }
 
@@ -280,28 +229,22 @@ mod tests {
     }
 
     #[test]
-    fn backlog_counts_frames_until_their_last_byte_is_pulled() {
+    fn backlog_counts_frames_until_their_last_byte_is_on_the_socket() {
         let outbox = Outbox::default();
-        let mut body = body(&outbox);
-        assert_eq!(write(&outbox, 10), Backlog { frames: 1, bytes: 12 });
-        assert_eq!(write(&outbox, 20_000), Backlog { frames: 2, bytes: 12 + 20_004 });
-        // The first frame goes out whole; the big one in slices.
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(12)));
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(MAX_CHUNK_BYTES)));
-        // Part of a frame pulled: still unsent.
-        assert_eq!(outbox.wrote(0), Backlog { frames: 2, bytes: 20_004 - MAX_CHUNK_BYTES as u64 + 2 });
+        outbox.head(Bytes::from_static(b"HEAD"));
+        let mut socket = Socket::default();
+        assert_eq!(write(&outbox, 10, b'a'), Backlog { frames: 1, bytes: 4 + 12 });
+        assert_eq!(write(&outbox, 20_000, b'b'), Backlog { frames: 2, bytes: 4 + 12 + 20_004 });
+        // The head and the first frame go out, the big one only in part.
+        assert!(!drain(&outbox, &mut socket, 4 + 12 + 5_000));
+        assert_eq!(outbox.wrote(0), Backlog { frames: 2, bytes: 15_004 + 2 });
         outbox.push(Bytes::from_static(b"\x89\x00"));
-        // The rest of the big frame comes first, in slices, ahead of the ping.
-        let mut rest = 20_004 - MAX_CHUNK_BYTES;
-        while rest > 0 {
-            let piece = rest.min(MAX_CHUNK_BYTES);
-            assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(piece)));
-            rest -= piece;
-        }
+        assert!(!drain(&outbox, &mut socket, 15_004));
         assert_eq!(outbox.0.borrow().ends.len(), 1, "the big frame is sent, the ping is not");
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(2)));
-        assert_eq!(poll(&mut body), Poll::Pending);
-        assert_eq!(write(&outbox, 0), Backlog { frames: 1, bytes: 2 });
+        assert!(drain(&outbox, &mut socket, 2));
+        assert_eq!(socket.out.len(), 4 + 12 + 20_004 + 2);
+        assert_eq!(&socket.out[..4], b"HEAD");
+        assert_eq!(write(&outbox, 0, b'c'), Backlog { frames: 1, bytes: 2 });
     }
 
     #[test]
@@ -314,36 +257,36 @@ mod tests {
         assert!(Backlog { frames: MAX_BACKLOG_FRAMES + 1, bytes: 0 }.is_slow_consumer());
 
         let outbox = Outbox::default();
-        let backlog = (0..=MAX_BACKLOG_FRAMES).fold(None, |_, _| Some(write(&outbox, 1))).unwrap();
+        let backlog = (0..=MAX_BACKLOG_FRAMES).fold(None, |_, _| Some(write(&outbox, 1, b'x'))).unwrap();
         assert_eq!(backlog, Backlog { frames: MAX_BACKLOG_FRAMES + 1, bytes: 3 * (MAX_BACKLOG_FRAMES as u64 + 1) });
         assert!(backlog.is_slow_consumer());
     }
 
     #[test]
-    fn abort_finishes_the_frame_begun_then_closes_and_ends() {
+    fn abort_finishes_what_is_begun_then_closes() {
         let outbox = Outbox::default();
-        let mut body = body(&outbox);
-        write(&outbox, 3 * MAX_CHUNK_BYTES);
-        write(&outbox, 5);
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(MAX_CHUNK_BYTES)));
+        outbox.head(Bytes::from_static(b"HEAD"));
+        let mut socket = Socket::default();
+        write(&outbox, 1_000, b'a');
+        write(&outbox, 5, b'b');
+        // Part of the head only: the abort keeps it whole, drops both frames.
+        assert!(!drain(&outbox, &mut socket, 2));
         outbox.abort(1008, "slow consumer");
         // Pushed after the abort: never sent.
         outbox.push(Bytes::from_static(b"late"));
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(MAX_CHUNK_BYTES)));
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(MAX_CHUNK_BYTES)));
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(4)));
-        assert_eq!(poll(&mut body), Poll::Ready(Some(close_frame(1008, "slow consumer"))));
-        assert_eq!(poll(&mut body), Poll::Ready(None));
-    }
+        assert!(drain(&outbox, &mut socket, 1_000));
+        assert_eq!(socket.out, [&b"HEAD"[..], &close_frame(1008, "slow consumer")].concat());
 
-    #[test]
-    fn finished_outbox_ends_the_body_after_what_is_queued() {
         let outbox = Outbox::default();
-        let mut body = body(&outbox);
-        assert_eq!(poll(&mut body), Poll::Pending);
-        write(&outbox, 1);
-        outbox.finish();
-        assert_eq!(poll(&mut body).map(|b| b.map(|b| b.len())), Poll::Ready(Some(3)));
-        assert_eq!(poll(&mut body), Poll::Ready(None));
+        let mut socket = Socket::default();
+        write(&outbox, 1_000, b'a');
+        write(&outbox, 5, b'b');
+        // A frame begun goes out whole, the next one not at all.
+        assert!(!drain(&outbox, &mut socket, 10));
+        outbox.abort(1008, "slow consumer");
+        assert!(drain(&outbox, &mut socket, 10_000));
+        assert_eq!(socket.out.len(), 1_004 + close_frame(1008, "slow consumer").len());
+        assert!(socket.out[..1_004].iter().all(|b| *b == b'a'));
+        assert!(outbox.is_empty());
     }
 }

@@ -28,4 +28,5 @@ mod runs_process;
 mod session;
 mod storage;
 mod types;
+mod upgrade;
 mod writer;

@@ -18,14 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytestring::ByteString;
 use serde_json::Value;
 
 use super::error::store_error;
-use super::outbox::{self, Outbox, MAX_BACKLOG_FRAMES};
+use super::outbox::{Outbox, MAX_BACKLOG_FRAMES};
 use super::subscriptions::Subscriptions;
+use super::transport::{Inbox, Takeover};
 use super::MAX_FRAME_BYTES;
 use crate::domain::wire::{self as protocol, ClientFrame, ErrorCode, ServerFrame};
 use crate::http::error::ApiError;
@@ -38,20 +39,21 @@ pub type Ctx = ws::WebsocketContext<WsSession>;
 
 /// Upgrades the request and starts a session.
 ///
-/// actix-web-actors runs a session only while the response body is polled, so the session's
-/// context is driven by a task of its own ([`outbox::drive`]) into an [`Outbox`] that the
-/// response body drains. The outbox is what tells how far behind the client is.
-pub fn start(
-    req: &HttpRequest,
-    payload: actix_web::web::Payload,
-    state: Arc<AppState>,
-) -> Result<HttpResponse, ApiError> {
+/// The socket is then the session's alone ([`Takeover`]): the connection reads it into the
+/// session's [`Inbox`] and writes the session's [`Outbox`] to it, which is what tells how far
+/// behind the client is.
+pub fn start(req: &HttpRequest, state: Arc<AppState>) -> Result<HttpResponse, ApiError> {
     let mut response = ws::handshake(req).map_err(|e| ApiError::Invalid(format!("not a WebSocket upgrade: {e}")))?;
-    let outbox = Outbox::default();
+    let Some(takeover) = req.extensions().get::<Takeover>().cloned() else {
+        tracing::error!("a WebSocket upgrade reached the app without its connection");
+        return Err(ApiError::Internal);
+    };
+    let (outbox, inbox) = (Outbox::default(), Inbox::default());
     let session = WsSession::new(state, outbox.clone());
     let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME_BYTES);
-    let frames = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(outbox::drive(outbox, frames)))
+    let frames = ws::WebsocketContext::with_codec(session, inbox.clone(), codec);
+    takeover.accept(Box::pin(frames), outbox, inbox);
+    Ok(response.finish())
 }
 
 /// The player a started session belongs to.
