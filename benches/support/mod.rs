@@ -150,6 +150,8 @@ impl Server {
 
     /// Starts `cmd` (told its address already) and waits until `ready_path` answers 2xx.
     pub async fn spawn(mut cmd: Command, addr: String, dir: tempfile::TempDir, ready_path: &str) -> Server {
+        // A group of its own: a wrapper's own child (the server under heaptrack) is stopped too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the server starts");
         let server = Server { child, addr, _dir: dir };
         let client = awc::Client::default();
@@ -184,8 +186,12 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Kills the child; a server under a wrapper gets SIGTERM (its wrapper then writes its
+    /// profile as the server exits).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // SAFETY: signals the process group this bench started (its id is the child's).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
     }
 }
