@@ -58,6 +58,8 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub const ACTIVE: [&'static str; 2] = ["queued", "running"];
+    pub const ALL: [RunStatus; 5] =
+        [RunStatus::Queued, RunStatus::Running, RunStatus::Done, RunStatus::Dead, RunStatus::Aborted];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -241,11 +241,7 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     let d7 = retention(&days, today, 7);
     let mut by_status: BTreeMap<String, i64> = ContentStatus::ALL.iter().map(|s| (s.as_str().into(), 0)).collect();
     by_status.extend(content);
-    let mut runs_by_status: BTreeMap<String, i64> =
-        [RunStatus::Queued, RunStatus::Running, RunStatus::Done, RunStatus::Dead, RunStatus::Aborted]
-            .iter()
-            .map(|s| (s.as_str().into(), 0))
-            .collect();
+    let mut runs_by_status: BTreeMap<String, i64> = RunStatus::ALL.iter().map(|s| (s.as_str().into(), 0)).collect();
     runs_by_status.extend(runs);
     Ok(HttpResponse::Ok().json(Summary {
         users,

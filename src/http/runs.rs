@@ -11,6 +11,7 @@ use bytestring::ByteString;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 
 use super::admin::authorize;
@@ -305,11 +306,9 @@ pub struct RunsQuery {
     /// Only this project's runs.
     #[param(pattern = "^[A-Za-z0-9._:-]{0,64}$")]
     project_id: Option<String>,
-    /// Only runs with this status.
-    #[param(value_type = Option<RunStatus>)]
+    #[param(schema_with = status_filter_schema)]
     status: Option<String>,
-    /// At most this many (1..1000, default 100).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    #[param(schema_with = runs_limit_schema)]
     limit: Option<String>,
 }
 
@@ -320,9 +319,32 @@ pub struct CostsQuery {
     /// Only this project's costs.
     #[param(pattern = "^[A-Za-z0-9._:-]{0,64}$")]
     project_id: Option<String>,
-    /// At most this many events, newest first (1..1000, default 1000).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    #[param(schema_with = costs_limit_schema)]
     limit: Option<String>,
+}
+
+/// `status`: one run status, or empty for every status.
+fn status_filter_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(std::iter::once("").chain(RunStatus::ALL.iter().map(|s| s.as_str()))))
+        .description(Some("Only runs with this status (empty: every status)."))
+}
+
+fn runs_limit_schema() -> AnyOfBuilder {
+    limit_schema("At most this many (1..1000, empty: 100).")
+}
+
+fn costs_limit_schema() -> AnyOfBuilder {
+    limit_schema("At most this many events, newest first (1..1000, empty: 1000).")
+}
+
+/// `limit`: a whole number from 1 to `MAX_LIST`, or empty for the default (as a form sends it).
+fn limit_schema(description: &str) -> AnyOfBuilder {
+    AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(MAX_LIST)))
+        .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+        .description(Some(description))
 }
 
 /// Runs, newest first.

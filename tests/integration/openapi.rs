@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::common::*;
 
@@ -237,6 +237,17 @@ async fn the_document_is_served_without_a_token() {
         "/admin/api/metrics/summary",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is missing");
+    }
+    // The admin lists take an empty filter as its default (as a form sends it), and say so.
+    for (path, name) in [("/admin/api/runs", "status"), ("/admin/api/runs", "limit"), ("/admin/api/costs", "limit")] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let param = params.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{path} has no {name}"));
+        let schema = &param["schema"];
+        let admits_empty = schema["enum"].as_array().is_some_and(|e| e.contains(&json!("")))
+            || schema["anyOf"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["type"] == "string" && s["maxLength"] == 0));
+        assert!(admits_empty, "{path} `{name}` does not admit an empty value: {schema}");
     }
     // The player routes still need their token.
     let (status, body) = get_json(&app.url("/api/runs/run_x"), None).await;

@@ -744,6 +744,13 @@ async fn bad_input_is_refused(db: Db) {
     assert_eq!(status, 400);
     let (status, _) = app.admin_get("/admin/api/runs?limit=-3").await;
     assert_eq!(status, 400);
+    let (status, _) = app.admin_get("/admin/api/runs?limit=1.5").await;
+    assert_eq!(status, 400);
+    // Empty filters (as a form sends them) are the defaults, as the document says.
+    for path in ["/admin/api/runs?project_id=&status=&limit=", "/admin/api/costs?project_id=&limit="] {
+        let (status, body) = app.admin_get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
     let (status, _) = app.admin_post("/admin/api/dead-letters/run_nope/retry").await;
     assert_eq!(status, 404);
     let (status, _) = get_json(&app.url("/admin/api/prices"), None).await;
