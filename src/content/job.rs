@@ -4,7 +4,7 @@
 //! attempt is left the item gets its fallback. Nothing stays pending.
 //!
 //! Never holds a DB connection across the upstream call: the row and the settings are read
-//! before it, the result written after it.
+//! before it (as the job is claimed, in the claim's transaction), the result written after it.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,12 +17,13 @@ use super::{prompts, update_publish, ContentKind, ContentStatus, Context, Fallba
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::hub::Hub;
-use crate::jobs::{Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::jobs::{Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
 use crate::store::content::{self as rows, ContentRow, Finish};
 use crate::store::jobs::{self, Ended};
-use crate::store::{llm_config, Store, StoreError};
+use crate::store::llm_config::{self, LlmConfigRow};
+use crate::store::{DbConn, Store, StoreError, StoreResult};
 
 /// Runs `content` jobs.
 pub struct ContentJob {
@@ -34,6 +35,19 @@ pub struct ContentJob {
     metrics: Arc<Metrics>,
     llm: Llm,
     max_output_tokens: u32,
+}
+
+/// What an attempt reads before its upstream call: the item and the LLM settings.
+#[derive(Clone)]
+struct Before {
+    row: Option<ContentRow>,
+    config: Option<LlmConfigRow>,
+}
+
+impl Before {
+    fn read(conn: &mut DbConn, content_id: i64) -> StoreResult<Before> {
+        Ok(Before { row: rows::find_by_id(conn, content_id)?, config: llm_config::get(conn)? })
+    }
 }
 
 /// What an item ends with.
@@ -62,8 +76,12 @@ impl ContentJob {
     /// Generates the item and commits ready or fallback.
     async fn attempt(&self, claim: Claim) -> JobResult {
         let content_id = claim.target_id;
-        let (row, config) =
-            self.store.run(move |conn| Ok((rows::find_by_id(conn, content_id)?, llm_config::get(conn)?))).await?;
+        // Read as the job was claimed, unless that read failed.
+        let loaded = claim.loaded.as_ref().and_then(|l| l.0.downcast_ref::<Before>()).cloned();
+        let Before { row, config } = match loaded {
+            Some(before) => before,
+            None => self.store.run(move |conn| Before::read(conn, content_id)).await?,
+        };
         let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
             return self.nothing_to_do(&claim).await;
         };
@@ -195,5 +213,9 @@ impl JobHandler for ContentJob {
 
     fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
         Box::pin(async move { ContentJob::give_up(&self, claim).await })
+    }
+
+    fn loader(&self) -> Option<Loader> {
+        Some(Arc::new(|conn, content_id| Ok(Loaded(Arc::new(Before::read(conn, content_id)?)))))
     }
 }

@@ -1,6 +1,7 @@
 //! The contract between the job worker and a job kind's handler: the claimed job as the handler
 //! sees it, what its attempt came to, and the give-up when no attempt is left. Never runs a job.
 
+use std::any::Any;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,22 @@ use std::time::Duration;
 use futures_util::future::LocalBoxFuture;
 
 use crate::store::jobs::JobKind;
-use crate::store::StoreError;
+use crate::store::{DbConn, StoreError, StoreResult};
+
+/// What a handler's [`Loader`] read for one job, handed to its attempt in [`Claim::loaded`].
+#[derive(Clone)]
+pub struct Loaded(pub Arc<dyn Any + Send + Sync>);
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loaded(..)")
+    }
+}
+
+/// Reads what an attempt needs of its target (`target_id`), inside the transaction that claims
+/// the job: on the store's writer, with no hand-off of its own. The attempt must still cope
+/// without it (`Claim::loaded` is `None` when the read failed).
+pub type Loader = Arc<dyn Fn(&mut DbConn, i64) -> StoreResult<Loaded> + Send + Sync>;
 
 /// One claimed job, as its handler sees it.
 #[derive(Debug, Clone)]
@@ -24,6 +40,9 @@ pub struct Claim {
     pub max_attempts: u32,
     /// The worker holding the job (the `locked_by` its end must match).
     pub worker: Arc<str>,
+    /// What the handler's [`Loader`] read as the job was claimed, if it has one and the read
+    /// succeeded.
+    pub loaded: Option<Loaded>,
 }
 
 impl Claim {
@@ -69,4 +88,9 @@ pub trait JobHandler {
 
     /// Called at every lease renewal, for upkeep of the handler's own state.
     fn tick(&self) {}
+
+    /// Reads the target of each job as it is claimed (see [`Loader`]); none by default.
+    fn loader(&self) -> Option<Loader> {
+        None
+    }
 }

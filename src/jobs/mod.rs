@@ -10,5 +10,5 @@ pub mod handler;
 pub mod worker;
 
 pub use crate::store::jobs::JobKind;
-pub use handler::{Claim, JobHandler, JobResult, Outcome};
-pub use worker::{backoff, Drain, JobWorker, JobsAvailable, ReleaseJobs};
+pub use handler::{Claim, JobHandler, JobResult, Loaded, Loader, Outcome};
+pub use worker::{backoff, claim, Drain, JobWorker, JobsAvailable, ReleaseJobs};

@@ -16,13 +16,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::Rng;
 
-use super::handler::{Claim, JobHandler, Outcome};
+use super::handler::{Claim, JobHandler, Loaded, Loader, Outcome};
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::store::jobs::JobKind;
 use crate::store::jobs::{self, JobRow};
-use crate::store::{Store, StoreError};
+use crate::store::{write_tx, DbConn, Store, StoreError, StoreResult};
 
 /// New jobs were committed: claim what the concurrency limit allows.
 #[derive(Message)]
@@ -62,6 +62,8 @@ pub struct JobWorker {
     retry_base: Duration,
     max_attempts: u32,
     handlers: HashMap<JobKind, Rc<dyn JobHandler>>,
+    /// The handlers' loaders: what a claim reads of each job's target.
+    loaders: Arc<HashMap<JobKind, Loader>>,
     /// Jobs this worker is running now: the only ones whose lease it renews.
     in_flight: HashSet<i64>,
     claiming: bool,
@@ -86,6 +88,7 @@ impl JobWorker {
             retry_base: config.retry_base,
             max_attempts: config.max_attempts.max(1),
             handlers: HashMap::new(),
+            loaders: Arc::default(),
             in_flight: HashSet::new(),
             claiming: false,
             claim_again: false,
@@ -96,6 +99,11 @@ impl JobWorker {
 
     /// Runs the jobs of `handler.kind()` with `handler` (the last one registered for a kind wins).
     pub fn register(mut self, handler: impl JobHandler + 'static) -> Self {
+        let loaders = Arc::make_mut(&mut self.loaders);
+        match handler.loader() {
+            Some(loader) => loaders.insert(handler.kind(), loader),
+            None => loaders.remove(&handler.kind()),
+        };
         self.handlers.insert(handler.kind(), Rc::new(handler));
         self
     }
@@ -119,9 +127,11 @@ impl JobWorker {
         let name = self.name.clone();
         let now = self.clock.now_naive();
         let store = self.store.clone();
+        let loaders = self.loaders.clone();
         ctx.spawn(
-            async move { store.write(move |conn| jobs::claim(conn, &name, limit, now)).await }.into_actor(self).map(
-                move |claimed, act, ctx| {
+            async move { store.write(move |conn| claim(conn, &name, limit, now, &loaders)).await }
+                .into_actor(self)
+                .map(move |claimed, act, ctx| {
                     act.claiming = false;
                     let claimed = match claimed {
                         Ok(claimed) => claimed,
@@ -133,18 +143,17 @@ impl JobWorker {
                     };
                     let full = claimed.len() as i64 == limit;
                     act.saturated = full;
-                    for job in claimed {
-                        act.start(job, ctx);
+                    for (job, loaded) in claimed {
+                        act.start(job, loaded, ctx);
                     }
                     if full || std::mem::take(&mut act.claim_again) {
                         act.pump(ctx);
                     }
-                },
-            ),
+                }),
         );
     }
 
-    fn start(&mut self, job: JobRow, ctx: &mut Context<Self>) {
+    fn start(&mut self, job: JobRow, loaded: Option<Loaded>, ctx: &mut Context<Self>) {
         self.in_flight.insert(job.id);
         self.metrics.jobs_claimed.inc();
         let handler = job.job_kind().ok().and_then(|kind| self.handlers.get(&kind).cloned());
@@ -154,6 +163,7 @@ impl JobWorker {
             attempt: u32::try_from(job.attempts).unwrap_or(0),
             max_attempts: self.max_attempts,
             worker: self.name.clone(),
+            loaded,
         };
         let queue = Queue { store: self.store.clone(), clock: self.clock.clone(), retry_base: self.retry_base };
         let job_id = job.id;
@@ -199,6 +209,40 @@ impl JobWorker {
             }),
         );
     }
+}
+
+/// Claims up to `limit` due jobs for `worker` ([`jobs::claim`]) and reads their targets with the
+/// `loaders` of their kinds, in the caller's write: each job with what its loader read. When a
+/// read fails, the jobs are claimed all the same, with nothing loaded.
+pub fn claim(
+    conn: &mut DbConn,
+    worker: &str,
+    limit: i64,
+    now: chrono::NaiveDateTime,
+    loaders: &HashMap<JobKind, Loader>,
+) -> StoreResult<Vec<(JobRow, Option<Loaded>)>> {
+    let claimed = jobs::claim(conn, worker, limit, now)?;
+    let loaded = load(conn, loaders, &claimed);
+    Ok(claimed.into_iter().zip(loaded).collect())
+}
+
+/// What each claimed job's loader reads, in one savepoint (a failed read leaves the claim's
+/// transaction as it was, on PostgreSQL too); all `None` when any read fails.
+fn load(conn: &mut DbConn, loaders: &HashMap<JobKind, Loader>, claimed: &[JobRow]) -> Vec<Option<Loaded>> {
+    let loader = |job: &JobRow| job.job_kind().ok().and_then(|kind| loaders.get(&kind));
+    if !claimed.iter().any(|job| loader(job).is_some()) {
+        return vec![None; claimed.len()];
+    }
+    let read = write_tx(conn, |conn| {
+        claimed
+            .iter()
+            .map(|job| loader(job).map(|load| load(conn, job.target_id)).transpose())
+            .collect::<StoreResult<Vec<_>>>()
+    });
+    read.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the targets of the claimed jobs; their attempts read them");
+        vec![None; claimed.len()]
+    })
 }
 
 /// What a claimed job's future needs of the queue, cloned out of the actor.

@@ -4,14 +4,17 @@
 //! a run `dead`, a mood `neutral` / `fallback`. A job whose target cannot even be given that is
 //! buried: kept `dead`, never claimed again, out of the queue depth.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::prelude::*;
+use lorewire::jobs::{JobKind, Loaded, Loader};
 use lorewire::store::schema::{content, jobs, messages, runs};
 use lorewire::store::Store;
 use serde_json::{json, Value};
 
-use crate::common::{eventually, http, spawn_with, Db, Mode, Setup, TestApp, WsClient};
+use crate::common::{eventually, http, spawn_with, Db, Mode, Setup, TestApp, TestDb, WsClient};
 
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -278,7 +281,67 @@ async fn mood_back_past_its_attempts_settles_neutral(db: Db) {
     eventually("the jobs to end", || async { (job_count(&store).await == 0).then_some(()) }).await;
 }
 
+/// A claim reads each job's target with the loader of its kind inside the claim's own
+/// transaction; a read that fails (a statement the database refuses, which on PostgreSQL aborts
+/// the transaction around it) leaves the jobs claimed, with nothing loaded.
+async fn a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim(db: Db) {
+    let test_db = TestDb::new(db);
+    let url = test_db.url.clone();
+    let store = actix_web::rt::task::spawn_blocking(move || {
+        let store = Store::connect(&url).expect("test store");
+        store.migrate().expect("migrations");
+        store
+    })
+    .await
+    .unwrap();
+    let now = chrono::Utc::now().naive_utc();
+    store
+        .write(move |c| {
+            for (kind, target) in [(JobKind::Content, 41), (JobKind::Mood, 42), (JobKind::Content, 43)] {
+                lorewire::store::jobs::enqueue(c, kind, target, 0, now)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    // What a content job's loader sees: its target, and how many jobs are running by then.
+    let reads: Loader = Arc::new(|c, target| {
+        let running: i64 = jobs::table.filter(jobs::status.eq("running")).count().get_result(c)?;
+        Ok(Loaded(Arc::new((target, running))))
+    });
+    let loaders = HashMap::from([(JobKind::Content, reads)]);
+    let claimed = store.write(move |c| lorewire::jobs::claim(c, "w1", 2, now, &loaders)).await.unwrap();
+    let seen: Vec<_> = claimed
+        .iter()
+        .map(|(job, loaded)| (job.target_id, loaded.as_ref().map(|l| *l.0.downcast_ref::<(i64, i64)>().unwrap())))
+        .collect();
+    // Both claimed jobs are running as the content job's target is read; the mood has no loader.
+    assert_eq!(seen, [(41, Some((41, 2))), (42, None)]);
+
+    // A statement no database accepts; Diesel's DSL cannot write one.
+    let fails: Loader = Arc::new(|c, _| {
+        diesel::sql_query("SELECT no_such_column FROM jobs").execute(c)?;
+        unreachable!("the database refused the statement")
+    });
+    let loaders = HashMap::from([(JobKind::Content, fails)]);
+    let claimed = store.write(move |c| lorewire::jobs::claim(c, "w2", 5, now, &loaders)).await.unwrap();
+    let seen: Vec<_> = claimed.iter().map(|(job, loaded)| (job.target_id, loaded.is_some())).collect();
+    assert_eq!(seen, [(43, false)]);
+    let held = store
+        .run(|c| {
+            Ok(jobs::table
+                .filter(jobs::target_id.eq(43))
+                .select((jobs::status, jobs::locked_by))
+                .first::<(String, Option<String>)>(c)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(held, ("running".to_owned(), Some("w2".to_owned())), "the claim committed");
+}
+
 both_backends!(
+    a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim,
     corrupt_content_context_ends_in_fallback_after_the_last_attempt,
     job_back_past_its_attempts_gives_up_at_once,
     job_whose_target_cannot_be_finished_is_buried,
