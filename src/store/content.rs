@@ -10,6 +10,7 @@ use super::schema::content;
 use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
 use crate::domain::content::{Content, ContentKind, ContentStatus};
 use crate::domain::events::Event;
+use crate::on_backend;
 
 /// What a content row holds while its job has not committed a result.
 const PENDING: &str = ContentStatus::Pending.as_str();
@@ -94,15 +95,15 @@ pub struct RequestItem<'a> {
 }
 
 pub fn find(conn: &mut DbConn, kind: &str, subject_id: i64) -> StoreResult<Option<ContentRow>> {
-    Ok(content::table
+    Ok(on_backend!(conn, |c| content::table
         .filter(content::kind.eq(kind))
         .filter(content::subject_id.eq(subject_id))
-        .first(conn)
-        .optional()?)
+        .first(c)
+        .optional())?)
 }
 
 pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<ContentRow>> {
-    Ok(content::table.find(id).first(conn).optional()?)
+    Ok(on_backend!(conn, |c| content::table.find(id).first(c).optional())?)
 }
 
 /// Returns the item, creating it (pending + job, one transaction) when it does not exist,
@@ -121,7 +122,7 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
         Some(row) if !item.regenerate || row.status == PENDING => Ok(Requested::Existing(row)),
         Some(row) => {
             let context = item.context.unwrap_or(&row.context);
-            let row: ContentRow = diesel::update(content::table.find(row.id))
+            let row: ContentRow = on_backend!(conn, |c| diesel::update(content::table.find(row.id))
                 .set((
                     content::status.eq(PENDING),
                     content::fields.eq(item.empty_fields),
@@ -132,25 +133,26 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
                     content::updated_at.eq(now),
                 ))
                 .returning(content::all_columns)
-                .get_result(conn)?;
+                .get_result(c))?;
             jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
             content_changed(conn, item.origin, &row)?;
             Ok(Requested::Regenerating(row))
         }
         None => {
-            let row: ContentRow = diesel::insert_into(content::table)
-                .values(NewContent {
-                    kind: item.kind,
-                    subject_id: item.subject_id,
-                    status: PENDING,
-                    fields: item.empty_fields,
-                    context: item.context.unwrap_or("{}"),
-                    version: 1,
-                    created_at: now,
-                    updated_at: now,
-                })
+            let new = NewContent {
+                kind: item.kind,
+                subject_id: item.subject_id,
+                status: PENDING,
+                fields: item.empty_fields,
+                context: item.context.unwrap_or("{}"),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            };
+            let row: ContentRow = on_backend!(conn, |c| diesel::insert_into(content::table)
+                .values(&new)
                 .returning(content::all_columns)
-                .get_result(conn)?;
+                .get_result(c))?;
             jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
             Ok(Requested::Created(row))
         }
@@ -175,18 +177,20 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
         if !jobs::complete(conn, f.job_id, f.worker)? {
             return Ok(Ended::TakenOver);
         }
-        let row = diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
-            .set((
-                content::status.eq(f.status),
-                content::fields.eq(f.fields),
-                content::model.eq(f.model),
-                content::reason.eq(f.reason),
-                content::version.eq(content::version + 1),
-                content::updated_at.eq(now),
-            ))
-            .returning(content::all_columns)
-            .get_result(conn)
-            .optional()?;
+        let row = on_backend!(conn, |c| diesel::update(
+            content::table.find(f.content_id).filter(content::status.eq(PENDING))
+        )
+        .set((
+            content::status.eq(f.status),
+            content::fields.eq(f.fields),
+            content::model.eq(f.model),
+            content::reason.eq(f.reason),
+            content::version.eq(content::version + 1),
+            content::updated_at.eq(now),
+        ))
+        .returning(content::all_columns)
+        .get_result(c)
+        .optional())?;
         if let Some(row) = &row {
             content_changed(conn, f.origin, row)?;
         }

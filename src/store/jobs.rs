@@ -94,18 +94,17 @@ struct NewJob<'a> {
 
 /// Enqueues work on `target_id`; call inside the transaction that writes the target row.
 pub fn enqueue(conn: &mut DbConn, kind: JobKind, target_id: i64, priority: i32, now: NaiveDateTime) -> StoreResult<()> {
-    diesel::insert_into(jobs::table)
-        .values(NewJob {
-            kind: kind.as_str(),
-            target_id,
-            priority,
-            status: QUEUED,
-            attempts: 0,
-            run_after: now,
-            created_at: now,
-            updated_at: now,
-        })
-        .execute(conn)?;
+    let new = NewJob {
+        kind: kind.as_str(),
+        target_id,
+        priority,
+        status: QUEUED,
+        attempts: 0,
+        run_after: now,
+        created_at: now,
+        updated_at: now,
+    };
+    on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).execute(c))?;
     Ok(())
 }
 
@@ -126,7 +125,7 @@ pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) ->
         };
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
-            let job: JobRow = diesel::update(jobs::table.find(id))
+            let job: JobRow = on_backend!(conn, |c| diesel::update(jobs::table.find(id))
                 .set((
                     jobs::status.eq(RUNNING),
                     jobs::locked_by.eq(worker),
@@ -135,7 +134,7 @@ pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) ->
                     jobs::updated_at.eq(now),
                 ))
                 .returning(jobs::all_columns)
-                .get_result(conn)?;
+                .get_result(c))?;
             claimed.push(job);
         }
         Ok(claimed)
@@ -247,8 +246,10 @@ pub fn release(conn: &mut DbConn, worker: &str, now: NaiveDateTime) -> StoreResu
 
 /// Deletes a finished job if `worker` still holds it; `false` means another worker took it over.
 pub fn complete(conn: &mut DbConn, job_id: i64, worker: &str) -> StoreResult<bool> {
-    let deleted =
-        diesel::delete(jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker))).execute(conn)?;
+    let deleted = on_backend!(conn, |c| diesel::delete(
+        jobs::table.filter(jobs::id.eq(job_id)).filter(jobs::locked_by.eq(worker))
+    )
+    .execute(c))?;
     Ok(deleted == 1)
 }
 

@@ -77,7 +77,7 @@ impl std::fmt::Debug for SettingsChange {
 }
 
 pub fn get(conn: &mut DbConn) -> StoreResult<Option<LlmConfigRow>> {
-    Ok(llm_config::table.find(ID).first(conn).optional()?)
+    Ok(on_backend!(conn, |c| llm_config::table.find(ID).first(c).optional())?)
 }
 
 /// Writes the settings from the environment when nothing is stored yet; returns the stored row.
