@@ -123,9 +123,12 @@ pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) ->
             DbConn::Pg(c) => due.for_update().skip_locked().load(c)?,
             DbConn::Sqlite(c) => due.load(c)?,
         };
-        let mut claimed = Vec::with_capacity(ids.len());
-        for id in ids {
-            let job: JobRow = on_backend!(conn, |c| diesel::update(jobs::table.find(id))
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for all of them: Diesel prepares an UPDATE anew on every call.
+        let mut claimed: Vec<JobRow> =
+            on_backend!(conn, |c| diesel::update(jobs::table.filter(jobs::id.eq_any(&ids)))
                 .set((
                     jobs::status.eq(RUNNING),
                     jobs::locked_by.eq(worker),
@@ -134,9 +137,9 @@ pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) ->
                     jobs::updated_at.eq(now),
                 ))
                 .returning(jobs::all_columns)
-                .get_result(c))?;
-            claimed.push(job);
-        }
+                .get_results(c))?;
+        // RETURNING keeps no order: the claim's own (highest priority first, oldest first).
+        claimed.sort_by_key(|job| (std::cmp::Reverse(job.priority), job.id));
         Ok(claimed)
     })
 }

@@ -340,7 +340,51 @@ async fn a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim(db: Db) {
     assert_eq!(held, ("running".to_owned(), Some("w2".to_owned())), "the claim committed");
 }
 
+/// A claim takes the highest priority first and, within a priority, the oldest first; each job
+/// it takes is running, held by the claiming worker, one attempt further.
+async fn a_claim_takes_the_highest_priority_then_the_oldest(db: Db) {
+    let test_db = TestDb::new(db);
+    let url = test_db.url.clone();
+    let store = actix_web::rt::task::spawn_blocking(move || {
+        let store = Store::connect(&url).expect("test store");
+        store.migrate().expect("migrations");
+        store
+    })
+    .await
+    .unwrap();
+    let now = chrono::Utc::now().naive_utc();
+    store
+        .write(move |c| {
+            for (target, priority) in [(1, 0), (2, 5), (3, 0), (4, 9), (5, 5)] {
+                lorewire::store::jobs::enqueue(c, JobKind::Mood, target, priority, now)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let claimed = store.write(move |c| lorewire::store::jobs::claim(c, "w1", 4, now)).await.unwrap();
+    let seen: Vec<_> = claimed
+        .iter()
+        .map(|job| (job.target_id, job.status.as_str(), job.locked_by.as_deref(), job.attempts))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (4, "running", Some("w1"), 1),
+            (2, "running", Some("w1"), 1),
+            (5, "running", Some("w1"), 1),
+            (1, "running", Some("w1"), 1)
+        ]
+    );
+    let left = store
+        .run(|c| Ok(jobs::table.filter(jobs::status.eq("queued")).select(jobs::target_id).load::<i64>(c)?))
+        .await
+        .unwrap();
+    assert_eq!(left, [3], "the one not taken is still queued");
+}
+
 both_backends!(
+    a_claim_takes_the_highest_priority_then_the_oldest,
     a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim,
     corrupt_content_context_ends_in_fallback_after_the_last_attempt,
     job_back_past_its_attempts_gives_up_at_once,
