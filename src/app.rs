@@ -165,13 +165,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     if backplane.shared() {
         run_job = run_job.with_relay(crate::runs::relay::Relay::new(origin.clone(), backplane.clone()));
     }
-    let jobs = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), &config, origin.clone())
+    let (jobs, intake) = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), &config, origin.clone())
         .register(content_job)
         .register(mood_job)
         .register(run_job)
-        .start();
-    let content =
-        ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), jobs.clone().recipient());
+        .start_with_intake();
+    let content = ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), intake);
     let runs = RunService::new(
         origin.clone(),
         store.clone(),

@@ -1,6 +1,7 @@
 //! Game content (quest / event / npc): the item as clients see it, and the service that
 //! validates a request, writes the pending row and its durable job in one transaction, and
-//! wakes the job worker; [`job`] is the handler of content jobs. The service never calls the
+//! hands the job to the job worker (claimed for it in that transaction when it has a free slot,
+//! else queued and the worker woken); [`job`] is the handler of content jobs. The service never calls the
 //! LLM itself and never leaves an item without a job.
 
 pub mod job;
@@ -20,7 +21,7 @@ pub use crate::domain::context::Context;
 use crate::core::clock::SharedClock;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
-use crate::jobs::JobsAvailable;
+use crate::jobs::Intake;
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::{Store, StoreError};
 
@@ -38,22 +39,17 @@ pub struct ContentService {
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
-    jobs: Recipient<JobsAvailable>,
+    jobs: Intake,
 }
 
 impl ContentService {
-    pub fn new(
-        origin: Arc<str>,
-        store: Store,
-        clock: SharedClock,
-        hub: Addr<Hub>,
-        jobs: Recipient<JobsAvailable>,
-    ) -> Self {
+    pub fn new(origin: Arc<str>, store: Store, clock: SharedClock, hub: Addr<Hub>, jobs: Intake) -> Self {
         ContentService { origin, store, clock, hub, jobs }
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
-    /// transaction) and wakes the job worker.
+    /// transaction) and hands the job to the worker: claimed in that transaction when the
+    /// worker has a free slot, else queued and the worker woken.
     pub async fn request(&self, req: ValidRequest) -> Result<Content, StoreError> {
         let kind = req.kind.as_str();
         let subject_id = req.subject_id as i64;
@@ -62,7 +58,9 @@ impl ContentService {
         let regenerate = req.regenerate;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
-        let requested = self
+        let slot = self.jobs.reserve();
+        let claimer = slot.as_ref().map(|slot| slot.claimer());
+        let (requested, claimed) = self
             .store
             .write(move |conn| {
                 let item = RequestItem {
@@ -72,14 +70,23 @@ impl ContentService {
                     context: context.as_deref(),
                     empty_fields: &empty,
                     regenerate,
+                    claim_for: claimer.as_ref().map(|c| c.worker()),
                 };
-                rows::request(conn, &item, now)
+                let (requested, job) = rows::request(conn, &item, now)?;
+                // What the job's attempt reads, read now (the claim's own read).
+                let claimed = job.map(|job| {
+                    let loaded = claimer.as_ref().and_then(|c| c.load(conn, &job));
+                    (job, loaded)
+                });
+                Ok((requested, claimed))
             })
             .await?;
-        let content = requested.row().content()?;
-        if requested.enqueued() {
-            self.jobs.do_send(JobsAvailable);
+        match (claimed, slot) {
+            (Some((job, loaded)), Some(slot)) => slot.start(job, loaded),
+            _ if requested.enqueued() => self.jobs.wake(),
+            _ => {}
         }
+        let content = requested.row().content()?;
         if let Requested::Regenerating(_) = requested {
             // Sessions already watching this item see it go back to pending.
             self.hub.do_send(update_publish(content.clone()));

@@ -11,4 +11,4 @@ pub mod worker;
 
 pub use crate::store::jobs::JobKind;
 pub use handler::{Claim, JobHandler, JobResult, Loaded, Loader, Outcome};
-pub use worker::{backoff, claim, Drain, JobWorker, JobsAvailable, ReleaseJobs};
+pub use worker::{backoff, claim, Claimed, Claimer, Drain, Intake, JobWorker, JobsAvailable, ReleaseJobs, Reservation};

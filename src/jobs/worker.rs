@@ -1,6 +1,7 @@
 //! The job worker actor: claims due jobs (at most `LOREWIRE_LLM_CONCURRENCY` in flight), hands
 //! each to the handler registered for its kind, renews the leases of the jobs it runs, takes
-//! over jobs whose worker stopped, and hands jobs back at shutdown.
+//! over jobs whose worker stopped, and hands jobs back at shutdown. A write that creates a job
+//! while a slot is free may claim it for the worker itself ([`Intake`]): the slots are shared.
 //!
 //! A failure on lorewire's side (a store error, a corrupt row) is retried with the same backoff
 //! as an upstream failure and counts against `LOREWIRE_MAX_ATTEMPTS`; after the last attempt the
@@ -10,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,14 @@ use crate::store::{write_tx, DbConn, Store, StoreError, StoreResult};
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct JobsAvailable;
+
+/// A job a write claimed for this worker as it created it ([`Intake`]): run it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Claimed {
+    pub job: JobRow,
+    pub loaded: Option<Loaded>,
+}
 
 /// Stop claiming (shutdown); answers the number of jobs still in flight.
 #[derive(Message)]
@@ -50,6 +60,105 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// A worker's slots (`LOREWIRE_LLM_CONCURRENCY`), shared with the writes that claim their new
+/// jobs themselves: a slot is busy from its reservation (by the worker's claim, or by an
+/// [`Intake`]) to its job's end.
+struct Slots {
+    capacity: usize,
+    busy: AtomicUsize,
+    /// The worker drains: no write claims for it any more.
+    closed: AtomicBool,
+}
+
+impl Slots {
+    /// Reserves up to `n` free slots; answers how many.
+    fn take(&self, n: usize) -> usize {
+        let taken = self.busy.fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
+            let free = self.capacity.saturating_sub(busy).min(n);
+            (free > 0).then_some(busy + free)
+        });
+        taken.map_or(0, |busy| self.capacity.saturating_sub(busy).min(n))
+    }
+
+    fn give(&self, n: usize) {
+        self.busy.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// The door for writes that create jobs: when the worker has a free slot, the write claims its
+/// new job for it in the same transaction and hands it over once committed, so the job starts
+/// without a claim of its own (one write and two thread hand-offs fewer per job). With every
+/// slot busy, or the worker draining, the job is queued and the worker woken as before: it then
+/// waits its turn behind the jobs already due.
+#[derive(Clone)]
+pub struct Intake {
+    worker: Addr<JobWorker>,
+    slots: Arc<Slots>,
+    name: Arc<str>,
+    loaders: Arc<HashMap<JobKind, Loader>>,
+}
+
+impl Intake {
+    /// A slot for one new job, if one is free.
+    pub fn reserve(&self) -> Option<Reservation> {
+        if self.slots.closed.load(Ordering::Acquire) || self.slots.take(1) == 0 {
+            return None;
+        }
+        Some(Reservation { intake: self.clone(), held: true })
+    }
+
+    /// Wakes the worker: jobs were queued without a slot.
+    pub fn wake(&self) {
+        self.worker.do_send(JobsAvailable);
+    }
+}
+
+/// One reserved slot; given back when dropped unused.
+pub struct Reservation {
+    intake: Intake,
+    held: bool,
+}
+
+impl Reservation {
+    /// What the write needs to claim a job for the worker (`locked_by`, the loaders).
+    pub fn claimer(&self) -> Claimer {
+        Claimer { name: self.intake.name.clone(), loaders: self.intake.loaders.clone() }
+    }
+
+    /// Hands the job the committed write claimed to the worker.
+    pub fn start(mut self, job: JobRow, loaded: Option<Loaded>) {
+        self.held = false;
+        self.intake.worker.do_send(Claimed { job, loaded });
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.held {
+            self.intake.slots.give(1);
+        }
+    }
+}
+
+/// Claims inside a write, for the worker that reserved the slot.
+#[derive(Clone)]
+pub struct Claimer {
+    name: Arc<str>,
+    loaders: Arc<HashMap<JobKind, Loader>>,
+}
+
+impl Claimer {
+    /// The worker's name: the `locked_by` of the jobs claimed for it.
+    pub fn worker(&self) -> &str {
+        &self.name
+    }
+
+    /// What the loader of `job`'s kind reads of its target, in the caller's write ([`load`]).
+    pub fn load(&self, conn: &mut DbConn, job: &JobRow) -> Option<Loaded> {
+        load(conn, &self.loaders, std::slice::from_ref(job)).pop().flatten()
+    }
+}
+
 pub struct JobWorker {
     store: Store,
     clock: SharedClock,
@@ -66,6 +175,8 @@ pub struct JobWorker {
     loaders: Arc<HashMap<JobKind, Loader>>,
     /// Jobs this worker is running now: the only ones whose lease it renews.
     in_flight: HashSet<i64>,
+    /// Its slots, reserved by its claims and by the writes that claim for it.
+    slots: Arc<Slots>,
     claiming: bool,
     claim_again: bool,
     /// Due jobs may be waiting for a free slot: the last claim filled every slot it could
@@ -90,6 +201,11 @@ impl JobWorker {
             handlers: HashMap::new(),
             loaders: Arc::default(),
             in_flight: HashSet::new(),
+            slots: Arc::new(Slots {
+                capacity: config.llm_concurrency,
+                busy: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+            }),
             claiming: false,
             claim_again: false,
             saturated: true,
@@ -108,6 +224,13 @@ impl JobWorker {
         self
     }
 
+    /// Starts the worker; answers its address and the door for writes that create jobs.
+    pub fn start_with_intake(self) -> (Addr<JobWorker>, Intake) {
+        let (slots, name, loaders) = (self.slots.clone(), self.name.clone(), self.loaders.clone());
+        let worker = self.start();
+        (worker.clone(), Intake { worker, slots, name, loaders })
+    }
+
     /// Claims as many due jobs as there are free slots, and starts them.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.draining {
@@ -117,13 +240,13 @@ impl JobWorker {
             self.claim_again = true;
             return;
         }
-        let free = self.concurrency.saturating_sub(self.in_flight.len());
+        let free = self.slots.take(self.concurrency.min(64));
         if free == 0 {
             self.saturated = true;
             return;
         }
         self.claiming = true;
-        let limit = free.min(64) as i64;
+        let limit = free as i64;
         let name = self.name.clone();
         let now = self.clock.now_naive();
         let store = self.store.clone();
@@ -136,12 +259,14 @@ impl JobWorker {
                     let claimed = match claimed {
                         Ok(claimed) => claimed,
                         Err(e) => {
+                            act.slots.give(free);
                             act.saturated = true;
                             tracing::error!(error = %e, "could not claim jobs");
                             return;
                         }
                     };
                     let full = claimed.len() as i64 == limit;
+                    act.slots.give(free - claimed.len());
                     act.saturated = full;
                     for (job, loaded) in claimed {
                         act.start(job, loaded, ctx);
@@ -153,6 +278,7 @@ impl JobWorker {
         );
     }
 
+    /// Runs `job` in a slot already reserved for it.
     fn start(&mut self, job: JobRow, loaded: Option<Loaded>, ctx: &mut Context<Self>) {
         self.in_flight.insert(job.id);
         self.metrics.jobs_claimed.inc();
@@ -169,6 +295,7 @@ impl JobWorker {
         let job_id = job.id;
         ctx.spawn(queue.process(handler, claim, job.kind).into_actor(self).map(move |again_in, act, ctx| {
             act.in_flight.remove(&job_id);
+            act.slots.give(1);
             if let Some(delay) = again_in {
                 // A job put back for later: look again when it is due (the poll is slower).
                 ctx.run_later(delay, |act, ctx| act.pump(ctx));
@@ -339,10 +466,24 @@ impl Handler<JobsAvailable> for JobWorker {
     }
 }
 
+impl Handler<Claimed> for JobWorker {
+    type Result = ();
+    fn handle(&mut self, Claimed { job, loaded }: Claimed, ctx: &mut Context<Self>) {
+        if self.draining {
+            // Claimed as the worker began to drain: handed back with the others (ReleaseJobs),
+            // or taken over once its lease runs out.
+            self.slots.give(1);
+            return;
+        }
+        self.start(job, loaded, ctx);
+    }
+}
+
 impl Handler<Drain> for JobWorker {
     type Result = usize;
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> usize {
         self.draining = true;
+        self.slots.closed.store(true, Ordering::Release);
         self.in_flight.len()
     }
 }

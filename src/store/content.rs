@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
-use super::jobs::{self, Ended, JobKind};
+use super::jobs::{self, Ended, JobKind, JobRow};
 use super::notify;
 use super::schema::content;
 use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
@@ -92,6 +92,9 @@ pub struct RequestItem<'a> {
     pub context: Option<&'a str>,
     pub empty_fields: &'a str,
     pub regenerate: bool,
+    /// The worker that has a slot for the item's new job: the job is written claimed by it
+    /// (answered beside what the request did); `None` queues the job for any worker.
+    pub claim_for: Option<&'a str>,
 }
 
 pub fn find(conn: &mut DbConn, kind: &str, subject_id: i64) -> StoreResult<Option<ContentRow>> {
@@ -108,8 +111,13 @@ pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<ContentRow>>
 
 /// Returns the item, creating it (pending + job, one transaction) when it does not exist,
 /// or putting it back to pending when `regenerate` is set and it is not pending already.
-/// Concurrent requests for one item end with one row and one job.
-pub fn request(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Requested> {
+/// Concurrent requests for one item end with one row and one job. With `claim_for`, the new
+/// job is answered too, claimed by that worker.
+pub fn request(
+    conn: &mut DbConn,
+    item: &RequestItem<'_>,
+    now: NaiveDateTime,
+) -> StoreResult<(Requested, Option<JobRow>)> {
     match write_tx(conn, |conn| request_in_tx(conn, item, now)) {
         // PostgreSQL: a concurrent transaction inserted the same item first; it is ours now.
         Err(e) if is_unique_violation(&e) => write_tx(conn, |conn| request_in_tx(conn, item, now)),
@@ -117,9 +125,17 @@ pub fn request(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) ->
     }
 }
 
-fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Requested> {
+fn request_in_tx(
+    conn: &mut DbConn,
+    item: &RequestItem<'_>,
+    now: NaiveDateTime,
+) -> StoreResult<(Requested, Option<JobRow>)> {
+    let enqueue = |conn: &mut DbConn, target_id| match item.claim_for {
+        Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, 0, worker, now).map(Some),
+        None => jobs::enqueue(conn, JobKind::Content, target_id, 0, now).map(|()| None),
+    };
     match find(conn, item.kind, item.subject_id)? {
-        Some(row) if !item.regenerate || row.status == PENDING => Ok(Requested::Existing(row)),
+        Some(row) if !item.regenerate || row.status == PENDING => Ok((Requested::Existing(row), None)),
         Some(row) => {
             let context = item.context.unwrap_or(&row.context);
             let row: ContentRow = on_backend!(conn, |c| diesel::update(content::table.find(row.id))
@@ -134,9 +150,9 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
                 ))
                 .returning(content::all_columns)
                 .get_result(c))?;
-            jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
+            let job = enqueue(conn, row.id)?;
             content_changed(conn, item.origin, &row)?;
-            Ok(Requested::Regenerating(row))
+            Ok((Requested::Regenerating(row), job))
         }
         None => {
             let new = NewContent {
@@ -153,8 +169,8 @@ fn request_in_tx(conn: &mut DbConn, item: &RequestItem<'_>, now: NaiveDateTime) 
                 .values(&new)
                 .returning(content::all_columns)
                 .get_result(c))?;
-            jobs::enqueue(conn, JobKind::Content, row.id, 0, now)?;
-            Ok(Requested::Created(row))
+            let job = enqueue(conn, row.id)?;
+            Ok((Requested::Created(row), job))
         }
     }
 }

@@ -88,6 +88,8 @@ struct NewJob<'a> {
     status: &'a str,
     attempts: i32,
     run_after: NaiveDateTime,
+    locked_by: Option<&'a str>,
+    locked_at: Option<NaiveDateTime>,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
 }
@@ -101,11 +103,38 @@ pub fn enqueue(conn: &mut DbConn, kind: JobKind, target_id: i64, priority: i32, 
         status: QUEUED,
         attempts: 0,
         run_after: now,
+        locked_by: None,
+        locked_at: None,
         created_at: now,
         updated_at: now,
     };
     on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).execute(c))?;
     Ok(())
+}
+
+/// Enqueues work on `target_id` already claimed by `worker` (running, on its first attempt),
+/// for a worker with a slot free for it; call inside the transaction that writes the target row.
+pub fn enqueue_claimed(
+    conn: &mut DbConn,
+    kind: JobKind,
+    target_id: i64,
+    priority: i32,
+    worker: &str,
+    now: NaiveDateTime,
+) -> StoreResult<JobRow> {
+    let new = NewJob {
+        kind: kind.as_str(),
+        target_id,
+        priority,
+        status: RUNNING,
+        attempts: 1,
+        run_after: now,
+        locked_by: Some(worker),
+        locked_at: Some(now),
+        created_at: now,
+        updated_at: now,
+    };
+    Ok(on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).returning(jobs::all_columns).get_result(c))?)
 }
 
 /// Claims up to `limit` due jobs for `worker`, highest priority first, oldest first.

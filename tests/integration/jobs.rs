@@ -383,7 +383,42 @@ async fn a_claim_takes_the_highest_priority_then_the_oldest(db: Db) {
     assert_eq!(left, [3], "the one not taken is still queued");
 }
 
+/// A request made while the worker has a free slot writes its job already claimed (running, on
+/// its first attempt) in the request's own transaction; one made while every slot is busy
+/// queues its job, which runs when the slot frees. A request that creates no job gives its
+/// reserved slot back.
+async fn a_request_with_a_free_slot_claims_its_job_and_a_busy_slot_queues_it(db: Db) {
+    let app = app_with_one_slot(db, Duration::from_millis(200)).await;
+    let store = store(&app).await;
+    let (mut ws, _) = app.player("Ada").await;
+    assert_eq!(request_quest(&mut ws, 1).await["status"], "pending");
+    let first = content_id(&store, 1).await;
+    let (status, attempts, _) = job_of(&store, "content", first).await.expect("quest 1 has a job");
+    assert_eq!((status.as_str(), attempts), ("running", 1), "claimed as it was written");
+
+    request_quest(&mut ws, 2).await;
+    let second = content_id(&store, 2).await;
+    let (status, attempts, _) = job_of(&store, "content", second).await.expect("quest 2 has a job");
+    assert_eq!((status.as_str(), attempts), ("queued", 0), "the one slot is busy");
+    // Asking again for an item that exists writes no job: its reservation goes back each time.
+    for _ in 0..3 {
+        request_quest(&mut ws, 1).await;
+    }
+
+    assert_eq!(quest_update(&mut ws, 1).await["status"], "ready");
+    assert_eq!(quest_update(&mut ws, 2).await["status"], "ready");
+    eventually("the jobs to end", || async { (job_count(&store).await == 0).then_some(()) }).await;
+    request_quest(&mut ws, 3).await;
+    let third = content_id(&store, 3).await;
+    let (status, _, _) = job_of(&store, "content", third).await.expect("quest 3 has a job");
+    assert_eq!(status, "running", "the slot came back");
+    assert_eq!(quest_update(&mut ws, 3).await["status"], "ready");
+    assert_eq!(app.fake.max_in_flight(), 1, "never more calls than slots");
+    assert_eq!(metric(&app, "lorewire_jobs_claimed_total").await, 3.0);
+}
+
 both_backends!(
+    a_request_with_a_free_slot_claims_its_job_and_a_busy_slot_queues_it,
     a_claim_takes_the_highest_priority_then_the_oldest,
     a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim,
     corrupt_content_context_ends_in_fallback_after_the_last_attempt,
