@@ -82,6 +82,20 @@ async fn job_of(store: &Store, kind: &'static str, target: i64) -> Option<(Strin
         .unwrap()
 }
 
+/// A database of its own, migrated, with no server on it.
+async fn migrated_store(db: Db) -> (TestDb, Store) {
+    let test_db = TestDb::new(db);
+    let url = test_db.url.clone();
+    let store = actix_web::rt::task::spawn_blocking(move || {
+        let store = Store::connect(&url).expect("test store");
+        store.migrate().expect("migrations");
+        store
+    })
+    .await
+    .unwrap();
+    (test_db, store)
+}
+
 async fn job_count(store: &Store) -> i64 {
     store.run(|c| Ok(jobs::table.count().get_result(c)?)).await.unwrap()
 }
@@ -285,15 +299,7 @@ async fn mood_back_past_its_attempts_settles_neutral(db: Db) {
 /// transaction; a read that fails (a statement the database refuses, which on PostgreSQL aborts
 /// the transaction around it) leaves the jobs claimed, with nothing loaded.
 async fn a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim(db: Db) {
-    let test_db = TestDb::new(db);
-    let url = test_db.url.clone();
-    let store = actix_web::rt::task::spawn_blocking(move || {
-        let store = Store::connect(&url).expect("test store");
-        store.migrate().expect("migrations");
-        store
-    })
-    .await
-    .unwrap();
+    let (_db, store) = migrated_store(db).await;
     let now = chrono::Utc::now().naive_utc();
     store
         .write(move |c| {
@@ -343,15 +349,7 @@ async fn a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim(db: Db) {
 /// A claim takes the highest priority first and, within a priority, the oldest first; each job
 /// it takes is running, held by the claiming worker, one attempt further.
 async fn a_claim_takes_the_highest_priority_then_the_oldest(db: Db) {
-    let test_db = TestDb::new(db);
-    let url = test_db.url.clone();
-    let store = actix_web::rt::task::spawn_blocking(move || {
-        let store = Store::connect(&url).expect("test store");
-        store.migrate().expect("migrations");
-        store
-    })
-    .await
-    .unwrap();
+    let (_db, store) = migrated_store(db).await;
     let now = chrono::Utc::now().naive_utc();
     store
         .write(move |c| {
