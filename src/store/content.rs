@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use super::jobs::{self, Ended, JobKind, JobRow};
 use super::notify;
 use super::schema::content;
-use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
+use super::{is_unique_violation, write_tx, DbConn, Kept, StoreError, StoreResult};
 use crate::domain::content::{Content, ContentKind, ContentStatus};
 use crate::domain::events::Event;
 use crate::on_backend;
@@ -193,18 +193,18 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
         if !jobs::complete(conn, f.job_id, f.worker)? {
             return Ok(Ended::TakenOver);
         }
-        let row = on_backend!(conn, |c| diesel::update(
-            content::table.find(f.content_id).filter(content::status.eq(PENDING))
+        let row = on_backend!(conn, |c| Kept(
+            diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
+                .set((
+                    content::status.eq(f.status),
+                    content::fields.eq(f.fields),
+                    content::model.eq(f.model),
+                    content::reason.eq(f.reason),
+                    content::version.eq(content::version + 1),
+                    content::updated_at.eq(now),
+                ))
+                .returning(content::all_columns),
         )
-        .set((
-            content::status.eq(f.status),
-            content::fields.eq(f.fields),
-            content::model.eq(f.model),
-            content::reason.eq(f.reason),
-            content::version.eq(content::version + 1),
-            content::updated_at.eq(now),
-        ))
-        .returning(content::all_columns)
         .get_result(c)
         .optional())?;
         if let Some(row) = &row {
