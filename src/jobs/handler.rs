@@ -2,14 +2,15 @@
 //! sees it, what its attempt came to, and the give-up when no attempt is left. Never runs a job.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
 
-use crate::store::jobs::JobKind;
-use crate::store::{DbConn, StoreError, StoreResult};
+use crate::store::jobs::{JobKind, JobRow};
+use crate::store::{write_tx, DbConn, StoreError, StoreResult};
 
 /// What a handler's [`Loader`] read for one job, handed to its attempt in [`Claim::loaded`].
 #[derive(Clone)]
@@ -25,6 +26,25 @@ impl std::fmt::Debug for Loaded {
 /// the job: on the store's writer, with no hand-off of its own. The attempt must still cope
 /// without it (`Claim::loaded` is `None` when the read failed).
 pub type Loader = Arc<dyn Fn(&mut DbConn, i64) -> StoreResult<Loaded> + Send + Sync>;
+
+/// What each claimed job's loader reads, in one savepoint (a failed read leaves the claim's
+/// transaction as it was, on PostgreSQL too); all `None` when any read fails.
+pub fn load_targets(conn: &mut DbConn, loaders: &HashMap<JobKind, Loader>, claimed: &[JobRow]) -> Vec<Option<Loaded>> {
+    let loader = |job: &JobRow| job.job_kind().ok().and_then(|kind| loaders.get(&kind));
+    if !claimed.iter().any(|job| loader(job).is_some()) {
+        return vec![None; claimed.len()];
+    }
+    let read = write_tx(conn, |conn| {
+        claimed
+            .iter()
+            .map(|job| loader(job).map(|load| load(conn, job.target_id)).transpose())
+            .collect::<StoreResult<Vec<_>>>()
+    });
+    read.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the targets of the claimed jobs; their attempts read them");
+        vec![None; claimed.len()]
+    })
+}
 
 /// One claimed job, as its handler sees it.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! Durable jobs: the worker that claims them ([`worker`]) and the contract of a handler, one per
-//! job kind (content, mood, run), which lives in its feature and is registered at start.
+//! Durable jobs: the worker that claims them ([`worker`]), the ways new jobs reach it ([`intake`])
+//! and the contract of a handler, one per job kind (content, mood, run), which lives in its
+//! feature and is registered at start.
 //!
 //! The worker owns claiming, leases, backoff, the attempt cap and the hand-back; a handler owns
 //! what its job does, commits its result together with the job's removal, and knows how to
@@ -7,8 +8,10 @@
 //! mood or a run is.
 
 pub mod handler;
+pub mod intake;
 pub mod worker;
 
 pub use crate::store::jobs::JobKind;
 pub use handler::{Claim, JobHandler, JobResult, Loaded, Loader, Outcome};
-pub use worker::{backoff, claim, Claimed, Claimer, Drain, Intake, JobWorker, JobsAvailable, ReleaseJobs, Reservation};
+pub use intake::{Claimed, Claimer, Intake, JobsAvailable, Reservation};
+pub use worker::{backoff, claim, Drain, JobWorker, ReleaseJobs};

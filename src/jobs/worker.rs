@@ -11,33 +11,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use rand::Rng;
 
-use super::handler::{Claim, JobHandler, Loaded, Loader, Outcome};
+use super::handler::{load_targets, Claim, JobHandler, Loaded, Loader, Outcome};
+use super::intake::{Claimed, Intake, JobsAvailable, Slots};
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::store::jobs::JobKind;
 use crate::store::jobs::{self, JobRow};
-use crate::store::{write_tx, DbConn, Store, StoreError, StoreResult};
-
-/// New jobs were committed: claim what the concurrency limit allows.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct JobsAvailable;
-
-/// A job a write claimed for this worker as it created it ([`Intake`]): run it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Claimed {
-    pub job: JobRow,
-    pub loaded: Option<Loaded>,
-}
+use crate::store::{DbConn, Store, StoreError, StoreResult};
 
 /// Stop claiming (shutdown); answers the number of jobs still in flight.
 #[derive(Message)]
@@ -60,112 +47,12 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// A worker's slots (`LOREWIRE_LLM_CONCURRENCY`), shared with the writes that claim their new
-/// jobs themselves: a slot is busy from its reservation (by the worker's claim, or by an
-/// [`Intake`]) to its job's end.
-struct Slots {
-    capacity: usize,
-    busy: AtomicUsize,
-    /// The worker drains: no write claims for it any more.
-    closed: AtomicBool,
-}
-
-impl Slots {
-    /// Reserves up to `n` free slots; answers how many.
-    fn take(&self, n: usize) -> usize {
-        let taken = self.busy.fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
-            let free = self.capacity.saturating_sub(busy).min(n);
-            (free > 0).then_some(busy + free)
-        });
-        taken.map_or(0, |busy| self.capacity.saturating_sub(busy).min(n))
-    }
-
-    fn give(&self, n: usize) {
-        self.busy.fetch_sub(n, Ordering::AcqRel);
-    }
-}
-
-/// The door for writes that create jobs: when the worker has a free slot, the write claims its
-/// new job for it in the same transaction and hands it over once committed, so the job starts
-/// without a claim of its own (one write and two thread hand-offs fewer per job). With every
-/// slot busy, or the worker draining, the job is queued and the worker woken as before: it then
-/// waits its turn behind the jobs already due.
-#[derive(Clone)]
-pub struct Intake {
-    worker: Addr<JobWorker>,
-    slots: Arc<Slots>,
-    name: Arc<str>,
-    loaders: Arc<HashMap<JobKind, Loader>>,
-}
-
-impl Intake {
-    /// A slot for one new job, if one is free.
-    pub fn reserve(&self) -> Option<Reservation> {
-        if self.slots.closed.load(Ordering::Acquire) || self.slots.take(1) == 0 {
-            return None;
-        }
-        Some(Reservation { intake: self.clone(), held: true })
-    }
-
-    /// Wakes the worker: jobs were queued without a slot.
-    pub fn wake(&self) {
-        self.worker.do_send(JobsAvailable);
-    }
-}
-
-/// One reserved slot; given back when dropped unused.
-pub struct Reservation {
-    intake: Intake,
-    held: bool,
-}
-
-impl Reservation {
-    /// What the write needs to claim a job for the worker (`locked_by`, the loaders).
-    pub fn claimer(&self) -> Claimer {
-        Claimer { name: self.intake.name.clone(), loaders: self.intake.loaders.clone() }
-    }
-
-    /// Hands the job the committed write claimed to the worker.
-    pub fn start(mut self, job: JobRow, loaded: Option<Loaded>) {
-        self.held = false;
-        self.intake.worker.do_send(Claimed { job, loaded });
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if self.held {
-            self.intake.slots.give(1);
-        }
-    }
-}
-
-/// Claims inside a write, for the worker that reserved the slot.
-#[derive(Clone)]
-pub struct Claimer {
-    name: Arc<str>,
-    loaders: Arc<HashMap<JobKind, Loader>>,
-}
-
-impl Claimer {
-    /// The worker's name: the `locked_by` of the jobs claimed for it.
-    pub fn worker(&self) -> &str {
-        &self.name
-    }
-
-    /// What the loader of `job`'s kind reads of its target, in the caller's write ([`load`]).
-    pub fn load(&self, conn: &mut DbConn, job: &JobRow) -> Option<Loaded> {
-        load(conn, &self.loaders, std::slice::from_ref(job)).pop().flatten()
-    }
-}
-
 pub struct JobWorker {
     store: Store,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     /// Names this worker in job leases (`locked_by`).
     name: Arc<str>,
-    concurrency: usize,
     lease: Duration,
     poll: Duration,
     retry_base: Duration,
@@ -193,7 +80,6 @@ impl JobWorker {
             clock,
             metrics,
             name,
-            concurrency: config.llm_concurrency,
             lease: config.job_lease,
             poll: config.job_poll,
             retry_base: config.retry_base,
@@ -201,11 +87,7 @@ impl JobWorker {
             handlers: HashMap::new(),
             loaders: Arc::default(),
             in_flight: HashSet::new(),
-            slots: Arc::new(Slots {
-                capacity: config.llm_concurrency,
-                busy: AtomicUsize::new(0),
-                closed: AtomicBool::new(false),
-            }),
+            slots: Arc::new(Slots::new(config.llm_concurrency)),
             claiming: false,
             claim_again: false,
             saturated: true,
@@ -228,7 +110,8 @@ impl JobWorker {
     pub fn start_with_intake(self) -> (Addr<JobWorker>, Intake) {
         let (slots, name, loaders) = (self.slots.clone(), self.name.clone(), self.loaders.clone());
         let worker = self.start();
-        (worker.clone(), Intake { worker, slots, name, loaders })
+        let intake = Intake::new(worker.clone().recipient(), worker.clone().recipient(), slots, name, loaders);
+        (worker, intake)
     }
 
     /// Claims as many due jobs as there are free slots, and starts them.
@@ -240,7 +123,7 @@ impl JobWorker {
             self.claim_again = true;
             return;
         }
-        let free = self.slots.take(self.concurrency.min(64));
+        let free = self.slots.take(self.slots.capacity.min(64));
         if free == 0 {
             self.saturated = true;
             return;
@@ -349,27 +232,8 @@ pub fn claim(
     loaders: &HashMap<JobKind, Loader>,
 ) -> StoreResult<Vec<(JobRow, Option<Loaded>)>> {
     let claimed = jobs::claim(conn, worker, limit, now)?;
-    let loaded = load(conn, loaders, &claimed);
+    let loaded = load_targets(conn, loaders, &claimed);
     Ok(claimed.into_iter().zip(loaded).collect())
-}
-
-/// What each claimed job's loader reads, in one savepoint (a failed read leaves the claim's
-/// transaction as it was, on PostgreSQL too); all `None` when any read fails.
-fn load(conn: &mut DbConn, loaders: &HashMap<JobKind, Loader>, claimed: &[JobRow]) -> Vec<Option<Loaded>> {
-    let loader = |job: &JobRow| job.job_kind().ok().and_then(|kind| loaders.get(&kind));
-    if !claimed.iter().any(|job| loader(job).is_some()) {
-        return vec![None; claimed.len()];
-    }
-    let read = write_tx(conn, |conn| {
-        claimed
-            .iter()
-            .map(|job| loader(job).map(|load| load(conn, job.target_id)).transpose())
-            .collect::<StoreResult<Vec<_>>>()
-    });
-    read.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "could not read the targets of the claimed jobs; their attempts read them");
-        vec![None; claimed.len()]
-    })
 }
 
 /// What a claimed job's future needs of the queue, cloned out of the actor.
@@ -483,7 +347,7 @@ impl Handler<Drain> for JobWorker {
     type Result = usize;
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> usize {
         self.draining = true;
-        self.slots.closed.store(true, Ordering::Release);
+        self.slots.close();
         self.in_flight.len()
     }
 }
