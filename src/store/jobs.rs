@@ -94,20 +94,27 @@ struct NewJob<'a> {
     updated_at: NaiveDateTime,
 }
 
+impl<'a> NewJob<'a> {
+    /// Queued, or running on its first attempt when `claimed_by` a worker.
+    fn new(kind: JobKind, target_id: i64, priority: i32, claimed_by: Option<&'a str>, now: NaiveDateTime) -> Self {
+        NewJob {
+            kind: kind.as_str(),
+            target_id,
+            priority,
+            status: if claimed_by.is_some() { RUNNING } else { QUEUED },
+            attempts: i32::from(claimed_by.is_some()),
+            run_after: now,
+            locked_by: claimed_by,
+            locked_at: claimed_by.map(|_| now),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// Enqueues work on `target_id`; call inside the transaction that writes the target row.
 pub fn enqueue(conn: &mut DbConn, kind: JobKind, target_id: i64, priority: i32, now: NaiveDateTime) -> StoreResult<()> {
-    let new = NewJob {
-        kind: kind.as_str(),
-        target_id,
-        priority,
-        status: QUEUED,
-        attempts: 0,
-        run_after: now,
-        locked_by: None,
-        locked_at: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let new = NewJob::new(kind, target_id, priority, None, now);
     on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).execute(c))?;
     Ok(())
 }
@@ -122,18 +129,7 @@ pub fn enqueue_claimed(
     worker: &str,
     now: NaiveDateTime,
 ) -> StoreResult<JobRow> {
-    let new = NewJob {
-        kind: kind.as_str(),
-        target_id,
-        priority,
-        status: RUNNING,
-        attempts: 1,
-        run_after: now,
-        locked_by: Some(worker),
-        locked_at: Some(now),
-        created_at: now,
-        updated_at: now,
-    };
+    let new = NewJob::new(kind, target_id, priority, Some(worker), now);
     Ok(on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).returning(jobs::all_columns).get_result(c))?)
 }
 
