@@ -21,9 +21,10 @@ pub use crate::domain::context::Context;
 use crate::core::clock::SharedClock;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
-use crate::jobs::Intake;
+use crate::jobs::{Intake, Loaded};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
-use crate::store::{Store, StoreError};
+use crate::store::jobs::JobRow;
+use crate::store::{DbConn, Store, StoreError};
 
 /// `content:update` for every session subscribed to the item.
 pub fn update_publish(content: Content) -> Publish {
@@ -60,38 +61,44 @@ impl ContentService {
         let origin = self.origin.clone();
         let slot = self.jobs.reserve();
         let claimer = slot.as_ref().map(|slot| slot.claimer());
-        let (requested, claimed) = self
-            .store
-            .write(move |conn| {
-                let item = RequestItem {
-                    origin: &origin,
-                    kind,
-                    subject_id,
-                    context: context.as_deref(),
-                    empty_fields: &empty,
-                    regenerate,
-                    claim_for: claimer.as_ref().map(|c| c.worker()),
-                };
-                let (requested, job) = rows::request(conn, &item, now)?;
-                // What the job's attempt reads, read now (the claim's own read).
-                let claimed = job.map(|job| {
-                    let loaded = claimer.as_ref().and_then(|c| c.load(conn, &job));
-                    (job, loaded)
-                });
-                Ok((requested, claimed))
-            })
-            .await?;
-        match (claimed, slot) {
-            (Some((job, loaded)), Some(slot)) => slot.start(job, loaded),
-            _ if requested.enqueued() => self.jobs.wake(),
-            _ => {}
-        }
-        let content = requested.row().content()?;
-        if let Requested::Regenerating(_) = requested {
-            // Sessions already watching this item see it go back to pending.
-            self.hub.do_send(update_publish(content.clone()));
-        }
-        Ok(content)
+        let (jobs, hub) = (self.jobs.clone(), self.hub.clone());
+        let write = move |conn: &mut DbConn| {
+            let item = RequestItem {
+                origin: &origin,
+                kind,
+                subject_id,
+                context: context.as_deref(),
+                empty_fields: &empty,
+                regenerate,
+                claim_for: claimer.as_ref().map(|c| c.worker()),
+            };
+            let (requested, job) = rows::request(conn, &item, now)?;
+            // What the job's attempt reads, read now (the claim's own read).
+            let claimed = job.map(|job| {
+                let loaded = claimer.as_ref().and_then(|c| c.load(conn, &job));
+                (job, loaded)
+            });
+            Ok((requested, claimed))
+        };
+        // Once committed, on the writer's thread: the job goes to the worker even when the
+        // session that asked is gone by then (else a job claimed for nobody would wait out its lease).
+        let committed = move |(requested, claimed): (Requested, Option<(JobRow, Option<Loaded>)>)| {
+            match (claimed, slot) {
+                (Some((job, loaded)), Some(slot)) => slot.start(job, loaded),
+                _ if requested.enqueued() => jobs.wake(),
+                _ => {}
+            }
+            if let Requested::Regenerating(row) = &requested {
+                // Sessions already watching this item see it go back to pending.
+                match row.content() {
+                    Ok(content) => hub.do_send(update_publish(content)),
+                    Err(e) => tracing::error!(error = %e, "a regenerated content row cannot be read"),
+                }
+            }
+            requested
+        };
+        let requested = self.store.write_then(write, committed).await?;
+        requested.row().content()
     }
 
     pub async fn get(&self, kind: ContentKind, subject_id: u64) -> Result<Option<Content>, StoreError> {

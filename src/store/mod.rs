@@ -358,7 +358,25 @@ impl Store {
         T: Send + 'static,
         F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
     {
-        let answer = self.writer.submit(f);
+        self.write_then(f, |value| value)
+    }
+
+    /// [`Store::write`], with `then` run on what `f` answered as soon as its batch committed, on
+    /// the writer's thread, before the answer is sent: what must follow the commit even when
+    /// the caller no longer waits for it (a cancelled request), such as handing a job it
+    /// claimed to the worker. `then` must not block; it is dropped when the write fails.
+    pub fn write_then<T, U, F, C>(
+        &self,
+        f: F,
+        then: C,
+    ) -> impl std::future::Future<Output = StoreResult<U>> + Send + 'static
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+        C: FnOnce(T) -> U + Send + 'static,
+    {
+        let answer = self.writer.submit(f, then);
         async move { answer.await.map_err(|_| StoreError::Canceled)? }
     }
 
@@ -369,7 +387,7 @@ impl Store {
         T: Send + 'static,
         F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
     {
-        self.writer.submit(f).blocking_recv().map_err(|_| StoreError::Canceled)?
+        self.writer.submit(f, |value| value).blocking_recv().map_err(|_| StoreError::Canceled)?
     }
 
     /// `Ok` when the database takes a write within `timeout` (readiness); else why not.

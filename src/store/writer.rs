@@ -64,16 +64,21 @@ impl BatchFailed {
     }
 }
 
-struct Work<T, F> {
+/// A write: `f`, and `then`, which turns what `f` answered into the answer once its batch
+/// committed (on the writer thread, whether or not the caller still waits).
+struct Work<T, U, F, C> {
     f: F,
+    then: C,
     result: Option<StoreResult<T>>,
-    reply: oneshot::Sender<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<U>>,
 }
 
-impl<T, F> Request for Work<T, F>
+impl<T, U, F, C> Request for Work<T, U, F, C>
 where
     T: Send,
+    U: Send,
     F: FnMut(&mut DbConn) -> StoreResult<T> + Send,
+    C: FnOnce(T) -> U + Send,
 {
     fn run(&mut self, conn: &mut DbConn) -> Ran {
         let result = (self.f)(conn);
@@ -91,14 +96,19 @@ where
     }
 
     fn answer(self: Box<Self>, batch: Result<(), &BatchFailed>) {
-        let answer = match (batch, self.result) {
+        let Work { then, result, reply, .. } = *self;
+        let answer = match (batch, result) {
             (_, Some(Err(own))) => Err(own),
-            (Ok(()), Some(Ok(value))) => Ok(value),
+            // Committed whatever `then` does; a panic in it is answered as one.
+            (Ok(()), Some(Ok(value))) => catch_unwind(AssertUnwindSafe(|| then(value))).map_err(|_| {
+                tracing::error!("the work after a committed write panicked");
+                StoreError::Panicked
+            }),
             (Err(failed), _) => Err(StoreError::Batch(failed.clone())),
             (Ok(()), None) => Err(StoreError::Canceled),
         };
         // The caller may have stopped waiting (a request cancelled): the write stands anyway.
-        let _ = self.reply.send(answer);
+        let _ = reply.send(answer);
     }
 }
 
@@ -161,15 +171,18 @@ impl Writer {
         &self.counters
     }
 
-    /// Queues `f`; the answer arrives once the batch it ran in has committed (or failed).
-    pub fn submit<T, F>(&self, f: F) -> oneshot::Receiver<StoreResult<T>>
+    /// Queues `f`; once the batch it ran in has committed, `then` turns what it answered into
+    /// the answer, which arrives then (or the batch's failure does, and `then` is dropped).
+    pub fn submit<T, U, F, C>(&self, f: F, then: C) -> oneshot::Receiver<StoreResult<U>>
     where
         T: Send + 'static,
+        U: Send + 'static,
         F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+        C: FnOnce(T) -> U + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         // A send fails only when the thread is gone: the dropped reply then answers `Canceled`.
-        let _ = self.queue.send(Box::new(Work { f, result: None, reply }));
+        let _ = self.queue.send(Box::new(Work { f, then, result: None, reply }));
         answer
     }
 }

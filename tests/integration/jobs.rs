@@ -415,7 +415,70 @@ async fn a_request_with_a_free_slot_claims_its_job_and_a_busy_slot_queues_it(db:
     assert_eq!(metric(&app, "lorewire_jobs_claimed_total").await, 3.0);
 }
 
+/// Holds the database's write lock from another connection (as another process would) until
+/// the answer's sender is dropped or sends: on SQLite its `BEGIN IMMEDIATE`, on PostgreSQL a
+/// lock on `jobs` that keeps every other transaction from adding a job. Answers once it holds.
+async fn hold_writes(store: &Store) -> std::sync::mpsc::Sender<()> {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = tokio::sync::oneshot::channel::<()>();
+    let (mut released, mut held) = (Some(released), Some(held));
+    let hold = store.write(move |conn| {
+        if let lorewire::store::DbConn::Pg(pg) = conn {
+            diesel::sql_query("LOCK TABLE jobs IN EXCLUSIVE MODE").execute(pg)?;
+        }
+        let _ = held.take().expect("runs once").send(());
+        let _ = released.take().expect("runs once").recv();
+        Ok(())
+    });
+    actix_web::rt::spawn(hold);
+    holding.await.expect("the lock is held");
+    release
+}
+
+/// A client that asks for an item and leaves before its write has committed: the job the write
+/// claimed for the worker still runs at once (it is handed over by the commit, not by the
+/// session that asked), so the next client to ask sees the item ready long before the job's
+/// lease could run out and another worker take it over.
+async fn a_job_claimed_for_a_client_who_left_still_runs(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| {
+        c.llm_concurrency = 1;
+        c.job_lease = Duration::from_secs(120);
+    })
+    .await;
+    let store = store(&app).await;
+    let (mut leaving, _) = app.player("Ada").await;
+    let release = hold_writes(&store).await;
+    leaving
+        .send(json!({"type": "content:request", "kind": "quest", "subject_id": 7,
+                     "context": {"character_name": "Ada"}}))
+        .await;
+    // Its write is queued behind the lock; then the session ends, and with it the request.
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    leaving.close().await;
+    eventually("the session to end", || async { (metric(&app, "lorewire_sessions_open").await == 0.0).then_some(()) })
+        .await;
+    drop(release);
+
+    let item = eventually("the item to be written", || async {
+        let id = store
+            .run(|c| {
+                Ok(content::table.filter(content::subject_id.eq(7)).select(content::id).first::<i64>(c).optional()?)
+            })
+            .await
+            .unwrap();
+        id
+    })
+    .await;
+    let (mut next, _) = app.player("Bo").await;
+    let content = request_quest(&mut next, 7).await;
+    let content = if content["status"] == "pending" { quest_update(&mut next, 7).await } else { content };
+    assert_eq!(content["status"], "ready", "{content}");
+    assert_eq!(app.fake.requests().len(), 1, "one attempt: the job was never taken over");
+    eventually("the job to end", || async { job_of(&store, "content", item).await.is_none().then_some(()) }).await;
+}
+
 both_backends!(
+    a_job_claimed_for_a_client_who_left_still_runs,
     a_request_with_a_free_slot_claims_its_job_and_a_busy_slot_queues_it,
     a_claim_takes_the_highest_priority_then_the_oldest,
     a_claim_reads_its_targets_and_a_failed_read_keeps_the_claim,
