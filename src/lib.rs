@@ -6,6 +6,7 @@
 //! (`tests/integration/layers.rs` checks both). README.md describes what clients see;
 //! [`app::start`] builds the whole thing.
 
+pub mod api_error;
 pub mod app;
 pub mod backplane;
 pub mod content;

@@ -10,7 +10,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::bearer;
-use super::error::{typed_body, ApiError, ErrorBody};
+use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::providers::Provider;
 use crate::state::AppState;

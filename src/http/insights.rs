@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::admin::authorize;
-use super::error::{ApiError, ErrorBody};
+use crate::api_error::{ApiError, ErrorBody};
 use crate::domain::content::ContentStatus;
 use crate::domain::players::Variant;
 use crate::history::{GetHistory, HistoryView};

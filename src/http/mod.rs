@@ -3,7 +3,6 @@
 //! Handlers stay thin: parse, authorize, call a service, map errors; they hold no business rule.
 
 pub mod admin;
-pub mod error;
 pub mod insights;
 pub mod openapi;
 pub mod pages;
@@ -14,7 +13,7 @@ pub mod runs;
 use actix_web::http::Method;
 use actix_web::{error::JsonPayloadError, web, FromRequest, Handler, HttpRequest, Responder};
 
-use self::error::ApiError;
+use crate::api_error::ApiError;
 
 /// Largest JSON body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

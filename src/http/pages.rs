@@ -5,7 +5,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::error::ApiError;
+use crate::api_error::ApiError;
 
 /// (name under /static/, content type, body)
 const ASSETS: &[(&str, &str, &str)] = &[

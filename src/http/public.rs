@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::bearer;
-use super::error::{ApiError, ErrorBody};
+use crate::api_error::{ApiError, ErrorBody};
 use crate::content::{self, Content, ContentKind};
 use crate::players;
 use crate::state::AppState;

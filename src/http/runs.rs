@@ -15,8 +15,8 @@ use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 
 use super::admin::authorize;
-use super::error::{typed_body, ApiError, ErrorBody};
 use super::public::player;
+use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::domain::money::PriceUsd;
 use crate::hub::{self, SessionId, ToSession};
 use crate::runs::service::{StartError, Started, Waiter};

@@ -2,7 +2,7 @@
 //! `error:overloaded` (the same request may succeed in a moment); a database that refuses or
 //! cannot be reached, and our own faults, are `error:unavailable` (nothing was stored; retry
 //! later). The cause is logged here, once, with the session; the client gets a safe message.
-//! REST has its own mapping in `http/error.rs`, over the same `StoreError::failure()`.
+//! REST has its own mapping in `api_error.rs`, over the same `StoreError::failure()`.
 //!
 //! Never sends a frame and never shows a client the cause.
 

@@ -14,7 +14,7 @@ pub mod transport;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::http::error::ApiError;
+use crate::api_error::ApiError;
 use crate::state::AppState;
 
 /// Largest accepted frame payload; bigger frames close the socket with 1009.

@@ -1,5 +1,6 @@
-//! Error policy: library code returns `thiserror` enums (`StoreError`, `UpstreamError`, ...);
-//! HTTP handlers turn them into [`ApiError`], which answers `{"error": code, "message": ..}`
+//! The error answer of both edges (REST handlers and the WebSocket upgrade). Error policy:
+//! library code returns `thiserror` enums (`StoreError`, `UpstreamError`, ...); the edges turn
+//! them into [`ApiError`], which answers `{"error": code, "message": ..}`
 //! with a fitting status. Causes are logged; clients see a safe message, never a secret.
 
 use actix_web::http::StatusCode;
