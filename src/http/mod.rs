@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod pages;
 pub mod public;
 pub mod request_log;
+pub mod run_admin;
 pub mod runs;
 
 use actix_web::http::Method;
@@ -68,14 +69,14 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(Method::GET, "/admin/api/llm", admin::get_llm),
         at(Method::PUT, "/admin/api/llm", admin::put_llm),
         at(Method::POST, "/admin/api/llm/circuit/reset", admin::reset_circuit),
-        at(Method::GET, "/admin/api/runs", runs::admin_runs),
-        at(Method::GET, "/admin/api/costs", runs::admin_costs),
-        at(Method::GET, "/admin/api/budgets/{project_id}", runs::get_budget),
-        at(Method::PUT, "/admin/api/budgets/{project_id}", runs::put_budget),
-        at(Method::GET, "/admin/api/dead-letters", runs::dead_letters),
-        at(Method::POST, "/admin/api/dead-letters/{run_id}/retry", runs::retry_dead_letter),
-        at(Method::GET, "/admin/api/prices", runs::get_prices),
-        at(Method::PUT, "/admin/api/prices/{model}", runs::put_price),
+        at(Method::GET, "/admin/api/runs", run_admin::admin_runs),
+        at(Method::GET, "/admin/api/costs", run_admin::admin_costs),
+        at(Method::GET, "/admin/api/budgets/{project_id}", run_admin::get_budget),
+        at(Method::PUT, "/admin/api/budgets/{project_id}", run_admin::put_budget),
+        at(Method::GET, "/admin/api/dead-letters", run_admin::dead_letters),
+        at(Method::POST, "/admin/api/dead-letters/{run_id}/retry", run_admin::retry_dead_letter),
+        at(Method::GET, "/admin/api/prices", run_admin::get_prices),
+        at(Method::PUT, "/admin/api/prices/{model}", run_admin::put_price),
         at(Method::GET, "/admin/api/users", insights::users),
         at(Method::GET, "/admin/api/metrics/summary", insights::summary),
         at(Method::GET, "/admin/api/metrics/history", insights::history),

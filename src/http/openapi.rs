@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, insights, pages, public, runs};
+use super::{admin, insights, pages, public, run_admin, runs};
 
 /// The security scheme of `/api/*`: the token of a `session:ack`.
 pub const PLAYER_TOKEN: &str = "player_token";
@@ -38,14 +38,14 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         admin::get_llm,
         admin::put_llm,
         admin::reset_circuit,
-        runs::admin_runs,
-        runs::admin_costs,
-        runs::get_budget,
-        runs::put_budget,
-        runs::dead_letters,
-        runs::retry_dead_letter,
-        runs::get_prices,
-        runs::put_price,
+        run_admin::admin_runs,
+        run_admin::admin_costs,
+        run_admin::get_budget,
+        run_admin::put_budget,
+        run_admin::dead_letters,
+        run_admin::retry_dead_letter,
+        run_admin::get_prices,
+        run_admin::put_price,
         insights::users,
         insights::summary,
         insights::history,
