@@ -6,6 +6,7 @@ pub mod chat;
 pub mod frames;
 pub mod mood;
 pub mod mood_job;
+mod peers;
 pub mod presence;
 pub mod rate_limit;
 pub mod remote;

@@ -11,7 +11,8 @@
 //! the whole (short) list again once, as a `presence:state`.
 //!
 //! When the backplane is shared, this process announces its own players' changes, says it is
-//! alive every few seconds, and drops the players of a process that went silent (it died).
+//! alive every few seconds, and drops the players of a process that went silent (it died); the
+//! bookkeeping of that is `lobby::peers`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -22,6 +23,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
+use super::peers::Peers;
 use crate::backplane::Backplane;
 use crate::core::metrics::Metrics;
 use crate::domain::events::Event;
@@ -90,15 +92,8 @@ pub struct ListenerReady;
 /// After the backplane hears the others again, how long their answers to this process's hello
 /// are given before every session gets the whole list again.
 const RESYNC_AFTER: Duration = Duration::from_millis(500);
-/// Users per presence event, so one stays under the backplane's event size limit.
-const USERS_PER_NOTIFICATION: usize = 40;
 /// Above the list maximum, the count goes out at most this often.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
-
-struct RemoteProcess {
-    users: HashMap<i64, String>,
-    heard: Instant,
-}
 
 struct Member {
     nickname: String,
@@ -110,19 +105,11 @@ pub struct Lobby {
     metrics: Arc<Metrics>,
     window: Duration,
     list_max: usize,
-    origin: Arc<str>,
-    /// Presence is shared with the other processes through it (when it is shared).
-    backplane: Arc<dyn Backplane>,
+    /// What the other processes say is online there, and what this one has to tell them.
+    peers: Peers,
     sessions: HashMap<SessionId, i64>,
     /// Online on this process: user -> nickname and open sessions.
     online: HashMap<i64, Member>,
-    /// Online on other processes, by process.
-    remote: HashMap<String, RemoteProcess>,
-    /// Local users whose online state changed since the last announcement (Some = online).
-    to_announce: HashMap<i64, Option<String>>,
-    /// Events waiting to be sent, one batch in flight at a time so they keep their order.
-    outgoing: Vec<Event>,
-    sending: bool,
     /// Everyone online on every process as of the last flush, by user_id: what states, pages,
     /// counts and updates say.
     view: BTreeMap<i64, String>,
@@ -140,8 +127,6 @@ pub struct Lobby {
     told_count: usize,
     count_sent_at: Option<Instant>,
     count_scheduled: bool,
-    /// The backplane has heard the other processes before (a `ListenerReady` now is a reconnect).
-    heard_before: bool,
 }
 
 impl Lobby {
@@ -158,14 +143,9 @@ impl Lobby {
             metrics,
             window,
             list_max: list_max.max(1),
-            origin,
-            backplane,
+            peers: Peers::new(origin, backplane),
             sessions: HashMap::new(),
             online: HashMap::new(),
-            remote: HashMap::new(),
-            to_announce: HashMap::new(),
-            outgoing: Vec::new(),
-            sending: false,
             view: BTreeMap::new(),
             state_frame: None,
             dirty: HashSet::new(),
@@ -175,16 +155,12 @@ impl Lobby {
             told_count: 0,
             count_sent_at: None,
             count_scheduled: false,
-            heard_before: false,
         }
     }
 
     /// The nickname of `user_id` if they are online on any process.
     fn effective(&self, user_id: i64) -> Option<&String> {
-        self.online
-            .get(&user_id)
-            .map(|m| &m.nickname)
-            .or_else(|| self.remote.values().find_map(|p| p.users.get(&user_id)))
+        self.online.get(&user_id).map(|m| &m.nickname).or_else(|| self.peers.nickname(user_id))
     }
 
     /// `presence:state` of the lowest `list_max` users of the view.
@@ -219,46 +195,15 @@ impl Lobby {
 
     /// A local user came online or went offline here: tell the other processes at the next flush.
     fn local_changed(&mut self, user_id: i64, ctx: &mut Context<Self>) {
-        if self.backplane.shared() {
-            let state = self.online.get(&user_id).map(|m| m.nickname.clone());
-            self.to_announce.insert(user_id, state);
-        }
+        self.peers.local_changed(user_id, self.online.get(&user_id).map(|m| m.nickname.clone()));
         self.changed(user_id, ctx);
     }
 
-    /// Queues presence notifications of `online` / `offline` users, chunked under the payload limit.
-    fn queue_presence(&mut self, online: Vec<(i64, String)>, offline: Vec<i64>) {
-        for chunk in online.chunks(USERS_PER_NOTIFICATION) {
-            self.queue(Event::Presence {
-                origin: self.origin.to_string(),
-                online: chunk.to_vec(),
-                offline: Vec::new(),
-            });
-        }
-        for chunk in offline.chunks(USERS_PER_NOTIFICATION * 4) {
-            self.queue(Event::Presence {
-                origin: self.origin.to_string(),
-                online: Vec::new(),
-                offline: chunk.to_vec(),
-            });
-        }
-    }
-
-    fn queue(&mut self, event: Event) {
-        if self.backplane.shared() {
-            self.outgoing.push(event);
-        }
-    }
-
-    /// Sends the queued notifications in order, one batch at a time.
+    /// Sends what is queued for the other processes in order, one batch at a time.
     fn send_notifications(&mut self, ctx: &mut Context<Self>) {
-        if self.sending || self.outgoing.is_empty() {
-            return;
-        }
-        self.sending = true;
-        let batch = std::mem::take(&mut self.outgoing);
-        ctx.spawn(self.backplane.publish(batch).into_actor(self).map(|result, act, ctx| {
-            act.sending = false;
+        let Some(batch) = self.peers.take_batch() else { return };
+        ctx.spawn(self.peers.backplane().publish(batch).into_actor(self).map(|result, act, ctx| {
+            act.peers.sent();
             if let Err(e) = result {
                 tracing::warn!(error = %e, "could not announce presence to the other processes");
             }
@@ -268,23 +213,10 @@ impl Lobby {
 
     /// Says this process is alive and drops the users of processes that went silent.
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        self.queue(Event::Alive { origin: self.origin.to_string() });
-        self.send_notifications(ctx);
-        let now = Instant::now();
-        let gone: Vec<String> = self
-            .remote
-            .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.heard) > self.backplane.liveness().expires)
-            .map(|(o, _)| o.clone())
-            .collect();
-        for origin in gone {
-            tracing::warn!(process = %origin, "no word from a lobby process; dropping its players");
-            if let Some(process) = self.remote.remove(&origin) {
-                for user_id in process.users.into_keys() {
-                    self.changed(user_id, ctx);
-                }
-            }
+        for user_id in self.peers.heartbeat() {
+            self.changed(user_id, ctx);
         }
+        self.send_notifications(ctx);
         self.gauges();
     }
 
@@ -312,18 +244,8 @@ impl Lobby {
     /// list), else the count; then answers the joins of the window.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
-        if !self.to_announce.is_empty() {
-            let mut online = Vec::new();
-            let mut offline = Vec::new();
-            for (user_id, state) in self.to_announce.drain() {
-                match state {
-                    Some(nickname) => online.push((user_id, nickname)),
-                    None => offline.push(user_id),
-                }
-            }
-            self.queue_presence(online, offline);
-            self.send_notifications(ctx);
-        }
+        self.peers.announce_changes();
+        self.send_notifications(ctx);
         let mut joins = Vec::new();
         let mut leaves = Vec::new();
         for user_id in std::mem::take(&mut self.dirty) {
@@ -414,14 +336,19 @@ impl Lobby {
     }
 }
 
+/// Everyone online on this process, for the other processes.
+fn ours(online: &HashMap<i64, Member>) -> Vec<(i64, String)> {
+    online.iter().map(|(id, m)| (*id, m.nickname.clone())).collect()
+}
+
 impl Actor for Lobby {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Thousands of sessions may join at once; the mailbox must not refuse them.
         ctx.set_mailbox_capacity(100_000);
-        if self.backplane.shared() {
-            ctx.run_interval(self.backplane.liveness().every, |act, ctx| act.heartbeat(ctx));
+        if let Some(every) = self.peers.heartbeat_every() {
+            ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
         }
     }
 }
@@ -490,11 +417,7 @@ impl Handler<Page> for Lobby {
 impl Handler<OnlineUsers> for Lobby {
     type Result = MessageResult<OnlineUsers>;
     fn handle(&mut self, _: OnlineUsers, _: &mut Context<Self>) -> Self::Result {
-        let mut ids: HashSet<i64> = self.online.keys().copied().collect();
-        for process in self.remote.values() {
-            ids.extend(process.users.keys().copied());
-        }
-        MessageResult(ids)
+        MessageResult(self.online.keys().copied().chain(self.peers.user_ids()).collect())
     }
 }
 
@@ -502,37 +425,12 @@ impl Handler<Remote> for Lobby {
     type Result = ();
 
     fn handle(&mut self, Remote(event): Remote, ctx: &mut Context<Self>) {
-        let origin = event.origin().to_owned();
-        if *origin == *self.origin {
-            return;
+        let online = &self.online;
+        let touched = self.peers.heard(event, || ours(online));
+        for user_id in touched {
+            self.changed(user_id, ctx);
         }
-        let process =
-            self.remote.entry(origin).or_insert_with(|| RemoteProcess { users: HashMap::new(), heard: Instant::now() });
-        process.heard = Instant::now();
-        match event {
-            Event::Presence { online, offline, .. } => {
-                let mut touched = Vec::with_capacity(online.len() + offline.len());
-                for (user_id, nickname) in online {
-                    process.users.insert(user_id, nickname);
-                    touched.push(user_id);
-                }
-                for user_id in offline {
-                    process.users.remove(&user_id);
-                    touched.push(user_id);
-                }
-                for user_id in touched {
-                    self.changed(user_id, ctx);
-                }
-            }
-            Event::Hello { .. } => {
-                // A process (re)joined: tell it who is online here.
-                let everyone: Vec<(i64, String)> =
-                    self.online.iter().map(|(id, m)| (*id, m.nickname.clone())).collect();
-                self.queue_presence(everyone, Vec::new());
-                self.send_notifications(ctx);
-            }
-            _ => {}
-        }
+        self.send_notifications(ctx);
         self.gauges();
     }
 }
@@ -541,24 +439,18 @@ impl Handler<ListenerReady> for Lobby {
     type Result = ();
 
     fn handle(&mut self, _: ListenerReady, ctx: &mut Context<Self>) {
-        if self.heard_before {
-            // What the others said while this process could not hear them is lost, and they may
-            // have dropped this process's players. Forget theirs and ask again (the answers land
-            // in the same gathering window, so only real changes reach the sessions), tell them
-            // ours again, and give every session the whole list once the answers are in.
-            let theirs: Vec<i64> = self.remote.drain().flat_map(|(_, p)| p.users.into_keys()).collect();
+        let online = &self.online;
+        if let Some(theirs) = self.peers.listening(|| ours(online)) {
+            // Their answers to the hello land in the same gathering window, so only real
+            // changes reach the sessions; every session gets the whole list once they are in.
             for user_id in theirs {
                 self.changed(user_id, ctx);
             }
-            let ours: Vec<(i64, String)> = self.online.iter().map(|(id, m)| (*id, m.nickname.clone())).collect();
-            self.queue_presence(ours, Vec::new());
             ctx.run_later(RESYNC_AFTER, |act, _| {
                 let state = act.state();
                 act.hub.do_send(Publish { topic: Topic::Lobby, version: None, text: state });
             });
         }
-        self.heard_before = true;
-        self.queue(Event::Hello { origin: self.origin.to_string() });
         self.send_notifications(ctx);
     }
 }

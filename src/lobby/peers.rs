@@ -1,0 +1,191 @@
+//! Presence shared with the other processes, as bookkeeping the presence `Lobby` holds:
+//! who each other process said is online there and when it was last heard, and what this
+//! process has still to tell them (its players' changes, chunked under the backplane's event
+//! size, in order, one batch in flight at a time). Answers which users a piece of news touched;
+//! never publishes to sessions, never sends on the backplane itself (the Lobby sends the
+//! batches it takes), and does nothing when the backplane is not shared.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backplane::Backplane;
+use crate::domain::events::Event;
+
+/// Users per presence event, so one stays under the backplane's event size limit.
+const USERS_PER_NOTIFICATION: usize = 40;
+
+/// Who another process said is online there, and when it was last heard from.
+struct RemoteProcess {
+    users: HashMap<i64, String>,
+    heard: Instant,
+}
+
+pub(super) struct Peers {
+    origin: Arc<str>,
+    backplane: Arc<dyn Backplane>,
+    /// Online on other processes, by process.
+    remote: HashMap<String, RemoteProcess>,
+    /// Local users whose online state changed since the last announcement (Some = online).
+    to_announce: HashMap<i64, Option<String>>,
+    /// Events waiting to be sent, one batch in flight at a time so they keep their order.
+    outgoing: Vec<Event>,
+    sending: bool,
+    /// The backplane has heard the other processes before (hearing them now is a reconnect).
+    heard_before: bool,
+}
+
+impl Peers {
+    pub(super) fn new(origin: Arc<str>, backplane: Arc<dyn Backplane>) -> Self {
+        Peers {
+            origin,
+            backplane,
+            remote: HashMap::new(),
+            to_announce: HashMap::new(),
+            outgoing: Vec::new(),
+            sending: false,
+            heard_before: false,
+        }
+    }
+
+    pub(super) fn backplane(&self) -> &Arc<dyn Backplane> {
+        &self.backplane
+    }
+
+    /// How often to say this process is alive; `None` when nobody else listens.
+    pub(super) fn heartbeat_every(&self) -> Option<Duration> {
+        self.backplane.shared().then(|| self.backplane.liveness().every)
+    }
+
+    /// The nickname another process says `user_id` is online with.
+    pub(super) fn nickname(&self, user_id: i64) -> Option<&String> {
+        self.remote.values().find_map(|p| p.users.get(&user_id))
+    }
+
+    /// Everyone online on the other processes.
+    pub(super) fn user_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.remote.values().flat_map(|p| p.users.keys().copied())
+    }
+
+    /// A local user came online (`Some(nickname)`) or went offline here.
+    pub(super) fn local_changed(&mut self, user_id: i64, state: Option<String>) {
+        if self.backplane.shared() {
+            self.to_announce.insert(user_id, state);
+        }
+    }
+
+    /// Queues the local changes noted since the last call.
+    pub(super) fn announce_changes(&mut self) {
+        let (mut online, mut offline) = (Vec::new(), Vec::new());
+        for (user_id, state) in self.to_announce.drain() {
+            match state {
+                Some(nickname) => online.push((user_id, nickname)),
+                None => offline.push(user_id),
+            }
+        }
+        self.queue_presence(online, offline);
+    }
+
+    /// Queues presence notifications of `online` / `offline` users, chunked under the payload limit.
+    pub(super) fn queue_presence(&mut self, online: Vec<(i64, String)>, offline: Vec<i64>) {
+        for chunk in online.chunks(USERS_PER_NOTIFICATION) {
+            self.queue(Event::Presence {
+                origin: self.origin.to_string(),
+                online: chunk.to_vec(),
+                offline: Vec::new(),
+            });
+        }
+        for chunk in offline.chunks(USERS_PER_NOTIFICATION * 4) {
+            self.queue(Event::Presence {
+                origin: self.origin.to_string(),
+                online: Vec::new(),
+                offline: chunk.to_vec(),
+            });
+        }
+    }
+
+    fn queue(&mut self, event: Event) {
+        if self.backplane.shared() {
+            self.outgoing.push(event);
+        }
+    }
+
+    /// The next batch to send, unless one is in flight (then [`Peers::sent`] comes first).
+    pub(super) fn take_batch(&mut self) -> Option<Vec<Event>> {
+        if self.sending || self.outgoing.is_empty() {
+            return None;
+        }
+        self.sending = true;
+        Some(std::mem::take(&mut self.outgoing))
+    }
+
+    /// The batch in flight has been sent (or failed).
+    pub(super) fn sent(&mut self) {
+        self.sending = false;
+    }
+
+    /// Queues this process's "alive", forgets the processes that went silent (they died) and
+    /// answers their users.
+    pub(super) fn heartbeat(&mut self) -> Vec<i64> {
+        self.queue(Event::Alive { origin: self.origin.to_string() });
+        let (now, expires) = (Instant::now(), self.backplane.liveness().expires);
+        let gone: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.heard) > expires)
+            .map(|(origin, _)| origin.clone())
+            .collect();
+        let mut users = Vec::new();
+        for origin in gone {
+            tracing::warn!(process = %origin, "no word from a lobby process; dropping its players");
+            users.extend(self.remote.remove(&origin).into_iter().flat_map(|p| p.users.into_keys()));
+        }
+        users
+    }
+
+    /// News from another process; answers the users it touched. A process that (re)joined
+    /// (`Hello`) is told `ours`, who is online here, which is read only then.
+    pub(super) fn heard(&mut self, event: Event, ours: impl FnOnce() -> Vec<(i64, String)>) -> Vec<i64> {
+        let origin = event.origin().to_owned();
+        if *origin == *self.origin {
+            return Vec::new();
+        }
+        let process =
+            self.remote.entry(origin).or_insert_with(|| RemoteProcess { users: HashMap::new(), heard: Instant::now() });
+        process.heard = Instant::now();
+        match event {
+            Event::Presence { online, offline, .. } => {
+                let mut touched = Vec::with_capacity(online.len() + offline.len());
+                for (user_id, nickname) in online {
+                    process.users.insert(user_id, nickname);
+                    touched.push(user_id);
+                }
+                for user_id in offline {
+                    process.users.remove(&user_id);
+                    touched.push(user_id);
+                }
+                touched
+            }
+            Event::Hello { .. } => {
+                self.queue_presence(ours(), Vec::new());
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The backplane hears the other processes (again): queues this process's hello. On a
+    /// reconnect what the others said meanwhile is lost and they may have dropped this
+    /// process's players: theirs are forgotten and answered (to be asked again), and `ours`
+    /// are told again.
+    pub(super) fn listening(&mut self, ours: impl FnOnce() -> Vec<(i64, String)>) -> Option<Vec<i64>> {
+        let theirs = self.heard_before.then(|| {
+            let theirs = self.remote.drain().flat_map(|(_, p)| p.users.into_keys()).collect();
+            self.queue_presence(ours(), Vec::new());
+            theirs
+        });
+        self.heard_before = true;
+        self.queue(Event::Hello { origin: self.origin.to_string() });
+        theirs
+    }
+}
