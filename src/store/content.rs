@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use super::jobs::{self, Ended, JobKind, JobRow};
 use super::notify;
 use super::schema::content;
-use super::{is_unique_violation, write_tx, DbConn, Kept, StoreError, StoreResult};
+use super::{DbConn, Kept, StoreError, StoreResult};
 use crate::domain::content::{Content, ContentKind, ContentStatus};
 use crate::domain::events::Event;
 use crate::on_backend;
@@ -109,26 +109,24 @@ pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<ContentRow>>
     Ok(on_backend!(conn, |c| content::table.find(id).first(c).optional())?)
 }
 
-/// Returns the item, creating it (pending + job, one transaction) when it does not exist,
-/// or putting it back to pending when `regenerate` is set and it is not pending already.
-/// Concurrent requests for one item end with one row and one job. With `claim_for`, the new
-/// job is answered too, claimed by that worker.
+/// Returns the item, creating it (pending + job) when it does not exist, or putting it back
+/// to pending when `regenerate` is set and it is not pending already. Concurrent requests for
+/// one item, on any process, end with one row and one job. With `claim_for`, the new job is
+/// answered too, claimed by that worker. A whole write of its own (the writer's request is all
+/// of it or none): nothing may go on after it fails in the same transaction.
 pub fn request(
     conn: &mut DbConn,
     item: &RequestItem<'_>,
     now: NaiveDateTime,
 ) -> StoreResult<(Requested, Option<JobRow>)> {
-    match write_tx(conn, |conn| request_in_tx(conn, item, now)) {
-        // PostgreSQL: a concurrent transaction inserted the same item first; it is ours now.
-        Err(e) if is_unique_violation(&e) => write_tx(conn, |conn| request_in_tx(conn, item, now)),
-        other => other,
-    }
+    request_once(conn, item, now, true)
 }
 
-fn request_in_tx(
+fn request_once(
     conn: &mut DbConn,
     item: &RequestItem<'_>,
     now: NaiveDateTime,
+    first: bool,
 ) -> StoreResult<(Requested, Option<JobRow>)> {
     let enqueue = |conn: &mut DbConn, target_id| match item.claim_for {
         Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, 0, worker, now).map(Some),
@@ -165,12 +163,27 @@ fn request_in_tx(
                 created_at: now,
                 updated_at: now,
             };
-            let row: ContentRow = on_backend!(conn, |c| diesel::insert_into(content::table)
+            // A conflict leaves the transaction as it was (no savepoint needed to go on).
+            let row: Option<ContentRow> = on_backend!(conn, |c| diesel::insert_into(content::table)
                 .values(&new)
+                .on_conflict((content::kind, content::subject_id))
+                .do_nothing()
                 .returning(content::all_columns)
-                .get_result(c))?;
-            let job = enqueue(conn, row.id)?;
-            Ok((Requested::Created(row), job))
+                .get_result(c)
+                .optional())?;
+            match row {
+                Some(row) => {
+                    let job = enqueue(conn, row.id)?;
+                    Ok((Requested::Created(row), job))
+                }
+                // A concurrent transaction (another process) inserted the item first and has
+                // committed: it is ours now, as it is.
+                None if first => request_once(conn, item, now, false),
+                None => Err(StoreError::Corrupt(format!(
+                    "content {}:{} conflicts on insert and cannot be found",
+                    item.kind, item.subject_id
+                ))),
+            }
         }
     }
 }
@@ -188,30 +201,29 @@ pub struct Finish<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// A whole write of its own, like [`request`].
 pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreResult<Ended<ContentRow>> {
-    write_tx(conn, |conn| {
-        if !jobs::complete(conn, f.job_id, f.worker)? {
-            return Ok(Ended::TakenOver);
-        }
-        let row = on_backend!(conn, |c| Kept(
-            diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
-                .set((
-                    content::status.eq(f.status),
-                    content::fields.eq(f.fields),
-                    content::model.eq(f.model),
-                    content::reason.eq(f.reason),
-                    content::version.eq(content::version + 1),
-                    content::updated_at.eq(now),
-                ))
-                .returning(content::all_columns),
-        )
-        .get_result(c)
-        .optional())?;
-        if let Some(row) = &row {
-            content_changed(conn, f.origin, row)?;
-        }
-        Ok(Ended::Done(row))
-    })
+    if !jobs::complete(conn, f.job_id, f.worker)? {
+        return Ok(Ended::TakenOver);
+    }
+    let row = on_backend!(conn, |c| Kept(
+        diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
+            .set((
+                content::status.eq(f.status),
+                content::fields.eq(f.fields),
+                content::model.eq(f.model),
+                content::reason.eq(f.reason),
+                content::version.eq(content::version + 1),
+                content::updated_at.eq(now),
+            ))
+            .returning(content::all_columns),
+    )
+    .get_result(c)
+    .optional())?;
+    if let Some(row) = &row {
+        content_changed(conn, f.origin, row)?;
+    }
+    Ok(Ended::Done(row))
 }
 
 /// Items by status, for the admin summary and tests.

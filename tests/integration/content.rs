@@ -3,9 +3,13 @@
 
 use std::time::Duration;
 
+use diesel::prelude::*;
+use lorewire::store::content::{self as rows, RequestItem, Requested};
+use lorewire::store::schema::{content, jobs};
+use lorewire::store::Store;
 use serde_json::{json, Value};
 
-use crate::common::{get_json, post_json, spawn_app, Db, Mode};
+use crate::common::{get_json, post_json, spawn_app, Db, Mode, TestDb};
 
 fn request(kind: &str, subject_id: u64, r: Value) -> Value {
     json!({"type": "content:request", "kind": kind, "subject_id": subject_id, "ref": r,
@@ -169,7 +173,66 @@ async fn bad_content_requests_store_nothing(db: Db) {
     assert_eq!(app.fake.request_count(), 0);
 }
 
+/// Two processes asking for the same new item at the same moment, their transactions
+/// overlapping (the second inserts while the first has inserted and not yet committed), end
+/// with one row and one job; the second gets the first's item as it is.
+async fn two_processes_creating_one_item_end_with_one_row_and_one_job(db: Db) {
+    let test_db = TestDb::new(db);
+    let url = test_db.url.clone();
+    let (first, second) = actix_web::rt::task::spawn_blocking(move || {
+        let first = Store::connect(&url).expect("first store");
+        first.migrate().expect("migrations");
+        (first, Store::connect(&url).expect("second store"))
+    })
+    .await
+    .unwrap();
+    let item = || RequestItem {
+        origin: "test",
+        kind: "quest",
+        subject_id: 7,
+        context: None,
+        empty_fields: "{}",
+        regenerate: false,
+        claim_for: None,
+    };
+    let now = chrono::Utc::now().naive_utc();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (inserted, inserting) = tokio::sync::oneshot::channel::<i64>();
+    let (mut released, mut inserted) = (Some(released), Some(inserted));
+    let first_write = actix_web::rt::spawn(first.write(move |conn| {
+        let answer = rows::request(conn, &item(), now)?;
+        if let (Some(inserted), Some(released)) = (inserted.take(), released.take()) {
+            let _ = inserted.send(answer.0.row().id);
+            // Holds the transaction open until the second write has begun.
+            let _ = released.recv();
+        }
+        Ok(answer)
+    }));
+    let id = inserting.await.expect("the first write inserted");
+    let second_write = actix_web::rt::spawn(second.write(move |conn| rows::request(conn, &item(), now)));
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    drop(release);
+
+    let (first_did, first_job) = first_write.await.unwrap().expect("the first write commits");
+    let (second_did, second_job) = second_write.await.unwrap().expect("the second write commits");
+    assert!(matches!(first_did, Requested::Created(_)), "{first_did:?}");
+    assert!(first_job.is_none(), "queued, not claimed");
+    assert!(matches!(second_did, Requested::Existing(_)), "{second_did:?}");
+    assert_eq!(second_did.row().id, id);
+    assert!(second_job.is_none());
+    let counts = first
+        .run(|c| {
+            let items: i64 = content::table.count().get_result(c)?;
+            let queued: i64 = jobs::table.count().get_result(c)?;
+            Ok((items, queued))
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts, (1, 1), "one row and one job");
+}
+
 both_backends!(
+    two_processes_creating_one_item_end_with_one_row_and_one_job,
     request_pushes_ready_to_every_subscriber,
     concurrent_requests_make_one_upstream_call,
     rest_content_api,
