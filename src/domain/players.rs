@@ -4,6 +4,7 @@
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use unicode_general_category::{get_general_category, GeneralCategory};
 
 pub const MAX_NICKNAME_CHARS: usize = 32;
 
@@ -35,11 +36,15 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Trims and checks a nickname: 1..32 characters, no control characters.
+/// Trims and checks a nickname: 1..32 characters, no control or format characters.
 pub fn validate_nickname(raw: &str) -> Result<String, String> {
     // Checked before trimming: a tab or newline at either end is refused, not silently cut.
     if raw.chars().any(char::is_control) {
         return Err("nickname must not contain control characters".into());
+    }
+    // Zero-width and direction-override characters let one player pass for another.
+    if let Some(c) = raw.chars().find(|&c| get_general_category(c) == GeneralCategory::Format) {
+        return Err(format!("nickname must not contain invisible format characters (U+{:04X})", u32::from(c)));
     }
     let nickname = raw.trim();
     let chars = nickname.chars().count();
@@ -65,6 +70,12 @@ mod tests {
         assert!(validate_nickname(&"x".repeat(33)).is_err());
         assert!(validate_nickname(&"é".repeat(32)).is_ok());
         assert!(validate_nickname("A\u{7}da").is_err());
+        // Unicode format characters (Cf): zero-width, joiners, direction overrides, BOM, tags.
+        for c in ['\u{200B}', '\u{200D}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{00AD}', '\u{E0041}'] {
+            let err = validate_nickname(&format!("Ad{c}a")).unwrap_err();
+            assert!(err.contains("format characters"), "{c:?}: {err}");
+        }
+        assert!(validate_nickname("Zoë 😀").is_ok());
     }
 
     #[test]

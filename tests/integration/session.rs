@@ -59,6 +59,10 @@ async fn bad_frames_get_errors_and_keep_the_socket(db: Db) {
         ("a\u{1}b", "control"),
         ("Ada\n", "trailing newline"),
         (&"x".repeat(33)[..], "long"),
+        ("Ad\u{200B}a", "zero-width space"),
+        ("\u{202E}adA", "right-to-left override"),
+        ("A\u{2066}da\u{2069}", "direction isolate"),
+        ("Ada\u{FEFF}", "byte order mark"),
     ] {
         ws.send(json!({"type": "session:start", "nickname": nickname, "ref": why})).await;
         let err = ws.recv().await;
