@@ -28,6 +28,9 @@ pub struct Metrics {
     /// and how (salvaged, reasked).
     pub answers_repaired: IntCounterVec,
     pub jobs_claimed: IntCounter,
+    /// This process's job slots in use (`LOREWIRE_LLM_CONCURRENCY` at most): reserved for a new
+    /// job or running one.
+    pub job_slots_busy: IntGauge,
     /// Seconds from the pending row's commit to the pushed ready/fallback.
     pub push_latency: Histogram,
     /// Generation runs admitted (not joins or cache hits).
@@ -88,6 +91,8 @@ impl Metrics {
             }
         }
         let jobs_claimed = IntCounter::new("jobs_claimed_total", "Durable jobs claimed").expect("metric");
+        let job_slots_busy =
+            IntGauge::new("job_slots_busy", "Job slots in use (reserved or running a job)").expect("metric");
         let push_latency = Histogram::with_opts(
             HistogramOpts::new("push_latency_seconds", "From the pending row to the pushed result")
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
@@ -134,6 +139,7 @@ impl Metrics {
             Box::new(content_finished.clone()),
             Box::new(answers_repaired.clone()),
             Box::new(jobs_claimed.clone()),
+            Box::new(job_slots_busy.clone()),
             Box::new(push_latency.clone()),
             Box::new(runs_queued.clone()),
             Box::new(runs_refused.clone()),
@@ -163,6 +169,7 @@ impl Metrics {
             content_finished,
             answers_repaired,
             jobs_claimed,
+            job_slots_busy,
             push_latency,
             runs_queued,
             runs_refused,

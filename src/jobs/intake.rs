@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use prometheus::IntGauge;
 
 use super::handler::{load_targets, Loaded, Loader};
 use crate::store::jobs::{JobKind, JobRow};
@@ -31,13 +32,15 @@ pub struct Claimed {
 pub(super) struct Slots {
     pub(super) capacity: usize,
     busy: AtomicUsize,
+    /// `busy` as `/metrics` shows it.
+    gauge: IntGauge,
     /// The worker drains: no write claims for it any more.
     closed: AtomicBool,
 }
 
 impl Slots {
-    pub(super) fn new(capacity: usize) -> Self {
-        Slots { capacity, busy: AtomicUsize::new(0), closed: AtomicBool::new(false) }
+    pub(super) fn new(capacity: usize, gauge: IntGauge) -> Self {
+        Slots { capacity, busy: AtomicUsize::new(0), gauge, closed: AtomicBool::new(false) }
     }
 
     /// Reserves up to `n` free slots; answers how many.
@@ -46,11 +49,14 @@ impl Slots {
             let free = self.capacity.saturating_sub(busy).min(n);
             (free > 0).then_some(busy + free)
         });
-        taken.map_or(0, |busy| self.capacity.saturating_sub(busy).min(n))
+        let free = taken.map_or(0, |busy| self.capacity.saturating_sub(busy).min(n));
+        self.gauge.add(free as i64);
+        free
     }
 
     pub(super) fn give(&self, n: usize) {
         self.busy.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.sub(n as i64);
     }
 
     /// No write claims for the worker any more (it drains).

@@ -75,6 +75,7 @@ pub struct JobWorker {
 
 impl JobWorker {
     pub fn new(store: Store, clock: SharedClock, metrics: Arc<Metrics>, config: &Config, name: Arc<str>) -> Self {
+        let slots = Arc::new(Slots::new(config.llm_concurrency, metrics.job_slots_busy.clone()));
         JobWorker {
             store,
             clock,
@@ -87,7 +88,7 @@ impl JobWorker {
             handlers: HashMap::new(),
             loaders: Arc::default(),
             in_flight: HashSet::new(),
-            slots: Arc::new(Slots::new(config.llm_concurrency)),
+            slots,
             claiming: false,
             claim_again: false,
             saturated: true,

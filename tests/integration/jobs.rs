@@ -406,6 +406,11 @@ async fn a_request_with_a_free_slot_claims_its_job_and_a_busy_slot_queues_it(db:
     assert_eq!(quest_update(&mut ws, 1).await["status"], "ready");
     assert_eq!(quest_update(&mut ws, 2).await["status"], "ready");
     eventually("the jobs to end", || async { (job_count(&store).await == 0).then_some(()) }).await;
+    // A job's row goes in its end's commit; its slot is given back only after that commit.
+    eventually("the slot to be free", || async {
+        (metric(&app, "lorewire_job_slots_busy").await == 0.0).then_some(())
+    })
+    .await;
     request_quest(&mut ws, 3).await;
     let third = content_id(&store, 3).await;
     let (status, _, _) = job_of(&store, "content", third).await.expect("quest 3 has a job");
