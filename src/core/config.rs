@@ -280,6 +280,16 @@ pub struct Config {
     /// Redis as the backplane (`LOREWIRE_REDIS_URL`), and the prefix of its keys and channels.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// Pauses that tests put between two steps to hold a race open; all zero outside tests.
+    pub test_holds: TestHolds,
+}
+
+/// Pauses between two steps of a race, so a test reproduces the race every time instead of
+/// now and then. Set only by tests (no flag or variable); zero everywhere else.
+#[derive(Debug, Clone, Default)]
+pub struct TestHolds {
+    /// Between a lobby join's subscription and its read of the history.
+    pub lobby_history: Duration,
 }
 
 impl Settings {
@@ -328,6 +338,7 @@ impl Settings {
             metrics_sample: Duration::from_secs(10),
             redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
             redis_prefix: self.redis_prefix,
+            test_holds: TestHolds::default(),
         }
     }
 }

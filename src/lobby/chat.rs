@@ -4,7 +4,7 @@
 //! store calls on the blocking pool; never calls the LLM (the mood job does).
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -42,6 +42,8 @@ pub struct LobbyService {
     lobby: Addr<Lobby>,
     metrics: Arc<Metrics>,
     history_limit: i64,
+    /// Held between the join and its history read (tests only).
+    history_hold: Duration,
     rate: ChatRate,
     /// This process's own windows: the rate when the backplane keeps none or cannot answer.
     limiter: Arc<Mutex<RateLimiter>>,
@@ -70,6 +72,7 @@ impl LobbyService {
             lobby,
             metrics,
             history_limit: i64::from(config.history_limit),
+            history_hold: config.test_holds.lobby_history,
             rate: config.chat_rate,
             limiter: Arc::new(Mutex::new(RateLimiter::new(config.chat_rate))),
             backplane,
@@ -84,6 +87,9 @@ impl LobbyService {
     /// is in the history or arrives as `message:new`, or both), and the `presence:state` to come.
     pub async fn join(&self, join: Join) -> Result<(Vec<Message>, PendingState), StoreError> {
         let state = self.lobby.send(join).await.map_err(|_| StoreError::Canceled)?;
+        if !self.history_hold.is_zero() {
+            tokio::time::sleep(self.history_hold).await;
+        }
         let limit = self.history_limit;
         let rows = self.store.run(move |conn| messages::recent(conn, limit)).await?;
         Ok((rows.iter().map(MessageRow::message).collect(), state))

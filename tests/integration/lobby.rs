@@ -597,7 +597,47 @@ async fn a_joiner_is_told_the_count_that_follows(db: Db) {
     assert_eq!(update["online_count"], 4, "{update}");
 }
 
+/// A message sent right after `session:ack` can land in the history the join reads. The sender
+/// still gets its `message:new` (the answer to its send), while a message of someone else that
+/// the history holds is still not sent twice. The join is held between its subscription and its
+/// history read, so both messages land in that window every time.
+async fn a_sender_joining_gets_its_own_message_new(db: Db) {
+    let app = lobby_app(db, |c| {
+        c.test_holds.lobby_history = Duration::from_millis(300);
+        c.chat_rate = "100/1s".parse().unwrap();
+    })
+    .await;
+    let mut bo = join(&app, "Bo", None).await;
+    for round in 0..3 {
+        let mut ada = app.ws().await;
+        ada.lobby_frames = true;
+        ada.send(json!({"type": "session:start", "nickname": "Ada"})).await;
+        assert_eq!(ada.recv().await["type"], "session:ack");
+        let (mine, theirs) = (format!("mine {round}"), format!("theirs {round}"));
+        ada.send(json!({"type": "message:send", "text": mine, "ref": round})).await;
+        bo.ws.send(json!({"type": "message:send", "text": theirs})).await;
+        let history = ada.recv().await;
+        assert_eq!(history["type"], "lobby:history", "{history}");
+        let in_history: Vec<&str> =
+            history["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+        assert!(in_history.contains(&mine.as_str()), "the send landed before the history read: {history}");
+        assert!(in_history.contains(&theirs.as_str()), "{history}");
+        let mut news = Vec::new();
+        while let Some(Event::Json(frame)) = ada.next_event(Duration::from_millis(800)).await {
+            if frame["type"] == "message:new" {
+                news.push(frame["message"]["text"].as_str().unwrap().to_owned());
+            }
+        }
+        assert_eq!(news, vec![mine.clone()], "round {round}: its own message:new, and only that one");
+        for _ in 0..2 {
+            bo.ws.recv_type("message:new").await;
+        }
+        ada.close().await;
+    }
+}
+
 both_backends!(
+    a_sender_joining_gets_its_own_message_new,
     a_joiner_is_told_the_count_that_follows,
     presence_state_then_updates,
     two_tabs_leave_when_the_last_closes,

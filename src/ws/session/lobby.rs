@@ -10,6 +10,7 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use super::{Ctx, WsSession};
+use crate::domain::lobby::Message;
 use crate::domain::wire::{ErrorCode, Typed};
 use crate::lobby::SendRefused;
 
@@ -22,11 +23,15 @@ impl WsSession {
             let text = service.admit(user_id, &text).await?;
             Ok(service.post(user_id, nickname, text).await?)
         };
-        ctx.spawn(sent.into_actor(self).map(move |result: Result<_, SendRefused>, act, ctx| match result {
-            Ok(_) => {}
-            Err(SendRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
-            Err(SendRefused::Invalid(message)) => act.error(ErrorCode::InvalidPayload, reference, message, ctx),
-            Err(SendRefused::Store(e)) => act.store_failed("the message could not be stored", &e, reference, ctx),
+        self.send_started();
+        ctx.spawn(sent.into_actor(self).map(move |result: Result<_, SendRefused>, act, ctx| {
+            act.send_ended(result.as_ref().ok().map(|m: &Message| m.id), ctx);
+            match result {
+                Ok(_) => {}
+                Err(SendRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
+                Err(SendRefused::Invalid(message)) => act.error(ErrorCode::InvalidPayload, reference, message, ctx),
+                Err(SendRefused::Store(e)) => act.store_failed("the message could not be stored", &e, reference, ctx),
+            }
         }));
     }
 

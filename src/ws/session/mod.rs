@@ -76,6 +76,9 @@ pub struct WsSession {
     aborted: bool,
     /// Generation runs this session waits on (detached when it closes).
     runs: HashSet<String>,
+    /// The lobby join's progress: sends in flight, and what the join may drop as already in
+    /// the history ([`start`]).
+    joining: start::Joining,
 }
 
 impl WsSession {
@@ -89,6 +92,7 @@ impl WsSession {
             last_heard: Instant::now(),
             aborted: false,
             runs: HashSet::new(),
+            joining: start::Joining::default(),
         }
     }
 

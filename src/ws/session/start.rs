@@ -21,6 +21,20 @@ use crate::ws::subscriptions::Seen;
 
 const LOBBY_FAILED: &str = "the lobby could not be loaded (reconnect to retry)";
 
+/// A lobby join in progress. A message this session sends while joining can land in the
+/// history the join reads; the held `message:new` of such a message would then be dropped as
+/// already seen, yet it is the sender's answer to its send. So the held frames are released
+/// only once every send of the session has its id, and the session's own are never dropped.
+#[derive(Debug, Default)]
+pub(super) struct Joining {
+    /// `message:send`s of this session not yet stored or refused.
+    sends_in_flight: usize,
+    /// The ids of messages this session stored while the lobby was held.
+    own: HashSet<i64>,
+    /// The history's message ids, once the join has sent its history and state.
+    history: Option<HashSet<i64>>,
+}
+
 impl WsSession {
     pub(super) fn start_session(
         &mut self,
@@ -83,18 +97,49 @@ impl WsSession {
                         Some(state) => act.send_text(state, ctx),
                         None => act.store_failed(LOBBY_FAILED, &StoreError::Canceled, None, ctx),
                     }
-                    act.release_lobby(in_history, ctx);
+                    act.joined(in_history, ctx);
                 }));
             }
             Err(e) => {
                 act.store_failed(LOBBY_FAILED, &e, None, ctx);
-                act.release_lobby(HashSet::new(), ctx);
+                act.joined(HashSet::new(), ctx);
             }
         }));
     }
 
-    /// Sends the lobby frames held back while joining, minus messages the history holds.
-    fn release_lobby(&mut self, in_history: HashSet<i64>, ctx: &mut Ctx) {
+    /// The join has sent its history and state: the held lobby frames go out once no send of
+    /// this session is still on its way (its id must be known to keep its `message:new`).
+    fn joined(&mut self, in_history: HashSet<i64>, ctx: &mut Ctx) {
+        self.joining.history = Some(in_history);
+        self.release_lobby_when_sent(ctx);
+    }
+
+    /// A `message:send` of this session is on its way: the join waits for its id.
+    pub(super) fn send_started(&mut self) {
+        self.joining.sends_in_flight += 1;
+    }
+
+    /// A `message:send` of this session has ended (`stored` its message's id, when it was).
+    pub(super) fn send_ended(&mut self, stored: Option<i64>, ctx: &mut Ctx) {
+        self.joining.sends_in_flight = self.joining.sends_in_flight.saturating_sub(1);
+        if let Some(id) = stored {
+            if self.subscriptions.is_holding(&Topic::Lobby) {
+                self.joining.own.insert(id);
+            }
+        }
+        self.release_lobby_when_sent(ctx);
+    }
+
+    /// Sends the lobby frames held back while joining, minus messages the history holds, but
+    /// never the session's own: its `message:new` answers its send.
+    fn release_lobby_when_sent(&mut self, ctx: &mut Ctx) {
+        if self.joining.sends_in_flight > 0 {
+            return;
+        }
+        let Some(mut in_history) = self.joining.history.take() else { return };
+        for id in std::mem::take(&mut self.joining.own) {
+            in_history.remove(&id);
+        }
         for text in self.subscriptions.release(&Topic::Lobby, Seen::Messages(in_history)) {
             self.send_text(text, ctx);
         }
