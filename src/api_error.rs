@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::{Failure, StoreError};
+use crate::store::{Failure, StoreError, QUEUE_FULL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,6 +66,10 @@ impl ApiError {
 /// database 503, our own fault 500. The cause is logged here, once; the client gets a safe message.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::QueueFull(limit) = e {
+            tracing::debug!(limit, "request refused: the job queue is full");
+            return ApiError::Overloaded(QUEUE_FULL.into());
+        }
         match e.failure() {
             Failure::Overloaded => {
                 tracing::warn!(error = %e, "database overloaded");

@@ -170,7 +170,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         .register(mood_job)
         .register(run_job)
         .start_with_intake();
-    let content = ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), intake);
+    let content =
+        ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), intake, config.queue_limit);
     let runs = RunService::new(
         origin.clone(),
         store.clone(),

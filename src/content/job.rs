@@ -17,7 +17,7 @@ use super::{prompts, update_publish, ContentKind, ContentStatus, Context, Fallba
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::hub::Hub;
-use crate::jobs::{Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
+use crate::jobs::{Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
 use crate::store::content::{self as rows, ContentRow, Finish};
@@ -205,6 +205,10 @@ fn fallback(kind: ContentKind, subject_id: u64, reason: FallbackReason) -> Endin
 impl JobHandler for ContentJob {
     fn kind(&self) -> JobKind {
         JobKind::Content
+    }
+
+    fn adopter(&self) -> Option<Adopter> {
+        Some(crate::store::content::adopt_orphans)
     }
 
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {

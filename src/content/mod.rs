@@ -41,11 +41,20 @@ pub struct ContentService {
     clock: SharedClock,
     hub: Addr<Hub>,
     jobs: Intake,
+    /// `LOREWIRE_QUEUE_LIMIT`: a request whose job would be queued past it is refused.
+    queue_limit: i64,
 }
 
 impl ContentService {
-    pub fn new(origin: Arc<str>, store: Store, clock: SharedClock, hub: Addr<Hub>, jobs: Intake) -> Self {
-        ContentService { origin, store, clock, hub, jobs }
+    pub fn new(
+        origin: Arc<str>,
+        store: Store,
+        clock: SharedClock,
+        hub: Addr<Hub>,
+        jobs: Intake,
+        queue_limit: u64,
+    ) -> Self {
+        ContentService { origin, store, clock, hub, jobs, queue_limit: i64::try_from(queue_limit).unwrap_or(i64::MAX) }
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
@@ -57,6 +66,7 @@ impl ContentService {
         let context = req.context.as_ref().map(|c| serde_json::to_string(c).expect("context serializes"));
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
+        let queue_limit = self.queue_limit;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
         let slot = self.jobs.reserve();
@@ -71,6 +81,7 @@ impl ContentService {
                 empty_fields: &empty,
                 regenerate,
                 claim_for: claimer.as_ref().map(|c| c.worker()),
+                queue_limit,
             };
             let (requested, job) = rows::request(conn, &item, now)?;
             // What the job's attempt reads, read now (the claim's own read).

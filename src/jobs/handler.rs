@@ -27,6 +27,11 @@ impl std::fmt::Debug for Loaded {
 /// without it (`Claim::loaded` is `None` when the read failed).
 pub type Loader = Arc<dyn Fn(&mut DbConn, i64) -> StoreResult<Loaded> + Send + Sync>;
 
+/// Gives a job of the handler's kind to each of its targets left waiting with none (their job
+/// was of a kind no handler here runs, and was buried); answers how many. Runs in a write of
+/// its own, after a burial and when the worker starts.
+pub type Adopter = fn(&mut DbConn, chrono::NaiveDateTime) -> StoreResult<usize>;
+
 /// What each claimed job's loader reads, in one savepoint (a failed read leaves the claim's
 /// transaction as it was, on PostgreSQL too); all `None` when any read fails.
 pub fn load_targets(conn: &mut DbConn, loaders: &HashMap<JobKind, Loader>, claimed: &[JobRow]) -> Vec<Option<Loaded>> {
@@ -111,6 +116,12 @@ pub trait JobHandler {
 
     /// Reads the target of each job as it is claimed (see [`Loader`]); none by default.
     fn loader(&self) -> Option<Loader> {
+        None
+    }
+
+    /// Finds this kind's targets that wait with no job and gives them one (see [`Adopter`]);
+    /// none by default.
+    fn adopter(&self) -> Option<Adopter> {
         None
     }
 }

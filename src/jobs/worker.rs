@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::Rng;
 
-use super::handler::{load_targets, Claim, JobHandler, Loaded, Loader, Outcome};
+use super::handler::{load_targets, Adopter, Claim, JobHandler, Loaded, Loader, Outcome};
 use super::intake::{Claimed, Intake, JobsAvailable, Slots};
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
@@ -60,6 +60,8 @@ pub struct JobWorker {
     handlers: HashMap<JobKind, Rc<dyn JobHandler>>,
     /// The handlers' loaders: what a claim reads of each job's target.
     loaders: Arc<HashMap<JobKind, Loader>>,
+    /// The handlers' adopters: what gives their targets left without a job a new one.
+    adopters: Arc<Vec<Adopter>>,
     /// Jobs this worker is running now: the only ones whose lease it renews.
     in_flight: HashSet<i64>,
     /// Its slots, reserved by its claims and by the writes that claim for it.
@@ -87,6 +89,7 @@ impl JobWorker {
             max_attempts: config.max_attempts.max(1),
             handlers: HashMap::new(),
             loaders: Arc::default(),
+            adopters: Arc::default(),
             in_flight: HashSet::new(),
             slots,
             claiming: false,
@@ -103,6 +106,9 @@ impl JobWorker {
             Some(loader) => loaders.insert(handler.kind(), loader),
             None => loaders.remove(&handler.kind()),
         };
+        if let Some(adopter) = handler.adopter() {
+            Arc::make_mut(&mut self.adopters).push(adopter);
+        }
         self.handlers.insert(handler.kind(), Rc::new(handler));
         self
     }
@@ -162,6 +168,15 @@ impl JobWorker {
         );
     }
 
+    fn queue(&self) -> Queue {
+        Queue {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            retry_base: self.retry_base,
+            adopters: self.adopters.clone(),
+        }
+    }
+
     /// Runs `job` in a slot already reserved for it.
     fn start(&mut self, job: JobRow, loaded: Option<Loaded>, ctx: &mut Context<Self>) {
         self.in_flight.insert(job.id);
@@ -175,7 +190,7 @@ impl JobWorker {
             worker: self.name.clone(),
             loaded,
         };
-        let queue = Queue { store: self.store.clone(), clock: self.clock.clone(), retry_base: self.retry_base };
+        let queue = self.queue();
         let job_id = job.id;
         ctx.spawn(queue.process(handler, claim, job.kind).into_actor(self).map(move |again_in, act, ctx| {
             act.in_flight.remove(&job_id);
@@ -242,6 +257,7 @@ struct Queue {
     store: Store,
     clock: SharedClock,
     retry_base: Duration,
+    adopters: Arc<Vec<Adopter>>,
 }
 
 impl Queue {
@@ -253,7 +269,9 @@ impl Queue {
         let Some(handler) = handler else {
             tracing::error!(job, kind, target, "no handler runs jobs of this kind; burying the job");
             self.bury(&claim, &format!("no handler for job kind `{kind}`")).await;
-            return None;
+            // Its target (whichever it was) must not wait forever: the handlers give every
+            // target left without a job of theirs a new one, and the worker looks at once.
+            return (self.adopt().await > 0).then_some(Duration::ZERO);
         };
         let result = if claim.attempt > claim.max_attempts {
             tracing::warn!(job, kind, target, attempts = claim.attempt - 1, "job came back with its attempts spent");
@@ -305,6 +323,26 @@ impl Queue {
     }
 
     /// Keeps the job as `dead` with its last error: never claimed again, out of the queue depth.
+    /// Runs every handler's [`Adopter`] in one write; answers how many jobs they wrote.
+    async fn adopt(&self) -> usize {
+        if self.adopters.is_empty() {
+            return 0;
+        }
+        let (adopters, now) = (self.adopters.clone(), self.clock.now_naive());
+        let adopted = self.store.write(move |conn| adopters.iter().map(|adopt| adopt(conn, now)).sum()).await;
+        match adopted {
+            Ok(0) => 0,
+            Ok(n) => {
+                tracing::warn!(jobs = n, "gave targets left waiting without a job of their kind a new one");
+                n
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not look for targets left waiting without a job");
+                0
+            }
+        }
+    }
+
     async fn bury(&self, claim: &Claim, error: &str) {
         let (job_id, worker, error) = (claim.job_id, claim.worker.clone(), error.to_owned());
         let now = self.clock.now_naive();
@@ -321,6 +359,13 @@ impl Actor for JobWorker {
         ctx.run_interval(self.poll, |act, ctx| act.pump(ctx));
         ctx.run_interval(self.lease / 3, |act, ctx| act.maintain(ctx));
         self.pump(ctx);
+        // Targets a stopped process (or an older or newer version) left without a job.
+        let queue = self.queue();
+        ctx.spawn(async move { queue.adopt().await }.into_actor(self).map(|adopted, act, ctx| {
+            if adopted > 0 {
+                act.pump(ctx);
+            }
+        }));
     }
 }
 

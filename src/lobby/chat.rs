@@ -42,6 +42,8 @@ pub struct LobbyService {
     lobby: Addr<Lobby>,
     metrics: Arc<Metrics>,
     history_limit: i64,
+    /// `LOREWIRE_QUEUE_LIMIT`: a message whose mood job would pass it is refused.
+    queue_limit: i64,
     /// Held between the join and its history read (tests only).
     history_hold: Duration,
     rate: ChatRate,
@@ -72,6 +74,7 @@ impl LobbyService {
             lobby,
             metrics,
             history_limit: i64::from(config.history_limit),
+            queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
             history_hold: config.test_holds.lobby_history,
             rate: config.chat_rate,
             limiter: Arc::new(Mutex::new(RateLimiter::new(config.chat_rate))),
@@ -125,7 +128,11 @@ impl LobbyService {
     pub async fn post(&self, user_id: i64, nickname: String, text: String) -> Result<Message, StoreError> {
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
-        let row = self.store.write(move |conn| messages::insert(conn, &origin, user_id, &nickname, &text, now)).await?;
+        let queue_limit = self.queue_limit;
+        let row = self
+            .store
+            .write(move |conn| messages::insert(conn, &origin, user_id, &nickname, &text, queue_limit, now))
+            .await?;
         let message = row.message();
         self.metrics.lobby_messages.inc();
         tracing::info!(message = message.id, user = user_id, "lobby message");

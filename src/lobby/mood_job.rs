@@ -14,7 +14,7 @@ use super::{mood, mood_publish, Mood, MoodStatus};
 use crate::core::metrics::Metrics;
 use crate::domain::answer::Checked;
 use crate::hub::Hub;
-use crate::jobs::{Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::jobs::{Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
 use crate::store::jobs::{self, Ended};
@@ -105,6 +105,10 @@ impl MoodJob {
 impl JobHandler for MoodJob {
     fn kind(&self) -> JobKind {
         JobKind::Mood
+    }
+
+    fn adopter(&self) -> Option<Adopter> {
+        Some(crate::store::messages::adopt_orphans)
     }
 
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {

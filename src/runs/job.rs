@@ -23,7 +23,7 @@ use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
-use crate::jobs::{backoff, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::jobs::{backoff, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
 use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
@@ -405,6 +405,10 @@ impl Attempt<'_> {
 impl JobHandler for RunJob {
     fn kind(&self) -> JobKind {
         JobKind::Run
+    }
+
+    fn adopter(&self) -> Option<Adopter> {
+        Some(crate::store::runs::adopt_orphans)
     }
 
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::jobs::{self, Ended, JobKind, JobRow};
 use super::notify;
-use super::schema::content;
+use super::schema::{content, jobs as jobs_t};
 use super::{DbConn, Kept, StoreError, StoreResult};
 use crate::domain::content::{Content, ContentKind, ContentStatus};
 use crate::domain::events::Event;
@@ -95,6 +95,9 @@ pub struct RequestItem<'a> {
     /// The worker that has a slot for the item's new job: the job is written claimed by it
     /// (answered beside what the request did); `None` queues the job for any worker.
     pub claim_for: Option<&'a str>,
+    /// A job to be queued (not claimed) is refused with [`StoreError::QueueFull`] when this
+    /// many player jobs are queued already ([`jobs::check_player_queue`]).
+    pub queue_limit: i64,
 }
 
 pub fn find(conn: &mut DbConn, kind: &str, subject_id: i64) -> StoreResult<Option<ContentRow>> {
@@ -132,9 +135,15 @@ fn request_once(
         Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, 0, worker, now).map(Some),
         None => jobs::enqueue(conn, JobKind::Content, target_id, 0, now).map(|()| None),
     };
+    // Checked before anything is written: a refused request stores nothing.
+    let check_queue = |conn: &mut DbConn| match item.claim_for {
+        Some(_) => Ok(()),
+        None => jobs::check_player_queue(conn, item.queue_limit),
+    };
     match find(conn, item.kind, item.subject_id)? {
         Some(row) if !item.regenerate || row.status == PENDING => Ok((Requested::Existing(row), None)),
         Some(row) => {
+            check_queue(conn)?;
             let context = item.context.unwrap_or(&row.context);
             let row: ContentRow = on_backend!(conn, |c| diesel::update(content::table.find(row.id))
                 .set((
@@ -153,6 +162,7 @@ fn request_once(
             Ok((Requested::Regenerating(row), job))
         }
         None => {
+            check_queue(conn)?;
             let new = NewContent {
                 kind: item.kind,
                 subject_id: item.subject_id,
@@ -240,4 +250,17 @@ fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> StoreRe
         version: row.version,
     };
     notify::send(conn, &event)
+}
+
+/// Gives a content job to each pending item that has none of that kind ([`jobs::adopt`]).
+pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
+    let has_job =
+        jobs_t::table.filter(jobs_t::kind.eq(JobKind::Content.as_str())).filter(jobs_t::target_id.eq(content::id));
+    let orphans: Vec<i64> = on_backend!(conn, |c| content::table
+        .filter(content::status.eq(PENDING))
+        .filter(diesel::dsl::not(diesel::dsl::exists(has_job)))
+        .select(content::id)
+        .limit(jobs::ADOPT_BATCH)
+        .load(c))?;
+    jobs::adopt(conn, JobKind::Content, orphans.into_iter().map(|id| (id, 0)), now)
 }

@@ -119,6 +119,52 @@ pub fn enqueue(conn: &mut DbConn, kind: JobKind, target_id: i64, priority: i32, 
     Ok(())
 }
 
+/// Refuses a new player job when `limit` content and mood jobs are queued already
+/// (`LOREWIRE_QUEUE_LIMIT`): one client's flood must not bury every other player's items.
+/// Counts no further than the limit, so a deep queue costs no more than a full one.
+pub fn check_player_queue(conn: &mut DbConn, limit: i64) -> StoreResult<()> {
+    let kinds = [JobKind::Content.as_str(), JobKind::Mood.as_str()];
+    let at_limit: Option<i64> = jobs::table
+        .select(jobs::id)
+        .filter(jobs::status.eq(QUEUED))
+        .filter(jobs::kind.eq_any(kinds))
+        .offset(limit.max(1) - 1)
+        .limit(1)
+        .first(conn)
+        .optional()?;
+    match at_limit {
+        Some(_) => Err(StoreError::QueueFull(limit)),
+        None => Ok(()),
+    }
+}
+
+/// Most targets one sweep gives a job ([`adopt`]); a later sweep takes the rest.
+pub const ADOPT_BATCH: i64 = 500;
+
+/// Gives each `(target_id, priority)` a queued job of `kind`: targets their feature found
+/// waiting (pending, queued) with no job of that kind at all, e.g. because their job was of a
+/// kind no handler here runs (a newer version's, buried). A target that has a job of the kind,
+/// even a buried one, is never adopted, so a target that cannot be finished is not retried
+/// forever. Answers how many jobs were written.
+pub fn adopt(
+    conn: &mut DbConn,
+    kind: JobKind,
+    targets: impl IntoIterator<Item = (i64, i32)>,
+    now: NaiveDateTime,
+) -> StoreResult<usize> {
+    let mut adopted = 0;
+    for (target_id, priority) in targets {
+        let new = NewJob::new(kind, target_id, priority, None, now);
+        // Another process may adopt the same target at the same moment: one job stays.
+        adopted += on_backend!(conn, |c| diesel::insert_into(jobs::table)
+            .values(&new)
+            .on_conflict((jobs::kind, jobs::target_id))
+            .do_nothing()
+            .execute(c))?;
+    }
+    Ok(adopted)
+}
+
 /// Enqueues work on `target_id` already claimed by `worker` (running, on its first attempt),
 /// for a worker with a slot free for it; call inside the transaction that writes the target row.
 pub fn enqueue_claimed(

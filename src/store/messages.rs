@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::jobs::{self, Ended, JobKind};
 use super::notify;
-use super::schema::{messages, user_days, users};
+use super::schema::{jobs as jobs_t, messages, user_days, users};
 use super::{write_tx, DbConn, StoreResult};
 use crate::domain::events::{Event, MessageChange};
 use crate::domain::lobby::{Message, Mood, MoodStatus};
@@ -57,15 +57,19 @@ struct NewMessage<'a> {
     created_at: NaiveDateTime,
 }
 
-/// Stores a message (mood `neutral` / `pending`) and its mood job in one transaction.
+/// Stores a message (mood `neutral` / `pending`) and its mood job in one transaction; refused
+/// with [`StoreError::QueueFull`](super::StoreError::QueueFull) when `queue_limit` player jobs
+/// are queued already.
 pub fn insert(
     conn: &mut DbConn,
     origin: &str,
     user_id: i64,
     nickname: &str,
     text: &str,
+    queue_limit: i64,
     now: NaiveDateTime,
 ) -> StoreResult<MessageRow> {
+    jobs::check_player_queue(conn, queue_limit)?;
     write_tx(conn, |conn| {
         let row: MessageRow = diesel::insert_into(messages::table)
             .values(NewMessage {
@@ -167,4 +171,17 @@ pub fn user_days(conn: &mut DbConn) -> StoreResult<Vec<(i64, String)>> {
 /// Announces a message change to the other processes; call inside the transaction that made it.
 fn message_changed(conn: &mut DbConn, origin: &str, change: MessageChange, id: i64) -> StoreResult<()> {
     notify::send(conn, &Event::Message { origin: origin.to_owned(), change, id })
+}
+
+/// Gives a mood job to each message whose mood is pending and has none ([`jobs::adopt`]).
+pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
+    let has_job =
+        jobs_t::table.filter(jobs_t::kind.eq(JobKind::Mood.as_str())).filter(jobs_t::target_id.eq(messages::id));
+    let orphans: Vec<i64> = crate::on_backend!(conn, |c| messages::table
+        .filter(messages::mood_status.eq(MOOD_PENDING))
+        .filter(diesel::dsl::not(diesel::dsl::exists(has_job)))
+        .select(messages::id)
+        .limit(jobs::ADOPT_BATCH)
+        .load(c))?;
+    jobs::adopt(conn, JobKind::Mood, orphans.into_iter().map(|id| (id, 0)), now)
 }

@@ -105,12 +105,18 @@ pub enum StoreError {
     Canceled,
     #[error("a write panicked")]
     Panicked,
+    /// `LOREWIRE_QUEUE_LIMIT` jobs are queued already: the request was refused, nothing stored.
+    #[error("{0} jobs are queued already")]
+    QueueFull(i64),
     /// The transaction this request's write shared with others failed as a whole.
     #[error("the batch of writes failed: {}", .0.message)]
     Batch(writer::BatchFailed),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a client refused with [`StoreError::QueueFull`] is told.
+pub const QUEUE_FULL: &str = "too much work is queued; nothing was stored, try again soon";
 
 /// Why the database is not ready.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +146,7 @@ impl StoreError {
         use diesel::result::{DatabaseErrorKind as Kind, Error as Diesel};
         match self {
             StoreError::Connect(_) | StoreError::Canceled => Failure::Unavailable,
+            StoreError::QueueFull(_) => Failure::Overloaded,
             // r2d2 names the last connection error when the pool could not connect at all.
             StoreError::Pool(e) if e.to_string().contains("waiting for connection: ") => Failure::Unavailable,
             StoreError::Pool(_) => Failure::Overloaded,

@@ -366,3 +366,18 @@ pub fn count_by_status(conn: &mut DbConn) -> StoreResult<Vec<(String, i64)>> {
 pub(super) fn run_ended(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreResult<()> {
     notify::send(conn, &Event::RunEnded { origin: origin.to_owned(), run_id: run_id.to_owned() })
 }
+
+/// Gives a run job to each queued or running run that has none ([`jobs::adopt`]), at its
+/// action's priority.
+pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
+    let has_job = jobs_t::table.filter(jobs_t::kind.eq(JobKind::Run.as_str())).filter(jobs_t::target_id.eq(runs::id));
+    let waiting = [RunStatus::Queued.as_str(), RunStatus::Running.as_str()];
+    let orphans: Vec<(i64, String)> = crate::on_backend!(conn, |c| runs::table
+        .filter(runs::status.eq_any(waiting))
+        .filter(diesel::dsl::not(diesel::dsl::exists(has_job)))
+        .select((runs::id, runs::action))
+        .limit(jobs::ADOPT_BATCH)
+        .load(c))?;
+    let priority = |action: &str| Action::parse(action).map_or(Action::Describe.priority(), Action::priority);
+    jobs::adopt(conn, JobKind::Run, orphans.iter().map(|(id, action)| (*id, priority(action))), now)
+}

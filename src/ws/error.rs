@@ -8,11 +8,16 @@
 
 use crate::domain::wire::ErrorCode;
 use crate::hub::SessionId;
-use crate::store::{Failure, StoreError};
+use crate::store::{Failure, StoreError, QUEUE_FULL};
 
 /// The error code and safe message for a storage failure met while `what` (said to the
 /// client first, e.g. "the message could not be stored"); logs the cause.
 pub fn store_error(session: SessionId, what: &str, e: &StoreError) -> (ErrorCode, String) {
+    if let StoreError::QueueFull(limit) = e {
+        // A flood is refused here many times a second: one debug line each, and the metric.
+        tracing::debug!(session, limit, "{what}: the job queue is full");
+        return (ErrorCode::Overloaded, format!("{what}: {QUEUE_FULL}"));
+    }
     let failure = e.failure();
     match failure {
         Failure::Overloaded => tracing::warn!(session, error = %e, "{what}: database overloaded"),
@@ -52,6 +57,7 @@ mod tests {
             (StoreError::Connect("connection refused".into()), ErrorCode::Unavailable),
             (StoreError::Corrupt("content 7: fields are not JSON".into()), ErrorCode::Unavailable),
             (StoreError::Query(Diesel::NotFound), ErrorCode::Unavailable),
+            (StoreError::QueueFull(10), ErrorCode::Overloaded),
         ];
         for (e, expected) in cases {
             assert_eq!(store_error(1, "the message could not be stored", &e).0, expected, "{e}");

@@ -194,6 +194,7 @@ async fn two_processes_creating_one_item_end_with_one_row_and_one_job(db: Db) {
         empty_fields: "{}",
         regenerate: false,
         claim_for: None,
+        queue_limit: 10_000,
     };
     let now = chrono::Utc::now().naive_utc();
     let (release, released) = std::sync::mpsc::channel::<()>();

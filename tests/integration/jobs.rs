@@ -482,7 +482,66 @@ async fn a_job_claimed_for_a_client_who_left_still_runs(db: Db) {
     eventually("the job to end", || async { job_of(&store, "content", item).await.is_none().then_some(()) }).await;
 }
 
+/// A job of a kind no handler here runs (a newer version's, in a rolling deploy) is buried, and
+/// its target still reaches a final state: every content item, mood and run left waiting with
+/// no job of its own kind gets one, so nothing stays pending or queued forever.
+async fn targets_of_a_job_kind_nobody_runs_still_reach_a_final_state(db: Db) {
+    let app = app_with_one_slot(db, Duration::from_millis(100)).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(1500)));
+    let store = store(&app).await;
+    let (mut ws, ack) = app.player("Ada").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    ws.lobby_frames = true;
+    // Quest 1 holds the one slot while the others are queued.
+    request_quest(&mut ws, 1).await;
+    request_quest(&mut ws, 2).await;
+    ws.send(json!({"type": "message:send", "text": "hello"})).await;
+    let message = ws.recv_type("message:new").await["message"]["id"].as_i64().unwrap();
+    let body = json!({"project_id": "p1", "action": "WRITE", "input": "a lantern"});
+    let (status, run) = crate::common::post_json(&app.url("/api/generate"), &token, &body).await;
+    assert_eq!(status, 202, "{run}");
+    let renamed = store
+        .write(|c| {
+            let queued: Vec<(i64, String)> =
+                jobs::table.filter(jobs::status.eq("queued")).select((jobs::id, jobs::kind)).load(c)?;
+            for (id, kind) in &queued {
+                diesel::update(jobs::table.find(id)).set(jobs::kind.eq(format!("{kind}_v2"))).execute(c)?;
+            }
+            Ok(queued.len())
+        })
+        .await
+        .unwrap();
+    assert_eq!(renamed, 3, "quest 2, the mood and the run wait queued");
+
+    assert_eq!(quest_update(&mut ws, 1).await["status"], "ready");
+    assert_eq!(quest_update(&mut ws, 2).await["status"], "ready", "the item got a job it could run");
+    let mood = eventually("the mood to settle", || async {
+        let status: String = store
+            .run(move |c| Ok(messages::table.find(message).select(messages::mood_status).first(c)?))
+            .await
+            .unwrap();
+        (status != "pending").then_some(status)
+    })
+    .await;
+    assert_eq!(mood, "ready");
+    let run = app.final_run(&token, run["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "done", "{run}");
+    for kind in ["content_v2", "mood_v2", "run_v2"] {
+        let buried: Vec<(String, Option<String>)> = store
+            .run(move |c| {
+                Ok(jobs::table.filter(jobs::kind.eq(kind)).select((jobs::status, jobs::last_error)).load(c)?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(buried.len(), 1, "{kind}: {buried:?}");
+        assert_eq!(buried[0].0, "dead", "{kind}");
+        assert!(buried[0].1.as_deref().unwrap_or("").contains("no handler"), "{buried:?}");
+    }
+    assert_eq!(metric(&app, "lorewire_queue_depth").await, 0.0);
+}
+
 both_backends!(
+    targets_of_a_job_kind_nobody_runs_still_reach_a_final_state,
     a_job_claimed_for_a_client_who_left_still_runs,
     a_request_with_a_free_slot_claims_its_job_and_a_busy_slot_queues_it,
     a_claim_takes_the_highest_priority_then_the_oldest,

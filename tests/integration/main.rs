@@ -20,6 +20,7 @@ mod monitoring;
 mod openapi;
 mod pages;
 mod process;
+mod queue_limit;
 mod redis;
 mod repair;
 mod runs;
