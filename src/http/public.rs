@@ -50,6 +50,10 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             tracing::error!(error = %e, "not ready: the database refuses writes");
             return Err(ApiError::Unavailable("the database refuses writes".into()));
         }
+        Err(ProbeFailed::NoSpace(e)) => {
+            tracing::error!(error = %e, "not ready: the database's disk is full");
+            return Err(ApiError::Unavailable("the database refuses writes: its disk is full".into()));
+        }
     }
     Ok(HttpResponse::Ok().json(ServiceStatus { status: "ready" }))
 }

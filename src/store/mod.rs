@@ -15,6 +15,7 @@ pub mod notify;
 pub mod run_attempts;
 pub mod runs;
 pub mod schema;
+pub mod space;
 pub mod users;
 pub mod writer;
 
@@ -125,6 +126,9 @@ pub enum ProbeFailed {
     NotAnswering,
     #[error("the database refuses writes: {0}")]
     RefusesWrites(StoreError),
+    /// SQLite: the disk the database is on has no room for new pages ([`space`]).
+    #[error("the database's disk is full: {0}")]
+    NoSpace(std::io::Error),
 }
 
 /// What a storage failure means for the request that met it; the edges map it to their own
@@ -401,11 +405,22 @@ impl Store {
     pub async fn probe(&self, timeout: Duration) -> Result<(), ProbeFailed> {
         // Behind the writes queued before it: that wait counts.
         match actix_web::rt::time::timeout(timeout, self.write(llm_config::probe_write)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return match e.failure() {
+                    Failure::Overloaded => Err(ProbeFailed::NotAnswering),
+                    Failure::Unavailable | Failure::Internal => Err(ProbeFailed::RefusesWrites(e)),
+                }
+            }
+            Err(_) => return Err(ProbeFailed::NotAnswering),
+        }
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let path = std::path::PathBuf::from(&self.manager.url);
+        match actix_web::rt::task::spawn_blocking(move || space::check(&path)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => match e.failure() {
-                Failure::Overloaded => Err(ProbeFailed::NotAnswering),
-                Failure::Unavailable | Failure::Internal => Err(ProbeFailed::RefusesWrites(e)),
-            },
+            Ok(Err(e)) => Err(ProbeFailed::NoSpace(e)),
             Err(_) => Err(ProbeFailed::NotAnswering),
         }
     }
