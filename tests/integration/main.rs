@@ -23,6 +23,7 @@ mod process;
 mod redis;
 mod repair;
 mod runs;
+mod runs_faults;
 mod runs_limits;
 mod runs_process;
 mod session;

@@ -1,0 +1,99 @@
+//! Generation runs under races and against a hostile upstream or stored data: an abort is told
+//! only once committed.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use lorewire::llm::providers::Provider;
+use lorewire::runs::Price;
+use lorewire::store::{DbConn, Store};
+use serde_json::{json, Value};
+
+use crate::common::{spawn_provider, Db, Event, TestApp, WsClient};
+
+const PRICE: Price = Price { input: 2_000_000, output: 10_000_000, cache_read: 200_000, cache_write: 2_500_000 };
+
+fn start(input: &str, r: Value) -> Value {
+    json!({"type": "generate:start", "project_id": "p1", "action": "WRITE", "input": input, "ref": r})
+}
+
+async fn store(app: &TestApp) -> Store {
+    let url = app.db.url.clone();
+    actix_web::rt::task::spawn_blocking(move || Store::connect(&url).expect("test store")).await.unwrap()
+}
+
+/// Holds the database's write lock from another connection (as another process would) until the
+/// answer's sender is dropped or sends: on SQLite its `BEGIN IMMEDIATE`, on PostgreSQL a lock on
+/// `runs` and `jobs` that keeps every other transaction from changing them. Answers once it holds.
+async fn hold_writes(store: &Store) -> std::sync::mpsc::Sender<()> {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = tokio::sync::oneshot::channel::<()>();
+    let (mut released, mut held) = (Some(released), Some(held));
+    let hold = store.write(move |conn| {
+        if let DbConn::Pg(pg) = conn {
+            diesel::sql_query("LOCK TABLE runs, jobs IN EXCLUSIVE MODE").execute(pg)?;
+        }
+        let _ = held.take().expect("runs once").send(());
+        let _ = released.take().expect("runs once").recv();
+        Ok(())
+    });
+    actix_web::rt::spawn(hold);
+    holding.await.expect("the lock is held");
+    release
+}
+
+/// Starts a run on `ws` and reads up to its first delta; returns the run id.
+async fn streaming_run(ws: &mut WsClient, input: &str, r: Value) -> String {
+    ws.send(start(input, r)).await;
+    let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
+    ws.recv_type("run:delta").await;
+    run_id
+}
+
+/// The run as `GET /api/runs/{id}` shows it at once.
+async fn run_now(app: &TestApp, token: &str, run_id: &str) -> Value {
+    app.run_json(token, run_id).await
+}
+
+/// `generate:abort` is answered only once the run's `aborted` status and its charge are
+/// committed: a client that reads the run right after `run:error` sees what it was told. Each
+/// round races the abort against the read; then the commit is held back from another
+/// connection, and no `run:error` may come while it is.
+async fn abort_is_told_once_committed(db: Db) {
+    let app = spawn_provider(db, Provider::OpenAi, |_| {}).await;
+    app.set_price("gpt-5-mini", &PRICE).await;
+    app.fake.set_stream_chunks((0..200).map(|i| format!("word{i:03} ")).collect());
+    app.fake.set_chunk_pause(Some(Duration::from_millis(20)));
+    let (mut ws, ack) = app.player("Aborter").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+
+    for round in 0..12 {
+        let run_id = streaming_run(&mut ws, &format!("saga {round}"), json!(round)).await;
+        ws.send(json!({"type": "generate:abort", "run_id": run_id, "ref": format!("stop{round}")})).await;
+        let reply = ws.recv_type("run:error").await;
+        assert_eq!((reply["ref"].as_str(), reply["code"].as_str()), (Some(&*format!("stop{round}")), Some("aborted")));
+        let run = run_now(&app, &token, &run_id).await;
+        assert_eq!(run["status"], "aborted", "round {round}: told aborted, then read {run}");
+        assert!(run["cost_usd"].as_f64().unwrap() > 0.0, "round {round}: charged before it was told: {run}");
+    }
+
+    let store = store(&app).await;
+    let run_id = streaming_run(&mut ws, "the held saga", json!("held")).await;
+    let release = hold_writes(&store).await;
+    ws.send(json!({"type": "generate:abort", "run_id": run_id, "ref": "held"})).await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Some(event) = ws.next_event(until.saturating_duration_since(tokio::time::Instant::now())).await {
+        if let Event::Json(frame) = event {
+            assert_ne!(frame["type"], "run:error", "told while the abort could not be committed: {frame}");
+        }
+    }
+    assert_eq!(run_now(&app, &token, &run_id).await["status"], "running");
+    release.send(()).unwrap();
+    let reply = ws.recv_type("run:error").await;
+    assert_eq!((reply["ref"].as_str(), reply["code"].as_str()), (Some("held"), Some("aborted")));
+    let run = run_now(&app, &token, &run_id).await;
+    assert_eq!(run["status"], "aborted", "{run}");
+    assert!(run["cost_usd"].as_f64().unwrap() > 0.0, "{run}");
+}
+
+both_backends!(abort_is_told_once_committed);
