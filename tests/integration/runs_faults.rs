@@ -1,5 +1,5 @@
 //! Generation runs under races and against a hostile upstream or stored data: an abort is told
-//! only once committed.
+//! only once committed, and a run's text stops at its bound however much the upstream sends.
 
 use std::time::Duration;
 
@@ -96,4 +96,45 @@ async fn abort_is_told_once_committed(db: Db) {
     assert!(run["cost_usd"].as_f64().unwrap() > 0.0, "{run}");
 }
 
-both_backends!(abort_is_told_once_committed);
+/// An upstream that ignores `max_tokens` streams far past what the run asked for: the stream is
+/// stopped at the bound (16 bytes per output token asked for), the run ends `done` with the text
+/// cut there, streamed and stored alike, and the attempt is charged.
+async fn run_text_stops_at_its_bound(db: Db) {
+    const MAX_OUTPUT: u32 = 8;
+    let bound = lorewire::runs::max_text_bytes(MAX_OUTPUT);
+    let app = spawn_provider(db, Provider::Anthropic, |c| c.max_output_tokens = MAX_OUTPUT).await;
+    app.set_price(&app.config.llm_model.clone(), &PRICE).await;
+    let chunk = "an endless river of words that never stops ";
+    app.fake.set_stream_chunks(vec![chunk.to_owned(); 300]);
+    app.fake.set_chunk_pause(Some(Duration::from_millis(5)));
+    let (mut ws, ack) = app.player("Flooded").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+
+    ws.send(start("a flood", json!(1))).await;
+    let run_id = ws.recv_type("run:queued").await["run_id"].as_str().unwrap().to_owned();
+    let mut deltas = String::new();
+    let done = loop {
+        let frame = ws.recv().await;
+        match frame["type"].as_str().unwrap() {
+            "run:delta" => deltas.push_str(frame["text"].as_str().unwrap()),
+            "run:done" => break frame,
+            "run:started" => {}
+            other => panic!("unexpected {other}: {frame}"),
+        }
+    };
+    let text = done["text"].as_str().unwrap();
+    assert_eq!(text, deltas, "run:done holds exactly what was streamed");
+    assert_eq!(text.len(), bound, "cut at the bound");
+    assert!(chunk.repeat(10).starts_with(text));
+    let run = app.final_run(&token, &run_id).await;
+    assert_eq!(run["status"], "done", "{run}");
+    assert_eq!(run["text"], text, "stored as streamed");
+    assert!(run["cost_usd"].as_f64().unwrap() > 0.0, "charged: {run}");
+    assert!(run["usage"]["output_tokens"].as_u64().unwrap() <= u64::from(MAX_OUTPUT), "{run}");
+    crate::common::eventually("the upstream stream to be stopped", || async {
+        (app.fake.streams_cut_by_client() == 1).then_some(())
+    })
+    .await;
+}
+
+both_backends!(abort_is_told_once_committed, run_text_stops_at_its_bound);
