@@ -1,15 +1,17 @@
 //! Generation runs under races and against a hostile upstream or stored data: an abort is told
-//! only once committed, and a run's text stops at its bound however much the upstream sends.
+//! only once committed, a run's text stops at its bound however much the upstream sends, and a
+//! corrupt run row is left out of the admin's lists instead of breaking them.
 
 use std::time::Duration;
 
 use diesel::prelude::*;
 use lorewire::llm::providers::Provider;
 use lorewire::runs::Price;
+use lorewire::store::schema::runs;
 use lorewire::store::{DbConn, Store};
 use serde_json::{json, Value};
 
-use crate::common::{spawn_provider, Db, Event, TestApp, WsClient};
+use crate::common::{get_json, post_json, spawn_provider, Db, Event, TestApp, WsClient};
 
 const PRICE: Price = Price { input: 2_000_000, output: 10_000_000, cache_read: 200_000, cache_write: 2_500_000 };
 
@@ -137,4 +139,77 @@ async fn run_text_stops_at_its_bound(db: Db) {
     .await;
 }
 
-both_backends!(abort_is_told_once_committed, run_text_stops_at_its_bound);
+/// One corrupt run row (an unknown action or status; on SQLite also a time that does not parse)
+/// is left out of `GET /admin/api/runs` and `GET /admin/api/dead-letters`, named in their
+/// `skipped`, while the good rows are listed; reading that run alone answers 500, not a panic.
+async fn corrupt_run_rows_are_skipped_and_named(db: Db) {
+    let app = spawn_provider(db, Provider::Anthropic, |_| {}).await;
+    let token = app.player_token().await;
+    let mut ids = Vec::new();
+    for input in ["good dead", "bad action", "bad dead", "bad status", "bad time"] {
+        let body = json!({"project_id": "p1", "action": "WRITE", "input": input});
+        let (status, run) = post_json(&app.url("/api/generate"), &token, &body).await;
+        assert_eq!(status, 202, "{run}");
+        let run_id = run["run_id"].as_str().unwrap().to_owned();
+        assert_eq!(app.final_run(&token, &run_id).await["status"], "done");
+        ids.push(run_id);
+    }
+    let [good_dead, bad_action, bad_dead, bad_status, bad_time] = <[String; 5]>::try_from(ids).unwrap();
+    let store = store(&app).await;
+    let sqlite = db == Db::Sqlite;
+    let (gd, ba, bd, bs, bt) =
+        (good_dead.clone(), bad_action.clone(), bad_dead.clone(), bad_status.clone(), bad_time.clone());
+    store
+        .write(move |conn| {
+            let of = |id: &str| runs::table.filter(runs::run_id.eq(id.to_owned()));
+            diesel::update(of(&gd)).set(runs::status.eq("dead")).execute(conn)?;
+            diesel::update(of(&ba)).set(runs::action.eq("SING")).execute(conn)?;
+            diesel::update(of(&bd)).set((runs::status.eq("dead"), runs::action.eq("HUM"))).execute(conn)?;
+            diesel::update(of(&bs)).set(runs::status.eq("sleeping")).execute(conn)?;
+            if let DbConn::Sqlite(c) = conn {
+                diesel::sql_query("UPDATE runs SET created_at = 'the day before' WHERE run_id = ?")
+                    .bind::<diesel::sql_types::Text, _>(&bt)
+                    .execute(c)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    let ids_of = |list: &Value, key: &str| -> Vec<String> {
+        list[key].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, list) = app.admin_get("/admin/api/runs").await;
+    assert_eq!(status, 200, "{list}");
+    let mut listed = vec![good_dead.clone()];
+    let mut skipped = vec![bad_action.clone(), bad_dead.clone(), bad_status.clone()];
+    if sqlite {
+        skipped.insert(0, bad_time.clone());
+    } else {
+        listed.insert(0, bad_time.clone());
+    }
+    listed.sort();
+    skipped.sort();
+    let (mut got_listed, mut got_skipped) = (ids_of(&list, "runs"), ids_of(&list, "skipped"));
+    got_listed.sort();
+    got_skipped.sort();
+    assert_eq!((got_listed, got_skipped), (listed, skipped), "{list}");
+    assert!(list["skipped"].as_array().unwrap().iter().all(|s| !s["error"].as_str().unwrap().is_empty()), "{list}");
+
+    let (status, dead) = app.admin_get("/admin/api/dead-letters").await;
+    assert_eq!(status, 200, "{dead}");
+    assert_eq!(ids_of(&dead, "runs"), vec![good_dead.clone()], "{dead}");
+    assert_eq!(ids_of(&dead, "skipped"), vec![bad_dead.clone()], "{dead}");
+    assert!(dead["skipped"][0]["error"].as_str().unwrap().contains("unknown action"), "{dead}");
+
+    let mut broken = vec![bad_action, bad_status];
+    if sqlite {
+        broken.push(bad_time);
+    }
+    for run_id in broken {
+        let (status, body) = get_json(&app.url(&format!("/api/runs/{run_id}")), Some(&token)).await;
+        assert_eq!((status, body["error"].as_str()), (500, Some("internal")), "{run_id}: {body}");
+    }
+}
+
+both_backends!(abort_is_told_once_committed, run_text_stops_at_its_bound, corrupt_run_rows_are_skipped_and_named);
