@@ -215,10 +215,17 @@ function listOf(data, key) {
   return (data && (data[key] || data.items)) || [];
 }
 
+// Corrupt rows the server left out of a run list, named so the admin can repair them.
+function skippedNote(data) {
+  const skipped = (data && data.skipped) || [];
+  if (!skipped.length) return "";
+  return el("p", { class: "error-text" }, `${skipped.length} corrupt run row(s) left out: ${skipped.map((s) => `${s.run_id} (${s.error})`).join(", ")}`);
+}
+
 async function loadOptional() {
   await optional($("runs"), "/admin/api/runs?limit=20", (data) => {
     const runs = listOf(data, "runs");
-    $("runs").replaceChildren(table(["run", "project", "action", "status", "cost", "created"], runs.map((r) => el("tr", {}, el("td", {}, String(r.run_id).slice(0, 8)), el("td", {}, r.project_id), el("td", {}, r.action), el("td", {}, r.status), el("td", {}, usd(r.cost_usd)), el("td", {}, fmtTime(r.created_at))))));
+    $("runs").replaceChildren(table(["run", "project", "action", "status", "cost", "created"], runs.map((r) => el("tr", {}, el("td", {}, String(r.run_id).slice(0, 8)), el("td", {}, r.project_id), el("td", {}, r.action), el("td", {}, r.status), el("td", {}, usd(r.cost_usd)), el("td", {}, fmtTime(r.created_at))))), skippedNote(data));
   });
   await optional($("dead-letters"), "/admin/api/dead-letters", (data) => {
     const dead = listOf(data, "runs");
@@ -236,6 +243,7 @@ async function loadOptional() {
         });
         return el("tr", {}, el("td", {}, String(r.run_id).slice(0, 8)), el("td", {}, r.project_id), el("td", {}, r.error ? `${r.error.code}: ${r.error.message}` : ""), el("td", {}, retry));
       })),
+      skippedNote(data),
     );
   });
   await optional($("costs"), "/admin/api/costs", (data) => {

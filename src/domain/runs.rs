@@ -153,6 +153,27 @@ pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
 }
 
+/// UTF-8 bytes a run's text may take per output token asked for: an answer averages about 4
+/// bytes a token, so only an upstream that ignores the token limit reaches 16.
+pub const TEXT_BYTES_PER_TOKEN: usize = 16;
+
+/// The most a run's text may hold (in memory, streamed and stored), in UTF-8 bytes.
+pub fn max_text_bytes(max_output_tokens: u32) -> usize {
+    (max_output_tokens as usize).saturating_mul(TEXT_BYTES_PER_TOKEN)
+}
+
+/// The longest start of `text` that fits in `room` bytes, cut at a character boundary.
+pub fn cut_to(text: &str, room: usize) -> &str {
+    if text.len() <= room {
+        return text;
+    }
+    let mut end = room;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Upper bound on the prompt's tokens: no tokenizer yields more tokens than UTF-8 bytes, plus a
 /// margin for the per-message tokens the provider adds.
 pub fn prompt_token_bound(system: &str, user: &str) -> u64 {
@@ -228,6 +249,15 @@ pub struct RunFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_cut_at_a_character_boundary() {
+        assert_eq!(cut_to("abc", 5), "abc");
+        assert_eq!(cut_to("abc", 2), "ab");
+        assert_eq!(cut_to("aé", 2), "a", "é takes two bytes");
+        assert_eq!(cut_to("日本", 4), "日");
+        assert_eq!(max_text_bytes(8), 128);
+    }
 
     #[test]
     fn validation_names_the_problem() {

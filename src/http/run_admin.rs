@@ -75,6 +75,17 @@ fn limit_schema(description: &str) -> AnyOfBuilder {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunList {
     runs: Vec<RunView>,
+    /// Rows left out of `runs` because they are corrupt (each is logged too).
+    skipped: Vec<SkippedRun>,
+}
+
+/// A stored run that breaks the rules (an unknown action or status, an unreadable value).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkippedRun {
+    /// The run's id, or `#<row id>` when even that cannot be read.
+    run_id: String,
+    /// What is wrong with it.
+    error: String,
 }
 
 fn limit_of(limit: Option<&str>, default: i64) -> Result<i64, ApiError> {
@@ -95,8 +106,22 @@ fn project_filter(project_id: Option<String>) -> Result<Option<String>, ApiError
     }
 }
 
-fn run_list(rows: &[rows::RunRow]) -> Result<RunList, ApiError> {
-    Ok(RunList { runs: rows.iter().map(RunRow::view).collect::<Result<_, _>>()? })
+/// The rows that can be shown; a corrupt one is left out, named in `skipped` and logged, so one
+/// bad row cannot hide the others.
+fn run_list((rows, unreadable): (Vec<RunRow>, Vec<rows::Unreadable>)) -> RunList {
+    let mut skipped: Vec<SkippedRun> =
+        unreadable.into_iter().map(|u| SkippedRun { run_id: u.run_id, error: u.error }).collect();
+    let mut runs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match row.view() {
+            Ok(view) => runs.push(view),
+            Err(e) => skipped.push(SkippedRun { run_id: row.run_id.clone(), error: e.to_string() }),
+        }
+    }
+    for s in &skipped {
+        tracing::warn!(run = %s.run_id, error = %s.error, "corrupt run row left out of the admin's list");
+    }
+    RunList { runs, skipped }
 }
 
 /// One charged attempt.
@@ -168,8 +193,8 @@ pub async fn admin_runs(
         })?),
     };
     let limit = limit_of(q.limit.as_deref(), 100)?;
-    let list = state.store.run(move |conn| rows::list(conn, project.as_deref(), status, limit)).await?;
-    Ok(HttpResponse::Ok().json(run_list(&list)?))
+    let list = state.store.run(move |conn| rows::list_readable(conn, project.as_deref(), status, limit)).await?;
+    Ok(HttpResponse::Ok().json(run_list(list)))
 }
 
 /// The total spent and the cost events, newest first.
@@ -306,8 +331,8 @@ pub async fn put_budget(
     ))]
 pub async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let list = state.store.run(|conn| rows::list(conn, None, Some(RunStatus::Dead), MAX_LIST)).await?;
-    Ok(HttpResponse::Ok().json(run_list(&list)?))
+    let list = state.store.run(|conn| rows::list_readable(conn, None, Some(RunStatus::Dead), MAX_LIST)).await?;
+    Ok(HttpResponse::Ok().json(run_list(list)))
 }
 
 /// Queue a dead run again, with fresh attempts.

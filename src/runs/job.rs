@@ -225,13 +225,28 @@ impl RunJob {
         let mut text = String::new();
         let mut seq = 0u64;
         let first_delta = self.metrics.run_first_delta.clone();
+        // The text never passes its bound: past it the stream is stopped and the run ends with
+        // what fits (an upstream that ignores the token limit cannot fill memory or the row).
+        let max_text = super::max_text_bytes(self.limits.max_output_tokens);
+        let mut cut = false;
         let outcome = stream::stream(&self.client, &request, provider, limits, &mut cancel, |delta| {
+            if cut {
+                return;
+            }
             if seq == 0 {
                 first_delta.observe(attempt_started.elapsed().as_secs_f64());
             }
-            text.push_str(&delta);
+            let delta = super::cut_to(&delta, max_text - text.len());
+            if text.len() + delta.len() >= max_text {
+                cut = true;
+                self.live.cancel(&run_id);
+            }
+            if cut && delta.is_empty() {
+                return;
+            }
+            text.push_str(delta);
             // Cut so that each delta fits one cross-process notification, the same on every process.
-            for piece in relay::pieces(&delta, relay::MAX_DELTA_BYTES) {
+            for piece in relay::pieces(delta, relay::MAX_DELTA_BYTES) {
                 let frame = Typed::RunDelta { run_id: run_id.clone(), seq, text: piece.to_owned() };
                 let (version, frame) = publish(&self.live, &self.hub, &run_id, frame.into());
                 if let Some(relay) = &self.relay {
@@ -270,6 +285,11 @@ impl RunJob {
         };
         self.circuit.do_send(Report { probe, outcome: circuit_outcome });
 
+        if cut {
+            tracing::warn!(run = %run_id, attempt, bytes = text.len(), "run text reached its bound; the stream was stopped");
+            self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+            return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
+        }
         let (code, message) = match outcome.end {
             StreamEnd::Finished => {
                 self.metrics.upstream_calls.with_label_values(&["ok"]).inc();

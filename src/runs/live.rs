@@ -50,6 +50,8 @@ struct Runs {
 pub struct LiveRuns {
     runs: Mutex<Runs>,
     keep: Duration,
+    /// Counts the runs whose end was heard here (committed), for those waiting on one.
+    ends: watch::Sender<u64>,
 }
 
 impl Default for LiveRuns {
@@ -65,7 +67,8 @@ impl LiveRuns {
 
     /// Forgets a run `keep` after its last change once no stream of this process holds it.
     pub fn with_keep(keep: Duration) -> Self {
-        LiveRuns { runs: Mutex::new(Runs { map: HashMap::new(), pruned_at: Instant::now() }), keep }
+        let runs = Mutex::new(Runs { map: HashMap::new(), pruned_at: Instant::now() });
+        LiveRuns { runs, keep, ends: watch::channel(0).0 }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
@@ -148,6 +151,17 @@ impl LiveRuns {
     /// The run ended (its last frame was pushed); its frames stay a while for late subscribers.
     pub fn finish(&self, run_id: &str) {
         self.with(run_id, |_| {});
+        self.ended();
+    }
+
+    /// A run's end was committed (here, or heard from another process).
+    pub fn ended(&self) {
+        self.ends.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes whenever a run's end is heard from now on.
+    pub fn ends(&self) -> watch::Receiver<u64> {
+        self.ends.subscribe()
     }
 
     /// The frames so far, when this process has streamed (or is streaming) the run.

@@ -76,4 +76,5 @@ async fn run_ended(store: &Store, hub: &Addr<Hub>, live: &LiveRuns, run_id: Stri
         hub.do_send(Publish { topic: topic.clone(), version: None, text });
     }
     hub.do_send(DropTopic { topic });
+    live.ended();
 }

@@ -60,6 +60,25 @@ pub struct CatchUp {
     pub finished: bool,
 }
 
+/// What a session leaving a run led to, once committed.
+#[derive(Debug)]
+pub enum Left {
+    /// Only this session stopped waiting: others still wait, a REST call pinned the run, or it
+    /// had ended already.
+    Detached,
+    /// This session was the last to wait: the run as it ended (`aborted`, or what it ended as
+    /// when it finished first).
+    Ended(Box<RunRow>),
+    /// The run was told to stop; its end was not committed within [`ABORT_WAIT`].
+    Stopping,
+}
+
+/// Longest wait for an aborted run's end (a run waiting on the circuit looks again within 5 s).
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a wait for a run's end reads the run again (an end heard from nowhere, say a
+/// process that died, is still seen).
+const ABORT_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Used when no run has finished yet to estimate from.
 const DEFAULT_RUN_MS: i64 = 2000;
 
@@ -196,16 +215,51 @@ impl RunService {
     /// A session stops waiting on a run; the run is aborted when it was started over a
     /// WebSocket and no session (of any process) waits on it any more.
     pub async fn detach(&self, run_id: String, session: SessionId) {
+        if let Err(e) = self.leave(run_id.clone(), session, false).await {
+            tracing::error!(run = %run_id, session, error = %e, "could not detach from a run");
+        }
+    }
+
+    /// [`RunService::detach`], answered once what it changed is committed: with `wait_end`, a
+    /// run it aborts is waited on until its end is committed (a streaming run ends when its
+    /// worker, here or on another process, has settled it).
+    pub async fn leave(&self, run_id: String, session: SessionId, wait_end: bool) -> Result<Left, StoreError> {
         tracing::debug!(run = %run_id, session, "session stops waiting on the run");
         let id = run_id.clone();
-        match self.store.write(move |conn| rows::detach(conn, &id)).await {
-            Ok(Some(_)) => {
-                if let Err(e) = self.abort(run_id.clone()).await {
-                    tracing::error!(run = %run_id, error = %e, "could not abort a run nobody waits on");
-                }
+        if self.store.write(move |conn| rows::detach(conn, &id)).await?.is_none() {
+            return Ok(Left::Detached);
+        }
+        // Heard before the abort is asked for, so an end committed meanwhile is not missed.
+        let ends = self.live.ends();
+        if let Some(row) = self.abort(run_id.clone()).await? {
+            return Ok(Left::Ended(Box::new(row)));
+        }
+        if !wait_end {
+            return Ok(Left::Stopping);
+        }
+        self.until_ended(run_id, ends).await
+    }
+
+    /// Waits (at most [`ABORT_WAIT`]) for a run told to stop to have its end committed.
+    async fn until_ended(
+        &self,
+        run_id: String,
+        mut ends: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Left, StoreError> {
+        let deadline = tokio::time::Instant::now() + ABORT_WAIT;
+        loop {
+            ends.mark_unchanged();
+            match self.get(run_id.clone()).await? {
+                Some(row) if !row.is_active() => return Ok(Left::Ended(Box::new(row))),
+                None => return Ok(Left::Detached),
+                Some(_) => {}
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(run = %run_id, error = %e, "could not detach from a run"),
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(run = %run_id, "an aborted run has not ended yet; its session is answered anyway");
+                return Ok(Left::Stopping);
+            }
+            // An end here or heard from another process wakes this; the read again covers any other.
+            let _ = tokio::time::timeout(ABORT_RECHECK, ends.changed()).await;
         }
     }
 
@@ -217,7 +271,9 @@ impl RunService {
         }
     }
 
-    async fn abort(&self, run_id: String) -> Result<(), StoreError> {
+    /// Stops a run nobody waits on: `Some` when it was still queued and is now aborted
+    /// (committed); else its stream, here or on another process, is told to stop.
+    async fn abort(&self, run_id: String) -> Result<Option<RunRow>, StoreError> {
         // Streaming (or about to): the worker sees the signal, stops and charges what it used.
         // A run claimed by another process is told there by `abort_queued` (PostgreSQL).
         self.live.cancel(&run_id);
@@ -234,8 +290,9 @@ impl RunService {
             };
             publish(&self.live, &self.hub, &row.run_id, frame.into());
             finish(&self.live, &self.hub, &row.run_id);
+            return Ok(Some(row));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Re-queues a dead run (admin), reserving its budget again.

@@ -357,6 +357,48 @@ pub fn list(
     Ok(query.load(conn)?)
 }
 
+/// A listed row that could not be read: its run id (or `#<row id>` when even that cannot be
+/// read) and why.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub run_id: String,
+    pub error: String,
+}
+
+/// [`list`], which a row Diesel cannot read does not break: then every row is read alone, and
+/// those that fail are named instead.
+pub fn list_readable(
+    conn: &mut DbConn,
+    project_id: Option<&str>,
+    status: Option<RunStatus>,
+    limit: i64,
+) -> StoreResult<(Vec<RunRow>, Vec<Unreadable>)> {
+    match list(conn, project_id, status, limit) {
+        Err(StoreError::Query(diesel::result::Error::DeserializationError(_))) => {}
+        other => return other.map(|rows| (rows, Vec::new())),
+    }
+    let mut query = runs::table.select(runs::id).order(runs::id.desc()).limit(limit).into_boxed();
+    if let Some(p) = project_id {
+        query = query.filter(runs::project_id.eq(p.to_owned()));
+    }
+    if let Some(s) = status {
+        query = query.filter(runs::status.eq(s.as_str()));
+    }
+    let (mut rows, mut unreadable) = (Vec::new(), Vec::new());
+    for id in query.load::<i64>(conn)? {
+        match runs::table.find(id).first::<RunRow>(conn) {
+            Ok(row) => rows.push(row),
+            Err(diesel::result::Error::DeserializationError(e)) => {
+                let run_id = runs::table.find(id).select(runs::run_id).first::<String>(conn);
+                let run_id = run_id.unwrap_or_else(|_| format!("#{id}"));
+                unreadable.push(Unreadable { run_id, error: e.to_string() });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((rows, unreadable))
+}
+
 /// Runs by status (admin summary).
 pub fn count_by_status(conn: &mut DbConn) -> StoreResult<Vec<(String, i64)>> {
     Ok(runs::table.group_by(runs::status).select((runs::status, diesel::dsl::count_star())).load(conn)?)

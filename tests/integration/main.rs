@@ -24,6 +24,7 @@ mod queue_limit;
 mod redis;
 mod repair;
 mod runs;
+mod runs_faults;
 mod runs_limits;
 mod runs_process;
 mod session;

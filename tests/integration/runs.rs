@@ -291,7 +291,7 @@ async fn queued_runs_follow_priority(db: Db) {
             let user = r.body["messages"][0]["content"].as_str().unwrap();
             ["blocker", "d1", "w1", "r1", "w2", "r2"]
                 .into_iter()
-                .find(|i| user.contains(&format!("\n{i}\n")))
+                .find(|i| user.contains(&format!("\n\"{i}\"\n")))
                 .unwrap()
                 .to_owned()
         })

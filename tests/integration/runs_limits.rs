@@ -334,7 +334,8 @@ async fn output_estimate_is_capped_at_max_output_tokens(db: Db) {
     })
     .await;
     app.set_price("claude-haiku-4-5-20251001", &PRICE).await;
-    app.fake.set_stream_chunks(vec!["x".repeat(100), "y".repeat(100), "z".repeat(100)]);
+    // 80 bytes before the cut: over 8 tokens' estimate, under the text's bound (16 bytes a token).
+    app.fake.set_stream_chunks(vec!["x".repeat(40), "y".repeat(40), "z".repeat(40)]);
     app.fake.set_usage(Some(FakeUsage { input: 30, output: 75, ..FakeUsage::default() }));
     app.fake.set_mode(Mode::CutStream { after_chunks: 2 });
     let token = app.player_token().await;
@@ -343,7 +344,7 @@ async fn output_estimate_is_capped_at_max_output_tokens(db: Db) {
     assert_eq!(run["status"], "dead", "{run}");
     assert_eq!(run["error"]["code"], "stream_cut", "{run}");
     let usage = usage_of(&run["usage"]);
-    assert!(estimate_tokens(&"x".repeat(200)) > 8);
+    assert!(estimate_tokens(&"x".repeat(80)) > 8);
     assert_eq!(usage, Usage { input_tokens: 30, output_tokens: 8, ..Usage::default() });
     assert_eq!(micros(&run["cost_usd"]), PRICE.cost(&usage));
 }

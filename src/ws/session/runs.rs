@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::{Ctx, WsSession};
 use crate::domain::wire::{ErrorCode, GenerateStart, ServerFrame, Typed};
 use crate::hub::{SessionId, Topic};
-use crate::runs::service::{RunService, StartError, Started, Waiter};
-use crate::runs::{self, RunErrorCode};
+use crate::runs::service::{Left, RunService, StartError, Started, Waiter};
+use crate::runs::{self, RunErrorCode, RunStatus};
 use crate::ws::subscriptions::Seen;
 
 /// A run a session was counted as waiting on, on its way to the session. Dropped without
@@ -136,20 +136,31 @@ impl WsSession {
         }));
     }
 
+    /// Detaches the session from the run and answers once that (and the abort it may cause)
+    /// is committed, so a client that reads the run next sees what it was told.
     pub(super) fn generate_abort(&mut self, run_id: String, reference: Option<Value>, ctx: &mut Ctx) {
         if !self.runs.remove(&run_id) {
             let message = format!("this session is not waiting on run `{run_id}`");
             return self.error(ErrorCode::NotFound, reference, message, ctx);
         }
         self.unwatch(&Topic::Run(run_id.clone()));
-        let frame = Typed::RunError {
-            reference,
-            run_id: run_id.clone(),
-            code: RunErrorCode::Aborted.to_string(),
-            message: "this session no longer waits on the run".into(),
-        };
-        self.send(frame.into(), ctx);
-        self.detach(run_id);
+        let (service, session, id) = (self.state.runs.clone(), self.id, run_id.clone());
+        // Run to its end even if the session stops meanwhile: the detach must not be lost.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        actix_web::rt::spawn(async move {
+            let _ = answer.send(service.leave(id, session, true).await);
+        });
+        ctx.spawn(answered.into_actor(self).map(move |left, act, ctx| {
+            let message = match left {
+                Ok(Ok(Left::Ended(row))) if row.run_status() == Some(RunStatus::Aborted) => "the run was aborted",
+                Ok(Ok(_)) => "this session no longer waits on the run",
+                Ok(Err(e)) => return act.store_failed("the run could not be aborted", &e, reference, ctx),
+                Err(_) => return act.error(ErrorCode::Overloaded, reference, "the run could not be aborted", ctx),
+            };
+            let frame =
+                Typed::RunError { reference, run_id, code: RunErrorCode::Aborted.to_string(), message: message.into() };
+            act.send(frame.into(), ctx);
+        }));
     }
 
     /// The session closed: it waits on none of its runs any more.
