@@ -20,6 +20,7 @@ use actix::Addr;
 
 use super::circuit::{Acquire, CircuitBreaker, Outcome, Permit, Refusal, Report};
 use super::client::{self, UpstreamError};
+use super::credentials::NoCredentials;
 use super::providers::{self, Prompt, Provider};
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
@@ -98,7 +99,12 @@ impl Llm {
         what: &str,
     ) -> Result<Answer<T>, CallFailure> {
         let config = config.ok_or(CallFailure::NoConfig)?;
-        let credentials = super::credentials::credentials(config).ok_or(CallFailure::NoConfig)?;
+        let credentials = super::credentials::credentials(config).map_err(|why| {
+            if let NoCredentials::UnknownProvider(_) = why {
+                tracing::warn!(call = what, error = %why, "no upstream call: the stored settings cannot be used");
+            }
+            CallFailure::NoConfig
+        })?;
         let probe = match self.circuit.send(Acquire).await {
             Ok(Permit::Call { probe }) => probe,
             Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(CallFailure::CircuitOpen),

@@ -25,6 +25,7 @@ use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
+use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::store::jobs;
@@ -153,9 +154,14 @@ impl RunJob {
             user: action.user_message(&row.input),
             max_tokens: self.limits.max_output_tokens,
         };
-        let Some(credentials) = config.as_ref().and_then(crate::llm::credentials) else {
-            let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: "no LLM API key is configured".into() };
-            return ctx.end(row.attempts, Usage::default(), 0, end).await;
+        let credentials = match config.as_ref().map(crate::llm::credentials) {
+            Some(Ok(credentials)) => credentials,
+            unusable => {
+                // Lorewire's words: no key, or a stored provider this version does not know.
+                let why = unusable.and_then(Result::err).unwrap_or(NoCredentials::NoKey);
+                let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: why.to_string() };
+                return ctx.end(row.attempts, Usage::default(), 0, end).await;
+            }
         };
         let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
         let worst_case =
