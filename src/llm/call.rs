@@ -7,8 +7,10 @@
 //! Repair before fallback: an answer the validator can salvage is accepted as salvaged; an
 //! answer it refuses (not JSON, a missing field, a field over its cap) is asked for once more,
 //! telling the model what was wrong. The pair of calls holds one permit and reports one outcome
-//! to the circuit breaker (the provider answered; a repaired answer is a success), while each
-//! call is counted in `upstream_calls` and timed in `upstream_call_seconds`.
+//! to the circuit breaker, while each call is counted in `upstream_calls` and timed in
+//! `upstream_call_seconds`. Whatever the provider answered with a 2xx is a success for the
+//! circuit: an answer still invalid after the re-ask, or a model's refusal, is the item's
+//! failure alone, so no player's text can open the circuit for everyone.
 //!
 //! Knows nothing of what is asked (content, moods): the caller brings the prompt and the
 //! validator. Never holds a DB connection across the call.
@@ -126,7 +128,8 @@ impl Llm {
                 let repair = repair.or(checked.salvaged.then_some(Repair::Salvaged));
                 (Outcome::Success, Ok((checked.value, add_usage(earlier_usage, usage), repair)))
             }
-            Judged::Refused(refusal, _) => (Outcome::Failure, Err(refused(refusal))),
+            // The provider answered: invalid twice is this item's failure, not the circuit's.
+            Judged::Refused(refusal, _) => (Outcome::Success, Err(refused(refusal))),
             Judged::Failed(outcome, failure, why) => (outcome, Err((failure, why))),
         };
         self.circuit.do_send(Report { probe, outcome });
@@ -184,7 +187,8 @@ enum Judged<T> {
     Valid(Checked<T>, Option<Usage>),
     /// The provider answered, but the validator refused the answer.
     Refused(OutputError, Option<Usage>),
-    /// No usable answer: what it tells the circuit breaker, its code and detail.
+    /// No usable answer (an upstream failure, or a 2xx that is not a usable answer, a refusal
+    /// included): what it tells the circuit breaker, its code and detail.
     Failed(Outcome, CallFailure, String),
 }
 
@@ -195,7 +199,8 @@ fn judge<T>(
 ) -> Judged<T> {
     match answer {
         Ok(body) => match providers::parse_answer(provider, &body) {
-            Err(why) => Judged::Failed(Outcome::Failure, UpstreamFailure::InvalidResponse.into(), why),
+            // A 2xx the provider made: it is up, and the answer is this item's failure alone.
+            Err(why) => Judged::Failed(Outcome::Success, UpstreamFailure::InvalidResponse.into(), why),
             Ok((text, usage)) => match validate(&text) {
                 Ok(checked) => Judged::Valid(checked, usage),
                 Err(refusal) => Judged::Refused(refusal, usage),

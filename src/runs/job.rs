@@ -272,7 +272,9 @@ impl RunJob {
             StreamEnd::Cancelled if outcome.answered => circuit::Outcome::Success,
             StreamEnd::Cancelled => circuit::Outcome::NotCalled,
             StreamEnd::Upstream(e) => e.circuit_outcome(),
-            _ => circuit::Outcome::Failure,
+            // A 2xx stream that cannot be read: the provider is up; the failure is this run's.
+            StreamEnd::Invalid(_) => circuit::Outcome::Success,
+            StreamEnd::Cut(_) | StreamEnd::Timeout | StreamEnd::ProviderError(_) => circuit::Outcome::Failure,
         };
         self.circuit.do_send(Report { probe, outcome: circuit_outcome });
 

@@ -1,12 +1,105 @@
-//! The upstream's faults as players and the admin see them: an unknown provider in the stored
-//! settings is named as such, not reported as a missing key.
+//! What a player can make of the upstream's faults: an answer invalid after repair or a model's
+//! refusal is that item's fallback and never opens the circuit for everyone (a half-open
+//! probe answered so closes it); an unknown provider in the stored settings is named as such,
+//! not reported as a missing key.
+
+use std::time::Duration;
 
 use diesel::{ExpressionMethods, RunQueryDsl};
+use lorewire::llm::providers::Provider;
 use lorewire::store::schema::llm_config;
 use lorewire::store::Store;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::common::{post_json, spawn_with, Db, Setup, WsClient};
+use crate::common::{post_json, spawn_with, Db, Mode, Setup, TestApp, WsClient};
+
+/// Fewer than the items each test fails, so a counting circuit would open.
+const FAILURES: u32 = 2;
+
+async fn faults_app(db: Db, provider: Provider) -> TestApp {
+    spawn_with(Setup { provider, manual_clock: true, ..Setup::new(db) }, |c| {
+        c.circuit_failures = FAILURES;
+        c.circuit_window = Duration::from_secs(60);
+        c.circuit_reset = Duration::from_secs(300);
+    })
+    .await
+}
+
+async fn content(app: &TestApp, token: &str, subject_id: u64) -> Value {
+    app.content_final(token, "quest", subject_id, json!({})).await
+}
+
+/// Answers that are not valid after the re-ask, and refusals, from every provider: each item
+/// falls back with its own reason, the circuit stays closed with nothing counted, the next
+/// good answer is `ready`; and 5xx still open it.
+async fn invalid_answers_and_refusals_never_open_the_circuit(db: Db) {
+    for provider in Provider::ALL {
+        let app = faults_app(db, provider).await;
+        let token = app.player_token().await;
+        let cases = [
+            (Mode::NotJsonText, "invalid_json"),
+            (Mode::SchemaInvalid, "invalid_response"),
+            (Mode::GarbageJson, "invalid_response"),
+            (Mode::Refusal, "invalid_response"),
+        ];
+        let mut subject_id = 0;
+        for (mode, reason) in cases {
+            app.fake.set_mode(mode.clone());
+            for _ in 0..=FAILURES {
+                subject_id += 1;
+                let item = content(&app, &token, subject_id).await;
+                assert_eq!(item["status"], "fallback", "{provider} {mode:?}: {item}");
+                assert_eq!(item["reason"], reason, "{provider} {mode:?}: {item}");
+            }
+            let circuit = app.circuit().await;
+            assert_eq!(circuit["state"], "closed", "{provider} {mode:?}: {circuit}");
+            assert_eq!(circuit["failures"], 0, "{provider} {mode:?}: {circuit}");
+        }
+
+        app.fake.set_mode(Mode::Ok);
+        let item = content(&app, &token, 100).await;
+        assert_eq!(item["status"], "ready", "{provider}: {item}");
+
+        app.fake.set_mode(Mode::Status(500));
+        for id in 101..101 + u64::from(FAILURES) {
+            assert_eq!(content(&app, &token, id).await["reason"], "api_error_500", "{provider}");
+        }
+        assert_eq!(app.circuit().await["state"], "open", "{provider}");
+        let calls = app.fake.request_count();
+        assert_eq!(content(&app, &token, 200).await["reason"], "circuit_open", "{provider}");
+        assert_eq!(app.fake.request_count(), calls, "no call while open");
+    }
+}
+
+/// The half-open probe gets an answer that is no use (a refusal, then text that is not JSON
+/// even when asked again): the provider answered, so the circuit closes instead of staying
+/// half-open or opening again.
+async fn an_unusable_answer_to_the_half_open_probe_closes_the_circuit(db: Db) {
+    let app = faults_app(db, Provider::Anthropic).await;
+    let token = app.player_token().await;
+    let mut subject_id = 0;
+    for (probe_answer, reason) in [(Mode::Refusal, "invalid_response"), (Mode::NotJsonText, "invalid_json")] {
+        app.fake.set_mode(Mode::Status(503));
+        for _ in 0..FAILURES {
+            subject_id += 1;
+            content(&app, &token, subject_id).await;
+        }
+        assert_eq!(app.circuit().await["state"], "open", "{probe_answer:?}");
+        app.clock.advance(Duration::from_secs(301));
+        assert_eq!(app.circuit().await["state"], "half_open", "{probe_answer:?}");
+
+        app.fake.set_mode(probe_answer.clone());
+        subject_id += 1;
+        assert_eq!(content(&app, &token, subject_id).await["reason"], reason, "{probe_answer:?}");
+        let circuit = app.circuit().await;
+        assert_eq!(circuit["state"], "closed", "{probe_answer:?}: {circuit}");
+        assert_eq!(circuit["failures"], 0, "{probe_answer:?}: {circuit}");
+
+        app.fake.set_mode(Mode::Ok);
+        subject_id += 1;
+        assert_eq!(content(&app, &token, subject_id).await["status"], "ready", "{probe_answer:?}");
+    }
+}
 
 /// A provider this version does not know, written straight into the stored settings (by a
 /// newer version, or by hand): the admin reads its name, items fall back `no_config` without a
@@ -53,4 +146,8 @@ async fn an_unknown_stored_provider_is_named(db: Db) {
     ws.close().await;
 }
 
-both_backends!(an_unknown_stored_provider_is_named);
+both_backends!(
+    invalid_answers_and_refusals_never_open_the_circuit,
+    an_unusable_answer_to_the_half_open_probe_closes_the_circuit,
+    an_unknown_stored_provider_is_named,
+);
