@@ -2,7 +2,8 @@
 //! validated value, the model that made it, the usage the provider reported and how it was
 //! repaired out, or the failure's code. The circuit breaker's permit, the calls, judging the
 //! answer, the one re-ask, the `upstream_calls` and `upstream_call_seconds` metrics, the
-//! stored `last_error` and the redaction of the key all happen here and nowhere else.
+//! stored `last_error` and the redaction of the key all happen here (streamed runs use
+//! [`record_last_error`] and the same redaction).
 //!
 //! Repair before fallback: an answer the validator can salvage is accepted as salvaged; an
 //! answer it refuses (not JSON, a missing field, a field over its cap) is asked for once more,
@@ -170,11 +171,17 @@ impl Llm {
     }
 
     async fn record_last_error(&self, error: Option<String>) {
-        let now = self.clock.now_naive();
-        let saved = self.store.write(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
-        if let Err(e) = saved {
-            tracing::error!(error = %e, "could not record the last upstream error");
-        }
+        record_last_error(&self.store, &self.clock, error).await;
+    }
+}
+
+/// Stores the admin's `last_error` (`None` clears it); `error` has been through
+/// [`redact`](super::redact::redact) already.
+pub async fn record_last_error(store: &Store, clock: &SharedClock, error: Option<String>) {
+    let now = clock.now_naive();
+    let saved = store.write(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "could not record the last upstream error");
     }
 }
 

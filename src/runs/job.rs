@@ -24,6 +24,7 @@ use crate::core::metrics::Metrics;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::llm::call::record_last_error;
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
 use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::{self, TextPrompt};
@@ -278,9 +279,12 @@ impl RunJob {
         };
         self.circuit.do_send(Report { probe, outcome: circuit_outcome });
 
-        let (code, message) = match outcome.end {
+        let (code, detail) = match outcome.end {
             StreamEnd::Finished => {
                 self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+                if config.as_ref().is_some_and(|c| c.last_error.is_some()) {
+                    record_last_error(&self.store, &self.clock, None).await;
+                }
                 return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
             }
             StreamEnd::Cancelled => return ctx.end(attempt, usage, cost, AttemptEnd::Aborted).await,
@@ -295,9 +299,13 @@ impl RunJob {
             StreamEnd::ProviderError(why) => (RunErrorCode::StreamError, why),
             StreamEnd::Invalid(why) => (RunErrorCode::InvalidResponse, why),
         };
-        let message = crate::llm::redact(&message, api_key);
+        // The provider's own text goes to the log and the admin's `last_error`; players read
+        // lorewire's words for the code (the run's stored `error`, `run:error`).
+        let detail = crate::llm::redact(&detail, api_key);
         self.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
-        tracing::warn!(run = %run_id, attempt, code = %code, error = %message, "run attempt failed");
+        tracing::warn!(run = %run_id, attempt, code = %code, error = %detail, "run attempt failed");
+        record_last_error(&self.store, &self.clock, Some(format!("{code}: {detail}"))).await;
+        let message = code.player_message();
         // The run's attempts (shown to clients) and the job's (failures on our side count too)
         // agree unless something went wrong on our side; the larger decides, so neither passes
         // the cap.

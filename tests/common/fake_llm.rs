@@ -64,6 +64,8 @@ pub enum Mode {
     Text(String),
     /// 401 whose error message repeats the received API key.
     EchoKey,
+    /// That status with the provider's JSON error body carrying this message.
+    StatusMessage { status: u16, message: String },
     /// Non-streaming only: 200 with the model's refusal (Anthropic `stop_reason: "refusal"`,
     /// a Responses `refusal` part, a Chat `message.refusal`).
     Refusal,
@@ -429,6 +431,7 @@ async fn handle_request(req: HttpRequest, body: Bytes, shared: web::Data<Shared>
             answer(provider, &mode, &json_body, &raw_body, &shared)
         }
         Mode::Status(code) => error_response(provider, code, "fake llm: injected failure"),
+        Mode::StatusMessage { status, message } => error_response(provider, status, &message),
         Mode::Refusal => refusal_response(provider, &json_body),
         Mode::RateLimited { retry_after_secs } => {
             let body = match provider {
