@@ -275,7 +275,9 @@ impl RunJob {
             StreamEnd::Upstream(e) => e.circuit_outcome(),
             // A 2xx stream that cannot be read: the provider is up; the failure is this run's.
             StreamEnd::Invalid(_) => circuit::Outcome::Success,
-            StreamEnd::Cut(_) | StreamEnd::Timeout | StreamEnd::ProviderError(_) => circuit::Outcome::Failure,
+            // An in-stream error about the request (a prompt refused): the provider is up.
+            StreamEnd::ProviderError { server_side: false, .. } => circuit::Outcome::Success,
+            StreamEnd::Cut(_) | StreamEnd::Timeout | StreamEnd::ProviderError { .. } => circuit::Outcome::Failure,
         };
         self.circuit.do_send(Report { probe, outcome: circuit_outcome });
 
@@ -296,7 +298,7 @@ impl RunJob {
             StreamEnd::Upstream(e) => (e.failure().into(), e.redacted(api_key)),
             StreamEnd::Cut(why) => (RunErrorCode::StreamCut, why),
             StreamEnd::Timeout => (RunErrorCode::Timeout, "the stream went silent or took too long".into()),
-            StreamEnd::ProviderError(why) => (RunErrorCode::StreamError, why),
+            StreamEnd::ProviderError { message, .. } => (RunErrorCode::StreamError, message),
             StreamEnd::Invalid(why) => (RunErrorCode::InvalidResponse, why),
         };
         // The provider's own text goes to the log and the admin's `last_error`; players read
