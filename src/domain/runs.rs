@@ -122,6 +122,26 @@ impl std::fmt::Display for RunErrorCode {
     }
 }
 
+impl RunErrorCode {
+    /// What a player reads in `run:error.message` for an upstream failure: lorewire's words
+    /// for the code, never the provider's own text (that goes to the log and `last_error`).
+    pub fn player_message(self) -> String {
+        match self {
+            RunErrorCode::NoConfig => "no LLM provider is configured".into(),
+            RunErrorCode::Aborted => "the run was aborted".into(),
+            RunErrorCode::BudgetExceeded => "another attempt could take the project past its budget".into(),
+            RunErrorCode::RateLimited => "the model provider is limiting requests; try again later".into(),
+            RunErrorCode::ApiError(status) => format!("the model provider answered with an error (HTTP {status})"),
+            RunErrorCode::NetworkError => "the model provider could not be reached".into(),
+            RunErrorCode::Timeout => "the model provider did not answer in time".into(),
+            RunErrorCode::InvalidResponse => "the model provider's answer could not be used".into(),
+            RunErrorCode::StreamCut => "the model provider's answer broke off before it was complete".into(),
+            RunErrorCode::StreamError => "the model provider reported an error while answering".into(),
+            RunErrorCode::Internal => "the run failed on the server's side and its attempts are spent".into(),
+        }
+    }
+}
+
 /// Tokens one attempt (or a whole run) consumed. `input_tokens` excludes cache reads and
 /// cache writes, so each count is priced once at its own rate (OpenAI's `input_tokens`
 /// include `cached_tokens`; the parsers subtract them).

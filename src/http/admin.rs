@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use super::bearer;
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
+use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::Provider;
 use crate::state::AppState;
 use crate::store::llm_config::{self, LlmConfigRow, SettingsChange};
@@ -48,12 +49,13 @@ pub struct LlmView {
     api_key_set: bool,
     /// The key's last 4 characters; null when it is unset or shorter than 8.
     api_key_last4: Option<String>,
-    /// The last upstream answer an admin must fix (a 401 or 403), if any.
+    /// The last upstream failure (a 401 or 403 for the admin to fix), or the stored settings'
+    /// unknown provider; parts of the API key in it are `[redacted]`.
     last_error: Option<String>,
     circuit: CircuitSnapshot,
-    /// Set when no call can be made (no key, and no model server of one's own): the one
-    /// sentence saying every content item will fall back with `no_config`.
-    notice: Option<&'static str>,
+    /// Set when no call can be made (no key and no model server of one's own, or an unknown
+    /// provider): the one sentence saying why every content item will fall back with `no_config`.
+    notice: Option<String>,
 }
 
 /// The circuit after a reset.
@@ -102,7 +104,11 @@ fn llm_view(row: &LlmConfigRow, circuit: CircuitSnapshot) -> LlmView {
         base_url: row.base_url.clone(),
         api_key_set: key.is_some(),
         api_key_last4: key.and_then(last4),
-        last_error: row.last_error.clone(),
+        last_error: match crate::llm::credentials(row) {
+            // Said before any call is tried, and never as "no API key".
+            Err(unknown @ NoCredentials::UnknownProvider(_)) => Some(unknown.to_string()),
+            _ => row.last_error.clone(),
+        },
         circuit,
         notice: crate::llm::credentials::no_config_notice(row),
     }

@@ -2,13 +2,16 @@
 //! validated value, the model that made it, the usage the provider reported and how it was
 //! repaired out, or the failure's code. The circuit breaker's permit, the calls, judging the
 //! answer, the one re-ask, the `upstream_calls` and `upstream_call_seconds` metrics, the
-//! stored `last_error` and the redaction of the key all happen here and nowhere else.
+//! stored `last_error` and the redaction of the key all happen here (streamed runs use
+//! [`record_last_error`] and the same redaction).
 //!
 //! Repair before fallback: an answer the validator can salvage is accepted as salvaged; an
 //! answer it refuses (not JSON, a missing field, a field over its cap) is asked for once more,
 //! telling the model what was wrong. The pair of calls holds one permit and reports one outcome
-//! to the circuit breaker (the provider answered; a repaired answer is a success), while each
-//! call is counted in `upstream_calls` and timed in `upstream_call_seconds`.
+//! to the circuit breaker, while each call is counted in `upstream_calls` and timed in
+//! `upstream_call_seconds`. Whatever the provider answered with a 2xx is a success for the
+//! circuit: an answer still invalid after the re-ask, or a model's refusal, is the item's
+//! failure alone, so no player's text can open the circuit for everyone.
 //!
 //! Knows nothing of what is asked (content, moods): the caller brings the prompt and the
 //! validator. Never holds a DB connection across the call.
@@ -20,6 +23,7 @@ use actix::Addr;
 
 use super::circuit::{Acquire, CircuitBreaker, Outcome, Permit, Refusal, Report};
 use super::client::{self, UpstreamError};
+use super::credentials::NoCredentials;
 use super::providers::{self, Prompt, Provider};
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
@@ -98,7 +102,12 @@ impl Llm {
         what: &str,
     ) -> Result<Answer<T>, CallFailure> {
         let config = config.ok_or(CallFailure::NoConfig)?;
-        let credentials = super::credentials::credentials(config).ok_or(CallFailure::NoConfig)?;
+        let credentials = super::credentials::credentials(config).map_err(|why| {
+            if let NoCredentials::UnknownProvider(_) = why {
+                tracing::warn!(call = what, error = %why, "no upstream call: the stored settings cannot be used");
+            }
+            CallFailure::NoConfig
+        })?;
         let probe = match self.circuit.send(Acquire).await {
             Ok(Permit::Call { probe }) => probe,
             Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(CallFailure::CircuitOpen),
@@ -120,7 +129,8 @@ impl Llm {
                 let repair = repair.or(checked.salvaged.then_some(Repair::Salvaged));
                 (Outcome::Success, Ok((checked.value, add_usage(earlier_usage, usage), repair)))
             }
-            Judged::Refused(refusal, _) => (Outcome::Failure, Err(refused(refusal))),
+            // The provider answered: invalid twice is this item's failure, not the circuit's.
+            Judged::Refused(refusal, _) => (Outcome::Success, Err(refused(refusal))),
             Judged::Failed(outcome, failure, why) => (outcome, Err((failure, why))),
         };
         self.circuit.do_send(Report { probe, outcome });
@@ -161,11 +171,17 @@ impl Llm {
     }
 
     async fn record_last_error(&self, error: Option<String>) {
-        let now = self.clock.now_naive();
-        let saved = self.store.write(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
-        if let Err(e) = saved {
-            tracing::error!(error = %e, "could not record the last upstream error");
-        }
+        record_last_error(&self.store, &self.clock, error).await;
+    }
+}
+
+/// Stores the admin's `last_error` (`None` clears it); `error` has been through
+/// [`redact`](super::redact::redact) already.
+pub async fn record_last_error(store: &Store, clock: &SharedClock, error: Option<String>) {
+    let now = clock.now_naive();
+    let saved = store.write(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "could not record the last upstream error");
     }
 }
 
@@ -178,7 +194,8 @@ enum Judged<T> {
     Valid(Checked<T>, Option<Usage>),
     /// The provider answered, but the validator refused the answer.
     Refused(OutputError, Option<Usage>),
-    /// No usable answer: what it tells the circuit breaker, its code and detail.
+    /// No usable answer (an upstream failure, or a 2xx that is not a usable answer, a refusal
+    /// included): what it tells the circuit breaker, its code and detail.
     Failed(Outcome, CallFailure, String),
 }
 
@@ -189,7 +206,8 @@ fn judge<T>(
 ) -> Judged<T> {
     match answer {
         Ok(body) => match providers::parse_answer(provider, &body) {
-            Err(why) => Judged::Failed(Outcome::Failure, UpstreamFailure::InvalidResponse.into(), why),
+            // A 2xx the provider made: it is up, and the answer is this item's failure alone.
+            Err(why) => Judged::Failed(Outcome::Success, UpstreamFailure::InvalidResponse.into(), why),
             Ok((text, usage)) => match validate(&text) {
                 Ok(checked) => Judged::Valid(checked, usage),
                 Err(refusal) => Judged::Refused(refusal, usage),

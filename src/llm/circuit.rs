@@ -86,8 +86,10 @@ pub struct Report {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Outcome {
+    /// The provider answered with a 2xx: it is up, whether or not the answer was usable (an
+    /// answer invalid after repair, or a refusal, is that call's failure, never the circuit's).
     Success,
-    /// 5xx, network error, timeout, invalid response: counts.
+    /// 5xx (529 included), network error, timeout: counts.
     Failure,
     /// A 4xx other than 429: the provider answered; never counts.
     Rejected,

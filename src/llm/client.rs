@@ -85,12 +85,14 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 impl UpstreamError {
-    /// Whether this failure counts towards opening the circuit: 5xx (529 included),
-    /// network errors, timeouts and invalid responses do; 4xx (429 included) never do.
+    /// Whether this failure counts towards opening the circuit: 5xx (529 included), network
+    /// errors and timeouts do; 4xx (429 included) never do, nor does an unusable 2xx answer
+    /// (the provider is up; the answer is that call's failure alone).
     pub fn counts_for_circuit(&self) -> bool {
         match self {
             UpstreamError::Status { status, .. } => *status >= 500,
-            UpstreamError::Network(_) | UpstreamError::Timeout | UpstreamError::InvalidResponse(_) => true,
+            UpstreamError::Network(_) | UpstreamError::Timeout => true,
+            UpstreamError::InvalidResponse(_) => false,
         }
     }
 
@@ -114,6 +116,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Status { retry_after, .. } if self.is_rate_limit() => Outcome::RateLimited(*retry_after),
             _ if self.counts_for_circuit() => Outcome::Failure,
+            UpstreamError::InvalidResponse(_) => Outcome::Success,
             _ => Outcome::Rejected,
         }
     }
@@ -144,5 +147,8 @@ mod tests {
         assert!(!status(429).counts_for_circuit());
         assert!(!status(401).counts_for_circuit());
         assert!(UpstreamError::Timeout.counts_for_circuit());
+        let unusable = UpstreamError::InvalidResponse("response body too large".into());
+        assert!(!unusable.counts_for_circuit());
+        assert_eq!(unusable.circuit_outcome(), Outcome::Success, "a 2xx answer: the provider is up");
     }
 }

@@ -18,21 +18,41 @@ impl Credentials {
     }
 }
 
+/// Why the stored settings cannot make a call. Every call then falls back with `no_config`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoCredentials {
+    #[error("no LLM API key is configured")]
+    NoKey,
+    /// The stored provider is not one this version speaks (written by a newer version, or by hand).
+    #[error("{0}")]
+    UnknownProvider(String),
+}
+
 /// The one no-key rule: the stored settings can make a call when they name a known provider
 /// and hold an API key, or point an OpenAI-compatible provider at a server of one's own
-/// (Ollama, vLLM, llama.cpp), which usually needs none. `None`: every call is `no_config`.
-pub fn credentials(config: &LlmConfigRow) -> Option<Credentials> {
-    let provider: Provider = config.provider.parse().ok()?;
+/// (Ollama, vLLM, llama.cpp), which usually needs none. An error: every call is `no_config`.
+pub fn credentials(config: &LlmConfigRow) -> Result<Credentials, NoCredentials> {
+    let provider: Provider = config.provider.parse().map_err(NoCredentials::UnknownProvider)?;
     let api_key = config.api_key.clone().unwrap_or_default();
     let own_server = provider == Provider::OpenAiChat
         && config.base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url();
-    (!api_key.is_empty() || own_server).then(|| Credentials { provider, base_url: config.base_url.clone(), api_key })
+    if api_key.is_empty() && !own_server {
+        return Err(NoCredentials::NoKey);
+    }
+    Ok(Credentials { provider, base_url: config.base_url.clone(), api_key })
 }
 
-/// The one sentence that says calls cannot be made, for the startup log and the dashboard:
-/// `Some` exactly when [`credentials`] is `None`.
-pub fn no_config_notice(config: &LlmConfigRow) -> Option<&'static str> {
-    credentials(config).is_none().then_some(NO_CONFIG_NOTICE)
+/// The one sentence that says calls cannot be made and why, for the startup log and the
+/// dashboard: `Some` exactly when [`credentials`] fails.
+pub fn no_config_notice(config: &LlmConfigRow) -> Option<String> {
+    match credentials(config) {
+        Ok(_) => None,
+        Err(NoCredentials::NoKey) => Some(NO_CONFIG_NOTICE.to_owned()),
+        Err(NoCredentials::UnknownProvider(why)) => Some(format!(
+            "The stored LLM settings name an {why}, so every content item will fall back with \
+             `no_config`: set the provider with PUT /admin/api/llm."
+        )),
+    }
 }
 
 pub const NO_CONFIG_NOTICE: &str = "No API key and no model server of your own are configured, so every content \

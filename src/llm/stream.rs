@@ -36,8 +36,12 @@ pub enum StreamEnd {
     Cut(String),
     /// No chunk within the idle timeout, or the total limit passed.
     Timeout,
-    /// The provider reported an error inside the stream.
-    ProviderError(String),
+    /// The provider reported an error inside the stream; `server_side` when it is the
+    /// provider's own failure (see [`Step::Failed`]).
+    ProviderError {
+        message: String,
+        server_side: bool,
+    },
     /// The stream could not be read (not SSE, not JSON).
     Invalid(String),
     Cancelled,
@@ -130,7 +134,9 @@ pub async fn stream(
                 match step {
                     Step::Text(text) => on_text(text),
                     Step::Finished => return outcome(StreamEnd::Finished, &reader, true),
-                    Step::Failed(why) => return outcome(StreamEnd::ProviderError(why), &reader, true),
+                    Step::Failed { message, server_side } => {
+                        return outcome(StreamEnd::ProviderError { message, server_side }, &reader, true)
+                    }
                 }
             }
         }

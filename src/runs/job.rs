@@ -24,7 +24,9 @@ use crate::core::metrics::Metrics;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::llm::call::record_last_error;
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
+use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::store::jobs;
@@ -153,9 +155,14 @@ impl RunJob {
             user: action.user_message(&row.input),
             max_tokens: self.limits.max_output_tokens,
         };
-        let Some(credentials) = config.as_ref().and_then(crate::llm::credentials) else {
-            let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: "no LLM API key is configured".into() };
-            return ctx.end(row.attempts, Usage::default(), 0, end).await;
+        let credentials = match config.as_ref().map(crate::llm::credentials) {
+            Some(Ok(credentials)) => credentials,
+            unusable => {
+                // Lorewire's words: no key, or a stored provider this version does not know.
+                let why = unusable.and_then(Result::err).unwrap_or(NoCredentials::NoKey);
+                let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: why.to_string() };
+                return ctx.end(row.attempts, Usage::default(), 0, end).await;
+            }
         };
         let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
         let worst_case =
@@ -281,18 +288,28 @@ impl RunJob {
             StreamEnd::Cancelled if outcome.answered => circuit::Outcome::Success,
             StreamEnd::Cancelled => circuit::Outcome::NotCalled,
             StreamEnd::Upstream(e) => e.circuit_outcome(),
-            _ => circuit::Outcome::Failure,
+            // A 2xx stream that cannot be read: the provider is up; the failure is this run's.
+            StreamEnd::Invalid(_) => circuit::Outcome::Success,
+            // An in-stream error about the request (a prompt refused): the provider is up.
+            StreamEnd::ProviderError { server_side: false, .. } => circuit::Outcome::Success,
+            StreamEnd::Cut(_) | StreamEnd::Timeout | StreamEnd::ProviderError { .. } => circuit::Outcome::Failure,
         };
         self.circuit.do_send(Report { probe, outcome: circuit_outcome });
 
         if cut {
             tracing::warn!(run = %run_id, attempt, bytes = text.len(), "run text reached its bound; the stream was stopped");
             self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+            if config.as_ref().is_some_and(|c| c.last_error.is_some()) {
+                record_last_error(&self.store, &self.clock, None).await;
+            }
             return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
         }
-        let (code, message) = match outcome.end {
+        let (code, detail) = match outcome.end {
             StreamEnd::Finished => {
                 self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+                if config.as_ref().is_some_and(|c| c.last_error.is_some()) {
+                    record_last_error(&self.store, &self.clock, None).await;
+                }
                 return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
             }
             StreamEnd::Cancelled => return ctx.end(attempt, usage, cost, AttemptEnd::Aborted).await,
@@ -304,12 +321,16 @@ impl RunJob {
             StreamEnd::Upstream(e) => (e.failure().into(), e.redacted(api_key)),
             StreamEnd::Cut(why) => (RunErrorCode::StreamCut, why),
             StreamEnd::Timeout => (RunErrorCode::Timeout, "the stream went silent or took too long".into()),
-            StreamEnd::ProviderError(why) => (RunErrorCode::StreamError, why),
+            StreamEnd::ProviderError { message, .. } => (RunErrorCode::StreamError, message),
             StreamEnd::Invalid(why) => (RunErrorCode::InvalidResponse, why),
         };
-        let message = crate::llm::redact(&message, api_key);
+        // The provider's own text goes to the log and the admin's `last_error`; players read
+        // lorewire's words for the code (the run's stored `error`, `run:error`).
+        let detail = crate::llm::redact(&detail, api_key);
         self.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
-        tracing::warn!(run = %run_id, attempt, code = %code, error = %message, "run attempt failed");
+        tracing::warn!(run = %run_id, attempt, code = %code, error = %detail, "run attempt failed");
+        record_last_error(&self.store, &self.clock, Some(format!("{code}: {detail}"))).await;
+        let message = code.player_message();
         // The run's attempts (shown to clients) and the job's (failures on our side count too)
         // agree unless something went wrong on our side; the larger decides, so neither passes
         // the cap.

@@ -18,6 +18,7 @@ use crate::domain::topic::Topic;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::jobs::JobsAvailable;
+use crate::llm::credentials::NoCredentials;
 use crate::store::run_attempts;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
 use crate::store::{billing, llm_config, Store, StoreError};
@@ -138,7 +139,11 @@ impl RunService {
             .write(move |conn| {
                 let llm = llm_config::get(conn)?;
                 let model = llm.as_ref().map(|c| c.model.clone()).unwrap_or_else(|| config.llm_model.clone());
-                let no_config = llm.as_ref().and_then(crate::llm::credentials).is_none();
+                let no_config = match llm.as_ref().map(crate::llm::credentials) {
+                    Some(Ok(_)) => None,
+                    Some(Err(why)) => Some(why.to_string()),
+                    None => Some(NoCredentials::NoKey.to_string()),
+                };
                 let bound = prompt_token_bound(req.action.system_prompt(), &req.action.user_message(&req.input));
                 let worst_case =
                     billing::price(conn, &model)?.map(|p| p.worst_case(bound, u64::from(config.max_output_tokens)));
@@ -156,7 +161,7 @@ impl RunService {
                     waiter: waiter != Waiter::Rest,
                     queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
                     worst_case,
-                    no_config,
+                    no_config: no_config.as_deref(),
                 };
                 let admitted = rows::admit(conn, &admission, now)?;
                 let (position, avg) = match &admitted {
@@ -191,7 +196,7 @@ impl RunService {
                 return Ok(Started::Cached(row));
             }
             Admitted::Created(row) if row.run_status() == Some(RunStatus::Dead) => {
-                tracing::warn!(run = %row.run_id, "run refused: no LLM API key configured");
+                tracing::warn!(run = %row.run_id, error = row.error.as_deref().unwrap_or(""), "run refused: no usable LLM settings");
                 return Ok(Started::NoConfig(row));
             }
             Admitted::Created(row) => (row, false),

@@ -125,8 +125,8 @@ pub struct Admission<'a> {
     pub queue_limit: i64,
     /// Worst-case cost of one attempt, when the model has a price.
     pub worst_case: Option<i64>,
-    /// No API key is configured: the run is stored dead at once.
-    pub no_config: bool,
+    /// Why no call can be made (no API key, an unknown provider): the run is stored dead at once.
+    pub no_config: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -184,8 +184,7 @@ fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> Stor
             return Ok(Admitted::Cached(row));
         }
     }
-    if a.no_config {
-        let why = "no LLM API key is configured";
+    if let Some(why) = a.no_config {
         let row = insert(conn, a, RunStatus::Dead, 0, Some((RunErrorCode::NoConfig, why)), now)?;
         return Ok(Admitted::Created(row));
     }

@@ -64,6 +64,11 @@ pub enum Mode {
     Text(String),
     /// 401 whose error message repeats the received API key.
     EchoKey,
+    /// That status with the provider's JSON error body carrying this message.
+    StatusMessage { status: u16, message: String },
+    /// Non-streaming only: 200 with the model's refusal (Anthropic `stop_reason: "refusal"`,
+    /// a Responses `refusal` part, a Chat `message.refusal`).
+    Refusal,
     /// Streaming only: sends that many text deltas, then drops the
     /// connection without the final events. Non-streaming: as `Ok`.
     CutStream { after_chunks: usize },
@@ -426,6 +431,8 @@ async fn handle_request(req: HttpRequest, body: Bytes, shared: web::Data<Shared>
             answer(provider, &mode, &json_body, &raw_body, &shared)
         }
         Mode::Status(code) => error_response(provider, code, "fake llm: injected failure"),
+        Mode::StatusMessage { status, message } => error_response(provider, status, &message),
+        Mode::Refusal => refusal_response(provider, &json_body),
         Mode::RateLimited { retry_after_secs } => {
             let body = match provider {
                 Provider::Anthropic => json!({
@@ -478,6 +485,32 @@ async fn handle_request(req: HttpRequest, body: Bytes, shared: web::Data<Shared>
         | Mode::StallStream { .. }
         | Mode::MaxTokens { .. } => answer(provider, &mode, &json_body, &raw_body, &shared),
     }
+}
+
+/// A 200 answer in which the model refuses.
+fn refusal_response(provider: Provider, body: &Value) -> HttpResponse {
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("fake-model");
+    let refusal = "I can't help with that request.";
+    let json = match provider {
+        Provider::Anthropic => json!({
+            "id": "msg_fake_refusal", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": "refusal", "stop_sequence": null,
+            "usage": {"input_tokens": 10, "output_tokens": 0}
+        }),
+        Provider::Responses => json!({
+            "id": "resp_fake_refusal", "object": "response", "status": "completed", "model": model,
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "refusal", "refusal": refusal}]}],
+            "usage": {"input_tokens": 10, "output_tokens": 7}
+        }),
+        Provider::Chat => json!({
+            "id": "chatcmpl-fake-refusal", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": null, "refusal": refusal}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 7}
+        }),
+    };
+    HttpResponse::Ok().insert_header(("request-id", "req_fake")).json(json)
 }
 
 /// The provider's JSON error response for `status`.

@@ -13,6 +13,7 @@ mod content;
 mod jobs;
 mod layers;
 mod llm;
+mod llm_faults;
 mod lobby;
 mod logs;
 mod metrics_history;

@@ -25,8 +25,11 @@ pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> Upstrea
     }
 }
 
-/// `content[0].text`.
+/// `content[0].text`; a refusal (`stop_reason: "refusal"`) is no answer, whatever text came before it.
 pub fn text(value: &Value) -> Result<String, String> {
+    if value.get("stop_reason").and_then(Value::as_str) == Some("refusal") {
+        return Err("the model refused to answer (stop_reason `refusal`)".into());
+    }
     let block = value.pointer("/content/0").ok_or("response has no content block")?;
     match block.get("type").and_then(Value::as_str) {
         Some("text") => {}
@@ -64,5 +67,18 @@ pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::Text
             }],
             "messages": [{"role": "user", "content": prompt.user}],
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_no_answer() {
+        let refused = json!({"content": [{"type": "text", "text": "{\"flavorText\": \"I"}], "stop_reason": "refusal"});
+        assert!(text(&refused).unwrap_err().contains("refused"));
+        let answered = json!({"content": [{"type": "text", "text": "{}"}], "stop_reason": "end_turn"});
+        assert_eq!(text(&answered).unwrap(), "{}");
     }
 }

@@ -38,10 +38,19 @@ pub fn text(value: &Value) -> Result<String, String> {
     let mut found = false;
     for item in output.iter().filter(|i| i.get("type").and_then(Value::as_str) == Some("message")) {
         let parts = item.get("content").and_then(Value::as_array).into_iter().flatten();
-        for part in parts.filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text")) {
-            if let Some(t) = part.get("text").and_then(Value::as_str) {
-                text.push_str(t);
-                found = true;
+        for part in parts {
+            match part.get("type").and_then(Value::as_str) {
+                Some("output_text") => {
+                    if let Some(t) = part.get("text").and_then(Value::as_str) {
+                        text.push_str(t);
+                        found = true;
+                    }
+                }
+                Some("refusal") => {
+                    let why = part.get("refusal").and_then(Value::as_str).unwrap_or("");
+                    return Err(format!("the model refused: {}", why.chars().take(200).collect::<String>()));
+                }
+                _ => {}
             }
         }
     }
@@ -79,5 +88,8 @@ mod tests {
         assert_eq!(text(&incomplete).unwrap(), "{\"flavorText\": \"Cut");
         let failed = json!({"status": "failed", "output": []});
         assert!(text(&failed).unwrap_err().contains("failed"));
+        let refused = json!({"status": "completed", "output": [{"type": "message", "content": [
+            {"type": "refusal", "refusal": "I can't help with that."}]}]});
+        assert!(text(&refused).unwrap_err().contains("refused: I can't help"));
     }
 }

@@ -89,8 +89,24 @@ pub enum Step {
     Text(String),
     /// The provider said the answer is complete.
     Finished,
-    /// The provider reported an error inside the stream.
-    Failed(String),
+    /// The provider reported an error inside the stream; `server_side` when it says the error
+    /// is its own (overloaded, a server error) or names no kind, as against one about the
+    /// request (a prompt it refuses), which never counts for the circuit.
+    Failed {
+        message: String,
+        server_side: bool,
+    },
+}
+
+/// Whether an in-stream error of this kind (`type` or `code`) is the provider's own failure.
+fn server_side(kind: Option<&str>) -> bool {
+    kind.is_none_or(|k| matches!(k, "overloaded_error" | "api_error" | "server_error" | "internal_error"))
+}
+
+/// An in-stream error: its message (at `message`) and kind (at `kind`, a pointer).
+fn failed(value: &Value, message: &str, kind: &str) -> Step {
+    let kind = value.pointer(kind).and_then(Value::as_str);
+    Step::Failed { message: message_of(value, message), server_side: server_side(kind) }
 }
 
 /// Reads one provider's events, keeping the usage reported so far (kept when the stream fails).
@@ -177,7 +193,7 @@ impl StreamReader {
                 vec![]
             }
             "message_stop" => vec![Step::Finished],
-            "error" => vec![Step::Failed(message_of(&value, "/error/message"))],
+            "error" => vec![failed(&value, "/error/message", "/error/type")],
             _ => vec![],
         })
     }
@@ -227,11 +243,9 @@ impl StreamReader {
                 if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
                     self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
                 }
-                let message =
-                    value.pointer("/response/error/message").and_then(Value::as_str).unwrap_or("the response failed");
-                vec![Step::Failed(message.chars().take(300).collect())]
+                vec![failed(&value, "/response/error/message", "/response/error/code")]
             }
-            "error" => vec![Step::Failed(message_of(&value, "/message"))],
+            "error" => vec![failed(&value, "/message", "/code")],
             _ => vec![],
         })
     }
@@ -244,7 +258,9 @@ impl StreamReader {
         }
         let value = Self::json(&event.data)?;
         if value.get("error").is_some_and(|e| !e.is_null()) {
-            return Ok(vec![Step::Failed(message_of(&value, "/error/message"))]);
+            let kind =
+                if value.pointer("/error/type").is_some_and(|t| !t.is_null()) { "/error/type" } else { "/error/code" };
+            return Ok(vec![failed(&value, "/error/message", kind)]);
         }
         if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
             self.openai_usage(usage, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
@@ -300,10 +316,10 @@ mod tests {
         r.read(&ev(r#"{"type":"message_delta","usage":{"output_tokens":9}}"#)).unwrap();
         assert_eq!(r.usage, Usage { input_tokens: 10, output_tokens: 9, cache_read_tokens: 7, cache_write_tokens: 3 });
         assert_eq!(r.read(&ev(r#"{"type":"message_stop"}"#)).unwrap(), vec![Step::Finished]);
-        assert!(matches!(
-            r.read(&ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)).unwrap()[0],
-            Step::Failed(_)
-        ));
+        assert_eq!(
+            r.read(&ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)).unwrap(),
+            vec![Step::Failed { message: "Overloaded".into(), server_side: true }]
+        );
     }
 
     #[test]
@@ -343,6 +359,30 @@ mod tests {
 
         let mut f = StreamReader::new(Provider::OpenAi);
         let failed = r#"{"type":"response.failed","response":{"status":"failed","error":{"code":"server_error","message":"boom"},"usage":null}}"#;
-        assert_eq!(f.read(&ev(failed)).unwrap(), vec![Step::Failed("boom".into())]);
+        assert_eq!(f.read(&ev(failed)).unwrap(), vec![Step::Failed { message: "boom".into(), server_side: true }]);
+    }
+
+    /// An in-stream error about the request (a prompt the provider refuses) is no failure of
+    /// the provider's: a player's text must not count towards opening the circuit.
+    #[test]
+    fn in_stream_errors_say_whose_failure_they_are() {
+        let ev = |data: &str| SseEvent { event: None, data: data.into() };
+        let cases = [
+            (Provider::Anthropic, r#"{"type":"error","error":{"type":"api_error","message":"m"}}"#, true),
+            (Provider::Anthropic, r#"{"type":"error","error":{"type":"invalid_request_error","message":"m"}}"#, false),
+            (
+                Provider::OpenAi,
+                r#"{"type":"response.failed","response":{"error":{"code":"invalid_prompt","message":"m"}}}"#,
+                false,
+            ),
+            (Provider::OpenAi, r#"{"type":"response.failed","response":{"error":{"code":null,"message":"m"}}}"#, true),
+            (Provider::OpenAi, r#"{"type":"error","code":"server_error","message":"m"}"#, true),
+            (Provider::OpenAiChat, r#"{"error":{"type":"server_error","code":null,"message":"m"}}"#, true),
+            (Provider::OpenAiChat, r#"{"error":{"type":null,"code":"content_filter","message":"m"}}"#, false),
+        ];
+        for (provider, data, server_side) in cases {
+            let steps = StreamReader::new(provider).read(&ev(data)).unwrap();
+            assert_eq!(steps, vec![Step::Failed { message: "m".into(), server_side }], "{provider}: {data}");
+        }
     }
 }
