@@ -154,6 +154,10 @@ pub struct Settings {
     /// carries only the count (at most once a second) and clients page with presence:list.
     #[arg(long, global = true, env = "LOREWIRE_PRESENCE_LIST_MAX", default_value_t = 200, value_parser = parse_list_max)]
     pub presence_list_max: usize,
+    /// Open connections one client address may hold; more are answered 429 (players behind
+    /// one NAT share an address).
+    #[arg(long, global = true, env = "LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
     /// Log output on stderr: text (colour only on a terminal) or json (one object a line).
     #[arg(long, global = true, env = "LOREWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -280,6 +284,10 @@ pub struct Config {
     /// Redis as the backplane (`LOREWIRE_REDIS_URL`), and the prefix of its keys and channels.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// Open connections per client address (`LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS`).
+    pub max_connections_per_address: usize,
+    /// How long a request's body may take to arrive after its head (then 408).
+    pub body_timeout: Duration,
 }
 
 impl Settings {
@@ -328,6 +336,8 @@ impl Settings {
             metrics_sample: Duration::from_secs(10),
             redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
             redis_prefix: self.redis_prefix,
+            max_connections_per_address: self.max_connections_per_address as usize,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod insights;
+pub mod limits;
 pub mod openapi;
 pub mod pages;
 pub mod public;
@@ -85,9 +86,7 @@ pub fn endpoints() -> Vec<Endpoint> {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
-        web::JsonConfig::default()
-            .limit(MAX_BODY_BYTES)
-            .error_handler(|e: JsonPayloadError, _| ApiError::Invalid(json_error(&e)).into()),
+        web::JsonConfig::default().limit(MAX_BODY_BYTES).error_handler(|e: JsonPayloadError, _| json_error(&e).into()),
     )
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
     .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()));
@@ -99,7 +98,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }));
 }
 
-fn json_error(e: &JsonPayloadError) -> String {
+fn json_error(e: &JsonPayloadError) -> ApiError {
+    match e {
+        JsonPayloadError::Payload(p) if limits::is_body_timeout(p) => {
+            ApiError::Timeout("the request body did not arrive in time".into())
+        }
+        other => ApiError::Invalid(json_message(other)),
+    }
+}
+
+fn json_message(e: &JsonPayloadError) -> String {
     match e {
         JsonPayloadError::OverflowKnownLength { length, limit } => {
             format!("body is {length} bytes; at most {limit} are accepted")

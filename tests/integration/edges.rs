@@ -1,0 +1,148 @@
+//! The limits that keep one client from hurting the others (PROTOCOL §4), over real sockets:
+//! connections per address (429, the slot freed on close, other addresses and `/health`
+//! unaffected) and the request body deadline (408). Limits are set small in each test's Config.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::common::*;
+
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+/// Another client address: every 127.x.y.z reaches the server on 127.0.0.1.
+const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Everything the server sends until it closes (or `wait` passes), as text.
+async fn read_all(stream: &mut TcpStream, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A whole request on a connection of its own from `from`; the answer's status and body.
+async fn request_from(from: IpAddr, to: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut stream = connect_from(from, to).await;
+    let request = format!("{head}\r\nHost: {to}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_all(&mut stream, WAIT).await;
+    status_and_body(&answer)
+}
+
+fn status_and_body(answer: &str) -> (u16, String) {
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+async fn open_from(app: &TestApp, address: IpAddr, n: usize) {
+    let limits = app.running.as_ref().unwrap().state.limits.clone();
+    eventually(&format!("{n} connections open from {address}"), || {
+        let open = limits.open_from(address);
+        async move { (open == n).then_some(()) }
+    })
+    .await;
+}
+
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let (status, text) = request_from(LOOPBACK, app.addr, "GET /metrics HTTP/1.1", "").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn connections_over_the_per_address_limit_get_429_until_one_closes() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.max_connections_per_address = 4).await;
+    // Four idle connections (nothing sent yet) hold the address's four slots.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(LOOPBACK, app.addr).await);
+    }
+    open_from(&app, LOOPBACK, 4).await;
+
+    let (status, body) = request_from(LOOPBACK, app.addr, "GET /health HTTP/1.1", "").await;
+    assert_eq!(status, 429, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["message"].as_str().unwrap().contains("at most 4"), "{body}");
+    // A WebSocket upgrade is refused before it happens.
+    assert_eq!(WsClient::connect_with(&app.url("/ws"), None).await.err(), Some(429));
+
+    // Another address is not held back, and /health answers it.
+    let (status, body) = request_from(OTHER, app.addr, "GET /health HTTP/1.1", "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    open_from(&app, LOOPBACK, 4).await;
+
+    // Closing one frees its slot.
+    drop(held.pop());
+    open_from(&app, LOOPBACK, 3).await;
+    let (status, body) = request_from(LOOPBACK, app.addr, "GET /health HTTP/1.1", "").await;
+    assert_eq!(status, 200, "{body}");
+    drop(held);
+    open_from(&app, LOOPBACK, 0).await;
+    assert!(metric(&app, "lorewire_connections_refused_total{reason=\"per_address\"}").await >= 2.0);
+}
+
+#[actix_web::test]
+async fn a_websocket_holds_its_slot_until_it_closes() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.max_connections_per_address = 2).await;
+    let (first, _) = app.player("One").await;
+    let (second, _) = app.player("Two").await;
+    open_from(&app, LOOPBACK, 2).await;
+    assert_eq!(WsClient::connect_with(&app.url("/ws"), None).await.err(), Some(429));
+    first.close().await;
+    open_from(&app, LOOPBACK, 1).await;
+    let (mut third, _) = app.player("Three").await;
+    third.expect_silence(Duration::from_millis(100)).await;
+    drop(second);
+}
+
+#[actix_web::test]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| {
+        c.max_connections_per_address = 4;
+        c.body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let token = app.player_token().await;
+    let routes = [
+        ("POST /api/content", token.as_str()),
+        ("POST /api/generate", token.as_str()),
+        ("PUT /admin/api/llm", ADMIN_TOKEN),
+        ("PUT /admin/api/budgets/p1", ADMIN_TOKEN),
+    ];
+    // Twice as many slow bodies as the address has slots: each is let go at its deadline.
+    for round in 0..2 {
+        open_from(&app, LOOPBACK, 0).await;
+        let mut slow = Vec::new();
+        for (route, token) in routes {
+            let mut stream = connect_from(LOOPBACK, app.addr).await;
+            let head = format!(
+                "{route} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"kind\":",
+                app.addr
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            slow.push((route, stream));
+        }
+        let started = std::time::Instant::now();
+        for (route, mut stream) in slow {
+            let (status, body) = status_and_body(&read_all(&mut stream, WAIT).await);
+            assert_eq!(status, 408, "round {round}, {route}: {body}");
+            assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "timeout", "{route}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "the 408s took {:?}", started.elapsed());
+    }
+    assert_eq!(metric(&app, "lorewire_connections_refused_total{reason=\"body_timeout\"}").await, 8.0);
+    // A body that arrives in time is served as before.
+    let (status, body) = post_json(&app.url("/api/content"), &token, &json!({"kind": "quest", "subject_id": 1})).await;
+    assert_eq!(status, 202, "{body}");
+}
