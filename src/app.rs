@@ -239,6 +239,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         App::new()
             .app_data(data.clone())
             .app_data(limits_data.clone())
+            // Innermost first: the token is checked before any extractor reads the request.
+            .wrap(from_fn(crate::http::auth::authorize_first))
             .wrap(from_fn(crate::http::limits::body_deadline))
             .wrap_fn(crate::http::request_log::echo_request_id)
             .wrap(crate::http::request_log::logger())

@@ -3,6 +3,7 @@
 //! Handlers stay thin: parse, authorize, call a service, map errors; they hold no business rule.
 
 pub mod admin;
+pub mod auth;
 pub mod insights;
 pub mod limits;
 pub mod openapi;

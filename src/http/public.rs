@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -68,8 +68,15 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 
-/// The player a request's bearer token belongs to.
+/// The player `auth::authorize_first` found for a request.
+#[derive(Clone)]
+pub struct Player(pub UserRow);
+
+/// The player a request's bearer token belongs to (found once per request).
 pub async fn player(req: &HttpRequest, state: &AppState) -> Result<UserRow, ApiError> {
+    if let Some(Player(user)) = req.extensions().get::<Player>() {
+        return Ok(user.clone());
+    }
     let token =
         bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <player token>".into()))?;
     players::authenticate(&state.store, &state.clock, token)

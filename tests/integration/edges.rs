@@ -1,10 +1,12 @@
 //! The limits that keep one client from hurting the others (PROTOCOL §4), over real sockets:
 //! connections per address (429, the slot freed on close, other addresses and `/health`
-//! unaffected) and the request body deadline (408). Limits are set small in each test's Config.
+//! unaffected), the request body deadline (408) and authorization before the body on every
+//! route. Limits are set small in each test's Config.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use actix_web::http::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -145,4 +147,42 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
     // A body that arrives in time is served as before.
     let (status, body) = post_json(&app.url("/api/content"), &token, &json!({"kind": "quest", "subject_id": 1})).await;
     assert_eq!(status, 202, "{body}");
+}
+
+/// Every `/api/*` and `/admin/api/*` route, with a path whose parameters are filled in.
+fn guarded_routes() -> Vec<(Method, String, bool)> {
+    lorewire::http::endpoints()
+        .into_iter()
+        .filter_map(|e| {
+            let admin = e.path.starts_with("/admin/api/");
+            let player = e.path.starts_with("/api/") && e.path != "/api/openapi.json";
+            let path = e.path.replace("{kind}", "quest").replace("{subject_id}", "1").replace(['{', '}'], "");
+            (admin || player).then_some((e.method, path, admin))
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_bad_token_gets_401_or_403_whatever_the_body_path_or_query() {
+    let app = spawn_app(Db::Sqlite).await;
+    let routes = guarded_routes();
+    assert!(routes.iter().filter(|(m, _, _)| *m == Method::POST || *m == Method::PUT).count() >= 6);
+    for (method, path, admin) in routes {
+        let url = app.url(&format!("{path}?limit=not-a-number&status=nonsense&days=x"));
+        let wrong = if admin { 403 } else { 401 };
+        for (token, expected) in [(None, 401), (Some("not-a-real-token"), wrong)] {
+            let mut req = http().request(method.clone(), &url).insert_header(("content-type", "application/json"));
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            let mut resp = req.send_body("{\"malformed\": ").await.unwrap();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(resp.status().as_u16(), expected, "{method} {path} with token {token:?}: {body}");
+            let code = if expected == 401 { "unauthorized" } else { "forbidden" };
+            assert_eq!(body["error"], code, "{method} {path}");
+        }
+    }
+    // The right token still reaches the body's own check.
+    let (status, body) = post_json(&app.url("/api/content"), &app.player_token().await, &json!([1])).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_payload")), "{body}");
 }
