@@ -120,6 +120,14 @@ fn json_message(e: &JsonPayloadError) -> String {
     }
 }
 
+/// Whether `given` is `expected`; both are hashed first so the comparison takes the same time
+/// whatever they hold and however long they are.
+pub fn same_token(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    bool::from(Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())))
+}
+
 /// The bearer token of a request, if it has one.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get("authorization")?.to_str().ok()?;

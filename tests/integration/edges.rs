@@ -1,7 +1,8 @@
 //! The limits that keep one client from hurting the others (PROTOCOL §4), over real sockets:
 //! connections per address (429, the slot freed on close, other addresses and `/health`
-//! unaffected), the request body deadline (408) and authorization before the body on every
-//! route. Limits are set small in each test's Config.
+//! unaffected), the request body deadline (408), authorization before the body on every route,
+//! and the
+//! `/metrics` token. Limits are set small in each test's Config.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -185,4 +186,25 @@ async fn a_bad_token_gets_401_or_403_whatever_the_body_path_or_query() {
     // The right token still reaches the body's own check.
     let (status, body) = post_json(&app.url("/api/content"), &app.player_token().await, &json!([1])).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_payload")), "{body}");
+}
+
+#[actix_web::test]
+async fn metrics_need_the_token_when_one_is_set() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| {
+        c.metrics_token = Some(lorewire::core::config::Secret::new("metrics-secret"));
+    })
+    .await;
+    for token in [None, Some("wrong"), Some(ADMIN_TOKEN)] {
+        let (status, body) = get_json(&app.url("/metrics"), token).await;
+        assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")), "token {token:?}: {body}");
+    }
+    let mut resp = http().get(app.url("/metrics")).bearer_auth("metrics-secret").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = String::from_utf8(resp.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("lorewire_sessions_open"), "{text}");
+
+    // Unset, /metrics stays open.
+    let open = spawn_app(Db::Sqlite).await;
+    let resp = http().get(open.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 }
