@@ -38,7 +38,7 @@ pub struct AppState {
     pub admin_token: Secret,
     /// The bus to the other processes of this deployment.
     pub backplane: Arc<dyn Backplane>,
-    /// The per-client limits of the edges (connections per address, the body deadline).
+    /// The per-client limits of the edges (connections per address, body and session:start deadlines).
     pub limits: Arc<Limits>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) next_session: AtomicU64,

@@ -158,6 +158,9 @@ pub struct Settings {
     /// one NAT share an address).
     #[arg(long, global = true, env = "LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_address: u32,
+    /// Seconds a new WebSocket has to send session:start before it is closed with 1008.
+    #[arg(long, global = true, env = "LOREWIRE_SESSION_START_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_start_secs: u64,
     /// Bearer token GET /metrics requires; when unset /metrics needs none.
     #[arg(long, global = true, env = "LOREWIRE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
@@ -289,6 +292,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// Open connections per client address (`LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS`).
     pub max_connections_per_address: usize,
+    /// How long a socket may go without `session:start` (`LOREWIRE_SESSION_START_SECS`).
+    pub session_start: Duration,
     /// The token `/metrics` requires, if any (`LOREWIRE_METRICS_TOKEN`).
     pub metrics_token: Option<Secret>,
     /// How long a request's body may take to arrive after its head (then 408).
@@ -342,6 +347,7 @@ impl Settings {
             redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
             redis_prefix: self.redis_prefix,
             max_connections_per_address: self.max_connections_per_address as usize,
+            session_start: Duration::from_secs(self.session_start_secs),
             metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
             body_timeout: Duration::from_secs(10),
         }

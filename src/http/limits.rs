@@ -45,6 +45,7 @@ pub struct Limits {
     metrics: Arc<Metrics>,
     refused_log: Throttle,
     body_log: Throttle,
+    session_log: Throttle,
 }
 
 /// One open connection of an address; the slot is free again when this is dropped.
@@ -74,6 +75,7 @@ impl Limits {
             metrics,
             refused_log: Throttle::new(LOG_EVERY),
             body_log: Throttle::new(LOG_EVERY),
+            session_log: Throttle::new(LOG_EVERY),
         })
     }
 
@@ -103,6 +105,18 @@ impl Limits {
     /// Connections `address` holds now.
     pub fn open_from(&self, address: IpAddr) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&address).copied().unwrap_or(0)
+    }
+
+    /// A socket was closed for not sending `session:start` in time: counted, and logged
+    /// without flooding.
+    pub fn session_start_missed(&self, session: u64) {
+        self.metrics.connections_refused.with_label_values(&["session_start"]).inc();
+        match self.session_log.pass() {
+            Some(skipped) => {
+                tracing::info!(session, closed_since_last_line = skipped, "closing socket: no session:start in time")
+            }
+            None => tracing::debug!(session, "closing socket: no session:start in time"),
+        }
     }
 
     fn body_timed_out(&self, path: &str) {

@@ -1,7 +1,7 @@
 //! The limits that keep one client from hurting the others (PROTOCOL §4), over real sockets:
 //! connections per address (429, the slot freed on close, other addresses and `/health`
 //! unaffected), the request body deadline (408), authorization before the body on every route,
-//! and the
+//! the `session:start` deadline (1008) and the
 //! `/metrics` token. Limits are set small in each test's Config.
 
 use std::net::{IpAddr, SocketAddr};
@@ -186,6 +186,28 @@ async fn a_bad_token_gets_401_or_403_whatever_the_body_path_or_query() {
     // The right token still reaches the body's own check.
     let (status, body) = post_json(&app.url("/api/content"), &app.player_token().await, &json!([1])).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_payload")), "{body}");
+}
+
+#[actix_web::test]
+async fn a_socket_that_never_starts_a_session_is_closed_with_1008() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.session_start = Duration::from_millis(300)).await;
+    let mut silent = app.ws().await;
+    let opened = std::time::Instant::now();
+    assert_eq!(silent.expect_close().await, Some(1008));
+    assert!(opened.elapsed() < Duration::from_secs(2), "closed after {:?}", opened.elapsed());
+
+    // A refused session:start does not start the session either.
+    let mut refused = app.ws().await;
+    refused.send(json!({"type": "session:start", "nickname": "", "ref": "s"})).await;
+    assert_eq!(refused.recv().await["type"], "error:invalid_payload");
+    assert_eq!(refused.expect_close().await, Some(1008));
+
+    // A started session stays past the deadline.
+    let (mut started, _) = app.player("Started").await;
+    started.expect_silence(Duration::from_millis(700)).await;
+    started.send(json!({"type": "content:subscribe", "kind": "npc", "subject_id": 9, "ref": "x"})).await;
+    assert_eq!(started.recv().await["type"], "error:not_found");
+    assert_eq!(metric(&app, "lorewire_connections_refused_total{reason=\"session_start\"}").await, 2.0);
 }
 
 #[actix_web::test]
