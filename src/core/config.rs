@@ -161,6 +161,9 @@ pub struct Settings {
     /// Seconds a new WebSocket has to send session:start before it is closed with 1008.
     #[arg(long, global = true, env = "LOREWIRE_SESSION_START_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub session_start_secs: u64,
+    /// Content items one session may be subscribed to at once; more get error:rate_limited.
+    #[arg(long, global = true, env = "LOREWIRE_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscriptions: u32,
     /// Bearer token GET /metrics requires; when unset /metrics needs none.
     #[arg(long, global = true, env = "LOREWIRE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
@@ -294,6 +297,8 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// How long a socket may go without `session:start` (`LOREWIRE_SESSION_START_SECS`).
     pub session_start: Duration,
+    /// Content subscriptions per session (`LOREWIRE_MAX_SUBSCRIPTIONS`).
+    pub max_subscriptions: usize,
     /// The token `/metrics` requires, if any (`LOREWIRE_METRICS_TOKEN`).
     pub metrics_token: Option<Secret>,
     /// How long a request's body may take to arrive after its head (then 408).
@@ -348,6 +353,7 @@ impl Settings {
             redis_prefix: self.redis_prefix,
             max_connections_per_address: self.max_connections_per_address as usize,
             session_start: Duration::from_secs(self.session_start_secs),
+            max_subscriptions: self.max_subscriptions as usize,
             metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
             body_timeout: Duration::from_secs(10),
         }

@@ -55,6 +55,8 @@ pub struct Metrics {
     /// Connections refused or closed by a per-client limit, by reason: `per_address` (too many
     /// open from one address), `session_start` (no session:start in time), `body_timeout`.
     pub connections_refused: IntCounterVec,
+    /// content:request / content:subscribe refused at the per-session subscription cap.
+    pub subscriptions_refused: IntCounter,
 }
 
 impl Metrics {
@@ -134,6 +136,9 @@ impl Metrics {
         for reason in ["per_address", "session_start", "body_timeout"] {
             connections_refused.with_label_values(&[reason]);
         }
+        let subscriptions_refused =
+            IntCounter::new("subscriptions_refused_total", "Content subscriptions refused at the per-session cap")
+                .expect("metric");
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -160,6 +165,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(backplane_up.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(subscriptions_refused.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -190,6 +196,7 @@ impl Metrics {
             queue_depth,
             backplane_up,
             connections_refused,
+            subscriptions_refused,
         }
     }
 

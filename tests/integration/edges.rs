@@ -1,7 +1,7 @@
 //! The limits that keep one client from hurting the others (PROTOCOL §4), over real sockets:
 //! connections per address (429, the slot freed on close, other addresses and `/health`
 //! unaffected), the request body deadline (408), authorization before the body on every route,
-//! the `session:start` deadline (1008) and the
+//! the `session:start` deadline (1008), the per-session content subscription cap, and the
 //! `/metrics` token. Limits are set small in each test's Config.
 
 use std::net::{IpAddr, SocketAddr};
@@ -208,6 +208,55 @@ async fn a_socket_that_never_starts_a_session_is_closed_with_1008() {
     started.send(json!({"type": "content:subscribe", "kind": "npc", "subject_id": 9, "ref": "x"})).await;
     assert_eq!(started.recv().await["type"], "error:not_found");
     assert_eq!(metric(&app, "lorewire_connections_refused_total{reason=\"session_start\"}").await, 2.0);
+}
+
+/// The frame answering `reference`, skipping the updates in between.
+async fn reply(ws: &mut WsClient, reference: &str) -> Value {
+    loop {
+        let frame = ws.recv().await;
+        if frame["ref"] == reference {
+            return frame;
+        }
+    }
+}
+
+#[actix_web::test]
+async fn content_subscriptions_stop_at_the_cap_and_unsubscribing_frees_one() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.max_subscriptions = 3).await;
+    let (mut ws, ack) = app.player("Collector").await;
+    let request = |id: u64, r: &str| json!({"type": "content:request", "kind": "quest", "subject_id": id, "ref": r});
+    for id in 1..=3 {
+        ws.send(request(id, &format!("r{id}"))).await;
+        assert_eq!(reply(&mut ws, &format!("r{id}")).await["type"], "content:snapshot");
+    }
+    // The fourth is refused, by content:request and content:subscribe alike; nothing is stored.
+    ws.send(request(4, "r4")).await;
+    let refused = reply(&mut ws, "r4").await;
+    assert_eq!(refused["type"], "error:rate_limited", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("at most 3"), "{refused}");
+    let token = ack["token"].as_str().unwrap();
+    let (status, _) = get_json(&app.url("/api/content/quest/4"), Some(token)).await;
+    assert_eq!(status, 404, "a refused request stores nothing");
+    ws.send(json!({"type": "content:subscribe", "kind": "quest", "subject_id": 4, "ref": "s4"})).await;
+    assert_eq!(reply(&mut ws, "s4").await["type"], "error:rate_limited");
+
+    // An item already subscribed costs nothing.
+    ws.send(request(2, "again")).await;
+    assert_eq!(reply(&mut ws, "again").await["type"], "content:snapshot");
+    ws.send(json!({"type": "content:subscribe", "kind": "quest", "subject_id": 3, "ref": "s3"})).await;
+    assert_eq!(reply(&mut ws, "s3").await["type"], "content:snapshot");
+
+    // Unsubscribing frees a slot, and only one.
+    ws.send(json!({"type": "content:unsubscribe", "kind": "quest", "subject_id": 1})).await;
+    ws.send(request(4, "r4b")).await;
+    assert_eq!(reply(&mut ws, "r4b").await["type"], "content:snapshot");
+    ws.send(request(5, "r5")).await;
+    assert_eq!(reply(&mut ws, "r5").await["type"], "error:rate_limited");
+    // Another session has slots of its own.
+    let (mut other, _) = app.player("Other").await;
+    other.send(request(5, "o5")).await;
+    assert_eq!(reply(&mut other, "o5").await["type"], "content:snapshot");
+    assert!(metric(&app, "lorewire_subscriptions_refused_total").await >= 3.0);
 }
 
 #[actix_web::test]
