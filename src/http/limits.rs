@@ -7,19 +7,22 @@
 //! counted the same way through [`Limits::open`]. Never reads what a request means: it counts
 //! sockets and times bodies.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_service::{Service, ServiceFactory};
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
+use actix_web::http::ConnectionType;
 use actix_web::middleware::Next;
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, HttpMessage};
@@ -189,18 +192,51 @@ async fn refuse<E>(mut stream: TcpStream, max: usize) -> Result<(), E> {
 
 /// Gives a request's body [`Limits`]' body deadline from now (its head has just arrived): a
 /// body not whole by then ends in an error the JSON extractor answers with 408.
-pub async fn body_deadline(
+///
+/// A request answered before its body was read whole (a refused token, the deadline, a route
+/// that takes no body) has its connection closed: its answer holds the unread body until it is
+/// sent, since actix would otherwise read the rest of a chunked body, and throw it away, for as
+/// long as the client cares to send it.
+pub async fn body_deadline<B: MessageBody + 'static>(
     mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let has_body = req.headers().contains_key("content-length") || req.headers().contains_key("transfer-encoding");
-    if let (true, Some(limits)) = (has_body, req.app_data::<web::Data<Limits>>()) {
-        let limits = limits.clone().into_inner();
-        let sleep = Box::pin(tokio::time::sleep(limits.body_timeout));
-        let body = Deadline { payload: req.take_payload(), sleep, limits, path: req.path().to_owned(), over: false };
-        req.set_payload(Payload::from(Box::pin(body) as Pin<Box<dyn Stream<Item = _>>>));
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B, Holding>>, actix_web::Error> {
+    let length = req.headers().get("content-length").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let has_body = length.is_some_and(|n| n > 0) || req.headers().contains_key("transfer-encoding");
+    let Some(limits) = req.app_data::<web::Data<Limits>>().filter(|_| has_body) else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let limits = limits.clone().into_inner();
+    let sleep = Box::pin(tokio::time::sleep(limits.body_timeout));
+    let whole = Rc::new(Cell::new(false));
+    let payload = Rc::new(RefCell::new(req.take_payload()));
+    let path = req.path().to_owned();
+    let body = Deadline { payload: payload.clone(), sleep, limits, path, whole: whole.clone(), over: false };
+    req.set_payload(Payload::from(Box::pin(body) as Pin<Box<dyn Stream<Item = _>>>));
+    let mut response = next.call(req).await?;
+    if whole.get() {
+        return Ok(response.map_into_left_body());
     }
-    next.call(req).await
+    response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+    Ok(response.map_body(|_, body| EitherBody::right(Holding { body: BoxBody::new(body), _unread: payload })))
+}
+
+/// An answer's body holding its request's unread body until it has been sent.
+pub struct Holding {
+    body: BoxBody,
+    _unread: Rc<RefCell<Payload>>,
+}
+
+impl MessageBody for Holding {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
 }
 
 /// Whether a payload error is the body deadline's (answered 408, not 400).
@@ -210,10 +246,13 @@ pub fn is_body_timeout(e: &PayloadError) -> bool {
 
 /// A request's payload that fails once its deadline passes.
 struct Deadline {
-    payload: Payload,
+    payload: Rc<RefCell<Payload>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     limits: Arc<Limits>,
     path: String,
+    /// Set once the body has been read to its end.
+    whole: Rc<Cell<bool>>,
+    /// The body failed or ran out of time: nothing more comes.
     over: bool,
 }
 
@@ -222,12 +261,20 @@ impl Stream for Deadline {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.over {
+        if this.over || this.whole.get() {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.payload).poll_next(cx) {
+        match Pin::new(&mut *this.payload.borrow_mut()).poll_next(cx) {
             Poll::Pending => {}
-            ready => return ready,
+            Poll::Ready(None) => {
+                this.whole.set(true);
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Ok(bytes))) => return Poll::Ready(Some(Ok(bytes))),
+            Poll::Ready(Some(Err(e))) => {
+                this.over = true;
+                return Poll::Ready(Some(Err(e)));
+            }
         }
         if this.sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;

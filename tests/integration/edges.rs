@@ -150,6 +150,33 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
     assert_eq!(status, 202, "{body}");
 }
 
+#[actix_web::test]
+async fn a_request_answered_before_its_body_is_whole_does_not_keep_its_connection() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.body_timeout = Duration::from_millis(300)).await;
+    // A chunked body that stops after its first chunk: answered before it is read (a refused
+    // token, a route that takes no body) or at its deadline, the connection then closes.
+    let cases = [
+        ("POST /api/content", "", 401),
+        ("PUT /admin/api/llm", "Authorization: Bearer wrong\r\n", 403),
+        ("GET /health", "", 200),
+        ("PUT /admin/api/llm", &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n") as &str, 408),
+    ];
+    for (route, auth, expected) in cases {
+        let mut stream = connect_from(LOOPBACK, app.addr).await;
+        let head = format!(
+            "{route} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"a\":\r\n",
+            app.addr
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let (status, body) = status_and_body(&read_all(&mut stream, WAIT).await);
+        assert_eq!(status, expected, "{route}: {body}");
+        assert!(started.elapsed() < Duration::from_secs(4), "{route}: open for {:?}", started.elapsed());
+    }
+    open_from(&app, LOOPBACK, 0).await;
+}
+
 /// Every `/api/*` and `/admin/api/*` route, with a path whose parameters are filled in.
 fn guarded_routes() -> Vec<(Method, String, bool)> {
     lorewire::http::endpoints()
