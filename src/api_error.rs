@@ -30,6 +30,9 @@ pub enum ApiError {
     Overloaded(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request's body did not arrive in time (408; the connection is closed).
+    #[error("{0}")]
+    Timeout(String),
     #[error("internal error")]
     Internal,
 }
@@ -39,7 +42,7 @@ pub enum ApiError {
 #[schema(as = Error)]
 pub struct ErrorBody {
     /// `invalid_payload`, `unauthorized`, `forbidden`, `not_found`, `budget_exceeded`,
-    /// `overloaded`, `conflict`, `unavailable` or `internal`.
+    /// `overloaded`, `rate_limited`, `conflict`, `timeout`, `unavailable` or `internal`.
     #[schema(example = "not_found")]
     pub error: &'static str,
     #[schema(example = "no run `run_x`")]
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::BudgetExceeded(_) => "budget_exceeded",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Internal => "internal",
         }
     }
@@ -98,6 +102,7 @@ impl ResponseError for ApiError {
             ApiError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,7 +112,12 @@ impl ResponseError for ApiError {
             ApiError::Internal => "something went wrong on our side".to_owned(),
             other => other.to_string(),
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.code(), message })
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Timeout(_) = self {
+            // The rest of the body may still come: the connection cannot be reused.
+            response.force_close();
+        }
+        response.json(ErrorBody { error: self.code(), message })
     }
 }
 

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_http::HttpService;
 use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory};
 use actix_web::dev::AppConfig;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 
 use crate::backplane::{self, Sinks};
@@ -24,6 +25,7 @@ use crate::core::shutdown::Stop;
 use crate::domain::content::{ContentStatus, FallbackReason};
 use crate::domain::upstream::UpstreamFailure;
 use crate::history::History;
+use crate::http::limits::{per_address, Limits};
 use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
@@ -212,6 +214,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let admin_token_generated = config.admin_token.is_none();
     let admin_token = config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
 
+    let limits = Limits::new(config.max_connections_per_address, config.body_timeout, metrics.clone());
     let state = Arc::new(AppState {
         config: config.clone(),
         store,
@@ -226,14 +229,20 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         lobby,
         admin_token,
         backplane,
+        limits: limits.clone(),
         shutting_down: AtomicBool::new(false),
         next_session: AtomicU64::new(1),
     });
 
     let data = web::Data::from(state.clone());
+    let limits_data = web::Data::from(limits.clone());
     let app = move || {
         App::new()
             .app_data(data.clone())
+            .app_data(limits_data.clone())
+            // Innermost first: the token is checked before any extractor reads the request.
+            .wrap(from_fn(crate::http::auth::authorize_first))
+            .wrap(from_fn(crate::http::limits::body_deadline))
             .wrap_fn(crate::http::request_log::echo_request_id)
             .wrap(crate::http::request_log::logger())
             .route("/ws", web::get().to(crate::ws::upgrade))
@@ -258,7 +267,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let server = server
         .listen("lorewire", listener, move || {
             let (upgrades, stopping) = (app.clone(), stopping.clone());
-            HttpService::build()
+            let http = HttpService::build()
                 .graceful_shutdown_signal(move || {
                     let stopping = stopping.clone();
                     async move { stopping.notified().await }
@@ -280,7 +289,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
                     }
                 }))
                 .finish(map_config(app(), |_| AppConfig::default()))
-                .tcp()
+                .tcp();
+            per_address(limits.clone(), http)
         })
         .map_err(|source| StartError::Bind { addr: config.bind, source })?
         .run();

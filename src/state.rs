@@ -13,6 +13,7 @@ use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
 use crate::history::History;
+use crate::http::limits::Limits;
 use crate::hub::Hub;
 use crate::jobs::JobWorker;
 use crate::llm::circuit::CircuitBreaker;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub admin_token: Secret,
     /// The bus to the other processes of this deployment.
     pub backplane: Arc<dyn Backplane>,
+    /// The per-client limits of the edges (connections per address, body and session:start deadlines).
+    pub limits: Arc<Limits>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) next_session: AtomicU64,
 }

@@ -124,8 +124,8 @@ pub struct Server {
 
 impl Server {
     /// Starts the lorewire release binary on a free port with a SQLite file of its own (unless
-    /// `env` names another `DATABASE_URL`), no LLM key and no chat rate limit to speak of, and
-    /// waits until `/ready` answers. `LOREWIRE_BENCH_BINARY` names another build of lorewire to
+    /// `env` names another `DATABASE_URL`), no LLM key, no chat rate, connection or subscription
+    /// limit to speak of, and waits until `/ready` answers. `LOREWIRE_BENCH_BINARY` names another build of lorewire to
     /// measure (an earlier commit's, for a before/after).
     pub async fn lorewire(env: &[(&str, String)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -137,6 +137,9 @@ impl Server {
             .env("LOREWIRE_BIND", &addr)
             .env("LOREWIRE_ADMIN_TOKEN", "bench-admin")
             .env("LOREWIRE_CHAT_RATE", "1000000/1s")
+            // Every bench client connects from 127.0.0.1, and one may hold thousands of items.
+            .env("LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS", "1000000")
+            .env("LOREWIRE_MAX_SUBSCRIPTIONS", "1000000")
             .env("RUST_LOG", "warn")
             .env_remove("LOREWIRE_REDIS_URL")
             .env_remove("LOREWIRE_LLM_API_KEY")

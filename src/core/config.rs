@@ -154,6 +154,19 @@ pub struct Settings {
     /// carries only the count (at most once a second) and clients page with presence:list.
     #[arg(long, global = true, env = "LOREWIRE_PRESENCE_LIST_MAX", default_value_t = 200, value_parser = parse_list_max)]
     pub presence_list_max: usize,
+    /// Open connections one client address may hold; more are answered 429 (players behind
+    /// one NAT share an address).
+    #[arg(long, global = true, env = "LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
+    /// Seconds a new WebSocket has to send session:start before it is closed with 1008.
+    #[arg(long, global = true, env = "LOREWIRE_SESSION_START_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_start_secs: u64,
+    /// Content items one session may be subscribed to at once; more get error:rate_limited.
+    #[arg(long, global = true, env = "LOREWIRE_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscriptions: u32,
+    /// Bearer token GET /metrics requires; when unset /metrics needs none.
+    #[arg(long, global = true, env = "LOREWIRE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<Secret>,
     /// Log output on stderr: text (colour only on a terminal) or json (one object a line).
     #[arg(long, global = true, env = "LOREWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -280,6 +293,16 @@ pub struct Config {
     /// Redis as the backplane (`LOREWIRE_REDIS_URL`), and the prefix of its keys and channels.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// Open connections per client address (`LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS`).
+    pub max_connections_per_address: usize,
+    /// How long a socket may go without `session:start` (`LOREWIRE_SESSION_START_SECS`).
+    pub session_start: Duration,
+    /// Content subscriptions per session (`LOREWIRE_MAX_SUBSCRIPTIONS`).
+    pub max_subscriptions: usize,
+    /// The token `/metrics` requires, if any (`LOREWIRE_METRICS_TOKEN`).
+    pub metrics_token: Option<Secret>,
+    /// How long a request's body may take to arrive after its head (then 408).
+    pub body_timeout: Duration,
     /// Pauses that tests put between two steps to hold a race open; all zero outside tests.
     pub test_holds: TestHolds,
 }
@@ -338,6 +361,11 @@ impl Settings {
             metrics_sample: Duration::from_secs(10),
             redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
             redis_prefix: self.redis_prefix,
+            max_connections_per_address: self.max_connections_per_address as usize,
+            session_start: Duration::from_secs(self.session_start_secs),
+            max_subscriptions: self.max_subscriptions as usize,
+            metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
+            body_timeout: Duration::from_secs(10),
             test_holds: TestHolds::default(),
         }
     }

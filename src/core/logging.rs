@@ -1,5 +1,6 @@
 //! The log output of the binary: `text` for people (colour only on a terminal) or `json` for
-//! shippers (one object a line). Owns the subscriber set-up; never decides what is logged.
+//! shippers (one object a line). Owns the subscriber set-up and the [`Throttle`] of repeatable
+//! events; never decides what is logged.
 
 use std::io::IsTerminal;
 
@@ -23,5 +24,38 @@ pub fn init(format: LogFormat) {
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+/// Lets one log line through per interval and counts the others, for events a client can
+/// repeat at will (a refused connection must not cost a line each time).
+pub struct Throttle {
+    interval_ms: u64,
+    start: std::time::Instant,
+    next_ms: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(interval: std::time::Duration) -> Self {
+        Throttle {
+            interval_ms: interval.as_millis() as u64,
+            start: std::time::Instant::now(),
+            next_ms: Default::default(),
+            skipped: Default::default(),
+        }
+    }
+
+    /// `Some(lines skipped since the last one)` when a line may be written now.
+    pub fn pass(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        if now >= next && self.next_ms.compare_exchange(next, now + self.interval_ms, Relaxed, Relaxed).is_ok() {
+            Some(self.skipped.swap(0, Relaxed))
+        } else {
+            self.skipped.fetch_add(1, Relaxed);
+            None
+        }
     }
 }

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// 1 while this process hears the other processes over its backplane (always 1 alone).
     pub backplane_up: IntGauge,
+    /// Connections refused or closed by a per-client limit, by reason: `per_address` (too many
+    /// open from one address), `session_start` (no session:start in time), `body_timeout`.
+    pub connections_refused: IntCounterVec,
+    /// content:request / content:subscribe refused at the per-session subscription cap.
+    pub subscriptions_refused: IntCounter,
 }
 
 impl Metrics {
@@ -128,6 +133,17 @@ impl Metrics {
         let queue_depth = IntGauge::new("queue_depth", "Durable jobs queued or running").expect("metric");
         let backplane_up =
             IntGauge::new("backplane_up", "1 while the other processes are heard over the backplane").expect("metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new("connections_refused_total", "Connections refused or closed by a per-client limit, by reason"),
+            &["reason"],
+        )
+        .expect("metric");
+        for reason in ["per_address", "session_start", "body_timeout"] {
+            connections_refused.with_label_values(&[reason]);
+        }
+        let subscriptions_refused =
+            IntCounter::new("subscriptions_refused_total", "Content subscriptions refused at the per-session cap")
+                .expect("metric");
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -154,6 +170,8 @@ impl Metrics {
             Box::new(moods_finished.clone()),
             Box::new(queue_depth.clone()),
             Box::new(backplane_up.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(subscriptions_refused.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -184,6 +202,8 @@ impl Metrics {
             moods_finished,
             queue_depth,
             backplane_up,
+            connections_refused,
+            subscriptions_refused,
         }
     }
 

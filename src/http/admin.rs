@@ -4,12 +4,10 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 
-use super::bearer;
+use super::{bearer, same_token};
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::credentials::NoCredentials;
@@ -24,9 +22,7 @@ const MAX_API_KEY_CHARS: usize = 500;
 /// Checks the admin token; both sides are hashed first so the comparison does not leak length.
 pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let token = bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <admin token>".into()))?;
-    let given = Sha256::digest(token.as_bytes());
-    let expected = Sha256::digest(state.admin_token.expose().as_bytes());
-    if bool::from(given.ct_eq(&expected)) {
+    if same_token(token, state.admin_token.expose()) {
         Ok(())
     } else {
         Err(ApiError::Forbidden("wrong admin token".into()))

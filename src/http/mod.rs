@@ -3,7 +3,9 @@
 //! Handlers stay thin: parse, authorize, call a service, map errors; they hold no business rule.
 
 pub mod admin;
+pub mod auth;
 pub mod insights;
+pub mod limits;
 pub mod openapi;
 pub mod pages;
 pub mod public;
@@ -85,9 +87,7 @@ pub fn endpoints() -> Vec<Endpoint> {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
-        web::JsonConfig::default()
-            .limit(MAX_BODY_BYTES)
-            .error_handler(|e: JsonPayloadError, _| ApiError::Invalid(json_error(&e)).into()),
+        web::JsonConfig::default().limit(MAX_BODY_BYTES).error_handler(|e: JsonPayloadError, _| json_error(&e).into()),
     )
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()))
     .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::Invalid(e.to_string()).into()));
@@ -99,7 +99,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }));
 }
 
-fn json_error(e: &JsonPayloadError) -> String {
+fn json_error(e: &JsonPayloadError) -> ApiError {
+    match e {
+        JsonPayloadError::Payload(p) if limits::is_body_timeout(p) => {
+            ApiError::Timeout("the request body did not arrive in time".into())
+        }
+        other => ApiError::Invalid(json_message(other)),
+    }
+}
+
+fn json_message(e: &JsonPayloadError) -> String {
     match e {
         JsonPayloadError::OverflowKnownLength { length, limit } => {
             format!("body is {length} bytes; at most {limit} are accepted")
@@ -109,6 +118,14 @@ fn json_error(e: &JsonPayloadError) -> String {
         JsonPayloadError::Deserialize(e) => format!("invalid JSON body: {e}"),
         other => format!("invalid body: {other}"),
     }
+}
+
+/// Whether `given` is `expected`; both are hashed first so the comparison takes the same time
+/// whatever they hold and however long they are.
+pub fn same_token(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    bool::from(Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())))
 }
 
 /// The bearer token of a request, if it has one.

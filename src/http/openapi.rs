@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{admin, insights, pages, public, run_admin, runs};
@@ -50,7 +51,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         insights::summary,
         insights::history,
     ),
-    modifiers(&BearerSchemes),
+    modifiers(&BearerSchemes, &EdgeLimits),
     tags(
         (name = "public", description = "Health, readiness and metrics; no token"),
         (name = "pages", description = "The browser client and the admin dashboard"),
@@ -77,6 +78,50 @@ impl Modify for BearerSchemes {
             bearer("The `token` of a WebSocket `session:ack`: `Authorization: Bearer <token>`"),
         );
         components.add_security_scheme(ADMIN_TOKEN, bearer("`LOREWIRE_ADMIN_TOKEN`: `Authorization: Bearer <token>`"));
+    }
+}
+
+/// Adds what the per-client limits (`limits.rs`) may answer on any route: 429 over the
+/// connections of one address, and 408 where a body is taken and did not arrive in time.
+struct EdgeLimits;
+
+const TOO_MANY_CONNECTIONS: &str = "too many open connections from this address";
+
+impl Modify for EdgeLimits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error = |description: &str| {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Error"))).build();
+            RefOr::T(ResponseBuilder::new().description(description).content("application/json", content).build())
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                match responses.get_mut("429") {
+                    Some(RefOr::T(response)) => {
+                        response.description = format!("{}, or {TOO_MANY_CONNECTIONS}", response.description);
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        let mut description = TOO_MANY_CONNECTIONS.to_owned();
+                        description[..1].make_ascii_uppercase();
+                        responses.insert("429".into(), error(&description));
+                    }
+                }
+                if operation.request_body.is_some() {
+                    responses.insert("408".into(), error("The request body did not arrive within 10 s"));
+                }
+            }
+        }
     }
 }
 

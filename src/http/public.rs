@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::bearer;
+use super::{bearer, same_token};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::content::{self, Content, ContentKind};
 use crate::players;
@@ -60,20 +60,36 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "public",
-    responses((status = 200, description = "Prometheus text exposition format", body = String,
-        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "`LOREWIRE_METRICS_TOKEN` is set and the request does not bear it", body = ErrorBody),
+    ))]
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Spend per model and players online are not for everyone who can reach the port.
+    if let Some(expected) = &state.config.metrics_token {
+        if !bearer(&req).is_some_and(|given| same_token(given, expected.expose())) {
+            return Err(ApiError::Unauthorized("send Authorization: Bearer <LOREWIRE_METRICS_TOKEN>".into()));
+        }
+    }
     // Queue depth lives in the database; a scrape still answers when it cannot be read.
     match state.store.run(crate::store::jobs::depth).await {
         Ok(depth) => state.metrics.queue_depth.set(depth),
         Err(e) => tracing::warn!(error = %e, "could not read the queue depth for /metrics"),
     }
     state.metrics.backplane_up.set(i64::from(state.backplane.is_up()));
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render()))
 }
 
-/// The player a request's bearer token belongs to.
+/// The player `auth::authorize_first` found for a request.
+#[derive(Clone)]
+pub struct Player(pub UserRow);
+
+/// The player a request's bearer token belongs to (found once per request).
 pub async fn player(req: &HttpRequest, state: &AppState) -> Result<UserRow, ApiError> {
+    if let Some(Player(user)) = req.extensions().get::<Player>() {
+        return Ok(user.clone());
+    }
     let token =
         bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <player token>".into()))?;
     players::authenticate(&state.store, &state.clock, token)

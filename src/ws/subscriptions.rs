@@ -152,6 +152,8 @@ pub struct Subscriptions {
     /// idle session then needs no map of its own.
     lobby: Option<Subscription>,
     topics: HashMap<Topic, Subscription>,
+    /// How many of `topics` are content items (what `LOREWIRE_MAX_SUBSCRIPTIONS` caps).
+    contents: usize,
 }
 
 impl Subscriptions {
@@ -167,6 +169,7 @@ impl Subscriptions {
                 match topic {
                     Topic::Lobby => self.lobby = Some(Subscription::holding()),
                     topic => {
+                        self.contents += usize::from(matches!(topic, Topic::Content(..)));
                         self.topics.insert(topic, Subscription::holding());
                     }
                 }
@@ -190,8 +193,17 @@ impl Subscriptions {
     pub fn remove(&mut self, topic: &Topic) -> bool {
         match topic {
             Topic::Lobby => self.lobby.take().is_some(),
-            topic => self.topics.remove(topic).is_some(),
+            topic => {
+                let removed = self.topics.remove(topic).is_some();
+                self.contents -= usize::from(removed && matches!(topic, Topic::Content(..)));
+                removed
+            }
         }
+    }
+
+    /// Content items subscribed (held or live).
+    pub fn contents(&self) -> usize {
+        self.contents
     }
 
     pub fn contains(&self, topic: &Topic) -> bool {
@@ -348,5 +360,21 @@ mod tests {
         assert_eq!(texts(subs.release(&Topic::Lobby, Seen::Messages(HashSet::new()))), ["presence"]);
         assert!(subs.contains(&Topic::Lobby) && subs.topics.is_empty());
         assert!(subs.remove(&Topic::Lobby) && !subs.contains(&Topic::Lobby));
+    }
+
+    #[test]
+    fn only_content_items_count_towards_the_cap_and_each_once() {
+        use crate::domain::content::ContentKind;
+        let mut subs = Subscriptions::default();
+        let quest = Topic::Content(ContentKind::Quest, 1);
+        subs.hold(quest.clone());
+        subs.hold(quest.clone());
+        subs.hold(Topic::Content(ContentKind::Npc, 1));
+        subs.hold(Topic::Run("r1".into()));
+        subs.hold(Topic::Lobby);
+        assert_eq!(subs.contents(), 2);
+        assert!(subs.remove(&quest) && !subs.remove(&quest));
+        subs.remove(&Topic::Run("r1".into()));
+        assert_eq!(subs.contents(), 1);
     }
 }

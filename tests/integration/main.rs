@@ -10,6 +10,7 @@ mod browser;
 mod circuit;
 mod cluster;
 mod content;
+mod edges;
 mod jobs;
 mod layers;
 mod llm;

@@ -2,6 +2,8 @@
 //! to the item before its snapshot is read, answers `content:snapshot` (the direct reply),
 //! then the updates held back meanwhile.
 //!
+//! A session holds at most `LOREWIRE_MAX_SUBSCRIPTIONS` content subscriptions at once.
+//!
 //! Never validates or generates content itself (the content service does) and never orders
 //! frames but through its subscriptions.
 
@@ -32,6 +34,9 @@ impl WsSession {
             );
         }
         let topic = Topic::Content(kind, subject_id);
+        if !self.room_for(&topic, &reference, ctx) {
+            return;
+        }
         self.watch(topic.clone());
         let service = self.state.content.clone();
         ctx.spawn(async move { service.request(request).await }.into_actor(self).map(move |result, act, ctx| {
@@ -53,6 +58,9 @@ impl WsSession {
         ctx: &mut Ctx,
     ) {
         let topic = Topic::Content(kind, subject_id);
+        if !self.room_for(&topic, &reference, ctx) {
+            return;
+        }
         self.watch(topic.clone());
         let service = self.state.content.clone();
         ctx.spawn(async move { service.get(kind, subject_id).await }.into_actor(self).map(move |result, act, ctx| {
@@ -69,6 +77,22 @@ impl WsSession {
                 }
             }
         }));
+    }
+
+    /// Whether the session may subscribe to `topic`: one it holds already costs nothing; at
+    /// `LOREWIRE_MAX_SUBSCRIPTIONS` a new one is refused (answered, nothing subscribed).
+    fn room_for(&mut self, topic: &Topic, reference: &Option<Value>, ctx: &mut Ctx) -> bool {
+        let max = self.state.config.max_subscriptions;
+        if self.subscriptions.contains(topic) || self.subscriptions.contents() < max {
+            return true;
+        }
+        self.state.metrics.subscriptions_refused.inc();
+        tracing::debug!(session = self.id, max, "content subscription refused at the cap");
+        let message = format!(
+            "at most {max} content subscriptions per session; send content:unsubscribe for one you no longer need"
+        );
+        self.error(ErrorCode::RateLimited, reference.clone(), message, ctx);
+        false
     }
 
     /// Sends the snapshot (the direct reply), then any newer update that arrived meanwhile.

@@ -3,6 +3,9 @@
 //! `content`, `runs`), and the one way out to the client (send, error, abort, close).
 //! The only file that knows `actix-web-actors`: the handlers name its context as [`Ctx`].
 //!
+//! A socket that has not sent `session:start` within `LOREWIRE_SESSION_START_SECS` is closed
+//! with 1008.
+//!
 //! Never waits on a slow call inside its mailbox (only `session:start`, a short write, holds
 //! later frames back so they are handled as the started user). Watches its own outbound
 //! backlog ([`Outbox`]) and closes with 1008 when the client stops reading. Holds no rule of
@@ -206,6 +209,13 @@ impl Actor for WsSession {
         ctx.set_mailbox_capacity(MAX_BACKLOG_FRAMES);
         self.state.metrics.sessions_open.inc();
         self.state.hub.do_send(hub::Connect { id: self.id, recipient: ctx.address().recipient() });
+        // A socket that never says who it is would hold its connection for nothing.
+        ctx.run_later(self.state.config.session_start, |act, ctx| {
+            if act.user.is_none() {
+                act.state.limits.session_start_missed(act.id);
+                act.close(1008, "no session:start in time", ctx);
+            }
+        });
         let (interval, timeout) = (self.state.config.heartbeat_interval, self.state.config.client_timeout);
         ctx.run_interval(interval, |act, ctx| {
             act.outbox.wrote(0);
