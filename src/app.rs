@@ -21,7 +21,9 @@ use crate::content::ContentService;
 use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
 use crate::core::shutdown::Stop;
+use crate::deps::Deps;
 use crate::domain::content::{ContentStatus, FallbackReason};
 use crate::domain::upstream::UpstreamFailure;
 use crate::history::History;
@@ -38,6 +40,7 @@ use crate::runs::live::LiveRuns;
 use crate::runs::remote::RunsSink;
 use crate::runs::RunService;
 use crate::state::AppState;
+use crate::store::llm_config::LlmConfigRow;
 use crate::store::{billing, jobs, llm_config, Backend, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +62,7 @@ pub struct Running {
     /// `true` when the admin token was generated at start (nobody configured one).
     pub admin_token_generated: bool,
     server: actix_web::dev::ServerHandle,
-    task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    task: ServerTask,
 }
 
 /// Connects and migrates the database (on the blocking pool).
@@ -77,12 +80,29 @@ pub async fn open_store(database_url: &str) -> Result<Store, StoreError> {
     .map_err(|_| StoreError::Canceled)?
 }
 
-/// Starts everything and serves on `config.bind` (port 0 picks a free port).
+/// Starts everything and serves on `config.bind` (port 0 picks a free port): the store,
+/// recovered from the last stop; the metrics; the shared dependencies; the features and the
+/// job worker; the HTTP server.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let store = open_store(&config.database_url).await?;
-    let now = clock.now_naive();
+    let llm_row = recover(&store, &config, &clock).await?;
+    let metrics = metrics_for(&store, &config);
+    let hub = Hub::new(metrics.clone()).start();
+    let deps = Deps { process: ProcessId::new_random(), store, clock, hub, metrics, config };
+    let features = Features::build(&deps, &llm_row)?;
+    let admin_token_generated = deps.config.admin_token.is_none();
+    let limits = Limits::new(deps.config.max_connections_per_address, deps.config.body_timeout, deps.metrics.clone());
+    let state = Arc::new(features.into_state(deps, limits.clone()));
+    let (addr, server, task) = serve(state.clone(), limits)?;
+    tracing::info!(%addr, backend = ?state.store.backend(), backplane = state.backplane.name(), "lorewire is serving");
+    Ok(Running { addr, state, admin_token_generated, server, task })
+}
 
+/// Seeds the LLM settings, takes back the jobs the last stop left running and reconciles the
+/// budget reservations; answers the settings.
+async fn recover(store: &Store, config: &Arc<Config>, clock: &SharedClock) -> Result<LlmConfigRow, StoreError> {
+    let now = clock.now_naive();
     let seed = config.clone();
     let backend = store.backend();
     let (llm_row, reclaimed) = store
@@ -117,7 +137,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     if let Some(notice) = crate::llm::credentials::no_config_notice(&llm_row) {
         tracing::warn!("{notice}");
     }
+    Ok(llm_row)
+}
 
+/// The process's metrics, with the series that exist from the start and the store's counters.
+fn metrics_for(store: &Store, config: &Config) -> Arc<Metrics> {
     let metrics = Arc::new(Metrics::new());
     seed_series(&metrics, &config.llm_model);
     let writer = store.writer_counters();
@@ -125,116 +149,106 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         metrics.register(counter.clone());
     }
     crate::core::memory::trim_after_sessions_close(metrics.sessions_open.clone());
-    let history = History::new(metrics.clone(), store.clone(), clock.clone(), config.metrics_sample).start();
-    let hub = Hub::new(metrics.clone()).start();
-    let settings = CircuitSettings {
-        failures: config.circuit_failures,
-        window: config.circuit_window,
-        reset: config.circuit_reset,
-    };
-    let circuit =
-        CircuitBreaker::restore(settings, &llm_row.circuit(), clock.clone(), store.clone(), metrics.clone()).start();
-    // Names this process in job leases and cross-process notifications.
-    let origin: Arc<str> =
-        format!("{}-{}", std::process::id(), crate::domain::players::new_token().get(..8).unwrap_or("0")).into();
-    let live = Arc::new(LiveRuns::new());
-    let redis = config.redis_url.as_deref().map(|url| (url, config.redis_prefix.as_str()));
-    let backplane = backplane::for_deployment(&store, &config.database_url, redis, origin.clone())?;
-    // One job worker; each job kind's handler lives in its feature.
-    let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
-    let max_tokens = config.max_output_tokens;
-    let content_job = ContentJob::new(
-        origin.clone(),
-        store.clone(),
-        clock.clone(),
-        hub.clone(),
-        metrics.clone(),
-        llm.clone(),
-        max_tokens,
-    );
-    let mood_job = MoodJob::new(origin.clone(), store.clone(), hub.clone(), metrics.clone(), llm.clone(), max_tokens);
-    let mut run_job = RunJob::new(
-        origin.clone(),
-        store.clone(),
-        hub.clone(),
-        circuit.clone(),
-        clock.clone(),
-        metrics.clone(),
-        llm.client().clone(),
-        live.clone(),
-        &config,
-    );
-    if backplane.shared() {
-        run_job = run_job.with_relay(crate::runs::relay::Relay::new(origin.clone(), backplane.clone()));
+    metrics
+}
+
+/// The actors and services behind the edges.
+struct Features {
+    history: Addr<History>,
+    circuit: Addr<CircuitBreaker>,
+    jobs: Addr<JobWorker>,
+    content: ContentService,
+    runs: RunService,
+    lobby: LobbyService,
+    backplane: Arc<dyn backplane::Backplane>,
+}
+
+impl Features {
+    /// The circuit breaker, the job worker with every feature's handler, the services, and
+    /// the backplane that brings the other processes' changes to each feature's sink.
+    fn build(deps: &Deps, llm_row: &LlmConfigRow) -> Result<Features, StartError> {
+        let Deps { store, clock, hub, metrics, config, process } = deps;
+        let history = History::new(metrics.clone(), store.clone(), clock.clone(), config.metrics_sample).start();
+        let settings = CircuitSettings {
+            failures: config.circuit_failures,
+            window: config.circuit_window,
+            reset: config.circuit_reset,
+        };
+        let circuit =
+            CircuitBreaker::restore(settings, &llm_row.circuit(), clock.clone(), store.clone(), metrics.clone())
+                .start();
+        let live = Arc::new(LiveRuns::new());
+        let redis = config.redis_url.as_deref().map(|url| (url, config.redis_prefix.as_str()));
+        let backplane = backplane::for_deployment(store, &config.database_url, redis, process.clone())?;
+        // One job worker; each job kind's handler lives in its feature.
+        let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
+        let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone());
+        if backplane.shared() {
+            run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone()));
+        }
+        let (jobs, intake) = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), config, process.clone())
+            .register(ContentJob::new(deps, llm.clone()))
+            .register(MoodJob::new(deps, llm))
+            .register(run_job)
+            .start_with_intake();
+        let content = ContentService::new(deps, intake);
+        let runs = RunService::new(deps, jobs.clone().recipient(), live.clone());
+        let presence = Lobby::new(
+            hub.clone(),
+            metrics.clone(),
+            config.presence_window,
+            config.presence_list_max,
+            process.clone(),
+            backplane.clone(),
+        )
+        .start();
+        let lobby = LobbyService::new(deps, jobs.clone().recipient(), presence, backplane.clone());
+        // What the other processes announce reaches each service through its sink.
+        backplane.listen(Sinks::start(vec![
+            Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
+            Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), lobby: lobby.addr().clone() }),
+            Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
+        ]));
+        Ok(Features { history, circuit, jobs, content, runs, lobby, backplane })
     }
-    let (jobs, intake) = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), &config, origin.clone())
-        .register(content_job)
-        .register(mood_job)
-        .register(run_job)
-        .start_with_intake();
-    let content =
-        ContentService::new(origin.clone(), store.clone(), clock.clone(), hub.clone(), intake, config.queue_limit);
-    let runs = RunService::new(
-        origin.clone(),
-        store.clone(),
-        clock.clone(),
-        hub.clone(),
-        jobs.clone().recipient(),
-        live.clone(),
-        config.clone(),
-        metrics.clone(),
-    );
-    let lobby_actor = Lobby::new(
-        hub.clone(),
-        metrics.clone(),
-        config.presence_window,
-        config.presence_list_max,
-        origin.clone(),
-        backplane.clone(),
-    )
-    .start();
-    let lobby = LobbyService::new(
-        origin.clone(),
-        store.clone(),
-        clock.clone(),
-        hub.clone(),
-        jobs.clone().recipient(),
-        lobby_actor,
-        metrics.clone(),
-        backplane.clone(),
-        &config,
-    );
-    // What the other processes announce reaches each service through its sink.
-    backplane.listen(Sinks::start(vec![
-        Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
-        Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), lobby: lobby.addr().clone() }),
-        Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
-    ]));
 
-    let admin_token_generated = config.admin_token.is_none();
-    let admin_token = config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
+    /// What the edges reach: the features and the shared dependencies.
+    fn into_state(self, deps: Deps, limits: Arc<Limits>) -> AppState {
+        let Deps { store, clock, hub, metrics, config, .. } = deps;
+        let admin_token =
+            config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
+        AppState {
+            config,
+            store,
+            clock,
+            metrics,
+            hub,
+            circuit: self.circuit,
+            jobs: self.jobs,
+            history: self.history,
+            content: self.content,
+            runs: self.runs,
+            lobby: self.lobby,
+            admin_token,
+            backplane: self.backplane,
+            limits,
+            shutting_down: AtomicBool::new(false),
+            next_session: AtomicU64::new(1),
+        }
+    }
+}
 
-    let limits = Limits::new(config.max_connections_per_address, config.body_timeout, metrics.clone());
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        store,
-        clock,
-        metrics,
-        hub,
-        circuit,
-        jobs,
-        history,
-        content,
-        runs,
-        lobby,
-        admin_token,
-        backplane,
-        limits: limits.clone(),
-        shutting_down: AtomicBool::new(false),
-        next_session: AtomicU64::new(1),
-    });
+type ServerTask = actix_web::rt::task::JoinHandle<std::io::Result<()>>;
 
-    let data = web::Data::from(state.clone());
+/// The HTTP server on `config.bind`, behind the per-address connection limit; WebSocket
+/// upgrades go through the same app.
+fn serve(
+    state: Arc<AppState>,
+    limits: Arc<Limits>,
+) -> Result<(SocketAddr, actix_web::dev::ServerHandle, ServerTask), StartError> {
+    let config = state.config.clone();
+    let backend = state.store.backend();
+    let data = web::Data::from(state);
     let limits_data = web::Data::from(limits.clone());
     let app = move || {
         App::new()
@@ -296,9 +310,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         .run();
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
-    tracing::info!(%addr, backend = ?backend, backplane = state.backplane.name(), "lorewire is serving");
-
-    Ok(Running { addr, state, admin_token_generated, server: handle, task })
+    Ok((addr, handle, task))
 }
 
 /// A listening socket on `addr` that a restarted server can take over at once

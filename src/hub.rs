@@ -94,14 +94,19 @@ impl Hub {
     }
 
     fn unsubscribe(&mut self, id: SessionId, topic: &Topic) {
+        self.leave_topic(id, topic);
+        if let Some(topics) = self.by_session.get_mut(&id) {
+            topics.remove(topic);
+        }
+    }
+
+    /// Takes `id` out of `topic`'s members, and the topic out when it has none left.
+    fn leave_topic(&mut self, id: SessionId, topic: &Topic) {
         if let Some(members) = self.topics.get_mut(topic) {
             members.remove(&id);
             if members.is_empty() {
                 self.topics.remove(topic);
             }
-        }
-        if let Some(topics) = self.by_session.get_mut(&id) {
-            topics.remove(topic);
         }
     }
 }
@@ -122,12 +127,7 @@ impl Handler<Disconnect> for Hub {
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         self.sessions.remove(&msg.id);
         for topic in self.by_session.remove(&msg.id).unwrap_or_default() {
-            if let Some(members) = self.topics.get_mut(&topic) {
-                members.remove(&msg.id);
-                if members.is_empty() {
-                    self.topics.remove(&topic);
-                }
-            }
+            self.leave_topic(msg.id, &topic);
         }
     }
 }

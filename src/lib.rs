@@ -11,6 +11,7 @@ pub mod app;
 pub mod backplane;
 pub mod content;
 pub mod core;
+pub mod deps;
 pub mod domain;
 pub mod history;
 pub mod http;

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
+
+use crate::core::process::ProcessId;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
@@ -161,7 +163,7 @@ pub fn for_deployment(
     store: &crate::store::Store,
     database_url: &str,
     redis: Option<(&str, &str)>,
-    origin: Arc<str>,
+    origin: ProcessId,
 ) -> Result<Arc<dyn Backplane>, SetupError> {
     match (store.backend(), redis) {
         (crate::store::Backend::Sqlite, Some(_)) => Err(SetupError::RedisWithSqlite),

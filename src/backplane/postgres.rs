@@ -16,6 +16,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 
 use super::{Backplane, BackplaneError, Event, Sinks};
+use crate::core::process::ProcessId;
 use crate::store::notify::{self, CHANNEL};
 use crate::store::Store;
 
@@ -25,7 +26,7 @@ const RECONNECT: Duration = Duration::from_secs(1);
 
 pub struct PgBackplane {
     url: String,
-    origin: Arc<str>,
+    origin: ProcessId,
     store: Store,
     up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -33,7 +34,7 @@ pub struct PgBackplane {
 }
 
 impl PgBackplane {
-    pub fn new(url: String, origin: Arc<str>, store: Store) -> Self {
+    pub fn new(url: String, origin: ProcessId, store: Store) -> Self {
         PgBackplane {
             url,
             origin,
@@ -60,8 +61,7 @@ impl Backplane for PgBackplane {
             if events.is_empty() {
                 return Ok(());
             }
-            let payloads: Vec<String> =
-                events.iter().map(|e| serde_json::to_string(e).expect("events serialize")).collect();
+            let payloads: Vec<String> = events.iter().map(Event::to_json).collect();
             store.write(move |conn| notify::announce(conn, &payloads)).await.map_err(|e| BackplaneError(e.to_string()))
         }
         .boxed_local()

@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
+
+use crate::core::process::ProcessId;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch};
@@ -71,7 +73,7 @@ pub struct RedisBackplane {
     /// `{prefix}presence:{origin}`: this process's players (user id -> nickname), kept as long
     /// as its heartbeat refreshes the key's expiry.
     presence_key: String,
-    origin: Arc<str>,
+    origin: ProcessId,
     queue: mpsc::UnboundedSender<Vec<Event>>,
     /// The queue's other end, until the publisher task takes it.
     pending: Mutex<Option<mpsc::UnboundedReceiver<Vec<Event>>>>,
@@ -88,7 +90,7 @@ pub struct BadRedisUrl(String);
 
 impl RedisBackplane {
     /// Checks the URL; connects only later, in the background (Redis may come up after us).
-    pub fn new(url: &str, prefix: &str, origin: Arc<str>) -> Result<Self, BadRedisUrl> {
+    pub fn new(url: &str, prefix: &str, origin: ProcessId) -> Result<Self, BadRedisUrl> {
         let client = redis::Client::open(url).map_err(|e| BadRedisUrl(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
@@ -152,7 +154,7 @@ impl RedisBackplane {
                 if !batch.is_empty() {
                     let mut pipe = redis::pipe();
                     for event in &batch {
-                        pipe.publish(&channel, serde_json::to_string(event).expect("events serialize")).ignore();
+                        pipe.publish(&channel, event.to_json()).ignore();
                         keep_presence(&mut pipe, event, &presence_key, &origin);
                     }
                     match pipe.query_async::<()>(&mut manager).await {
@@ -292,7 +294,7 @@ impl Backplane for RedisBackplane {
                             };
                             let Some(message) = message else { break };
                             match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
-                                Ok(event) if event.origin() == &*origin => {}
+                                Ok(event) if event.origin() == origin.as_str() => {}
                                 Ok(event) => sinks.deliver(event),
                                 Err(e) => tracing::warn!(error = %e, "unreadable event on the Redis channel"),
                             }

@@ -16,19 +16,21 @@ use serde_json::{Map, Value};
 use super::{prompts, update_publish, ContentKind, ContentStatus, Context, FallbackReason};
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
+use crate::deps::Deps;
 use crate::hub::Hub;
-use crate::jobs::{Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
+use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
 use crate::store::content::{self as rows, ContentRow, Finish};
-use crate::store::jobs::{self, Ended};
+use crate::store::jobs::Ended;
 use crate::store::llm_config::{self, LlmConfigRow};
 use crate::store::{DbConn, Store, StoreError, StoreResult};
 
 /// Runs `content` jobs.
 pub struct ContentJob {
     /// This process (cross-process notifications).
-    origin: Arc<str>,
+    origin: ProcessId,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
@@ -59,18 +61,9 @@ struct Ending {
 }
 
 impl ContentJob {
-    // Wired once, in `app::start`; each argument is one dependency.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        origin: Arc<str>,
-        store: Store,
-        clock: SharedClock,
-        hub: Addr<Hub>,
-        metrics: Arc<Metrics>,
-        llm: Llm,
-        max_output_tokens: u32,
-    ) -> Self {
-        ContentJob { origin, store, clock, hub, metrics, llm, max_output_tokens }
+    pub fn new(deps: &Deps, llm: Llm) -> Self {
+        let Deps { process, store, clock, hub, metrics, config } = deps.clone();
+        ContentJob { origin: process, store, clock, hub, metrics, llm, max_output_tokens: config.max_output_tokens }
     }
 
     /// Generates the item and commits ready or fallback.
@@ -83,7 +76,7 @@ impl ContentJob {
             None => self.store.run(move |conn| Before::read(conn, content_id)).await?,
         };
         let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
-            return self.nothing_to_do(&claim).await;
+            return nothing_to_do(&self.store, &claim).await;
         };
         let kind = kind_of(&row)?;
         let subject_id = row.subject_id as u64;
@@ -117,18 +110,11 @@ impl ContentJob {
         let content_id = claim.target_id;
         let row = self.store.run(move |conn| rows::find_by_id(conn, content_id)).await?;
         let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
-            return self.nothing_to_do(&claim).await;
+            return nothing_to_do(&self.store, &claim).await;
         };
         let kind = kind_of(&row)?;
         let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse);
         self.commit(&claim, &row, ending).await
-    }
-
-    /// The item is gone or final already: the job only has to go.
-    async fn nothing_to_do(&self, claim: &Claim) -> JobResult {
-        let (job_id, worker) = (claim.job_id, claim.worker.clone());
-        let held = self.store.write(move |conn| jobs::complete(conn, job_id, &worker)).await?;
-        Ok(if held { Outcome::Nothing } else { Outcome::TakenOver })
     }
 
     /// Commits the end of the pending item `row` with the job's removal, then tells the

@@ -8,8 +8,6 @@ pub mod job;
 pub mod prompts;
 pub mod remote;
 
-use std::sync::Arc;
-
 use actix::prelude::*;
 use serde_json::Value;
 
@@ -19,6 +17,8 @@ pub use crate::domain::content::{
 pub use crate::domain::context::Context;
 
 use crate::core::clock::SharedClock;
+use crate::core::process::ProcessId;
+use crate::deps::Deps;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
 use crate::jobs::{Intake, Loaded};
@@ -36,7 +36,7 @@ pub fn update_publish(content: Content) -> Publish {
 /// Requests, lookups and the wake-up of the job worker.
 #[derive(Clone)]
 pub struct ContentService {
-    origin: Arc<str>,
+    origin: ProcessId,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
@@ -46,15 +46,11 @@ pub struct ContentService {
 }
 
 impl ContentService {
-    pub fn new(
-        origin: Arc<str>,
-        store: Store,
-        clock: SharedClock,
-        hub: Addr<Hub>,
-        jobs: Intake,
-        queue_limit: u64,
-    ) -> Self {
-        ContentService { origin, store, clock, hub, jobs, queue_limit: i64::try_from(queue_limit).unwrap_or(i64::MAX) }
+    /// Jobs go to the worker through `jobs` (claimed for it when it has a free slot).
+    pub fn new(deps: &Deps, jobs: Intake) -> Self {
+        let Deps { process: origin, store, clock, hub, config, .. } = deps.clone();
+        let queue_limit = i64::try_from(config.queue_limit).unwrap_or(i64::MAX);
+        ContentService { origin, store, clock, hub, jobs, queue_limit }
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one

@@ -7,5 +7,6 @@ pub mod config;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod process;
 pub mod provider;
 pub mod shutdown;

@@ -53,6 +53,12 @@ pub struct RemoteFrame {
 }
 
 impl Event {
+    /// The event as it travels between processes (NOTIFY payload, Redis message).
+    pub fn to_json(&self) -> String {
+        // Plain strings, numbers and enums: serializing cannot fail.
+        serde_json::to_string(self).expect("events serialize")
+    }
+
     pub fn origin(&self) -> &str {
         match self {
             Event::Content { origin, .. }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
 
+use crate::core::process::ProcessId;
 use crate::store::jobs::{JobKind, JobRow};
-use crate::store::{write_tx, DbConn, StoreError, StoreResult};
+use crate::store::{write_tx, DbConn, Store, StoreError, StoreResult};
 
 /// What a handler's [`Loader`] read for one job, handed to its attempt in [`Claim::loaded`].
 #[derive(Clone)]
@@ -64,7 +65,7 @@ pub struct Claim {
     /// `LOREWIRE_MAX_ATTEMPTS`.
     pub max_attempts: u32,
     /// The worker holding the job (the `locked_by` its end must match).
-    pub worker: Arc<str>,
+    pub worker: ProcessId,
     /// What the handler's [`Loader`] read as the job was claimed, if it has one and the read
     /// succeeded.
     pub loaded: Option<Loaded>,
@@ -90,6 +91,13 @@ pub enum Outcome {
     Later(Duration),
     /// Another worker holds the job now (this one's lease ran out): nothing was committed.
     TakenOver,
+}
+
+/// The target is gone or final already: the job only has to go (if it is still this worker's).
+pub async fn nothing_to_do(store: &Store, claim: &Claim) -> JobResult {
+    let (job_id, worker) = (claim.job_id, claim.worker.clone());
+    let held = store.write(move |conn| crate::store::jobs::complete(conn, job_id, &worker)).await?;
+    Ok(if held { Outcome::Nothing } else { Outcome::TakenOver })
 }
 
 /// What a handler's attempt gives back: an outcome, or a failure on lorewire's side (a store

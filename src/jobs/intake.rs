@@ -10,6 +10,7 @@ use actix::prelude::*;
 use prometheus::IntGauge;
 
 use super::handler::{load_targets, Loaded, Loader};
+use crate::core::process::ProcessId;
 use crate::store::jobs::{JobKind, JobRow};
 use crate::store::DbConn;
 
@@ -83,7 +84,7 @@ impl Intake {
         claimed: Recipient<Claimed>,
         wake: Recipient<JobsAvailable>,
         slots: Arc<Slots>,
-        name: Arc<str>,
+        name: ProcessId,
         loaders: Arc<HashMap<JobKind, Loader>>,
     ) -> Self {
         Intake { claimed, wake, slots, claimer: Claimer { name, loaders } }
@@ -133,7 +134,7 @@ impl Drop for Reservation {
 /// Claims inside a write, for the worker that reserved the slot.
 #[derive(Clone)]
 pub struct Claimer {
-    name: Arc<str>,
+    name: ProcessId,
     loaders: Arc<HashMap<JobKind, Loader>>,
 }
 

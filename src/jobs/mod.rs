@@ -12,6 +12,6 @@ pub mod intake;
 pub mod worker;
 
 pub use crate::store::jobs::JobKind;
-pub use handler::{Adopter, Claim, JobHandler, JobResult, Loaded, Loader, Outcome};
+pub use handler::{nothing_to_do, Adopter, Claim, JobHandler, JobResult, Loaded, Loader, Outcome};
 pub use intake::{Claimed, Claimer, Intake, JobsAvailable, Reservation};
 pub use worker::{backoff, claim, Drain, JobWorker, ReleaseJobs};

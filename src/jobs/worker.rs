@@ -19,9 +19,10 @@ use rand::Rng;
 
 use super::handler::{load_targets, Adopter, Claim, JobHandler, Loaded, Loader, Outcome};
 use super::intake::{Claimed, Intake, JobsAvailable, Slots};
-use crate::core::clock::SharedClock;
+use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
 use crate::store::jobs::JobKind;
 use crate::store::jobs::{self, JobRow};
 use crate::store::{DbConn, Store, StoreError, StoreResult};
@@ -43,16 +44,12 @@ pub fn backoff(base: Duration, n: u32) -> Duration {
     full.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-fn chrono_dur(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 pub struct JobWorker {
     store: Store,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     /// Names this worker in job leases (`locked_by`).
-    name: Arc<str>,
+    name: ProcessId,
     lease: Duration,
     poll: Duration,
     retry_base: Duration,
@@ -76,7 +73,7 @@ pub struct JobWorker {
 }
 
 impl JobWorker {
-    pub fn new(store: Store, clock: SharedClock, metrics: Arc<Metrics>, config: &Config, name: Arc<str>) -> Self {
+    pub fn new(store: Store, clock: SharedClock, metrics: Arc<Metrics>, config: &Config, name: ProcessId) -> Self {
         let slots = Arc::new(Slots::new(config.llm_concurrency, metrics.job_slots_busy.clone()));
         JobWorker {
             store,
@@ -311,7 +308,7 @@ impl Queue {
     async fn retry(&self, claim: &Claim, delay: Duration, error: &str) -> Option<Duration> {
         let (job_id, worker, error) = (claim.job_id, claim.worker.clone(), error.to_owned());
         let now = self.clock.now_naive();
-        let run_after = now + chrono_dur(delay);
+        let run_after = now + to_chrono(delay);
         match self.store.write(move |conn| jobs::requeue(conn, job_id, &worker, run_after, &error, now)).await {
             Ok(true) => Some(delay),
             Ok(false) => None,

@@ -14,7 +14,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::core::clock::SharedClock;
+use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
 use crate::store::llm_config::{self, CircuitRecord};
 use crate::store::Store;
@@ -144,10 +144,6 @@ fn utc(t: chrono::NaiveDateTime) -> DateTime<Utc> {
     DateTime::from_naive_utc_and_offset(t, Utc)
 }
 
-fn chrono_dur(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 impl CircuitBreaker {
     /// A breaker resuming from the persisted record.
     pub fn restore(
@@ -208,7 +204,7 @@ impl CircuitBreaker {
     }
 
     fn prune(&mut self, now: DateTime<Utc>) {
-        let cutoff = now - chrono_dur(self.settings.window);
+        let cutoff = now - to_chrono(self.settings.window);
         while self.failures.front().is_some_and(|t| *t <= cutoff) {
             self.failures.pop_front();
         }
@@ -230,7 +226,7 @@ impl CircuitBreaker {
         self.set_state(CircuitState::Open);
         self.probe_in_flight = false;
         self.opened_at = Some(now);
-        self.resets_at = Some(now + chrono_dur(self.settings.reset));
+        self.resets_at = Some(now + to_chrono(self.settings.reset));
         self.arm_timer(ctx);
     }
 
@@ -363,7 +359,7 @@ impl Handler<Report> for CircuitBreaker {
             // Calls that began before the circuit opened do not move it again.
             Outcome::Failure => {}
             Outcome::RateLimited(wait) => {
-                self.retry_after_until = Some(now + chrono_dur(wait.unwrap_or(DEFAULT_RETRY_AFTER)));
+                self.retry_after_until = Some(now + to_chrono(wait.unwrap_or(DEFAULT_RETRY_AFTER)));
                 if probing {
                     self.close(ctx);
                 }

@@ -13,8 +13,10 @@ use super::presence::{Join, Leave, Lobby, Page, PendingState, PresencePage};
 use super::rate_limit::RateLimiter;
 use crate::backplane::Backplane;
 use crate::core::clock::SharedClock;
-use crate::core::config::{ChatRate, Config};
+use crate::core::config::ChatRate;
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
+use crate::deps::Deps;
 use crate::domain::lobby::{validate_text, Message};
 use crate::hub::{Hub, SessionId};
 use crate::jobs::JobsAvailable;
@@ -34,7 +36,7 @@ pub enum SendRefused {
 
 #[derive(Clone)]
 pub struct LobbyService {
-    origin: Arc<str>,
+    origin: ProcessId,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
@@ -53,18 +55,10 @@ pub struct LobbyService {
 }
 
 impl LobbyService {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        origin: Arc<str>,
-        store: Store,
-        clock: SharedClock,
-        hub: Addr<Hub>,
-        jobs: Recipient<JobsAvailable>,
-        lobby: Addr<Lobby>,
-        metrics: Arc<Metrics>,
-        backplane: Arc<dyn Backplane>,
-        config: &Config,
-    ) -> Self {
+    /// The chat of the lobby whose presence `lobby` keeps; mood jobs are woken on `jobs`, the
+    /// rate is shared over `backplane` when it keeps windows.
+    pub fn new(deps: &Deps, jobs: Recipient<JobsAvailable>, lobby: Addr<Lobby>, backplane: Arc<dyn Backplane>) -> Self {
+        let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
         LobbyService {
             origin,
             store,

@@ -12,12 +12,14 @@ use futures_util::future::LocalBoxFuture;
 
 use super::{mood, mood_publish, Mood, MoodStatus};
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
+use crate::deps::Deps;
 use crate::domain::answer::Checked;
 use crate::hub::Hub;
-use crate::jobs::{Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
-use crate::store::jobs::{self, Ended};
+use crate::store::jobs::Ended;
 use crate::store::messages::{self, MOOD_PENDING};
 use crate::store::{llm_config, Store};
 
@@ -27,7 +29,7 @@ const MOOD_MAX_TOKENS: u32 = 64;
 /// Runs `mood` jobs.
 pub struct MoodJob {
     /// This process (cross-process notifications).
-    origin: Arc<str>,
+    origin: ProcessId,
     store: Store,
     hub: Addr<Hub>,
     metrics: Arc<Metrics>,
@@ -36,15 +38,9 @@ pub struct MoodJob {
 }
 
 impl MoodJob {
-    pub fn new(
-        origin: Arc<str>,
-        store: Store,
-        hub: Addr<Hub>,
-        metrics: Arc<Metrics>,
-        llm: Llm,
-        max_output_tokens: u32,
-    ) -> Self {
-        MoodJob { origin, store, hub, metrics, llm, max_tokens: max_output_tokens.min(MOOD_MAX_TOKENS) }
+    pub fn new(deps: &Deps, llm: Llm) -> Self {
+        let Deps { process, store, hub, metrics, config, .. } = deps.clone();
+        MoodJob { origin: process, store, hub, metrics, llm, max_tokens: config.max_output_tokens.min(MOOD_MAX_TOKENS) }
     }
 
     async fn attempt(&self, claim: Claim) -> JobResult {
@@ -52,9 +48,7 @@ impl MoodJob {
         let (row, config) =
             self.store.run(move |conn| Ok((messages::find(conn, message_id)?, llm_config::get(conn)?))).await?;
         let Some(row) = row.filter(|r| r.mood_status == MOOD_PENDING) else {
-            let (job_id, worker) = (claim.job_id, claim.worker.clone());
-            let held = self.store.write(move |conn| jobs::complete(conn, job_id, &worker)).await?;
-            return Ok(if held { Outcome::Nothing } else { Outcome::TakenOver });
+            return nothing_to_do(&self.store, &claim).await;
         };
         let prompt = Prompt {
             system: mood::SYSTEM_PROMPT.to_owned(),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backplane::Backplane;
+use crate::core::process::ProcessId;
 use crate::domain::events::Event;
 
 /// Users per presence event, so one stays under the backplane's event size limit.
@@ -22,7 +23,7 @@ struct RemoteProcess {
 }
 
 pub(super) struct Peers {
-    origin: Arc<str>,
+    origin: ProcessId,
     backplane: Arc<dyn Backplane>,
     /// Online on other processes, by process.
     remote: HashMap<String, RemoteProcess>,
@@ -36,7 +37,7 @@ pub(super) struct Peers {
 }
 
 impl Peers {
-    pub(super) fn new(origin: Arc<str>, backplane: Arc<dyn Backplane>) -> Self {
+    pub(super) fn new(origin: ProcessId, backplane: Arc<dyn Backplane>) -> Self {
         Peers {
             origin,
             backplane,

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use super::peers::Peers;
 use crate::backplane::Backplane;
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
 use crate::domain::events::Event;
 use crate::domain::lobby::{PresenceLeave, PresenceUser};
 use crate::domain::wire::{ServerFrame, Typed};
@@ -135,7 +136,7 @@ impl Lobby {
         metrics: Arc<Metrics>,
         window: Duration,
         list_max: usize,
-        origin: Arc<str>,
+        origin: ProcessId,
         backplane: Arc<dyn Backplane>,
     ) -> Self {
         Lobby {

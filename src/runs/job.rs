@@ -18,18 +18,18 @@ use super::live::LiveRuns;
 use super::relay::{self, Relay};
 use super::service::{finish, publish};
 use super::{estimate_tokens, prompt_token_bound, usd, Action, RunErrorCode, RunStatus, Usage};
-use crate::core::clock::SharedClock;
-use crate::core::config::Config;
+use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
+use crate::deps::Deps;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
-use crate::jobs::{backoff, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::llm::call::record_last_error;
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
 use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
-use crate::store::jobs;
 use crate::store::run_attempts::{self as attempts, AttemptEnd, Settlement};
 use crate::store::runs as rows;
 use crate::store::{billing, llm_config, Store, StoreError};
@@ -38,10 +38,6 @@ use crate::store::{billing, llm_config, Store, StoreError};
 const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(5);
 /// Wait while the half-open circuit's single probe is in flight.
 const PROBE_WAIT: Duration = Duration::from_millis(200);
-
-fn chrono_dur(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
 
 /// The settings an attempt follows.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +53,7 @@ struct Limits {
 /// Runs `run` jobs.
 pub struct RunJob {
     /// This process (cross-process notifications).
-    origin: Arc<str>,
+    origin: ProcessId,
     store: Store,
     hub: Addr<Hub>,
     circuit: Addr<CircuitBreaker>,
@@ -71,19 +67,9 @@ pub struct RunJob {
 }
 
 impl RunJob {
-    // Wired once, in `app::start`; each argument is one dependency.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        origin: Arc<str>,
-        store: Store,
-        hub: Addr<Hub>,
-        circuit: Addr<CircuitBreaker>,
-        clock: SharedClock,
-        metrics: Arc<Metrics>,
-        client: awc::Client,
-        live: Arc<LiveRuns>,
-        config: &Config,
-    ) -> Self {
+    /// The job handler of runs: streams through `client` behind `circuit`, keeps the frames in `live`.
+    pub fn new(deps: &Deps, circuit: Addr<CircuitBreaker>, client: awc::Client, live: Arc<LiveRuns>) -> Self {
+        let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
         let limits = Limits {
             max_output_tokens: config.max_output_tokens,
             llm_timeout: config.llm_timeout,
@@ -106,7 +92,7 @@ impl RunJob {
         let run_pk = claim.target_id;
         let row = self.store.run(move |conn| rows::find_by_id(conn, run_pk)).await?;
         let Some(row) = row.filter(|r| r.is_active()) else {
-            return self.nothing_to_do(&claim).await;
+            return nothing_to_do(&self.store, &claim).await;
         };
         let ctx = Attempt { d: self, claim: &claim, run_pk, run_id: &row.run_id, model: &row.model };
         let end = AttemptEnd::Dead {
@@ -114,13 +100,6 @@ impl RunJob {
             message: "the run failed on the server's side and its attempts are spent".into(),
         };
         ctx.end(row.attempts, Usage::default(), 0, end).await
-    }
-
-    /// The run is gone or final already: the job only has to go.
-    async fn nothing_to_do(&self, claim: &Claim) -> JobResult {
-        let (job_id, worker) = (claim.job_id, claim.worker.clone());
-        let held = self.store.write(move |conn| jobs::complete(conn, job_id, &worker)).await?;
-        Ok(if held { Outcome::Nothing } else { Outcome::TakenOver })
     }
 
     /// Runs one attempt of the run behind `claim`; every `Ok` path ended the job (committed)
@@ -139,7 +118,7 @@ impl RunJob {
             })
             .await?;
         let Some(row) = row.filter(|r| r.is_active()) else {
-            return self.nothing_to_do(&claim).await;
+            return nothing_to_do(&self.store, &claim).await;
         };
         let run_id = row.run_id.clone();
         let action =
@@ -177,7 +156,7 @@ impl RunJob {
             self.store.write(move |conn| attempts::ensure_reservation(conn, run_pk, worst_case, now)).await?
         };
         match reserved {
-            attempts::Reservation::Gone => return self.nothing_to_do(&claim).await,
+            attempts::Reservation::Gone => return nothing_to_do(&self.store, &claim).await,
             attempts::Reservation::NoBudget => {
                 let end = AttemptEnd::Dead {
                     code: RunErrorCode::BudgetExceeded,
@@ -201,7 +180,7 @@ impl RunJob {
                 // Aborted meanwhile (or the store failed): no call was made.
                 self.circuit.do_send(Report { probe, outcome: circuit::Outcome::NotCalled });
                 other?;
-                return self.nothing_to_do(&claim).await;
+                return nothing_to_do(&self.store, &claim).await;
             }
         };
         let attempt = started.attempts;
@@ -337,7 +316,7 @@ impl RunJob {
         let spent = u32::try_from(attempt).unwrap_or(0).max(claim.attempt).max(1);
         if spent < self.limits.max_attempts {
             let delay = backoff(self.limits.retry_base, spent);
-            let run_after = self.clock.now_naive() + chrono_dur(delay);
+            let run_after = self.clock.now_naive() + to_chrono(delay);
             let end = AttemptEnd::Retry { run_after, code, message };
             return Ok(match ctx.end(attempt, usage, cost, end).await? {
                 Outcome::Done => Outcome::Later(delay),
@@ -428,7 +407,7 @@ impl Attempt<'_> {
             .and_then(|t| (t - now).to_std().ok())
             .unwrap_or(PROBE_WAIT)
             .min(MAX_CIRCUIT_WAIT);
-        let run_after = d.clock.now_naive() + chrono_dur(until);
+        let run_after = d.clock.now_naive() + to_chrono(until);
         let (job_id, run_pk, worker, now) =
             (self.claim.job_id, self.run_pk, self.claim.worker.clone(), d.clock.now_naive());
         tracing::debug!(run = %self.run_id, wait_ms = until.as_millis() as u64, why = %why, "run waits for the provider");

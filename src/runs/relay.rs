@@ -12,6 +12,7 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::Backplane;
+use crate::core::process::ProcessId;
 use crate::domain::events::{Event, RemoteFrame, MAX_EVENT_BYTES};
 
 /// How long frames are gathered before they are sent.
@@ -32,7 +33,7 @@ pub struct Relay {
 
 impl Relay {
     /// Starts the relay's sender task on the current actix arbiter.
-    pub fn new(origin: Arc<str>, backplane: Arc<dyn Backplane>) -> Arc<Self> {
+    pub fn new(origin: ProcessId, backplane: Arc<dyn Backplane>) -> Arc<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
         actix::spawn(send_in_order(origin, backplane, rx));
         Arc::new(Relay { queue })
@@ -54,7 +55,7 @@ impl Relay {
 }
 
 /// The sender task: gathers frames for [`GATHER`] (or until a flush asks), sends them, repeats.
-async fn send_in_order(origin: Arc<str>, backplane: Arc<dyn Backplane>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn send_in_order(origin: ProcessId, backplane: Arc<dyn Backplane>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
@@ -100,7 +101,7 @@ fn pack(origin: &str, batch: Vec<(String, RemoteFrame)>) -> Vec<Event> {
     for (run_id, frames) in by_run {
         let event =
             |frames: Vec<RemoteFrame>| Event::RunFrames { origin: origin.to_owned(), run_id: run_id.clone(), frames };
-        let empty = serde_json::to_string(&event(Vec::new())).expect("events serialize").len();
+        let empty = event(Vec::new()).to_json().len();
         let (mut group, mut size) = (Vec::new(), empty);
         for frame in frames {
             // One more frame: its JSON and a comma.

@@ -12,6 +12,8 @@ use super::live::LiveRuns;
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
+use crate::deps::Deps;
 use crate::domain::money::usd;
 use crate::domain::runs::{prompt_token_bound, Action, RunErrorCode, RunRequest, RunStatus, Usage};
 use crate::domain::topic::Topic;
@@ -86,7 +88,7 @@ const DEFAULT_RUN_MS: i64 = 2000;
 #[derive(Clone)]
 pub struct RunService {
     /// This process (cross-process notifications).
-    origin: Arc<str>,
+    origin: ProcessId,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
@@ -111,18 +113,9 @@ fn new_run_id() -> String {
 }
 
 impl RunService {
-    // Wired once, in `app::start`; each argument is one dependency.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        origin: Arc<str>,
-        store: Store,
-        clock: SharedClock,
-        hub: Addr<Hub>,
-        jobs: Recipient<JobsAvailable>,
-        live: Arc<LiveRuns>,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Runs admitted here are woken on `jobs`; their frames are kept in `live`.
+    pub fn new(deps: &Deps, jobs: Recipient<JobsAvailable>, live: Arc<LiveRuns>) -> Self {
+        let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
         RunService { origin, store, clock, hub, jobs, live, config, metrics }
     }
 

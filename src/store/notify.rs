@@ -39,7 +39,7 @@ pub fn send(conn: &mut DbConn, event: &Event) -> StoreResult<()> {
         return Ok(());
     }
     let DbConn::Pg(pg) = conn else { return Ok(()) };
-    let payload = serde_json::to_string(event).expect("events serialize");
+    let payload = event.to_json();
     diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
     Ok(())
 }
