@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures_util::future::LocalBoxFuture;
 
 use crate::core::process::ProcessId;
-use crate::store::jobs::{JobKind, JobRow};
+use crate::domain::jobs::JobKind;
+use crate::store::jobs::JobRow;
 use crate::store::{write_tx, DbConn, Store, StoreError, StoreResult};
 
 /// What a handler's [`Loader`] read for one job, handed to its attempt in [`Claim::loaded`].

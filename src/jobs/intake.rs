@@ -11,7 +11,8 @@ use prometheus::IntGauge;
 
 use super::handler::{load_targets, Loaded, Loader};
 use crate::core::process::ProcessId;
-use crate::store::jobs::{JobKind, JobRow};
+use crate::domain::jobs::JobKind;
+use crate::store::jobs::JobRow;
 use crate::store::DbConn;
 
 /// New jobs were committed: claim what the concurrency limit allows.

@@ -11,7 +11,7 @@ pub mod handler;
 pub mod intake;
 pub mod worker;
 
-pub use crate::store::jobs::JobKind;
+pub use crate::domain::jobs::{JobKind, JobStatus};
 pub use handler::{nothing_to_do, Adopter, Claim, JobHandler, JobResult, Loaded, Loader, Outcome};
 pub use intake::{Claimed, Claimer, Intake, JobsAvailable, Reservation};
 pub use worker::{backoff, claim, Drain, JobWorker, ReleaseJobs};

@@ -23,7 +23,7 @@ use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
-use crate::store::jobs::JobKind;
+use crate::domain::jobs::JobKind;
 use crate::store::jobs::{self, JobRow};
 use crate::store::{DbConn, Store, StoreError, StoreResult};
 

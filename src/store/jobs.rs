@@ -15,37 +15,11 @@ use super::schema::jobs;
 use super::{write_tx, DbConn, StoreError, StoreResult};
 use crate::on_backend;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobKind {
-    /// Generate the fields of a content item (`target_id` = content.id).
-    Content,
-    /// Execute one attempt of a generation run (`target_id` = runs.id).
-    Run,
-    /// Classify the mood of a lobby message (`target_id` = messages.id).
-    Mood,
-}
+pub use crate::domain::jobs::{JobKind, JobStatus};
 
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Content => "content",
-            JobKind::Run => "run",
-            JobKind::Mood => "mood",
-        }
-    }
-    pub fn parse(s: &str) -> Option<JobKind> {
-        match s {
-            "content" => Some(JobKind::Content),
-            "run" => Some(JobKind::Run),
-            "mood" => Some(JobKind::Mood),
-            _ => None,
-        }
-    }
-}
-
-pub const QUEUED: &str = "queued";
-pub const RUNNING: &str = "running";
-pub const DEAD: &str = "dead";
+const QUEUED: &str = JobStatus::Queued.as_str();
+const RUNNING: &str = JobStatus::Running.as_str();
+const DEAD: &str = JobStatus::Dead.as_str();
 
 /// What the transaction that ends a job found.
 #[derive(Debug)]

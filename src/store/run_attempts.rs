@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::billing::{self, NewCostEvent};
-use super::jobs::{self, JobKind};
+use super::jobs::{self, JobKind, JobStatus};
 use super::notify;
 use super::runs::{find, find_by_id, run_ended, RunRow};
 use super::schema::{jobs as jobs_t, runs};
@@ -227,7 +227,7 @@ pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDat
             jobs_t::table
                 .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
                 .filter(jobs_t::target_id.eq(row.id))
-                .filter(jobs_t::status.eq(jobs::QUEUED)),
+                .filter(jobs_t::status.eq(JobStatus::Queued.as_str())),
         )
         .execute(conn)?;
         if deleted == 0 {

@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use super::billing;
-use super::jobs::{self, JobKind};
+use super::jobs::{self, JobKind, JobStatus};
 use super::notify;
 use super::schema::{jobs as jobs_t, runs};
 use super::{is_unique_violation, write_tx, DbConn, StoreError, StoreResult};
@@ -262,7 +262,7 @@ pub fn position(conn: &mut DbConn, run_pk: i64) -> StoreResult<i64> {
     let Some((job_id, priority)) = job else { return Ok(0) };
     Ok(jobs_t::table
         .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
-        .filter(jobs_t::status.eq(jobs::QUEUED))
+        .filter(jobs_t::status.eq(JobStatus::Queued.as_str()))
         .filter(jobs_t::priority.gt(priority).or(jobs_t::priority.eq(priority).and(jobs_t::id.lt(job_id))))
         .count()
         .get_result(conn)?)
