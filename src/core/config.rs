@@ -311,6 +311,9 @@ pub struct Config {
 /// now and then. Set only by tests (no flag or variable); zero everywhere else.
 #[derive(Debug, Clone, Default)]
 pub struct TestHolds {
+    /// Between a session's ack and its lobby join reaching the presence actor (which
+    /// subscribes it to the lobby's frames).
+    pub lobby_join: Duration,
     /// Between a lobby join's subscription and its read of the history.
     pub lobby_history: Duration,
 }

@@ -46,7 +46,9 @@ pub struct LobbyService {
     history_limit: i64,
     /// `LOREWIRE_QUEUE_LIMIT`: a message whose mood job would pass it is refused.
     queue_limit: i64,
-    /// Held between the join and its history read (tests only).
+    /// Held before the join reaches the presence actor, and between the join and its history
+    /// read (tests only).
+    join_hold: Duration,
     history_hold: Duration,
     rate: ChatRate,
     /// This process's own windows: the rate when the backplane keeps none or cannot answer.
@@ -69,6 +71,7 @@ impl LobbyService {
             metrics,
             history_limit: i64::from(config.history_limit),
             queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
+            join_hold: config.test_holds.lobby_join,
             history_hold: config.test_holds.lobby_history,
             rate: config.chat_rate,
             limiter: Arc::new(Mutex::new(RateLimiter::new(config.chat_rate))),
@@ -83,6 +86,9 @@ impl LobbyService {
     /// Enters the lobby: the history read after the subscription is in place (so every message
     /// is in the history or arrives as `message:new`, or both), and the `presence:state` to come.
     pub async fn join(&self, join: Join) -> Result<(Vec<Message>, PendingState), StoreError> {
+        if !self.join_hold.is_zero() {
+            tokio::time::sleep(self.join_hold).await;
+        }
         let state = self.lobby.send(join).await.map_err(|_| StoreError::Canceled)?;
         if !self.history_hold.is_zero() {
             tokio::time::sleep(self.history_hold).await;

@@ -214,6 +214,14 @@ impl Subscriptions {
         self.get(topic).is_some_and(Subscription::is_holding)
     }
 
+    /// The versions of the frames `topic` holds back now (none when it is live).
+    pub fn held_versions(&self, topic: &Topic) -> Vec<i64> {
+        match self.get(topic).map(|s| &s.state) {
+            Some(State::Holding(held)) => held.iter().filter_map(|(version, _)| *version).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn get(&self, topic: &Topic) -> Option<&Subscription> {
         match topic {
             Topic::Lobby => self.lobby.as_ref(),

@@ -602,8 +602,19 @@ async fn a_joiner_is_told_the_count_that_follows(db: Db) {
 /// the history holds is still not sent twice. The join is held between its subscription and its
 /// history read, so both messages land in that window every time.
 async fn a_sender_joining_gets_its_own_message_new(db: Db) {
+    sender_gets_its_own_message_new(db, |holds| holds.lobby_history = Duration::from_millis(300)).await;
+}
+
+/// The same, with the join held before it reaches the presence actor (which subscribes the
+/// session to the lobby's frames): both messages are published before the session listens,
+/// so the sender's `message:new` comes from its send's own answer.
+async fn a_sender_whose_message_beats_the_join_gets_its_message_new(db: Db) {
+    sender_gets_its_own_message_new(db, |holds| holds.lobby_join = Duration::from_millis(300)).await;
+}
+
+async fn sender_gets_its_own_message_new(db: Db, hold: impl FnOnce(&mut lorewire::core::config::TestHolds)) {
     let app = lobby_app(db, |c| {
-        c.test_holds.lobby_history = Duration::from_millis(300);
+        hold(&mut c.test_holds);
         c.chat_rate = "100/1s".parse().unwrap();
     })
     .await;
@@ -638,6 +649,7 @@ async fn a_sender_joining_gets_its_own_message_new(db: Db) {
 
 both_backends!(
     a_sender_joining_gets_its_own_message_new,
+    a_sender_whose_message_beats_the_join_gets_its_message_new,
     a_joiner_is_told_the_count_that_follows,
     presence_state_then_updates,
     two_tabs_leave_when_the_last_closes,

@@ -10,7 +10,6 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use super::{Ctx, WsSession};
-use crate::domain::lobby::Message;
 use crate::domain::wire::{ErrorCode, Typed};
 use crate::lobby::SendRefused;
 
@@ -25,7 +24,7 @@ impl WsSession {
         };
         self.send_started();
         ctx.spawn(sent.into_actor(self).map(move |result: Result<_, SendRefused>, act, ctx| {
-            act.send_ended(result.as_ref().ok().map(|m: &Message| m.id), ctx);
+            act.send_ended(result.as_ref().ok(), ctx);
             match result {
                 Ok(_) => {}
                 Err(SendRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use super::{Ctx, SessionUser, WsSession};
+use crate::domain::lobby::Message;
 use crate::domain::players::{self as player_rules, Variant};
 use crate::domain::wire::{ErrorCode, Typed};
 use crate::hub::Topic;
@@ -23,14 +24,16 @@ const LOBBY_FAILED: &str = "the lobby could not be loaded (reconnect to retry)";
 
 /// A lobby join in progress. A message this session sends while joining can land in the
 /// history the join reads; the held `message:new` of such a message would then be dropped as
-/// already seen, yet it is the sender's answer to its send. So the held frames are released
-/// only once every send of the session has its id, and the session's own are never dropped.
+/// already seen, and one published before the join's subscription reached the hub never comes
+/// at all; yet it is the sender's answer to its send. So the held frames are released only once
+/// every send of the session has its message, the session's own are never dropped, and one that
+/// never came is sent from the send's own answer.
 #[derive(Debug, Default)]
 pub(super) struct Joining {
     /// `message:send`s of this session not yet stored or refused.
     sends_in_flight: usize,
-    /// The ids of messages this session stored while the lobby was held.
-    own: HashSet<i64>,
+    /// The messages this session stored while the lobby was held.
+    own: Vec<Message>,
     /// The history's message ids, once the join has sent its history and state.
     history: Option<HashSet<i64>>,
 }
@@ -119,29 +122,41 @@ impl WsSession {
         self.joining.sends_in_flight += 1;
     }
 
-    /// A `message:send` of this session has ended (`stored` its message's id, when it was).
-    pub(super) fn send_ended(&mut self, stored: Option<i64>, ctx: &mut Ctx) {
+    /// A `message:send` of this session has ended (`stored` its message, when it was).
+    pub(super) fn send_ended(&mut self, stored: Option<&Message>, ctx: &mut Ctx) {
         self.joining.sends_in_flight = self.joining.sends_in_flight.saturating_sub(1);
-        if let Some(id) = stored {
+        if let Some(message) = stored {
             if self.subscriptions.is_holding(&Topic::Lobby) {
-                self.joining.own.insert(id);
+                self.joining.own.push(message.clone());
             }
         }
         self.release_lobby_when_sent(ctx);
     }
 
     /// Sends the lobby frames held back while joining, minus messages the history holds, but
-    /// never the session's own: its `message:new` answers its send.
+    /// never the session's own: its `message:new` answers its send (sent from the send's
+    /// answer when it reached the hub before the join's subscription did).
     fn release_lobby_when_sent(&mut self, ctx: &mut Ctx) {
         if self.joining.sends_in_flight > 0 {
             return;
         }
         let Some(mut in_history) = self.joining.history.take() else { return };
-        for id in std::mem::take(&mut self.joining.own) {
-            in_history.remove(&id);
+        let own = std::mem::take(&mut self.joining.own);
+        let held: HashSet<i64> = self.subscriptions.held_versions(&Topic::Lobby).into_iter().collect();
+        for message in &own {
+            in_history.remove(&message.id);
         }
         for text in self.subscriptions.release(&Topic::Lobby, Seen::Messages(in_history)) {
             self.send_text(text, ctx);
+        }
+        let mut sent_here = HashSet::new();
+        for message in own.into_iter().filter(|m| !held.contains(&m.id)) {
+            sent_here.insert(message.id);
+            self.send_text(lobby::new_message_publish(message).text, ctx);
+        }
+        if !sent_here.is_empty() {
+            // Its own frame may still be on its way from the hub: it counts as seen.
+            self.subscriptions.release(&Topic::Lobby, Seen::Messages(sent_here));
         }
     }
 
