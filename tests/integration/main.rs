@@ -31,6 +31,7 @@ mod runs_limits;
 mod runs_process;
 mod session;
 mod storage;
+mod store_queries;
 mod types;
 mod upgrade;
 mod writer;
