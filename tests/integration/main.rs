@@ -34,4 +34,5 @@ mod storage;
 mod store_queries;
 mod types;
 mod upgrade;
+mod worker;
 mod writer;
