@@ -8,6 +8,7 @@ mod admin;
 mod admin_summary;
 mod browser;
 mod circuit;
+mod circuit_states;
 mod cluster;
 mod content;
 mod edges;
