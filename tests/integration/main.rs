@@ -22,6 +22,7 @@ mod metrics_history;
 mod monitoring;
 mod openapi;
 mod pages;
+mod presence_window;
 mod process;
 mod queue_limit;
 mod redis;
