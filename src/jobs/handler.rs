@@ -134,3 +134,22 @@ pub trait JobHandler {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(attempt: u32, max_attempts: u32) -> Claim {
+        Claim { job_id: 1, target_id: 1, attempt, max_attempts, worker: "w".into(), loaded: None }
+    }
+
+    #[test]
+    fn only_the_attempt_at_the_cap_or_past_it_is_the_last() {
+        assert!(!claim(1, 3).is_last());
+        assert!(!claim(2, 3).is_last());
+        assert!(claim(3, 3).is_last());
+        // A job that came back past the cap (a takeover after a crash on its last attempt).
+        assert!(claim(4, 3).is_last());
+        assert!(claim(1, 1).is_last(), "one attempt allowed: the first is the last");
+    }
+}

@@ -190,3 +190,149 @@ impl Peers {
         theirs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::LocalBoxFuture;
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::backplane::local::LocalBackplane;
+    use crate::backplane::{BackplaneError, Liveness, Sinks};
+
+    /// A backplane other processes share, whose processes go silent at once.
+    struct Shared;
+
+    impl Backplane for Shared {
+        fn name(&self) -> &'static str {
+            "shared"
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        fn publish(&self, _: Vec<Event>) -> LocalBoxFuture<'static, Result<(), BackplaneError>> {
+            async { Ok(()) }.boxed_local()
+        }
+        fn listen(&self, _: Sinks) {}
+        fn is_up(&self) -> bool {
+            true
+        }
+        fn liveness(&self) -> Liveness {
+            Liveness { every: Duration::from_secs(5), expires: Duration::ZERO }
+        }
+        fn stop(&self) {}
+    }
+
+    fn peers() -> Peers {
+        Peers::new("p1".into(), Arc::new(Shared))
+    }
+
+    fn presence(origin: &str, online: &[(i64, &str)], offline: &[i64]) -> Event {
+        Event::Presence {
+            origin: origin.into(),
+            online: online.iter().map(|(id, n)| (*id, (*n).to_owned())).collect(),
+            offline: offline.to_vec(),
+        }
+    }
+
+    #[test]
+    fn nothing_is_told_when_no_other_process_listens() {
+        let mut peers = Peers::new("p1".into(), Arc::new(LocalBackplane));
+        assert_eq!(peers.heartbeat_every(), None);
+        peers.local_changed(1, Some("ada".into()));
+        peers.announce_changes();
+        peers.heartbeat();
+        assert_eq!(peers.listening(Vec::new), None);
+        assert_eq!(peers.take_batch(), None);
+    }
+
+    #[test]
+    fn local_changes_go_out_chunked_with_the_last_state_of_each_user() {
+        let mut peers = peers();
+        for id in 1..=45 {
+            peers.local_changed(id, Some(format!("u{id}")));
+        }
+        // Online then offline before the announcement: only the offline is told.
+        peers.local_changed(46, Some("u46".into()));
+        peers.local_changed(46, None);
+        peers.announce_changes();
+        let batch = peers.take_batch().expect("a batch");
+        let sizes: Vec<(usize, usize)> = batch
+            .iter()
+            .map(|e| match e {
+                Event::Presence { online, offline, .. } => (online.len(), offline.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [(40, 0), (5, 0), (0, 1)]);
+        let mut told: Vec<i64> = batch
+            .iter()
+            .flat_map(|e| match e {
+                Event::Presence { online, .. } => online.iter().map(|(id, _)| *id).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        told.sort_unstable();
+        assert_eq!(told, (1..=45).collect::<Vec<_>>());
+        assert_eq!(peers.take_batch(), None, "nothing new");
+    }
+
+    #[test]
+    fn one_batch_is_in_flight_at_a_time_and_the_next_keeps_the_order() {
+        let mut peers = peers();
+        peers.queue_presence(vec![(1, "a".into())], Vec::new());
+        let first = peers.take_batch().expect("a batch");
+        peers.queue_presence(Vec::new(), vec![1]);
+        peers.queue_presence(vec![(2, "b".into())], Vec::new());
+        assert_eq!(peers.take_batch(), None, "the first is still in flight");
+        peers.sent();
+        let second = peers.take_batch().expect("the next batch");
+        assert_eq!(first, [presence("p1", &[(1, "a")], &[])]);
+        assert_eq!(second, [presence("p1", &[], &[1]), presence("p1", &[(2, "b")], &[])]);
+    }
+
+    #[test]
+    fn news_from_another_process_is_kept_and_its_users_answered_but_our_own_is_not() {
+        let mut peers = peers();
+        let ours = || vec![(1, "ada".to_owned())];
+        assert_eq!(peers.heard(presence("p2", &[(7, "g"), (8, "h")], &[]), ours), [7, 8]);
+        assert_eq!(peers.nickname(7).map(String::as_str), Some("g"));
+        assert_eq!(peers.heard(presence("p2", &[], &[7]), ours), [7]);
+        assert_eq!(peers.nickname(7), None);
+        assert_eq!(peers.user_ids().collect::<Vec<_>>(), [8]);
+        assert!(peers.heard(presence("p1", &[(9, "me")], &[]), ours).is_empty());
+        assert_eq!(peers.nickname(9), None);
+        assert_eq!(peers.take_batch(), None, "nothing to answer");
+        // A process that (re)joins is told who is online here.
+        assert!(peers.heard(Event::Hello { origin: "p3".into() }, ours).is_empty());
+        assert_eq!(peers.take_batch().unwrap(), [presence("p1", &[(1, "ada")], &[])]);
+    }
+
+    #[test]
+    fn a_silent_process_is_dropped_with_its_users_at_the_heartbeat() {
+        let mut peers = peers();
+        peers.heard(presence("p2", &[(7, "g")], &[]), Vec::new);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(peers.heartbeat(), [7]);
+        assert_eq!(peers.nickname(7), None);
+        assert_eq!(peers.take_batch().unwrap(), [Event::Alive { origin: "p1".into() }]);
+        peers.sent();
+        assert!(peers.heartbeat().is_empty(), "dropped once");
+    }
+
+    #[test]
+    fn a_reconnect_forgets_what_the_others_said_and_tells_ours_again() {
+        let mut peers = peers();
+        let ours = || vec![(1, "ada".to_owned())];
+        assert_eq!(peers.listening(ours), None, "the first time there is nothing to forget");
+        assert_eq!(peers.take_batch().unwrap(), [Event::Hello { origin: "p1".into() }]);
+        peers.sent();
+        peers.heard(presence("p2", &[(7, "g")], &[]), ours);
+        assert_eq!(peers.listening(ours), Some(vec![7]));
+        assert_eq!(peers.nickname(7), None);
+        assert_eq!(
+            peers.take_batch().unwrap(),
+            [presence("p1", &[(1, "ada")], &[]), Event::Hello { origin: "p1".into() }]
+        );
+    }
+}

@@ -346,6 +346,59 @@ mod tests {
     }
 
     #[test]
+    fn holding_again_while_holding_keeps_what_is_held() {
+        let mut sub = Subscription::holding();
+        offer_all(&mut sub, &[frame(Some(3), "v3")]);
+        sub.hold();
+        offer_all(&mut sub, &[frame(Some(2), "v2")]);
+        assert_eq!(texts(sub.release(Seen::Upto(1))), ["v2", "v3"]);
+    }
+
+    #[test]
+    fn a_version_held_twice_goes_out_once_and_a_stored_end_drops_everything_held() {
+        let mut sub = Subscription::holding();
+        offer_all(&mut sub, &[frame(Some(2), "v2 first"), frame(Some(1), "v1"), frame(Some(2), "v2 again")]);
+        assert_eq!(texts(sub.release(Seen::Upto(0))), ["v1", "v2 first"]);
+
+        let mut ended = Subscription::holding();
+        offer_all(&mut ended, &[frame(Some(9), "v9"), frame(None, "done")]);
+        assert!(ended.release(Seen::Ended).is_empty());
+    }
+
+    #[test]
+    fn the_lobby_history_passes_frames_without_an_id_and_ids_it_does_not_hold() {
+        let mut seen = Seen::Messages([4].into_iter().collect());
+        assert!(seen.admit(None));
+        assert!(seen.admit(Some(5)));
+        assert!(seen.admit(Some(3)), "ids are no order");
+        assert!(!seen.admit(Some(4)));
+        assert!(seen.admit(Some(5)), "a lobby id is not recorded as seen");
+    }
+
+    #[test]
+    fn a_second_lobby_history_of_a_live_lobby_counts_its_messages_as_seen() {
+        let mut sub = Subscription::holding();
+        sub.release(Seen::Messages([1].into_iter().collect()));
+        assert!(sub.release(Seen::Messages([7, 8].into_iter().collect())).is_empty());
+        assert_eq!(offer_all(&mut sub, &[frame(Some(7), "new 7"), frame(Some(9), "new 9")]), ["new 9"]);
+    }
+
+    #[test]
+    fn merging_keeps_an_end_the_highest_version_or_the_newer_kind() {
+        let merged = |mut live: Seen, other: Seen| {
+            live.merge(other);
+            live
+        };
+        assert_eq!(merged(Seen::Upto(5), Seen::Upto(3)), Seen::Upto(5));
+        assert_eq!(merged(Seen::Upto(3), Seen::Upto(5)), Seen::Upto(5));
+        assert_eq!(merged(Seen::Ended, Seen::Upto(9)), Seen::Ended);
+        assert_eq!(merged(Seen::Upto(9), Seen::Ended), Seen::Ended);
+        let ids = |v: &[i64]| Seen::Messages(v.iter().copied().collect());
+        assert_eq!(merged(ids(&[1]), ids(&[2])), ids(&[1, 2]));
+        assert_eq!(merged(Seen::Upto(2), ids(&[2])), ids(&[2]));
+    }
+
+    #[test]
     fn subscriptions_by_topic() {
         let mut subs = Subscriptions::default();
         let run = Topic::Run("r1".into());

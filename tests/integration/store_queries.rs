@@ -1,0 +1,255 @@
+//! The store's queries on a temp SQLite file, with no server, no actor and no upstream: the
+//! content item's request and finish, the job queue's claim / requeue / give-back / burial /
+//! adoption, the player queue limit, the lobby's messages and the budget's money.
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::prelude::*;
+use lorewire::store::content::{self, Finish, RequestItem, Requested};
+use lorewire::store::jobs::{self, Ended, JobKind, JobRow};
+use lorewire::store::schema::jobs as jobs_t;
+use lorewire::store::{billing, messages, users, DbConn, Store, StoreError, StoreResult};
+
+use crate::common::{Db, TestDb};
+
+const WORKER: &str = "worker-a";
+
+fn store() -> (TestDb, Store) {
+    let db = TestDb::new(Db::Sqlite);
+    let store = Store::connect(&db.url).expect("test store");
+    store.migrate().expect("migrations");
+    (db, store)
+}
+
+fn t0() -> NaiveDateTime {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap().naive_utc()
+}
+
+fn write<T: Send + 'static>(
+    store: &Store,
+    f: impl FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    store.write_blocking(f)
+}
+
+fn all_jobs(store: &Store) -> Vec<JobRow> {
+    store.run_blocking(|c| Ok(jobs_t::table.order(jobs_t::id).load(c)?)).unwrap()
+}
+
+fn item(subject_id: i64, regenerate: bool, queue_limit: i64) -> RequestItem<'static> {
+    RequestItem {
+        origin: "test",
+        kind: "quest",
+        subject_id,
+        context: Some("{}"),
+        empty_fields: "{}",
+        regenerate,
+        claim_for: None,
+        queue_limit,
+    }
+}
+
+fn request(store: &Store, subject_id: i64, regenerate: bool, queue_limit: i64) -> StoreResult<Requested> {
+    write(store, move |c| content::request(c, &item(subject_id, regenerate, queue_limit), t0()).map(|(r, _)| r))
+}
+
+fn finish(store: &Store, job_id: i64, worker: &'static str, content_id: i64) -> Ended<content::ContentRow> {
+    write(store, move |c| {
+        let f = Finish {
+            origin: "test",
+            job_id,
+            worker,
+            content_id,
+            status: "ready",
+            fields: r#"{"title":"t"}"#,
+            model: Some("m"),
+            reason: None,
+        };
+        content::finish(c, &f, t0())
+    })
+    .unwrap()
+}
+
+fn claim(store: &Store, worker: &'static str, limit: i64, now: NaiveDateTime) -> Vec<JobRow> {
+    write(store, move |c| jobs::claim(c, worker, limit, now)).unwrap()
+}
+
+#[test]
+fn a_content_request_writes_one_row_and_one_job_and_its_finish_commits_once() {
+    let (_db, store) = store();
+    let Requested::Created(row) = request(&store, 7, false, 100).unwrap() else { panic!("not created") };
+    assert_eq!((row.status.as_str(), row.version), ("pending", 1));
+    let Requested::Existing(again) = request(&store, 7, false, 100).unwrap() else { panic!("not existing") };
+    assert_eq!(again.id, row.id);
+    let queued = all_jobs(&store);
+    assert_eq!(queued.len(), 1, "one job for one item");
+    assert_eq!(
+        (queued[0].kind.as_str(), queued[0].target_id, queued[0].status.as_str()),
+        ("content", row.id, "queued")
+    );
+
+    let job = claim(&store, WORKER, 10, t0()).remove(0);
+    // Another worker's finish commits nothing.
+    assert!(matches!(finish(&store, job.id, "worker-b", row.id), Ended::TakenOver));
+    let stored = store.run_blocking(move |c| content::find_by_id(c, row.id)).unwrap().unwrap();
+    assert_eq!(stored.status, "pending");
+
+    let Ended::Done(Some(done)) = finish(&store, job.id, WORKER, row.id) else { panic!("not finished") };
+    assert_eq!((done.status.as_str(), done.version, done.model.as_deref()), ("ready", 2, Some("m")));
+    assert!(all_jobs(&store).is_empty(), "the job goes with the result");
+    // The job is gone: a second finish is refused.
+    assert!(matches!(finish(&store, job.id, WORKER, row.id), Ended::TakenOver));
+
+    let Requested::Regenerating(regen) = request(&store, 7, true, 100).unwrap() else { panic!("not regenerating") };
+    assert_eq!((regen.status.as_str(), regen.version, regen.model), ("pending", 3, None));
+    assert_eq!(all_jobs(&store).len(), 1);
+    // Regenerating an item already pending changes nothing.
+    assert!(matches!(request(&store, 7, true, 100).unwrap(), Requested::Existing(_)));
+    assert_eq!(all_jobs(&store).len(), 1);
+}
+
+#[test]
+fn a_refused_content_request_stores_nothing() {
+    let (_db, store) = store();
+    request(&store, 1, false, 1).unwrap();
+    let refused = request(&store, 2, false, 1);
+    assert!(matches!(refused, Err(StoreError::QueueFull(1))), "{refused:?}");
+    assert!(store.run_blocking(|c| content::find(c, "quest", 2)).unwrap().is_none());
+    assert_eq!(all_jobs(&store).len(), 1);
+}
+
+#[test]
+fn the_player_queue_counts_only_queued_content_and_mood_jobs() {
+    let (_db, store) = store();
+    let check = |store: &Store| write(store, |c| jobs::check_player_queue(c, 2));
+    write(&store, |c| jobs::enqueue(c, JobKind::Content, 1, 0, t0())).unwrap();
+    write(&store, |c| jobs::enqueue(c, JobKind::Run, 2, 0, t0())).unwrap();
+    assert!(check(&store).is_ok(), "a run job is no player job");
+    write(&store, |c| jobs::enqueue(c, JobKind::Mood, 3, 0, t0())).unwrap();
+    assert!(matches!(check(&store), Err(StoreError::QueueFull(2))));
+    // A running job no longer waits in the queue.
+    claim(&store, WORKER, 1, t0());
+    assert!(check(&store).is_ok());
+}
+
+#[test]
+fn jobs_are_claimed_by_priority_then_age_and_requeued_given_back_released_or_buried() {
+    let (_db, store) = store();
+    for (target, priority) in [(1, 0), (2, 5), (3, 0)] {
+        write(&store, move |c| jobs::enqueue(c, JobKind::Content, target, priority, t0())).unwrap();
+    }
+    let first = claim(&store, WORKER, 2, t0());
+    assert_eq!(first.iter().map(|j| j.target_id).collect::<Vec<_>>(), [2, 1]);
+    assert!(first.iter().all(|j| j.status == "running" && j.attempts == 1 && j.locked_by.as_deref() == Some(WORKER)));
+    let (high, low) = (first[0].id, first[1].id);
+
+    // A retry waits for its time; its attempt counts.
+    let later = t0() + TimeDelta::seconds(30);
+    assert!(write(&store, move |c| jobs::requeue(c, high, WORKER, later, "boom", t0())).unwrap());
+    assert!(!write(&store, move |c| jobs::requeue(c, low, "worker-b", t0(), "no", t0())).unwrap(), "not b's job");
+    assert_eq!(claim(&store, "worker-b", 10, t0()).iter().map(|j| j.target_id).collect::<Vec<_>>(), [3]);
+    assert!(claim(&store, WORKER, 10, later - TimeDelta::seconds(1)).is_empty());
+    let retried = claim(&store, WORKER, 10, later);
+    assert_eq!((retried[0].id, retried[0].attempts, retried[0].last_error.as_deref()), (high, 2, Some("boom")));
+
+    // A wait for the provider gives its claim back.
+    assert!(write(&store, move |c| jobs::give_back(c, high, WORKER, t0(), "circuit open", t0())).unwrap());
+    assert_eq!(claim(&store, WORKER, 10, t0())[0].attempts, 2);
+
+    // A graceful stop gives back every claim of the worker.
+    assert_eq!(write(&store, |c| jobs::release(c, WORKER, t0())).unwrap(), 2);
+    let released = all_jobs(&store);
+    let attempts = |id| released.iter().find(|j| j.id == id).map(|j| (j.status.clone(), j.attempts)).unwrap();
+    assert_eq!(attempts(high), ("queued".to_owned(), 1));
+    assert_eq!(attempts(low), ("queued".to_owned(), 0));
+
+    // A buried job is kept, never claimed again, and out of the queue depth.
+    let again = claim(&store, WORKER, 10, t0());
+    assert_eq!(again.len(), 2);
+    assert!(write(&store, move |c| jobs::bury(c, low, WORKER, "no handler", t0())).unwrap());
+    assert_eq!(store.run_blocking(jobs::depth).unwrap(), 2);
+    write(&store, |c| jobs::release(c, WORKER, t0())).unwrap();
+    assert_eq!(claim(&store, WORKER, 10, t0()).iter().map(|j| j.id).collect::<Vec<_>>(), [high]);
+    let buried = all_jobs(&store).into_iter().find(|j| j.id == low).unwrap();
+    assert_eq!((buried.status.as_str(), buried.last_error.as_deref()), ("dead", Some("no handler")));
+}
+
+#[test]
+fn stale_leases_are_taken_over_and_only_a_holder_renews() {
+    let (_db, store) = store();
+    write(&store, |c| jobs::enqueue(c, JobKind::Mood, 1, 0, t0())).unwrap();
+    let job = claim(&store, WORKER, 1, t0()).remove(0);
+    let id = job.id;
+    let t10 = t0() + TimeDelta::seconds(10);
+    assert_eq!(write(&store, move |c| jobs::renew(c, "worker-b", &[id], t10)).unwrap(), 0);
+    assert_eq!(write(&store, move |c| jobs::renew(c, WORKER, &[id], t10)).unwrap(), 1);
+    // The lease was renewed at t10: not stale before it.
+    assert_eq!(write(&store, move |c| jobs::reclaim_stale(c, t10, t10)).unwrap(), 0);
+    let t20 = t0() + TimeDelta::seconds(20);
+    assert_eq!(write(&store, move |c| jobs::reclaim_stale(c, t20, t20)).unwrap(), 1);
+    let taken = claim(&store, "worker-b", 1, t20).remove(0);
+    assert_eq!((taken.id, taken.attempts), (id, 2), "the attempt the dead worker was on counts");
+    assert!(!write(&store, move |c| jobs::complete(c, id, WORKER)).unwrap(), "no longer the first worker's");
+}
+
+#[test]
+fn pending_items_without_a_job_are_adopted_once_and_a_buried_job_is_not_replaced() {
+    let (_db, store) = store();
+    let Requested::Created(orphan) = request(&store, 1, false, 100).unwrap() else { panic!() };
+    let Requested::Created(buried) = request(&store, 2, false, 100).unwrap() else { panic!() };
+    let (orphan, buried) = (orphan.id, buried.id);
+    // The orphan's job was of a kind nobody runs: gone. The other's is buried.
+    write(&store, move |c| Ok(diesel::delete(jobs_t::table.filter(jobs_t::target_id.eq(orphan))).execute(c)?)).unwrap();
+    let job = claim(&store, WORKER, 10, t0()).remove(0);
+    assert_eq!(job.target_id, buried);
+    write(&store, move |c| jobs::bury(c, job.id, WORKER, "broken", t0())).unwrap();
+
+    assert_eq!(write(&store, |c| content::adopt_orphans(c, t0())).unwrap(), 1);
+    assert_eq!(write(&store, |c| content::adopt_orphans(c, t0())).unwrap(), 0, "adopted once");
+    let rows = all_jobs(&store);
+    assert_eq!(rows.len(), 2);
+    let adopted = rows.iter().find(|j| j.target_id == orphan).unwrap();
+    assert_eq!((adopted.kind.as_str(), adopted.status.as_str(), adopted.attempts), ("content", "queued", 0));
+    // A target with a job of the kind already gets no second one.
+    assert_eq!(write(&store, move |c| jobs::adopt(c, JobKind::Content, [(orphan, 0)], t0())).unwrap(), 0);
+}
+
+#[test]
+fn messages_come_back_oldest_first_each_with_its_mood_job() {
+    let (_db, store) = store();
+    let (user, _) = write(&store, |c| users::start_session(c, None, "hash", "ada", t0())).unwrap();
+    for text in ["one", "two", "three"] {
+        let uid = user.id;
+        let row = write(&store, move |c| messages::insert(c, "test", uid, "ada", text, 100, t0())).unwrap();
+        assert_eq!((row.mood.as_str(), row.mood_status.as_str()), ("neutral", "pending"));
+    }
+    let recent = store.run_blocking(|c| messages::recent(c, 2)).unwrap();
+    assert_eq!(recent.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["two", "three"]);
+    let moods = all_jobs(&store);
+    assert_eq!(moods.len(), 3);
+    assert!(moods.iter().all(|j| j.kind == "mood"));
+
+    let uid = user.id;
+    let refused = write(&store, move |c| messages::insert(c, "test", uid, "ada", "four", 3, t0()));
+    assert!(matches!(refused, Err(StoreError::QueueFull(3))), "{refused:?}");
+    assert_eq!(store.run_blocking(messages::count).unwrap(), 3, "a refused message is not stored");
+}
+
+#[test]
+fn a_budget_reserves_only_what_fits_and_settles_the_charge() {
+    let (_db, store) = store();
+    let budget = |store: &Store| store.run_blocking(|c| billing::budget(c, "p")).unwrap().unwrap();
+    let reserve = |store: &Store, amount| write(store, move |c| billing::reserve(c, "p", amount, t0())).unwrap();
+    assert!(!reserve(&store, 1), "no budget, no reservation");
+    write(&store, |c| billing::put_budget(c, "p", 100, t0())).unwrap();
+    assert!(reserve(&store, 60));
+    assert!(!reserve(&store, 50), "60 + 50 is over 100");
+    assert_eq!(budget(&store).reserved_micros, 60);
+    write(&store, |c| billing::settle(c, "p", 60, 30, t0())).unwrap();
+    let settled = budget(&store);
+    assert_eq!((settled.spent_micros, settled.reserved_micros), (30, 0));
+    assert!(reserve(&store, 70), "30 spent + 70 fits exactly");
+    assert!(!reserve(&store, 1));
+    // More released than reserved saturates at zero.
+    write(&store, |c| billing::settle(c, "p", 500, 0, t0())).unwrap();
+    assert_eq!(budget(&store).reserved_micros, 0);
+}
