@@ -10,14 +10,17 @@
 //! runs, and never knows what a job does.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt;
 use rand::Rng;
 
-use super::handler::{load_targets, Adopter, Claim, JobHandler, Loaded, Loader, Outcome};
+use super::handler::{load_targets, Adopter, Claim, JobHandler, JobResult, Loaded, Loader, Outcome};
 use super::intake::{Claimed, Intake, JobsAvailable, Slots};
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::config::Config;
@@ -249,6 +252,12 @@ pub fn claim(
     Ok(claimed.into_iter().zip(loaded).collect())
 }
 
+/// A handler's attempt or give-up, with a panic in it turned into a failure on lorewire's side
+/// (retried and counted like any other): one job that panics must not stop the worker.
+async fn guarded(work: LocalBoxFuture<'static, JobResult>) -> JobResult {
+    AssertUnwindSafe(work).catch_unwind().await.unwrap_or(Err(StoreError::HandlerPanicked))
+}
+
 /// What a claimed job's future needs of the queue, cloned out of the actor.
 struct Queue {
     store: Store,
@@ -272,9 +281,9 @@ impl Queue {
         };
         let result = if claim.attempt > claim.max_attempts {
             tracing::warn!(job, kind, target, attempts = claim.attempt - 1, "job came back with its attempts spent");
-            handler.give_up(claim.clone()).await
+            guarded(handler.clone().give_up(claim.clone())).await
         } else {
-            match handler.clone().run(claim.clone()).await {
+            match guarded(handler.clone().run(claim.clone())).await {
                 Err(e) if !claim.is_last() => {
                     let delay = backoff(self.retry_base, claim.attempt);
                     tracing::error!(job, kind, target, attempt = claim.attempt, retry_in_ms = delay.as_millis() as u64,
@@ -284,7 +293,7 @@ impl Queue {
                 Err(e) => {
                     tracing::error!(job, kind, target, attempt = claim.attempt, error = %e,
                         "job failed on its last attempt; giving its target the final state");
-                    handler.give_up(claim.clone()).await
+                    guarded(handler.give_up(claim.clone())).await
                 }
                 done => done,
             }

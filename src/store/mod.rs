@@ -106,6 +106,9 @@ pub enum StoreError {
     Canceled,
     #[error("a write panicked")]
     Panicked,
+    /// A job handler's attempt or give-up panicked (the worker caught it).
+    #[error("the job's handler panicked")]
+    HandlerPanicked,
     /// `LOREWIRE_QUEUE_LIMIT` jobs are queued already: the request was refused, nothing stored.
     #[error("{0} jobs are queued already")]
     QueueFull(i64),
@@ -161,9 +164,11 @@ impl StoreError {
             },
             StoreError::Query(Diesel::BrokenTransactionManager) => Failure::Unavailable,
             StoreError::Batch(failed) => failed.failure,
-            StoreError::Query(_) | StoreError::Migration(_) | StoreError::Corrupt(_) | StoreError::Panicked => {
-                Failure::Internal
-            }
+            StoreError::Query(_)
+            | StoreError::Migration(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Panicked
+            | StoreError::HandlerPanicked => Failure::Internal,
         }
     }
 }

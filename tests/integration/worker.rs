@@ -27,11 +27,12 @@ enum Call {
     GiveUp(u32),
 }
 
-/// Fails its first `failing_runs` attempts on lorewire's side, then finishes the job; its
-/// give-up finishes the job too, unless `give_up_fails`.
+/// Fails its first `failing_runs` attempts on lorewire's side (or panics in them, when
+/// `panics`), then finishes the job; its give-up finishes the job too, unless `give_up_fails`.
 struct Scripted {
     store: Store,
     failing_runs: u32,
+    panics: bool,
     give_up_fails: bool,
     calls: Rc<RefCell<Vec<(Call, Instant)>>>,
 }
@@ -54,6 +55,9 @@ impl JobHandler for Scripted {
 
     fn run(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
         self.calls.borrow_mut().push((Call::Run(claim.attempt), Instant::now()));
+        if claim.attempt <= self.failing_runs && self.panics {
+            return async move { panic!("attempt {} panics", claim.attempt) }.boxed_local();
+        }
         if claim.attempt <= self.failing_runs {
             let attempt = claim.attempt;
             return async move { Err(StoreError::Corrupt(format!("attempt {attempt} fails"))) }.boxed_local();
@@ -96,6 +100,16 @@ impl Rig {
 /// Writes `queued` jobs (kind, attempts already spent), then starts a worker with the scripted
 /// handler.
 async fn rig(queued: &[(JobKind, i32)], max_attempts: u32, failing_runs: u32, give_up_fails: bool) -> Rig {
+    rig_panicking(queued, max_attempts, failing_runs, false, give_up_fails).await
+}
+
+async fn rig_panicking(
+    queued: &[(JobKind, i32)],
+    max_attempts: u32,
+    failing_runs: u32,
+    panics: bool,
+    give_up_fails: bool,
+) -> Rig {
     let db = TestDb::new(Db::Sqlite);
     let store = Store::connect(&db.url).expect("test store");
     store.migrate().expect("migrations");
@@ -115,7 +129,7 @@ async fn rig(queued: &[(JobKind, i32)], max_attempts: u32, failing_runs: u32, gi
     config.max_attempts = max_attempts;
     config.job_poll = Duration::from_millis(50);
     let calls = Rc::new(RefCell::new(Vec::new()));
-    let handler = Scripted { store: store.clone(), failing_runs, give_up_fails, calls: calls.clone() };
+    let handler = Scripted { store: store.clone(), failing_runs, panics, give_up_fails, calls: calls.clone() };
     let worker = JobWorker::new(store.clone(), Arc::new(SystemClock), Arc::new(Metrics::new()), &config, "w1".into());
     let _ = worker.register(handler).start_with_intake();
     Rig { _db: db, store, calls }
@@ -173,4 +187,16 @@ async fn a_job_of_a_kind_no_handler_runs_is_buried_and_the_others_still_run() {
     assert_eq!(jobs.len(), 1);
     assert_eq!((jobs[0].kind.as_str(), jobs[0].status.as_str()), ("mood", "dead"));
     assert_eq!(jobs[0].last_error.as_deref(), Some("no handler for job kind `mood`"));
+}
+
+/// A handler that panics is a failure on lorewire's side like any other: the attempt is retried
+/// after its backoff, the worker keeps running, and the other jobs are not held up.
+#[actix_web::test]
+async fn a_panicking_attempt_is_retried_and_the_worker_goes_on() {
+    let rig = rig_panicking(&[(JobKind::Content, 0), (JobKind::Content, 0)], 3, 1, true, false).await;
+    rig.until_no_job_waits().await;
+    assert!(rig.jobs().await.is_empty(), "both jobs finished on their second attempt");
+    let mut calls = rig.calls();
+    calls.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(calls, [Call::Run(1), Call::Run(1), Call::Run(2), Call::Run(2)]);
 }
