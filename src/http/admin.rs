@@ -1,13 +1,13 @@
 //! Admin routes: the LLM configuration (the key is write-only) and the circuit breaker.
-//! Every route checks the admin bearer token in constant time (401 without, 403 wrong).
+//! Every route is the admin's (`auth::Admin`).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 
-use super::{bearer, same_token};
+use super::auth::Admin;
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::credentials::NoCredentials;
@@ -18,16 +18,6 @@ use crate::store::llm_config::{self, LlmConfigRow, SettingsChange};
 const MAX_MODEL_CHARS: usize = 200;
 const MAX_BASE_URL_CHARS: usize = 500;
 const MAX_API_KEY_CHARS: usize = 500;
-
-/// Checks the admin token; both sides are hashed first so the comparison does not leak length.
-pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let token = bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <admin token>".into()))?;
-    if same_token(token, state.admin_token.expose()) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("wrong admin token".into()))
-    }
-}
 
 fn last4(key: &str) -> Option<String> {
     let chars: Vec<char> = key.chars().collect();
@@ -129,8 +119,7 @@ async fn stored_config(state: &AppState) -> Result<LlmConfigRow, ApiError> {
         (status = 503, description = "The database cannot take the request", body = ErrorBody),
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
-pub async fn get_llm(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn get_llm(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let row = stored_config(&state).await?;
     let circuit = circuit_snapshot(&state).await?;
     Ok(HttpResponse::Ok().json(llm_view(&row, circuit)))
@@ -204,12 +193,7 @@ fn settings_change(body: &LlmSettingsBody, stored: &LlmConfigRow) -> Result<Sett
         (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
-pub async fn put_llm(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: web::Json<Value>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn put_llm(_: Admin, state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let body: LlmSettingsBody = typed_body(body.into_inner())?;
     let stored = stored_config(&state).await?;
     let change = settings_change(&body, &stored)?;
@@ -230,8 +214,7 @@ pub async fn put_llm(
         (status = 403, description = "Wrong admin token", body = ErrorBody),
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
-pub async fn reset_circuit(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn reset_circuit(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let circuit = state.circuit.send(Reset).await.map_err(|_| ApiError::Internal)?;
     Ok(HttpResponse::Ok().json(CircuitReply { circuit }))
 }

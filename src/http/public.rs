@@ -3,17 +3,16 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{bearer, same_token};
+use super::auth::Player;
+use super::edge::{bearer, not_shutting_down, same_token};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::content::{self, Content, ContentKind};
-use crate::players;
 use crate::state::AppState;
-use crate::store::users::UserRow;
 use crate::store::ProbeFailed;
 
 /// What `/health` and `/ready` answer when all is well.
@@ -81,22 +80,6 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render()))
 }
 
-/// The player `auth::authorize_first` found for a request.
-#[derive(Clone)]
-pub struct Player(pub UserRow);
-
-/// The player a request's bearer token belongs to (found once per request).
-pub async fn player(req: &HttpRequest, state: &AppState) -> Result<UserRow, ApiError> {
-    if let Some(Player(user)) = req.extensions().get::<Player>() {
-        return Ok(user.clone());
-    }
-    let token =
-        bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <player token>".into()))?;
-    players::authenticate(&state.store, &state.clock, token)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown player token; start a session to get one".into()))
-}
-
 /// A `content:request` without `type`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentBody {
@@ -126,14 +109,11 @@ pub struct ContentBody {
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn request_content(
-    req: HttpRequest,
+    _: Player,
     state: web::Data<AppState>,
     body: web::Json<ContentBody>,
 ) -> Result<HttpResponse, ApiError> {
-    player(&req, &state).await?;
-    if state.is_shutting_down() {
-        return Err(ApiError::Unavailable("the server is shutting down".into()));
-    }
+    not_shutting_down(&state)?;
     let body = body.into_inner();
     let request = content::validate(body.kind, body.subject_id, body.context.as_ref(), body.regenerate)
         .map_err(ApiError::Invalid)?;
@@ -158,11 +138,10 @@ pub async fn request_content(
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn get_content(
-    req: HttpRequest,
+    _: Player,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    player(&req, &state).await?;
     let (kind, subject_id) = path.into_inner();
     let kind = ContentKind::parse(&kind)
         .ok_or_else(|| ApiError::Invalid(format!("unknown kind `{kind}` (expected quest, event or npc)")))?;

@@ -4,15 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 
-use super::admin::authorize;
-use super::runs::not_found;
+use super::auth::Admin;
+use super::edge::no_run;
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::domain::money::PriceUsd;
 use crate::runs::{self, parse_usd, usd, RunStatus, RunView, Usage};
@@ -174,11 +174,10 @@ pub struct BudgetBody {
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn admin_runs(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     // Read by hand rather than as `RunsQuery` so a repeated or unknown key is not an error.
     let q = RunsQuery {
         project_id: query.get("project_id").cloned(),
@@ -210,11 +209,10 @@ pub async fn admin_runs(
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn admin_costs(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let q = CostsQuery { project_id: query.get("project_id").cloned(), limit: query.get("limit").cloned() };
     let project = project_filter(q.project_id)?;
     let limit = limit_of(q.limit.as_deref(), MAX_LIST)?;
@@ -276,11 +274,10 @@ fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_b
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn get_budget(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
     let p = project_id.clone();
     let (budget, spent) =
@@ -302,12 +299,11 @@ pub async fn get_budget(
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn put_budget(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
     let body: BudgetBody = typed_body(body.into_inner())?;
     let limit = parse_usd(body.limit_usd, "limit_usd").map_err(ApiError::Invalid)?;
@@ -329,8 +325,7 @@ pub async fn put_budget(
         (status = 503, description = "The database cannot take the request", body = ErrorBody),
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
-pub async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn dead_letters(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let list = state.store.run(|conn| rows::list_readable(conn, None, Some(RunStatus::Dead), MAX_LIST)).await?;
     Ok(HttpResponse::Ok().json(run_list(list)))
 }
@@ -351,15 +346,14 @@ pub async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> Resul
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn retry_dead_letter(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let run_id = path.into_inner();
     match state.runs.retry_dead(run_id.clone()).await? {
         Requeued::Queued(row) => Ok(HttpResponse::Accepted().json(row.view()?)),
-        Requeued::NotFound => Err(not_found(&run_id)),
+        Requeued::NotFound => Err(no_run(&run_id)),
         Requeued::NotDead => Err(ApiError::Conflict(format!("run `{run_id}` is not a dead letter"))),
         Requeued::Duplicate => {
             Err(ApiError::Conflict(format!("an identical run to `{run_id}` is queued or running already")))
@@ -382,8 +376,7 @@ pub async fn retry_dead_letter(
         (status = 503, description = "The database cannot take the request", body = ErrorBody),
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
-pub async fn get_prices(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn get_prices(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let list = state.store.run(billing::prices).await?;
     let map: BTreeMap<String, PriceUsd> = list.iter().map(|p| (p.model.clone(), PriceUsd::from(&p.price()))).collect();
     Ok(HttpResponse::Ok().json(map))
@@ -403,12 +396,11 @@ pub async fn get_prices(req: HttpRequest, state: web::Data<AppState>) -> Result<
         (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
     ))]
 pub async fn put_price(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let model = path.into_inner();
     if model.trim().is_empty() || model.chars().count() > 200 || model.chars().any(char::is_control) {
         return Err(ApiError::Invalid("the model name must be 1..200 characters without control characters".into()));

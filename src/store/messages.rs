@@ -1,7 +1,7 @@
 //! Lobby messages: written together with their mood job, read back as history, and settled
 //! (mood + the job's deletion) in one transaction by the worker that holds the job.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use super::jobs::{self, Ended, JobKind};
@@ -160,12 +160,75 @@ pub fn user_count(conn: &mut DbConn) -> StoreResult<i64> {
     Ok(users::table.count().get_result(conn)?)
 }
 
-/// Every (user, UTC day seen) row, by user then day (retention).
-pub fn user_days(conn: &mut DbConn) -> StoreResult<Vec<(i64, String)>> {
-    Ok(user_days::table
-        .order((user_days::user_id.asc(), user_days::day.asc()))
-        .select((user_days::user_id, user_days::day))
-        .load(conn)?)
+/// A user's days seen, as counted for retention (README "Retention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Users first seen on a day D whose day D+n has ended.
+    pub eligible: i64,
+    /// Of those, the users seen on day D+n.
+    pub retained: i64,
+}
+
+/// Retention at each day of `ns` (README "Retention"), counted in the database: a user first
+/// seen on UTC day D (their earliest row) is eligible once D+n has ended (D < `today` - n) and
+/// retained if they have a row for D+n. What comes back is a row per first day and a count per
+/// `n`, never a row per user.
+pub fn retention(conn: &mut DbConn, today: NaiveDate, ns: &[u64]) -> StoreResult<Vec<Retention>> {
+    use diesel::dsl::{count_star, exists, not, sql};
+    use diesel::sql_types::Text;
+    diesel::alias!(user_days as first: FirstDay, user_days as earlier: EarlierDay, user_days as later: LaterDay);
+    let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
+    let cutoff = |n: u64| today.checked_sub_days(chrono::Days::new(n)).map(day);
+    let Some(widest) = ns.iter().copied().min().and_then(cutoff) else { return Ok(Vec::new()) };
+    let first_day = first.field(user_days::day);
+    let first_user = first.field(user_days::user_id);
+    // The user's earliest row: none of theirs is earlier.
+    let is_first = || {
+        not(exists(
+            earlier
+                .filter(earlier.field(user_days::user_id).eq(first_user))
+                .filter(earlier.field(user_days::day).lt(first_day)),
+        ))
+    };
+    let cohorts: Vec<(String, i64)> = crate::on_backend!(conn, |c| first
+        .filter(first_day.lt(&widest))
+        .filter(is_first())
+        .group_by(first_day)
+        .select((first_day, count_star()))
+        .load(c))?;
+    let mut figures = Vec::with_capacity(ns.len());
+    for &n in ns {
+        let Some(cutoff) = cutoff(n) else {
+            figures.push(Retention::default());
+            continue;
+        };
+        let eligible = cohorts.iter().filter(|(d, _)| *d < cutoff).map(|(_, users)| users).sum();
+        // D+n in SQL: the DSL has no date arithmetic, and each backend spells it its own way.
+        let (sqlite_plus, pg_plus) = (
+            format!("date(\"first\".\"day\", '+{n} days')"),
+            format!("to_char(CAST(\"first\".\"day\" AS date) + {n}, 'YYYY-MM-DD')"),
+        );
+        let back_on = |plus: String| {
+            exists(
+                later
+                    .filter(later.field(user_days::user_id).eq(first_user))
+                    .filter(later.field(user_days::day).eq(sql::<Text>(&plus))),
+            )
+        };
+        let retained: i64 = match conn {
+            DbConn::Sqlite(c) => first
+                .filter(first_day.lt(&cutoff))
+                .filter(is_first())
+                .filter(back_on(sqlite_plus))
+                .count()
+                .get_result(c)?,
+            DbConn::Pg(c) => {
+                first.filter(first_day.lt(&cutoff)).filter(is_first()).filter(back_on(pg_plus)).count().get_result(c)?
+            }
+        };
+        figures.push(Retention { eligible, retained });
+    }
+    Ok(figures)
 }
 
 /// Announces a message change to the other processes; call inside the transaction that made it.
@@ -184,4 +247,81 @@ pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize
         .limit(jobs::ADOPT_BATCH)
         .load(c))?;
     jobs::adopt(conn, JobKind::Mood, orphans.into_iter().map(|id| (id, 0)), now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    /// A temp SQLite store holding these (user, day) rows (and their users).
+    fn store_with(rows: &[(i64, &str)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db").display().to_string()).unwrap();
+        store.migrate().unwrap();
+        let rows: Vec<(i64, String)> = rows.iter().map(|(u, day)| (*u, day.to_string())).collect();
+        store
+            .write_blocking(move |conn| {
+                let now = d("2026-01-01").and_hms_opt(0, 0, 0).unwrap();
+                let mut ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                ids.dedup();
+                for id in ids {
+                    let token = format!("h{id}");
+                    diesel::insert_into(users::table)
+                        .values((
+                            users::id.eq(id),
+                            users::nickname.eq("p"),
+                            users::token_hash.eq(&token),
+                            users::created_at.eq(now),
+                            users::last_seen_at.eq(now),
+                        ))
+                        .execute(conn)?;
+                }
+                for (user_id, day) in &rows {
+                    diesel::insert_into(user_days::table)
+                        .values((user_days::user_id.eq(*user_id), user_days::day.eq(day)))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    fn retention_at(store: &Store, today: &str, n: u64) -> Retention {
+        store.run_blocking(|conn| retention(conn, d(today), &[n])).unwrap()[0]
+    }
+
+    #[test]
+    fn no_eligible_user_means_no_rate() {
+        let (_dir, empty) = store_with(&[]);
+        assert_eq!(retention_at(&empty, "2026-11-23", 1), Retention { eligible: 0, retained: 0 });
+        // First seen yesterday: D+1 is today, not ended yet.
+        let (_dir, store) = store_with(&[(1, "2026-11-22"), (1, "2026-11-23")]);
+        assert_eq!(retention_at(&store, "2026-11-23", 1), Retention { eligible: 0, retained: 0 });
+    }
+
+    #[test]
+    fn d1_and_d7_count_the_exact_day() {
+        let (_dir, store) = store_with(&[
+            // Eligible for D1 and D7; retained at D1 (11-11) and D7 (11-17).
+            (1, "2026-11-10"),
+            (1, "2026-11-11"),
+            (1, "2026-11-17"),
+            // Eligible for both; seen on D+2 only: retained at neither.
+            (2, "2026-11-10"),
+            (2, "2026-11-12"),
+            // Eligible for D1 only (D+7 = 11-27 not ended); retained at D1.
+            (3, "2026-11-20"),
+            (3, "2026-11-21"),
+        ]);
+        assert_eq!(retention_at(&store, "2026-11-23", 1), Retention { eligible: 3, retained: 2 });
+        assert_eq!(retention_at(&store, "2026-11-23", 7), Retention { eligible: 2, retained: 1 });
+        let both = store.run_blocking(|conn| retention(conn, d("2026-11-23"), &[1, 7])).unwrap();
+        assert_eq!(both, vec![Retention { eligible: 3, retained: 2 }, Retention { eligible: 2, retained: 1 }]);
+    }
 }
