@@ -8,6 +8,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::auth::Admin;
+use super::responses::{AdminErrors, Fault, ReadErrors, WriteErrors};
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::credentials::NoCredentials;
@@ -113,11 +114,7 @@ async fn stored_config(state: &AppState) -> Result<LlmConfigRow, ApiError> {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The settings and the circuit", body = LlmView),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn get_llm(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let row = stored_config(&state).await?;
@@ -187,11 +184,7 @@ fn settings_change(body: &LlmSettingsBody, stored: &LlmConfigRow) -> Result<Sett
     responses(
         (status = 200, description = "The settings as stored now", body = LlmView),
         (status = 400, description = "A setting is not valid; nothing was changed", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, WriteErrors,
     ))]
 pub async fn put_llm(_: Admin, state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let body: LlmSettingsBody = typed_body(body.into_inner())?;
@@ -210,9 +203,7 @@ pub async fn put_llm(_: Admin, state: web::Data<AppState>, body: web::Json<Value
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The circuit, closed", body = CircuitReply),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, Fault,
     ))]
 pub async fn reset_circuit(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let circuit = state.circuit.send(Reset).await.map_err(|_| ApiError::Internal)?;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Admin;
+use super::responses::{AdminErrors, Fault, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::domain::content::ContentStatus;
 use crate::domain::players::Variant;
@@ -66,11 +67,7 @@ pub struct UserView {
     responses(
         (status = 200, description = "A page of users", body = UsersPage),
         (status = 400, description = "`limit` or `offset` out of range", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn users(
     _: Admin,
@@ -169,11 +166,7 @@ pub struct BackplaneState {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The summary", body = Summary),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn summary(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let figures = insights::figures(&state.store, state.clock.now_naive().date()).await?;
@@ -204,9 +197,7 @@ pub async fn summary(_: Admin, state: web::Data<AppState>) -> Result<HttpRespons
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The last hour: `t` (unix seconds) and every series as long as `t`", body = HistoryView),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, Fault,
     ))]
 pub async fn history(_: Admin, state: web::Data<AppState>) -> Result<web::Json<HistoryView>, ApiError> {
     // A chart with a gap beats no charts: an unreadable queue depth is `null`, not an error.

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod pages;
 pub mod public;
 pub mod request_log;
+pub mod responses;
 pub mod run_admin;
 pub mod runs;
 

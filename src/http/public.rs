@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::auth::Player;
 use super::edge::{bearer, not_shutting_down, same_token};
+use super::responses::{Fault, PlayerErrors, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::content::{self, Content, ContentKind};
 use crate::state::AppState;
@@ -103,10 +104,9 @@ pub struct ContentBody {
     responses(
         (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
         (status = 400, description = "The body is not a valid content request", body = ErrorBody),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 429, description = "The database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, Fault,
     ))]
 pub async fn request_content(
     _: Player,
@@ -131,11 +131,8 @@ pub async fn request_content(
     responses(
         (status = 200, description = "The item", body = Content),
         (status = 400, description = "Unknown kind or a subject_id that is not an unsigned integer", body = ErrorBody),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 404, description = "No such item", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, ReadErrors,
     ))]
 pub async fn get_content(
     _: Player,

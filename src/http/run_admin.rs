@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Admin;
 use super::edge::no_run;
+use super::responses::{AdminErrors, Fault, ReadErrors, WriteErrors};
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::domain::money::PriceUsd;
 use crate::runs::{self, parse_usd, usd, RunStatus, RunView, Usage};
@@ -167,11 +168,7 @@ pub struct BudgetBody {
     responses(
         (status = 200, description = "The runs", body = RunList),
         (status = 400, description = "A filter is not valid", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn admin_runs(
     _: Admin,
@@ -202,11 +199,7 @@ pub async fn admin_runs(
     responses(
         (status = 200, description = "The costs", body = Costs),
         (status = 400, description = "A filter is not valid", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn admin_costs(
     _: Admin,
@@ -267,11 +260,7 @@ fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_b
     responses(
         (status = 200, description = "The budget", body = Budget),
         (status = 400, description = "Not a valid project id", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn get_budget(
     _: Admin,
@@ -292,11 +281,7 @@ pub async fn get_budget(
     responses(
         (status = 200, description = "The budget as stored now", body = Budget),
         (status = 400, description = "Not a valid project id or limit", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, WriteErrors,
     ))]
 pub async fn put_budget(
     _: Admin,
@@ -319,11 +304,7 @@ pub async fn put_budget(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The dead runs", body = RunList),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn dead_letters(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let list = state.store.run(|conn| rows::list_readable(conn, None, Some(RunStatus::Dead), MAX_LIST)).await?;
@@ -336,14 +317,12 @@ pub async fn dead_letters(_: Admin, state: web::Data<AppState>) -> Result<HttpRe
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "The run, queued again", body = RunView),
-        (status = 401, description = "No admin token", body = ErrorBody),
         (status = 402, description = "The project's budget has no room to run it again", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 409, description = "The run is not dead, or an identical run is queued or running", body = ErrorBody),
         (status = 429, description = "The run queue is full, or the database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, Fault,
     ))]
 pub async fn retry_dead_letter(
     _: Admin,
@@ -370,11 +349,7 @@ pub async fn retry_dead_letter(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every known model's prices, by model name", body = BTreeMap<String, PriceUsd>),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn get_prices(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let list = state.store.run(billing::prices).await?;
@@ -389,11 +364,7 @@ pub async fn get_prices(_: Admin, state: web::Data<AppState>) -> Result<HttpResp
     responses(
         (status = 200, description = "The model's prices as stored now, under its name", body = BTreeMap<String, PriceUsd>),
         (status = 400, description = "Not a valid model name or price", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, WriteErrors,
     ))]
 pub async fn put_price(
     _: Admin,

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use super::auth::Player;
 use super::edge::{no_run, not_shutting_down};
+use super::responses::{Fault, PlayerErrors, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::hub::{self, SessionId, ToSession};
 use crate::runs::service::{StartError, Started, Waiter};
@@ -78,11 +79,10 @@ impl From<StartError> for ApiError {
     responses(
         (status = 202, description = "The run is queued (or answered from an identical finished run)", body = RunAccepted),
         (status = 400, description = "The body is not a valid generation request", body = ErrorBody),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 402, description = "The project's budget has no room, or the model has no price", body = ErrorBody),
         (status = 429, description = "Too many runs queued, or the database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, Fault,
     ))]
 pub async fn generate(
     _: Player,
@@ -109,11 +109,8 @@ pub async fn generate(
     security(("player_token" = [])),
     responses(
         (status = 200, description = "The run", body = RunView),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, ReadErrors,
     ))]
 pub async fn get_run(_: Player, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run_id = path.into_inner();
@@ -198,11 +195,8 @@ fn sse_event(text: &str) -> (Bytes, bool) {
         (status = 200, description = "Events `started`, `delta`, `done` and `error`, each with the JSON of the \
             frame of the same name (`run:started`, ...); the stream ends after `done` or `error`",
             body = RunEvent, content_type = "text/event-stream"),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, ReadErrors,
     ))]
 pub async fn run_events(
     _: Player,
