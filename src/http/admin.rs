@@ -14,7 +14,7 @@ use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::Provider;
 use crate::state::AppState;
-use crate::store::llm_config::{self, LlmConfigRow, SettingsChange};
+use crate::store::llm_config::{LlmConfigRow, SettingsChange};
 
 const MAX_MODEL_CHARS: usize = 200;
 const MAX_BASE_URL_CHARS: usize = 500;
@@ -106,7 +106,7 @@ async fn circuit_snapshot(state: &AppState) -> Result<CircuitSnapshot, ApiError>
 }
 
 async fn stored_config(state: &AppState) -> Result<LlmConfigRow, ApiError> {
-    state.store.run(llm_config::get).await?.ok_or(ApiError::Internal)
+    crate::llm::settings::stored(&state.store).await?.ok_or(ApiError::Internal)
 }
 
 /// The LLM settings and the circuit.
@@ -191,7 +191,7 @@ pub async fn put_llm(_: Admin, state: web::Data<AppState>, body: web::Json<Value
     let stored = stored_config(&state).await?;
     let change = settings_change(&body, &stored)?;
     let now = state.clock.now_naive();
-    let row = state.store.write(move |conn| llm_config::update_settings(conn, &change, now)).await?;
+    let row = crate::llm::settings::change(&state.store, change, now).await?;
     tracing::info!(provider = %row.provider, model = %row.model, base_url = %row.base_url,
         api_key_set = row.api_key.is_some(), "LLM settings changed by admin");
     let circuit = circuit_snapshot(&state).await?;

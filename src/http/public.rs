@@ -73,7 +73,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         }
     }
     // Queue depth lives in the database; a scrape still answers when it cannot be read.
-    match state.store.run(crate::store::jobs::depth).await {
+    match crate::insights::queue_depth(&state.store).await {
         Ok(depth) => state.metrics.queue_depth.set(depth),
         Err(e) => tracing::warn!(error = %e, "could not read the queue depth for /metrics"),
     }

@@ -1,6 +1,6 @@
 //! The admin's view of generation runs over HTTP: the run history, costs, budgets, dead
-//! letters and prices. Handlers stay thin: authorize, parse, call the run service or the
-//! store, map errors.
+//! letters and prices. Handlers stay thin: parse, call the run service or `runs::admin`, map
+//! errors.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,8 +18,8 @@ use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::domain::money::PriceUsd;
 use crate::runs::{self, parse_usd, usd, RunStatus, RunView, Usage};
 use crate::state::AppState;
-use crate::store::billing;
-use crate::store::runs::{self as rows, Requeued, RunRow};
+use crate::store::billing::BudgetRow;
+use crate::store::runs::{Requeued, RunRow, Unreadable};
 
 /// Most rows an admin list returns.
 const MAX_LIST: i64 = 1000;
@@ -109,7 +109,7 @@ fn project_filter(project_id: Option<String>) -> Result<Option<String>, ApiError
 
 /// The rows that can be shown; a corrupt one is left out, named in `skipped` and logged, so one
 /// bad row cannot hide the others.
-fn run_list((rows, unreadable): (Vec<RunRow>, Vec<rows::Unreadable>)) -> RunList {
+fn run_list((rows, unreadable): (Vec<RunRow>, Vec<Unreadable>)) -> RunList {
     let mut skipped: Vec<SkippedRun> =
         unreadable.into_iter().map(|u| SkippedRun { run_id: u.run_id, error: u.error }).collect();
     let mut runs = Vec::with_capacity(rows.len());
@@ -189,7 +189,7 @@ pub async fn admin_runs(
         })?),
     };
     let limit = limit_of(q.limit.as_deref(), 100)?;
-    let list = state.store.run(move |conn| rows::list_readable(conn, project.as_deref(), status, limit)).await?;
+    let list = runs::admin::list(&state.store, project, status, limit).await?;
     Ok(HttpResponse::Ok().json(run_list(list)))
 }
 
@@ -209,12 +209,7 @@ pub async fn admin_costs(
     let q = CostsQuery { project_id: query.get("project_id").cloned(), limit: query.get("limit").cloned() };
     let project = project_filter(q.project_id)?;
     let limit = limit_of(q.limit.as_deref(), MAX_LIST)?;
-    let (total, events) = state
-        .store
-        .run(move |conn| {
-            Ok((billing::total_cost(conn, project.as_deref())?, billing::cost_events(conn, project.as_deref(), limit)?))
-        })
-        .await?;
+    let (total, events) = runs::admin::costs(&state.store, project, limit).await?;
     let tokens = |n: i64| n.max(0) as u64;
     let events = events
         .into_iter()
@@ -236,7 +231,7 @@ pub async fn admin_costs(
     Ok(HttpResponse::Ok().json(Costs { total_usd: usd(total), events }))
 }
 
-fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_budget: i64) -> Budget {
+fn budget_view(project_id: &str, b: Option<&BudgetRow>, spent_without_budget: i64) -> Budget {
     match b {
         Some(b) => Budget {
             project_id: project_id.to_owned(),
@@ -268,9 +263,7 @@ pub async fn get_budget(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
-    let p = project_id.clone();
-    let (budget, spent) =
-        state.store.run(move |conn| Ok((billing::budget(conn, &p)?, billing::total_cost(conn, Some(&p))?))).await?;
+    let (budget, spent) = runs::admin::budget(&state.store, project_id.clone()).await?;
     Ok(HttpResponse::Ok().json(budget_view(&project_id, budget.as_ref(), spent)))
 }
 
@@ -293,8 +286,7 @@ pub async fn put_budget(
     let body: BudgetBody = typed_body(body.into_inner())?;
     let limit = parse_usd(body.limit_usd, "limit_usd").map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
-    let p = project_id.clone();
-    let row = state.store.write(move |conn| billing::put_budget(conn, &p, limit, now)).await?;
+    let row = runs::admin::set_budget(&state.store, project_id.clone(), limit, now).await?;
     tracing::info!(project = %project_id, limit_micros = limit, "budget set by admin");
     Ok(HttpResponse::Ok().json(budget_view(&project_id, Some(&row), 0)))
 }
@@ -307,7 +299,7 @@ pub async fn put_budget(
         AdminErrors, ReadErrors,
     ))]
 pub async fn dead_letters(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let list = state.store.run(|conn| rows::list_readable(conn, None, Some(RunStatus::Dead), MAX_LIST)).await?;
+    let list = runs::admin::list(&state.store, None, Some(RunStatus::Dead), MAX_LIST).await?;
     Ok(HttpResponse::Ok().json(run_list(list)))
 }
 
@@ -352,7 +344,7 @@ pub async fn retry_dead_letter(
         AdminErrors, ReadErrors,
     ))]
 pub async fn get_prices(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let list = state.store.run(billing::prices).await?;
+    let list = runs::admin::prices(&state.store).await?;
     let map: BTreeMap<String, PriceUsd> = list.iter().map(|p| (p.model.clone(), PriceUsd::from(&p.price()))).collect();
     Ok(HttpResponse::Ok().json(map))
 }
@@ -379,8 +371,7 @@ pub async fn put_price(
     let body: PriceUsd = typed_body(body.into_inner())?;
     let price = body.to_price().map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
-    let m = model.clone();
-    state.store.write(move |conn| billing::put_price(conn, &m, &price, now)).await?;
+    runs::admin::set_price(&state.store, model.clone(), price, now).await?;
     tracing::info!(model = %model, "price set by admin");
     Ok(HttpResponse::Ok().json(BTreeMap::from([(model, PriceUsd::from(&price))])))
 }
