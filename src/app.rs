@@ -227,6 +227,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         content,
         runs,
         lobby,
+        insights: Default::default(),
         admin_token,
         backplane,
         limits: limits.clone(),

@@ -1,8 +1,9 @@
 //! The admin's figures over the store: the summary's counts, sums and retention, and the page
-//! of users (README "REST"). Every figure is counted in the database, so a call costs a few
-//! grouped queries whatever the number of players. Read-only; never builds a response.
+//! of users (README "REST"). Every figure is counted in the database; retention counts only the
+//! first days that ended since the last call ([`Settled`]). Read-only; never builds a response.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use chrono::{NaiveDate, NaiveDateTime};
 
@@ -28,10 +29,34 @@ pub struct Figures {
     pub d7: Retention,
 }
 
-/// The summary's figures with `today` as the day not yet ended.
-pub fn read_figures(conn: &mut DbConn, today: NaiveDate) -> StoreResult<Figures> {
-    let retention = messages::retention(conn, today, &RETENTION_DAYS)?;
-    let at = |i: usize| retention.get(i).copied().unwrap_or_default();
+/// Retention of the first days already counted, by `n`: the figures of a first day D can no
+/// longer change once D+n has ended (a player's days are only ever added on the day they are
+/// seen), so each call counts only the first days that ended since the last one.
+#[derive(Debug, Clone, Default)]
+pub struct Settled {
+    /// n -> (first days before this one are counted, their figures).
+    by_n: BTreeMap<u64, (NaiveDate, Retention)>,
+}
+
+impl Settled {
+    fn retention(&mut self, conn: &mut DbConn, today: NaiveDate, n: u64) -> StoreResult<Retention> {
+        let Some(to) = today.checked_sub_days(chrono::Days::new(n)) else { return Ok(Retention::default()) };
+        let (from, counted) = match self.by_n.get(&n) {
+            Some(&(upto, figures)) if upto == to => return Ok(figures),
+            Some(&(upto, figures)) if upto < to => (Some(upto), figures),
+            // None counted yet, or the clock went back: count them all.
+            _ => (None, Retention::default()),
+        };
+        let more = messages::retention(conn, n, from, to)?;
+        let figures =
+            Retention { eligible: counted.eligible + more.eligible, retained: counted.retained + more.retained };
+        self.by_n.insert(n, (to, figures));
+        Ok(figures)
+    }
+}
+
+/// The summary's figures with `today` as the day not yet ended; `settled` is read and extended.
+pub fn read_figures(conn: &mut DbConn, today: NaiveDate, settled: &mut Settled) -> StoreResult<Figures> {
     Ok(Figures {
         users: messages::user_count(conn)?,
         messages: messages::count(conn)?,
@@ -39,13 +64,31 @@ pub fn read_figures(conn: &mut DbConn, today: NaiveDate) -> StoreResult<Figures>
         runs: runs::count_by_status(conn)?,
         queue_depth: jobs::depth(conn)?,
         spent_micros: billing::total_cost(conn, None)?,
-        d1: at(0),
-        d7: at(1),
+        d1: settled.retention(conn, today, RETENTION_DAYS[0])?,
+        d7: settled.retention(conn, today, RETENTION_DAYS[1])?,
     })
 }
 
-pub async fn figures(store: &Store, today: NaiveDate) -> StoreResult<Figures> {
-    store.run(move |conn| read_figures(conn, today)).await
+/// The admin's figures, with the retention already counted by this process.
+#[derive(Debug, Default)]
+pub struct Insights {
+    settled: Mutex<Settled>,
+}
+
+impl Insights {
+    pub async fn figures(&self, store: &Store, today: NaiveDate) -> StoreResult<Figures> {
+        let mut settled = self.settled.lock().map(|s| s.clone()).unwrap_or_default();
+        let (figures, settled) = store
+            .run(move |conn| {
+                let figures = read_figures(conn, today, &mut settled)?;
+                Ok((figures, settled))
+            })
+            .await?;
+        if let Ok(mut kept) = self.settled.lock() {
+            *kept = settled;
+        }
+        Ok(figures)
+    }
 }
 
 /// A user as the admin's list shows them (who is online is the lobby's to say).
@@ -84,4 +127,60 @@ pub async fn users_page(store: &Store, limit: i64, offset: i64) -> StoreResult<(
 /// Jobs waiting to run (the dashboard's history and `/metrics`).
 pub async fn queue_depth(store: &Store) -> StoreResult<i64> {
     store.run(jobs::depth).await
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::prelude::*;
+
+    use super::*;
+    use crate::store::schema::{user_days, users};
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    fn add_days(store: &Store, rows: &'static [(i64, &'static str)]) {
+        store
+            .write_blocking(move |conn| {
+                let now = d("2026-01-01").and_hms_opt(0, 0, 0).unwrap();
+                for (user_id, day) in rows {
+                    let user = (
+                        users::id.eq(user_id),
+                        users::nickname.eq("p"),
+                        users::token_hash.eq(format!("h{user_id}")),
+                        users::created_at.eq(now),
+                        users::last_seen_at.eq(now),
+                    );
+                    crate::on_backend!(conn, |c| diesel::insert_into(users::table)
+                        .values(user)
+                        .on_conflict_do_nothing()
+                        .execute(c))?;
+                    diesel::insert_into(user_days::table)
+                        .values((user_days::user_id.eq(user_id), user_days::day.eq(day)))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Each call counts only the first days that ended since the one before, and the sums are
+    /// those of counting everything at once; a clock that went back counts everything again.
+    #[test]
+    fn settled_first_days_are_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db").display().to_string()).unwrap();
+        store.migrate().unwrap();
+        add_days(&store, &[(1, "2026-11-10"), (1, "2026-11-11"), (2, "2026-11-10")]);
+        let mut settled = Settled::default();
+        let d1_on =
+            |today: &str, settled: &mut Settled| store.run_blocking(|c| read_figures(c, d(today), settled)).unwrap().d1;
+        assert_eq!(d1_on("2026-11-12", &mut settled), Retention { eligible: 2, retained: 1 });
+        // Day 11-11 has ended: user 3, first seen then and back on 11-12, now counts.
+        add_days(&store, &[(3, "2026-11-11"), (3, "2026-11-12")]);
+        assert_eq!(d1_on("2026-11-13", &mut settled), Retention { eligible: 3, retained: 2 });
+        assert_eq!(d1_on("2026-11-13", &mut Settled::default()), Retention { eligible: 3, retained: 2 });
+        assert_eq!(d1_on("2026-11-12", &mut settled), Retention { eligible: 2, retained: 1 });
+    }
 }

@@ -169,7 +169,7 @@ pub struct BackplaneState {
         AdminErrors, ReadErrors,
     ))]
 pub async fn summary(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let figures = insights::figures(&state.store, state.clock.now_naive().date()).await?;
+    let figures = state.insights.figures(&state.store, state.clock.now_naive().date()).await?;
     let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?.len();
     let circuit = state.circuit.send(GetSnapshot).await.map_err(|_| ApiError::Internal)?;
     let mut by_status: BTreeMap<String, i64> = ContentStatus::ALL.iter().map(|s| (s.as_str().into(), 0)).collect();

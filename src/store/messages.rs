@@ -169,66 +169,49 @@ pub struct Retention {
     pub retained: i64,
 }
 
-/// Retention at each day of `ns` (README "Retention"), counted in the database: a user first
-/// seen on UTC day D (their earliest row) is eligible once D+n has ended (D < `today` - n) and
-/// retained if they have a row for D+n. What comes back is a row per first day and a count per
-/// `n`, never a row per user.
-pub fn retention(conn: &mut DbConn, today: NaiveDate, ns: &[u64]) -> StoreResult<Vec<Retention>> {
-    use diesel::dsl::{count_star, exists, not, sql};
+/// Retention at day `n` of the users first seen (their earliest row) on a UTC day D with
+/// `from` <= D < `to` (README "Retention"), counted in the database: eligible are those users,
+/// retained those of them with a row for D+n. Call with `to` <= today - n, so that every D+n
+/// counted has ended.
+pub fn retention(conn: &mut DbConn, n: u64, from: Option<NaiveDate>, to: NaiveDate) -> StoreResult<Retention> {
+    use diesel::dsl::{exists, not, sql};
     use diesel::sql_types::Text;
     diesel::alias!(user_days as first: FirstDay, user_days as earlier: EarlierDay, user_days as later: LaterDay);
     let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
-    let cutoff = |n: u64| today.checked_sub_days(chrono::Days::new(n)).map(day);
-    let Some(widest) = ns.iter().copied().min().and_then(cutoff) else { return Ok(Vec::new()) };
+    let (from, to) = (from.map(day).unwrap_or_default(), day(to));
     let first_day = first.field(user_days::day);
     let first_user = first.field(user_days::user_id);
     // The user's earliest row: none of theirs is earlier.
-    let is_first = || {
-        not(exists(
+    let first_rows = || {
+        first.filter(first_day.ge(from.clone())).filter(first_day.lt(to.clone())).filter(not(exists(
             earlier
                 .filter(earlier.field(user_days::user_id).eq(first_user))
                 .filter(earlier.field(user_days::day).lt(first_day)),
-        ))
+        )))
     };
-    let cohorts: Vec<(String, i64)> = crate::on_backend!(conn, |c| first
-        .filter(first_day.lt(&widest))
-        .filter(is_first())
-        .group_by(first_day)
-        .select((first_day, count_star()))
-        .load(c))?;
-    let mut figures = Vec::with_capacity(ns.len());
-    for &n in ns {
-        let Some(cutoff) = cutoff(n) else {
-            figures.push(Retention::default());
-            continue;
-        };
-        let eligible = cohorts.iter().filter(|(d, _)| *d < cutoff).map(|(_, users)| users).sum();
-        // D+n in SQL: the DSL has no date arithmetic, and each backend spells it its own way.
-        let (sqlite_plus, pg_plus) = (
-            format!("date(\"first\".\"day\", '+{n} days')"),
-            format!("to_char(CAST(\"first\".\"day\" AS date) + {n}, 'YYYY-MM-DD')"),
-        );
-        let back_on = |plus: String| {
+    // D+n in SQL: the DSL has no date arithmetic, and each backend spells it its own way.
+    let back_on =
+        |plus: String| {
             exists(
                 later
                     .filter(later.field(user_days::user_id).eq(first_user))
                     .filter(later.field(user_days::day).eq(sql::<Text>(&plus))),
             )
         };
-        let retained: i64 = match conn {
-            DbConn::Sqlite(c) => first
-                .filter(first_day.lt(&cutoff))
-                .filter(is_first())
-                .filter(back_on(sqlite_plus))
+    let (eligible, retained) = match conn {
+        DbConn::Sqlite(c) => (
+            first_rows().count().get_result(c)?,
+            first_rows().filter(back_on(format!("date(\"first\".\"day\", '+{n} days')"))).count().get_result(c)?,
+        ),
+        DbConn::Pg(c) => (
+            first_rows().count().get_result(c)?,
+            first_rows()
+                .filter(back_on(format!("to_char(CAST(\"first\".\"day\" AS date) + {n}, 'YYYY-MM-DD')")))
                 .count()
                 .get_result(c)?,
-            DbConn::Pg(c) => {
-                first.filter(first_day.lt(&cutoff)).filter(is_first()).filter(back_on(pg_plus)).count().get_result(c)?
-            }
-        };
-        figures.push(Retention { eligible, retained });
-    }
-    Ok(figures)
+        ),
+    };
+    Ok(Retention { eligible, retained })
 }
 
 /// Announces a message change to the other processes; call inside the transaction that made it.
@@ -293,7 +276,8 @@ mod tests {
     }
 
     fn retention_at(store: &Store, today: &str, n: u64) -> Retention {
-        store.run_blocking(|conn| retention(conn, d(today), &[n])).unwrap()[0]
+        let to = d(today).checked_sub_days(chrono::Days::new(n)).unwrap();
+        store.run_blocking(|conn| retention(conn, n, None, to)).unwrap()
     }
 
     #[test]
@@ -321,7 +305,9 @@ mod tests {
         ]);
         assert_eq!(retention_at(&store, "2026-11-23", 1), Retention { eligible: 3, retained: 2 });
         assert_eq!(retention_at(&store, "2026-11-23", 7), Retention { eligible: 2, retained: 1 });
-        let both = store.run_blocking(|conn| retention(conn, d("2026-11-23"), &[1, 7])).unwrap();
-        assert_eq!(both, vec![Retention { eligible: 3, retained: 2 }, Retention { eligible: 2, retained: 1 }]);
+        // Counted by ranges of first days, the parts add up to the whole.
+        let part = |from: &str, to: &str| store.run_blocking(|c| retention(c, 1, Some(d(from)), d(to))).unwrap();
+        assert_eq!(part("2026-11-10", "2026-11-11"), Retention { eligible: 2, retained: 1 });
+        assert_eq!(part("2026-11-11", "2026-11-22"), Retention { eligible: 1, retained: 1 });
     }
 }
