@@ -198,19 +198,23 @@ pub fn retention(conn: &mut DbConn, n: u64, from: Option<NaiveDate>, to: NaiveDa
                     .filter(later.field(user_days::day).eq(sql::<Text>(&plus))),
             )
         };
-    let (eligible, retained) = match conn {
-        DbConn::Sqlite(c) => (
-            first_rows().count().get_result(c)?,
-            first_rows().filter(back_on(format!("date(\"first\".\"day\", '+{n} days')"))).count().get_result(c)?,
-        ),
-        DbConn::Pg(c) => (
-            first_rows().count().get_result(c)?,
-            first_rows()
-                .filter(back_on(format!("to_char(CAST(\"first\".\"day\" AS date) + {n}, 'YYYY-MM-DD')")))
-                .count()
-                .get_result(c)?,
-        ),
+    let retained: i64 = match conn {
+        DbConn::Sqlite(c) => {
+            first_rows().filter(back_on(format!("date(\"first\".\"day\", '+{n} days')"))).count().get_result(c)?
+        }
+        DbConn::Pg(c) => first_rows()
+            .filter(back_on(format!("to_char(CAST(\"first\".\"day\" AS date) + {n}, 'YYYY-MM-DD')")))
+            .count()
+            .get_result(c)?,
     };
+    // A user's first day is before `to` when any of their days is: no need to find the first.
+    let mut seen_before = |day: &str| -> StoreResult<i64> {
+        Ok(user_days::table
+            .filter(user_days::day.lt(day.to_owned()))
+            .select(diesel::dsl::count(user_days::user_id).aggregate_distinct())
+            .first(conn)?)
+    };
+    let eligible = seen_before(&to)? - if from.is_empty() { 0 } else { seen_before(&from)? };
     Ok(Retention { eligible, retained })
 }
 
