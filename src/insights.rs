@@ -3,7 +3,6 @@
 //! first days that ended since the last call ([`Settled`]). Read-only; never builds a response.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 
 use chrono::{NaiveDate, NaiveDateTime};
 
@@ -72,21 +71,22 @@ pub fn read_figures(conn: &mut DbConn, today: NaiveDate, settled: &mut Settled) 
 /// The admin's figures, with the retention already counted by this process.
 #[derive(Debug, Default)]
 pub struct Insights {
-    settled: Mutex<Settled>,
+    /// Held across a call: calls that overlap (a slow first count, the dashboard polling) wait
+    /// for it rather than count the same days again.
+    settled: tokio::sync::Mutex<Settled>,
 }
 
 impl Insights {
     pub async fn figures(&self, store: &Store, today: NaiveDate) -> StoreResult<Figures> {
-        let mut settled = self.settled.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut kept = self.settled.lock().await;
+        let mut settled = kept.clone();
         let (figures, settled) = store
             .run(move |conn| {
                 let figures = read_figures(conn, today, &mut settled)?;
                 Ok((figures, settled))
             })
             .await?;
-        if let Ok(mut kept) = self.settled.lock() {
-            *kept = settled;
-        }
+        *kept = settled;
         Ok(figures)
     }
 }
