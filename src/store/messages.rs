@@ -207,14 +207,17 @@ pub fn retention(conn: &mut DbConn, n: u64, from: Option<NaiveDate>, to: NaiveDa
             .count()
             .get_result(c)?,
     };
-    // A user's first day is before `to` when any of their days is: no need to find the first.
-    let mut seen_before = |day: &str| -> StoreResult<i64> {
-        Ok(user_days::table
-            .filter(user_days::day.lt(day.to_owned()))
+    let eligible: i64 = if from.is_empty() {
+        // Every first day before `to`: a user's is when any of their days is, so no first day
+        // need be found (one pass over the index by day).
+        user_days::table
+            .filter(user_days::day.lt(to.clone()))
             .select(diesel::dsl::count(user_days::user_id).aggregate_distinct())
-            .first(conn)?)
+            .first(conn)?
+    } else {
+        // A few first days: only their rows are read.
+        crate::on_backend!(conn, |c| first_rows().count().get_result(c))?
     };
-    let eligible = seen_before(&to)? - if from.is_empty() { 0 } else { seen_before(&from)? };
     Ok(Retention { eligible, retained })
 }
 
