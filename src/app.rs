@@ -229,6 +229,7 @@ impl Features {
             content: self.content,
             runs: self.runs,
             lobby: self.lobby,
+            insights: Default::default(),
             admin_token,
             backplane: self.backplane,
             limits,

@@ -35,6 +35,8 @@ pub struct AppState {
     pub content: ContentService,
     pub runs: RunService,
     pub lobby: LobbyService,
+    /// The admin's figures (the retention already counted).
+    pub insights: crate::insights::Insights,
     pub admin_token: Secret,
     /// The bus to the other processes of this deployment.
     pub backplane: Arc<dyn Backplane>,

@@ -1,33 +1,24 @@
 //! Admin routes: the LLM configuration (the key is write-only) and the circuit breaker.
-//! Every route checks the admin bearer token in constant time (401 without, 403 wrong).
+//! Every route is the admin's (`auth::Admin`).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 
-use super::{bearer, same_token};
+use super::auth::Admin;
+use super::responses::{AdminErrors, Fault, ReadErrors, WriteErrors};
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::Provider;
 use crate::state::AppState;
-use crate::store::llm_config::{self, LlmConfigRow, SettingsChange};
+use crate::store::llm_config::{LlmConfigRow, SettingsChange};
 
 const MAX_MODEL_CHARS: usize = 200;
 const MAX_BASE_URL_CHARS: usize = 500;
 const MAX_API_KEY_CHARS: usize = 500;
-
-/// Checks the admin token; both sides are hashed first so the comparison does not leak length.
-pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let token = bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <admin token>".into()))?;
-    if same_token(token, state.admin_token.expose()) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("wrong admin token".into()))
-    }
-}
 
 fn last4(key: &str) -> Option<String> {
     let chars: Vec<char> = key.chars().collect();
@@ -115,7 +106,7 @@ async fn circuit_snapshot(state: &AppState) -> Result<CircuitSnapshot, ApiError>
 }
 
 async fn stored_config(state: &AppState) -> Result<LlmConfigRow, ApiError> {
-    state.store.run(llm_config::get).await?.ok_or(ApiError::Internal)
+    crate::llm::settings::stored(&state.store).await?.ok_or(ApiError::Internal)
 }
 
 /// The LLM settings and the circuit.
@@ -123,14 +114,9 @@ async fn stored_config(state: &AppState) -> Result<LlmConfigRow, ApiError> {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The settings and the circuit", body = LlmView),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
-pub async fn get_llm(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn get_llm(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let row = stored_config(&state).await?;
     let circuit = circuit_snapshot(&state).await?;
     Ok(HttpResponse::Ok().json(llm_view(&row, circuit)))
@@ -198,23 +184,14 @@ fn settings_change(body: &LlmSettingsBody, stored: &LlmConfigRow) -> Result<Sett
     responses(
         (status = 200, description = "The settings as stored now", body = LlmView),
         (status = 400, description = "A setting is not valid; nothing was changed", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, WriteErrors,
     ))]
-pub async fn put_llm(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: web::Json<Value>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn put_llm(_: Admin, state: web::Data<AppState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let body: LlmSettingsBody = typed_body(body.into_inner())?;
     let stored = stored_config(&state).await?;
     let change = settings_change(&body, &stored)?;
     let now = state.clock.now_naive();
-    let row = state.store.write(move |conn| llm_config::update_settings(conn, &change, now)).await?;
+    let row = crate::llm::settings::change(&state.store, change, now).await?;
     tracing::info!(provider = %row.provider, model = %row.model, base_url = %row.base_url,
         api_key_set = row.api_key.is_some(), "LLM settings changed by admin");
     let circuit = circuit_snapshot(&state).await?;
@@ -226,12 +203,9 @@ pub async fn put_llm(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The circuit, closed", body = CircuitReply),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, Fault,
     ))]
-pub async fn reset_circuit(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn reset_circuit(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let circuit = state.circuit.send(Reset).await.map_err(|_| ApiError::Internal)?;
     Ok(HttpResponse::Ok().json(CircuitReply { circuit }))
 }

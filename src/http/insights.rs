@@ -1,24 +1,26 @@
 //! Admin insight routes: `GET /admin/api/users`, `GET /admin/api/metrics/summary` and
-//! `GET /admin/api/metrics/history`, and the retention arithmetic (README "REST"). Read-only;
-//! every figure is correct on an empty database.
+//! `GET /admin/api/metrics/history` (README "REST"): the figures come from the insights service.
+//! Read-only; every figure is correct on an empty database.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{DateTime, NaiveDate, Utc};
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::admin::authorize;
+use super::auth::Admin;
+use super::responses::{AdminErrors, Fault, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::domain::content::ContentStatus;
 use crate::domain::players::Variant;
 use crate::history::{GetHistory, HistoryView};
+use crate::insights;
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot};
 use crate::lobby::OnlineUsers;
 use crate::runs::{usd, RunStatus};
 use crate::state::AppState;
-use crate::store::{billing, content as content_rows, jobs, messages, runs as run_rows};
+use crate::store::messages::Retention;
 
 const DEFAULT_USERS_LIMIT: i64 = 100;
 const MAX_USERS_LIMIT: i64 = 1000;
@@ -65,18 +67,13 @@ pub struct UserView {
     responses(
         (status = 200, description = "A page of users", body = UsersPage),
         (status = 400, description = "`limit` or `offset` out of range", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn users(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     query: web::Query<UsersQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let limit = query.limit.unwrap_or(DEFAULT_USERS_LIMIT);
     if !(1..=MAX_USERS_LIMIT).contains(&limit) {
         return Err(ApiError::Invalid(format!("`limit` must be 1..{MAX_USERS_LIMIT}")));
@@ -85,44 +82,21 @@ pub async fn users(
     if offset < 0 {
         return Err(ApiError::Invalid("`offset` must not be negative".into()));
     }
-    let (total, page, counts) = state
-        .store
-        .run(move |conn| {
-            let total = messages::user_count(conn)?;
-            let page = messages::users_page(conn, limit, offset)?;
-            let ids: Vec<i64> = page.iter().map(|u| u.0).collect();
-            let counts: HashMap<i64, i64> = messages::count_by_user(conn, &ids)?.into_iter().collect();
-            Ok((total, page, counts))
-        })
-        .await?;
+    let (total, page) = insights::users_page(&state.store, limit, offset).await?;
     let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?;
     let users = page
         .into_iter()
-        .map(|(id, nickname, created_at, last_seen_at)| UserView {
-            user_id: id,
-            nickname,
-            variant: Variant::of(id),
-            first_seen: DateTime::<Utc>::from_naive_utc_and_offset(created_at, Utc),
-            last_seen: DateTime::<Utc>::from_naive_utc_and_offset(last_seen_at, Utc),
-            message_count: counts.get(&id).copied().unwrap_or(0),
-            online: online.contains(&id),
+        .map(|u| UserView {
+            user_id: u.user_id,
+            nickname: u.nickname,
+            variant: Variant::of(u.user_id),
+            first_seen: DateTime::<Utc>::from_naive_utc_and_offset(u.created_at, Utc),
+            last_seen: DateTime::<Utc>::from_naive_utc_and_offset(u.last_seen_at, Utc),
+            message_count: u.message_count,
+            online: online.contains(&u.user_id),
         })
         .collect();
     Ok(HttpResponse::Ok().json(UsersPage { total, limit, offset, users }))
-}
-
-/// D1 / D7 retention over the users whose D+n day has ended.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Retention {
-    pub eligible: u64,
-    pub retained: u64,
-}
-
-impl Retention {
-    /// `None` when no user is eligible yet.
-    pub fn rate(&self) -> Option<f64> {
-        (self.eligible > 0).then(|| self.retained as f64 / self.eligible as f64)
-    }
 }
 
 /// A retention figure with what it is made of.
@@ -138,8 +112,13 @@ pub struct RetentionView {
 
 impl From<Retention> for RetentionView {
     fn from(r: Retention) -> Self {
-        RetentionView { eligible: r.eligible, retained: r.retained, rate: r.rate() }
+        RetentionView { eligible: r.eligible.max(0) as u64, retained: r.retained.max(0) as u64, rate: rate(r) }
     }
+}
+
+/// retained / eligible; `None` when no user is eligible yet.
+fn rate(r: Retention) -> Option<f64> {
+    (r.eligible > 0).then(|| r.retained as f64 / r.eligible as f64)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -182,79 +161,33 @@ pub struct BackplaneState {
     up: bool,
 }
 
-/// Retention at day `n` from `(user_id, "YYYY-MM-DD")` rows: a user first seen on UTC day D
-/// (their earliest row) is eligible once day D+n has ended (D+n < today) and retained if they
-/// have a row for day D+n. Unreadable days are skipped.
-pub fn retention(days: &[(i64, String)], today: NaiveDate, n: u64) -> Retention {
-    let mut seen: BTreeMap<i64, Vec<NaiveDate>> = BTreeMap::new();
-    for (user_id, day) in days {
-        if let Ok(day) = NaiveDate::parse_from_str(day, "%Y-%m-%d") {
-            seen.entry(*user_id).or_default().push(day);
-        }
-    }
-    let mut result = Retention { eligible: 0, retained: 0 };
-    for user_days in seen.values() {
-        let Some(first) = user_days.iter().min() else { continue };
-        let Some(target) = first.checked_add_days(chrono::Days::new(n)) else { continue };
-        if target >= today {
-            continue;
-        }
-        result.eligible += 1;
-        if user_days.contains(&target) {
-            result.retained += 1;
-        }
-    }
-    result
-}
-
 /// Users, online, messages, D1 and D7 retention, content and runs by status, the circuit and spend.
 #[utoipa::path(get, path = "/admin/api/metrics/summary", tag = "admin", operation_id = "metrics_summary",
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The summary", body = Summary),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
-pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let (users, message_count, content, days, depth, runs, spent) = state
-        .store
-        .run(|conn| {
-            Ok((
-                messages::user_count(conn)?,
-                messages::count(conn)?,
-                content_rows::count_by_status(conn)?,
-                messages::user_days(conn)?,
-                jobs::depth(conn)?,
-                run_rows::count_by_status(conn)?,
-                billing::total_cost(conn, None)?,
-            ))
-        })
-        .await?;
+pub async fn summary(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let figures = state.insights.figures(&state.store, state.clock.now_naive().date()).await?;
     let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?.len();
     let circuit = state.circuit.send(GetSnapshot).await.map_err(|_| ApiError::Internal)?;
-    let today = state.clock.now_naive().date();
-    let d1 = retention(&days, today, 1);
-    let d7 = retention(&days, today, 7);
     let mut by_status: BTreeMap<String, i64> = ContentStatus::ALL.iter().map(|s| (s.as_str().into(), 0)).collect();
-    by_status.extend(content);
+    by_status.extend(figures.content);
     let mut runs_by_status: BTreeMap<String, i64> = RunStatus::ALL.iter().map(|s| (s.as_str().into(), 0)).collect();
-    runs_by_status.extend(runs);
+    runs_by_status.extend(figures.runs);
     Ok(HttpResponse::Ok().json(Summary {
-        users,
+        users: figures.users,
         online,
-        messages: message_count,
-        d1_retention: d1.rate(),
-        d7_retention: d7.rate(),
-        retention: RetentionPair { d1: d1.into(), d7: d7.into() },
+        messages: figures.messages,
+        d1_retention: rate(figures.d1),
+        d7_retention: rate(figures.d7),
+        retention: RetentionPair { d1: figures.d1.into(), d7: figures.d7.into() },
         content: by_status,
         runs: runs_by_status,
         circuit,
-        spend: Spend { total_usd: usd(spent) },
-        queue_depth: depth,
+        spend: Spend { total_usd: usd(figures.spent_micros) },
+        queue_depth: figures.queue_depth,
         backplane: BackplaneState { kind: state.backplane.name(), up: state.backplane.is_up() },
     }))
 }
@@ -264,14 +197,11 @@ pub async fn summary(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The last hour: `t` (unix seconds) and every series as long as `t`", body = HistoryView),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, Fault,
     ))]
-pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<web::Json<HistoryView>, ApiError> {
-    authorize(&req, &state)?;
+pub async fn history(_: Admin, state: web::Data<AppState>) -> Result<web::Json<HistoryView>, ApiError> {
     // A chart with a gap beats no charts: an unreadable queue depth is `null`, not an error.
-    let queue_depth = match state.store.run(jobs::depth).await {
+    let queue_depth = match insights::queue_depth(&state.store).await {
         Ok(depth) => Some(depth),
         Err(e) => {
             tracing::warn!(error = %e, "could not read the queue depth for the history");
@@ -280,45 +210,4 @@ pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<web
     };
     let view = state.history.send(GetHistory { queue_depth }).await.map_err(|_| ApiError::Internal)?;
     Ok(web::Json(view))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(s: &str) -> NaiveDate {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
-    }
-
-    fn rows(pairs: &[(i64, &str)]) -> Vec<(i64, String)> {
-        pairs.iter().map(|(u, day)| (*u, day.to_string())).collect()
-    }
-
-    #[test]
-    fn no_eligible_user_means_no_rate() {
-        assert_eq!(retention(&[], d("2026-11-23"), 1).rate(), None);
-        // First seen yesterday: D+1 is today, not ended yet.
-        let days = rows(&[(1, "2026-11-22"), (1, "2026-11-23")]);
-        assert_eq!(retention(&days, d("2026-11-23"), 1), Retention { eligible: 0, retained: 0 });
-    }
-
-    #[test]
-    fn d1_and_d7_count_the_exact_day() {
-        let today = d("2026-11-23");
-        let days = rows(&[
-            // Eligible for D1 and D7; retained at D1 (11-11) and D7 (11-17).
-            (1, "2026-11-10"),
-            (1, "2026-11-11"),
-            (1, "2026-11-17"),
-            // Eligible for both; seen on D+2 only: retained at neither.
-            (2, "2026-11-10"),
-            (2, "2026-11-12"),
-            // Eligible for D1 only (D+7 = 11-27 not ended); retained at D1.
-            (3, "2026-11-20"),
-            (3, "2026-11-21"),
-        ]);
-        assert_eq!(retention(&days, today, 1), Retention { eligible: 3, retained: 2 });
-        assert_eq!(retention(&days, today, 7), Retention { eligible: 2, retained: 1 });
-        assert_eq!(retention(&days, today, 7).rate(), Some(0.5));
-    }
 }

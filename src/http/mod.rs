@@ -1,20 +1,23 @@
 //! HTTP routes (README "REST"): public, player (`/api`, player token) and admin (`/admin/api`,
 //! admin token); `GET /ws` is the WebSocket edge's, registered beside these in `app.rs`.
-//! Handlers stay thin: parse, authorize, call a service, map errors; they hold no business rule.
+//! Handlers stay thin: name who may call them (`auth::Admin`, `auth::Player`), parse, call a
+//! service, map errors; they hold no business rule.
 
 pub mod admin;
 pub mod auth;
+pub mod edge;
 pub mod insights;
 pub mod limits;
 pub mod openapi;
 pub mod pages;
 pub mod public;
 pub mod request_log;
+pub mod responses;
 pub mod run_admin;
 pub mod runs;
 
 use actix_web::http::Method;
-use actix_web::{error::JsonPayloadError, web, FromRequest, Handler, HttpRequest, Responder};
+use actix_web::{error::JsonPayloadError, web, FromRequest, Handler, Responder};
 
 use crate::api_error::ApiError;
 
@@ -118,19 +121,4 @@ fn json_message(e: &JsonPayloadError) -> String {
         JsonPayloadError::Deserialize(e) => format!("invalid JSON body: {e}"),
         other => format!("invalid body: {other}"),
     }
-}
-
-/// Whether `given` is `expected`; both are hashed first so the comparison takes the same time
-/// whatever they hold and however long they are.
-pub fn same_token(given: &str, expected: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    bool::from(Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())))
-}
-
-/// The bearer token of a request, if it has one.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

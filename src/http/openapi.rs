@@ -6,9 +6,10 @@ use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
+use super::responses::error;
 use super::{admin, insights, pages, public, run_admin, runs};
 
 /// The security scheme of `/api/*`: the token of a `session:ack`.
@@ -89,10 +90,6 @@ const TOO_MANY_CONNECTIONS: &str = "too many open connections from this address"
 
 impl Modify for EdgeLimits {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let error = |description: &str| {
-            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Error"))).build();
-            RefOr::T(ResponseBuilder::new().description(description).content("application/json", content).build())
-        };
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,

@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{bearer, same_token};
+use super::auth::Player;
+use super::edge::{bearer, not_shutting_down, same_token};
+use super::responses::{Fault, PlayerErrors, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::content::{self, Content, ContentKind};
-use crate::players;
 use crate::state::AppState;
-use crate::store::users::UserRow;
 use crate::store::ProbeFailed;
 
 /// What `/health` and `/ready` answer when all is well.
@@ -73,28 +73,12 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         }
     }
     // Queue depth lives in the database; a scrape still answers when it cannot be read.
-    match state.store.run(crate::store::jobs::depth).await {
+    match crate::insights::queue_depth(&state.store).await {
         Ok(depth) => state.metrics.queue_depth.set(depth),
         Err(e) => tracing::warn!(error = %e, "could not read the queue depth for /metrics"),
     }
     state.metrics.backplane_up.set(i64::from(state.backplane.is_up()));
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render()))
-}
-
-/// The player `auth::authorize_first` found for a request.
-#[derive(Clone)]
-pub struct Player(pub UserRow);
-
-/// The player a request's bearer token belongs to (found once per request).
-pub async fn player(req: &HttpRequest, state: &AppState) -> Result<UserRow, ApiError> {
-    if let Some(Player(user)) = req.extensions().get::<Player>() {
-        return Ok(user.clone());
-    }
-    let token =
-        bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <player token>".into()))?;
-    players::authenticate(&state.store, &state.clock, token)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown player token; start a session to get one".into()))
 }
 
 /// A `content:request` without `type`.
@@ -120,20 +104,16 @@ pub struct ContentBody {
     responses(
         (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
         (status = 400, description = "The body is not a valid content request", body = ErrorBody),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 429, description = "The database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, Fault,
     ))]
 pub async fn request_content(
-    req: HttpRequest,
+    _: Player,
     state: web::Data<AppState>,
     body: web::Json<ContentBody>,
 ) -> Result<HttpResponse, ApiError> {
-    player(&req, &state).await?;
-    if state.is_shutting_down() {
-        return Err(ApiError::Unavailable("the server is shutting down".into()));
-    }
+    not_shutting_down(&state)?;
     let body = body.into_inner();
     let request = content::validate(body.kind, body.subject_id, body.context.as_ref(), body.regenerate)
         .map_err(ApiError::Invalid)?;
@@ -151,18 +131,14 @@ pub async fn request_content(
     responses(
         (status = 200, description = "The item", body = Content),
         (status = 400, description = "Unknown kind or a subject_id that is not an unsigned integer", body = ErrorBody),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 404, description = "No such item", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, ReadErrors,
     ))]
 pub async fn get_content(
-    req: HttpRequest,
+    _: Player,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    player(&req, &state).await?;
     let (kind, subject_id) = path.into_inner();
     let kind = ContentKind::parse(&kind)
         .ok_or_else(|| ApiError::Invalid(format!("unknown kind `{kind}` (expected quest, event or npc)")))?;

@@ -1,24 +1,25 @@
 //! The admin's view of generation runs over HTTP: the run history, costs, budgets, dead
-//! letters and prices. Handlers stay thin: authorize, parse, call the run service or the
-//! store, map errors.
+//! letters and prices. Handlers stay thin: parse, call the run service or `runs::admin`, map
+//! errors.
 
 use std::collections::{BTreeMap, HashMap};
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 
-use super::admin::authorize;
-use super::runs::not_found;
+use super::auth::Admin;
+use super::edge::no_run;
+use super::responses::{AdminErrors, Fault, ReadErrors, WriteErrors};
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::domain::money::PriceUsd;
 use crate::runs::{self, parse_usd, usd, RunStatus, RunView, Usage};
 use crate::state::AppState;
-use crate::store::billing;
-use crate::store::runs::{self as rows, Requeued, RunRow};
+use crate::store::billing::BudgetRow;
+use crate::store::runs::{Requeued, RunRow, Unreadable};
 
 /// Most rows an admin list returns.
 const MAX_LIST: i64 = 1000;
@@ -108,7 +109,7 @@ fn project_filter(project_id: Option<String>) -> Result<Option<String>, ApiError
 
 /// The rows that can be shown; a corrupt one is left out, named in `skipped` and logged, so one
 /// bad row cannot hide the others.
-fn run_list((rows, unreadable): (Vec<RunRow>, Vec<rows::Unreadable>)) -> RunList {
+fn run_list((rows, unreadable): (Vec<RunRow>, Vec<Unreadable>)) -> RunList {
     let mut skipped: Vec<SkippedRun> =
         unreadable.into_iter().map(|u| SkippedRun { run_id: u.run_id, error: u.error }).collect();
     let mut runs = Vec::with_capacity(rows.len());
@@ -167,18 +168,13 @@ pub struct BudgetBody {
     responses(
         (status = 200, description = "The runs", body = RunList),
         (status = 400, description = "A filter is not valid", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn admin_runs(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     // Read by hand rather than as `RunsQuery` so a repeated or unknown key is not an error.
     let q = RunsQuery {
         project_id: query.get("project_id").cloned(),
@@ -193,7 +189,7 @@ pub async fn admin_runs(
         })?),
     };
     let limit = limit_of(q.limit.as_deref(), 100)?;
-    let list = state.store.run(move |conn| rows::list_readable(conn, project.as_deref(), status, limit)).await?;
+    let list = runs::admin::list(&state.store, project, status, limit).await?;
     Ok(HttpResponse::Ok().json(run_list(list)))
 }
 
@@ -203,27 +199,17 @@ pub async fn admin_runs(
     responses(
         (status = 200, description = "The costs", body = Costs),
         (status = 400, description = "A filter is not valid", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn admin_costs(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let q = CostsQuery { project_id: query.get("project_id").cloned(), limit: query.get("limit").cloned() };
     let project = project_filter(q.project_id)?;
     let limit = limit_of(q.limit.as_deref(), MAX_LIST)?;
-    let (total, events) = state
-        .store
-        .run(move |conn| {
-            Ok((billing::total_cost(conn, project.as_deref())?, billing::cost_events(conn, project.as_deref(), limit)?))
-        })
-        .await?;
+    let (total, events) = runs::admin::costs(&state.store, project, limit).await?;
     let tokens = |n: i64| n.max(0) as u64;
     let events = events
         .into_iter()
@@ -245,7 +231,7 @@ pub async fn admin_costs(
     Ok(HttpResponse::Ok().json(Costs { total_usd: usd(total), events }))
 }
 
-fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_budget: i64) -> Budget {
+fn budget_view(project_id: &str, b: Option<&BudgetRow>, spent_without_budget: i64) -> Budget {
     match b {
         Some(b) => Budget {
             project_id: project_id.to_owned(),
@@ -269,22 +255,15 @@ fn budget_view(project_id: &str, b: Option<&billing::BudgetRow>, spent_without_b
     responses(
         (status = 200, description = "The budget", body = Budget),
         (status = 400, description = "Not a valid project id", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
 pub async fn get_budget(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
-    let p = project_id.clone();
-    let (budget, spent) =
-        state.store.run(move |conn| Ok((billing::budget(conn, &p)?, billing::total_cost(conn, Some(&p))?))).await?;
+    let (budget, spent) = runs::admin::budget(&state.store, project_id.clone()).await?;
     Ok(HttpResponse::Ok().json(budget_view(&project_id, budget.as_ref(), spent)))
 }
 
@@ -295,25 +274,19 @@ pub async fn get_budget(
     responses(
         (status = 200, description = "The budget as stored now", body = Budget),
         (status = 400, description = "Not a valid project id or limit", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, WriteErrors,
     ))]
 pub async fn put_budget(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
     let body: BudgetBody = typed_body(body.into_inner())?;
     let limit = parse_usd(body.limit_usd, "limit_usd").map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
-    let p = project_id.clone();
-    let row = state.store.write(move |conn| billing::put_budget(conn, &p, limit, now)).await?;
+    let row = runs::admin::set_budget(&state.store, project_id.clone(), limit, now).await?;
     tracing::info!(project = %project_id, limit_micros = limit, "budget set by admin");
     Ok(HttpResponse::Ok().json(budget_view(&project_id, Some(&row), 0)))
 }
@@ -323,15 +296,10 @@ pub async fn put_budget(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The dead runs", body = RunList),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
-pub async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let list = state.store.run(|conn| rows::list_readable(conn, None, Some(RunStatus::Dead), MAX_LIST)).await?;
+pub async fn dead_letters(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let list = runs::admin::list(&state.store, None, Some(RunStatus::Dead), MAX_LIST).await?;
     Ok(HttpResponse::Ok().json(run_list(list)))
 }
 
@@ -341,25 +309,22 @@ pub async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> Resul
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "The run, queued again", body = RunView),
-        (status = 401, description = "No admin token", body = ErrorBody),
         (status = 402, description = "The project's budget has no room to run it again", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 409, description = "The run is not dead, or an identical run is queued or running", body = ErrorBody),
         (status = 429, description = "The run queue is full, or the database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, Fault,
     ))]
 pub async fn retry_dead_letter(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let run_id = path.into_inner();
     match state.runs.retry_dead(run_id.clone()).await? {
         Requeued::Queued(row) => Ok(HttpResponse::Accepted().json(row.view()?)),
-        Requeued::NotFound => Err(not_found(&run_id)),
+        Requeued::NotFound => Err(no_run(&run_id)),
         Requeued::NotDead => Err(ApiError::Conflict(format!("run `{run_id}` is not a dead letter"))),
         Requeued::Duplicate => {
             Err(ApiError::Conflict(format!("an identical run to `{run_id}` is queued or running already")))
@@ -376,15 +341,10 @@ pub async fn retry_dead_letter(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every known model's prices, by model name", body = BTreeMap<String, PriceUsd>),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, ReadErrors,
     ))]
-pub async fn get_prices(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let list = state.store.run(billing::prices).await?;
+pub async fn get_prices(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let list = runs::admin::prices(&state.store).await?;
     let map: BTreeMap<String, PriceUsd> = list.iter().map(|p| (p.model.clone(), PriceUsd::from(&p.price()))).collect();
     Ok(HttpResponse::Ok().json(map))
 }
@@ -396,19 +356,14 @@ pub async fn get_prices(req: HttpRequest, state: web::Data<AppState>) -> Result<
     responses(
         (status = 200, description = "The model's prices as stored now, under its name", body = BTreeMap<String, PriceUsd>),
         (status = 400, description = "Not a valid model name or price", body = ErrorBody),
-        (status = 401, description = "No admin token", body = ErrorBody),
-        (status = 403, description = "Wrong admin token", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request; nothing was stored", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        AdminErrors, WriteErrors,
     ))]
 pub async fn put_price(
-    req: HttpRequest,
+    _: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let model = path.into_inner();
     if model.trim().is_empty() || model.chars().count() > 200 || model.chars().any(char::is_control) {
         return Err(ApiError::Invalid("the model name must be 1..200 characters without control characters".into()));
@@ -416,8 +371,7 @@ pub async fn put_price(
     let body: PriceUsd = typed_body(body.into_inner())?;
     let price = body.to_price().map_err(ApiError::Invalid)?;
     let now = state.clock.now_naive();
-    let m = model.clone();
-    state.store.write(move |conn| billing::put_price(conn, &m, &price, now)).await?;
+    runs::admin::set_price(&state.store, model.clone(), price, now).await?;
     tracing::info!(model = %model, "price set by admin");
     Ok(HttpResponse::Ok().json(BTreeMap::from([(model, PriceUsd::from(&price))])))
 }

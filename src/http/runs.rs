@@ -3,14 +3,16 @@
 //! Handlers stay thin: parse, authorize, call the run service or the store, map errors.
 
 use actix::prelude::*;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::public::player;
+use super::auth::Player;
+use super::edge::{no_run, not_shutting_down};
+use super::responses::{Fault, PlayerErrors, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::hub::{self, SessionId, ToSession};
 use crate::runs::service::{StartError, Started, Waiter};
@@ -77,21 +79,17 @@ impl From<StartError> for ApiError {
     responses(
         (status = 202, description = "The run is queued (or answered from an identical finished run)", body = RunAccepted),
         (status = 400, description = "The body is not a valid generation request", body = ErrorBody),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 402, description = "The project's budget has no room, or the model has no price", body = ErrorBody),
         (status = 429, description = "Too many runs queued, or the database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, Fault,
     ))]
 pub async fn generate(
-    req: HttpRequest,
+    _: Player,
     state: web::Data<AppState>,
     body: web::Json<GenerateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    player(&req, &state).await?;
-    if state.is_shutting_down() {
-        return Err(ApiError::Unavailable("the server is shutting down".into()));
-    }
+    not_shutting_down(&state)?;
     let b = body.into_inner();
     let request = runs::validate(&b.project_id, &b.action, &b.input, b.skip_cache).map_err(ApiError::Invalid)?;
     let none = RunAccepted { run_id: String::new(), position: 0, estimated_ms: None, cached: None, status: None };
@@ -105,30 +103,18 @@ pub async fn generate(
     Ok(HttpResponse::Accepted().json(body))
 }
 
-pub(super) fn not_found(run_id: &str) -> ApiError {
-    ApiError::NotFound(format!("no run `{run_id}`"))
-}
-
 /// A run.
 #[utoipa::path(get, path = "/api/runs/{run_id}", tag = "runs",
     params(("run_id" = String, Path, description = "From `POST /api/generate` or `run:queued`")),
     security(("player_token" = [])),
     responses(
         (status = 200, description = "The run", body = RunView),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, ReadErrors,
     ))]
-pub async fn get_run(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    player(&req, &state).await?;
+pub async fn get_run(_: Player, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run_id = path.into_inner();
-    let row = state.runs.get(run_id.clone()).await?.ok_or_else(|| not_found(&run_id))?;
+    let row = state.runs.get(run_id.clone()).await?.ok_or_else(|| no_run(&run_id))?;
     Ok(HttpResponse::Ok().json(row.view()?))
 }
 
@@ -209,18 +195,14 @@ fn sse_event(text: &str) -> (Bytes, bool) {
         (status = 200, description = "Events `started`, `delta`, `done` and `error`, each with the JSON of the \
             frame of the same name (`run:started`, ...); the stream ends after `done` or `error`",
             body = RunEvent, content_type = "text/event-stream"),
-        (status = 401, description = "No or unknown player token", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
-        (status = 429, description = "The database is busy", body = ErrorBody),
-        (status = 503, description = "The database cannot take the request", body = ErrorBody),
-        (status = 500, description = "A fault on lorewire's side", body = ErrorBody),
+        PlayerErrors, ReadErrors,
     ))]
 pub async fn run_events(
-    req: HttpRequest,
+    _: Player,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    player(&req, &state).await?;
     let run_id = path.into_inner();
     let id = state.next_session_id();
     let (tx, mut rx) = tokio::sync::mpsc::channel(SSE_BACKLOG);
@@ -230,7 +212,7 @@ pub async fn run_events(
     // Subscribed before the catch-up is read: every frame is in one or the other.
     state.hub.do_send(hub::Subscribe { id, topic: runs::topic(&run_id) });
     let mut order = Subscription::holding();
-    let catch_up = state.runs.catch_up(run_id.clone()).await?.ok_or_else(|| not_found(&run_id))?;
+    let catch_up = state.runs.catch_up(run_id.clone()).await?.ok_or_else(|| no_run(&run_id))?;
     // What arrived while the catch-up was read waits in the channel: it is held back as a
     // session holds it, then follows the catch-up in order.
     while let Ok((version, text)) = rx.try_recv() {

@@ -6,6 +6,7 @@
 //! of runs streaming in this process for late subscribers; [`relay`] and [`remote`] carry runs
 //! between processes. Nothing here holds a database connection across an upstream call.
 
+pub mod admin;
 pub mod job;
 pub mod live;
 pub mod prompts;

@@ -190,11 +190,15 @@ pub fn cost_events(conn: &mut DbConn, project_id: Option<&str>, limit: i64) -> S
 }
 
 pub fn total_cost(conn: &mut DbConn, project_id: Option<&str>) -> StoreResult<i64> {
-    let mut query = cost_events::table.select(cost_events::cost_micros).into_boxed();
+    // PostgreSQL's SUM of a BIGINT is a NUMERIC, which the DSL cannot cast back: cast in SQL.
+    let total = diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
+        "CAST(SUM(cost_events.cost_micros) AS BIGINT)",
+    );
+    let mut query = cost_events::table.select(total).into_boxed();
     if let Some(p) = project_id {
         query = query.filter(cost_events::project_id.eq(p.to_owned()));
     }
-    Ok(query.load::<i64>(conn)?.into_iter().sum())
+    Ok(query.first::<Option<i64>>(conn)?.unwrap_or(0))
 }
 
 /// (project, reservation) of every unfinished run that holds one.

@@ -1,7 +1,7 @@
 //! Lobby messages: written together with their mood job, read back as history, and settled
 //! (mood + the job's deletion) in one transaction by the worker that holds the job.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use super::jobs::{self, Ended, JobKind};
@@ -160,12 +160,65 @@ pub fn user_count(conn: &mut DbConn) -> StoreResult<i64> {
     Ok(users::table.count().get_result(conn)?)
 }
 
-/// Every (user, UTC day seen) row, by user then day (retention).
-pub fn user_days(conn: &mut DbConn) -> StoreResult<Vec<(i64, String)>> {
-    Ok(user_days::table
-        .order((user_days::user_id.asc(), user_days::day.asc()))
-        .select((user_days::user_id, user_days::day))
-        .load(conn)?)
+/// A user's days seen, as counted for retention (README "Retention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Users first seen on a day D whose day D+n has ended.
+    pub eligible: i64,
+    /// Of those, the users seen on day D+n.
+    pub retained: i64,
+}
+
+/// Retention at day `n` of the users first seen (their earliest row) on a UTC day D with
+/// `from` <= D < `to` (README "Retention"), counted in the database: eligible are those users,
+/// retained those of them with a row for D+n. Call with `to` <= today - n, so that every D+n
+/// counted has ended.
+pub fn retention(conn: &mut DbConn, n: u64, from: Option<NaiveDate>, to: NaiveDate) -> StoreResult<Retention> {
+    use diesel::dsl::{exists, not, sql};
+    use diesel::sql_types::Text;
+    diesel::alias!(user_days as first: FirstDay, user_days as earlier: EarlierDay, user_days as later: LaterDay);
+    let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
+    let (from, to) = (from.map(day).unwrap_or_default(), day(to));
+    let first_day = first.field(user_days::day);
+    let first_user = first.field(user_days::user_id);
+    // The user's earliest row: none of theirs is earlier.
+    let first_rows = || {
+        first.filter(first_day.ge(from.clone())).filter(first_day.lt(to.clone())).filter(not(exists(
+            earlier
+                .filter(earlier.field(user_days::user_id).eq(first_user))
+                .filter(earlier.field(user_days::day).lt(first_day)),
+        )))
+    };
+    // D+n in SQL: the DSL has no date arithmetic, and each backend spells it its own way.
+    let back_on =
+        |plus: String| {
+            exists(
+                later
+                    .filter(later.field(user_days::user_id).eq(first_user))
+                    .filter(later.field(user_days::day).eq(sql::<Text>(&plus))),
+            )
+        };
+    let retained: i64 = match conn {
+        DbConn::Sqlite(c) => {
+            first_rows().filter(back_on(format!("date(\"first\".\"day\", '+{n} days')"))).count().get_result(c)?
+        }
+        DbConn::Pg(c) => first_rows()
+            .filter(back_on(format!("to_char(CAST(\"first\".\"day\" AS date) + {n}, 'YYYY-MM-DD')")))
+            .count()
+            .get_result(c)?,
+    };
+    let eligible: i64 = if from.is_empty() {
+        // Every first day before `to`: a user's is when any of their days is, so no first day
+        // need be found (one pass over the index by day).
+        user_days::table
+            .filter(user_days::day.lt(to.clone()))
+            .select(diesel::dsl::count(user_days::user_id).aggregate_distinct())
+            .first(conn)?
+    } else {
+        // A few first days: only their rows are read.
+        crate::on_backend!(conn, |c| first_rows().count().get_result(c))?
+    };
+    Ok(Retention { eligible, retained })
 }
 
 /// Announces a message change to the other processes; call inside the transaction that made it.
@@ -184,4 +237,84 @@ pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize
         .limit(jobs::ADOPT_BATCH)
         .load(c))?;
     jobs::adopt(conn, JobKind::Mood, orphans.into_iter().map(|id| (id, 0)), now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    /// A temp SQLite store holding these (user, day) rows (and their users).
+    fn store_with(rows: &[(i64, &str)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db").display().to_string()).unwrap();
+        store.migrate().unwrap();
+        let rows: Vec<(i64, String)> = rows.iter().map(|(u, day)| (*u, day.to_string())).collect();
+        store
+            .write_blocking(move |conn| {
+                let now = d("2026-01-01").and_hms_opt(0, 0, 0).unwrap();
+                let mut ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                ids.dedup();
+                for id in ids {
+                    let token = format!("h{id}");
+                    diesel::insert_into(users::table)
+                        .values((
+                            users::id.eq(id),
+                            users::nickname.eq("p"),
+                            users::token_hash.eq(&token),
+                            users::created_at.eq(now),
+                            users::last_seen_at.eq(now),
+                        ))
+                        .execute(conn)?;
+                }
+                for (user_id, day) in &rows {
+                    diesel::insert_into(user_days::table)
+                        .values((user_days::user_id.eq(*user_id), user_days::day.eq(day)))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    fn retention_at(store: &Store, today: &str, n: u64) -> Retention {
+        let to = d(today).checked_sub_days(chrono::Days::new(n)).unwrap();
+        store.run_blocking(|conn| retention(conn, n, None, to)).unwrap()
+    }
+
+    #[test]
+    fn no_eligible_user_means_no_rate() {
+        let (_dir, empty) = store_with(&[]);
+        assert_eq!(retention_at(&empty, "2026-11-23", 1), Retention { eligible: 0, retained: 0 });
+        // First seen yesterday: D+1 is today, not ended yet.
+        let (_dir, store) = store_with(&[(1, "2026-11-22"), (1, "2026-11-23")]);
+        assert_eq!(retention_at(&store, "2026-11-23", 1), Retention { eligible: 0, retained: 0 });
+    }
+
+    #[test]
+    fn d1_and_d7_count_the_exact_day() {
+        let (_dir, store) = store_with(&[
+            // Eligible for D1 and D7; retained at D1 (11-11) and D7 (11-17).
+            (1, "2026-11-10"),
+            (1, "2026-11-11"),
+            (1, "2026-11-17"),
+            // Eligible for both; seen on D+2 only: retained at neither.
+            (2, "2026-11-10"),
+            (2, "2026-11-12"),
+            // Eligible for D1 only (D+7 = 11-27 not ended); retained at D1.
+            (3, "2026-11-20"),
+            (3, "2026-11-21"),
+        ]);
+        assert_eq!(retention_at(&store, "2026-11-23", 1), Retention { eligible: 3, retained: 2 });
+        assert_eq!(retention_at(&store, "2026-11-23", 7), Retention { eligible: 2, retained: 1 });
+        // Counted by ranges of first days, the parts add up to the whole.
+        let part = |from: &str, to: &str| store.run_blocking(|c| retention(c, 1, Some(d(from)), d(to))).unwrap();
+        assert_eq!(part("2026-11-10", "2026-11-11"), Retention { eligible: 2, retained: 1 });
+        assert_eq!(part("2026-11-11", "2026-11-22"), Retention { eligible: 1, retained: 1 });
+    }
 }

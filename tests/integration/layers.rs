@@ -187,7 +187,7 @@ fn layer(module: &[String]) -> (usize, String) {
         "backplane" => 4,
         "llm" => 5,
         "jobs" | "history" | "deps" => 6,
-        "content" | "lobby" | "runs" | "players" => 7,
+        "content" | "lobby" | "runs" | "players" | "insights" => 7,
         "ws" | "http" | "state" | "api_error" => 8,
         _ => 9,
     };
