@@ -198,6 +198,9 @@ pub fn retention(conn: &mut DbConn, n: u64, from: Option<NaiveDate>, to: NaiveDa
                     .filter(later.field(user_days::day).eq(sql::<Text>(&plus))),
             )
         };
+    if from.is_empty() {
+        return whole_retention(conn, n, &to);
+    }
     let retained: i64 = match conn {
         DbConn::Sqlite(c) => {
             first_rows().filter(back_on(format!("date(\"first\".\"day\", '+{n} days')"))).count().get_result(c)?
@@ -207,18 +210,50 @@ pub fn retention(conn: &mut DbConn, n: u64, from: Option<NaiveDate>, to: NaiveDa
             .count()
             .get_result(c)?,
     };
-    let eligible: i64 = if from.is_empty() {
-        // Every first day before `to`: a user's is when any of their days is, so no first day
-        // need be found (one pass over the index by day).
-        user_days::table
-            .filter(user_days::day.lt(to.clone()))
-            .select(diesel::dsl::count(user_days::user_id).aggregate_distinct())
-            .first(conn)?
-    } else {
-        // A few first days: only their rows are read.
-        crate::on_backend!(conn, |c| first_rows().count().get_result(c))?
-    };
+    // A few first days: only their rows are read.
+    let eligible: i64 = crate::on_backend!(conn, |c| first_rows().count().get_result(c))?;
     Ok(Retention { eligible, retained })
+}
+
+/// [`retention`] of every first day before `to` at once: each user's first day found in one
+/// pass over the rows in key order (`GROUP BY user_id`), then one look-up of its D+n, instead
+/// of looking for an earlier day of every row (a process's first summary counts them all).
+/// A derived table and date arithmetic are beyond the DSL: SQL with bound parameters.
+fn whole_retention(conn: &mut DbConn, n: u64, to: &str) -> StoreResult<Retention> {
+    use diesel::sql_types::{BigInt, Text};
+
+    #[derive(QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = BigInt)]
+        eligible: i64,
+        #[diesel(sql_type = BigInt)]
+        retained: i64,
+    }
+
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let counted: Counted = match conn {
+        DbConn::Sqlite(c) => diesel::sql_query(
+            "SELECT COUNT(*) AS eligible, \
+               COALESCE(SUM(EXISTS (SELECT 1 FROM user_days l \
+                 WHERE l.user_id = f.user_id AND l.day = date(f.first, '+' || ? || ' days'))), 0) AS retained \
+             FROM (SELECT user_id, MIN(day) AS first FROM user_days GROUP BY user_id) f \
+             WHERE f.first < ?",
+        )
+        .bind::<BigInt, _>(n)
+        .bind::<Text, _>(to)
+        .get_result(c)?,
+        DbConn::Pg(c) => diesel::sql_query(
+            "SELECT COUNT(*) AS eligible, \
+               COUNT(*) FILTER (WHERE EXISTS (SELECT 1 FROM user_days l WHERE l.user_id = f.user_id \
+                 AND l.day = to_char(CAST(f.first AS date) + CAST($1 AS integer), 'YYYY-MM-DD'))) AS retained \
+             FROM (SELECT user_id, MIN(day) AS first FROM user_days GROUP BY user_id) f \
+             WHERE f.first < $2",
+        )
+        .bind::<BigInt, _>(n)
+        .bind::<Text, _>(to)
+        .get_result(c)?,
+    };
+    Ok(Retention { eligible: counted.eligible, retained: counted.retained })
 }
 
 /// Announces a message change to the other processes; call inside the transaction that made it.
