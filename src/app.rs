@@ -15,6 +15,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 
 use crate::backplane::{self, Sinks};
+use crate::connections::{per_address, Limits};
 use crate::content::job::ContentJob;
 use crate::content::remote::ContentSink;
 use crate::content::ContentService;
@@ -27,7 +28,6 @@ use crate::deps::Deps;
 use crate::domain::content::{ContentStatus, FallbackReason};
 use crate::domain::upstream::UpstreamFailure;
 use crate::history::History;
-use crate::http::limits::{per_address, Limits};
 use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
@@ -257,7 +257,7 @@ fn serve(
             .app_data(limits_data.clone())
             // Innermost first: the token is checked before any extractor reads the request.
             .wrap(from_fn(crate::http::auth::authorize_first))
-            .wrap(from_fn(crate::http::limits::body_deadline))
+            .wrap(from_fn(crate::connections::body_deadline))
             .wrap_fn(crate::http::request_log::echo_request_id)
             .wrap(crate::http::request_log::logger())
             .route("/ws", web::get().to(crate::ws::upgrade))

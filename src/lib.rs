@@ -9,6 +9,7 @@
 pub mod api_error;
 pub mod app;
 pub mod backplane;
+pub mod connections;
 pub mod content;
 pub mod core;
 pub mod deps;

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use actix::Addr;
 
 use crate::backplane::Backplane;
+use crate::connections::Limits;
 use crate::content::ContentService;
 use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
 use crate::history::History;
-use crate::http::limits::Limits;
 use crate::hub::Hub;
 use crate::jobs::JobWorker;
 use crate::llm::circuit::CircuitBreaker;

@@ -7,7 +7,6 @@ pub mod admin;
 pub mod auth;
 pub mod edge;
 pub mod insights;
-pub mod limits;
 pub mod openapi;
 pub mod pages;
 pub mod public;
@@ -104,7 +103,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 fn json_error(e: &JsonPayloadError) -> ApiError {
     match e {
-        JsonPayloadError::Payload(p) if limits::is_body_timeout(p) => {
+        JsonPayloadError::Payload(p) if crate::connections::is_body_timeout(p) => {
             ApiError::Timeout("the request body did not arrive in time".into())
         }
         other => ApiError::Invalid(json_message(other)),

@@ -188,7 +188,7 @@ fn layer(module: &[String]) -> (usize, String) {
         "llm" => 5,
         "jobs" | "history" | "deps" => 6,
         "content" | "lobby" | "runs" | "players" | "insights" => 7,
-        "ws" | "http" | "state" | "api_error" => 8,
+        "ws" | "http" | "state" | "api_error" | "connections" => 8,
         _ => 9,
     };
     (rank, top.to_owned())
