@@ -386,7 +386,16 @@ async fn a_claim_takes_the_highest_priority_then_the_oldest(db: Db) {
 /// queues its job, which runs when the slot frees. A request that creates no job gives its
 /// reserved slot back.
 async fn a_request_with_a_free_slot_claims_its_job_and_a_busy_slot_queues_it(db: Db) {
-    let app = app_with_one_slot(db, Duration::from_millis(200)).await;
+    // No poll in the test's time: a poll's claim holds the free slot while it looks, so a
+    // request made meanwhile would queue its job.
+    let app = spawn_with(Setup::new(db), |c| {
+        c.llm_concurrency = 1;
+        c.retry_base = Duration::from_millis(200);
+        c.max_attempts = MAX_ATTEMPTS;
+        c.job_poll = Duration::from_secs(600);
+    })
+    .await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(700)));
     let store = store(&app).await;
     let (mut ws, _) = app.player("Ada").await;
     assert_eq!(request_quest(&mut ws, 1).await["status"], "pending");
