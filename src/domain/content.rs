@@ -17,6 +17,7 @@ pub use super::status::Status as ContentStatus;
 
 /// The kind of a content item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum ContentKind {
     Quest,
@@ -289,10 +290,12 @@ impl ContentKind {
 
 /// Why an item got its fallback text (README "Using it").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename_all = "snake_case"))]
 pub enum FallbackReason {
     NoConfig,
     CircuitOpen,
     RateLimited,
+    #[cfg_attr(test, ts(untagged, type = "`api_error_${number}`"))]
     ApiError(u16),
     NetworkError,
     Timeout,
@@ -317,6 +320,7 @@ impl std::fmt::Display for FallbackReason {
 
 /// A content item as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "ContentItem"))]
 pub struct Content {
     pub kind: ContentKind,
     /// The game's own id of the quest template, event or NPC.
@@ -325,10 +329,12 @@ pub struct Content {
     /// quest `flavorText`, `hookText`; event `announcementText`, `resolutionText`; npc
     /// `greeting`, `personalityNote` (empty while pending).
     #[schema(value_type = HashMap<String, String>)]
+    #[cfg_attr(test, ts(type = "Record<string, string>"))]
     pub fields: Map<String, Value>,
     /// The model that wrote it (when ready).
     pub model: Option<String>,
     /// Why it fell back: `no_config`, `circuit_open`, `rate_limited`, `api_error_<status>`, ...
+    #[cfg_attr(test, ts(as = "Option<FallbackReason>"))]
     pub reason: Option<String>,
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and increases with every change of the item.

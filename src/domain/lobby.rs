@@ -11,6 +11,7 @@ pub const MAX_MESSAGE_CHARS: usize = 500;
 
 /// A lobby message as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct Message {
     pub id: i64,
     pub user_id: i64,
@@ -22,12 +23,14 @@ pub struct Message {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct PresenceUser {
     pub user_id: i64,
     pub nickname: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct PresenceLeave {
     pub user_id: i64,
 }
@@ -51,6 +54,7 @@ pub fn validate_text(raw: &str) -> Result<String, String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum Mood {
     Neutral,

@@ -13,3 +13,5 @@ pub mod status;
 pub mod topic;
 pub mod upstream;
 pub mod wire;
+#[cfg(test)]
+mod wire_types;

@@ -10,6 +10,7 @@ pub const MAX_NICKNAME_CHARS: usize = 32;
 
 /// The A/B group of a player: `control` when `user_id` is even, `treatment` when odd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     Control,

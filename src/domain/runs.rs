@@ -12,6 +12,7 @@ pub const MAX_INPUT_CHARS: usize = 16_000;
 pub const MAX_PROJECT_CHARS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Action {
     Write,
@@ -47,6 +48,7 @@ impl Action {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Queued,
@@ -87,11 +89,13 @@ impl RunStatus {
 
 /// Why a run ended without its text (`run:error.code`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename_all = "snake_case"))]
 pub enum RunErrorCode {
     NoConfig,
     Aborted,
     BudgetExceeded,
     RateLimited,
+    #[cfg_attr(test, ts(untagged, type = "`api_error_${number}`"))]
     ApiError(u16),
     NetworkError,
     Timeout,
@@ -101,6 +105,7 @@ pub enum RunErrorCode {
     /// The provider reported an error inside the stream.
     StreamError,
     /// Lorewire could not run it (its attempts went to failures on lorewire's side).
+    #[cfg_attr(test, ts(rename = "internal_error"))]
     Internal,
 }
 
@@ -146,6 +151,7 @@ impl RunErrorCode {
 /// cache writes, so each count is priced once at its own rate (OpenAI's `input_tokens`
 /// include `cached_tokens`; the parsers subtract them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -242,6 +248,7 @@ pub fn validate_project_id(project_id: &str) -> Result<String, String> {
 /// A run as REST clients see it (README "Generation runs").
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(as = Run)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "Run"))]
 pub struct RunView {
     pub run_id: String,
     pub project_id: String,
@@ -260,8 +267,10 @@ pub struct RunView {
 
 /// The error of a run that ended without its text: a `run:error` code and what happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct RunFailure {
     /// `no_config`, `aborted`, `budget_exceeded`, `api_error_<status>`, `network_error`, ...
+    #[cfg_attr(test, ts(as = "RunErrorCode"))]
     pub code: String,
     pub message: String,
 }

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(as = ContentStatus)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub enum Status {
     Pending,
     Ready,

@@ -13,61 +13,82 @@ use super::runs::Usage;
 
 /// A frame from a client. Unknown fields (including `ref`, read separately) are ignored.
 #[derive(Debug)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(tag = "type", rename = "ClientFrameBody"))]
 pub enum ClientFrame {
+    #[cfg_attr(test, ts(rename = "session:start"))]
     SessionStart(SessionStart),
+    #[cfg_attr(test, ts(rename = "content:request"))]
     ContentRequest(ContentRequest),
+    #[cfg_attr(test, ts(rename = "content:subscribe"))]
     ContentSubscribe(ContentRef),
+    #[cfg_attr(test, ts(rename = "content:unsubscribe"))]
     ContentUnsubscribe(ContentRef),
+    #[cfg_attr(test, ts(rename = "generate:start"))]
     GenerateStart(GenerateStart),
+    #[cfg_attr(test, ts(rename = "generate:abort"))]
     GenerateAbort(GenerateAbort),
+    #[cfg_attr(test, ts(rename = "message:send"))]
     MessageSend(MessageSend),
+    #[cfg_attr(test, ts(rename = "presence:list"))]
     PresenceList(PresenceList),
 }
 
 /// `presence:list`: the next page of everyone online, after `after_user_id` (0 for the first).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct PresenceList {
     pub after_user_id: u64,
 }
 
 /// `generate:start`; `action` stays a string so an unknown one gets a message naming it.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct GenerateStart {
     pub project_id: String,
+    #[cfg_attr(test, ts(as = "super::runs::Action"))]
     pub action: String,
     pub input: String,
     #[serde(default)]
+    #[cfg_attr(test, ts(as = "Option<bool>", optional))]
     pub skip_cache: bool,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct GenerateAbort {
     pub run_id: String,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct MessageSend {
     pub text: String,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct SessionStart {
     pub nickname: String,
     #[serde(default)]
+    #[cfg_attr(test, ts(optional))]
     pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct ContentRequest {
     pub kind: ContentKind,
     pub subject_id: u64,
     #[serde(default)]
+    #[cfg_attr(test, ts(optional, type = "Record<string, string>"))]
     pub context: Option<Value>,
     #[serde(default)]
+    #[cfg_attr(test, ts(as = "Option<bool>", optional))]
     pub regenerate: bool,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct ContentRef {
     pub kind: ContentKind,
     pub subject_id: u64,
@@ -100,6 +121,7 @@ fn fields<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
 
 /// The error codes of a WebSocket `error:<code>` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename_all = "snake_case"))]
 pub enum ErrorCode {
     InvalidPayload,
     RateLimited,
@@ -127,6 +149,7 @@ impl ErrorCode {
 
 /// A frame to a client.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 #[serde(untagged)]
 pub enum ServerFrame {
     Typed(Typed),
@@ -134,11 +157,13 @@ pub enum ServerFrame {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "TypedServerFrame"))]
 #[serde(tag = "type")]
 pub enum Typed {
     #[serde(rename = "session:ack")]
     SessionAck {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional, type = "string | number"))]
         reference: Option<Value>,
         user_id: i64,
         nickname: String,
@@ -149,14 +174,20 @@ pub enum Typed {
     #[serde(rename = "content:snapshot")]
     ContentSnapshot {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional, type = "string | number"))]
         reference: Option<Value>,
+        #[cfg_attr(test, ts(type = "Content"))]
         content: Content,
     },
     #[serde(rename = "content:update")]
-    ContentUpdate { content: Content },
+    ContentUpdate {
+        #[cfg_attr(test, ts(type = "Content"))]
+        content: Content,
+    },
     #[serde(rename = "run:queued")]
     RunQueued {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional, type = "string | number"))]
         reference: Option<Value>,
         run_id: String,
         position: i64,
@@ -168,6 +199,7 @@ pub enum Typed {
         model: String,
         /// Set on a retry: the client drops the text of the earlier attempt.
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
         attempt: Option<i32>,
     },
     #[serde(rename = "run:delta")]
@@ -179,13 +211,16 @@ pub enum Typed {
         usage: Usage,
         cost_usd: f64,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[cfg_attr(test, ts(optional, type = "true"))]
         cached: bool,
     },
     #[serde(rename = "run:error")]
     RunError {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional, type = "string | number"))]
         reference: Option<Value>,
         run_id: String,
+        #[cfg_attr(test, ts(as = "super::runs::RunErrorCode"))]
         code: String,
         message: String,
     },
@@ -201,6 +236,7 @@ pub enum Typed {
     #[serde(rename = "presence:page")]
     PresencePage {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional, type = "string | number"))]
         reference: Option<Value>,
         online: Vec<PresenceUser>,
         next_after_user_id: Option<i64>,
@@ -208,14 +244,22 @@ pub enum Typed {
     #[serde(rename = "message:new")]
     MessageNew { message: Message },
     #[serde(rename = "message:mood_updated")]
-    MessageMoodUpdated { id: i64, mood: Mood, mood_status: MoodStatus },
+    MessageMoodUpdated {
+        id: i64,
+        mood: Mood,
+        #[cfg_attr(test, ts(type = "Exclude<Status, \"pending\">"))]
+        mood_status: MoodStatus,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
 pub struct ErrorFrame {
     #[serde(rename = "type")]
+    #[cfg_attr(test, ts(type = "`error:${ErrorCode}`"))]
     kind: String,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional, type = "string | number"))]
     reference: Option<Value>,
     message: String,
 }

@@ -24,6 +24,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("favicon.svg", "image/svg+xml", include_str!("../../static/favicon.svg")),
     // The types of lorewire.js, for TypeScript clients (README "Browser client").
     ("lorewire.d.ts", "application/typescript; charset=utf-8", include_str!("../../static/lorewire.d.ts")),
+    // The wire's types it imports, generated from the Rust types (src/domain/wire_types.rs).
+    ("lorewire.wire.d.ts", "application/typescript; charset=utf-8", include_str!("../../static/lorewire.wire.d.ts")),
 ];
 
 const INDEX: &str = include_str!("../../static/index.html");

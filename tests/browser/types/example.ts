@@ -5,6 +5,8 @@ import {
   LorewireClient,
   type ClientFrame,
   type Content,
+  type Run,
+  type RunErrorCode,
   type RunFrame,
   type ServerFrame,
 } from "../../../static/lorewire.js";
@@ -87,6 +89,14 @@ function describe(frame: ServerFrame): string {
   }
 }
 
+/** A run as `GET /api/runs/{run_id}` answers it. */
+function summarize(run: Run): string {
+  // @ts-expect-error a run's status is one the server knows
+  const gone: Run["status"] = "deleted";
+  const code: RunErrorCode | undefined = run.error?.code;
+  return run.status === "done" ? `${run.text} (${run.usage.output_tokens} tokens)` : `${code ?? run.status} ${gone}`;
+}
+
 async function play(): Promise<void> {
   lw.connect();
   const quest = await lw.requestContent("quest", 42, { character_name: "Ada" });
@@ -118,6 +128,11 @@ async function play(): Promise<void> {
   lw.send({ type: "lobby:shout", text: "hi" });
   // @ts-expect-error an action the server does not know
   await lw.generate({ project_id: "p1", action: "SUMMARIZE", input: "x" });
+  // @ts-expect-error a run:error code the server never sends
+  const exploded: RunErrorCode = "exploded";
+  // @ts-expect-error an error frame's type names an error code
+  const shout: ServerFrame = { type: "error:shouting", message: "no" };
+  console.log(exploded, shout, summarize(await fetch("/api/runs/run_1").then((r) => r.json() as Promise<Run>)));
   lw.unsubscribe("quest", 42);
   lw.close();
 }
