@@ -255,10 +255,16 @@ fn the_checked_in_client_types_match_the_rust_wire_types() {
         return;
     }
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    let first = checked_in.lines().zip(rendered.lines()).position(|(a, b)| a != b);
+    let line = first.unwrap_or(checked_in.lines().count().min(rendered.lines().count()));
     assert!(
         checked_in == rendered,
-        "{FILE} is not what the Rust wire types render (a wire type changed?); rewrite it with\n  \
-         LOREWIRE_WRITE_TYPES=1 cargo nextest run -E 'test(/wire_types/)'\nand commit it"
+        "{FILE} is not what the Rust wire types render (a wire type changed?), from line {}:\n  \
+         file:     {:?}\n  rendered: {:?}\nrewrite it with\n  \
+         LOREWIRE_WRITE_TYPES=1 cargo nextest run -E 'test(/wire_types/)'\nand commit it",
+        line + 1,
+        checked_in.lines().nth(line).unwrap_or("(end)"),
+        rendered.lines().nth(line).unwrap_or("(end)"),
     );
 }
 
