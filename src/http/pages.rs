@@ -10,8 +10,22 @@ use crate::api_error::ApiError;
 /// (name under /static/, content type, body)
 const ASSETS: &[(&str, &str, &str)] = &[
     ("lorewire.js", "text/javascript; charset=utf-8", include_str!("../../static/lorewire.js")),
+    // The helpers both pages share.
+    ("dom.js", "text/javascript; charset=utf-8", include_str!("../../static/dom.js")),
+    // The client page (app.js) and its parts.
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../static/app.js")),
+    ("app-session.js", "text/javascript; charset=utf-8", include_str!("../../static/app-session.js")),
+    ("app-presence.js", "text/javascript; charset=utf-8", include_str!("../../static/app-presence.js")),
+    ("app-chat.js", "text/javascript; charset=utf-8", include_str!("../../static/app-chat.js")),
+    ("app-scene.js", "text/javascript; charset=utf-8", include_str!("../../static/app-scene.js")),
+    ("app-content.js", "text/javascript; charset=utf-8", include_str!("../../static/app-content.js")),
+    ("app-runs.js", "text/javascript; charset=utf-8", include_str!("../../static/app-runs.js")),
+    // The admin dashboard (admin.js) and its parts.
     ("admin.js", "text/javascript; charset=utf-8", include_str!("../../static/admin.js")),
+    ("admin-api.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-api.js")),
+    ("admin-llm.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-llm.js")),
+    ("admin-summary.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-summary.js")),
+    ("admin-runs.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-runs.js")),
     ("charts.js", "text/javascript; charset=utf-8", include_str!("../../static/charts.js")),
     // uPlot (MIT), vendored from npm: see static/vendor/uplot/README.md.
     (

@@ -85,3 +85,55 @@ async fn head_answers_like_get_without_a_body() {
         }
     }
 }
+
+/// The module specifiers (`from "./x.js"`, `import "./x.js"`) of a script or a .d.ts file.
+fn specifiers(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for marker in ["from \"", "import \""] {
+        for (at, _) in source.match_indices(marker) {
+            let rest = &source[at + marker.len()..];
+            out.push(rest[..rest.find('"').unwrap_or(0)].to_owned());
+        }
+    }
+    out
+}
+
+/// A page's module scripts, and every file a served module or type file imports, are served:
+/// a browser (or a TypeScript user who downloads lorewire.d.ts) can fetch everything referenced.
+#[actix_web::test]
+async fn every_module_the_pages_and_the_types_import_is_served() {
+    let app = spawn_app(Db::Sqlite).await;
+    let mut queue: Vec<String> = vec!["/static/lorewire.d.ts".into()];
+    for page in PAGES {
+        let (_, _, body) = fetch("GET", &app.url(page)).await;
+        let html = String::from_utf8(body).unwrap();
+        for (at, _) in html.match_indices("<script type=\"module\" src=\"") {
+            let rest = &html[at + 27..];
+            queue.push(rest[..rest.find('"').unwrap()].to_owned());
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(path) = queue.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let (status, headers, body) = fetch("GET", &app.url(&path)).await;
+        assert_eq!(status, 200, "{path} is referenced but not served");
+        let kind = header(&headers, "content-type").unwrap_or("");
+        let types = path.ends_with(".d.ts");
+        let expected = if types { "application/typescript" } else { "text/javascript" };
+        assert!(kind.starts_with(expected), "{path}: {kind}");
+        for spec in specifiers(&String::from_utf8(body).unwrap()) {
+            let name = spec.trim_start_matches("./").trim_start_matches("/static/");
+            assert!(spec.starts_with("./") || spec.starts_with("/static/"), "{path} imports {spec} from elsewhere");
+            // TypeScript finds the types of `./x.js` in `./x.d.ts`.
+            let name = if types { name.replace(".js", ".d.ts") } else { name.to_owned() };
+            queue.push(format!("/static/{name}"));
+        }
+    }
+    for expected in
+        ["/static/app.js", "/static/admin.js", "/static/dom.js", "/static/lorewire.js", "/static/lorewire.wire.d.ts"]
+    {
+        assert!(seen.contains(expected), "{expected} not reached from the pages and the types: {seen:?}");
+    }
+}
