@@ -15,6 +15,7 @@ use super::runs::Usage;
 #[derive(Debug)]
 pub enum ClientFrame {
     SessionStart(SessionStart),
+    SessionRefresh(SessionRefresh),
     ContentRequest(ContentRequest),
     ContentSubscribe(ContentRef),
     ContentUnsubscribe(ContentRef),
@@ -50,11 +51,22 @@ pub struct MessageSend {
     pub text: String,
 }
 
+/// `session:start`: a nickname (and the opaque token that resumes an anonymous player), or
+/// the studio's JWT (and a nickname used when its claims carry none).
 #[derive(Debug, Deserialize)]
 pub struct SessionStart {
-    pub nickname: String,
+    #[serde(default)]
+    pub nickname: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
+    #[serde(default)]
+    pub jwt: Option<String>,
+}
+
+/// `session:refresh`: a newer JWT of the session's player, before the one it started with expires.
+#[derive(Debug, Deserialize)]
+pub struct SessionRefresh {
+    pub jwt: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,8 +86,9 @@ pub struct ContentRef {
 }
 
 /// The frame types a client may send.
-pub const CLIENT_TYPES: [&str; 8] = [
+pub const CLIENT_TYPES: [&str; 9] = [
     "session:start",
+    "session:refresh",
     "content:request",
     "content:subscribe",
     "content:unsubscribe",
@@ -142,9 +155,23 @@ pub enum Typed {
         reference: Option<Value>,
         user_id: i64,
         nickname: String,
-        token: String,
+        /// The opaque token that resumes an anonymous player (none for the studio's login).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
         variant: Variant,
         server_time: DateTime<Utc>,
+        /// The JWT's `sub`, for a player of the studio's login.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        external_id: Option<String>,
+        /// When the JWT expires; refresh before it with `session:refresh`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    #[serde(rename = "session:refreshed")]
+    SessionRefreshed {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        expires_at: DateTime<Utc>,
     },
     #[serde(rename = "content:snapshot")]
     ContentSnapshot {
@@ -267,6 +294,7 @@ pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
     };
     let frame = match ty {
         "session:start" => fields(value).map(ClientFrame::SessionStart),
+        "session:refresh" => fields(value).map(ClientFrame::SessionRefresh),
         "content:request" => fields(value).map(ClientFrame::ContentRequest),
         "content:subscribe" => fields(value).map(ClientFrame::ContentSubscribe),
         "content:unsubscribe" => fields(value).map(ClientFrame::ContentUnsubscribe),
