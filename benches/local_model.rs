@@ -284,7 +284,7 @@ fn main() {
             c.llm_timeout = Duration::from_secs(300);
             c.llm_concurrency = 2;
             c.job_poll = Duration::from_secs(1);
-            c.chat_rate = lorewire::core::config::ChatRate { count: 1000, per: Duration::from_secs(10) };
+            c.chat_rate = lorewire::core::rate_limit::Rate { count: 1000, per: Duration::from_secs(10) };
         })
         .await;
         println!("SmolLM2-135M-Instruct Q4_1 on llama.cpp (xllamacpp), 2 decoding slots, 127.0.0.1:{port}");

@@ -35,6 +35,7 @@ use crate::llm::Llm;
 use crate::lobby::mood_job::MoodJob;
 use crate::lobby::remote::LobbySink;
 use crate::lobby::{Lobby, LobbyService};
+use crate::players::Players;
 use crate::runs::job::RunJob;
 use crate::runs::live::LiveRuns;
 use crate::runs::remote::RunsSink;
@@ -51,6 +52,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Backplane(#[from] backplane::SetupError),
+    #[error(transparent)]
+    Identity(#[from] crate::core::identity::IdentitySetupError),
 }
 
 crate::stoppable!(Hub, CircuitBreaker);
@@ -84,6 +87,7 @@ pub async fn open_store(database_url: &str) -> Result<Store, StoreError> {
 /// recovered from the last stop; the metrics; the shared dependencies; the features and the
 /// job worker; the HTTP server.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
+    config.identity.check()?;
     let config = Arc::new(config);
     let store = open_store(&config.database_url).await?;
     let llm_row = recover(&store, &config, &clock).await?;
@@ -160,6 +164,7 @@ struct Features {
     content: ContentService,
     runs: RunService,
     lobby: LobbyService,
+    players: Players,
     backplane: Arc<dyn backplane::Backplane>,
 }
 
@@ -209,7 +214,9 @@ impl Features {
             Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), lobby: lobby.addr().clone() }),
             Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
         ]));
-        Ok(Features { history, circuit, jobs, content, runs, lobby, backplane })
+        let players =
+            Players::start(store.clone(), clock.clone(), metrics.clone(), backplane.clone(), &config.identity);
+        Ok(Features { history, circuit, jobs, content, runs, lobby, players, backplane })
     }
 
     /// What the edges reach: the features and the shared dependencies.
@@ -229,6 +236,7 @@ impl Features {
             content: self.content,
             runs: self.runs,
             lobby: self.lobby,
+            players: self.players,
             insights: Default::default(),
             admin_token,
             backplane: self.backplane,

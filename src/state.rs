@@ -18,6 +18,7 @@ use crate::hub::Hub;
 use crate::jobs::JobWorker;
 use crate::llm::circuit::CircuitBreaker;
 use crate::lobby::LobbyService;
+use crate::players::Players;
 use crate::runs::RunService;
 use crate::store::Store;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub content: ContentService,
     pub runs: RunService,
     pub lobby: LobbyService,
+    /// Who players are: anonymous starts, the studio's JWTs, REST tokens.
+    pub players: Players,
     /// The admin's figures (the retention already counted).
     pub insights: crate::insights::Insights,
     pub admin_token: Secret,

@@ -169,7 +169,16 @@ export type Run = {
   finished_at: string | null,
 };
 
-export type SessionStart = { nickname: string, token?: string };
+/**
+ * `session:start`: a nickname (and the opaque token that resumes an anonymous player), or
+ * the studio's JWT (and a nickname used when its claims carry none).
+ */
+export type SessionStart = { nickname?: string, token?: string, jwt?: string };
+
+/**
+ * `session:refresh`: a newer JWT of the session's player, before the one it started with expires.
+ */
+export type SessionRefresh = { jwt: string };
 
 export type ContentRequest = {
   kind: ContentKind,
@@ -204,6 +213,7 @@ export type PresenceList = { after_user_id: number };
  */
 export type ClientFrameBody =
   | { "type": "session:start" } & SessionStart
+  | { "type": "session:refresh" } & SessionRefresh
   | { "type": "content:request" } & ContentRequest
   | { "type": "content:subscribe" } & ContentRef
   | { "type": "content:unsubscribe" } & ContentRef
@@ -218,10 +228,22 @@ export type TypedServerFrame =
     ref?: string | number,
     user_id: number,
     nickname: string,
-    token: string,
+    /**
+     * The opaque token that resumes an anonymous player (none for the studio's login).
+     */
+    token?: string,
     variant: Variant,
     server_time: string,
+    /**
+     * The JWT's `sub`, for a player of the studio's login.
+     */
+    external_id?: string,
+    /**
+     * When the JWT expires; refresh before it with `session:refresh`.
+     */
+    expires_at?: string,
   }
+  | { "type": "session:refreshed", ref?: string | number, expires_at: string }
   | { "type": "content:snapshot", ref?: string | number, content: Content }
   | { "type": "content:update", content: Content }
   | {

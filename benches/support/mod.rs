@@ -140,6 +140,7 @@ impl Server {
             // Every bench client connects from 127.0.0.1, and one may hold thousands of items.
             .env("LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS", "1000000")
             .env("LOREWIRE_MAX_SUBSCRIPTIONS", "1000000")
+            .env("LOREWIRE_NEW_PLAYERS_RATE", "1000000/1s")
             .env("RUST_LOG", "warn")
             .env_remove("LOREWIRE_REDIS_URL")
             .env_remove("LOREWIRE_LLM_API_KEY")

@@ -47,12 +47,13 @@ pub trait Backplane: Send + Sync + 'static {
     fn liveness(&self) -> Liveness {
         Liveness { every: Duration::from_secs(5), expires: Duration::from_secs(16) }
     }
-    /// Admits one event of `user_id` under a rate of `count` per `per` kept for every process
-    /// together (a sliding window), `Err` with the wait when the window is full; `None` when
-    /// this backplane keeps no shared windows or cannot answer now: the caller counts alone.
+    /// Admits one event of the window `key` (e.g. `chat:17`, `new_players:203.0.113.9`)
+    /// under a rate of `count` per `per` kept for every process together (a sliding window),
+    /// `Err` with the wait when the window is full; `None` when this backplane keeps no shared
+    /// windows or cannot answer now: the caller counts alone.
     fn admit(
         &self,
-        _user_id: i64,
+        _key: String,
         _count: u32,
         _per: Duration,
     ) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {

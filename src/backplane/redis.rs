@@ -330,12 +330,12 @@ impl Backplane for RedisBackplane {
 
     /// One Lua script per admission, so the window is read and written atomically; Redis's own
     /// clock, so the processes' clocks need not agree.
-    fn admit(&self, user_id: i64, count: u32, per: Duration) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
+    fn admit(&self, key: String, count: u32, per: Duration) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
         if !self.is_up() {
             return async { None }.boxed_local();
         }
         let mut commands = self.commands.clone();
-        let key = format!("{}rate:chat:{user_id}", self.prefix);
+        let key = format!("{}rate:{key}", self.prefix);
         let member = crate::domain::players::new_token();
         async move {
             static SCRIPT: std::sync::LazyLock<redis::Script> =
@@ -347,11 +347,11 @@ impl Backplane for RedisBackplane {
                 Ok(Ok(wait_ms)) if wait_ms < 0 => Some(Ok(())),
                 Ok(Ok(wait_ms)) => Some(Err(Duration::from_millis(wait_ms.unsigned_abs()))),
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Redis cannot keep the chat rate now; this process counts on its own");
+                    tracing::warn!(error = %e, "Redis cannot keep a shared rate now; this process counts on its own");
                     None
                 }
                 Err(_) => {
-                    tracing::warn!("Redis did not answer the chat rate in time; this process counts on its own");
+                    tracing::warn!("Redis did not answer a shared rate in time; this process counts on its own");
                     None
                 }
             }

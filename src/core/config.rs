@@ -1,43 +1,17 @@
 //! Configuration: flags, then environment (`.env` is read by `main`), then defaults.
 //! Owns the typed settings every actor reads; never prints a secret (see [`Secret`]).
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::core::secret::Secret;
+
+use crate::core::identity::{IdentityConfig, IdentitySettings};
 use crate::core::logging::LogFormat;
 use crate::core::provider::Provider;
-
-/// A value that must never reach a log line, a frame or a response.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
+use crate::core::rate_limit::Rate;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,7 +106,7 @@ pub struct Settings {
     pub history_limit: u32,
     /// Per-user lobby message rate, as COUNT/WINDOW (e.g. 5/10s, 30/1m).
     #[arg(long, global = true, env = "LOREWIRE_CHAT_RATE", default_value = "5/10s")]
-    pub chat_rate: ChatRate,
+    pub chat_rate: Rate,
     /// Comma list of allowed WebSocket Origins; `*` allows all. Default: same origin only.
     #[arg(long, global = true, env = "LOREWIRE_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
@@ -170,6 +144,8 @@ pub struct Settings {
     /// Log output on stderr: text (colour only on a terminal) or json (one object a line).
     #[arg(long, global = true, env = "LOREWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub identity: IdentitySettings,
 }
 
 /// `LOREWIRE_PRESENCE_LIST_MAX`: a positive number of users.
@@ -178,37 +154,6 @@ fn parse_list_max(s: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1: it is how many users one presence:state or presence:page lists".into()),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("`{s}` is not a whole number of users (at least 1)")),
-    }
-}
-
-/// `COUNT/WINDOW`, e.g. `5/10s`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChatRate {
-    pub count: u32,
-    pub per: Duration,
-}
-
-impl std::str::FromStr for ChatRate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a rate like 5/10s");
-        let (count, window) = s.split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let window = window.trim();
-        let split = window.find(|c: char| !c.is_ascii_digit()).unwrap_or(window.len());
-        let (n, unit) = window.split_at(split);
-        let n: u64 = if n.is_empty() { 1 } else { n.parse().map_err(|_| bad())? };
-        let secs = match unit {
-            "ms" => return Ok(ChatRate { count, per: Duration::from_millis(n) }),
-            "s" | "" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            _ => return Err(bad()),
-        };
-        if count == 0 || n == 0 {
-            return Err(bad());
-        }
-        Ok(ChatRate { count, per: Duration::from_secs(secs) })
     }
 }
 
@@ -273,7 +218,7 @@ pub struct Config {
     /// Total limit of one streamed run attempt.
     pub run_total_limit: Duration,
     pub history_limit: u32,
-    pub chat_rate: ChatRate,
+    pub chat_rate: Rate,
     pub allowed_origins: AllowedOrigins,
     pub shutdown: Duration,
     pub job_lease: Duration,
@@ -303,6 +248,8 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// How long a request's body may take to arrive after its head (then 408).
     pub body_timeout: Duration,
+    /// Who players are and how they prove it (PROTOCOL §5).
+    pub identity: IdentityConfig,
     /// Pauses that tests put between two steps to hold a race open; all zero outside tests.
     pub test_holds: TestHolds,
 }
@@ -369,6 +316,7 @@ impl Settings {
             max_subscriptions: self.max_subscriptions as usize,
             metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
             body_timeout: Duration::from_secs(10),
+            identity: self.identity.into_config(),
             test_holds: TestHolds::default(),
         }
     }
@@ -386,15 +334,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chat_rate_parses_count_and_window() {
-        assert_eq!("5/10s".parse::<ChatRate>().unwrap(), ChatRate { count: 5, per: Duration::from_secs(10) });
-        assert_eq!("30/1m".parse::<ChatRate>().unwrap().per, Duration::from_secs(60));
-        assert!("0/10s".parse::<ChatRate>().is_err());
-        assert!("five/10s".parse::<ChatRate>().is_err());
-        assert!("5/10x".parse::<ChatRate>().is_err());
-    }
 
     #[test]
     fn origins_same_origin_list_and_any() {
@@ -415,11 +354,5 @@ mod tests {
         let zero = cli("0").unwrap_err().to_string();
         assert!(zero.contains("at least 1"), "{zero}");
         assert!(cli("-2").is_err() && cli("many").is_err());
-    }
-
-    #[test]
-    fn secret_debug_is_redacted() {
-        let s = Secret::new("sk-canary");
-        assert!(!format!("{s:?}").contains("canary"));
     }
 }

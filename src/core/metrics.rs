@@ -60,6 +60,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// content:request / content:subscribe refused at the per-session subscription cap.
     pub subscriptions_refused: IntCounter,
+    /// JWTs refused (a bad signature, an unknown kid, expired...), at a start, refresh or REST call.
+    pub jwt_refused: IntCounter,
+    /// New anonymous players refused over LOREWIRE_NEW_PLAYERS_RATE.
+    pub new_players_refused: IntCounter,
 }
 
 impl Metrics {
@@ -144,6 +148,11 @@ impl Metrics {
         let subscriptions_refused =
             IntCounter::new("subscriptions_refused_total", "Content subscriptions refused at the per-session cap")
                 .expect("metric");
+        let jwt_refused =
+            IntCounter::new("jwt_refused_total", "JWTs refused at a start, a refresh or a REST call").expect("metric");
+        let new_players_refused =
+            IntCounter::new("new_players_refused_total", "New anonymous players refused over the per-address rate")
+                .expect("metric");
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -172,6 +181,8 @@ impl Metrics {
             Box::new(backplane_up.clone()),
             Box::new(connections_refused.clone()),
             Box::new(subscriptions_refused.clone()),
+            Box::new(jwt_refused.clone()),
+            Box::new(new_players_refused.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -204,6 +215,8 @@ impl Metrics {
             backplane_up,
             connections_refused,
             subscriptions_refused,
+            jwt_refused,
+            new_players_refused,
         }
     }
 

@@ -4,9 +4,12 @@
 
 pub mod clock;
 pub mod config;
+pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod process;
 pub mod provider;
+pub mod rate_limit;
+pub mod secret;
 pub mod shutdown;

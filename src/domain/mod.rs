@@ -4,6 +4,7 @@ pub mod answer;
 pub mod content;
 pub mod context;
 pub mod events;
+pub mod identity;
 pub mod jobs;
 pub mod lobby;
 pub mod money;

@@ -17,6 +17,8 @@ use super::runs::Usage;
 pub enum ClientFrame {
     #[cfg_attr(test, ts(rename = "session:start"))]
     SessionStart(SessionStart),
+    #[cfg_attr(test, ts(rename = "session:refresh"))]
+    SessionRefresh(SessionRefresh),
     #[cfg_attr(test, ts(rename = "content:request"))]
     ContentRequest(ContentRequest),
     #[cfg_attr(test, ts(rename = "content:subscribe"))]
@@ -65,13 +67,27 @@ pub struct MessageSend {
     pub text: String,
 }
 
+/// `session:start`: a nickname (and the opaque token that resumes an anonymous player), or
+/// the studio's JWT (and a nickname used when its claims carry none).
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(ts_rs::TS))]
 pub struct SessionStart {
-    pub nickname: String,
+    #[serde(default)]
+    #[cfg_attr(test, ts(optional))]
+    pub nickname: Option<String>,
     #[serde(default)]
     #[cfg_attr(test, ts(optional))]
     pub token: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(test, ts(optional))]
+    pub jwt: Option<String>,
+}
+
+/// `session:refresh`: a newer JWT of the session's player, before the one it started with expires.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+pub struct SessionRefresh {
+    pub jwt: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,8 +111,9 @@ pub struct ContentRef {
 }
 
 /// The frame types a client may send.
-pub const CLIENT_TYPES: [&str; 8] = [
+pub const CLIENT_TYPES: [&str; 9] = [
     "session:start",
+    "session:refresh",
     "content:request",
     "content:subscribe",
     "content:unsubscribe",
@@ -167,9 +184,27 @@ pub enum Typed {
         reference: Option<Value>,
         user_id: i64,
         nickname: String,
-        token: String,
+        /// The opaque token that resumes an anonymous player (none for the studio's login).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
+        token: Option<String>,
         variant: Variant,
         server_time: DateTime<Utc>,
+        /// The JWT's `sub`, for a player of the studio's login.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
+        external_id: Option<String>,
+        /// When the JWT expires; refresh before it with `session:refresh`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional))]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    #[serde(rename = "session:refreshed")]
+    SessionRefreshed {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, ts(optional, type = "string | number"))]
+        reference: Option<Value>,
+        expires_at: DateTime<Utc>,
     },
     #[serde(rename = "content:snapshot")]
     ContentSnapshot {
@@ -311,6 +346,7 @@ pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
     };
     let frame = match ty {
         "session:start" => fields(value).map(ClientFrame::SessionStart),
+        "session:refresh" => fields(value).map(ClientFrame::SessionRefresh),
         "content:request" => fields(value).map(ClientFrame::ContentRequest),
         "content:subscribe" => fields(value).map(ClientFrame::ContentSubscribe),
         "content:unsubscribe" => fields(value).map(ClientFrame::ContentUnsubscribe),

@@ -13,7 +13,7 @@ use super::runs::{Action, RunErrorCode, RunFailure, RunStatus, RunView, Usage};
 use super::status::Status;
 use super::wire::{
     ClientFrame, ContentRef, ContentRequest, ErrorCode, ErrorFrame, GenerateAbort, GenerateStart, MessageSend,
-    PresenceList, ServerFrame, SessionStart, Typed,
+    PresenceList, ServerFrame, SessionRefresh, SessionStart, Typed,
 };
 
 /// The checked-in file, relative to the crate root.
@@ -232,6 +232,7 @@ fn generate() -> String {
         decl::<RunFailure>(&cfg),
         decl::<RunView>(&cfg),
         decl::<SessionStart>(&cfg),
+        decl::<SessionRefresh>(&cfg),
         decl::<ContentRequest>(&cfg),
         decl::<ContentRef>(&cfg),
         decl::<GenerateStart>(&cfg),

@@ -15,7 +15,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
 use super::edge::{bearer, same_token};
 use crate::api_error::ApiError;
-use crate::players;
+use crate::players::StartRefused;
 use crate::state::AppState;
 use crate::store::users::UserRow;
 
@@ -87,15 +87,17 @@ fn admin(req: &HttpRequest, state: &AppState) -> Result<Admin, ApiError> {
     }
 }
 
-/// The player a request's bearer token belongs to. A second way to authenticate (a JWT from
-/// an identity provider) plugs in here: whatever proves the player, the handlers see a `Player`.
+/// The player a request's bearer token belongs to: an opaque token from `session:ack`, or the
+/// studio's JWT, as `LOREWIRE_AUTH` allows. Whatever proves the player, the handlers see a `Player`.
 async fn player(req: &HttpRequest, state: &AppState) -> Result<Player, ApiError> {
     let token =
         bearer(req).ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <player token>".into()))?;
-    players::authenticate(&state.store, &state.clock, token)
-        .await?
-        .map(Player)
-        .ok_or_else(|| ApiError::Unauthorized("unknown player token; start a session to get one".into()))
+    match state.players.authenticate(token).await {
+        Ok(Some(user)) => Ok(Player(user)),
+        Ok(None) => Err(ApiError::Unauthorized("unknown player token; start a session to get one".into())),
+        Err(StartRefused::Store(e)) => Err(e.into()),
+        Err(refused) => Err(ApiError::Unauthorized(refused.to_string())),
+    }
 }
 
 /// What `authorize_first` put in the request; a route outside its paths cannot name it.

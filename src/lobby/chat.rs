@@ -10,12 +10,12 @@ use actix::prelude::*;
 
 use super::frames::new_message_publish;
 use super::presence::{Join, Leave, Lobby, Page, PendingState, PresencePage};
-use super::rate_limit::RateLimiter;
 use crate::backplane::Backplane;
 use crate::core::clock::SharedClock;
-use crate::core::config::ChatRate;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
+use crate::core::rate_limit::Rate;
+use crate::core::rate_limit::RateLimiter;
 use crate::deps::Deps;
 use crate::domain::lobby::{validate_text, Message};
 use crate::hub::{Hub, SessionId};
@@ -50,7 +50,7 @@ pub struct LobbyService {
     /// read (tests only).
     join_hold: Duration,
     history_hold: Duration,
-    rate: ChatRate,
+    rate: Rate,
     /// This process's own windows: the rate when the backplane keeps none or cannot answer.
     limiter: Arc<Mutex<RateLimiter>>,
     backplane: Arc<dyn Backplane>,
@@ -111,7 +111,7 @@ impl LobbyService {
     /// processes when the backplane keeps the window); the text to store.
     pub async fn admit(&self, user_id: i64, raw: &str) -> Result<String, SendRefused> {
         let text = validate_text(raw).map_err(SendRefused::Invalid)?;
-        let shared = self.backplane.admit(user_id, self.rate.count, self.rate.per).await;
+        let shared = self.backplane.admit(format!("chat:{user_id}"), self.rate.count, self.rate.per).await;
         let allowed = match shared {
             Some(allowed) => allowed,
             None => self.limiter.lock().unwrap_or_else(|e| e.into_inner()).check(user_id, Instant::now()),

@@ -8,7 +8,6 @@ pub mod mood;
 pub mod mood_job;
 mod peers;
 pub mod presence;
-pub mod rate_limit;
 pub mod remote;
 
 pub use chat::{LobbyService, SendRefused};

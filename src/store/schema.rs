@@ -76,6 +76,8 @@ diesel::table! {
         token_hash -> Text,
         created_at -> Timestamp,
         last_seen_at -> Timestamp,
+        issuer -> Nullable<Text>,
+        subject -> Nullable<Text>,
     }
 }
 

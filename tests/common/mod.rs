@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use lorewire::app::Running;
 use lorewire::core::clock::{ManualClock, SharedClock, SystemClock};
 use lorewire::core::config::{Config, Secret};
+use lorewire::core::rate_limit::Rate;
 use lorewire::llm::providers::Provider;
 use serde_json::{json, Value};
 
@@ -113,6 +114,8 @@ pub fn test_config(db_url: &str, fake: &FakeLlm, provider: Provider) -> Config {
     config.llm_timeout = Duration::from_secs(2);
     config.job_poll = Duration::from_millis(100);
     config.workers = 2;
+    // Every test client connects from 127.0.0.1; tests of the limit set their own.
+    config.identity.new_players_rate = Rate { count: 1_000_000, per: Duration::from_secs(1) };
     config
 }
 
@@ -349,9 +352,20 @@ impl WsClient {
     }
 
     pub async fn connect_with(url: &str, origin: Option<&str>) -> Result<WsClient, u16> {
+        Self::connect_with_headers(url, origin, &[]).await
+    }
+
+    pub async fn connect_with_headers(
+        url: &str,
+        origin: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, u16> {
         let mut req = awc::Client::builder().timeout(Duration::from_secs(10)).finish().ws(url).max_frame_size(1 << 24);
         if let Some(origin) = origin {
             req = req.origin(origin);
+        }
+        for (name, value) in headers {
+            req = req.set_header(*name, *value);
         }
         match req.connect().await {
             Ok((_, framed)) => Ok(WsClient { framed, answer_pings: true, lobby_frames: false }),

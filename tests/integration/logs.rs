@@ -119,3 +119,37 @@ fn an_unknown_log_format_stops_the_start_with_the_choices() {
     assert!(err.contains("'yaml'") && err.contains("text, json"), "{err}");
     assert!(!dir.path().join("lorewire.db").exists(), "nothing started");
 }
+
+/// JWTs, accepted or refused, over the WebSocket and as REST bearers, never reach the log,
+/// even at debug; the refusal's reason does.
+#[actix_web::test]
+async fn jwts_never_reach_the_log() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let fake = FakeLlm::start();
+    let db = test_db(Db::Sqlite).await;
+    let secret = "log-test-secret-0123456789";
+    let env = [("LOREWIRE_AUTH", "both"), ("LOREWIRE_JWT_SECRET", secret), ("RUST_LOG", "debug")];
+    let server = Server::start_with(&db.url, &fake, &env).await;
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let claims = json!({"iss": "studio", "sub": "logged-player", "name": "Logged", "exp": exp});
+    let good = encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap();
+    let forged = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"forged")).unwrap();
+    for jwt in [&good, &forged] {
+        let mut ws = WsClient::connect(&server.url("/ws")).await;
+        ws.send(json!({"type": "session:start", "jwt": jwt})).await;
+        ws.recv().await;
+        let resp = http().get(server.url("/api/content/npc/7")).bearer_auth(jwt).send().await.unwrap();
+        assert!(resp.status() == 404 || resp.status() == 401, "{}", resp.status());
+    }
+    let log = eventually("the refusal's line", || async {
+        let log = server.stderr();
+        log.contains("a JWT was refused").then_some(log)
+    })
+    .await;
+    assert!(log.contains("the JWT's signature is not valid"), "the reason is logged");
+    for jwt in [&good, &forged] {
+        for part in jwt.split('.') {
+            assert!(!log.contains(part), "a part of a JWT reached the log: {part}");
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod circuit_states;
 mod cluster;
 mod content;
 mod edges;
+mod identity;
 mod jobs;
 mod layers;
 mod llm;

@@ -193,7 +193,7 @@ async fn the_chat_rate_is_shared_by_every_process() {
             if redis {
                 configure(c);
             }
-            c.chat_rate = lorewire::core::config::ChatRate { count: 2, per: Duration::from_secs(10) };
+            c.chat_rate = lorewire::core::rate_limit::Rate { count: 2, per: Duration::from_secs(10) };
         })
         .await;
         let other = second_process(&app).await;
@@ -223,6 +223,34 @@ async fn the_chat_rate_is_shared_by_every_process() {
         }
         other.shutdown().await;
     }
+}
+
+/// New anonymous players from one address are counted over every process (2 per hour here).
+#[actix_web::test]
+async fn the_new_players_rate_is_shared_by_every_process() {
+    let prefix = redis_prefix();
+    let configure = with_redis(&redis_url(), &prefix);
+    let app = spawn_with(Setup::new(Db::Postgres), |c| {
+        configure(c);
+        c.identity.new_players_rate = lorewire::core::rate_limit::Rate { count: 2, per: Duration::from_secs(3600) };
+    })
+    .await;
+    let other = second_process(&app).await;
+    let (a, b) = (app.url(""), format!("http://{}", other.addr));
+    wait_backplane(&a, true).await;
+    wait_backplane(&b, true).await;
+    for (base, nickname, want) in [
+        (&a, "One", "session:ack"),
+        (&b, "Two", "session:ack"),
+        (&a, "Three", "error:rate_limited"),
+        (&b, "Four", "error:rate_limited"),
+    ] {
+        let mut ws = WsClient::connect(&format!("{base}/ws")).await;
+        ws.send(json!({"type": "session:start", "nickname": nickname})).await;
+        let answer = ws.recv().await;
+        assert_eq!(answer["type"], want, "{nickname}: {answer}");
+    }
+    other.shutdown().await;
 }
 
 #[actix_web::test]
@@ -291,7 +319,7 @@ async fn redis_going_away_never_stops_local_play() {
     let configure = with_redis(&redis.url(), "lw:");
     let app = spawn_with(Setup::new(Db::Postgres), |c| {
         configure(c);
-        c.chat_rate = lorewire::core::config::ChatRate { count: 100, per: Duration::from_secs(10) };
+        c.chat_rate = lorewire::core::rate_limit::Rate { count: 100, per: Duration::from_secs(10) };
     })
     .await;
     let other = second_process(&app).await;

@@ -17,6 +17,7 @@ mod runs;
 mod start;
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ use super::subscriptions::Subscriptions;
 use super::transport::{Inbox, Takeover};
 use super::MAX_FRAME_BYTES;
 use crate::api_error::ApiError;
+use crate::core::identity::TrustedProxies;
+use crate::domain::identity;
 use crate::domain::wire::{self as protocol, ClientFrame, ErrorCode, ServerFrame};
 use crate::hub::{self, SessionId, ToSession, Topic};
 use crate::state::AppState;
@@ -52,11 +55,27 @@ pub fn start(req: &HttpRequest, state: Arc<AppState>) -> Result<HttpResponse, Ap
         return Err(ApiError::Internal);
     };
     let (outbox, inbox) = (Outbox::default(), Inbox::default());
-    let session = WsSession::new(state, outbox.clone());
+    let client = client_address(req, &state.config.identity.trusted_proxies);
+    let session = WsSession::new(state, outbox.clone(), client);
     let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME_BYTES);
     let frames = ws::WebsocketContext::with_codec(session, inbox.clone(), codec);
     takeover.accept(Box::pin(frames), outbox, inbox);
     Ok(response.finish())
+}
+
+/// The studio's login behind a session started with a JWT.
+pub(super) struct JwtLogin {
+    pub(super) issuer: String,
+    pub(super) subject: String,
+    /// The close at the JWT's expiry.
+    pub(super) expiry: Option<SpawnHandle>,
+}
+
+/// The client's address: the TCP peer's, or behind a trusted proxy the one its headers name.
+fn client_address(req: &HttpRequest, trusted: &TrustedProxies) -> IpAddr {
+    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    identity::client_address(peer, |a| trusted.contains(a), header("forwarded"), header("x-forwarded-for"))
 }
 
 /// The player a started session belongs to.
@@ -82,12 +101,18 @@ pub struct WsSession {
     /// The lobby join's progress: sends in flight, and what the join may drop as already in
     /// the history ([`start`]).
     joining: start::Joining,
+    /// The client's address (behind trusted proxies, the one they name).
+    client: IpAddr,
+    /// Set when the session started with the studio's JWT.
+    login: Option<JwtLogin>,
 }
 
 impl WsSession {
-    fn new(state: Arc<AppState>, outbox: Outbox) -> Self {
+    fn new(state: Arc<AppState>, outbox: Outbox, client: IpAddr) -> Self {
         WsSession {
             id: state.next_session_id(),
+            client,
+            login: None,
             state,
             outbox,
             user: None,
@@ -152,7 +177,7 @@ impl WsSession {
             Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
         };
         if let ClientFrame::SessionStart(start) = frame {
-            return self.start_session(start.nickname, start.token, reference, ctx);
+            return self.start_session(start, reference, ctx);
         }
         if self.user.is_none() {
             return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx);
@@ -162,6 +187,7 @@ impl WsSession {
         }
         match frame {
             ClientFrame::SessionStart(_) => unreachable!("handled above"),
+            ClientFrame::SessionRefresh(r) => self.refresh_session(r.jwt, reference, ctx),
             ClientFrame::ContentRequest(r) => self.content_request(r, reference, ctx),
             ClientFrame::ContentSubscribe(c) => self.content_subscribe(c.kind, c.subject_id, reference, ctx),
             ClientFrame::ContentUnsubscribe(c) => self.unwatch(&Topic::Content(c.kind, c.subject_id)),

@@ -1,5 +1,6 @@
-//! `session:start`: the player behind the socket (started or resumed by token), the ack, and
-//! the lobby join that follows it (`lobby:history`, `presence:state`, then the lobby frames
+//! `session:start`: the player behind the socket (started or resumed by token, or the player
+//! of the studio's JWT, whose session ends with the JWT unless `session:refresh` moves it),
+//! the ack, and the lobby join that follows it (`lobby:history`, `presence:state`, then the lobby frames
 //! held back meanwhile); when the player was last seen (a new UTC day, the socket closing).
 //!
 //! Never decides a player rule (nicknames, tokens and variants are `domain::players`) and
@@ -10,13 +11,15 @@ use std::collections::HashSet;
 use actix::prelude::*;
 use serde_json::Value;
 
-use super::{Ctx, SessionUser, WsSession};
+use super::{Ctx, JwtLogin, SessionUser, WsSession};
+use crate::core::identity::AuthMode;
+use crate::domain::identity::JwtRefusal;
 use crate::domain::lobby::Message;
-use crate::domain::players::{self as player_rules, Variant};
-use crate::domain::wire::{ErrorCode, Typed};
+use crate::domain::players::Variant;
+use crate::domain::wire::{ErrorCode, SessionStart, Typed};
 use crate::hub::Topic;
 use crate::lobby;
-use crate::players;
+use crate::players::{self, StartRefused};
 use crate::store::StoreError;
 use crate::ws::subscriptions::Seen;
 
@@ -39,48 +42,104 @@ pub(super) struct Joining {
 }
 
 impl WsSession {
-    pub(super) fn start_session(
-        &mut self,
-        nickname: String,
-        token: Option<String>,
-        reference: Option<Value>,
-        ctx: &mut Ctx,
-    ) {
+    pub(super) fn start_session(&mut self, start: SessionStart, reference: Option<Value>, ctx: &mut Ctx) {
         if self.user.is_some() {
             return self.error(ErrorCode::InvalidPayload, reference, "the session has already started", ctx);
         }
-        let nickname = match player_rules::validate_nickname(&nickname) {
-            Ok(n) => n,
-            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+        let players = self.state.players.clone();
+        let client = self.client;
+        let starting = async move {
+            match (start.jwt, start.nickname) {
+                (Some(jwt), nickname) => players.start_jwt(&jwt, nickname.as_deref()).await,
+                (None, Some(nickname)) => players.start_anonymous(&nickname, start.token, client).await,
+                (None, None) if players.mode() == AuthMode::Jwt => Err(StartRefused::Unauthorized(
+                    "this server accepts only the studio's login: send session:start with `jwt`".into(),
+                )),
+                (None, None) => Err(StartRefused::InvalidNickname("missing field `nickname`".into())),
+            }
         };
-        let store = self.state.store.clone();
-        let clock = self.state.clock.clone();
         // Held in the mailbox on purpose: frames sent right after session:start are handled
         // once the user exists, not refused as unauthorized.
-        ctx.wait(async move { players::start_session(&store, &clock, nickname, token).await }.into_actor(self).map(
+        ctx.wait(starting.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(started) => act.started(started, reference, ctx),
+            Err(StartRefused::Unauthorized(message)) => act.error(ErrorCode::Unauthorized, reference, message, ctx),
+            Err(StartRefused::InvalidNickname(message)) => {
+                act.error(ErrorCode::InvalidPayload, reference, message, ctx)
+            }
+            Err(StartRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
+            Err(StartRefused::Store(e)) => act.store_failed("could not start the session", &e, reference, ctx),
+        }));
+    }
+
+    fn started(&mut self, started: players::Started, reference: Option<Value>, ctx: &mut Ctx) {
+        let user = started.user;
+        tracing::info!(session = self.id, user = user.id, resumed = started.resumed, "session started");
+        self.user =
+            Some(SessionUser { id: user.id, nickname: user.nickname.clone(), seen_day: user.last_seen_at.date() });
+        let (external_id, expires_at) = match &started.jwt {
+            Some(verified) => {
+                self.login =
+                    Some(JwtLogin { issuer: verified.issuer.clone(), subject: verified.subject.clone(), expiry: None });
+                self.expire_at(verified.expires_at, ctx);
+                (Some(verified.subject.clone()), Some(verified.expires_at))
+            }
+            None => (None, None),
+        };
+        let ack = Typed::SessionAck {
+            reference,
+            user_id: user.id,
+            nickname: user.nickname.clone(),
+            token: started.token,
+            variant: Variant::of(user.id),
+            server_time: self.state.clock.now(),
+            external_id,
+            expires_at,
+        };
+        self.send(ack.into(), ctx);
+        self.join_lobby(user.id, user.nickname, ctx);
+    }
+
+    /// `session:refresh`: a newer JWT of the same player moves the session's end to its expiry.
+    /// A refused one leaves the session as it was, ending with the JWT it has.
+    pub(super) fn refresh_session(&mut self, jwt: String, reference: Option<Value>, ctx: &mut Ctx) {
+        let Some(login) = &self.login else {
+            return self.error(
+                ErrorCode::Unauthorized,
+                reference,
+                "only a session started with a JWT can be refreshed",
+                ctx,
+            );
+        };
+        let (issuer, subject) = (login.issuer.clone(), login.subject.clone());
+        let players = self.state.players.clone();
+        ctx.spawn(async move { players.verify(&jwt).await }.into_actor(self).map(
             move |result, act, ctx| match result {
-                Ok(started) => {
-                    let user = started.user;
-                    tracing::info!(session = act.id, user = user.id, resumed = started.resumed, "session started");
-                    act.user = Some(SessionUser {
-                        id: user.id,
-                        nickname: user.nickname.clone(),
-                        seen_day: user.last_seen_at.date(),
-                    });
-                    let ack = Typed::SessionAck {
-                        reference,
-                        user_id: user.id,
-                        nickname: user.nickname.clone(),
-                        token: started.token,
-                        variant: Variant::of(user.id),
-                        server_time: act.state.clock.now(),
-                    };
-                    act.send(ack.into(), ctx);
-                    act.join_lobby(user.id, user.nickname, ctx);
+                Ok(v) if v.issuer != issuer || v.subject != subject => {
+                    act.error(ErrorCode::Unauthorized, reference, JwtRefusal::OtherPlayer.to_string(), ctx)
                 }
-                Err(e) => act.store_failed("could not start the session", &e, reference, ctx),
+                Ok(v) => {
+                    act.expire_at(v.expires_at, ctx);
+                    act.send(Typed::SessionRefreshed { reference, expires_at: v.expires_at }.into(), ctx);
+                }
+                Err(refusal) => act.error(ErrorCode::Unauthorized, reference, refusal.to_string(), ctx),
             },
         ));
+    }
+
+    /// Closes the session with 4001 once its JWT has expired (past the leeway), unless a
+    /// refresh moves the end first.
+    fn expire_at(&mut self, expires_at: chrono::DateTime<chrono::Utc>, ctx: &mut Ctx) {
+        let Some(login) = self.login.as_mut() else { return };
+        if let Some(previous) = login.expiry.take() {
+            ctx.cancel_future(previous);
+        }
+        let deadline = self.state.players.session_deadline(expires_at);
+        let wait = (deadline - self.state.clock.now()).to_std().unwrap_or_default();
+        let handle = ctx.run_later(wait, |act, ctx| {
+            tracing::info!(session = act.id, "closing: its JWT expired");
+            act.close(4001, "token expired", ctx);
+        });
+        login.expiry = Some(handle);
     }
 
     /// Enters the lobby after the ack: `lobby:history`, `presence:state`, then the lobby frames

@@ -19,7 +19,8 @@ lw.addEventListener("status", (e) => {
 });
 lw.addEventListener("session", (e) => {
   const variant: "control" | "treatment" = e.detail.variant;
-  console.log(e.detail.user_id.toFixed(0), e.detail.token.length, variant);
+  // A player of the studio's login (JWT) has no opaque token, but its `sub` and the JWT's expiry.
+  console.log(e.detail.user_id.toFixed(0), e.detail.token?.length ?? e.detail.external_id, e.detail.expires_at, variant);
 });
 lw.addEventListener("history", (e) => e.detail.forEach((m) => console.log(m.nickname, m.text, m.mood)));
 lw.addEventListener("presence", (e) => {
