@@ -20,7 +20,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Action::Write => "WRITE",
             Action::Rewrite => "REWRITE",
@@ -57,11 +57,12 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ACTIVE: [&'static str; 2] = ["queued", "running"];
+    /// The statuses of a run that has not ended.
+    pub const ACTIVE: [RunStatus; 2] = [RunStatus::Queued, RunStatus::Running];
     pub const ALL: [RunStatus; 5] =
         [RunStatus::Queued, RunStatus::Running, RunStatus::Done, RunStatus::Dead, RunStatus::Aborted];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
             RunStatus::Running => "running",
@@ -85,8 +86,9 @@ impl RunStatus {
     }
 }
 
-/// Why a run ended without its text (`run:error.code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a run ended without its text (`run:error.code`, the `runs.error_code` column). Its
+/// names are its [`Display`](std::fmt::Display) and [`RunErrorCode::parse`]; serde uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RunErrorCode {
     NoConfig,
     Aborted,
@@ -123,6 +125,30 @@ impl std::fmt::Display for RunErrorCode {
 }
 
 impl RunErrorCode {
+    /// Every code but `ApiError`, which carries the upstream's HTTP status.
+    pub const NAMED: [RunErrorCode; 10] = [
+        RunErrorCode::NoConfig,
+        RunErrorCode::Aborted,
+        RunErrorCode::BudgetExceeded,
+        RunErrorCode::RateLimited,
+        RunErrorCode::NetworkError,
+        RunErrorCode::Timeout,
+        RunErrorCode::InvalidResponse,
+        RunErrorCode::StreamCut,
+        RunErrorCode::StreamError,
+        RunErrorCode::Internal,
+    ];
+
+    /// The code a name stands for; `None` for a name this version does not know (a corrupt row).
+    /// `api_error_<status>` takes the status as [`Display`](std::fmt::Display) writes it.
+    pub fn parse(s: &str) -> Option<RunErrorCode> {
+        if let Some(status) = s.strip_prefix("api_error_") {
+            let code = RunErrorCode::ApiError(status.parse().ok()?);
+            return (code.to_string() == s).then_some(code);
+        }
+        RunErrorCode::NAMED.into_iter().find(|code| code.to_string() == s)
+    }
+
     /// What a player reads in `run:error.message` for an upstream failure: lorewire's words
     /// for the code, never the provider's own text (that goes to the log and `last_error`).
     pub fn player_message(self) -> String {
@@ -139,6 +165,19 @@ impl RunErrorCode {
             RunErrorCode::StreamError => "the model provider reported an error while answering".into(),
             RunErrorCode::Internal => "the run failed on the server's side and its attempts are spent".into(),
         }
+    }
+}
+
+impl Serialize for RunErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RunErrorCode::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown run error code `{name}`")))
     }
 }
 
@@ -262,7 +301,8 @@ pub struct RunView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RunFailure {
     /// `no_config`, `aborted`, `budget_exceeded`, `api_error_<status>`, `network_error`, ...
-    pub code: String,
+    #[schema(value_type = String)]
+    pub code: RunErrorCode,
     pub message: String,
 }
 
@@ -277,6 +317,57 @@ mod tests {
         assert_eq!(cut_to("aé", 2), "a", "é takes two bytes");
         assert_eq!(cut_to("日本", 4), "日");
         assert_eq!(max_text_bytes(8), 128);
+    }
+
+    #[test]
+    fn run_names_round_trip() {
+        for action in [Action::Write, Action::Rewrite, Action::Describe] {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
+        assert_eq!(Action::parse("write"), None);
+        for status in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(RunStatus::ACTIVE.contains(&status), status.is_active());
+        }
+        assert_eq!(RunStatus::parse("sleeping"), None);
+    }
+
+    #[test]
+    fn error_codes_round_trip_as_the_wire_names_them() {
+        let names = [
+            (RunErrorCode::NoConfig, "no_config"),
+            (RunErrorCode::Aborted, "aborted"),
+            (RunErrorCode::BudgetExceeded, "budget_exceeded"),
+            (RunErrorCode::RateLimited, "rate_limited"),
+            (RunErrorCode::ApiError(529), "api_error_529"),
+            (RunErrorCode::ApiError(400), "api_error_400"),
+            (RunErrorCode::NetworkError, "network_error"),
+            (RunErrorCode::Timeout, "timeout"),
+            (RunErrorCode::InvalidResponse, "invalid_response"),
+            (RunErrorCode::StreamCut, "stream_cut"),
+            (RunErrorCode::StreamError, "stream_error"),
+            (RunErrorCode::Internal, "internal_error"),
+        ];
+        for code in RunErrorCode::NAMED {
+            assert!(names.iter().any(|(c, _)| *c == code), "{code:?} has a name in this test");
+        }
+        for (code, name) in names {
+            assert_eq!(code.to_string(), name);
+            assert_eq!(RunErrorCode::parse(name), Some(code), "{name}");
+            assert_eq!(serde_json::to_value(code).unwrap(), name);
+            assert_eq!(serde_json::from_value::<RunErrorCode>(name.into()).unwrap(), code);
+        }
+        for unknown in ["unknown", "", "internal", "api_error_", "api_error_x", "api_error_0429", "api_error_70000"] {
+            assert_eq!(RunErrorCode::parse(unknown), None, "{unknown}");
+            assert!(serde_json::from_value::<RunErrorCode>(unknown.into()).is_err(), "{unknown}");
+        }
+        let failure = RunFailure { code: RunErrorCode::ApiError(503), message: "m".into() };
+        assert_eq!(
+            serde_json::to_value(failure).unwrap(),
+            serde_json::json!({"code": "api_error_503", "message": "m"})
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::content::{Content, ContentKind};
 use super::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
 use super::players::Variant;
-use super::runs::Usage;
+use super::runs::{RunErrorCode, Usage};
 
 /// A frame from a client. Unknown fields (including `ref`, read separately) are ignored.
 #[derive(Debug)]
@@ -186,7 +186,7 @@ pub enum Typed {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Value>,
         run_id: String,
-        code: String,
+        code: RunErrorCode,
         message: String,
     },
     #[serde(rename = "lobby:history")]
@@ -307,6 +307,20 @@ mod tests {
         assert!(matches!(f, Ok(ClientFrame::PresenceList(PresenceList { after_user_id: 250 }))));
         let (_, f) = parse("not json");
         assert!(f.is_err());
+    }
+
+    #[test]
+    fn run_error_frames_name_their_code_as_before() {
+        let frame = ServerFrame::from(Typed::RunError {
+            reference: Some(Value::from(3)),
+            run_id: "r1".into(),
+            code: RunErrorCode::ApiError(429),
+            message: "m".into(),
+        });
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"run:error","ref":3,"run_id":"r1","code":"api_error_429","message":"m"}"#
+        );
     }
 
     #[test]
