@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::answer::{close_truncated, cut_at_sentence, json_body, type_name, Checked, Closed, OutputError};
-use super::context::Context;
+use super::context::{Context, ContextError};
 pub use super::status::Status as ContentStatus;
 
 /// The kind of a content item.
@@ -344,24 +344,38 @@ pub struct ValidRequest {
     pub regenerate: bool,
 }
 
-/// Checks a request's fields; the message is shown to the client as it is.
+/// Why a content request is refused; the message is shown to the client as it is.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ContentRequestError {
+    #[error(transparent)]
+    SubjectId(#[from] SubjectIdTooLarge),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+}
+
+/// A subject id above what the store can hold (`i64::MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("subject_id must be at most {max}", max = i64::MAX)]
+pub struct SubjectIdTooLarge;
+
+/// Checks a request's fields.
 pub fn validate(
     kind: ContentKind,
     subject_id: u64,
     context: Option<&Value>,
     regenerate: bool,
-) -> Result<ValidRequest, String> {
+) -> Result<ValidRequest, ContentRequestError> {
     check_subject_id(subject_id)?;
     let context = match context {
         None | Some(Value::Null) => None,
-        Some(v) => Some(Context::parse(Some(v)).map_err(|e| e.to_string())?),
+        Some(v) => Some(Context::parse(Some(v))?),
     };
     Ok(ValidRequest { kind, subject_id, context, regenerate })
 }
 
 /// Subject ids are the game's u64 ids, stored as signed 64-bit integers.
-pub fn check_subject_id(subject_id: u64) -> Result<i64, String> {
-    i64::try_from(subject_id).map_err(|_| format!("subject_id must be at most {}", i64::MAX))
+pub fn check_subject_id(subject_id: u64) -> Result<i64, SubjectIdTooLarge> {
+    i64::try_from(subject_id).map_err(|_| SubjectIdTooLarge)
 }
 
 #[cfg(test)]
@@ -369,6 +383,19 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn each_request_refusal_is_its_own_variant_with_its_message() {
+        let too_large = validate(ContentKind::Quest, u64::MAX, None, false).unwrap_err();
+        assert_eq!(too_large, ContentRequestError::SubjectId(SubjectIdTooLarge));
+        assert_eq!(too_large.to_string(), "subject_id must be at most 9223372036854775807");
+        assert_eq!(check_subject_id(i64::MAX as u64), Ok(i64::MAX));
+        assert_eq!(check_subject_id(i64::MAX as u64 + 1), Err(SubjectIdTooLarge));
+        let bad_context = validate(ContentKind::Npc, 1, Some(&json!([1])), false).unwrap_err();
+        assert_eq!(bad_context, ContentRequestError::Context(ContextError::NotAnObject));
+        assert_eq!(bad_context.to_string(), "context must be an object of strings");
+        assert!(validate(ContentKind::Event, 1, Some(&Value::Null), true).unwrap().context.is_none());
+    }
 
     #[test]
     fn names_round_trip() {

@@ -248,33 +248,54 @@ pub struct RunRequest {
     pub skip_cache: bool,
 }
 
-/// Checks a request's fields; the message is shown to the client as it is.
-pub fn validate(project_id: &str, action: &str, input: &str, skip_cache: bool) -> Result<RunRequest, String> {
+/// Why a run request is refused; the message is shown to the client as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunRequestError {
+    #[error(transparent)]
+    ProjectId(#[from] InvalidProjectId),
+    /// The action as the client wrote it.
+    #[error("unknown action `{0}` (expected WRITE, REWRITE or DESCRIBE)")]
+    UnknownAction(String),
+    #[error("`input` must not be empty")]
+    EmptyInput,
+    /// The input's length in characters.
+    #[error("`input` is {0} characters; at most {max} are accepted", max = MAX_INPUT_CHARS)]
+    InputTooLong(usize),
+    #[error("`input` must not contain control characters other than newlines and tabs")]
+    ControlCharacter,
+}
+
+/// A project id that breaks the rule of [`validate_project_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("`project_id` must be 1..{max} characters of letters, digits, '-', '_', '.' or ':'", max = MAX_PROJECT_CHARS)]
+pub struct InvalidProjectId;
+
+/// Checks a request's fields.
+pub fn validate(project_id: &str, action: &str, input: &str, skip_cache: bool) -> Result<RunRequest, RunRequestError> {
     let project_id = validate_project_id(project_id)?;
-    let action = Action::parse(action)
-        .ok_or_else(|| format!("unknown action `{action}` (expected WRITE, REWRITE or DESCRIBE)"))?;
+    let action = Action::parse(action).ok_or_else(|| RunRequestError::UnknownAction(action.to_owned()))?;
     if input.trim().is_empty() {
-        return Err("`input` must not be empty".into());
+        return Err(RunRequestError::EmptyInput);
     }
     let chars = input.chars().count();
     if chars > MAX_INPUT_CHARS {
-        return Err(format!("`input` is {chars} characters; at most {MAX_INPUT_CHARS} are accepted"));
+        return Err(RunRequestError::InputTooLong(chars));
     }
     if input.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
-        return Err("`input` must not contain control characters other than newlines and tabs".into());
+        return Err(RunRequestError::ControlCharacter);
     }
     Ok(RunRequest { project_id, action, input: input.to_owned(), skip_cache })
 }
 
 /// Project ids: 1..64 characters of letters, digits, `-`, `_`, `.` and `:`.
-pub fn validate_project_id(project_id: &str) -> Result<String, String> {
+pub fn validate_project_id(project_id: &str) -> Result<String, InvalidProjectId> {
     let ok = !project_id.is_empty()
         && project_id.chars().count() <= MAX_PROJECT_CHARS
         && project_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     if ok {
         Ok(project_id.to_owned())
     } else {
-        Err(format!("`project_id` must be 1..{MAX_PROJECT_CHARS} characters of letters, digits, '-', '_', '.' or ':'"))
+        Err(InvalidProjectId)
     }
 }
 
@@ -373,11 +394,43 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert!(validate("p1", "WRITE", "a dragon", false).is_ok());
-        assert!(validate("p1", "SING", "x", false).unwrap_err().contains("SING"));
-        assert!(validate("p1", "WRITE", "  ", false).unwrap_err().contains("empty"));
+        assert!(validate("p1", "SING", "x", false).unwrap_err().to_string().contains("SING"));
+        assert!(validate("p1", "WRITE", "  ", false).unwrap_err().to_string().contains("empty"));
         let long = "x".repeat(MAX_INPUT_CHARS + 1);
-        assert!(validate("p1", "WRITE", &long, false).unwrap_err().contains("at most 16000"));
+        assert!(validate("p1", "WRITE", &long, false).unwrap_err().to_string().contains("at most 16000"));
         assert!(validate("", "WRITE", "x", false).is_err());
         assert!(validate("p 1", "WRITE", "x", false).is_err());
+    }
+
+    #[test]
+    fn each_refusal_is_its_own_variant_with_its_message() {
+        let id_rule = "`project_id` must be 1..64 characters of letters, digits, '-', '_', '.' or ':'";
+        let long = "x".repeat(MAX_INPUT_CHARS + 1);
+        let cases = [
+            (("", "WRITE", "x"), RunRequestError::ProjectId(InvalidProjectId), id_rule.to_owned()),
+            (("p 1", "WRITE", "x"), RunRequestError::ProjectId(InvalidProjectId), id_rule.to_owned()),
+            (
+                ("p1", "SING", "x"),
+                RunRequestError::UnknownAction("SING".into()),
+                "unknown action `SING` (expected WRITE, REWRITE or DESCRIBE)".to_owned(),
+            ),
+            (("p1", "WRITE", " \n"), RunRequestError::EmptyInput, "`input` must not be empty".to_owned()),
+            (
+                ("p1", "WRITE", long.as_str()),
+                RunRequestError::InputTooLong(16_001),
+                "`input` is 16001 characters; at most 16000 are accepted".to_owned(),
+            ),
+            (
+                ("p1", "WRITE", "a\u{7}b"),
+                RunRequestError::ControlCharacter,
+                "`input` must not contain control characters other than newlines and tabs".to_owned(),
+            ),
+        ];
+        for ((project, action, input), error, message) in cases {
+            assert_eq!(validate(project, action, input, false).unwrap_err(), error);
+            assert_eq!(error.to_string(), message);
+        }
+        assert_eq!(validate_project_id(&"p".repeat(65)), Err(InvalidProjectId));
+        assert_eq!(validate_project_id("a-b_c.d:e").as_deref(), Ok("a-b_c.d:e"));
     }
 }

@@ -51,7 +51,7 @@ impl WsSession {
     pub(super) fn generate_start(&mut self, g: GenerateStart, reference: Option<Value>, ctx: &mut Ctx) {
         let request = match runs::validate(&g.project_id, &g.action, &g.input, g.skip_cache) {
             Ok(r) => r,
-            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+            Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
         };
         let service = self.state.runs.clone();
         let session = self.id;

@@ -51,7 +51,7 @@ impl WsSession {
         }
         let nickname = match player_rules::validate_nickname(&nickname) {
             Ok(n) => n,
-            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+            Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
         };
         let store = self.state.store.clone();
         let clock = self.state.clock.clone();
