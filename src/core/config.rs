@@ -172,12 +172,22 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// Why `LOREWIRE_PRESENCE_LIST_MAX` is refused (clap shows the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListMaxError {
+    #[error("must be at least 1: it is how many users one presence:state or presence:page lists")]
+    Zero,
+    /// The value as given.
+    #[error("`{0}` is not a whole number of users (at least 1)")]
+    NotANumber(String),
+}
+
 /// `LOREWIRE_PRESENCE_LIST_MAX`: a positive number of users.
-fn parse_list_max(s: &str) -> Result<usize, String> {
+fn parse_list_max(s: &str) -> Result<usize, ListMaxError> {
     match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1: it is how many users one presence:state or presence:page lists".into()),
+        Ok(0) => Err(ListMaxError::Zero),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a whole number of users (at least 1)")),
+        Err(_) => Err(ListMaxError::NotANumber(s.to_owned())),
     }
 }
 
@@ -188,10 +198,15 @@ pub struct ChatRate {
     pub per: Duration,
 }
 
+/// A `LOREWIRE_CHAT_RATE` that is not `COUNT/WINDOW` with both above zero; holds the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a rate like 5/10s")]
+pub struct BadChatRate(pub String);
+
 impl std::str::FromStr for ChatRate {
-    type Err = String;
+    type Err = BadChatRate;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a rate like 5/10s");
+        let bad = || BadChatRate(s.to_owned());
         let (count, window) = s.split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
         let window = window.trim();
@@ -394,6 +409,21 @@ mod tests {
         assert!("0/10s".parse::<ChatRate>().is_err());
         assert!("five/10s".parse::<ChatRate>().is_err());
         assert!("5/10x".parse::<ChatRate>().is_err());
+    }
+
+    #[test]
+    fn each_setting_refusal_says_what_is_wrong() {
+        let bad = "5/0s".parse::<ChatRate>().unwrap_err();
+        assert_eq!(bad, BadChatRate("5/0s".into()));
+        assert_eq!(bad.to_string(), "`5/0s` is not a rate like 5/10s");
+        assert_eq!(parse_list_max(" 25 "), Ok(25));
+        assert_eq!(parse_list_max("0"), Err(ListMaxError::Zero));
+        assert_eq!(
+            ListMaxError::Zero.to_string(),
+            "must be at least 1: it is how many users one presence:state or presence:page lists"
+        );
+        assert_eq!(parse_list_max("many"), Err(ListMaxError::NotANumber("many".into())));
+        assert_eq!(parse_list_max("-3").unwrap_err().to_string(), "`-3` is not a whole number of users (at least 1)");
     }
 
     #[test]

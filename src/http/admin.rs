@@ -128,7 +128,7 @@ fn settings_change(body: &LlmSettingsBody, stored: &LlmConfigRow) -> Result<Sett
     let mut change = SettingsChange::default();
     let old_provider: Option<Provider> = stored.provider.parse().ok();
     let provider = match body.provider.as_deref() {
-        Some(p) => Some(p.parse::<Provider>().map_err(ApiError::Invalid)?),
+        Some(p) => Some(p.parse::<Provider>().map_err(ApiError::invalid)?),
         None => None,
     };
     if let Some(provider) = provider {
