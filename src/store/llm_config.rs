@@ -6,6 +6,7 @@ use diesel::prelude::*;
 
 use super::schema::llm_config;
 use super::{DbConn, StoreResult};
+use crate::domain::upstream::CircuitState;
 use crate::on_backend;
 
 const ID: i64 = 1;
@@ -95,7 +96,7 @@ pub fn seed(
         llm_config::model.eq(model),
         llm_config::base_url.eq(base_url),
         llm_config::api_key.eq(api_key),
-        llm_config::circuit_state.eq("closed"),
+        llm_config::circuit_state.eq(CircuitState::Closed.as_str()),
         llm_config::circuit_failures.eq("[]"),
         llm_config::updated_at.eq(now),
     );
