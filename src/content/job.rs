@@ -156,7 +156,8 @@ impl ContentJob {
                 return Ok(Outcome::Done);
             }
         };
-        let reason = content.reason.as_deref().unwrap_or("");
+        let reason = content.reason.map(|r| r.to_string()).unwrap_or_default();
+        let reason = reason.as_str();
         self.metrics.content_finished.with_label_values(&[content.status.as_str(), reason]).inc();
         if let Ok(latency) = (self.clock.now_naive() - pending_since).to_std() {
             self.metrics.push_latency.observe(latency.as_secs_f64());

@@ -287,8 +287,9 @@ impl ContentKind {
     }
 }
 
-/// Why an item got its fallback text (README "Using it").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why an item got its fallback text (README "Using it"; the `content.reason` column). Its
+/// names are its [`Display`](std::fmt::Display) and [`FallbackReason::parse`]; serde uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FallbackReason {
     NoConfig,
     CircuitOpen,
@@ -315,6 +316,43 @@ impl std::fmt::Display for FallbackReason {
     }
 }
 
+impl FallbackReason {
+    /// Every reason but `ApiError`, which carries the upstream's HTTP status.
+    pub const NAMED: [FallbackReason; 7] = [
+        FallbackReason::NoConfig,
+        FallbackReason::CircuitOpen,
+        FallbackReason::RateLimited,
+        FallbackReason::NetworkError,
+        FallbackReason::Timeout,
+        FallbackReason::InvalidJson,
+        FallbackReason::InvalidResponse,
+    ];
+
+    /// The reason a name stands for; `None` for a name this version does not know (a corrupt
+    /// row). `api_error_<status>` takes the status as [`Display`](std::fmt::Display) writes it.
+    pub fn parse(s: &str) -> Option<FallbackReason> {
+        if let Some(status) = s.strip_prefix("api_error_") {
+            let reason = FallbackReason::ApiError(status.parse().ok()?);
+            return (reason.to_string() == s).then_some(reason);
+        }
+        FallbackReason::NAMED.into_iter().find(|reason| reason.to_string() == s)
+    }
+}
+
+impl Serialize for FallbackReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FallbackReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        FallbackReason::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown fallback reason `{name}`")))
+    }
+}
+
 /// A content item as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Content {
@@ -329,7 +367,8 @@ pub struct Content {
     /// The model that wrote it (when ready).
     pub model: Option<String>,
     /// Why it fell back: `no_config`, `circuit_open`, `rate_limited`, `api_error_<status>`, ...
-    pub reason: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<FallbackReason>,
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and increases with every change of the item.
     pub version: i64,
@@ -395,6 +434,33 @@ mod tests {
         assert_eq!(bad_context, ContentRequestError::Context(ContextError::NotAnObject));
         assert_eq!(bad_context.to_string(), "context must be an object of strings");
         assert!(validate(ContentKind::Event, 1, Some(&Value::Null), true).unwrap().context.is_none());
+    }
+
+    #[test]
+    fn fallback_reasons_round_trip_as_clients_read_them() {
+        let names = [
+            (FallbackReason::NoConfig, "no_config"),
+            (FallbackReason::CircuitOpen, "circuit_open"),
+            (FallbackReason::RateLimited, "rate_limited"),
+            (FallbackReason::ApiError(500), "api_error_500"),
+            (FallbackReason::NetworkError, "network_error"),
+            (FallbackReason::Timeout, "timeout"),
+            (FallbackReason::InvalidJson, "invalid_json"),
+            (FallbackReason::InvalidResponse, "invalid_response"),
+        ];
+        for reason in FallbackReason::NAMED {
+            assert!(names.iter().any(|(r, _)| *r == reason), "{reason:?} has a name in this test");
+        }
+        for (reason, name) in names {
+            assert_eq!(reason.to_string(), name);
+            assert_eq!(FallbackReason::parse(name), Some(reason), "{name}");
+            assert_eq!(serde_json::to_value(reason).unwrap(), name);
+            assert_eq!(serde_json::from_value::<FallbackReason>(name.into()).unwrap(), reason);
+        }
+        for unknown in ["", "fallback", "api_error_", "api_error_05", "api_error_99999", "stream_cut"] {
+            assert_eq!(FallbackReason::parse(unknown), None, "{unknown}");
+            assert!(serde_json::from_value::<FallbackReason>(unknown.into()).is_err(), "{unknown}");
+        }
     }
 
     #[test]

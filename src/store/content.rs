@@ -51,7 +51,10 @@ impl ContentRow {
             status: ContentStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
             fields: serde_json::from_str(&self.fields).map_err(|_| corrupt("fields are not a JSON object"))?,
             model: self.model.clone(),
-            reason: self.reason.clone(),
+            reason: match &self.reason {
+                Some(reason) => Some(FallbackReason::parse(reason).ok_or_else(|| corrupt("unknown fallback reason"))?),
+                None => None,
+            },
             updated_at: DateTime::from_naive_utc_and_offset(self.updated_at, Utc),
             version: self.version,
         })
@@ -322,5 +325,9 @@ mod tests {
         assert_eq!(corrupt(row("dragon", "ready").content().unwrap_err()), "content 4: unknown kind");
         assert_eq!(corrupt(row("quest", "done").content().unwrap_err()), "content 4: unknown status");
         assert!(!row("quest", "Pending").is_pending());
+        let odd_reason = ContentRow { reason: Some("gremlins".into()), ..row("quest", "fallback") };
+        assert_eq!(corrupt(odd_reason.content().unwrap_err()), "content 4: unknown fallback reason");
+        let reason = ContentRow { reason: Some("api_error_503".into()), ..row("quest", "fallback") };
+        assert_eq!(reason.content().unwrap().reason, Some(FallbackReason::ApiError(503)));
     }
 }
