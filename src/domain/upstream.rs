@@ -99,7 +99,8 @@ impl From<UpstreamFailure> for RunErrorCode {
     }
 }
 
-/// Where the circuit breaker of the upstream stands (`llm_config.circuit_state` names it).
+// Where the circuit breaker of the upstream stands (`llm_config.circuit_state` names it); a
+// plain comment, as utoipa would put a doc comment in the OpenAPI document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
