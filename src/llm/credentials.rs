@@ -33,7 +33,7 @@ pub enum NoCredentials {
 /// and hold an API key, or point an OpenAI-compatible provider at a server of one's own
 /// (Ollama, vLLM, llama.cpp), which usually needs none. An error: every call is `no_config`.
 pub fn credentials(config: &LlmConfigRow) -> Result<Credentials, NoCredentials> {
-    let provider: Provider = config.provider.parse()?;
+    let provider = config.provider()?;
     let api_key = config.api_key.clone().unwrap_or_default();
     let own_server = provider == Provider::OpenAiChat
         && config.base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url();
