@@ -50,6 +50,11 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    /// A request a validator refused: its message is the refusal's.
+    pub fn invalid(refusal: impl std::fmt::Display) -> ApiError {
+        ApiError::Invalid(refusal.to_string())
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Invalid(_) => "invalid_payload",

@@ -113,7 +113,7 @@ async fn recover(store: &Store, config: &Arc<Config>, clock: &SharedClock) -> Re
         .write(move |conn| {
             let row = llm_config::seed(
                 conn,
-                seed.llm_provider.as_str(),
+                seed.llm_provider,
                 &seed.llm_model,
                 &seed.llm_base_url,
                 seed.llm_api_key.as_ref().map(Secret::expose),

@@ -12,7 +12,8 @@ export type ContentKind = "quest" | "event" | "npc";
 export type Status = "pending" | "ready" | "fallback";
 
 /**
- * Why an item got its fallback text (README "Using it").
+ * Why an item got its fallback text (README "Using it"; the `content.reason` column). Its
+ * names are its `Display` and `FallbackReason::parse`; serde uses them.
  */
 export type FallbackReason =
   | "no_config"
@@ -36,7 +37,8 @@ export type Action = "WRITE" | "REWRITE" | "DESCRIBE";
 export type RunStatus = "queued" | "running" | "done" | "dead" | "aborted";
 
 /**
- * Why a run ended without its text (`run:error.code`).
+ * Why a run ended without its text (`run:error.code`, the `runs.error_code` column). Its
+ * names are its `Display` and `RunErrorCode::parse`; serde uses them.
  */
 export type RunErrorCode =
   | "no_config"

@@ -75,10 +75,10 @@ impl ContentJob {
             Some(before) => before,
             None => self.store.run(move |conn| Before::read(conn, content_id)).await?,
         };
-        let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
+        let Some(row) = row.filter(ContentRow::is_pending) else {
             return nothing_to_do(&self.store, &claim).await;
         };
-        let kind = kind_of(&row)?;
+        let kind = row.kind()?;
         let subject_id = row.subject_id as u64;
         let context: Context = serde_json::from_str(&row.context)
             .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
@@ -109,10 +109,10 @@ impl ContentJob {
     async fn give_up(&self, claim: Claim) -> JobResult {
         let content_id = claim.target_id;
         let row = self.store.run(move |conn| rows::find_by_id(conn, content_id)).await?;
-        let Some(row) = row.filter(|r| r.status == ContentStatus::Pending.as_str()) else {
+        let Some(row) = row.filter(ContentRow::is_pending) else {
             return nothing_to_do(&self.store, &claim).await;
         };
-        let kind = kind_of(&row)?;
+        let kind = row.kind()?;
         let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse);
         self.commit(&claim, &row, ending).await
     }
@@ -122,7 +122,7 @@ impl ContentJob {
     async fn commit(&self, claim: &Claim, row: &ContentRow, ending: Ending) -> JobResult {
         let pending_since = row.updated_at;
         let fields = Value::Object(ending.fields).to_string();
-        let reason = ending.reason.map(|r| r.to_string());
+        let reason = ending.reason;
         let (origin, worker, job_id, content_id) = (self.origin.clone(), claim.worker.clone(), claim.job_id, row.id);
         let status = ending.status;
         let model = ending.model;
@@ -135,10 +135,10 @@ impl ContentJob {
                     job_id,
                     worker: &worker,
                     content_id,
-                    status: status.as_str(),
+                    status,
                     fields: &fields,
                     model: model.as_deref(),
-                    reason: reason.as_deref(),
+                    reason,
                 };
                 rows::finish(conn, &finish, now)
             })
@@ -156,7 +156,8 @@ impl ContentJob {
                 return Ok(Outcome::Done);
             }
         };
-        let reason = content.reason.as_deref().unwrap_or("");
+        let reason = content.reason.map(|r| r.to_string()).unwrap_or_default();
+        let reason = reason.as_str();
         self.metrics.content_finished.with_label_values(&[content.status.as_str(), reason]).inc();
         if let Ok(latency) = (self.clock.now_naive() - pending_since).to_std() {
             self.metrics.push_latency.observe(latency.as_secs_f64());
@@ -172,10 +173,6 @@ impl ContentJob {
         self.hub.do_send(update_publish(content));
         Ok(Outcome::Done)
     }
-}
-
-fn kind_of(row: &ContentRow) -> Result<ContentKind, StoreError> {
-    ContentKind::parse(&row.kind).ok_or_else(|| StoreError::Corrupt(format!("content {}: unknown kind", row.id)))
 }
 
 /// The item's deterministic fallback text, and why.

@@ -57,7 +57,7 @@ impl ContentService {
     /// transaction) and hands the job to the worker: claimed in that transaction when the
     /// worker has a free slot, else queued and the worker woken.
     pub async fn request(&self, req: ValidRequest) -> Result<Content, StoreError> {
-        let kind = req.kind.as_str();
+        let kind = req.kind;
         let subject_id = req.subject_id as i64;
         let context = req.context.as_ref().map(|c| serde_json::to_string(c).expect("context serializes"));
         let empty = Value::Object(req.kind.empty_fields()).to_string();
@@ -110,7 +110,7 @@ impl ContentService {
 
     pub async fn get(&self, kind: ContentKind, subject_id: u64) -> Result<Option<Content>, StoreError> {
         let Ok(subject_id) = check_subject_id(subject_id) else { return Ok(None) };
-        let row = self.store.run(move |conn| rows::find(conn, kind.as_str(), subject_id)).await?;
+        let row = self.store.run(move |conn| rows::find(conn, kind, subject_id)).await?;
         row.as_ref().map(ContentRow::content).transpose()
     }
 }

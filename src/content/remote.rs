@@ -29,7 +29,7 @@ impl Sink for ContentSink {
                 tracing::warn!(kind = %kind, subject_id, "another process announced an unknown content kind");
                 return;
             };
-            let row = store.run(move |conn| rows::find(conn, kind.as_str(), subject_id)).await;
+            let row = store.run(move |conn| rows::find(conn, kind, subject_id)).await;
             match row.and_then(|r| r.as_ref().map(rows::ContentRow::content).transpose()) {
                 Ok(Some(content)) => hub.do_send(super::update_publish(content)),
                 Ok(None) => {}

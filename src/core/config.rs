@@ -148,12 +148,22 @@ pub struct Settings {
     pub identity: IdentitySettings,
 }
 
+/// Why `LOREWIRE_PRESENCE_LIST_MAX` is refused (clap shows the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListMaxError {
+    #[error("must be at least 1: it is how many users one presence:state or presence:page lists")]
+    Zero,
+    /// The value as given.
+    #[error("`{0}` is not a whole number of users (at least 1)")]
+    NotANumber(String),
+}
+
 /// `LOREWIRE_PRESENCE_LIST_MAX`: a positive number of users.
-fn parse_list_max(s: &str) -> Result<usize, String> {
+fn parse_list_max(s: &str) -> Result<usize, ListMaxError> {
     match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1: it is how many users one presence:state or presence:page lists".into()),
+        Ok(0) => Err(ListMaxError::Zero),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a whole number of users (at least 1)")),
+        Err(_) => Err(ListMaxError::NotANumber(s.to_owned())),
     }
 }
 
@@ -334,6 +344,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_setting_refusal_says_what_is_wrong() {
+        assert_eq!(parse_list_max(" 25 "), Ok(25));
+        assert_eq!(parse_list_max("0"), Err(ListMaxError::Zero));
+        assert_eq!(
+            ListMaxError::Zero.to_string(),
+            "must be at least 1: it is how many users one presence:state or presence:page lists"
+        );
+        assert_eq!(parse_list_max("many"), Err(ListMaxError::NotANumber("many".into())));
+        assert_eq!(parse_list_max("-3").unwrap_err().to_string(), "`-3` is not a whole number of users (at least 1)");
+    }
 
     #[test]
     fn origins_same_origin_list_and_any() {

@@ -36,18 +36,35 @@ impl Provider {
     }
 }
 
+/// A provider name this version does not speak; holds the name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider `{0}` (expected anthropic, openai or openai-chat)")]
+pub struct UnknownProvider(pub String);
+
 impl std::str::FromStr for Provider {
-    type Err = String;
+    type Err = UnknownProvider;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Provider::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown provider `{s}` (expected anthropic, openai or openai-chat)"))
+        Provider::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownProvider(s.to_owned()))
     }
 }
 
 impl std::fmt::Display for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_an_unknown_one_is_named() {
+        for provider in Provider::ALL {
+            assert_eq!(provider.as_str().parse::<Provider>(), Ok(provider));
+        }
+        let unknown = "gemini".parse::<Provider>().unwrap_err();
+        assert_eq!(unknown, UnknownProvider("gemini".into()));
+        assert_eq!(unknown.to_string(), "unknown provider `gemini` (expected anthropic, openai or openai-chat)");
     }
 }

@@ -14,10 +14,15 @@ pub struct Rate {
     pub per: Duration,
 }
 
+/// A rate that is not `COUNT/WINDOW` with both above zero; holds the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a rate like 5/10s")]
+pub struct BadRate(pub String);
+
 impl std::str::FromStr for Rate {
-    type Err = String;
+    type Err = BadRate;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a rate like 5/10s");
+        let bad = || BadRate(s.to_owned());
         let (count, window) = s.split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
         let window = window.trim();
@@ -106,9 +111,10 @@ mod tests {
         assert_eq!("30/1m".parse::<Rate>().unwrap().per, Duration::from_secs(60));
         assert_eq!("60/1h".parse::<Rate>().unwrap().per, Duration::from_secs(3600));
         assert_eq!("2/500ms".parse::<Rate>().unwrap().per, Duration::from_millis(500));
-        for bad in ["0/10s", "five/10s", "5/10x", "0/5ms", "5/0ms", "5"] {
-            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        for bad in ["0/10s", "five/10s", "5/10x", "0/5ms", "5/0ms", "5", "5/0s"] {
+            assert_eq!(bad.parse::<Rate>(), Err(BadRate(bad.into())));
         }
+        assert_eq!(BadRate("5/0s".into()).to_string(), "`5/0s` is not a rate like 5/10s");
         for s in ["5/10s", "60/1m", "60/1h", "2/500ms"] {
             assert_eq!(s.parse::<Rate>().unwrap().to_string(), s);
         }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::answer::{close_truncated, cut_at_sentence, json_body, type_name, Checked, Closed, OutputError};
-use super::context::Context;
+use super::context::{Context, ContextError};
 pub use super::status::Status as ContentStatus;
 
 /// The kind of a content item.
@@ -288,8 +288,9 @@ impl ContentKind {
     }
 }
 
-/// Why an item got its fallback text (README "Using it").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why an item got its fallback text (README "Using it"; the `content.reason` column). Its
+/// names are its `Display` and `FallbackReason::parse`; serde uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(test, derive(ts_rs::TS), ts(rename_all = "snake_case"))]
 pub enum FallbackReason {
     NoConfig,
@@ -318,6 +319,43 @@ impl std::fmt::Display for FallbackReason {
     }
 }
 
+impl FallbackReason {
+    /// Every reason but `ApiError`, which carries the upstream's HTTP status.
+    pub const NAMED: [FallbackReason; 7] = [
+        FallbackReason::NoConfig,
+        FallbackReason::CircuitOpen,
+        FallbackReason::RateLimited,
+        FallbackReason::NetworkError,
+        FallbackReason::Timeout,
+        FallbackReason::InvalidJson,
+        FallbackReason::InvalidResponse,
+    ];
+
+    /// The reason a name stands for; `None` for a name this version does not know (a corrupt
+    /// row). `api_error_<status>` takes the status as [`Display`](std::fmt::Display) writes it.
+    pub fn parse(s: &str) -> Option<FallbackReason> {
+        if let Some(status) = s.strip_prefix("api_error_") {
+            let reason = FallbackReason::ApiError(status.parse().ok()?);
+            return (reason.to_string() == s).then_some(reason);
+        }
+        FallbackReason::NAMED.into_iter().find(|reason| reason.to_string() == s)
+    }
+}
+
+impl Serialize for FallbackReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FallbackReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        FallbackReason::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown fallback reason `{name}`")))
+    }
+}
+
 /// A content item as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[cfg_attr(test, derive(ts_rs::TS), ts(rename = "ContentItem"))]
@@ -334,8 +372,8 @@ pub struct Content {
     /// The model that wrote it (when ready).
     pub model: Option<String>,
     /// Why it fell back: `no_config`, `circuit_open`, `rate_limited`, `api_error_<status>`, ...
-    #[cfg_attr(test, ts(as = "Option<FallbackReason>"))]
-    pub reason: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<FallbackReason>,
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and increases with every change of the item.
     pub version: i64,
@@ -350,24 +388,38 @@ pub struct ValidRequest {
     pub regenerate: bool,
 }
 
-/// Checks a request's fields; the message is shown to the client as it is.
+/// Why a content request is refused; the message is shown to the client as it is.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ContentRequestError {
+    #[error(transparent)]
+    SubjectId(#[from] SubjectIdTooLarge),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+}
+
+/// A subject id above what the store can hold (`i64::MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("subject_id must be at most {max}", max = i64::MAX)]
+pub struct SubjectIdTooLarge;
+
+/// Checks a request's fields.
 pub fn validate(
     kind: ContentKind,
     subject_id: u64,
     context: Option<&Value>,
     regenerate: bool,
-) -> Result<ValidRequest, String> {
+) -> Result<ValidRequest, ContentRequestError> {
     check_subject_id(subject_id)?;
     let context = match context {
         None | Some(Value::Null) => None,
-        Some(v) => Some(Context::parse(Some(v)).map_err(|e| e.to_string())?),
+        Some(v) => Some(Context::parse(Some(v))?),
     };
     Ok(ValidRequest { kind, subject_id, context, regenerate })
 }
 
 /// Subject ids are the game's u64 ids, stored as signed 64-bit integers.
-pub fn check_subject_id(subject_id: u64) -> Result<i64, String> {
-    i64::try_from(subject_id).map_err(|_| format!("subject_id must be at most {}", i64::MAX))
+pub fn check_subject_id(subject_id: u64) -> Result<i64, SubjectIdTooLarge> {
+    i64::try_from(subject_id).map_err(|_| SubjectIdTooLarge)
 }
 
 #[cfg(test)]
@@ -375,6 +427,46 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn each_request_refusal_is_its_own_variant_with_its_message() {
+        let too_large = validate(ContentKind::Quest, u64::MAX, None, false).unwrap_err();
+        assert_eq!(too_large, ContentRequestError::SubjectId(SubjectIdTooLarge));
+        assert_eq!(too_large.to_string(), "subject_id must be at most 9223372036854775807");
+        assert_eq!(check_subject_id(i64::MAX as u64), Ok(i64::MAX));
+        assert_eq!(check_subject_id(i64::MAX as u64 + 1), Err(SubjectIdTooLarge));
+        let bad_context = validate(ContentKind::Npc, 1, Some(&json!([1])), false).unwrap_err();
+        assert_eq!(bad_context, ContentRequestError::Context(ContextError::NotAnObject));
+        assert_eq!(bad_context.to_string(), "context must be an object of strings");
+        assert!(validate(ContentKind::Event, 1, Some(&Value::Null), true).unwrap().context.is_none());
+    }
+
+    #[test]
+    fn fallback_reasons_round_trip_as_clients_read_them() {
+        let names = [
+            (FallbackReason::NoConfig, "no_config"),
+            (FallbackReason::CircuitOpen, "circuit_open"),
+            (FallbackReason::RateLimited, "rate_limited"),
+            (FallbackReason::ApiError(500), "api_error_500"),
+            (FallbackReason::NetworkError, "network_error"),
+            (FallbackReason::Timeout, "timeout"),
+            (FallbackReason::InvalidJson, "invalid_json"),
+            (FallbackReason::InvalidResponse, "invalid_response"),
+        ];
+        for reason in FallbackReason::NAMED {
+            assert!(names.iter().any(|(r, _)| *r == reason), "{reason:?} has a name in this test");
+        }
+        for (reason, name) in names {
+            assert_eq!(reason.to_string(), name);
+            assert_eq!(FallbackReason::parse(name), Some(reason), "{name}");
+            assert_eq!(serde_json::to_value(reason).unwrap(), name);
+            assert_eq!(serde_json::from_value::<FallbackReason>(name.into()).unwrap(), reason);
+        }
+        for unknown in ["", "fallback", "api_error_", "api_error_05", "api_error_99999", "stream_cut"] {
+            assert_eq!(FallbackReason::parse(unknown), None, "{unknown}");
+            assert!(serde_json::from_value::<FallbackReason>(unknown.into()).is_err(), "{unknown}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {

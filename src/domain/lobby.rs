@@ -35,20 +35,32 @@ pub struct PresenceLeave {
     pub user_id: i64,
 }
 
+/// Why a chat message is refused; the message is shown to the client as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageTextError {
+    #[error("message must not contain control characters (newlines are fine)")]
+    ControlCharacter,
+    #[error("message text must not be empty")]
+    Empty,
+    /// Its length in characters, once trimmed.
+    #[error("message is {0} characters; at most {max} are allowed", max = MAX_MESSAGE_CHARS)]
+    TooLong(usize),
+}
+
 /// Checks a chat message: 1..500 characters, not blank, no control characters but newline.
 /// Returns it without surrounding whitespace.
-pub fn validate_text(raw: &str) -> Result<String, String> {
+pub fn validate_text(raw: &str) -> Result<String, MessageTextError> {
     // Checked before trimming: a control character at either end is refused, not cut.
     if raw.chars().any(|c| c.is_control() && c != '\n') {
-        return Err("message must not contain control characters (newlines are fine)".into());
+        return Err(MessageTextError::ControlCharacter);
     }
     let text = raw.trim();
     if text.is_empty() {
-        return Err("message text must not be empty".into());
+        return Err(MessageTextError::Empty);
     }
     let chars = text.chars().count();
     if chars > MAX_MESSAGE_CHARS {
-        return Err(format!("message is {chars} characters; at most {MAX_MESSAGE_CHARS} are allowed"));
+        return Err(MessageTextError::TooLong(chars));
     }
     Ok(text.to_owned())
 }
@@ -99,6 +111,23 @@ mod tests {
         assert!(validate_text("\thello").is_err(), "a leading tab is refused, not trimmed away");
         assert!(validate_text(&"é".repeat(500)).is_ok());
         assert!(validate_text(&"x".repeat(501)).is_err());
+    }
+
+    #[test]
+    fn each_refusal_says_what_is_wrong() {
+        let cases = [
+            (
+                "bell\u{7}",
+                MessageTextError::ControlCharacter,
+                "message must not contain control characters (newlines are fine)",
+            ),
+            (" \n ", MessageTextError::Empty, "message text must not be empty"),
+            (&"x".repeat(501), MessageTextError::TooLong(501), "message is 501 characters; at most 500 are allowed"),
+        ];
+        for (raw, error, message) in cases {
+            assert_eq!(validate_text(raw), Err(error.clone()), "{raw:?}");
+            assert_eq!(error.to_string(), message);
+        }
     }
 
     #[test]

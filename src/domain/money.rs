@@ -63,7 +63,7 @@ impl From<&Price> for PriceUsd {
 
 impl PriceUsd {
     /// The price in micro-dollars; the error names the amount at fault.
-    pub fn to_price(&self) -> Result<Price, String> {
+    pub fn to_price(&self) -> Result<Price, UsdError> {
         Ok(Price {
             input: parse_usd(self.input_usd, "input_usd")?,
             output: parse_usd(self.output_usd, "output_usd")?,
@@ -78,13 +78,23 @@ pub fn usd(micros: i64) -> f64 {
     micros as f64 / MICROS as f64
 }
 
+/// A dollar amount refused, naming its field; the message is shown to the client as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UsdError {
+    /// Negative, or not a finite number.
+    #[error("`{field}` must be zero or more")]
+    BelowZero { field: &'static str },
+    #[error("`{field}` must be at most 1000000000")]
+    TooLarge { field: &'static str },
+}
+
 /// A dollar amount as micro-dollars: a finite, non-negative number up to one billion.
-pub fn parse_usd(n: f64, field: &str) -> Result<i64, String> {
+pub fn parse_usd(n: f64, field: &'static str) -> Result<i64, UsdError> {
     if !n.is_finite() || n < 0.0 {
-        return Err(format!("`{field}` must be zero or more"));
+        return Err(UsdError::BelowZero { field });
     }
     if n > 1e9 {
-        return Err(format!("`{field}` must be at most 1000000000"));
+        return Err(UsdError::TooLarge { field });
     }
     Ok((n * MICROS as f64).round() as i64)
 }
@@ -111,10 +121,25 @@ mod tests {
     fn usd_parsing_refuses_bad_amounts() {
         assert_eq!(parse_usd(1.5, "limit_usd"), Ok(1_500_000));
         assert_eq!(parse_usd(0.0, "limit_usd"), Ok(0));
-        assert!(parse_usd(-1.0, "limit_usd").unwrap_err().contains("limit_usd"));
+        assert!(parse_usd(-1.0, "limit_usd").unwrap_err().to_string().contains("limit_usd"));
         assert!(parse_usd(f64::NAN, "limit_usd").is_err());
         assert!(parse_usd(2e9, "limit_usd").is_err());
         let price = PriceUsd { input_usd: 1.0, output_usd: -2.0, cache_read_usd: 0.1, cache_write_usd: 1.25 };
-        assert!(price.to_price().unwrap_err().contains("output_usd"));
+        assert!(price.to_price().unwrap_err().to_string().contains("output_usd"));
+    }
+
+    #[test]
+    fn each_refusal_names_its_field() {
+        let below = UsdError::BelowZero { field: "limit_usd" };
+        for n in [-0.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(parse_usd(n, "limit_usd"), Err(below), "{n}");
+        }
+        assert_eq!(below.to_string(), "`limit_usd` must be zero or more");
+        let large = UsdError::TooLarge { field: "input_usd" };
+        assert_eq!(parse_usd(1e9 + 1.0, "input_usd"), Err(large));
+        assert_eq!(large.to_string(), "`input_usd` must be at most 1000000000");
+        assert_eq!(parse_usd(1e9, "input_usd"), Ok(1_000_000_000_000_000));
+        let price = PriceUsd { input_usd: 1.0, output_usd: 1.0, cache_read_usd: 2e9, cache_write_usd: -1.0 };
+        assert_eq!(price.to_price(), Err(UsdError::TooLarge { field: "cache_read_usd" }));
     }
 }

@@ -37,23 +37,38 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Why a nickname is refused; the message is shown to the client as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NicknameError {
+    #[error("nickname must not contain control characters")]
+    ControlCharacter,
+    /// The first invisible format character (Unicode category Cf) found.
+    #[error("nickname must not contain invisible format characters (U+{:04X})", u32::from(*.0))]
+    FormatCharacter(char),
+    #[error("nickname must not be empty")]
+    Empty,
+    /// Its length in characters, once trimmed.
+    #[error("nickname is {0} characters; at most {max} are allowed", max = MAX_NICKNAME_CHARS)]
+    TooLong(usize),
+}
+
 /// Trims and checks a nickname: 1..32 characters, no control or format characters.
-pub fn validate_nickname(raw: &str) -> Result<String, String> {
+pub fn validate_nickname(raw: &str) -> Result<String, NicknameError> {
     // Checked before trimming: a tab or newline at either end is refused, not silently cut.
     if raw.chars().any(char::is_control) {
-        return Err("nickname must not contain control characters".into());
+        return Err(NicknameError::ControlCharacter);
     }
     // Zero-width and direction-override characters let one player pass for another.
     if let Some(c) = raw.chars().find(|&c| get_general_category(c) == GeneralCategory::Format) {
-        return Err(format!("nickname must not contain invisible format characters (U+{:04X})", u32::from(c)));
+        return Err(NicknameError::FormatCharacter(c));
     }
     let nickname = raw.trim();
     let chars = nickname.chars().count();
     if chars == 0 {
-        return Err("nickname must not be empty".into());
+        return Err(NicknameError::Empty);
     }
     if chars > MAX_NICKNAME_CHARS {
-        return Err(format!("nickname is {chars} characters; at most {MAX_NICKNAME_CHARS} are allowed"));
+        return Err(NicknameError::TooLong(chars));
     }
     Ok(nickname.to_owned())
 }
@@ -74,9 +89,32 @@ mod tests {
         // Unicode format characters (Cf): zero-width, joiners, direction overrides, BOM, tags.
         for c in ['\u{200B}', '\u{200D}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{00AD}', '\u{E0041}'] {
             let err = validate_nickname(&format!("Ad{c}a")).unwrap_err();
-            assert!(err.contains("format characters"), "{c:?}: {err}");
+            assert!(err.to_string().contains("format characters"), "{c:?}: {err}");
         }
         assert!(validate_nickname("Zoë 😀").is_ok());
+    }
+
+    #[test]
+    fn each_refusal_says_what_is_wrong() {
+        let cases = [
+            ("Ada\n", NicknameError::ControlCharacter, "nickname must not contain control characters"),
+            (
+                "A\u{200B}da",
+                NicknameError::FormatCharacter('\u{200B}'),
+                "nickname must not contain invisible format characters (U+200B)",
+            ),
+            (
+                "A\u{E0041}",
+                NicknameError::FormatCharacter('\u{E0041}'),
+                "nickname must not contain invisible format characters (U+E0041)",
+            ),
+            ("  ", NicknameError::Empty, "nickname must not be empty"),
+            (&"x".repeat(40), NicknameError::TooLong(40), "nickname is 40 characters; at most 32 are allowed"),
+        ];
+        for (raw, error, message) in cases {
+            assert_eq!(validate_nickname(raw), Err(error.clone()), "{raw:?}");
+            assert_eq!(error.to_string(), message);
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Action::Write => "WRITE",
             Action::Rewrite => "REWRITE",
@@ -59,11 +59,12 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ACTIVE: [&'static str; 2] = ["queued", "running"];
+    /// The statuses of a run that has not ended.
+    pub const ACTIVE: [RunStatus; 2] = [RunStatus::Queued, RunStatus::Running];
     pub const ALL: [RunStatus; 5] =
         [RunStatus::Queued, RunStatus::Running, RunStatus::Done, RunStatus::Dead, RunStatus::Aborted];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
             RunStatus::Running => "running",
@@ -87,8 +88,9 @@ impl RunStatus {
     }
 }
 
-/// Why a run ended without its text (`run:error.code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a run ended without its text (`run:error.code`, the `runs.error_code` column). Its
+/// names are its `Display` and `RunErrorCode::parse`; serde uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(test, derive(ts_rs::TS), ts(rename_all = "snake_case"))]
 pub enum RunErrorCode {
     NoConfig,
@@ -128,6 +130,30 @@ impl std::fmt::Display for RunErrorCode {
 }
 
 impl RunErrorCode {
+    /// Every code but `ApiError`, which carries the upstream's HTTP status.
+    pub const NAMED: [RunErrorCode; 10] = [
+        RunErrorCode::NoConfig,
+        RunErrorCode::Aborted,
+        RunErrorCode::BudgetExceeded,
+        RunErrorCode::RateLimited,
+        RunErrorCode::NetworkError,
+        RunErrorCode::Timeout,
+        RunErrorCode::InvalidResponse,
+        RunErrorCode::StreamCut,
+        RunErrorCode::StreamError,
+        RunErrorCode::Internal,
+    ];
+
+    /// The code a name stands for; `None` for a name this version does not know (a corrupt row).
+    /// `api_error_<status>` takes the status as [`Display`](std::fmt::Display) writes it.
+    pub fn parse(s: &str) -> Option<RunErrorCode> {
+        if let Some(status) = s.strip_prefix("api_error_") {
+            let code = RunErrorCode::ApiError(status.parse().ok()?);
+            return (code.to_string() == s).then_some(code);
+        }
+        RunErrorCode::NAMED.into_iter().find(|code| code.to_string() == s)
+    }
+
     /// What a player reads in `run:error.message` for an upstream failure: lorewire's words
     /// for the code, never the provider's own text (that goes to the log and `last_error`).
     pub fn player_message(self) -> String {
@@ -144,6 +170,19 @@ impl RunErrorCode {
             RunErrorCode::StreamError => "the model provider reported an error while answering".into(),
             RunErrorCode::Internal => "the run failed on the server's side and its attempts are spent".into(),
         }
+    }
+}
+
+impl Serialize for RunErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RunErrorCode::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown run error code `{name}`")))
     }
 }
 
@@ -215,33 +254,54 @@ pub struct RunRequest {
     pub skip_cache: bool,
 }
 
-/// Checks a request's fields; the message is shown to the client as it is.
-pub fn validate(project_id: &str, action: &str, input: &str, skip_cache: bool) -> Result<RunRequest, String> {
+/// Why a run request is refused; the message is shown to the client as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunRequestError {
+    #[error(transparent)]
+    ProjectId(#[from] InvalidProjectId),
+    /// The action as the client wrote it.
+    #[error("unknown action `{0}` (expected WRITE, REWRITE or DESCRIBE)")]
+    UnknownAction(String),
+    #[error("`input` must not be empty")]
+    EmptyInput,
+    /// The input's length in characters.
+    #[error("`input` is {0} characters; at most {max} are accepted", max = MAX_INPUT_CHARS)]
+    InputTooLong(usize),
+    #[error("`input` must not contain control characters other than newlines and tabs")]
+    ControlCharacter,
+}
+
+/// A project id that breaks the rule of [`validate_project_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("`project_id` must be 1..{max} characters of letters, digits, '-', '_', '.' or ':'", max = MAX_PROJECT_CHARS)]
+pub struct InvalidProjectId;
+
+/// Checks a request's fields.
+pub fn validate(project_id: &str, action: &str, input: &str, skip_cache: bool) -> Result<RunRequest, RunRequestError> {
     let project_id = validate_project_id(project_id)?;
-    let action = Action::parse(action)
-        .ok_or_else(|| format!("unknown action `{action}` (expected WRITE, REWRITE or DESCRIBE)"))?;
+    let action = Action::parse(action).ok_or_else(|| RunRequestError::UnknownAction(action.to_owned()))?;
     if input.trim().is_empty() {
-        return Err("`input` must not be empty".into());
+        return Err(RunRequestError::EmptyInput);
     }
     let chars = input.chars().count();
     if chars > MAX_INPUT_CHARS {
-        return Err(format!("`input` is {chars} characters; at most {MAX_INPUT_CHARS} are accepted"));
+        return Err(RunRequestError::InputTooLong(chars));
     }
     if input.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
-        return Err("`input` must not contain control characters other than newlines and tabs".into());
+        return Err(RunRequestError::ControlCharacter);
     }
     Ok(RunRequest { project_id, action, input: input.to_owned(), skip_cache })
 }
 
 /// Project ids: 1..64 characters of letters, digits, `-`, `_`, `.` and `:`.
-pub fn validate_project_id(project_id: &str) -> Result<String, String> {
+pub fn validate_project_id(project_id: &str) -> Result<String, InvalidProjectId> {
     let ok = !project_id.is_empty()
         && project_id.chars().count() <= MAX_PROJECT_CHARS
         && project_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     if ok {
         Ok(project_id.to_owned())
     } else {
-        Err(format!("`project_id` must be 1..{MAX_PROJECT_CHARS} characters of letters, digits, '-', '_', '.' or ':'"))
+        Err(InvalidProjectId)
     }
 }
 
@@ -270,8 +330,8 @@ pub struct RunView {
 #[cfg_attr(test, derive(ts_rs::TS))]
 pub struct RunFailure {
     /// `no_config`, `aborted`, `budget_exceeded`, `api_error_<status>`, `network_error`, ...
-    #[cfg_attr(test, ts(as = "RunErrorCode"))]
-    pub code: String,
+    #[schema(value_type = String)]
+    pub code: RunErrorCode,
     pub message: String,
 }
 
@@ -289,13 +349,96 @@ mod tests {
     }
 
     #[test]
+    fn run_names_round_trip() {
+        for action in [Action::Write, Action::Rewrite, Action::Describe] {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
+        assert_eq!(Action::parse("write"), None);
+        for status in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(RunStatus::ACTIVE.contains(&status), status.is_active());
+        }
+        assert_eq!(RunStatus::parse("sleeping"), None);
+    }
+
+    #[test]
+    fn error_codes_round_trip_as_the_wire_names_them() {
+        let names = [
+            (RunErrorCode::NoConfig, "no_config"),
+            (RunErrorCode::Aborted, "aborted"),
+            (RunErrorCode::BudgetExceeded, "budget_exceeded"),
+            (RunErrorCode::RateLimited, "rate_limited"),
+            (RunErrorCode::ApiError(529), "api_error_529"),
+            (RunErrorCode::ApiError(400), "api_error_400"),
+            (RunErrorCode::NetworkError, "network_error"),
+            (RunErrorCode::Timeout, "timeout"),
+            (RunErrorCode::InvalidResponse, "invalid_response"),
+            (RunErrorCode::StreamCut, "stream_cut"),
+            (RunErrorCode::StreamError, "stream_error"),
+            (RunErrorCode::Internal, "internal_error"),
+        ];
+        for code in RunErrorCode::NAMED {
+            assert!(names.iter().any(|(c, _)| *c == code), "{code:?} has a name in this test");
+        }
+        for (code, name) in names {
+            assert_eq!(code.to_string(), name);
+            assert_eq!(RunErrorCode::parse(name), Some(code), "{name}");
+            assert_eq!(serde_json::to_value(code).unwrap(), name);
+            assert_eq!(serde_json::from_value::<RunErrorCode>(name.into()).unwrap(), code);
+        }
+        for unknown in ["unknown", "", "internal", "api_error_", "api_error_x", "api_error_0429", "api_error_70000"] {
+            assert_eq!(RunErrorCode::parse(unknown), None, "{unknown}");
+            assert!(serde_json::from_value::<RunErrorCode>(unknown.into()).is_err(), "{unknown}");
+        }
+        let failure = RunFailure { code: RunErrorCode::ApiError(503), message: "m".into() };
+        assert_eq!(
+            serde_json::to_value(failure).unwrap(),
+            serde_json::json!({"code": "api_error_503", "message": "m"})
+        );
+    }
+
+    #[test]
     fn validation_names_the_problem() {
         assert!(validate("p1", "WRITE", "a dragon", false).is_ok());
-        assert!(validate("p1", "SING", "x", false).unwrap_err().contains("SING"));
-        assert!(validate("p1", "WRITE", "  ", false).unwrap_err().contains("empty"));
+        assert!(validate("p1", "SING", "x", false).unwrap_err().to_string().contains("SING"));
+        assert!(validate("p1", "WRITE", "  ", false).unwrap_err().to_string().contains("empty"));
         let long = "x".repeat(MAX_INPUT_CHARS + 1);
-        assert!(validate("p1", "WRITE", &long, false).unwrap_err().contains("at most 16000"));
+        assert!(validate("p1", "WRITE", &long, false).unwrap_err().to_string().contains("at most 16000"));
         assert!(validate("", "WRITE", "x", false).is_err());
         assert!(validate("p 1", "WRITE", "x", false).is_err());
+    }
+
+    #[test]
+    fn each_refusal_is_its_own_variant_with_its_message() {
+        let id_rule = "`project_id` must be 1..64 characters of letters, digits, '-', '_', '.' or ':'";
+        let long = "x".repeat(MAX_INPUT_CHARS + 1);
+        let cases = [
+            (("", "WRITE", "x"), RunRequestError::ProjectId(InvalidProjectId), id_rule.to_owned()),
+            (("p 1", "WRITE", "x"), RunRequestError::ProjectId(InvalidProjectId), id_rule.to_owned()),
+            (
+                ("p1", "SING", "x"),
+                RunRequestError::UnknownAction("SING".into()),
+                "unknown action `SING` (expected WRITE, REWRITE or DESCRIBE)".to_owned(),
+            ),
+            (("p1", "WRITE", " \n"), RunRequestError::EmptyInput, "`input` must not be empty".to_owned()),
+            (
+                ("p1", "WRITE", long.as_str()),
+                RunRequestError::InputTooLong(16_001),
+                "`input` is 16001 characters; at most 16000 are accepted".to_owned(),
+            ),
+            (
+                ("p1", "WRITE", "a\u{7}b"),
+                RunRequestError::ControlCharacter,
+                "`input` must not contain control characters other than newlines and tabs".to_owned(),
+            ),
+        ];
+        for ((project, action, input), error, message) in cases {
+            assert_eq!(validate(project, action, input, false).unwrap_err(), error);
+            assert_eq!(error.to_string(), message);
+        }
+        assert_eq!(validate_project_id(&"p".repeat(65)), Err(InvalidProjectId));
+        assert_eq!(validate_project_id("a-b_c.d:e").as_deref(), Ok("a-b_c.d:e"));
     }
 }

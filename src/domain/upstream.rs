@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::Serialize;
+
 use super::content::FallbackReason;
 use super::runs::RunErrorCode;
 
@@ -97,9 +99,49 @@ impl From<UpstreamFailure> for RunErrorCode {
     }
 }
 
+// Where the circuit breaker of the upstream stands (`llm_config.circuit_state` names it); a
+// plain comment, as utoipa would put a doc comment in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Calls go through; failures are counted.
+    Closed,
+    /// Calls are refused until the reset time.
+    Open,
+    /// One probe call may go through.
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub const ALL: [CircuitState; 3] = [CircuitState::Closed, CircuitState::Open, CircuitState::HalfOpen];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+
+    /// `None` for a name this version does not know (a corrupt row).
+    pub fn parse(s: &str) -> Option<CircuitState> {
+        CircuitState::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn circuit_states_round_trip() {
+        for state in CircuitState::ALL {
+            assert_eq!(CircuitState::parse(state.as_str()), Some(state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert_eq!(CircuitState::parse("sideways"), None);
+        assert_eq!(CircuitState::parse("half-open"), None);
+    }
 
     #[test]
     fn every_failure_keeps_its_name_as_reason_and_as_run_code() {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::content::{Content, ContentKind};
 use super::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
 use super::players::Variant;
-use super::runs::Usage;
+use super::runs::{RunErrorCode, Usage};
 
 /// A frame from a client. Unknown fields (including `ref`, read separately) are ignored.
 #[derive(Debug)]
@@ -123,15 +123,37 @@ pub const CLIENT_TYPES: [&str; 9] = [
     "presence:list",
 ];
 
+/// Why a text frame was refused; the message is shown to the client as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("a frame must be a JSON object")]
+    NotAnObject,
+    #[error("`ref` must be a string or a number")]
+    BadRef,
+    #[error("a frame needs a string `type`")]
+    NoType,
+    /// The `type` as the client wrote it.
+    #[error("unknown frame type `{0}` (expected one of {list})", list = CLIENT_TYPES.join(", "))]
+    UnknownType(String),
+    /// The frame's fields do not make its type (serde's message).
+    #[error("{0}")]
+    Fields(String),
+    /// One field is missing or malformed: its path and serde's message.
+    #[error("`{path}`: {message}")]
+    Field { path: String, message: String },
+}
+
 /// Deserializes a frame's fields, naming the field at fault in the error.
-fn fields<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+fn fields<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, FrameError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        let message = e.into_inner().to_string();
         if path == "." {
-            inner
+            FrameError::Fields(message)
         } else {
-            format!("`{path}`: {inner}")
+            FrameError::Field { path, message }
         }
     })
 }
@@ -255,8 +277,7 @@ pub enum Typed {
         #[cfg_attr(test, ts(optional, type = "string | number"))]
         reference: Option<Value>,
         run_id: String,
-        #[cfg_attr(test, ts(as = "super::runs::RunErrorCode"))]
-        code: String,
+        code: RunErrorCode,
         message: String,
     },
     #[serde(rename = "lobby:history")]
@@ -328,21 +349,21 @@ pub fn is_session_start(text: &str) -> bool {
         .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some("session:start"))
 }
 
-pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
+pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, FrameError>) {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return (None, Err(format!("frame is not JSON: {e}"))),
+        Err(e) => return (None, Err(FrameError::NotJson(e))),
     };
     let Value::Object(map) = &value else {
-        return (None, Err("a frame must be a JSON object".into()));
+        return (None, Err(FrameError::NotAnObject));
     };
     let reference = match map.get("ref") {
         None | Some(Value::Null) => None,
         Some(r @ (Value::String(_) | Value::Number(_))) => Some(r.clone()),
-        Some(_) => return (None, Err("`ref` must be a string or a number".into())),
+        Some(_) => return (None, Err(FrameError::BadRef)),
     };
     let Some(ty) = map.get("type").and_then(Value::as_str) else {
-        return (reference, Err("a frame needs a string `type`".into()));
+        return (reference, Err(FrameError::NoType));
     };
     let frame = match ty {
         "session:start" => fields(value).map(ClientFrame::SessionStart),
@@ -354,7 +375,7 @@ pub fn parse(text: &str) -> (Option<Value>, Result<ClientFrame, String>) {
         "generate:abort" => fields(value).map(ClientFrame::GenerateAbort),
         "message:send" => fields(value).map(ClientFrame::MessageSend),
         "presence:list" => fields(value).map(ClientFrame::PresenceList),
-        other => Err(format!("unknown frame type `{other}` (expected one of {})", CLIENT_TYPES.join(", "))),
+        other => Err(FrameError::UnknownType(other.to_owned())),
     };
     (reference, frame)
 }
@@ -367,26 +388,71 @@ mod tests {
     fn parse_keeps_ref_on_bad_frames() {
         let (r, f) = parse(r#"{"type":"nope:nope","ref":7}"#);
         assert_eq!(r, Some(Value::from(7)));
-        assert!(f.unwrap_err().contains("unknown frame type"));
+        assert!(f.unwrap_err().to_string().contains("unknown frame type"));
         let (r, f) = parse(r#"{"type":"content:request","ref":"a","kind":"quest"}"#);
         assert_eq!(r, Some(Value::from("a")));
-        assert!(f.unwrap_err().contains("subject_id"));
+        assert!(f.unwrap_err().to_string().contains("subject_id"));
         let (_, f) = parse(r#"{"type":"content:request","kind":"quest","subject_id":"1"}"#);
-        assert!(f.unwrap_err().contains("`subject_id`"));
+        assert!(f.unwrap_err().to_string().contains("`subject_id`"));
         let (_, f) = parse(r#"{"type":"content:request","kind":"dragon","subject_id":1}"#);
-        assert!(f.unwrap_err().contains("dragon"));
+        assert!(f.unwrap_err().to_string().contains("dragon"));
         for bad in [
             r#"{"type":"presence:list"}"#,
             r#"{"type":"presence:list","after_user_id":-1}"#,
             r#"{"type":"presence:list","after_user_id":"0"}"#,
             r#"{"type":"presence:list","after_user_id":1.5}"#,
         ] {
-            assert!(parse(bad).1.unwrap_err().contains("after_user_id"), "{bad}");
+            assert!(parse(bad).1.unwrap_err().to_string().contains("after_user_id"), "{bad}");
         }
         let (_, f) = parse(r#"{"type":"presence:list","after_user_id":250}"#);
         assert!(matches!(f, Ok(ClientFrame::PresenceList(PresenceList { after_user_id: 250 }))));
         let (_, f) = parse("not json");
         assert!(f.is_err());
+    }
+
+    #[test]
+    fn each_frame_refusal_is_its_own_variant_with_its_message() {
+        let refusal = |text: &str| parse(text).1.unwrap_err();
+        let not_json = refusal("not json");
+        assert!(matches!(not_json, FrameError::NotJson(_)));
+        assert!(not_json.to_string().starts_with("frame is not JSON: expected ident"), "{not_json}");
+        let cases = [
+            ("[1]", "a frame must be a JSON object"),
+            (r#"{"type":"presence:list","ref":[1]}"#, "`ref` must be a string or a number"),
+            (r#"{"type":7}"#, "a frame needs a string `type`"),
+            (
+                r#"{"type":"nope"}"#,
+                "unknown frame type `nope` (expected one of session:start, session:refresh, content:request, \
+                 content:subscribe, content:unsubscribe, generate:start, generate:abort, message:send, presence:list)",
+            ),
+            (r#"{"type":"message:send"}"#, "missing field `text`"),
+            (r#"{"type":"message:send","text":1}"#, "`text`: invalid type: integer `1`, expected a string"),
+        ];
+        for (text, message) in cases {
+            assert_eq!(refusal(text).to_string(), message, "{text}");
+        }
+        assert!(matches!(refusal("[1]"), FrameError::NotAnObject));
+        assert!(matches!(refusal(r#"{"type":"presence:list","ref":{}}"#), FrameError::BadRef));
+        assert!(matches!(refusal(r#"{"ref":1}"#), FrameError::NoType));
+        assert!(matches!(refusal(r#"{"type":"nope"}"#), FrameError::UnknownType(t) if t == "nope"));
+        assert!(matches!(refusal(r#"{"type":"message:send"}"#), FrameError::Fields(_)));
+        assert!(
+            matches!(refusal(r#"{"type":"message:send","text":1}"#), FrameError::Field { path, .. } if path == "text")
+        );
+    }
+
+    #[test]
+    fn run_error_frames_name_their_code_as_before() {
+        let frame = ServerFrame::from(Typed::RunError {
+            reference: Some(Value::from(3)),
+            run_id: "r1".into(),
+            code: RunErrorCode::ApiError(429),
+            message: "m".into(),
+        });
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"run:error","ref":3,"run_id":"r1","code":"api_error_429","message":"m"}"#
+        );
     }
 
     #[test]

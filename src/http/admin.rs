@@ -126,9 +126,9 @@ pub async fn get_llm(_: Admin, state: web::Data<AppState>) -> Result<HttpRespons
 /// model or base URL still at the old provider's default.
 fn settings_change(body: &LlmSettingsBody, stored: &LlmConfigRow) -> Result<SettingsChange, ApiError> {
     let mut change = SettingsChange::default();
-    let old_provider: Option<Provider> = stored.provider.parse().ok();
+    let old_provider = stored.provider().ok();
     let provider = match body.provider.as_deref() {
-        Some(p) => Some(p.parse::<Provider>().map_err(ApiError::Invalid)?),
+        Some(p) => Some(p.parse::<Provider>().map_err(ApiError::invalid)?),
         None => None,
     };
     if let Some(provider) = provider {

@@ -116,7 +116,7 @@ pub async fn request_content(
     not_shutting_down(&state)?;
     let body = body.into_inner();
     let request = content::validate(body.kind, body.subject_id, body.context.as_ref(), body.regenerate)
-        .map_err(ApiError::Invalid)?;
+        .map_err(ApiError::invalid)?;
     let content = state.content.request(request).await?;
     Ok(HttpResponse::Accepted().json(content))
 }

@@ -103,7 +103,7 @@ fn limit_of(limit: Option<&str>, default: i64) -> Result<i64, ApiError> {
 fn project_filter(project_id: Option<String>) -> Result<Option<String>, ApiError> {
     match project_id.filter(|p| !p.is_empty()) {
         None => Ok(None),
-        Some(p) => runs::validate_project_id(&p).map(Some).map_err(ApiError::Invalid),
+        Some(p) => runs::validate_project_id(&p).map(Some).map_err(ApiError::invalid),
     }
 }
 
@@ -262,7 +262,7 @@ pub async fn get_budget(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
+    let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::invalid)?;
     let (budget, spent) = runs::admin::budget(&state.store, project_id.clone()).await?;
     Ok(HttpResponse::Ok().json(budget_view(&project_id, budget.as_ref(), spent)))
 }
@@ -282,9 +282,9 @@ pub async fn put_budget(
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::Invalid)?;
+    let project_id = runs::validate_project_id(&path.into_inner()).map_err(ApiError::invalid)?;
     let body: BudgetBody = typed_body(body.into_inner())?;
-    let limit = parse_usd(body.limit_usd, "limit_usd").map_err(ApiError::Invalid)?;
+    let limit = parse_usd(body.limit_usd, "limit_usd").map_err(ApiError::invalid)?;
     let now = state.clock.now_naive();
     let row = runs::admin::set_budget(&state.store, project_id.clone(), limit, now).await?;
     tracing::info!(project = %project_id, limit_micros = limit, "budget set by admin");
@@ -369,7 +369,7 @@ pub async fn put_price(
         return Err(ApiError::Invalid("the model name must be 1..200 characters without control characters".into()));
     }
     let body: PriceUsd = typed_body(body.into_inner())?;
-    let price = body.to_price().map_err(ApiError::Invalid)?;
+    let price = body.to_price().map_err(ApiError::invalid)?;
     let now = state.clock.now_naive();
     runs::admin::set_price(&state.store, model.clone(), price, now).await?;
     tracing::info!(model = %model, "price set by admin");

@@ -91,7 +91,7 @@ pub async fn generate(
 ) -> Result<HttpResponse, ApiError> {
     not_shutting_down(&state)?;
     let b = body.into_inner();
-    let request = runs::validate(&b.project_id, &b.action, &b.input, b.skip_cache).map_err(ApiError::Invalid)?;
+    let request = runs::validate(&b.project_id, &b.action, &b.input, b.skip_cache).map_err(ApiError::invalid)?;
     let none = RunAccepted { run_id: String::new(), position: 0, estimated_ms: None, cached: None, status: None };
     let body = match state.runs.start(request, Waiter::Rest).await? {
         Started::Queued { run_id, position, estimated_ms, .. } => {

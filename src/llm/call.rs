@@ -207,7 +207,7 @@ fn judge<T>(
     match answer {
         Ok(body) => match providers::parse_answer(provider, &body) {
             // A 2xx the provider made: it is up, and the answer is this item's failure alone.
-            Err(why) => Judged::Failed(Outcome::Success, UpstreamFailure::InvalidResponse.into(), why),
+            Err(why) => Judged::Failed(Outcome::Success, UpstreamFailure::InvalidResponse.into(), why.to_string()),
             Ok((text, usage)) => match validate(&text) {
                 Ok(checked) => Judged::Valid(checked, usage),
                 Err(refusal) => Judged::Refused(refusal, usage),

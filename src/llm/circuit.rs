@@ -16,37 +16,12 @@ use serde::Serialize;
 
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
+pub use crate::domain::upstream::CircuitState;
 use crate::store::llm_config::{self, CircuitRecord};
 use crate::store::Store;
 
 /// Wait before calling again after a 429 that named no `retry-after`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CircuitState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl CircuitState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CircuitState::Closed => "closed",
-            CircuitState::Open => "open",
-            CircuitState::HalfOpen => "half_open",
-        }
-    }
-    fn parse(s: &str) -> Option<CircuitState> {
-        match s {
-            "closed" => Some(CircuitState::Closed),
-            "open" => Some(CircuitState::Open),
-            "half_open" => Some(CircuitState::HalfOpen),
-            _ => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct CircuitSettings {

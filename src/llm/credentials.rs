@@ -2,6 +2,7 @@
 //! Reads the settings row only; never calls anything.
 
 use super::providers::{Provider, Target};
+use crate::core::provider::UnknownProvider;
 use crate::store::llm_config::LlmConfigRow;
 
 /// Where calls go and as whom, read from the stored settings.
@@ -24,15 +25,15 @@ pub enum NoCredentials {
     #[error("no LLM API key is configured")]
     NoKey,
     /// The stored provider is not one this version speaks (written by a newer version, or by hand).
-    #[error("{0}")]
-    UnknownProvider(String),
+    #[error(transparent)]
+    UnknownProvider(#[from] UnknownProvider),
 }
 
 /// The one no-key rule: the stored settings can make a call when they name a known provider
 /// and hold an API key, or point an OpenAI-compatible provider at a server of one's own
 /// (Ollama, vLLM, llama.cpp), which usually needs none. An error: every call is `no_config`.
 pub fn credentials(config: &LlmConfigRow) -> Result<Credentials, NoCredentials> {
-    let provider: Provider = config.provider.parse().map_err(NoCredentials::UnknownProvider)?;
+    let provider = config.provider()?;
     let api_key = config.api_key.clone().unwrap_or_default();
     let own_server = provider == Provider::OpenAiChat
         && config.base_url.trim_end_matches('/') != Provider::OpenAiChat.default_base_url();

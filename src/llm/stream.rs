@@ -123,12 +123,12 @@ pub async fn stream(
         };
         let events = match parser.feed(&chunk) {
             Ok(events) => events,
-            Err(why) => return outcome(StreamEnd::Invalid(why), &reader, true),
+            Err(why) => return outcome(StreamEnd::Invalid(why.to_string()), &reader, true),
         };
         for event in events {
             let steps = match reader.read(&event) {
                 Ok(steps) => steps,
-                Err(why) => return outcome(StreamEnd::Invalid(why), &reader, true),
+                Err(why) => return outcome(StreamEnd::Invalid(why.to_string()), &reader, true),
             };
             for step in steps {
                 match step {

@@ -17,7 +17,7 @@ use crate::core::process::ProcessId;
 use crate::core::rate_limit::Rate;
 use crate::core::rate_limit::RateLimiter;
 use crate::deps::Deps;
-use crate::domain::lobby::{validate_text, Message};
+use crate::domain::lobby::{validate_text, Message, MessageTextError};
 use crate::hub::{Hub, SessionId};
 use crate::jobs::JobsAvailable;
 use crate::store::messages::{self, MessageRow};
@@ -26,8 +26,8 @@ use crate::store::{Store, StoreError};
 /// Why a `message:send` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SendRefused {
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] MessageTextError),
     #[error("{0}")]
     RateLimited(String),
     #[error(transparent)]
@@ -110,7 +110,7 @@ impl LobbyService {
     /// Validates and rate-limits a message of `user_id` (across all their tabs, and their
     /// processes when the backplane keeps the window); the text to store.
     pub async fn admit(&self, user_id: i64, raw: &str) -> Result<String, SendRefused> {
-        let text = validate_text(raw).map_err(SendRefused::Invalid)?;
+        let text = validate_text(raw)?;
         let shared = self.backplane.admit(format!("chat:{user_id}"), self.rate.count, self.rate.per).await;
         let allowed = match shared {
             Some(allowed) => allowed,

@@ -20,7 +20,7 @@ use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult,
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
 use crate::store::jobs::Ended;
-use crate::store::messages::{self, MOOD_PENDING};
+use crate::store::messages::{self, MessageRow};
 use crate::store::{llm_config, Store};
 
 /// Answers are one short JSON object.
@@ -47,7 +47,7 @@ impl MoodJob {
         let message_id = claim.target_id;
         let (row, config) =
             self.store.run(move |conn| Ok((messages::find(conn, message_id)?, llm_config::get(conn)?))).await?;
-        let Some(row) = row.filter(|r| r.mood_status == MOOD_PENDING) else {
+        let Some(row) = row.filter(MessageRow::mood_is_pending) else {
             return nothing_to_do(&self.store, &claim).await;
         };
         let prompt = Prompt {
@@ -79,9 +79,7 @@ impl MoodJob {
             (self.origin.clone(), claim.worker.clone(), claim.job_id, claim.target_id);
         let ended = self
             .store
-            .write(move |conn| {
-                messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood.as_str(), status.as_str())
-            })
+            .write(move |conn| messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood, status))
             .await?;
         let row = match ended {
             Ended::TakenOver => return Ok(Outcome::TakenOver),

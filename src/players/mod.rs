@@ -104,7 +104,7 @@ impl Players {
                 "this server accepts only the studio's login: send session:start with `jwt`".into(),
             ));
         }
-        let nickname = validate_nickname(nickname).map_err(StartRefused::InvalidNickname)?;
+        let nickname = validate_nickname(nickname).map_err(|e| StartRefused::InvalidNickname(e.to_string()))?;
         let presented = token.filter(|t| !t.is_empty() && t.len() <= 256);
         let now = self.clock.now_naive();
         if let Some(token) = presented {
@@ -129,7 +129,7 @@ impl Players {
             (None, Some(given)) => (given, true),
             (None, None) => ("player", false),
         };
-        let nickname = validate_nickname(chosen).map_err(StartRefused::InvalidNickname)?;
+        let nickname = validate_nickname(chosen).map_err(|e| StartRefused::InvalidNickname(e.to_string()))?;
         let (issuer, subject) = (verified.issuer.clone(), verified.subject.clone());
         let unused = hash_token(&new_token());
         let now = self.clock.now_naive();

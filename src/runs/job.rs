@@ -17,7 +17,7 @@ use futures_util::future::LocalBoxFuture;
 use super::live::LiveRuns;
 use super::relay::{self, Relay};
 use super::service::{finish, publish};
-use super::{estimate_tokens, prompt_token_bound, usd, Action, RunErrorCode, RunStatus, Usage};
+use super::{estimate_tokens, prompt_token_bound, usd, RunErrorCode, RunStatus, Usage};
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
@@ -32,7 +32,7 @@ use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::store::run_attempts::{self as attempts, AttemptEnd, Settlement};
 use crate::store::runs as rows;
-use crate::store::{billing, llm_config, Store, StoreError};
+use crate::store::{billing, llm_config, Store};
 
 /// Longest wait before a run refused by the circuit looks again (an admin may close it).
 const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(5);
@@ -121,8 +121,7 @@ impl RunJob {
             return nothing_to_do(&self.store, &claim).await;
         };
         let run_id = row.run_id.clone();
-        let action =
-            Action::parse(&row.action).ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: unknown action")))?;
+        let action = row.action()?;
         let mut cancel = self.live.cancel_signal(&run_id);
         let ctx = Attempt { d: self, claim: &claim, run_pk, run_id: &run_id, model: &row.model };
         if *cancel.borrow() {
@@ -381,11 +380,11 @@ impl Attempt<'_> {
             AttemptEnd::Aborted => Typed::RunError {
                 reference: None,
                 run_id: run_id.clone(),
-                code: RunErrorCode::Aborted.to_string(),
+                code: RunErrorCode::Aborted,
                 message: "the run was aborted".into(),
             },
             AttemptEnd::Dead { code, message } => {
-                Typed::RunError { reference: None, run_id: run_id.clone(), code: code.to_string(), message }
+                Typed::RunError { reference: None, run_id: run_id.clone(), code, message }
             }
         };
         d.metrics.runs_finished.with_label_values(&[status.as_str()]).inc();

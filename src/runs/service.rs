@@ -144,7 +144,7 @@ impl RunService {
                 let admission = Admission {
                     run_id: &run_id,
                     project_id: &req.project_id,
-                    action: req.action.as_str(),
+                    action: req.action,
                     priority: req.action.priority(),
                     input: &req.input,
                     model: &model,
@@ -283,7 +283,7 @@ impl RunService {
             let frame = Typed::RunError {
                 reference: None,
                 run_id: row.run_id.clone(),
-                code: RunErrorCode::Aborted.to_string(),
+                code: RunErrorCode::Aborted,
                 message: "the run was aborted".into(),
             };
             publish(&self.live, &self.hub, &row.run_id, frame.into());
@@ -302,11 +302,10 @@ impl RunService {
             .store
             .write(move |conn| {
                 let Some(row) = rows::find(conn, &run_id)? else { return Ok(rows::Requeued::NotFound) };
-                let Some(action) = Action::parse(&row.action) else { return Ok(rows::Requeued::NotDead) };
+                let Ok(action) = row.action() else { return Ok(rows::Requeued::NotDead) };
                 let bound = prompt_token_bound(action.system_prompt(), &action.user_message(&row.input));
                 let worst_case = billing::price(conn, &row.model)?.map(|p| p.worst_case(bound, max_output));
-                let priority_of = |a: &str| Action::parse(a).map_or(Action::Describe.priority(), Action::priority);
-                rows::retry_dead(conn, &run_id, priority_of, worst_case, queue_limit, now)
+                rows::retry_dead(conn, &run_id, worst_case, queue_limit, now)
             })
             .await?;
         if let rows::Requeued::Queued(row) = &result {
@@ -359,12 +358,16 @@ fn stored_end(row: &RunRow, cached: bool) -> ServerFrame {
             let (usage, cost) = if cached { (Usage::default(), 0.0) } else { (row.usage(), usd(row.cost_micros)) };
             Typed::RunDone { run_id: row.run_id.clone(), text: row.text.clone(), usage, cost_usd: cost, cached }
         }
-        _ => Typed::RunError {
-            reference: None,
-            run_id: row.run_id.clone(),
-            code: row.error_code.clone().unwrap_or_else(|| "unknown".into()),
-            message: row.error.clone().unwrap_or_default(),
-        },
+        _ => {
+            // A row with no readable code (a corrupt one) still ends its subscribers' wait.
+            let code = row.failure().ok().flatten().map_or(RunErrorCode::Internal, |f| f.code);
+            Typed::RunError {
+                reference: None,
+                run_id: row.run_id.clone(),
+                code,
+                message: row.error.clone().unwrap_or_default(),
+            }
+        }
     }
     .into()
 }

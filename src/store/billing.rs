@@ -204,7 +204,7 @@ pub fn total_cost(conn: &mut DbConn, project_id: Option<&str>) -> StoreResult<i6
 /// (project, reservation) of every unfinished run that holds one.
 fn active_reservations(conn: &mut DbConn, project_id: Option<&str>) -> StoreResult<Vec<(String, i64)>> {
     let mut query = runs::table
-        .filter(runs::status.eq_any(RunStatus::ACTIVE))
+        .filter(runs::status.eq_any(RunStatus::ACTIVE.map(RunStatus::as_str)))
         .filter(runs::reserved_micros.gt(0))
         .select((runs::project_id, runs::reserved_micros))
         .into_boxed();
@@ -229,9 +229,13 @@ pub fn reconcile(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
             DbConn::Pg(c) => budgets::table.order(budgets::project_id.asc()).for_update().load(c)?,
             DbConn::Sqlite(c) => budgets::table.order(budgets::project_id.asc()).load(c)?,
         };
-        diesel::update(runs::table.filter(runs::status.ne_all(RunStatus::ACTIVE)).filter(runs::reserved_micros.ne(0)))
-            .set(runs::reserved_micros.eq(0))
-            .execute(conn)?;
+        diesel::update(
+            runs::table
+                .filter(runs::status.ne_all(RunStatus::ACTIVE.map(RunStatus::as_str)))
+                .filter(runs::reserved_micros.ne(0)),
+        )
+        .set(runs::reserved_micros.eq(0))
+        .execute(conn)?;
         let mut held = std::collections::HashMap::<String, i64>::new();
         for (project, amount) in active_reservations(conn, None)? {
             *held.entry(project).or_default() += amount;

@@ -8,7 +8,7 @@ use super::jobs::{self, Ended, JobKind, JobRow};
 use super::notify;
 use super::schema::{content, jobs as jobs_t};
 use super::{DbConn, Kept, StoreError, StoreResult};
-use crate::domain::content::{Content, ContentKind, ContentStatus};
+use crate::domain::content::{Content, ContentKind, ContentStatus, FallbackReason};
 use crate::domain::events::Event;
 use crate::on_backend;
 
@@ -31,16 +31,30 @@ pub struct ContentRow {
 }
 
 impl ContentRow {
+    fn corrupt(&self, what: &str) -> StoreError {
+        StoreError::Corrupt(format!("content {}: {what}", self.id))
+    }
+    /// Its kind; an unknown one is [`StoreError::Corrupt`], naming the row.
+    pub fn kind(&self) -> Result<ContentKind, StoreError> {
+        ContentKind::parse(&self.kind).ok_or_else(|| self.corrupt("unknown kind"))
+    }
+    /// Whether its job has yet to commit a result.
+    pub fn is_pending(&self) -> bool {
+        self.status == PENDING
+    }
     /// The item as clients see it; a row that breaks the rules is [`StoreError::Corrupt`].
     pub fn content(&self) -> Result<Content, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("content {}: {what}", self.id));
+        let corrupt = |what: &str| self.corrupt(what);
         Ok(Content {
-            kind: ContentKind::parse(&self.kind).ok_or_else(|| corrupt("unknown kind"))?,
+            kind: self.kind()?,
             subject_id: u64::try_from(self.subject_id).map_err(|_| corrupt("negative subject_id"))?,
             status: ContentStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
             fields: serde_json::from_str(&self.fields).map_err(|_| corrupt("fields are not a JSON object"))?,
             model: self.model.clone(),
-            reason: self.reason.clone(),
+            reason: match &self.reason {
+                Some(reason) => Some(FallbackReason::parse(reason).ok_or_else(|| corrupt("unknown fallback reason"))?),
+                None => None,
+            },
             updated_at: DateTime::from_naive_utc_and_offset(self.updated_at, Utc),
             version: self.version,
         })
@@ -86,7 +100,7 @@ impl Requested {
 pub struct RequestItem<'a> {
     /// The process making the change (for cross-process notifications).
     pub origin: &'a str,
-    pub kind: &'a str,
+    pub kind: ContentKind,
     pub subject_id: i64,
     /// Sanitized context as JSON; `None` keeps the stored one on regenerate.
     pub context: Option<&'a str>,
@@ -100,9 +114,9 @@ pub struct RequestItem<'a> {
     pub queue_limit: i64,
 }
 
-pub fn find(conn: &mut DbConn, kind: &str, subject_id: i64) -> StoreResult<Option<ContentRow>> {
+pub fn find(conn: &mut DbConn, kind: ContentKind, subject_id: i64) -> StoreResult<Option<ContentRow>> {
     Ok(on_backend!(conn, |c| content::table
-        .filter(content::kind.eq(kind))
+        .filter(content::kind.eq(kind.as_str()))
         .filter(content::subject_id.eq(subject_id))
         .first(c)
         .optional())?)
@@ -164,7 +178,7 @@ fn request_once(
         None => {
             check_queue(conn)?;
             let new = NewContent {
-                kind: item.kind,
+                kind: item.kind.as_str(),
                 subject_id: item.subject_id,
                 status: PENDING,
                 fields: item.empty_fields,
@@ -191,7 +205,8 @@ fn request_once(
                 None if first => request_once(conn, item, now, false),
                 None => Err(StoreError::Corrupt(format!(
                     "content {}:{} conflicts on insert and cannot be found",
-                    item.kind, item.subject_id
+                    item.kind.as_str(),
+                    item.subject_id
                 ))),
             }
         }
@@ -205,10 +220,10 @@ pub struct Finish<'a> {
     pub job_id: i64,
     pub worker: &'a str,
     pub content_id: i64,
-    pub status: &'a str,
+    pub status: ContentStatus,
     pub fields: &'a str,
     pub model: Option<&'a str>,
-    pub reason: Option<&'a str>,
+    pub reason: Option<FallbackReason>,
 }
 
 /// A whole write of its own, like [`request`].
@@ -216,13 +231,14 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
     if !jobs::complete(conn, f.job_id, f.worker)? {
         return Ok(Ended::TakenOver);
     }
+    let reason = f.reason.map(|r| r.to_string());
     let row = on_backend!(conn, |c| Kept(
         diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
             .set((
-                content::status.eq(f.status),
+                content::status.eq(f.status.as_str()),
                 content::fields.eq(f.fields),
                 content::model.eq(f.model),
-                content::reason.eq(f.reason),
+                content::reason.eq(reason.as_deref()),
                 content::version.eq(content::version + 1),
                 content::updated_at.eq(now),
             ))
@@ -263,4 +279,55 @@ pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize
         .limit(jobs::ADOPT_BATCH)
         .load(c))?;
     jobs::adopt(conn, JobKind::Content, orphans.into_iter().map(|id| (id, 0)), now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: &str, status: &str) -> ContentRow {
+        let t = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
+        ContentRow {
+            id: 4,
+            kind: kind.into(),
+            subject_id: 7,
+            status: status.into(),
+            fields: "{}".into(),
+            context: "{}".into(),
+            model: None,
+            reason: None,
+            version: 1,
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    #[test]
+    fn a_row_reads_as_its_domain_types() {
+        for kind in ContentKind::ALL {
+            for status in ContentStatus::ALL {
+                let row = row(kind.as_str(), status.as_str());
+                assert_eq!(row.kind().unwrap(), kind);
+                assert_eq!(row.is_pending(), status == ContentStatus::Pending);
+                let content = row.content().unwrap();
+                assert_eq!((content.kind, content.status), (kind, status));
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_value_is_an_error_naming_the_row() {
+        let corrupt = |e: StoreError| match e {
+            StoreError::Corrupt(why) => why,
+            other => panic!("not corrupt: {other:?}"),
+        };
+        assert_eq!(corrupt(row("dragon", "ready").kind().unwrap_err()), "content 4: unknown kind");
+        assert_eq!(corrupt(row("dragon", "ready").content().unwrap_err()), "content 4: unknown kind");
+        assert_eq!(corrupt(row("quest", "done").content().unwrap_err()), "content 4: unknown status");
+        assert!(!row("quest", "Pending").is_pending());
+        let odd_reason = ContentRow { reason: Some("gremlins".into()), ..row("quest", "fallback") };
+        assert_eq!(corrupt(odd_reason.content().unwrap_err()), "content 4: unknown fallback reason");
+        let reason = ContentRow { reason: Some("api_error_503".into()), ..row("quest", "fallback") };
+        assert_eq!(reason.content().unwrap().reason, Some(FallbackReason::ApiError(503)));
+    }
 }

@@ -6,6 +6,8 @@ use diesel::prelude::*;
 
 use super::schema::llm_config;
 use super::{DbConn, StoreResult};
+use crate::core::provider::{Provider, UnknownProvider};
+use crate::domain::upstream::CircuitState;
 use crate::on_backend;
 
 const ID: i64 = 1;
@@ -24,6 +26,14 @@ pub struct LlmConfigRow {
     pub circuit_resets_at: Option<NaiveDateTime>,
     pub retry_after_until: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+}
+
+impl LlmConfigRow {
+    /// The provider it names; one this version does not speak (written by a newer version, or
+    /// by hand) is an error holding the stored name.
+    pub fn provider(&self) -> Result<Provider, UnknownProvider> {
+        self.provider.parse()
+    }
 }
 
 impl std::fmt::Debug for LlmConfigRow {
@@ -83,7 +93,7 @@ pub fn get(conn: &mut DbConn) -> StoreResult<Option<LlmConfigRow>> {
 /// Writes the settings from the environment when nothing is stored yet; returns the stored row.
 pub fn seed(
     conn: &mut DbConn,
-    provider: &str,
+    provider: Provider,
     model: &str,
     base_url: &str,
     api_key: Option<&str>,
@@ -91,11 +101,11 @@ pub fn seed(
 ) -> StoreResult<LlmConfigRow> {
     let row = (
         llm_config::id.eq(ID),
-        llm_config::provider.eq(provider),
+        llm_config::provider.eq(provider.as_str()),
         llm_config::model.eq(model),
         llm_config::base_url.eq(base_url),
         llm_config::api_key.eq(api_key),
-        llm_config::circuit_state.eq("closed"),
+        llm_config::circuit_state.eq(CircuitState::Closed.as_str()),
         llm_config::circuit_failures.eq("[]"),
         llm_config::updated_at.eq(now),
     );
@@ -148,4 +158,32 @@ impl LlmConfigRow {
 pub fn probe_write(conn: &mut DbConn) -> StoreResult<()> {
     diesel::update(llm_config::table.find(ID)).set(llm_config::updated_at.eq(llm_config::updated_at)).execute(conn)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_row_names_its_provider_or_says_it_cannot() {
+        let t = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
+        let row = |provider: &str| LlmConfigRow {
+            id: ID,
+            provider: provider.into(),
+            model: "m".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            api_key: None,
+            last_error: None,
+            circuit_state: CircuitState::Closed.as_str().into(),
+            circuit_failures: "[]".into(),
+            circuit_opened_at: None,
+            circuit_resets_at: None,
+            retry_after_until: None,
+            updated_at: t,
+        };
+        for provider in Provider::ALL {
+            assert_eq!(row(provider.as_str()).provider(), Ok(provider));
+        }
+        assert_eq!(row("gemini").provider(), Err(UnknownProvider("gemini".into())));
+    }
 }

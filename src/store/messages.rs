@@ -12,7 +12,7 @@ use crate::domain::events::{Event, MessageChange};
 use crate::domain::lobby::{Message, Mood, MoodStatus};
 
 /// What a message's mood holds while its job has not committed one.
-pub const MOOD_PENDING: &str = MoodStatus::Pending.as_str();
+const MOOD_PENDING: &str = MoodStatus::Pending.as_str();
 
 #[derive(Debug, Clone, Queryable)]
 pub struct MessageRow {
@@ -26,6 +26,10 @@ pub struct MessageRow {
 }
 
 impl MessageRow {
+    /// Whether its mood job has yet to commit a mood.
+    pub fn mood_is_pending(&self) -> bool {
+        self.mood_status == MOOD_PENDING
+    }
     /// An unknown stored mood reads as `neutral` / `fallback` rather than failing the history.
     pub fn message(&self) -> Message {
         let mood = Mood::parse(&self.mood);
@@ -107,15 +111,15 @@ pub fn finish_mood(
     job_id: i64,
     worker: &str,
     message_id: i64,
-    mood: &str,
-    mood_status: &str,
+    mood: Mood,
+    mood_status: MoodStatus,
 ) -> StoreResult<Ended<MessageRow>> {
     write_tx(conn, |conn| {
         if !jobs::complete(conn, job_id, worker)? {
             return Ok(Ended::TakenOver);
         }
         let row = diesel::update(messages::table.find(message_id).filter(messages::mood_status.eq(MOOD_PENDING)))
-            .set((messages::mood.eq(mood), messages::mood_status.eq(mood_status)))
+            .set((messages::mood.eq(mood.as_str()), messages::mood_status.eq(mood_status.as_str())))
             .returning(messages::all_columns)
             .get_result::<MessageRow>(conn)
             .optional()?;
@@ -320,6 +324,30 @@ mod tests {
     fn retention_at(store: &Store, today: &str, n: u64) -> Retention {
         let to = d(today).checked_sub_days(chrono::Days::new(n)).unwrap();
         store.run_blocking(|conn| retention(conn, n, None, to)).unwrap()
+    }
+
+    #[test]
+    fn a_row_reads_its_mood_or_falls_back() {
+        let t = d("2026-01-01").and_hms_opt(0, 0, 0).unwrap();
+        let row = |mood: &str, status: &str| MessageRow {
+            id: 1,
+            user_id: 2,
+            nickname: "Ada".into(),
+            text: "hi".into(),
+            mood: mood.into(),
+            mood_status: status.into(),
+            created_at: t,
+        };
+        for mood in Mood::ALL {
+            for status in MoodStatus::ALL {
+                let r = row(mood.as_str(), status.as_str());
+                assert_eq!((r.message().mood, r.message().mood_status), (mood, status));
+                assert_eq!(r.mood_is_pending(), status == MoodStatus::Pending);
+            }
+        }
+        let odd = row("furious", "ready");
+        assert_eq!((odd.message().mood, odd.message().mood_status), (Mood::Neutral, MoodStatus::Fallback));
+        assert!(!row("happy", "PENDING").mood_is_pending());
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn ensure_reservation(
 /// The attempt begins: the run is `running` and the attempt counted. `None` when the run
 /// stopped waiting meanwhile (aborted).
 pub fn mark_running(conn: &mut DbConn, run_pk: i64, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
-    Ok(diesel::update(runs::table.find(run_pk).filter(runs::status.eq_any(RunStatus::ACTIVE)))
+    Ok(diesel::update(runs::table.find(run_pk).filter(runs::status.eq_any(RunStatus::ACTIVE.map(RunStatus::as_str))))
         .set((
             runs::status.eq(RunStatus::Running.as_str()),
             runs::attempts.eq(runs::attempts + 1),
@@ -203,13 +203,15 @@ pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<
             return Ok(false);
         }
         let refund = i32::from(w.refund);
-        diesel::update(runs::table.find(w.run_pk).filter(runs::status.eq_any(RunStatus::ACTIVE)))
-            .set((
-                runs::status.eq(RunStatus::Queued.as_str()),
-                runs::attempts.eq(runs::attempts - refund),
-                runs::updated_at.eq(now),
-            ))
-            .execute(conn)?;
+        diesel::update(
+            runs::table.find(w.run_pk).filter(runs::status.eq_any(RunStatus::ACTIVE.map(RunStatus::as_str))),
+        )
+        .set((
+            runs::status.eq(RunStatus::Queued.as_str()),
+            runs::attempts.eq(runs::attempts - refund),
+            runs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
         Ok(true)
     })
 }

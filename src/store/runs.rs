@@ -53,23 +53,33 @@ impl RunRow {
     pub fn is_active(&self) -> bool {
         self.run_status().is_some_and(RunStatus::is_active)
     }
+    fn corrupt(&self, what: &str) -> StoreError {
+        StoreError::Corrupt(format!("run {}: {what}", self.run_id))
+    }
+    /// Its action; an unknown one is [`StoreError::Corrupt`], naming the run.
+    pub fn action(&self) -> Result<Action, StoreError> {
+        Action::parse(&self.action).ok_or_else(|| self.corrupt("unknown action"))
+    }
+    /// Why it ended without its text (`None` while it has not); an unknown code is
+    /// [`StoreError::Corrupt`], naming the run.
+    pub fn failure(&self) -> Result<Option<RunFailure>, StoreError> {
+        let Some(code) = &self.error_code else { return Ok(None) };
+        let code = RunErrorCode::parse(code).ok_or_else(|| self.corrupt("unknown error code"))?;
+        Ok(Some(RunFailure { code, message: self.error.clone().unwrap_or_default() }))
+    }
     /// The run as REST clients see it; a row that breaks the rules is [`StoreError::Corrupt`].
     pub fn view(&self) -> Result<RunView, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("run {}: {what}", self.run_id));
         Ok(RunView {
             run_id: self.run_id.clone(),
             project_id: self.project_id.clone(),
-            action: Action::parse(&self.action).ok_or_else(|| corrupt("unknown action"))?,
-            status: RunStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
+            action: self.action()?,
+            status: self.run_status().ok_or_else(|| self.corrupt("unknown status"))?,
             model: self.model.clone(),
             attempts: self.attempts,
             usage: self.usage(),
             cost_usd: usd(self.cost_micros),
             text: self.text.clone(),
-            error: self
-                .error_code
-                .as_ref()
-                .map(|code| RunFailure { code: code.clone(), message: self.error.clone().unwrap_or_default() }),
+            error: self.failure()?,
             created_at: utc(self.created_at),
             finished_at: self.finished_at.map(utc),
         })
@@ -113,7 +123,7 @@ struct NewRun<'a> {
 pub struct Admission<'a> {
     pub run_id: &'a str,
     pub project_id: &'a str,
-    pub action: &'a str,
+    pub action: Action,
     pub priority: i32,
     pub input: &'a str,
     pub model: &'a str,
@@ -163,7 +173,7 @@ pub fn admit(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreR
 fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreResult<Admitted> {
     let active: Option<RunRow> = runs::table
         .filter(runs::dedup_key.eq(a.dedup_key))
-        .filter(runs::status.eq_any(RunStatus::ACTIVE))
+        .filter(runs::status.eq_any(RunStatus::ACTIVE.map(RunStatus::as_str)))
         .first(conn)
         .optional()?;
     if let Some(row) = active {
@@ -217,7 +227,7 @@ fn insert(
         .values(NewRun {
             run_id: a.run_id,
             project_id: a.project_id,
-            action: a.action,
+            action: a.action.as_str(),
             input: a.input,
             model: a.model,
             dedup_key: a.dedup_key,
@@ -298,16 +308,17 @@ pub enum Requeued {
 pub fn retry_dead(
     conn: &mut DbConn,
     run_id: &str,
-    priority_of: impl Fn(&str) -> i32,
     worst_case: Option<i64>,
     queue_limit: i64,
     now: NaiveDateTime,
 ) -> StoreResult<Requeued> {
     let result = write_tx(conn, |conn| {
         let Some(row) = find(conn, run_id)? else { return Ok(Requeued::NotFound) };
-        if row.status != RunStatus::Dead.as_str() {
+        if row.run_status() != Some(RunStatus::Dead) {
             return Ok(Requeued::NotDead);
         }
+        // A run whose action this version does not know cannot run again.
+        let Ok(action) = row.action() else { return Ok(Requeued::NotDead) };
         if queued_count(conn)? >= queue_limit {
             return Ok(Requeued::Overloaded);
         }
@@ -330,7 +341,7 @@ pub fn retry_dead(
             ))
             .returning(runs::all_columns)
             .get_result::<RunRow>(conn)?;
-        jobs::enqueue(conn, JobKind::Run, row.id, priority_of(&row.action), now)?;
+        jobs::enqueue(conn, JobKind::Run, row.id, action.priority(), now)?;
         Ok(Requeued::Queued(Box::new(row)))
     });
     match result {
@@ -412,13 +423,78 @@ pub(super) fn run_ended(conn: &mut DbConn, origin: &str, run_id: &str) -> StoreR
 /// action's priority.
 pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize> {
     let has_job = jobs_t::table.filter(jobs_t::kind.eq(JobKind::Run.as_str())).filter(jobs_t::target_id.eq(runs::id));
-    let waiting = [RunStatus::Queued.as_str(), RunStatus::Running.as_str()];
     let orphans: Vec<(i64, String)> = crate::on_backend!(conn, |c| runs::table
-        .filter(runs::status.eq_any(waiting))
+        .filter(runs::status.eq_any(RunStatus::ACTIVE.map(RunStatus::as_str)))
         .filter(diesel::dsl::not(diesel::dsl::exists(has_job)))
         .select((runs::id, runs::action))
         .limit(jobs::ADOPT_BATCH)
         .load(c))?;
     let priority = |action: &str| Action::parse(action).map_or(Action::Describe.priority(), Action::priority);
     jobs::adopt(conn, JobKind::Run, orphans.iter().map(|(id, action)| (*id, priority(action))), now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(action: &str, status: &str, error_code: Option<&str>) -> RunRow {
+        let t = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
+        RunRow {
+            id: 1,
+            run_id: "r1".into(),
+            project_id: "p1".into(),
+            action: action.into(),
+            input: "a dragon".into(),
+            model: "m".into(),
+            dedup_key: "k".into(),
+            status: status.into(),
+            pinned: false,
+            waiters: 0,
+            attempts: 1,
+            text: String::new(),
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            cost_micros: 0,
+            reserved_micros: 0,
+            error_code: error_code.map(str::to_owned),
+            error: error_code.map(|_| "why".to_owned()),
+            created_at: t,
+            started_at: None,
+            finished_at: None,
+            updated_at: t,
+        }
+    }
+
+    fn corrupt_message(e: StoreError) -> String {
+        match e {
+            StoreError::Corrupt(why) => why,
+            other => panic!("not corrupt: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_row_reads_as_its_domain_types() {
+        let dead = row("REWRITE", "dead", Some("api_error_503"));
+        assert_eq!(dead.action().unwrap(), Action::Rewrite);
+        assert_eq!(dead.run_status(), Some(RunStatus::Dead));
+        assert!(!dead.is_active());
+        let failure = RunFailure { code: RunErrorCode::ApiError(503), message: "why".into() };
+        assert_eq!(dead.failure().unwrap(), Some(failure.clone()));
+        let view = dead.view().unwrap();
+        assert_eq!((view.action, view.status, view.error), (Action::Rewrite, RunStatus::Dead, Some(failure)));
+        assert_eq!(row("WRITE", "running", None).failure().unwrap(), None);
+        assert!(row("WRITE", "queued", None).is_active());
+    }
+
+    #[test]
+    fn a_corrupt_value_is_an_error_naming_the_run() {
+        assert_eq!(corrupt_message(row("SING", "done", None).action().unwrap_err()), "run r1: unknown action");
+        assert_eq!(corrupt_message(row("SING", "done", None).view().unwrap_err()), "run r1: unknown action");
+        assert_eq!(corrupt_message(row("WRITE", "sleeping", None).view().unwrap_err()), "run r1: unknown status");
+        let odd_code = row("WRITE", "dead", Some("gremlins"));
+        assert_eq!(corrupt_message(odd_code.failure().unwrap_err()), "run r1: unknown error code");
+        assert_eq!(corrupt_message(odd_code.view().unwrap_err()), "run r1: unknown error code");
+    }
 }

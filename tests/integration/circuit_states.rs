@@ -10,6 +10,7 @@ use actix::{Actor, Addr};
 use chrono::{DateTime, TimeDelta, Utc};
 use lorewire::core::clock::ManualClock;
 use lorewire::core::metrics::Metrics;
+use lorewire::core::provider::Provider;
 use lorewire::llm::circuit::{
     Acquire, CircuitBreaker, CircuitSettings, CircuitSnapshot, CircuitState, GetSnapshot, Outcome, Permit, Refusal,
     Report, Reset,
@@ -51,7 +52,7 @@ async fn rig(record: CircuitRecord) -> Rig {
     let store = Store::connect(&db.url).expect("test store");
     store.migrate().expect("migrations");
     let now = start().naive_utc();
-    store.write(move |c| llm_config::seed(c, "anthropic", "m", "http://127.0.0.1:1", None, now)).await.unwrap();
+    store.write(move |c| llm_config::seed(c, Provider::Anthropic, "m", "http://127.0.0.1:1", None, now)).await.unwrap();
     let clock = ManualClock::new(start());
     let breaker =
         CircuitBreaker::restore(SETTINGS, &record, Arc::new(clock.clone()), store.clone(), Arc::new(Metrics::new()))

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use diesel::prelude::*;
+use lorewire::domain::content::ContentKind;
 use lorewire::store::content::{self as rows, RequestItem, Requested};
 use lorewire::store::schema::{content, jobs};
 use lorewire::store::Store;
@@ -188,7 +189,7 @@ async fn two_processes_creating_one_item_end_with_one_row_and_one_job(db: Db) {
     .unwrap();
     let item = || RequestItem {
         origin: "test",
-        kind: "quest",
+        kind: ContentKind::Quest,
         subject_id: 7,
         context: None,
         empty_fields: "{}",

@@ -4,6 +4,7 @@
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
+use lorewire::domain::content::{ContentKind, ContentStatus};
 use lorewire::store::content::{self, Finish, RequestItem, Requested};
 use lorewire::store::jobs::{self, Ended, JobKind, JobRow};
 use lorewire::store::schema::jobs as jobs_t;
@@ -38,7 +39,7 @@ fn all_jobs(store: &Store) -> Vec<JobRow> {
 fn item(subject_id: i64, regenerate: bool, queue_limit: i64) -> RequestItem<'static> {
     RequestItem {
         origin: "test",
-        kind: "quest",
+        kind: ContentKind::Quest,
         subject_id,
         context: Some("{}"),
         empty_fields: "{}",
@@ -59,7 +60,7 @@ fn finish(store: &Store, job_id: i64, worker: &'static str, content_id: i64) -> 
             job_id,
             worker,
             content_id,
-            status: "ready",
+            status: ContentStatus::Ready,
             fields: r#"{"title":"t"}"#,
             model: Some("m"),
             reason: None,
@@ -113,7 +114,7 @@ fn a_refused_content_request_stores_nothing() {
     request(&store, 1, false, 1).unwrap();
     let refused = request(&store, 2, false, 1);
     assert!(matches!(refused, Err(StoreError::QueueFull(1))), "{refused:?}");
-    assert!(store.run_blocking(|c| content::find(c, "quest", 2)).unwrap().is_none());
+    assert!(store.run_blocking(|c| content::find(c, ContentKind::Quest, 2)).unwrap().is_none());
     assert_eq!(all_jobs(&store).len(), 1);
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Prompt, UpstreamRequest};
+use super::{AnswerError, Prompt, UpstreamRequest};
 use crate::domain::runs::Usage;
 
 pub const API_VERSION: &str = "2023-06-01";
@@ -26,16 +26,16 @@ pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> Upstrea
 }
 
 /// `content[0].text`; a refusal (`stop_reason: "refusal"`) is no answer, whatever text came before it.
-pub fn text(value: &Value) -> Result<String, String> {
+pub fn text(value: &Value) -> Result<String, AnswerError> {
     if value.get("stop_reason").and_then(Value::as_str) == Some("refusal") {
-        return Err("the model refused to answer (stop_reason `refusal`)".into());
+        return Err(AnswerError::RefusalStop);
     }
-    let block = value.pointer("/content/0").ok_or("response has no content block")?;
+    let block = value.pointer("/content/0").ok_or(AnswerError::NoContentBlock)?;
     match block.get("type").and_then(Value::as_str) {
         Some("text") => {}
-        other => return Err(format!("first content block is {other:?}, not text")),
+        other => return Err(AnswerError::NotTextBlock(other.map(str::to_owned))),
     }
-    block.get("text").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| "content[0].text is missing".into())
+    block.get("text").and_then(Value::as_str).map(str::to_owned).ok_or(AnswerError::NoText("content[0].text"))
 }
 
 /// `usage`, when the answer reports it.
@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn a_refusal_is_no_answer() {
         let refused = json!({"content": [{"type": "text", "text": "{\"flavorText\": \"I"}], "stop_reason": "refusal"});
-        assert!(text(&refused).unwrap_err().contains("refused"));
+        assert!(text(&refused).unwrap_err().to_string().contains("refused"));
         let answered = json!({"content": [{"type": "text", "text": "{}"}], "stop_reason": "end_turn"});
         assert_eq!(text(&answered).unwrap(), "{}");
     }

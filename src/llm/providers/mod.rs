@@ -122,10 +122,43 @@ pub fn build_stream_request(target: &Target<'_>, prompt: &TextPrompt) -> Upstrea
     }
 }
 
+/// Why a successful response body holds no usable text (the message goes to the log and
+/// `last_error`).
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("response body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// Anthropic's `stop_reason: "refusal"`.
+    #[error("the model refused to answer (stop_reason `refusal`)")]
+    RefusalStop,
+    /// OpenAI's refusal, its first 200 characters.
+    #[error("the model refused: {0}")]
+    Refused(String),
+    #[error("response has no content block")]
+    NoContentBlock,
+    /// Anthropic's first content block is of this other type (or has none).
+    #[error("first content block is {0:?}, not text")]
+    NotTextBlock(Option<String>),
+    /// The path of the text that is missing.
+    #[error("{0} is missing")]
+    NoText(&'static str),
+    /// OpenAI Responses' `status`, neither completed nor incomplete.
+    #[error("response status is `{0}`")]
+    Status(String),
+    #[error("response has no output array")]
+    NoOutput,
+    #[error("response has no output_text part")]
+    NoOutputText,
+    #[error("response has no choices[0].message")]
+    NoChoice,
+    #[error("the model returned no text")]
+    Empty,
+}
+
 /// The model's text out of a successful response body, with the usage when the body reports
 /// it, or why the body is unusable.
-pub fn parse_answer(provider: Provider, body: &[u8]) -> Result<(String, Option<Usage>), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("response body is not JSON: {e}"))?;
+pub fn parse_answer(provider: Provider, body: &[u8]) -> Result<(String, Option<Usage>), AnswerError> {
+    let value: Value = serde_json::from_slice(body).map_err(AnswerError::NotJson)?;
     let (text, usage) = match provider {
         Provider::Anthropic => (anthropic::text(&value), anthropic::usage(&value)),
         Provider::OpenAi => {
@@ -138,7 +171,7 @@ pub fn parse_answer(provider: Provider, body: &[u8]) -> Result<(String, Option<U
     };
     let text = text?;
     if text.trim().is_empty() {
-        return Err("the model returned no text".into());
+        return Err(AnswerError::Empty);
     }
     Ok((text, usage))
 }
@@ -168,6 +201,57 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_unusable_answer_says_why() {
+        let refusal = |provider: Provider, body: &str| parse_answer(provider, body.as_bytes()).unwrap_err();
+        let cases = [
+            (
+                Provider::Anthropic,
+                r#"{"stop_reason":"refusal","content":[{"type":"text","text":"{}"}]}"#,
+                "the model refused to answer (stop_reason `refusal`)",
+            ),
+            (Provider::Anthropic, r#"{"content":[]}"#, "response has no content block"),
+            (
+                Provider::Anthropic,
+                r#"{"content":[{"type":"tool_use"}]}"#,
+                r#"first content block is Some("tool_use"), not text"#,
+            ),
+            (Provider::Anthropic, r#"{"content":[{"text":"x"}]}"#, "first content block is None, not text"),
+            (Provider::Anthropic, r#"{"content":[{"type":"text"}]}"#, "content[0].text is missing"),
+            (Provider::Anthropic, r#"{"content":[{"type":"text","text":"  "}]}"#, "the model returned no text"),
+            (Provider::OpenAi, r#"{"status":"failed","output":[]}"#, "response status is `failed`"),
+            (Provider::OpenAi, r#"{"status":"completed"}"#, "response has no output array"),
+            (Provider::OpenAi, r#"{"output":[{"type":"reasoning"}]}"#, "response has no output_text part"),
+            (
+                Provider::OpenAi,
+                r#"{"output":[{"type":"message","content":[{"type":"refusal","refusal":"no"}]}]}"#,
+                "the model refused: no",
+            ),
+            (Provider::OpenAiChat, r#"{"choices":[]}"#, "response has no choices[0].message"),
+            (Provider::OpenAiChat, r#"{"choices":[{"message":{"refusal":"nope"}}]}"#, "the model refused: nope"),
+            (Provider::OpenAiChat, r#"{"choices":[{"message":{}}]}"#, "choices[0].message.content is missing"),
+        ];
+        for (provider, body, message) in cases {
+            assert_eq!(refusal(provider, body).to_string(), message, "{body}");
+        }
+        assert!(matches!(refusal(Provider::OpenAiChat, "{"), AnswerError::NotJson(_)));
+        assert!(refusal(Provider::OpenAi, "[").to_string().starts_with("response body is not JSON: "));
+        assert!(matches!(refusal(Provider::Anthropic, r#"{"stop_reason":"refusal"}"#), AnswerError::RefusalStop));
+        assert!(matches!(refusal(Provider::Anthropic, r#"{"content":[{"type":"image"}]}"#),
+            AnswerError::NotTextBlock(Some(t)) if t == "image"));
+        assert!(matches!(refusal(Provider::Anthropic, r#"{"content":[{"type":"text"}]}"#), AnswerError::NoText(_)));
+        assert!(matches!(refusal(Provider::OpenAi, r#"{"status":"failed"}"#), AnswerError::Status(s) if s == "failed"));
+        assert!(matches!(refusal(Provider::OpenAi, "{}"), AnswerError::NoOutput));
+        assert!(matches!(refusal(Provider::OpenAi, r#"{"output":[]}"#), AnswerError::NoOutputText));
+        assert!(matches!(refusal(Provider::OpenAiChat, "{}"), AnswerError::NoChoice));
+        let long = format!(r#"{{"choices":[{{"message":{{"refusal":"{}"}}}}]}}"#, "r".repeat(300));
+        assert!(matches!(refusal(Provider::OpenAiChat, &long), AnswerError::Refused(why) if why.len() == 200));
+        assert!(matches!(
+            refusal(Provider::OpenAiChat, r#"{"choices":[{"message":{"content":""}}]}"#),
+            AnswerError::Empty
+        ));
+    }
 
     #[test]
     fn answers_give_their_usage_when_reported() {

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Prompt, UpstreamRequest};
+use super::{AnswerError, Prompt, UpstreamRequest};
 
 pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest {
     UpstreamRequest {
@@ -25,15 +25,15 @@ pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> Upstrea
     }
 }
 
-pub fn text(value: &Value) -> Result<String, String> {
+pub fn text(value: &Value) -> Result<String, AnswerError> {
     if let Some(status) = value.get("status").and_then(Value::as_str) {
         // `incomplete` (cut at `max_output_tokens`) still carries the text so far; the
         // caller's validation decides whether it is usable.
         if status != "completed" && status != "incomplete" {
-            return Err(format!("response status is `{status}`"));
+            return Err(AnswerError::Status(status.to_owned()));
         }
     }
-    let output = value.get("output").and_then(Value::as_array).ok_or("response has no output array")?;
+    let output = value.get("output").and_then(Value::as_array).ok_or(AnswerError::NoOutput)?;
     let mut text = String::new();
     let mut found = false;
     for item in output.iter().filter(|i| i.get("type").and_then(Value::as_str) == Some("message")) {
@@ -48,14 +48,14 @@ pub fn text(value: &Value) -> Result<String, String> {
                 }
                 Some("refusal") => {
                     let why = part.get("refusal").and_then(Value::as_str).unwrap_or("");
-                    return Err(format!("the model refused: {}", why.chars().take(200).collect::<String>()));
+                    return Err(AnswerError::Refused(why.chars().take(200).collect()));
                 }
                 _ => {}
             }
         }
     }
     if !found {
-        return Err("response has no output_text part".into());
+        return Err(AnswerError::NoOutputText);
     }
     Ok(text)
 }
@@ -87,9 +87,9 @@ mod tests {
                                 "output": output});
         assert_eq!(text(&incomplete).unwrap(), "{\"flavorText\": \"Cut");
         let failed = json!({"status": "failed", "output": []});
-        assert!(text(&failed).unwrap_err().contains("failed"));
+        assert!(text(&failed).unwrap_err().to_string().contains("failed"));
         let refused = json!({"status": "completed", "output": [{"type": "message", "content": [
             {"type": "refusal", "refusal": "I can't help with that."}]}]});
-        assert!(text(&refused).unwrap_err().contains("refused: I can't help"));
+        assert!(text(&refused).unwrap_err().to_string().contains("refused: I can't help"));
     }
 }

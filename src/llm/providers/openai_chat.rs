@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Prompt, UpstreamRequest};
+use super::{AnswerError, Prompt, UpstreamRequest};
 
 /// The name of the output cap: OpenAI's own API refuses `max_tokens` for its current models and
 /// wants `max_completion_tokens`; Ollama, vLLM and llama.cpp all take `max_tokens`.
@@ -39,16 +39,16 @@ pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> Upstrea
 }
 
 /// `choices[0].message.content`.
-pub fn text(value: &Value) -> Result<String, String> {
-    let message = value.pointer("/choices/0/message").ok_or("response has no choices[0].message")?;
+pub fn text(value: &Value) -> Result<String, AnswerError> {
+    let message = value.pointer("/choices/0/message").ok_or(AnswerError::NoChoice)?;
     if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
-        return Err(format!("the model refused: {}", refusal.chars().take(200).collect::<String>()));
+        return Err(AnswerError::Refused(refusal.chars().take(200).collect()));
     }
     message
         .get("content")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| "choices[0].message.content is missing".into())
+        .ok_or(AnswerError::NoText("choices[0].message.content"))
 }
 
 /// A streamed prose request; `include_usage` makes the server send a last chunk with usage.

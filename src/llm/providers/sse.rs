@@ -27,13 +27,24 @@ pub struct SseParser {
     has_data: bool,
 }
 
+/// Why a stream cannot be read on; the message goes to the log and `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamFormatError {
+    #[error("event stream is not UTF-8")]
+    NotUtf8,
+    #[error("an event in the stream is over 1 MiB")]
+    EventTooLarge,
+    #[error("stream event is not JSON: {0}")]
+    NotJson(serde_json::Error),
+}
+
 impl SseParser {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Feeds bytes; returns the events they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, StreamFormatError> {
         self.buffer.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') {
@@ -43,14 +54,14 @@ impl SseParser {
             }
             let skip = if self.buffer[end] == b'\r' && self.buffer.get(end + 1) == Some(&b'\n') { 2 } else { 1 };
             let line: Vec<u8> = self.buffer.drain(..end + skip).take(end).collect();
-            let line = String::from_utf8(line).map_err(|_| "event stream is not UTF-8".to_owned())?;
+            let line = String::from_utf8(line).map_err(|_| StreamFormatError::NotUtf8)?;
             if let Some(event) = self.line(&line) {
                 out.push(event);
             }
         }
         let pending = self.buffer.len() + self.data.iter().map(String::len).sum::<usize>();
         if pending > MAX_EVENT_BYTES {
-            return Err("an event in the stream is over 1 MiB".into());
+            return Err(StreamFormatError::EventTooLarge);
         }
         Ok(out)
     }
@@ -138,7 +149,7 @@ impl StreamReader {
         StreamReader { provider, usage: Usage::default(), input_reported: false, output_reported: false }
     }
 
-    pub fn read(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+    pub fn read(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
         match self.provider {
             Provider::Anthropic => self.anthropic(event),
             Provider::OpenAi => self.responses(event),
@@ -146,14 +157,14 @@ impl StreamReader {
         }
     }
 
-    fn json(data: &str) -> Result<Value, String> {
-        serde_json::from_str(data).map_err(|e| format!("stream event is not JSON: {e}"))
+    fn json(data: &str) -> Result<Value, StreamFormatError> {
+        serde_json::from_str(data).map_err(StreamFormatError::NotJson)
     }
 
     /// Anthropic Messages: `message_start` (input usage, cache reads and writes),
     /// `content_block_delta` text, `message_delta` (cumulative output tokens), `message_stop`,
     /// `ping`, `error`.
-    fn anthropic(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+    fn anthropic(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
         let value = Self::json(&event.data)?;
         let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
         Ok(match ty {
@@ -213,7 +224,7 @@ impl StreamReader {
     /// OpenAI Responses: `response.output_text.delta`, `response.completed` and
     /// `response.incomplete` (usage with `input_tokens_details.cached_tokens`),
     /// `response.failed` / `error`.
-    fn responses(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+    fn responses(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
         let value = Self::json(&event.data)?;
         let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
         Ok(match ty {
@@ -252,7 +263,7 @@ impl StreamReader {
 
     /// Chat Completions: `choices[].delta.content`, the `include_usage` chunk (empty
     /// `choices`), `[DONE]`; `choices: null` and keep-alive comments are tolerated.
-    fn chat(&mut self, event: &SseEvent) -> Result<Vec<Step>, String> {
+    fn chat(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
         if event.data.trim() == "[DONE]" {
             return Ok(vec![Step::Finished]);
         }
@@ -280,6 +291,23 @@ impl StreamReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_unreadable_stream_says_why() {
+        let not_utf8 = SseParser::new().feed(b"data: \xff\n").unwrap_err();
+        assert!(matches!(not_utf8, StreamFormatError::NotUtf8));
+        assert_eq!(not_utf8.to_string(), "event stream is not UTF-8");
+        let huge = vec![b'x'; MAX_EVENT_BYTES + 1];
+        let too_large = SseParser::new().feed(&huge).unwrap_err();
+        assert!(matches!(too_large, StreamFormatError::EventTooLarge));
+        assert_eq!(too_large.to_string(), "an event in the stream is over 1 MiB");
+        for provider in Provider::ALL {
+            let event = SseEvent { event: None, data: "{oops".into() };
+            let not_json = StreamReader::new(provider).read(&event).unwrap_err();
+            assert!(matches!(not_json, StreamFormatError::NotJson(_)), "{provider:?}");
+            assert!(not_json.to_string().starts_with("stream event is not JSON: key must be a string"), "{not_json}");
+        }
+    }
 
     fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
         let mut p = SseParser::new();

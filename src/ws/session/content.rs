@@ -21,7 +21,7 @@ impl WsSession {
         let ContentRequest { kind, subject_id, context, regenerate } = request;
         let request = match content::validate(kind, subject_id, context.as_ref(), regenerate) {
             Ok(r) => r,
-            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+            Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
         };
         if let Some(user) = &self.user {
             tracing::debug!(

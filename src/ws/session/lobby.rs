@@ -28,7 +28,7 @@ impl WsSession {
             match result {
                 Ok(_) => {}
                 Err(SendRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
-                Err(SendRefused::Invalid(message)) => act.error(ErrorCode::InvalidPayload, reference, message, ctx),
+                Err(SendRefused::Invalid(e)) => act.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
                 Err(SendRefused::Store(e)) => act.store_failed("the message could not be stored", &e, reference, ctx),
             }
         }));

@@ -174,7 +174,7 @@ impl WsSession {
             Err(_) if self.user.is_none() && !protocol::is_session_start(text) => {
                 return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx)
             }
-            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+            Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
         };
         if let ClientFrame::SessionStart(start) = frame {
             return self.start_session(start, reference, ctx);

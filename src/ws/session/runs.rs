@@ -51,7 +51,7 @@ impl WsSession {
     pub(super) fn generate_start(&mut self, g: GenerateStart, reference: Option<Value>, ctx: &mut Ctx) {
         let request = match runs::validate(&g.project_id, &g.action, &g.input, g.skip_cache) {
             Ok(r) => r,
-            Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
+            Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
         };
         let service = self.state.runs.clone();
         let session = self.id;
@@ -100,7 +100,7 @@ impl WsSession {
                     let frame = Typed::RunError {
                         reference,
                         run_id: row.run_id,
-                        code: RunErrorCode::NoConfig.to_string(),
+                        code: RunErrorCode::NoConfig,
                         message: row.error.unwrap_or_default(),
                     };
                     act.send(frame.into(), ctx);
@@ -157,8 +157,7 @@ impl WsSession {
                 Ok(Err(e)) => return act.store_failed("the run could not be aborted", &e, reference, ctx),
                 Err(_) => return act.error(ErrorCode::Overloaded, reference, "the run could not be aborted", ctx),
             };
-            let frame =
-                Typed::RunError { reference, run_id, code: RunErrorCode::Aborted.to_string(), message: message.into() };
+            let frame = Typed::RunError { reference, run_id, code: RunErrorCode::Aborted, message: message.into() };
             act.send(frame.into(), ctx);
         }));
     }
