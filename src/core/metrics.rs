@@ -46,7 +46,7 @@ pub struct Metrics {
     /// Lobby: sessions in it, distinct users online, messages stored, sends refused by the rate
     /// limit, presence updates broadcast, moods settled by status.
     pub lobby_sessions: IntGauge,
-    pub online_users: IntGauge,
+    pub players_online: IntGauge,
     pub lobby_messages: IntCounter,
     pub lobby_rate_limited: IntCounter,
     pub presence_updates: IntCounter,
@@ -121,7 +121,7 @@ impl Metrics {
         )
         .expect("metric");
         let lobby_sessions = IntGauge::new("lobby_sessions", "Sessions in the lobby").expect("metric");
-        let online_users = IntGauge::new("lobby_online_users", "Distinct users online in the lobby").expect("metric");
+        let players_online = IntGauge::new("lobby_online_users", "Distinct users online in the lobby").expect("metric");
         let lobby_messages = IntCounter::new("lobby_messages_total", "Lobby messages stored").expect("metric");
         let lobby_rate_limited =
             IntCounter::new("lobby_rate_limited_total", "Lobby messages refused by the rate limit").expect("metric");
@@ -163,7 +163,7 @@ impl Metrics {
             Box::new(run_cost_micros.clone()),
             Box::new(run_first_delta.clone()),
             Box::new(lobby_sessions.clone()),
-            Box::new(online_users.clone()),
+            Box::new(players_online.clone()),
             Box::new(lobby_messages.clone()),
             Box::new(lobby_rate_limited.clone()),
             Box::new(presence_updates.clone()),
@@ -195,7 +195,7 @@ impl Metrics {
             run_cost_micros,
             run_first_delta,
             lobby_sessions,
-            online_users,
+            players_online,
             lobby_messages,
             lobby_rate_limited,
             presence_updates,
@@ -223,7 +223,7 @@ impl Metrics {
     pub fn totals(&self) -> Totals {
         let mut totals = Totals {
             lobby_messages: self.lobby_messages.get(),
-            online_users: self.online_users.get(),
+            players_online: self.players_online.get(),
             circuit_state: self.circuit_state.get(),
             upstream_seconds_count: self.upstream_seconds.get_sample_count(),
             ..Totals::default()
@@ -275,7 +275,7 @@ pub struct Totals {
     pub upstream_seconds_count: u64,
     pub lobby_messages: u64,
     pub spend_micros: u64,
-    pub online_users: i64,
+    pub players_online: i64,
     pub circuit_state: i64,
 }
 
@@ -326,12 +326,12 @@ mod tests {
         m.upstream_calls.with_label_values(&["timeout"]).inc();
         m.run_cost_micros.with_label_values(&["a"]).inc_by(10);
         m.run_cost_micros.with_label_values(&["b"]).inc_by(5);
-        m.online_users.set(2);
+        m.players_online.set(2);
         let t = m.totals();
         assert_eq!((t.content_ready, t.content_fallback), (3, 2));
         assert_eq!((t.upstream_ok, t.upstream_failed, t.upstream_rate_limited), (4, 2, 1));
         assert_eq!(t.spend_micros, 15);
-        assert_eq!(t.online_users, 2);
+        assert_eq!(t.players_online, 2);
         assert_eq!(t.upstream_seconds_buckets.len(), UPSTREAM_SECONDS_BUCKETS.len());
     }
 

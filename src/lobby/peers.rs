@@ -1,8 +1,8 @@
-//! Presence shared with the other processes, as bookkeeping the presence `Lobby` holds:
+//! Presence shared with the other processes, as bookkeeping the [`super::presence::Presence`] actor holds:
 //! who each other process said is online there and when it was last heard, and what this
 //! process has still to tell them (its players' changes, chunked under the backplane's event
 //! size, in order, one batch in flight at a time). Answers which users a piece of news touched;
-//! never publishes to sessions, never sends on the backplane itself (the Lobby sends the
+//! never publishes to sessions, never sends on the backplane itself (the presence actor sends the
 //! batches it takes), and does nothing when the backplane is not shared.
 
 use std::collections::HashMap;

@@ -80,7 +80,7 @@ pub struct WsSession {
     /// Generation runs this session waits on (detached when it closes).
     runs: HashSet<String>,
     /// The lobby join's progress: sends in flight, and what the join may drop as already in
-    /// the history ([`start`]).
+    /// the recent messages ([`start`]).
     joining: start::Joining,
 }
 
@@ -237,7 +237,7 @@ impl Actor for WsSession {
         self.state.metrics.sessions_open.dec();
         self.state.hub.do_send(hub::Disconnect { id: self.id });
         if self.subscriptions.contains(&Topic::Lobby) {
-            self.state.lobby.leave(self.id);
+            self.state.chat.leave(self.id);
         }
     }
 }
