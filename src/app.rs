@@ -186,7 +186,7 @@ impl Features {
         let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
         let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone());
         if backplane.shared() {
-            run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone()));
+            run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone(), metrics));
         }
         let (jobs, intake) = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), config, process.clone())
             .register(ContentJob::new(deps, llm.clone()))
@@ -206,11 +206,14 @@ impl Features {
         .start();
         let chat = Chat::new(deps, jobs.clone().recipient(), presence, backplane.clone());
         // What the other processes announce reaches each service through its sink.
-        backplane.listen(Sinks::start(vec![
-            Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
-            Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), presence: chat.presence().clone() }),
-            Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
-        ]));
+        backplane.listen(Sinks::start(
+            vec![
+                Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
+                Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), presence: chat.presence().clone() }),
+                Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
+            ],
+            metrics,
+        ));
         Ok(Features { metric_history, circuit, jobs, content, runs, chat, backplane })
     }
 

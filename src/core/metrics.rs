@@ -60,6 +60,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// content:request / content:subscribe refused at the per-session subscription cap.
     pub subscriptions_refused: IntCounter,
+    /// Events dropped at a full queue between this process and the others, by queue:
+    /// `sink_content`, `sink_lobby`, `sink_runs` (heard, waiting for their sink), `relay` (run
+    /// frames to send), `publisher` (events waiting for Redis). Each loss is resynced.
+    pub backplane_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -144,6 +148,11 @@ impl Metrics {
         let subscriptions_refused =
             IntCounter::new("subscriptions_refused_total", "Content subscriptions refused at the per-session cap")
                 .expect("metric");
+        let backplane_dropped = IntCounterVec::new(
+            Opts::new("backplane_dropped_total", "Events dropped at a full queue between processes, by queue"),
+            &["queue"],
+        )
+        .expect("metric");
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -172,6 +181,7 @@ impl Metrics {
             Box::new(backplane_up.clone()),
             Box::new(connections_refused.clone()),
             Box::new(subscriptions_refused.clone()),
+            Box::new(backplane_dropped.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -204,6 +214,7 @@ impl Metrics {
             backplane_up,
             connections_refused,
             subscriptions_refused,
+            backplane_dropped,
         }
     }
 

@@ -48,7 +48,10 @@ impl Sink for LobbySink {
         .boxed_local()
     }
 
-    fn reconnected(&self) {
+    /// Presence is asked of the others again. Messages and moods sent meanwhile are not
+    /// replayed: a session sees new ones from now on (the next join's `lobby:history` has them).
+    fn reconnected(&self) -> LocalBoxFuture<'static, ()> {
         self.presence.do_send(ListenerReady);
+        async {}.boxed_local()
     }
 }

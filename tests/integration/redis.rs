@@ -409,7 +409,7 @@ async fn a_stop_sends_what_was_queued() {
         let mut heard = pubsub.into_on_message();
 
         let backplane = Arc::new(RedisBackplane::new(&redis_url(), &prefix, "stopping".into()).unwrap());
-        backplane.listen(Sinks::start(Vec::new()));
+        backplane.listen(Sinks::start(Vec::new(), &lorewire::core::metrics::Metrics::new()));
         let events: Vec<Event> = (0..50)
             .map(|i| Event::Content { origin: "stopping".into(), kind: "quest".into(), subject_id: i, version: 1 })
             .collect();
