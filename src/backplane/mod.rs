@@ -242,12 +242,13 @@ pub fn for_deployment(
     database_url: &str,
     redis: Option<(&str, &str)>,
     origin: ProcessId,
+    metrics: &Metrics,
 ) -> Result<Arc<dyn Backplane>, SetupError> {
     match (store.backend(), redis) {
         (crate::store::Backend::Sqlite, Some(_)) => Err(SetupError::RedisWithSqlite),
         (crate::store::Backend::Sqlite, None) => Ok(Arc::new(local::LocalBackplane)),
         (crate::store::Backend::Postgres, Some((url, prefix))) => {
-            let backplane = redis::RedisBackplane::new(url, prefix, origin)?;
+            let backplane = redis::RedisBackplane::new(url, prefix, origin, metrics)?;
             store.announce_after_commit(backplane.after_commit());
             Ok(Arc::new(backplane))
         }
