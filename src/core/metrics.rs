@@ -153,6 +153,10 @@ impl Metrics {
             &["queue"],
         )
         .expect("metric");
+        // Every queue is listed from the start, at 0 (rates and alerts need no first drop).
+        for queue in ["sink_content", "sink_lobby", "sink_runs", "relay", "publisher"] {
+            backplane_dropped.with_label_values(&[queue]);
+        }
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
