@@ -23,10 +23,10 @@ impl WsSession {
             Ok(r) => r,
             Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
         };
-        if let Some(user) = &self.user {
+        if let Some(player) = &self.player {
             tracing::debug!(
                 session = self.id,
-                user = user.id,
+                user = player.id,
                 kind = kind.as_str(),
                 subject_id,
                 regenerate,

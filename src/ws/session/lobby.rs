@@ -15,8 +15,8 @@ use crate::lobby::SendRefused;
 
 impl WsSession {
     pub(super) fn message_send(&mut self, text: String, reference: Option<Value>, ctx: &mut Ctx) {
-        let Some(user) = self.user.as_ref() else { return };
-        let (user_id, nickname) = (user.id, user.nickname.clone());
+        let Some(player) = self.player.as_ref() else { return };
+        let (user_id, nickname) = (player.id, player.nickname.clone());
         let service = self.state.chat.clone();
         let sent = async move {
             let text = service.admit(user_id, &text).await?;

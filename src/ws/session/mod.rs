@@ -60,10 +60,10 @@ pub fn start(req: &HttpRequest, state: Arc<AppState>) -> Result<HttpResponse, Ap
 }
 
 /// The player a started session belongs to.
-pub(super) struct SessionUser {
+pub(super) struct SessionPlayer {
     pub(super) id: i64,
     pub(super) nickname: String,
-    /// The UTC day the user was last recorded as seen (retention counts days seen).
+    /// The UTC day the player was last recorded as seen (retention counts days seen).
     pub(super) seen_day: chrono::NaiveDate,
 }
 
@@ -71,7 +71,7 @@ pub struct WsSession {
     id: SessionId,
     state: Arc<AppState>,
     outbox: Outbox,
-    user: Option<SessionUser>,
+    player: Option<SessionPlayer>,
     /// Content items, runs and (once joined) the lobby, each held back until its snapshot is sent.
     subscriptions: Subscriptions,
     last_heard: Instant,
@@ -90,7 +90,7 @@ impl WsSession {
             id: state.next_session_id(),
             state,
             outbox,
-            user: None,
+            player: None,
             subscriptions: Subscriptions::default(),
             last_heard: Instant::now(),
             aborted: false,
@@ -146,7 +146,7 @@ impl WsSession {
         let frame = match frame {
             Ok(frame) => frame,
             // Before the session starts, anything but a (malformed) session:start is unauthorized.
-            Err(_) if self.user.is_none() && !protocol::is_session_start(text) => {
+            Err(_) if self.player.is_none() && !protocol::is_session_start(text) => {
                 return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx)
             }
             Err(message) => return self.error(ErrorCode::InvalidPayload, reference, message, ctx),
@@ -154,7 +154,7 @@ impl WsSession {
         if let ClientFrame::SessionStart(start) = frame {
             return self.start_session(start.nickname, start.token, reference, ctx);
         }
-        if self.user.is_none() {
+        if self.player.is_none() {
             return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx);
         }
         if self.state.is_shutting_down() {
@@ -211,7 +211,7 @@ impl Actor for WsSession {
         self.state.hub.do_send(hub::Connect { id: self.id, recipient: ctx.address().recipient() });
         // A socket that never says who it is would hold its connection for nothing.
         ctx.run_later(self.state.config.session_start, |act, ctx| {
-            if act.user.is_none() {
+            if act.player.is_none() {
                 act.state.limits.session_start_missed(act.id);
                 act.close(1008, "no session:start in time", ctx);
             }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use actix::prelude::*;
 use serde_json::Value;
 
-use super::{Ctx, SessionUser, WsSession};
+use super::{Ctx, SessionPlayer, WsSession};
 use crate::domain::lobby::Message;
 use crate::domain::players::{self as player_rules, Variant};
 use crate::domain::wire::{ErrorCode, Typed};
@@ -46,7 +46,7 @@ impl WsSession {
         reference: Option<Value>,
         ctx: &mut Ctx,
     ) {
-        if self.user.is_some() {
+        if self.player.is_some() {
             return self.error(ErrorCode::InvalidPayload, reference, "the session has already started", ctx);
         }
         let nickname = match player_rules::validate_nickname(&nickname) {
@@ -62,7 +62,7 @@ impl WsSession {
                 Ok(started) => {
                     let user = started.user;
                     tracing::info!(session = act.id, user = user.id, resumed = started.resumed, "session started");
-                    act.user = Some(SessionUser {
+                    act.player = Some(SessionPlayer {
                         id: user.id,
                         nickname: user.nickname.clone(),
                         seen_day: user.last_seen_at.date(),
@@ -163,16 +163,16 @@ impl WsSession {
     /// A player connected across UTC midnight has been seen on the new day too.
     pub(super) fn record_new_day(&mut self) {
         let now = self.state.clock.now_naive();
-        let Some(user) = self.user.as_mut().filter(|u| u.seen_day != now.date()) else { return };
-        user.seen_day = now.date();
-        let user_id = user.id;
+        let Some(player) = self.player.as_mut().filter(|p| p.seen_day != now.date()) else { return };
+        player.seen_day = now.date();
+        let user_id = player.id;
         self.spawn_seen(user_id, now);
     }
 
     /// The last time a player was seen is when they left.
     pub(super) fn record_left(&self) {
-        if let Some(user) = &self.user {
-            self.spawn_seen(user.id, self.state.clock.now_naive());
+        if let Some(player) = &self.player {
+            self.spawn_seen(player.id, self.state.clock.now_naive());
         }
     }
 
