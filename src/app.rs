@@ -27,14 +27,14 @@ use crate::core::shutdown::Stop;
 use crate::deps::Deps;
 use crate::domain::content::{ContentStatus, FallbackReason};
 use crate::domain::upstream::UpstreamFailure;
-use crate::history::History;
 use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::Llm;
 use crate::lobby::mood_job::MoodJob;
 use crate::lobby::remote::LobbySink;
-use crate::lobby::{Lobby, LobbyService};
+use crate::lobby::{Chat, Presence};
+use crate::metric_history::MetricHistory;
 use crate::players::Players;
 use crate::runs::job::RunJob;
 use crate::runs::live::LiveRuns;
@@ -44,8 +44,9 @@ use crate::state::AppState;
 use crate::store::llm_config::LlmConfigRow;
 use crate::store::{billing, jobs, llm_config, Backend, Store, StoreError};
 
+/// Why the process could not start (nothing is served).
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum StartupError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -86,7 +87,7 @@ pub async fn open_store(database_url: &str) -> Result<Store, StoreError> {
 /// Starts everything and serves on `config.bind` (port 0 picks a free port): the store,
 /// recovered from the last stop; the metrics; the shared dependencies; the features and the
 /// job worker; the HTTP server.
-pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
+pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartupError> {
     config.identity.check()?;
     let config = Arc::new(config);
     let store = open_store(&config.database_url).await?;
@@ -158,12 +159,12 @@ fn metrics_for(store: &Store, config: &Config) -> Arc<Metrics> {
 
 /// The actors and services behind the edges.
 struct Features {
-    history: Addr<History>,
+    metric_history: Addr<MetricHistory>,
     circuit: Addr<CircuitBreaker>,
     jobs: Addr<JobWorker>,
     content: ContentService,
     runs: RunService,
-    lobby: LobbyService,
+    chat: Chat,
     players: Players,
     backplane: Arc<dyn backplane::Backplane>,
 }
@@ -171,9 +172,10 @@ struct Features {
 impl Features {
     /// The circuit breaker, the job worker with every feature's handler, the services, and
     /// the backplane that brings the other processes' changes to each feature's sink.
-    fn build(deps: &Deps, llm_row: &LlmConfigRow) -> Result<Features, StartError> {
+    fn build(deps: &Deps, llm_row: &LlmConfigRow) -> Result<Features, StartupError> {
         let Deps { store, clock, hub, metrics, config, process } = deps;
-        let history = History::new(metrics.clone(), store.clone(), clock.clone(), config.metrics_sample).start();
+        let metric_history =
+            MetricHistory::new(metrics.clone(), store.clone(), clock.clone(), config.metrics_sample).start();
         let settings = CircuitSettings {
             failures: config.circuit_failures,
             window: config.circuit_window,
@@ -184,12 +186,12 @@ impl Features {
                 .start();
         let live = Arc::new(LiveRuns::new());
         let redis = config.redis_url.as_deref().map(|url| (url, config.redis_prefix.as_str()));
-        let backplane = backplane::for_deployment(store, &config.database_url, redis, process.clone())?;
+        let backplane = backplane::for_deployment(store, &config.database_url, redis, process.clone(), metrics)?;
         // One job worker; each job kind's handler lives in its feature.
         let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
         let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone());
         if backplane.shared() {
-            run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone()));
+            run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone(), metrics));
         }
         let (jobs, intake) = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), config, process.clone())
             .register(ContentJob::new(deps, llm.clone()))
@@ -198,7 +200,7 @@ impl Features {
             .start_with_intake();
         let content = ContentService::new(deps, intake);
         let runs = RunService::new(deps, jobs.clone().recipient(), live.clone());
-        let presence = Lobby::new(
+        let presence = Presence::new(
             hub.clone(),
             metrics.clone(),
             config.presence_window,
@@ -207,16 +209,19 @@ impl Features {
             backplane.clone(),
         )
         .start();
-        let lobby = LobbyService::new(deps, jobs.clone().recipient(), presence, backplane.clone());
+        let chat = Chat::new(deps, jobs.clone().recipient(), presence, backplane.clone());
         // What the other processes announce reaches each service through its sink.
-        backplane.listen(Sinks::start(vec![
-            Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
-            Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), lobby: lobby.addr().clone() }),
-            Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
-        ]));
+        backplane.listen(Sinks::start(
+            vec![
+                Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
+                Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), presence: chat.presence().clone() }),
+                Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
+            ],
+            metrics,
+        ));
         let players =
             Players::start(store.clone(), clock.clone(), metrics.clone(), backplane.clone(), &config.identity);
-        Ok(Features { history, circuit, jobs, content, runs, lobby, players, backplane })
+        Ok(Features { metric_history, circuit, jobs, content, runs, chat, players, backplane })
     }
 
     /// What the edges reach: the features and the shared dependencies.
@@ -232,10 +237,10 @@ impl Features {
             hub,
             circuit: self.circuit,
             jobs: self.jobs,
-            history: self.history,
+            metric_history: self.metric_history,
             content: self.content,
             runs: self.runs,
-            lobby: self.lobby,
+            chat: self.chat,
             players: self.players,
             insights: Default::default(),
             admin_token,
@@ -254,7 +259,7 @@ type ServerTask = actix_web::rt::task::JoinHandle<std::io::Result<()>>;
 fn serve(
     state: Arc<AppState>,
     limits: Arc<Limits>,
-) -> Result<(SocketAddr, actix_web::dev::ServerHandle, ServerTask), StartError> {
+) -> Result<(SocketAddr, actix_web::dev::ServerHandle, ServerTask), StartupError> {
     let config = state.config.clone();
     let backend = state.store.backend();
     let data = web::Data::from(state);
@@ -271,8 +276,8 @@ fn serve(
             .route("/ws", web::get().to(crate::ws::upgrade))
             .configure(crate::http::routes)
     };
-    let listener = listen(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.bind, source })?;
+    let listener = listen(config.bind).map_err(|source| StartupError::Bind { addr: config.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind, source })?;
     let max_connections = crate::store::pool_size(backend);
     let builder = actix_server::Server::build();
     // Idle keep-alive connections close as soon as a graceful stop begins (as in actix-web's
@@ -315,7 +320,7 @@ fn serve(
                 .tcp();
             per_address(limits.clone(), http)
         })
-        .map_err(|source| StartError::Bind { addr: config.bind, source })?
+        .map_err(|source| StartupError::Bind { addr: config.bind, source })?
         .run();
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
@@ -392,8 +397,8 @@ impl Running {
         self.state.jobs.do_send(Stop);
         self.state.circuit.do_send(Stop);
         self.state.hub.do_send(Stop);
-        self.state.history.do_send(Stop);
-        self.state.lobby.addr().do_send(Stop);
+        self.state.metric_history.do_send(Stop);
+        self.state.chat.presence().do_send(Stop);
     }
 
     /// Serves until the server stops by itself.

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::core::metrics::Metrics;
+use crate::domain::content::ContentKind;
 pub use crate::domain::topic::Topic;
 
 pub type SessionId = u64;
@@ -73,6 +74,12 @@ pub struct DropTopic {
     pub topic: Topic,
 }
 
+/// The content items some session here is subscribed to (to read them again after the
+/// backplane lost changes).
+#[derive(Message)]
+#[rtype(result = "Vec<(ContentKind, u64)>")]
+pub struct ContentTopics;
+
 /// Close every session (shutdown); answers how many there were.
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -113,6 +120,17 @@ impl Hub {
 
 impl Actor for Hub {
     type Context = Context<Self>;
+}
+
+impl Handler<ContentTopics> for Hub {
+    type Result = MessageResult<ContentTopics>;
+    fn handle(&mut self, _: ContentTopics, _: &mut Context<Self>) -> Self::Result {
+        let items = self.topics.keys().filter_map(|topic| match **topic {
+            Topic::Content(kind, subject_id) => Some((kind, subject_id)),
+            _ => None,
+        });
+        MessageResult(items.collect())
+    }
 }
 
 impl Handler<Connect> for Hub {

@@ -1,7 +1,7 @@
 //! lorewire: a realtime game backend whose core is an LLM content pipeline.
 //!
 //! Layers, bottom first: `core`, `domain`, `store`, `hub`, `backplane`, `llm`, `jobs` and
-//! `history`, the features (`content`, `lobby`, `runs`, `players`, `insights`), the edges (`ws`, `http`, `state`), then `app`.
+//! `metric_history`, the features (`content`, `lobby`, `runs`, `players`, `insights`), the edges (`ws`, `http`, `state`), then `app`.
 //! A file imports only from layers below its own, and no files import each other in a circle
 //! (`tests/integration/layers.rs` checks both). README.md describes what clients see;
 //! [`app::start`] builds the whole thing.
@@ -14,13 +14,13 @@ pub mod content;
 pub mod core;
 pub mod deps;
 pub mod domain;
-pub mod history;
 pub mod http;
 pub mod hub;
 pub mod insights;
 pub mod jobs;
 pub mod llm;
 pub mod lobby;
+pub mod metric_history;
 pub mod players;
 pub mod runs;
 pub mod state;

@@ -13,11 +13,11 @@ use crate::content::ContentService;
 use crate::core::clock::SharedClock;
 use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
-use crate::history::History;
 use crate::hub::Hub;
 use crate::jobs::JobWorker;
 use crate::llm::circuit::CircuitBreaker;
-use crate::lobby::LobbyService;
+use crate::lobby::Chat;
+use crate::metric_history::MetricHistory;
 use crate::players::Players;
 use crate::runs::RunService;
 use crate::store::Store;
@@ -32,10 +32,10 @@ pub struct AppState {
     pub circuit: Addr<CircuitBreaker>,
     pub jobs: Addr<JobWorker>,
     /// The dashboard's last hour of metrics.
-    pub history: Addr<History>,
+    pub metric_history: Addr<MetricHistory>,
     pub content: ContentService,
     pub runs: RunService,
-    pub lobby: LobbyService,
+    pub chat: Chat,
     /// Who players are: anonymous starts, the studio's JWTs, REST tokens.
     pub players: Players,
     /// The admin's figures (the retention already counted).

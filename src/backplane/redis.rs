@@ -20,6 +20,9 @@
 //!
 //! Redis down never stops local play: publishing fails fast, the failure is logged once per
 //! outage, and the events are dropped; the chat rate falls back to each process's own window.
+//! The publisher's queue is bounded ([`PUBLISH_QUEUE`]): what it drops, like what a failed
+//! publish drops, is followed by an [`Event::Resync`] that has the others resync as after a
+//! reconnect.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +36,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch};
 
 use super::{Backplane, BackplaneError, Event, Liveness, Sinks};
+use crate::core::logging::Throttle;
+use crate::core::metrics::Metrics;
 
 /// Longest wait for Redis to connect or answer before a publish or a subscription gives up.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,9 +79,9 @@ pub struct RedisBackplane {
     /// as its heartbeat refreshes the key's expiry.
     presence_key: String,
     origin: ProcessId,
-    queue: mpsc::UnboundedSender<Vec<Event>>,
+    queue: PublishQueue,
     /// The queue's other end, until the publisher task takes it.
-    pending: Mutex<Option<mpsc::UnboundedReceiver<Vec<Event>>>>,
+    pending: Mutex<Option<mpsc::Receiver<Vec<Event>>>>,
     up: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     /// Disconnected once the publisher has sent what was queued at the stop.
@@ -90,7 +95,7 @@ pub struct BadRedisUrl(String);
 
 impl RedisBackplane {
     /// Checks the URL; connects only later, in the background (Redis may come up after us).
-    pub fn new(url: &str, prefix: &str, origin: ProcessId) -> Result<Self, BadRedisUrl> {
+    pub fn new(url: &str, prefix: &str, origin: ProcessId, metrics: &Metrics) -> Result<Self, BadRedisUrl> {
         let client = redis::Client::open(url).map_err(|e| BadRedisUrl(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
@@ -99,7 +104,7 @@ impl RedisBackplane {
             .set_max_delay(RECONNECT_MAX);
         let commands =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| BadRedisUrl(e.to_string()))?;
-        let (queue, pending) = mpsc::unbounded_channel();
+        let (queue, pending) = PublishQueue::new(PUBLISH_QUEUE, metrics);
         Ok(RedisBackplane {
             client,
             commands,
@@ -119,7 +124,7 @@ impl RedisBackplane {
     pub fn after_commit(&self) -> crate::store::AfterCommit {
         let queue = self.queue.clone();
         Arc::new(move |events| {
-            let _ = queue.send(events);
+            let _ = queue.push(events);
         })
     }
 
@@ -129,6 +134,7 @@ impl RedisBackplane {
         let manager = self.commands.clone();
         let channel = self.channel.clone();
         let (presence_key, origin) = (self.presence_key.clone(), self.origin.clone());
+        let lost = self.queue.lost.clone();
         let mut stop = self.stop.subscribe();
         let (done, finished) = std::sync::mpsc::channel::<()>();
         *self.publisher_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(finished);
@@ -147,10 +153,9 @@ impl RedisBackplane {
                     },
                     _ = stop.changed() => (Vec::new(), true),
                 };
-                // Whatever else has gathered goes in the same round trip.
-                while let Ok(more) = pending.try_recv() {
-                    batch.extend(more);
-                }
+                // Whatever else has gathered goes in the same round trip, and after it the
+                // news that events were dropped, if they were.
+                gather(&mut pending, &mut batch, &lost, &origin);
                 if !batch.is_empty() {
                     let mut pipe = redis::pipe();
                     for event in &batch {
@@ -165,6 +170,8 @@ impl RedisBackplane {
                             }
                         }
                         Err(e) => {
+                            // The others resync once Redis takes events again.
+                            lost.store(true, Ordering::Release);
                             if !failing {
                                 tracing::warn!(error = %e, events = batch.len(),
                                     "Redis does not take this process's events; they are dropped while it is away");
@@ -178,6 +185,70 @@ impl RedisBackplane {
                 }
             }
         });
+    }
+}
+
+/// Batches of events (a transaction's changes, a gather of run frames, a presence change)
+/// waiting for the publisher, at most: many seconds of this process's changes while Redis is
+/// slow (one round trip takes everything gathered). Past it the events are dropped and the
+/// others are sent an [`Event::Resync`] once the queue has room: they resync as after a
+/// reconnect, which is all a Redis outage leaves them too.
+pub const PUBLISH_QUEUE: usize = 4096;
+/// At most one log line this often about dropped events (the metric counts them all).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The publisher's queue, as its producers (the store's threads, the services) see it.
+#[derive(Clone)]
+struct PublishQueue {
+    tx: mpsc::Sender<Vec<Event>>,
+    /// Events were dropped (at the full queue, or by a failed publish): the next round trip
+    /// ends with an [`Event::Resync`].
+    lost: Arc<AtomicBool>,
+    dropped: prometheus::IntCounter,
+    log: Arc<Throttle>,
+}
+
+impl PublishQueue {
+    fn new(capacity: usize, metrics: &Metrics) -> (Self, mpsc::Receiver<Vec<Event>>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let queue = PublishQueue {
+            tx,
+            lost: Arc::new(AtomicBool::new(false)),
+            dropped: metrics.backplane_dropped.with_label_values(&["publisher"]),
+            log: Arc::new(Throttle::new(DROP_LOG_EVERY)),
+        };
+        (queue, rx)
+    }
+
+    /// Queues `events` (from any thread); `Err` once the publisher has stopped.
+    fn push(&self, events: Vec<Event>) -> Result<(), ()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self.tx.try_send(events) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(events)) => {
+                self.lost.store(true, Ordering::Release);
+                self.dropped.inc_by(events.len() as u64);
+                if let Some(skipped) = self.log.pass() {
+                    tracing::warn!(events = events.len(), dropped_since_last_line = skipped + 1,
+                        "events for the other processes dropped: the queue to Redis is full; they resync once it has room");
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    }
+}
+
+/// Adds every batch queued now to `batch`; then, when events were dropped since the last
+/// round trip, an [`Event::Resync`] of `origin` after them.
+fn gather(pending: &mut mpsc::Receiver<Vec<Event>>, batch: &mut Vec<Event>, lost: &AtomicBool, origin: &str) {
+    while let Ok(more) = pending.try_recv() {
+        batch.extend(more);
+    }
+    if lost.swap(false, Ordering::AcqRel) {
+        batch.push(Event::Resync { origin: origin.to_owned() });
     }
 }
 
@@ -245,8 +316,10 @@ impl Backplane for RedisBackplane {
         true
     }
 
+    /// Queues the events for the publisher; at a full queue they are dropped (counted, and the
+    /// others resync once the queue has room: see [`PUBLISH_QUEUE`]).
     fn publish(&self, events: Vec<Event>) -> LocalBoxFuture<'static, Result<(), BackplaneError>> {
-        let sent = if events.is_empty() { Ok(()) } else { self.queue.send(events) };
+        let sent = self.queue.push(events);
         async move { sent.map_err(|_| BackplaneError("the Redis publisher has stopped".into())) }.boxed_local()
     }
 
@@ -368,5 +441,33 @@ impl Backplane for RedisBackplane {
         if let Some(finished) = finished {
             let _ = finished.recv_timeout(REDIS_TIMEOUT + Duration::from_millis(500));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_publish_queue_drops_counts_and_has_the_others_resync_after_what_was_queued() {
+        let metrics = Metrics::new();
+        let (queue, mut pending) = PublishQueue::new(2, &metrics);
+        let alive = |o: &str| Event::Alive { origin: o.into() };
+        queue.push(vec![alive("a")]).unwrap();
+        queue.push(vec![alive("b")]).unwrap();
+        // Full: these two are dropped, counted as events.
+        queue.push(vec![alive("c"), alive("d")]).unwrap();
+        assert_eq!(metrics.backplane_dropped.with_label_values(&["publisher"]).get(), 2);
+        let mut batch = Vec::new();
+        gather(&mut pending, &mut batch, &queue.lost, "p1");
+        assert_eq!(batch, [alive("a"), alive("b"), Event::Resync { origin: "p1".into() }]);
+        // Room again: nothing is dropped, and the resync was said once.
+        queue.push(vec![alive("e")]).unwrap();
+        let mut batch = Vec::new();
+        gather(&mut pending, &mut batch, &queue.lost, "p1");
+        assert_eq!(batch, [alive("e")]);
+        assert_eq!(metrics.backplane_dropped.with_label_values(&["publisher"]).get(), 2);
+        drop(pending);
+        assert!(queue.push(vec![alive("f")]).is_err(), "the publisher has stopped");
     }
 }

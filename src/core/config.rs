@@ -227,7 +227,8 @@ pub struct Config {
     pub max_output_tokens: u32,
     /// Total limit of one streamed run attempt.
     pub run_total_limit: Duration,
-    pub history_limit: u32,
+    /// Lobby messages sent on join, the chat's recent messages (`LOREWIRE_HISTORY_LIMIT`).
+    pub lobby_recent: u32,
     pub chat_rate: Rate,
     pub allowed_origins: AllowedOrigins,
     pub shutdown: Duration,
@@ -243,7 +244,7 @@ pub struct Config {
     pub presence_window: Duration,
     /// Most users in one `presence:state` / `presence:page`; above it updates carry only the count.
     pub presence_list_max: usize,
-    /// How often the dashboard's history samples the metrics (10 s; 360 samples are kept).
+    /// How often the dashboard's metric history samples the metrics (10 s; 360 samples are kept).
     pub metrics_sample: Duration,
     /// Redis as the backplane (`LOREWIRE_REDIS_URL`), and the prefix of its keys and channels.
     pub redis_url: Option<String>,
@@ -271,8 +272,8 @@ pub struct TestHolds {
     /// Between a session's ack and its lobby join reaching the presence actor (which
     /// subscribes it to the lobby's frames).
     pub lobby_join: Duration,
-    /// Between a lobby join's subscription and its read of the history.
-    pub lobby_history: Duration,
+    /// Between a lobby join's subscription and its read of the chat's recent messages.
+    pub lobby_recent: Duration,
 }
 
 impl Settings {
@@ -307,7 +308,7 @@ impl Settings {
             queue_limit: self.queue_limit,
             max_output_tokens: self.max_output_tokens,
             run_total_limit: Duration::from_secs(self.run_total_secs),
-            history_limit: self.history_limit,
+            lobby_recent: self.history_limit,
             chat_rate: self.chat_rate,
             allowed_origins: AllowedOrigins::parse(&self.allowed_origins),
             shutdown: Duration::from_secs(self.shutdown_secs),

@@ -46,7 +46,7 @@ pub struct Metrics {
     /// Lobby: sessions in it, distinct users online, messages stored, sends refused by the rate
     /// limit, presence updates broadcast, moods settled by status.
     pub lobby_sessions: IntGauge,
-    pub online_users: IntGauge,
+    pub players_online: IntGauge,
     pub lobby_messages: IntCounter,
     pub lobby_rate_limited: IntCounter,
     pub presence_updates: IntCounter,
@@ -64,6 +64,10 @@ pub struct Metrics {
     pub jwt_refused: IntCounter,
     /// New anonymous players refused over LOREWIRE_NEW_PLAYERS_RATE.
     pub new_players_refused: IntCounter,
+    /// Events dropped at a full queue between this process and the others, by queue:
+    /// `sink_content`, `sink_lobby`, `sink_runs` (heard, waiting for their sink), `relay` (run
+    /// frames to send), `publisher` (events waiting for Redis). Each loss is resynced.
+    pub backplane_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -125,7 +129,7 @@ impl Metrics {
         )
         .expect("metric");
         let lobby_sessions = IntGauge::new("lobby_sessions", "Sessions in the lobby").expect("metric");
-        let online_users = IntGauge::new("lobby_online_users", "Distinct users online in the lobby").expect("metric");
+        let players_online = IntGauge::new("lobby_online_users", "Distinct users online in the lobby").expect("metric");
         let lobby_messages = IntCounter::new("lobby_messages_total", "Lobby messages stored").expect("metric");
         let lobby_rate_limited =
             IntCounter::new("lobby_rate_limited_total", "Lobby messages refused by the rate limit").expect("metric");
@@ -153,6 +157,15 @@ impl Metrics {
         let new_players_refused =
             IntCounter::new("new_players_refused_total", "New anonymous players refused over the per-address rate")
                 .expect("metric");
+        let backplane_dropped = IntCounterVec::new(
+            Opts::new("backplane_dropped_total", "Events dropped at a full queue between processes, by queue"),
+            &["queue"],
+        )
+        .expect("metric");
+        // Every queue is listed from the start, at 0 (rates and alerts need no first drop).
+        for queue in ["sink_content", "sink_lobby", "sink_runs", "relay", "publisher"] {
+            backplane_dropped.with_label_values(&[queue]);
+        }
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -172,7 +185,7 @@ impl Metrics {
             Box::new(run_cost_micros.clone()),
             Box::new(run_first_delta.clone()),
             Box::new(lobby_sessions.clone()),
-            Box::new(online_users.clone()),
+            Box::new(players_online.clone()),
             Box::new(lobby_messages.clone()),
             Box::new(lobby_rate_limited.clone()),
             Box::new(presence_updates.clone()),
@@ -183,6 +196,7 @@ impl Metrics {
             Box::new(subscriptions_refused.clone()),
             Box::new(jwt_refused.clone()),
             Box::new(new_players_refused.clone()),
+            Box::new(backplane_dropped.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -206,7 +220,7 @@ impl Metrics {
             run_cost_micros,
             run_first_delta,
             lobby_sessions,
-            online_users,
+            players_online,
             lobby_messages,
             lobby_rate_limited,
             presence_updates,
@@ -217,6 +231,7 @@ impl Metrics {
             subscriptions_refused,
             jwt_refused,
             new_players_refused,
+            backplane_dropped,
         }
     }
 
@@ -236,7 +251,7 @@ impl Metrics {
     pub fn totals(&self) -> Totals {
         let mut totals = Totals {
             lobby_messages: self.lobby_messages.get(),
-            online_users: self.online_users.get(),
+            players_online: self.players_online.get(),
             circuit_state: self.circuit_state.get(),
             upstream_seconds_count: self.upstream_seconds.get_sample_count(),
             ..Totals::default()
@@ -288,7 +303,7 @@ pub struct Totals {
     pub upstream_seconds_count: u64,
     pub lobby_messages: u64,
     pub spend_micros: u64,
-    pub online_users: i64,
+    pub players_online: i64,
     pub circuit_state: i64,
 }
 
@@ -339,12 +354,12 @@ mod tests {
         m.upstream_calls.with_label_values(&["timeout"]).inc();
         m.run_cost_micros.with_label_values(&["a"]).inc_by(10);
         m.run_cost_micros.with_label_values(&["b"]).inc_by(5);
-        m.online_users.set(2);
+        m.players_online.set(2);
         let t = m.totals();
         assert_eq!((t.content_ready, t.content_fallback), (3, 2));
         assert_eq!((t.upstream_ok, t.upstream_failed, t.upstream_rate_limited), (4, 2, 1));
         assert_eq!(t.spend_micros, 15);
-        assert_eq!(t.online_users, 2);
+        assert_eq!(t.players_online, 2);
         assert_eq!(t.upstream_seconds_buckets.len(), UPSTREAM_SECONDS_BUCKETS.len());
     }
 

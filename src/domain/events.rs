@@ -36,6 +36,10 @@ pub enum Event {
     /// Nobody waits on a running run any more: the process streaming it stops and ends it.
     #[serde(rename = "run_cancel")]
     RunCancel { origin: String, run_id: String },
+    /// The `origin` process dropped events it meant to send (its queue to the backplane was
+    /// full): every other process resyncs as after a reconnect of its own.
+    #[serde(rename = "resync")]
+    Resync { origin: String },
 }
 
 /// One frame of a run streamed by another process.
@@ -68,7 +72,8 @@ impl Event {
             | Event::Alive { origin }
             | Event::RunEnded { origin, .. }
             | Event::RunFrames { origin, .. }
-            | Event::RunCancel { origin, .. } => origin,
+            | Event::RunCancel { origin, .. }
+            | Event::Resync { origin } => origin,
         }
     }
 }

@@ -14,10 +14,10 @@ use super::responses::{AdminErrors, Fault, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::domain::content::ContentStatus;
 use crate::domain::players::Variant;
-use crate::history::{GetHistory, HistoryView};
 use crate::insights;
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot};
-use crate::lobby::OnlineUsers;
+use crate::lobby::OnlinePlayers;
+use crate::metric_history::{GetMetricHistory, MetricHistoryView};
 use crate::runs::{usd, RunStatus};
 use crate::state::AppState;
 use crate::store::messages::Retention;
@@ -83,7 +83,7 @@ pub async fn users(
         return Err(ApiError::Invalid("`offset` must not be negative".into()));
     }
     let (total, page) = insights::users_page(&state.store, limit, offset).await?;
-    let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?;
+    let online = state.chat.presence().send(OnlinePlayers).await.map_err(|_| ApiError::Internal)?;
     let users = page
         .into_iter()
         .map(|u| UserView {
@@ -170,7 +170,7 @@ pub struct BackplaneState {
     ))]
 pub async fn summary(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let figures = state.insights.figures(&state.store, state.clock.now_naive().date()).await?;
-    let online = state.lobby.addr().send(OnlineUsers).await.map_err(|_| ApiError::Internal)?.len();
+    let online = state.chat.presence().send(OnlinePlayers).await.map_err(|_| ApiError::Internal)?.len();
     let circuit = state.circuit.send(GetSnapshot).await.map_err(|_| ApiError::Internal)?;
     let mut by_status: BTreeMap<String, i64> = ContentStatus::ALL.iter().map(|s| (s.as_str().into(), 0)).collect();
     by_status.extend(figures.content);
@@ -196,10 +196,10 @@ pub async fn summary(_: Admin, state: web::Data<AppState>) -> Result<HttpRespons
 #[utoipa::path(get, path = "/admin/api/metrics/history", tag = "admin", operation_id = "metrics_history",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The last hour: `t` (unix seconds) and every series as long as `t`", body = HistoryView),
+        (status = 200, description = "The last hour: `t` (unix seconds) and every series as long as `t`", body = MetricHistoryView),
         AdminErrors, Fault,
     ))]
-pub async fn history(_: Admin, state: web::Data<AppState>) -> Result<web::Json<HistoryView>, ApiError> {
+pub async fn metric_history(_: Admin, state: web::Data<AppState>) -> Result<web::Json<MetricHistoryView>, ApiError> {
     // A chart with a gap beats no charts: an unreadable queue depth is `null`, not an error.
     let queue_depth = match insights::queue_depth(&state.store).await {
         Ok(depth) => Some(depth),
@@ -208,6 +208,6 @@ pub async fn history(_: Admin, state: web::Data<AppState>) -> Result<web::Json<H
             None
         }
     };
-    let view = state.history.send(GetHistory { queue_depth }).await.map_err(|_| ApiError::Internal)?;
+    let view = state.metric_history.send(GetMetricHistory { queue_depth }).await.map_err(|_| ApiError::Internal)?;
     Ok(web::Json(view))
 }

@@ -83,7 +83,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(Method::PUT, "/admin/api/prices/{model}", run_admin::put_price),
         at(Method::GET, "/admin/api/users", insights::users),
         at(Method::GET, "/admin/api/metrics/summary", insights::summary),
-        at(Method::GET, "/admin/api/metrics/history", insights::history),
+        at(Method::GET, "/admin/api/metrics/history", insights::metric_history),
     ]
 }
 

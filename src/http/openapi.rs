@@ -50,7 +50,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         run_admin::put_price,
         insights::users,
         insights::summary,
-        insights::history,
+        insights::metric_history,
     ),
     modifiers(&BearerSchemes, &EdgeLimits),
     tags(

@@ -1,4 +1,4 @@
-//! The admin's view of generation runs over HTTP: the run history, costs, budgets, dead
+//! The admin's view of generation runs over HTTP: the run list, costs, budgets, dead
 //! letters and prices. Handlers stay thin: parse, call the run service or `runs::admin`, map
 //! errors.
 
@@ -24,7 +24,7 @@ use crate::store::runs::{Requeued, RunRow, Unreadable};
 /// Most rows an admin list returns.
 const MAX_LIST: i64 = 1000;
 
-/// The filters of the run history (empty values are ignored).
+/// The filters of the run list (empty values are ignored).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
@@ -162,7 +162,7 @@ pub struct BudgetBody {
     limit_usd: f64,
 }
 
-/// Run history, newest first.
+/// The run list, newest first.
 #[utoipa::path(get, path = "/admin/api/runs", tag = "admin", params(RunsQuery),
     security(("admin_token" = [])),
     responses(

@@ -15,7 +15,7 @@ use super::edge::{no_run, not_shutting_down};
 use super::responses::{Fault, PlayerErrors, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::hub::{self, SessionId, ToSession};
-use crate::runs::service::{StartError, Started, Waiter};
+use crate::runs::service::{RunRefused, Started, Waiter};
 use crate::runs::{self, RunStatus, RunView};
 use crate::state::AppState;
 use crate::ws::subscriptions::{Frame, Seen, Subscription};
@@ -63,12 +63,12 @@ pub struct RunAccepted {
     status: Option<RunStatus>,
 }
 
-impl From<StartError> for ApiError {
-    fn from(e: StartError) -> Self {
+impl From<RunRefused> for ApiError {
+    fn from(e: RunRefused) -> Self {
         match e {
-            StartError::BudgetExceeded(m) => ApiError::BudgetExceeded(m),
-            StartError::Overloaded(m) => ApiError::Overloaded(m),
-            StartError::Store(e) => e.into(),
+            RunRefused::BudgetExceeded(m) => ApiError::BudgetExceeded(m),
+            RunRefused::Overloaded(m) => ApiError::Overloaded(m),
+            RunRefused::Store(e) => e.into(),
         }
     }
 }

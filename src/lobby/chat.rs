@@ -1,6 +1,6 @@
 //! The chat: the rules of a lobby message (validation, the per-user rate over all the user's
 //! tabs, and over every process when the backplane keeps shared windows), its write together
-//! with its durable mood job, and the history sent on join. Runs its
+//! with its durable mood job, and the recent messages sent on join as `lobby:history`. Runs its
 //! store calls on the blocking pool; never calls the LLM (the mood job does).
 
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::frames::new_message_publish;
-use super::presence::{Join, Leave, Lobby, Page, PendingState, PresencePage};
+use super::presence::{Join, Leave, Page, PendingState, Presence, PresencePage};
 use crate::backplane::Backplane;
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
@@ -35,76 +35,81 @@ pub enum SendRefused {
 }
 
 #[derive(Clone)]
-pub struct LobbyService {
+pub struct Chat {
     origin: ProcessId,
     store: Store,
     clock: SharedClock,
     hub: Addr<Hub>,
     jobs: Recipient<JobsAvailable>,
-    lobby: Addr<Lobby>,
+    presence: Addr<Presence>,
     metrics: Arc<Metrics>,
-    history_limit: i64,
+    recent_limit: i64,
     /// `LOREWIRE_QUEUE_LIMIT`: a message whose mood job would pass it is refused.
     queue_limit: i64,
-    /// Held before the join reaches the presence actor, and between the join and its history
+    /// Held before the join reaches the presence actor, and between the join and its read of the recent messages
     /// read (tests only).
     join_hold: Duration,
-    history_hold: Duration,
+    recent_hold: Duration,
     rate: Rate,
     /// This process's own windows: the rate when the backplane keeps none or cannot answer.
     limiter: Arc<Mutex<RateLimiter>>,
     backplane: Arc<dyn Backplane>,
 }
 
-impl LobbyService {
-    /// The chat of the lobby whose presence `lobby` keeps; mood jobs are woken on `jobs`, the
+impl Chat {
+    /// The chat of the lobby whose presence `presence` keeps; mood jobs are woken on `jobs`, the
     /// rate is shared over `backplane` when it keeps windows.
-    pub fn new(deps: &Deps, jobs: Recipient<JobsAvailable>, lobby: Addr<Lobby>, backplane: Arc<dyn Backplane>) -> Self {
+    pub fn new(
+        deps: &Deps,
+        jobs: Recipient<JobsAvailable>,
+        presence: Addr<Presence>,
+        backplane: Arc<dyn Backplane>,
+    ) -> Self {
         let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
-        LobbyService {
+        Chat {
             origin,
             store,
             clock,
             hub,
             jobs,
-            lobby,
+            presence,
             metrics,
-            history_limit: i64::from(config.history_limit),
+            recent_limit: i64::from(config.lobby_recent),
             queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
             join_hold: config.test_holds.lobby_join,
-            history_hold: config.test_holds.lobby_history,
+            recent_hold: config.test_holds.lobby_recent,
             rate: config.chat_rate,
             limiter: Arc::new(Mutex::new(RateLimiter::new(config.chat_rate))),
             backplane,
         }
     }
 
-    pub fn addr(&self) -> &Addr<Lobby> {
-        &self.lobby
+    pub fn presence(&self) -> &Addr<Presence> {
+        &self.presence
     }
 
-    /// Enters the lobby: the history read after the subscription is in place (so every message
-    /// is in the history or arrives as `message:new`, or both), and the `presence:state` to come.
+    /// Enters the lobby: the recent messages read after the subscription is in place (so every message
+    /// is in the recent messages or arrives as `message:new`, or both), and the `presence:state` to come.
     pub async fn join(&self, join: Join) -> Result<(Vec<Message>, PendingState), StoreError> {
         if !self.join_hold.is_zero() {
             tokio::time::sleep(self.join_hold).await;
         }
-        let state = self.lobby.send(join).await.map_err(|_| StoreError::Canceled)?;
-        if !self.history_hold.is_zero() {
-            tokio::time::sleep(self.history_hold).await;
+        let state = self.presence.send(join).await.map_err(|_| StoreError::Canceled)?;
+        if !self.recent_hold.is_zero() {
+            tokio::time::sleep(self.recent_hold).await;
         }
-        let limit = self.history_limit;
+        let limit = self.recent_limit;
         let rows = self.store.run(move |conn| messages::recent(conn, limit)).await?;
         Ok((rows.iter().map(MessageRow::message).collect(), state))
     }
 
     /// The next page of everyone online after `after_user_id`.
     pub async fn page(&self, after_user_id: i64) -> Result<PresencePage, StoreError> {
-        self.lobby.send(Page { after_user_id }).await.map_err(|_| StoreError::Canceled)
+        self.presence.send(Page { after_user_id }).await.map_err(|_| StoreError::Canceled)
     }
 
     pub fn leave(&self, session: SessionId) {
-        self.lobby.do_send(Leave { session });
+        self.presence.do_send(Leave { session });
     }
 
     /// Validates and rate-limits a message of `user_id` (across all their tabs, and their

@@ -1,8 +1,8 @@
-//! Presence shared with the other processes, as bookkeeping the presence `Lobby` holds:
+//! Presence shared with the other processes, as bookkeeping the [`super::presence::Presence`] actor holds:
 //! who each other process said is online there and when it was last heard, and what this
 //! process has still to tell them (its players' changes, chunked under the backplane's event
 //! size, in order, one batch in flight at a time). Answers which users a piece of news touched;
-//! never publishes to sessions, never sends on the backplane itself (the Lobby sends the
+//! never publishes to sessions, never sends on the backplane itself (the presence actor sends the
 //! batches it takes), and does nothing when the backplane is not shared.
 
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ const USERS_PER_NOTIFICATION: usize = 40;
 
 /// Who another process said is online there, and when it was last heard from.
 struct RemoteProcess {
-    users: HashMap<i64, String>,
+    players: HashMap<i64, String>,
     heard: Instant,
 }
 
@@ -60,12 +60,12 @@ impl Peers {
 
     /// The nickname another process says `user_id` is online with.
     pub(super) fn nickname(&self, user_id: i64) -> Option<&String> {
-        self.remote.values().find_map(|p| p.users.get(&user_id))
+        self.remote.values().find_map(|p| p.players.get(&user_id))
     }
 
     /// Everyone online on the other processes.
     pub(super) fn user_ids(&self) -> impl Iterator<Item = i64> + '_ {
-        self.remote.values().flat_map(|p| p.users.keys().copied())
+        self.remote.values().flat_map(|p| p.players.keys().copied())
     }
 
     /// A local user came online (`Some(nickname)`) or went offline here.
@@ -139,7 +139,7 @@ impl Peers {
         let mut users = Vec::new();
         for origin in gone {
             tracing::warn!(process = %origin, "no word from a lobby process; dropping its players");
-            users.extend(self.remote.remove(&origin).into_iter().flat_map(|p| p.users.into_keys()));
+            users.extend(self.remote.remove(&origin).into_iter().flat_map(|p| p.players.into_keys()));
         }
         users
     }
@@ -151,18 +151,20 @@ impl Peers {
         if *origin == *self.origin {
             return Vec::new();
         }
-        let process =
-            self.remote.entry(origin).or_insert_with(|| RemoteProcess { users: HashMap::new(), heard: Instant::now() });
+        let process = self
+            .remote
+            .entry(origin)
+            .or_insert_with(|| RemoteProcess { players: HashMap::new(), heard: Instant::now() });
         process.heard = Instant::now();
         match event {
             Event::Presence { online, offline, .. } => {
                 let mut touched = Vec::with_capacity(online.len() + offline.len());
                 for (user_id, nickname) in online {
-                    process.users.insert(user_id, nickname);
+                    process.players.insert(user_id, nickname);
                     touched.push(user_id);
                 }
                 for user_id in offline {
-                    process.users.remove(&user_id);
+                    process.players.remove(&user_id);
                     touched.push(user_id);
                 }
                 touched
@@ -181,7 +183,7 @@ impl Peers {
     /// are told again.
     pub(super) fn listening(&mut self, ours: impl FnOnce() -> Vec<(i64, String)>) -> Option<Vec<i64>> {
         let theirs = self.heard_before.then(|| {
-            let theirs = self.remote.drain().flat_map(|(_, p)| p.users.into_keys()).collect();
+            let theirs = self.remote.drain().flat_map(|(_, p)| p.players.into_keys()).collect();
             self.queue_presence(ours(), Vec::new());
             theirs
         });

@@ -1,5 +1,5 @@
 //! Presence: who is in the lobby, per user over all their tabs, on this process and (through
-//! the backplane) on the others. The [`Lobby`] actor keeps it in memory only: it never touches
+//! the backplane) on the others. The [`Presence`] actor keeps it in memory only: it never touches
 //! the database and never calls the LLM.
 //!
 //! Presence goes out as changes gathered over at most `presence_window` (never the whole list to
@@ -32,7 +32,7 @@ use crate::domain::lobby::{PresenceLeave, PresenceUser};
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{self, Hub, Publish, SessionId, Topic};
 
-/// A session of `user_id` enters the lobby. The Lobby subscribes the session to
+/// A session of `user_id` enters the lobby. The presence actor subscribes the session to
 /// [`Topic::Lobby`] at once and answers with its [`PendingState`].
 #[derive(Message)]
 #[rtype(result = "PendingState")]
@@ -78,7 +78,7 @@ pub struct Leave {
 /// The ids of the users online now, on every process (admin).
 #[derive(Message)]
 #[rtype(result = "HashSet<i64>")]
-pub struct OnlineUsers;
+pub struct OnlinePlayers;
 
 /// Presence news from another process (heard on the backplane).
 #[derive(Message)]
@@ -101,7 +101,7 @@ struct Member {
     sessions: usize,
 }
 
-pub struct Lobby {
+pub struct Presence {
     hub: Addr<Hub>,
     metrics: Arc<Metrics>,
     window: Duration,
@@ -130,7 +130,7 @@ pub struct Lobby {
     count_scheduled: bool,
 }
 
-impl Lobby {
+impl Presence {
     pub fn new(
         hub: Addr<Hub>,
         metrics: Arc<Metrics>,
@@ -139,7 +139,7 @@ impl Lobby {
         origin: ProcessId,
         backplane: Arc<dyn Backplane>,
     ) -> Self {
-        Lobby {
+        Presence {
             hub,
             metrics,
             window,
@@ -231,7 +231,7 @@ impl Lobby {
 
     fn gauges(&self) {
         self.metrics.lobby_sessions.set(self.sessions.len() as i64);
-        self.metrics.online_users.set(self.online.len() as i64);
+        self.metrics.players_online.set(self.online.len() as i64);
     }
 
     fn publish(&mut self, frame: Typed) {
@@ -342,7 +342,7 @@ fn ours(online: &HashMap<i64, Member>) -> Vec<(i64, String)> {
     online.iter().map(|(id, m)| (*id, m.nickname.clone())).collect()
 }
 
-impl Actor for Lobby {
+impl Actor for Presence {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -354,7 +354,7 @@ impl Actor for Lobby {
     }
 }
 
-impl Handler<Join> for Lobby {
+impl Handler<Join> for Presence {
     type Result = MessageResult<Join>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
@@ -388,7 +388,7 @@ impl Handler<Join> for Lobby {
     }
 }
 
-impl Handler<Leave> for Lobby {
+impl Handler<Leave> for Presence {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) {
@@ -408,21 +408,21 @@ impl Handler<Leave> for Lobby {
     }
 }
 
-impl Handler<Page> for Lobby {
+impl Handler<Page> for Presence {
     type Result = MessageResult<Page>;
     fn handle(&mut self, msg: Page, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.page(msg.after_user_id))
     }
 }
 
-impl Handler<OnlineUsers> for Lobby {
-    type Result = MessageResult<OnlineUsers>;
-    fn handle(&mut self, _: OnlineUsers, _: &mut Context<Self>) -> Self::Result {
+impl Handler<OnlinePlayers> for Presence {
+    type Result = MessageResult<OnlinePlayers>;
+    fn handle(&mut self, _: OnlinePlayers, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.online.keys().copied().chain(self.peers.user_ids()).collect())
     }
 }
 
-impl Handler<Remote> for Lobby {
+impl Handler<Remote> for Presence {
     type Result = ();
 
     fn handle(&mut self, Remote(event): Remote, ctx: &mut Context<Self>) {
@@ -436,7 +436,7 @@ impl Handler<Remote> for Lobby {
     }
 }
 
-impl Handler<ListenerReady> for Lobby {
+impl Handler<ListenerReady> for Presence {
     type Result = ();
 
     fn handle(&mut self, _: ListenerReady, ctx: &mut Context<Self>) {
@@ -456,4 +456,4 @@ impl Handler<ListenerReady> for Lobby {
     }
 }
 
-crate::stoppable!(Lobby);
+crate::stoppable!(Presence);

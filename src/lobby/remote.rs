@@ -1,5 +1,5 @@
 //! The lobby as other processes change it, heard on the backplane: their players' presence goes
-//! to the [`Lobby`] actor, their messages and moods are read back (they are committed) and pushed
+//! to the [`Presence`] actor, their messages and moods are read back (they are committed) and pushed
 //! to the lobby's sessions here. Never writes.
 
 use actix::Addr;
@@ -7,7 +7,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 
 use super::frames::{mood_publish, new_message_publish};
-use super::presence::{ListenerReady, Lobby, Remote};
+use super::presence::{ListenerReady, Presence, Remote};
 use crate::backplane::{Event, Family, Sink};
 use crate::domain::events::MessageChange;
 use crate::hub::Hub;
@@ -17,7 +17,7 @@ use crate::store::Store;
 pub struct LobbySink {
     pub store: Store,
     pub hub: Addr<Hub>,
-    pub lobby: Addr<Lobby>,
+    pub presence: Addr<Presence>,
 }
 
 impl Sink for LobbySink {
@@ -27,7 +27,7 @@ impl Sink for LobbySink {
 
     fn deliver(&self, event: Event) -> LocalBoxFuture<'static, ()> {
         let Event::Message { change, id, .. } = event else {
-            self.lobby.do_send(Remote(event));
+            self.presence.do_send(Remote(event));
             return async {}.boxed_local();
         };
         let (store, hub) = (self.store.clone(), self.hub.clone());
@@ -48,7 +48,10 @@ impl Sink for LobbySink {
         .boxed_local()
     }
 
-    fn reconnected(&self) {
-        self.lobby.do_send(ListenerReady);
+    /// Presence is asked of the others again. Messages and moods sent meanwhile are not
+    /// replayed: a session sees new ones from now on (the next join's `lobby:history` has them).
+    fn reconnected(&self) -> LocalBoxFuture<'static, ()> {
+        self.presence.do_send(ListenerReady);
+        async {}.boxed_local()
     }
 }

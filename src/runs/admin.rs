@@ -1,4 +1,4 @@
-//! The admin's reads and settings of runs over the store: the run history and dead letters,
+//! The admin's reads and settings of runs over the store: the run list and dead letters,
 //! what was spent, budgets and prices. The HTTP edge calls these; nothing here builds a
 //! response or decides who may call it.
 

@@ -129,7 +129,9 @@ impl LiveRuns {
 
     /// Mirrors a frame of a run another process streams, with that process's version.
     /// `starts_attempt` for its `run:started`. `false` (not recorded) when the frame does not
-    /// follow on from what is here: this process heard the attempt only from its middle.
+    /// follow on from what is here: this process heard the attempt only from its middle, or
+    /// a frame before it was lost (the streaming process numbers an attempt's frames without
+    /// gaps). After a gap the attempt is no longer mirrored, as if heard from its middle.
     pub fn push_remote(&self, run_id: &str, version: i64, text: ByteString, starts_attempt: bool) -> bool {
         let mut runs = self.lock();
         if !starts_attempt && runs.map.get(run_id).is_none_or(|r| r.frames.is_empty()) {
@@ -140,12 +142,38 @@ impl LiveRuns {
         if starts_attempt {
             run.frames.clear();
         }
-        if run.frames.last().is_some_and(|(v, _)| *v >= version) {
-            return false;
+        match run.frames.last() {
+            Some((v, _)) if *v >= version => return false,
+            Some((v, _)) if *v + 1 < version => {
+                run.frames.clear();
+                return false;
+            }
+            _ => {}
         }
         run.next_version = run.next_version.max(version + 1);
         run.frames.push((version, text));
         true
+    }
+
+    /// Frames of runs other processes stream were lost: the attempts mirrored here are mirrored
+    /// no more (their end is sent from storage, whole). Runs streamed here are kept.
+    pub fn forget_mirrored(&self) -> usize {
+        let mut runs = self.lock();
+        let mut forgotten = 0;
+        for run in runs.map.values_mut().filter(|r| !r.streaming() && !r.frames.is_empty()) {
+            run.frames.clear();
+            forgotten += 1;
+        }
+        forgotten
+    }
+
+    /// The run's current attempt, streamed by another process, is mirrored no more (frames of
+    /// it were lost); its end is sent from storage, whole.
+    pub fn forget_mirrored_attempt(&self, run_id: &str) {
+        let mut runs = self.lock();
+        if let Some(run) = runs.map.get_mut(run_id).filter(|r| !r.streaming()) {
+            run.frames.clear();
+        }
     }
 
     /// The run ended (its last frame was pushed); its frames stay a while for late subscribers.
@@ -224,5 +252,35 @@ mod tests {
         assert_eq!(live.frames("r").unwrap().iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![6, 7]);
         // Frames made here later (the run's end) come after the mirrored ones.
         assert_eq!(live.push("r", &delta(2)).0, 8);
+    }
+
+    #[test]
+    fn a_mirrored_attempt_with_a_frame_missing_is_mirrored_no_more() {
+        let live = LiveRuns::new();
+        let text = |s: &str| ByteString::from(s.to_owned());
+        assert!(live.push_remote("r", 1, text("s"), true));
+        assert!(live.push_remote("r", 2, text("d0"), false));
+        assert!(!live.push_remote("r", 4, text("d2"), false), "3 was lost");
+        assert!(live.frames("r").is_none(), "the end is sent from storage, whole");
+        assert!(!live.push_remote("r", 5, text("d3"), false), "nor the rest of the attempt");
+        // The next attempt is mirrored again from its start.
+        assert!(live.push_remote("r", 6, text("s2"), true));
+        assert!(live.push_remote("r", 7, text("d"), false));
+        assert_eq!(live.frames("r").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn lost_frames_forget_every_mirrored_attempt_but_not_the_runs_streamed_here() {
+        let live = LiveRuns::new();
+        let text = |s: &str| ByteString::from(s.to_owned());
+        assert!(live.push_remote("remote", 1, text("s"), true));
+        let _signal = live.cancel_signal("here");
+        live.push("here", &delta(0));
+        assert_eq!(live.forget_mirrored(), 1);
+        assert!(live.frames("remote").is_none());
+        assert!(!live.push_remote("remote", 2, text("d"), false));
+        assert_eq!(live.frames("here").unwrap().len(), 1);
+        live.forget_mirrored_attempt("here");
+        assert_eq!(live.frames("here").unwrap().len(), 1, "a run streamed here is never forgotten");
     }
 }

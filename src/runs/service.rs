@@ -34,8 +34,9 @@ pub enum Waiter {
     Rest,
 }
 
+/// Why a run was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum RunRefused {
     #[error("{0}")]
     BudgetExceeded(String),
     #[error("{0}")]
@@ -123,7 +124,7 @@ impl RunService {
         &self.live
     }
 
-    pub async fn start(&self, req: RunRequest, waiter: Waiter) -> Result<Started, StartError> {
+    pub async fn start(&self, req: RunRequest, waiter: Waiter) -> Result<Started, RunRefused> {
         let now = self.clock.now_naive();
         let config = self.config.clone();
         let run_id = new_run_id();
@@ -169,18 +170,18 @@ impl RunService {
         let (row, joined) = match admitted {
             Admitted::Overloaded => {
                 self.metrics.runs_refused.with_label_values(&["overloaded"]).inc();
-                return Err(StartError::Overloaded(format!(
+                return Err(RunRefused::Overloaded(format!(
                     "{} runs are queued already; try again later",
                     self.config.queue_limit
                 )));
             }
             Admitted::BudgetExceeded => {
                 self.metrics.runs_refused.with_label_values(&["budget_exceeded"]).inc();
-                return Err(StartError::BudgetExceeded("this run could take the project past its budget".into()));
+                return Err(RunRefused::BudgetExceeded("this run could take the project past its budget".into()));
             }
             Admitted::NoPrice => {
                 self.metrics.runs_refused.with_label_values(&["no_price"]).inc();
-                return Err(StartError::BudgetExceeded(
+                return Err(RunRefused::BudgetExceeded(
                     "the model has no price, so a project with a budget cannot use it".into(),
                 ));
             }

@@ -1,4 +1,4 @@
-//! Lobby messages: written together with their mood job, read back as history, and settled
+//! Lobby messages: written together with their mood job, read back as the recent messages sent on join, and settled
 //! (mood + the job's deletion) in one transaction by the worker that holds the job.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};

@@ -1,6 +1,6 @@
 //! Generation runs: one row per run, admitted `queued` together with its durable job (and its
 //! budget reservation) in one transaction after dedup and the queue limit; detaching waiters,
-//! queue positions, the admin re-queue of a dead run and the run history. An attempt's own
+//! queue positions, the admin re-queue of a dead run and the admin's run list. An attempt's own
 //! writes are `run_attempts`. Announces a run's end only inside the write that makes it; never
 //! decides an attempt's outcome.
 
@@ -350,7 +350,7 @@ pub fn retry_dead(
     }
 }
 
-/// Run history, newest first.
+/// The admin's run list, newest first.
 pub fn list(
     conn: &mut DbConn,
     project_id: Option<&str>,

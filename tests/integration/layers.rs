@@ -1,6 +1,6 @@
 //! The one rule of the house (ARCHITECTURE.md "Layers"), checked on the source itself: no file of
 //! `src/` imports another that imports it back (directly or through others), and every import
-//! goes down the layers (core, domain, store, hub, backplane, llm, jobs, history and deps, features,
+//! goes down the layers (core, domain, store, hub, backplane, llm, jobs, metric_history and deps, features,
 //! edges, app).
 //!
 //! Imports are read from the code: `use` trees (braces expanded) and inline `crate::` / `super::` /
@@ -186,7 +186,7 @@ fn layer(module: &[String]) -> (usize, String) {
         "hub" => 3,
         "backplane" => 4,
         "llm" => 5,
-        "jobs" | "history" | "deps" => 6,
+        "jobs" | "metric_history" | "deps" => 6,
         "content" | "lobby" | "runs" | "players" | "insights" => 7,
         "ws" | "http" | "state" | "api_error" | "connections" => 8,
         _ => 9,

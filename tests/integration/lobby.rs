@@ -354,7 +354,7 @@ async fn count_only_above_the_cap_then_lists_again(db: Db) {
 
 async fn chat_reaches_everyone_and_history_is_bounded(db: Db) {
     let app = lobby_app(db, |c| {
-        c.history_limit = 3;
+        c.lobby_recent = 3;
         c.chat_rate = "100/1s".parse().unwrap();
     })
     .await;
@@ -602,7 +602,7 @@ async fn a_joiner_is_told_the_count_that_follows(db: Db) {
 /// the history holds is still not sent twice. The join is held between its subscription and its
 /// history read, so both messages land in that window every time.
 async fn a_sender_joining_gets_its_own_message_new(db: Db) {
-    sender_gets_its_own_message_new(db, |holds| holds.lobby_history = Duration::from_millis(300)).await;
+    sender_gets_its_own_message_new(db, |holds| holds.lobby_recent = Duration::from_millis(300)).await;
 }
 
 /// The same, with the join held before it reaches the presence actor (which subscribes the

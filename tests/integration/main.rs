@@ -28,6 +28,7 @@ mod process;
 mod queue_limit;
 mod redis;
 mod repair;
+mod resync;
 mod runs;
 mod runs_faults;
 mod runs_limits;

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use lorewire::backplane::local::LocalBackplane;
 use lorewire::core::metrics::Metrics;
 use lorewire::hub::{Connect, Hub, ToSession};
-use lorewire::lobby::presence::{Join, Leave, Lobby};
+use lorewire::lobby::presence::{Join, Leave, Presence};
 use serde_json::{json, Value};
 
 use crate::common::eventually;
@@ -37,7 +37,7 @@ impl Handler<ToSession> for Recorder {
 
 struct Rig {
     hub: Addr<Hub>,
-    lobby: Addr<Lobby>,
+    presence: Addr<Presence>,
     /// The frames of the watching session (session 1, user 1).
     seen: Rc<RefCell<Vec<Value>>>,
 }
@@ -45,9 +45,9 @@ struct Rig {
 async fn rig(list_max: usize) -> Rig {
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(metrics.clone()).start();
-    let lobby = Lobby::new(hub.clone(), metrics, WINDOW, list_max, "p1".into(), Arc::new(LocalBackplane)).start();
+    let presence = Presence::new(hub.clone(), metrics, WINDOW, list_max, "p1".into(), Arc::new(LocalBackplane)).start();
     let seen = Rc::new(RefCell::new(Vec::new()));
-    let rig = Rig { hub, lobby, seen: seen.clone() };
+    let rig = Rig { hub, presence, seen: seen.clone() };
     rig.hub.send(Connect { id: 1, recipient: Recorder(seen).start().recipient() }).await.unwrap();
     let state = rig.join(1, 1).await;
     assert_eq!(state["online"], json!([{ "user_id": 1, "nickname": "u1" }]));
@@ -60,18 +60,18 @@ async fn rig(list_max: usize) -> Rig {
 impl Rig {
     /// Session `session` of user `user_id` joins; answers the `presence:state` it is handed.
     async fn join(&self, session: u64, user_id: i64) -> Value {
-        let pending = self.lobby.send(Join { session, user_id, nickname: format!("u{user_id}") }).await.unwrap();
+        let pending = self.presence.send(Join { session, user_id, nickname: format!("u{user_id}") }).await.unwrap();
         let state = pending.ready().await.expect("a presence state");
         serde_json::from_str(&state).unwrap()
     }
 
     /// Joins without waiting for the end of the window.
     fn join_now(&self, session: u64, user_id: i64) {
-        self.lobby.do_send(Join { session, user_id, nickname: format!("u{user_id}") });
+        self.presence.do_send(Join { session, user_id, nickname: format!("u{user_id}") });
     }
 
     fn leave(&self, session: u64) {
-        self.lobby.do_send(Leave { session });
+        self.presence.do_send(Leave { session });
     }
 
     /// The presence frames the watcher got after its own state, once there are `n`; waits a

@@ -436,8 +436,9 @@ async fn a_stop_sends_what_was_queued() {
         pubsub.subscribe(format!("{prefix}events")).await.unwrap();
         let mut heard = pubsub.into_on_message();
 
-        let backplane = Arc::new(RedisBackplane::new(&redis_url(), &prefix, "stopping".into()).unwrap());
-        backplane.listen(Sinks::start(Vec::new()));
+        let metrics = lorewire::core::metrics::Metrics::new();
+        let backplane = Arc::new(RedisBackplane::new(&redis_url(), &prefix, "stopping".into(), &metrics).unwrap());
+        backplane.listen(Sinks::start(Vec::new(), &metrics));
         let events: Vec<Event> = (0..50)
             .map(|i| Event::Content { origin: "stopping".into(), kind: "quest".into(), subject_id: i, version: 1 })
             .collect();

@@ -23,10 +23,10 @@ impl WsSession {
             Ok(r) => r,
             Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
         };
-        if let Some(user) = &self.user {
+        if let Some(player) = &self.player {
             tracing::debug!(
                 session = self.id,
-                user = user.id,
+                user = player.id,
                 kind = kind.as_str(),
                 subject_id,
                 regenerate,

@@ -1,9 +1,9 @@
 //! `message:send`: a chat line from the session's player, admitted (validated and
-//! rate-limited) and stored by the lobby service; the sender sees it as everyone does, as the
+//! rate-limited) and stored by the chat; the sender sees it as everyone does, as the
 //! broadcast `message:new`. `presence:list`: the next page of everyone online, as the lobby
 //! gives it, answered as `presence:page`.
 //!
-//! Never decides what a valid message or the rate is (the lobby service does), never keeps a
+//! Never decides what a valid message or the rate is (the chat does), never keeps a
 //! copy of who is online, and never broadcasts itself.
 
 use actix::prelude::*;
@@ -15,9 +15,9 @@ use crate::lobby::SendRefused;
 
 impl WsSession {
     pub(super) fn message_send(&mut self, text: String, reference: Option<Value>, ctx: &mut Ctx) {
-        let Some(user) = self.user.as_ref() else { return };
-        let (user_id, nickname) = (user.id, user.nickname.clone());
-        let service = self.state.lobby.clone();
+        let Some(player) = self.player.as_ref() else { return };
+        let (user_id, nickname) = (player.id, player.nickname.clone());
+        let service = self.state.chat.clone();
         let sent = async move {
             let text = service.admit(user_id, &text).await?;
             Ok(service.post(user_id, nickname, text).await?)
@@ -37,7 +37,7 @@ impl WsSession {
     pub(super) fn presence_list(&mut self, after_user_id: u64, reference: Option<Value>, ctx: &mut Ctx) {
         // Ids above every user_id simply get the empty last page.
         let after_user_id = i64::try_from(after_user_id).unwrap_or(i64::MAX);
-        let service = self.state.lobby.clone();
+        let service = self.state.chat.clone();
         ctx.spawn(async move { service.page(after_user_id).await }.into_actor(self).map(move |result, act, ctx| {
             match result {
                 Ok(page) => {

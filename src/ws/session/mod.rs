@@ -79,10 +79,10 @@ fn client_address(req: &HttpRequest, trusted: &TrustedProxies) -> IpAddr {
 }
 
 /// The player a started session belongs to.
-pub(super) struct SessionUser {
+pub(super) struct SessionPlayer {
     pub(super) id: i64,
     pub(super) nickname: String,
-    /// The UTC day the user was last recorded as seen (retention counts days seen).
+    /// The UTC day the player was last recorded as seen (retention counts days seen).
     pub(super) seen_day: chrono::NaiveDate,
 }
 
@@ -90,7 +90,7 @@ pub struct WsSession {
     id: SessionId,
     state: Arc<AppState>,
     outbox: Outbox,
-    user: Option<SessionUser>,
+    player: Option<SessionPlayer>,
     /// Content items, runs and (once joined) the lobby, each held back until its snapshot is sent.
     subscriptions: Subscriptions,
     last_heard: Instant,
@@ -99,7 +99,7 @@ pub struct WsSession {
     /// Generation runs this session waits on (detached when it closes).
     runs: HashSet<String>,
     /// The lobby join's progress: sends in flight, and what the join may drop as already in
-    /// the history ([`start`]).
+    /// the recent messages ([`start`]).
     joining: start::Joining,
     /// The client's address (behind trusted proxies, the one they name).
     client: IpAddr,
@@ -115,7 +115,7 @@ impl WsSession {
             login: None,
             state,
             outbox,
-            user: None,
+            player: None,
             subscriptions: Subscriptions::default(),
             last_heard: Instant::now(),
             aborted: false,
@@ -171,7 +171,7 @@ impl WsSession {
         let frame = match frame {
             Ok(frame) => frame,
             // Before the session starts, anything but a (malformed) session:start is unauthorized.
-            Err(_) if self.user.is_none() && !protocol::is_session_start(text) => {
+            Err(_) if self.player.is_none() && !protocol::is_session_start(text) => {
                 return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx)
             }
             Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
@@ -179,7 +179,7 @@ impl WsSession {
         if let ClientFrame::SessionStart(start) = frame {
             return self.start_session(start, reference, ctx);
         }
-        if self.user.is_none() {
+        if self.player.is_none() {
             return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx);
         }
         if self.state.is_shutting_down() {
@@ -237,7 +237,7 @@ impl Actor for WsSession {
         self.state.hub.do_send(hub::Connect { id: self.id, recipient: ctx.address().recipient() });
         // A socket that never says who it is would hold its connection for nothing.
         ctx.run_later(self.state.config.session_start, |act, ctx| {
-            if act.user.is_none() {
+            if act.player.is_none() {
                 act.state.limits.session_start_missed(act.id);
                 act.close(1008, "no session:start in time", ctx);
             }
@@ -263,7 +263,7 @@ impl Actor for WsSession {
         self.state.metrics.sessions_open.dec();
         self.state.hub.do_send(hub::Disconnect { id: self.id });
         if self.subscriptions.contains(&Topic::Lobby) {
-            self.state.lobby.leave(self.id);
+            self.state.chat.leave(self.id);
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::{Ctx, WsSession};
 use crate::domain::wire::{ErrorCode, GenerateStart, ServerFrame, Typed};
 use crate::hub::{SessionId, Topic};
-use crate::runs::service::{Left, RunService, StartError, Started, Waiter};
+use crate::runs::service::{Left, RunRefused, RunService, Started, Waiter};
 use crate::runs::{self, RunErrorCode, RunStatus};
 use crate::ws::subscriptions::Seen;
 
@@ -105,11 +105,11 @@ impl WsSession {
                     };
                     act.send(frame.into(), ctx);
                 }
-                Err(StartError::BudgetExceeded(message)) => {
+                Err(RunRefused::BudgetExceeded(message)) => {
                     act.error(ErrorCode::BudgetExceeded, reference, message, ctx)
                 }
-                Err(StartError::Overloaded(message)) => act.error(ErrorCode::Overloaded, reference, message, ctx),
-                Err(StartError::Store(e)) => act.store_failed("the run could not be stored", &e, reference, ctx),
+                Err(RunRefused::Overloaded(message)) => act.error(ErrorCode::Overloaded, reference, message, ctx),
+                Err(RunRefused::Store(e)) => act.store_failed("the run could not be stored", &e, reference, ctx),
             }
         }));
     }

@@ -4,14 +4,14 @@
 //! held back meanwhile); when the player was last seen (a new UTC day, the socket closing).
 //!
 //! Never decides a player rule (nicknames, tokens and variants are `domain::players`) and
-//! never touches the store but through `crate::players` and the lobby service.
+//! never touches the store but through `crate::players` and the chat.
 
 use std::collections::HashSet;
 
 use actix::prelude::*;
 use serde_json::Value;
 
-use super::{Ctx, JwtLogin, SessionUser, WsSession};
+use super::{Ctx, JwtLogin, SessionPlayer, WsSession};
 use crate::core::identity::AuthMode;
 use crate::domain::identity::JwtRefusal;
 use crate::domain::lobby::Message;
@@ -26,7 +26,7 @@ use crate::ws::subscriptions::Seen;
 const LOBBY_FAILED: &str = "the lobby could not be loaded (reconnect to retry)";
 
 /// A lobby join in progress. A message this session sends while joining can land in the
-/// history the join reads; the held `message:new` of such a message would then be dropped as
+/// recent messages the join reads; the held `message:new` of such a message would then be dropped as
 /// already seen, and one published before the join's subscription reached the hub never comes
 /// at all; yet it is the sender's answer to its send. So the held frames are released only once
 /// every send of the session has its message, the session's own are never dropped, and one that
@@ -37,13 +37,13 @@ pub(super) struct Joining {
     sends_in_flight: usize,
     /// The messages this session stored while the lobby was held.
     own: Vec<Message>,
-    /// The history's message ids, once the join has sent its history and state.
-    history: Option<HashSet<i64>>,
+    /// The recent messages' ids, once the join has sent its `lobby:history` and state.
+    recent: Option<HashSet<i64>>,
 }
 
 impl WsSession {
     pub(super) fn start_session(&mut self, start: SessionStart, reference: Option<Value>, ctx: &mut Ctx) {
-        if self.user.is_some() {
+        if self.player.is_some() {
             return self.error(ErrorCode::InvalidPayload, reference, "the session has already started", ctx);
         }
         let players = self.state.players.clone();
@@ -74,8 +74,8 @@ impl WsSession {
     fn started(&mut self, started: players::Started, reference: Option<Value>, ctx: &mut Ctx) {
         let user = started.user;
         tracing::info!(session = self.id, user = user.id, resumed = started.resumed, "session started");
-        self.user =
-            Some(SessionUser { id: user.id, nickname: user.nickname.clone(), seen_day: user.last_seen_at.date() });
+        self.player =
+            Some(SessionPlayer { id: user.id, nickname: user.nickname.clone(), seen_day: user.last_seen_at.date() });
         let (external_id, expires_at) = match &started.jwt {
             Some(verified) => {
                 self.login =
@@ -143,15 +143,15 @@ impl WsSession {
     }
 
     /// Enters the lobby after the ack: `lobby:history`, `presence:state`, then the lobby frames
-    /// that arrived meanwhile (minus messages the history already holds).
+    /// that arrived meanwhile (minus messages the recent ones already hold).
     fn join_lobby(&mut self, user_id: i64, nickname: String, ctx: &mut Ctx) {
-        // Lobby frames are held back while the history and presence are on their way.
+        // Lobby frames are held back while the recent messages and presence are on their way.
         self.subscriptions.hold(Topic::Lobby);
-        let service = self.state.lobby.clone();
+        let service = self.state.chat.clone();
         let join = lobby::Join { session: self.id, user_id, nickname };
         ctx.spawn(async move { service.join(join).await }.into_actor(self).map(|result, act, ctx| match result {
             Ok((messages, presence_state)) => {
-                let in_history: HashSet<i64> = messages.iter().map(|m| m.id).collect();
+                let in_recent: HashSet<i64> = messages.iter().map(|m| m.id).collect();
                 act.send(Typed::LobbyHistory { messages }.into(), ctx);
                 // The state comes at the end of the join's presence window.
                 ctx.spawn(presence_state.ready().into_actor(act).map(move |state, act, ctx| {
@@ -159,7 +159,7 @@ impl WsSession {
                         Some(state) => act.send_text(state, ctx),
                         None => act.store_failed(LOBBY_FAILED, &StoreError::Canceled, None, ctx),
                     }
-                    act.joined(in_history, ctx);
+                    act.joined(in_recent, ctx);
                 }));
             }
             Err(e) => {
@@ -169,10 +169,10 @@ impl WsSession {
         }));
     }
 
-    /// The join has sent its history and state: the held lobby frames go out once no send of
+    /// The join has sent its recent messages and state: the held lobby frames go out once no send of
     /// this session is still on its way (its id must be known to keep its `message:new`).
-    fn joined(&mut self, in_history: HashSet<i64>, ctx: &mut Ctx) {
-        self.joining.history = Some(in_history);
+    fn joined(&mut self, in_recent: HashSet<i64>, ctx: &mut Ctx) {
+        self.joining.recent = Some(in_recent);
         self.release_lobby_when_sent(ctx);
     }
 
@@ -192,20 +192,20 @@ impl WsSession {
         self.release_lobby_when_sent(ctx);
     }
 
-    /// Sends the lobby frames held back while joining, minus messages the history holds, but
+    /// Sends the lobby frames held back while joining, minus messages the recent ones hold, but
     /// never the session's own: its `message:new` answers its send (sent from the send's
     /// answer when it reached the hub before the join's subscription did).
     fn release_lobby_when_sent(&mut self, ctx: &mut Ctx) {
         if self.joining.sends_in_flight > 0 {
             return;
         }
-        let Some(mut in_history) = self.joining.history.take() else { return };
+        let Some(mut in_recent) = self.joining.recent.take() else { return };
         let own = std::mem::take(&mut self.joining.own);
         let held: HashSet<i64> = self.subscriptions.held_versions(&Topic::Lobby).into_iter().collect();
         for message in &own {
-            in_history.remove(&message.id);
+            in_recent.remove(&message.id);
         }
-        for text in self.subscriptions.release(&Topic::Lobby, Seen::Messages(in_history)) {
+        for text in self.subscriptions.release(&Topic::Lobby, Seen::Messages(in_recent)) {
             self.send_text(text, ctx);
         }
         let mut sent_here = HashSet::new();
@@ -222,16 +222,16 @@ impl WsSession {
     /// A player connected across UTC midnight has been seen on the new day too.
     pub(super) fn record_new_day(&mut self) {
         let now = self.state.clock.now_naive();
-        let Some(user) = self.user.as_mut().filter(|u| u.seen_day != now.date()) else { return };
-        user.seen_day = now.date();
-        let user_id = user.id;
+        let Some(player) = self.player.as_mut().filter(|p| p.seen_day != now.date()) else { return };
+        player.seen_day = now.date();
+        let user_id = player.id;
         self.spawn_seen(user_id, now);
     }
 
     /// The last time a player was seen is when they left.
     pub(super) fn record_left(&self) {
-        if let Some(user) = &self.user {
-            self.spawn_seen(user.id, self.state.clock.now_naive());
+        if let Some(player) = &self.player {
+            self.spawn_seen(player.id, self.state.clock.now_naive());
         }
     }
 

@@ -1,6 +1,6 @@
-//! The dashboard's last hour, in memory: the [`History`] actor reads the metrics' counters and
+//! The dashboard's last hour, in memory: the [`MetricHistory`] actor reads the metrics' counters and
 //! gauges (and the queue depth from the store) every `interval` (10 s), keeps the last
-//! [`SAMPLES`], and answers [`GetHistory`] with them as per-minute rates and levels, parallel
+//! [`SAMPLES`], and answers [`GetMetricHistory`] with them as per-minute rates and levels, parallel
 //! arrays shaped for uPlot, ending with the values at the moment of the request.
 //!
 //! Owns only the samples; never writes the store and knows no feature. Counters are this
@@ -31,7 +31,7 @@ struct Sample {
 }
 
 /// Samples the metrics on a timer; the first sample is taken as it starts.
-pub struct History {
+pub struct MetricHistory {
     metrics: Arc<Metrics>,
     store: Store,
     clock: SharedClock,
@@ -43,9 +43,9 @@ pub struct History {
     reading: bool,
 }
 
-impl History {
+impl MetricHistory {
     pub fn new(metrics: Arc<Metrics>, store: Store, clock: SharedClock, interval: Duration) -> Self {
-        History {
+        MetricHistory {
             metrics,
             store,
             clock,
@@ -86,12 +86,12 @@ impl History {
         self.samples.push_back(sample);
     }
 
-    fn view(&self, now: Sample) -> HistoryView {
+    fn view(&self, now: Sample) -> MetricHistoryView {
         let interval = self.interval.as_secs_f64();
-        let mut view = HistoryView {
+        let mut view = MetricHistoryView {
             interval_secs: self.interval.as_secs_f64(),
             t: Vec::with_capacity(self.samples.len() + 1),
-            series: HistorySeries::default(),
+            series: MetricHistorySeries::default(),
         };
         let zero = Sample { at: now.at, totals: Totals::default(), queue_depth: None };
         // A sample taken this very millisecond already is the point now (`t` stays increasing).
@@ -109,7 +109,7 @@ impl History {
     }
 }
 
-impl Actor for History {
+impl Actor for MetricHistory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -118,19 +118,19 @@ impl Actor for History {
     }
 }
 
-crate::stoppable!(History);
+crate::stoppable!(MetricHistory);
 
 /// The samples kept, then the values now; `queue_depth` is the one read for this request.
 #[derive(Message)]
-#[rtype(result = "HistoryView")]
-pub struct GetHistory {
+#[rtype(result = "MetricHistoryView")]
+pub struct GetMetricHistory {
     pub queue_depth: Option<i64>,
 }
 
-impl Handler<GetHistory> for History {
-    type Result = MessageResult<GetHistory>;
+impl Handler<GetMetricHistory> for MetricHistory {
+    type Result = MessageResult<GetMetricHistory>;
 
-    fn handle(&mut self, msg: GetHistory, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: GetMetricHistory, _: &mut Context<Self>) -> Self::Result {
         let now = Sample { at: self.clock.now(), totals: self.metrics.totals(), queue_depth: msg.queue_depth };
         MessageResult(self.view(now))
     }
@@ -140,15 +140,17 @@ impl Handler<GetHistory> for History {
 /// as long as `t`. Rates are per minute over the time since the point before (at least one
 /// interval); `null` where there is nothing to tell (no upstream call to time, the store not read).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct HistoryView {
+#[schema(as = HistoryView)]
+pub struct MetricHistoryView {
     pub interval_secs: f64,
     pub t: Vec<f64>,
-    pub series: HistorySeries,
+    pub series: MetricHistorySeries,
 }
 
 /// The charts' series, parallel to `t`.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct HistorySeries {
+#[schema(as = HistorySeries)]
+pub struct MetricHistorySeries {
     /// Content items finished `ready` / `fallback`, per minute.
     pub content_ready_per_min: Vec<Option<f64>>,
     pub content_fallback_per_min: Vec<Option<f64>>,
@@ -169,7 +171,7 @@ pub struct HistorySeries {
     pub circuit_state: Vec<Option<f64>>,
 }
 
-impl HistoryView {
+impl MetricHistoryView {
     fn push(&mut self, before: &Sample, at: &Sample, interval: f64) {
         // Measured between the times as `t` shows them (to the millisecond).
         let secs = ((at.at.timestamp_millis() - before.at.timestamp_millis()) as f64 / 1000.0).max(interval);
@@ -186,7 +188,7 @@ impl HistoryView {
         s.upstream_p50_secs.push(upstream_quantile(&before.totals, &at.totals, 0.5));
         s.upstream_p95_secs.push(upstream_quantile(&before.totals, &at.totals, 0.95));
         s.queue_depth.push(at.queue_depth.map(|d| d as f64));
-        s.players_online.push(Some(at.totals.online_users as f64));
+        s.players_online.push(Some(at.totals.players_online as f64));
         s.lobby_messages_per_min.push(per_min(|t| t.lobby_messages));
         s.spend_usd_per_min.push(per_min(|t| t.spend_micros).map(|micros| micros / 1e6));
         s.circuit_state.push(Some(at.totals.circuit_state as f64));
@@ -200,15 +202,15 @@ mod tests {
     fn sample(secs: i64, ready: u64) -> Sample {
         Sample {
             at: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
-            totals: Totals { content_ready: ready, online_users: 1, ..Totals::default() },
+            totals: Totals { content_ready: ready, players_online: 1, ..Totals::default() },
             queue_depth: Some(2),
         }
     }
 
-    fn history(interval: Duration) -> History {
+    fn history(interval: Duration) -> MetricHistory {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&dir.path().join("h.db").to_string_lossy()).unwrap();
-        History::new(Arc::new(Metrics::new()), store, Arc::new(crate::core::clock::SystemClock), interval)
+        MetricHistory::new(Arc::new(Metrics::new()), store, Arc::new(crate::core::clock::SystemClock), interval)
     }
 
     #[test]
