@@ -106,6 +106,9 @@ export interface LorewireClientOptions {
   /** WebSocket URL; defaults to /ws on this page's host. */
   url?: string;
   nickname?: string;
+  /** The studio's JWT for this player (LOREWIRE_AUTH=jwt|both): asked for at every session start,
+   * and again before the current one expires (sent as `session:refresh`). */
+  getJwt?: () => string | Promise<string>;
   /** Where the resume token is kept (localStorage). */
   storage?: Storage;
   tokenKey?: string;

@@ -6,6 +6,10 @@
 //   lw.connect();
 //   await lw.requestContent("quest", 42, { character_name: "Ada" });
 //
+// With the studio's login, pass `getJwt` (a function returning the player's JWT, or a promise of
+// it): every session starts with a fresh JWT, and a newer one is sent (`session:refresh`)
+// before the current one expires.
+//
 // It connects, starts the session (resuming with the token kept in localStorage), reconnects
 // with exponential backoff and jitter when the socket drops, and after every reconnect
 // subscribes again to every content item it knows and keeps whichever copy is newest
@@ -13,7 +17,8 @@
 //
 // Events (all CustomEvent, data in `detail`):
 //   status     {state: "connecting"|"live"|"reconnecting"|"closed", attempt, delayMs}
-//   session    the session:ack frame (user_id, nickname, token, variant, server_time)
+//   session    the session:ack frame (user_id, nickname, token, variant, server_time;
+//              external_id and expires_at with a JWT)
 //   history    [Message]                       lobby history, oldest first
 //   presence   {online: [{user_id, nickname}], joins, leaves, online_count, complete}
 //              the list as known after each change or page; `online_count` is everyone online,
@@ -32,6 +37,7 @@ export class LorewireClient extends EventTarget {
    * @param {object} options
    * @param {string} [options.url]       WebSocket URL; defaults to /ws on this page's host
    * @param {string} options.nickname
+   * @param {() => string | Promise<string>} [options.getJwt]  the studio's JWT for this player
    * @param {Storage} [options.storage]  where the resume token is kept (localStorage)
    * @param {string} [options.tokenKey]
    * @param {number} [options.minBackoffMs]
@@ -42,6 +48,8 @@ export class LorewireClient extends EventTarget {
     const loc = globalThis.location;
     this.url = options.url || `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws`;
     this.nickname = options.nickname || "";
+    this.getJwt = options.getJwt || null;
+    this.refreshTimer = null;
     this.storage = options.storage || globalThis.localStorage;
     this.tokenKey = options.tokenKey || DEFAULT_TOKEN_KEY;
     this.minBackoffMs = options.minBackoffMs ?? 300;
@@ -88,6 +96,7 @@ export class LorewireClient extends EventTarget {
   close() {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000, "bye");
     this.setState("closed");
   }
@@ -109,10 +118,7 @@ export class LorewireClient extends EventTarget {
     }
     this.ws = ws;
     ws.onopen = () => {
-      const start = { type: "session:start", nickname: this.nickname };
-      const token = this.token;
-      if (token) start.token = token;
-      this.request(start).then(
+      this.startFrame().then((start) => this.request(start)).then(
         (ack) => this.onSession(ack),
         (err) => {
           this.emit("error", err);
@@ -133,6 +139,7 @@ export class LorewireClient extends EventTarget {
     };
     ws.onclose = () => {
       if (this.ws !== ws) return;
+      clearTimeout(this.refreshTimer);
       this.ws = null;
       this.session = null;
       for (const [, p] of this.pending) {
@@ -154,9 +161,40 @@ export class LorewireClient extends EventTarget {
     this.reconnectTimer = setTimeout(() => this.open(), delayMs);
   }
 
+  /** The session:start to send: with a fresh JWT, else with the nickname and resume token. */
+  async startFrame() {
+    if (this.getJwt) {
+      const start = { type: "session:start", jwt: await this.getJwt() };
+      if (this.nickname) start.nickname = this.nickname;
+      return start;
+    }
+    const start = { type: "session:start", nickname: this.nickname };
+    const token = this.token;
+    if (token) start.token = token;
+    return start;
+  }
+
+  /** Sends a newer JWT once 80% of the current one's life has passed (and at least 1 s before its end). */
+  scheduleRefresh(expiresAt) {
+    clearTimeout(this.refreshTimer);
+    if (!this.getJwt || !expiresAt) return;
+    const left = Date.parse(expiresAt) - Date.now();
+    const delay = Math.max(0, Math.min(left * 0.8, left - 1000));
+    this.refreshTimer = setTimeout(async () => {
+      try {
+        const reply = await this.request({ type: "session:refresh", jwt: await this.getJwt() });
+        if (this.session) this.session.expires_at = reply.expires_at;
+        this.scheduleRefresh(reply.expires_at);
+      } catch (err) {
+        this.emit("error", err);
+      }
+    }, delay);
+  }
+
   onSession(ack) {
     this.session = ack;
-    this.token = ack.token;
+    if (ack.token) this.token = ack.token;
+    this.scheduleRefresh(ack.expires_at);
     this.nickname = ack.nickname;
     this.attempt = 0;
     this.setState("live");

@@ -169,6 +169,19 @@ async fn page_reconnects_resubscribes_and_shows_the_final_state() {
     .await;
 }
 
+/// The client library with the studio's login refreshes its JWT before it expires (no leeway:
+/// without the refresh the session would close with 4001 and reconnect).
+#[actix_web::test]
+async fn client_library_refreshes_its_jwt_before_expiry() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| {
+        c.identity.mode = lorewire::core::identity::AuthMode::Jwt;
+        c.identity.jwt_secret = Some(lorewire::core::config::Secret::new("browser-jwt-secret-0123456789"));
+        c.identity.leeway = Duration::ZERO;
+    })
+    .await;
+    scenario(&app, "jwt_session", |what| panic!("unknown request from the scenario: {what}")).await;
+}
+
 #[actix_web::test]
 async fn generation_panel_streams_aborts_and_admin_lists_runs() {
     let app = spawn_with(Setup::new(Db::Sqlite), |c| c.max_attempts = 1).await;
