@@ -35,6 +35,7 @@ use crate::lobby::mood_job::MoodJob;
 use crate::lobby::remote::LobbySink;
 use crate::lobby::{Chat, Presence};
 use crate::metric_history::MetricHistory;
+use crate::moderation::Moderation;
 use crate::players::Players;
 use crate::runs::job::RunJob;
 use crate::runs::live::LiveRuns;
@@ -49,6 +50,8 @@ use crate::store::{billing, jobs, llm_config, Backend, Store, StoreError};
 pub enum StartupError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Moderation(#[from] crate::moderation::ModerationSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -166,6 +169,7 @@ struct Features {
     runs: RunService,
     chat: Chat,
     players: Players,
+    moderation: Moderation,
     backplane: Arc<dyn backplane::Backplane>,
 }
 
@@ -209,7 +213,8 @@ impl Features {
             backplane.clone(),
         )
         .start();
-        let chat = Chat::new(deps, jobs.clone().recipient(), presence, backplane.clone());
+        let moderation = Moderation::new(&config.moderation, store.clone(), clock.clone(), metrics.clone())?;
+        let chat = Chat::new(deps, jobs.clone().recipient(), presence, backplane.clone(), moderation.clone());
         // What the other processes announce reaches each service through its sink.
         backplane.listen(Sinks::start(
             vec![
@@ -220,8 +225,9 @@ impl Features {
             metrics,
         ));
         let players =
-            Players::start(store.clone(), clock.clone(), metrics.clone(), backplane.clone(), &config.identity);
-        Ok(Features { metric_history, circuit, jobs, content, runs, chat, players, backplane })
+            Players::start(store.clone(), clock.clone(), metrics.clone(), backplane.clone(), &config.identity)
+                .with_moderation(moderation.clone());
+        Ok(Features { metric_history, circuit, jobs, content, runs, chat, players, moderation, backplane })
     }
 
     /// What the edges reach: the features and the shared dependencies.
@@ -242,6 +248,7 @@ impl Features {
             runs: self.runs,
             chat: self.chat,
             players: self.players,
+            moderation: self.moderation,
             insights: Default::default(),
             admin_token,
             backplane: self.backplane,

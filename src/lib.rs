@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod llm;
 pub mod lobby;
 pub mod metric_history;
+pub mod moderation;
 pub mod players;
 pub mod runs;
 pub mod state;

@@ -18,6 +18,7 @@ use crate::jobs::JobWorker;
 use crate::llm::circuit::CircuitBreaker;
 use crate::lobby::Chat;
 use crate::metric_history::MetricHistory;
+use crate::moderation::Moderation;
 use crate::players::Players;
 use crate::runs::RunService;
 use crate::store::Store;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub chat: Chat,
     /// Who players are: anonymous starts, the studio's JWTs, REST tokens.
     pub players: Players,
+    /// Checks what players and the LLM write; the record of flags.
+    pub moderation: Moderation,
     /// The admin's figures (the retention already counted).
     pub insights: crate::insights::Insights,
     pub admin_token: Secret,

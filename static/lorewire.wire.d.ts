@@ -63,6 +63,7 @@ export type ErrorCode =
   | "not_found"
   | "budget_exceeded"
   | "overloaded"
+  | "moderated"
   | "unavailable";
 
 /** The fields of each kind (all strings, empty while pending). */
@@ -121,6 +122,10 @@ export type Message = {
   mood: Mood,
   mood_status: Status,
   created_at: string,
+  /**
+   * Its listed words were replaced by `***` before anyone saw it (PROTOCOL §6).
+   */
+  masked?: boolean,
 };
 
 export type PresenceUser = { user_id: number, nickname: string };

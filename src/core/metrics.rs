@@ -49,6 +49,12 @@ pub struct Metrics {
     pub players_online: IntGauge,
     pub lobby_messages: IntCounter,
     pub lobby_rate_limited: IntCounter,
+    /// Texts checked by moderation, and those flagged, by surface (chat, content, run, nickname).
+    pub moderation_checked: IntCounterVec,
+    pub moderation_flagged: IntCounterVec,
+    /// Checks the moderation endpoint did not answer (timeout, error, too many at once): the
+    /// word list alone decided.
+    pub moderation_unchecked: IntCounter,
     pub presence_updates: IntCounter,
     pub moods_finished: IntCounterVec,
     /// Durable jobs queued or running, read from the store at each scrape.
@@ -131,6 +137,25 @@ impl Metrics {
         let lobby_sessions = IntGauge::new("lobby_sessions", "Sessions in the lobby").expect("metric");
         let players_online = IntGauge::new("lobby_online_users", "Distinct users online in the lobby").expect("metric");
         let lobby_messages = IntCounter::new("lobby_messages_total", "Lobby messages stored").expect("metric");
+        let moderation_checked = IntCounterVec::new(
+            Opts::new("moderation_checked_total", "Texts checked by moderation, by surface"),
+            &["surface"],
+        )
+        .expect("metric");
+        let moderation_flagged = IntCounterVec::new(
+            Opts::new("moderation_flagged_total", "Texts flagged by moderation, by surface"),
+            &["surface"],
+        )
+        .expect("metric");
+        for surface in ["chat", "content", "run", "nickname"] {
+            moderation_checked.with_label_values(&[surface]);
+            moderation_flagged.with_label_values(&[surface]);
+        }
+        let moderation_unchecked = IntCounter::new(
+            "moderation_unchecked_total",
+            "Checks the moderation endpoint did not answer; the word list alone decided",
+        )
+        .expect("metric");
         let lobby_rate_limited =
             IntCounter::new("lobby_rate_limited_total", "Lobby messages refused by the rate limit").expect("metric");
         let presence_updates =
@@ -197,6 +222,9 @@ impl Metrics {
             Box::new(jwt_refused.clone()),
             Box::new(new_players_refused.clone()),
             Box::new(backplane_dropped.clone()),
+            Box::new(moderation_checked.clone()),
+            Box::new(moderation_flagged.clone()),
+            Box::new(moderation_unchecked.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -232,6 +260,9 @@ impl Metrics {
             jwt_refused,
             new_players_refused,
             backplane_dropped,
+            moderation_checked,
+            moderation_flagged,
+            moderation_unchecked,
         }
     }
 

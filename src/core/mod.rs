@@ -8,6 +8,7 @@ pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod moderation;
 pub mod process;
 pub mod provider;
 pub mod rate_limit;

@@ -20,6 +20,10 @@ pub struct Message {
     pub mood: Mood,
     pub mood_status: MoodStatus,
     pub created_at: DateTime<Utc>,
+    /// Its listed words were replaced by `***` before anyone saw it (PROTOCOL §6).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(test, ts(optional, as = "Option<bool>"))]
+    pub masked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -7,6 +7,7 @@ pub mod events;
 pub mod identity;
 pub mod jobs;
 pub mod lobby;
+pub mod moderation;
 pub mod money;
 pub mod players;
 pub mod runs;

@@ -168,6 +168,8 @@ pub enum ErrorCode {
     NotFound,
     BudgetExceeded,
     Overloaded,
+    /// Moderation flagged what the player wrote (PROTOCOL §6); nothing was stored or sent.
+    Moderated,
     /// The database (or the backplane) cannot take the request right now; nothing was stored.
     Unavailable,
 }
@@ -181,6 +183,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Moderated => "moderated",
             ErrorCode::Unavailable => "unavailable",
         }
     }

@@ -317,6 +317,7 @@ fn every_code_the_server_writes_is_a_member_of_its_generated_union() {
         E::NotFound,
         E::BudgetExceeded,
         E::Overloaded,
+        E::Moderated,
         E::Unavailable,
     ];
     check(ErrorCode::decl(&cfg), &errors.map(|e| e.as_str().to_owned()));

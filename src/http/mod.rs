@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod edge;
 pub mod insights;
+pub mod moderation;
 pub mod openapi;
 pub mod pages;
 pub mod public;
@@ -84,6 +85,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(Method::GET, "/admin/api/users", insights::users),
         at(Method::GET, "/admin/api/metrics/summary", insights::summary),
         at(Method::GET, "/admin/api/metrics/history", insights::metric_history),
+        at(Method::GET, "/admin/api/moderation", moderation::flags),
     ]
 }
 

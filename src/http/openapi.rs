@@ -10,7 +10,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
 use super::responses::error;
-use super::{admin, insights, pages, public, run_admin, runs};
+use super::{admin, insights, moderation, pages, public, run_admin, runs};
 
 /// The security scheme of `/api/*`: the token of a `session:ack`.
 pub const PLAYER_TOKEN: &str = "player_token";
@@ -51,6 +51,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         insights::users,
         insights::summary,
         insights::metric_history,
+        moderation::flags,
     ),
     modifiers(&BearerSchemes, &EdgeLimits),
     tags(

@@ -13,14 +13,17 @@ use super::presence::{Join, Leave, Page, PendingState, Presence, PresencePage};
 use crate::backplane::Backplane;
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
+use crate::core::moderation::ChatModeration;
 use crate::core::process::ProcessId;
 use crate::core::rate_limit::Rate;
 use crate::core::rate_limit::RateLimiter;
 use crate::deps::Deps;
 use crate::domain::lobby::{validate_text, Message, MessageTextError};
+use crate::domain::moderation::{mask, Surface};
 use crate::hub::{Hub, SessionId};
 use crate::jobs::JobsAvailable;
-use crate::store::messages::{self, MessageRow};
+use crate::moderation::Moderation;
+use crate::store::messages::{self, ChatLine, MessageRow};
 use crate::store::{Store, StoreError};
 
 /// Why a `message:send` was refused.
@@ -30,6 +33,9 @@ pub enum SendRefused {
     Invalid(#[from] MessageTextError),
     #[error("{0}")]
     RateLimited(String),
+    /// Flagged by moderation with `LOREWIRE_MODERATION_CHAT=block`.
+    #[error("your message was not sent: it breaks the chat rules")]
+    Moderated,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -54,6 +60,15 @@ pub struct Chat {
     /// This process's own windows: the rate when the backplane keeps none or cannot answer.
     limiter: Arc<Mutex<RateLimiter>>,
     backplane: Arc<dyn Backplane>,
+    moderation: Moderation,
+}
+
+/// A message admitted to the lobby: its text as it will be stored and sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub text: String,
+    /// Its listed words were replaced by `***`.
+    pub masked: bool,
 }
 
 impl Chat {
@@ -64,6 +79,7 @@ impl Chat {
         jobs: Recipient<JobsAvailable>,
         presence: Addr<Presence>,
         backplane: Arc<dyn Backplane>,
+        moderation: Moderation,
     ) -> Self {
         let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
         Chat {
@@ -81,6 +97,7 @@ impl Chat {
             rate: config.chat_rate,
             limiter: Arc::new(Mutex::new(RateLimiter::new(config.chat_rate))),
             backplane,
+            moderation,
         }
     }
 
@@ -112,9 +129,9 @@ impl Chat {
         self.presence.do_send(Leave { session });
     }
 
-    /// Validates and rate-limits a message of `user_id` (across all their tabs, and their
-    /// processes when the backplane keeps the window); the text to store.
-    pub async fn admit(&self, user_id: i64, raw: &str) -> Result<String, SendRefused> {
+    /// Validates, rate-limits (across all the player's tabs, and their processes when the
+    /// backplane keeps the window) and moderates a message of `user_id`; the text to store.
+    pub async fn admit(&self, user_id: i64, raw: &str) -> Result<Admitted, SendRefused> {
         let text = validate_text(raw)?;
         let shared = self.backplane.admit(format!("chat:{user_id}"), self.rate.count, self.rate.per).await;
         let allowed = match shared {
@@ -126,17 +143,35 @@ impl Chat {
             let secs = wait.as_secs_f64().max(0.1);
             return Err(SendRefused::RateLimited(format!("too many messages; try again in {secs:.1} s")));
         }
-        Ok(text)
+        let verdict = self.moderation.check(Surface::Chat, Some(user_id), &text).await;
+        match (verdict.flagged, self.moderation.chat_mode()) {
+            (false, _) => Ok(Admitted { text, masked: false }),
+            (true, ChatModeration::Block) => Err(SendRefused::Moderated),
+            // The endpoint names no words to mask: then the whole line is masked.
+            (true, ChatModeration::Mask) if verdict.spans.is_empty() => {
+                Ok(Admitted { text: "***".into(), masked: true })
+            }
+            (true, ChatModeration::Mask) => Ok(Admitted { text: mask(&text, &verdict.spans), masked: true }),
+        }
     }
 
     /// Stores an admitted message with its mood job, then tells everyone and wakes the job worker.
-    pub async fn post(&self, user_id: i64, nickname: String, text: String) -> Result<Message, StoreError> {
+    pub async fn post(&self, user_id: i64, nickname: String, admitted: Admitted) -> Result<Message, StoreError> {
+        let Admitted { text, masked } = admitted;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
         let queue_limit = self.queue_limit;
         let row = self
             .store
-            .write(move |conn| messages::insert(conn, &origin, user_id, &nickname, &text, queue_limit, now))
+            .write(move |conn| {
+                messages::insert(
+                    conn,
+                    &origin,
+                    ChatLine { user_id, nickname: &nickname, text: &text, masked },
+                    queue_limit,
+                    now,
+                )
+            })
             .await?;
         let message = row.message();
         self.metrics.lobby_messages.inc();

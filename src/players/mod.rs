@@ -19,7 +19,9 @@ use crate::core::identity::{AuthMode, IdentityConfig};
 use crate::core::metrics::Metrics;
 use crate::core::rate_limit::RateLimiter;
 use crate::domain::identity::{looks_like_jwt, JwtRefusal, Verified};
+use crate::domain::moderation::Surface;
 use crate::domain::players::{hash_token, new_token, validate_nickname};
+use crate::moderation::Moderation;
 use crate::store::users::{self, UserRow};
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -65,6 +67,8 @@ pub struct Players {
     verifier: Arc<jwt::Verifier>,
     /// New anonymous players per client address, when the backplane keeps no shared window.
     new_players: Arc<Mutex<RateLimiter<IpAddr>>>,
+    /// Nicknames are checked like chat lines.
+    moderation: Option<Moderation>,
 }
 
 impl Players {
@@ -84,7 +88,25 @@ impl Players {
             config: config.clone(),
             verifier: Arc::new(jwt::Verifier::start(config)),
             new_players: Arc::new(Mutex::new(RateLimiter::new(config.new_players_rate))),
+            moderation: None,
         }
+    }
+
+    /// Checks every nickname with `moderation` (a flagged one is refused, "nickname not allowed").
+    pub fn with_moderation(mut self, moderation: Moderation) -> Players {
+        self.moderation = Some(moderation);
+        self
+    }
+
+    /// A nickname by the rules, and not flagged by moderation.
+    async fn nickname(&self, raw: &str, user_id: Option<i64>) -> Result<String, StartRefused> {
+        let nickname = validate_nickname(raw).map_err(|e| StartRefused::InvalidNickname(e.to_string()))?;
+        if let Some(moderation) = &self.moderation {
+            if moderation.check(Surface::Nickname, user_id, &nickname).await.flagged {
+                return Err(StartRefused::InvalidNickname("nickname not allowed".into()));
+            }
+        }
+        Ok(nickname)
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -104,7 +126,7 @@ impl Players {
                 "this server accepts only the studio's login: send session:start with `jwt`".into(),
             ));
         }
-        let nickname = validate_nickname(nickname).map_err(|e| StartRefused::InvalidNickname(e.to_string()))?;
+        let nickname = self.nickname(nickname, None).await?;
         let presented = token.filter(|t| !t.is_empty() && t.len() <= 256);
         let now = self.clock.now_naive();
         if let Some(token) = presented {
@@ -129,7 +151,7 @@ impl Players {
             (None, Some(given)) => (given, true),
             (None, None) => ("player", false),
         };
-        let nickname = validate_nickname(chosen).map_err(|e| StartRefused::InvalidNickname(e.to_string()))?;
+        let nickname = self.nickname(chosen, None).await?;
         let (issuer, subject) = (verified.issuer.clone(), verified.subject.clone());
         let unused = hash_token(&new_token());
         let now = self.clock.now_naive();

@@ -23,6 +23,8 @@ pub struct MessageRow {
     pub mood: String,
     pub mood_status: String,
     pub created_at: NaiveDateTime,
+    /// Stored with its listed words masked (LOREWIRE_MODERATION_CHAT=mask).
+    pub masked: bool,
 }
 
 impl MessageRow {
@@ -46,6 +48,7 @@ impl MessageRow {
             mood,
             mood_status,
             created_at: DateTime::from_naive_utc_and_offset(self.created_at, Utc),
+            masked: self.masked,
         }
     }
 }
@@ -59,20 +62,37 @@ struct NewMessage<'a> {
     mood: &'a str,
     mood_status: &'a str,
     created_at: NaiveDateTime,
+    masked: bool,
 }
 
 /// Stores a message (mood `neutral` / `pending`) and its mood job in one transaction; refused
 /// with [`StoreError::QueueFull`](super::StoreError::QueueFull) when `queue_limit` player jobs
 /// are queued already.
+/// A chat line to store.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatLine<'a> {
+    pub user_id: i64,
+    pub nickname: &'a str,
+    pub text: &'a str,
+    /// Its listed words were masked.
+    pub masked: bool,
+}
+
+impl<'a> ChatLine<'a> {
+    /// A line as its player wrote it.
+    pub fn plain(user_id: i64, nickname: &'a str, text: &'a str) -> Self {
+        ChatLine { user_id, nickname, text, masked: false }
+    }
+}
+
 pub fn insert(
     conn: &mut DbConn,
     origin: &str,
-    user_id: i64,
-    nickname: &str,
-    text: &str,
+    line: ChatLine<'_>,
     queue_limit: i64,
     now: NaiveDateTime,
 ) -> StoreResult<MessageRow> {
+    let ChatLine { user_id, nickname, text, masked } = line;
     jobs::check_player_queue(conn, queue_limit)?;
     write_tx(conn, |conn| {
         let row: MessageRow = diesel::insert_into(messages::table)
@@ -83,6 +103,7 @@ pub fn insert(
                 mood: Mood::Neutral.as_str(),
                 mood_status: MOOD_PENDING,
                 created_at: now,
+                masked,
             })
             .returning(messages::all_columns)
             .get_result(conn)?;
@@ -337,6 +358,7 @@ mod tests {
             mood: mood.into(),
             mood_status: status.into(),
             created_at: t,
+            masked: false,
         };
         for mood in Mood::ALL {
             for status in MoodStatus::ALL {

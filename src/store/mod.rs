@@ -11,6 +11,7 @@ pub mod content;
 pub mod jobs;
 pub mod llm_config;
 pub mod messages;
+pub mod moderation;
 pub mod notify;
 pub mod run_attempts;
 pub mod runs;

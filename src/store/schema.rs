@@ -59,6 +59,18 @@ diesel::table! {
         mood -> Text,
         mood_status -> Text,
         created_at -> Timestamp,
+        masked -> Bool,
+    }
+}
+
+diesel::table! {
+    moderation_flags (id) {
+        id -> Int8,
+        surface -> Text,
+        user_id -> Nullable<Int8>,
+        text -> Text,
+        categories -> Text,
+        created_at -> Timestamp,
     }
 }
 
@@ -157,6 +169,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     llm_config,
     messages,
+    moderation_flags,
     prices,
     runs,
     user_days,

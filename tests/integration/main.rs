@@ -20,6 +20,7 @@ mod llm_faults;
 mod lobby;
 mod logs;
 mod metrics_history;
+mod moderation;
 mod monitoring;
 mod openapi;
 mod pages;

@@ -220,7 +220,9 @@ fn messages_come_back_oldest_first_each_with_its_mood_job() {
     let (user, _) = write(&store, |c| users::start_session(c, None, "hash", "ada", t0())).unwrap();
     for text in ["one", "two", "three"] {
         let uid = user.id;
-        let row = write(&store, move |c| messages::insert(c, "test", uid, "ada", text, 100, t0())).unwrap();
+        let row =
+            write(&store, move |c| messages::insert(c, "test", messages::ChatLine::plain(uid, "ada", text), 100, t0()))
+                .unwrap();
         assert_eq!((row.mood.as_str(), row.mood_status.as_str()), ("neutral", "pending"));
     }
     let recent = store.run_blocking(|c| messages::recent(c, 2)).unwrap();
@@ -230,7 +232,8 @@ fn messages_come_back_oldest_first_each_with_its_mood_job() {
     assert!(moods.iter().all(|j| j.kind == "mood"));
 
     let uid = user.id;
-    let refused = write(&store, move |c| messages::insert(c, "test", uid, "ada", "four", 3, t0()));
+    let refused =
+        write(&store, move |c| messages::insert(c, "test", messages::ChatLine::plain(uid, "ada", "four"), 3, t0()));
     assert!(matches!(refused, Err(StoreError::QueueFull(3))), "{refused:?}");
     assert_eq!(store.run_blocking(messages::count).unwrap(), 3, "a refused message is not stored");
 }

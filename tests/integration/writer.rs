@@ -29,7 +29,9 @@ async fn sqlite_writes_reach_the_database_file_while_the_store_runs() {
     let writes: Vec<_> = (0..300)
         .map(|_| {
             let text = text.clone();
-            store.write(move |conn| rows::insert(conn, "test", user_id, "Ada", &text, 10_000, now()))
+            store.write(move |conn| {
+                rows::insert(conn, "test", rows::ChatLine::plain(user_id, "Ada", &text), 10_000, now())
+            })
         })
         .collect();
     for answer in futures_util::future::join_all(writes).await {
@@ -117,7 +119,7 @@ async fn writes_that_arrive_together_commit_once_and_a_failed_one_takes_only_its
     for n in 0..20 {
         let text = format!("message {n}");
         writes.push(store.write(move |conn| {
-            let row = rows::insert(conn, "test", user_id, "Ada", &text, 10_000, now())?;
+            let row = rows::insert(conn, "test", rows::ChatLine::plain(user_id, "Ada", &text), 10_000, now())?;
             match n {
                 // Stored, then failed: nothing of it may stay.
                 7 => Err(StoreError::Corrupt("refused on purpose".into())),
@@ -175,10 +177,13 @@ async fn a_batch_whose_commit_fails_fails_every_write_in_it_and_the_next_batch_c
     store.write(create_checked_at_commit).await.unwrap();
     let failed_before = store.writer_counters().failed_batches.get();
     let (release, holding) = hold_writer(&store).await;
-    let first =
-        store.write(move |conn| rows::insert(conn, "test", user_id, "Ada", "lost with its batch", 10_000, now()));
+    let first = store.write(move |conn| {
+        rows::insert(conn, "test", rows::ChatLine::plain(user_id, "Ada", "lost with its batch"), 10_000, now())
+    });
     let orphan = store.write(insert_orphan);
-    let last = store.write(move |conn| rows::insert(conn, "test", user_id, "Ada", "lost too", 10_000, now()));
+    let last = store.write(move |conn| {
+        rows::insert(conn, "test", rows::ChatLine::plain(user_id, "Ada", "lost too"), 10_000, now())
+    });
     drop(release);
     holding.await.unwrap();
 
@@ -194,8 +199,10 @@ async fn a_batch_whose_commit_fails_fails_every_write_in_it_and_the_next_batch_c
     assert!(events.lock().unwrap().is_empty(), "nothing of the failed batch is announced");
 
     // The writer goes on with the next batch.
-    let row =
-        store.write(move |conn| rows::insert(conn, "test", user_id, "Ada", "after", 10_000, now())).await.unwrap();
+    let row = store
+        .write(move |conn| rows::insert(conn, "test", rows::ChatLine::plain(user_id, "Ada", "after"), 10_000, now()))
+        .await
+        .unwrap();
     assert_eq!(store.run(message_texts).await.unwrap(), ["after"]);
     assert_eq!(stored_message_ids(&events.lock().unwrap()), [row.id]);
 }
@@ -203,7 +210,9 @@ async fn a_batch_whose_commit_fails_fails_every_write_in_it_and_the_next_batch_c
 async fn reads_on_the_pool_cannot_write(db: Db) {
     let Setup { store, user_id, _db, .. } = setup(db).await;
     let e = store
-        .run(move |conn| rows::insert(conn, "test", user_id, "Ada", "through the wrong door", 10_000, now()))
+        .run(move |conn| {
+            rows::insert(conn, "test", rows::ChatLine::plain(user_id, "Ada", "through the wrong door"), 10_000, now())
+        })
         .await
         .expect_err("a pooled connection refuses writes");
     assert_eq!(e.failure(), Failure::Unavailable, "{e}");

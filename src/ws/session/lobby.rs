@@ -19,8 +19,8 @@ impl WsSession {
         let (user_id, nickname) = (player.id, player.nickname.clone());
         let service = self.state.chat.clone();
         let sent = async move {
-            let text = service.admit(user_id, &text).await?;
-            Ok(service.post(user_id, nickname, text).await?)
+            let admitted = service.admit(user_id, &text).await?;
+            Ok(service.post(user_id, nickname, admitted).await?)
         };
         self.send_started();
         ctx.spawn(sent.into_actor(self).map(move |result: Result<_, SendRefused>, act, ctx| {
@@ -28,6 +28,7 @@ impl WsSession {
             match result {
                 Ok(_) => {}
                 Err(SendRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
+                Err(e @ SendRefused::Moderated) => act.error(ErrorCode::Moderated, reference, e.to_string(), ctx),
                 Err(SendRefused::Invalid(e)) => act.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
                 Err(SendRefused::Store(e)) => act.store_failed("the message could not be stored", &e, reference, ctx),
             }

@@ -1,0 +1,2 @@
+DROP TABLE moderation_flags;
+ALTER TABLE messages DROP COLUMN masked;

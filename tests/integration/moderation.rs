@@ -1,0 +1,221 @@
+//! Moderation (PROTOCOL §6) of chat and nicknames: the word list with its folding, a fake
+//! moderation endpoint speaking OpenAI's `/v1/moderations` format (flags a marker word, or
+//! hangs, or answers 500), `block` and `mask`, and the record the admin lists.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+use crate::common::{spawn_with, Db, Event, Setup, TestApp, WsClient};
+use lorewire::core::moderation::ChatModeration;
+
+/// What the fake moderation endpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// Flags any input holding `MARKER` as `harassment`.
+    Flag,
+    Hang,
+    Fail,
+}
+
+struct FakeModeration {
+    url: String,
+    behaviour: Arc<Mutex<Behaviour>>,
+    calls: Arc<Mutex<Vec<Value>>>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl FakeModeration {
+    async fn start() -> FakeModeration {
+        let behaviour = Arc::new(Mutex::new(Behaviour::Flag));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (b, c) = (behaviour.clone(), calls.clone());
+        let server = HttpServer::new(move || {
+            let (b, c) = (b.clone(), c.clone());
+            App::new().route(
+                "/v1/moderations",
+                web::post().to(move |body: web::Json<Value>| {
+                    let (b, c) = (b.clone(), c.clone());
+                    async move {
+                        c.lock().unwrap().push(body.0.clone());
+                        let behaviour = *b.lock().unwrap();
+                        match behaviour {
+                            Behaviour::Hang => {
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                                HttpResponse::Ok().finish()
+                            }
+                            Behaviour::Fail => HttpResponse::InternalServerError().body("moderation is down"),
+                            Behaviour::Flag => {
+                                let flagged = body.0["input"].as_str().unwrap_or("").contains("MARKER");
+                                HttpResponse::Ok().json(json!({"id": "modr-1", "model": "omni-moderation-latest",
+                                    "results": [{"flagged": flagged, "categories": {"harassment": flagged, "violence": false}}]}))
+                            }
+                        }
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        FakeModeration { url: format!("http://{addr}/v1/moderations"), behaviour, calls, _server: handle }
+    }
+
+    fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+}
+
+/// An app whose word list holds `bad` (and whose endpoint, when given, is the fake's).
+async fn moderated_app(
+    db: Db,
+    chat: ChatModeration,
+    endpoint: Option<&FakeModeration>,
+) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "# the studio's list\nbad\n").unwrap();
+    let url = endpoint.map(|e| e.url.clone());
+    let app = spawn_with(Setup::new(db), move |c| {
+        c.moderation.words = Some(words);
+        c.moderation.url = url;
+        c.moderation.timeout = Duration::from_millis(300);
+        c.moderation.chat = chat;
+    })
+    .await;
+    (app, dir)
+}
+
+async fn lobby_player(app: &TestApp, nickname: &str) -> (WsClient, Value) {
+    let mut ws = app.ws().await;
+    ws.lobby_frames = true;
+    ws.send(json!({"type": "session:start", "nickname": nickname})).await;
+    let ack = ws.recv_type("session:ack").await;
+    ws.recv_type("presence:state").await;
+    (ws, ack)
+}
+
+/// The next frame that is not about presence.
+async fn next_chat_frame(ws: &mut WsClient) -> Value {
+    loop {
+        match ws.next_event(Duration::from_secs(10)).await {
+            Some(Event::Json(f)) if f["type"].as_str().is_some_and(|t| t.starts_with("presence:")) => continue,
+            Some(Event::Json(f)) if f["type"] == "message:mood_updated" => continue,
+            Some(Event::Json(f)) => return f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+}
+
+async fn history_texts(app: &TestApp) -> Vec<Value> {
+    let mut ws = app.ws().await;
+    ws.lobby_frames = true;
+    ws.send(json!({"type": "session:start", "nickname": "Reader"})).await;
+    ws.recv_type("session:ack").await;
+    ws.recv_type("lobby:history").await["messages"].as_array().unwrap().clone()
+}
+
+async fn flags(app: &TestApp) -> Vec<Value> {
+    let (status, body) = app.admin_get("/admin/api/moderation?limit=50").await;
+    assert_eq!(status, 200, "{body}");
+    body["flags"].as_array().unwrap().clone()
+}
+
+/// `block`: a line with a listed word, however spelled, reaches nobody and is not stored; the
+/// sender gets `error:moderated`; the flag is recorded with its author.
+async fn flagged_chat_is_blocked_and_recorded(db: Db) {
+    let (app, _words) = moderated_app(db, ChatModeration::Block, None).await;
+    let (mut ada, ack) = lobby_player(&app, "Ada").await;
+    let (mut bo, _) = lobby_player(&app, "Bo").await;
+    for (n, text) in ["you are b.a.d", "BaD", "so b4d!", "b a d"].into_iter().enumerate() {
+        ada.send(json!({"type": "message:send", "text": text, "ref": n})).await;
+        let refused = next_chat_frame(&mut ada).await;
+        assert_eq!(refused["type"], "error:moderated", "{text}: {refused}");
+        assert_eq!(refused["ref"], n);
+        assert_eq!(refused["message"], "your message was not sent: it breaks the chat rules");
+    }
+    ada.send(json!({"type": "message:send", "text": "a badge is fine"})).await;
+    let fine = next_chat_frame(&mut bo).await;
+    assert_eq!(
+        (fine["type"].as_str(), fine["message"]["text"].as_str()),
+        (Some("message:new"), Some("a badge is fine"))
+    );
+    assert!(fine["message"].get("masked").is_none(), "{fine}");
+    let texts: Vec<_> = history_texts(&app).await.iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(texts, ["a badge is fine"], "nothing flagged was stored");
+    let recorded = flags(&app).await;
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    assert_eq!(recorded[0]["text"], "b a d", "newest first");
+    assert_eq!(recorded[0]["surface"], "chat");
+    assert_eq!(recorded[0]["user_id"], ack["user_id"]);
+    assert_eq!(recorded[0]["categories"], json!(["word_list"]));
+}
+
+/// `mask`: the line is stored and sent with its listed words as `***` and `masked: true`.
+async fn flagged_chat_is_masked(db: Db) {
+    let (app, _words) = moderated_app(db, ChatModeration::Mask, None).await;
+    let (mut ada, _) = lobby_player(&app, "Ada").await;
+    let (mut bo, _) = lobby_player(&app, "Bo").await;
+    ada.send(json!({"type": "message:send", "text": "that was B.A.D, really bad"})).await;
+    let seen = next_chat_frame(&mut bo).await;
+    assert_eq!(seen["message"]["text"], "that was ***, really ***", "{seen}");
+    assert_eq!(seen["message"]["masked"], true);
+    let own = next_chat_frame(&mut ada).await;
+    assert_eq!(own["message"]["text"], "that was ***, really ***");
+    let history = history_texts(&app).await;
+    assert_eq!(
+        (history[0]["text"].as_str(), history[0]["masked"].as_bool()),
+        (Some("that was ***, really ***"), Some(true))
+    );
+    assert_eq!(flags(&app).await[0]["text"], "that was B.A.D, really bad", "the record keeps what was written");
+}
+
+/// A nickname with a listed word is refused and stores no player.
+async fn flagged_nicknames_are_refused(db: Db) {
+    let (app, _words) = moderated_app(db, ChatModeration::Block, None).await;
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "session:start", "nickname": "B4D guy", "ref": "n"})).await;
+    let refused = ws.recv().await;
+    assert_eq!(refused["type"], "error:invalid_payload");
+    assert_eq!((refused["ref"].as_str(), refused["message"].as_str()), (Some("n"), Some("nickname not allowed")));
+    let (_, users) = app.admin_get("/admin/api/users").await;
+    assert_eq!(users["total"], 0, "{users}");
+    assert_eq!(flags(&app).await[0]["surface"], "nickname");
+    app.player("Good guy").await;
+}
+
+/// The endpoint flags what the word list does not know; when it hangs or fails, the word list
+/// alone decides within the timeout and the metric counts each unchecked text.
+#[actix_web::test]
+async fn the_moderation_endpoint_flags_and_never_stops_the_game_when_down() {
+    let endpoint = FakeModeration::start().await;
+    let (app, _words) = moderated_app(Db::Sqlite, ChatModeration::Block, Some(&endpoint)).await;
+    let (mut ada, _) = lobby_player(&app, "Ada").await;
+    ada.send(json!({"type": "message:send", "text": "hello MARKER"})).await;
+    assert_eq!(next_chat_frame(&mut ada).await["type"], "error:moderated");
+    assert_eq!(flags(&app).await[0]["categories"], json!(["harassment"]));
+    assert_eq!(endpoint.calls.lock().unwrap().last().unwrap()["input"], "hello MARKER");
+
+    for behaviour in [Behaviour::Hang, Behaviour::Fail] {
+        endpoint.set(behaviour);
+        let started = std::time::Instant::now();
+        ada.send(json!({"type": "message:send", "text": "still bad"})).await;
+        assert_eq!(next_chat_frame(&mut ada).await["type"], "error:moderated", "{behaviour:?}: the word list decides");
+        ada.send(json!({"type": "message:send", "text": format!("fine while {behaviour:?}")})).await;
+        let sent = next_chat_frame(&mut ada).await;
+        assert_eq!(sent["type"], "message:new", "{behaviour:?}: {sent}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{behaviour:?} took {:?}", started.elapsed());
+    }
+    let metrics = crate::common::http().get(app.url("/metrics")).send().await.unwrap().body().await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(metrics.contains("lorewire_moderation_unchecked_total 4"), "{metrics}");
+    assert!(metrics.contains("lorewire_moderation_flagged_total{surface=\"chat\"} 3"), "{metrics}");
+}
+
+crate::both_backends!(flagged_chat_is_blocked_and_recorded, flagged_chat_is_masked, flagged_nicknames_are_refused);
