@@ -1,6 +1,6 @@
 // The admin dashboard: sign-in with the token, the circuit shown open after upstream failures,
-// and its reset button closing it; the key is never on the page; without a key, the notice
-// that every item falls back.
+// and its reset button closing it; the moderation flag the Rust test made; the key is never on
+// the page; without a key, the notice that every item falls back.
 import { run, base, adminToken, assert } from "./lib.mjs";
 
 run("admin", async (t) => {
@@ -19,6 +19,8 @@ run("admin", async (t) => {
   await page.locator('#users tr').first().waitFor();
   await page.locator('[data-tile="users"] .v').waitFor();
   await page.locator("#runs .na, #runs table, #runs .muted").first().waitFor();
+  await page.locator("#flags tr[data-flag-id]", { hasText: "B4D Bo" }).waitFor();
+  assert((await page.textContent("#flags")).includes("word_list"), "the flag says why");
   const html = await page.content();
   assert(!html.includes("CANARY"), "the API key never reaches the page");
 

@@ -228,7 +228,14 @@ async fn treatment_player_sees_the_visual_novel() {
 
 #[actix_web::test]
 async fn admin_sees_the_circuit_open_and_resets_it() {
-    let app = spawn_app(Db::Sqlite).await;
+    let words = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(words.path(), "bad\n").unwrap();
+    let path = words.path().to_owned();
+    let app = spawn_with(Setup::new(Db::Sqlite), move |c| c.moderation.words = Some(path)).await;
+    // A flag for the dashboard's moderation list: a refused nickname.
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "session:start", "nickname": "B4D Bo"})).await;
+    assert_eq!(ws.recv().await["message"], "nickname not allowed");
     let token = app.player_token().await;
     app.fake.set_mode(Mode::Status(500));
     for id in 1..=3 {
