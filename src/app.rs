@@ -191,6 +191,7 @@ impl Features {
         let live = Arc::new(LiveRuns::new());
         let redis = config.redis_url.as_deref().map(|url| (url, config.redis_prefix.as_str()));
         let backplane = backplane::for_deployment(store, &config.database_url, redis, process.clone(), metrics)?;
+        let moderation = Moderation::new(&config.moderation, store.clone(), clock.clone(), metrics.clone())?;
         // One job worker; each job kind's handler lives in its feature.
         let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
         let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone());
@@ -198,7 +199,7 @@ impl Features {
             run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone(), metrics));
         }
         let (jobs, intake) = JobWorker::new(store.clone(), clock.clone(), metrics.clone(), config, process.clone())
-            .register(ContentJob::new(deps, llm.clone()))
+            .register(ContentJob::new(deps, llm.clone(), moderation.clone()))
             .register(MoodJob::new(deps, llm))
             .register(run_job)
             .start_with_intake();
@@ -213,7 +214,6 @@ impl Features {
             backplane.clone(),
         )
         .start();
-        let moderation = Moderation::new(&config.moderation, store.clone(), clock.clone(), metrics.clone())?;
         let chat = Chat::new(deps, jobs.clone().recipient(), presence, backplane.clone(), moderation.clone());
         // What the other processes announce reaches each service through its sink.
         backplane.listen(Sinks::start(
@@ -349,16 +349,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// find them before the first item, call or charge.
 fn seed_series(metrics: &Metrics, model: &str) {
     metrics.content_finished.with_label_values(&[ContentStatus::Ready.as_str(), ""]);
-    let reasons = [
-        FallbackReason::NoConfig,
-        FallbackReason::CircuitOpen,
-        FallbackReason::RateLimited,
-        FallbackReason::NetworkError,
-        FallbackReason::Timeout,
-        FallbackReason::InvalidJson,
-        FallbackReason::InvalidResponse,
-    ];
-    for reason in reasons {
+    for reason in FallbackReason::NAMED {
         metrics.content_finished.with_label_values(&[ContentStatus::Fallback.as_str(), &reason.to_string()]);
     }
     metrics.upstream_calls.with_label_values(&["ok"]);

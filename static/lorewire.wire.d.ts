@@ -23,7 +23,8 @@ export type FallbackReason =
   | "network_error"
   | "timeout"
   | "invalid_json"
-  | "invalid_response";
+  | "invalid_response"
+  | "moderated";
 
 export type Mood = "neutral" | "happy" | "sad" | "angry" | "excited" | "calm";
 

@@ -1,6 +1,7 @@
-//! The content job: generates one item's fields through the structured-call path and commits
-//! `ready` (or `fallback` on any upstream failure) together with the job's removal, then
-//! publishes `content:update`. A corrupt row fails the attempt (the worker retries it); when no
+//! The content job: generates one item's fields through the structured-call path, has
+//! moderation check them (a flagged answer is asked for once more, then the item falls back
+//! `moderated`), and commits `ready` (or `fallback` on any upstream failure) together with the
+//! job's removal, then publishes `content:update`. A corrupt row fails the attempt (the worker retries it); when no
 //! attempt is left the item gets its fallback. Nothing stays pending.
 //!
 //! Never holds a DB connection across the upstream call: the row and the settings are read
@@ -18,10 +19,12 @@ use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
+use crate::domain::moderation::Surface;
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
+use crate::moderation::Moderation;
 use crate::store::content::{self as rows, ContentRow, Finish};
 use crate::store::jobs::Ended;
 use crate::store::llm_config::{self, LlmConfigRow};
@@ -36,6 +39,7 @@ pub struct ContentJob {
     hub: Addr<Hub>,
     metrics: Arc<Metrics>,
     llm: Llm,
+    moderation: Moderation,
     max_output_tokens: u32,
 }
 
@@ -61,9 +65,10 @@ struct Ending {
 }
 
 impl ContentJob {
-    pub fn new(deps: &Deps, llm: Llm) -> Self {
+    pub fn new(deps: &Deps, llm: Llm, moderation: Moderation) -> Self {
         let Deps { process, store, clock, hub, metrics, config } = deps.clone();
-        ContentJob { origin: process, store, clock, hub, metrics, llm, max_output_tokens: config.max_output_tokens }
+        let max_output_tokens = config.max_output_tokens;
+        ContentJob { origin: process, store, clock, hub, metrics, llm, moderation, max_output_tokens }
     }
 
     /// Generates the item and commits ready or fallback.
@@ -91,17 +96,38 @@ impl ContentJob {
             max_tokens: self.max_output_tokens.max(kind.answer_token_bound()),
         };
         let what = format!("{} {subject_id}", kind.as_str());
-        let ending = match self.llm.call(config.as_ref(), &prompt, |text| kind.validate_output(text), &what).await {
-            Ok(answer) => {
-                if let Some(repair) = answer.repair {
-                    self.metrics.answers_repaired.with_label_values(&[kind.as_str(), repair.as_str()]).inc();
-                    tracing::info!(kind = kind.as_str(), subject_id, how = repair.as_str(), "answer repaired");
+        // A flagged answer is asked for once more; flagged again, the item falls back.
+        let mut ending = fallback(kind, subject_id, FallbackReason::Moderated);
+        for _ in 0..2 {
+            let answer = match self.llm.call(config.as_ref(), &prompt, |text| kind.validate_output(text), &what).await {
+                Ok(answer) => answer,
+                Err(failure) => {
+                    ending = fallback(kind, subject_id, failure.into());
+                    break;
                 }
-                Ending { status: ContentStatus::Ready, fields: answer.value, model: Some(answer.model), reason: None }
+            };
+            if let Some(repair) = answer.repair {
+                self.metrics.answers_repaired.with_label_values(&[kind.as_str(), repair.as_str()]).inc();
+                tracing::info!(kind = kind.as_str(), subject_id, how = repair.as_str(), "answer repaired");
             }
-            Err(failure) => fallback(kind, subject_id, failure.into()),
-        };
+            if self.flagged(&answer.value).await {
+                tracing::info!(kind = kind.as_str(), subject_id, "answer flagged by moderation");
+                continue;
+            }
+            ending =
+                Ending { status: ContentStatus::Ready, fields: answer.value, model: Some(answer.model), reason: None };
+            break;
+        }
         self.commit(&claim, &row, ending).await
+    }
+
+    /// Whether moderation flags any of the answer's fields (checked as one text).
+    async fn flagged(&self, fields: &Map<String, Value>) -> bool {
+        if !self.moderation.is_on() {
+            return false;
+        }
+        let text: Vec<&str> = fields.values().filter_map(Value::as_str).collect();
+        self.moderation.check(Surface::Content, None, &text.join("\n")).await.flagged
     }
 
     /// No attempt is left: the item gets its fallback with reason `invalid_response` (the

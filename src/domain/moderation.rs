@@ -198,27 +198,32 @@ fn tokens(text: &str) -> Vec<Token> {
     // Then runs of one-letter words, joined (b.a.d -> bad).
     let mut joined = Vec::new();
     let mut run: Vec<&Token> = Vec::new();
-    let mut flush = |run: &mut Vec<&Token>| {
-        if run.len() > 1 {
-            joined.push(Token {
-                folded: run.iter().map(|t| t.folded.as_str()).collect(),
-                span: run[0].span.start..run[run.len() - 1].span.end,
-            });
+    // Every stretch of two to 32 of them, so a letter standing before the word (`a b.a.d`)
+    // does not hide it, and the stretches stay bounded.
+    let mut flush = |run: &Vec<&Token>| {
+        for start in 0..run.len() {
+            for end in start + 2..=run.len().min(start + 32) {
+                let stretch = &run[start..end];
+                joined.push(Token {
+                    folded: stretch.iter().map(|t| t.folded.as_str()).collect(),
+                    span: stretch[0].span.start..stretch[stretch.len() - 1].span.end,
+                });
+            }
         }
-        run.clear();
     };
     for token in &words {
         let adjacent = run.last().is_some_and(|last| text[last.span.end..token.span.start].chars().count() <= 2);
         if token.folded.chars().count() == 1 && (run.is_empty() || adjacent) {
             run.push(token);
         } else {
-            flush(&mut run);
+            flush(&run);
+            run.clear();
             if token.folded.chars().count() == 1 {
                 run.push(token);
             }
         }
     }
-    flush(&mut run);
+    flush(&run);
     words.extend(joined);
     words
 }

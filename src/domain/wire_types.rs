@@ -292,6 +292,7 @@ fn every_code_the_server_writes_is_a_member_of_its_generated_union() {
         F::Timeout,
         F::InvalidJson,
         F::InvalidResponse,
+        F::Moderated,
     ];
     check(FallbackReason::decl(&cfg), &reasons.map(|r| r.to_string()));
     use RunErrorCode as R;

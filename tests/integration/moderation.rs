@@ -190,6 +190,27 @@ async fn flagged_nicknames_are_refused(db: Db) {
     app.player("Good guy").await;
 }
 
+/// A flagged answer is asked for once more: a clean second answer is `ready`; flagged again,
+/// the item falls back with reason `moderated`, never `ready` with flagged text.
+async fn flagged_content_is_regenerated_once_then_falls_back(db: Db) {
+    let (app, _words) = moderated_app(db, ChatModeration::Block, None).await;
+    let token = app.player_token().await;
+    let flagged = r#"{"flavorText":"A b.a.d omen hangs over the north road.","hookText":"Find the lost caravan."}"#;
+    app.fake.push_modes([crate::common::Mode::Text(flagged.into())]);
+    let item = app.content_final(&token, "quest", 1, json!({})).await;
+    assert_eq!(item["status"], "ready", "{item}");
+    assert!(!item["fields"]["flavorText"].as_str().unwrap().contains("b.a.d"), "{item}");
+    assert_eq!(app.fake.requests().len(), 2, "the flagged answer and its regeneration");
+
+    app.fake.set_mode(crate::common::Mode::Text(flagged.into()));
+    let item = app.content_final(&token, "quest", 2, json!({})).await;
+    assert_eq!((item["status"].as_str(), item["reason"].as_str()), (Some("fallback"), Some("moderated")), "{item}");
+    assert_eq!(app.fake.requests().len(), 4, "one regeneration, no more");
+    let recorded = flags(&app).await;
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert!(recorded.iter().all(|f| f["surface"] == "content" && f["text"].as_str().unwrap().contains("b.a.d omen")));
+}
+
 /// The endpoint flags what the word list does not know; when it hangs or fails, the word list
 /// alone decides within the timeout and the metric counts each unchecked text.
 #[actix_web::test]
@@ -218,4 +239,9 @@ async fn the_moderation_endpoint_flags_and_never_stops_the_game_when_down() {
     assert!(metrics.contains("lorewire_moderation_flagged_total{surface=\"chat\"} 3"), "{metrics}");
 }
 
-crate::both_backends!(flagged_chat_is_blocked_and_recorded, flagged_chat_is_masked, flagged_nicknames_are_refused);
+crate::both_backends!(
+    flagged_chat_is_blocked_and_recorded,
+    flagged_chat_is_masked,
+    flagged_nicknames_are_refused,
+    flagged_content_is_regenerated_once_then_falls_back,
+);
