@@ -194,7 +194,7 @@ impl Features {
         let moderation = Moderation::new(&config.moderation, store.clone(), clock.clone(), metrics.clone())?;
         // One job worker; each job kind's handler lives in its feature.
         let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
-        let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone());
+        let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone(), moderation.clone());
         if backplane.shared() {
             run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone(), metrics));
         }

@@ -52,7 +52,8 @@ export type RunErrorCode =
   | "invalid_response"
   | "stream_cut"
   | "stream_error"
-  | "internal_error";
+  | "internal_error"
+  | "moderated";
 
 /**
  * The error codes of a WebSocket `error:<code>` frame.

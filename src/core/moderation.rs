@@ -34,6 +34,9 @@ pub struct ModerationSettings {
     /// What a flagged chat line does: block or mask.
     #[arg(long, global = true, env = "LOREWIRE_MODERATION_CHAT", value_enum, default_value_t = ChatModeration::Block)]
     pub moderation_chat: ChatModeration,
+    /// Characters of run text checked at once at most (a window ends early after a sentence).
+    #[arg(long, global = true, env = "LOREWIRE_MODERATION_WINDOW", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub moderation_window: u32,
 }
 
 /// The resolved moderation settings.
@@ -46,6 +49,8 @@ pub struct ModerationConfig {
     /// Checks of the endpoint in flight at once; past it the word list alone decides.
     pub concurrency: usize,
     pub chat: ChatModeration,
+    /// Most characters of run text in one check.
+    pub window: usize,
 }
 
 impl ModerationSettings {
@@ -57,6 +62,7 @@ impl ModerationSettings {
             timeout: Duration::from_millis(self.moderation_timeout_ms),
             concurrency: 32,
             chat: self.moderation_chat,
+            window: self.moderation_window as usize,
         }
     }
 }

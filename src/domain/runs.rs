@@ -109,6 +109,8 @@ pub enum RunErrorCode {
     /// Lorewire could not run it (its attempts went to failures on lorewire's side).
     #[cfg_attr(test, ts(rename = "internal_error"))]
     Internal,
+    /// Moderation flagged the text (PROTOCOL §6); what was released before it stands.
+    Moderated,
 }
 
 impl std::fmt::Display for RunErrorCode {
@@ -125,13 +127,14 @@ impl std::fmt::Display for RunErrorCode {
             RunErrorCode::StreamCut => f.write_str("stream_cut"),
             RunErrorCode::StreamError => f.write_str("stream_error"),
             RunErrorCode::Internal => f.write_str("internal_error"),
+            RunErrorCode::Moderated => f.write_str("moderated"),
         }
     }
 }
 
 impl RunErrorCode {
     /// Every code but `ApiError`, which carries the upstream's HTTP status.
-    pub const NAMED: [RunErrorCode; 10] = [
+    pub const NAMED: [RunErrorCode; 11] = [
         RunErrorCode::NoConfig,
         RunErrorCode::Aborted,
         RunErrorCode::BudgetExceeded,
@@ -142,6 +145,7 @@ impl RunErrorCode {
         RunErrorCode::StreamCut,
         RunErrorCode::StreamError,
         RunErrorCode::Internal,
+        RunErrorCode::Moderated,
     ];
 
     /// The code a name stands for; `None` for a name this version does not know (a corrupt row).
@@ -169,6 +173,7 @@ impl RunErrorCode {
             RunErrorCode::StreamCut => "the model provider's answer broke off before it was complete".into(),
             RunErrorCode::StreamError => "the model provider reported an error while answering".into(),
             RunErrorCode::Internal => "the run failed on the server's side and its attempts are spent".into(),
+            RunErrorCode::Moderated => "the text was stopped by moderation".into(),
         }
     }
 }
@@ -378,6 +383,7 @@ mod tests {
             (RunErrorCode::StreamCut, "stream_cut"),
             (RunErrorCode::StreamError, "stream_error"),
             (RunErrorCode::Internal, "internal_error"),
+            (RunErrorCode::Moderated, "moderated"),
         ];
         for code in RunErrorCode::NAMED {
             assert!(names.iter().any(|(c, _)| *c == code), "{code:?} has a name in this test");

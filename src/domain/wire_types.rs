@@ -308,6 +308,7 @@ fn every_code_the_server_writes_is_a_member_of_its_generated_union() {
         R::StreamCut,
         R::StreamError,
         R::Internal,
+        R::Moderated,
     ];
     check(RunErrorCode::decl(&cfg), &codes.map(|c| c.to_string()));
     use ErrorCode as E;

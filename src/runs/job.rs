@@ -7,6 +7,7 @@
 //! before any client hears of it. When no attempt is left after failures on lorewire's side,
 //! the run goes `dead`. Never holds a DB connection across the upstream call.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
 
+use super::checked::Held;
 use super::live::LiveRuns;
 use super::relay::{self, Relay};
 use super::service::{finish, publish};
@@ -30,6 +32,7 @@ use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Re
 use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
+use crate::moderation::Moderation;
 use crate::store::run_attempts::{self as attempts, AttemptEnd, Settlement};
 use crate::store::runs as rows;
 use crate::store::{billing, llm_config, Store};
@@ -64,11 +67,20 @@ pub struct RunJob {
     /// Sends the frames to the other processes (PostgreSQL).
     relay: Option<Arc<Relay>>,
     limits: Limits,
+    /// Checks run text before it is released (when it is on).
+    moderation: Moderation,
+    moderation_window: usize,
 }
 
 impl RunJob {
     /// The job handler of runs: streams through `client` behind `circuit`, keeps the frames in `live`.
-    pub fn new(deps: &Deps, circuit: Addr<CircuitBreaker>, client: awc::Client, live: Arc<LiveRuns>) -> Self {
+    pub fn new(
+        deps: &Deps,
+        circuit: Addr<CircuitBreaker>,
+        client: awc::Client,
+        live: Arc<LiveRuns>,
+        moderation: Moderation,
+    ) -> Self {
         let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
         let limits = Limits {
             max_output_tokens: config.max_output_tokens,
@@ -77,7 +89,21 @@ impl RunJob {
             retry_base: config.retry_base,
             max_attempts: config.max_attempts,
         };
-        RunJob { origin, store, hub, circuit, clock, metrics, client, live, relay: None, limits }
+        let moderation_window = config.moderation.window;
+        RunJob {
+            origin,
+            store,
+            hub,
+            circuit,
+            clock,
+            metrics,
+            client,
+            live,
+            relay: None,
+            limits,
+            moderation,
+            moderation_window,
+        }
     }
 
     /// Sends the frames of the runs streamed here to the other processes.
@@ -208,39 +234,52 @@ impl RunJob {
         };
         let attempt_started = std::time::Instant::now();
         let mut text = String::new();
-        let mut seq = 0u64;
-        let first_delta = self.metrics.run_first_delta.clone();
+        let emitter = Emitter {
+            live: &self.live,
+            hub: &self.hub,
+            relay: self.relay.as_ref(),
+            run_id: &run_id,
+            seq: Cell::new(0),
+            first_delta: &self.metrics.run_first_delta,
+            started: attempt_started,
+        };
+        // With moderation on, deltas wait until a check has passed them.
+        let held = self.moderation.is_on().then(Held::default);
         // The text never passes its bound: past it the stream is stopped and the run ends with
         // what fits (an upstream that ignores the token limit cannot fill memory or the row).
         let max_text = super::max_text_bytes(self.limits.max_output_tokens);
         let mut cut = false;
-        let outcome = stream::stream(&self.client, &request, provider, limits, &mut cancel, |delta| {
-            if cut {
-                return;
-            }
-            if seq == 0 {
-                first_delta.observe(attempt_started.elapsed().as_secs_f64());
-            }
-            let delta = super::cut_to(&delta, max_text - text.len());
-            if text.len() + delta.len() >= max_text {
-                cut = true;
-                self.live.cancel(&run_id);
-            }
-            if cut && delta.is_empty() {
-                return;
-            }
-            text.push_str(delta);
-            // Cut so that each delta fits one cross-process notification, the same on every process.
-            for piece in relay::pieces(delta, relay::MAX_DELTA_BYTES) {
-                let frame = Typed::RunDelta { run_id: run_id.clone(), seq, text: piece.to_owned() };
-                let (version, frame) = publish(&self.live, &self.hub, &run_id, frame.into());
-                if let Some(relay) = &self.relay {
-                    relay.forward(&run_id, version, &frame, false);
+        let streaming = async {
+            let outcome = stream::stream(&self.client, &request, provider, limits, &mut cancel, |delta| {
+                if cut {
+                    return;
                 }
-                seq += 1;
+                let delta = super::cut_to(&delta, max_text - text.len());
+                if text.len() + delta.len() >= max_text {
+                    cut = true;
+                    self.live.cancel(&run_id);
+                }
+                if cut && delta.is_empty() {
+                    return;
+                }
+                text.push_str(delta);
+                match &held {
+                    Some(held) => held.push(delta),
+                    None => emitter.emit(delta),
+                }
+            })
+            .await;
+            if let Some(held) = &held {
+                held.close();
             }
-        })
-        .await;
+            outcome
+        };
+        let releasing = async {
+            let Some(held) = &held else { return false };
+            let stop = || self.live.cancel(&run_id);
+            held.release_checked(&self.moderation, None, self.moderation_window, |t| emitter.emit(t), stop).await
+        };
+        let (outcome, flagged) = futures_util::future::join(streaming, releasing).await;
 
         // What was consumed: reported counts, else estimated (input from the prompt, output from
         // the text received), only when the provider answered at all.
@@ -274,6 +313,13 @@ impl RunJob {
         };
         self.circuit.do_send(Report { probe, outcome: circuit_outcome });
 
+        if flagged {
+            // The provider answered; what it wrote is not for players. Charged, not retried.
+            tracing::info!(run = %run_id, attempt, "run text flagged by moderation; the run ends");
+            self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+            let code = RunErrorCode::Moderated;
+            return ctx.end(attempt, usage, cost, AttemptEnd::Dead { code, message: code.player_message() }).await;
+        }
         if cut {
             tracing::warn!(run = %run_id, attempt, bytes = text.len(), "run text reached its bound; the stream was stopped");
             self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
@@ -323,6 +369,36 @@ impl RunJob {
             });
         }
         ctx.end(attempt, usage, cost, AttemptEnd::Dead { code, message }).await
+    }
+}
+
+/// Publishes the released text of an attempt as `run:delta` frames (to live subscribers here
+/// and, through the relay, on the other processes), and times the first one.
+struct Emitter<'a> {
+    live: &'a Arc<LiveRuns>,
+    hub: &'a Addr<Hub>,
+    relay: Option<&'a Arc<Relay>>,
+    run_id: &'a str,
+    seq: Cell<u64>,
+    first_delta: &'a prometheus::Histogram,
+    started: std::time::Instant,
+}
+
+impl Emitter<'_> {
+    fn emit(&self, text: &str) {
+        if self.seq.get() == 0 {
+            self.first_delta.observe(self.started.elapsed().as_secs_f64());
+        }
+        // Cut so that each delta fits one cross-process notification, the same on every process.
+        for piece in relay::pieces(text, relay::MAX_DELTA_BYTES) {
+            let seq = self.seq.get();
+            let frame = Typed::RunDelta { run_id: self.run_id.to_owned(), seq, text: piece.to_owned() };
+            let (version, frame) = publish(self.live, self.hub, self.run_id, frame.into());
+            if let Some(relay) = self.relay {
+                relay.forward(self.run_id, version, &frame, false);
+            }
+            self.seq.set(seq + 1);
+        }
     }
 }
 

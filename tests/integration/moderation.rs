@@ -211,6 +211,42 @@ async fn flagged_content_is_regenerated_once_then_falls_back(db: Db) {
     assert!(recorded.iter().all(|f| f["surface"] == "content" && f["text"].as_str().unwrap().contains("b.a.d omen")));
 }
 
+/// Run text is released in checked windows: the client reads what came before the flagged
+/// sentence, never the sentence; the run ends `run:error` `moderated`, charged for what it used.
+async fn a_flagged_run_stops_before_its_flagged_text_reaches_anyone(db: Db) {
+    let (app, _words) = moderated_app(db, ChatModeration::Block, None).await;
+    let price = lorewire::runs::Price { input: 2_000_000, output: 10_000_000, cache_read: 0, cache_write: 0 };
+    app.set_price("claude-haiku-4-5-20251001", &price).await;
+    let chunks = ["The road north ", "was quiet. ", "Then a b.", "a.d omen ", "rose over the hills."];
+    app.fake.set_stream_chunks(chunks.iter().map(|c| c.to_string()).collect());
+    app.fake.set_chunk_pause(Some(Duration::from_millis(150)));
+    let (mut ws, _) = app.player("Writer").await;
+    ws.send(
+        json!({"type": "generate:start", "project_id": "p1", "action": "WRITE", "input": "the north road", "ref": 1}),
+    )
+    .await;
+    let queued = ws.recv_type("run:queued").await;
+    let run_id = queued["run_id"].as_str().unwrap().to_owned();
+    let mut released = String::new();
+    let end = loop {
+        let frame = ws.recv().await;
+        match frame["type"].as_str().unwrap() {
+            "run:delta" => released.push_str(frame["text"].as_str().unwrap()),
+            "run:error" | "run:done" => break frame,
+            _ => {}
+        }
+    };
+    assert_eq!((end["type"].as_str(), end["code"].as_str()), (Some("run:error"), Some("moderated")), "{end}");
+    assert_eq!(end["message"], "the text was stopped by moderation");
+    assert!(released.starts_with("The road north was quiet."), "what came before was released: {released:?}");
+    assert!(!released.contains("omen") && !released.contains("b.a"), "the flagged text never came: {released:?}");
+    let run = app.final_run(&app.player_token().await, &run_id).await;
+    assert_eq!((run["status"].as_str(), run["error"]["code"].as_str()), (Some("dead"), Some("moderated")), "{run}");
+    let (_, costs) = app.admin_get("/admin/api/costs?project_id=p1").await;
+    assert!(costs["total_usd"].as_f64().unwrap() > 0.0, "what it consumed is charged: {costs}");
+    assert_eq!(flags(&app).await[0]["surface"], "run");
+}
+
 /// The endpoint flags what the word list does not know; when it hangs or fails, the word list
 /// alone decides within the timeout and the metric counts each unchecked text.
 #[actix_web::test]
@@ -244,4 +280,5 @@ crate::both_backends!(
     flagged_chat_is_masked,
     flagged_nicknames_are_refused,
     flagged_content_is_regenerated_once_then_falls_back,
+    a_flagged_run_stops_before_its_flagged_text_reaches_anyone,
 );
