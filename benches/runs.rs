@@ -5,7 +5,9 @@
 //! - added time to first delta: from the fake receiving the request (it answers headers and the
 //!   first text chunk at once) to the client's first `run:delta`, p50/p99 over sequential runs,
 //!   plus the time from `generate:start` to the upstream request (admission + queue claim);
-//! - runs per second at 32 concurrent WebSocket clients with an instant upstream.
+//! - runs per second at 32 concurrent WebSocket clients with an instant upstream;
+//! - the same added time to first delta with moderation on (a word list, and a moderation
+//!   endpoint answering in `LOREWIRE_BENCH_MODERATION_MS`, default 20 ms): what the check adds.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/common/mod.rs"]
@@ -43,7 +45,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn first_delta_latency(app: &TestApp, runs: usize) {
+/// p50 and p99 of the time lorewire adds between the upstream's first byte and the client's
+/// first `run:delta`, in ms.
+async fn first_delta_latency(app: &TestApp, runs: usize, label: &str) -> (f64, f64) {
     let (mut ws, _) = app.player("Bench").await;
     for i in 0..20 {
         one_run(&mut ws, format!("warm-up {i}")).await;
@@ -60,13 +64,38 @@ async fn first_delta_latency(app: &TestApp, runs: usize) {
     }
     added.sort();
     to_upstream.sort();
+    let (a50, a99) = (percentile(&added, 0.50), percentile(&added, 0.99));
     println!(
-        "runs, SQLite, 1 client, {runs} runs: upstream first byte -> client run:delta p50 {a50:.2} ms, p99 {a99:.2} ms; \
-         generate:start -> upstream request p50 {u50:.2} ms, p99 {u99:.2} ms",
-        a50 = percentile(&added, 0.50),
-        a99 = percentile(&added, 0.99),
+        "runs, SQLite, 1 client, {runs} runs{label}: upstream first byte -> client run:delta p50 {a50:.2} ms, \
+         p99 {a99:.2} ms; generate:start -> upstream request p50 {u50:.2} ms, p99 {u99:.2} ms",
         u50 = percentile(&to_upstream, 0.50),
         u99 = percentile(&to_upstream, 0.99),
+    );
+    (a50, a99)
+}
+
+/// The added time to first delta with moderation on, against the same without.
+async fn moderated_first_delta(plain: (f64, f64)) {
+    let endpoint_ms = std::env::var("LOREWIRE_BENCH_MODERATION_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(20u64);
+    let endpoint = common::fake_moderation::FakeModeration::start().await;
+    endpoint.set_latency(Duration::from_millis(endpoint_ms));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "badword\n").expect("word list");
+    let url = endpoint.url.clone();
+    let app = spawn_with(Setup { provider: Provider::OpenAiChat, ..Setup::new(Db::Sqlite) }, move |c| {
+        c.job_poll = Duration::from_secs(1);
+        c.moderation.words = Some(words);
+        c.moderation.url = Some(url);
+    })
+    .await;
+    app.fake.set_chunk_pause(Some(Duration::ZERO));
+    let label = format!(", moderation on (endpoint {endpoint_ms} ms)");
+    let (m50, m99) = first_delta_latency(&app, 200, &label).await;
+    println!(
+        "runs, moderation adds to the first delta: p50 {:.2} ms, p99 {:.2} ms (goal: at most the endpoint's {endpoint_ms} ms + 5 ms)",
+        m50 - plain.0,
+        m99 - plain.1,
     );
 }
 
@@ -85,7 +114,7 @@ fn main() {
         })
         .await;
         app.fake.set_chunk_pause(Some(Duration::ZERO));
-        first_delta_latency(&app, 300).await;
+        let plain = first_delta_latency(&app, 300, "").await;
 
         let (clients, per_client) = (32usize, 30usize);
         futures_util::future::join_all((0..clients).map(|c| client(&app, 1000 + c, 3))).await;
@@ -98,5 +127,6 @@ fn main() {
             secs = elapsed.as_secs_f64(),
             rate = n as f64 / elapsed.as_secs_f64(),
         );
+        moderated_first_delta(plain).await;
     });
 }

@@ -2,6 +2,7 @@
 //! a fresh PostgreSQL database), the fake LLM server, and WebSocket / REST clients.
 
 pub mod fake_llm;
+pub mod fake_moderation;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,75 +2,13 @@
 //! moderation endpoint speaking OpenAI's `/v1/moderations` format (flags a marker word, or
 //! hangs, or answers 500), `block` and `mask`, and the record the admin lists.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
+use crate::common::fake_moderation::{Behaviour, FakeModeration};
 use crate::common::{spawn_with, Db, Event, Setup, TestApp, WsClient};
 use lorewire::core::moderation::ChatModeration;
-
-/// What the fake moderation endpoint does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
-    /// Flags any input holding `MARKER` as `harassment`.
-    Flag,
-    Hang,
-    Fail,
-}
-
-struct FakeModeration {
-    url: String,
-    behaviour: Arc<Mutex<Behaviour>>,
-    calls: Arc<Mutex<Vec<Value>>>,
-    _server: actix_web::dev::ServerHandle,
-}
-
-impl FakeModeration {
-    async fn start() -> FakeModeration {
-        let behaviour = Arc::new(Mutex::new(Behaviour::Flag));
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let (b, c) = (behaviour.clone(), calls.clone());
-        let server = HttpServer::new(move || {
-            let (b, c) = (b.clone(), c.clone());
-            App::new().route(
-                "/v1/moderations",
-                web::post().to(move |body: web::Json<Value>| {
-                    let (b, c) = (b.clone(), c.clone());
-                    async move {
-                        c.lock().unwrap().push(body.0.clone());
-                        let behaviour = *b.lock().unwrap();
-                        match behaviour {
-                            Behaviour::Hang => {
-                                tokio::time::sleep(Duration::from_secs(30)).await;
-                                HttpResponse::Ok().finish()
-                            }
-                            Behaviour::Fail => HttpResponse::InternalServerError().body("moderation is down"),
-                            Behaviour::Flag => {
-                                let flagged = body.0["input"].as_str().unwrap_or("").contains("MARKER");
-                                HttpResponse::Ok().json(json!({"id": "modr-1", "model": "omni-moderation-latest",
-                                    "results": [{"flagged": flagged, "categories": {"harassment": flagged, "violence": false}}]}))
-                            }
-                        }
-                    }
-                }),
-            )
-        })
-        .workers(1)
-        .bind("127.0.0.1:0")
-        .unwrap();
-        let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
-        FakeModeration { url: format!("http://{addr}/v1/moderations"), behaviour, calls, _server: handle }
-    }
-
-    fn set(&self, behaviour: Behaviour) {
-        *self.behaviour.lock().unwrap() = behaviour;
-    }
-}
 
 /// An app whose word list holds `bad` (and whose endpoint, when given, is the fake's).
 async fn moderated_app(
