@@ -120,6 +120,7 @@ async fn recover(store: &Store, config: &Arc<Config>, clock: &SharedClock) -> Re
                 seed.llm_api_key.as_ref().map(Secret::expose),
                 now,
             )?;
+            crate::store::usage::seed_limits(conn, &crate::limits::seed_row(&seed.usage, now))?;
             // SQLite belongs to this one process: whatever was running died with the last one.
             let reclaimed = match backend {
                 Backend::Sqlite => jobs::reclaim_all(conn, now)?,

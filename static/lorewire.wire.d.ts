@@ -23,7 +23,8 @@ export type FallbackReason =
   | "network_error"
   | "timeout"
   | "invalid_json"
-  | "invalid_response";
+  | "invalid_response"
+  | "budget_exceeded";
 
 export type Mood = "neutral" | "happy" | "sad" | "angry" | "excited" | "calm";
 
@@ -64,6 +65,11 @@ export type ErrorCode =
   | "budget_exceeded"
   | "overloaded"
   | "unavailable";
+
+/**
+ * Where a limit sits; refusals are reported for the first level that refuses, in this order.
+ */
+export type Level = "player" | "project" | "studio";
 
 /** The fields of each kind (all strings, empty while pending). */
 export interface ContentFields {
@@ -307,7 +313,15 @@ export type TypedServerFrame =
     mood_status: Exclude<Status, "pending">,
   };
 
-export type ErrorFrame = { type: `error:${ErrorCode}`, ref?: string | number, message: string };
+export type ErrorFrame = {
+  type: `error:${ErrorCode}`,
+  ref?: string | number,
+  message: string,
+  /**
+   * The usage level whose limit refused the request (`budget_exceeded`, `rate_limited`).
+   */
+  level?: Level,
+};
 
 /**
  * A frame to a client.

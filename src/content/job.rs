@@ -18,9 +18,10 @@ use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
+use crate::domain::upstream::{CallFailure, UpstreamFailure};
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
-use crate::llm::providers::Prompt;
+use crate::limits::{self, Used};
 use crate::llm::Llm;
 use crate::store::content::{self as rows, ContentRow, Finish};
 use crate::store::jobs::Ended;
@@ -54,6 +55,8 @@ impl Before {
 
 /// What an item ends with.
 struct Ending {
+    /// What the calls used, charged with the item's end.
+    used: Used,
     status: ContentStatus,
     fields: Map<String, Value>,
     model: Option<String>,
@@ -82,14 +85,7 @@ impl ContentJob {
         let subject_id = row.subject_id as u64;
         let context: Context = serde_json::from_str(&row.context)
             .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
-        let prompt = Prompt {
-            system: kind.system_prompt().to_owned(),
-            user: prompts::user_message(kind, subject_id, &context),
-            schema_name: kind.schema_name().to_owned(),
-            schema: kind.json_schema(),
-            // Never so few that a valid answer is cut off.
-            max_tokens: self.max_output_tokens.max(kind.answer_token_bound()),
-        };
+        let prompt = prompts::prompt(kind, subject_id, &context, self.max_output_tokens);
         let what = format!("{} {subject_id}", kind.as_str());
         let ending = match self.llm.call(config.as_ref(), &prompt, |text| kind.validate_output(text), &what).await {
             Ok(answer) => {
@@ -97,9 +93,24 @@ impl ContentJob {
                     self.metrics.answers_repaired.with_label_values(&[kind.as_str(), repair.as_str()]).inc();
                     tracing::info!(kind = kind.as_str(), subject_id, how = repair.as_str(), "answer repaired");
                 }
-                Ending { status: ContentStatus::Ready, fields: answer.value, model: Some(answer.model), reason: None }
+                let used = answer.usage.map_or(Used::Unknown, Used::Reported);
+                Ending {
+                    used,
+                    status: ContentStatus::Ready,
+                    fields: answer.value,
+                    model: Some(answer.model),
+                    reason: None,
+                }
             }
-            Err(failure) => fallback(kind, subject_id, failure.into()),
+            Err(failure) => {
+                let used = match failure {
+                    CallFailure::NoConfig
+                    | CallFailure::CircuitOpen
+                    | CallFailure::Upstream(UpstreamFailure::RateLimited) => Used::Nothing,
+                    _ => Used::Unknown,
+                };
+                fallback(kind, subject_id, failure.into(), used)
+            }
         };
         self.commit(&claim, &row, ending).await
     }
@@ -113,7 +124,8 @@ impl ContentJob {
             return nothing_to_do(&self.store, &claim).await;
         };
         let kind = row.kind()?;
-        let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse);
+        // Whether an earlier attempt called is not known: charged as reserved, never under.
+        let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse, Used::Unknown);
         self.commit(&claim, &row, ending).await
     }
 
@@ -124,7 +136,7 @@ impl ContentJob {
         let fields = Value::Object(ending.fields).to_string();
         let reason = ending.reason;
         let (origin, worker, job_id, content_id) = (self.origin.clone(), claim.worker.clone(), claim.job_id, row.id);
-        let status = ending.status;
+        let (status, used) = (ending.status, ending.used);
         let model = ending.model;
         let now = self.clock.now_naive();
         let ended = self
@@ -140,7 +152,11 @@ impl ContentJob {
                     model: model.as_deref(),
                     reason,
                 };
-                rows::finish(conn, &finish, now)
+                let ended = rows::finish(conn, &finish, now)?;
+                if let Ended::Done(_) = &ended {
+                    limits::settle(conn, &format!("content:{content_id}"), used, now)?;
+                }
+                Ok(ended)
             })
             .await?;
         let written = match ended {
@@ -176,8 +192,9 @@ impl ContentJob {
 }
 
 /// The item's deterministic fallback text, and why.
-fn fallback(kind: ContentKind, subject_id: u64, reason: FallbackReason) -> Ending {
+fn fallback(kind: ContentKind, subject_id: u64, reason: FallbackReason, used: Used) -> Ending {
     Ending {
+        used,
         status: ContentStatus::Fallback,
         fields: kind.fallback_fields(subject_id),
         model: None,

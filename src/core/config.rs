@@ -12,6 +12,7 @@ use crate::core::identity::{IdentityConfig, IdentitySettings};
 use crate::core::logging::LogFormat;
 use crate::core::provider::Provider;
 use crate::core::rate_limit::Rate;
+use crate::core::usage::{UsageConfig, UsageSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -146,6 +147,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub identity: IdentitySettings,
+    #[command(flatten)]
+    pub usage: UsageSettings,
 }
 
 /// Why `LOREWIRE_PRESENCE_LIST_MAX` is refused (clap shows the message).
@@ -261,6 +264,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Who players are and how they prove it (PROTOCOL §5).
     pub identity: IdentityConfig,
+    /// Usage limits that seed the stored ones, and the per-player start rate (PROTOCOL §5).
+    pub usage: UsageConfig,
     /// Pauses that tests put between two steps to hold a race open; all zero outside tests.
     pub test_holds: TestHolds,
 }
@@ -328,6 +333,7 @@ impl Settings {
             metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
             body_timeout: Duration::from_secs(10),
             identity: self.identity.into_config(),
+            usage: self.usage.into_config(),
             test_holds: TestHolds::default(),
         }
     }

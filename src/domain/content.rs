@@ -302,6 +302,8 @@ pub enum FallbackReason {
     Timeout,
     InvalidJson,
     InvalidResponse,
+    /// The studio's daily usage limit had no room for the item (PROTOCOL §5).
+    BudgetExceeded,
 }
 
 impl std::fmt::Display for FallbackReason {
@@ -315,13 +317,14 @@ impl std::fmt::Display for FallbackReason {
             FallbackReason::Timeout => f.write_str("timeout"),
             FallbackReason::InvalidJson => f.write_str("invalid_json"),
             FallbackReason::InvalidResponse => f.write_str("invalid_response"),
+            FallbackReason::BudgetExceeded => f.write_str("budget_exceeded"),
         }
     }
 }
 
 impl FallbackReason {
     /// Every reason but `ApiError`, which carries the upstream's HTTP status.
-    pub const NAMED: [FallbackReason; 7] = [
+    pub const NAMED: [FallbackReason; 8] = [
         FallbackReason::NoConfig,
         FallbackReason::CircuitOpen,
         FallbackReason::RateLimited,
@@ -329,6 +332,7 @@ impl FallbackReason {
         FallbackReason::Timeout,
         FallbackReason::InvalidJson,
         FallbackReason::InvalidResponse,
+        FallbackReason::BudgetExceeded,
     ];
 
     /// The reason a name stands for; `None` for a name this version does not know (a corrupt
@@ -452,6 +456,7 @@ mod tests {
             (FallbackReason::Timeout, "timeout"),
             (FallbackReason::InvalidJson, "invalid_json"),
             (FallbackReason::InvalidResponse, "invalid_response"),
+            (FallbackReason::BudgetExceeded, "budget_exceeded"),
         ];
         for reason in FallbackReason::NAMED {
             assert!(names.iter().any(|(r, _)| *r == reason), "{reason:?} has a name in this test");

@@ -38,5 +38,6 @@ mod storage;
 mod store_queries;
 mod types;
 mod upgrade;
+mod usage_limits;
 mod worker;
 mod writer;

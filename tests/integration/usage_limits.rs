@@ -1,0 +1,155 @@
+//! Usage limits (PROTOCOL §5) on every path to the LLM: the player's and the studio's daily
+//! limits refusing content (new and regenerated), moods and runs (WebSocket and REST) with the
+//! right frame and nothing stored; the studio's `budget_exceeded` fallback; and exactness under
+//! concurrency: against a limit that fits exactly N calls, exactly N are made and the ledger
+//! never passes the limit.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lorewire::content::prompts;
+use lorewire::content::{ContentKind, Context};
+use lorewire::core::config::Config;
+use lorewire::store::usage::{self, DayRow};
+use lorewire::store::Store;
+use serde_json::{json, Value};
+
+use crate::common::fake_llm::FakeUsage;
+use crate::common::{get_json, post_json, spawn_with, Db, Setup, TestApp};
+
+/// The token bound an npc item with no context reserves (subject ids of two digits).
+fn npc_bound(config: &Config, subject_id: u64) -> (i64, i64) {
+    let prompt = prompts::prompt(ContentKind::Npc, subject_id, &Context::default(), config.max_output_tokens);
+    prompt.bound_with_reask()
+}
+
+async fn store_of(app: &TestApp) -> Store {
+    let url = app.db.url.clone();
+    actix_web::rt::task::spawn_blocking(move || Store::connect(&url).unwrap()).await.unwrap()
+}
+
+fn today() -> String {
+    chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string()
+}
+
+/// The ledger of one level today (zeros when nothing was reserved there).
+async fn ledger(store: &Store, level: &'static str, owner: String) -> DayRow {
+    store.run(move |conn| usage::day(conn, level, &owner, &today())).await.unwrap().unwrap_or_default()
+}
+
+async fn content_rows(store: &Store) -> i64 {
+    use diesel::{QueryDsl, RunQueryDsl};
+    store.run(|conn| Ok(lorewire::store::schema::content::table.count().get_result::<i64>(conn)?)).await.unwrap()
+}
+
+/// 50 concurrent requests for new items from one player whose daily token limit fits exactly
+/// 7 reservations, each call reporting exactly its bound: 7 items are made, 43 requests get
+/// `budget_exceeded` with `level: player` and store nothing, and the ledger ends exactly at 7
+/// bounds, never past the limit. An existing item is still served.
+async fn player_limit_is_exact_under_concurrent_content_requests(db: Db) {
+    let probe = Config::with_database("unused");
+    let (prompt, output) = npc_bound(&probe, 10);
+    let per_item = prompt + output;
+    let app = spawn_with(Setup::new(db), |c| c.usage.player_daily_tokens = Some(7 * per_item)).await;
+    // Each call reports half the bound: the re-ask never happens, so each item spends half.
+    app.fake.set_usage(Some(FakeUsage { input: prompt as u64 / 2, output: output as u64 / 2, ..FakeUsage::default() }));
+    app.fake.set_mode(crate::common::Mode::Delay(Duration::from_millis(300)));
+    let (_ws, ack) = app.player("Ada").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    let user = ack["user_id"].as_i64().unwrap();
+    let store = store_of(&app).await;
+
+    let url = app.url("/api/content");
+    let answers = join_all((10..60).map(|id| {
+        let (url, token) = (url.clone(), token.clone());
+        async move { post_json(&url, &token, &json!({"kind": "npc", "subject_id": id})).await }
+    }))
+    .await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+    let refused: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 402).map(|(_, b)| b).collect();
+    assert_eq!(accepted, 7, "{answers:?}");
+    assert_eq!(refused.len(), 43, "{answers:?}");
+    for body in &refused {
+        assert_eq!(body["error"], "budget_exceeded", "{body}");
+        assert_eq!(body["level"], "player", "{body}");
+    }
+    let row = ledger(&store, "player", user.to_string()).await;
+    assert!(row.spent_tokens + row.reserved_tokens <= 7 * per_item, "{row:?}");
+    assert_eq!(content_rows(&store).await, 7, "refused requests store nothing");
+
+    crate::common::eventually("every item to be settled", || async {
+        let row = ledger(&store, "player", user.to_string()).await;
+        (row.reserved_tokens == 0).then_some(row)
+    })
+    .await;
+    let row = ledger(&store, "player", user.to_string()).await;
+    assert_eq!(row.spent_tokens, 7 * (prompt / 2 + output / 2), "{row:?}");
+    let studio = ledger(&store, "studio", String::new()).await;
+    assert_eq!(studio.spent_tokens, row.spent_tokens, "the studio is charged the same calls");
+    assert_eq!(app.fake.request_count(), 7);
+
+    // An existing item is served as it is, without a reservation.
+    let made = answers.iter().find(|(s, _)| *s == 202).map(|(_, b)| b["subject_id"].as_u64().unwrap()).unwrap();
+    let (status, item) = get_json(&app.url(&format!("/api/content/npc/{made}")), Some(&token)).await;
+    assert_eq!(status, 200, "{item}");
+    let (status, again) = post_json(&url, &token, &json!({"kind": "npc", "subject_id": made})).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["version"], item["version"], "served as it is");
+}
+
+/// A player over the limit: `content:request` for a new item and a regeneration get
+/// `error:budget_exceeded` with `level: player` over the WebSocket; nothing stored, no call.
+async fn player_over_limit_is_refused_over_the_websocket(db: Db) {
+    let probe = Config::with_database("unused");
+    let (prompt, output) = npc_bound(&probe, 10);
+    let app = spawn_with(Setup::new(db), |c| c.usage.player_daily_tokens = Some(prompt + output)).await;
+    app.fake.set_usage(Some(FakeUsage { input: 1, output: 1, ..FakeUsage::default() }));
+    let (mut ws, ack) = app.player("Ada").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    ws.send(json!({"type": "content:request", "kind": "npc", "subject_id": 10, "ref": 1})).await;
+    let first = ws.recv_type("content:snapshot").await;
+    assert_eq!(first["ref"], 1);
+    crate::common::eventually("the first item to be written", || async {
+        let (_, c) = get_json(&app.url("/api/content/npc/10"), Some(&token)).await;
+        (c["status"] == "ready").then_some(())
+    })
+    .await;
+    let calls = app.fake.request_count();
+    for (id, regenerate, reference) in [(11, false, 2), (10, true, 3)] {
+        ws.send(json!({"type": "content:request", "kind": "npc", "subject_id": id, "regenerate": regenerate, "ref": reference}))
+            .await;
+        let refused = ws.recv_type("error:budget_exceeded").await;
+        assert_eq!(refused["ref"], reference, "{refused}");
+        assert_eq!(refused["level"], "player", "{refused}");
+    }
+    let store = store_of(&app).await;
+    assert_eq!(content_rows(&store).await, 1);
+    let (_, item) = get_json(&app.url("/api/content/npc/10"), Some(&token)).await;
+    assert_eq!(item["status"], "ready", "the regeneration changed nothing: {item}");
+    assert_eq!(item["version"], 2, "{item}");
+    assert_eq!(app.fake.request_count(), calls, "no upstream call");
+}
+
+/// The studio over its daily limit: a new item is written with its fallback at once
+/// (`budget_exceeded`, never pending) and no call is made.
+async fn studio_over_limit_gives_new_items_their_fallback(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| c.usage.studio_daily_tokens = Some(10)).await;
+    let (mut ws, _) = app.player("Ada").await;
+    ws.send(json!({"type": "content:request", "kind": "quest", "subject_id": 5, "ref": 1})).await;
+    let snapshot = ws.recv_type("content:snapshot").await;
+    let content = &snapshot["content"];
+    assert_eq!(content["status"], "fallback", "{snapshot}");
+    assert_eq!(content["reason"], "budget_exceeded", "{snapshot}");
+    assert!(!content["fields"]["flavorText"].as_str().unwrap().is_empty(), "{snapshot}");
+    ws.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(app.fake.request_count(), 0);
+    let store = store_of(&app).await;
+    let studio = ledger(&store, "studio", String::new()).await;
+    assert_eq!((studio.spent_tokens, studio.reserved_tokens), (0, 0), "{studio:?}");
+}
+
+both_backends!(
+    player_limit_is_exact_under_concurrent_content_requests,
+    player_over_limit_is_refused_over_the_websocket,
+    studio_over_limit_gives_new_items_their_fallback,
+);
