@@ -18,7 +18,6 @@ use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
-use crate::domain::upstream::{CallFailure, UpstreamFailure};
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
 use crate::limits::{self, Used};
@@ -102,15 +101,7 @@ impl ContentJob {
                     reason: None,
                 }
             }
-            Err(failure) => {
-                let used = match failure {
-                    CallFailure::NoConfig
-                    | CallFailure::CircuitOpen
-                    | CallFailure::Upstream(UpstreamFailure::RateLimited) => Used::Nothing,
-                    _ => Used::Unknown,
-                };
-                fallback(kind, subject_id, failure.into(), used)
-            }
+            Err(failure) => fallback(kind, subject_id, failure.into(), limits::used_by_failure(failure)),
         };
         self.commit(&claim, &row, ending).await
     }

@@ -12,6 +12,7 @@ use crate::core::usage::UsageConfig;
 use crate::domain::limits::{Level, Refusal};
 use crate::domain::money::Price;
 use crate::domain::runs::Usage;
+use crate::domain::upstream::{CallFailure, UpstreamFailure};
 use crate::store::usage::{self as ledger, LimitsRow, NewHold};
 use crate::store::{billing, DbConn, StoreResult};
 
@@ -137,6 +138,17 @@ pub enum Used {
     Reported(Usage),
     /// A call was made and its usage is unknown: the holds are charged as they are.
     Unknown,
+}
+
+/// What a structured call that failed used: nothing when no call went out (no settings, the
+/// circuit open, throttled), else not known.
+pub fn used_by_failure(failure: CallFailure) -> Used {
+    match failure {
+        CallFailure::NoConfig | CallFailure::CircuitOpen | CallFailure::Upstream(UpstreamFailure::RateLimited) => {
+            Used::Nothing
+        }
+        _ => Used::Unknown,
+    }
 }
 
 /// Settles every hold of `target`: the usage is charged (at the day and levels of its first

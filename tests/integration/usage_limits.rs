@@ -148,7 +148,38 @@ async fn studio_over_limit_gives_new_items_their_fallback(db: Db) {
     assert_eq!((studio.spent_tokens, studio.reserved_tokens), (0, 0), "{studio:?}");
 }
 
+/// A mood over the author's (or the studio's) limit settles `fallback` without a call; within
+/// them, it is charged to its author and the studio.
+async fn moods_over_a_limit_settle_fallback_without_a_call(db: Db) {
+    for (player, studio) in [(Some(1), None), (None, Some(1)), (None, None)] {
+        let app = spawn_with(Setup::new(db), |c| {
+            c.usage.player_daily_tokens = player;
+            c.usage.studio_daily_tokens = studio;
+        })
+        .await;
+        app.fake.set_usage(Some(FakeUsage { input: 5, output: 3, ..FakeUsage::default() }));
+        let (mut ws, ack) = app.player("Ada").await;
+        ws.lobby_frames = true;
+        ws.send(json!({"type": "message:send", "text": "so glad to be here"})).await;
+        let message = ws.recv_type("message:new").await;
+        assert_eq!(message["message"]["mood_status"], "pending", "{message}");
+        let mood = ws.recv_type("message:mood_updated").await;
+        let store = store_of(&app).await;
+        let author = ledger(&store, "player", ack["user_id"].to_string()).await;
+        if player.is_some() || studio.is_some() {
+            assert_eq!(mood["mood_status"], "fallback", "{player:?} {studio:?}: {mood}");
+            assert_eq!(app.fake.request_count(), 0, "{player:?} {studio:?}");
+            assert_eq!((author.spent_tokens, author.reserved_tokens), (0, 0), "{author:?}");
+        } else {
+            assert_eq!(mood["mood_status"], "ready", "{mood}");
+            assert_eq!((author.spent_tokens, author.reserved_tokens), (8, 0), "{author:?}");
+            assert_eq!(ledger(&store, "studio", String::new()).await.spent_tokens, 8);
+        }
+    }
+}
+
 both_backends!(
+    moods_over_a_limit_settle_fallback_without_a_call,
     player_limit_is_exact_under_concurrent_content_requests,
     player_over_limit_is_refused_over_the_websocket,
     studio_over_limit_gives_new_items_their_fallback,
