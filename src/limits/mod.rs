@@ -109,6 +109,32 @@ pub fn reserve(
     Ok(Ok(()))
 }
 
+/// Whether the player's level alone would refuse `spend` now (read only: for a request another
+/// level refuses anyway, to name the first level that refuses).
+pub fn player_refuses(
+    conn: &mut DbConn,
+    seed: &UsageConfig,
+    spend: &Spend<'_>,
+    now: NaiveDateTime,
+) -> StoreResult<Option<Refusal>> {
+    let limits = stored_limits(conn, seed)?;
+    let (token_limit, micro_limit) = player_limits(conn, &limits, spend.user_id)?;
+    let price = billing::price(conn, spend.model)?;
+    if micro_limit.is_some() && price.is_none() {
+        return Ok(Some(Refusal::no_price(Level::Player, spend.model)));
+    }
+    let day = ledger::day(conn, Level::Player.as_str(), &spend.user_id.to_string(), &day_of(now))?.unwrap_or_default();
+    let tokens = day.spent_tokens + day.reserved_tokens + spend.prompt_tokens.saturating_add(spend.output_tokens);
+    let micros = day.spent_micros + day.reserved_micros + worst_case(price, spend);
+    let over = token_limit.is_some_and(|l| tokens > l) || micro_limit.is_some_and(|l| micros > l);
+    Ok(over.then(|| Refusal::over(Level::Player, "usage")))
+}
+
+/// Whether `target` holds a reservation (a run's attempt reserved before it was made).
+pub fn holds(conn: &mut DbConn, target: &str) -> StoreResult<bool> {
+    Ok(!ledger::holds(conn, target)?.is_empty())
+}
+
 /// Gives back what the levels before `refused` reserved (the studio refuses after the player).
 fn undo(
     conn: &mut DbConn,

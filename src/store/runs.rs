@@ -44,6 +44,8 @@ pub struct RunRow {
     pub started_at: Option<NaiveDateTime>,
     pub finished_at: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+    /// The player who started it (runs from before players were charged have none).
+    pub user_id: Option<i64>,
 }
 
 impl RunRow {
@@ -117,11 +119,14 @@ struct NewRun<'a> {
     created_at: NaiveDateTime,
     finished_at: Option<NaiveDateTime>,
     updated_at: NaiveDateTime,
+    user_id: i64,
 }
 
 /// A request to admit, with everything decided outside the transaction.
 pub struct Admission<'a> {
     pub run_id: &'a str,
+    /// The player starting it.
+    pub user_id: i64,
     pub project_id: &'a str,
     pub action: Action,
     pub priority: i32,
@@ -240,6 +245,7 @@ fn insert(
             created_at: now,
             finished_at: (!status.is_active()).then_some(now),
             updated_at: now,
+            user_id: a.user_id,
         })
         .returning(runs::all_columns)
         .get_result(conn)?)
@@ -464,6 +470,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             updated_at: t,
+            user_id: None,
         }
     }
 

@@ -107,6 +107,7 @@ diesel::table! {
         started_at -> Nullable<Timestamp>,
         finished_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        user_id -> Nullable<Int8>,
     }
 }
 

@@ -178,7 +178,71 @@ async fn moods_over_a_limit_settle_fallback_without_a_call(db: Db) {
     }
 }
 
+async fn run_rows(store: &Store) -> i64 {
+    use diesel::{QueryDsl, RunQueryDsl};
+    store.run(|conn| Ok(lorewire::store::schema::runs::table.count().get_result::<i64>(conn)?)).await.unwrap()
+}
+
+/// Runs: each level refuses over the WebSocket and over REST with `error:budget_exceeded`
+/// naming the first level that refuses (player before project before studio), nothing stored
+/// and no call; a run within the limits is charged to its player and the studio exactly.
+async fn runs_are_refused_by_the_first_level_that_refuses(db: Db) {
+    // (player tokens, project budget in USD, studio tokens, the level that refuses)
+    let cases = [
+        (Some(10), None, None, "player"),
+        (Some(10), Some(0.0), Some(10), "player"),
+        (None, Some(0.0), Some(10), "project"),
+        (None, None, Some(10), "studio"),
+    ];
+    for (player, budget, studio, level) in cases {
+        let app = spawn_with(Setup::new(db), |c| {
+            c.usage.player_daily_tokens = player;
+            c.usage.studio_daily_tokens = studio;
+        })
+        .await;
+        if let Some(limit) = budget {
+            let (status, body) = app.admin_put("/admin/api/budgets/p1", json!({"limit_usd": limit})).await;
+            assert_eq!(status, 200, "{body}");
+            let price = lorewire::runs::Price { input: 1, output: 1, cache_read: 1, cache_write: 1 };
+            app.set_price(&app.config.llm_model, &price).await;
+        }
+        let (mut ws, ack) = app.player("Ada").await;
+        let token = ack["token"].as_str().unwrap().to_owned();
+        ws.send(json!({"type": "generate:start", "project_id": "p1", "action": "WRITE", "input": "a bell", "ref": 7}))
+            .await;
+        let refused = ws.recv_type("error:budget_exceeded").await;
+        assert_eq!((refused["ref"].clone(), refused["level"].clone()), (json!(7), json!(level)), "{refused}");
+        let body = json!({"project_id": "p1", "action": "REWRITE", "input": "a bell"});
+        let (status, refused) = post_json(&app.url("/api/generate"), &token, &body).await;
+        assert_eq!((status, refused["level"].clone()), (402, json!(level)), "{refused}");
+        assert_eq!(refused["error"], "budget_exceeded", "{refused}");
+        let store = store_of(&app).await;
+        assert_eq!(run_rows(&store).await, 0, "{level}: nothing stored");
+        assert_eq!(app.fake.request_count(), 0, "{level}: no call");
+    }
+
+    let app = spawn_with(Setup::new(db), |c| {
+        c.usage.player_daily_tokens = Some(100_000);
+        c.usage.studio_daily_tokens = Some(100_000);
+    })
+    .await;
+    app.fake.set_usage(Some(FakeUsage { input: 40, output: 2, ..FakeUsage::default() }));
+    let (_ws, ack) = app.player("Ada").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    let body = json!({"project_id": "p1", "action": "WRITE", "input": "a bell"});
+    let (status, run) = post_json(&app.url("/api/generate"), &token, &body).await;
+    assert_eq!(status, 202, "{run}");
+    let run = app.final_run(&token, run["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "done", "{run}");
+    let store = store_of(&app).await;
+    let player = ledger(&store, "player", ack["user_id"].to_string()).await;
+    assert_eq!((player.spent_tokens, player.reserved_tokens), (42, 0), "{player:?}");
+    let studio = ledger(&store, "studio", String::new()).await;
+    assert_eq!((studio.spent_tokens, studio.reserved_tokens), (42, 0), "{studio:?}");
+}
+
 both_backends!(
+    runs_are_refused_by_the_first_level_that_refuses,
     moods_over_a_limit_settle_fallback_without_a_call,
     player_limit_is_exact_under_concurrent_content_requests,
     player_over_limit_is_refused_over_the_websocket,

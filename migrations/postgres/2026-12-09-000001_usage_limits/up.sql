@@ -49,3 +49,6 @@ CREATE TABLE player_limits (
     daily_micros BIGINT,
     updated_at TIMESTAMP NOT NULL
 );
+
+-- Who started a run: its later attempts are charged to that player too.
+ALTER TABLE runs ADD COLUMN user_id BIGINT;

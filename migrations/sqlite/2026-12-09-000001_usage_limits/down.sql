@@ -1,3 +1,4 @@
+ALTER TABLE runs DROP COLUMN user_id;
 DROP TABLE player_limits;
 DROP TABLE usage_limits;
 DROP TABLE usage_holds;
