@@ -29,6 +29,7 @@ use crate::domain::content::{ContentStatus, FallbackReason};
 use crate::domain::upstream::UpstreamFailure;
 use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
+use crate::limits::service::UsageLimits;
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::Llm;
 use crate::lobby::mood_job::MoodJob;
@@ -230,7 +231,9 @@ impl Features {
         let Deps { store, clock, hub, metrics, config, .. } = deps;
         let admin_token =
             config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
+        let usage = UsageLimits::new(store.clone(), clock.clone(), config.clone());
         AppState {
+            usage,
             config,
             store,
             clock,

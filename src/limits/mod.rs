@@ -6,6 +6,8 @@
 //!
 //! Knows which levels apply and in which order they refuse, never which feature spends.
 
+pub mod service;
+
 use chrono::NaiveDateTime;
 
 use crate::core::usage::UsageConfig;

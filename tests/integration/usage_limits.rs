@@ -248,3 +248,69 @@ both_backends!(
     player_over_limit_is_refused_over_the_websocket,
     studio_over_limit_gives_new_items_their_fallback,
 );
+
+/// The admin's limits, players and usage: GET/PUT /admin/api/limits changes only the keys it
+/// names and a new limit applies at once; a player's overrides and spend; a day's top players.
+async fn admin_reads_and_changes_limits_players_and_usage(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| c.usage.player_daily_tokens = Some(200_000)).await;
+    let (status, limits) = app.admin_get("/admin/api/limits").await;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!(
+        limits,
+        json!({"studio_daily_usd": null, "studio_daily_tokens": null, "player_daily_usd": null,
+               "player_daily_tokens": 200000, "player_llm_rate": "1000000/1s"})
+    );
+    let (status, limits) =
+        app.admin_put("/admin/api/limits", json!({"studio_daily_usd": 2.5, "player_daily_tokens": null})).await;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!((limits["studio_daily_usd"].clone(), limits["player_daily_tokens"].clone()), (json!(2.5), Value::Null));
+    assert_eq!(limits["player_llm_rate"], "1000000/1s", "left as it was");
+    for bad in [json!({"studio_daily_usd": -1}), json!({"player_daily_tokens": 1.5}), json!({"player_llm_rate": "x"})] {
+        let (status, body) = app.admin_put("/admin/api/limits", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // Studio tokens set to nothing at run time: the next new item falls back at once.
+    let (status, _) =
+        app.admin_put("/admin/api/limits", json!({"studio_daily_usd": null, "studio_daily_tokens": 0})).await;
+    assert_eq!(status, 200);
+    let (_ws, ack) = app.player("Ada").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    let user = ack["user_id"].as_i64().unwrap();
+    let (status, item) = post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 1})).await;
+    assert_eq!((status, item["reason"].clone()), (202, json!("budget_exceeded")), "{item}");
+    let (status, _) = app.admin_put("/admin/api/limits", json!({"studio_daily_tokens": null})).await;
+    assert_eq!(status, 200);
+
+    // The player's own limit: 0 tokens refuses the next item with level player.
+    let (status, player) = app.admin_put(&format!("/admin/api/players/{user}"), json!({"daily_tokens": 0})).await;
+    assert_eq!(status, 200, "{player}");
+    assert_eq!(player["limits"]["daily_tokens"], 0, "{player}");
+    assert_eq!(player["nickname"], "Ada", "{player}");
+    assert_eq!(player["blocked"], false, "{player}");
+    let (status, refused) = post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 2})).await;
+    assert_eq!((status, refused["level"].clone()), (402, json!("player")), "{refused}");
+    let (status, player) = app.admin_put(&format!("/admin/api/players/{user}"), json!({"daily_tokens": null})).await;
+    assert_eq!((status, player["limits"]["daily_tokens"].clone()), (200, Value::Null), "{player}");
+
+    app.fake.set_usage(Some(FakeUsage { input: 30, output: 12, ..FakeUsage::default() }));
+    let item = app.content_final(&token, "npc", 3, json!({})).await;
+    assert_eq!(item["status"], "ready", "{item}");
+    let (status, player) = app.admin_get(&format!("/admin/api/players/{user}")).await;
+    assert_eq!(status, 200, "{player}");
+    // The default model is priced at $1 and $5 per million: 30 + 60 micro-dollars.
+    assert_eq!(player["today"], json!({"tokens": 42, "usd": 0.00009, "reserved_tokens": 0, "reserved_usd": 0.0}));
+    let (status, day) = app.admin_get("/admin/api/usage?limit=5").await;
+    assert_eq!(status, 200, "{day}");
+    assert_eq!(day["tokens"], 42, "{day}");
+    assert_eq!(day["top"], json!([{"user_id": user, "nickname": "Ada", "tokens": 42, "usd": 0.00009}]), "{day}");
+    let (status, _) = app.admin_get("/admin/api/usage?day=yesterday").await;
+    assert_eq!(status, 400);
+    let (status, _) = app.admin_get("/admin/api/players/999999").await;
+    assert_eq!(status, 404);
+}
+
+mod admin_both {
+    use super::*;
+    both_backends!(admin_reads_and_changes_limits_players_and_usage);
+}
