@@ -29,6 +29,9 @@ pub enum ApiError {
     /// A usage limit refused the request (402, naming its level).
     #[error("{}", .0.message)]
     OverLimit(Refusal),
+    /// The player's start rate refused the request (429, naming its level).
+    #[error("{}", .0.message)]
+    RateLimited(Refusal),
     /// Too much work queued (429).
     #[error("{0}")]
     Overloaded(String),
@@ -71,6 +74,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::BudgetExceeded(_) | ApiError::OverLimit(_) => "budget_exceeded",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal => "internal",
@@ -82,8 +86,10 @@ impl ApiError {
 /// database 503, our own fault 500. The cause is logged here, once; the client gets a safe message.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if let StoreError::OverLimit(refusal) = e {
-            return ApiError::OverLimit(refusal);
+        match e {
+            StoreError::OverLimit(refusal) => return ApiError::OverLimit(refusal),
+            StoreError::RateLimited(refusal) => return ApiError::RateLimited(refusal),
+            _ => {}
         }
         if let StoreError::QueueFull(limit) = e {
             tracing::debug!(limit, "request refused: the job queue is full");
@@ -115,7 +121,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BudgetExceeded(_) | ApiError::OverLimit(_) => StatusCode::PAYMENT_REQUIRED,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -133,7 +139,7 @@ impl ResponseError for ApiError {
             response.force_close();
         }
         let level = match self {
-            ApiError::OverLimit(refusal) => Some(refusal.level),
+            ApiError::OverLimit(refusal) | ApiError::RateLimited(refusal) => Some(refusal.level),
             _ => None,
         };
         response.json(ErrorBody { error: self.code(), message, level })

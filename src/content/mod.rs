@@ -26,6 +26,7 @@ use crate::domain::limits::Level;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
 use crate::jobs::{Intake, Loaded};
+use crate::limits::rate::StartRate;
 use crate::limits::{self, Spend};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::jobs::JobRow;
@@ -50,6 +51,8 @@ pub struct ContentService {
     queue_limit: i64,
     /// The usage limits' seed, the default model and the output tokens asked for.
     config: Arc<Config>,
+    /// The per-player start rate, when it is enforced.
+    rate: Option<Arc<StartRate>>,
 }
 
 impl ContentService {
@@ -57,7 +60,40 @@ impl ContentService {
     pub fn new(deps: &Deps, jobs: Intake) -> Self {
         let Deps { process: origin, store, clock, hub, config, .. } = deps.clone();
         let queue_limit = i64::try_from(config.queue_limit).unwrap_or(i64::MAX);
-        ContentService { origin, store, clock, hub, jobs, queue_limit, config }
+        ContentService { origin, store, clock, hub, jobs, queue_limit, config, rate: None }
+    }
+
+    /// New items and regenerations count against the player's start rate `rate`.
+    pub fn with_start_rate(mut self, rate: Arc<StartRate>) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Counts a request that would create or regenerate the item against the player's start
+    /// rate ([`StoreError::RateLimited`] over it); one served as it is costs nothing.
+    async fn count_start(
+        &self,
+        kind: ContentKind,
+        subject_id: i64,
+        regenerate: bool,
+        by: i64,
+    ) -> Result<(), StoreError> {
+        let Some(rate) = &self.rate else { return Ok(()) };
+        let seed = self.config.usage;
+        let (starts, per_player) = self
+            .store
+            .run(move |conn| {
+                let starts = match rows::find(conn, kind, subject_id)? {
+                    Some(row) => regenerate && !row.is_pending(),
+                    None => true,
+                };
+                Ok((starts, limits::start_rate(&limits::stored_limits(conn, &seed)?, &seed)))
+            })
+            .await?;
+        if starts {
+            rate.admit(by, per_player).await.map_err(StoreError::RateLimited)?;
+        }
+        Ok(())
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
@@ -74,6 +110,7 @@ impl ContentService {
         let context = req.context.as_ref().map(|c| serde_json::to_string(c).expect("context serializes"));
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
+        self.count_start(kind, subject_id, regenerate, by).await?;
         let queue_limit = self.queue_limit;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();

@@ -68,6 +68,7 @@ impl From<RunRefused> for ApiError {
         match e {
             RunRefused::BudgetExceeded(refusal) => ApiError::OverLimit(refusal),
             RunRefused::Overloaded(m) => ApiError::Overloaded(m),
+            RunRefused::RateLimited(refusal) => ApiError::RateLimited(refusal),
             RunRefused::Store(e) => e.into(),
         }
     }

@@ -6,6 +6,7 @@
 //!
 //! Knows which levels apply and in which order they refuse, never which feature spends.
 
+pub mod rate;
 pub mod service;
 
 use chrono::NaiveDateTime;
@@ -42,6 +43,11 @@ pub fn day_of(now: NaiveDateTime) -> String {
 /// The stored limits, the settings' seed when none are stored yet.
 pub fn stored_limits(conn: &mut DbConn, seed: &UsageConfig) -> StoreResult<LimitsRow> {
     Ok(ledger::limits(conn)?.unwrap_or_else(|| seed_row(seed, NaiveDateTime::default())))
+}
+
+/// The stored per-player start rate (the settings' when the stored one cannot be read).
+pub fn start_rate(row: &LimitsRow, seed: &UsageConfig) -> crate::core::rate_limit::Rate {
+    row.player_llm_rate.parse().unwrap_or(seed.player_llm_rate)
 }
 
 /// The row the settings seed.

@@ -21,6 +21,7 @@ use crate::domain::topic::Topic;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::jobs::JobsAvailable;
+use crate::limits::rate::StartRate;
 use crate::limits::{self, Spend, Used};
 use crate::llm::credentials::NoCredentials;
 use crate::store::run_attempts;
@@ -44,6 +45,9 @@ pub enum RunRefused {
     BudgetExceeded(Refusal),
     #[error("{0}")]
     Overloaded(String),
+    /// The player's start rate refused it.
+    #[error("{0}")]
+    RateLimited(Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -100,6 +104,8 @@ pub struct RunService {
     live: Arc<LiveRuns>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// The per-player start rate, when it is enforced.
+    rate: Option<Arc<StartRate>>,
 }
 
 /// The dedup key: identical (project, action, model, input) share it.
@@ -120,7 +126,37 @@ impl RunService {
     /// Runs admitted here are woken on `jobs`; their frames are kept in `live`.
     pub fn new(deps: &Deps, jobs: Recipient<JobsAvailable>, live: Arc<LiveRuns>) -> Self {
         let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
-        RunService { origin, store, clock, hub, jobs, live, config, metrics }
+        RunService { origin, store, clock, hub, jobs, live, config, metrics, rate: None }
+    }
+
+    /// New runs count against the player's start rate `rate`.
+    pub fn with_start_rate(mut self, rate: Arc<StartRate>) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Counts a request that would start a new run against the player's start rate; one that
+    /// joins a running run or is answered from a finished one costs nothing.
+    async fn count_start(&self, req: &RunRequest, by: i64) -> Result<(), RunRefused> {
+        let Some(rate) = &self.rate else { return Ok(()) };
+        let (config, req) = (self.config.clone(), req.clone());
+        let (starts, per_player) = self
+            .store
+            .run(move |conn| {
+                let llm = llm_config::get(conn)?;
+                let model = llm.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
+                let key = dedup_key(&req.project_id, req.action, &model, &req.input);
+                let starts = !rows::would_reuse(conn, &key, !req.skip_cache)?;
+                Ok((starts, limits::start_rate(&limits::stored_limits(conn, &config.usage)?, &config.usage)))
+            })
+            .await?;
+        if starts {
+            if let Err(refusal) = rate.admit(by, per_player).await {
+                self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
+                return Err(RunRefused::RateLimited(refusal));
+            }
+        }
+        Ok(())
     }
 
     pub fn live(&self) -> &Arc<LiveRuns> {
@@ -130,6 +166,7 @@ impl RunService {
     /// Admits a run started by player `by`. A new run reserves its first attempt's bound for
     /// the player and the studio with the project's budget, in one transaction.
     pub async fn start(&self, req: RunRequest, waiter: Waiter, by: i64) -> Result<Started, RunRefused> {
+        self.count_start(&req, by).await?;
         let now = self.clock.now_naive();
         let config = self.config.clone();
         let run_id = new_run_id();

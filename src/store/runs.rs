@@ -175,6 +175,21 @@ pub fn admit(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreR
     }
 }
 
+/// Whether a request with `dedup_key` would join a queued or running run, or (`cached`) be
+/// answered from a finished one: such a request starts no new run.
+pub fn would_reuse(conn: &mut DbConn, dedup_key: &str, cached: bool) -> StoreResult<bool> {
+    let mut statuses: Vec<&str> = RunStatus::ACTIVE.map(RunStatus::as_str).to_vec();
+    if cached {
+        statuses.push(RunStatus::Done.as_str());
+    }
+    let found: i64 = runs::table
+        .filter(runs::dedup_key.eq(dedup_key))
+        .filter(runs::status.eq_any(statuses))
+        .count()
+        .get_result(conn)?;
+    Ok(found > 0)
+}
+
 fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreResult<Admitted> {
     let active: Option<RunRow> = runs::table
         .filter(runs::dedup_key.eq(a.dedup_key))

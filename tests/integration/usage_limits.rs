@@ -314,3 +314,41 @@ mod admin_both {
     use super::*;
     both_backends!(admin_reads_and_changes_limits_players_and_usage);
 }
+
+/// `LOREWIRE_PLAYER_LLM_RATE`: new items, regenerations and runs count together; past the
+/// rate they get `rate_limited` with `level: player` (WebSocket and REST) and nothing is
+/// stored; an existing item and an identical finished run (cached) are free.
+async fn the_player_start_rate_counts_new_items_and_runs(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| c.usage.player_llm_rate = "3/1m".parse().unwrap()).await;
+    let (mut ws, ack) = app.player("Ada").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    assert_eq!(app.content_final(&token, "npc", 1, json!({})).await["status"], "ready");
+    assert_eq!(app.content_final(&token, "npc", 1, json!({"regenerate": true})).await["status"], "ready");
+    let body = json!({"project_id": "p1", "action": "WRITE", "input": "a bell"});
+    let (status, run) = post_json(&app.url("/api/generate"), &token, &body).await;
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(app.final_run(&token, run["run_id"].as_str().unwrap()).await["status"], "done");
+
+    ws.send(json!({"type": "content:request", "kind": "npc", "subject_id": 2, "ref": 1})).await;
+    let refused = ws.recv_type("error:rate_limited").await;
+    assert_eq!((refused["ref"].clone(), refused["level"].clone()), (json!(1), json!("player")), "{refused}");
+    let other = json!({"project_id": "p1", "action": "WRITE", "input": "another bell"});
+    let (status, refused) = post_json(&app.url("/api/generate"), &token, &other).await;
+    assert_eq!(
+        (status, refused["error"].clone(), refused["level"].clone()),
+        (429, json!("rate_limited"), json!("player"))
+    );
+
+    // Free: the item as it is, and the identical finished run answered from its text.
+    let (status, item) = post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 1})).await;
+    assert_eq!((status, item["status"].clone()), (202, json!("ready")), "{item}");
+    let (status, cached) = post_json(&app.url("/api/generate"), &token, &body).await;
+    assert_eq!((status, cached["cached"].clone()), (202, json!(true)), "{cached}");
+    let store = store_of(&app).await;
+    assert_eq!((content_rows(&store).await, run_rows(&store).await), (1, 1), "nothing stored for the refused");
+}
+
+mod rate_both {
+    use super::*;
+    both_backends!(the_player_start_rate_counts_new_items_and_runs);
+}

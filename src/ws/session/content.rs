@@ -48,10 +48,13 @@ impl WsSession {
                 Ok(content) => act.snapshot(topic, reference, content, ctx),
                 Err(StoreError::OverLimit(refusal)) => {
                     act.unwatch_if_holding(&topic);
-                    act.send(
-                        ServerFrame::error_at(ErrorCode::BudgetExceeded, reference, refusal.message, refusal.level),
-                        ctx,
-                    );
+                    let code = ErrorCode::BudgetExceeded;
+                    act.send(ServerFrame::error_at(code, reference, refusal.message, refusal.level), ctx);
+                }
+                Err(StoreError::RateLimited(refusal)) => {
+                    act.unwatch_if_holding(&topic);
+                    let code = ErrorCode::RateLimited;
+                    act.send(ServerFrame::error_at(code, reference, refusal.message, refusal.level), ctx);
                 }
                 Err(e) => {
                     act.unwatch_if_holding(&topic);

@@ -113,6 +113,10 @@ impl WsSession {
                     ctx,
                 ),
                 Err(RunRefused::Overloaded(message)) => act.error(ErrorCode::Overloaded, reference, message, ctx),
+                Err(RunRefused::RateLimited(refusal)) => act.send(
+                    ServerFrame::error_at(ErrorCode::RateLimited, reference, refusal.message, refusal.level),
+                    ctx,
+                ),
                 Err(RunRefused::Store(e)) => act.store_failed("the run could not be stored", &e, reference, ctx),
             }
         }));
