@@ -20,6 +20,7 @@ use crate::core::metrics::Metrics;
 use crate::core::rate_limit::RateLimiter;
 use crate::domain::identity::{looks_like_jwt, JwtRefusal, Verified};
 use crate::domain::players::{hash_token, new_token, validate_nickname};
+use crate::store::usage;
 use crate::store::users::{self, UserRow};
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -44,6 +45,9 @@ pub enum StartRefused {
     /// Too many new players from one address.
     #[error("{0}")]
     RateLimited(String),
+    /// The admin blocked this player (a session start gets `error:unauthorized`, REST 403).
+    #[error("this player is blocked")]
+    Blocked,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -110,6 +114,7 @@ impl Players {
         if let Some(token) = presented {
             let (hash, name) = (hash_token(&token), nickname.clone());
             if let Some(user) = self.store.write(move |conn| users::resume(conn, &hash, &name, now)).await? {
+                self.refuse_blocked(user.id).await?;
                 return Ok(Started { user, token: Some(token), resumed: true, jwt: None });
             }
         }
@@ -137,6 +142,7 @@ impl Players {
             .store
             .write(move |conn| users::start_external(conn, &issuer, &subject, &nickname, rename, &unused, now))
             .await?;
+        self.refuse_blocked(user.id).await?;
         Ok(Started { user, token: None, resumed, jwt: Some(verified) })
     }
 
@@ -175,7 +181,17 @@ impl Players {
         }
     }
 
-    async fn touched(&self, user: UserRow) -> StoreResult<UserRow> {
+    /// [`StartRefused::Blocked`] when the admin blocked `user_id`.
+    async fn refuse_blocked(&self, user_id: i64) -> Result<(), StartRefused> {
+        if self.store.run(move |conn| usage::is_blocked(conn, user_id)).await? {
+            tracing::info!(user = user_id, "a blocked player was refused");
+            return Err(StartRefused::Blocked);
+        }
+        Ok(())
+    }
+
+    async fn touched(&self, user: UserRow) -> Result<UserRow, StartRefused> {
+        self.refuse_blocked(user.id).await?;
         let now = self.clock.now_naive();
         if needs_touch(user.last_seen_at, now) {
             let id = user.id;

@@ -352,3 +352,74 @@ mod rate_both {
     use super::*;
     both_backends!(the_player_start_rate_counts_new_items_and_runs);
 }
+
+/// A blocked player: its session starts get `error:unauthorized` and its REST calls 403;
+/// unblocked, it plays again.
+async fn a_blocked_player_cannot_start_or_call(db: Db) {
+    let app = spawn_with(Setup::new(db), |_| {}).await;
+    let (ws, ack) = app.player("Ada").await;
+    ws.close().await;
+    let (token, user) = (ack["token"].as_str().unwrap().to_owned(), ack["user_id"].as_i64().unwrap());
+    let (status, player) = app.admin_put(&format!("/admin/api/players/{user}"), json!({"blocked": true})).await;
+    assert_eq!((status, player["blocked"].clone()), (200, json!(true)), "{player}");
+
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "session:start", "nickname": "Ada", "token": token, "ref": 1})).await;
+    let refused = ws.recv_type("error:unauthorized").await;
+    assert_eq!(refused["message"], "this player is blocked", "{refused}");
+    let (status, body) = post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 1})).await;
+    assert_eq!((status, body["error"].clone()), (403, json!("forbidden")), "{body}");
+    let store = store_of(&app).await;
+    assert_eq!(content_rows(&store).await, 0);
+
+    let (status, _) = app.admin_put(&format!("/admin/api/players/{user}"), json!({"blocked": false})).await;
+    assert_eq!(status, 200);
+    let (status, body) = post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 1})).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+mod blocked_both {
+    use super::*;
+    both_backends!(a_blocked_player_cannot_start_or_call);
+}
+
+/// Two processes on one PostgreSQL database, 60 concurrent content requests from one player
+/// split between them, against a daily token limit that fits exactly 9 reservations (each call
+/// reporting its whole bound, so no settlement frees room): exactly 9 items are made, over both
+/// processes the ledger never passes the limit, and the studio is charged the same.
+#[actix_web::test]
+async fn two_processes_never_overshoot_a_players_limit() {
+    let probe = Config::with_database("unused");
+    let (prompt, output) = npc_bound(&probe, 10);
+    let per_item = prompt + output;
+    let app = spawn_with(Setup::new(Db::Postgres), |c| c.usage.player_daily_tokens = Some(9 * per_item)).await;
+    app.fake.set_usage(Some(FakeUsage { input: prompt as u64, output: output as u64, ..FakeUsage::default() }));
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(config, std::sync::Arc::new(lorewire::core::clock::SystemClock))
+        .await
+        .expect("second process starts");
+    let (_ws, ack) = app.player("Ada").await;
+    let token = ack["token"].as_str().unwrap().to_owned();
+    let user = ack["user_id"].as_i64().unwrap();
+    let urls = [app.url("/api/content"), format!("http://{}/api/content", other.addr)];
+    let answers = join_all((10..70).map(|id| {
+        let (url, token) = (urls[id as usize % 2].clone(), token.clone());
+        async move { post_json(&url, &token, &json!({"kind": "npc", "subject_id": id})).await }
+    }))
+    .await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+    assert_eq!(accepted, 9, "{answers:?}");
+    assert!(answers.iter().all(|(s, b)| *s == 202 || (*s == 402 && b["level"] == "player")), "{answers:?}");
+    let store = store_of(&app).await;
+    crate::common::eventually("every item to be settled", || async {
+        let row = ledger(&store, "player", user.to_string()).await;
+        assert!(row.spent_tokens + row.reserved_tokens <= 9 * per_item, "{row:?}");
+        (row.reserved_tokens == 0).then_some(())
+    })
+    .await;
+    let row = ledger(&store, "player", user.to_string()).await;
+    assert_eq!(row.spent_tokens, 9 * per_item, "{row:?}");
+    assert_eq!(ledger(&store, "studio", String::new()).await.spent_tokens, 9 * per_item);
+    assert_eq!(content_rows(&store).await, 9);
+}
