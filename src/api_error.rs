@@ -8,6 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::limits::{Level, Refusal};
 use crate::store::{Failure, StoreError, QUEUE_FULL};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,12 @@ pub enum ApiError {
     /// The project's budget has no room (402).
     #[error("{0}")]
     BudgetExceeded(String),
+    /// A usage limit refused the request (402, naming its level).
+    #[error("{}", .0.message)]
+    OverLimit(Refusal),
+    /// The player's start rate refused the request (429, naming its level).
+    #[error("{}", .0.message)]
+    RateLimited(Refusal),
     /// Too much work queued (429).
     #[error("{0}")]
     Overloaded(String),
@@ -47,6 +54,9 @@ pub struct ErrorBody {
     pub error: &'static str,
     #[schema(example = "no run `run_x`")]
     pub message: String,
+    /// The usage level whose limit refused the request (`budget_exceeded`, `rate_limited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
 }
 
 impl ApiError {
@@ -62,8 +72,9 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::BudgetExceeded(_) => "budget_exceeded",
+            ApiError::BudgetExceeded(_) | ApiError::OverLimit(_) => "budget_exceeded",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal => "internal",
@@ -75,6 +86,11 @@ impl ApiError {
 /// database 503, our own fault 500. The cause is logged here, once; the client gets a safe message.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::OverLimit(refusal) => return ApiError::OverLimit(refusal),
+            StoreError::RateLimited(refusal) => return ApiError::RateLimited(refusal),
+            _ => {}
+        }
         if let StoreError::QueueFull(limit) = e {
             tracing::debug!(limit, "request refused: the job queue is full");
             return ApiError::Overloaded(QUEUE_FULL.into());
@@ -104,8 +120,8 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BudgetExceeded(_) | ApiError::OverLimit(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::Overloaded(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,7 +138,11 @@ impl ResponseError for ApiError {
             // The rest of the body may still come: the connection cannot be reused.
             response.force_close();
         }
-        response.json(ErrorBody { error: self.code(), message })
+        let level = match self {
+            ApiError::OverLimit(refusal) | ApiError::RateLimited(refusal) => Some(refusal.level),
+            _ => None,
+        };
+        response.json(ErrorBody { error: self.code(), message, level })
     }
 }
 

@@ -29,6 +29,7 @@ use crate::domain::content::{ContentStatus, FallbackReason};
 use crate::domain::upstream::UpstreamFailure;
 use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
+use crate::limits::service::UsageLimits;
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
 use crate::llm::Llm;
 use crate::lobby::mood_job::MoodJob;
@@ -123,6 +124,7 @@ async fn recover(store: &Store, config: &Arc<Config>, clock: &SharedClock) -> Re
                 seed.llm_api_key.as_ref().map(Secret::expose),
                 now,
             )?;
+            crate::store::usage::seed_limits(conn, &crate::limits::seed_row(&seed.usage, now))?;
             // SQLite belongs to this one process: whatever was running died with the last one.
             let reclaimed = match backend {
                 Backend::Sqlite => jobs::reclaim_all(conn, now)?,
@@ -203,8 +205,9 @@ impl Features {
             .register(MoodJob::new(deps, llm))
             .register(run_job)
             .start_with_intake();
-        let content = ContentService::new(deps, intake);
-        let runs = RunService::new(deps, jobs.clone().recipient(), live.clone());
+        let start_rate = Arc::new(crate::limits::rate::StartRate::new(backplane.clone()));
+        let content = ContentService::new(deps, intake).with_start_rate(start_rate.clone());
+        let runs = RunService::new(deps, jobs.clone().recipient(), live.clone()).with_start_rate(start_rate);
         let presence = Presence::new(
             hub.clone(),
             metrics.clone(),
@@ -235,7 +238,9 @@ impl Features {
         let Deps { store, clock, hub, metrics, config, .. } = deps;
         let admin_token =
             config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
+        let usage = UsageLimits::new(store.clone(), clock.clone(), config.clone());
         AppState {
+            usage,
             config,
             store,
             clock,

@@ -18,6 +18,7 @@ pub mod http;
 pub mod hub;
 pub mod insights;
 pub mod jobs;
+pub mod limits;
 pub mod llm;
 pub mod lobby;
 pub mod metric_history;

@@ -15,6 +15,7 @@ use crate::core::config::{Config, Secret};
 use crate::core::metrics::Metrics;
 use crate::hub::Hub;
 use crate::jobs::JobWorker;
+use crate::limits::service::UsageLimits;
 use crate::llm::circuit::CircuitBreaker;
 use crate::lobby::Chat;
 use crate::metric_history::MetricHistory;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub players: Players,
     /// Checks what players and the LLM write; the record of flags.
     pub moderation: Moderation,
+    /// The usage limits as the admin reads and changes them (PROTOCOL §5).
+    pub usage: UsageLimits,
     /// The admin's figures (the retention already counted).
     pub insights: crate::insights::Insights,
     pub admin_token: Secret,

@@ -24,7 +24,8 @@ export type FallbackReason =
   | "timeout"
   | "invalid_json"
   | "invalid_response"
-  | "moderated";
+  | "moderated"
+  | "budget_exceeded";
 
 export type Mood = "neutral" | "happy" | "sad" | "angry" | "excited" | "calm";
 
@@ -67,6 +68,11 @@ export type ErrorCode =
   | "overloaded"
   | "moderated"
   | "unavailable";
+
+/**
+ * Where a limit sits; refusals are reported for the first level that refuses, in this order.
+ */
+export type Level = "player" | "project" | "studio";
 
 /** The fields of each kind (all strings, empty while pending). */
 export interface ContentFields {
@@ -314,7 +320,15 @@ export type TypedServerFrame =
     mood_status: Exclude<Status, "pending">,
   };
 
-export type ErrorFrame = { type: `error:${ErrorCode}`, ref?: string | number, message: string };
+export type ErrorFrame = {
+  type: `error:${ErrorCode}`,
+  ref?: string | number,
+  message: string,
+  /**
+   * The usage level whose limit refused the request (`budget_exceeded`, `rate_limited`).
+   */
+  level?: Level,
+};
 
 /**
  * A frame to a client.

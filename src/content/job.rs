@@ -22,7 +22,7 @@ use crate::deps::Deps;
 use crate::domain::moderation::Surface;
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
-use crate::llm::providers::Prompt;
+use crate::limits::{self, Used};
 use crate::llm::Llm;
 use crate::moderation::Moderation;
 use crate::store::content::{self as rows, ContentRow, Finish};
@@ -58,6 +58,8 @@ impl Before {
 
 /// What an item ends with.
 struct Ending {
+    /// What the calls used, charged with the item's end.
+    used: Used,
     status: ContentStatus,
     fields: Map<String, Value>,
     model: Option<String>,
@@ -87,25 +89,22 @@ impl ContentJob {
         let subject_id = row.subject_id as u64;
         let context: Context = serde_json::from_str(&row.context)
             .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
-        let prompt = Prompt {
-            system: kind.system_prompt().to_owned(),
-            user: prompts::user_message(kind, subject_id, &context),
-            schema_name: kind.schema_name().to_owned(),
-            schema: kind.json_schema(),
-            // Never so few that a valid answer is cut off.
-            max_tokens: self.max_output_tokens.max(kind.answer_token_bound()),
-        };
+        let prompt = prompts::prompt(kind, subject_id, &context, self.max_output_tokens);
         let what = format!("{} {subject_id}", kind.as_str());
-        // A flagged answer is asked for once more; flagged again, the item falls back.
-        let mut ending = fallback(kind, subject_id, FallbackReason::Moderated);
+        // A flagged answer is asked for once more (the reservation covers both calls when
+        // moderation is on); flagged again, the item falls back. Both calls are charged.
+        let mut used = Used::Nothing;
+        let mut ending = None;
         for _ in 0..2 {
             let answer = match self.llm.call(config.as_ref(), &prompt, |text| kind.validate_output(text), &what).await {
                 Ok(answer) => answer,
                 Err(failure) => {
-                    ending = fallback(kind, subject_id, failure.into());
+                    used = used.and(limits::used_by_failure(failure));
+                    ending = Some(fallback(kind, subject_id, failure.into(), Used::Nothing));
                     break;
                 }
             };
+            used = used.and(answer.usage.map_or(Used::Unknown, Used::Reported));
             if let Some(repair) = answer.repair {
                 self.metrics.answers_repaired.with_label_values(&[kind.as_str(), repair.as_str()]).inc();
                 tracing::info!(kind = kind.as_str(), subject_id, how = repair.as_str(), "answer repaired");
@@ -114,10 +113,17 @@ impl ContentJob {
                 tracing::info!(kind = kind.as_str(), subject_id, "answer flagged by moderation");
                 continue;
             }
-            ending =
-                Ending { status: ContentStatus::Ready, fields: answer.value, model: Some(answer.model), reason: None };
+            ending = Some(Ending {
+                used: Used::Nothing,
+                status: ContentStatus::Ready,
+                fields: answer.value,
+                model: Some(answer.model),
+                reason: None,
+            });
             break;
         }
+        let mut ending = ending.unwrap_or_else(|| fallback(kind, subject_id, FallbackReason::Moderated, Used::Nothing));
+        ending.used = used;
         self.commit(&claim, &row, ending).await
     }
 
@@ -139,7 +145,8 @@ impl ContentJob {
             return nothing_to_do(&self.store, &claim).await;
         };
         let kind = row.kind()?;
-        let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse);
+        // Whether an earlier attempt called is not known: charged as reserved, never under.
+        let ending = fallback(kind, row.subject_id as u64, FallbackReason::InvalidResponse, Used::Unknown);
         self.commit(&claim, &row, ending).await
     }
 
@@ -150,7 +157,7 @@ impl ContentJob {
         let fields = Value::Object(ending.fields).to_string();
         let reason = ending.reason;
         let (origin, worker, job_id, content_id) = (self.origin.clone(), claim.worker.clone(), claim.job_id, row.id);
-        let status = ending.status;
+        let (status, used) = (ending.status, ending.used);
         let model = ending.model;
         let now = self.clock.now_naive();
         let ended = self
@@ -166,7 +173,11 @@ impl ContentJob {
                     model: model.as_deref(),
                     reason,
                 };
-                rows::finish(conn, &finish, now)
+                let ended = rows::finish(conn, &finish, now)?;
+                if let Ended::Done(_) = &ended {
+                    limits::settle(conn, &format!("content:{content_id}"), used, now)?;
+                }
+                Ok(ended)
             })
             .await?;
         let written = match ended {
@@ -202,8 +213,9 @@ impl ContentJob {
 }
 
 /// The item's deterministic fallback text, and why.
-fn fallback(kind: ContentKind, subject_id: u64, reason: FallbackReason) -> Ending {
+fn fallback(kind: ContentKind, subject_id: u64, reason: FallbackReason, used: Used) -> Ending {
     Ending {
+        used,
         status: ContentStatus::Fallback,
         fields: kind.fallback_fields(subject_id),
         model: None,

@@ -16,15 +16,21 @@ pub use crate::domain::content::{
 };
 pub use crate::domain::context::Context;
 
+use std::sync::Arc;
+
 use crate::core::clock::SharedClock;
+use crate::core::config::Config;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
+use crate::domain::limits::Level;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
 use crate::jobs::{Intake, Loaded};
+use crate::limits::rate::StartRate;
+use crate::limits::{self, Spend};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::jobs::JobRow;
-use crate::store::{DbConn, Store, StoreError};
+use crate::store::{llm_config, DbConn, Store, StoreError, StoreResult};
 
 /// `content:update` for every session subscribed to the item.
 pub fn update_publish(content: Content) -> Publish {
@@ -43,6 +49,10 @@ pub struct ContentService {
     jobs: Intake,
     /// `LOREWIRE_QUEUE_LIMIT`: a request whose job would be queued past it is refused.
     queue_limit: i64,
+    /// The usage limits' seed, the default model and the output tokens asked for.
+    config: Arc<Config>,
+    /// The per-player start rate, when it is enforced.
+    rate: Option<Arc<StartRate>>,
 }
 
 impl ContentService {
@@ -50,24 +60,64 @@ impl ContentService {
     pub fn new(deps: &Deps, jobs: Intake) -> Self {
         let Deps { process: origin, store, clock, hub, config, .. } = deps.clone();
         let queue_limit = i64::try_from(config.queue_limit).unwrap_or(i64::MAX);
-        ContentService { origin, store, clock, hub, jobs, queue_limit }
+        ContentService { origin, store, clock, hub, jobs, queue_limit, config, rate: None }
+    }
+
+    /// New items and regenerations count against the player's start rate `rate`.
+    pub fn with_start_rate(mut self, rate: Arc<StartRate>) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Counts a request that would create or regenerate the item against the player's start
+    /// rate ([`StoreError::RateLimited`] over it); one served as it is costs nothing.
+    async fn count_start(
+        &self,
+        kind: ContentKind,
+        subject_id: i64,
+        regenerate: bool,
+        by: i64,
+    ) -> Result<(), StoreError> {
+        let Some(rate) = &self.rate else { return Ok(()) };
+        let seed = self.config.usage;
+        let (starts, per_player) = self
+            .store
+            .run(move |conn| {
+                let starts = match rows::find(conn, kind, subject_id)? {
+                    Some(row) => regenerate && !row.is_pending(),
+                    None => true,
+                };
+                Ok((starts, limits::start_rate(&limits::stored_limits(conn, &seed)?, &seed)))
+            })
+            .await?;
+        if starts {
+            rate.admit(by, per_player).await.map_err(StoreError::RateLimited)?;
+        }
+        Ok(())
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
     /// transaction) and hands the job to the worker: claimed in that transaction when the
     /// worker has a free slot, else queued and the worker woken.
-    pub async fn request(&self, req: ValidRequest) -> Result<Content, StoreError> {
+    ///
+    /// An item created or regenerated reserves its call's bound for player `by` and the
+    /// studio in the same transaction: over the player's limit nothing is stored
+    /// ([`StoreError::OverLimit`]); over the studio's the item is written `fallback`
+    /// (`budget_exceeded`) with no job.
+    pub async fn request(&self, req: ValidRequest, by: i64) -> Result<Content, StoreError> {
         let kind = req.kind;
         let subject_id = req.subject_id as i64;
         let context = req.context.as_ref().map(|c| serde_json::to_string(c).expect("context serializes"));
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
+        self.count_start(kind, subject_id, regenerate, by).await?;
         let queue_limit = self.queue_limit;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
         let slot = self.jobs.reserve();
         let claimer = slot.as_ref().map(|slot| slot.claimer());
         let (jobs, hub) = (self.jobs.clone(), self.hub.clone());
+        let config = self.config.clone();
         let write = move |conn: &mut DbConn| {
             let item = RequestItem {
                 origin: &origin,
@@ -79,7 +129,16 @@ impl ContentService {
                 claim_for: claimer.as_ref().map(|c| c.worker()),
                 queue_limit,
             };
-            let (requested, job) = rows::request(conn, &item, now)?;
+            let (mut requested, mut job) = rows::request(conn, &item, now)?;
+            if let Requested::Created(row) | Requested::Regenerating(row) = &requested {
+                if let Some(fallback) = charge(conn, &config, &origin, row, by, now)? {
+                    requested = match requested {
+                        Requested::Regenerating(_) => Requested::Regenerating(fallback),
+                        _ => Requested::Created(fallback),
+                    };
+                    job = None;
+                }
+            }
             // What the job's attempt reads, read now (the claim's own read).
             let claimed = job.map(|job| {
                 let loaded = claimer.as_ref().and_then(|c| c.load(conn, &job));
@@ -112,5 +171,38 @@ impl ContentService {
         let Ok(subject_id) = check_subject_id(subject_id) else { return Ok(None) };
         let row = self.store.run(move |conn| rows::find(conn, kind, subject_id)).await?;
         row.as_ref().map(ContentRow::content).transpose()
+    }
+}
+
+/// Reserves the call of the item `row` (just created or regenerated) for player `by` and the
+/// studio. `Some`: the studio refused, the item as written with its fallback instead.
+fn charge(
+    conn: &mut DbConn,
+    config: &Config,
+    origin: &str,
+    row: &ContentRow,
+    by: i64,
+    now: chrono::NaiveDateTime,
+) -> StoreResult<Option<ContentRow>> {
+    let kind = row.kind()?;
+    let context: Context = serde_json::from_str(&row.context)
+        .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
+    let prompt = prompts::prompt(kind, row.subject_id as u64, &context, config.max_output_tokens);
+    let (prompt_tokens, output_tokens) = prompt.bound_with_reask();
+    // With moderation on, a flagged answer is asked for once more: two calls' worth.
+    let calls = if config.moderation.is_on() { 2 } else { 1 };
+    let (prompt_tokens, output_tokens) = (prompt_tokens * calls, output_tokens * calls);
+    let model = llm_config::get(conn)?.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
+    let target = format!("content:{}", row.id);
+    let spend = Spend { user_id: by, model: &model, target: &target, prompt_tokens, output_tokens };
+    match limits::reserve(conn, &config.usage, &spend, now)? {
+        Ok(()) => Ok(None),
+        Err(refusal) if refusal.level == Level::Player => Err(StoreError::OverLimit(refusal)),
+        Err(refusal) => {
+            tracing::info!(content = row.id, why = %refusal, "content item falls back: the studio's limit is reached");
+            let fields = Value::Object(kind.fallback_fields(row.subject_id as u64)).to_string();
+            let reason = FallbackReason::BudgetExceeded.to_string();
+            rows::fall_back_unqueued(conn, origin, row.id, &fields, &reason, now).map(Some)
+        }
     }
 }

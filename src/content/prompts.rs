@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use crate::domain::content::ContentKind;
 use crate::domain::context::{is_valid_key, sanitize_value, Context, MAX_CONTEXT_KEYS};
+use crate::llm::providers::Prompt;
 
 /// What every system prompt says first: the game's voice.
 macro_rules! voice {
@@ -156,6 +157,18 @@ impl ContentKind {
 fn encode_value(value: &str) -> String {
     let json = serde_json::to_string(value).expect("a string serializes");
     json.replace('<', "\\u003c").replace('>', "\\u003e")
+}
+
+/// The structured call that writes an item: its fields' schema, never so few output tokens
+/// (`max_output_tokens` at least) that a valid answer is cut off.
+pub fn prompt(kind: ContentKind, subject_id: u64, context: &Context, max_output_tokens: u32) -> Prompt {
+    Prompt {
+        system: kind.system_prompt().to_owned(),
+        user: user_message(kind, subject_id, context),
+        schema_name: kind.schema_name().to_owned(),
+        schema: kind.json_schema(),
+        max_tokens: max_output_tokens.max(kind.answer_token_bound()),
+    }
 }
 
 /// The user message: what to write (kind, subject id) and the context as one `key: value` line

@@ -13,6 +13,7 @@ use crate::core::logging::LogFormat;
 use crate::core::moderation::{ModerationConfig, ModerationSettings};
 use crate::core::provider::Provider;
 use crate::core::rate_limit::Rate;
+use crate::core::usage::{UsageConfig, UsageSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -149,6 +150,8 @@ pub struct Settings {
     pub identity: IdentitySettings,
     #[command(flatten)]
     pub moderation: ModerationSettings,
+    #[command(flatten)]
+    pub usage: UsageSettings,
 }
 
 /// Why `LOREWIRE_PRESENCE_LIST_MAX` is refused (clap shows the message).
@@ -266,6 +269,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// What players and the LLM write is checked against (PROTOCOL §6).
     pub moderation: ModerationConfig,
+    /// Usage limits that seed the stored ones, and the per-player start rate (PROTOCOL §5).
+    pub usage: UsageConfig,
     /// Pauses that tests put between two steps to hold a race open; all zero outside tests.
     pub test_holds: TestHolds,
 }
@@ -334,6 +339,7 @@ impl Settings {
             body_timeout: Duration::from_secs(10),
             identity: self.identity.into_config(),
             moderation: self.moderation.into_config(),
+            usage: self.usage.into_config(),
             test_holds: TestHolds::default(),
         }
     }

@@ -14,3 +14,4 @@ pub mod provider;
 pub mod rate_limit;
 pub mod secret;
 pub mod shutdown;
+pub mod usage;

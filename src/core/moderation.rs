@@ -53,6 +53,13 @@ pub struct ModerationConfig {
     pub window: usize,
 }
 
+impl ModerationConfig {
+    /// Whether anything is checked (a word list or an endpoint is set).
+    pub fn is_on(&self) -> bool {
+        self.words.is_some() || self.url.is_some()
+    }
+}
+
 impl ModerationSettings {
     pub fn into_config(self) -> ModerationConfig {
         ModerationConfig {

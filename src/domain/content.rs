@@ -304,6 +304,8 @@ pub enum FallbackReason {
     InvalidResponse,
     /// Moderation flagged the answer, and its one regeneration (PROTOCOL §6).
     Moderated,
+    /// The studio's daily usage limit had no room for the item (PROTOCOL §5).
+    BudgetExceeded,
 }
 
 impl std::fmt::Display for FallbackReason {
@@ -318,13 +320,14 @@ impl std::fmt::Display for FallbackReason {
             FallbackReason::InvalidJson => f.write_str("invalid_json"),
             FallbackReason::InvalidResponse => f.write_str("invalid_response"),
             FallbackReason::Moderated => f.write_str("moderated"),
+            FallbackReason::BudgetExceeded => f.write_str("budget_exceeded"),
         }
     }
 }
 
 impl FallbackReason {
     /// Every reason but `ApiError`, which carries the upstream's HTTP status.
-    pub const NAMED: [FallbackReason; 8] = [
+    pub const NAMED: [FallbackReason; 9] = [
         FallbackReason::NoConfig,
         FallbackReason::CircuitOpen,
         FallbackReason::RateLimited,
@@ -333,6 +336,7 @@ impl FallbackReason {
         FallbackReason::InvalidJson,
         FallbackReason::InvalidResponse,
         FallbackReason::Moderated,
+        FallbackReason::BudgetExceeded,
     ];
 
     /// The reason a name stands for; `None` for a name this version does not know (a corrupt
@@ -457,6 +461,7 @@ mod tests {
             (FallbackReason::InvalidJson, "invalid_json"),
             (FallbackReason::InvalidResponse, "invalid_response"),
             (FallbackReason::Moderated, "moderated"),
+            (FallbackReason::BudgetExceeded, "budget_exceeded"),
         ];
         for reason in FallbackReason::NAMED {
             assert!(names.iter().any(|(r, _)| *r == reason), "{reason:?} has a name in this test");

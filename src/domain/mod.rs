@@ -6,6 +6,7 @@ pub mod context;
 pub mod events;
 pub mod identity;
 pub mod jobs;
+pub mod limits;
 pub mod lobby;
 pub mod moderation;
 pub mod money;

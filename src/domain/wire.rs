@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::content::{Content, ContentKind};
+use super::limits::Level;
 use super::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
 use super::players::Variant;
 use super::runs::{RunErrorCode, Usage};
@@ -321,11 +322,27 @@ pub struct ErrorFrame {
     #[cfg_attr(test, ts(optional, type = "string | number"))]
     reference: Option<Value>,
     message: String,
+    /// The usage level whose limit refused the request (`budget_exceeded`, `rate_limited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    level: Option<Level>,
 }
 
 impl ServerFrame {
     pub fn error(code: ErrorCode, reference: Option<Value>, message: impl Into<String>) -> ServerFrame {
-        ServerFrame::Error(ErrorFrame { kind: format!("error:{}", code.as_str()), reference, message: message.into() })
+        let kind = format!("error:{}", code.as_str());
+        ServerFrame::Error(ErrorFrame { kind, reference, message: message.into(), level: None })
+    }
+
+    /// An error a usage limit at `level` caused.
+    pub fn error_at(
+        code: ErrorCode,
+        reference: Option<Value>,
+        message: impl Into<String>,
+        level: Level,
+    ) -> ServerFrame {
+        let kind = format!("error:{}", code.as_str());
+        ServerFrame::Error(ErrorFrame { kind, reference, message: message.into(), level: Some(level) })
     }
 
     pub fn to_json(&self) -> String {

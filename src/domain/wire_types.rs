@@ -7,6 +7,7 @@
 use ts_rs::{Config, TS};
 
 use super::content::{Content, ContentKind, FallbackReason};
+use super::limits::Level;
 use super::lobby::{Message, Mood, PresenceLeave, PresenceUser};
 use super::players::Variant;
 use super::runs::{Action, RunErrorCode, RunFailure, RunStatus, RunView, Usage};
@@ -222,6 +223,7 @@ fn generate() -> String {
         decl::<RunStatus>(&cfg),
         decl::<RunErrorCode>(&cfg),
         decl::<ErrorCode>(&cfg),
+        decl::<Level>(&cfg),
         content_fields(),
         decl::<Content>(&cfg),
         REFINEMENTS.to_owned(),
@@ -293,6 +295,7 @@ fn every_code_the_server_writes_is_a_member_of_its_generated_union() {
         F::InvalidJson,
         F::InvalidResponse,
         F::Moderated,
+        F::BudgetExceeded,
     ];
     check(FallbackReason::decl(&cfg), &reasons.map(|r| r.to_string()));
     use RunErrorCode as R;

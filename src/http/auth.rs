@@ -96,6 +96,7 @@ async fn player(req: &HttpRequest, state: &AppState) -> Result<Player, ApiError>
         Ok(Some(user)) => Ok(Player(user)),
         Ok(None) => Err(ApiError::Unauthorized("unknown player token; start a session to get one".into())),
         Err(StartRefused::Store(e)) => Err(e.into()),
+        Err(StartRefused::Blocked) => Err(ApiError::Forbidden(StartRefused::Blocked.to_string())),
         Err(refused) => Err(ApiError::Unauthorized(refused.to_string())),
     }
 }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod edge;
 pub mod insights;
+pub mod limits_admin;
 pub mod moderation;
 pub mod openapi;
 pub mod pages;
@@ -86,6 +87,11 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(Method::GET, "/admin/api/metrics/summary", insights::summary),
         at(Method::GET, "/admin/api/metrics/history", insights::metric_history),
         at(Method::GET, "/admin/api/moderation", moderation::flags),
+        at(Method::GET, "/admin/api/limits", limits_admin::get_limits),
+        at(Method::PUT, "/admin/api/limits", limits_admin::put_limits),
+        at(Method::GET, "/admin/api/players/{user_id}", limits_admin::get_player),
+        at(Method::PUT, "/admin/api/players/{user_id}", limits_admin::put_player),
+        at(Method::GET, "/admin/api/usage", limits_admin::usage),
     ]
 }
 

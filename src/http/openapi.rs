@@ -10,7 +10,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
 use super::responses::error;
-use super::{admin, insights, moderation, pages, public, run_admin, runs};
+use super::{admin, insights, limits_admin, moderation, pages, public, run_admin, runs};
 
 /// The security scheme of `/api/*`: the token of a `session:ack`.
 pub const PLAYER_TOKEN: &str = "player_token";
@@ -52,6 +52,11 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         insights::summary,
         insights::metric_history,
         moderation::flags,
+        limits_admin::get_limits,
+        limits_admin::put_limits,
+        limits_admin::get_player,
+        limits_admin::put_player,
+        limits_admin::usage,
     ),
     modifiers(&BearerSchemes, &EdgeLimits),
     tags(

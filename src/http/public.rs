@@ -104,12 +104,13 @@ pub struct ContentBody {
     responses(
         (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
         (status = 400, description = "The body is not a valid content request", body = ErrorBody),
+        (status = 402, description = "The player's daily usage limit has no room for a new item (`level`: `player`); nothing was stored", body = ErrorBody),
         (status = 429, description = "The database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
         PlayerErrors, Fault,
     ))]
 pub async fn request_content(
-    _: Player,
+    player: Player,
     state: web::Data<AppState>,
     body: web::Json<ContentBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -117,7 +118,7 @@ pub async fn request_content(
     let body = body.into_inner();
     let request = content::validate(body.kind, body.subject_id, body.context.as_ref(), body.regenerate)
         .map_err(ApiError::invalid)?;
-    let content = state.content.request(request).await?;
+    let content = state.content.request(request, player.0.id).await?;
     Ok(HttpResponse::Accepted().json(content))
 }
 

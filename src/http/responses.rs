@@ -34,7 +34,7 @@ pub struct PlayerErrors;
 
 impl IntoResponses for PlayerErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        rows(&[("401", "No or unknown player token")])
+        rows(&[("401", "No or unknown player token"), ("403", "The player is blocked")])
     }
 }
 

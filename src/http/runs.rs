@@ -66,8 +66,9 @@ pub struct RunAccepted {
 impl From<RunRefused> for ApiError {
     fn from(e: RunRefused) -> Self {
         match e {
-            RunRefused::BudgetExceeded(m) => ApiError::BudgetExceeded(m),
+            RunRefused::BudgetExceeded(refusal) => ApiError::OverLimit(refusal),
             RunRefused::Overloaded(m) => ApiError::Overloaded(m),
+            RunRefused::RateLimited(refusal) => ApiError::RateLimited(refusal),
             RunRefused::Store(e) => e.into(),
         }
     }
@@ -85,7 +86,7 @@ impl From<RunRefused> for ApiError {
         PlayerErrors, Fault,
     ))]
 pub async fn generate(
-    _: Player,
+    player: Player,
     state: web::Data<AppState>,
     body: web::Json<GenerateBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -93,7 +94,7 @@ pub async fn generate(
     let b = body.into_inner();
     let request = runs::validate(&b.project_id, &b.action, &b.input, b.skip_cache).map_err(ApiError::invalid)?;
     let none = RunAccepted { run_id: String::new(), position: 0, estimated_ms: None, cached: None, status: None };
-    let body = match state.runs.start(request, Waiter::Rest).await? {
+    let body = match state.runs.start(request, Waiter::Rest, player.0.id).await? {
         Started::Queued { run_id, position, estimated_ms, .. } => {
             RunAccepted { run_id, position, estimated_ms: Some(estimated_ms), ..none }
         }

@@ -2,6 +2,10 @@
 //! mood (`ready`, or `neutral` / `fallback` on any failure, lorewire's own after the last
 //! attempt included) together with the job's removal, then publishes `message:mood_updated`.
 //!
+//! The call is charged to the message's author and the studio (PROTOCOL §5): its bound is
+//! reserved before it (over a limit the mood settles `fallback` without a call) and its usage
+//! settled with the mood.
+//!
 //! Never holds a DB connection across the upstream call.
 
 use std::rc::Rc;
@@ -11,12 +15,15 @@ use actix::Addr;
 use futures_util::future::LocalBoxFuture;
 
 use super::{mood, mood_publish, Mood, MoodStatus};
+use crate::core::clock::SharedClock;
+use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
 use crate::domain::answer::Checked;
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::limits::{self, Spend, Used};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
 use crate::store::jobs::Ended;
@@ -35,12 +42,15 @@ pub struct MoodJob {
     metrics: Arc<Metrics>,
     llm: Llm,
     max_tokens: u32,
+    clock: SharedClock,
+    config: Arc<Config>,
 }
 
 impl MoodJob {
     pub fn new(deps: &Deps, llm: Llm) -> Self {
-        let Deps { process, store, hub, metrics, config, .. } = deps.clone();
-        MoodJob { origin: process, store, hub, metrics, llm, max_tokens: config.max_output_tokens.min(MOOD_MAX_TOKENS) }
+        let Deps { process, store, hub, metrics, config, clock } = deps.clone();
+        let max_tokens = config.max_output_tokens.min(MOOD_MAX_TOKENS);
+        MoodJob { origin: process, store, hub, metrics, llm, max_tokens, clock, config }
     }
 
     async fn attempt(&self, claim: Claim) -> JobResult {
@@ -57,29 +67,55 @@ impl MoodJob {
             schema: mood::json_schema(),
             max_tokens: self.max_tokens,
         };
+        let (prompt_tokens, output_tokens) = prompt.bound_with_reask();
+        let model = config.as_ref().map_or_else(|| self.config.llm_model.clone(), |c| c.model.clone());
+        let (usage, now, author) = (self.config.usage, self.clock.now_naive(), row.user_id);
+        let reserved = self
+            .store
+            .write(move |conn| {
+                let target = target(message_id);
+                let spend = Spend { user_id: author, model: &model, target: &target, prompt_tokens, output_tokens };
+                limits::reserve(conn, &usage, &spend, now)
+            })
+            .await?;
+        if let Err(refusal) = reserved {
+            tracing::info!(
+                message = message_id,
+                level = refusal.level.as_str(),
+                "mood fallback: a usage limit is reached"
+            );
+            return self.commit(&claim, Mood::Neutral, MoodStatus::Fallback, Used::Nothing).await;
+        }
         let validate = |text: &str| mood::validate_output(text).map(Checked::exact);
-        let (mood, status) = match self.llm.call(config.as_ref(), &prompt, validate, "mood").await {
+        let (mood, status, used) = match self.llm.call(config.as_ref(), &prompt, validate, "mood").await {
             Ok(answer) => {
                 if let Some(repair) = answer.repair {
                     self.metrics.answers_repaired.with_label_values(&["mood", repair.as_str()]).inc();
                 }
-                (answer.value, MoodStatus::Ready)
+                (answer.value, MoodStatus::Ready, answer.usage.map_or(Used::Unknown, Used::Reported))
             }
             Err(reason) => {
                 tracing::info!(message = message_id, %reason, "mood fallback");
-                (Mood::Neutral, MoodStatus::Fallback)
+                (Mood::Neutral, MoodStatus::Fallback, limits::used_by_failure(reason))
             }
         };
-        self.commit(&claim, mood, status).await
+        self.commit(&claim, mood, status, used).await
     }
 
     /// Commits the mood with the job's removal, then tells everyone in the lobby.
-    async fn commit(&self, claim: &Claim, mood: Mood, status: MoodStatus) -> JobResult {
+    async fn commit(&self, claim: &Claim, mood: Mood, status: MoodStatus, used: Used) -> JobResult {
         let (origin, worker, job_id, message_id) =
             (self.origin.clone(), claim.worker.clone(), claim.job_id, claim.target_id);
+        let now = self.clock.now_naive();
         let ended = self
             .store
-            .write(move |conn| messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood, status))
+            .write(move |conn| {
+                let ended = messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood, status)?;
+                if let Ended::Done(_) = &ended {
+                    limits::settle(conn, &target(message_id), used, now)?;
+                }
+                Ok(ended)
+            })
             .await?;
         let row = match ended {
             Ended::TakenOver => return Ok(Outcome::TakenOver),
@@ -92,6 +128,11 @@ impl MoodJob {
         self.hub.do_send(mood_publish(&message));
         Ok(Outcome::Done)
     }
+}
+
+/// The ledger's name of a message's mood call.
+fn target(message_id: i64) -> String {
+    format!("mood:{message_id}")
 }
 
 impl JobHandler for MoodJob {
@@ -109,6 +150,7 @@ impl JobHandler for MoodJob {
 
     /// No attempt is left: the message settles `neutral` / `fallback`.
     fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
-        Box::pin(async move { self.commit(&claim, Mood::Neutral, MoodStatus::Fallback).await })
+        // Whether an earlier attempt called is not known: charged as reserved, never under.
+        Box::pin(async move { self.commit(&claim, Mood::Neutral, MoodStatus::Fallback, Used::Unknown).await })
     }
 }

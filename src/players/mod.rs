@@ -22,6 +22,7 @@ use crate::domain::identity::{looks_like_jwt, JwtRefusal, Verified};
 use crate::domain::moderation::Surface;
 use crate::domain::players::{hash_token, new_token, validate_nickname};
 use crate::moderation::Moderation;
+use crate::store::usage;
 use crate::store::users::{self, UserRow};
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -46,6 +47,9 @@ pub enum StartRefused {
     /// Too many new players from one address.
     #[error("{0}")]
     RateLimited(String),
+    /// The admin blocked this player (a session start gets `error:unauthorized`, REST 403).
+    #[error("this player is blocked")]
+    Blocked,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -132,6 +136,7 @@ impl Players {
         if let Some(token) = presented {
             let (hash, name) = (hash_token(&token), nickname.clone());
             if let Some(user) = self.store.write(move |conn| users::resume(conn, &hash, &name, now)).await? {
+                self.refuse_blocked(user.id).await?;
                 return Ok(Started { user, token: Some(token), resumed: true, jwt: None });
             }
         }
@@ -159,6 +164,7 @@ impl Players {
             .store
             .write(move |conn| users::start_external(conn, &issuer, &subject, &nickname, rename, &unused, now))
             .await?;
+        self.refuse_blocked(user.id).await?;
         Ok(Started { user, token: None, resumed, jwt: Some(verified) })
     }
 
@@ -197,7 +203,17 @@ impl Players {
         }
     }
 
-    async fn touched(&self, user: UserRow) -> StoreResult<UserRow> {
+    /// [`StartRefused::Blocked`] when the admin blocked `user_id`.
+    async fn refuse_blocked(&self, user_id: i64) -> Result<(), StartRefused> {
+        if self.store.run(move |conn| usage::is_blocked(conn, user_id)).await? {
+            tracing::info!(user = user_id, "a blocked player was refused");
+            return Err(StartRefused::Blocked);
+        }
+        Ok(())
+    }
+
+    async fn touched(&self, user: UserRow) -> Result<UserRow, StartRefused> {
+        self.refuse_blocked(user.id).await?;
         let now = self.clock.now_naive();
         if needs_touch(user.last_seen_at, now) {
             let id = user.id;

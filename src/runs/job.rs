@@ -18,15 +18,17 @@ use futures_util::future::LocalBoxFuture;
 use super::checked::Held;
 use super::live::LiveRuns;
 use super::relay::{self, Relay};
-use super::service::{finish, publish};
+use super::service::{finish, publish, run_target};
 use super::{estimate_tokens, prompt_token_bound, usd, RunErrorCode, RunStatus, Usage};
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
+use crate::core::usage::UsageConfig;
 use crate::deps::Deps;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::limits::{self, Spend, Used};
 use crate::llm::call::record_last_error;
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
 use crate::llm::credentials::NoCredentials;
@@ -70,6 +72,8 @@ pub struct RunJob {
     /// Checks run text before it is released (when it is on).
     moderation: Moderation,
     moderation_window: usize,
+    /// The usage limits' seed (PROTOCOL §5).
+    usage: UsageConfig,
 }
 
 impl RunJob {
@@ -90,6 +94,7 @@ impl RunJob {
             max_attempts: config.max_attempts,
         };
         let moderation_window = config.moderation.window;
+        let usage = config.usage;
         RunJob {
             origin,
             store,
@@ -103,6 +108,7 @@ impl RunJob {
             limits,
             moderation,
             moderation_window,
+            usage,
         }
     }
 
@@ -190,6 +196,28 @@ impl RunJob {
                 return ctx.end(row.attempts, Usage::default(), 0, end).await;
             }
             attempts::Reservation::Held => {}
+        }
+
+        // The player's and the studio's share of this attempt: reserved at admission for the
+        // first, again for each later one (the last was settled).
+        if let Some(user_id) = row.user_id {
+            let (target, model, usage) = (run_target(&run_id), row.model.clone(), self.usage);
+            let prompt_tokens = i64::try_from(prompt_token_bound(&prompt.system, &prompt.user)).unwrap_or(i64::MAX);
+            let output_tokens = i64::from(prompt.max_tokens);
+            let ensured = self
+                .store
+                .write(move |conn| {
+                    if limits::holds(conn, &target)? {
+                        return Ok(Ok(()));
+                    }
+                    let spend = Spend { user_id, model: &model, target: &target, prompt_tokens, output_tokens };
+                    limits::reserve(conn, &usage, &spend, now)
+                })
+                .await?;
+            if let Err(refusal) = ensured {
+                let end = AttemptEnd::Dead { code: RunErrorCode::BudgetExceeded, message: refusal.message };
+                return ctx.end(row.attempts, Usage::default(), 0, end).await;
+            }
         }
 
         let probe = match self.circuit.send(Acquire).await {
@@ -419,6 +447,7 @@ impl Attempt<'_> {
             relay.flush().await;
         }
         let settlement_end = end.clone();
+        let target = run_target(self.run_id);
         let (job_id, run_pk, worker, origin) =
             (self.claim.job_id, self.run_pk, self.claim.worker.clone(), d.origin.clone());
         let now = d.clock.now_naive();
@@ -435,7 +464,11 @@ impl Attempt<'_> {
                     cost,
                     end: settlement_end.clone(),
                 };
-                attempts::settle(conn, &s, now)
+                let row = attempts::settle(conn, &s, now)?;
+                if row.is_some() {
+                    limits::settle(conn, &target, Used::Reported(usage), now)?;
+                }
+                Ok(row)
             })
             .await?;
         let Some(row) = settled else { return Ok(Outcome::TakenOver) };

@@ -14,12 +14,15 @@ use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
+use crate::domain::limits::{Level, Refusal};
 use crate::domain::money::usd;
 use crate::domain::runs::{prompt_token_bound, Action, RunErrorCode, RunRequest, RunStatus, Usage};
 use crate::domain::topic::Topic;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::jobs::JobsAvailable;
+use crate::limits::rate::StartRate;
+use crate::limits::{self, Spend, Used};
 use crate::llm::credentials::NoCredentials;
 use crate::store::run_attempts;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
@@ -37,10 +40,14 @@ pub enum Waiter {
 /// Why a run was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RunRefused {
+    /// A usage limit refused it: the first level that refuses (player, project, studio).
     #[error("{0}")]
-    BudgetExceeded(String),
+    BudgetExceeded(Refusal),
     #[error("{0}")]
     Overloaded(String),
+    /// The player's start rate refused it.
+    #[error("{0}")]
+    RateLimited(Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -97,6 +104,8 @@ pub struct RunService {
     live: Arc<LiveRuns>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// The per-player start rate, when it is enforced.
+    rate: Option<Arc<StartRate>>,
 }
 
 /// The dedup key: identical (project, action, model, input) share it.
@@ -117,14 +126,47 @@ impl RunService {
     /// Runs admitted here are woken on `jobs`; their frames are kept in `live`.
     pub fn new(deps: &Deps, jobs: Recipient<JobsAvailable>, live: Arc<LiveRuns>) -> Self {
         let Deps { process: origin, store, clock, hub, metrics, config } = deps.clone();
-        RunService { origin, store, clock, hub, jobs, live, config, metrics }
+        RunService { origin, store, clock, hub, jobs, live, config, metrics, rate: None }
+    }
+
+    /// New runs count against the player's start rate `rate`.
+    pub fn with_start_rate(mut self, rate: Arc<StartRate>) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Counts a request that would start a new run against the player's start rate; one that
+    /// joins a running run or is answered from a finished one costs nothing.
+    async fn count_start(&self, req: &RunRequest, by: i64) -> Result<(), RunRefused> {
+        let Some(rate) = &self.rate else { return Ok(()) };
+        let (config, req) = (self.config.clone(), req.clone());
+        let (starts, per_player) = self
+            .store
+            .run(move |conn| {
+                let llm = llm_config::get(conn)?;
+                let model = llm.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
+                let key = dedup_key(&req.project_id, req.action, &model, &req.input);
+                let starts = !rows::would_reuse(conn, &key, !req.skip_cache)?;
+                Ok((starts, limits::start_rate(&limits::stored_limits(conn, &config.usage)?, &config.usage)))
+            })
+            .await?;
+        if starts {
+            if let Err(refusal) = rate.admit(by, per_player).await {
+                self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
+                return Err(RunRefused::RateLimited(refusal));
+            }
+        }
+        Ok(())
     }
 
     pub fn live(&self) -> &Arc<LiveRuns> {
         &self.live
     }
 
-    pub async fn start(&self, req: RunRequest, waiter: Waiter) -> Result<Started, RunRefused> {
+    /// Admits a run started by player `by`. A new run reserves its first attempt's bound for
+    /// the player and the studio with the project's budget, in one transaction.
+    pub async fn start(&self, req: RunRequest, waiter: Waiter, by: i64) -> Result<Started, RunRefused> {
+        self.count_start(&req, by).await?;
         let now = self.clock.now_naive();
         let config = self.config.clone();
         let run_id = new_run_id();
@@ -144,6 +186,7 @@ impl RunService {
                 let key = dedup_key(&req.project_id, req.action, &model, &req.input);
                 let admission = Admission {
                     run_id: &run_id,
+                    user_id: by,
                     project_id: &req.project_id,
                     action: req.action,
                     priority: req.action.priority(),
@@ -158,6 +201,27 @@ impl RunService {
                     no_config: no_config.as_deref(),
                 };
                 let admitted = rows::admit(conn, &admission, now)?;
+                let spend = Spend {
+                    user_id: by,
+                    model: &model,
+                    target: &run_target(&run_id),
+                    prompt_tokens: i64::try_from(bound).unwrap_or(i64::MAX),
+                    output_tokens: i64::from(config.max_output_tokens),
+                };
+                match &admitted {
+                    // The player's level refuses before the project's.
+                    Admitted::BudgetExceeded | Admitted::NoPrice => {
+                        if let Some(refusal) = limits::player_refuses(conn, &config.usage, &spend, now)? {
+                            return Err(StoreError::OverLimit(refusal));
+                        }
+                    }
+                    Admitted::Created(row) if row.is_active() => {
+                        if let Err(refusal) = limits::reserve(conn, &config.usage, &spend, now)? {
+                            return Err(StoreError::OverLimit(refusal));
+                        }
+                    }
+                    _ => {}
+                }
                 let (position, avg) = match &admitted {
                     Admitted::Joined(row) | Admitted::Created(row) if row.is_active() => {
                         (rows::position(conn, row.id)?, rows::recent_duration_ms(conn)?)
@@ -166,7 +230,14 @@ impl RunService {
                 };
                 Ok((admitted, position, avg))
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::OverLimit(refusal) => {
+                    self.metrics.runs_refused.with_label_values(&["budget_exceeded"]).inc();
+                    RunRefused::BudgetExceeded(refusal)
+                }
+                other => RunRefused::Store(other),
+            })?;
         let (row, joined) = match admitted {
             Admitted::Overloaded => {
                 self.metrics.runs_refused.with_label_values(&["overloaded"]).inc();
@@ -177,13 +248,17 @@ impl RunService {
             }
             Admitted::BudgetExceeded => {
                 self.metrics.runs_refused.with_label_values(&["budget_exceeded"]).inc();
-                return Err(RunRefused::BudgetExceeded("this run could take the project past its budget".into()));
+                return Err(RunRefused::BudgetExceeded(Refusal {
+                    level: Level::Project,
+                    message: "this run could take the project past its budget".into(),
+                }));
             }
             Admitted::NoPrice => {
                 self.metrics.runs_refused.with_label_values(&["no_price"]).inc();
-                return Err(RunRefused::BudgetExceeded(
-                    "the model has no price, so a project with a budget cannot use it".into(),
-                ));
+                return Err(RunRefused::BudgetExceeded(Refusal {
+                    level: Level::Project,
+                    message: "the model has no price, so a project with a budget cannot use it".into(),
+                }));
             }
             Admitted::Cached(row) => {
                 tracing::info!(run = %row.run_id, project = %row.project_id, "run answered from cache");
@@ -278,7 +353,17 @@ impl RunService {
         self.live.cancel(&run_id);
         let now = self.clock.now_naive();
         let (id, origin) = (run_id.clone(), self.origin.clone());
-        if let Some(row) = self.store.write(move |conn| run_attempts::abort_queued(conn, &origin, &id, now)).await? {
+        let aborted = self
+            .store
+            .write(move |conn| {
+                let row = run_attempts::abort_queued(conn, &origin, &id, now)?;
+                if row.is_some() {
+                    limits::settle(conn, &run_target(&id), Used::Nothing, now)?;
+                }
+                Ok(row)
+            })
+            .await?;
+        if let Some(row) = aborted {
             tracing::info!(run = %row.run_id, "queued run aborted: nobody waits on it");
             self.metrics.runs_finished.with_label_values(&[RunStatus::Aborted.as_str()]).inc();
             let frame = Typed::RunError {
@@ -329,6 +414,11 @@ impl RunService {
         }
         Ok(Some(CatchUp { frames: stored_frames(&row, false), finished: true }))
     }
+}
+
+/// The ledger's name of a run's calls.
+pub fn run_target(run_id: &str) -> String {
+    format!("run:{run_id}")
 }
 
 /// A finished run rebuilt as frames: started, the text as one delta, then done or error.

@@ -258,6 +258,34 @@ pub fn count_by_status(conn: &mut DbConn) -> StoreResult<Vec<(String, i64)>> {
 }
 
 /// Announces a content change to the other processes; call inside the transaction that made it.
+/// A just created or regenerated item that may not be generated after all (a usage limit):
+/// its job is removed and the item written as `fallback` with `reason` in the same
+/// transaction, so it is never seen pending. Returns the item as written.
+pub fn fall_back_unqueued(
+    conn: &mut DbConn,
+    origin: &str,
+    content_id: i64,
+    fields: &str,
+    reason: &str,
+    now: NaiveDateTime,
+) -> StoreResult<ContentRow> {
+    diesel::delete(
+        jobs_t::table.filter(jobs_t::kind.eq(JobKind::Content.as_str())).filter(jobs_t::target_id.eq(content_id)),
+    )
+    .execute(conn)?;
+    let row: ContentRow = diesel::update(content::table.find(content_id))
+        .set((
+            content::status.eq(ContentStatus::Fallback.as_str()),
+            content::fields.eq(fields),
+            content::reason.eq(Some(reason)),
+            content::updated_at.eq(now),
+        ))
+        .returning(content::all_columns)
+        .get_result(conn)?;
+    content_changed(conn, origin, &row)?;
+    Ok(row)
+}
+
 fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> StoreResult<()> {
     let event = Event::Content {
         origin: origin.to_owned(),

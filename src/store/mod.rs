@@ -17,6 +17,7 @@ pub mod run_attempts;
 pub mod runs;
 pub mod schema;
 pub mod space;
+pub mod usage;
 pub mod users;
 pub mod writer;
 
@@ -113,6 +114,12 @@ pub enum StoreError {
     /// `LOREWIRE_QUEUE_LIMIT` jobs are queued already: the request was refused, nothing stored.
     #[error("{0} jobs are queued already")]
     QueueFull(i64),
+    /// A usage limit refused the call this write was for: nothing was stored.
+    #[error("{0}")]
+    OverLimit(crate::domain::limits::Refusal),
+    /// The player's start rate refused the request: nothing was stored.
+    #[error("{0}")]
+    RateLimited(crate::domain::limits::Refusal),
     /// The transaction this request's write shared with others failed as a whole.
     #[error("the batch of writes failed: {}", .0.message)]
     Batch(writer::BatchFailed),
@@ -154,7 +161,7 @@ impl StoreError {
         use diesel::result::{DatabaseErrorKind as Kind, Error as Diesel};
         match self {
             StoreError::Connect(_) | StoreError::Canceled => Failure::Unavailable,
-            StoreError::QueueFull(_) => Failure::Overloaded,
+            StoreError::QueueFull(_) | StoreError::OverLimit(_) | StoreError::RateLimited(_) => Failure::Overloaded,
             // r2d2 names the last connection error when the pool could not connect at all.
             StoreError::Pool(e) if e.to_string().contains("waiting for connection: ") => Failure::Unavailable,
             StoreError::Pool(_) => Failure::Overloaded,

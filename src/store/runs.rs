@@ -44,6 +44,8 @@ pub struct RunRow {
     pub started_at: Option<NaiveDateTime>,
     pub finished_at: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+    /// The player who started it (runs from before players were charged have none).
+    pub user_id: Option<i64>,
 }
 
 impl RunRow {
@@ -117,11 +119,14 @@ struct NewRun<'a> {
     created_at: NaiveDateTime,
     finished_at: Option<NaiveDateTime>,
     updated_at: NaiveDateTime,
+    user_id: i64,
 }
 
 /// A request to admit, with everything decided outside the transaction.
 pub struct Admission<'a> {
     pub run_id: &'a str,
+    /// The player starting it.
+    pub user_id: i64,
     pub project_id: &'a str,
     pub action: Action,
     pub priority: i32,
@@ -168,6 +173,21 @@ pub fn admit(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreR
         Err(e) if is_unique_violation(&e) => write_tx(conn, |conn| admit_in_tx(conn, a, now)),
         other => other,
     }
+}
+
+/// Whether a request with `dedup_key` would join a queued or running run, or (`cached`) be
+/// answered from a finished one: such a request starts no new run.
+pub fn would_reuse(conn: &mut DbConn, dedup_key: &str, cached: bool) -> StoreResult<bool> {
+    let mut statuses: Vec<&str> = RunStatus::ACTIVE.map(RunStatus::as_str).to_vec();
+    if cached {
+        statuses.push(RunStatus::Done.as_str());
+    }
+    let found: i64 = runs::table
+        .filter(runs::dedup_key.eq(dedup_key))
+        .filter(runs::status.eq_any(statuses))
+        .count()
+        .get_result(conn)?;
+    Ok(found > 0)
 }
 
 fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> StoreResult<Admitted> {
@@ -240,6 +260,7 @@ fn insert(
             created_at: now,
             finished_at: (!status.is_active()).then_some(now),
             updated_at: now,
+            user_id: a.user_id,
         })
         .returning(runs::all_columns)
         .get_result(conn)?)
@@ -464,6 +485,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             updated_at: t,
+            user_id: None,
         }
     }
 

@@ -119,6 +119,7 @@ diesel::table! {
         started_at -> Nullable<Timestamp>,
         finished_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        user_id -> Nullable<Int8>,
     }
 }
 
@@ -159,7 +160,57 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    usage_days (level, owner, day) {
+        level -> Text,
+        owner -> Text,
+        day -> Text,
+        spent_tokens -> Int8,
+        spent_micros -> Int8,
+        reserved_tokens -> Int8,
+        reserved_micros -> Int8,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    usage_holds (id) {
+        id -> Int8,
+        target -> Text,
+        user_id -> Int8,
+        studio -> Bool,
+        day -> Text,
+        model -> Text,
+        tokens -> Int8,
+        micros -> Int8,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    usage_limits (id) {
+        id -> Int8,
+        studio_daily_tokens -> Nullable<Int8>,
+        studio_daily_micros -> Nullable<Int8>,
+        player_daily_tokens -> Nullable<Int8>,
+        player_daily_micros -> Nullable<Int8>,
+        player_llm_rate -> Text,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    player_limits (user_id) {
+        user_id -> Int8,
+        blocked -> Bool,
+        daily_tokens -> Nullable<Int8>,
+        daily_micros -> Nullable<Int8>,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(messages -> users (user_id));
+diesel::joinable!(player_limits -> users (user_id));
 diesel::joinable!(user_days -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -170,8 +221,12 @@ diesel::allow_tables_to_appear_in_same_query!(
     llm_config,
     messages,
     moderation_flags,
+    player_limits,
     prices,
     runs,
+    usage_days,
+    usage_holds,
+    usage_limits,
     user_days,
     users,
 );

@@ -31,6 +31,15 @@ struct NewUser<'a> {
     subject: Option<&'a str>,
 }
 
+pub fn find(conn: &mut DbConn, id: i64) -> StoreResult<Option<UserRow>> {
+    Ok(users::table.find(id).first(conn).optional()?)
+}
+
+/// The nicknames of `ids` (those that exist).
+pub fn nicknames(conn: &mut DbConn, ids: &[i64]) -> StoreResult<Vec<(i64, String)>> {
+    Ok(users::table.filter(users::id.eq_any(ids)).select((users::id, users::nickname)).load(conn)?)
+}
+
 pub fn find_by_token_hash(conn: &mut DbConn, hash: &str) -> StoreResult<Option<UserRow>> {
     Ok(users::table.filter(users::token_hash.eq(hash)).first(conn).optional()?)
 }

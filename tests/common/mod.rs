@@ -117,6 +117,9 @@ pub fn test_config(db_url: &str, fake: &FakeLlm, provider: Provider) -> Config {
     config.workers = 2;
     // Every test client connects from 127.0.0.1; tests of the limit set their own.
     config.identity.new_players_rate = Rate { count: 1_000_000, per: Duration::from_secs(1) };
+    // Tests that fire many requests from one player set the limits they test.
+    config.usage.player_daily_tokens = None;
+    config.usage.player_llm_rate = Rate { count: 1_000_000, per: Duration::from_secs(1) };
     config
 }
 

@@ -186,7 +186,7 @@ fn layer(module: &[String]) -> (usize, String) {
         "hub" => 3,
         "backplane" => 4,
         "llm" => 5,
-        "jobs" | "metric_history" | "deps" | "moderation" => 6,
+        "jobs" | "metric_history" | "deps" | "moderation" | "limits" => 6,
         "content" | "lobby" | "runs" | "players" | "insights" => 7,
         "ws" | "http" | "state" | "api_error" | "connections" => 8,
         _ => 9,

@@ -24,10 +24,24 @@ pub struct Prompt {
     pub max_tokens: u32,
 }
 
+/// The most bytes of a refusal's description a re-ask repeats to the model.
+pub const REASK_PROBLEM_BYTES: usize = 512;
+/// The most bytes a re-ask adds to its prompt (the refusal and the instruction around it).
+pub const REASK_EXTRA_BYTES: usize = REASK_PROBLEM_BYTES + 256;
+
 impl Prompt {
+    /// The token bound of this call and its possible re-ask together: every prompt byte as a
+    /// token, twice, the re-ask's extra bytes, and twice the output asked for.
+    pub fn bound_with_reask(&self) -> (i64, i64) {
+        let prompt = (self.system.len() + self.user.len()) as i64;
+        (2 * prompt + REASK_EXTRA_BYTES as i64, 2 * i64::from(self.max_tokens))
+    }
+
     /// The same prompt asked once more, after its first answer was refused for `problem`.
     pub fn reasked(&self, problem: &str) -> Prompt {
         let mut again = self.clone();
+        // Bounded, so a call's reservation can cover its re-ask (see [`REASK_EXTRA_BYTES`]).
+        let problem = crate::domain::runs::cut_to(problem, REASK_PROBLEM_BYTES);
         again.user = format!(
             "{}\n\nYour previous answer was refused: {problem}. Answer again with only the JSON \
              object: every key present, every value a string within its length limit.",

@@ -12,8 +12,9 @@ use serde_json::Value;
 
 use super::{Ctx, WsSession};
 use crate::content::{self, Content, ContentKind};
-use crate::domain::wire::{ContentRequest, ErrorCode, Typed};
+use crate::domain::wire::{ContentRequest, ErrorCode, ServerFrame, Typed};
 use crate::hub::Topic;
+use crate::store::StoreError;
 use crate::ws::subscriptions::Seen;
 
 impl WsSession {
@@ -33,15 +34,28 @@ impl WsSession {
                 "content request"
             );
         }
+        let Some(by) = self.player.as_ref().map(|p| p.id) else {
+            return self.error(ErrorCode::Unauthorized, reference, "send session:start first", ctx);
+        };
         let topic = Topic::Content(kind, subject_id);
         if !self.room_for(&topic, &reference, ctx) {
             return;
         }
         self.watch(topic.clone());
         let service = self.state.content.clone();
-        ctx.spawn(async move { service.request(request).await }.into_actor(self).map(move |result, act, ctx| {
+        ctx.spawn(async move { service.request(request, by).await }.into_actor(self).map(move |result, act, ctx| {
             match result {
                 Ok(content) => act.snapshot(topic, reference, content, ctx),
+                Err(StoreError::OverLimit(refusal)) => {
+                    act.unwatch_if_holding(&topic);
+                    let code = ErrorCode::BudgetExceeded;
+                    act.send(ServerFrame::error_at(code, reference, refusal.message, refusal.level), ctx);
+                }
+                Err(StoreError::RateLimited(refusal)) => {
+                    act.unwatch_if_holding(&topic);
+                    let code = ErrorCode::RateLimited;
+                    act.send(ServerFrame::error_at(code, reference, refusal.message, refusal.level), ctx);
+                }
                 Err(e) => {
                     act.unwatch_if_holding(&topic);
                     act.store_failed("the request could not be stored", &e, reference, ctx);

@@ -53,6 +53,9 @@ impl WsSession {
             Ok(r) => r,
             Err(e) => return self.error(ErrorCode::InvalidPayload, reference, e.to_string(), ctx),
         };
+        let Some(by) = self.player.as_ref().map(|p| p.id) else {
+            return self.error(ErrorCode::Unauthorized, reference, "send session:start first", ctx);
+        };
         let service = self.state.runs.clone();
         let session = self.id;
         // The admission runs to its end even if this session stops meanwhile (a stopping actor
@@ -60,7 +63,7 @@ impl WsSession {
         // detaches again when the unclaimed `Waiting` is dropped, so it cannot escape abort.
         let (answer, answered) = tokio::sync::oneshot::channel();
         actix_web::rt::spawn(async move {
-            let result = service.start(request, Waiter::Session(session)).await;
+            let result = service.start(request, Waiter::Session(session), by).await;
             let waiting = match &result {
                 Ok(Started::Queued { run_id, .. }) => Some(Waiting::new(service.clone(), run_id.clone(), session)),
                 _ => None,
@@ -105,10 +108,15 @@ impl WsSession {
                     };
                     act.send(frame.into(), ctx);
                 }
-                Err(RunRefused::BudgetExceeded(message)) => {
-                    act.error(ErrorCode::BudgetExceeded, reference, message, ctx)
-                }
+                Err(RunRefused::BudgetExceeded(refusal)) => act.send(
+                    ServerFrame::error_at(ErrorCode::BudgetExceeded, reference, refusal.message, refusal.level),
+                    ctx,
+                ),
                 Err(RunRefused::Overloaded(message)) => act.error(ErrorCode::Overloaded, reference, message, ctx),
+                Err(RunRefused::RateLimited(refusal)) => act.send(
+                    ServerFrame::error_at(ErrorCode::RateLimited, reference, refusal.message, refusal.level),
+                    ctx,
+                ),
                 Err(RunRefused::Store(e)) => act.store_failed("the run could not be stored", &e, reference, ctx),
             }
         }));

@@ -63,6 +63,9 @@ impl WsSession {
         ctx.wait(starting.into_actor(self).map(move |result, act, ctx| match result {
             Ok(started) => act.started(started, reference, ctx),
             Err(StartRefused::Unauthorized(message)) => act.error(ErrorCode::Unauthorized, reference, message, ctx),
+            Err(StartRefused::Blocked) => {
+                act.error(ErrorCode::Unauthorized, reference, StartRefused::Blocked.to_string(), ctx)
+            }
             Err(StartRefused::InvalidNickname(message)) => {
                 act.error(ErrorCode::InvalidPayload, reference, message, ctx)
             }

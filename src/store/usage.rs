@@ -1,0 +1,282 @@
+//! The usage ledger of PROTOCOL §5: per (level, owner, UTC day) what was spent and what is
+//! reserved, in tokens and micro-dollars; the holds of calls not yet settled; the stored
+//! studio and default player limits; per-player overrides and the blocked flag.
+//!
+//! A reservation is one conditional UPDATE (`spent + reserved + bound <= limit`): the
+//! database decides, so concurrent reservations on any number of processes never overshoot
+//! (PostgreSQL re-checks the condition on the row it waited for). Never decides which levels
+//! apply to a call (that is `limits/`).
+
+use chrono::NaiveDateTime;
+use diesel::dsl::case_when;
+use diesel::prelude::*;
+
+use super::schema::{player_limits, usage_days, usage_holds, usage_limits, users};
+use super::{DbConn, StoreResult};
+use crate::on_backend;
+
+/// Stands for "no limit" in a conditional UPDATE (sums never come near it).
+const NO_LIMIT: i64 = i64::MAX / 4;
+
+/// The one row of stored limits.
+const LIMITS_ID: i64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct LimitsRow {
+    pub id: i64,
+    pub studio_daily_tokens: Option<i64>,
+    pub studio_daily_micros: Option<i64>,
+    pub player_daily_tokens: Option<i64>,
+    pub player_daily_micros: Option<i64>,
+    pub player_llm_rate: String,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A change of the stored limits: `None` leaves a key as it is, `Some(None)` removes its limit.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsChange {
+    pub studio_daily_tokens: Option<Option<i64>>,
+    pub studio_daily_micros: Option<Option<i64>>,
+    pub player_daily_tokens: Option<Option<i64>>,
+    pub player_daily_micros: Option<Option<i64>>,
+    pub player_llm_rate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct PlayerLimitsRow {
+    pub user_id: i64,
+    pub blocked: bool,
+    pub daily_tokens: Option<i64>,
+    pub daily_micros: Option<i64>,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A change of one player's row: `None` leaves a key as it is, `Some(None)` = the default.
+#[derive(Debug, Clone, Default)]
+pub struct PlayerChange {
+    pub blocked: Option<bool>,
+    pub daily_tokens: Option<Option<i64>>,
+    pub daily_micros: Option<Option<i64>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Queryable)]
+pub struct DayRow {
+    pub level: String,
+    pub owner: String,
+    pub day: String,
+    pub spent_tokens: i64,
+    pub spent_micros: i64,
+    pub reserved_tokens: i64,
+    pub reserved_micros: i64,
+    pub updated_at: NaiveDateTime,
+}
+
+/// What a call holds until it is settled. The player's level always, the studio's when `studio`.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct HoldRow {
+    pub id: i64,
+    pub target: String,
+    pub user_id: i64,
+    pub studio: bool,
+    pub day: String,
+    pub model: String,
+    pub tokens: i64,
+    pub micros: i64,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = usage_holds)]
+pub struct NewHold<'a> {
+    pub target: &'a str,
+    pub user_id: i64,
+    pub studio: bool,
+    pub day: &'a str,
+    pub model: &'a str,
+    pub tokens: i64,
+    pub micros: i64,
+    pub created_at: NaiveDateTime,
+}
+
+pub fn limits(conn: &mut DbConn) -> StoreResult<Option<LimitsRow>> {
+    Ok(usage_limits::table.find(LIMITS_ID).first(conn).optional()?)
+}
+
+/// Writes the settings' limits unless limits are stored already (the stored ones win).
+pub fn seed_limits(conn: &mut DbConn, seed: &LimitsRow) -> StoreResult<()> {
+    let values = (
+        usage_limits::id.eq(LIMITS_ID),
+        usage_limits::studio_daily_tokens.eq(seed.studio_daily_tokens),
+        usage_limits::studio_daily_micros.eq(seed.studio_daily_micros),
+        usage_limits::player_daily_tokens.eq(seed.player_daily_tokens),
+        usage_limits::player_daily_micros.eq(seed.player_daily_micros),
+        usage_limits::player_llm_rate.eq(&seed.player_llm_rate),
+        usage_limits::updated_at.eq(seed.updated_at),
+    );
+    on_backend!(conn, |c| diesel::insert_into(usage_limits::table)
+        .values(values)
+        .on_conflict(usage_limits::id)
+        .do_nothing()
+        .execute(c))?;
+    Ok(())
+}
+
+/// Changes the keys `change` names; the row must have been seeded.
+pub fn put_limits(conn: &mut DbConn, change: &LimitsChange, now: NaiveDateTime) -> StoreResult<Option<LimitsRow>> {
+    let Some(old) = limits(conn)? else { return Ok(None) };
+    let row: LimitsRow = diesel::update(usage_limits::table.find(LIMITS_ID))
+        .set((
+            usage_limits::studio_daily_tokens.eq(change.studio_daily_tokens.unwrap_or(old.studio_daily_tokens)),
+            usage_limits::studio_daily_micros.eq(change.studio_daily_micros.unwrap_or(old.studio_daily_micros)),
+            usage_limits::player_daily_tokens.eq(change.player_daily_tokens.unwrap_or(old.player_daily_tokens)),
+            usage_limits::player_daily_micros.eq(change.player_daily_micros.unwrap_or(old.player_daily_micros)),
+            usage_limits::player_llm_rate.eq(change.player_llm_rate.clone().unwrap_or(old.player_llm_rate)),
+            usage_limits::updated_at.eq(now),
+        ))
+        .returning(usage_limits::all_columns)
+        .get_result(conn)?;
+    Ok(Some(row))
+}
+
+pub fn player(conn: &mut DbConn, user_id: i64) -> StoreResult<Option<PlayerLimitsRow>> {
+    Ok(player_limits::table.find(user_id).first(conn).optional()?)
+}
+
+/// Changes the keys `change` names of a player's row (created with the defaults first);
+/// `None` when there is no such user.
+pub fn put_player(
+    conn: &mut DbConn,
+    user_id: i64,
+    change: &PlayerChange,
+    now: NaiveDateTime,
+) -> StoreResult<Option<PlayerLimitsRow>> {
+    let exists: i64 = users::table.filter(users::id.eq(user_id)).count().get_result(conn)?;
+    if exists == 0 {
+        return Ok(None);
+    }
+    let values =
+        (player_limits::user_id.eq(user_id), player_limits::blocked.eq(false), player_limits::updated_at.eq(now));
+    on_backend!(conn, |c| diesel::insert_into(player_limits::table)
+        .values(values)
+        .on_conflict(player_limits::user_id)
+        .do_nothing()
+        .execute(c))?;
+    let Some(old) = player(conn, user_id)? else { return Ok(None) };
+    let row = diesel::update(player_limits::table.find(user_id))
+        .set((
+            player_limits::blocked.eq(change.blocked.unwrap_or(old.blocked)),
+            player_limits::daily_tokens.eq(change.daily_tokens.unwrap_or(old.daily_tokens)),
+            player_limits::daily_micros.eq(change.daily_micros.unwrap_or(old.daily_micros)),
+            player_limits::updated_at.eq(now),
+        ))
+        .returning(player_limits::all_columns)
+        .get_result(conn)?;
+    Ok(Some(row))
+}
+
+/// Whether the player is blocked.
+pub fn is_blocked(conn: &mut DbConn, user_id: i64) -> StoreResult<bool> {
+    Ok(player(conn, user_id)?.is_some_and(|p| p.blocked))
+}
+
+/// One level's ledger of one day, if anything was reserved there.
+pub fn day(conn: &mut DbConn, level: &str, owner: &str, day: &str) -> StoreResult<Option<DayRow>> {
+    Ok(usage_days::table.find((level, owner, day)).first(conn).optional()?)
+}
+
+/// The owners of `level` that spent the most micro-dollars on `day` (then tokens).
+pub fn top(conn: &mut DbConn, level: &str, day: &str, limit: i64) -> StoreResult<Vec<DayRow>> {
+    Ok(usage_days::table
+        .filter(usage_days::level.eq(level))
+        .filter(usage_days::day.eq(day))
+        .order((usage_days::spent_micros.desc(), usage_days::spent_tokens.desc(), usage_days::owner.asc()))
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Reserves `tokens` and `micros` at one level if both fit under its limits (`None`: no
+/// limit, the reservation is recorded all the same): one conditional UPDATE. `false` when
+/// either does not fit; nothing changed then.
+#[allow(clippy::too_many_arguments)]
+pub fn reserve(
+    conn: &mut DbConn,
+    level: &str,
+    owner: &str,
+    day: &str,
+    tokens: i64,
+    micros: i64,
+    limits: (Option<i64>, Option<i64>),
+    now: NaiveDateTime,
+) -> StoreResult<bool> {
+    let row = (
+        usage_days::level.eq(level),
+        usage_days::owner.eq(owner),
+        usage_days::day.eq(day),
+        usage_days::spent_tokens.eq(0_i64),
+        usage_days::spent_micros.eq(0_i64),
+        usage_days::reserved_tokens.eq(0_i64),
+        usage_days::reserved_micros.eq(0_i64),
+        usage_days::updated_at.eq(now),
+    );
+    on_backend!(conn, |c| diesel::insert_into(usage_days::table).values(row).on_conflict_do_nothing().execute(c))?;
+    let (token_limit, micro_limit) = (limits.0.unwrap_or(NO_LIMIT), limits.1.unwrap_or(NO_LIMIT));
+    let updated = diesel::update(
+        usage_days::table
+            .find((level, owner, day))
+            .filter((usage_days::spent_tokens + usage_days::reserved_tokens + tokens).le(token_limit))
+            .filter((usage_days::spent_micros + usage_days::reserved_micros + micros).le(micro_limit)),
+    )
+    .set((
+        usage_days::reserved_tokens.eq(usage_days::reserved_tokens + tokens),
+        usage_days::reserved_micros.eq(usage_days::reserved_micros + micros),
+        usage_days::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(updated == 1)
+}
+
+/// Moves a settled call's usage at one level: `charge` becomes spent, `held` is no longer
+/// reserved (saturating at zero).
+pub fn settle(
+    conn: &mut DbConn,
+    level: &str,
+    owner: &str,
+    day: &str,
+    held: (i64, i64),
+    charge: (i64, i64),
+    now: NaiveDateTime,
+) -> StoreResult<()> {
+    let tokens =
+        case_when(usage_days::reserved_tokens.gt(held.0), usage_days::reserved_tokens - held.0).otherwise(0_i64);
+    let micros =
+        case_when(usage_days::reserved_micros.gt(held.1), usage_days::reserved_micros - held.1).otherwise(0_i64);
+    diesel::update(usage_days::table.find((level, owner, day)))
+        .set((
+            usage_days::spent_tokens.eq(usage_days::spent_tokens + charge.0),
+            usage_days::spent_micros.eq(usage_days::spent_micros + charge.1),
+            usage_days::reserved_tokens.eq(tokens),
+            usage_days::reserved_micros.eq(micros),
+            usage_days::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn add_hold(conn: &mut DbConn, hold: &NewHold<'_>) -> StoreResult<()> {
+    diesel::insert_into(usage_holds::table).values(hold).execute(conn)?;
+    Ok(())
+}
+
+/// The holds of `target`, removed.
+pub fn take_holds(conn: &mut DbConn, target: &str) -> StoreResult<Vec<HoldRow>> {
+    let holds: Vec<HoldRow> = usage_holds::table.filter(usage_holds::target.eq(target)).load(conn)?;
+    if !holds.is_empty() {
+        diesel::delete(usage_holds::table.filter(usage_holds::target.eq(target))).execute(conn)?;
+    }
+    Ok(holds)
+}
+
+/// The holds of `target`, left in place.
+pub fn holds(conn: &mut DbConn, target: &str) -> StoreResult<Vec<HoldRow>> {
+    Ok(usage_holds::table.filter(usage_holds::target.eq(target)).order(usage_holds::id.asc()).load(conn)?)
+}
