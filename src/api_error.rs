@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::{Failure, StoreError, QUEUE_FULL};
+use crate::store::{Failure, StoreError, QUEUE_FULL, SERVER_ONLY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -78,6 +78,9 @@ impl From<StoreError> for ApiError {
         if let StoreError::QueueFull(limit) = e {
             tracing::debug!(limit, "request refused: the job queue is full");
             return ApiError::Overloaded(QUEUE_FULL.into());
+        }
+        if let StoreError::ServerOnly = e {
+            return ApiError::Forbidden(SERVER_ONLY.into());
         }
         match e.failure() {
             Failure::Overloaded => {

@@ -12,11 +12,12 @@ use actix::prelude::*;
 use serde_json::Value;
 
 pub use crate::domain::content::{
-    check_subject_id, validate, Content, ContentKind, ContentStatus, FallbackReason, ValidRequest,
+    check_subject_id, validate, Content, ContentKind, ContentStatus, FallbackReason, Requester, ValidRequest,
 };
 pub use crate::domain::context::Context;
 
 use crate::core::clock::SharedClock;
+use crate::core::identity::SharedWriters;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
 use crate::domain::wire::{ServerFrame, Typed};
@@ -43,6 +44,8 @@ pub struct ContentService {
     jobs: Intake,
     /// `LOREWIRE_QUEUE_LIMIT`: a request whose job would be queued past it is refused.
     queue_limit: i64,
+    /// `LOREWIRE_SHARED_CONTENT_WRITERS`: who may change an item once it exists.
+    writers: SharedWriters,
 }
 
 impl ContentService {
@@ -50,18 +53,22 @@ impl ContentService {
     pub fn new(deps: &Deps, jobs: Intake) -> Self {
         let Deps { process: origin, store, clock, hub, config, .. } = deps.clone();
         let queue_limit = i64::try_from(config.queue_limit).unwrap_or(i64::MAX);
-        ContentService { origin, store, clock, hub, jobs, queue_limit }
+        let writers = config.identity.shared_writers();
+        ContentService { origin, store, clock, hub, jobs, queue_limit, writers }
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
     /// transaction) and hands the job to the worker: claimed in that transaction when the
-    /// worker has a free slot, else queued and the worker woken.
-    pub async fn request(&self, req: ValidRequest) -> Result<Content, StoreError> {
+    /// worker has a free slot, else queued and the worker woken. With
+    /// `LOREWIRE_SHARED_CONTENT_WRITERS=server`, a player's request that would regenerate an
+    /// existing item or change its context is refused ([`StoreError::ServerOnly`]).
+    pub async fn request(&self, req: ValidRequest, by: Requester) -> Result<Content, StoreError> {
         let kind = req.kind;
         let subject_id = req.subject_id as i64;
         let context = req.context.as_ref().map(|c| serde_json::to_string(c).expect("context serializes"));
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
+        let may_change = self.writers == SharedWriters::Players || by == Requester::Server;
         let queue_limit = self.queue_limit;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
@@ -76,6 +83,7 @@ impl ContentService {
                 context: context.as_deref(),
                 empty_fields: &empty,
                 regenerate,
+                may_change,
                 claim_for: claimer.as_ref().map(|c| c.worker()),
                 queue_limit,
             };

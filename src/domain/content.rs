@@ -388,6 +388,14 @@ pub struct ValidRequest {
     pub regenerate: bool,
 }
 
+/// Who asks for an item: the game server (the admin token over REST, a session started with a
+/// server-role JWT) or a player.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    Server,
+    Player(i64),
+}
+
 /// Why a content request is refused; the message is shown to the client as it is.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ContentRequestError {

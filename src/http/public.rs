@@ -1,5 +1,5 @@
 //! Public and player routes: health, readiness (the database takes a write), metrics, and the
-//! content REST API. Thin: never holds a business rule (the content service does).
+//! content REST API (the game server's own content requests, with the admin token, included). Thin: never holds a business rule (the content service does).
 
 use std::time::Duration;
 
@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::auth::Player;
+use super::auth::{Admin, Player};
 use super::edge::{bearer, not_shutting_down, same_token};
-use super::responses::{Fault, PlayerErrors, ReadErrors};
+use super::responses::{AdminErrors, Fault, PlayerErrors, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
-use crate::content::{self, Content, ContentKind};
+use crate::content::{self, Content, ContentKind, Requester};
 use crate::state::AppState;
 use crate::store::ProbeFailed;
 
@@ -104,20 +104,44 @@ pub struct ContentBody {
     responses(
         (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
         (status = 400, description = "The body is not a valid content request", body = ErrorBody),
+        (status = 403, description = "Only the game server may regenerate this shared item or change its context \
+            (`LOREWIRE_SHARED_CONTENT_WRITERS=server`)", body = ErrorBody),
         (status = 429, description = "The database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
         PlayerErrors, Fault,
     ))]
 pub async fn request_content(
-    _: Player,
+    Player(user): Player,
     state: web::Data<AppState>,
     body: web::Json<ContentBody>,
 ) -> Result<HttpResponse, ApiError> {
-    not_shutting_down(&state)?;
-    let body = body.into_inner();
+    content_request(&state, body.into_inner(), Requester::Player(user.id)).await
+}
+
+/// The game server's content request: like `POST /api/content`, and it may regenerate a shared
+/// item or change its context whoever may write shared content.
+#[utoipa::path(post, path = "/admin/api/content", tag = "admin", request_body = ContentBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
+        (status = 400, description = "The body is not a valid content request", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
+        AdminErrors, Fault,
+    ))]
+pub async fn server_request_content(
+    _: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<ContentBody>,
+) -> Result<HttpResponse, ApiError> {
+    content_request(&state, body.into_inner(), Requester::Server).await
+}
+
+async fn content_request(state: &AppState, body: ContentBody, by: Requester) -> Result<HttpResponse, ApiError> {
+    not_shutting_down(state)?;
     let request = content::validate(body.kind, body.subject_id, body.context.as_ref(), body.regenerate)
         .map_err(ApiError::invalid)?;
-    let content = state.content.request(request).await?;
+    let content = state.content.request(request, by).await?;
     Ok(HttpResponse::Accepted().json(content))
 }
 

@@ -106,6 +106,9 @@ pub struct RequestItem<'a> {
     pub context: Option<&'a str>,
     pub empty_fields: &'a str,
     pub regenerate: bool,
+    /// Whether the requester may change an existing item (regenerate it, or ask with another
+    /// context): else such a request is refused with [`StoreError::ServerOnly`].
+    pub may_change: bool,
     /// The worker that has a slot for the item's new job: the job is written claimed by it
     /// (answered beside what the request did); `None` queues the job for any worker.
     pub claim_for: Option<&'a str>,
@@ -154,7 +157,13 @@ fn request_once(
         Some(_) => Ok(()),
         None => jobs::check_player_queue(conn, item.queue_limit),
     };
-    match find(conn, item.kind, item.subject_id)? {
+    let found = find(conn, item.kind, item.subject_id)?;
+    if let Some(row) = &found {
+        if !item.may_change && (item.regenerate || item.context.is_some_and(|c| !same_context(c, &row.context))) {
+            return Err(StoreError::ServerOnly);
+        }
+    }
+    match found {
         Some(row) if !item.regenerate || row.status == PENDING => Ok((Requested::Existing(row), None)),
         Some(row) => {
             check_queue(conn)?;
@@ -210,6 +219,14 @@ fn request_once(
                 ))),
             }
         }
+    }
+}
+
+/// Whether a request's context (sanitized, as JSON) is the one stored: compared as JSON values.
+fn same_context(requested: &str, stored: &str) -> bool {
+    match (serde_json::from_str::<serde_json::Value>(requested), serde_json::from_str::<serde_json::Value>(stored)) {
+        (Ok(requested), Ok(stored)) => requested == stored,
+        _ => requested == stored,
     }
 }
 

@@ -194,6 +194,7 @@ async fn two_processes_creating_one_item_end_with_one_row_and_one_job(db: Db) {
         context: None,
         empty_fields: "{}",
         regenerate: false,
+        may_change: true,
         claim_for: None,
         queue_limit: 10_000,
     };

@@ -50,6 +50,7 @@ async fn the_content_sink_pushes_every_item_subscribed_here_again_after_events_w
                 context: Some("{}"),
                 empty_fields: "{}",
                 regenerate: false,
+                may_change: true,
                 claim_for: None,
                 queue_limit: 10_000,
             };

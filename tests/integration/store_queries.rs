@@ -44,6 +44,7 @@ fn item(subject_id: i64, regenerate: bool, queue_limit: i64) -> RequestItem<'sta
         context: Some("{}"),
         empty_fields: "{}",
         regenerate,
+        may_change: true,
         claim_for: None,
         queue_limit,
     }

@@ -11,9 +11,10 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use super::{Ctx, WsSession};
-use crate::content::{self, Content, ContentKind};
+use crate::content::{self, Content, ContentKind, Requester};
 use crate::domain::wire::{ContentRequest, ErrorCode, Typed};
 use crate::hub::Topic;
+use crate::store::StoreError;
 use crate::ws::subscriptions::Seen;
 
 impl WsSession {
@@ -33,15 +34,27 @@ impl WsSession {
                 "content request"
             );
         }
+        let Some(by) = self.requester() else {
+            return self.error(ErrorCode::Unauthorized, reference, "the first frame must be session:start", ctx);
+        };
         let topic = Topic::Content(kind, subject_id);
         if !self.room_for(&topic, &reference, ctx) {
             return;
         }
+        let watched = self.subscriptions.contains(&topic);
         self.watch(topic.clone());
         let service = self.state.content.clone();
-        ctx.spawn(async move { service.request(request).await }.into_actor(self).map(move |result, act, ctx| {
+        ctx.spawn(async move { service.request(request, by).await }.into_actor(self).map(move |result, act, ctx| {
             match result {
                 Ok(content) => act.snapshot(topic, reference, content, ctx),
+                // A refused change leaves the item as it was, and a session watching it before
+                // goes on watching it (with what arrived meanwhile).
+                Err(e @ StoreError::ServerOnly) if watched => {
+                    act.store_failed("the request was refused", &e, reference, ctx);
+                    for text in act.subscriptions.release(&topic, Seen::Upto(0)) {
+                        act.send_text(text, ctx);
+                    }
+                }
                 Err(e) => {
                     act.unwatch_if_holding(&topic);
                     act.store_failed("the request could not be stored", &e, reference, ctx);
@@ -77,6 +90,15 @@ impl WsSession {
                 }
             }
         }));
+    }
+
+    /// Who the session asks as: the game server when it started with a server-role JWT, else
+    /// its player (`None` before `session:start`).
+    fn requester(&self) -> Option<Requester> {
+        if self.login.as_ref().is_some_and(|login| login.server) {
+            return Some(Requester::Server);
+        }
+        self.player.as_ref().map(|player| Requester::Player(player.id))
     }
 
     /// Whether the session may subscribe to `topic`: one it holds already costs nothing; at

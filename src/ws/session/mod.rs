@@ -67,6 +67,8 @@ pub fn start(req: &HttpRequest, state: Arc<AppState>) -> Result<HttpResponse, Ap
 pub(super) struct JwtLogin {
     pub(super) issuer: String,
     pub(super) subject: String,
+    /// The JWT carries the server role: the session is the game server's.
+    pub(super) server: bool,
     /// The close at the JWT's expiry.
     pub(super) expiry: Option<SpawnHandle>,
 }
