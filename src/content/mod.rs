@@ -12,7 +12,8 @@ use actix::prelude::*;
 use serde_json::Value;
 
 pub use crate::domain::content::{
-    check_subject_id, validate, Content, ContentKind, ContentStatus, FallbackReason, Requester, ValidRequest,
+    check_subject_id, validate, Content, ContentKind, ContentScope, ContentStatus, FallbackReason, Requester,
+    ValidRequest, SHARED_OWNER,
 };
 pub use crate::domain::context::Context;
 
@@ -61,14 +62,16 @@ impl ContentService {
     /// transaction) and hands the job to the worker: claimed in that transaction when the
     /// worker has a free slot, else queued and the worker woken. With
     /// `LOREWIRE_SHARED_CONTENT_WRITERS=server`, a player's request that would regenerate an
-    /// existing item or change its context is refused ([`StoreError::ServerOnly`]).
+    /// existing item or change its context is refused ([`StoreError::ServerOnly`]). A
+    /// `player`-scoped request is for the requester's own item, which it may always change.
     pub async fn request(&self, req: ValidRequest, by: Requester) -> Result<Content, StoreError> {
+        let owner = owner_of(req.scope, by)?;
         let kind = req.kind;
         let subject_id = req.subject_id as i64;
         let context = req.context.as_ref().map(|c| serde_json::to_string(c).expect("context serializes"));
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
-        let may_change = self.writers == SharedWriters::Players || by == Requester::Server;
+        let may_change = self.writers == SharedWriters::Players || by.server || owner != SHARED_OWNER;
         let queue_limit = self.queue_limit;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
@@ -80,6 +83,7 @@ impl ContentService {
                 origin: &origin,
                 kind,
                 subject_id,
+                owner,
                 context: context.as_deref(),
                 empty_fields: &empty,
                 regenerate,
@@ -116,9 +120,29 @@ impl ContentService {
         requested.row().content()
     }
 
-    pub async fn get(&self, kind: ContentKind, subject_id: u64) -> Result<Option<Content>, StoreError> {
+    /// The shared item, or with `scope` player the requester's own.
+    pub async fn get(
+        &self,
+        kind: ContentKind,
+        subject_id: u64,
+        scope: ContentScope,
+        by: Requester,
+    ) -> Result<Option<Content>, StoreError> {
+        let owner = owner_of(scope, by)?;
         let Ok(subject_id) = check_subject_id(subject_id) else { return Ok(None) };
-        let row = self.store.run(move |conn| rows::find(conn, kind, subject_id)).await?;
+        let row = self.store.run(move |conn| rows::find(conn, kind, subject_id, owner)).await?;
         row.as_ref().map(ContentRow::content).transpose()
+    }
+}
+
+/// The owner an item of `scope` is stored with: [`SHARED_OWNER`], or the requesting player. The
+/// edges ask for a player's own item only with a player (the admin token has none).
+fn owner_of(scope: ContentScope, by: Requester) -> Result<i64, StoreError> {
+    match (scope, by.user_id) {
+        (ContentScope::Shared, _) => Ok(SHARED_OWNER),
+        (ContentScope::Player, Some(user_id)) => Ok(user_id),
+        (ContentScope::Player, None) => {
+            Err(StoreError::Corrupt("a player's own item was asked for without a player".into()))
+        }
     }
 }

@@ -6,7 +6,7 @@
 
 use ts_rs::{Config, TS};
 
-use super::content::{Content, ContentKind, FallbackReason};
+use super::content::{Content, ContentKind, ContentScope, FallbackReason};
 use super::lobby::{Message, Mood, PresenceLeave, PresenceUser};
 use super::players::Variant;
 use super::runs::{Action, RunErrorCode, RunFailure, RunStatus, RunView, Usage};
@@ -203,7 +203,7 @@ const REFINEMENTS: &str = "\
 export type ContentStatus = Status;
 export type MoodStatus = Status;
 
-/** A content item, identified by `(kind, subject_id)`; `fields` follow its kind. */
+/** A content item, identified by `(kind, subject_id)` (and its player when `scope` is `player`); `fields` follow its kind. */
 export type Content<K extends ContentKind = ContentKind> = {
   [P in K]: Omit<ContentItem, \"kind\" | \"fields\"> & { kind: P; fields: ContentFields[P] };
 }[K];
@@ -214,6 +214,7 @@ fn generate() -> String {
     let parts = [
         HEADER.to_owned(),
         decl::<ContentKind>(&cfg),
+        decl::<ContentScope>(&cfg),
         decl::<Status>(&cfg),
         decl::<FallbackReason>(&cfg),
         decl::<Mood>(&cfg),

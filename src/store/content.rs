@@ -1,4 +1,4 @@
-//! Content items: one row per (kind, subject_id), created `pending` together with its job, and
+//! Content items: one row per (kind, subject_id, owner) (owner 0: shared), created `pending` together with its job, and
 //! finished with the job's removal in one transaction. Never decides an item's text.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -8,7 +8,7 @@ use super::jobs::{self, Ended, JobKind, JobRow};
 use super::notify;
 use super::schema::{content, jobs as jobs_t};
 use super::{DbConn, Kept, StoreError, StoreResult};
-use crate::domain::content::{Content, ContentKind, ContentStatus, FallbackReason};
+use crate::domain::content::{Content, ContentKind, ContentScope, ContentStatus, FallbackReason, SHARED_OWNER};
 use crate::domain::events::Event;
 use crate::on_backend;
 
@@ -28,6 +28,8 @@ pub struct ContentRow {
     pub version: i64,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// The player whose own item it is, or [`SHARED_OWNER`].
+    pub owner_id: i64,
 }
 
 impl ContentRow {
@@ -48,6 +50,8 @@ impl ContentRow {
         Ok(Content {
             kind: self.kind()?,
             subject_id: u64::try_from(self.subject_id).map_err(|_| corrupt("negative subject_id"))?,
+            scope: if self.owner_id == SHARED_OWNER { ContentScope::Shared } else { ContentScope::Player },
+            owner_id: self.owner_id,
             status: ContentStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
             fields: serde_json::from_str(&self.fields).map_err(|_| corrupt("fields are not a JSON object"))?,
             model: self.model.clone(),
@@ -72,6 +76,7 @@ struct NewContent<'a> {
     version: i64,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    owner_id: i64,
 }
 
 /// What a request did.
@@ -102,6 +107,8 @@ pub struct RequestItem<'a> {
     pub origin: &'a str,
     pub kind: ContentKind,
     pub subject_id: i64,
+    /// The player whose own item is asked for, or [`SHARED_OWNER`].
+    pub owner: i64,
     /// Sanitized context as JSON; `None` keeps the stored one on regenerate.
     pub context: Option<&'a str>,
     pub empty_fields: &'a str,
@@ -117,10 +124,12 @@ pub struct RequestItem<'a> {
     pub queue_limit: i64,
 }
 
-pub fn find(conn: &mut DbConn, kind: ContentKind, subject_id: i64) -> StoreResult<Option<ContentRow>> {
+/// The item of `owner` ([`SHARED_OWNER`] for the shared one).
+pub fn find(conn: &mut DbConn, kind: ContentKind, subject_id: i64, owner: i64) -> StoreResult<Option<ContentRow>> {
     Ok(on_backend!(conn, |c| content::table
         .filter(content::kind.eq(kind.as_str()))
         .filter(content::subject_id.eq(subject_id))
+        .filter(content::owner_id.eq(owner))
         .first(c)
         .optional())?)
 }
@@ -157,7 +166,7 @@ fn request_once(
         Some(_) => Ok(()),
         None => jobs::check_player_queue(conn, item.queue_limit),
     };
-    let found = find(conn, item.kind, item.subject_id)?;
+    let found = find(conn, item.kind, item.subject_id, item.owner)?;
     if let Some(row) = &found {
         if !item.may_change && (item.regenerate || item.context.is_some_and(|c| !same_context(c, &row.context))) {
             return Err(StoreError::ServerOnly);
@@ -195,11 +204,12 @@ fn request_once(
                 version: 1,
                 created_at: now,
                 updated_at: now,
+                owner_id: item.owner,
             };
             // A conflict leaves the transaction as it was (no savepoint needed to go on).
             let row: Option<ContentRow> = on_backend!(conn, |c| diesel::insert_into(content::table)
                 .values(&new)
-                .on_conflict((content::kind, content::subject_id))
+                .on_conflict((content::kind, content::subject_id, content::owner_id))
                 .do_nothing()
                 .returning(content::all_columns)
                 .get_result(c)
@@ -281,6 +291,7 @@ fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> StoreRe
         kind: row.kind.clone(),
         subject_id: row.subject_id,
         version: row.version,
+        owner: row.owner_id,
     };
     notify::send(conn, &event)
 }
@@ -316,6 +327,7 @@ mod tests {
             version: 1,
             created_at: t,
             updated_at: t,
+            owner_id: 0,
         }
     }
 

@@ -13,6 +13,7 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        owner_id -> Int8,
     }
 }
 

@@ -6,7 +6,9 @@
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::common::{post_json, spawn_with, Db, Setup, TestApp, WsClient, ADMIN_TOKEN};
+use std::time::Duration;
+
+use crate::common::{get_json, post_json, spawn_with, Db, Setup, TestApp, WsClient, ADMIN_TOKEN};
 use lorewire::core::identity::{AuthMode, SharedWriters};
 
 const SECRET: &str = "studio-shared-secret-0123456789";
@@ -32,15 +34,20 @@ async fn spawn(db: Db, writers: Option<SharedWriters>) -> TestApp {
 
 /// A session started with a JWT of `sub`, carrying the server role when `server`.
 async fn jwt_session(app: &TestApp, sub: &str, server: bool) -> WsClient {
+    jwt_session_and_token(app, sub, server).await.0
+}
+
+async fn jwt_session_and_token(app: &TestApp, sub: &str, server: bool) -> (WsClient, String) {
     let mut claims = json!({"iss": "studio", "sub": sub, "name": sub, "exp": exp()});
     if server {
         claims["lorewire_role"] = json!("server");
     }
+    let jwt = hs256(claims);
     let mut ws = app.ws().await;
-    ws.send(json!({"type": "session:start", "jwt": hs256(claims)})).await;
+    ws.send(json!({"type": "session:start", "jwt": jwt})).await;
     let ack = ws.recv_type("session:ack").await;
     assert_eq!(ack["external_id"], sub, "{ack}");
-    ws
+    (ws, jwt)
 }
 
 fn npc(subject_id: u64, extra: Value) -> Value {
@@ -167,4 +174,83 @@ async fn players_change_shared_items_when_they_are_the_writers(db: Db) {
     assert_eq!((reply["type"].as_str(), reply["content"]["version"].as_i64()), (Some("content:snapshot"), Some(3)));
 }
 
-crate::both_backends!(only_the_game_server_changes_shared_items, players_change_shared_items_when_they_are_the_writers);
+async fn player_items_are_each_players_own(db: Db) {
+    // The game server writes shared items; a player's own are the player's to change.
+    let app = spawn(db, None).await;
+    let (mut ada, ack) = app.player("Ada").await;
+    let ada_token = ack["token"].as_str().unwrap().to_owned();
+    let (mut bo, bo_jwt) = jwt_session_and_token(&app, "p-bo", false).await;
+    let mine = |name: &str| json!({"scope": "player", "context": {"character_name": name}});
+
+    // The shared item, then each player's own of the same subject: three items.
+    let shared = ask(&mut ada, npc(7, json!({"context": {"character_name": "Everyone"}}))).await;
+    assert_eq!((shared["content"]["scope"].as_str(), shared["content"]["version"].as_i64()), (Some("shared"), Some(1)));
+    assert_eq!(settled(&mut ada).await["version"], 2);
+    let own = ask(&mut ada, npc(7, mine("Ada"))).await;
+    assert_eq!(own["type"], "content:snapshot", "{own}");
+    assert_eq!((own["content"]["scope"].as_str(), own["content"]["version"].as_i64()), (Some("player"), Some(1)));
+    let ready = settled(&mut ada).await;
+    assert_eq!((ready["scope"].as_str(), ready["version"].as_i64()), (Some("player"), Some(2)), "{ready}");
+    assert!(app.fake.requests().last().unwrap().raw_body.contains("Ada"));
+    let own = ask(&mut bo, npc(7, mine("Bo"))).await;
+    assert_eq!((own["content"]["scope"].as_str(), own["content"]["version"].as_i64()), (Some("player"), Some(1)));
+    assert_eq!(settled(&mut bo).await["version"], 2);
+    assert!(app.fake.requests().last().unwrap().raw_body.contains("Bo"));
+    assert_eq!(app.fake.request_count(), 3, "one call per item");
+
+    // A player regenerates and re-contexts its own item; the other player hears nothing of it.
+    let again =
+        ask(&mut ada, npc(7, json!({"scope": "player", "regenerate": true, "context": {"character_name": "Ada II"}})))
+            .await;
+    assert_eq!((again["type"].as_str(), again["content"]["version"].as_i64()), (Some("content:snapshot"), Some(3)));
+    let ready = settled(&mut ada).await;
+    assert_eq!((ready["scope"].as_str(), ready["version"].as_i64()), (Some("player"), Some(4)), "{ready}");
+    assert!(app.fake.requests().last().unwrap().raw_body.contains("Ada II"));
+    bo.expect_silence(Duration::from_millis(300)).await;
+    // Bo's own item and the shared one are as they were.
+    let bo_own = ask(
+        &mut bo,
+        json!({"type": "content:subscribe", "kind": "npc", "subject_id": 7, "scope": "player", "ref": "r"}),
+    )
+    .await;
+    assert_eq!((bo_own["content"]["scope"].as_str(), bo_own["content"]["version"].as_i64()), (Some("player"), Some(2)));
+    let shared = ask(&mut bo, json!({"type": "content:subscribe", "kind": "npc", "subject_id": 7, "ref": "r"})).await;
+    assert_eq!((shared["content"]["scope"].as_str(), shared["content"]["version"].as_i64()), (Some("shared"), Some(2)));
+
+    // Another player's own item cannot be named: Bo has no npc 8 of his own, whatever Ada has.
+    assert_eq!(ask(&mut ada, npc(8, mine("Ada"))).await["content"]["version"], 1);
+    assert_eq!(settled(&mut ada).await["subject_id"], 8);
+    let none = ask(
+        &mut bo,
+        json!({"type": "content:subscribe", "kind": "npc", "subject_id": 8, "scope": "player", "ref": "r"}),
+    )
+    .await;
+    assert_eq!(none["type"], "error:not_found", "{none}");
+    let none = ask(&mut bo, json!({"type": "content:subscribe", "kind": "npc", "subject_id": 8, "ref": "r"})).await;
+    assert_eq!(none["type"], "error:not_found", "Ada's own item is not the shared one: {none}");
+
+    // REST: `?scope=player` reads the bearer's own item, without it the shared one.
+    let url = |scope: &str| app.url(&format!("/api/content/npc/7{scope}"));
+    let (status, item) = get_json(&url("?scope=player"), Some(&ada_token)).await;
+    assert_eq!((status, item["scope"].as_str(), item["version"].as_i64()), (200, Some("player"), Some(4)), "{item}");
+    let (status, item) = get_json(&url("?scope=player"), Some(&bo_jwt)).await;
+    assert_eq!((status, item["scope"].as_str(), item["version"].as_i64()), (200, Some("player"), Some(2)), "{item}");
+    let (status, item) = get_json(&url(""), Some(&bo_jwt)).await;
+    assert_eq!((status, item["scope"].as_str(), item["version"].as_i64()), (200, Some("shared"), Some(2)), "{item}");
+    assert_eq!(get_json(&app.url("/api/content/npc/8?scope=player"), Some(&bo_jwt)).await.0, 404);
+    assert_eq!(get_json(&url("?scope=mine"), Some(&bo_jwt)).await.0, 400);
+    // A player regenerates its own over REST; the game server has no items of its own.
+    let body = json!({"kind": "npc", "subject_id": 7, "scope": "player", "regenerate": true});
+    let (status, item) = post_json(&app.url("/api/content"), &bo_jwt, &body).await;
+    assert_eq!((status, item["scope"].as_str(), item["version"].as_i64()), (202, Some("player"), Some(3)), "{item}");
+    let (status, error) = post_json(&app.url("/admin/api/content"), ADMIN_TOKEN, &body).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(settled(&mut bo).await["version"], 4, "Bo's session hears his own item's change");
+    ada.expect_silence(Duration::from_millis(300)).await;
+}
+
+crate::both_backends!(
+    only_the_game_server_changes_shared_items,
+    players_change_shared_items_when_they_are_the_writers,
+    player_items_are_each_players_own,
+);

@@ -41,6 +41,7 @@ fn item(subject_id: i64, regenerate: bool, queue_limit: i64) -> RequestItem<'sta
         origin: "test",
         kind: ContentKind::Quest,
         subject_id,
+        owner: 0,
         context: Some("{}"),
         empty_fields: "{}",
         regenerate,
@@ -115,7 +116,7 @@ fn a_refused_content_request_stores_nothing() {
     request(&store, 1, false, 1).unwrap();
     let refused = request(&store, 2, false, 1);
     assert!(matches!(refused, Err(StoreError::QueueFull(1))), "{refused:?}");
-    assert!(store.run_blocking(|c| content::find(c, ContentKind::Quest, 2)).unwrap().is_none());
+    assert!(store.run_blocking(|c| content::find(c, ContentKind::Quest, 2, 0)).unwrap().is_none());
     assert_eq!(all_jobs(&store).len(), 1);
 }
 
