@@ -84,6 +84,7 @@ impl ContentService {
                 kind,
                 subject_id,
                 owner,
+                player: by.user_id.unwrap_or(0),
                 context: context.as_deref(),
                 empty_fields: &empty,
                 regenerate,

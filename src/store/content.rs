@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
-use super::jobs::{self, Ended, JobKind, JobRow};
+use super::jobs::{self, Ended, JobKind, JobRow, Place};
 use super::notify;
 use super::schema::{content, jobs as jobs_t};
 use super::{DbConn, Kept, StoreError, StoreResult};
@@ -109,6 +109,8 @@ pub struct RequestItem<'a> {
     pub subject_id: i64,
     /// The player whose own item is asked for, or [`SHARED_OWNER`].
     pub owner: i64,
+    /// The player asking (its job's fair share), 0 for the game server's admin token.
+    pub player: i64,
     /// Sanitized context as JSON; `None` keeps the stored one on regenerate.
     pub context: Option<&'a str>,
     pub empty_fields: &'a str,
@@ -157,9 +159,10 @@ fn request_once(
     now: NaiveDateTime,
     first: bool,
 ) -> StoreResult<(Requested, Option<JobRow>)> {
+    let place = Place::new(0, item.player);
     let enqueue = |conn: &mut DbConn, target_id| match item.claim_for {
-        Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, 0, worker, now).map(Some),
-        None => jobs::enqueue(conn, JobKind::Content, target_id, 0, now).map(|()| None),
+        Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, place, worker, now).map(Some),
+        None => jobs::enqueue_for(conn, JobKind::Content, target_id, place, now).map(|()| None),
     };
     // Checked before anything is written: a refused request stores nothing.
     let check_queue = |conn: &mut DbConn| match item.claim_for {

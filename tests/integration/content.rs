@@ -192,6 +192,7 @@ async fn two_processes_creating_one_item_end_with_one_row_and_one_job(db: Db) {
         kind: ContentKind::Quest,
         subject_id: 7,
         owner: 0,
+        player: 0,
         context: None,
         empty_fields: "{}",
         regenerate: false,

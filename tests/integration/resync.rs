@@ -48,6 +48,7 @@ async fn the_content_sink_pushes_every_item_subscribed_here_again_after_events_w
                 kind: lorewire::domain::content::ContentKind::Quest,
                 subject_id: 7,
                 owner: 0,
+                player: 0,
                 context: Some("{}"),
                 empty_fields: "{}",
                 regenerate: false,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use std::time::Duration;
 
-use crate::common::{get_json, post_json, spawn_with, Db, Setup, TestApp, WsClient, ADMIN_TOKEN};
+use crate::common::{get_json, post_json, spawn_with, Db, Mode, Setup, TestApp, WsClient, ADMIN_TOKEN};
 use lorewire::core::identity::{AuthMode, SharedWriters};
 
 const SECRET: &str = "studio-shared-secret-0123456789";
@@ -249,8 +249,38 @@ async fn player_items_are_each_players_own(db: Db) {
     ada.expect_silence(Duration::from_millis(300)).await;
 }
 
+async fn one_players_flood_does_not_hold_back_another_player(db: Db) {
+    // One busy slot, and every upstream call takes a while.
+    let app = spawn_with(Setup::new(db), |c| c.llm_concurrency = 1).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(30)));
+    let (mut flood, _) = app.player("Flood").await;
+    let (mut other, _) = app.player("Other").await;
+    for id in 1..=200 {
+        flood.send(json!({"type": "content:request", "kind": "quest", "subject_id": id, "ref": id})).await;
+    }
+    let mut answered = 0;
+    while answered < 200 {
+        let frame = flood.recv().await;
+        if frame["type"] == "content:snapshot" {
+            answered += 1;
+        }
+    }
+    // All 200 are stored (queued or running); the other player's one item comes after them.
+    let reply = ask(&mut other, npc(1, json!({"context": {"character_name": "Zebulon"}}))).await;
+    assert_eq!(reply["content"]["status"], "pending", "{reply}");
+    let started_before = app.fake.request_count();
+    let ready = settled(&mut other).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let calls = app.fake.requests();
+    let turn = calls.iter().position(|r| r.raw_body.contains("Zebulon")).expect("the other player's call");
+    // At most the flood's call in flight when it was queued went before it (one item per busy slot).
+    assert!(turn <= started_before + 1, "the other player's call was #{turn}, {started_before} had started before");
+    assert!(turn < 150, "the flood was far from drained: #{turn} of 201 shows the queue was jumped");
+}
+
 crate::both_backends!(
     only_the_game_server_changes_shared_items,
     players_change_shared_items_when_they_are_the_writers,
     player_items_are_each_players_own,
+    one_players_flood_does_not_hold_back_another_player,
 );
