@@ -28,6 +28,9 @@ pub enum ApiError {
     /// Too much work queued (429).
     #[error("{0}")]
     Overloaded(String),
+    /// The caller's own rate or cap (429).
+    #[error("{0}")]
+    RateLimited(String),
     #[error("{0}")]
     Conflict(String),
     /// The request's body did not arrive in time (408; the connection is closed).
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::BudgetExceeded(_) => "budget_exceeded",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal => "internal",
@@ -108,7 +112,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -81,6 +81,9 @@ pub struct IdentitySettings {
     /// server only [default: server with jwt or both, players with anonymous].
     #[arg(long, global = true, env = "LOREWIRE_SHARED_CONTENT_WRITERS", value_enum)]
     pub shared_content_writers: Option<SharedWriters>,
+    /// REST runs one player may leave queued or running at once.
+    #[arg(long, global = true, env = "LOREWIRE_PLAYER_UNWATCHED_RUNS", default_value_t = 5)]
+    pub player_unwatched_runs: u32,
 }
 
 /// Where the JWT keys of the asymmetric algorithms come from.
@@ -144,6 +147,8 @@ pub struct IdentityConfig {
     pub trusted_proxies: TrustedProxies,
     /// As set; [`IdentityConfig::shared_writers`] resolves the default from the login mode.
     pub shared_content_writers: Option<SharedWriters>,
+    /// `LOREWIRE_PLAYER_UNWATCHED_RUNS`: REST runs one player may leave queued or running at once.
+    pub player_unwatched_runs: u32,
 }
 
 /// Why the identity settings cannot be used.
@@ -173,6 +178,7 @@ impl IdentitySettings {
             new_players_rate: self.new_players_rate,
             trusted_proxies: self.trusted_proxies,
             shared_content_writers: self.shared_content_writers,
+            player_unwatched_runs: self.player_unwatched_runs,
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum RunRefused {
     BudgetExceeded(String),
     #[error("{0}")]
     Overloaded(String),
+    /// The player has `LOREWIRE_PLAYER_UNWATCHED_RUNS` REST runs queued or running.
+    #[error("{0}")]
+    RateLimited(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -124,7 +127,9 @@ impl RunService {
         &self.live
     }
 
-    pub async fn start(&self, req: RunRequest, waiter: Waiter) -> Result<Started, RunRefused> {
+    /// Admits `player`'s run: its job takes the player's turn, and a REST run is refused while
+    /// the player has `LOREWIRE_PLAYER_UNWATCHED_RUNS` REST runs queued or running.
+    pub async fn start(&self, req: RunRequest, waiter: Waiter, player: i64) -> Result<Started, RunRefused> {
         let now = self.clock.now_naive();
         let config = self.config.clone();
         let run_id = new_run_id();
@@ -156,6 +161,8 @@ impl RunService {
                     queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
                     worst_case,
                     no_config: no_config.as_deref(),
+                    player_id: player,
+                    unwatched_cap: (waiter == Waiter::Rest).then_some(i64::from(config.identity.player_unwatched_runs)),
                 };
                 let admitted = rows::admit(conn, &admission, now)?;
                 let (position, avg) = match &admitted {
@@ -168,6 +175,12 @@ impl RunService {
             })
             .await?;
         let (row, joined) = match admitted {
+            Admitted::Unwatched(cap) => {
+                self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
+                return Err(RunRefused::RateLimited(format!(
+                    "at most {cap} REST runs of one player may be queued or running at once; wait for one to end"
+                )));
+            }
             Admitted::Overloaded => {
                 self.metrics.runs_refused.with_label_values(&["overloaded"]).inc();
                 return Err(RunRefused::Overloaded(format!(

@@ -116,6 +116,8 @@ pub fn test_config(db_url: &str, fake: &FakeLlm, provider: Provider) -> Config {
     config.workers = 2;
     // Every test client connects from 127.0.0.1; tests of the limit set their own.
     config.identity.new_players_rate = Rate { count: 1_000_000, per: Duration::from_secs(1) };
+    // One test player may start many REST runs; the test of the cap sets its own.
+    config.identity.player_unwatched_runs = 1_000_000;
     config
 }
 

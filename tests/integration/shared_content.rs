@@ -278,7 +278,45 @@ async fn one_players_flood_does_not_hold_back_another_player(db: Db) {
     assert!(turn < 150, "the flood was far from drained: #{turn} of 201 shows the queue was jumped");
 }
 
+async fn a_player_leaves_at_most_the_cap_of_rest_runs_unwatched(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| {
+        c.identity.player_unwatched_runs = 2;
+        c.llm_concurrency = 1;
+    })
+    .await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(400)));
+    let (mut ada, ack) = app.player("Ada").await;
+    let ada_token = ack["token"].as_str().unwrap().to_owned();
+    let bo_token = app.player("Bo").await.1["token"].as_str().unwrap().to_owned();
+    let run = |input: &str| json!({"project_id": "p1", "action": "WRITE", "input": input});
+    let generate = app.url("/api/generate");
+    let mut started = Vec::new();
+    for input in ["one", "two"] {
+        let (status, accepted) = post_json(&generate, &ada_token, &run(input)).await;
+        assert_eq!(status, 202, "{accepted}");
+        started.push(accepted["run_id"].as_str().unwrap().to_owned());
+    }
+    // A third REST run while both are queued or running is refused, and nothing is stored.
+    let (status, refused) = post_json(&generate, &ada_token, &run("three")).await;
+    assert_eq!((status, refused["error"].as_str()), (429, Some("rate_limited")), "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("at most 2"), "{refused}");
+    let (_, listed) = app.admin_get("/admin/api/runs").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 2, "{listed}");
+    // Another player's REST runs and the player's own watched runs are not counted.
+    assert_eq!(post_json(&generate, &bo_token, &run("bo")).await.0, 202);
+    ada.send(json!({"type": "generate:start", "project_id": "p1", "action": "WRITE", "input": "watched", "ref": 9}))
+        .await;
+    let queued = ada.recv_type("run:queued").await;
+    assert_eq!(queued["ref"], 9, "{queued}");
+    // Once they end, the player may start more.
+    for run_id in &started {
+        assert_eq!(app.final_run(&ada_token, run_id).await["status"], "done");
+    }
+    assert_eq!(post_json(&generate, &ada_token, &run("three")).await.0, 202);
+}
+
 crate::both_backends!(
+    a_player_leaves_at_most_the_cap_of_rest_runs_unwatched,
     only_the_game_server_changes_shared_items,
     players_change_shared_items_when_they_are_the_writers,
     player_items_are_each_players_own,

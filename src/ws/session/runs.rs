@@ -55,12 +55,13 @@ impl WsSession {
         };
         let service = self.state.runs.clone();
         let session = self.id;
+        let player = self.player.as_ref().map_or(0, |player| player.id);
         // The admission runs to its end even if this session stops meanwhile (a stopping actor
         // drops its futures, not the transaction in flight); a run it was counted on then
         // detaches again when the unclaimed `Waiting` is dropped, so it cannot escape abort.
         let (answer, answered) = tokio::sync::oneshot::channel();
         actix_web::rt::spawn(async move {
-            let result = service.start(request, Waiter::Session(session)).await;
+            let result = service.start(request, Waiter::Session(session), player).await;
             let waiting = match &result {
                 Ok(Started::Queued { run_id, .. }) => Some(Waiting::new(service.clone(), run_id.clone(), session)),
                 _ => None,
@@ -109,6 +110,7 @@ impl WsSession {
                     act.error(ErrorCode::BudgetExceeded, reference, message, ctx)
                 }
                 Err(RunRefused::Overloaded(message)) => act.error(ErrorCode::Overloaded, reference, message, ctx),
+                Err(RunRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
                 Err(RunRefused::Store(e)) => act.store_failed("the run could not be stored", &e, reference, ctx),
             }
         }));
