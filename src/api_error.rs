@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::limits::{Level, Refusal};
-use crate::store::{Failure, StoreError, QUEUE_FULL};
+use crate::store::{Failure, StoreError, QUEUE_FULL, SERVER_ONLY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -35,6 +35,9 @@ pub enum ApiError {
     /// Too much work queued (429).
     #[error("{0}")]
     Overloaded(String),
+    /// The caller's own cap (429), e.g. its REST runs left unwatched.
+    #[error("{0}")]
+    TooMany(String),
     #[error("{0}")]
     Conflict(String),
     /// The request's body did not arrive in time (408; the connection is closed).
@@ -74,7 +77,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::BudgetExceeded(_) | ApiError::OverLimit(_) => "budget_exceeded",
             ApiError::Overloaded(_) => "overloaded",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited(_) | ApiError::TooMany(_) => "rate_limited",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal => "internal",
@@ -94,6 +97,9 @@ impl From<StoreError> for ApiError {
         if let StoreError::QueueFull(limit) = e {
             tracing::debug!(limit, "request refused: the job queue is full");
             return ApiError::Overloaded(QUEUE_FULL.into());
+        }
+        if let StoreError::ServerOnly = e {
+            return ApiError::Forbidden(SERVER_ONLY.into());
         }
         match e.failure() {
             Failure::Overloaded => {
@@ -121,7 +127,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BudgetExceeded(_) | ApiError::OverLimit(_) => StatusCode::PAYMENT_REQUIRED,
-            ApiError::Overloaded(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) | ApiError::RateLimited(_) | ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -77,7 +77,7 @@ pub struct DropTopic {
 /// The content items some session here is subscribed to (to read them again after the
 /// backplane lost changes).
 #[derive(Message)]
-#[rtype(result = "Vec<(ContentKind, u64)>")]
+#[rtype(result = "Vec<(ContentKind, u64, i64)>")]
 pub struct ContentTopics;
 
 /// Close every session (shutdown); answers how many there were.
@@ -126,7 +126,7 @@ impl Handler<ContentTopics> for Hub {
     type Result = MessageResult<ContentTopics>;
     fn handle(&mut self, _: ContentTopics, _: &mut Context<Self>) -> Self::Result {
         let items = self.topics.keys().filter_map(|topic| match **topic {
-            Topic::Content(kind, subject_id) => Some((kind, subject_id)),
+            Topic::Content(kind, subject_id, owner) => Some((kind, subject_id, owner)),
             _ => None,
         });
         MessageResult(items.collect())

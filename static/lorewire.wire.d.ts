@@ -9,6 +9,12 @@
  */
 export type ContentKind = "quest" | "event" | "npc";
 
+/**
+ * Whose an item is: shared by every player (one per `(kind, subject_id)`), or the requesting
+ * player's own (one per `(kind, subject_id, player)`, seen by that player only).
+ */
+export type ContentScope = "shared" | "player";
+
 export type Status = "pending" | "ready" | "fallback";
 
 /**
@@ -90,6 +96,10 @@ export type ContentItem = {
    * The game's own id of the quest template, event or NPC.
    */
   subject_id: number,
+  /**
+   * `shared` by every player, or the requesting player's own (`player`).
+   */
+  scope: ContentScope,
   status: Status,
   /**
    * quest `flavorText`, `hookText`; event `announcementText`, `resolutionText`; npc
@@ -114,7 +124,7 @@ export type ContentItem = {
 export type ContentStatus = Status;
 export type MoodStatus = Status;
 
-/** A content item, identified by `(kind, subject_id)`; `fields` follow its kind. */
+/** A content item, identified by `(kind, subject_id)` (and its player when `scope` is `player`); `fields` follow its kind. */
 export type Content<K extends ContentKind = ContentKind> = {
   [P in K]: Omit<ContentItem, "kind" | "fields"> & { kind: P; fields: ContentFields[P] };
 }[K];
@@ -200,9 +210,20 @@ export type ContentRequest = {
   subject_id: number,
   context?: Record<string, string>,
   regenerate?: boolean,
+  /**
+   * `player`: the requesting player's own item; `shared` (the default) is everyone's.
+   */
+  scope?: ContentScope,
 };
 
-export type ContentRef = { kind: ContentKind, subject_id: number };
+export type ContentRef = {
+  kind: ContentKind,
+  subject_id: number,
+  /**
+   * `player`: the session's player's own item; `shared` (the default) is everyone's.
+   */
+  scope?: ContentScope,
+};
 
 /**
  * `generate:start`; `action` stays a string so an unknown one gets a message naming it.

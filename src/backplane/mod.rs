@@ -311,7 +311,8 @@ mod tests {
             ],
             &Metrics::new(),
         );
-        let content = |id: i64| Event::Content { origin: "o".into(), kind: "quest".into(), subject_id: id, version: 1 };
+        let content =
+            |id: i64| Event::Content { origin: "o".into(), kind: "quest".into(), subject_id: id, version: 1, owner: 0 };
         // Delivered from another thread, as the PostgreSQL listener does.
         let from_listener = sinks.clone();
         std::thread::spawn(move || {
@@ -368,7 +369,8 @@ mod tests {
         let metrics = Metrics::new();
         let sink = Rc::new(Held { go: go.clone(), heard: heard.clone() });
         let sinks = Sinks::with_capacity(vec![sink], &metrics, 2);
-        let content = |id: i64| Event::Content { origin: "o".into(), kind: "quest".into(), subject_id: id, version: 1 };
+        let content =
+            |id: i64| Event::Content { origin: "o".into(), kind: "quest".into(), subject_id: id, version: 1, owner: 0 };
         sinks.deliver(content(1));
         // The sink takes 1 and holds it; 2 and 3 fill the queue; 4, 5 and 6 find it full.
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -12,7 +12,8 @@ use actix::prelude::*;
 use serde_json::Value;
 
 pub use crate::domain::content::{
-    check_subject_id, validate, Content, ContentKind, ContentStatus, FallbackReason, ValidRequest,
+    check_subject_id, validate, Content, ContentKind, ContentScope, ContentStatus, FallbackReason, Requester,
+    ValidRequest, SHARED_OWNER,
 };
 pub use crate::domain::context::Context;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
+use crate::core::identity::SharedWriters;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
 use crate::domain::limits::Level;
@@ -53,6 +55,8 @@ pub struct ContentService {
     config: Arc<Config>,
     /// The per-player start rate, when it is enforced.
     rate: Option<Arc<StartRate>>,
+    /// `LOREWIRE_SHARED_CONTENT_WRITERS`: who may change an item once it exists.
+    writers: SharedWriters,
 }
 
 impl ContentService {
@@ -60,7 +64,8 @@ impl ContentService {
     pub fn new(deps: &Deps, jobs: Intake) -> Self {
         let Deps { process: origin, store, clock, hub, config, .. } = deps.clone();
         let queue_limit = i64::try_from(config.queue_limit).unwrap_or(i64::MAX);
-        ContentService { origin, store, clock, hub, jobs, queue_limit, config, rate: None }
+        let writers = config.identity.shared_writers();
+        ContentService { origin, store, clock, hub, jobs, queue_limit, config, rate: None, writers }
     }
 
     /// New items and regenerations count against the player's start rate `rate`.
@@ -75,15 +80,18 @@ impl ContentService {
         &self,
         kind: ContentKind,
         subject_id: i64,
+        owner: i64,
         regenerate: bool,
-        by: i64,
+        by: Requester,
     ) -> Result<(), StoreError> {
         let Some(rate) = &self.rate else { return Ok(()) };
+        // The game server's own requests have no player's rate.
+        let Some(player) = by.user_id else { return Ok(()) };
         let seed = self.config.usage;
         let (starts, per_player) = self
             .store
             .run(move |conn| {
-                let starts = match rows::find(conn, kind, subject_id)? {
+                let starts = match rows::find(conn, kind, subject_id, owner)? {
                     Some(row) => regenerate && !row.is_pending(),
                     None => true,
                 };
@@ -91,26 +99,31 @@ impl ContentService {
             })
             .await?;
         if starts {
-            rate.admit(by, per_player).await.map_err(StoreError::RateLimited)?;
+            rate.admit(player, per_player).await.map_err(StoreError::RateLimited)?;
         }
         Ok(())
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
     /// transaction) and hands the job to the worker: claimed in that transaction when the
-    /// worker has a free slot, else queued and the worker woken.
+    /// worker has a free slot, else queued and the worker woken. With
+    /// `LOREWIRE_SHARED_CONTENT_WRITERS=server`, a player's request that would regenerate an
+    /// existing item or change its context is refused ([`StoreError::ServerOnly`]). A
+    /// `player`-scoped request is for the requester's own item, which it may always change.
     ///
-    /// An item created or regenerated reserves its call's bound for player `by` and the
-    /// studio in the same transaction: over the player's limit nothing is stored
+    /// An item created or regenerated reserves its call's bound for the requesting player and
+    /// the studio in the same transaction: over the player's limit nothing is stored
     /// ([`StoreError::OverLimit`]); over the studio's the item is written `fallback`
     /// (`budget_exceeded`) with no job.
-    pub async fn request(&self, req: ValidRequest, by: i64) -> Result<Content, StoreError> {
+    pub async fn request(&self, req: ValidRequest, by: Requester) -> Result<Content, StoreError> {
+        let owner = owner_of(req.scope, by)?;
         let kind = req.kind;
         let subject_id = req.subject_id as i64;
         let context = req.context.as_ref().map(|c| serde_json::to_string(c).expect("context serializes"));
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
-        self.count_start(kind, subject_id, regenerate, by).await?;
+        let may_change = self.writers == SharedWriters::Players || by.server || owner != SHARED_OWNER;
+        self.count_start(kind, subject_id, owner, regenerate, by).await?;
         let queue_limit = self.queue_limit;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
@@ -123,9 +136,12 @@ impl ContentService {
                 origin: &origin,
                 kind,
                 subject_id,
+                owner,
+                player: by.user_id.unwrap_or(0),
                 context: context.as_deref(),
                 empty_fields: &empty,
                 regenerate,
+                may_change,
                 claim_for: claimer.as_ref().map(|c| c.worker()),
                 queue_limit,
             };
@@ -167,21 +183,30 @@ impl ContentService {
         requested.row().content()
     }
 
-    pub async fn get(&self, kind: ContentKind, subject_id: u64) -> Result<Option<Content>, StoreError> {
+    /// The shared item, or with `scope` player the requester's own.
+    pub async fn get(
+        &self,
+        kind: ContentKind,
+        subject_id: u64,
+        scope: ContentScope,
+        by: Requester,
+    ) -> Result<Option<Content>, StoreError> {
+        let owner = owner_of(scope, by)?;
         let Ok(subject_id) = check_subject_id(subject_id) else { return Ok(None) };
-        let row = self.store.run(move |conn| rows::find(conn, kind, subject_id)).await?;
+        let row = self.store.run(move |conn| rows::find(conn, kind, subject_id, owner)).await?;
         row.as_ref().map(ContentRow::content).transpose()
     }
 }
 
-/// Reserves the call of the item `row` (just created or regenerated) for player `by` and the
-/// studio. `Some`: the studio refused, the item as written with its fallback instead.
+/// Reserves the call of the item `row` (just created or regenerated) for player `by` (the
+/// game server's own requests: the studio only) and the studio. `Some`: the studio refused,
+/// the item as written with its fallback instead.
 fn charge(
     conn: &mut DbConn,
     config: &Config,
     origin: &str,
     row: &ContentRow,
-    by: i64,
+    by: Requester,
     now: chrono::NaiveDateTime,
 ) -> StoreResult<Option<ContentRow>> {
     let kind = row.kind()?;
@@ -194,7 +219,8 @@ fn charge(
     let (prompt_tokens, output_tokens) = (prompt_tokens * calls, output_tokens * calls);
     let model = llm_config::get(conn)?.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
     let target = format!("content:{}", row.id);
-    let spend = Spend { user_id: by, model: &model, target: &target, prompt_tokens, output_tokens };
+    let user_id = by.user_id.unwrap_or(limits::SERVER);
+    let spend = Spend { user_id, model: &model, target: &target, prompt_tokens, output_tokens };
     match limits::reserve(conn, &config.usage, &spend, now)? {
         Ok(()) => Ok(None),
         Err(refusal) if refusal.level == Level::Player => Err(StoreError::OverLimit(refusal)),
@@ -203,6 +229,18 @@ fn charge(
             let fields = Value::Object(kind.fallback_fields(row.subject_id as u64)).to_string();
             let reason = FallbackReason::BudgetExceeded.to_string();
             rows::fall_back_unqueued(conn, origin, row.id, &fields, &reason, now).map(Some)
+        }
+    }
+}
+
+/// The owner an item of `scope` is stored with: [`SHARED_OWNER`], or the requesting player. The
+/// edges ask for a player's own item only with a player (the admin token has none).
+fn owner_of(scope: ContentScope, by: Requester) -> Result<i64, StoreError> {
+    match (scope, by.user_id) {
+        (ContentScope::Shared, _) => Ok(SHARED_OWNER),
+        (ContentScope::Player, Some(user_id)) => Ok(user_id),
+        (ContentScope::Player, None) => {
+            Err(StoreError::Corrupt("a player's own item was asked for without a player".into()))
         }
     }
 }

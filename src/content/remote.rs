@@ -22,14 +22,14 @@ impl Sink for ContentSink {
     }
 
     fn deliver(&self, event: Event) -> LocalBoxFuture<'static, ()> {
-        let Event::Content { kind, subject_id, .. } = event else { return async {}.boxed_local() };
+        let Event::Content { kind, subject_id, owner, .. } = event else { return async {}.boxed_local() };
         let (store, hub) = (self.store.clone(), self.hub.clone());
         async move {
             let Some(kind) = ContentKind::parse(&kind) else {
                 tracing::warn!(kind = %kind, subject_id, "another process announced an unknown content kind");
                 return;
             };
-            let row = store.run(move |conn| rows::find(conn, kind, subject_id)).await;
+            let row = store.run(move |conn| rows::find(conn, kind, subject_id, owner)).await;
             match row.and_then(|r| r.as_ref().map(rows::ContentRow::content).transpose()) {
                 Ok(Some(content)) => hub.do_send(super::update_publish(content)),
                 Ok(None) => {}
@@ -54,9 +54,9 @@ impl Sink for ContentSink {
             let read = store
                 .run(move |conn| {
                     let mut rows = Vec::with_capacity(items.len());
-                    for (kind, subject_id) in items {
+                    for (kind, subject_id, owner) in items {
                         let Ok(subject_id) = i64::try_from(subject_id) else { continue };
-                        rows.extend(rows::find(conn, kind, subject_id)?);
+                        rows.extend(rows::find(conn, kind, subject_id, owner)?);
                     }
                     Ok(rows)
                 })

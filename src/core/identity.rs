@@ -31,6 +31,16 @@ impl AuthMode {
     }
 }
 
+/// `LOREWIRE_SHARED_CONTENT_WRITERS`: who may regenerate a shared content item or change its
+/// context once it exists (PROTOCOL §5 "Who shapes shared content").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SharedWriters {
+    /// Any player (anonymous play's behaviour).
+    Players,
+    /// Only the game server: the admin token, or a JWT with the server role.
+    Server,
+}
+
 /// The identity flags, with their environment variables (README "Players and identity").
 #[derive(Debug, Clone, Args)]
 pub struct IdentitySettings {
@@ -67,6 +77,13 @@ pub struct IdentitySettings {
     /// Comma list of CIDRs of the proxies whose forwarding headers name the client's address.
     #[arg(long, global = true, env = "LOREWIRE_TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
     pub trusted_proxies: TrustedProxies,
+    /// Who may regenerate a shared content item or change its context: players or the game
+    /// server only [default: server with jwt or both, players with anonymous].
+    #[arg(long, global = true, env = "LOREWIRE_SHARED_CONTENT_WRITERS", value_enum)]
+    pub shared_content_writers: Option<SharedWriters>,
+    /// REST runs one player may leave queued or running at once.
+    #[arg(long, global = true, env = "LOREWIRE_PLAYER_UNWATCHED_RUNS", default_value_t = 5)]
+    pub player_unwatched_runs: u32,
 }
 
 /// Where the JWT keys of the asymmetric algorithms come from.
@@ -128,6 +145,10 @@ pub struct IdentityConfig {
     pub role_claim: String,
     pub new_players_rate: Rate,
     pub trusted_proxies: TrustedProxies,
+    /// As set; [`IdentityConfig::shared_writers`] resolves the default from the login mode.
+    pub shared_content_writers: Option<SharedWriters>,
+    /// `LOREWIRE_PLAYER_UNWATCHED_RUNS`: REST runs one player may leave queued or running at once.
+    pub player_unwatched_runs: u32,
 }
 
 /// Why the identity settings cannot be used.
@@ -156,11 +177,22 @@ impl IdentitySettings {
             role_claim: self.jwt_role_claim,
             new_players_rate: self.new_players_rate,
             trusted_proxies: self.trusted_proxies,
+            shared_content_writers: self.shared_content_writers,
+            player_unwatched_runs: self.player_unwatched_runs,
         }
     }
 }
 
 impl IdentityConfig {
+    /// Who may change a shared item: as set, else the game server when JWTs are accepted and
+    /// any player with anonymous logins only.
+    pub fn shared_writers(&self) -> SharedWriters {
+        self.shared_content_writers.unwrap_or(match self.mode {
+            AuthMode::Anonymous => SharedWriters::Players,
+            AuthMode::Jwt | AuthMode::Both => SharedWriters::Server,
+        })
+    }
+
     /// JWT logins need keys to check them with.
     pub fn check(&self) -> Result<(), IdentitySetupError> {
         if self.mode.accepts_jwt() && self.jwt_secret.is_none() && self.jwks.is_none() {
@@ -184,6 +216,21 @@ mod tests {
         assert!(p.contains("::1".parse().unwrap()));
         assert_eq!(parse_proxies("").unwrap(), TrustedProxies::default());
         assert!(parse_proxies("10.0.0.0/33").unwrap_err().contains("10.0.0.0/33"));
+    }
+
+    #[test]
+    fn the_game_server_writes_shared_content_by_default_once_jwts_are_on() {
+        let mut config = crate::core::config::Config::with_database("x.db").identity;
+        assert_eq!(config.shared_writers(), SharedWriters::Players);
+        for mode in [AuthMode::Jwt, AuthMode::Both] {
+            config.mode = mode;
+            assert_eq!(config.shared_writers(), SharedWriters::Server, "{mode:?}");
+        }
+        config.shared_content_writers = Some(SharedWriters::Players);
+        assert_eq!(config.shared_writers(), SharedWriters::Players);
+        config.mode = AuthMode::Anonymous;
+        config.shared_content_writers = Some(SharedWriters::Server);
+        assert_eq!(config.shared_writers(), SharedWriters::Server);
     }
 
     #[test]

@@ -364,6 +364,20 @@ impl<'de> Deserialize<'de> for FallbackReason {
     }
 }
 
+/// Whose an item is: shared by every player (one per `(kind, subject_id)`), or the requesting
+/// player's own (one per `(kind, subject_id, player)`, seen by that player only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(test, derive(ts_rs::TS))]
+#[serde(rename_all = "lowercase")]
+pub enum ContentScope {
+    #[default]
+    Shared,
+    Player,
+}
+
+/// The owner a shared item is stored with (user ids start at 1).
+pub const SHARED_OWNER: i64 = 0;
+
 /// A content item as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[cfg_attr(test, derive(ts_rs::TS), ts(rename = "ContentItem"))]
@@ -371,6 +385,13 @@ pub struct Content {
     pub kind: ContentKind,
     /// The game's own id of the quest template, event or NPC.
     pub subject_id: u64,
+    /// `shared` by every player, or the requesting player's own (`player`).
+    pub scope: ContentScope,
+    /// The player whose own item it is ([`SHARED_OWNER`] for a shared one); never sent.
+    #[serde(skip)]
+    #[schema(ignore)]
+    #[cfg_attr(test, ts(skip))]
+    pub owner_id: i64,
     pub status: ContentStatus,
     /// quest `flavorText`, `hookText`; event `announcementText`, `resolutionText`; npc
     /// `greeting`, `personalityNote` (empty while pending).
@@ -394,6 +415,24 @@ pub struct ValidRequest {
     pub subject_id: u64,
     pub context: Option<Context>,
     pub regenerate: bool,
+    /// `shared` unless the request asks for the player's own item.
+    pub scope: ContentScope,
+}
+
+/// Who asks for an item: the game server (the admin token over REST, a session started with a
+/// server-role JWT) or a player.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    /// The player asking (a server-role session has one; the admin token has none).
+    pub user_id: Option<i64>,
+    /// The game server, which may change shared items.
+    pub server: bool,
+}
+
+impl Requester {
+    pub fn player(user_id: i64) -> Requester {
+        Requester { user_id: Some(user_id), server: false }
+    }
 }
 
 /// Why a content request is refused; the message is shown to the client as it is.
@@ -422,7 +461,7 @@ pub fn validate(
         None | Some(Value::Null) => None,
         Some(v) => Some(Context::parse(Some(v))?),
     };
-    Ok(ValidRequest { kind, subject_id, context, regenerate })
+    Ok(ValidRequest { kind, subject_id, context, regenerate, scope: ContentScope::Shared })
 }
 
 /// Subject ids are the game's u64 ids, stored as signed 64-bit integers.

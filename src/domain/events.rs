@@ -13,7 +13,15 @@ pub const MAX_EVENT_BYTES: usize = 7000;
 pub enum Event {
     /// A content item changed; listeners read it and publish it.
     #[serde(rename = "content")]
-    Content { origin: String, kind: String, subject_id: i64, version: i64 },
+    Content {
+        origin: String,
+        kind: String,
+        subject_id: i64,
+        version: i64,
+        /// The player whose own item it is; 0 (or absent, from an older process) for a shared one.
+        #[serde(default)]
+        owner: i64,
+    },
     /// A lobby message was stored, or its mood settled; listeners read it and publish it.
     #[serde(rename = "message")]
     Message { origin: String, change: MessageChange, id: i64 },

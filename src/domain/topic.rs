@@ -4,7 +4,9 @@ use super::content::{Content, ContentKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
-    Content(ContentKind, u64),
+    /// A content item by kind, subject id and owner (`SHARED_OWNER` for a shared item, else the
+    /// player whose own it is: only that player's sessions subscribe to it).
+    Content(ContentKind, u64, i64),
     /// A generation run, by its public id.
     Run(String),
     /// The one global lobby: presence changes, new messages, mood updates. Frames carry
@@ -22,6 +24,6 @@ impl Topic {
 impl Content {
     /// The topic its subscribers follow.
     pub fn topic(&self) -> Topic {
-        Topic::Content(self.kind, self.subject_id)
+        Topic::Content(self.kind, self.subject_id, self.owner_id)
     }
 }

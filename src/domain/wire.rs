@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::content::{Content, ContentKind};
+use super::content::{Content, ContentKind, ContentScope};
 use super::limits::Level;
 use super::lobby::{Message, Mood, MoodStatus, PresenceLeave, PresenceUser};
 use super::players::Variant;
@@ -102,6 +102,10 @@ pub struct ContentRequest {
     #[serde(default)]
     #[cfg_attr(test, ts(as = "Option<bool>", optional))]
     pub regenerate: bool,
+    /// `player`: the requesting player's own item; `shared` (the default) is everyone's.
+    #[serde(default)]
+    #[cfg_attr(test, ts(as = "Option<ContentScope>", optional))]
+    pub scope: ContentScope,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +113,10 @@ pub struct ContentRequest {
 pub struct ContentRef {
     pub kind: ContentKind,
     pub subject_id: u64,
+    /// `player`: the session's player's own item; `shared` (the default) is everyone's.
+    #[serde(default)]
+    #[cfg_attr(test, ts(as = "Option<ContentScope>", optional))]
+    pub scope: ContentScope,
 }
 
 /// The frame types a client may send.

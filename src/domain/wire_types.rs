@@ -6,7 +6,7 @@
 
 use ts_rs::{Config, TS};
 
-use super::content::{Content, ContentKind, FallbackReason};
+use super::content::{Content, ContentKind, ContentScope, FallbackReason};
 use super::limits::Level;
 use super::lobby::{Message, Mood, PresenceLeave, PresenceUser};
 use super::players::Variant;
@@ -204,7 +204,7 @@ const REFINEMENTS: &str = "\
 export type ContentStatus = Status;
 export type MoodStatus = Status;
 
-/** A content item, identified by `(kind, subject_id)`; `fields` follow its kind. */
+/** A content item, identified by `(kind, subject_id)` (and its player when `scope` is `player`); `fields` follow its kind. */
 export type Content<K extends ContentKind = ContentKind> = {
   [P in K]: Omit<ContentItem, \"kind\" | \"fields\"> & { kind: P; fields: ContentFields[P] };
 }[K];
@@ -215,6 +215,7 @@ fn generate() -> String {
     let parts = [
         HEADER.to_owned(),
         decl::<ContentKind>(&cfg),
+        decl::<ContentScope>(&cfg),
         decl::<Status>(&cfg),
         decl::<FallbackReason>(&cfg),
         decl::<Mood>(&cfg),

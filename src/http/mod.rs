@@ -72,6 +72,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(Method::GET, "/api/runs/{run_id}", runs::get_run),
         at(Method::GET, "/api/runs/{run_id}/events", runs::run_events),
         // Admin routes (admin token).
+        at(Method::POST, "/admin/api/content", public::server_request_content),
         at(Method::GET, "/admin/api/llm", admin::get_llm),
         at(Method::PUT, "/admin/api/llm", admin::put_llm),
         at(Method::POST, "/admin/api/llm/circuit/reset", admin::reset_circuit),

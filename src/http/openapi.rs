@@ -34,6 +34,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         pages::admin,
         public::request_content,
         public::get_content,
+        public::server_request_content,
         runs::generate,
         runs::get_run,
         runs::run_events,

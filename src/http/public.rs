@@ -1,18 +1,18 @@
 //! Public and player routes: health, readiness (the database takes a write), metrics, and the
-//! content REST API. Thin: never holds a business rule (the content service does).
+//! content REST API (the game server's own content requests, with the admin token, included). Thin: never holds a business rule (the content service does).
 
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Player;
+use super::auth::{Admin, Player};
 use super::edge::{bearer, not_shutting_down, same_token};
-use super::responses::{Fault, PlayerErrors, ReadErrors};
+use super::responses::{AdminErrors, Fault, PlayerErrors, ReadErrors};
 use crate::api_error::{ApiError, ErrorBody};
-use crate::content::{self, Content, ContentKind};
+use crate::content::{self, Content, ContentKind, ContentScope, Requester};
 use crate::state::AppState;
 use crate::store::ProbeFailed;
 
@@ -96,6 +96,21 @@ pub struct ContentBody {
     /// Write the item again even if it exists.
     #[serde(default)]
     regenerate: bool,
+    /// `player`: the requesting player's own item (its context and regeneration the player's,
+    /// seen by that player only); `shared` (the default): everyone's.
+    #[serde(default)]
+    #[schema(required = false)]
+    scope: ContentScope,
+}
+
+/// Which item of a subject: the shared one, or the player's own.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ScopeQuery {
+    /// `player`: the requesting player's own item; `shared` (the default): everyone's.
+    #[serde(default)]
+    #[param(required = false)]
+    scope: ContentScope,
 }
 
 /// Request a content item: answered at once with the item as it is (pending while it is written).
@@ -105,20 +120,49 @@ pub struct ContentBody {
         (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
         (status = 400, description = "The body is not a valid content request", body = ErrorBody),
         (status = 402, description = "The player's daily usage limit has no room for a new item (`level`: `player`); nothing was stored", body = ErrorBody),
+        (status = 403, description = "Only the game server may regenerate this shared item or change its context \
+            (`LOREWIRE_SHARED_CONTENT_WRITERS=server`)", body = ErrorBody),
         (status = 429, description = "The database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
         PlayerErrors, Fault,
     ))]
 pub async fn request_content(
-    player: Player,
+    Player(user): Player,
     state: web::Data<AppState>,
     body: web::Json<ContentBody>,
 ) -> Result<HttpResponse, ApiError> {
-    not_shutting_down(&state)?;
+    content_request(&state, body.into_inner(), Requester::player(user.id)).await
+}
+
+/// The game server's content request: like `POST /api/content`, and it may regenerate a shared
+/// item or change its context whoever may write shared content.
+#[utoipa::path(post, path = "/admin/api/content", tag = "admin", request_body = ContentBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "The item as it is now; it leaves `pending` on its own", body = Content),
+        (status = 400, description = "The body is not a valid content request", body = ErrorBody),
+        (status = 429, description = "The database is busy", body = ErrorBody),
+        (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
+        AdminErrors, Fault,
+    ))]
+pub async fn server_request_content(
+    _: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<ContentBody>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let request = content::validate(body.kind, body.subject_id, body.context.as_ref(), body.regenerate)
+    if body.scope == ContentScope::Player {
+        return Err(ApiError::Invalid("the game server has no items of its own: scope must be shared".into()));
+    }
+    content_request(&state, body, Requester { user_id: None, server: true }).await
+}
+
+async fn content_request(state: &AppState, body: ContentBody, by: Requester) -> Result<HttpResponse, ApiError> {
+    not_shutting_down(state)?;
+    let mut request = content::validate(body.kind, body.subject_id, body.context.as_ref(), body.regenerate)
         .map_err(ApiError::invalid)?;
-    let content = state.content.request(request, player.0.id).await?;
+    request.scope = body.scope;
+    let content = state.content.request(request, by).await?;
     Ok(HttpResponse::Accepted().json(content))
 }
 
@@ -127,6 +171,7 @@ pub async fn request_content(
     params(
         ("kind" = ContentKind, Path, description = "quest, event or npc"),
         ("subject_id" = u64, Path, description = "The game's own id of the item", maximum = 9_223_372_036_854_775_807_u64),
+        ScopeQuery,
     ),
     security(("player_token" = [])),
     responses(
@@ -136,9 +181,10 @@ pub async fn request_content(
         PlayerErrors, ReadErrors,
     ))]
 pub async fn get_content(
-    _: Player,
+    Player(user): Player,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    query: web::Query<ScopeQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (kind, subject_id) = path.into_inner();
     let kind = ContentKind::parse(&kind)
@@ -146,7 +192,7 @@ pub async fn get_content(
     let subject_id: u64 = subject_id
         .parse()
         .map_err(|_| ApiError::Invalid(format!("subject_id `{subject_id}` is not an unsigned integer")))?;
-    match state.content.get(kind, subject_id).await? {
+    match state.content.get(kind, subject_id, query.scope, Requester::player(user.id)).await? {
         Some(content) => Ok(HttpResponse::Ok().json(content)),
         None => Err(ApiError::NotFound(format!("no {} with subject_id {subject_id}", kind.as_str()))),
     }

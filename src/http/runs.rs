@@ -69,6 +69,7 @@ impl From<RunRefused> for ApiError {
             RunRefused::BudgetExceeded(refusal) => ApiError::OverLimit(refusal),
             RunRefused::Overloaded(m) => ApiError::Overloaded(m),
             RunRefused::RateLimited(refusal) => ApiError::RateLimited(refusal),
+            RunRefused::TooManyUnwatched(m) => ApiError::TooMany(m),
             RunRefused::Store(e) => e.into(),
         }
     }
@@ -81,12 +82,12 @@ impl From<RunRefused> for ApiError {
         (status = 202, description = "The run is queued (or answered from an identical finished run)", body = RunAccepted),
         (status = 400, description = "The body is not a valid generation request", body = ErrorBody),
         (status = 402, description = "The project's budget has no room, or the model has no price", body = ErrorBody),
-        (status = 429, description = "Too many runs queued, or the database is busy", body = ErrorBody),
+        (status = 429, description = "Too many runs queued, the player's LOREWIRE_PLAYER_UNWATCHED_RUNS REST runs are queued or running, or the database is busy", body = ErrorBody),
         (status = 503, description = "The database cannot take the request, or the server is shutting down", body = ErrorBody),
         PlayerErrors, Fault,
     ))]
 pub async fn generate(
-    player: Player,
+    Player(user): Player,
     state: web::Data<AppState>,
     body: web::Json<GenerateBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -94,7 +95,7 @@ pub async fn generate(
     let b = body.into_inner();
     let request = runs::validate(&b.project_id, &b.action, &b.input, b.skip_cache).map_err(ApiError::invalid)?;
     let none = RunAccepted { run_id: String::new(), position: 0, estimated_ms: None, cached: None, status: None };
-    let body = match state.runs.start(request, Waiter::Rest, player.0.id).await? {
+    let body = match state.runs.start(request, Waiter::Rest, user.id).await? {
         Started::Queued { run_id, position, estimated_ms, .. } => {
             RunAccepted { run_id, position, estimated_ms: Some(estimated_ms), ..none }
         }

@@ -22,6 +22,10 @@ use crate::store::{billing, DbConn, StoreResult};
 /// The studio's single owner in the ledger.
 const STUDIO: &str = "";
 
+/// The `user_id` a charge of the game server's own request (the admin token's, no player) is
+/// held under: it counts for the studio only.
+pub const SERVER: i64 = 0;
+
 /// One call (or a call and its re-ask) about to be made.
 #[derive(Debug, Clone, Copy)]
 pub struct Spend<'a> {
@@ -88,6 +92,10 @@ pub fn reserve(
     let day = day_of(now);
     let owner = spend.user_id.to_string();
     for (level, (token_limit, micro_limit)) in [(Level::Player, player), (Level::Studio, studio)] {
+        // The game server's own requests (no player) count for the studio only.
+        if level == Level::Player && spend.user_id == SERVER {
+            continue;
+        }
         if micro_limit.is_some() && price.is_none() {
             undo(conn, level, &owner, &day, tokens, micros, now)?;
             return Ok(Err(Refusal::no_price(level, spend.model)));
@@ -153,7 +161,7 @@ fn undo(
     micros: i64,
     now: NaiveDateTime,
 ) -> StoreResult<()> {
-    if refused == Level::Studio {
+    if refused == Level::Studio && owner != SERVER.to_string() {
         ledger::settle(conn, Level::Player.as_str(), owner, day, (tokens, micros), (0, 0), now)?;
     }
     Ok(())
@@ -214,7 +222,9 @@ pub fn settle(conn: &mut DbConn, target: &str, used: Used, now: NaiveDateTime) -
         let this = charge.take().unwrap_or(if used == Used::Unknown { (hold.tokens, hold.micros) } else { (0, 0) });
         let held = (hold.tokens, hold.micros);
         let owner = hold.user_id.to_string();
-        ledger::settle(conn, Level::Player.as_str(), &owner, &hold.day, held, this, now)?;
+        if hold.user_id != SERVER {
+            ledger::settle(conn, Level::Player.as_str(), &owner, &hold.day, held, this, now)?;
+        }
         if hold.studio {
             ledger::settle(conn, Level::Studio.as_str(), STUDIO, &hold.day, held, this, now)?;
         }

@@ -48,6 +48,9 @@ pub enum RunRefused {
     /// The player's start rate refused it.
     #[error("{0}")]
     RateLimited(Refusal),
+    /// The player has `LOREWIRE_PLAYER_UNWATCHED_RUNS` REST runs queued or running.
+    #[error("{0}")]
+    TooManyUnwatched(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -163,10 +166,12 @@ impl RunService {
         &self.live
     }
 
-    /// Admits a run started by player `by`. A new run reserves its first attempt's bound for
-    /// the player and the studio with the project's budget, in one transaction.
-    pub async fn start(&self, req: RunRequest, waiter: Waiter, by: i64) -> Result<Started, RunRefused> {
-        self.count_start(&req, by).await?;
+    /// Admits `player`'s run: its job takes the player's turn, and a REST run is refused while
+    /// the player has `LOREWIRE_PLAYER_UNWATCHED_RUNS` REST runs queued or running. A new run
+    /// reserves its first attempt's bound for the player and the studio with the project's
+    /// budget, in one transaction.
+    pub async fn start(&self, req: RunRequest, waiter: Waiter, player: i64) -> Result<Started, RunRefused> {
+        self.count_start(&req, player).await?;
         let now = self.clock.now_naive();
         let config = self.config.clone();
         let run_id = new_run_id();
@@ -186,7 +191,7 @@ impl RunService {
                 let key = dedup_key(&req.project_id, req.action, &model, &req.input);
                 let admission = Admission {
                     run_id: &run_id,
-                    user_id: by,
+                    user_id: player,
                     project_id: &req.project_id,
                     action: req.action,
                     priority: req.action.priority(),
@@ -199,10 +204,12 @@ impl RunService {
                     queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
                     worst_case,
                     no_config: no_config.as_deref(),
+                    player_id: player,
+                    unwatched_cap: (waiter == Waiter::Rest).then_some(i64::from(config.identity.player_unwatched_runs)),
                 };
                 let admitted = rows::admit(conn, &admission, now)?;
                 let spend = Spend {
-                    user_id: by,
+                    user_id: player,
                     model: &model,
                     target: &run_target(&run_id),
                     prompt_tokens: i64::try_from(bound).unwrap_or(i64::MAX),
@@ -239,6 +246,12 @@ impl RunService {
                 other => RunRefused::Store(other),
             })?;
         let (row, joined) = match admitted {
+            Admitted::Unwatched(cap) => {
+                self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
+                return Err(RunRefused::TooManyUnwatched(format!(
+                    "at most {cap} REST runs of one player may be queued or running at once; wait for one to end"
+                )));
+            }
             Admitted::Overloaded => {
                 self.metrics.runs_refused.with_label_values(&["overloaded"]).inc();
                 return Err(RunRefused::Overloaded(format!(

@@ -1,14 +1,14 @@
-//! Content items: one row per (kind, subject_id), created `pending` together with its job, and
+//! Content items: one row per (kind, subject_id, owner) (owner 0: shared), created `pending` together with its job, and
 //! finished with the job's removal in one transaction. Never decides an item's text.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
-use super::jobs::{self, Ended, JobKind, JobRow};
+use super::jobs::{self, Ended, JobKind, JobRow, Place};
 use super::notify;
 use super::schema::{content, jobs as jobs_t};
 use super::{DbConn, Kept, StoreError, StoreResult};
-use crate::domain::content::{Content, ContentKind, ContentStatus, FallbackReason};
+use crate::domain::content::{Content, ContentKind, ContentScope, ContentStatus, FallbackReason, SHARED_OWNER};
 use crate::domain::events::Event;
 use crate::on_backend;
 
@@ -28,6 +28,8 @@ pub struct ContentRow {
     pub version: i64,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// The player whose own item it is, or [`SHARED_OWNER`].
+    pub owner_id: i64,
 }
 
 impl ContentRow {
@@ -48,6 +50,8 @@ impl ContentRow {
         Ok(Content {
             kind: self.kind()?,
             subject_id: u64::try_from(self.subject_id).map_err(|_| corrupt("negative subject_id"))?,
+            scope: if self.owner_id == SHARED_OWNER { ContentScope::Shared } else { ContentScope::Player },
+            owner_id: self.owner_id,
             status: ContentStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
             fields: serde_json::from_str(&self.fields).map_err(|_| corrupt("fields are not a JSON object"))?,
             model: self.model.clone(),
@@ -72,6 +76,7 @@ struct NewContent<'a> {
     version: i64,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    owner_id: i64,
 }
 
 /// What a request did.
@@ -102,10 +107,17 @@ pub struct RequestItem<'a> {
     pub origin: &'a str,
     pub kind: ContentKind,
     pub subject_id: i64,
+    /// The player whose own item is asked for, or [`SHARED_OWNER`].
+    pub owner: i64,
+    /// The player asking (its job's fair share), 0 for the game server's admin token.
+    pub player: i64,
     /// Sanitized context as JSON; `None` keeps the stored one on regenerate.
     pub context: Option<&'a str>,
     pub empty_fields: &'a str,
     pub regenerate: bool,
+    /// Whether the requester may change an existing item (regenerate it, or ask with another
+    /// context): else such a request is refused with [`StoreError::ServerOnly`].
+    pub may_change: bool,
     /// The worker that has a slot for the item's new job: the job is written claimed by it
     /// (answered beside what the request did); `None` queues the job for any worker.
     pub claim_for: Option<&'a str>,
@@ -114,10 +126,12 @@ pub struct RequestItem<'a> {
     pub queue_limit: i64,
 }
 
-pub fn find(conn: &mut DbConn, kind: ContentKind, subject_id: i64) -> StoreResult<Option<ContentRow>> {
+/// The item of `owner` ([`SHARED_OWNER`] for the shared one).
+pub fn find(conn: &mut DbConn, kind: ContentKind, subject_id: i64, owner: i64) -> StoreResult<Option<ContentRow>> {
     Ok(on_backend!(conn, |c| content::table
         .filter(content::kind.eq(kind.as_str()))
         .filter(content::subject_id.eq(subject_id))
+        .filter(content::owner_id.eq(owner))
         .first(c)
         .optional())?)
 }
@@ -145,16 +159,23 @@ fn request_once(
     now: NaiveDateTime,
     first: bool,
 ) -> StoreResult<(Requested, Option<JobRow>)> {
+    let place = Place::new(0, item.player);
     let enqueue = |conn: &mut DbConn, target_id| match item.claim_for {
-        Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, 0, worker, now).map(Some),
-        None => jobs::enqueue(conn, JobKind::Content, target_id, 0, now).map(|()| None),
+        Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, place, worker, now).map(Some),
+        None => jobs::enqueue_for(conn, JobKind::Content, target_id, place, now).map(|()| None),
     };
     // Checked before anything is written: a refused request stores nothing.
     let check_queue = |conn: &mut DbConn| match item.claim_for {
         Some(_) => Ok(()),
         None => jobs::check_player_queue(conn, item.queue_limit),
     };
-    match find(conn, item.kind, item.subject_id)? {
+    let found = find(conn, item.kind, item.subject_id, item.owner)?;
+    if let Some(row) = &found {
+        if !item.may_change && (item.regenerate || item.context.is_some_and(|c| !same_context(c, &row.context))) {
+            return Err(StoreError::ServerOnly);
+        }
+    }
+    match found {
         Some(row) if !item.regenerate || row.status == PENDING => Ok((Requested::Existing(row), None)),
         Some(row) => {
             check_queue(conn)?;
@@ -186,11 +207,12 @@ fn request_once(
                 version: 1,
                 created_at: now,
                 updated_at: now,
+                owner_id: item.owner,
             };
             // A conflict leaves the transaction as it was (no savepoint needed to go on).
             let row: Option<ContentRow> = on_backend!(conn, |c| diesel::insert_into(content::table)
                 .values(&new)
-                .on_conflict((content::kind, content::subject_id))
+                .on_conflict((content::kind, content::subject_id, content::owner_id))
                 .do_nothing()
                 .returning(content::all_columns)
                 .get_result(c)
@@ -210,6 +232,14 @@ fn request_once(
                 ))),
             }
         }
+    }
+}
+
+/// Whether a request's context (sanitized, as JSON) is the one stored: compared as JSON values.
+fn same_context(requested: &str, stored: &str) -> bool {
+    match (serde_json::from_str::<serde_json::Value>(requested), serde_json::from_str::<serde_json::Value>(stored)) {
+        (Ok(requested), Ok(stored)) => requested == stored,
+        _ => requested == stored,
     }
 }
 
@@ -292,6 +322,7 @@ fn content_changed(conn: &mut DbConn, origin: &str, row: &ContentRow) -> StoreRe
         kind: row.kind.clone(),
         subject_id: row.subject_id,
         version: row.version,
+        owner: row.owner_id,
     };
     notify::send(conn, &event)
 }
@@ -327,6 +358,7 @@ mod tests {
             version: 1,
             created_at: t,
             updated_at: t,
+            owner_id: 0,
         }
     }
 

@@ -6,7 +6,10 @@
 //! counted when it is made and given back when the job only waited or was released at a
 //! graceful stop. A job whose target could not even be given its final state is buried
 //! (`dead`): kept with its last error, never claimed again, left out of the queue depth.
-//! Claiming never holds a lock beyond its own short transaction.
+//! Claiming never holds a lock beyond its own short transaction. Each job names the player it
+//! works for (`player_id`, 0 for none): at each priority, queued jobs are claimed round-robin
+//! over players (a player's n-th queued job after every other player's (n-1)-th), so one
+//! player's flood delays another player's job by at most one job per busy slot.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -45,6 +48,10 @@ pub struct JobRow {
     pub last_error: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// The player the job works for (0: none).
+    pub player_id: i64,
+    /// Its turn among the queued jobs of its priority ([`turn_for`]).
+    pub turn: i64,
 }
 
 impl JobRow {
@@ -66,11 +73,34 @@ struct NewJob<'a> {
     locked_at: Option<NaiveDateTime>,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    player_id: i64,
+    turn: i64,
+}
+
+/// Where a new job goes: its priority and the player it works for (0: none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Place {
+    pub priority: i32,
+    pub player_id: i64,
+}
+
+impl Place {
+    pub fn new(priority: i32, player_id: i64) -> Place {
+        Place { priority, player_id }
+    }
 }
 
 impl<'a> NewJob<'a> {
     /// Queued, or running on its first attempt when `claimed_by` a worker.
-    fn new(kind: JobKind, target_id: i64, priority: i32, claimed_by: Option<&'a str>, now: NaiveDateTime) -> Self {
+    fn new(
+        kind: JobKind,
+        target_id: i64,
+        place: Place,
+        turn: i64,
+        claimed_by: Option<&'a str>,
+        now: NaiveDateTime,
+    ) -> Self {
+        let Place { priority, player_id } = place;
         NewJob {
             kind: kind.as_str(),
             target_id,
@@ -82,15 +112,63 @@ impl<'a> NewJob<'a> {
             locked_at: claimed_by.map(|_| now),
             created_at: now,
             updated_at: now,
+            player_id,
+            turn,
         }
     }
 }
 
 /// Enqueues work on `target_id`; call inside the transaction that writes the target row.
 pub fn enqueue(conn: &mut DbConn, kind: JobKind, target_id: i64, priority: i32, now: NaiveDateTime) -> StoreResult<()> {
-    let new = NewJob::new(kind, target_id, priority, None, now);
+    enqueue_for(conn, kind, target_id, Place::new(priority, 0), now)
+}
+
+/// Enqueues work on `target_id` for a player ([`Place`]); call inside the transaction that
+/// writes the target row.
+pub fn enqueue_for(
+    conn: &mut DbConn,
+    kind: JobKind,
+    target_id: i64,
+    place: Place,
+    now: NaiveDateTime,
+) -> StoreResult<()> {
+    let turn = turn_for(conn, place)?;
+    let new = NewJob::new(kind, target_id, place, turn, None, now);
     on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).execute(c))?;
     Ok(())
+}
+
+/// The turn of a new job of `place`'s player at its priority: the turn after the player's last
+/// job queued or running there, but never before the turn being served (the lowest queued). A
+/// player with none there takes the turn of the jobs running now (when one of them is before
+/// the lowest queued), so it goes next, after other players that came before it. So at each
+/// priority players take turns, and one player's flood delays another's job by at most the jobs
+/// already running. Jobs of no player (0) take turns as one player. Concurrent enqueues may
+/// share a turn; the older job goes first.
+fn turn_for(conn: &mut DbConn, place: Place) -> StoreResult<i64> {
+    let Place { priority, player_id } = place;
+    use diesel::dsl::{max, min};
+    let at = jobs::priority.eq(priority);
+    let serving: Option<i64> =
+        on_backend!(conn, |c| jobs::table.select(min(jobs::turn)).filter(at).filter(jobs::status.eq(QUEUED)).first(c))?;
+    let last: Option<i64> = on_backend!(conn, |c| jobs::table
+        .select(max(jobs::turn))
+        .filter(at)
+        .filter(jobs::player_id.eq(player_id))
+        .filter(jobs::status.eq_any([QUEUED, RUNNING]))
+        .first(c))?;
+    if let Some(last) = last {
+        return Ok(serving.map_or(last + 1, |serving| (last + 1).max(serving)));
+    }
+    let running: Option<i64> = on_backend!(conn, |c| jobs::table
+        .select(max(jobs::turn))
+        .filter(at)
+        .filter(jobs::status.eq(RUNNING))
+        .first(c))?;
+    Ok(match (running, serving) {
+        (Some(running), Some(serving)) => running.min(serving),
+        (running, serving) => running.or(serving).unwrap_or(0),
+    })
 }
 
 /// Refuses a new player job when `limit` content and mood jobs are queued already
@@ -128,7 +206,8 @@ pub fn adopt(
 ) -> StoreResult<usize> {
     let mut adopted = 0;
     for (target_id, priority) in targets {
-        let new = NewJob::new(kind, target_id, priority, None, now);
+        // A target left without its job has waited already: it goes first.
+        let new = NewJob::new(kind, target_id, Place::new(priority, 0), 0, None, now);
         // Another process may adopt the same target at the same moment: one job stays.
         adopted += on_backend!(conn, |c| diesel::insert_into(jobs::table)
             .values(&new)
@@ -145,24 +224,25 @@ pub fn enqueue_claimed(
     conn: &mut DbConn,
     kind: JobKind,
     target_id: i64,
-    priority: i32,
+    place: Place,
     worker: &str,
     now: NaiveDateTime,
 ) -> StoreResult<JobRow> {
-    let new = NewJob::new(kind, target_id, priority, Some(worker), now);
+    let turn = turn_for(conn, place)?;
+    let new = NewJob::new(kind, target_id, place, turn, Some(worker), now);
     Ok(on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).returning(jobs::all_columns).get_result(c))?)
 }
 
-/// Claims up to `limit` due jobs for `worker`, highest priority first, oldest first.
-/// PostgreSQL skips rows other processes hold (`FOR UPDATE SKIP LOCKED`); SQLite has one
-/// writer, so its immediate transaction is enough.
+/// Claims up to `limit` due jobs for `worker`, highest priority first, then by turn (players
+/// take turns, [`turn_for`]), oldest first. PostgreSQL skips rows other processes hold (`FOR
+/// UPDATE SKIP LOCKED`); SQLite has one writer, so its immediate transaction is enough.
 pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) -> StoreResult<Vec<JobRow>> {
     write_tx(conn, |conn| {
         let due = jobs::table
             .select(jobs::id)
             .filter(jobs::status.eq(QUEUED))
             .filter(jobs::run_after.le(now))
-            .order((jobs::priority.desc(), jobs::id.asc()))
+            .order((jobs::priority.desc(), jobs::turn.asc(), jobs::id.asc()))
             .limit(limit);
         let ids: Vec<i64> = match conn {
             DbConn::Pg(c) => due.for_update().skip_locked().load(c)?,
@@ -183,8 +263,8 @@ pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) ->
                 ))
                 .returning(jobs::all_columns)
                 .get_results(c))?;
-        // RETURNING keeps no order: the claim's own (highest priority first, oldest first).
-        claimed.sort_by_key(|job| (std::cmp::Reverse(job.priority), job.id));
+        // RETURNING keeps no order: the claim's own (highest priority first, by turn, oldest first).
+        claimed.sort_by_key(|job| (std::cmp::Reverse(job.priority), job.turn, job.id));
         Ok(claimed)
     })
 }

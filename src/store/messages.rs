@@ -107,7 +107,7 @@ pub fn insert(
             })
             .returning(messages::all_columns)
             .get_result(conn)?;
-        jobs::enqueue(conn, JobKind::Mood, row.id, 0, now)?;
+        jobs::enqueue_for(conn, JobKind::Mood, row.id, jobs::Place::new(0, row.user_id), now)?;
         message_changed(conn, origin, MessageChange::New, row.id)?;
         Ok(row)
     })

@@ -120,12 +120,19 @@ pub enum StoreError {
     /// The player's start rate refused the request: nothing was stored.
     #[error("{0}")]
     RateLimited(crate::domain::limits::Refusal),
+    /// A player asked to regenerate a shared item or change its context where only the game
+    /// server may (`LOREWIRE_SHARED_CONTENT_WRITERS=server`): refused, nothing stored.
+    #[error("{SERVER_ONLY}")]
+    ServerOnly,
     /// The transaction this request's write shared with others failed as a whole.
     #[error("the batch of writes failed: {}", .0.message)]
     Batch(writer::BatchFailed),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a player refused with [`StoreError::ServerOnly`] is told.
+pub const SERVER_ONLY: &str = "only the game server may change shared content";
 
 /// What a client refused with [`StoreError::QueueFull`] is told.
 pub const QUEUE_FULL: &str = "too much work is queued; nothing was stored, try again soon";
@@ -177,6 +184,9 @@ impl StoreError {
             | StoreError::Corrupt(_)
             | StoreError::Panicked
             | StoreError::HandlerPanicked => Failure::Internal,
+            // Answered before `failure()` is asked (a refusal, not a fault); were it asked, it
+            // is a caller's mistake to report.
+            StoreError::ServerOnly => Failure::Internal,
         }
     }
 }

@@ -142,6 +142,10 @@ pub struct Admission<'a> {
     pub worst_case: Option<i64>,
     /// Why no call can be made (no API key, an unknown provider): the run is stored dead at once.
     pub no_config: Option<&'a str>,
+    /// The player starting it (its job's turn).
+    pub player_id: i64,
+    /// For a REST run: refused while the player has this many REST runs queued or running.
+    pub unwatched_cap: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -153,6 +157,8 @@ pub enum Admitted {
     /// A new run, queued with its job (or dead at once with `no_config`).
     Created(RunRow),
     Overloaded,
+    /// The player has this many REST runs queued or running already.
+    Unwatched(i64),
     BudgetExceeded,
     /// The project has a budget and the model has no price.
     NoPrice,
@@ -218,6 +224,11 @@ fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> Stor
         let row = insert(conn, a, RunStatus::Dead, 0, Some((RunErrorCode::NoConfig, why)), now)?;
         return Ok(Admitted::Created(row));
     }
+    if let Some(cap) = a.unwatched_cap {
+        if unwatched(conn, a.player_id)? >= cap {
+            return Ok(Admitted::Unwatched(cap));
+        }
+    }
     if queued_count(conn)? >= a.queue_limit {
         return Ok(Admitted::Overloaded);
     }
@@ -230,7 +241,7 @@ fn admit_in_tx(conn: &mut DbConn, a: &Admission<'_>, now: NaiveDateTime) -> Stor
         reserved = amount;
     }
     let row = insert(conn, a, RunStatus::Queued, reserved, None, now)?;
-    jobs::enqueue(conn, JobKind::Run, row.id, a.priority, now)?;
+    jobs::enqueue_for(conn, JobKind::Run, row.id, jobs::Place::new(a.priority, a.player_id), now)?;
     Ok(Admitted::Created(row))
 }
 
@@ -278,6 +289,18 @@ pub fn detach(conn: &mut DbConn, run_id: &str) -> StoreResult<Option<RunRow>> {
 }
 
 /// Runs waiting in the queue (not running).
+/// The player's REST runs (pinned: they run to their end unwatched) queued or running.
+pub fn unwatched(conn: &mut DbConn, player_id: i64) -> StoreResult<i64> {
+    let rest_runs = runs::table.select(runs::id).filter(runs::pinned.eq(true));
+    Ok(jobs_t::table
+        .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
+        .filter(jobs_t::player_id.eq(player_id))
+        .filter(jobs_t::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]))
+        .filter(jobs_t::target_id.eq_any(rest_runs))
+        .count()
+        .get_result(conn)?)
+}
+
 pub fn queued_count(conn: &mut DbConn) -> StoreResult<i64> {
     Ok(runs::table.filter(runs::status.eq(RunStatus::Queued.as_str())).count().get_result(conn)?)
 }

@@ -13,6 +13,7 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        owner_id -> Int8,
     }
 }
 
@@ -30,6 +31,8 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        player_id -> Int8,
+        turn -> Int8,
     }
 }
 

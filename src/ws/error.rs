@@ -1,14 +1,15 @@
 //! The one mapping of a storage failure to the WebSocket: too much at once is
 //! `error:overloaded` (the same request may succeed in a moment); a database that refuses or
 //! cannot be reached, and our own faults, are `error:unavailable` (nothing was stored; retry
-//! later). The cause is logged here, once, with the session; the client gets a safe message.
+//! later); a player's change of shared content that only the game server may make is
+//! `error:unauthorized`. The cause is logged here, once, with the session; the client gets a safe message.
 //! REST has its own mapping in `api_error.rs`, over the same `StoreError::failure()`.
 //!
 //! Never sends a frame and never shows a client the cause.
 
 use crate::domain::wire::ErrorCode;
 use crate::hub::SessionId;
-use crate::store::{Failure, StoreError, QUEUE_FULL};
+use crate::store::{Failure, StoreError, QUEUE_FULL, SERVER_ONLY};
 
 /// The error code and safe message for a storage failure met while `what` (said to the
 /// client first, e.g. "the message could not be stored"); logs the cause.
@@ -17,6 +18,10 @@ pub fn store_error(session: SessionId, what: &str, e: &StoreError) -> (ErrorCode
         // A flood is refused here many times a second: one debug line each, and the metric.
         tracing::debug!(session, limit, "{what}: the job queue is full");
         return (ErrorCode::Overloaded, format!("{what}: {QUEUE_FULL}"));
+    }
+    if let StoreError::ServerOnly = e {
+        tracing::debug!(session, "{what}: only the game server may change shared content");
+        return (ErrorCode::Unauthorized, SERVER_ONLY.to_owned());
     }
     let failure = e.failure();
     match failure {
@@ -58,6 +63,7 @@ mod tests {
             (StoreError::Corrupt("content 7: fields are not JSON".into()), ErrorCode::Unavailable),
             (StoreError::Query(Diesel::NotFound), ErrorCode::Unavailable),
             (StoreError::QueueFull(10), ErrorCode::Overloaded),
+            (StoreError::ServerOnly, ErrorCode::Unauthorized),
         ];
         for (e, expected) in cases {
             assert_eq!(store_error(1, "the message could not be stored", &e).0, expected, "{e}");

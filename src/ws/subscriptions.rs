@@ -427,10 +427,10 @@ mod tests {
     fn only_content_items_count_towards_the_cap_and_each_once() {
         use crate::domain::content::ContentKind;
         let mut subs = Subscriptions::default();
-        let quest = Topic::Content(ContentKind::Quest, 1);
+        let quest = Topic::Content(ContentKind::Quest, 1, 0);
         subs.hold(quest.clone());
         subs.hold(quest.clone());
-        subs.hold(Topic::Content(ContentKind::Npc, 1));
+        subs.hold(Topic::Content(ContentKind::Npc, 1, 0));
         subs.hold(Topic::Run("r1".into()));
         subs.hold(Topic::Lobby);
         assert_eq!(subs.contents(), 2);

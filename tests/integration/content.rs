@@ -191,9 +191,12 @@ async fn two_processes_creating_one_item_end_with_one_row_and_one_job(db: Db) {
         origin: "test",
         kind: ContentKind::Quest,
         subject_id: 7,
+        owner: 0,
+        player: 0,
         context: None,
         empty_fields: "{}",
         regenerate: false,
+        may_change: true,
         claim_for: None,
         queue_limit: 10_000,
     };

@@ -36,6 +36,7 @@ mod runs_faults;
 mod runs_limits;
 mod runs_process;
 mod session;
+mod shared_content;
 mod storage;
 mod store_queries;
 mod types;

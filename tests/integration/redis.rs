@@ -440,7 +440,13 @@ async fn a_stop_sends_what_was_queued() {
         let backplane = Arc::new(RedisBackplane::new(&redis_url(), &prefix, "stopping".into(), &metrics).unwrap());
         backplane.listen(Sinks::start(Vec::new(), &metrics));
         let events: Vec<Event> = (0..50)
-            .map(|i| Event::Content { origin: "stopping".into(), kind: "quest".into(), subject_id: i, version: 1 })
+            .map(|i| Event::Content {
+                origin: "stopping".into(),
+                kind: "quest".into(),
+                subject_id: i,
+                version: 1,
+                owner: 0,
+            })
             .collect();
         // Queued at once (nothing has yielded to the publisher yet), then stopped.
         let queued = backplane.publish(events);

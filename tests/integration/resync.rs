@@ -47,9 +47,12 @@ async fn the_content_sink_pushes_every_item_subscribed_here_again_after_events_w
                 origin: "other-process",
                 kind: lorewire::domain::content::ContentKind::Quest,
                 subject_id: 7,
+                owner: 0,
+                player: 0,
                 context: Some("{}"),
                 empty_fields: "{}",
                 regenerate: false,
+                may_change: true,
                 claim_for: None,
                 queue_limit: 10_000,
             };
@@ -63,8 +66,8 @@ async fn the_content_sink_pushes_every_item_subscribed_here_again_after_events_w
     hub.send(Connect { id: 1, recipient: Recorder(seen.clone()).start().recipient() }).await.unwrap();
     let quest = ContentKind::parse("quest").expect("a kind");
     // Subscribed to the stored item, and to one nobody has requested yet.
-    hub.send(Subscribe { id: 1, topic: Topic::Content(quest, 7) }).await.unwrap();
-    hub.send(Subscribe { id: 1, topic: Topic::Content(quest, 8) }).await.unwrap();
+    hub.send(Subscribe { id: 1, topic: Topic::Content(quest, 7, 0) }).await.unwrap();
+    hub.send(Subscribe { id: 1, topic: Topic::Content(quest, 8, 0) }).await.unwrap();
 
     let sink = ContentSink { store: store.clone(), hub: hub.clone() };
     sink.reconnected().await;

@@ -41,9 +41,12 @@ fn item(subject_id: i64, regenerate: bool, queue_limit: i64) -> RequestItem<'sta
         origin: "test",
         kind: ContentKind::Quest,
         subject_id,
+        owner: 0,
+        player: 0,
         context: Some("{}"),
         empty_fields: "{}",
         regenerate,
+        may_change: true,
         claim_for: None,
         queue_limit,
     }
@@ -114,7 +117,7 @@ fn a_refused_content_request_stores_nothing() {
     request(&store, 1, false, 1).unwrap();
     let refused = request(&store, 2, false, 1);
     assert!(matches!(refused, Err(StoreError::QueueFull(1))), "{refused:?}");
-    assert!(store.run_blocking(|c| content::find(c, ContentKind::Quest, 2)).unwrap().is_none());
+    assert!(store.run_blocking(|c| content::find(c, ContentKind::Quest, 2, 0)).unwrap().is_none());
     assert_eq!(all_jobs(&store).len(), 1);
 }
 
@@ -256,4 +259,42 @@ fn a_budget_reserves_only_what_fits_and_settles_the_charge() {
     // More released than reserved saturates at zero.
     write(&store, |c| billing::settle(c, "p", 500, 0, t0())).unwrap();
     assert_eq!(budget(&store).reserved_micros, 0);
+}
+
+#[test]
+fn queued_jobs_are_claimed_round_robin_over_players_at_each_priority() {
+    let (_db, store) = store();
+    let enqueue = |target: i64, priority: i32, player: i64| {
+        write(&store, move |c| jobs::enqueue_for(c, JobKind::Content, target, jobs::Place::new(priority, player), t0()))
+            .unwrap()
+    };
+    // Player 1 floods first; players 2 and 3 come later with one job each; a higher priority job last.
+    for target in 1..=5 {
+        enqueue(target, 0, 1);
+    }
+    enqueue(6, 0, 2);
+    enqueue(7, 0, 3);
+    enqueue(8, 1, 1);
+    // Each job claimed is done before the next claim (one busy slot).
+    let next = || {
+        let job = claim(&store, WORKER, 1, t0()).remove(0);
+        assert!(write(&store, move |c| jobs::complete(c, job.id, WORKER)).unwrap());
+        job.target_id
+    };
+    let order: Vec<i64> = (0..8).map(|_| next()).collect();
+    // Priority first; then the players take turns: players 2 and 3 came with player 1's first job
+    // to serve, so they share its turn (the older first), then player 1's others in order.
+    assert_eq!(order, [8, 1, 6, 7, 2, 3, 4, 5]);
+    // Players who come while another's job runs go next, in the order they came.
+    for target in 11..=13 {
+        enqueue(target, 0, 1);
+    }
+    let running = claim(&store, WORKER, 1, t0()).remove(0);
+    assert_eq!(running.target_id, 11);
+    enqueue(14, 0, 2);
+    enqueue(15, 0, 3);
+    assert!(write(&store, move |c| jobs::complete(c, running.id, WORKER)).unwrap());
+    let order: Vec<i64> = (0..4).map(|_| next()).collect();
+    assert_eq!(order, [14, 15, 12, 13]);
+    assert!(claim(&store, WORKER, 1, t0()).is_empty());
 }

@@ -67,6 +67,8 @@ pub fn start(req: &HttpRequest, state: Arc<AppState>) -> Result<HttpResponse, Ap
 pub(super) struct JwtLogin {
     pub(super) issuer: String,
     pub(super) subject: String,
+    /// The JWT carries the server role: the session is the game server's.
+    pub(super) server: bool,
     /// The close at the JWT's expiry.
     pub(super) expiry: Option<SpawnHandle>,
 }
@@ -189,8 +191,8 @@ impl WsSession {
             ClientFrame::SessionStart(_) => unreachable!("handled above"),
             ClientFrame::SessionRefresh(r) => self.refresh_session(r.jwt, reference, ctx),
             ClientFrame::ContentRequest(r) => self.content_request(r, reference, ctx),
-            ClientFrame::ContentSubscribe(c) => self.content_subscribe(c.kind, c.subject_id, reference, ctx),
-            ClientFrame::ContentUnsubscribe(c) => self.unwatch(&Topic::Content(c.kind, c.subject_id)),
+            ClientFrame::ContentSubscribe(c) => self.content_subscribe(c.kind, c.subject_id, c.scope, reference, ctx),
+            ClientFrame::ContentUnsubscribe(c) => self.unwatch(&self.content_topic(c.kind, c.subject_id, c.scope)),
             ClientFrame::GenerateStart(g) => self.generate_start(g, reference, ctx),
             ClientFrame::GenerateAbort(a) => self.generate_abort(a.run_id, reference, ctx),
             ClientFrame::MessageSend(m) => self.message_send(m.text, reference, ctx),

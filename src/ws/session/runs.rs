@@ -117,6 +117,9 @@ impl WsSession {
                     ServerFrame::error_at(ErrorCode::RateLimited, reference, refusal.message, refusal.level),
                     ctx,
                 ),
+                Err(RunRefused::TooManyUnwatched(message)) => {
+                    act.error(ErrorCode::RateLimited, reference, message, ctx)
+                }
                 Err(RunRefused::Store(e)) => act.store_failed("the run could not be stored", &e, reference, ctx),
             }
         }));

@@ -81,8 +81,12 @@ impl WsSession {
             Some(SessionPlayer { id: user.id, nickname: user.nickname.clone(), seen_day: user.last_seen_at.date() });
         let (external_id, expires_at) = match &started.jwt {
             Some(verified) => {
-                self.login =
-                    Some(JwtLogin { issuer: verified.issuer.clone(), subject: verified.subject.clone(), expiry: None });
+                self.login = Some(JwtLogin {
+                    issuer: verified.issuer.clone(),
+                    subject: verified.subject.clone(),
+                    server: verified.server,
+                    expiry: None,
+                });
                 self.expire_at(verified.expires_at, ctx);
                 (Some(verified.subject.clone()), Some(verified.expires_at))
             }
