@@ -141,6 +141,10 @@ impl Server {
             .env("LOREWIRE_MAX_CONNECTIONS_PER_ADDRESS", "1000000")
             .env("LOREWIRE_MAX_SUBSCRIPTIONS", "1000000")
             .env("LOREWIRE_NEW_PLAYERS_RATE", "1000000/1s")
+            // One bench client is one player who starts thousands of items and runs.
+            .env("LOREWIRE_PLAYER_DAILY_TOKENS", "none")
+            .env("LOREWIRE_PLAYER_LLM_RATE", "1000000/1s")
+            .env("LOREWIRE_PLAYER_UNWATCHED_RUNS", "1000000")
             .env("RUST_LOG", "warn")
             .env_remove("LOREWIRE_REDIS_URL")
             .env_remove("LOREWIRE_LLM_API_KEY")
