@@ -161,22 +161,31 @@ impl Chat {
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
         let queue_limit = self.queue_limit;
-        let row = self
+        let hub = self.hub.clone();
+        // `message:new` goes to the hub on the writer's thread right after the commit, before
+        // any later transaction (the mood job's claim and end among them) can commit, so no
+        // session hears a message's mood before the message.
+        let message = self
             .store
-            .write(move |conn| {
-                messages::insert(
-                    conn,
-                    &origin,
-                    ChatLine { user_id, nickname: &nickname, text: &text, masked },
-                    queue_limit,
-                    now,
-                )
-            })
+            .write_then(
+                move |conn| {
+                    messages::insert(
+                        conn,
+                        &origin,
+                        ChatLine { user_id, nickname: &nickname, text: &text, masked },
+                        queue_limit,
+                        now,
+                    )
+                },
+                move |row| {
+                    let message = row.message();
+                    hub.do_send(new_message_publish(message.clone()));
+                    message
+                },
+            )
             .await?;
-        let message = row.message();
         self.metrics.lobby_messages.inc();
         tracing::info!(message = message.id, user = user_id, "lobby message");
-        self.hub.do_send(new_message_publish(message.clone()));
         self.jobs.do_send(JobsAvailable);
         Ok(message)
     }
