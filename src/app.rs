@@ -37,6 +37,7 @@ use crate::lobby::remote::LobbySink;
 use crate::lobby::{Chat, Presence};
 use crate::metric_history::MetricHistory;
 use crate::moderation::Moderation;
+use crate::players::remote::PlayersSink;
 use crate::players::Players;
 use crate::runs::job::RunJob;
 use crate::runs::live::LiveRuns;
@@ -224,6 +225,7 @@ impl Features {
                 Rc::new(ContentSink { store: store.clone(), hub: hub.clone() }),
                 Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), presence: chat.presence().clone() }),
                 Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
+                Rc::new(PlayersSink { store: store.clone(), hub: hub.clone() }),
             ],
             metrics,
         ));
@@ -235,10 +237,11 @@ impl Features {
 
     /// What the edges reach: the features and the shared dependencies.
     fn into_state(self, deps: Deps, limits: Arc<Limits>) -> AppState {
-        let Deps { store, clock, hub, metrics, config, .. } = deps;
+        let Deps { store, clock, hub, metrics, config, process } = deps;
         let admin_token =
             config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
-        let usage = UsageLimits::new(store.clone(), clock.clone(), config.clone());
+        let usage =
+            UsageLimits::new(store.clone(), clock.clone(), config.clone(), hub.clone(), metrics.clone(), process);
         AppState {
             usage,
             config,

@@ -12,6 +12,7 @@ use bytestring::ByteString;
 
 use crate::core::metrics::Metrics;
 use crate::domain::content::ContentKind;
+use crate::domain::players::{BLOCKED_CLOSE_CODE, BLOCKED_CLOSE_REASON};
 pub use crate::domain::topic::Topic;
 
 pub type SessionId = u64;
@@ -80,6 +81,28 @@ pub struct DropTopic {
 #[rtype(result = "Vec<(ContentKind, u64, i64)>")]
 pub struct ContentTopics;
 
+/// The players some session here is subscribed to ([`Topic::Player`]): to close those blocked
+/// while the backplane lost changes.
+#[derive(Message)]
+#[rtype(result = "Vec<i64>")]
+pub struct PlayerTopics;
+
+/// Close every session subscribed to a topic (a blocked player's); answers how many there were.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseTopic {
+    pub topic: Topic,
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseTopic {
+    /// Every session of a player just blocked: 4003 "blocked".
+    pub fn blocked(user_id: i64) -> CloseTopic {
+        CloseTopic { topic: Topic::Player(user_id), code: BLOCKED_CLOSE_CODE, reason: BLOCKED_CLOSE_REASON }
+    }
+}
+
 /// Close every session (shutdown); answers how many there were.
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -130,6 +153,17 @@ impl Handler<ContentTopics> for Hub {
             _ => None,
         });
         MessageResult(items.collect())
+    }
+}
+
+impl Handler<PlayerTopics> for Hub {
+    type Result = MessageResult<PlayerTopics>;
+    fn handle(&mut self, _: PlayerTopics, _: &mut Context<Self>) -> Self::Result {
+        let players = self.topics.keys().filter_map(|topic| match **topic {
+            Topic::Player(user_id) => Some(user_id),
+            _ => None,
+        });
+        MessageResult(players.collect())
     }
 }
 
@@ -203,6 +237,17 @@ pub fn deliver(recipient: &Recipient<ToSession>, frame: ToSession, metrics: &Met
     if let Err(SendError::Full(_)) = recipient.try_send(frame) {
         metrics.slow_consumers.inc();
         recipient.do_send(ToSession::Close { code: 1008, reason: "slow consumer" });
+    }
+}
+
+impl Handler<CloseTopic> for Hub {
+    type Result = usize;
+    fn handle(&mut self, msg: CloseTopic, _: &mut Context<Self>) -> usize {
+        let Some(members) = self.topics.get(&msg.topic) else { return 0 };
+        for recipient in members.iter().filter_map(|id| self.sessions.get(id)) {
+            recipient.do_send(ToSession::Close { code: msg.code, reason: msg.reason });
+        }
+        members.len()
     }
 }
 

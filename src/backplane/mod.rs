@@ -1,6 +1,6 @@
 //! The cross-process bus, behind one trait: what one lorewire process tells the others
-//! ([`Event`]s: content, lobby, presence, run frames) and how the events of the others reach this
-//! process's services, through the [`Sink`]s they register.
+//! ([`Event`]s: content, lobby, presence, run frames, blocked players) and how the events of the
+//! others reach this process's services, through the [`Sink`]s they register.
 //!
 //! [`local`] is the bus of a process that is alone (SQLite): nothing to send, nothing to hear.
 //! [`postgres`] carries the events over `LISTEN/NOTIFY`; [`redis`] over Redis pub/sub. Each sink hears its own events in the
@@ -80,6 +80,7 @@ pub enum Family {
     Content,
     Lobby,
     Runs,
+    Players,
 }
 
 impl Family {
@@ -91,6 +92,7 @@ impl Family {
                 Some(Family::Lobby)
             }
             Event::RunEnded { .. } | Event::RunFrames { .. } | Event::RunCancel { .. } => Some(Family::Runs),
+            Event::PlayerBlocked { .. } => Some(Family::Players),
             Event::Resync { .. } => None,
         }
     }
@@ -101,6 +103,7 @@ impl Family {
             Family::Content => "sink_content",
             Family::Lobby => "sink_lobby",
             Family::Runs => "sink_runs",
+            Family::Players => "sink_players",
         }
     }
 }

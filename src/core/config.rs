@@ -284,6 +284,8 @@ pub struct TestHolds {
     pub lobby_join: Duration,
     /// Between a lobby join's subscription and its read of the chat's recent messages.
     pub lobby_recent: Duration,
+    /// Between a session start's read of its player's blocked flag and its ack.
+    pub session_start: Duration,
 }
 
 impl Settings {

@@ -71,9 +71,11 @@ pub struct Metrics {
     /// New anonymous players refused over LOREWIRE_NEW_PLAYERS_RATE.
     pub new_players_refused: IntCounter,
     /// Events dropped at a full queue between this process and the others, by queue:
-    /// `sink_content`, `sink_lobby`, `sink_runs` (heard, waiting for their sink), `relay` (run
-    /// frames to send), `publisher` (events waiting for Redis). Each loss is resynced.
+    /// `sink_content`, `sink_lobby`, `sink_runs`, `sink_players` (heard, waiting for their sink),
+    /// `relay` (run frames to send), `publisher` (events waiting for Redis). Each loss is resynced.
     pub backplane_dropped: IntCounterVec,
+    /// Players blocked, by who blocked them: `admin`, or `moderation` (LOREWIRE_MODERATION_BLOCK_AFTER).
+    pub players_blocked: IntCounterVec,
 }
 
 impl Metrics {
@@ -188,8 +190,14 @@ impl Metrics {
         )
         .expect("metric");
         // Every queue is listed from the start, at 0 (rates and alerts need no first drop).
-        for queue in ["sink_content", "sink_lobby", "sink_runs", "relay", "publisher"] {
+        for queue in ["sink_content", "sink_lobby", "sink_runs", "sink_players", "relay", "publisher"] {
             backplane_dropped.with_label_values(&[queue]);
+        }
+        let players_blocked =
+            IntCounterVec::new(Opts::new("players_blocked_total", "Players blocked, by who blocked them"), &["by"])
+                .expect("metric");
+        for by in ["admin", "moderation"] {
+            players_blocked.with_label_values(&[by]);
         }
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
@@ -225,6 +233,7 @@ impl Metrics {
             Box::new(moderation_checked.clone()),
             Box::new(moderation_flagged.clone()),
             Box::new(moderation_unchecked.clone()),
+            Box::new(players_blocked.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -263,6 +272,7 @@ impl Metrics {
             moderation_checked,
             moderation_flagged,
             moderation_unchecked,
+            players_blocked,
         }
     }
 

@@ -48,6 +48,9 @@ pub enum Event {
     /// full): every other process resyncs as after a reconnect of its own.
     #[serde(rename = "resync")]
     Resync { origin: String },
+    /// A player was blocked: listeners close its sessions (4003 "blocked").
+    #[serde(rename = "player_blocked")]
+    PlayerBlocked { origin: String, user_id: i64 },
 }
 
 /// One frame of a run streamed by another process.
@@ -81,7 +84,8 @@ impl Event {
             | Event::RunEnded { origin, .. }
             | Event::RunFrames { origin, .. }
             | Event::RunCancel { origin, .. }
-            | Event::Resync { origin } => origin,
+            | Event::Resync { origin }
+            | Event::PlayerBlocked { origin, .. } => origin,
         }
     }
 }

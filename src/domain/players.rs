@@ -8,6 +8,10 @@ use unicode_general_category::{get_general_category, GeneralCategory};
 
 pub const MAX_NICKNAME_CHARS: usize = 32;
 
+/// The close of every session of a player the admin or moderation blocked (PROTOCOL §5).
+pub const BLOCKED_CLOSE_CODE: u16 = 4003;
+pub const BLOCKED_CLOSE_REASON: &str = "blocked";
+
 /// The A/B group of a player: `control` when `user_id` is even, `treatment` when odd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[cfg_attr(test, derive(ts_rs::TS))]

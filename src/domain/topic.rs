@@ -13,6 +13,8 @@ pub enum Topic {
     /// `version = Some(message id)` for `message:new` (joining sessions drop what their history
     /// already holds), `None` otherwise.
     Lobby,
+    /// Every session of one player, by user id: never sent frames, only closed (a block).
+    Player(i64),
 }
 
 impl Topic {

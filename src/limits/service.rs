@@ -4,12 +4,16 @@
 
 use std::sync::Arc;
 
+use actix::Addr;
 use chrono::NaiveDate;
 
 use super::{day_of, player_limits, seed_row, stored_limits, STUDIO};
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
+use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
 use crate::domain::limits::Level;
+use crate::hub::{CloseTopic, Hub};
 use crate::store::usage::{self as ledger, DayRow, LimitsChange, LimitsRow, PlayerChange};
 use crate::store::{users, Store, StoreResult};
 
@@ -42,11 +46,22 @@ pub struct UsageLimits {
     store: Store,
     clock: SharedClock,
     config: Arc<Config>,
+    /// A block closes the player's sessions here at once (the other processes hear it).
+    hub: Addr<Hub>,
+    metrics: Arc<Metrics>,
+    origin: ProcessId,
 }
 
 impl UsageLimits {
-    pub fn new(store: Store, clock: SharedClock, config: Arc<Config>) -> Self {
-        UsageLimits { store, clock, config }
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        config: Arc<Config>,
+        hub: Addr<Hub>,
+        metrics: Arc<Metrics>,
+        origin: ProcessId,
+    ) -> Self {
+        UsageLimits { store, clock, config, hub, metrics, origin }
     }
 
     pub async fn limits(&self) -> StoreResult<LimitsRow> {
@@ -90,10 +105,29 @@ impl UsageLimits {
             .await
     }
 
-    /// Changes the keys `change` names of a player; `None` when there is no such player.
+    /// Changes the keys `change` names of a player; `None` when there is no such player. A
+    /// block closes the player's sessions with 4003 on every process: here right after the
+    /// commit, elsewhere when they hear it.
     pub async fn put_player(&self, user_id: i64, change: PlayerChange) -> StoreResult<Option<PlayerUsage>> {
-        let now = self.clock.now_naive();
-        if self.store.write(move |conn| ledger::put_player(conn, user_id, &change, now)).await?.is_none() {
+        let (now, origin) = (self.clock.now_naive(), self.origin.clone());
+        let (hub, metrics) = (self.hub.clone(), self.metrics.clone());
+        let blocks = change.blocked == Some(true);
+        let put = self.store.write_then(
+            move |conn| ledger::put_player(conn, &origin, user_id, &change, now),
+            // Right after the commit, even when the caller is gone.
+            move |put| {
+                let Some((_, newly_blocked)) = put else { return false };
+                if blocks {
+                    hub.do_send(CloseTopic::blocked(user_id));
+                }
+                if newly_blocked {
+                    metrics.players_blocked.with_label_values(&["admin"]).inc();
+                    tracing::info!(user = user_id, "player blocked by the admin");
+                }
+                true
+            },
+        );
+        if !put.await? {
             return Ok(None);
         }
         self.player(user_id).await

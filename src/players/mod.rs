@@ -6,6 +6,7 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod remote;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -118,12 +119,14 @@ impl Players {
     }
 
     /// An anonymous start: the player holding `token`, or a new one named `nickname` if the
-    /// client's address may still create one.
+    /// client's address may still create one. `watch` is told the player's id once it is known
+    /// and before its blocked flag is read (see [`Players::start_jwt`]).
     pub async fn start_anonymous(
         &self,
         nickname: &str,
         token: Option<String>,
         client: IpAddr,
+        watch: impl FnOnce(i64),
     ) -> Result<Started, StartRefused> {
         if !self.config.mode.accepts_anonymous() {
             return Err(StartRefused::Unauthorized(
@@ -136,6 +139,7 @@ impl Players {
         if let Some(token) = presented {
             let (hash, name) = (hash_token(&token), nickname.clone());
             if let Some(user) = self.store.write(move |conn| users::resume(conn, &hash, &name, now)).await? {
+                watch(user.id);
                 self.refuse_blocked(user.id).await?;
                 return Ok(Started { user, token: Some(token), resumed: true, jwt: None });
             }
@@ -144,12 +148,22 @@ impl Players {
         let token = new_token();
         let hash = hash_token(&token);
         let (user, _) = self.store.write(move |conn| users::start_session(conn, None, &hash, &nickname, now)).await?;
+        watch(user.id);
         Ok(Started { user, token: Some(token), resumed: false, jwt: None })
     }
 
     /// A start with the studio's JWT: its player, created at its first login. The nickname is
     /// the token's (`LOREWIRE_JWT_NICKNAME_CLAIM`, then `preferred_username`), else the frame's.
-    pub async fn start_jwt(&self, jwt: &str, nickname: Option<&str>) -> Result<Started, StartRefused> {
+    ///
+    /// `watch` is told the player's id once it is known and before its blocked flag is read: a
+    /// session subscribes there to its player's close, so a block that commits after the read
+    /// (which the read cannot see) still closes it.
+    pub async fn start_jwt(
+        &self,
+        jwt: &str,
+        nickname: Option<&str>,
+        watch: impl FnOnce(i64),
+    ) -> Result<Started, StartRefused> {
         let verified = self.verify(jwt).await?;
         let (chosen, rename) = match (verified.nickname.as_deref(), nickname) {
             (Some(claimed), _) => (claimed, true),
@@ -164,6 +178,7 @@ impl Players {
             .store
             .write(move |conn| users::start_external(conn, &issuer, &subject, &nickname, rename, &unused, now))
             .await?;
+        watch(user.id);
         self.refuse_blocked(user.id).await?;
         Ok(Started { user, token: None, resumed, jwt: Some(verified) })
     }
@@ -187,7 +202,7 @@ impl Players {
             let known = self.store.run(move |conn| users::find_external(conn, &issuer, &subject)).await?;
             return match known {
                 Some(user) => Ok(Some(self.touched(user).await?)),
-                None => Ok(Some(self.start_jwt(bearer, None).await?.user)),
+                None => Ok(Some(self.start_jwt(bearer, None, |_| {}).await?.user)),
             };
         }
         if !self.config.mode.accepts_anonymous() {

@@ -1,6 +1,7 @@
 //! The usage ledger of PROTOCOL §5: per (level, owner, UTC day) what was spent and what is
 //! reserved, in tokens and micro-dollars; the holds of calls not yet settled; the stored
-//! studio and default player limits; per-player overrides and the blocked flag.
+//! studio and default player limits; per-player overrides and the blocked flag (a block is
+//! announced to every process with its commit).
 //!
 //! A reservation is one conditional UPDATE (`spent + reserved + bound <= limit`): the
 //! database decides, so concurrent reservations on any number of processes never overshoot
@@ -11,6 +12,7 @@ use chrono::NaiveDateTime;
 use diesel::dsl::case_when;
 use diesel::prelude::*;
 
+use super::notify::{self, Event};
 use super::schema::{player_limits, usage_days, usage_holds, usage_limits, users};
 use super::{DbConn, StoreResult};
 use crate::on_backend;
@@ -142,17 +144,11 @@ pub fn player(conn: &mut DbConn, user_id: i64) -> StoreResult<Option<PlayerLimit
     Ok(player_limits::table.find(user_id).first(conn).optional()?)
 }
 
-/// Changes the keys `change` names of a player's row (created with the defaults first);
-/// `None` when there is no such user.
-pub fn put_player(
-    conn: &mut DbConn,
-    user_id: i64,
-    change: &PlayerChange,
-    now: NaiveDateTime,
-) -> StoreResult<Option<PlayerLimitsRow>> {
+/// Creates the player's row with the defaults when it has none; `false` when there is no such user.
+fn ensure_player(conn: &mut DbConn, user_id: i64, now: NaiveDateTime) -> StoreResult<bool> {
     let exists: i64 = users::table.filter(users::id.eq(user_id)).count().get_result(conn)?;
     if exists == 0 {
-        return Ok(None);
+        return Ok(false);
     }
     let values =
         (player_limits::user_id.eq(user_id), player_limits::blocked.eq(false), player_limits::updated_at.eq(now));
@@ -161,8 +157,25 @@ pub fn put_player(
         .on_conflict(player_limits::user_id)
         .do_nothing()
         .execute(c))?;
+    Ok(true)
+}
+
+/// Changes the keys `change` names of a player's row (created with the defaults first), and
+/// when it blocks the player announces it, so every process closes the player's sessions once
+/// this commits. The row, and whether the player was not blocked before; `None` when there is
+/// no such user.
+pub fn put_player(
+    conn: &mut DbConn,
+    origin: &str,
+    user_id: i64,
+    change: &PlayerChange,
+    now: NaiveDateTime,
+) -> StoreResult<Option<(PlayerLimitsRow, bool)>> {
+    if !ensure_player(conn, user_id, now)? {
+        return Ok(None);
+    }
     let Some(old) = player(conn, user_id)? else { return Ok(None) };
-    let row = diesel::update(player_limits::table.find(user_id))
+    let row: PlayerLimitsRow = diesel::update(player_limits::table.find(user_id))
         .set((
             player_limits::blocked.eq(change.blocked.unwrap_or(old.blocked)),
             player_limits::daily_tokens.eq(change.daily_tokens.unwrap_or(old.daily_tokens)),
@@ -171,7 +184,46 @@ pub fn put_player(
         ))
         .returning(player_limits::all_columns)
         .get_result(conn)?;
+    if change.blocked == Some(true) {
+        announce_blocked(conn, origin, user_id)?;
+    }
+    Ok(Some((row, change.blocked == Some(true) && !old.blocked)))
+}
+
+/// The player's row (created with the defaults first), held until the transaction ends: every
+/// other transaction deciding about this player, on any process, waits for this one (an update
+/// that changes nothing takes the row's lock on PostgreSQL; SQLite's writer holds the whole
+/// database). `None` when there is no such user.
+pub fn hold_player(conn: &mut DbConn, user_id: i64, now: NaiveDateTime) -> StoreResult<Option<PlayerLimitsRow>> {
+    if !ensure_player(conn, user_id, now)? {
+        return Ok(None);
+    }
+    let row = diesel::update(player_limits::table.find(user_id))
+        .set(player_limits::blocked.eq(player_limits::blocked))
+        .returning(player_limits::all_columns)
+        .get_result(conn)?;
     Ok(Some(row))
+}
+
+/// Blocks a player whose row exists (see [`hold_player`]) and announces it to every process.
+pub fn block(conn: &mut DbConn, origin: &str, user_id: i64, now: NaiveDateTime) -> StoreResult<()> {
+    diesel::update(player_limits::table.find(user_id))
+        .set((player_limits::blocked.eq(true), player_limits::updated_at.eq(now)))
+        .execute(conn)?;
+    announce_blocked(conn, origin, user_id)
+}
+
+fn announce_blocked(conn: &mut DbConn, origin: &str, user_id: i64) -> StoreResult<()> {
+    notify::send(conn, &Event::PlayerBlocked { origin: origin.to_owned(), user_id })
+}
+
+/// Of `user_ids`, those blocked.
+pub fn blocked_among(conn: &mut DbConn, user_ids: &[i64]) -> StoreResult<Vec<i64>> {
+    Ok(player_limits::table
+        .filter(player_limits::user_id.eq_any(user_ids))
+        .filter(player_limits::blocked.eq(true))
+        .select(player_limits::user_id)
+        .load(conn)?)
 }
 
 /// Whether the player is blocked.

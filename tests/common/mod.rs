@@ -336,6 +336,8 @@ pub struct WsClient {
     /// Every session is in the lobby; its frames (`lobby:*`, `presence:*`, `message:*`) are
     /// skipped unless a test turns this on.
     pub lobby_frames: bool,
+    /// The reason of the close frame the server sent, once it came.
+    pub close_reason: Option<String>,
 }
 
 fn is_lobby_frame(frame: &Value) -> bool {
@@ -374,7 +376,7 @@ impl WsClient {
             req = req.set_header(*name, *value);
         }
         match req.connect().await {
-            Ok((_, framed)) => Ok(WsClient { framed, answer_pings: true, lobby_frames: false }),
+            Ok((_, framed)) => Ok(WsClient { framed, answer_pings: true, lobby_frames: false, close_reason: None }),
             Err(awc::error::WsClientError::InvalidResponseStatus(status)) => Err(status.as_u16()),
             Err(e) => panic!("websocket connect failed: {e}"),
         }
@@ -413,7 +415,10 @@ impl WsClient {
                         return Some(Event::Ping);
                     }
                 }
-                Frame::Close(reason) => return Some(Event::Close(reason.map(|r| u16::from(r.code)))),
+                Frame::Close(reason) => {
+                    self.close_reason = reason.as_ref().and_then(|r| r.description.clone());
+                    return Some(Event::Close(reason.map(|r| u16::from(r.code))));
+                }
                 _ => {}
             }
         }

@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod admin_summary;
+mod blocking;
 mod browser;
 mod circuit;
 mod circuit_states;

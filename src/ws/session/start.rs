@@ -1,12 +1,16 @@
 //! `session:start`: the player behind the socket (started or resumed by token, or the player
 //! of the studio's JWT, whose session ends with the JWT unless `session:refresh` moves it),
 //! the ack, and the lobby join that follows it (`lobby:history`, `presence:state`, then the lobby frames
-//! held back meanwhile); when the player was last seen (a new UTC day, the socket closing).
+//! held back meanwhile); when the player was last seen (a new UTC day, the socket closing). A
+//! session follows its player's close from before the blocked flag is read, so a block that
+//! commits after that read closes it with 4003 "blocked" (on whichever process it is).
 //!
 //! Never decides a player rule (nicknames, tokens and variants are `domain::players`) and
 //! never touches the store but through `crate::players` and the chat.
 
+use std::cell::Cell;
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use actix::prelude::*;
 use serde_json::Value;
@@ -17,7 +21,7 @@ use crate::domain::identity::JwtRefusal;
 use crate::domain::lobby::Message;
 use crate::domain::players::Variant;
 use crate::domain::wire::{ErrorCode, SessionStart, Typed};
-use crate::hub::Topic;
+use crate::hub::{self, Topic};
 use crate::lobby;
 use crate::players::{self, StartRefused};
 use crate::store::StoreError;
@@ -48,29 +52,46 @@ impl WsSession {
         }
         let players = self.state.players.clone();
         let client = self.client;
+        // The player's close (a block) is subscribed to before its blocked flag is read.
+        let watched = Rc::new(Cell::new(None));
+        let (hub, id, seen) = (self.state.hub.clone(), self.id, watched.clone());
+        let watch = move |user_id: i64| {
+            seen.set(Some(user_id));
+            hub.do_send(hub::Subscribe { id, topic: Topic::Player(user_id) });
+        };
+        let hold = self.state.config.test_holds.session_start;
         let starting = async move {
-            match (start.jwt, start.nickname) {
-                (Some(jwt), nickname) => players.start_jwt(&jwt, nickname.as_deref()).await,
-                (None, Some(nickname)) => players.start_anonymous(&nickname, start.token, client).await,
+            let started = match (start.jwt, start.nickname) {
+                (Some(jwt), nickname) => players.start_jwt(&jwt, nickname.as_deref(), watch).await,
+                (None, Some(nickname)) => players.start_anonymous(&nickname, start.token, client, watch).await,
                 (None, None) if players.mode() == AuthMode::Jwt => Err(StartRefused::Unauthorized(
                     "this server accepts only the studio's login: send session:start with `jwt`".into(),
                 )),
                 (None, None) => Err(StartRefused::InvalidNickname("missing field `nickname`".into())),
+            };
+            if started.is_ok() && !hold.is_zero() {
+                actix_web::rt::time::sleep(hold).await;
             }
+            started
         };
         // Held in the mailbox on purpose: frames sent right after session:start are handled
         // once the user exists, not refused as unauthorized.
-        ctx.wait(starting.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(started) => act.started(started, reference, ctx),
-            Err(StartRefused::Unauthorized(message)) => act.error(ErrorCode::Unauthorized, reference, message, ctx),
-            Err(StartRefused::Blocked) => {
-                act.error(ErrorCode::Unauthorized, reference, StartRefused::Blocked.to_string(), ctx)
+        ctx.wait(starting.into_actor(self).map(move |result, act, ctx| {
+            if let (Err(_), Some(user_id)) = (&result, watched.get()) {
+                act.state.hub.do_send(hub::Unsubscribe { id: act.id, topic: Topic::Player(user_id) });
             }
-            Err(StartRefused::InvalidNickname(message)) => {
-                act.error(ErrorCode::InvalidPayload, reference, message, ctx)
+            match result {
+                Ok(started) => act.started(started, reference, ctx),
+                Err(StartRefused::Unauthorized(message)) => act.error(ErrorCode::Unauthorized, reference, message, ctx),
+                Err(StartRefused::Blocked) => {
+                    act.error(ErrorCode::Unauthorized, reference, StartRefused::Blocked.to_string(), ctx)
+                }
+                Err(StartRefused::InvalidNickname(message)) => {
+                    act.error(ErrorCode::InvalidPayload, reference, message, ctx)
+                }
+                Err(StartRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
+                Err(StartRefused::Store(e)) => act.store_failed("could not start the session", &e, reference, ctx),
             }
-            Err(StartRefused::RateLimited(message)) => act.error(ErrorCode::RateLimited, reference, message, ctx),
-            Err(StartRefused::Store(e)) => act.store_failed("could not start the session", &e, reference, ctx),
         }));
     }
 
