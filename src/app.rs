@@ -194,7 +194,14 @@ impl Features {
         let live = Arc::new(LiveRuns::new());
         let redis = config.redis_url.as_deref().map(|url| (url, config.redis_prefix.as_str()));
         let backplane = backplane::for_deployment(store, &config.database_url, redis, process.clone(), metrics)?;
-        let moderation = Moderation::new(&config.moderation, store.clone(), clock.clone(), metrics.clone())?;
+        let moderation = Moderation::new(
+            &config.moderation,
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            hub.clone(),
+            process.clone(),
+        )?;
         // One job worker; each job kind's handler lives in its feature.
         let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
         let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone(), moderation.clone());

@@ -3,7 +3,9 @@
 //! OpenAI's `POST /v1/moderations` format. The endpoint is asked with a short timeout and at
 //! most `concurrency` checks in flight; when it is slow, failing or busy the word list alone
 //! decides and `lorewire_moderation_unchecked_total` counts it, so it never stops the game.
-//! Every flag is recorded (surface, author, text, categories) for the admin.
+//! Every flag is recorded (surface, author, text, categories) for the admin; with
+//! `LOREWIRE_MODERATION_BLOCK_AFTER`, the flag that makes that many of one player within 24 h
+//! blocks the player (the admin's stored flag: its sessions close with 4003 on every process).
 //!
 //! Decides only whether a text is flagged and where; what a flag does on each surface is the
 //! feature's (chat blocks or masks, a nickname is refused).
@@ -11,19 +13,26 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use actix::Addr;
+use chrono::NaiveDateTime;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::core::moderation::{ChatModeration, ModerationConfig};
+use crate::core::process::ProcessId;
 use crate::core::secret::Secret;
 use crate::domain::moderation::{Flag, Surface, WordList, WORD_LIST};
+use crate::hub::{CloseTopic, Hub};
 use crate::store::moderation::{self as flags, NewFlag};
-use crate::store::{Store, StoreResult};
+use crate::store::{usage, DbConn, Store, StoreResult};
 
 /// Largest answer read from the moderation endpoint.
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// The flags of a player that count towards `LOREWIRE_MODERATION_BLOCK_AFTER`: those this recent.
+const BLOCK_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,9 +63,13 @@ pub struct Moderation {
     words: Arc<WordList>,
     endpoint: Option<Arc<Endpoint>>,
     chat: ChatModeration,
+    block_after: Option<u32>,
     store: Store,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    /// A block closes the player's sessions here at once (the other processes hear it).
+    hub: Addr<Hub>,
+    origin: ProcessId,
 }
 
 impl Moderation {
@@ -67,6 +80,8 @@ impl Moderation {
         store: Store,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        hub: Addr<Hub>,
+        origin: ProcessId,
     ) -> Result<Moderation, ModerationSetupError> {
         let words = match &config.words {
             Some(path) => {
@@ -84,7 +99,17 @@ impl Moderation {
                 permits: Semaphore::new(config.concurrency),
             })
         });
-        Ok(Moderation { words: Arc::new(words), endpoint, chat: config.chat, store, clock, metrics })
+        Ok(Moderation {
+            words: Arc::new(words),
+            endpoint,
+            chat: config.chat,
+            block_after: config.block_after,
+            store,
+            clock,
+            metrics,
+            hub,
+            origin,
+        })
     }
 
     /// Whether anything is checked at all.
@@ -129,18 +154,34 @@ impl Moderation {
         tracing::info!(surface = surface.as_str(), user = ?user_id, categories = ?verdict.categories, "text flagged");
         let categories = serde_json::to_string(&verdict.categories).expect("strings serialize");
         let (text, now) = (text.to_owned(), self.clock.now_naive());
+        let block_after = user_id.zip(self.block_after);
+        let (origin, hub, metrics) = (self.origin.clone(), self.hub.clone(), self.metrics.clone());
         let recorded = self
             .store
-            .write(move |conn| {
-                let flag = NewFlag {
-                    surface: surface.as_str(),
-                    user_id,
-                    text: &text,
-                    categories: &categories,
-                    created_at: now,
-                };
-                flags::record(conn, &flag)
-            })
+            .write_then(
+                move |conn| {
+                    let flag = NewFlag {
+                        surface: surface.as_str(),
+                        user_id,
+                        text: &text,
+                        categories: &categories,
+                        created_at: now,
+                    };
+                    flags::record(conn, &flag)?;
+                    match block_after {
+                        Some((user_id, after)) => block_after_flags(conn, &origin, user_id, after, now),
+                        None => Ok(None),
+                    }
+                },
+                // Right after the commit, even when the caller is gone (the session it closes).
+                move |blocked| {
+                    if let (Some(count), Some((user_id, _))) = (blocked, block_after) {
+                        hub.do_send(CloseTopic::blocked(user_id));
+                        metrics.players_blocked.with_label_values(&["moderation"]).inc();
+                        tracing::info!(user = user_id, flags = count, "player blocked after {count} moderation flags");
+                    }
+                },
+            )
             .await;
         if let Err(e) = recorded {
             tracing::warn!(error = %e, "a moderation flag could not be recorded");
@@ -162,6 +203,29 @@ impl Moderation {
             })
             .collect())
     }
+}
+
+/// Blocks `user_id` when it now has `after` flags or more within [`BLOCK_WINDOW`] (the one just
+/// recorded included) and is not blocked yet: `Some(count)` when this blocked it. The player's
+/// row is held first, so concurrent flags of one player (on any process) are counted one after
+/// the other and the one that reaches `after` sees every other.
+fn block_after_flags(
+    conn: &mut DbConn,
+    origin: &str,
+    user_id: i64,
+    after: u32,
+    now: NaiveDateTime,
+) -> StoreResult<Option<i64>> {
+    let Some(player) = usage::hold_player(conn, user_id, now)? else { return Ok(None) };
+    if player.blocked {
+        return Ok(None);
+    }
+    let count = flags::count_since(conn, user_id, now - BLOCK_WINDOW)?;
+    if count < i64::from(after) {
+        return Ok(None);
+    }
+    usage::block(conn, origin, user_id, now)?;
+    Ok(Some(count))
 }
 
 thread_local! {

@@ -392,4 +392,15 @@ mod tests {
         assert!(zero.contains("at least 1"), "{zero}");
         assert!(cli("-2").is_err() && cli("many").is_err());
     }
+
+    #[test]
+    fn moderation_block_after_is_unset_by_default_and_refuses_zero() {
+        let cli = |v: &str| Cli::try_parse_from(["lorewire", "--moderation-block-after", v]);
+        assert_eq!(Cli::parse_from(["lorewire"]).settings.into_config().moderation.block_after, None);
+        assert_eq!(cli("3").unwrap().settings.into_config().moderation.block_after, Some(3));
+        let zero = cli("0").unwrap_err().to_string();
+        assert!(zero.contains("moderation-block-after") && zero.contains("1.."), "{zero}");
+        let words = cli("many").unwrap_err().to_string();
+        assert!(words.contains("many"), "{words}");
+    }
 }

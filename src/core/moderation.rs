@@ -1,5 +1,5 @@
-//! The moderation settings (PROTOCOL §6): the word list, the moderation endpoint and what
-//! a flagged chat line does.
+//! The moderation settings (PROTOCOL §6): the word list, the moderation endpoint, what
+//! a flagged chat line does and how many flags block a player.
 
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub struct ModerationSettings {
     /// Characters of run text checked at once at most (a window ends early after a sentence).
     #[arg(long, global = true, env = "LOREWIRE_MODERATION_WINDOW", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub moderation_window: u32,
+    /// Flags of one player within 24 h that block it (as the admin's block does); unset: never.
+    #[arg(long, global = true, env = "LOREWIRE_MODERATION_BLOCK_AFTER", value_parser = clap::value_parser!(u32).range(1..))]
+    pub moderation_block_after: Option<u32>,
 }
 
 /// The resolved moderation settings.
@@ -51,6 +54,8 @@ pub struct ModerationConfig {
     pub chat: ChatModeration,
     /// Most characters of run text in one check.
     pub window: usize,
+    /// Flags of one player within 24 h that block it; `None`: flags never block.
+    pub block_after: Option<u32>,
 }
 
 impl ModerationConfig {
@@ -70,6 +75,7 @@ impl ModerationSettings {
             concurrency: 32,
             chat: self.moderation_chat,
             window: self.moderation_window as usize,
+            block_after: self.moderation_block_after,
         }
     }
 }

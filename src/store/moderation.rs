@@ -33,6 +33,15 @@ pub fn record(conn: &mut DbConn, flag: &NewFlag<'_>) -> StoreResult<()> {
     Ok(())
 }
 
+/// How many flags of `user_id` were recorded after `since` (a count in the database).
+pub fn count_since(conn: &mut DbConn, user_id: i64, since: NaiveDateTime) -> StoreResult<i64> {
+    Ok(moderation_flags::table
+        .filter(moderation_flags::user_id.eq(user_id))
+        .filter(moderation_flags::created_at.gt(since))
+        .count()
+        .get_result(conn)?)
+}
+
 /// The newest `limit` flags, newest first.
 pub fn newest(conn: &mut DbConn, limit: i64) -> StoreResult<Vec<FlagRow>> {
     Ok(moderation_flags::table.order(moderation_flags::id.desc()).limit(limit).load(conn)?)

@@ -1,12 +1,14 @@
 //! Blocking a player (PROTOCOL §5, §6): every open session of the player closes with 4003
 //! "blocked", on this process and on every other (LISTEN/NOTIFY or Redis), while other players
 //! play on; its starts get `error:unauthorized` and its REST calls 403 until it is unblocked; a
-//! start that read the flag just before the block still closes.
+//! start that read the flag just before the block still closes; and
+//! `LOREWIRE_MODERATION_BLOCK_AFTER` flags within 24 h block a player by themselves.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lorewire::core::clock::SystemClock;
+use lorewire::core::moderation::ChatModeration;
 use serde_json::{json, Value};
 
 use crate::common::{
@@ -158,4 +160,48 @@ async fn a_block_closes_sessions_on_every_process_over_notify() {
 #[actix_web::test]
 async fn a_block_closes_sessions_on_every_process_over_redis() {
     a_block_closes_sessions_on_every_process_over(Some((redis_url(), redis_prefix()))).await;
+}
+
+/// `LOREWIRE_MODERATION_BLOCK_AFTER=2`: a flag older than 24 h does not count; the second flagged
+/// chat line within 24 h blocks the player: its session closes with 4003, it cannot start
+/// again, and the admin sees it blocked.
+async fn flags_within_a_day_block_the_player(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "bad\n").unwrap();
+    let setup = Setup { manual_clock: true, ..Setup::new(db) };
+    let app = spawn_with(setup, move |c| {
+        c.moderation.words = Some(words);
+        c.moderation.chat = ChatModeration::Block;
+        c.moderation.block_after = Some(2);
+    })
+    .await;
+    let (mut ada, ack) = app.player("Ada").await;
+    let (token, user) = (ack["token"].as_str().unwrap().to_owned(), ack["user_id"].as_i64().unwrap());
+    let (mut bo, _) = app.player("Bo").await;
+
+    ada.send(json!({"type": "message:send", "text": "so bad", "ref": 1})).await;
+    assert_eq!(ada.recv_type("error:moderated").await["ref"], 1);
+    app.clock.advance(Duration::from_secs(25 * 3600));
+    ada.send(json!({"type": "message:send", "text": "still bad", "ref": 2})).await;
+    assert_eq!(ada.recv_type("error:moderated").await["ref"], 2);
+    still_open(&mut ada).await;
+    let (_, player) = app.admin_get(&format!("/admin/api/players/{user}")).await;
+    assert_eq!(player["blocked"], false, "one flag within 24 h: {player}");
+
+    ada.send(json!({"type": "message:send", "text": "bad again", "ref": 3})).await;
+    assert_eq!(closed(&mut ada).await, blocked());
+    still_open(&mut bo).await;
+    let (_ws, refused) = resume(&app.url(""), &token).await;
+    assert_eq!(refused["type"], "error:unauthorized", "{refused}");
+    let (_, player) = app.admin_get(&format!("/admin/api/players/{user}")).await;
+    assert_eq!(player["blocked"], true, "{player}");
+    assert_eq!(metric(&app.url(""), "lorewire_players_blocked_total{by=\"moderation\"}").await, "1");
+    let (_, flags) = app.admin_get("/admin/api/moderation?limit=10").await;
+    assert_eq!(flags["flags"].as_array().map(Vec::len), Some(3), "every flag is kept: {flags}");
+}
+
+mod block_after {
+    use super::*;
+    crate::both_backends!(flags_within_a_day_block_the_player);
 }
