@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::common::{
     eventually, http, post_json, redis_prefix, redis_url, spawn_with, Db, Event, Setup, TestApp, WsClient,
 };
+use crate::redis::{wait_backplane, PrivateRedis};
 
 /// Waits for the server's close and answers its code and reason.
 async fn closed(ws: &mut WsClient) -> (Option<u16>, Option<String>) {
@@ -160,6 +161,41 @@ async fn a_block_closes_sessions_on_every_process_over_notify() {
 #[actix_web::test]
 async fn a_block_closes_sessions_on_every_process_over_redis() {
     a_block_closes_sessions_on_every_process_over(Some((redis_url(), redis_prefix()))).await;
+}
+
+/// A block made while Redis is away (the other process cannot hear it) closes the player's
+/// session on the other process once Redis is back: the players it has sessions of are read
+/// again there.
+#[actix_web::test]
+async fn a_block_made_while_redis_is_away_closes_sessions_once_it_is_back() {
+    let mut redis = PrivateRedis::start();
+    let (url, prefix) = (redis.url(), redis_prefix());
+    let app = spawn_with(Setup::new(Db::Postgres), move |c| {
+        c.redis_url = Some(url);
+        c.redis_prefix = prefix;
+    })
+    .await;
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(config, Arc::new(SystemClock)).await.expect("second process starts");
+    let (a, b) = (app.url(""), format!("http://{}", other.addr));
+    wait_backplane(&a, true).await;
+    wait_backplane(&b, true).await;
+    let token = app.player_token().await;
+    let (mut there, ack) = resume(&b, &token).await;
+    let user = ack["user_id"].as_i64().unwrap();
+
+    redis.kill();
+    wait_backplane(&a, false).await;
+    wait_backplane(&b, false).await;
+    set_blocked(&app, user, true).await;
+    let (_ws, refused) = resume(&b, &token).await;
+    assert_eq!(refused["type"], "error:unauthorized", "the flag is stored: {refused}");
+
+    redis.restart();
+    wait_backplane(&b, true).await;
+    assert_eq!(closed(&mut there).await, blocked());
+    other.shutdown().await;
 }
 
 /// `LOREWIRE_MODERATION_BLOCK_AFTER=2`: a flag older than 24 h does not count; the second flagged

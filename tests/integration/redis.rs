@@ -43,7 +43,7 @@ async fn backplane_up(base: &str) -> Option<bool> {
     Some(value.trim() == "1")
 }
 
-async fn wait_backplane(base: &str, up: bool) {
+pub(crate) async fn wait_backplane(base: &str, up: bool) {
     let base = base.to_owned();
     eventually(&format!("lorewire_backplane_up to be {}", u8::from(up)), || {
         let base = base.clone();
@@ -265,24 +265,24 @@ async fn sqlite_with_redis_refuses_to_start() {
 }
 
 /// A `redis-server` of this test's own, on a free port, keeping nothing on disk.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     port: u16,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
-    fn start() -> PrivateRedis {
+    pub(crate) fn start() -> PrivateRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut redis = PrivateRedis { port, child: None };
         redis.restart();
         redis
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let dir = std::env::temp_dir();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -299,7 +299,7 @@ impl PrivateRedis {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

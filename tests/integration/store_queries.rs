@@ -1,6 +1,7 @@
 //! The store's queries on a temp SQLite file, with no server, no actor and no upstream: the
 //! content item's request and finish, the job queue's claim / requeue / give-back / burial /
-//! adoption, the player queue limit, the lobby's messages and the budget's money.
+//! adoption, the player queue limit, the lobby's messages, the budget's money, and a player's
+//! moderation flags and block.
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
@@ -297,4 +298,41 @@ fn queued_jobs_are_claimed_round_robin_over_players_at_each_priority() {
     let order: Vec<i64> = (0..4).map(|_| next()).collect();
     assert_eq!(order, [14, 15, 12, 13]);
     assert!(claim(&store, WORKER, 1, t0()).is_empty());
+}
+
+/// A player's moderation flags are counted after a time, in the database; holding a player's row
+/// creates it (none for an unknown user); a block sets the stored flag.
+#[test]
+fn flags_are_counted_after_a_time_and_a_block_is_stored() {
+    use lorewire::store::moderation::{self as flags, NewFlag};
+    use lorewire::store::usage;
+    let (_db, store) = store();
+    let (ada, _) = write(&store, |c| users::start_session(c, None, "ha", "ada", t0())).unwrap();
+    let (bo, _) = write(&store, |c| users::start_session(c, None, "hb", "bo", t0())).unwrap();
+    let flag = |user_id: i64, hours: i64| {
+        write(&store, move |c| {
+            let at = t0() + TimeDelta::hours(hours);
+            flags::record(
+                c,
+                &NewFlag { surface: "chat", user_id: Some(user_id), text: "x", categories: "[]", created_at: at },
+            )
+        })
+        .unwrap()
+    };
+    for (user, hours) in [(ada.id, 0), (ada.id, 30), (ada.id, 40), (bo.id, 40)] {
+        flag(user, hours);
+    }
+    let count = |since: i64| {
+        let (id, since) = (ada.id, t0() + TimeDelta::hours(since));
+        store.run_blocking(move |c| flags::count_since(c, id, since)).unwrap()
+    };
+    assert_eq!((count(-1), count(0), count(30), count(40)), (3, 2, 1, 0), "after `since` only, Ada's only");
+
+    assert!(write(&store, |c| usage::hold_player(c, 999, t0())).unwrap().is_none(), "no such user");
+    let id = ada.id;
+    let held = write(&store, move |c| usage::hold_player(c, id, t0())).unwrap().expect("a row");
+    assert!(!held.blocked);
+    write(&store, move |c| usage::block(c, "test", id, t0())).unwrap();
+    let ids = [ada.id, bo.id];
+    assert_eq!(store.run_blocking(move |c| usage::blocked_among(c, &ids)).unwrap(), [ada.id]);
 }
