@@ -103,7 +103,13 @@ impl Players {
         self
     }
 
-    /// A nickname by the rules, and not flagged by moderation.
+    /// Whether moderation checks nicknames (then a known player's flagged nickname is its flag).
+    fn checks_nicknames(&self) -> bool {
+        self.moderation.as_ref().is_some_and(Moderation::is_on)
+    }
+
+    /// A nickname by the rules, and not flagged by moderation (a flag is `user_id`'s, the player
+    /// already known to start, so it counts towards `LOREWIRE_MODERATION_BLOCK_AFTER`).
     async fn nickname(&self, raw: &str, user_id: Option<i64>) -> Result<String, StartRefused> {
         let nickname = validate_nickname(raw).map_err(|e| StartRefused::InvalidNickname(e.to_string()))?;
         if let Some(moderation) = &self.moderation {
@@ -133,8 +139,15 @@ impl Players {
                 "this server accepts only the studio's login: send session:start with `jwt`".into(),
             ));
         }
-        let nickname = self.nickname(nickname, None).await?;
         let presented = token.filter(|t| !t.is_empty() && t.len() <= 256);
+        let author = match &presented {
+            Some(token) if self.checks_nicknames() => {
+                let hash = hash_token(token);
+                self.store.run(move |conn| users::find_by_token_hash(conn, &hash)).await?.map(|u| u.id)
+            }
+            _ => None,
+        };
+        let nickname = self.nickname(nickname, author).await?;
         let now = self.clock.now_naive();
         if let Some(token) = presented {
             let (hash, name) = (hash_token(&token), nickname.clone());
@@ -170,8 +183,14 @@ impl Players {
             (None, Some(given)) => (given, true),
             (None, None) => ("player", false),
         };
-        let nickname = self.nickname(chosen, None).await?;
         let (issuer, subject) = (verified.issuer.clone(), verified.subject.clone());
+        let author = if self.checks_nicknames() {
+            let (issuer, subject) = (issuer.clone(), subject.clone());
+            self.store.run(move |conn| users::find_external(conn, &issuer, &subject)).await?.map(|u| u.id)
+        } else {
+            None
+        };
+        let nickname = self.nickname(chosen, author).await?;
         let unused = hash_token(&new_token());
         let now = self.clock.now_naive();
         let (user, resumed) = self

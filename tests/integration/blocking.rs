@@ -237,7 +237,37 @@ async fn flags_within_a_day_block_the_player(db: Db) {
     assert_eq!(flags["flags"].as_array().map(Vec::len), Some(3), "every flag is kept: {flags}");
 }
 
+/// A known player's flagged nickname is its flag too: with `LOREWIRE_MODERATION_BLOCK_AFTER=2`, a
+/// flagged chat line and then a resume with a flagged nickname block the player, whose open
+/// session closes with 4003.
+async fn a_known_players_flagged_nickname_counts(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "bad\n").unwrap();
+    let app = spawn_with(Setup::new(db), move |c| {
+        c.moderation.words = Some(words);
+        c.moderation.block_after = Some(2);
+    })
+    .await;
+    let (mut ada, ack) = app.player("Ada").await;
+    let (token, user) = (ack["token"].as_str().unwrap().to_owned(), ack["user_id"].as_i64().unwrap());
+    ada.send(json!({"type": "message:send", "text": "so bad", "ref": 1})).await;
+    assert_eq!(ada.recv_type("error:moderated").await["ref"], 1);
+
+    let mut renamed = app.ws().await;
+    renamed.send(json!({"type": "session:start", "nickname": "B4D Ada", "token": token, "ref": 2})).await;
+    let refused = renamed.recv().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["message"].as_str()),
+        (Some("error:invalid_payload"), Some("nickname not allowed"))
+    );
+    assert_eq!(closed(&mut ada).await, blocked());
+    let (_, flags) = app.admin_get("/admin/api/moderation?limit=10").await;
+    assert_eq!(flags["flags"][0]["surface"], "nickname", "{flags}");
+    assert_eq!(flags["flags"][0]["user_id"], user, "{flags}");
+}
+
 mod block_after {
     use super::*;
-    crate::both_backends!(flags_within_a_day_block_the_player);
+    crate::both_backends!(flags_within_a_day_block_the_player, a_known_players_flagged_nickname_counts);
 }
