@@ -74,6 +74,12 @@ pub struct Metrics {
     /// `sink_content`, `sink_lobby`, `sink_runs` (heard, waiting for their sink), `relay` (run
     /// frames to send), `publisher` (events waiting for Redis). Each loss is resynced.
     pub backplane_dropped: IntCounterVec,
+    /// What settlements charged, by usage level (player, project, studio): micro-dollars and
+    /// tokens (input, cache reads and writes, output).
+    pub usage_spent_micros: IntCounterVec,
+    pub usage_spent_tokens: IntCounterVec,
+    /// Calls refused by a usage limit, by level and reason (over_limit, unknown_price, start_rate).
+    pub usage_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -191,6 +197,29 @@ impl Metrics {
         for queue in ["sink_content", "sink_lobby", "sink_runs", "relay", "publisher"] {
             backplane_dropped.with_label_values(&[queue]);
         }
+        let usage_spent_micros = IntCounterVec::new(
+            Opts::new("usage_spent_micros_total", "Micro-dollars charged by usage settlements, by level"),
+            &["level"],
+        )
+        .expect("metric");
+        let usage_spent_tokens = IntCounterVec::new(
+            Opts::new("usage_spent_tokens_total", "Tokens charged by usage settlements, by level"),
+            &["level"],
+        )
+        .expect("metric");
+        let usage_refused = IntCounterVec::new(
+            Opts::new("usage_refused_total", "Calls refused by a usage limit, by level and reason"),
+            &["level", "reason"],
+        )
+        .expect("metric");
+        // Every level and reason from the start, at 0.
+        for level in ["player", "project", "studio"] {
+            usage_spent_micros.with_label_values(&[level]);
+            usage_spent_tokens.with_label_values(&[level]);
+            for reason in ["over_limit", "unknown_price", "start_rate"] {
+                usage_refused.with_label_values(&[level, reason]);
+            }
+        }
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -225,6 +254,9 @@ impl Metrics {
             Box::new(moderation_checked.clone()),
             Box::new(moderation_flagged.clone()),
             Box::new(moderation_unchecked.clone()),
+            Box::new(usage_spent_micros.clone()),
+            Box::new(usage_spent_tokens.clone()),
+            Box::new(usage_refused.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -263,6 +295,9 @@ impl Metrics {
             moderation_checked,
             moderation_flagged,
             moderation_unchecked,
+            usage_spent_micros,
+            usage_spent_tokens,
+            usage_refused,
         }
     }
 
