@@ -277,3 +277,13 @@ async fn admin_sees_a_players_spend_and_blocks_the_player() {
     let (_, player) = app.admin_get(&format!("/admin/api/players/{user}")).await;
     assert_eq!(player["blocked"], false, "unblocked at the end: {player}");
 }
+
+/// A player whose daily tokens fit no call: the page says so where the content request and
+/// the run start were made; then, over a start rate of one a minute, how long to wait.
+#[actix_web::test]
+async fn player_page_shows_why_a_limit_refused_the_request() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.usage.player_daily_tokens = Some(1)).await;
+    scenario(&app, "limits_refused", |what| panic!("unknown request from the scenario: {what}")).await;
+    let (_, usage) = app.admin_get("/admin/api/usage").await;
+    assert_eq!(usage["top"].as_array().map(Vec::len), Some(1), "one item was made: {usage}");
+}
