@@ -1,6 +1,6 @@
 // The dashboard's spend panel: today's studio spend (tokens, USD) against its daily limits, the
-// day's top players with a Block / Unblock button each, and the form that changes the studio's
-// and the default player's daily limits (PROTOCOL §5).
+// day's top players with a Block / Unblock button each, the forms that change the studio's and
+// the default player's daily limits and one player's own (PROTOCOL §5).
 import { $, el, usd } from "./dom.js";
 import { api } from "./admin-api.js";
 import { tile } from "./admin-summary.js";
@@ -54,12 +54,47 @@ function renderTop(top, players) {
       el("td", { dataset: { cell: "tokens" } }, count(p.tokens)),
       el("td", { dataset: { cell: "usd" } }, usd(p.usd)),
       el("td", { dataset: { cell: "state" } }, blocked ? "blocked" : "active"),
-      el("td", {}, button),
+      el("td", {}, button, " ", limitsButton(players[i])),
     );
   });
   const head = el("tr", {}, ...["id", "nickname", "tokens", "USD", "state", ""].map((h) => el("th", {}, h)));
   $("spend-top").replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
 }
+
+/** A button that puts the player's own limits in the player form. */
+function limitsButton(player) {
+  const button = el("button", { type: "button", class: "small ghost", dataset: { action: "limits" } }, "Limits…");
+  button.disabled = !player;
+  button.addEventListener("click", () => {
+    $("player-limits-id").value = player.user_id;
+    $("player-limits-tokens").value = player.limits.own_daily_tokens ?? "";
+    $("player-limits-usd").value = player.limits.own_daily_usd ?? "";
+    showPlayerLimits(player);
+  });
+  return button;
+}
+
+/** One player's limits that apply (its own, else the defaults) and its spend today. */
+function showPlayerLimits(p) {
+  const tokens = p.limits.daily_tokens == null ? "no token limit" : `${count(p.limits.daily_tokens)} tokens`;
+  const dollars = p.limits.daily_usd == null ? "no USD limit" : usd(p.limits.daily_usd);
+  const own = p.limits.own_daily_tokens != null || p.limits.own_daily_usd != null ? "its own" : "the defaults";
+  $("player-limits").textContent = `${p.nickname} (#${p.user_id}): ${tokens} · ${dollars} a day (${own}); today ${count(p.today.tokens)} tokens, ${usd(p.today.usd)}`;
+}
+
+$("player-limits-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("spend-error").textContent = "";
+  const id = $("player-limits-id").value.trim();
+  if (!id) return;
+  const number = (raw) => (raw.trim() === "" ? null : Number(raw));
+  const body = { daily_tokens: number($("player-limits-tokens").value), daily_usd: number($("player-limits-usd").value) };
+  try {
+    showPlayerLimits(await api("PUT", `/admin/api/players/${encodeURIComponent(id)}`, body));
+  } catch (err) {
+    $("spend-error").textContent = err.message;
+  }
+});
 
 async function setBlocked(userId, blocked, button) {
   button.disabled = true;

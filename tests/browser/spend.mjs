@@ -1,6 +1,7 @@
 // The admin's spend panel: a player's content request shows up as that player's spend today
 // (tokens and USD, and the studio's total against its limits), and the Block button blocks the
-// player (GET /admin/api/players/{id} then says so) and turns into Unblock.
+// player (GET /admin/api/players/{id} then says so) and turns into Unblock; the limits forms set
+// the studio's limits and the player's own.
 import { run, join, base, adminToken, assert } from "./lib.mjs";
 
 async function adminApi(method, path, body) {
@@ -52,6 +53,16 @@ run("spend", async (t) => {
   assert(limits.studio_daily_usd === 2.5 && limits.studio_daily_tokens === null, `limits saved: ${JSON.stringify(limits)}`);
   await admin.locator('[data-tile="studio-tokens"] .v', { hasText: "15 / no limit" }).waitFor();
   t.step("the limits form saved the studio's limits");
+
+  // The player's own limit: the row's Limits… button fills the form, which sets it.
+  await admin.locator(`#spend-top tr[data-user-id="${user_id}"] button[data-action="limits"]`).click();
+  assert((await admin.inputValue("#player-limits-id")) === String(user_id), "the form names the player");
+  await admin.fill("#player-limits-tokens", "5000");
+  await admin.click("#player-limits-form button[type=submit]");
+  await admin.locator("#player-limits", { hasText: "5,000 tokens · no USD limit a day (its own)" }).waitFor();
+  const own = (await adminApi("GET", `/admin/api/players/${user_id}`)).limits;
+  assert(own.own_daily_tokens === 5000 && own.daily_tokens === 5000, `the player's own limit: ${JSON.stringify(own)}`);
+  t.step("the player's own daily limit is set");
 
   await admin.locator(`#spend-top tr[data-user-id="${user_id}"] button[data-action="unblock"]`).click();
   await admin.locator(`#spend-top tr[data-user-id="${user_id}"][data-blocked="false"]`).waitFor();
