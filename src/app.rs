@@ -213,7 +213,7 @@ impl Features {
             .register(MoodJob::new(deps, llm))
             .register(run_job)
             .start_with_intake();
-        let start_rate = Arc::new(crate::limits::rate::StartRate::new(backplane.clone()));
+        let start_rate = Arc::new(crate::limits::rate::StartRate::new(backplane.clone(), metrics.clone()));
         let content = ContentService::new(deps, intake).with_start_rate(start_rate.clone());
         let runs = RunService::new(deps, jobs.clone().recipient(), live.clone()).with_start_rate(start_rate);
         let presence = Presence::new(

@@ -1,13 +1,15 @@
 // The admin dashboard: token sign-in (sessionStorage) and the refresh loop over its parts, each
 // its own module: LLM settings and circuit (admin-llm.js), overview and players
 // (admin-summary.js), the last hour's charts (charts.js), runs / costs / budgets / dead
-// letters where the server has them (admin-runs.js), and moderation flags (admin-moderation.js).
+// letters where the server has them (admin-runs.js), moderation flags (admin-moderation.js) and
+// today's spend against the usage limits, with Block buttons (admin-spend.js).
 import { $ } from "./dom.js";
 import { api, token } from "./admin-api.js";
 import { loadLlm } from "./admin-llm.js";
 import { loadSummary, loadUsers } from "./admin-summary.js";
 import { loadRuns } from "./admin-runs.js";
 import { loadFlags } from "./admin-moderation.js";
+import { loadSpend } from "./admin-spend.js";
 import { chartBoxes, startCharts, stopCharts } from "./charts.js";
 
 const REFRESH_MS = 3000;
@@ -50,7 +52,7 @@ async function signIn() {
 let runsTick = 0;
 async function refresh() {
   try {
-    await Promise.all([loadLlm(), loadSummary(), loadUsers()]);
+    await Promise.all([loadLlm(), loadSummary(), loadUsers(), loadSpend()]);
     // The run sections change less often; refresh them every third tick.
     if (runsTick++ % 3 === 0) await Promise.all([loadRuns(), loadFlags()]);
     $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;

@@ -1,6 +1,6 @@
 // The client page's content panel: the request form, and one card per item that turns ready
 // (or fallback) live, flashing when its status changes.
-import { $, el, errorText, timeOf } from "./dom.js";
+import { $, el, errorText, limitNotice, timeOf } from "./dom.js";
 import { session } from "./app-session.js";
 
 const FIELD_LABELS = {
@@ -28,7 +28,9 @@ $("content-form").addEventListener("submit", async (e) => {
   try {
     await session.client.requestContent(kind, subject, parseContext($("content-context").value), { regenerate: $("content-regenerate").checked });
   } catch (err) {
-    $("content-error").textContent = errorText(err);
+    const notice = limitNotice(err);
+    if (notice) $("content-error").replaceChildren(notice);
+    else $("content-error").textContent = errorText(err);
   }
 });
 

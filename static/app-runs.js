@@ -1,5 +1,5 @@
 // The client page's generation panel: start a run, watch its text stream in, abort it.
-import { $, errorText } from "./dom.js";
+import { $, errorText, limitNotice } from "./dom.js";
 import { session } from "./app-session.js";
 
 let currentRun = null;
@@ -8,6 +8,7 @@ $("gen-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const out = $("gen-output");
   out.textContent = "";
+  $("gen-error").textContent = "";
   try {
     const queued = await session.client.generate({ project_id: $("gen-project").value.trim(), action: $("gen-action").value, input: $("gen-input").value });
     currentRun = queued.run_id;
@@ -21,7 +22,9 @@ $("gen-form").addEventListener("submit", async (e) => {
       $("gen-start").disabled = true;
       $("gen-state").textContent = "not available on this server";
     } else {
-      $("gen-state").textContent = errorText(err);
+      const notice = limitNotice(err);
+      $("gen-state").textContent = notice ? "refused" : errorText(err);
+      if (notice) $("gen-error").replaceChildren(notice);
     }
   }
 });

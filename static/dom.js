@@ -33,3 +33,28 @@ export const usd = (x) => `$${Number(x || 0).toFixed(4)}`;
 export function errorText(err) {
   return (err && (err.message || err.type)) || "something went wrong";
 }
+
+const LIMIT_HEADLINES = {
+  player: "You've reached today's limit",
+  project: "This project has reached its budget",
+  studio: "The game has reached today's limit",
+};
+
+/**
+ * What a usage limit's refusal (`error:budget_exceeded` with its `level`, `error:rate_limited`)
+ * tells the player: a notice with a headline and the server's message; null for other errors.
+ */
+export function limitNotice(err) {
+  const type = err && err.type;
+  let headline;
+  if (type === "error:budget_exceeded") {
+    headline = LIMIT_HEADLINES[err.level] || "A usage limit was reached";
+  } else if (type === "error:rate_limited") {
+    const wait = /try again in ([\d.]+) ?s/.exec(err.message || "");
+    headline = wait ? `Slow down: try again in ${Math.max(1, Math.ceil(Number(wait[1])))} s` : "Slow down";
+  } else {
+    return null;
+  }
+  const dataset = { code: type.slice("error:".length), ...(err.level ? { level: err.level } : {}) };
+  return el("div", { class: "limit-notice", role: "status", dataset }, el("b", {}, headline), " — ", err.message || "");
+}

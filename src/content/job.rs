@@ -22,6 +22,7 @@ use crate::deps::Deps;
 use crate::domain::moderation::Surface;
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
+use crate::limits::observe::Charged;
 use crate::limits::{self, Used};
 use crate::llm::Llm;
 use crate::moderation::Moderation;
@@ -174,12 +175,15 @@ impl ContentJob {
                     reason,
                 };
                 let ended = rows::finish(conn, &finish, now)?;
+                let mut charged = Charged::default();
                 if let Ended::Done(_) = &ended {
-                    limits::settle(conn, &format!("content:{content_id}"), used, now)?;
+                    charged = limits::settle(conn, &format!("content:{content_id}"), used, now)?;
                 }
-                Ok(ended)
+                Ok((ended, charged))
             })
             .await?;
+        let (ended, charged) = ended;
+        charged.record(&self.metrics);
         let written = match ended {
             Ended::TakenOver => return Ok(Outcome::TakenOver),
             Ended::Done(None) => return Ok(Outcome::Nothing),

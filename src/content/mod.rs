@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
 use crate::core::identity::SharedWriters;
+use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
 use crate::domain::limits::Level;
@@ -57,15 +58,16 @@ pub struct ContentService {
     rate: Option<Arc<StartRate>>,
     /// `LOREWIRE_SHARED_CONTENT_WRITERS`: who may change an item once it exists.
     writers: SharedWriters,
+    metrics: Arc<Metrics>,
 }
 
 impl ContentService {
     /// Jobs go to the worker through `jobs` (claimed for it when it has a free slot).
     pub fn new(deps: &Deps, jobs: Intake) -> Self {
-        let Deps { process: origin, store, clock, hub, config, .. } = deps.clone();
+        let Deps { process: origin, store, clock, hub, config, metrics } = deps.clone();
         let queue_limit = i64::try_from(config.queue_limit).unwrap_or(i64::MAX);
         let writers = config.identity.shared_writers();
-        ContentService { origin, store, clock, hub, jobs, queue_limit, config, rate: None, writers }
+        ContentService { origin, store, clock, hub, jobs, queue_limit, config, rate: None, writers, metrics }
     }
 
     /// New items and regenerations count against the player's start rate `rate`.
@@ -130,7 +132,7 @@ impl ContentService {
         let slot = self.jobs.reserve();
         let claimer = slot.as_ref().map(|slot| slot.claimer());
         let (jobs, hub) = (self.jobs.clone(), self.hub.clone());
-        let config = self.config.clone();
+        let (config, metrics) = (self.config.clone(), self.metrics.clone());
         let write = move |conn: &mut DbConn| {
             let item = RequestItem {
                 origin: &origin,
@@ -147,7 +149,7 @@ impl ContentService {
             };
             let (mut requested, mut job) = rows::request(conn, &item, now)?;
             if let Requested::Created(row) | Requested::Regenerating(row) = &requested {
-                if let Some(fallback) = charge(conn, &config, &origin, row, by, now)? {
+                if let Some(fallback) = charge(conn, &config, &metrics, &origin, row, by, now)? {
                     requested = match requested {
                         Requested::Regenerating(_) => Requested::Regenerating(fallback),
                         _ => Requested::Created(fallback),
@@ -204,6 +206,7 @@ impl ContentService {
 fn charge(
     conn: &mut DbConn,
     config: &Config,
+    metrics: &Metrics,
     origin: &str,
     row: &ContentRow,
     by: Requester,
@@ -221,7 +224,11 @@ fn charge(
     let target = format!("content:{}", row.id);
     let user_id = by.user_id.unwrap_or(limits::SERVER);
     let spend = Spend { user_id, model: &model, target: &target, prompt_tokens, output_tokens };
-    match limits::reserve(conn, &config.usage, &spend, now)? {
+    let reserved = limits::reserve(conn, &config.usage, &spend, now)?;
+    if let Err(refusal) = &reserved {
+        limits::observe::refused(metrics, refusal);
+    }
+    match reserved {
         Ok(()) => Ok(None),
         Err(refusal) if refusal.level == Level::Player => Err(StoreError::OverLimit(refusal)),
         Err(refusal) => {

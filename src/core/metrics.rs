@@ -76,6 +76,12 @@ pub struct Metrics {
     pub backplane_dropped: IntCounterVec,
     /// Players blocked, by who blocked them: `admin`, or `moderation` (LOREWIRE_MODERATION_BLOCK_AFTER).
     pub players_blocked: IntCounterVec,
+    /// What settlements charged, by usage level (player, project, studio): micro-dollars and
+    /// tokens (input, cache reads and writes, output).
+    pub usage_spent_micros: IntCounterVec,
+    pub usage_spent_tokens: IntCounterVec,
+    /// Calls refused by a usage limit, by level and reason (over_limit, unknown_price, start_rate).
+    pub usage_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -199,6 +205,29 @@ impl Metrics {
         for by in ["admin", "moderation"] {
             players_blocked.with_label_values(&[by]);
         }
+        let usage_spent_micros = IntCounterVec::new(
+            Opts::new("usage_spent_micros_total", "Micro-dollars charged by usage settlements, by level"),
+            &["level"],
+        )
+        .expect("metric");
+        let usage_spent_tokens = IntCounterVec::new(
+            Opts::new("usage_spent_tokens_total", "Tokens charged by usage settlements, by level"),
+            &["level"],
+        )
+        .expect("metric");
+        let usage_refused = IntCounterVec::new(
+            Opts::new("usage_refused_total", "Calls refused by a usage limit, by level and reason"),
+            &["level", "reason"],
+        )
+        .expect("metric");
+        // Every level and reason from the start, at 0.
+        for level in ["player", "project", "studio"] {
+            usage_spent_micros.with_label_values(&[level]);
+            usage_spent_tokens.with_label_values(&[level]);
+            for reason in ["over_limit", "unknown_price", "start_rate"] {
+                usage_refused.with_label_values(&[level, reason]);
+            }
+        }
         for m in [
             Box::new(sessions_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -234,6 +263,9 @@ impl Metrics {
             Box::new(moderation_flagged.clone()),
             Box::new(moderation_unchecked.clone()),
             Box::new(players_blocked.clone()),
+            Box::new(usage_spent_micros.clone()),
+            Box::new(usage_spent_tokens.clone()),
+            Box::new(usage_refused.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -273,6 +305,9 @@ impl Metrics {
             moderation_flagged,
             moderation_unchecked,
             players_blocked,
+            usage_spent_micros,
+            usage_spent_tokens,
+            usage_refused,
         }
     }
 

@@ -15,6 +15,8 @@ pub enum Level {
 }
 
 impl Level {
+    pub const ALL: [Level; 3] = [Level::Player, Level::Project, Level::Studio];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Player => "player",
@@ -24,11 +26,36 @@ impl Level {
     }
 }
 
+/// Why a limit refused a call (the metrics' `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// The call could take the level past its token or USD limit.
+    OverLimit,
+    /// A USD limit applies and the model has no price (fail closed).
+    UnknownPrice,
+    /// Over the per-player start rate.
+    StartRate,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 3] =
+        [RefusalReason::OverLimit, RefusalReason::UnknownPrice, RefusalReason::StartRate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::OverLimit => "over_limit",
+            RefusalReason::UnknownPrice => "unknown_price",
+            RefusalReason::StartRate => "start_rate",
+        }
+    }
+}
+
 /// A call refused by a limit; the message is shown to the client as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Refusal {
     pub level: Level,
+    pub reason: RefusalReason,
     pub message: String,
 }
 
@@ -40,13 +67,15 @@ impl Refusal {
             Level::Project => "the project's",
             Level::Studio => "the studio's daily",
         };
-        Refusal { level, message: format!("this could take {whose} {unit} limit past it; nothing was stored") }
+        let message = format!("this could take {whose} {unit} limit past it; nothing was stored");
+        Refusal { level, reason: RefusalReason::OverLimit, message }
     }
 
     /// A USD limit applies and the model has no price (fail closed).
     pub fn no_price(level: Level, model: &str) -> Refusal {
         Refusal {
             level,
+            reason: RefusalReason::UnknownPrice,
             message: format!(
                 "the model `{model}` has no price, so the {} level's USD limit cannot allow it",
                 level.as_str()

@@ -27,6 +27,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("admin-summary.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-summary.js")),
     ("admin-runs.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-runs.js")),
     ("admin-moderation.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-moderation.js")),
+    ("admin-spend.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-spend.js")),
     ("charts.js", "text/javascript; charset=utf-8", include_str!("../../static/charts.js")),
     // uPlot (MIT), vendored from npm: see static/vendor/uplot/README.md.
     (

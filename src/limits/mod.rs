@@ -6,6 +6,7 @@
 //!
 //! Knows which levels apply and in which order they refuse, never which feature spends.
 
+pub mod observe;
 pub mod rate;
 pub mod service;
 
@@ -18,6 +19,7 @@ use crate::domain::runs::Usage;
 use crate::domain::upstream::{CallFailure, UpstreamFailure};
 use crate::store::usage::{self as ledger, LimitsRow, NewHold};
 use crate::store::{billing, DbConn, StoreResult};
+use observe::Charged;
 
 /// The studio's single owner in the ledger.
 const STUDIO: &str = "";
@@ -205,8 +207,8 @@ pub fn used_by_failure(failure: CallFailure) -> Used {
 }
 
 /// Settles every hold of `target`: the usage is charged (at the day and levels of its first
-/// hold) and the holds released. Nothing held: nothing to do.
-pub fn settle(conn: &mut DbConn, target: &str, used: Used, now: NaiveDateTime) -> StoreResult<()> {
+/// hold) and the holds released. Nothing held: nothing to do. Says what it charged at each level.
+pub fn settle(conn: &mut DbConn, target: &str, used: Used, now: NaiveDateTime) -> StoreResult<Charged> {
     let holds = ledger::take_holds(conn, target)?;
     let mut charge = match used {
         Used::Nothing => Some((0, 0)),
@@ -218,16 +220,19 @@ pub fn settle(conn: &mut DbConn, target: &str, used: Used, now: NaiveDateTime) -
         }
         Used::Unknown => None,
     };
+    let mut charged = Charged::default();
     for hold in holds {
         let this = charge.take().unwrap_or(if used == Used::Unknown { (hold.tokens, hold.micros) } else { (0, 0) });
         let held = (hold.tokens, hold.micros);
         let owner = hold.user_id.to_string();
         if hold.user_id != SERVER {
             ledger::settle(conn, Level::Player.as_str(), &owner, &hold.day, held, this, now)?;
+            charged.add(Level::Player, this);
         }
         if hold.studio {
             ledger::settle(conn, Level::Studio.as_str(), STUDIO, &hold.day, held, this, now)?;
+            charged.add(Level::Studio, this);
         }
     }
-    Ok(())
+    Ok(charged)
 }

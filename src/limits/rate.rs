@@ -7,18 +7,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::backplane::Backplane;
+use crate::core::metrics::Metrics;
 use crate::core::rate_limit::{Rate, RateLimiter};
-use crate::domain::limits::{Level, Refusal};
+use crate::domain::limits::{Level, Refusal, RefusalReason};
 
 pub struct StartRate {
     backplane: Arc<dyn Backplane>,
+    /// Where refusals are counted.
+    metrics: Arc<Metrics>,
     /// This process's windows, for the rate they were made with.
     local: Mutex<Option<(Rate, RateLimiter)>>,
 }
 
 impl StartRate {
-    pub fn new(backplane: Arc<dyn Backplane>) -> Self {
-        StartRate { backplane, local: Mutex::new(None) }
+    pub fn new(backplane: Arc<dyn Backplane>, metrics: Arc<Metrics>) -> Self {
+        StartRate { backplane, metrics, local: Mutex::new(None) }
     }
 
     /// Counts one start of `user_id` under `rate`; a refusal (level player) says how long to wait.
@@ -28,9 +31,17 @@ impl StartRate {
             Some(allowed) => allowed,
             None => self.local_check(user_id, rate),
         };
-        allowed.map_err(|wait| Refusal {
-            level: Level::Player,
-            message: format!("too many new items and runs ({rate}); try again in {:.1} s", wait.as_secs_f64().max(0.1)),
+        allowed.map_err(|wait| {
+            let refusal = Refusal {
+                level: Level::Player,
+                reason: RefusalReason::StartRate,
+                message: format!(
+                    "too many new items and runs ({rate}); try again in {:.1} s",
+                    wait.as_secs_f64().max(0.1)
+                ),
+            };
+            super::observe::refused(&self.metrics, &refusal);
+            refusal
         })
     }
 

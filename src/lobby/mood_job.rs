@@ -23,6 +23,7 @@ use crate::deps::Deps;
 use crate::domain::answer::Checked;
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::limits::observe::{self, Charged};
 use crate::limits::{self, Spend, Used};
 use crate::llm::providers::Prompt;
 use crate::llm::Llm;
@@ -79,6 +80,7 @@ impl MoodJob {
             })
             .await?;
         if let Err(refusal) = reserved {
+            observe::refused(&self.metrics, &refusal);
             tracing::info!(
                 message = message_id,
                 level = refusal.level.as_str(),
@@ -111,12 +113,15 @@ impl MoodJob {
             .store
             .write(move |conn| {
                 let ended = messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood, status)?;
+                let mut charged = Charged::default();
                 if let Ended::Done(_) = &ended {
-                    limits::settle(conn, &target(message_id), used, now)?;
+                    charged = limits::settle(conn, &target(message_id), used, now)?;
                 }
-                Ok(ended)
+                Ok((ended, charged))
             })
             .await?;
+        let (ended, charged) = ended;
+        charged.record(&self.metrics);
         let row = match ended {
             Ended::TakenOver => return Ok(Outcome::TakenOver),
             Ended::Done(None) => return Ok(Outcome::Nothing),

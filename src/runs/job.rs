@@ -25,9 +25,11 @@ use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::core::usage::UsageConfig;
 use crate::deps::Deps;
+use crate::domain::limits::{Level, Refusal};
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
+use crate::limits::observe::{self, Charged};
 use crate::limits::{self, Spend, Used};
 use crate::llm::call::record_last_error;
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
@@ -189,6 +191,7 @@ impl RunJob {
         match reserved {
             attempts::Reservation::Gone => return nothing_to_do(&self.store, &claim).await,
             attempts::Reservation::NoBudget => {
+                observe::refused(&self.metrics, &Refusal::over(Level::Project, "USD"));
                 let end = AttemptEnd::Dead {
                     code: RunErrorCode::BudgetExceeded,
                     message: "another attempt could take the project past its budget".into(),
@@ -215,6 +218,7 @@ impl RunJob {
                 })
                 .await?;
             if let Err(refusal) = ensured {
+                observe::refused(&self.metrics, &refusal);
                 let end = AttemptEnd::Dead { code: RunErrorCode::BudgetExceeded, message: refusal.message };
                 return ctx.end(row.attempts, Usage::default(), 0, end).await;
             }
@@ -465,13 +469,17 @@ impl Attempt<'_> {
                     end: settlement_end.clone(),
                 };
                 let row = attempts::settle(conn, &s, now)?;
+                let mut charged = Charged::default();
                 if row.is_some() {
-                    limits::settle(conn, &target, Used::Reported(usage), now)?;
+                    charged = limits::settle(conn, &target, Used::Reported(usage), now)?;
                 }
-                Ok(row)
+                Ok((row, charged))
             })
             .await?;
-        let Some(row) = settled else { return Ok(Outcome::TakenOver) };
+        let (Some(row), charged) = settled else { return Ok(Outcome::TakenOver) };
+        charged.record(&d.metrics);
+        let tokens = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
+        observe::spent(&d.metrics, Level::Project, (i64::try_from(tokens).unwrap_or(i64::MAX), cost));
         let run_id = self.run_id.to_owned();
         let status = row.run_status().unwrap_or(RunStatus::Dead);
         if cost > 0 {

@@ -14,7 +14,7 @@ use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
-use crate::domain::limits::{Level, Refusal};
+use crate::domain::limits::{Level, Refusal, RefusalReason};
 use crate::domain::money::usd;
 use crate::domain::runs::{prompt_token_bound, Action, RunErrorCode, RunRequest, RunStatus, Usage};
 use crate::domain::topic::Topic;
@@ -22,7 +22,7 @@ use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::jobs::JobsAvailable;
 use crate::limits::rate::StartRate;
-use crate::limits::{self, Spend, Used};
+use crate::limits::{self, observe, Spend, Used};
 use crate::llm::credentials::NoCredentials;
 use crate::store::run_attempts;
 use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
@@ -162,6 +162,13 @@ impl RunService {
         Ok(())
     }
 
+    /// The project's budget refuses a run (counted).
+    fn project_refused(&self, reason: RefusalReason, message: &str) -> RunRefused {
+        let refusal = Refusal { level: Level::Project, reason, message: message.into() };
+        observe::refused(&self.metrics, &refusal);
+        RunRefused::BudgetExceeded(refusal)
+    }
+
     pub fn live(&self) -> &Arc<LiveRuns> {
         &self.live
     }
@@ -241,6 +248,7 @@ impl RunService {
             .map_err(|e| match e {
                 StoreError::OverLimit(refusal) => {
                     self.metrics.runs_refused.with_label_values(&["budget_exceeded"]).inc();
+                    observe::refused(&self.metrics, &refusal);
                     RunRefused::BudgetExceeded(refusal)
                 }
                 other => RunRefused::Store(other),
@@ -261,17 +269,16 @@ impl RunService {
             }
             Admitted::BudgetExceeded => {
                 self.metrics.runs_refused.with_label_values(&["budget_exceeded"]).inc();
-                return Err(RunRefused::BudgetExceeded(Refusal {
-                    level: Level::Project,
-                    message: "this run could take the project past its budget".into(),
-                }));
+                return Err(
+                    self.project_refused(RefusalReason::OverLimit, "this run could take the project past its budget")
+                );
             }
             Admitted::NoPrice => {
                 self.metrics.runs_refused.with_label_values(&["no_price"]).inc();
-                return Err(RunRefused::BudgetExceeded(Refusal {
-                    level: Level::Project,
-                    message: "the model has no price, so a project with a budget cannot use it".into(),
-                }));
+                return Err(self.project_refused(
+                    RefusalReason::UnknownPrice,
+                    "the model has no price, so a project with a budget cannot use it",
+                ));
             }
             Admitted::Cached(row) => {
                 tracing::info!(run = %row.run_id, project = %row.project_id, "run answered from cache");

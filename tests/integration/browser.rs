@@ -261,3 +261,29 @@ async fn admin_charts_show_the_traffic_of_the_last_hour() {
     scenario(&app, "charts", |_| {}).await;
     ws.close().await;
 }
+
+/// The admin's spend panel after a player's content request (15 tokens at the test price:
+/// $0.00007), its Block and Unblock buttons and its limits form.
+#[actix_web::test]
+async fn admin_sees_a_players_spend_and_blocks_the_player() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.usage.studio_daily_tokens = Some(1_000_000)).await;
+    let price = lorewire::runs::Price { input: 2_000_000, output: 10_000_000, cache_read: 0, cache_write: 0 };
+    app.set_price(&app.config.llm_model, &price).await;
+    app.fake.set_usage(Some(crate::common::fake_llm::FakeUsage { input: 10, output: 5, ..Default::default() }));
+    scenario(&app, "spend", |what| panic!("unknown request from the scenario: {what}")).await;
+    let (_, usage) = app.admin_get("/admin/api/usage").await;
+    assert_eq!(usage["tokens"], 15, "{usage}");
+    let user = usage["top"][0]["user_id"].as_i64().unwrap();
+    let (_, player) = app.admin_get(&format!("/admin/api/players/{user}")).await;
+    assert_eq!(player["blocked"], false, "unblocked at the end: {player}");
+}
+
+/// A player whose daily tokens fit no call: the page says so where the content request and
+/// the run start were made; then, over a start rate of one a minute, how long to wait.
+#[actix_web::test]
+async fn player_page_shows_why_a_limit_refused_the_request() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.usage.player_daily_tokens = Some(1)).await;
+    scenario(&app, "limits_refused", |what| panic!("unknown request from the scenario: {what}")).await;
+    let (_, usage) = app.admin_get("/admin/api/usage").await;
+    assert_eq!(usage["top"].as_array().map(Vec::len), Some(1), "one item was made: {usage}");
+}

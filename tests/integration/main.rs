@@ -43,5 +43,6 @@ mod store_queries;
 mod types;
 mod upgrade;
 mod usage_limits;
+mod usage_metrics;
 mod worker;
 mod writer;
