@@ -647,7 +647,41 @@ async fn sender_gets_its_own_message_new(db: Db, hold: impl FnOnce(&mut lorewire
     }
 }
 
+/// A sender's `message:new` comes before its mood even when the message reached the hub before
+/// the join's subscription (sent from the send's answer) and its mood after it (held by the
+/// join): the join's subscription waits 100 ms and its read of the recent messages 500 ms
+/// more, and the mood's call takes 250 ms.
+async fn a_senders_message_new_comes_before_its_mood(db: Db) {
+    let app = lobby_app(db, |c| {
+        c.test_holds.lobby_join = Duration::from_millis(100);
+        c.test_holds.lobby_recent = Duration::from_millis(500);
+        c.chat_rate = "100/1s".parse().unwrap();
+    })
+    .await;
+    app.fake.set_mode(Mode::Delay(Duration::from_millis(250)));
+    for round in 0..3 {
+        let mut ada = app.ws().await;
+        ada.lobby_frames = true;
+        ada.send(json!({"type": "session:start", "nickname": "Ada"})).await;
+        assert_eq!(ada.recv().await["type"], "session:ack");
+        let mine = format!("mine {round}");
+        ada.send(json!({"type": "message:send", "text": mine})).await;
+        let mut order = Vec::new();
+        while let Some(Event::Json(frame)) = ada.next_event(Duration::from_millis(1200)).await {
+            let text = frame["message"]["text"].as_str().or(frame["text"].as_str());
+            match frame["type"].as_str() {
+                Some("message:new") if text == Some(mine.as_str()) => order.push("new"),
+                Some("message:mood_updated") if order.len() < 2 => order.push("mood"),
+                _ => {}
+            }
+        }
+        assert_eq!(order, ["new", "mood"], "round {round}");
+        ada.close().await;
+    }
+}
+
 both_backends!(
+    a_senders_message_new_comes_before_its_mood,
     a_sender_joining_gets_its_own_message_new,
     a_sender_whose_message_beats_the_join_gets_its_message_new,
     a_joiner_is_told_the_count_that_follows,

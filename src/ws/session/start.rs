@@ -233,17 +233,15 @@ impl WsSession {
         for message in &own {
             in_recent.remove(&message.id);
         }
-        for text in self.subscriptions.release(&Topic::Lobby, Seen::Messages(in_recent)) {
-            self.send_text(text, ctx);
-        }
-        let mut sent_here = HashSet::new();
+        // Its own messages the join never held were published before anything it holds (the
+        // mood of one among them): they go first, and count as seen, as their own frames may
+        // still be on their way from the hub.
         for message in own.into_iter().filter(|m| !held.contains(&m.id)) {
-            sent_here.insert(message.id);
+            in_recent.insert(message.id);
             self.send_text(lobby::new_message_publish(message).text, ctx);
         }
-        if !sent_here.is_empty() {
-            // Its own frame may still be on its way from the hub: it counts as seen.
-            self.subscriptions.release(&Topic::Lobby, Seen::Messages(sent_here));
+        for text in self.subscriptions.release(&Topic::Lobby, Seen::Messages(in_recent)) {
+            self.send_text(text, ctx);
         }
     }
 
