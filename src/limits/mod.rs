@@ -17,7 +17,7 @@ use crate::domain::limits::{Level, Refusal};
 use crate::domain::money::Price;
 use crate::domain::runs::Usage;
 use crate::domain::upstream::{CallFailure, UpstreamFailure};
-use crate::store::usage::{self as ledger, LimitsRow, NewHold};
+use crate::store::usage::{self as ledger, Account, LimitsRow, NewHold};
 use crate::store::{billing, DbConn, StoreResult};
 use observe::Charged;
 
@@ -77,8 +77,9 @@ pub fn player_limits(conn: &mut DbConn, limits: &LimitsRow, user_id: i64) -> Sto
     Ok((tokens, micros))
 }
 
-/// Reserves `spend` at the player's level, then the studio's (both recorded even without a
-/// limit); a refusal names the first level that refuses and leaves nothing reserved.
+/// Reserves `spend` at the player's level and the studio's (both recorded even without a
+/// limit) in one conditional UPDATE; a refusal names the first level that refuses (the
+/// player's, then the studio's) and leaves nothing reserved.
 pub fn reserve(
     conn: &mut DbConn,
     seed: &UsageConfig,
@@ -86,32 +87,53 @@ pub fn reserve(
     now: NaiveDateTime,
 ) -> StoreResult<Result<(), Refusal>> {
     let limits = stored_limits(conn, seed)?;
-    let player = player_limits(conn, &limits, spend.user_id)?;
+    let owner = spend.user_id.to_string();
+    // The game server's own requests (no player) count for the studio only.
+    let player = match spend.user_id {
+        SERVER => None,
+        user_id => Some(player_limits(conn, &limits, user_id)?),
+    };
     let studio = (limits.studio_daily_tokens, limits.studio_daily_micros);
     let price = billing::price(conn, spend.model)?;
-    let tokens = spend.prompt_tokens.saturating_add(spend.output_tokens);
-    let micros = worst_case(price, spend);
+    let levels: Vec<(Level, (Option<i64>, Option<i64>))> =
+        player.map(|p| (Level::Player, p)).into_iter().chain([(Level::Studio, studio)]).collect();
+    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(price, spend));
+    let accounts: Vec<Account<'_>> = levels
+        .iter()
+        .map(|&(level, limits)| Account { level: level.as_str(), owner: key(level, &owner), limits })
+        .collect();
+    let pair = [&accounts[0], accounts.last().expect("the studio's level is always there")];
     let day = day_of(now);
-    let owner = spend.user_id.to_string();
-    for (level, (token_limit, micro_limit)) in [(Level::Player, player), (Level::Studio, studio)] {
-        // The game server's own requests (no player) count for the studio only.
-        if level == Level::Player && spend.user_id == SERVER {
-            continue;
+    let mut reserved = ledger::reserve(conn, pair, &day, bound, now)?;
+    if reserved.len() < accounts.len() {
+        // A row not there yet (the day's first call) is opened and its reservation tried again.
+        for account in &accounts {
+            let at = |r: &(String, String)| r.0 == account.level && r.1 == account.owner;
+            if !reserved.iter().any(at) && ledger::day(conn, account.level, account.owner, &day)?.is_none() {
+                ledger::open(conn, account, &day, now)?;
+                reserved.extend(ledger::reserve(conn, [account, account], &day, bound, now)?);
+            }
         }
+    }
+    // The first level that refuses, in order: over its limit, or a USD limit with no price for
+    // the model (fails closed). Nothing stays reserved then.
+    let refusal = levels.iter().find_map(|&(level, (token_limit, micro_limit))| {
         if micro_limit.is_some() && price.is_none() {
-            undo(conn, level, &owner, &day, tokens, micros, now)?;
-            return Ok(Err(Refusal::no_price(level, spend.model)));
+            return Some(Refusal::no_price(level, spend.model));
         }
-        let key = if level == Level::Player { owner.as_str() } else { STUDIO };
-        if !ledger::reserve(conn, level.as_str(), key, &day, tokens, micros, (token_limit, micro_limit), now)? {
-            undo(conn, level, &owner, &day, tokens, micros, now)?;
-            let unit = match token_limit {
-                Some(_) if micro_limit.is_none() => "token",
-                None => "USD",
-                Some(_) => "token or USD",
-            };
-            return Ok(Err(Refusal::over(level, unit)));
+        let held = reserved.iter().any(|r| r.0 == level.as_str() && r.1 == key(level, &owner));
+        let unit = match token_limit {
+            Some(_) if micro_limit.is_none() => "token",
+            None => "USD",
+            Some(_) => "token or USD",
+        };
+        (!held).then(|| Refusal::over(level, unit))
+    });
+    if let Some(refusal) = refusal {
+        for r in &reserved {
+            ledger::settle(conn, [(&r.0, &r.1), (&r.0, &r.1)], &day, bound, (0, 0), now)?;
         }
+        return Ok(Err(refusal));
     }
     let hold = NewHold {
         target: spend.target,
@@ -119,12 +141,21 @@ pub fn reserve(
         studio: true,
         day: &day,
         model: spend.model,
-        tokens,
-        micros,
+        tokens: bound.0,
+        micros: bound.1,
         created_at: now,
     };
     ledger::add_hold(conn, &hold)?;
     Ok(Ok(()))
+}
+
+/// The owner a level's ledger row is kept under: the player's id, or the studio's one owner.
+fn key(level: Level, player: &str) -> &str {
+    if level == Level::Player {
+        player
+    } else {
+        STUDIO
+    }
 }
 
 /// Whether the player's level alone would refuse `spend` now (read only: for a request another
@@ -151,22 +182,6 @@ pub fn player_refuses(
 /// Whether `target` holds a reservation (a run's attempt reserved before it was made).
 pub fn holds(conn: &mut DbConn, target: &str) -> StoreResult<bool> {
     Ok(!ledger::holds(conn, target)?.is_empty())
-}
-
-/// Gives back what the levels before `refused` reserved (the studio refuses after the player).
-fn undo(
-    conn: &mut DbConn,
-    refused: Level,
-    owner: &str,
-    day: &str,
-    tokens: i64,
-    micros: i64,
-    now: NaiveDateTime,
-) -> StoreResult<()> {
-    if refused == Level::Studio && owner != SERVER.to_string() {
-        ledger::settle(conn, Level::Player.as_str(), owner, day, (tokens, micros), (0, 0), now)?;
-    }
-    Ok(())
 }
 
 fn worst_case(price: Option<Price>, spend: &Spend<'_>) -> i64 {
@@ -225,12 +240,19 @@ pub fn settle(conn: &mut DbConn, target: &str, used: Used, now: NaiveDateTime) -
         let this = charge.take().unwrap_or(if used == Used::Unknown { (hold.tokens, hold.micros) } else { (0, 0) });
         let held = (hold.tokens, hold.micros);
         let owner = hold.user_id.to_string();
+        let studio = (Level::Studio.as_str(), STUDIO);
+        let player = (Level::Player.as_str(), owner.as_str());
+        let rows = match (hold.user_id != SERVER, hold.studio) {
+            (true, true) => [player, studio],
+            (true, false) => [player, player],
+            (false, true) => [studio, studio],
+            (false, false) => continue,
+        };
+        ledger::settle(conn, rows, &hold.day, held, this, now)?;
         if hold.user_id != SERVER {
-            ledger::settle(conn, Level::Player.as_str(), &owner, &hold.day, held, this, now)?;
             charged.add(Level::Player, this);
         }
         if hold.studio {
-            ledger::settle(conn, Level::Studio.as_str(), STUDIO, &hold.day, held, this, now)?;
             charged.add(Level::Studio, this);
         }
     }

@@ -11,6 +11,7 @@
 use chrono::NaiveDateTime;
 use diesel::dsl::case_when;
 use diesel::prelude::*;
+use diesel::sql_types::BigInt;
 
 use super::notify::{self, Event};
 use super::schema::{player_limits, usage_days, usage_holds, usage_limits, users};
@@ -246,23 +247,20 @@ pub fn top(conn: &mut DbConn, level: &str, day: &str, limit: i64) -> StoreResult
         .load(conn)?)
 }
 
-/// Reserves `tokens` and `micros` at one level if both fit under its limits (`None`: no
-/// limit, the reservation is recorded all the same): one conditional UPDATE. `false` when
-/// either does not fit; nothing changed then.
-#[allow(clippy::too_many_arguments)]
-pub fn reserve(
-    conn: &mut DbConn,
-    level: &str,
-    owner: &str,
-    day: &str,
-    tokens: i64,
-    micros: i64,
-    limits: (Option<i64>, Option<i64>),
-    now: NaiveDateTime,
-) -> StoreResult<bool> {
+/// One row of the ledger (a level's owner on a day) and the limits a reservation there must fit
+/// under, tokens and micro-dollars (`None`: no limit; the reservation is recorded all the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account<'a> {
+    pub level: &'a str,
+    pub owner: &'a str,
+    pub limits: (Option<i64>, Option<i64>),
+}
+
+/// Creates the ledger row of `account` on `day` unless it exists.
+pub fn open(conn: &mut DbConn, account: &Account<'_>, day: &str, now: NaiveDateTime) -> StoreResult<()> {
     let row = (
-        usage_days::level.eq(level),
-        usage_days::owner.eq(owner),
+        usage_days::level.eq(account.level),
+        usage_days::owner.eq(account.owner),
         usage_days::day.eq(day),
         usage_days::spent_tokens.eq(0_i64),
         usage_days::spent_micros.eq(0_i64),
@@ -271,10 +269,30 @@ pub fn reserve(
         usage_days::updated_at.eq(now),
     );
     on_backend!(conn, |c| diesel::insert_into(usage_days::table).values(row).on_conflict_do_nothing().execute(c))?;
-    let (token_limit, micro_limit) = (limits.0.unwrap_or(NO_LIMIT), limits.1.unwrap_or(NO_LIMIT));
-    let updated = diesel::update(
+    Ok(())
+}
+
+/// Reserves `tokens` and `micros` on `day` at each of two accounts (the same one twice for
+/// one) where both fit under its limits: one conditional UPDATE, so the database decides and
+/// concurrent reservations never overshoot. Returns the `(level, owner)` of the rows it
+/// reserved at; an account missing from them refused, or has no row that day yet ([`open`]).
+pub fn reserve(
+    conn: &mut DbConn,
+    accounts: [&Account<'_>; 2],
+    day: &str,
+    (tokens, micros): (i64, i64),
+    now: NaiveDateTime,
+) -> StoreResult<Vec<(String, String)>> {
+    let [a, b] = accounts;
+    let is_a = usage_days::level.eq(a.level).and(usage_days::owner.eq(a.owner));
+    let is_b = usage_days::level.eq(b.level).and(usage_days::owner.eq(b.owner));
+    let limit = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<BigInt>();
+    let token_limit = case_when(is_a, limit(a.limits.0)).otherwise(limit(b.limits.0));
+    let micro_limit = case_when(is_a, limit(a.limits.1)).otherwise(limit(b.limits.1));
+    Ok(diesel::update(
         usage_days::table
-            .find((level, owner, day))
+            .filter(usage_days::day.eq(day))
+            .filter(is_a.or(is_b))
             .filter((usage_days::spent_tokens + usage_days::reserved_tokens + tokens).le(token_limit))
             .filter((usage_days::spent_micros + usage_days::reserved_micros + micros).le(micro_limit)),
     )
@@ -283,26 +301,29 @@ pub fn reserve(
         usage_days::reserved_micros.eq(usage_days::reserved_micros + micros),
         usage_days::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(updated == 1)
+    .returning((usage_days::level, usage_days::owner))
+    .get_results(conn)?)
 }
 
-/// Moves a settled call's usage at one level: `charge` becomes spent, `held` is no longer
-/// reserved (saturating at zero).
+/// Moves a settled call's usage at each of the `(level, owner)` rows of `day` (the same one
+/// twice for one): `charge` becomes spent, `held` is no longer reserved (saturating at zero).
+/// One UPDATE.
 pub fn settle(
     conn: &mut DbConn,
-    level: &str,
-    owner: &str,
+    rows: [(&str, &str); 2],
     day: &str,
     held: (i64, i64),
     charge: (i64, i64),
     now: NaiveDateTime,
 ) -> StoreResult<()> {
+    let [(level_a, owner_a), (level_b, owner_b)] = rows;
+    let is_a = usage_days::level.eq(level_a).and(usage_days::owner.eq(owner_a));
+    let is_b = usage_days::level.eq(level_b).and(usage_days::owner.eq(owner_b));
     let tokens =
         case_when(usage_days::reserved_tokens.gt(held.0), usage_days::reserved_tokens - held.0).otherwise(0_i64);
     let micros =
         case_when(usage_days::reserved_micros.gt(held.1), usage_days::reserved_micros - held.1).otherwise(0_i64);
-    diesel::update(usage_days::table.find((level, owner, day)))
+    diesel::update(usage_days::table.filter(usage_days::day.eq(day)).filter(is_a.or(is_b)))
         .set((
             usage_days::spent_tokens.eq(usage_days::spent_tokens + charge.0),
             usage_days::spent_micros.eq(usage_days::spent_micros + charge.1),
@@ -321,10 +342,10 @@ pub fn add_hold(conn: &mut DbConn, hold: &NewHold<'_>) -> StoreResult<()> {
 
 /// The holds of `target`, removed.
 pub fn take_holds(conn: &mut DbConn, target: &str) -> StoreResult<Vec<HoldRow>> {
-    let holds: Vec<HoldRow> = usage_holds::table.filter(usage_holds::target.eq(target)).load(conn)?;
-    if !holds.is_empty() {
-        diesel::delete(usage_holds::table.filter(usage_holds::target.eq(target))).execute(conn)?;
-    }
+    let mut holds: Vec<HoldRow> = diesel::delete(usage_holds::table.filter(usage_holds::target.eq(target)))
+        .returning(usage_holds::all_columns)
+        .get_results(conn)?;
+    holds.sort_by_key(|h| h.id);
     Ok(holds)
 }
 
