@@ -21,6 +21,9 @@ use crate::store::usage::{self as ledger, Account, LimitsRow, NewHold};
 use crate::store::{billing, DbConn, StoreResult};
 use observe::Charged;
 
+/// A level's daily limits: tokens, micro-dollars (`None`: no limit).
+type DailyLimits = (Option<i64>, Option<i64>);
+
 /// The studio's single owner in the ledger.
 const STUDIO: &str = "";
 
@@ -95,7 +98,7 @@ pub fn reserve(
     };
     let studio = (limits.studio_daily_tokens, limits.studio_daily_micros);
     let price = billing::price(conn, spend.model)?;
-    let levels: Vec<(Level, (Option<i64>, Option<i64>))> =
+    let levels: Vec<(Level, DailyLimits)> =
         player.map(|p| (Level::Player, p)).into_iter().chain([(Level::Studio, studio)]).collect();
     let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(price, spend));
     let accounts: Vec<Account<'_>> = levels

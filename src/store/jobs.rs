@@ -155,7 +155,8 @@ fn turn_for(conn: &mut DbConn, place: Place) -> StoreResult<i64> {
         .select(max(jobs::turn))
         .filter(at)
         .filter(jobs::player_id.eq(player_id))
-        .filter(jobs::status.eq_any([QUEUED, RUNNING]))
+        // Not `eq_any`: an `IN` list is prepared again at every call.
+        .filter(jobs::status.eq(QUEUED).or(jobs::status.eq(RUNNING)))
         .first(c))?;
     if let Some(last) = last {
         return Ok(serving.map_or(last + 1, |serving| (last + 1).max(serving)));

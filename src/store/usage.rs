@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use super::notify::{self, Event};
+use super::prepared::Prepared;
 use super::schema::{player_limits, usage_days, usage_holds, usage_limits, users};
 use super::{DbConn, StoreResult};
 use crate::on_backend;
@@ -289,25 +290,27 @@ pub fn reserve(
     let limit = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<BigInt>();
     let token_limit = case_when(is_a, limit(a.limits.0)).otherwise(limit(b.limits.0));
     let micro_limit = case_when(is_a, limit(a.limits.1)).otherwise(limit(b.limits.1));
-    Ok(diesel::update(
-        usage_days::table
-            .filter(usage_days::day.eq(day))
-            .filter(is_a.or(is_b))
-            .filter((usage_days::spent_tokens + usage_days::reserved_tokens + tokens).le(token_limit))
-            .filter((usage_days::spent_micros + usage_days::reserved_micros + micros).le(micro_limit)),
+    Ok(Prepared(
+        diesel::update(
+            usage_days::table
+                .filter(usage_days::day.eq(day))
+                .filter(is_a.or(is_b))
+                .filter((usage_days::spent_tokens + usage_days::reserved_tokens + tokens).le(token_limit))
+                .filter((usage_days::spent_micros + usage_days::reserved_micros + micros).le(micro_limit)),
+        )
+        .set((
+            usage_days::reserved_tokens.eq(usage_days::reserved_tokens + tokens),
+            usage_days::reserved_micros.eq(usage_days::reserved_micros + micros),
+            usage_days::updated_at.eq(now),
+        ))
+        .returning((usage_days::level, usage_days::owner)),
     )
-    .set((
-        usage_days::reserved_tokens.eq(usage_days::reserved_tokens + tokens),
-        usage_days::reserved_micros.eq(usage_days::reserved_micros + micros),
-        usage_days::updated_at.eq(now),
-    ))
-    .returning((usage_days::level, usage_days::owner))
     .get_results(conn)?)
 }
 
 /// Moves a settled call's usage at each of the `(level, owner)` rows of `day` (the same one
 /// twice for one): `charge` becomes spent, `held` is no longer reserved (saturating at zero).
-/// One UPDATE.
+/// One UPDATE, kept prepared (run for its RETURNING rows, see [`Prepared`]).
 pub fn settle(
     conn: &mut DbConn,
     rows: [(&str, &str); 2],
@@ -323,15 +326,18 @@ pub fn settle(
         case_when(usage_days::reserved_tokens.gt(held.0), usage_days::reserved_tokens - held.0).otherwise(0_i64);
     let micros =
         case_when(usage_days::reserved_micros.gt(held.1), usage_days::reserved_micros - held.1).otherwise(0_i64);
-    diesel::update(usage_days::table.filter(usage_days::day.eq(day)).filter(is_a.or(is_b)))
-        .set((
-            usage_days::spent_tokens.eq(usage_days::spent_tokens + charge.0),
-            usage_days::spent_micros.eq(usage_days::spent_micros + charge.1),
-            usage_days::reserved_tokens.eq(tokens),
-            usage_days::reserved_micros.eq(micros),
-            usage_days::updated_at.eq(now),
-        ))
-        .execute(conn)?;
+    Prepared(
+        diesel::update(usage_days::table.filter(usage_days::day.eq(day)).filter(is_a.or(is_b)))
+            .set((
+                usage_days::spent_tokens.eq(usage_days::spent_tokens + charge.0),
+                usage_days::spent_micros.eq(usage_days::spent_micros + charge.1),
+                usage_days::reserved_tokens.eq(tokens),
+                usage_days::reserved_micros.eq(micros),
+                usage_days::updated_at.eq(now),
+            ))
+            .returning(usage_days::level),
+    )
+    .get_results::<String>(conn)?;
     Ok(())
 }
 

@@ -336,3 +336,68 @@ fn flags_are_counted_after_a_time_and_a_block_is_stored() {
     let ids = [ada.id, bo.id];
     assert_eq!(store.run_blocking(move |c| usage::blocked_among(c, &ids)).unwrap(), [ada.id]);
 }
+
+/// The statements of an item's life (its request and job, the ledger's reservation, the
+/// claim-free finish and the settlement) stay prepared on the connection: over three items,
+/// no statement run more than once is left out of the connection's cache (Diesel prepares an
+/// UPDATE, an `IN` list or an upsert again at every call unless told its SQL never changes).
+#[test]
+fn an_items_statements_stay_prepared() {
+    use diesel::connection::InstrumentationEvent;
+    use lorewire::store::usage::{self as ledger, Account};
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+    let (_db, store) = store();
+    // How often each statement started, and the statements the connection cached.
+    type Seen = (HashMap<String, usize>, HashSet<String>);
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let record = seen.clone();
+    let counter = move |event: InstrumentationEvent<'_>| {
+        let mut seen = record.lock().unwrap();
+        match event {
+            InstrumentationEvent::StartQuery { query, .. } => {
+                let text = query.to_string();
+                let sql = text.split(" -- binds").next().unwrap_or_default().to_owned();
+                *seen.0.entry(sql).or_default() += 1;
+            }
+            InstrumentationEvent::CacheQuery { sql, .. } => {
+                seen.1.insert(sql.to_owned());
+            }
+            _ => {}
+        }
+    };
+    write(&store, move |c| {
+        c.set_instrumentation(counter.clone());
+        let player = Account { level: "player", owner: "7", limits: (Some(100_000), None) };
+        let studio = Account { level: "studio", owner: "", limits: (None, None) };
+        for account in [&player, &studio] {
+            ledger::open(c, account, "2027-01-01", t0())?;
+        }
+        for subject_id in 1..=3 {
+            let asked = RequestItem { claim_for: Some(WORKER), player: 7, ..item(subject_id, false, 100) };
+            let (Requested::Created(row), Some(job)) = content::request(c, &asked, t0())? else {
+                panic!("not created")
+            };
+            let reserved = ledger::reserve(c, [&player, &studio], "2027-01-01", (10, 0), t0())?;
+            assert_eq!(reserved.len(), 2);
+            let f = Finish {
+                origin: "test",
+                job_id: job.id,
+                worker: WORKER,
+                content_id: row.id,
+                status: ContentStatus::Ready,
+                fields: r#"{"title":"t"}"#,
+                model: Some("m"),
+                reason: None,
+            };
+            assert!(matches!(content::finish(c, &f, t0())?, Ended::Done(Some(_))));
+            ledger::settle(c, [("player", "7"), ("studio", "")], "2027-01-01", (10, 0), (4, 0), t0())?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let (started, cached) = &*seen.lock().unwrap();
+    let again: Vec<&String> =
+        started.iter().filter(|(sql, n)| **n > 1 && !cached.contains(*sql)).map(|(sql, _)| sql).collect();
+    assert!(again.is_empty(), "prepared again at every call: {again:#?}");
+}
