@@ -17,9 +17,9 @@ use futures_util::future::LocalBoxFuture;
 
 use super::checked::Held;
 use super::live::LiveRuns;
-use super::relay::{self, Relay};
-use super::service::{finish, publish, run_target};
-use super::{estimate_tokens, prompt_token_bound, usd, RunErrorCode, RunStatus, Usage};
+use super::relay::Relay;
+use super::service::{publish, run_target};
+use super::{estimate_tokens, prompt_token_bound, RunErrorCode, Usage};
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
@@ -29,22 +29,21 @@ use crate::domain::limits::{Level, Refusal};
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
-use crate::limits::observe::{self, Charged};
-use crate::limits::{self, Spend, Used};
+use crate::limits::observe;
+use crate::limits::{self, Spend};
 use crate::llm::call::record_last_error;
-use crate::llm::circuit::{self, Acquire, CircuitBreaker, GetSnapshot, Permit, Report};
+use crate::llm::circuit::{self, Acquire, CircuitBreaker, Permit, Report};
 use crate::llm::credentials::NoCredentials;
 use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::moderation::Moderation;
-use crate::store::run_attempts::{self as attempts, AttemptEnd, Settlement};
+use crate::store::run_attempts::{self as attempts, AttemptEnd};
 use crate::store::runs as rows;
 use crate::store::{billing, llm_config, Store};
 
-/// Longest wait before a run refused by the circuit looks again (an admin may close it).
-const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(5);
-/// Wait while the half-open circuit's single probe is in flight.
-const PROBE_WAIT: Duration = Duration::from_millis(200);
+mod attempt;
+
+use attempt::{Attempt, Crew, Emitter};
 
 /// The settings an attempt follows.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +78,20 @@ pub struct RunJob {
 }
 
 impl RunJob {
+    /// The parts an attempt's end and wait use.
+    fn crew(&self) -> Crew<'_> {
+        Crew {
+            origin: &self.origin,
+            store: &self.store,
+            hub: &self.hub,
+            circuit: &self.circuit,
+            clock: &self.clock,
+            metrics: &self.metrics,
+            live: &self.live,
+            relay: self.relay.as_ref(),
+        }
+    }
+
     /// The job handler of runs: streams through `client` behind `circuit`, keeps the frames in `live`.
     pub fn new(
         deps: &Deps,
@@ -128,7 +141,7 @@ impl RunJob {
         let Some(row) = row.filter(|r| r.is_active()) else {
             return nothing_to_do(&self.store, &claim).await;
         };
-        let ctx = Attempt { d: self, claim: &claim, run_pk, run_id: &row.run_id, model: &row.model };
+        let ctx = Attempt { d: self.crew(), claim: &claim, run_pk, run_id: &row.run_id, model: &row.model };
         let end = AttemptEnd::Dead {
             code: RunErrorCode::Internal,
             message: "the run failed on the server's side and its attempts are spent".into(),
@@ -157,7 +170,7 @@ impl RunJob {
         let run_id = row.run_id.clone();
         let action = row.action()?;
         let mut cancel = self.live.cancel_signal(&run_id);
-        let ctx = Attempt { d: self, claim: &claim, run_pk, run_id: &run_id, model: &row.model };
+        let ctx = Attempt { d: self.crew(), claim: &claim, run_pk, run_id: &run_id, model: &row.model };
         if *cancel.borrow() {
             return ctx.end(row.attempts, Usage::default(), 0, AttemptEnd::Aborted).await;
         }
@@ -401,140 +414,6 @@ impl RunJob {
             });
         }
         ctx.end(attempt, usage, cost, AttemptEnd::Dead { code, message }).await
-    }
-}
-
-/// Publishes the released text of an attempt as `run:delta` frames (to live subscribers here
-/// and, through the relay, on the other processes), and times the first one.
-struct Emitter<'a> {
-    live: &'a Arc<LiveRuns>,
-    hub: &'a Addr<Hub>,
-    relay: Option<&'a Arc<Relay>>,
-    run_id: &'a str,
-    seq: Cell<u64>,
-    first_delta: &'a prometheus::Histogram,
-    started: std::time::Instant,
-}
-
-impl Emitter<'_> {
-    fn emit(&self, text: &str) {
-        if self.seq.get() == 0 {
-            self.first_delta.observe(self.started.elapsed().as_secs_f64());
-        }
-        // Cut so that each delta fits one cross-process notification, the same on every process.
-        for piece in relay::pieces(text, relay::MAX_DELTA_BYTES) {
-            let seq = self.seq.get();
-            let frame = Typed::RunDelta { run_id: self.run_id.to_owned(), seq, text: piece.to_owned() };
-            let (version, frame) = publish(self.live, self.hub, self.run_id, frame.into());
-            if let Some(relay) = self.relay {
-                relay.forward(self.run_id, version, &frame, false);
-            }
-            self.seq.set(seq + 1);
-        }
-    }
-}
-
-struct Attempt<'a> {
-    d: &'a RunJob,
-    claim: &'a Claim,
-    run_pk: i64,
-    run_id: &'a str,
-    model: &'a str,
-}
-
-impl Attempt<'_> {
-    /// Commits the attempt's end, then tells the clients (a retry tells them nothing yet).
-    async fn end(&self, attempt: i32, usage: Usage, cost: i64, end: AttemptEnd) -> JobResult {
-        let d = self.d;
-        // The other processes hear every frame of the attempt before its end.
-        if let Some(relay) = &d.relay {
-            relay.flush().await;
-        }
-        let settlement_end = end.clone();
-        let target = run_target(self.run_id);
-        let (job_id, run_pk, worker, origin) =
-            (self.claim.job_id, self.run_pk, self.claim.worker.clone(), d.origin.clone());
-        let now = d.clock.now_naive();
-        let settled = d
-            .store
-            .write(move |conn| {
-                let s = Settlement {
-                    origin: &origin,
-                    job_id,
-                    worker: &worker,
-                    run_pk,
-                    attempt,
-                    usage,
-                    cost,
-                    end: settlement_end.clone(),
-                };
-                let row = attempts::settle(conn, &s, now)?;
-                let mut charged = Charged::default();
-                if row.is_some() {
-                    charged = limits::settle(conn, &target, Used::Reported(usage), now)?;
-                }
-                Ok((row, charged))
-            })
-            .await?;
-        let (Some(row), charged) = settled else { return Ok(Outcome::TakenOver) };
-        charged.record(&d.metrics);
-        let tokens = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
-        observe::spent(&d.metrics, Level::Project, (i64::try_from(tokens).unwrap_or(i64::MAX), cost));
-        let run_id = self.run_id.to_owned();
-        let status = row.run_status().unwrap_or(RunStatus::Dead);
-        if cost > 0 {
-            d.metrics.run_cost_micros.with_label_values(&[self.model]).inc_by(cost as u64);
-        }
-        let frame = match end {
-            AttemptEnd::Retry { .. } => return Ok(Outcome::Done),
-            AttemptEnd::Done { text } => Typed::RunDone {
-                run_id: run_id.clone(),
-                text,
-                usage: row.usage(),
-                cost_usd: usd(row.cost_micros),
-                cached: false,
-            },
-            AttemptEnd::Aborted => Typed::RunError {
-                reference: None,
-                run_id: run_id.clone(),
-                code: RunErrorCode::Aborted,
-                message: "the run was aborted".into(),
-            },
-            AttemptEnd::Dead { code, message } => {
-                Typed::RunError { reference: None, run_id: run_id.clone(), code, message }
-            }
-        };
-        d.metrics.runs_finished.with_label_values(&[status.as_str()]).inc();
-        tracing::info!(run = %run_id, status = status.as_str(), attempts = row.attempts, cost_micros = row.cost_micros,
-            input_tokens = row.input_tokens, output_tokens = row.output_tokens, "run finished");
-        publish(&d.live, &d.hub, &run_id, frame.into());
-        finish(&d.live, &d.hub, &run_id);
-        Ok(Outcome::Done)
-    }
-
-    /// Puts the run back without counting an attempt, until the circuit or the provider's
-    /// `retry-after` lets calls through again.
-    async fn wait(&self, why: String, refund: bool) -> JobResult {
-        let d = self.d;
-        let snapshot = d.circuit.send(GetSnapshot).await.ok();
-        let now = d.clock.now();
-        let until = snapshot
-            .and_then(|s| [s.resets_at, s.retry_after_until].into_iter().flatten().filter(|t| *t > now).max())
-            .and_then(|t| (t - now).to_std().ok())
-            .unwrap_or(PROBE_WAIT)
-            .min(MAX_CIRCUIT_WAIT);
-        let run_after = d.clock.now_naive() + to_chrono(until);
-        let (job_id, run_pk, worker, now) =
-            (self.claim.job_id, self.run_pk, self.claim.worker.clone(), d.clock.now_naive());
-        tracing::debug!(run = %self.run_id, wait_ms = until.as_millis() as u64, why = %why, "run waits for the provider");
-        let held = d
-            .store
-            .write(move |conn| {
-                let w = attempts::Wait { job_id, worker: &worker, run_pk, run_after, why: &why, refund };
-                attempts::wait(conn, &w, now)
-            })
-            .await?;
-        Ok(if held { Outcome::Later(until) } else { Outcome::TakenOver })
     }
 }
 

@@ -334,3 +334,21 @@ fn the_checker_sees_a_circle_and_an_upward_import() {
     assert_eq!(layer(&["store".to_owned(), "runs".to_owned()]).0, 2);
     assert!(layer(&["runs".to_owned()]).0 > layer(&["store".to_owned()]).0);
 }
+
+/// ARCHITECTURE.md: a source file over ~500 lines of non-test code has more than one job.
+#[test]
+fn no_source_file_has_more_than_500_lines_of_code() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut big: Vec<String> = files
+        .iter()
+        .filter_map(|file| {
+            let text = std::fs::read_to_string(file).expect("readable source");
+            let code = text.lines().take_while(|line| !line.starts_with("#[cfg(test)]")).count();
+            (code > 500).then(|| format!("{} ({code} lines)", short(file)))
+        })
+        .collect();
+    big.sort();
+    assert!(big.is_empty(), "files over 500 lines of non-test code:\n{}", big.join("\n"));
+}
