@@ -174,6 +174,8 @@ struct Features {
     players: Players,
     moderation: Moderation,
     backplane: Arc<dyn backplane::Backplane>,
+    /// The per-player start rate, whose stored value the admin's limits refresh.
+    start_rate: Arc<crate::limits::rate::StartRate>,
 }
 
 impl Features {
@@ -215,7 +217,7 @@ impl Features {
             .start_with_intake();
         let start_rate = Arc::new(crate::limits::rate::StartRate::new(backplane.clone(), metrics.clone()));
         let content = ContentService::new(deps, intake).with_start_rate(start_rate.clone());
-        let runs = RunService::new(deps, jobs.clone().recipient(), live.clone()).with_start_rate(start_rate);
+        let runs = RunService::new(deps, jobs.clone().recipient(), live.clone()).with_start_rate(start_rate.clone());
         let presence = Presence::new(
             hub.clone(),
             metrics.clone(),
@@ -239,7 +241,7 @@ impl Features {
         let players =
             Players::start(store.clone(), clock.clone(), metrics.clone(), backplane.clone(), &config.identity)
                 .with_moderation(moderation.clone());
-        Ok(Features { metric_history, circuit, jobs, content, runs, chat, players, moderation, backplane })
+        Ok(Features { metric_history, circuit, jobs, content, runs, chat, players, moderation, backplane, start_rate })
     }
 
     /// What the edges reach: the features and the shared dependencies.
@@ -248,7 +250,8 @@ impl Features {
         let admin_token =
             config.admin_token.clone().unwrap_or_else(|| Secret::new(crate::domain::players::new_token()));
         let usage =
-            UsageLimits::new(store.clone(), clock.clone(), config.clone(), hub.clone(), metrics.clone(), process);
+            UsageLimits::new(store.clone(), clock.clone(), config.clone(), hub.clone(), metrics.clone(), process)
+                .with_start_rate(self.start_rate.clone());
         AppState {
             usage,
             config,

@@ -55,14 +55,21 @@ pub trait Backplane: Send + Sync + 'static {
     /// under a rate of `count` per `per` kept for every process together (a sliding window),
     /// `Err` with the wait when the window is full; `None` when this backplane keeps no shared
     /// windows or cannot answer now: the caller counts alone.
-    fn admit(
+    fn admit(&self, key: String, count: u32, per: Duration) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
+        self.admit_as(key, crate::domain::players::new_token(), count, per)
+    }
+    /// [`Backplane::admit`], the event named `member` (so it can be [`Backplane::forget`]ten).
+    fn admit_as(
         &self,
         _key: String,
+        _member: String,
         _count: u32,
         _per: Duration,
     ) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
         async { None }.boxed_local()
     }
+    /// Takes the event `member` out of the window `key` again (it turned out not to count).
+    fn forget(&self, _key: String, _member: String) {}
     /// Stops hearing (blocking; call off the async threads).
     fn stop(&self);
 }

@@ -403,13 +403,18 @@ impl Backplane for RedisBackplane {
 
     /// One Lua script per admission, so the window is read and written atomically; Redis's own
     /// clock, so the processes' clocks need not agree.
-    fn admit(&self, key: String, count: u32, per: Duration) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
+    fn admit_as(
+        &self,
+        key: String,
+        member: String,
+        count: u32,
+        per: Duration,
+    ) -> LocalBoxFuture<'static, Option<Result<(), Duration>>> {
         if !self.is_up() {
             return async { None }.boxed_local();
         }
         let mut commands = self.commands.clone();
         let key = format!("{}rate:{key}", self.prefix);
-        let member = crate::domain::players::new_token();
         async move {
             static SCRIPT: std::sync::LazyLock<redis::Script> =
                 std::sync::LazyLock::new(|| redis::Script::new(SLIDING_WINDOW));
@@ -430,6 +435,21 @@ impl Backplane for RedisBackplane {
             }
         }
         .boxed_local()
+    }
+
+    fn forget(&self, key: String, member: String) {
+        if !self.is_up() {
+            return;
+        }
+        let mut commands = self.commands.clone();
+        let key = format!("{}rate:{key}", self.prefix);
+        actix::spawn(async move {
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&key).arg(&member);
+            if let Ok(Err(e)) = tokio::time::timeout(ADMIT_TIMEOUT, zrem.query_async::<i64>(&mut commands)).await {
+                tracing::warn!(error = %e, "Redis could not give a counted start back");
+            }
+        });
     }
 
     /// Stops hearing, and waits (a little longer than one Redis timeout at most) until the

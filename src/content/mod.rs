@@ -29,7 +29,7 @@ use crate::domain::limits::Level;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
 use crate::jobs::{Intake, Loaded};
-use crate::limits::rate::StartRate;
+use crate::limits::rate::{Counted, StartRate};
 use crate::limits::{self, Spend};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::jobs::JobRow;
@@ -76,8 +76,9 @@ impl ContentService {
         self
     }
 
-    /// Counts a request that would create or regenerate the item against the player's start
-    /// rate ([`StoreError::RateLimited`] over it); one served as it is costs nothing.
+    /// Counts a request against the player's start rate before its write, to be given back if
+    /// the write starts nothing. Over the rate, only a request that would create or regenerate
+    /// the item is refused ([`StoreError::RateLimited`]); one served as it is costs nothing.
     async fn count_start(
         &self,
         kind: ContentKind,
@@ -85,25 +86,37 @@ impl ContentService {
         owner: i64,
         regenerate: bool,
         by: Requester,
-    ) -> Result<(), StoreError> {
-        let Some(rate) = &self.rate else { return Ok(()) };
+    ) -> Result<Option<Counted>, StoreError> {
+        let Some(rate) = &self.rate else { return Ok(None) };
         // The game server's own requests have no player's rate.
-        let Some(player) = by.user_id else { return Ok(()) };
-        let seed = self.config.usage;
-        let (starts, per_player) = self
+        let Some(player) = by.user_id else { return Ok(None) };
+        let per_player = match rate.known() {
+            Some(per_player) => per_player,
+            None => {
+                let seed = self.config.usage;
+                let stored = self.store.run(move |conn| limits::stored_limits(conn, &seed)).await?;
+                let per_player = limits::start_rate(&stored, &seed);
+                rate.remember(per_player);
+                per_player
+            }
+        };
+        let refusal = match rate.admit(player, per_player).await {
+            Ok(counted) => return Ok(Some(counted)),
+            Err(refusal) => refusal,
+        };
+        let starts = self
             .store
             .run(move |conn| {
-                let starts = match rows::find(conn, kind, subject_id, owner)? {
+                Ok(match rows::find(conn, kind, subject_id, owner)? {
                     Some(row) => regenerate && !row.is_pending(),
                     None => true,
-                };
-                Ok((starts, limits::start_rate(&limits::stored_limits(conn, &seed)?, &seed)))
+                })
             })
             .await?;
         if starts {
-            rate.admit(player, per_player).await.map_err(StoreError::RateLimited)?;
+            return Err(StoreError::RateLimited(rate.refused(refusal)));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Returns the item as it is, or creates / regenerates it (pending row + job, one
@@ -125,7 +138,7 @@ impl ContentService {
         let empty = Value::Object(req.kind.empty_fields()).to_string();
         let regenerate = req.regenerate;
         let may_change = self.writers == SharedWriters::Players || by.server || owner != SHARED_OWNER;
-        self.count_start(kind, subject_id, owner, regenerate, by).await?;
+        let counted = self.count_start(kind, subject_id, owner, regenerate, by).await?;
         let queue_limit = self.queue_limit;
         let now = self.clock.now_naive();
         let origin = self.origin.clone();
@@ -181,8 +194,16 @@ impl ContentService {
             }
             requested
         };
-        let requested = self.store.write_then(write, committed).await?;
-        requested.row().content()
+        let requested = self.store.write_then(write, committed).await;
+        if let Some(counted) = counted {
+            // Counted before the write knew: given back when nothing was created or regenerated.
+            if !matches!(requested, Ok(Requested::Created(_) | Requested::Regenerating(_))) {
+                if let Some(rate) = &self.rate {
+                    rate.give_back(counted);
+                }
+            }
+        }
+        requested?.row().content()
     }
 
     /// The shared item, or with `scope` player the requester's own.

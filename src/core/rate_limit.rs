@@ -84,6 +84,13 @@ impl<K: Hash + Eq> RateLimiter<K> {
         Ok(())
     }
 
+    /// Takes the last accepted event of `key` back (it turned out not to count).
+    pub fn forget_last(&mut self, key: &K) {
+        if let Some(hits) = self.hits.get_mut(key) {
+            hits.pop_back();
+        }
+    }
+
     /// Forgets keys whose window has passed, at most once per window, so memory follows the
     /// active users only.
     fn sweep(&mut self, now: Instant) {

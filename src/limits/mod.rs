@@ -109,10 +109,11 @@ pub fn reserve(
     let day = day_of(now);
     let mut reserved = ledger::reserve(conn, pair, &day, bound, now)?;
     if reserved.len() < accounts.len() {
-        // A row not there yet (the day's first call) is opened and its reservation tried again.
+        // A row not there when the UPDATE ran (the day's first call, here or on another
+        // process) is opened and its reservation tried once more; one over its limit refuses
+        // again.
         for account in &accounts {
-            let at = |r: &(String, String)| r.0 == account.level && r.1 == account.owner;
-            if !reserved.iter().any(at) && ledger::day(conn, account.level, account.owner, &day)?.is_none() {
+            if !reserved.iter().any(|r| r.0 == account.level && r.1 == account.owner) {
                 ledger::open(conn, account, &day, now)?;
                 reserved.extend(ledger::reserve(conn, [account, account], &day, bound, now)?);
             }

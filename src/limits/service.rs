@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix::Addr;
 use chrono::NaiveDate;
 
+use super::rate::StartRate;
 use super::{day_of, player_limits, seed_row, stored_limits, STUDIO};
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
@@ -50,6 +51,8 @@ pub struct UsageLimits {
     hub: Addr<Hub>,
     metrics: Arc<Metrics>,
     origin: ProcessId,
+    /// Told of a changed start rate.
+    start_rate: Option<Arc<StartRate>>,
 }
 
 impl UsageLimits {
@@ -61,7 +64,7 @@ impl UsageLimits {
         metrics: Arc<Metrics>,
         origin: ProcessId,
     ) -> Self {
-        UsageLimits { store, clock, config, hub, metrics, origin }
+        UsageLimits { store, clock, config, hub, metrics, origin, start_rate: None }
     }
 
     pub async fn limits(&self) -> StoreResult<LimitsRow> {
@@ -72,13 +75,25 @@ impl UsageLimits {
     /// Changes the keys `change` names (stored, so every process and a restart see them).
     pub async fn put_limits(&self, change: LimitsChange) -> StoreResult<LimitsRow> {
         let (seed, now) = (self.config.usage, self.clock.now_naive());
-        self.store
+        let row = self
+            .store
             .write(move |conn| {
                 ledger::seed_limits(conn, &seed_row(&seed, now))?;
                 let row = ledger::put_limits(conn, &change, now)?;
                 row.map_or_else(|| stored_limits(conn, &seed), Ok)
             })
-            .await
+            .await?;
+        // This process's requests follow the new start rate at once (the others' within a second).
+        if let Some(rate) = &self.start_rate {
+            rate.remember(super::start_rate(&row, &seed));
+        }
+        Ok(row)
+    }
+
+    /// The start rate whose stored value a change of the limits refreshes.
+    pub fn with_start_rate(mut self, rate: Arc<StartRate>) -> Self {
+        self.start_rate = Some(rate);
+        self
     }
 
     pub async fn player(&self, user_id: i64) -> StoreResult<Option<PlayerUsage>> {

@@ -153,10 +153,15 @@ impl RunService {
                 Ok((starts, limits::start_rate(&limits::stored_limits(conn, &config.usage)?, &config.usage)))
             })
             .await?;
+        rate.remember(per_player);
         if starts {
-            if let Err(refusal) = rate.admit(by, per_player).await {
-                self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
-                return Err(RunRefused::RateLimited(refusal));
+            match rate.admit(by, per_player).await {
+                // A new run is started from here on, whatever refuses it later.
+                Ok(counted) => drop(counted),
+                Err(refusal) => {
+                    self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
+                    return Err(RunRefused::RateLimited(rate.refused(refusal)));
+                }
             }
         }
         Ok(())

@@ -225,6 +225,37 @@ async fn the_chat_rate_is_shared_by_every_process() {
     }
 }
 
+/// A player's start rate is one window for every process (2 per minute here), and a request
+/// served as it is gives its counted start back on whichever process it came to.
+#[actix_web::test]
+async fn the_start_rate_is_shared_by_every_process_and_cached_answers_are_free() {
+    let prefix = redis_prefix();
+    let configure = with_redis(&redis_url(), &prefix);
+    let app = spawn_with(Setup::new(Db::Postgres), |c| {
+        configure(c);
+        c.usage.player_llm_rate = "2/1m".parse().unwrap();
+    })
+    .await;
+    let other = second_process(&app).await;
+    let (a, b) = (app.url(""), format!("http://{}", other.addr));
+    wait_backplane(&a, true).await;
+    wait_backplane(&b, true).await;
+    let token = app.player_token().await;
+    let ask = |base: &str, subject_id: u64| {
+        let (url, token) = (format!("{base}/api/content"), token.clone());
+        async move { crate::common::post_json(&url, &token, &json!({"kind": "npc", "subject_id": subject_id})).await.0 }
+    };
+    assert_eq!(ask(&a, 1).await, 202, "the first start");
+    for base in [&a, &b, &a, &b] {
+        assert_eq!(ask(base, 1).await, 202, "the item as it is, given back");
+    }
+    assert_eq!(ask(&b, 2).await, 202, "the second start");
+    assert_eq!(ask(&a, 3).await, 429, "a third start on either process");
+    assert_eq!(ask(&b, 4).await, 429);
+    assert_eq!(ask(&b, 1).await, 202, "the item as it is, still free");
+    other.shutdown().await;
+}
+
 /// New anonymous players from one address are counted over every process (2 per hour here).
 #[actix_web::test]
 async fn the_new_players_rate_is_shared_by_every_process() {

@@ -323,6 +323,12 @@ async fn the_player_start_rate_counts_new_items_and_runs(db: Db) {
     let (mut ws, ack) = app.player("Ada").await;
     let token = ack["token"].as_str().unwrap().to_owned();
     assert_eq!(app.content_final(&token, "npc", 1, json!({})).await["status"], "ready");
+    // The item as it is: counted before its write knew, then given back.
+    for _ in 0..4 {
+        let (status, item) =
+            post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 1})).await;
+        assert_eq!((status, item["status"].clone()), (202, json!("ready")), "{item}");
+    }
     assert_eq!(app.content_final(&token, "npc", 1, json!({"regenerate": true})).await["status"], "ready");
     let body = json!({"project_id": "p1", "action": "WRITE", "input": "a bell"});
     let (status, run) = post_json(&app.url("/api/generate"), &token, &body).await;

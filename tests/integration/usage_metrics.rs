@@ -33,7 +33,8 @@ fn refused(level: &str, reason: &str) -> String {
 
 /// A player whose daily tokens fit one npc item: its settlement moves the player's and the
 /// studio's spent tokens and micro-dollars by what the call reported; the next new item is
-/// refused at the player's level (`over_limit`); over the start rate, `start_rate`.
+/// refused at the player's level (`over_limit`) and takes no start; over the start rate,
+/// `start_rate`.
 async fn settlements_and_refusals_move_the_usage_counters(db: Db) {
     let probe = Config::with_database("unused");
     let prompt = prompts::prompt(ContentKind::Npc, 10, &Context::default(), probe.max_output_tokens);
@@ -73,8 +74,13 @@ async fn settlements_and_refusals_move_the_usage_counters(db: Db) {
     assert_eq!(metric(&app, &refused("studio", "over_limit")).await, 0);
     assert_eq!(metric(&app, &spent("tokens", "player")).await, 15, "a refusal charges nothing");
 
-    // The rate's window has two starts, both taken: the third is refused before any limit.
+    // A refused request took no start: with the limit lifted, the window's second start is
+    // free, and the third is refused before any limit.
+    let (status, body) = app.admin_put("/admin/api/limits", json!({"player_daily_tokens": null})).await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 12})).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = post_json(&app.url("/api/content"), &token, &json!({"kind": "npc", "subject_id": 13})).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(metric(&app, &refused("player", "start_rate")).await, 1);
     assert_eq!(metric(&app, &refused("player", "over_limit")).await, 1);
