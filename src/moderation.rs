@@ -49,6 +49,8 @@ pub struct Verdict {
 pub enum ModerationSetupError {
     #[error("LOREWIRE_MODERATION_WORDS: cannot read {path}: {source}")]
     Words { path: String, source: std::io::Error },
+    #[error("LOREWIRE_MODERATION_WORDS: {path}, {source}")]
+    Pattern { path: String, source: crate::domain::moderation::BadPattern },
 }
 
 struct Endpoint {
@@ -88,6 +90,7 @@ impl Moderation {
                 let source = std::fs::read_to_string(path)
                     .map_err(|source| ModerationSetupError::Words { path: path.display().to_string(), source })?;
                 WordList::parse(&source)
+                    .map_err(|source| ModerationSetupError::Pattern { path: path.display().to_string(), source })?
             }
             None => WordList::default(),
         };

@@ -49,10 +49,21 @@ pub struct Flag {
 }
 
 /// The word list: one word or pattern a line; blank lines and lines starting with `#` are
-/// skipped; words are folded as the text is.
+/// skipped; words are folded as the text is. A line `re:PATTERN` is a regular expression,
+/// matched case-insensitively inside each folded word (`^` and `$` anchor it to the word).
 #[derive(Debug, Clone, Default)]
 pub struct WordList {
     words: Vec<Pattern>,
+    expressions: Vec<regex_lite::Regex>,
+}
+
+/// A `re:` line of the word list that is not a regular expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: `re:{pattern}` is not a regular expression: {why}")]
+pub struct BadPattern {
+    pub line: usize,
+    pub pattern: String,
+    pub why: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,33 +83,47 @@ struct Token {
 }
 
 impl WordList {
-    pub fn parse(source: &str) -> WordList {
-        let words = source
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .filter_map(|line| {
-                let any_start = line.starts_with('*');
-                let any_end = line.ends_with('*') && line.len() > 1;
-                let text: String = line.trim_matches('*').chars().filter_map(fold).collect();
-                (!text.is_empty()).then_some(Pattern { text, any_start, any_end })
-            })
-            .collect();
-        WordList { words }
+    pub fn parse(source: &str) -> Result<WordList, BadPattern> {
+        let mut list = WordList::default();
+        for (at, line) in source.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(pattern) = line.strip_prefix("re:") {
+                let expression = regex_lite::Regex::new(&format!("(?i){pattern}")).map_err(|e| BadPattern {
+                    line: at + 1,
+                    pattern: pattern.to_owned(),
+                    why: e.to_string(),
+                })?;
+                list.expressions.push(expression);
+                continue;
+            }
+            let any_start = line.starts_with('*');
+            let any_end = line.ends_with('*') && line.len() > 1;
+            let text: String = line.trim_matches('*').chars().filter_map(fold).collect();
+            if !text.is_empty() {
+                list.words.push(Pattern { text, any_start, any_end });
+            }
+        }
+        Ok(list)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
+        self.words.is_empty() && self.expressions.is_empty()
     }
 
     /// Where the text holds a listed word (byte ranges of the original, in order).
     pub fn find(&self, text: &str) -> Vec<Range<usize>> {
-        if self.words.is_empty() {
+        if self.is_empty() {
             return Vec::new();
         }
         let mut found: Vec<Range<usize>> = tokens(text)
             .into_iter()
-            .filter(|t| self.words.iter().any(|w| w.matches(&t.folded)))
+            .filter(|t| {
+                self.words.iter().any(|w| w.matches(&t.folded))
+                    || self.expressions.iter().any(|e| e.is_match(&t.folded))
+            })
             .map(|t| t.span)
             .collect();
         found.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
@@ -233,7 +258,7 @@ mod tests {
     use super::*;
 
     fn list() -> WordList {
-        WordList::parse("# the studio's words\nbad\n\n*hole\nzonk*\n")
+        WordList::parse("# the studio's words\nbad\n\n*hole\nzonk*\nre:^gr+[o0]ss$\n").unwrap()
     }
 
     fn masked(text: &str) -> String {
@@ -271,8 +296,17 @@ mod tests {
     }
 
     #[test]
+    fn re_lines_are_regular_expressions_over_the_folded_words() {
+        assert_eq!(masked("so GRRROSS, g.r.0.s.s and gross"), "so ***, *** and ***");
+        assert_eq!(masked("engrossed"), "engrossed", "anchored to the word");
+        let bad = WordList::parse("bad\nre:(unclosed\n").unwrap_err();
+        assert_eq!((bad.line, bad.pattern.as_str()), (2, "(unclosed"));
+        assert!(bad.to_string().starts_with("line 2: `re:(unclosed` is not a regular expression"), "{bad}");
+    }
+
+    #[test]
     fn an_empty_list_finds_nothing() {
-        assert!(WordList::parse("# only a comment\n\n").is_empty());
+        assert!(WordList::parse("# only a comment\n\n").unwrap().is_empty());
         assert!(WordList::default().find("bad").is_empty());
     }
 }

@@ -219,4 +219,39 @@ crate::both_backends!(
     flagged_nicknames_are_refused,
     flagged_content_is_regenerated_once_then_falls_back,
     a_flagged_run_stops_before_its_flagged_text_reaches_anyone,
+    re_lines_flag_chat,
 );
+
+/// A word list whose `re:` line is no regular expression, or that cannot be read, does not
+/// start: running unchecked by mistake would be worse.
+#[actix_web::test]
+async fn a_bad_word_list_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "bad\nre:b[a-\n").unwrap();
+    for (path, says) in
+        [(words, "line 2: `re:b[a-` is not a regular expression"), (dir.path().join("none"), "cannot read")]
+    {
+        let db = crate::process::test_db(Db::Sqlite).await;
+        let mut config = lorewire::core::config::Config::with_database(&db.url);
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.moderation.words = Some(path);
+        let refused =
+            lorewire::app::start(config, std::sync::Arc::new(lorewire::core::clock::SystemClock)).await.err().unwrap();
+        assert!(refused.to_string().contains("LOREWIRE_MODERATION_WORDS"), "{refused}");
+        assert!(refused.to_string().contains(says), "{refused}");
+    }
+}
+
+/// A `re:` line of the word list flags chat as a word does.
+async fn re_lines_flag_chat(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "re:^z+[o0]nk$\n").unwrap();
+    let app = spawn_with(Setup::new(db), move |c| c.moderation.words = Some(words)).await;
+    let (mut ws, _) = lobby_player(&app, "Ada").await;
+    ws.send(json!({"type": "message:send", "text": "you Z.Z.0.N.K", "ref": 1})).await;
+    let refused = ws.recv_type("error:moderated").await;
+    assert_eq!(refused["ref"], 1, "{refused}");
+    assert_eq!(flags(&app).await.len(), 1);
+}
