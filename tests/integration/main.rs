@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod abuse;
 mod admin;
 mod admin_summary;
 mod blocking;
