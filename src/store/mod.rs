@@ -13,7 +13,6 @@ pub mod llm_config;
 pub mod messages;
 pub mod moderation;
 pub mod notify;
-pub mod prepared;
 pub mod run_attempts;
 pub mod runs;
 pub mod schema;

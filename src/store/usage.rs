@@ -14,9 +14,8 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use super::notify::{self, Event};
-use super::prepared::Prepared;
 use super::schema::{player_limits, usage_days, usage_holds, usage_limits, users};
-use super::{DbConn, StoreResult};
+use super::{DbConn, Kept, StoreResult};
 use crate::on_backend;
 
 /// Stands for "no limit" in a conditional UPDATE (sums never come near it).
@@ -290,7 +289,7 @@ pub fn reserve(
     let limit = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<BigInt>();
     let token_limit = case_when(is_a, limit(a.limits.0)).otherwise(limit(b.limits.0));
     let micro_limit = case_when(is_a, limit(a.limits.1)).otherwise(limit(b.limits.1));
-    Ok(Prepared(
+    Ok(Kept(
         diesel::update(
             usage_days::table
                 .filter(usage_days::day.eq(day))
@@ -310,7 +309,8 @@ pub fn reserve(
 
 /// Moves a settled call's usage at each of the `(level, owner)` rows of `day` (the same one
 /// twice for one): `charge` becomes spent, `held` is no longer reserved (saturating at zero).
-/// One UPDATE, kept prepared (run for its RETURNING rows, see [`Prepared`]).
+/// One UPDATE, kept prepared ([`Kept`]; run for its RETURNING rows: `execute` hands the
+/// connection a reference, whose statement Diesel does not keep).
 pub fn settle(
     conn: &mut DbConn,
     rows: [(&str, &str); 2],
@@ -326,7 +326,7 @@ pub fn settle(
         case_when(usage_days::reserved_tokens.gt(held.0), usage_days::reserved_tokens - held.0).otherwise(0_i64);
     let micros =
         case_when(usage_days::reserved_micros.gt(held.1), usage_days::reserved_micros - held.1).otherwise(0_i64);
-    Prepared(
+    Kept(
         diesel::update(usage_days::table.filter(usage_days::day.eq(day)).filter(is_a.or(is_b)))
             .set((
                 usage_days::spent_tokens.eq(usage_days::spent_tokens + charge.0),
