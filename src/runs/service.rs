@@ -155,13 +155,10 @@ impl RunService {
             .await?;
         rate.remember(per_player);
         if starts {
-            match rate.admit(by, per_player).await {
-                // A new run is started from here on, whatever refuses it later.
-                Ok(counted) => drop(counted),
-                Err(refusal) => {
-                    self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
-                    return Err(RunRefused::RateLimited(rate.refused(refusal)));
-                }
+            // Counted for good: a new run is started from here on, whatever refuses it later.
+            if let Err(refusal) = rate.admit(by, per_player).await.map(drop) {
+                self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
+                return Err(RunRefused::RateLimited(rate.refused(refusal)));
             }
         }
         Ok(())
