@@ -89,6 +89,20 @@ pub fn reserve(
     spend: &Spend<'_>,
     now: NaiveDateTime,
 ) -> StoreResult<Result<(), Refusal>> {
+    let price = billing::price(conn, spend.model)?;
+    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(price, spend));
+    reserve_bound(conn, seed, spend, price, bound, now)
+}
+
+/// [`reserve`] of a known bound: (tokens, micro-dollars) at the model's `price`.
+fn reserve_bound(
+    conn: &mut DbConn,
+    seed: &UsageConfig,
+    spend: &Spend<'_>,
+    price: Option<Price>,
+    bound: (i64, i64),
+    now: NaiveDateTime,
+) -> StoreResult<Result<(), Refusal>> {
     let limits = stored_limits(conn, seed)?;
     let owner = spend.user_id.to_string();
     // The game server's own requests (no player) count for the studio only.
@@ -97,10 +111,8 @@ pub fn reserve(
         user_id => Some(player_limits(conn, &limits, user_id)?),
     };
     let studio = (limits.studio_daily_tokens, limits.studio_daily_micros);
-    let price = billing::price(conn, spend.model)?;
     let levels: Vec<(Level, DailyLimits)> =
         player.map(|p| (Level::Player, p)).into_iter().chain([(Level::Studio, studio)]).collect();
-    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(price, spend));
     let accounts: Vec<Account<'_>> = levels
         .iter()
         .map(|&(level, limits)| Account { level: level.as_str(), owner: key(level, &owner), limits })
@@ -181,6 +193,27 @@ pub fn player_refuses(
     let micros = day.spent_micros + day.reserved_micros + worst_case(price, spend);
     let over = token_limit.is_some_and(|l| tokens > l) || micro_limit.is_some_and(|l| micros > l);
     Ok(over.then(|| Refusal::over(Level::Player, "usage")))
+}
+
+/// The call `target` held for was cut short (its process died, or lost the job): what it
+/// held is charged at every level (its usage is not known), and the same bound is reserved
+/// again for the call about to be made, under the limits as they are now (PROTOCOL §5).
+/// Nothing held: nothing to do. Says what it charged.
+pub fn charge_cut(
+    conn: &mut DbConn,
+    seed: &UsageConfig,
+    target: &str,
+    now: NaiveDateTime,
+) -> StoreResult<(Charged, Result<(), Refusal>)> {
+    let held = ledger::holds(conn, target)?;
+    let Some(first) = held.first() else { return Ok((Charged::default(), Ok(()))) };
+    let (user_id, model) = (first.user_id, first.model.clone());
+    let bound = held.iter().fold((0_i64, 0_i64), |(t, m), h| (t.saturating_add(h.tokens), m.saturating_add(h.micros)));
+    let charged = settle(conn, target, Used::Unknown, now)?;
+    let price = billing::price(conn, &model)?;
+    // Output is part of the bound already: the whole of it stands as prompt here.
+    let spend = Spend { user_id, model: &model, target, prompt_tokens: bound.0, output_tokens: 0 };
+    Ok((charged, reserve_bound(conn, seed, &spend, price, bound, now)?))
 }
 
 /// Whether `target` holds a reservation (a run's attempt reserved before it was made).

@@ -19,7 +19,7 @@ use super::checked::Held;
 use super::live::LiveRuns;
 use super::relay::Relay;
 use super::service::{publish, run_target};
-use super::{estimate_tokens, prompt_token_bound, RunErrorCode, Usage};
+use super::{estimate_tokens, prompt_token_bound, RunErrorCode, RunStatus, Usage};
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
@@ -29,7 +29,8 @@ use crate::domain::limits::{Level, Refusal};
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
-use crate::limits::observe;
+use crate::limits::observe::{self, Charged};
+use crate::limits::Used;
 use crate::limits::{self, Spend};
 use crate::llm::call::record_last_error;
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, Permit, Report};
@@ -38,8 +39,8 @@ use crate::llm::providers::{self, TextPrompt};
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::moderation::Moderation;
 use crate::store::run_attempts::{self as attempts, AttemptEnd};
-use crate::store::runs as rows;
-use crate::store::{billing, llm_config, Store};
+use crate::store::runs::{self as rows, RunRow};
+use crate::store::{billing, llm_config, Store, StoreError};
 
 mod attempt;
 
@@ -137,16 +138,67 @@ impl RunJob {
     /// the transaction that removes the job, and its sessions hear `run:error`.
     async fn give_up(&self, claim: Claim) -> JobResult {
         let run_pk = claim.target_id;
-        let row = self.store.run(move |conn| rows::find_by_id(conn, run_pk)).await?;
+        let (row, price) = self
+            .store
+            .run(move |conn| {
+                let row = rows::find_by_id(conn, run_pk)?;
+                let price = match &row {
+                    Some(r) => billing::price(conn, &r.model)?,
+                    None => None,
+                };
+                Ok((row, price))
+            })
+            .await?;
         let Some(row) = row.filter(|r| r.is_active()) else {
             return nothing_to_do(&self.store, &claim).await;
         };
+        // The last attempt may have been cut short too: it is charged all the same (its
+        // reservation alone when the run's action cannot be read).
+        let worst_case = self.prompt(&row).ok().and_then(|prompt| {
+            price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)))
+        });
+        let row = self.charge_cut(row, worst_case).await?;
         let ctx = Attempt { d: self.crew(), claim: &claim, run_pk, run_id: &row.run_id, model: &row.model };
         let end = AttemptEnd::Dead {
             code: RunErrorCode::Internal,
             message: "the run failed on the server's side and its attempts are spent".into(),
         };
         ctx.end(row.attempts, Usage::default(), 0, end).await
+    }
+
+    /// What the run asks the model.
+    fn prompt(&self, row: &RunRow) -> Result<TextPrompt, StoreError> {
+        let action = row.action()?;
+        Ok(TextPrompt {
+            system: action.system_prompt().to_owned(),
+            user: action.user_message(&row.input),
+            max_tokens: self.limits.max_output_tokens,
+        })
+    }
+
+    /// A run still `running` when it is claimed had its last attempt cut short (its process
+    /// died, or lost the job): that attempt is charged what it held at every level (the
+    /// project's reservation, else `worst_case`; the player's and the studio's holds as
+    /// reserved), before anything else (PROTOCOL §5). The run as it is now.
+    async fn charge_cut(&self, row: RunRow, worst_case: Option<i64>) -> Result<RunRow, StoreError> {
+        if row.run_status() != Some(RunStatus::Running) {
+            return Ok(row);
+        }
+        let (run_pk, target, now) = (row.id, run_target(&row.run_id), self.clock.now_naive());
+        let (cut, charged) = self
+            .store
+            .write(move |conn| {
+                let Some(cut) = attempts::charge_cut(conn, run_pk, worst_case.unwrap_or(0), now)? else {
+                    return Ok((None, Charged::default()));
+                };
+                Ok((Some(cut), limits::settle(conn, &target, Used::Unknown, now)?))
+            })
+            .await?;
+        charged.record(&self.metrics);
+        let Some(cut) = cut else { return Ok(row) };
+        tracing::warn!(run = %cut.run_id, attempt = cut.attempts, charged_micros = cut.cost_micros - row.cost_micros,
+            "an attempt cut short is charged what it held");
+        Ok(cut)
     }
 
     /// Runs one attempt of the run behind `claim`; every `Ok` path ended the job (committed)
@@ -167,19 +219,17 @@ impl RunJob {
         let Some(row) = row.filter(|r| r.is_active()) else {
             return nothing_to_do(&self.store, &claim).await;
         };
+        let prompt = self.prompt(&row)?;
+        let worst_case =
+            price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
+        let row = self.charge_cut(row, worst_case).await?;
         let run_id = row.run_id.clone();
-        let action = row.action()?;
         let mut cancel = self.live.cancel_signal(&run_id);
         let ctx = Attempt { d: self.crew(), claim: &claim, run_pk, run_id: &run_id, model: &row.model };
         if *cancel.borrow() {
             return ctx.end(row.attempts, Usage::default(), 0, AttemptEnd::Aborted).await;
         }
 
-        let prompt = TextPrompt {
-            system: action.system_prompt().to_owned(),
-            user: action.user_message(&row.input),
-            max_tokens: self.limits.max_output_tokens,
-        };
         let credentials = match config.as_ref().map(crate::llm::credentials) {
             Some(Ok(credentials)) => credentials,
             unusable => {
@@ -190,8 +240,6 @@ impl RunJob {
             }
         };
         let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
-        let worst_case =
-            price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
 
         // The reservation first: waiting on the circuit keeps it, so the run cannot be refused later.
         // (Skipped, saving a write, when the run holds one already or its project has no budget.)
