@@ -30,7 +30,6 @@ use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::limits::observe::{self, Charged};
-use crate::limits::Used;
 use crate::limits::{self, Spend};
 use crate::llm::call::record_last_error;
 use crate::llm::circuit::{self, Acquire, CircuitBreaker, Permit, Report};
@@ -179,19 +178,23 @@ impl RunJob {
     /// A run still `running` when it is claimed had its last attempt cut short (its process
     /// died, or lost the job): that attempt is charged what it held at every level (the
     /// project's reservation, else `worst_case`; the player's and the studio's holds as
-    /// reserved), before anything else (PROTOCOL §5). The run as it is now.
+    /// reserved), and the same is reserved again for the next one where it fits, in one
+    /// transaction (PROTOCOL §5). The run as it is now.
     async fn charge_cut(&self, row: RunRow, worst_case: Option<i64>) -> Result<RunRow, StoreError> {
         if row.run_status() != Some(RunStatus::Running) {
             return Ok(row);
         }
         let (run_pk, target, now) = (row.id, run_target(&row.run_id), self.clock.now_naive());
+        let usage = self.usage;
         let (cut, charged) = self
             .store
             .write(move |conn| {
                 let Some(cut) = attempts::charge_cut(conn, run_pk, worst_case.unwrap_or(0), now)? else {
                     return Ok((None, Charged::default()));
                 };
-                Ok((Some(cut), limits::settle(conn, &target, Used::Unknown, now)?))
+                // Refused again: the attempt's own reservation refuses it (budget_exceeded).
+                let (charged, _) = limits::charge_cut(conn, &usage, &target, now)?;
+                Ok((Some(cut), charged))
             })
             .await?;
         charged.record(&self.metrics);

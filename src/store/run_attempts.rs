@@ -53,9 +53,10 @@ pub fn ensure_reservation(
 }
 
 /// An attempt cut short (its process died, or lost the job's lease) is charged what it held,
-/// at restart, before the next one reserves anew (PROTOCOL §5): the project's reservation, or
-/// `worst_case` when the project has no budget, with a cost event; the run goes back to
-/// `queued` holding nothing. `None` when the run is not `running`: nothing was cut.
+/// at restart (PROTOCOL §5): the project's reservation, or `worst_case` when the project has
+/// no budget, with a cost event; the run goes back to `queued`, holding the same reservation
+/// again if the budget still has room for it (else nothing: the next attempt is refused).
+/// `None` when the run is not `running`: nothing was cut.
 pub fn charge_cut(conn: &mut DbConn, run_pk: i64, worst_case: i64, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
     write_tx(conn, |conn| {
         let Some(row) = find_by_id(conn, run_pk)? else { return Ok(None) };
@@ -77,11 +78,12 @@ pub fn charge_cut(conn: &mut DbConn, run_pk: i64, worst_case: i64, now: NaiveDat
             created_at: now,
         };
         billing::add_cost_event(conn, &event)?;
+        let again = row.reserved_micros > 0 && billing::reserve(conn, &row.project_id, row.reserved_micros, now)?;
         let row = diesel::update(runs::table.find(run_pk))
             .set((
                 runs::status.eq(RunStatus::Queued.as_str()),
                 runs::cost_micros.eq(runs::cost_micros + charge),
-                runs::reserved_micros.eq(0),
+                runs::reserved_micros.eq(if again { row.reserved_micros } else { 0 }),
                 runs::updated_at.eq(now),
             ))
             .returning(runs::all_columns)

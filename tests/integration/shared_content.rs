@@ -315,6 +315,37 @@ async fn a_player_leaves_at_most_the_cap_of_rest_runs_unwatched(db: Db) {
     assert_eq!(post_json(&generate, &ada_token, &run("three")).await.0, 202);
 }
 
+/// Two processes on one PostgreSQL database admit one player's REST runs at once: the cap
+/// holds over both (each process's count alone would let each admit the cap). Five rounds of
+/// twenty concurrent starts, each round a new player.
+#[actix_web::test]
+async fn two_processes_never_pass_a_players_cap_of_rest_runs() {
+    let app = spawn_with(Setup::new(Db::Postgres), |c| c.identity.player_unwatched_runs = 2).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_secs(5)));
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(config, std::sync::Arc::new(lorewire::core::clock::SystemClock))
+        .await
+        .expect("second process starts");
+    let urls = [app.url("/api/generate"), format!("http://{}/api/generate", other.addr)];
+    let mut admitted_total = 0;
+    for round in 0..5 {
+        let token = app.player(&format!("Ada{round}")).await.1["token"].as_str().unwrap().to_owned();
+        let answers = futures_util::future::join_all((0..20).map(|i| {
+            let (url, token) = (urls[i % 2].clone(), token.clone());
+            let body = json!({"project_id": "p1", "action": "WRITE", "input": format!("round {round} run {i}")});
+            async move { post_json(&url, &token, &body).await }
+        }))
+        .await;
+        let admitted = answers.iter().filter(|(status, _)| *status == 202).count();
+        assert_eq!(admitted, 2, "round {round}: {answers:?}");
+        assert!(answers.iter().all(|(s, b)| *s == 202 || (*s == 429 && b["error"] == "rate_limited")), "{answers:?}");
+        admitted_total += admitted;
+    }
+    let (_, listed) = app.admin_get("/admin/api/runs?limit=100").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), admitted_total, "nothing refused was stored: {listed}");
+}
+
 crate::both_backends!(
     a_player_leaves_at_most_the_cap_of_rest_runs_unwatched,
     only_the_game_server_changes_shared_items,
