@@ -79,7 +79,14 @@ impl MoodJob {
                 // An earlier claim cut short (its process died, or lost the job), maybe
                 // mid-call: what it held is charged before this attempt reserves anew.
                 let cut = if cut { limits::settle(conn, &target, Used::Unknown, now)? } else { Charged::default() };
-                let spend = Spend { user_id: author, model: &model, target: &target, prompt_tokens, output_tokens };
+                let spend = Spend {
+                    user_id: author,
+                    project: None,
+                    model: &model,
+                    target: &target,
+                    prompt_tokens,
+                    output_tokens,
+                };
                 Ok((cut, limits::reserve(conn, &usage, &spend, now)?))
             })
             .await?;

@@ -55,6 +55,7 @@ pub(super) fn admit(
     let admitted = rows::admit(conn, &admission, now)?;
     let spend = Spend {
         user_id: player,
+        project: Some(&req.project_id),
         model: &model,
         target: &run_target(run_id),
         prompt_tokens: i64::try_from(bound).unwrap_or(i64::MAX),

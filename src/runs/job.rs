@@ -265,10 +265,11 @@ impl RunJob {
             attempts::Reservation::Held => {}
         }
 
-        // The player's and the studio's share of this attempt: reserved at admission for the
-        // first, again for each later one (the last was settled).
+        // The player's, the project's day and the studio's share of this attempt: reserved at
+        // admission for the first, again for each later one (the last was settled).
         if let Some(user_id) = row.user_id {
             let (target, model, usage) = (run_target(&run_id), row.model.clone(), self.usage);
+            let project = row.project_id.clone();
             let prompt_tokens = i64::try_from(prompt_token_bound(&prompt.system, &prompt.user)).unwrap_or(i64::MAX);
             let output_tokens = i64::from(prompt.max_tokens);
             let ensured = self
@@ -277,7 +278,9 @@ impl RunJob {
                     if limits::holds(conn, &target)? {
                         return Ok(Ok(()));
                     }
-                    let spend = Spend { user_id, model: &model, target: &target, prompt_tokens, output_tokens };
+                    let project = Some(project.as_str());
+                    let spend =
+                        Spend { user_id, project, model: &model, target: &target, prompt_tokens, output_tokens };
                     limits::reserve(conn, &usage, &spend, now)
                 })
                 .await?;

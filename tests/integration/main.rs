@@ -29,6 +29,7 @@ mod openapi;
 mod pages;
 mod presence_window;
 mod process;
+mod project_limits;
 mod queue_limit;
 mod redis;
 mod repair;
