@@ -22,7 +22,7 @@ use crate::domain::topic::Topic;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::jobs::JobsAvailable;
-use crate::limits::rate::StartRate;
+use crate::limits::rate::{Counted, StartRate};
 use crate::limits::{self, observe, Used};
 use crate::store::run_attempts;
 use crate::store::runs::{self as rows, Admitted, RunRow};
@@ -130,8 +130,8 @@ impl RunService {
 
     /// Counts a request that would start a new run against the player's start rate; one that
     /// joins a running run or is answered from a finished one costs nothing.
-    async fn count_start(&self, req: &RunRequest, by: i64) -> Result<(), RunRefused> {
-        let Some(rate) = &self.rate else { return Ok(()) };
+    async fn count_start(&self, req: &RunRequest, by: i64) -> Result<Option<Counted>, RunRefused> {
+        let Some(rate) = &self.rate else { return Ok(None) };
         let (config, req) = (self.config.clone(), req.clone());
         let (starts, per_player) = self
             .store
@@ -144,14 +144,16 @@ impl RunService {
             })
             .await?;
         rate.remember(per_player);
-        if starts {
-            // Counted for good: a new run is started from here on, whatever refuses it later.
-            if let Err(refusal) = rate.admit(by, per_player).await.map(drop) {
+        if !starts {
+            return Ok(None);
+        }
+        match rate.admit(by, per_player).await {
+            Ok(counted) => Ok(Some(counted)),
+            Err(refusal) => {
                 self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
-                return Err(RunRefused::RateLimited(rate.refused(refusal)));
+                Err(RunRefused::RateLimited(rate.refused(refusal)))
             }
         }
-        Ok(())
     }
 
     /// The project's budget refuses a run (counted).
@@ -170,7 +172,18 @@ impl RunService {
     /// reserves its first attempt's bound for the player and the studio with the project's
     /// budget, in one transaction.
     pub async fn start(&self, req: RunRequest, waiter: Waiter, player: i64) -> Result<Started, RunRefused> {
-        self.count_start(&req, player).await?;
+        let counted = self.count_start(&req, player).await?;
+        let started = self.admit(req, waiter, player).await;
+        // A start that started nothing (refused with nothing stored, or it joined a run or was
+        // answered from one meanwhile) is given back to the player's start rate.
+        let new = matches!(started, Ok(Started::Queued { joined: false, .. } | Started::NoConfig(_)));
+        if let (Some(rate), Some(counted), false) = (&self.rate, counted, new) {
+            rate.give_back(counted);
+        }
+        started
+    }
+
+    async fn admit(&self, req: RunRequest, waiter: Waiter, player: i64) -> Result<Started, RunRefused> {
         let now = self.clock.now_naive();
         let config = self.config.clone();
         let run_id = new_run_id();
