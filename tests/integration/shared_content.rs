@@ -315,6 +315,33 @@ async fn a_player_leaves_at_most_the_cap_of_rest_runs_unwatched(db: Db) {
     assert_eq!(post_json(&generate, &ada_token, &run("three")).await.0, 202);
 }
 
+/// `run:queued`'s position follows the claim's order: a player's run queued behind another
+/// player's flood of runs is told its turn (right after the flood's next run), not the flood's
+/// length.
+async fn a_run_queued_behind_another_players_flood_is_told_its_turn(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| c.llm_concurrency = 1).await;
+    app.fake.set_mode(Mode::Hang);
+    let ada = app.player("Ada").await.1["token"].as_str().unwrap().to_owned();
+    let bo = app.player("Bo").await.1["token"].as_str().unwrap().to_owned();
+    let generate = app.url("/api/generate");
+    let run = |input: String| json!({"project_id": "p1", "action": "WRITE", "input": input});
+    let mut last = json!(null);
+    for i in 0..6 {
+        let (status, queued) = post_json(&generate, &ada, &run(format!("flood {i}"))).await;
+        assert_eq!(status, 202, "{queued}");
+        last = queued;
+    }
+    // Behind each other (the first may be running already).
+    assert!(last["position"].as_i64().unwrap() >= 4, "one player's runs queue behind each other: {last}");
+    crate::common::eventually("the flood's first run to be called", || async {
+        (app.fake.request_count() >= 1).then_some(())
+    })
+    .await;
+    let (status, queued) = post_json(&generate, &bo, &run("bo's one".into())).await;
+    assert_eq!(status, 202, "{queued}");
+    assert!(queued["position"].as_i64().unwrap() <= 1, "the other player's turn: {queued}");
+}
+
 /// Two processes on one PostgreSQL database admit one player's REST runs at once: the cap
 /// holds over both (each process's count alone would let each admit the cap). Five rounds of
 /// twenty concurrent starts, each round a new player.
@@ -348,6 +375,7 @@ async fn two_processes_never_pass_a_players_cap_of_rest_runs() {
 
 crate::both_backends!(
     a_player_leaves_at_most_the_cap_of_rest_runs_unwatched,
+    a_run_queued_behind_another_players_flood_is_told_its_turn,
     only_the_game_server_changes_shared_items,
     players_change_shared_items_when_they_are_the_writers,
     player_items_are_each_players_own,
