@@ -10,8 +10,15 @@
 //! streams a run is known): the latency of every `run:delta` from the upstream's chunk, on the
 //! process that streams it and on the others.
 //!
+//! Then content across processes: 1, 2 and 3 real binaries on one PostgreSQL database and one
+//! Redis, each with its own fake upstream (answering at once) and its own 32 WebSocket clients
+//! (each asking for items one after another, waiting for `ready`): the items per second of all
+//! processes together, request -> `ready` p50 / p99, and the servers' CPU per item.
+//!
 //! `cargo bench --bench cluster` (Linux; needs the local PostgreSQL and Redis, as the tests do).
-//! LOREWIRE_BENCH_CLIENTS / LOREWIRE_BENCH_MESSAGES change the sizes.
+//! LOREWIRE_BENCH_CLIENTS / LOREWIRE_BENCH_MESSAGES / LOREWIRE_BENCH_RUNS /
+//! LOREWIRE_BENCH_ITEMS (per process, default 2,000) change the sizes; LOREWIRE_BENCH_PARTS
+//! (`fanout,runs,content`) which parts run.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/common/mod.rs"]
@@ -204,24 +211,95 @@ async fn streamed_runs(name: &str, database_url: &str, redis: Option<(&str, &str
     );
 }
 
+/// One content client: `count` items one after another; the latency of each.
+async fn content_client(addr: &str, first_id: u64, count: u64) -> Vec<Duration> {
+    let mut ws = common::WsClient::connect(&format!("http://{addr}/ws")).await;
+    ws.send(json!({"type": "session:start", "nickname": "Bench"})).await;
+    ws.recv_type("session:ack").await;
+    let mut latencies = Vec::with_capacity(count as usize);
+    for subject_id in first_id..first_id + count {
+        let started = Instant::now();
+        ws.send(json!({"type": "content:request", "kind": "quest", "subject_id": subject_id})).await;
+        loop {
+            let frame = ws.recv().await;
+            if frame["type"] == "content:update" && frame["content"]["subject_id"] == subject_id {
+                assert_eq!(frame["content"]["status"], "ready", "{frame}");
+                break;
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    ws.close().await;
+    latencies
+}
+
+/// Content items per second over `processes` processes on one database, each with its own
+/// upstream and `clients` clients.
+async fn content_scaling(processes: usize, clients: u64, items: u64) {
+    let db = actix_web::rt::task::spawn_blocking(|| common::TestDb::new(common::Db::Postgres)).await.unwrap();
+    let (redis_url, prefix) = (common::redis_url(), common::redis_prefix());
+    let fakes: Vec<common::FakeLlm> = (0..processes).map(|_| common::FakeLlm::start()).collect();
+    let mut servers = Vec::new();
+    for fake in &fakes {
+        let extra = [
+            ("LOREWIRE_LLM_PROVIDER", "openai-chat".to_owned()),
+            ("LOREWIRE_LLM_BASE_URL", fake.openai_base_url()),
+            ("LOREWIRE_LLM_API_KEY", "sk-bench-0000".to_owned()),
+            ("LOREWIRE_LLM_MODEL", "bench-model".to_owned()),
+            ("LOREWIRE_LLM_CONCURRENCY", "64".to_owned()),
+        ];
+        servers.push(start(&db.url, Some((&redis_url, &prefix)), &extra).await);
+    }
+    // Warm-up: connections, prepared statements.
+    let warm = servers.iter().enumerate().map(|(p, s)| content_client(&s.addr, 10_000_000 + p as u64 * 1000, 20));
+    futures_util::future::join_all(warm).await;
+    let per_client = (items / clients).max(1);
+    let cpu_before: Duration = servers.iter().map(Server::cpu).sum();
+    let started = Instant::now();
+    let all = servers.iter().enumerate().flat_map(|(p, server)| {
+        (0..clients).map(move |c| content_client(&server.addr, (p as u64 * clients + c) * per_client + 1, per_client))
+    });
+    let mut latencies: Vec<Duration> = futures_util::future::join_all(all).await.concat();
+    let elapsed = started.elapsed();
+    let cpu = servers.iter().map(Server::cpu).sum::<Duration>() - cpu_before;
+    latencies.sort();
+    let n = latencies.len();
+    println!(
+        "content, {processes} process(es) x {clients} clients: {n} items in {secs:.2} s = {rate:.0}/s; request -> ready \
+         p50 {p50:.2} ms, p99 {p99:.2} ms; servers' CPU {per:.3} ms per item",
+        secs = elapsed.as_secs_f64(),
+        rate = n as f64 / elapsed.as_secs_f64(),
+        p50 = support::ms(&latencies, 0.50),
+        p99 = support::ms(&latencies, 0.99),
+        per = cpu.as_secs_f64() * 1000.0 / n as f64,
+    );
+}
+
 fn main() {
     let fds = support::raise_fd_limit();
     let clients = support::env_usize("LOREWIRE_BENCH_CLIENTS", 1000);
     let messages = support::env_usize("LOREWIRE_BENCH_MESSAGES", 100);
     assert!(fds as usize > 2 * clients + 100, "open-file limit {fds} is too low for {clients} clients");
+    let parts = std::env::var("LOREWIRE_BENCH_PARTS").unwrap_or_else(|_| "fanout,runs,content".into());
     actix_web::rt::System::new().block_on(async move {
         let redis_url = common::redis_url();
-        for (name, redis) in [("redis", true), ("notify", false)] {
+        for (name, redis) in [("redis", true), ("notify", false)].into_iter().filter(|_| parts.contains("fanout")) {
             let db = actix_web::rt::task::spawn_blocking(|| common::TestDb::new(common::Db::Postgres)).await.unwrap();
             let prefix = common::redis_prefix();
             let redis = redis.then_some((redis_url.as_str(), prefix.as_str()));
             fan_out(name, &db.url, redis, clients, messages).await;
         }
-        for (name, redis) in [("redis", true), ("notify", false)] {
+        for (name, redis) in [("redis", true), ("notify", false)].into_iter().filter(|_| parts.contains("runs")) {
             let db = actix_web::rt::task::spawn_blocking(|| common::TestDb::new(common::Db::Postgres)).await.unwrap();
             let prefix = common::redis_prefix();
             let redis = redis.then_some((redis_url.as_str(), prefix.as_str()));
             streamed_runs(name, &db.url, redis, support::env_usize("LOREWIRE_BENCH_RUNS", 200)).await;
+        }
+        if parts.contains("content") {
+            let items = support::env_usize("LOREWIRE_BENCH_ITEMS", 2000) as u64;
+            for processes in 1..=3 {
+                content_scaling(processes, 32, items).await;
+            }
         }
     });
 }
