@@ -100,6 +100,8 @@ pub struct CircuitSnapshot {
 }
 
 pub struct CircuitBreaker {
+    /// The upstream whose circuit this is (its row in `llm_config`).
+    upstream: i64,
     settings: CircuitSettings,
     clock: SharedClock,
     store: Store,
@@ -140,6 +142,7 @@ impl CircuitBreaker {
             CircuitState::Closed
         });
         CircuitBreaker {
+            upstream: llm_config::ID,
             settings,
             clock,
             store,
@@ -155,6 +158,12 @@ impl CircuitBreaker {
             saving: false,
             dirty: false,
         }
+    }
+
+    /// The breaker of upstream `id` (the first's by default).
+    pub fn for_upstream(mut self, id: i64) -> Self {
+        self.upstream = id;
+        self
     }
 
     fn snapshot(&self) -> CircuitSnapshot {
@@ -187,9 +196,17 @@ impl CircuitBreaker {
 
     fn set_state(&mut self, state: CircuitState) {
         if self.state != state {
-            tracing::info!(from = self.state.as_str(), to = state.as_str(), "circuit breaker");
+            tracing::info!(
+                upstream = self.upstream,
+                from = self.state.as_str(),
+                to = state.as_str(),
+                "circuit breaker"
+            );
         }
         self.state = state;
+        if self.upstream != llm_config::ID {
+            return;
+        }
         self.metrics.circuit_state.set(match state {
             CircuitState::Closed => 0,
             CircuitState::Open => 1,
@@ -263,8 +280,9 @@ impl CircuitBreaker {
         let record = self.record();
         let now = self.clock.now_naive();
         let store = self.store.clone();
+        let id = self.upstream;
         ctx.spawn(
-            async move { store.write(move |conn| llm_config::save_circuit(conn, &record, now)).await }
+            async move { store.write(move |conn| llm_config::save_circuit_of(conn, id, &record, now)).await }
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     act.saving = false;
@@ -370,7 +388,7 @@ impl Handler<Reset> for CircuitBreaker {
         self.close(ctx);
         self.retry_after_until = None;
         self.persist(ctx);
-        tracing::info!("circuit breaker reset by admin");
+        tracing::info!(upstream = self.upstream, "circuit breaker reset by admin");
         MessageResult(self.snapshot())
     }
 }

@@ -10,6 +10,7 @@ pub mod providers;
 pub mod redact;
 pub mod settings;
 pub mod stream;
+pub mod upstreams;
 
 pub use call::{Answer, Llm};
 pub use credentials::{credentials, Credentials};

@@ -43,6 +43,7 @@ mod storage;
 mod store_queries;
 mod types;
 mod upgrade;
+mod upstreams;
 mod usage_limits;
 mod usage_metrics;
 mod worker;
