@@ -435,7 +435,7 @@ impl Running {
         let backplane = self.state.backplane.clone();
         let _ = actix_web::rt::task::spawn_blocking(move || backplane.stop()).await;
         self.state.jobs.do_send(Stop);
-        self.state.circuit.do_send(Stop);
+        self.state.upstreams.stop_all();
         self.state.hub.do_send(Stop);
         self.state.metric_history.do_send(Stop);
         self.state.chat.presence().do_send(Stop);

@@ -99,9 +99,9 @@ impl ContentJob {
         for _ in 0..2 {
             let answer = match self.llm.call(&upstreams, &prompt, |text| kind.validate_output(text), &what).await {
                 Ok(answer) => answer,
-                Err(failure) => {
-                    used = used.and(limits::used_by_failure(failure));
-                    ending = Some(fallback(kind, subject_id, failure.into(), Used::Nothing));
+                Err(no_answer) => {
+                    used = used.and(limits::used_by_failures(&no_answer.tried));
+                    ending = Some(fallback(kind, subject_id, no_answer.reason.into(), Used::Nothing));
                     break;
                 }
             };

@@ -225,6 +225,11 @@ pub fn used_by_failure(failure: CallFailure) -> Used {
     }
 }
 
+/// What the tried upstreams of a call no upstream answered used together.
+pub fn used_by_failures(tried: &[CallFailure]) -> Used {
+    tried.iter().fold(Used::Nothing, |used, failure| used.and(used_by_failure(*failure)))
+}
+
 /// Settles every hold of `target`: the usage is charged (at the day and levels of its first
 /// hold) and the holds released. Nothing held: nothing to do. Says what it charged at each level.
 pub fn settle(conn: &mut DbConn, target: &str, used: Used, now: NaiveDateTime) -> StoreResult<Charged> {

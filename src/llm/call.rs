@@ -36,7 +36,7 @@ use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::domain::answer::{Checked, OutputError};
 use crate::domain::runs::Usage;
-use crate::domain::upstream::{CallFailure, UpstreamFailure};
+use crate::domain::upstream::{CallFailure, NoAnswer, UpstreamFailure};
 use crate::store::upstreams::{self, UpstreamRow};
 use crate::store::Store;
 
@@ -116,10 +116,10 @@ impl Llm {
         prompt: &Prompt,
         validate: impl Fn(&str) -> Result<Checked<T>, OutputError>,
         what: &str,
-    ) -> Result<Answer<T>, CallFailure> {
+    ) -> Result<Answer<T>, NoAnswer> {
         let mut left: Vec<&UpstreamRow> = rows.iter().filter(|row| row.enabled).collect();
-        let (mut tries, mut last, mut untried) = (0, None, CallFailure::NoConfig);
-        while tries < self.hops {
+        let (mut tried, mut untried) = (Vec::new(), CallFailure::NoConfig);
+        while tried.len() < self.hops {
             let unparked: Vec<usize> = (0..left.len()).filter(|i| left[*i].parked.is_none()).collect();
             // A parked upstream is the last resort: tried only when no other is usable.
             let pool = if unparked.is_empty() { (0..left.len()).collect() } else { unparked };
@@ -150,21 +150,20 @@ impl Llm {
                     continue;
                 }
             };
-            tries += 1;
-            let tried = self.try_upstream(row, &credentials, prompt, &validate, what).await;
-            let outcome = tried.as_ref().map_or_else(|(outcome, ..)| *outcome, |_| Outcome::Success);
+            let answered = self.try_upstream(row, &credentials, prompt, &validate, what).await;
+            let outcome = answered.as_ref().map_or_else(|(outcome, ..)| *outcome, |_| Outcome::Success);
             circuit.do_send(Report { probe, outcome });
-            match tried {
+            match answered {
                 Ok(answer) => return Ok(answer),
                 Err((_, failure, moves_on)) => {
-                    last = Some(failure);
+                    tried.push(failure);
                     if !moves_on {
                         break;
                     }
                 }
             }
         }
-        Err(last.unwrap_or(untried))
+        Err(NoAnswer { reason: tried.last().copied().unwrap_or(untried), tried })
     }
 
     /// The call (and its re-ask) on one upstream whose circuit permitted it; a failure with
@@ -232,6 +231,7 @@ impl Llm {
         };
         self.upstreams.count(upstream, !matches!(judged, Judged::Valid(..)));
         self.metrics.upstream_calls.with_label_values(&[&label]).inc();
+        self.metrics.upstream_calls_by_upstream.with_label_values(&[&upstream.to_string(), &label]).inc();
         judged
     }
 

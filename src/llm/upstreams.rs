@@ -96,6 +96,13 @@ impl Upstreams {
         }
     }
 
+    /// Stops every circuit (the end of a graceful stop).
+    pub fn stop_all(&self) {
+        for known in self.known().values() {
+            known.circuit.do_send(crate::core::shutdown::Stop);
+        }
+    }
+
     /// Counts one call to upstream `id`, failed or not.
     pub fn count(&self, id: i64, failed: bool) {
         if let Some(known) = self.known().get_mut(&id) {

@@ -99,9 +99,9 @@ impl MoodJob {
                 let used = answer.usage.map_or(Used::Unknown, Used::Reported);
                 (answer.value, MoodStatus::Ready, (used, Some(answer.model)))
             }
-            Err(reason) => {
-                tracing::info!(message = message_id, %reason, "mood fallback");
-                (Mood::Neutral, MoodStatus::Fallback, (limits::used_by_failure(reason), None))
+            Err(no_answer) => {
+                tracing::info!(message = message_id, reason = %no_answer.reason, "mood fallback");
+                (Mood::Neutral, MoodStatus::Fallback, (limits::used_by_failures(&no_answer.tried), None))
             }
         };
         self.commit(&claim, mood, status, used).await

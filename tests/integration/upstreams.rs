@@ -34,6 +34,11 @@ async fn upstream(app: &TestApp, id: i64) -> Value {
     upstream
 }
 
+async fn metrics_text(app: &TestApp) -> String {
+    let mut resp = http().get(app.url("/metrics")).send().await.unwrap();
+    String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap()
+}
+
 async fn delete(app: &TestApp, path: &str) -> (u16, Value) {
     let mut resp = http().delete(app.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     let status = resp.status().as_u16();
@@ -75,12 +80,43 @@ async fn content_is_ready_through_the_next_upstream(db: Db) {
         (Some(true), Some("4321"))
     );
     assert_eq!(second_view["circuit"]["state"], "closed");
+    let metrics = metrics_text(&app).await;
+    for (upstream, outcome) in [("1", "api_error_500"), (&*second_id.to_string(), "ok")] {
+        let labels = [format!("upstream=\"{upstream}\""), format!("outcome=\"{outcome}\"")];
+        let found = metrics.lines().any(|l| {
+            l.starts_with("lorewire_upstream_calls_by_upstream_total{")
+                && labels.iter().all(|label| l.contains(label.as_str()))
+                && l.ends_with(" 1")
+        });
+        assert!(found, "{upstream} {outcome}:\n{metrics}");
+    }
 
     // Two hops: the second failing too, the third is never tried; the reason is the second's.
     second.set_mode(Mode::Status(503));
     let item = app.content_final(&token, "quest", 2, json!({})).await;
     assert_eq!((item["status"].as_str(), item["reason"].as_str()), (Some("fallback"), Some("api_error_503")), "{item}");
     assert_eq!((app.fake.request_count(), second.request_count(), third.request_count()), (2, 2, 0));
+}
+
+/// An answer still invalid after the re-ask, and a hanging upstream (a timeout), move the call
+/// on too; another 4xx ends it where it is.
+async fn invalid_answers_and_timeouts_move_on(db: Db) {
+    let app = app_with(db, |c| c.llm_timeout = std::time::Duration::from_millis(500)).await;
+    let second = FakeLlm::start();
+    add(&app, &second, "second-model", json!({"priority": 1})).await;
+    let token = app.player_token().await;
+    app.fake.set_mode(Mode::SchemaInvalid);
+    assert_eq!(app.content_final(&token, "quest", 1, json!({})).await["model"], "second-model");
+    assert_eq!((app.fake.request_count(), second.request_count()), (2, 1), "the call and its re-ask, then the next");
+
+    app.fake.set_mode(Mode::Hang);
+    assert_eq!(app.content_final(&token, "quest", 2, json!({})).await["model"], "second-model");
+    assert_eq!((app.fake.request_count(), second.request_count()), (3, 2));
+    assert!(upstream(&app, 1).await["last_error"].as_str().unwrap().contains("timeout"));
+
+    app.fake.set_mode(Mode::Status(422));
+    assert_eq!(app.content_final(&token, "quest", 3, json!({})).await["reason"], "api_error_422");
+    assert_eq!((app.fake.request_count(), second.request_count()), (4, 2), "a 422 is not moved on");
 }
 
 /// An upstream whose circuit is open gets no call; with every circuit open, nothing is tried
@@ -264,6 +300,7 @@ async fn upstreams_change_at_run_time(db: Db) {
 
 both_backends!(
     content_is_ready_through_the_next_upstream,
+    invalid_answers_and_timeouts_move_on,
     an_open_upstream_gets_no_call,
     a_429_parks_only_that_upstream,
     a_bad_key_parks_the_upstream_until_its_key_changes,
