@@ -122,7 +122,7 @@ fn utc(t: chrono::NaiveDateTime) -> DateTime<Utc> {
 }
 
 impl CircuitBreaker {
-    /// A breaker resuming from the persisted record.
+    /// The first upstream's breaker resuming from the persisted record.
     pub fn restore(
         settings: CircuitSettings,
         record: &CircuitRecord,
@@ -130,19 +130,32 @@ impl CircuitBreaker {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::restore_upstream(llm_config::ID, settings, record, clock, store, metrics)
+    }
+
+    /// Upstream `id`'s breaker resuming from its persisted record.
+    pub fn restore_upstream(
+        id: i64,
+        settings: CircuitSettings,
+        record: &CircuitRecord,
+        clock: SharedClock,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let row = format!("llm_config {id}");
         // A corrupt record cannot stop the start: the breaker resumes closed and empty, and says so.
         let failures: Vec<DateTime<Utc>> = serde_json::from_str(&record.failures).unwrap_or_else(|e| {
-            tracing::error!(row = "llm_config 1", column = "circuit_failures", error = %e,
+            tracing::error!(row = %row, column = "circuit_failures", error = %e,
                 "stored circuit history is corrupt; resuming without it");
             Vec::new()
         });
         let state = CircuitState::parse(&record.state).unwrap_or_else(|| {
-            tracing::error!(row = "llm_config 1", column = "circuit_state", state = %record.state,
+            tracing::error!(row = %row, column = "circuit_state", state = %record.state,
                 "stored circuit state is unknown; resuming closed");
             CircuitState::Closed
         });
         CircuitBreaker {
-            upstream: llm_config::ID,
+            upstream: id,
             settings,
             clock,
             store,
@@ -158,12 +171,6 @@ impl CircuitBreaker {
             saving: false,
             dirty: false,
         }
-    }
-
-    /// The breaker of upstream `id` (the first's by default).
-    pub fn for_upstream(mut self, id: i64) -> Self {
-        self.upstream = id;
-        self
     }
 
     fn snapshot(&self) -> CircuitSnapshot {

@@ -78,9 +78,14 @@ impl Upstreams {
         let mut known = self.known();
         let entry = known.entry(row.id).or_insert_with(|| {
             let Inner { settings, clock, store, metrics, arbiter, .. } = &*self.inner;
-            let breaker =
-                CircuitBreaker::restore(*settings, &row.circuit(), clock.clone(), store.clone(), metrics.clone())
-                    .for_upstream(row.id);
+            let breaker = CircuitBreaker::restore_upstream(
+                row.id,
+                *settings,
+                &row.circuit(),
+                clock.clone(),
+                store.clone(),
+                metrics.clone(),
+            );
             Known {
                 circuit: CircuitBreaker::start_in_arbiter(arbiter, move |_| breaker),
                 counters: Counters::default(),

@@ -147,6 +147,32 @@ async fn an_open_upstream_gets_no_call(db: Db) {
     assert_eq!((app.fake.request_count(), second.request_count()), (1, 4));
 }
 
+/// Each upstream's circuit is its own and outlives a restart: the second opens while the first
+/// stays closed, and after a restart the second is still open and gets no call.
+async fn each_circuit_is_kept_across_a_restart(db: Db) {
+    let mut app = app_with(db, |c| c.circuit_failures = 1).await;
+    let second = FakeLlm::start();
+    let second_id = add(&app, &second, "second-model", json!({"priority": 1})).await;
+    let token = app.player_token().await;
+    second.set_mode(Mode::Status(500));
+    // The first disabled: every call goes to the second.
+    let (status, _) = app.admin_put("/admin/api/upstreams/1", json!({"enabled": false})).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.content_final(&token, "quest", 1, json!({})).await["reason"], "api_error_500");
+    assert_eq!(upstream(&app, second_id).await["circuit"]["state"], "open");
+    assert_eq!(upstream(&app, 1).await["circuit"]["state"], "closed");
+
+    app.restart(std::sync::Arc::new(lorewire::core::clock::SystemClock)).await;
+    let opened = upstream(&app, second_id).await;
+    assert_eq!(opened["circuit"]["state"], "open", "{opened}");
+    assert!(opened["last_error"].as_str().unwrap().contains("500"), "{opened}");
+    assert_eq!(opened["calls"], 0, "counted since this process started");
+    second.set_mode(Mode::Ok);
+    let token = app.player_token().await;
+    assert_eq!(app.content_final(&token, "quest", 2, json!({})).await["reason"], "circuit_open");
+    assert_eq!((app.fake.request_count(), second.request_count()), (0, 1));
+}
+
 /// A 429 parks only that upstream until its `retry-after`: the next item goes straight to the
 /// other one.
 async fn a_429_parks_only_that_upstream(db: Db) {
@@ -302,6 +328,7 @@ both_backends!(
     content_is_ready_through_the_next_upstream,
     invalid_answers_and_timeouts_move_on,
     an_open_upstream_gets_no_call,
+    each_circuit_is_kept_across_a_restart,
     a_429_parks_only_that_upstream,
     a_bad_key_parks_the_upstream_until_its_key_changes,
     weights_spread_calls_within_a_tier,
