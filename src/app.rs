@@ -217,7 +217,7 @@ impl Features {
             config.llm_timeout,
             config.llm_hops,
         );
-        let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone(), moderation.clone());
+        let mut run_job = RunJob::new(deps, upstreams.clone(), llm.client().clone(), live.clone(), moderation.clone());
         if backplane.shared() {
             run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone(), metrics));
         }

@@ -3,7 +3,7 @@
 //! or the failure's code. Routing (PROTOCOL §7), each upstream's circuit permit, the calls,
 //! judging the answer, the one re-ask, the `upstream_calls` and `upstream_call_seconds`
 //! metrics, each upstream's stored `last_error` and parking, and the redaction of the key all
-//! happen here (streamed runs use [`record_last_error`] and the same redaction).
+//! happen here (streamed runs use the same routing and recording, `llm::route`, and redaction).
 //!
 //! Routing: the lowest `priority` with a usable upstream (enabled, with a key or a server of
 //! its own, circuit not open, not inside a `retry-after`, not parked) is chosen by `weight`; a
@@ -27,17 +27,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::circuit::{Acquire, Outcome, Permit, Refusal, Report};
+use super::circuit::{Outcome, Report};
 use super::client::{self, UpstreamError};
-use super::credentials::{Credentials, NoCredentials};
+use super::credentials::Credentials;
 use super::providers::{self, Prompt, Provider};
-use super::upstreams::{choose, Upstreams};
+use super::route::{self, Picked};
+use super::upstreams::Upstreams;
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::domain::answer::{Checked, OutputError};
 use crate::domain::runs::Usage;
 use crate::domain::upstream::{CallFailure, NoAnswer, UpstreamFailure};
-use crate::store::upstreams::{self, UpstreamRow};
+use crate::store::upstreams::UpstreamRow;
 use crate::store::Store;
 
 /// A validated answer.
@@ -117,53 +118,32 @@ impl Llm {
         validate: impl Fn(&str) -> Result<Checked<T>, OutputError>,
         what: &str,
     ) -> Result<Answer<T>, NoAnswer> {
-        let mut left: Vec<&UpstreamRow> = rows.iter().filter(|row| row.enabled).collect();
-        let (mut tried, mut untried) = (Vec::new(), CallFailure::NoConfig);
+        let mut tried: Vec<(i64, CallFailure)> = Vec::new();
         while tried.len() < self.hops {
-            let unparked: Vec<usize> = (0..left.len()).filter(|i| left[*i].parked.is_none()).collect();
-            // A parked upstream is the last resort: tried only when no other is usable.
-            let pool = if unparked.is_empty() { (0..left.len()).collect() } else { unparked };
-            let tiers: Vec<(i32, i32)> = pool.iter().map(|i| (left[*i].priority, left[*i].weight)).collect();
-            let Some(chosen) = choose(&tiers, rand::random::<f64>()) else { break };
-            let row = left.remove(pool[chosen]);
-            let credentials = match super::credentials::credentials(&row.config()) {
-                Ok(credentials) => credentials,
-                Err(why) => {
-                    if let NoCredentials::UnknownProvider(_) = why {
-                        tracing::warn!(call = what, upstream = row.id, error = %why,
-                            "no upstream call: the stored settings cannot be used");
+            let avoid: Vec<i64> = tried.iter().map(|(id, _)| *id).collect();
+            let Picked { row, credentials, circuit, probe } =
+                match route::pick(&self.upstreams, rows, &avoid, what).await {
+                    Ok(picked) => picked,
+                    Err(untried) => {
+                        let reason = tried.last().map_or(untried, |(_, failure)| *failure);
+                        return Err(NoAnswer { reason, tried: tried.into_iter().map(|(_, f)| f).collect() });
                     }
-                    continue;
-                }
-            };
-            let circuit = self.upstreams.circuit(row);
-            let probe = match circuit.send(Acquire).await {
-                Ok(Permit::Call { probe }) => probe,
-                Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => {
-                    untried = CallFailure::CircuitOpen;
-                    continue;
-                }
-                Ok(Permit::Refuse(Refusal::RateLimited)) => {
-                    if untried != CallFailure::CircuitOpen {
-                        untried = UpstreamFailure::RateLimited.into();
-                    }
-                    continue;
-                }
-            };
+                };
             let answered = self.try_upstream(row, &credentials, prompt, &validate, what).await;
             let outcome = answered.as_ref().map_or_else(|(outcome, ..)| *outcome, |_| Outcome::Success);
             circuit.do_send(Report { probe, outcome });
             match answered {
                 Ok(answer) => return Ok(answer),
                 Err((_, failure, moves_on)) => {
-                    tried.push(failure);
+                    tried.push((row.id, failure));
                     if !moves_on {
                         break;
                     }
                 }
             }
         }
-        Err(NoAnswer { reason: tried.last().copied().unwrap_or(untried), tried })
+        let tried: Vec<CallFailure> = tried.into_iter().map(|(_, failure)| failure).collect();
+        Err(NoAnswer { reason: *tried.last().unwrap_or(&CallFailure::NoConfig), tried })
     }
 
     /// The call (and its re-ask) on one upstream whose circuit permitted it; a failure with
@@ -191,7 +171,7 @@ impl Llm {
         let (outcome, (failure, why)) = match judged {
             Judged::Valid(checked, usage) => {
                 if row.last_error.is_some() || row.parked.is_some() {
-                    self.record(row.id, None, Some(None)).await;
+                    route::record(&self.store, &self.clock, row.id, None, None).await;
                 }
                 let repair = repair.or(checked.salvaged.then_some(Repair::Salvaged));
                 let usage = add_usage(earlier_usage, usage);
@@ -203,10 +183,9 @@ impl Llm {
         };
         let why = super::redact::redact(&why, &credentials.api_key);
         tracing::warn!(call = what, upstream = row.id, reason = %failure, error = %why, "upstream call failed");
-        let parks = matches!(failure, CallFailure::Upstream(UpstreamFailure::ApiError(401 | 403)));
-        self.record(row.id, Some(format!("{failure}: {why}")), parks.then(|| Some(failure.to_string()))).await;
+        route::record(&self.store, &self.clock, row.id, Some(format!("{failure}: {why}")), Some(failure)).await;
         let moves_on = match failure {
-            CallFailure::Upstream(UpstreamFailure::ApiError(status)) => status >= 500 || parks,
+            CallFailure::Upstream(UpstreamFailure::ApiError(status)) => status >= 500 || route::parks(failure),
             _ => true,
         };
         Err((outcome, failure, moves_on))
@@ -233,35 +212,6 @@ impl Llm {
         self.metrics.upstream_calls.with_label_values(&[&label]).inc();
         self.metrics.upstream_calls_by_upstream.with_label_values(&[&upstream.to_string(), &label]).inc();
         judged
-    }
-
-    /// Stores upstream `id`'s last error (`None` clears it) and, when `parked` says so, parks
-    /// it for the failure named (`Some(Some(..))`) or unparks it (`Some(None)`).
-    async fn record(&self, id: i64, error: Option<String>, parked: Option<Option<String>>) {
-        let now = self.clock.now_naive();
-        let saved = self
-            .store
-            .write(move |conn| {
-                upstreams::set_last_error(conn, id, error.as_deref(), now)?;
-                match &parked {
-                    Some(parked) => upstreams::set_parked(conn, id, parked.as_deref(), now),
-                    None => Ok(()),
-                }
-            })
-            .await;
-        if let Err(e) = saved {
-            tracing::error!(upstream = id, error = %e, "could not record the last upstream error");
-        }
-    }
-}
-
-/// Stores the first upstream's `last_error` (`None` clears it); `error` has been through
-/// [`redact`](super::redact::redact) already.
-pub async fn record_last_error(store: &Store, clock: &SharedClock, error: Option<String>) {
-    let now = clock.now_naive();
-    let saved = store.write(move |conn| crate::store::llm_config::set_last_error(conn, error.as_deref(), now)).await;
-    if let Err(e) = saved {
-        tracing::error!(error = %e, "could not record the last upstream error");
     }
 }
 

@@ -29,6 +29,8 @@ struct Inner {
     store: Store,
     metrics: Arc<Metrics>,
     arbiter: ArbiterHandle,
+    /// The first upstream's circuit (what `/admin/api/llm` shows).
+    first: Addr<CircuitBreaker>,
     known: Mutex<HashMap<i64, Known>>,
 }
 
@@ -55,7 +57,7 @@ impl Upstreams {
         first_id: i64,
         first: Addr<CircuitBreaker>,
     ) -> Self {
-        let known = HashMap::from([(first_id, Known { circuit: first, counters: Counters::default() })]);
+        let known = HashMap::from([(first_id, Known { circuit: first.clone(), counters: Counters::default() })]);
         Upstreams {
             inner: Arc::new(Inner {
                 settings,
@@ -63,6 +65,7 @@ impl Upstreams {
                 store,
                 metrics,
                 arbiter: Arbiter::current(),
+                first,
                 known: Mutex::new(known),
             }),
         }
@@ -92,6 +95,11 @@ impl Upstreams {
             }
         });
         entry.circuit.clone()
+    }
+
+    /// The first upstream's circuit.
+    pub fn first(&self) -> &Addr<CircuitBreaker> {
+        &self.inner.first
     }
 
     /// Forgets a removed upstream: its circuit stops.

@@ -1,6 +1,7 @@
 //! The run job: one attempt of a generation run for a claimed `run` job.
 //!
-//! Order: the budget reservation is made sure of, the circuit breaker asked (a refusal puts the
+//! Order: the budget reservation is made sure of, the attempt routed to an upstream whose circuit
+//! permits it (`llm::route`: one this run has not failed on first; no permit anywhere puts the
 //! run back without counting an attempt), the attempt counted, the answer streamed (every delta
 //! recorded for late subscribers and published), and the attempt's end committed in one
 //! transaction (usage, cost event, budget settlement, job deleted or handed back with backoff)
@@ -26,24 +27,28 @@ use crate::core::process::ProcessId;
 use crate::core::usage::UsageConfig;
 use crate::deps::Deps;
 use crate::domain::limits::{Level, Refusal};
+use crate::domain::upstream::CallFailure;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::limits::observe;
 use crate::limits::{self, Spend};
-use crate::llm::call::record_last_error;
-use crate::llm::circuit::{self, Acquire, CircuitBreaker, Permit, Report};
-use crate::llm::credentials::NoCredentials;
+use crate::llm::circuit::{self, CircuitBreaker, Report};
 use crate::llm::providers::{self, TextPrompt};
+use crate::llm::route;
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
+use crate::llm::upstreams::Upstreams;
 use crate::moderation::Moderation;
 use crate::store::run_attempts::{self as attempts, AttemptEnd};
 use crate::store::runs as rows;
-use crate::store::{billing, llm_config, Store};
+use crate::store::{billing, upstreams, Store};
 
 mod attempt;
 
 use attempt::{Attempt, Crew, Emitter};
+
+/// How long a run's failed upstreams are remembered (a run's attempts are minutes apart at most).
+const FAILED_ON_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// The settings an attempt follows.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +67,11 @@ pub struct RunJob {
     origin: ProcessId,
     store: Store,
     hub: Addr<Hub>,
+    /// Every upstream's circuit; the first's also paces a run waiting for the provider.
+    upstreams: Upstreams,
     circuit: Addr<CircuitBreaker>,
+    /// The upstreams each run failed on in this process, so its next attempt goes elsewhere.
+    failed_on: std::cell::RefCell<std::collections::HashMap<i64, (Vec<i64>, std::time::Instant)>>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     client: awc::Client,
@@ -92,10 +101,11 @@ impl RunJob {
         }
     }
 
-    /// The job handler of runs: streams through `client` behind `circuit`, keeps the frames in `live`.
+    /// The job handler of runs: streams through `client` from the upstream each attempt is
+    /// routed to, keeps the frames in `live`.
     pub fn new(
         deps: &Deps,
-        circuit: Addr<CircuitBreaker>,
+        upstreams: Upstreams,
         client: awc::Client,
         live: Arc<LiveRuns>,
         moderation: Moderation,
@@ -114,7 +124,9 @@ impl RunJob {
             origin,
             store,
             hub,
-            circuit,
+            circuit: upstreams.first().clone(),
+            upstreams,
+            failed_on: Default::default(),
             clock,
             metrics,
             client,
@@ -125,6 +137,18 @@ impl RunJob {
             moderation_window,
             usage,
         }
+    }
+
+    /// Remembers that run `run_pk` failed on upstream `failed` (`None`: the attempt did not
+    /// fail on the upstream's side).
+    fn note_failure(&self, run_pk: i64, failed: Option<i64>) {
+        let Some(id) = failed else { return };
+        let mut failed_on = self.failed_on.borrow_mut();
+        let (ids, since) = failed_on.entry(run_pk).or_insert_with(|| (Vec::new(), std::time::Instant::now()));
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        *since = std::time::Instant::now();
     }
 
     /// Sends the frames of the runs streamed here to the other processes.
@@ -153,7 +177,7 @@ impl RunJob {
     /// or handed it back.
     async fn execute(&self, claim: Claim) -> JobResult {
         let run_pk = claim.target_id;
-        let (row, config, price, budgeted) = self
+        let (row, rows_up, price, budgeted) = self
             .store
             .run(move |conn| {
                 let row = rows::find_by_id(conn, run_pk)?;
@@ -161,7 +185,7 @@ impl RunJob {
                     Some(r) => (billing::price(conn, &r.model)?, billing::budget(conn, &r.project_id)?.is_some()),
                     None => (None, false),
                 };
-                Ok((row, llm_config::get(conn)?, price, budgeted))
+                Ok((row, upstreams::all(conn)?, price, budgeted))
             })
             .await?;
         let Some(row) = row.filter(|r| r.is_active()) else {
@@ -180,16 +204,11 @@ impl RunJob {
             user: action.user_message(&row.input),
             max_tokens: self.limits.max_output_tokens,
         };
-        let credentials = match config.as_ref().map(crate::llm::credentials) {
-            Some(Ok(credentials)) => credentials,
-            unusable => {
-                // Lorewire's words: no key, or a stored provider this version does not know.
-                let why = unusable.and_then(Result::err).unwrap_or(NoCredentials::NoKey);
-                let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: why.to_string() };
-                return ctx.end(row.attempts, Usage::default(), 0, end).await;
-            }
-        };
-        let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
+        if let Some(why) = route::no_upstream(&rows_up) {
+            // Lorewire's words: no key, or a stored provider this version does not know.
+            let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: why.to_string() };
+            return ctx.end(row.attempts, Usage::default(), 0, end).await;
+        }
         let worst_case =
             price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
 
@@ -237,10 +256,25 @@ impl RunJob {
             }
         }
 
-        let probe = match self.circuit.send(Acquire).await {
-            Ok(Permit::Call { probe }) => probe,
-            Ok(Permit::Refuse(refusal)) => return ctx.wait(format!("{refusal:?}"), false).await,
-            Err(_) => return ctx.wait("the circuit breaker is not answering".into(), false).await,
+        // The next attempt goes to an upstream this run has not failed on, while there is one.
+        let avoid = self.failed_on.borrow().get(&run_pk).map(|(ids, _)| ids.clone()).unwrap_or_default();
+        let picked = match route::pick(&self.upstreams, &rows_up, &avoid, &run_id).await {
+            Err(_) if !avoid.is_empty() => route::pick(&self.upstreams, &rows_up, &[], &run_id).await,
+            picked => picked,
+        };
+        let route::Picked { row: upstream, credentials, circuit: upstream_circuit, probe } = match picked {
+            Ok(picked) => picked,
+            Err(refusal) => return ctx.wait(format!("{refusal}"), false).await,
+        };
+        let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
+        // A run keeps the model it was admitted with on the first upstream; another streams its own.
+        let model = if upstream.is_first() { row.model.clone() } else { upstream.model.clone() };
+        let price = if model == row.model {
+            price
+        } else {
+            // A model without a price of its own is charged as the admitted one.
+            let priced = model.clone();
+            self.store.run(move |conn| billing::price(conn, &priced)).await?.or(price)
         };
 
         let now = self.clock.now_naive();
@@ -248,7 +282,7 @@ impl RunJob {
             Ok(Some(row)) => row,
             other => {
                 // Aborted meanwhile (or the store failed): no call was made.
-                self.circuit.do_send(Report { probe, outcome: circuit::Outcome::NotCalled });
+                upstream_circuit.do_send(Report { probe, outcome: circuit::Outcome::NotCalled });
                 other?;
                 return nothing_to_do(&self.store, &claim).await;
             }
@@ -261,7 +295,7 @@ impl RunJob {
             &run_id,
             Typed::RunStarted {
                 run_id: run_id.clone(),
-                model: row.model.clone(),
+                model: model.clone(),
                 attempt: (attempt > 1).then_some(attempt),
             }
             .into(),
@@ -269,9 +303,10 @@ impl RunJob {
         if let Some(relay) = &self.relay {
             relay.forward(&run_id, version, &frame, true);
         }
-        tracing::info!(run = %run_id, attempt, provider = provider.as_str(), model = %row.model, "run attempt started");
+        tracing::info!(run = %run_id, attempt, upstream = upstream.id, provider = provider.as_str(), model = %model,
+            "run attempt started");
 
-        let request = providers::build_stream_request(&credentials.target(&row.model), &prompt);
+        let request = providers::build_stream_request(&credentials.target(&model), &prompt);
         let limits = StreamLimits {
             headers: self.limits.llm_timeout,
             idle: self.limits.llm_timeout,
@@ -356,7 +391,10 @@ impl RunJob {
             StreamEnd::ProviderError { server_side: false, .. } => circuit::Outcome::Success,
             StreamEnd::Cut(_) | StreamEnd::Timeout | StreamEnd::ProviderError { .. } => circuit::Outcome::Failure,
         };
-        self.circuit.do_send(Report { probe, outcome: circuit_outcome });
+        upstream_circuit.do_send(Report { probe, outcome: circuit_outcome });
+        let failed = matches!(&outcome.end, StreamEnd::Upstream(_) | StreamEnd::Cut(_) | StreamEnd::Timeout)
+            || matches!(&outcome.end, StreamEnd::ProviderError { .. } | StreamEnd::Invalid(_));
+        self.note_failure(run_pk, failed.then_some(upstream.id));
 
         if flagged {
             // The provider answered; what it wrote is not for players. Charged, not retried.
@@ -368,16 +406,16 @@ impl RunJob {
         if cut {
             tracing::warn!(run = %run_id, attempt, bytes = text.len(), "run text reached its bound; the stream was stopped");
             self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
-            if config.as_ref().is_some_and(|c| c.last_error.is_some()) {
-                record_last_error(&self.store, &self.clock, None).await;
+            if upstream.last_error.is_some() {
+                route::record(&self.store, &self.clock, upstream.id, None, None).await;
             }
             return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
         }
         let (code, detail) = match outcome.end {
             StreamEnd::Finished => {
                 self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
-                if config.as_ref().is_some_and(|c| c.last_error.is_some()) {
-                    record_last_error(&self.store, &self.clock, None).await;
+                if upstream.last_error.is_some() {
+                    route::record(&self.store, &self.clock, upstream.id, None, None).await;
                 }
                 return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
             }
@@ -398,14 +436,25 @@ impl RunJob {
         let detail = crate::llm::redact(&detail, api_key);
         self.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
         tracing::warn!(run = %run_id, attempt, code = %code, error = %detail, "run attempt failed");
-        record_last_error(&self.store, &self.clock, Some(format!("{code}: {detail}"))).await;
+        let parked_by = match code {
+            RunErrorCode::ApiError(status) => {
+                Some(CallFailure::Upstream(crate::domain::upstream::UpstreamFailure::ApiError(status)))
+            }
+            _ => None,
+        };
+        route::record(&self.store, &self.clock, upstream.id, Some(format!("{code}: {detail}")), parked_by).await;
         let message = code.player_message();
         // The run's attempts (shown to clients) and the job's (failures on our side count too)
         // agree unless something went wrong on our side; the larger decides, so neither passes
         // the cap.
         let spent = u32::try_from(attempt).unwrap_or(0).max(claim.attempt).max(1);
         if spent < self.limits.max_attempts {
-            let delay = backoff(self.limits.retry_base, spent);
+            // Moving to another upstream does not wait for the backoff (PROTOCOL §7).
+            let elsewhere = self.failed_on.borrow().get(&run_pk).map_or(0, |(ids, _)| ids.len());
+            let delay = match route::callable(&rows_up) > elsewhere {
+                true => Duration::ZERO,
+                false => backoff(self.limits.retry_base, spent),
+            };
             let run_after = self.clock.now_naive() + to_chrono(delay);
             let end = AttemptEnd::Retry { run_after, code, message };
             return Ok(match ctx.end(attempt, usage, cost, end).await? {
@@ -437,5 +486,6 @@ impl JobHandler for RunJob {
     /// Forgets the runs this process no longer streams, even when no run changes here.
     fn tick(&self) {
         self.live.prune();
+        self.failed_on.borrow_mut().retain(|_, (_, since)| since.elapsed() < FAILED_ON_FOR);
     }
 }

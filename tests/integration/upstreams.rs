@@ -119,6 +119,32 @@ async fn invalid_answers_and_timeouts_move_on(db: Db) {
     assert_eq!((app.fake.request_count(), second.request_count()), (4, 2), "a 422 is not moved on");
 }
 
+/// A run whose stream fails (a 500, or cut after a delta) starts its next attempt on the next
+/// upstream at once, without the retry backoff, and ends there; the failed upstream's
+/// `last_error` says why.
+async fn a_failing_run_restarts_on_the_next_upstream(db: Db) {
+    let app = app_with(db, |c| {
+        // A backoff no test would wait for: the move to another upstream must not take it.
+        c.retry_base = std::time::Duration::from_secs(600);
+        c.circuit_failures = 100;
+    })
+    .await;
+    let second = FakeLlm::start();
+    let second_id = add(&app, &second, "second-model", json!({"priority": 1})).await;
+    let token = app.player_token().await;
+    for (i, mode) in [Mode::Status(500), Mode::CutStream { after_chunks: 1 }].into_iter().enumerate() {
+        app.fake.set_mode(mode);
+        let body = json!({"project_id": "p1", "action": "WRITE", "input": format!("a bell, take {i}")});
+        let (status, run) = post_json(&app.url("/api/generate"), &token, &body).await;
+        assert_eq!(status, 202, "{run}");
+        let run = app.final_run(&token, run["run_id"].as_str().unwrap()).await;
+        assert_eq!((run["status"].as_str(), run["attempts"].as_i64()), (Some("done"), Some(2)), "{run}");
+        assert_eq!((app.fake.request_count(), second.request_count()), (i + 1, i + 1));
+    }
+    assert!(upstream(&app, 1).await["last_error"].as_str().unwrap().contains("stream_cut"));
+    assert_eq!(upstream(&app, second_id).await["last_error"], Value::Null);
+}
+
 /// An upstream whose circuit is open gets no call; with every circuit open, nothing is tried
 /// and the reason is `circuit_open`; resetting one closes it.
 async fn an_open_upstream_gets_no_call(db: Db) {
@@ -327,6 +353,7 @@ async fn upstreams_change_at_run_time(db: Db) {
 both_backends!(
     content_is_ready_through_the_next_upstream,
     invalid_answers_and_timeouts_move_on,
+    a_failing_run_restarts_on_the_next_upstream,
     an_open_upstream_gets_no_call,
     each_circuit_is_kept_across_a_restart,
     a_429_parks_only_that_upstream,
