@@ -18,7 +18,7 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Upstream calls by outcome: ok, api_error_<status>, rate_limited, network_error, timeout, invalid_response.
     pub upstream_calls: IntCounterVec,
-    /// Structured upstream calls by upstream (its id) and outcome.
+    /// Upstream calls by upstream (its id) and outcome.
     pub upstream_calls_by_upstream: IntCounterVec,
     /// Seconds from sending an upstream call to its whole answer (a streamed run: the stream's end).
     pub upstream_seconds: Histogram,
@@ -98,7 +98,7 @@ impl Metrics {
             IntCounterVec::new(Opts::new("upstream_calls_total", "Upstream LLM calls by outcome"), &["outcome"])
                 .expect("metric");
         let upstream_calls_by_upstream = IntCounterVec::new(
-            Opts::new("upstream_calls_by_upstream_total", "Structured upstream LLM calls by upstream and outcome"),
+            Opts::new("upstream_calls_by_upstream_total", "Upstream LLM calls by upstream and outcome"),
             &["upstream", "outcome"],
         )
         .expect("metric");

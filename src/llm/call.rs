@@ -208,9 +208,7 @@ impl Llm {
             Judged::Refused(refusal, _) => refused(refusal.clone()).0.to_string(),
             Judged::Failed(_, failure, _) => failure.to_string(),
         };
-        self.upstreams.count(upstream, !matches!(judged, Judged::Valid(..)));
-        self.metrics.upstream_calls.with_label_values(&[&label]).inc();
-        self.metrics.upstream_calls_by_upstream.with_label_values(&[&upstream.to_string(), &label]).inc();
+        self.upstreams.call_ended(upstream, &label);
         judged
     }
 }

@@ -116,11 +116,15 @@ impl Upstreams {
         }
     }
 
-    /// Counts one call to upstream `id`, failed or not.
-    pub fn count(&self, id: i64, failed: bool) {
+    /// Counts one call to upstream `id` that ended with `outcome` (`ok`, or the failure's
+    /// name): in its counters, `upstream_calls_total` and `upstream_calls_by_upstream_total`.
+    pub fn call_ended(&self, id: i64, outcome: &str) {
+        let metrics = &self.inner.metrics;
+        metrics.upstream_calls.with_label_values(&[outcome]).inc();
+        metrics.upstream_calls_by_upstream.with_label_values(&[&id.to_string(), outcome]).inc();
         if let Some(known) = self.known().get_mut(&id) {
             known.counters.calls += 1;
-            known.counters.failures += u64::from(failed);
+            known.counters.failures += u64::from(outcome != "ok");
         }
     }
 

@@ -399,13 +399,13 @@ impl RunJob {
         if flagged {
             // The provider answered; what it wrote is not for players. Charged, not retried.
             tracing::info!(run = %run_id, attempt, "run text flagged by moderation; the run ends");
-            self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+            self.upstreams.call_ended(upstream.id, "ok");
             let code = RunErrorCode::Moderated;
             return ctx.end(attempt, usage, cost, AttemptEnd::Dead { code, message: code.player_message() }).await;
         }
         if cut {
             tracing::warn!(run = %run_id, attempt, bytes = text.len(), "run text reached its bound; the stream was stopped");
-            self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+            self.upstreams.call_ended(upstream.id, "ok");
             if upstream.last_error.is_some() {
                 route::record(&self.store, &self.clock, upstream.id, None, None).await;
             }
@@ -413,7 +413,7 @@ impl RunJob {
         }
         let (code, detail) = match outcome.end {
             StreamEnd::Finished => {
-                self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+                self.upstreams.call_ended(upstream.id, "ok");
                 if upstream.last_error.is_some() {
                     route::record(&self.store, &self.clock, upstream.id, None, None).await;
                 }
@@ -421,7 +421,7 @@ impl RunJob {
             }
             StreamEnd::Cancelled => return ctx.end(attempt, usage, cost, AttemptEnd::Aborted).await,
             StreamEnd::Upstream(e) if e.is_rate_limit() => {
-                self.metrics.upstream_calls.with_label_values(&["rate_limited"]).inc();
+                self.upstreams.call_ended(upstream.id, "rate_limited");
                 // Throttled, not failed: the run waits without spending an attempt.
                 return ctx.wait(e.redacted(api_key), true).await;
             }
@@ -434,7 +434,7 @@ impl RunJob {
         // The provider's own text goes to the log and the admin's `last_error`; players read
         // lorewire's words for the code (the run's stored `error`, `run:error`).
         let detail = crate::llm::redact(&detail, api_key);
-        self.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
+        self.upstreams.call_ended(upstream.id, &code.to_string());
         tracing::warn!(run = %run_id, attempt, code = %code, error = %detail, "run attempt failed");
         let parked_by = match code {
             RunErrorCode::ApiError(status) => {

@@ -141,8 +141,11 @@ async fn a_failing_run_restarts_on_the_next_upstream(db: Db) {
         assert_eq!((run["status"].as_str(), run["attempts"].as_i64()), (Some("done"), Some(2)), "{run}");
         assert_eq!((app.fake.request_count(), second.request_count()), (i + 1, i + 1));
     }
-    assert!(upstream(&app, 1).await["last_error"].as_str().unwrap().contains("stream_cut"));
-    assert_eq!(upstream(&app, second_id).await["last_error"], Value::Null);
+    let (first, second_view) = (upstream(&app, 1).await, upstream(&app, second_id).await);
+    assert!(first["last_error"].as_str().unwrap().contains("stream_cut"), "{first}");
+    assert_eq!((first["calls"].as_u64(), first["failures"].as_u64()), (Some(2), Some(2)), "{first}");
+    assert_eq!(second_view["last_error"], Value::Null);
+    assert_eq!((second_view["calls"].as_u64(), second_view["failures"].as_u64()), (Some(2), Some(0)));
 }
 
 /// An upstream whose circuit is open gets no call; with every circuit open, nothing is tried
