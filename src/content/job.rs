@@ -18,7 +18,9 @@ use super::{prompts, update_publish, ContentKind, ContentStatus, Context, Fallba
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
+use crate::core::usage::UsageConfig;
 use crate::deps::Deps;
+use crate::domain::limits::Refusal;
 use crate::domain::moderation::Surface;
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
@@ -42,6 +44,8 @@ pub struct ContentJob {
     llm: Llm,
     moderation: Moderation,
     max_output_tokens: u32,
+    /// The usage limits' seed (PROTOCOL §5).
+    usage: UsageConfig,
 }
 
 /// What an attempt reads before its upstream call: the item and the upstreams.
@@ -70,8 +74,8 @@ struct Ending {
 impl ContentJob {
     pub fn new(deps: &Deps, llm: Llm, moderation: Moderation) -> Self {
         let Deps { process, store, clock, hub, metrics, config } = deps.clone();
-        let max_output_tokens = config.max_output_tokens;
-        ContentJob { origin: process, store, clock, hub, metrics, llm, moderation, max_output_tokens }
+        let (max_output_tokens, usage) = (config.max_output_tokens, config.usage);
+        ContentJob { origin: process, store, clock, hub, metrics, llm, moderation, max_output_tokens, usage }
     }
 
     /// Generates the item and commits ready or fallback.
@@ -88,6 +92,19 @@ impl ContentJob {
         };
         let kind = row.kind()?;
         let subject_id = row.subject_id as u64;
+        if claim.attempt > 1 {
+            if let Err(refusal) = self.charge_cut(content_id).await? {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    subject_id,
+                    level = refusal.level.as_str(),
+                    "content fallback: a usage limit is reached"
+                );
+                return self
+                    .commit(&claim, &row, fallback(kind, subject_id, FallbackReason::BudgetExceeded, Used::Nothing))
+                    .await;
+            }
+        }
         let context: Context = serde_json::from_str(&row.context)
             .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
         let prompt = prompts::prompt(kind, subject_id, &context, self.max_output_tokens);
@@ -126,6 +143,19 @@ impl ContentJob {
         let mut ending = ending.unwrap_or_else(|| fallback(kind, subject_id, FallbackReason::Moderated, Used::Nothing));
         ending.used = used;
         self.commit(&claim, &row, ending).await
+    }
+
+    /// An earlier claim of the item was cut short (its process died, or lost the job), maybe
+    /// mid-call: what it held is charged, and this attempt reserves the same again.
+    async fn charge_cut(&self, content_id: i64) -> StoreResult<Result<(), Refusal>> {
+        let (usage, now) = (self.usage, self.clock.now_naive());
+        let target = format!("content:{content_id}");
+        let (charged, reserved) = self.store.write(move |conn| limits::charge_cut(conn, &usage, &target, now)).await?;
+        charged.record(&self.metrics);
+        if let Err(refusal) = &reserved {
+            limits::observe::refused(&self.metrics, refusal);
+        }
+        Ok(reserved)
     }
 
     /// Whether moderation flags any of the answer's fields (checked as one text).

@@ -244,7 +244,7 @@ fn charge(
     let model = llm_config::get(conn)?.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
     let target = format!("content:{}", row.id);
     let user_id = by.user_id.unwrap_or(limits::SERVER);
-    let spend = Spend { user_id, model: &model, target: &target, prompt_tokens, output_tokens };
+    let spend = Spend { user_id, project: None, model: &model, target: &target, prompt_tokens, output_tokens };
     let reserved = limits::reserve(conn, &config.usage, &spend, now)?;
     if let Err(refusal) = &reserved {
         limits::observe::refused(metrics, refusal);

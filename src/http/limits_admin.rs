@@ -1,5 +1,6 @@
 //! The admin's usage limits over HTTP (PROTOCOL §5): `GET/PUT /admin/api/limits`,
-//! `GET/PUT /admin/api/players/{user_id}` and `GET /admin/api/usage`. Handlers stay thin:
+//! `GET/PUT /admin/api/players/{user_id}`, `GET/PUT /admin/api/projects/{project_id}/limits`
+//! and `GET /admin/api/usage`. Handlers stay thin:
 //! parse, call the usage-limits service, shape the answer.
 
 use actix_web::{web, HttpResponse};
@@ -13,7 +14,7 @@ use super::responses::{AdminErrors, ReadErrors, WriteErrors};
 use crate::api_error::{ApiError, ErrorBody};
 use crate::core::rate_limit::Rate;
 use crate::domain::money::{parse_usd, usd};
-use crate::limits::service::PlayerUsage;
+use crate::limits::service::{PlayerUsage, ProjectUsage};
 use crate::state::AppState;
 use crate::store::usage::{LimitsChange, LimitsRow, PlayerChange};
 
@@ -250,6 +251,88 @@ pub async fn put_player(
     let player = state.usage.put_player(user_id, change).await?.ok_or_else(|| no_player(user_id))?;
     tracing::info!(user = user_id, blocked = player.blocked, "player changed by admin");
     Ok(HttpResponse::Ok().json(player_view(player)))
+}
+
+/// A project's per-day limits (null: none) and its spend today (PROTOCOL §5; its budget is
+/// `/admin/api/budgets/{project_id}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectLimits {
+    project_id: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    daily_usd: Option<f64>,
+    #[schema(minimum = 0)]
+    daily_tokens: Option<i64>,
+    today: Today,
+}
+
+/// `PUT /admin/api/projects/{project_id}/limits`: the keys to change (null: no limit).
+/// Describes the body for the document; the handler reads it key by key (left out vs null).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ProjectLimitsBody {
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    daily_usd: Option<f64>,
+    #[schema(minimum = 0)]
+    daily_tokens: Option<i64>,
+}
+
+fn project_view(p: ProjectUsage) -> ProjectLimits {
+    ProjectLimits {
+        project_id: p.project_id,
+        daily_usd: p.daily_micros.map(usd),
+        daily_tokens: p.daily_tokens,
+        today: Today {
+            tokens: p.today.spent_tokens,
+            usd: usd(p.today.spent_micros),
+            reserved_tokens: p.today.reserved_tokens,
+            reserved_usd: usd(p.today.reserved_micros),
+        },
+    }
+}
+
+/// A project's per-day limits and its spend today.
+#[utoipa::path(get, path = "/admin/api/projects/{project_id}/limits", tag = "admin",
+    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The project's limits", body = ProjectLimits),
+        (status = 400, description = "Not a valid project id", body = ErrorBody),
+        AdminErrors, ReadErrors,
+    ))]
+pub async fn get_project(
+    _: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let project_id = crate::domain::runs::validate_project_id(&path.into_inner()).map_err(ApiError::invalid)?;
+    Ok(HttpResponse::Ok().json(project_view(state.usage.project(project_id).await?)))
+}
+
+/// Set a project's per-day limits in tokens and USD (null: none); keys left out stay.
+#[utoipa::path(put, path = "/admin/api/projects/{project_id}/limits", tag = "admin", request_body = ProjectLimitsBody,
+    params(("project_id" = String, Path, description = "1..64 letters, digits, `-`, `_`, `.` or `:`", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The project's limits as stored now", body = ProjectLimits),
+        (status = 400, description = "Not a valid project id, or a value is not valid", body = ErrorBody),
+        AdminErrors, WriteErrors,
+    ))]
+pub async fn put_project(
+    _: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let project_id = crate::domain::runs::validate_project_id(&path.into_inner()).map_err(ApiError::invalid)?;
+    let body = object(body.into_inner())?;
+    let change = (tokens_key(&body, "daily_tokens")?, usd_key(&body, "daily_usd")?);
+    if change == (None, None) {
+        return Err(ApiError::Invalid("name `daily_usd` or `daily_tokens` (null removes a limit)".into()));
+    }
+    let project = state.usage.put_project(project_id, change).await?;
+    tracing::info!(project = %project.project_id, daily_tokens = ?project.daily_tokens,
+        daily_micros = ?project.daily_micros, "project limits changed by admin");
+    Ok(HttpResponse::Ok().json(project_view(project)))
 }
 
 fn user_id(path: &str) -> Result<i64, ApiError> {

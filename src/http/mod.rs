@@ -99,6 +99,8 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(Method::PUT, "/admin/api/limits", limits_admin::put_limits),
         at(Method::GET, "/admin/api/players/{user_id}", limits_admin::get_player),
         at(Method::PUT, "/admin/api/players/{user_id}", limits_admin::put_player),
+        at(Method::GET, "/admin/api/projects/{project_id}/limits", limits_admin::get_project),
+        at(Method::PUT, "/admin/api/projects/{project_id}/limits", limits_admin::put_project),
         at(Method::GET, "/admin/api/usage", limits_admin::usage),
     ]
 }

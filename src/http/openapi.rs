@@ -63,6 +63,8 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         limits_admin::put_limits,
         limits_admin::get_player,
         limits_admin::put_player,
+        limits_admin::get_project,
+        limits_admin::put_project,
         limits_admin::usage,
     ),
     modifiers(&BearerSchemes, &EdgeLimits),

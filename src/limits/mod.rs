@@ -1,7 +1,7 @@
 //! Usage limits at three levels (PROTOCOL §5): before an upstream call its upper bound is
-//! reserved at the player's and the studio's level of the UTC day (the project's budget is the
-//! run admission's), atomically, over the store's ledger; after it the exact usage is settled
-//! and the rest released. Sync functions over a connection, so a feature calls them inside the
+//! reserved at the player's, the project's (a run's: its per-day limits; its budget is the run
+//! admission's) and the studio's level of the UTC day, atomically, over the store's ledger;
+//! after it the exact usage is settled and the rest released. Sync functions over a connection, so a feature calls them inside the
 //! transaction that stores what the call is for.
 //!
 //! Knows which levels apply and in which order they refuse, never which feature spends.
@@ -36,6 +36,8 @@ pub const SERVER: i64 = 0;
 pub struct Spend<'a> {
     /// Who it is charged to.
     pub user_id: i64,
+    /// The project it is charged to (a run's), if any.
+    pub project: Option<&'a str>,
     pub model: &'a str,
     /// What the charge is for (`content:<id>`, `mood:<id>`, `run:<id>`): its settlement finds it.
     pub target: &'a str,
@@ -89,25 +91,40 @@ pub fn reserve(
     spend: &Spend<'_>,
     now: NaiveDateTime,
 ) -> StoreResult<Result<(), Refusal>> {
+    let price = billing::price(conn, spend.model)?;
+    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(price, spend));
+    reserve_bound(conn, seed, spend, price, bound, now)
+}
+
+/// [`reserve`] of a known bound: (tokens, micro-dollars) at the model's `price`.
+fn reserve_bound(
+    conn: &mut DbConn,
+    seed: &UsageConfig,
+    spend: &Spend<'_>,
+    price: Option<Price>,
+    bound: (i64, i64),
+    now: NaiveDateTime,
+) -> StoreResult<Result<(), Refusal>> {
     let limits = stored_limits(conn, seed)?;
     let owner = spend.user_id.to_string();
     // The game server's own requests (no player) count for the studio only.
     let player = match spend.user_id {
         SERVER => None,
-        user_id => Some(player_limits(conn, &limits, user_id)?),
+        user_id => Some((Level::Player, owner.as_str(), player_limits(conn, &limits, user_id)?)),
     };
-    let studio = (limits.studio_daily_tokens, limits.studio_daily_micros);
-    let price = billing::price(conn, spend.model)?;
-    let levels: Vec<(Level, DailyLimits)> =
-        player.map(|p| (Level::Player, p)).into_iter().chain([(Level::Studio, studio)]).collect();
-    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(price, spend));
-    let accounts: Vec<Account<'_>> = levels
-        .iter()
-        .map(|&(level, limits)| Account { level: level.as_str(), owner: key(level, &owner), limits })
-        .collect();
-    let pair = [&accounts[0], accounts.last().expect("the studio's level is always there")];
+    let project = match spend.project {
+        Some(project_id) => {
+            let own = ledger::project(conn, project_id)?;
+            Some((Level::Project, project_id, own.map_or((None, None), |p| (p.daily_tokens, p.daily_micros))))
+        }
+        None => None,
+    };
+    let studio = (Level::Studio, STUDIO, (limits.studio_daily_tokens, limits.studio_daily_micros));
+    let levels: Vec<(Level, &str, DailyLimits)> = player.into_iter().chain(project).chain([studio]).collect();
+    let accounts: Vec<Account<'_>> =
+        levels.iter().map(|&(level, owner, limits)| Account { level: level.as_str(), owner, limits }).collect();
     let day = day_of(now);
-    let mut reserved = ledger::reserve(conn, pair, &day, bound, now)?;
+    let mut reserved = ledger::reserve(conn, three(&accounts), &day, bound, now)?;
     if reserved.len() < accounts.len() {
         // A row not there when the UPDATE ran (the day's first call, here or on another
         // process) is opened and its reservation tried once more; one over its limit refuses
@@ -115,17 +132,17 @@ pub fn reserve(
         for account in &accounts {
             if !reserved.iter().any(|r| r.0 == account.level && r.1 == account.owner) {
                 ledger::open(conn, account, &day, now)?;
-                reserved.extend(ledger::reserve(conn, [account, account], &day, bound, now)?);
+                reserved.extend(ledger::reserve(conn, [account, account, account], &day, bound, now)?);
             }
         }
     }
     // The first level that refuses, in order: over its limit, or a USD limit with no price for
     // the model (fails closed). Nothing stays reserved then.
-    let refusal = levels.iter().find_map(|&(level, (token_limit, micro_limit))| {
+    let refusal = levels.iter().find_map(|&(level, owner, (token_limit, micro_limit))| {
         if micro_limit.is_some() && price.is_none() {
             return Some(Refusal::no_price(level, spend.model));
         }
-        let held = reserved.iter().any(|r| r.0 == level.as_str() && r.1 == key(level, &owner));
+        let held = reserved.iter().any(|r| r.0 == level.as_str() && r.1 == owner);
         let unit = match token_limit {
             Some(_) if micro_limit.is_none() => "token",
             None => "USD",
@@ -135,7 +152,8 @@ pub fn reserve(
     });
     if let Some(refusal) = refusal {
         for r in &reserved {
-            ledger::settle(conn, [(&r.0, &r.1), (&r.0, &r.1)], &day, bound, (0, 0), now)?;
+            let row = (r.0.as_str(), r.1.as_str());
+            ledger::settle(conn, [row, row, row], &day, bound, (0, 0), now)?;
         }
         return Ok(Err(refusal));
     }
@@ -148,18 +166,16 @@ pub fn reserve(
         tokens: bound.0,
         micros: bound.1,
         created_at: now,
+        project: spend.project,
     };
     ledger::add_hold(conn, &hold)?;
     Ok(Ok(()))
 }
 
-/// The owner a level's ledger row is kept under: the player's id, or the studio's one owner.
-fn key(level: Level, player: &str) -> &str {
-    if level == Level::Player {
-        player
-    } else {
-        STUDIO
-    }
+/// One to three accounts as the ledger's three (the last standing in for those missing).
+fn three<'a, 'b>(accounts: &'b [Account<'a>]) -> [&'b Account<'a>; 3] {
+    let last = accounts.last().expect("the studio's level is always there");
+    [&accounts[0], accounts.get(1).unwrap_or(last), last]
 }
 
 /// Whether the player's level alone would refuse `spend` now (read only: for a request another
@@ -181,6 +197,29 @@ pub fn player_refuses(
     let micros = day.spent_micros + day.reserved_micros + worst_case(price, spend);
     let over = token_limit.is_some_and(|l| tokens > l) || micro_limit.is_some_and(|l| micros > l);
     Ok(over.then(|| Refusal::over(Level::Player, "usage")))
+}
+
+/// The call `target` held for was cut short (its process died, or lost the job): what it
+/// held is charged at every level (its usage is not known), and the same bound is reserved
+/// again for the call about to be made, under the limits as they are now (PROTOCOL §5).
+/// Nothing held: nothing to do. Says what it charged.
+pub fn charge_cut(
+    conn: &mut DbConn,
+    seed: &UsageConfig,
+    target: &str,
+    now: NaiveDateTime,
+) -> StoreResult<(Charged, Result<(), Refusal>)> {
+    let held = ledger::holds(conn, target)?;
+    let Some(first) = held.first() else { return Ok((Charged::default(), Ok(()))) };
+    let (user_id, model) = (first.user_id, first.model.clone());
+    let bound = held.iter().fold((0_i64, 0_i64), |(t, m), h| (t.saturating_add(h.tokens), m.saturating_add(h.micros)));
+    let charged = settle(conn, target, Used::Unknown, now)?;
+    let price = billing::price(conn, &model)?;
+    // Output is part of the bound already: the whole of it stands as prompt here.
+    let project = first.project.clone();
+    let spend =
+        Spend { user_id, project: project.as_deref(), model: &model, target, prompt_tokens: bound.0, output_tokens: 0 };
+    Ok((charged, reserve_bound(conn, seed, &spend, price, bound, now)?))
 }
 
 /// Whether `target` holds a reservation (a run's attempt reserved before it was made).
@@ -270,20 +309,19 @@ pub fn settle_as(
         let this = charge.take().unwrap_or(if used == Used::Unknown { (hold.tokens, hold.micros) } else { (0, 0) });
         let held = (hold.tokens, hold.micros);
         let owner = hold.user_id.to_string();
-        let studio = (Level::Studio.as_str(), STUDIO);
-        let player = (Level::Player.as_str(), owner.as_str());
-        let rows = match (hold.user_id != SERVER, hold.studio) {
-            (true, true) => [player, studio],
-            (true, false) => [player, player],
-            (false, true) => [studio, studio],
-            (false, false) => continue,
-        };
-        ledger::settle(conn, rows, &hold.day, held, this, now)?;
-        if hold.user_id != SERVER {
-            charged.add(Level::Player, this);
-        }
-        if hold.studio {
-            charged.add(Level::Studio, this);
+        let levels: Vec<(Level, &str)> = [
+            (hold.user_id != SERVER).then_some((Level::Player, owner.as_str())),
+            hold.project.as_deref().map(|p| (Level::Project, p)),
+            hold.studio.then_some((Level::Studio, STUDIO)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let Some(&last) = levels.last() else { continue };
+        let row = |i: usize| levels.get(i).map_or((last.0.as_str(), last.1), |&(l, o)| (l.as_str(), o));
+        ledger::settle(conn, [row(0), row(1), row(2)], &hold.day, held, this, now)?;
+        for (level, _) in levels {
+            charged.add(level, this);
         }
     }
     Ok(charged)

@@ -5,23 +5,29 @@
 use crate::core::metrics::Metrics;
 use crate::domain::limits::{Level, Refusal};
 
-/// What one settlement charged: (tokens, micro-dollars) at the player's and the studio's level.
+/// What one settlement charged: (tokens, micro-dollars) at each level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Charged {
     pub player: (i64, i64),
+    pub project: (i64, i64),
     pub studio: (i64, i64),
 }
 
 impl Charged {
-    /// Adds `charge` at `level` (player or studio).
+    /// Adds `charge` at `level`.
     pub fn add(&mut self, level: Level, charge: (i64, i64)) {
-        let at = if level == Level::Player { &mut self.player } else { &mut self.studio };
+        let at = match level {
+            Level::Player => &mut self.player,
+            Level::Project => &mut self.project,
+            Level::Studio => &mut self.studio,
+        };
         *at = (at.0.saturating_add(charge.0), at.1.saturating_add(charge.1));
     }
 
     /// Counts the charge into `usage_spent_*_total`.
     pub fn record(&self, metrics: &Metrics) {
         spent(metrics, Level::Player, self.player);
+        spent(metrics, Level::Project, self.project);
         spent(metrics, Level::Studio, self.studio);
     }
 }

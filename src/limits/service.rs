@@ -16,7 +16,7 @@ use crate::core::process::ProcessId;
 use crate::domain::limits::Level;
 use crate::hub::{CloseTopic, Hub};
 use crate::store::usage::{self as ledger, DayRow, LimitsChange, LimitsRow, PlayerChange};
-use crate::store::{users, Store, StoreResult};
+use crate::store::{users, DbConn, Store, StoreResult};
 
 /// One player as the admin sees it.
 #[derive(Debug, Clone)]
@@ -32,6 +32,26 @@ pub struct PlayerUsage {
     pub own_daily_tokens: Option<i64>,
     pub own_daily_micros: Option<i64>,
     pub today: DayRow,
+}
+
+/// A project's per-day limits and its spend today.
+#[derive(Debug, Clone)]
+pub struct ProjectUsage {
+    pub project_id: String,
+    pub daily_tokens: Option<i64>,
+    pub daily_micros: Option<i64>,
+    pub today: DayRow,
+}
+
+fn project_usage(conn: &mut DbConn, project_id: &str, today: &str) -> StoreResult<ProjectUsage> {
+    let own = ledger::project(conn, project_id)?;
+    let day = ledger::day(conn, Level::Project.as_str(), project_id, today)?;
+    Ok(ProjectUsage {
+        daily_tokens: own.as_ref().and_then(|p| p.daily_tokens),
+        daily_micros: own.as_ref().and_then(|p| p.daily_micros),
+        project_id: project_id.to_owned(),
+        today: day.unwrap_or_default(),
+    })
 }
 
 /// A day's spend: the studio's, and its top players with their nicknames.
@@ -116,6 +136,28 @@ impl UsageLimits {
                     own_daily_micros: own.as_ref().and_then(|p| p.daily_micros),
                     today: day.unwrap_or_default(),
                 }))
+            })
+            .await
+    }
+
+    /// A project's per-day limits and its spend today.
+    pub async fn project(&self, project_id: String) -> StoreResult<ProjectUsage> {
+        let today = day_of(self.clock.now_naive());
+        self.store.run(move |conn| project_usage(conn, &project_id, &today)).await
+    }
+
+    /// Changes a project's per-day limits (tokens, micro-dollars): `None` leaves a key as it
+    /// is, `Some(None)` removes that limit. Applies to the next reservation on every process.
+    pub async fn put_project(
+        &self,
+        project_id: String,
+        change: (Option<Option<i64>>, Option<Option<i64>>),
+    ) -> StoreResult<ProjectUsage> {
+        let now = self.clock.now_naive();
+        self.store
+            .write(move |conn| {
+                ledger::put_project(conn, &project_id, change, now)?;
+                project_usage(conn, &project_id, &day_of(now))
             })
             .await
     }

@@ -183,7 +183,8 @@ impl Llm {
         };
         let why = super::redact::redact(&why, &credentials.api_key);
         tracing::warn!(call = what, upstream = row.id, reason = %failure, error = %why, "upstream call failed");
-        route::record(&self.store, &self.clock, row.id, Some(format!("{failure}: {why}")), Some(failure)).await;
+        let parked_by = route::parks(failure).then(|| failure.to_string());
+        route::record(&self.store, &self.clock, row.id, Some(format!("{failure}: {why}")), parked_by).await;
         let moves_on = match failure {
             CallFailure::Upstream(UpstreamFailure::ApiError(status)) => status >= 500 || route::parks(failure),
             _ => true,

@@ -6,6 +6,10 @@
 //!
 //! Asks the circuits for a permit and nothing else; never calls an upstream.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use actix::Addr;
 
 use super::circuit::{Acquire, CircuitBreaker, Permit, Refusal};
@@ -64,6 +68,49 @@ pub async fn pick<'a>(
     }
 }
 
+/// [`pick`], leaving out `avoid` while another upstream can be called, else among them all.
+pub async fn pick_avoiding<'a>(
+    circuits: &Upstreams,
+    rows: &'a [UpstreamRow],
+    avoid: &[i64],
+    what: &str,
+) -> Result<Picked<'a>, CallFailure> {
+    match pick(circuits, rows, avoid, what).await {
+        Err(_) if !avoid.is_empty() => pick(circuits, rows, &[], what).await,
+        picked => picked,
+    }
+}
+
+/// The upstreams each of a set of calls (a run's attempts, by the run's key) failed on, so the
+/// next goes elsewhere; held by one actor (not shared between threads).
+#[derive(Default)]
+pub struct FailedOn {
+    failed: RefCell<HashMap<i64, (Vec<i64>, Instant)>>,
+}
+
+impl FailedOn {
+    /// Remembers that `key`'s call failed on upstream `upstream` (`None`: not on its side).
+    pub fn note(&self, key: i64, upstream: Option<i64>) {
+        let Some(id) = upstream else { return };
+        let mut failed = self.failed.borrow_mut();
+        let (ids, since) = failed.entry(key).or_insert_with(|| (Vec::new(), Instant::now()));
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        *since = Instant::now();
+    }
+
+    /// The upstreams `key`'s calls failed on.
+    pub fn of(&self, key: i64) -> Vec<i64> {
+        self.failed.borrow().get(&key).map(|(ids, _)| ids.clone()).unwrap_or_default()
+    }
+
+    /// Forgets the keys that failed last longer than `keep` ago.
+    pub fn forget_older_than(&self, keep: Duration) {
+        self.failed.borrow_mut().retain(|_, (_, since)| since.elapsed() < keep);
+    }
+}
+
 /// How many upstreams could make a call (enabled, with a key or a server of their own).
 pub fn callable(rows: &[UpstreamRow]) -> usize {
     rows.iter().filter(|row| row.enabled && super::credentials::credentials(&row.config()).is_ok()).count()
@@ -84,21 +131,15 @@ pub fn parks(failure: CallFailure) -> bool {
     matches!(failure, CallFailure::Upstream(UpstreamFailure::ApiError(401 | 403)))
 }
 
-/// Stores upstream `id`'s last error (`None` clears it, and unparks it) and parks it for
-/// `parked_by` when that failure parks; `error` has been through
+/// Stores upstream `id`'s last error (`None` clears it, and unparks it) and parks it for the
+/// failure named by `parked_by` (a 401 or 403: see [`parks`]); `error` has been through
 /// [`redact`](super::redact::redact) already.
-pub async fn record(
-    store: &Store,
-    clock: &SharedClock,
-    id: i64,
-    error: Option<String>,
-    parked_by: Option<CallFailure>,
-) {
+pub async fn record(store: &Store, clock: &SharedClock, id: i64, error: Option<String>, parked_by: Option<String>) {
     let now = clock.now_naive();
     let parked = match (&error, parked_by) {
         (None, _) => Some(None),
-        (Some(_), Some(failure)) if parks(failure) => Some(Some(failure.to_string())),
-        _ => None,
+        (Some(_), Some(failure)) => Some(Some(failure)),
+        (Some(_), None) => None,
     };
     let saved = store
         .write(move |conn| {

@@ -73,14 +73,27 @@ impl MoodJob {
         let first = upstreams.iter().find(|u| u.is_first());
         let model = first.map_or_else(|| self.config.llm_model.clone(), |c| c.model.clone());
         let (usage, now, author) = (self.config.usage, self.clock.now_naive(), row.user_id);
+        let cut = claim.attempt > 1;
         let reserved = self
             .store
             .write(move |conn| {
                 let target = target(message_id);
-                let spend = Spend { user_id: author, model: &model, target: &target, prompt_tokens, output_tokens };
-                limits::reserve(conn, &usage, &spend, now)
+                // An earlier claim cut short (its process died, or lost the job), maybe
+                // mid-call: what it held is charged before this attempt reserves anew.
+                let cut = if cut { limits::settle(conn, &target, Used::Unknown, now)? } else { Charged::default() };
+                let spend = Spend {
+                    user_id: author,
+                    project: None,
+                    model: &model,
+                    target: &target,
+                    prompt_tokens,
+                    output_tokens,
+                };
+                Ok((cut, limits::reserve(conn, &usage, &spend, now)?))
             })
             .await?;
+        let (cut, reserved) = reserved;
+        cut.record(&self.metrics);
         if let Err(refusal) = reserved {
             observe::refused(&self.metrics, &refusal);
             tracing::info!(

@@ -20,18 +20,17 @@ use super::checked::Held;
 use super::live::LiveRuns;
 use super::relay::Relay;
 use super::service::{publish, run_target};
-use super::{estimate_tokens, prompt_token_bound, RunErrorCode, Usage};
+use super::{estimate_tokens, prompt_token_bound, RunErrorCode, RunStatus, Usage};
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::core::usage::UsageConfig;
 use crate::deps::Deps;
 use crate::domain::limits::{Level, Refusal};
-use crate::domain::upstream::CallFailure;
 use crate::domain::wire::Typed;
 use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
-use crate::limits::observe;
+use crate::limits::observe::{self, Charged};
 use crate::limits::{self, Spend};
 use crate::llm::circuit::{self, CircuitBreaker, Report};
 use crate::llm::providers::{self, TextPrompt};
@@ -40,15 +39,13 @@ use crate::llm::stream::{self, StreamEnd, StreamLimits};
 use crate::llm::upstreams::Upstreams;
 use crate::moderation::Moderation;
 use crate::store::run_attempts::{self as attempts, AttemptEnd};
-use crate::store::runs as rows;
-use crate::store::{billing, upstreams, Store};
+use crate::store::runs::{self as rows, RunRow};
+use crate::store::{billing, upstreams, Store, StoreError};
 
 mod attempt;
+mod upstream;
 
 use attempt::{Attempt, Crew, Emitter};
-
-/// How long a run's failed upstreams are remembered (a run's attempts are minutes apart at most).
-const FAILED_ON_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// The settings an attempt follows.
 #[derive(Debug, Clone, Copy)]
@@ -67,11 +64,9 @@ pub struct RunJob {
     origin: ProcessId,
     store: Store,
     hub: Addr<Hub>,
-    /// Every upstream's circuit; the first's also paces a run waiting for the provider.
-    upstreams: Upstreams,
+    /// The first upstream's circuit, which paces a run waiting for the provider.
     circuit: Addr<CircuitBreaker>,
-    /// The upstreams each run failed on in this process, so its next attempt goes elsewhere.
-    failed_on: std::cell::RefCell<std::collections::HashMap<i64, (Vec<i64>, std::time::Instant)>>,
+    routing: upstream::Routing,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     client: awc::Client,
@@ -125,8 +120,7 @@ impl RunJob {
             store,
             hub,
             circuit: upstreams.first().clone(),
-            upstreams,
-            failed_on: Default::default(),
+            routing: upstream::Routing::new(upstreams),
             clock,
             metrics,
             client,
@@ -139,18 +133,6 @@ impl RunJob {
         }
     }
 
-    /// Remembers that run `run_pk` failed on upstream `failed` (`None`: the attempt did not
-    /// fail on the upstream's side).
-    fn note_failure(&self, run_pk: i64, failed: Option<i64>) {
-        let Some(id) = failed else { return };
-        let mut failed_on = self.failed_on.borrow_mut();
-        let (ids, since) = failed_on.entry(run_pk).or_insert_with(|| (Vec::new(), std::time::Instant::now()));
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-        *since = std::time::Instant::now();
-    }
-
     /// Sends the frames of the runs streamed here to the other processes.
     pub fn with_relay(mut self, relay: Arc<Relay>) -> Self {
         self.relay = Some(relay);
@@ -161,16 +143,71 @@ impl RunJob {
     /// the transaction that removes the job, and its sessions hear `run:error`.
     async fn give_up(&self, claim: Claim) -> JobResult {
         let run_pk = claim.target_id;
-        let row = self.store.run(move |conn| rows::find_by_id(conn, run_pk)).await?;
+        let (row, price) = self
+            .store
+            .run(move |conn| {
+                let row = rows::find_by_id(conn, run_pk)?;
+                let price = match &row {
+                    Some(r) => billing::price(conn, &r.model)?,
+                    None => None,
+                };
+                Ok((row, price))
+            })
+            .await?;
         let Some(row) = row.filter(|r| r.is_active()) else {
             return nothing_to_do(&self.store, &claim).await;
         };
+        // The last attempt may have been cut short too: it is charged all the same (its
+        // reservation alone when the run's action cannot be read).
+        let worst_case = self.prompt(&row).ok().and_then(|prompt| {
+            price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)))
+        });
+        let row = self.charge_cut(row, worst_case).await?;
         let ctx = Attempt { d: self.crew(), claim: &claim, run_pk, run_id: &row.run_id, model: &row.model };
         let end = AttemptEnd::Dead {
             code: RunErrorCode::Internal,
             message: "the run failed on the server's side and its attempts are spent".into(),
         };
         ctx.end(row.attempts, Usage::default(), 0, end).await
+    }
+
+    /// What the run asks the model.
+    fn prompt(&self, row: &RunRow) -> Result<TextPrompt, StoreError> {
+        let action = row.action()?;
+        Ok(TextPrompt {
+            system: action.system_prompt().to_owned(),
+            user: action.user_message(&row.input),
+            max_tokens: self.limits.max_output_tokens,
+        })
+    }
+
+    /// A run still `running` when it is claimed had its last attempt cut short (its process
+    /// died, or lost the job): that attempt is charged what it held at every level (the
+    /// project's reservation, else `worst_case`; the player's and the studio's holds as
+    /// reserved), and the same is reserved again for the next one where it fits, in one
+    /// transaction (PROTOCOL §5). The run as it is now.
+    async fn charge_cut(&self, row: RunRow, worst_case: Option<i64>) -> Result<RunRow, StoreError> {
+        if row.run_status() != Some(RunStatus::Running) {
+            return Ok(row);
+        }
+        let (run_pk, target, now) = (row.id, run_target(&row.run_id), self.clock.now_naive());
+        let usage = self.usage;
+        let (cut, charged) = self
+            .store
+            .write(move |conn| {
+                let Some(cut) = attempts::charge_cut(conn, run_pk, worst_case.unwrap_or(0), now)? else {
+                    return Ok((None, Charged::default()));
+                };
+                // Refused again: the attempt's own reservation refuses it (budget_exceeded).
+                let (charged, _) = limits::charge_cut(conn, &usage, &target, now)?;
+                Ok((Some(cut), charged))
+            })
+            .await?;
+        charged.record(&self.metrics);
+        let Some(cut) = cut else { return Ok(row) };
+        tracing::warn!(run = %cut.run_id, attempt = cut.attempts, charged_micros = cut.cost_micros - row.cost_micros,
+            "an attempt cut short is charged what it held");
+        Ok(cut)
     }
 
     /// Runs one attempt of the run behind `claim`; every `Ok` path ended the job (committed)
@@ -191,26 +228,22 @@ impl RunJob {
         let Some(row) = row.filter(|r| r.is_active()) else {
             return nothing_to_do(&self.store, &claim).await;
         };
+        let prompt = self.prompt(&row)?;
+        let worst_case =
+            price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
+        let row = self.charge_cut(row, worst_case).await?;
         let run_id = row.run_id.clone();
-        let action = row.action()?;
         let mut cancel = self.live.cancel_signal(&run_id);
         let ctx = Attempt { d: self.crew(), claim: &claim, run_pk, run_id: &run_id, model: &row.model };
         if *cancel.borrow() {
             return ctx.end(row.attempts, Usage::default(), 0, AttemptEnd::Aborted).await;
         }
 
-        let prompt = TextPrompt {
-            system: action.system_prompt().to_owned(),
-            user: action.user_message(&row.input),
-            max_tokens: self.limits.max_output_tokens,
-        };
         if let Some(why) = route::no_upstream(&rows_up) {
             // Lorewire's words: no key, or a stored provider this version does not know.
             let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: why.to_string() };
             return ctx.end(row.attempts, Usage::default(), 0, end).await;
         }
-        let worst_case =
-            price.map(|p| p.worst_case(prompt_token_bound(&prompt.system, &prompt.user), u64::from(prompt.max_tokens)));
 
         // The reservation first: waiting on the circuit keeps it, so the run cannot be refused later.
         // (Skipped, saving a write, when the run holds one already or its project has no budget.)
@@ -233,10 +266,11 @@ impl RunJob {
             attempts::Reservation::Held => {}
         }
 
-        // The player's and the studio's share of this attempt: reserved at admission for the
-        // first, again for each later one (the last was settled).
+        // The player's, the project's day and the studio's share of this attempt: reserved at
+        // admission for the first, again for each later one (the last was settled).
         if let Some(user_id) = row.user_id {
             let (target, model, usage) = (run_target(&run_id), row.model.clone(), self.usage);
+            let project = row.project_id.clone();
             let prompt_tokens = i64::try_from(prompt_token_bound(&prompt.system, &prompt.user)).unwrap_or(i64::MAX);
             let output_tokens = i64::from(prompt.max_tokens);
             let ensured = self
@@ -245,7 +279,9 @@ impl RunJob {
                     if limits::holds(conn, &target)? {
                         return Ok(Ok(()));
                     }
-                    let spend = Spend { user_id, model: &model, target: &target, prompt_tokens, output_tokens };
+                    let project = Some(project.as_str());
+                    let spend =
+                        Spend { user_id, project, model: &model, target: &target, prompt_tokens, output_tokens };
                     limits::reserve(conn, &usage, &spend, now)
                 })
                 .await?;
@@ -256,26 +292,13 @@ impl RunJob {
             }
         }
 
-        // The next attempt goes to an upstream this run has not failed on, while there is one.
-        let avoid = self.failed_on.borrow().get(&run_pk).map(|(ids, _)| ids.clone()).unwrap_or_default();
-        let picked = match route::pick(&self.upstreams, &rows_up, &avoid, &run_id).await {
-            Err(_) if !avoid.is_empty() => route::pick(&self.upstreams, &rows_up, &[], &run_id).await,
-            picked => picked,
-        };
-        let route::Picked { row: upstream, credentials, circuit: upstream_circuit, probe } = match picked {
-            Ok(picked) => picked,
-            Err(refusal) => return ctx.wait(format!("{refusal}"), false).await,
-        };
+        let upstream::Routed { picked, model, price } =
+            match self.routing.next(&self.store, &rows_up, &row, price).await? {
+                Ok(routed) => routed,
+                Err(refusal) => return ctx.wait(format!("{refusal}"), false).await,
+            };
+        let route::Picked { row: upstream, credentials, circuit: upstream_circuit, probe } = picked;
         let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
-        // A run keeps the model it was admitted with on the first upstream; another streams its own.
-        let model = if upstream.is_first() { row.model.clone() } else { upstream.model.clone() };
-        let price = if model == row.model {
-            price
-        } else {
-            // A model without a price of its own is charged as the admitted one.
-            let priced = model.clone();
-            self.store.run(move |conn| billing::price(conn, &priced)).await?.or(price)
-        };
 
         let now = self.clock.now_naive();
         let started = match self.store.write(move |conn| attempts::mark_running(conn, run_pk, now)).await {
@@ -392,36 +415,28 @@ impl RunJob {
             StreamEnd::Cut(_) | StreamEnd::Timeout | StreamEnd::ProviderError { .. } => circuit::Outcome::Failure,
         };
         upstream_circuit.do_send(Report { probe, outcome: circuit_outcome });
-        let failed = matches!(&outcome.end, StreamEnd::Upstream(_) | StreamEnd::Cut(_) | StreamEnd::Timeout)
-            || matches!(&outcome.end, StreamEnd::ProviderError { .. } | StreamEnd::Invalid(_));
-        self.note_failure(run_pk, failed.then_some(upstream.id));
+        self.routing.ended(run_pk, upstream.id, &outcome.end);
 
         if flagged {
             // The provider answered; what it wrote is not for players. Charged, not retried.
             tracing::info!(run = %run_id, attempt, "run text flagged by moderation; the run ends");
-            self.upstreams.call_ended(upstream.id, "ok");
+            self.routing.upstreams.call_ended(upstream.id, "ok");
             let code = RunErrorCode::Moderated;
             return ctx.end(attempt, usage, cost, AttemptEnd::Dead { code, message: code.player_message() }).await;
         }
         if cut {
             tracing::warn!(run = %run_id, attempt, bytes = text.len(), "run text reached its bound; the stream was stopped");
-            self.upstreams.call_ended(upstream.id, "ok");
-            if upstream.last_error.is_some() {
-                route::record(&self.store, &self.clock, upstream.id, None, None).await;
-            }
+            self.routing.answered(&self.store, &self.clock, upstream).await;
             return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
         }
         let (code, detail) = match outcome.end {
             StreamEnd::Finished => {
-                self.upstreams.call_ended(upstream.id, "ok");
-                if upstream.last_error.is_some() {
-                    route::record(&self.store, &self.clock, upstream.id, None, None).await;
-                }
+                self.routing.answered(&self.store, &self.clock, upstream).await;
                 return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
             }
             StreamEnd::Cancelled => return ctx.end(attempt, usage, cost, AttemptEnd::Aborted).await,
             StreamEnd::Upstream(e) if e.is_rate_limit() => {
-                self.upstreams.call_ended(upstream.id, "rate_limited");
+                self.routing.upstreams.call_ended(upstream.id, "rate_limited");
                 // Throttled, not failed: the run waits without spending an attempt.
                 return ctx.wait(e.redacted(api_key), true).await;
             }
@@ -434,15 +449,8 @@ impl RunJob {
         // The provider's own text goes to the log and the admin's `last_error`; players read
         // lorewire's words for the code (the run's stored `error`, `run:error`).
         let detail = crate::llm::redact(&detail, api_key);
-        self.upstreams.call_ended(upstream.id, &code.to_string());
         tracing::warn!(run = %run_id, attempt, code = %code, error = %detail, "run attempt failed");
-        let parked_by = match code {
-            RunErrorCode::ApiError(status) => {
-                Some(CallFailure::Upstream(crate::domain::upstream::UpstreamFailure::ApiError(status)))
-            }
-            _ => None,
-        };
-        route::record(&self.store, &self.clock, upstream.id, Some(format!("{code}: {detail}")), parked_by).await;
+        self.routing.failed(&self.store, &self.clock, upstream.id, code, &detail).await;
         let message = code.player_message();
         // The run's attempts (shown to clients) and the job's (failures on our side count too)
         // agree unless something went wrong on our side; the larger decides, so neither passes
@@ -450,8 +458,7 @@ impl RunJob {
         let spent = u32::try_from(attempt).unwrap_or(0).max(claim.attempt).max(1);
         if spent < self.limits.max_attempts {
             // Moving to another upstream does not wait for the backoff (PROTOCOL §7).
-            let elsewhere = self.failed_on.borrow().get(&run_pk).map_or(0, |(ids, _)| ids.len());
-            let delay = match route::callable(&rows_up) > elsewhere {
+            let delay = match self.routing.elsewhere(&rows_up, run_pk) {
                 true => Duration::ZERO,
                 false => backoff(self.limits.retry_base, spent),
             };
@@ -486,6 +493,6 @@ impl JobHandler for RunJob {
     /// Forgets the runs this process no longer streams, even when no run changes here.
     fn tick(&self) {
         self.live.prune();
-        self.failed_on.borrow_mut().retain(|_, (_, since)| since.elapsed() < FAILED_ON_FOR);
+        self.routing.tick();
     }
 }

@@ -7,6 +7,7 @@
 //! between processes. Nothing here holds a database connection across an upstream call.
 
 pub mod admin;
+pub mod admit;
 mod checked;
 pub mod job;
 pub mod live;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bytestring::ByteString;
-use sha2::{Digest, Sha256};
 
+pub use super::admit::run_target;
+use super::admit::{self, dedup_key};
 use super::live::LiveRuns;
 use crate::core::clock::SharedClock;
 use crate::core::config::Config;
@@ -16,16 +17,15 @@ use crate::core::process::ProcessId;
 use crate::deps::Deps;
 use crate::domain::limits::{Level, Refusal, RefusalReason};
 use crate::domain::money::usd;
-use crate::domain::runs::{prompt_token_bound, Action, RunErrorCode, RunRequest, RunStatus, Usage};
+use crate::domain::runs::{prompt_token_bound, RunErrorCode, RunRequest, RunStatus, Usage};
 use crate::domain::topic::Topic;
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{DropTopic, Hub, Publish, SessionId};
 use crate::jobs::JobsAvailable;
-use crate::limits::rate::StartRate;
-use crate::limits::{self, observe, Spend, Used};
-use crate::llm::credentials::NoCredentials;
+use crate::limits::rate::{Counted, StartRate};
+use crate::limits::{self, observe, Used};
 use crate::store::run_attempts;
-use crate::store::runs::{self as rows, Admission, Admitted, RunRow};
+use crate::store::runs::{self as rows, Admitted, RunRow};
 use crate::store::{billing, llm_config, Store, StoreError};
 
 /// Who is asking.
@@ -111,16 +111,6 @@ pub struct RunService {
     rate: Option<Arc<StartRate>>,
 }
 
-/// The dedup key: identical (project, action, model, input) share it.
-fn dedup_key(project_id: &str, action: Action, model: &str, input: &str) -> String {
-    let mut hash = Sha256::new();
-    for part in [project_id, action.as_str(), model, input] {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part.as_bytes());
-    }
-    hex::encode(hash.finalize())
-}
-
 fn new_run_id() -> String {
     format!("run_{}", crate::domain::players::new_token().get(..20).unwrap_or("0"))
 }
@@ -140,8 +130,8 @@ impl RunService {
 
     /// Counts a request that would start a new run against the player's start rate; one that
     /// joins a running run or is answered from a finished one costs nothing.
-    async fn count_start(&self, req: &RunRequest, by: i64) -> Result<(), RunRefused> {
-        let Some(rate) = &self.rate else { return Ok(()) };
+    async fn count_start(&self, req: &RunRequest, by: i64) -> Result<Option<Counted>, RunRefused> {
+        let Some(rate) = &self.rate else { return Ok(None) };
         let (config, req) = (self.config.clone(), req.clone());
         let (starts, per_player) = self
             .store
@@ -154,14 +144,16 @@ impl RunService {
             })
             .await?;
         rate.remember(per_player);
-        if starts {
-            // Counted for good: a new run is started from here on, whatever refuses it later.
-            if let Err(refusal) = rate.admit(by, per_player).await.map(drop) {
+        if !starts {
+            return Ok(None);
+        }
+        match rate.admit(by, per_player).await {
+            Ok(counted) => Ok(Some(counted)),
+            Err(refusal) => {
                 self.metrics.runs_refused.with_label_values(&["rate_limited"]).inc();
-                return Err(RunRefused::RateLimited(rate.refused(refusal)));
+                Err(RunRefused::RateLimited(rate.refused(refusal)))
             }
         }
-        Ok(())
     }
 
     /// The project's budget refuses a run (counted).
@@ -180,73 +172,30 @@ impl RunService {
     /// reserves its first attempt's bound for the player and the studio with the project's
     /// budget, in one transaction.
     pub async fn start(&self, req: RunRequest, waiter: Waiter, player: i64) -> Result<Started, RunRefused> {
-        self.count_start(&req, player).await?;
+        let counted = self.count_start(&req, player).await?;
+        let started = self.admit(req, waiter, player).await;
+        // A start that started nothing (refused with nothing stored, or it joined a run or was
+        // answered from one meanwhile) is given back to the player's start rate.
+        let new = matches!(started, Ok(Started::Queued { joined: false, .. } | Started::NoConfig(_)));
+        if let (Some(rate), Some(counted), false) = (&self.rate, counted, new) {
+            rate.give_back(counted);
+        }
+        started
+    }
+
+    async fn admit(&self, req: RunRequest, waiter: Waiter, player: i64) -> Result<Started, RunRefused> {
         let now = self.clock.now_naive();
         let config = self.config.clone();
         let run_id = new_run_id();
         let (admitted, position, avg_ms) = self
             .store
-            .write(move |conn| {
-                let llm = llm_config::get(conn)?;
-                let model = llm.as_ref().map(|c| c.model.clone()).unwrap_or_else(|| config.llm_model.clone());
-                let no_config = match llm.as_ref().map(crate::llm::credentials) {
-                    Some(Ok(_)) => None,
-                    Some(Err(why)) => Some(why.to_string()),
-                    None => Some(NoCredentials::NoKey.to_string()),
-                };
-                let bound = prompt_token_bound(req.action.system_prompt(), &req.action.user_message(&req.input));
-                let worst_case =
-                    billing::price(conn, &model)?.map(|p| p.worst_case(bound, u64::from(config.max_output_tokens)));
-                let key = dedup_key(&req.project_id, req.action, &model, &req.input);
-                let admission = Admission {
-                    run_id: &run_id,
-                    user_id: player,
-                    project_id: &req.project_id,
-                    action: req.action,
-                    priority: req.action.priority(),
-                    input: &req.input,
-                    model: &model,
-                    dedup_key: &key,
-                    skip_cache: req.skip_cache,
-                    pinned: waiter == Waiter::Rest,
-                    waiter: waiter != Waiter::Rest,
-                    queue_limit: i64::try_from(config.queue_limit).unwrap_or(i64::MAX),
-                    worst_case,
-                    no_config: no_config.as_deref(),
-                    player_id: player,
-                    unwatched_cap: (waiter == Waiter::Rest).then_some(i64::from(config.identity.player_unwatched_runs)),
-                };
-                let admitted = rows::admit(conn, &admission, now)?;
-                let spend = Spend {
-                    user_id: player,
-                    model: &model,
-                    target: &run_target(&run_id),
-                    prompt_tokens: i64::try_from(bound).unwrap_or(i64::MAX),
-                    output_tokens: i64::from(config.max_output_tokens),
-                };
-                match &admitted {
-                    // The player's level refuses before the project's.
-                    Admitted::BudgetExceeded | Admitted::NoPrice => {
-                        if let Some(refusal) = limits::player_refuses(conn, &config.usage, &spend, now)? {
-                            return Err(StoreError::OverLimit(refusal));
-                        }
-                    }
-                    Admitted::Created(row) if row.is_active() => {
-                        if let Err(refusal) = limits::reserve(conn, &config.usage, &spend, now)? {
-                            return Err(StoreError::OverLimit(refusal));
-                        }
-                    }
-                    _ => {}
-                }
-                let (position, avg) = match &admitted {
-                    Admitted::Joined(row) | Admitted::Created(row) if row.is_active() => {
-                        (rows::position(conn, row.id)?, rows::recent_duration_ms(conn)?)
-                    }
-                    _ => (0, None),
-                };
-                Ok((admitted, position, avg))
-            })
+            .write(move |conn| admit::admit(conn, &config, &req, waiter == Waiter::Rest, player, &run_id, now))
             .await
+            .or_else(|e| match e {
+                // Over the cap once counted again under the reservation's lock: refused alike.
+                StoreError::TooManyUnwatched(cap) => Ok((Admitted::Unwatched(cap), 0, None)),
+                other => Err(other),
+            })
             .map_err(|e| match e {
                 StoreError::OverLimit(refusal) => {
                     self.metrics.runs_refused.with_label_values(&["budget_exceeded"]).inc();
@@ -436,11 +385,6 @@ impl RunService {
         }
         Ok(Some(CatchUp { frames: stored_frames(&row, false), finished: true }))
     }
-}
-
-/// The ledger's name of a run's calls.
-pub fn run_target(run_id: &str) -> String {
-    format!("run:{run_id}")
 }
 
 /// A finished run rebuilt as frames: started, the text as one delta, then done or error.

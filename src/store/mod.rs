@@ -9,6 +9,7 @@
 pub mod billing;
 pub mod content;
 pub mod jobs;
+mod kept;
 pub mod llm_config;
 pub mod messages;
 pub mod moderation;
@@ -31,6 +32,8 @@ use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+pub use kept::Kept;
+
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -52,40 +55,6 @@ macro_rules! on_backend {
         }
     };
 }
-
-/// A statement whose prepared form the connection may keep, keyed by its SQL text. Diesel
-/// prepares every UPDATE anew, because one changeset type can make several SQL texts (an
-/// `Option` field leaves its column out); keyed by the text, each of them is safe to keep. For
-/// the UPDATEs every content item runs: `diesel::update(...).set(...)` inside, run on the
-/// backend's own connection ([`on_backend!`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Kept<Q>(pub Q);
-
-impl<Q> diesel::query_builder::QueryId for Kept<Q> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Kept<Q> {
-    type SqlType = Q::SqlType;
-}
-
-impl<Q, DB> diesel::query_builder::QueryFragment<DB> for Kept<Q>
-where
-    Q: diesel::query_builder::QueryFragment<DB>,
-    DB: diesel::backend::Backend,
-{
-    fn walk_ast<'b>(&'b self, pass: diesel::query_builder::AstPass<'_, 'b, DB>) -> diesel::QueryResult<()> {
-        self.0.walk_ast(pass)
-    }
-
-    // The statement cache keys this statement by its SQL text (no static query id above).
-    fn is_safe_to_cache_prepared(&self, _: &DB) -> diesel::QueryResult<bool> {
-        Ok(true)
-    }
-}
-
-impl<Q, C> diesel::RunQueryDsl<C> for Kept<Q> {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -118,6 +87,10 @@ pub enum StoreError {
     /// A usage limit refused the call this write was for: nothing was stored.
     #[error("{0}")]
     OverLimit(crate::domain::limits::Refusal),
+    /// The player has this many REST runs queued or running (`LOREWIRE_PLAYER_UNWATCHED_RUNS`):
+    /// the run was refused, nothing stored.
+    #[error("{0} REST runs of the player are queued or running")]
+    TooManyUnwatched(i64),
     /// The player's start rate refused the request: nothing was stored.
     #[error("{0}")]
     RateLimited(crate::domain::limits::Refusal),
@@ -169,7 +142,10 @@ impl StoreError {
         use diesel::result::{DatabaseErrorKind as Kind, Error as Diesel};
         match self {
             StoreError::Connect(_) | StoreError::Canceled => Failure::Unavailable,
-            StoreError::QueueFull(_) | StoreError::OverLimit(_) | StoreError::RateLimited(_) => Failure::Overloaded,
+            StoreError::QueueFull(_)
+            | StoreError::OverLimit(_)
+            | StoreError::RateLimited(_)
+            | StoreError::TooManyUnwatched(_) => Failure::Overloaded,
             // r2d2 names the last connection error when the pool could not connect at all.
             StoreError::Pool(e) if e.to_string().contains("waiting for connection: ") => Failure::Unavailable,
             StoreError::Pool(_) => Failure::Overloaded,

@@ -52,6 +52,46 @@ pub fn ensure_reservation(
     })
 }
 
+/// An attempt cut short (its process died, or lost the job's lease) is charged what it held,
+/// at restart (PROTOCOL §5): the project's reservation, or `worst_case` when the project has
+/// no budget, with a cost event; the run goes back to `queued`, holding the same reservation
+/// again if the budget still has room for it (else nothing: the next attempt is refused).
+/// `None` when the run is not `running`: nothing was cut.
+pub fn charge_cut(conn: &mut DbConn, run_pk: i64, worst_case: i64, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
+    write_tx(conn, |conn| {
+        let Some(row) = find_by_id(conn, run_pk)? else { return Ok(None) };
+        if row.run_status() != Some(RunStatus::Running) {
+            return Ok(None);
+        }
+        let charge = if row.reserved_micros > 0 { row.reserved_micros } else { worst_case.max(0) };
+        billing::settle(conn, &row.project_id, row.reserved_micros, charge, now)?;
+        let event = NewCostEvent {
+            run_id: &row.run_id,
+            project_id: &row.project_id,
+            model: &row.model,
+            attempt: row.attempts,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            cost_micros: charge,
+            created_at: now,
+        };
+        billing::add_cost_event(conn, &event)?;
+        let again = row.reserved_micros > 0 && billing::reserve(conn, &row.project_id, row.reserved_micros, now)?;
+        let row = diesel::update(runs::table.find(run_pk))
+            .set((
+                runs::status.eq(RunStatus::Queued.as_str()),
+                runs::cost_micros.eq(runs::cost_micros + charge),
+                runs::reserved_micros.eq(if again { row.reserved_micros } else { 0 }),
+                runs::updated_at.eq(now),
+            ))
+            .returning(runs::all_columns)
+            .get_result::<RunRow>(conn)?;
+        Ok(Some(row))
+    })
+}
+
 /// The attempt begins: the run is `running` and the attempt counted. `None` when the run
 /// stopped waiting meanwhile (aborted).
 pub fn mark_running(conn: &mut DbConn, run_pk: i64, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {

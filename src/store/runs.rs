@@ -305,19 +305,22 @@ pub fn queued_count(conn: &mut DbConn) -> StoreResult<i64> {
     Ok(runs::table.filter(runs::status.eq(RunStatus::Queued.as_str())).count().get_result(conn)?)
 }
 
-/// Queued run jobs that will be claimed before this run's job.
+/// Queued run jobs that will be claimed before this run's job, in the claim's order: higher
+/// priority, then an earlier turn (players take turns), then older.
 pub fn position(conn: &mut DbConn, run_pk: i64) -> StoreResult<i64> {
-    let job: Option<(i64, i32)> = jobs_t::table
+    let job: Option<(i64, i32, i64)> = jobs_t::table
         .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
         .filter(jobs_t::target_id.eq(run_pk))
-        .select((jobs_t::id, jobs_t::priority))
+        .select((jobs_t::id, jobs_t::priority, jobs_t::turn))
         .first(conn)
         .optional()?;
-    let Some((job_id, priority)) = job else { return Ok(0) };
+    let Some((job_id, priority, turn)) = job else { return Ok(0) };
+    let same_turn_before = jobs_t::turn.eq(turn).and(jobs_t::id.lt(job_id));
+    let same_priority_before = jobs_t::priority.eq(priority).and(jobs_t::turn.lt(turn).or(same_turn_before));
     Ok(jobs_t::table
         .filter(jobs_t::kind.eq(JobKind::Run.as_str()))
         .filter(jobs_t::status.eq(JobStatus::Queued.as_str()))
-        .filter(jobs_t::priority.gt(priority).or(jobs_t::priority.eq(priority).and(jobs_t::id.lt(job_id))))
+        .filter(jobs_t::priority.gt(priority).or(same_priority_before))
         .count()
         .get_result(conn)?)
 }

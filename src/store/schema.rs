@@ -191,6 +191,16 @@ diesel::table! {
         tokens -> Int8,
         micros -> Int8,
         created_at -> Timestamp,
+        project -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    project_limits (project_id) {
+        project_id -> Text,
+        daily_tokens -> Nullable<Int8>,
+        daily_micros -> Nullable<Int8>,
+        updated_at -> Timestamp,
     }
 }
 
@@ -233,6 +243,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     runs,
     usage_days,
     usage_holds,
+    project_limits,
     usage_limits,
     user_days,
     users,

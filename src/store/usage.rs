@@ -14,7 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use super::notify::{self, Event};
-use super::schema::{player_limits, usage_days, usage_holds, usage_limits, users};
+use super::schema::{player_limits, project_limits, usage_days, usage_holds, usage_limits, users};
 use super::{DbConn, Kept, StoreResult};
 use crate::on_backend;
 
@@ -74,7 +74,8 @@ pub struct DayRow {
     pub updated_at: NaiveDateTime,
 }
 
-/// What a call holds until it is settled. The player's level always, the studio's when `studio`.
+/// What a call holds until it is settled. The player's level always, the studio's when
+/// `studio`, the project's when it names one.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct HoldRow {
     pub id: i64,
@@ -86,6 +87,7 @@ pub struct HoldRow {
     pub tokens: i64,
     pub micros: i64,
     pub created_at: NaiveDateTime,
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -99,6 +101,16 @@ pub struct NewHold<'a> {
     pub tokens: i64,
     pub micros: i64,
     pub created_at: NaiveDateTime,
+    pub project: Option<&'a str>,
+}
+
+/// A project's per-day limits (`None`: no limit).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct ProjectLimitsRow {
+    pub project_id: String,
+    pub daily_tokens: Option<i64>,
+    pub daily_micros: Option<i64>,
+    pub updated_at: NaiveDateTime,
 }
 
 pub fn limits(conn: &mut DbConn) -> StoreResult<Option<LimitsRow>> {
@@ -139,6 +151,33 @@ pub fn put_limits(conn: &mut DbConn, change: &LimitsChange, now: NaiveDateTime) 
         .returning(usage_limits::all_columns)
         .get_result(conn)?;
     Ok(Some(row))
+}
+
+pub fn project(conn: &mut DbConn, project_id: &str) -> StoreResult<Option<ProjectLimitsRow>> {
+    Ok(project_limits::table.find(project_id).first(conn).optional()?)
+}
+
+/// Sets a project's per-day limits: `None` leaves a key as it is, `Some(None)` removes it.
+pub fn put_project(
+    conn: &mut DbConn,
+    project_id: &str,
+    (tokens, micros): (Option<Option<i64>>, Option<Option<i64>>),
+    now: NaiveDateTime,
+) -> StoreResult<ProjectLimitsRow> {
+    let old = project(conn, project_id)?;
+    let values = (
+        project_limits::project_id.eq(project_id),
+        project_limits::daily_tokens.eq(tokens.unwrap_or(old.as_ref().and_then(|o| o.daily_tokens))),
+        project_limits::daily_micros.eq(micros.unwrap_or(old.as_ref().and_then(|o| o.daily_micros))),
+        project_limits::updated_at.eq(now),
+    );
+    Ok(on_backend!(conn, |c| diesel::insert_into(project_limits::table)
+        .values(values)
+        .on_conflict(project_limits::project_id)
+        .do_update()
+        .set(values)
+        .returning(project_limits::all_columns)
+        .get_result(c))?)
 }
 
 pub fn player(conn: &mut DbConn, user_id: i64) -> StoreResult<Option<PlayerLimitsRow>> {
@@ -272,28 +311,28 @@ pub fn open(conn: &mut DbConn, account: &Account<'_>, day: &str, now: NaiveDateT
     Ok(())
 }
 
-/// Reserves `tokens` and `micros` on `day` at each of two accounts (the same one twice for
-/// one) where both fit under its limits: one conditional UPDATE, so the database decides and
-/// concurrent reservations never overshoot. Returns the `(level, owner)` of the rows it
-/// reserved at; an account missing from them refused, or has no row that day yet ([`open`]).
+/// Reserves `tokens` and `micros` on `day` at each of up to three accounts (one may stand
+/// twice or thrice) where all fit under its limits: one conditional UPDATE, so the database
+/// decides and concurrent reservations never overshoot. Returns the `(level, owner)` of the
+/// rows it reserved at; an account missing from them refused, or has no row that day yet
+/// ([`open`]).
 pub fn reserve(
     conn: &mut DbConn,
-    accounts: [&Account<'_>; 2],
+    accounts: [&Account<'_>; 3],
     day: &str,
     (tokens, micros): (i64, i64),
     now: NaiveDateTime,
 ) -> StoreResult<Vec<(String, String)>> {
-    let [a, b] = accounts;
-    let is_a = usage_days::level.eq(a.level).and(usage_days::owner.eq(a.owner));
-    let is_b = usage_days::level.eq(b.level).and(usage_days::owner.eq(b.owner));
+    let [a, b, c] = accounts;
+    let is = |x: &Account<'_>| usage_days::level.eq(x.level.to_owned()).and(usage_days::owner.eq(x.owner.to_owned()));
     let limit = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<BigInt>();
-    let token_limit = case_when(is_a, limit(a.limits.0)).otherwise(limit(b.limits.0));
-    let micro_limit = case_when(is_a, limit(a.limits.1)).otherwise(limit(b.limits.1));
+    let token_limit = case_when(is(a), limit(a.limits.0)).when(is(b), limit(b.limits.0)).otherwise(limit(c.limits.0));
+    let micro_limit = case_when(is(a), limit(a.limits.1)).when(is(b), limit(b.limits.1)).otherwise(limit(c.limits.1));
     Ok(Kept(
         diesel::update(
             usage_days::table
                 .filter(usage_days::day.eq(day))
-                .filter(is_a.or(is_b))
+                .filter(is(a).or(is(b)).or(is(c)))
                 .filter((usage_days::spent_tokens + usage_days::reserved_tokens + tokens).le(token_limit))
                 .filter((usage_days::spent_micros + usage_days::reserved_micros + micros).le(micro_limit)),
         )
@@ -307,35 +346,37 @@ pub fn reserve(
     .get_results(conn)?)
 }
 
-/// Moves a settled call's usage at each of the `(level, owner)` rows of `day` (the same one
-/// twice for one): `charge` becomes spent, `held` is no longer reserved (saturating at zero).
+/// Moves a settled call's usage at each of the `(level, owner)` rows of `day` (one may stand
+/// twice or thrice): `charge` becomes spent, `held` is no longer reserved (saturating at zero).
 /// One UPDATE, kept prepared ([`Kept`]; run for its RETURNING rows: `execute` hands the
 /// connection a reference, whose statement Diesel does not keep).
 pub fn settle(
     conn: &mut DbConn,
-    rows: [(&str, &str); 2],
+    rows: [(&str, &str); 3],
     day: &str,
     held: (i64, i64),
     charge: (i64, i64),
     now: NaiveDateTime,
 ) -> StoreResult<()> {
-    let [(level_a, owner_a), (level_b, owner_b)] = rows;
-    let is_a = usage_days::level.eq(level_a).and(usage_days::owner.eq(owner_a));
-    let is_b = usage_days::level.eq(level_b).and(usage_days::owner.eq(owner_b));
+    let is = |(level, owner): (&str, &str)| {
+        usage_days::level.eq(level.to_owned()).and(usage_days::owner.eq(owner.to_owned()))
+    };
     let tokens =
         case_when(usage_days::reserved_tokens.gt(held.0), usage_days::reserved_tokens - held.0).otherwise(0_i64);
     let micros =
         case_when(usage_days::reserved_micros.gt(held.1), usage_days::reserved_micros - held.1).otherwise(0_i64);
     Kept(
-        diesel::update(usage_days::table.filter(usage_days::day.eq(day)).filter(is_a.or(is_b)))
-            .set((
-                usage_days::spent_tokens.eq(usage_days::spent_tokens + charge.0),
-                usage_days::spent_micros.eq(usage_days::spent_micros + charge.1),
-                usage_days::reserved_tokens.eq(tokens),
-                usage_days::reserved_micros.eq(micros),
-                usage_days::updated_at.eq(now),
-            ))
-            .returning(usage_days::level),
+        diesel::update(
+            usage_days::table.filter(usage_days::day.eq(day)).filter(is(rows[0]).or(is(rows[1])).or(is(rows[2]))),
+        )
+        .set((
+            usage_days::spent_tokens.eq(usage_days::spent_tokens + charge.0),
+            usage_days::spent_micros.eq(usage_days::spent_micros + charge.1),
+            usage_days::reserved_tokens.eq(tokens),
+            usage_days::reserved_micros.eq(micros),
+            usage_days::updated_at.eq(now),
+        ))
+        .returning(usage_days::level),
     )
     .get_results::<String>(conn)?;
     Ok(())

@@ -315,8 +315,67 @@ async fn a_player_leaves_at_most_the_cap_of_rest_runs_unwatched(db: Db) {
     assert_eq!(post_json(&generate, &ada_token, &run("three")).await.0, 202);
 }
 
+/// `run:queued`'s position follows the claim's order: a player's run queued behind another
+/// player's flood of runs is told its turn (right after the flood's next run), not the flood's
+/// length.
+async fn a_run_queued_behind_another_players_flood_is_told_its_turn(db: Db) {
+    let app = spawn_with(Setup::new(db), |c| c.llm_concurrency = 1).await;
+    app.fake.set_mode(Mode::Hang);
+    let ada = app.player("Ada").await.1["token"].as_str().unwrap().to_owned();
+    let bo = app.player("Bo").await.1["token"].as_str().unwrap().to_owned();
+    let generate = app.url("/api/generate");
+    let run = |input: String| json!({"project_id": "p1", "action": "WRITE", "input": input});
+    let mut last = json!(null);
+    for i in 0..6 {
+        let (status, queued) = post_json(&generate, &ada, &run(format!("flood {i}"))).await;
+        assert_eq!(status, 202, "{queued}");
+        last = queued;
+    }
+    // Behind each other (the first may be running already).
+    assert!(last["position"].as_i64().unwrap() >= 4, "one player's runs queue behind each other: {last}");
+    crate::common::eventually("the flood's first run to be called", || async {
+        (app.fake.request_count() >= 1).then_some(())
+    })
+    .await;
+    let (status, queued) = post_json(&generate, &bo, &run("bo's one".into())).await;
+    assert_eq!(status, 202, "{queued}");
+    assert!(queued["position"].as_i64().unwrap() <= 1, "the other player's turn: {queued}");
+}
+
+/// Two processes on one PostgreSQL database admit one player's REST runs at once: the cap
+/// holds over both (each process's count alone would let each admit the cap). Five rounds of
+/// twenty concurrent starts, each round a new player.
+#[actix_web::test]
+async fn two_processes_never_pass_a_players_cap_of_rest_runs() {
+    let app = spawn_with(Setup::new(Db::Postgres), |c| c.identity.player_unwatched_runs = 2).await;
+    app.fake.set_mode(Mode::Delay(Duration::from_secs(5)));
+    let mut config = app.config.clone();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let other = lorewire::app::start(config, std::sync::Arc::new(lorewire::core::clock::SystemClock))
+        .await
+        .expect("second process starts");
+    let urls = [app.url("/api/generate"), format!("http://{}/api/generate", other.addr)];
+    let mut admitted_total = 0;
+    for round in 0..5 {
+        let token = app.player(&format!("Ada{round}")).await.1["token"].as_str().unwrap().to_owned();
+        let answers = futures_util::future::join_all((0..20).map(|i| {
+            let (url, token) = (urls[i % 2].clone(), token.clone());
+            let body = json!({"project_id": "p1", "action": "WRITE", "input": format!("round {round} run {i}")});
+            async move { post_json(&url, &token, &body).await }
+        }))
+        .await;
+        let admitted = answers.iter().filter(|(status, _)| *status == 202).count();
+        assert_eq!(admitted, 2, "round {round}: {answers:?}");
+        assert!(answers.iter().all(|(s, b)| *s == 202 || (*s == 429 && b["error"] == "rate_limited")), "{answers:?}");
+        admitted_total += admitted;
+    }
+    let (_, listed) = app.admin_get("/admin/api/runs?limit=100").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), admitted_total, "nothing refused was stored: {listed}");
+}
+
 crate::both_backends!(
     a_player_leaves_at_most_the_cap_of_rest_runs_unwatched,
+    a_run_queued_behind_another_players_flood_is_told_its_turn,
     only_the_game_server_changes_shared_items,
     players_change_shared_items_when_they_are_the_writers,
     player_items_are_each_players_own,

@@ -378,7 +378,7 @@ fn an_items_statements_stay_prepared() {
             let (Requested::Created(row), Some(job)) = content::request(c, &asked, t0())? else {
                 panic!("not created")
             };
-            let reserved = ledger::reserve(c, [&player, &studio], "2027-01-01", (10, 0), t0())?;
+            let reserved = ledger::reserve(c, [&player, &studio, &studio], "2027-01-01", (10, 0), t0())?;
             assert_eq!(reserved.len(), 2);
             let f = Finish {
                 origin: "test",
@@ -391,7 +391,7 @@ fn an_items_statements_stay_prepared() {
                 reason: None,
             };
             assert!(matches!(content::finish(c, &f, t0())?, Ended::Done(Some(_))));
-            ledger::settle(c, [("player", "7"), ("studio", "")], "2027-01-01", (10, 0), (4, 0), t0())?;
+            ledger::settle(c, [("player", "7"), ("studio", ""), ("studio", "")], "2027-01-01", (10, 0), (4, 0), t0())?;
         }
         Ok(())
     })

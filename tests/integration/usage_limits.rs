@@ -317,7 +317,8 @@ mod admin_both {
 
 /// `LOREWIRE_PLAYER_LLM_RATE`: new items, regenerations and runs count together; past the
 /// rate they get `rate_limited` with `level: player` (WebSocket and REST) and nothing is
-/// stored; an existing item and an identical finished run (cached) are free.
+/// stored; an existing item, an identical finished run (cached) and a run a limit refused are
+/// free.
 async fn the_player_start_rate_counts_new_items_and_runs(db: Db) {
     let app = spawn_with(Setup::new(db), |c| c.usage.player_llm_rate = "3/1m".parse().unwrap()).await;
     let (mut ws, ack) = app.player("Ada").await;
@@ -330,6 +331,15 @@ async fn the_player_start_rate_counts_new_items_and_runs(db: Db) {
         assert_eq!((status, item["status"].clone()), (202, json!("ready")), "{item}");
     }
     assert_eq!(app.content_final(&token, "npc", 1, json!({"regenerate": true})).await["status"], "ready");
+    // A run a limit refuses started nothing: its start is given back.
+    let price = lorewire::runs::Price { input: 1_000_000, output: 1_000_000, cache_read: 0, cache_write: 0 };
+    app.set_price(&app.config.llm_model, &price).await;
+    assert_eq!(app.admin_put("/admin/api/budgets/tiny", json!({"limit_usd": 0.000001})).await.0, 200);
+    for _ in 0..4 {
+        let body = json!({"project_id": "tiny", "action": "WRITE", "input": "a bell"});
+        let (status, refused) = post_json(&app.url("/api/generate"), &token, &body).await;
+        assert_eq!((status, refused["level"].as_str()), (402, Some("project")), "{refused}");
+    }
     let body = json!({"project_id": "p1", "action": "WRITE", "input": "a bell"});
     let (status, run) = post_json(&app.url("/api/generate"), &token, &body).await;
     assert_eq!(status, 202, "{run}");

@@ -117,8 +117,11 @@ impl Attempt<'_> {
             .await?;
         let (Some(row), charged) = settled else { return Ok(Outcome::TakenOver) };
         charged.record(d.metrics);
-        let tokens = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
-        observe::spent(d.metrics, Level::Project, (i64::try_from(tokens).unwrap_or(i64::MAX), cost));
+        if row.user_id.is_none() {
+            // A run from before players were charged holds nothing: its project is counted here.
+            let tokens = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
+            observe::spent(d.metrics, Level::Project, (i64::try_from(tokens).unwrap_or(i64::MAX), cost));
+        }
         let run_id = self.run_id.to_owned();
         let status = row.run_status().unwrap_or(RunStatus::Dead);
         if cost > 0 {

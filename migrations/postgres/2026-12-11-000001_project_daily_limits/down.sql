@@ -1,0 +1,2 @@
+ALTER TABLE usage_holds DROP COLUMN project;
+DROP TABLE project_limits;
