@@ -82,44 +82,68 @@ pub fn player_limits(conn: &mut DbConn, limits: &LimitsRow, user_id: i64) -> Sto
     Ok((tokens, micros))
 }
 
-/// Reserves `spend` at the player's level and the studio's (both recorded even without a
-/// limit) in one conditional UPDATE; a refusal names the first level that refuses (the
-/// player's, then the studio's) and leaves nothing reserved.
+/// Reserves `spend` at the player's, the project's (when it names one) and the studio's level
+/// (each recorded even without a limit) in one conditional UPDATE; a refusal names the first
+/// level that refuses (player, project, studio) and leaves nothing reserved.
 pub fn reserve(
     conn: &mut DbConn,
     seed: &UsageConfig,
     spend: &Spend<'_>,
     now: NaiveDateTime,
 ) -> StoreResult<Result<(), Refusal>> {
-    let price = billing::price(conn, spend.model)?;
-    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(price, spend));
-    reserve_bound(conn, seed, spend, price, bound, now)
+    let terms = terms(conn, seed, spend)?;
+    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(terms.price, spend));
+    reserve_bound(conn, &terms, spend, bound, now)
 }
 
-/// [`reserve`] of a known bound: (tokens, micro-dollars) at the model's `price`.
+/// What a reservation decides by: each level's limits that apply, and the model's price.
+struct Terms {
+    /// `None`: the call has no player (the game server's own).
+    player: Option<DailyLimits>,
+    project: DailyLimits,
+    studio: DailyLimits,
+    price: Option<Price>,
+}
+
+/// The [`Terms`] of `spend`, read in one statement (the settings' seed while none are stored).
+fn terms(conn: &mut DbConn, seed: &UsageConfig, spend: &Spend<'_>) -> StoreResult<Terms> {
+    let (limits, own, project, price) = match ledger::terms(conn, spend.user_id, spend.project, spend.model)? {
+        Some(read) => read,
+        None => {
+            let project = match spend.project {
+                Some(project_id) => ledger::project(conn, project_id)?,
+                None => None,
+            };
+            let price = billing::price_row(conn, spend.model)?;
+            (seed_row(seed, NaiveDateTime::default()), ledger::player(conn, spend.user_id)?, project, price)
+        }
+    };
+    let player = (spend.user_id != SERVER).then(|| {
+        let tokens = own.as_ref().and_then(|p| p.daily_tokens).or(limits.player_daily_tokens);
+        let micros = own.as_ref().and_then(|p| p.daily_micros).or(limits.player_daily_micros);
+        (tokens, micros)
+    });
+    Ok(Terms {
+        player,
+        project: project.map_or((None, None), |p| (p.daily_tokens, p.daily_micros)),
+        studio: (limits.studio_daily_tokens, limits.studio_daily_micros),
+        price: price.map(|p| p.price()),
+    })
+}
+
+/// [`reserve`] of a known bound: (tokens, micro-dollars) under `terms`.
 fn reserve_bound(
     conn: &mut DbConn,
-    seed: &UsageConfig,
+    terms: &Terms,
     spend: &Spend<'_>,
-    price: Option<Price>,
     bound: (i64, i64),
     now: NaiveDateTime,
 ) -> StoreResult<Result<(), Refusal>> {
-    let limits = stored_limits(conn, seed)?;
     let owner = spend.user_id.to_string();
-    // The game server's own requests (no player) count for the studio only.
-    let player = match spend.user_id {
-        SERVER => None,
-        user_id => Some((Level::Player, owner.as_str(), player_limits(conn, &limits, user_id)?)),
-    };
-    let project = match spend.project {
-        Some(project_id) => {
-            let own = ledger::project(conn, project_id)?;
-            Some((Level::Project, project_id, own.map_or((None, None), |p| (p.daily_tokens, p.daily_micros))))
-        }
-        None => None,
-    };
-    let studio = (Level::Studio, STUDIO, (limits.studio_daily_tokens, limits.studio_daily_micros));
+    let price = terms.price;
+    let player = terms.player.map(|limits| (Level::Player, owner.as_str(), limits));
+    let project = spend.project.map(|project_id| (Level::Project, project_id, terms.project));
+    let studio = (Level::Studio, STUDIO, terms.studio);
     let levels: Vec<(Level, &str, DailyLimits)> = player.into_iter().chain(project).chain([studio]).collect();
     let accounts: Vec<Account<'_>> =
         levels.iter().map(|&(level, owner, limits)| Account { level: level.as_str(), owner, limits }).collect();
@@ -214,12 +238,12 @@ pub fn charge_cut(
     let (user_id, model) = (first.user_id, first.model.clone());
     let bound = held.iter().fold((0_i64, 0_i64), |(t, m), h| (t.saturating_add(h.tokens), m.saturating_add(h.micros)));
     let charged = settle(conn, target, Used::Unknown, now)?;
-    let price = billing::price(conn, &model)?;
     // Output is part of the bound already: the whole of it stands as prompt here.
     let project = first.project.clone();
     let spend =
         Spend { user_id, project: project.as_deref(), model: &model, target, prompt_tokens: bound.0, output_tokens: 0 };
-    Ok((charged, reserve_bound(conn, seed, &spend, price, bound, now)?))
+    let terms = terms(conn, seed, &spend)?;
+    Ok((charged, reserve_bound(conn, &terms, &spend, bound, now)?))
 }
 
 /// Whether `target` holds a reservation (a run's attempt reserved before it was made).

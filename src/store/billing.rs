@@ -75,8 +75,11 @@ pub struct NewCostEvent<'a> {
 }
 
 pub fn price(conn: &mut DbConn, model: &str) -> StoreResult<Option<Price>> {
-    let row: Option<PriceRow> = prices::table.find(model).first(conn).optional()?;
-    Ok(row.map(|r| r.price()))
+    Ok(price_row(conn, model)?.map(|r| r.price()))
+}
+
+pub fn price_row(conn: &mut DbConn, model: &str) -> StoreResult<Option<PriceRow>> {
+    Ok(prices::table.find(model).first(conn).optional()?)
 }
 
 pub fn prices(conn: &mut DbConn) -> StoreResult<Vec<PriceRow>> {

@@ -13,8 +13,9 @@ use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
+use super::billing::PriceRow;
 use super::notify::{self, Event};
-use super::schema::{player_limits, project_limits, usage_days, usage_holds, usage_limits, users};
+use super::schema::{player_limits, prices, project_limits, usage_days, usage_holds, usage_limits, users};
 use super::{DbConn, Kept, StoreResult};
 use crate::on_backend;
 
@@ -269,6 +270,30 @@ pub fn blocked_among(conn: &mut DbConn, user_ids: &[i64]) -> StoreResult<Vec<i64
 /// Whether the player is blocked.
 pub fn is_blocked(conn: &mut DbConn, user_id: i64) -> StoreResult<bool> {
     Ok(player(conn, user_id)?.is_some_and(|p| p.blocked))
+}
+
+/// What a reservation decides by, read together: the stored limits, the player's overrides,
+/// the project's per-day limits and the model's price.
+pub type Terms = (LimitsRow, Option<PlayerLimitsRow>, Option<ProjectLimitsRow>, Option<PriceRow>);
+
+/// [`Terms`] of a call of `user_id` (0: none) for `project` with `model`, in one statement
+/// (one round trip on PostgreSQL); `None` while no limits are stored.
+pub fn terms(conn: &mut DbConn, user_id: i64, project: Option<&str>, model: &str) -> StoreResult<Option<Terms>> {
+    // A project id is never empty: "" finds no project.
+    let project = project.unwrap_or("").to_owned();
+    Ok(usage_limits::table
+        .find(LIMITS_ID)
+        .left_join(player_limits::table.on(player_limits::user_id.eq(user_id)))
+        .left_join(project_limits::table.on(project_limits::project_id.eq(project)))
+        .left_join(prices::table.on(prices::model.eq(model.to_owned())))
+        .select((
+            usage_limits::all_columns,
+            player_limits::all_columns.nullable(),
+            project_limits::all_columns.nullable(),
+            prices::all_columns.nullable(),
+        ))
+        .first(conn)
+        .optional()?)
 }
 
 /// One level's ledger of one day, if anything was reserved there.

@@ -373,6 +373,8 @@ fn an_items_statements_stay_prepared() {
         for account in [&player, &studio] {
             ledger::open(c, account, "2027-01-01", t0())?;
         }
+        let seed = lorewire::core::config::Config::with_database("unused").usage;
+        ledger::seed_limits(c, &lorewire::limits::seed_row(&seed, t0()))?;
         for subject_id in 1..=3 {
             let asked = RequestItem { claim_for: Some(WORKER), player: 7, ..item(subject_id, false, 100) };
             let (Requested::Created(row), Some(job)) = content::request(c, &asked, t0())? else {
@@ -380,6 +382,17 @@ fn an_items_statements_stay_prepared() {
             };
             let reserved = ledger::reserve(c, [&player, &studio, &studio], "2027-01-01", (10, 0), t0())?;
             assert_eq!(reserved.len(), 2);
+            // The limits' own path: its one read of the terms, the reservation and the hold.
+            let target = format!("content:{}", row.id);
+            let spend = lorewire::limits::Spend {
+                user_id: 7,
+                project: Some("p1"),
+                model: "m",
+                target: &target,
+                prompt_tokens: 10,
+                output_tokens: 5,
+            };
+            lorewire::limits::reserve(c, &seed, &spend, t0())?.expect("no limit refuses");
             let f = Finish {
                 origin: "test",
                 job_id: job.id,
@@ -392,6 +405,8 @@ fn an_items_statements_stay_prepared() {
             };
             assert!(matches!(content::finish(c, &f, t0())?, Ended::Done(Some(_))));
             ledger::settle(c, [("player", "7"), ("studio", ""), ("studio", "")], "2027-01-01", (10, 0), (4, 0), t0())?;
+            let usage = lorewire::runs::Usage { input_tokens: 3, output_tokens: 2, ..Default::default() };
+            lorewire::limits::settle(c, &target, lorewire::limits::Used::Reported(usage), t0())?;
         }
         Ok(())
     })
