@@ -31,6 +31,7 @@ use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
 use crate::limits::service::UsageLimits;
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
+use crate::llm::upstreams::Upstreams;
 use crate::llm::Llm;
 use crate::lobby::mood_job::MoodJob;
 use crate::lobby::remote::LobbySink;
@@ -167,6 +168,7 @@ fn metrics_for(store: &Store, config: &Config) -> Arc<Metrics> {
 struct Features {
     metric_history: Addr<MetricHistory>,
     circuit: Addr<CircuitBreaker>,
+    upstreams: Upstreams,
     jobs: Addr<JobWorker>,
     content: ContentService,
     runs: RunService,
@@ -205,8 +207,17 @@ impl Features {
             process.clone(),
         )?;
         // One job worker; each job kind's handler lives in its feature.
-        let llm = Llm::new(store.clone(), circuit.clone(), clock.clone(), metrics.clone(), config.llm_timeout);
-        let mut run_job = RunJob::new(deps, circuit.clone(), llm.client().clone(), live.clone(), moderation.clone());
+        let upstreams =
+            Upstreams::new(settings, clock.clone(), store.clone(), metrics.clone(), llm_row.id, circuit.clone());
+        let llm = Llm::new(
+            store.clone(),
+            upstreams.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.llm_timeout,
+            config.llm_hops,
+        );
+        let mut run_job = RunJob::new(deps, upstreams.clone(), llm.client().clone(), live.clone(), moderation.clone());
         if backplane.shared() {
             run_job = run_job.with_relay(crate::runs::relay::Relay::new(process.clone(), backplane.clone(), metrics));
         }
@@ -241,7 +252,19 @@ impl Features {
         let players =
             Players::start(store.clone(), clock.clone(), metrics.clone(), backplane.clone(), &config.identity)
                 .with_moderation(moderation.clone());
-        Ok(Features { metric_history, circuit, jobs, content, runs, chat, players, moderation, backplane, start_rate })
+        Ok(Features {
+            metric_history,
+            circuit,
+            upstreams,
+            jobs,
+            content,
+            runs,
+            chat,
+            players,
+            moderation,
+            backplane,
+            start_rate,
+        })
     }
 
     /// What the edges reach: the features and the shared dependencies.
@@ -260,6 +283,7 @@ impl Features {
             metrics,
             hub,
             circuit: self.circuit,
+            upstreams: self.upstreams,
             jobs: self.jobs,
             metric_history: self.metric_history,
             content: self.content,
@@ -411,7 +435,7 @@ impl Running {
         let backplane = self.state.backplane.clone();
         let _ = actix_web::rt::task::spawn_blocking(move || backplane.stop()).await;
         self.state.jobs.do_send(Stop);
-        self.state.circuit.do_send(Stop);
+        self.state.upstreams.stop_all();
         self.state.hub.do_send(Stop);
         self.state.metric_history.do_send(Stop);
         self.state.chat.presence().do_send(Stop);

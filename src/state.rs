@@ -17,6 +17,7 @@ use crate::hub::Hub;
 use crate::jobs::JobWorker;
 use crate::limits::service::UsageLimits;
 use crate::llm::circuit::CircuitBreaker;
+use crate::llm::upstreams::Upstreams;
 use crate::lobby::Chat;
 use crate::metric_history::MetricHistory;
 use crate::moderation::Moderation;
@@ -31,7 +32,10 @@ pub struct AppState {
     pub clock: SharedClock,
     pub metrics: Arc<Metrics>,
     pub hub: Addr<Hub>,
+    /// The first upstream's circuit (`/admin/api/llm`).
     pub circuit: Addr<CircuitBreaker>,
+    /// Every upstream's circuit and counters (PROTOCOL §7).
+    pub upstreams: Upstreams,
     pub jobs: Addr<JobWorker>,
     /// The dashboard's last hour of metrics.
     pub metric_history: Addr<MetricHistory>,

@@ -6,6 +6,7 @@
 import { $ } from "./dom.js";
 import { api, token } from "./admin-api.js";
 import { loadLlm } from "./admin-llm.js";
+import { loadUpstreams } from "./admin-upstreams.js";
 import { loadSummary, loadUsers } from "./admin-summary.js";
 import { loadRuns } from "./admin-runs.js";
 import { loadFlags } from "./admin-moderation.js";
@@ -52,7 +53,7 @@ async function signIn() {
 let runsTick = 0;
 async function refresh() {
   try {
-    await Promise.all([loadLlm(), loadSummary(), loadUsers(), loadSpend()]);
+    await Promise.all([loadLlm(), loadUpstreams(), loadSummary(), loadUsers(), loadSpend()]);
     // The run sections change less often; refresh them every third tick.
     if (runsTick++ % 3 === 0) await Promise.all([loadRuns(), loadFlags()]);
     $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;

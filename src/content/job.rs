@@ -30,7 +30,7 @@ use crate::llm::Llm;
 use crate::moderation::Moderation;
 use crate::store::content::{self as rows, ContentRow, Finish};
 use crate::store::jobs::Ended;
-use crate::store::llm_config::{self, LlmConfigRow};
+use crate::store::upstreams::{self, UpstreamRow};
 use crate::store::{DbConn, Store, StoreError, StoreResult};
 
 /// Runs `content` jobs.
@@ -48,16 +48,16 @@ pub struct ContentJob {
     usage: UsageConfig,
 }
 
-/// What an attempt reads before its upstream call: the item and the LLM settings.
+/// What an attempt reads before its upstream call: the item and the upstreams.
 #[derive(Clone)]
 struct Before {
     row: Option<ContentRow>,
-    config: Option<LlmConfigRow>,
+    upstreams: Vec<UpstreamRow>,
 }
 
 impl Before {
     fn read(conn: &mut DbConn, content_id: i64) -> StoreResult<Before> {
-        Ok(Before { row: rows::find_by_id(conn, content_id)?, config: llm_config::get(conn)? })
+        Ok(Before { row: rows::find_by_id(conn, content_id)?, upstreams: upstreams::all(conn)? })
     }
 }
 
@@ -83,7 +83,7 @@ impl ContentJob {
         let content_id = claim.target_id;
         // Read as the job was claimed, unless that read failed.
         let loaded = claim.loaded.as_ref().and_then(|l| l.0.downcast_ref::<Before>()).cloned();
-        let Before { row, config } = match loaded {
+        let Before { row, upstreams } = match loaded {
             Some(before) => before,
             None => self.store.run(move |conn| Before::read(conn, content_id)).await?,
         };
@@ -114,11 +114,11 @@ impl ContentJob {
         let mut used = Used::Nothing;
         let mut ending = None;
         for _ in 0..2 {
-            let answer = match self.llm.call(config.as_ref(), &prompt, |text| kind.validate_output(text), &what).await {
+            let answer = match self.llm.call(&upstreams, &prompt, |text| kind.validate_output(text), &what).await {
                 Ok(answer) => answer,
-                Err(failure) => {
-                    used = used.and(limits::used_by_failure(failure));
-                    ending = Some(fallback(kind, subject_id, failure.into(), Used::Nothing));
+                Err(no_answer) => {
+                    used = used.and(limits::used_by_failures(&no_answer.tried));
+                    ending = Some(fallback(kind, subject_id, no_answer.reason.into(), Used::Nothing));
                     break;
                 }
             };
@@ -207,7 +207,8 @@ impl ContentJob {
                 let ended = rows::finish(conn, &finish, now)?;
                 let mut charged = Charged::default();
                 if let Ended::Done(_) = &ended {
-                    charged = limits::settle(conn, &format!("content:{content_id}"), used, now)?;
+                    let target = format!("content:{content_id}");
+                    charged = limits::settle_as(conn, &target, used, model.as_deref(), now)?;
                 }
                 Ok((ended, charged))
             })

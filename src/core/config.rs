@@ -81,6 +81,9 @@ pub struct Settings {
     /// Failures that open the circuit ...
     #[arg(long, global = true, env = "LOREWIRE_CIRCUIT_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub circuit_failures: u32,
+    /// Upstreams one structured call may try before it falls back (PROTOCOL §7).
+    #[arg(long, global = true, env = "LOREWIRE_LLM_HOPS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_hops: u32,
     /// ... within this window, in seconds.
     #[arg(long, global = true, env = "LOREWIRE_CIRCUIT_WINDOW_SECS", default_value_t = 60)]
     pub circuit_window_secs: u64,
@@ -224,6 +227,8 @@ pub struct Config {
     pub llm_base_url: String,
     pub llm_timeout: Duration,
     pub llm_concurrency: usize,
+    /// Upstreams one call may try (`LOREWIRE_LLM_HOPS`).
+    pub llm_hops: usize,
     pub circuit_failures: u32,
     pub circuit_window: Duration,
     pub circuit_reset: Duration,
@@ -312,6 +317,7 @@ impl Settings {
                 .unwrap_or_else(|| provider.default_base_url().to_owned()),
             llm_timeout: Duration::from_secs(self.llm_timeout_secs.max(1)),
             llm_concurrency: self.llm_concurrency as usize,
+            llm_hops: self.llm_hops as usize,
             circuit_failures: self.circuit_failures,
             circuit_window: Duration::from_secs(self.circuit_window_secs),
             circuit_reset: Duration::from_secs(self.circuit_reset_secs),

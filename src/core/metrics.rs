@@ -18,6 +18,8 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Upstream calls by outcome: ok, api_error_<status>, rate_limited, network_error, timeout, invalid_response.
     pub upstream_calls: IntCounterVec,
+    /// Upstream calls by upstream (its id) and outcome.
+    pub upstream_calls_by_upstream: IntCounterVec,
     /// Seconds from sending an upstream call to its whole answer (a streamed run: the stream's end).
     pub upstream_seconds: Histogram,
     /// 0 closed, 1 open, 2 half-open.
@@ -95,6 +97,11 @@ impl Metrics {
         let upstream_calls =
             IntCounterVec::new(Opts::new("upstream_calls_total", "Upstream LLM calls by outcome"), &["outcome"])
                 .expect("metric");
+        let upstream_calls_by_upstream = IntCounterVec::new(
+            Opts::new("upstream_calls_by_upstream_total", "Upstream LLM calls by upstream and outcome"),
+            &["upstream", "outcome"],
+        )
+        .expect("metric");
         let upstream_seconds = Histogram::with_opts(
             HistogramOpts::new("upstream_call_seconds", "Upstream LLM calls from request to the whole answer")
                 .buckets(UPSTREAM_SECONDS_BUCKETS.to_vec()),
@@ -234,6 +241,7 @@ impl Metrics {
             Box::new(frames_out.clone()),
             Box::new(slow_consumers.clone()),
             Box::new(upstream_calls.clone()),
+            Box::new(upstream_calls_by_upstream.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(circuit_state.clone()),
             Box::new(content_finished.clone()),
@@ -276,6 +284,7 @@ impl Metrics {
             frames_out,
             slow_consumers,
             upstream_calls,
+            upstream_calls_by_upstream,
             upstream_seconds,
             circuit_state,
             content_finished,

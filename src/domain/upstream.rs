@@ -58,6 +58,15 @@ impl fmt::Display for CallFailure {
     }
 }
 
+/// A structured call no upstream answered: the reason it falls back with (the last tried
+/// upstream's, or why none could be tried) and each tried upstream's failure, in the order
+/// tried (what the calls may have spent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoAnswer {
+    pub reason: CallFailure,
+    pub tried: Vec<CallFailure>,
+}
+
 impl From<UpstreamFailure> for CallFailure {
     fn from(failure: UpstreamFailure) -> Self {
         CallFailure::Upstream(failure)

@@ -8,7 +8,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::auth::Admin;
-use super::responses::{AdminErrors, Fault, ReadErrors, WriteErrors};
+use super::responses::{AdminErrors, ReadErrors, WriteErrors};
 use crate::api_error::{typed_body, ApiError, ErrorBody};
 use crate::llm::circuit::{CircuitSnapshot, GetSnapshot, Reset};
 use crate::llm::credentials::NoCredentials;
@@ -20,7 +20,7 @@ const MAX_MODEL_CHARS: usize = 200;
 const MAX_BASE_URL_CHARS: usize = 500;
 const MAX_API_KEY_CHARS: usize = 500;
 
-fn last4(key: &str) -> Option<String> {
+pub(super) fn last4(key: &str) -> Option<String> {
     let chars: Vec<char> = key.chars().collect();
     // Short keys would give away too much of themselves.
     (chars.len() >= 8).then(|| chars[chars.len() - 4..].iter().collect())
@@ -71,12 +71,12 @@ pub struct LlmSettingsBody {
 }
 
 /// A field that is present (`Some`, maybe null) as opposed to left out (`None`, by default).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+pub(super) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
 /// The provider names, from the providers themselves.
-fn provider_schema() -> ObjectBuilder {
+pub(super) fn provider_schema() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(Provider::ALL.iter().map(|p| p.as_str())))
@@ -143,39 +143,49 @@ fn settings_change(body: &LlmSettingsBody, stored: &LlmConfigRow) -> Result<Sett
         }
     }
     if let Some(model) = body.model.as_deref() {
-        let model = model.trim();
-        if model.is_empty() || model.chars().count() > MAX_MODEL_CHARS || model.chars().any(char::is_control) {
-            return Err(ApiError::Invalid(format!(
-                "`model` must be 1..{MAX_MODEL_CHARS} characters without control characters"
-            )));
-        }
-        change.model = Some(model.to_owned());
+        change.model = Some(valid_model(model)?);
     }
     if let Some(base_url) = body.base_url.as_deref() {
-        let base_url = base_url.trim();
-        let parsed =
-            url::Url::parse(base_url).map_err(|e| ApiError::Invalid(format!("`base_url` is not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") || base_url.len() > MAX_BASE_URL_CHARS {
-            return Err(ApiError::Invalid(format!(
-                "`base_url` must be an http(s) URL of at most {MAX_BASE_URL_CHARS} characters"
-            )));
-        }
-        change.base_url = Some(base_url.trim_end_matches('/').to_owned());
+        change.base_url = Some(valid_base_url(base_url)?);
     }
-    match &body.api_key {
-        None => {}
-        Some(None) => change.api_key = Some(None),
-        Some(Some(key)) => {
-            let key = key.trim();
-            if key.chars().count() > MAX_API_KEY_CHARS || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(ApiError::Invalid(format!(
-                    "`api_key` must be at most {MAX_API_KEY_CHARS} characters without spaces or control characters"
-                )));
-            }
-            change.api_key = Some((!key.is_empty()).then(|| key.to_owned()));
-        }
+    if let Some(key) = &body.api_key {
+        change.api_key = Some(valid_api_key(key.as_deref())?);
     }
     Ok(change)
+}
+
+/// A model name: 1..200 characters without control characters.
+pub(super) fn valid_model(model: &str) -> Result<String, ApiError> {
+    let model = model.trim();
+    if model.is_empty() || model.chars().count() > MAX_MODEL_CHARS || model.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(format!(
+            "`model` must be 1..{MAX_MODEL_CHARS} characters without control characters"
+        )));
+    }
+    Ok(model.to_owned())
+}
+
+/// An http(s) API root of at most 500 characters, without its trailing `/`.
+pub(super) fn valid_base_url(base_url: &str) -> Result<String, ApiError> {
+    let base_url = base_url.trim();
+    let parsed = url::Url::parse(base_url).map_err(|e| ApiError::Invalid(format!("`base_url` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || base_url.len() > MAX_BASE_URL_CHARS {
+        return Err(ApiError::Invalid(format!(
+            "`base_url` must be an http(s) URL of at most {MAX_BASE_URL_CHARS} characters"
+        )));
+    }
+    Ok(base_url.trim_end_matches('/').to_owned())
+}
+
+/// A key to store (`None`: none); null or empty removes it.
+pub(super) fn valid_api_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(key) = key.map(str::trim) else { return Ok(None) };
+    if key.chars().count() > MAX_API_KEY_CHARS || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::Invalid(format!(
+            "`api_key` must be at most {MAX_API_KEY_CHARS} characters without spaces or control characters"
+        )));
+    }
+    Ok((!key.is_empty()).then(|| key.to_owned()))
 }
 
 /// Change any of the LLM settings.
@@ -203,10 +213,12 @@ pub async fn put_llm(_: Admin, state: web::Data<AppState>, body: web::Json<Value
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The circuit, closed", body = CircuitReply),
-        AdminErrors, Fault,
+        AdminErrors, WriteErrors,
     ))]
 pub async fn reset_circuit(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let circuit = state.circuit.send(Reset).await.map_err(|_| ApiError::Internal)?;
+    let now = state.clock.now_naive();
+    crate::llm::settings::unpark(&state.store, crate::store::llm_config::ID, now).await?;
     Ok(HttpResponse::Ok().json(CircuitReply { circuit }))
 }
 

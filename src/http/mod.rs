@@ -16,6 +16,7 @@ pub mod request_log;
 pub mod responses;
 pub mod run_admin;
 pub mod runs;
+pub mod upstreams_admin;
 
 use actix_web::http::Method;
 use actix_web::{error::JsonPayloadError, web, FromRequest, Handler, Responder};
@@ -76,6 +77,12 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(Method::GET, "/admin/api/llm", admin::get_llm),
         at(Method::PUT, "/admin/api/llm", admin::put_llm),
         at(Method::POST, "/admin/api/llm/circuit/reset", admin::reset_circuit),
+        at(Method::GET, "/admin/api/upstreams", upstreams_admin::list),
+        at(Method::POST, "/admin/api/upstreams", upstreams_admin::add),
+        at(Method::GET, "/admin/api/upstreams/{id}", upstreams_admin::get),
+        at(Method::PUT, "/admin/api/upstreams/{id}", upstreams_admin::put),
+        at(Method::DELETE, "/admin/api/upstreams/{id}", upstreams_admin::delete),
+        at(Method::POST, "/admin/api/upstreams/{id}/circuit/reset", upstreams_admin::reset),
         at(Method::GET, "/admin/api/runs", run_admin::admin_runs),
         at(Method::GET, "/admin/api/costs", run_admin::admin_costs),
         at(Method::GET, "/admin/api/budgets/{project_id}", run_admin::get_budget),

@@ -10,7 +10,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
 use super::responses::error;
-use super::{admin, insights, limits_admin, moderation, pages, public, run_admin, runs};
+use super::{admin, insights, limits_admin, moderation, pages, public, run_admin, runs, upstreams_admin};
 
 /// The security scheme of `/api/*`: the token of a `session:ack`.
 pub const PLAYER_TOKEN: &str = "player_token";
@@ -41,6 +41,12 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         admin::get_llm,
         admin::put_llm,
         admin::reset_circuit,
+        upstreams_admin::list,
+        upstreams_admin::add,
+        upstreams_admin::get,
+        upstreams_admin::put,
+        upstreams_admin::delete,
+        upstreams_admin::reset,
         run_admin::admin_runs,
         run_admin::admin_costs,
         run_admin::get_budget,

@@ -24,6 +24,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("admin.js", "text/javascript; charset=utf-8", include_str!("../../static/admin.js")),
     ("admin-api.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-api.js")),
     ("admin-llm.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-llm.js")),
+    ("admin-upstreams.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-upstreams.js")),
     ("admin-summary.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-summary.js")),
     ("admin-runs.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-runs.js")),
     ("admin-moderation.js", "text/javascript; charset=utf-8", include_str!("../../static/admin-moderation.js")),

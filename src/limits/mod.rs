@@ -288,15 +288,41 @@ pub fn used_by_failure(failure: CallFailure) -> Used {
     }
 }
 
+/// What the tried upstreams of a call no upstream answered used together.
+pub fn used_by_failures(tried: &[CallFailure]) -> Used {
+    tried.iter().fold(Used::Nothing, |used, failure| used.and(used_by_failure(*failure)))
+}
+
 /// Settles every hold of `target`: the usage is charged (at the day and levels of its first
 /// hold) and the holds released. Nothing held: nothing to do. Says what it charged at each level.
 pub fn settle(conn: &mut DbConn, target: &str, used: Used, now: NaiveDateTime) -> StoreResult<Charged> {
+    settle_as(conn, target, used, None, now)
+}
+
+/// [`settle`], with reported usage priced as `answered_by` (the model that answered, when
+/// known) rather than as the model the hold was made for.
+pub fn settle_as(
+    conn: &mut DbConn,
+    target: &str,
+    used: Used,
+    answered_by: Option<&str>,
+    now: NaiveDateTime,
+) -> StoreResult<Charged> {
     let holds = ledger::take_holds(conn, target)?;
     let mut charge = match used {
         Used::Nothing => Some((0, 0)),
         Used::Reported(usage) => {
-            let model = holds.first().map(|h| h.model.clone()).unwrap_or_default();
-            let micros = billing::price(conn, &model)?.map_or(0, |p| p.cost(&usage));
+            let held = holds.first().map(|h| h.model.clone()).unwrap_or_default();
+            // A model without a price of its own is charged as the held one.
+            let answered = match answered_by.filter(|m| *m != held) {
+                Some(model) => billing::price(conn, model)?,
+                None => None,
+            };
+            let price = match answered {
+                Some(price) => Some(price),
+                None => billing::price(conn, &held)?,
+            };
+            let micros = price.map_or(0, |p| p.cost(&usage));
             let tokens = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
             Some((i64::try_from(tokens).unwrap_or(i64::MAX), micros))
         }

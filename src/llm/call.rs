@@ -1,17 +1,25 @@
-//! The one structured-call path: the stored settings, a [`Prompt`] and a validator in; the
-//! validated value, the model that made it, the usage the provider reported and how it was
-//! repaired out, or the failure's code. The circuit breaker's permit, the calls, judging the
-//! answer, the one re-ask, the `upstream_calls` and `upstream_call_seconds` metrics, the
-//! stored `last_error` and the redaction of the key all happen here (streamed runs use
-//! [`record_last_error`] and the same redaction).
+//! The one structured-call path: the upstreams, a [`Prompt`] and a validator in; the validated
+//! value, the model that made it, the usage the provider reported and how it was repaired out,
+//! or the failure's code. Routing (PROTOCOL §7), each upstream's circuit permit, the calls,
+//! judging the answer, the one re-ask, the `upstream_calls` and `upstream_call_seconds`
+//! metrics, each upstream's stored `last_error` and parking, and the redaction of the key all
+//! happen here (streamed runs use the same routing and recording, `llm::route`, and redaction).
+//!
+//! Routing: the lowest `priority` with a usable upstream (enabled, with a key or a server of
+//! its own, circuit not open, not inside a `retry-after`, not parked) is chosen by `weight`; a
+//! 5xx/529, network error, timeout, 429, 401/403 or an answer unusable after the repair moves
+//! the call on to the next usable upstream, each tried at most once and at most `hops` in all.
+//! A 401/403 parks that upstream (a parked one is still tried when no other is usable, so a
+//! single upstream with a bad key keeps saying so). The fallback's reason is the last tried
+//! upstream's, or `circuit_open` / `rate_limited` / `no_config` when none could be tried.
 //!
 //! Repair before fallback: an answer the validator can salvage is accepted as salvaged; an
 //! answer it refuses (not JSON, a missing field, a field over its cap) is asked for once more,
 //! telling the model what was wrong. The pair of calls holds one permit and reports one outcome
-//! to the circuit breaker, while each call is counted in `upstream_calls` and timed in
-//! `upstream_call_seconds`. Whatever the provider answered with a 2xx is a success for the
-//! circuit: an answer still invalid after the re-ask, or a model's refusal, is the item's
-//! failure alone, so no player's text can open the circuit for everyone.
+//! to that upstream's circuit breaker, while each call is counted in `upstream_calls` and timed
+//! in `upstream_call_seconds`. Whatever the provider answered with a 2xx is a success for the
+//! circuit: an answer still invalid after the re-ask, or a model's refusal, is that call's
+//! failure alone, so no player's text can open a circuit for everyone.
 //!
 //! Knows nothing of what is asked (content, moods): the caller brings the prompt and the
 //! validator. Never holds a DB connection across the call.
@@ -19,18 +27,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
-
-use super::circuit::{Acquire, CircuitBreaker, Outcome, Permit, Refusal, Report};
+use super::circuit::{Outcome, Report};
 use super::client::{self, UpstreamError};
-use super::credentials::NoCredentials;
+use super::credentials::Credentials;
 use super::providers::{self, Prompt, Provider};
+use super::route::{self, Picked};
+use super::upstreams::Upstreams;
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
 use crate::domain::answer::{Checked, OutputError};
 use crate::domain::runs::Usage;
-use crate::domain::upstream::{CallFailure, UpstreamFailure};
-use crate::store::llm_config::{self, LlmConfigRow};
+use crate::domain::upstream::{CallFailure, NoAnswer, UpstreamFailure};
+use crate::store::upstreams::UpstreamRow;
 use crate::store::Store;
 
 /// A validated answer.
@@ -68,23 +76,27 @@ impl Repair {
 #[derive(Clone)]
 pub struct Llm {
     store: Store,
-    circuit: Addr<CircuitBreaker>,
+    upstreams: Upstreams,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     client: awc::Client,
     timeout: Duration,
+    hops: usize,
 }
 
 impl Llm {
-    /// `timeout` bounds each call (`LOREWIRE_LLM_TIMEOUT_SECS`).
+    /// `timeout` bounds each call (`LOREWIRE_LLM_TIMEOUT_SECS`); `hops` is how many upstreams
+    /// one call may try (`LOREWIRE_LLM_HOPS`).
     pub fn new(
         store: Store,
-        circuit: Addr<CircuitBreaker>,
+        upstreams: Upstreams,
         clock: SharedClock,
         metrics: Arc<Metrics>,
         timeout: Duration,
+        hops: usize,
     ) -> Self {
-        Llm { store, circuit, clock, metrics, client: client::build_client(timeout), timeout }
+        let client = client::build_client(timeout);
+        Llm { store, upstreams, clock, metrics, client, timeout, hops: hops.max(1) }
     }
 
     /// The HTTP client, for streamed calls sharing its connections.
@@ -92,67 +104,98 @@ impl Llm {
         &self.client
     }
 
-    /// One structured call through the circuit breaker, asked once more if the answer is
-    /// refused. `what` names the call in the logs.
+    /// The upstreams' circuits and counters.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// One structured call, routed over `rows` (every upstream, as stored), asked once more on
+    /// an upstream whose answer is refused. `what` names the call in the logs.
     pub async fn call<T>(
         &self,
-        config: Option<&LlmConfigRow>,
+        rows: &[UpstreamRow],
         prompt: &Prompt,
         validate: impl Fn(&str) -> Result<Checked<T>, OutputError>,
         what: &str,
-    ) -> Result<Answer<T>, CallFailure> {
-        let config = config.ok_or(CallFailure::NoConfig)?;
-        let credentials = super::credentials::credentials(config).map_err(|why| {
-            if let NoCredentials::UnknownProvider(_) = why {
-                tracing::warn!(call = what, error = %why, "no upstream call: the stored settings cannot be used");
+    ) -> Result<Answer<T>, NoAnswer> {
+        let mut tried: Vec<(i64, CallFailure)> = Vec::new();
+        while tried.len() < self.hops {
+            let avoid: Vec<i64> = tried.iter().map(|(id, _)| *id).collect();
+            let Picked { row, credentials, circuit, probe } =
+                match route::pick(&self.upstreams, rows, &avoid, what).await {
+                    Ok(picked) => picked,
+                    Err(untried) => {
+                        let reason = tried.last().map_or(untried, |(_, failure)| *failure);
+                        return Err(NoAnswer { reason, tried: tried.into_iter().map(|(_, f)| f).collect() });
+                    }
+                };
+            let answered = self.try_upstream(row, &credentials, prompt, &validate, what).await;
+            let outcome = answered.as_ref().map_or_else(|(outcome, ..)| *outcome, |_| Outcome::Success);
+            circuit.do_send(Report { probe, outcome });
+            match answered {
+                Ok(answer) => return Ok(answer),
+                Err((_, failure, moves_on)) => {
+                    tried.push((row.id, failure));
+                    if !moves_on {
+                        break;
+                    }
+                }
             }
-            CallFailure::NoConfig
-        })?;
-        let probe = match self.circuit.send(Acquire).await {
-            Ok(Permit::Call { probe }) => probe,
-            Ok(Permit::Refuse(Refusal::CircuitOpen)) | Err(_) => return Err(CallFailure::CircuitOpen),
-            Ok(Permit::Refuse(Refusal::RateLimited)) => return Err(UpstreamFailure::RateLimited.into()),
-        };
-        let target = credentials.target(&config.model);
-        let mut judged = self.ask(credentials.provider, &providers::build_request(&target, prompt), &validate).await;
+        }
+        let tried: Vec<CallFailure> = tried.into_iter().map(|(_, failure)| failure).collect();
+        Err(NoAnswer { reason: *tried.last().unwrap_or(&CallFailure::NoConfig), tried })
+    }
+
+    /// The call (and its re-ask) on one upstream whose circuit permitted it; a failure with
+    /// what it tells the circuit and whether the call moves on. Records its `last_error`.
+    async fn try_upstream<T>(
+        &self,
+        row: &UpstreamRow,
+        credentials: &Credentials,
+        prompt: &Prompt,
+        validate: &impl Fn(&str) -> Result<Checked<T>, OutputError>,
+        what: &str,
+    ) -> Result<Answer<T>, (Outcome, CallFailure, bool)> {
+        let target = credentials.target(&row.model);
+        let provider = credentials.provider;
+        let mut judged = self.ask(row.id, provider, &providers::build_request(&target, prompt), validate).await;
         let mut repair = None;
         let mut earlier_usage = None;
         if let Judged::Refused(refusal, usage) = judged {
-            tracing::info!(call = what, error = %refusal, "answer refused; asking once more");
+            tracing::info!(call = what, upstream = row.id, error = %refusal, "answer refused; asking once more");
             earlier_usage = usage;
             let again = prompt.reasked(&refusal.to_string());
-            judged = self.ask(credentials.provider, &providers::build_request(&target, &again), &validate).await;
+            judged = self.ask(row.id, provider, &providers::build_request(&target, &again), validate).await;
             repair = Some(Repair::Reasked);
         }
-        let (outcome, result) = match judged {
+        let (outcome, (failure, why)) = match judged {
             Judged::Valid(checked, usage) => {
-                let repair = repair.or(checked.salvaged.then_some(Repair::Salvaged));
-                (Outcome::Success, Ok((checked.value, add_usage(earlier_usage, usage), repair)))
-            }
-            // The provider answered: invalid twice is this item's failure, not the circuit's.
-            Judged::Refused(refusal, _) => (Outcome::Success, Err(refused(refusal))),
-            Judged::Failed(outcome, failure, why) => (outcome, Err((failure, why))),
-        };
-        self.circuit.do_send(Report { probe, outcome });
-        match result {
-            Ok((value, usage, repair)) => {
-                if config.last_error.is_some() {
-                    self.record_last_error(None).await;
+                if row.last_error.is_some() || row.parked.is_some() {
+                    route::record(&self.store, &self.clock, row.id, None, None).await;
                 }
-                Ok(Answer { value, model: config.model.clone(), usage, repair })
+                let repair = repair.or(checked.salvaged.then_some(Repair::Salvaged));
+                let usage = add_usage(earlier_usage, usage);
+                return Ok(Answer { value: checked.value, model: row.model.clone(), usage, repair });
             }
-            Err((failure, why)) => {
-                let why = super::redact::redact(&why, &credentials.api_key);
-                tracing::warn!(call = what, reason = %failure, error = %why, "upstream call failed");
-                self.record_last_error(Some(format!("{failure}: {why}"))).await;
-                Err(failure)
-            }
-        }
+            // The provider answered: invalid twice is this call's failure, not the circuit's.
+            Judged::Refused(refusal, _) => (Outcome::Success, refused(refusal)),
+            Judged::Failed(outcome, failure, why) => (outcome, (failure, why)),
+        };
+        let why = super::redact::redact(&why, &credentials.api_key);
+        tracing::warn!(call = what, upstream = row.id, reason = %failure, error = %why, "upstream call failed");
+        let parked_by = route::parks(failure).then(|| failure.to_string());
+        route::record(&self.store, &self.clock, row.id, Some(format!("{failure}: {why}")), parked_by).await;
+        let moves_on = match failure {
+            CallFailure::Upstream(UpstreamFailure::ApiError(status)) => status >= 500 || route::parks(failure),
+            _ => true,
+        };
+        Err((outcome, failure, moves_on))
     }
 
     /// One upstream call, judged and counted.
     async fn ask<T>(
         &self,
+        upstream: i64,
         provider: Provider,
         request: &providers::UpstreamRequest,
         validate: &impl Fn(&str) -> Result<Checked<T>, OutputError>,
@@ -166,22 +209,8 @@ impl Llm {
             Judged::Refused(refusal, _) => refused(refusal.clone()).0.to_string(),
             Judged::Failed(_, failure, _) => failure.to_string(),
         };
-        self.metrics.upstream_calls.with_label_values(&[&label]).inc();
+        self.upstreams.call_ended(upstream, &label);
         judged
-    }
-
-    async fn record_last_error(&self, error: Option<String>) {
-        record_last_error(&self.store, &self.clock, error).await;
-    }
-}
-
-/// Stores the admin's `last_error` (`None` clears it); `error` has been through
-/// [`redact`](super::redact::redact) already.
-pub async fn record_last_error(store: &Store, clock: &SharedClock, error: Option<String>) {
-    let now = clock.now_naive();
-    let saved = store.write(move |conn| llm_config::set_last_error(conn, error.as_deref(), now)).await;
-    if let Err(e) = saved {
-        tracing::error!(error = %e, "could not record the last upstream error");
     }
 }
 

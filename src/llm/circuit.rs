@@ -100,6 +100,8 @@ pub struct CircuitSnapshot {
 }
 
 pub struct CircuitBreaker {
+    /// The upstream whose circuit this is (its row in `llm_config`).
+    upstream: i64,
     settings: CircuitSettings,
     clock: SharedClock,
     store: Store,
@@ -120,7 +122,7 @@ fn utc(t: chrono::NaiveDateTime) -> DateTime<Utc> {
 }
 
 impl CircuitBreaker {
-    /// A breaker resuming from the persisted record.
+    /// The first upstream's breaker resuming from the persisted record.
     pub fn restore(
         settings: CircuitSettings,
         record: &CircuitRecord,
@@ -128,18 +130,32 @@ impl CircuitBreaker {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::restore_upstream(llm_config::ID, settings, record, clock, store, metrics)
+    }
+
+    /// Upstream `id`'s breaker resuming from its persisted record.
+    pub fn restore_upstream(
+        id: i64,
+        settings: CircuitSettings,
+        record: &CircuitRecord,
+        clock: SharedClock,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let row = format!("llm_config {id}");
         // A corrupt record cannot stop the start: the breaker resumes closed and empty, and says so.
         let failures: Vec<DateTime<Utc>> = serde_json::from_str(&record.failures).unwrap_or_else(|e| {
-            tracing::error!(row = "llm_config 1", column = "circuit_failures", error = %e,
+            tracing::error!(row = %row, column = "circuit_failures", error = %e,
                 "stored circuit history is corrupt; resuming without it");
             Vec::new()
         });
         let state = CircuitState::parse(&record.state).unwrap_or_else(|| {
-            tracing::error!(row = "llm_config 1", column = "circuit_state", state = %record.state,
+            tracing::error!(row = %row, column = "circuit_state", state = %record.state,
                 "stored circuit state is unknown; resuming closed");
             CircuitState::Closed
         });
         CircuitBreaker {
+            upstream: id,
             settings,
             clock,
             store,
@@ -187,9 +203,17 @@ impl CircuitBreaker {
 
     fn set_state(&mut self, state: CircuitState) {
         if self.state != state {
-            tracing::info!(from = self.state.as_str(), to = state.as_str(), "circuit breaker");
+            tracing::info!(
+                upstream = self.upstream,
+                from = self.state.as_str(),
+                to = state.as_str(),
+                "circuit breaker"
+            );
         }
         self.state = state;
+        if self.upstream != llm_config::ID {
+            return;
+        }
         self.metrics.circuit_state.set(match state {
             CircuitState::Closed => 0,
             CircuitState::Open => 1,
@@ -263,8 +287,9 @@ impl CircuitBreaker {
         let record = self.record();
         let now = self.clock.now_naive();
         let store = self.store.clone();
+        let id = self.upstream;
         ctx.spawn(
-            async move { store.write(move |conn| llm_config::save_circuit(conn, &record, now)).await }
+            async move { store.write(move |conn| llm_config::save_circuit_of(conn, id, &record, now)).await }
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     act.saving = false;
@@ -370,7 +395,7 @@ impl Handler<Reset> for CircuitBreaker {
         self.close(ctx);
         self.retry_after_until = None;
         self.persist(ctx);
-        tracing::info!("circuit breaker reset by admin");
+        tracing::info!(upstream = self.upstream, "circuit breaker reset by admin");
         MessageResult(self.snapshot())
     }
 }

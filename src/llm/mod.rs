@@ -8,8 +8,10 @@ pub mod client;
 pub mod credentials;
 pub mod providers;
 pub mod redact;
+pub mod route;
 pub mod settings;
 pub mod stream;
+pub mod upstreams;
 
 pub use call::{Answer, Llm};
 pub use credentials::{credentials, Credentials};

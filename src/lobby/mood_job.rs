@@ -29,7 +29,7 @@ use crate::llm::providers::Prompt;
 use crate::llm::Llm;
 use crate::store::jobs::Ended;
 use crate::store::messages::{self, MessageRow};
-use crate::store::{llm_config, Store};
+use crate::store::{upstreams, Store};
 
 /// Answers are one short JSON object.
 const MOOD_MAX_TOKENS: u32 = 64;
@@ -56,8 +56,8 @@ impl MoodJob {
 
     async fn attempt(&self, claim: Claim) -> JobResult {
         let message_id = claim.target_id;
-        let (row, config) =
-            self.store.run(move |conn| Ok((messages::find(conn, message_id)?, llm_config::get(conn)?))).await?;
+        let (row, upstreams) =
+            self.store.run(move |conn| Ok((messages::find(conn, message_id)?, upstreams::all(conn)?))).await?;
         let Some(row) = row.filter(MessageRow::mood_is_pending) else {
             return nothing_to_do(&self.store, &claim).await;
         };
@@ -69,7 +69,9 @@ impl MoodJob {
             max_tokens: self.max_tokens,
         };
         let (prompt_tokens, output_tokens) = prompt.bound_with_reask();
-        let model = config.as_ref().map_or_else(|| self.config.llm_model.clone(), |c| c.model.clone());
+        // Held at the first upstream's price; settled at the price of the model that answers.
+        let first = upstreams.iter().find(|u| u.is_first());
+        let model = first.map_or_else(|| self.config.llm_model.clone(), |c| c.model.clone());
         let (usage, now, author) = (self.config.usage, self.clock.now_naive(), row.user_id);
         let cut = claim.attempt > 1;
         let reserved = self
@@ -99,26 +101,29 @@ impl MoodJob {
                 level = refusal.level.as_str(),
                 "mood fallback: a usage limit is reached"
             );
-            return self.commit(&claim, Mood::Neutral, MoodStatus::Fallback, Used::Nothing).await;
+            return self.commit(&claim, Mood::Neutral, MoodStatus::Fallback, (Used::Nothing, None)).await;
         }
         let validate = |text: &str| mood::validate_output(text).map(Checked::exact);
-        let (mood, status, used) = match self.llm.call(config.as_ref(), &prompt, validate, "mood").await {
+        let (mood, status, used) = match self.llm.call(&upstreams, &prompt, validate, "mood").await {
             Ok(answer) => {
                 if let Some(repair) = answer.repair {
                     self.metrics.answers_repaired.with_label_values(&["mood", repair.as_str()]).inc();
                 }
-                (answer.value, MoodStatus::Ready, answer.usage.map_or(Used::Unknown, Used::Reported))
+                let used = answer.usage.map_or(Used::Unknown, Used::Reported);
+                (answer.value, MoodStatus::Ready, (used, Some(answer.model)))
             }
-            Err(reason) => {
-                tracing::info!(message = message_id, %reason, "mood fallback");
-                (Mood::Neutral, MoodStatus::Fallback, limits::used_by_failure(reason))
+            Err(no_answer) => {
+                tracing::info!(message = message_id, reason = %no_answer.reason, "mood fallback");
+                (Mood::Neutral, MoodStatus::Fallback, (limits::used_by_failures(&no_answer.tried), None))
             }
         };
         self.commit(&claim, mood, status, used).await
     }
 
-    /// Commits the mood with the job's removal, then tells everyone in the lobby.
-    async fn commit(&self, claim: &Claim, mood: Mood, status: MoodStatus, used: Used) -> JobResult {
+    /// Commits the mood with the job's removal (charging what was `used`, priced as the model
+    /// that answered), then tells everyone in the lobby.
+    async fn commit(&self, claim: &Claim, mood: Mood, status: MoodStatus, used: (Used, Option<String>)) -> JobResult {
+        let (used, answered_by) = used;
         let (origin, worker, job_id, message_id) =
             (self.origin.clone(), claim.worker.clone(), claim.job_id, claim.target_id);
         let now = self.clock.now_naive();
@@ -128,7 +133,7 @@ impl MoodJob {
                 let ended = messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood, status)?;
                 let mut charged = Charged::default();
                 if let Ended::Done(_) = &ended {
-                    charged = limits::settle(conn, &target(message_id), used, now)?;
+                    charged = limits::settle_as(conn, &target(message_id), used, answered_by.as_deref(), now)?;
                 }
                 Ok((ended, charged))
             })
@@ -169,6 +174,6 @@ impl JobHandler for MoodJob {
     /// No attempt is left: the message settles `neutral` / `fallback`.
     fn give_up(self: Rc<Self>, claim: Claim) -> LocalBoxFuture<'static, JobResult> {
         // Whether an earlier attempt called is not known: charged as reserved, never under.
-        Box::pin(async move { self.commit(&claim, Mood::Neutral, MoodStatus::Fallback, Used::Unknown).await })
+        Box::pin(async move { self.commit(&claim, Mood::Neutral, MoodStatus::Fallback, (Used::Unknown, None)).await })
     }
 }

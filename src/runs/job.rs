@@ -1,6 +1,7 @@
 //! The run job: one attempt of a generation run for a claimed `run` job.
 //!
-//! Order: the budget reservation is made sure of, the circuit breaker asked (a refusal puts the
+//! Order: the budget reservation is made sure of, the attempt routed to an upstream whose circuit
+//! permits it (`llm::route`: one this run has not failed on first; no permit anywhere puts the
 //! run back without counting an attempt), the attempt counted, the answer streamed (every delta
 //! recorded for late subscribers and published), and the attempt's end committed in one
 //! transaction (usage, cost event, budget settlement, job deleted or handed back with backoff)
@@ -31,17 +32,18 @@ use crate::hub::Hub;
 use crate::jobs::{backoff, nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Outcome};
 use crate::limits::observe::{self, Charged};
 use crate::limits::{self, Spend};
-use crate::llm::call::record_last_error;
-use crate::llm::circuit::{self, Acquire, CircuitBreaker, Permit, Report};
-use crate::llm::credentials::NoCredentials;
+use crate::llm::circuit::{self, CircuitBreaker, Report};
 use crate::llm::providers::{self, TextPrompt};
+use crate::llm::route;
 use crate::llm::stream::{self, StreamEnd, StreamLimits};
+use crate::llm::upstreams::Upstreams;
 use crate::moderation::Moderation;
 use crate::store::run_attempts::{self as attempts, AttemptEnd};
 use crate::store::runs::{self as rows, RunRow};
-use crate::store::{billing, llm_config, Store, StoreError};
+use crate::store::{billing, upstreams, Store, StoreError};
 
 mod attempt;
+mod upstream;
 
 use attempt::{Attempt, Crew, Emitter};
 
@@ -62,7 +64,9 @@ pub struct RunJob {
     origin: ProcessId,
     store: Store,
     hub: Addr<Hub>,
+    /// The first upstream's circuit, which paces a run waiting for the provider.
     circuit: Addr<CircuitBreaker>,
+    routing: upstream::Routing,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     client: awc::Client,
@@ -92,10 +96,11 @@ impl RunJob {
         }
     }
 
-    /// The job handler of runs: streams through `client` behind `circuit`, keeps the frames in `live`.
+    /// The job handler of runs: streams through `client` from the upstream each attempt is
+    /// routed to, keeps the frames in `live`.
     pub fn new(
         deps: &Deps,
-        circuit: Addr<CircuitBreaker>,
+        upstreams: Upstreams,
         client: awc::Client,
         live: Arc<LiveRuns>,
         moderation: Moderation,
@@ -114,7 +119,8 @@ impl RunJob {
             origin,
             store,
             hub,
-            circuit,
+            circuit: upstreams.first().clone(),
+            routing: upstream::Routing::new(upstreams),
             clock,
             metrics,
             client,
@@ -208,7 +214,7 @@ impl RunJob {
     /// or handed it back.
     async fn execute(&self, claim: Claim) -> JobResult {
         let run_pk = claim.target_id;
-        let (row, config, price, budgeted) = self
+        let (row, rows_up, price, budgeted) = self
             .store
             .run(move |conn| {
                 let row = rows::find_by_id(conn, run_pk)?;
@@ -216,7 +222,7 @@ impl RunJob {
                     Some(r) => (billing::price(conn, &r.model)?, billing::budget(conn, &r.project_id)?.is_some()),
                     None => (None, false),
                 };
-                Ok((row, llm_config::get(conn)?, price, budgeted))
+                Ok((row, upstreams::all(conn)?, price, budgeted))
             })
             .await?;
         let Some(row) = row.filter(|r| r.is_active()) else {
@@ -233,16 +239,11 @@ impl RunJob {
             return ctx.end(row.attempts, Usage::default(), 0, AttemptEnd::Aborted).await;
         }
 
-        let credentials = match config.as_ref().map(crate::llm::credentials) {
-            Some(Ok(credentials)) => credentials,
-            unusable => {
-                // Lorewire's words: no key, or a stored provider this version does not know.
-                let why = unusable.and_then(Result::err).unwrap_or(NoCredentials::NoKey);
-                let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: why.to_string() };
-                return ctx.end(row.attempts, Usage::default(), 0, end).await;
-            }
-        };
-        let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
+        if let Some(why) = route::no_upstream(&rows_up) {
+            // Lorewire's words: no key, or a stored provider this version does not know.
+            let end = AttemptEnd::Dead { code: RunErrorCode::NoConfig, message: why.to_string() };
+            return ctx.end(row.attempts, Usage::default(), 0, end).await;
+        }
 
         // The reservation first: waiting on the circuit keeps it, so the run cannot be refused later.
         // (Skipped, saving a write, when the run holds one already or its project has no budget.)
@@ -291,18 +292,20 @@ impl RunJob {
             }
         }
 
-        let probe = match self.circuit.send(Acquire).await {
-            Ok(Permit::Call { probe }) => probe,
-            Ok(Permit::Refuse(refusal)) => return ctx.wait(format!("{refusal:?}"), false).await,
-            Err(_) => return ctx.wait("the circuit breaker is not answering".into(), false).await,
-        };
+        let upstream::Routed { picked, model, price } =
+            match self.routing.next(&self.store, &rows_up, &row, price).await? {
+                Ok(routed) => routed,
+                Err(refusal) => return ctx.wait(format!("{refusal}"), false).await,
+            };
+        let route::Picked { row: upstream, credentials, circuit: upstream_circuit, probe } = picked;
+        let (provider, api_key) = (credentials.provider, credentials.api_key.as_str());
 
         let now = self.clock.now_naive();
         let started = match self.store.write(move |conn| attempts::mark_running(conn, run_pk, now)).await {
             Ok(Some(row)) => row,
             other => {
                 // Aborted meanwhile (or the store failed): no call was made.
-                self.circuit.do_send(Report { probe, outcome: circuit::Outcome::NotCalled });
+                upstream_circuit.do_send(Report { probe, outcome: circuit::Outcome::NotCalled });
                 other?;
                 return nothing_to_do(&self.store, &claim).await;
             }
@@ -315,7 +318,7 @@ impl RunJob {
             &run_id,
             Typed::RunStarted {
                 run_id: run_id.clone(),
-                model: row.model.clone(),
+                model: model.clone(),
                 attempt: (attempt > 1).then_some(attempt),
             }
             .into(),
@@ -323,9 +326,10 @@ impl RunJob {
         if let Some(relay) = &self.relay {
             relay.forward(&run_id, version, &frame, true);
         }
-        tracing::info!(run = %run_id, attempt, provider = provider.as_str(), model = %row.model, "run attempt started");
+        tracing::info!(run = %run_id, attempt, upstream = upstream.id, provider = provider.as_str(), model = %model,
+            "run attempt started");
 
-        let request = providers::build_stream_request(&credentials.target(&row.model), &prompt);
+        let request = providers::build_stream_request(&credentials.target(&model), &prompt);
         let limits = StreamLimits {
             headers: self.limits.llm_timeout,
             idle: self.limits.llm_timeout,
@@ -410,34 +414,29 @@ impl RunJob {
             StreamEnd::ProviderError { server_side: false, .. } => circuit::Outcome::Success,
             StreamEnd::Cut(_) | StreamEnd::Timeout | StreamEnd::ProviderError { .. } => circuit::Outcome::Failure,
         };
-        self.circuit.do_send(Report { probe, outcome: circuit_outcome });
+        upstream_circuit.do_send(Report { probe, outcome: circuit_outcome });
+        self.routing.ended(run_pk, upstream.id, &outcome.end);
 
         if flagged {
             // The provider answered; what it wrote is not for players. Charged, not retried.
             tracing::info!(run = %run_id, attempt, "run text flagged by moderation; the run ends");
-            self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
+            self.routing.upstreams.call_ended(upstream.id, "ok");
             let code = RunErrorCode::Moderated;
             return ctx.end(attempt, usage, cost, AttemptEnd::Dead { code, message: code.player_message() }).await;
         }
         if cut {
             tracing::warn!(run = %run_id, attempt, bytes = text.len(), "run text reached its bound; the stream was stopped");
-            self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
-            if config.as_ref().is_some_and(|c| c.last_error.is_some()) {
-                record_last_error(&self.store, &self.clock, None).await;
-            }
+            self.routing.answered(&self.store, &self.clock, upstream).await;
             return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
         }
         let (code, detail) = match outcome.end {
             StreamEnd::Finished => {
-                self.metrics.upstream_calls.with_label_values(&["ok"]).inc();
-                if config.as_ref().is_some_and(|c| c.last_error.is_some()) {
-                    record_last_error(&self.store, &self.clock, None).await;
-                }
+                self.routing.answered(&self.store, &self.clock, upstream).await;
                 return ctx.end(attempt, usage, cost, AttemptEnd::Done { text }).await;
             }
             StreamEnd::Cancelled => return ctx.end(attempt, usage, cost, AttemptEnd::Aborted).await,
             StreamEnd::Upstream(e) if e.is_rate_limit() => {
-                self.metrics.upstream_calls.with_label_values(&["rate_limited"]).inc();
+                self.routing.upstreams.call_ended(upstream.id, "rate_limited");
                 // Throttled, not failed: the run waits without spending an attempt.
                 return ctx.wait(e.redacted(api_key), true).await;
             }
@@ -450,16 +449,19 @@ impl RunJob {
         // The provider's own text goes to the log and the admin's `last_error`; players read
         // lorewire's words for the code (the run's stored `error`, `run:error`).
         let detail = crate::llm::redact(&detail, api_key);
-        self.metrics.upstream_calls.with_label_values(&[&code.to_string()]).inc();
         tracing::warn!(run = %run_id, attempt, code = %code, error = %detail, "run attempt failed");
-        record_last_error(&self.store, &self.clock, Some(format!("{code}: {detail}"))).await;
+        self.routing.failed(&self.store, &self.clock, upstream.id, code, &detail).await;
         let message = code.player_message();
         // The run's attempts (shown to clients) and the job's (failures on our side count too)
         // agree unless something went wrong on our side; the larger decides, so neither passes
         // the cap.
         let spent = u32::try_from(attempt).unwrap_or(0).max(claim.attempt).max(1);
         if spent < self.limits.max_attempts {
-            let delay = backoff(self.limits.retry_base, spent);
+            // Moving to another upstream does not wait for the backoff (PROTOCOL §7).
+            let delay = match self.routing.elsewhere(&rows_up, run_pk) {
+                true => Duration::ZERO,
+                false => backoff(self.limits.retry_base, spent),
+            };
             let run_after = self.clock.now_naive() + to_chrono(delay);
             let end = AttemptEnd::Retry { run_after, code, message };
             return Ok(match ctx.end(attempt, usage, cost, end).await? {
@@ -491,5 +493,6 @@ impl JobHandler for RunJob {
     /// Forgets the runs this process no longer streams, even when no run changes here.
     fn tick(&self) {
         self.live.prune();
+        self.routing.tick();
     }
 }

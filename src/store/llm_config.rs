@@ -1,5 +1,7 @@
-//! The singleton LLM configuration row (id = 1): provider settings, the API key, the last
-//! upstream error and the persisted circuit breaker. Its Debug output never shows the key.
+//! The first upstream's row (id = 1) as the LLM settings: provider settings, the API key, the
+//! last upstream error and the persisted circuit breaker. The table holds one row per upstream
+//! (`store::upstreams`); this file reads and writes only the first. Its Debug output never
+//! shows the key.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -10,7 +12,37 @@ use crate::core::provider::{Provider, UnknownProvider};
 use crate::domain::upstream::CircuitState;
 use crate::on_backend;
 
-const ID: i64 = 1;
+/// The first upstream: seeded from the environment, never removed.
+pub const ID: i64 = 1;
+
+/// The columns of [`LlmConfigRow`] (the table has more: see `store::upstreams`).
+pub const COLUMNS: (
+    llm_config::id,
+    llm_config::provider,
+    llm_config::model,
+    llm_config::base_url,
+    llm_config::api_key,
+    llm_config::last_error,
+    llm_config::circuit_state,
+    llm_config::circuit_failures,
+    llm_config::circuit_opened_at,
+    llm_config::circuit_resets_at,
+    llm_config::retry_after_until,
+    llm_config::updated_at,
+) = (
+    llm_config::id,
+    llm_config::provider,
+    llm_config::model,
+    llm_config::base_url,
+    llm_config::api_key,
+    llm_config::last_error,
+    llm_config::circuit_state,
+    llm_config::circuit_failures,
+    llm_config::circuit_opened_at,
+    llm_config::circuit_resets_at,
+    llm_config::retry_after_until,
+    llm_config::updated_at,
+);
 
 #[derive(Clone, Queryable)]
 pub struct LlmConfigRow {
@@ -87,7 +119,7 @@ impl std::fmt::Debug for SettingsChange {
 }
 
 pub fn get(conn: &mut DbConn) -> StoreResult<Option<LlmConfigRow>> {
-    Ok(on_backend!(conn, |c| llm_config::table.find(ID).first(c).optional())?)
+    Ok(on_backend!(conn, |c| llm_config::table.find(ID).select(COLUMNS).first(c).optional())?)
 }
 
 /// Writes the settings from the environment when nothing is stored yet; returns the stored row.
@@ -110,13 +142,18 @@ pub fn seed(
         llm_config::updated_at.eq(now),
     );
     on_backend!(conn, |c| diesel::insert_into(llm_config::table).values(row).on_conflict_do_nothing().execute(c))?;
-    Ok(llm_config::table.find(ID).first(conn)?)
+    Ok(llm_config::table.find(ID).select(COLUMNS).first(conn)?)
 }
 
 pub fn update_settings(conn: &mut DbConn, change: &SettingsChange, now: NaiveDateTime) -> StoreResult<LlmConfigRow> {
     Ok(diesel::update(llm_config::table.find(ID))
-        .set((change, llm_config::last_error.eq(None::<String>), llm_config::updated_at.eq(now)))
-        .returning(llm_config::all_columns)
+        .set((
+            change,
+            llm_config::last_error.eq(None::<String>),
+            llm_config::parked.eq(None::<String>),
+            llm_config::updated_at.eq(now),
+        ))
+        .returning(COLUMNS)
         .get_result(conn)?)
 }
 
@@ -128,7 +165,12 @@ pub fn set_last_error(conn: &mut DbConn, error: Option<&str>, now: NaiveDateTime
 }
 
 pub fn save_circuit(conn: &mut DbConn, c: &CircuitRecord, now: NaiveDateTime) -> StoreResult<()> {
-    diesel::update(llm_config::table.find(ID))
+    save_circuit_of(conn, ID, c, now)
+}
+
+/// Persists upstream `id`'s circuit (gone already: nothing to do).
+pub fn save_circuit_of(conn: &mut DbConn, id: i64, c: &CircuitRecord, now: NaiveDateTime) -> StoreResult<()> {
+    diesel::update(llm_config::table.find(id))
         .set((
             llm_config::circuit_state.eq(&c.state),
             llm_config::circuit_failures.eq(&c.failures),

@@ -18,6 +18,7 @@ pub mod run_attempts;
 pub mod runs;
 pub mod schema;
 pub mod space;
+pub mod upstreams;
 pub mod usage;
 pub mod users;
 pub mod writer;

@@ -50,6 +50,10 @@ diesel::table! {
         circuit_resets_at -> Nullable<Timestamp>,
         retry_after_until -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        weight -> Int4,
+        priority -> Int4,
+        enabled -> Bool,
+        parked -> Nullable<Text>,
     }
 }
 

@@ -247,6 +247,25 @@ async fn admin_sees_the_circuit_open_and_resets_it() {
     assert_eq!(app.circuit().await["state"], "closed");
 }
 
+/// The dashboard lists every upstream with its circuit and last error, and resets one.
+#[actix_web::test]
+async fn admin_sees_every_upstream_and_resets_one() {
+    let app = spawn_with(Setup::new(Db::Sqlite), |c| c.circuit_failures = 1).await;
+    let second = crate::common::FakeLlm::start();
+    second.set_mode(Mode::Status(500));
+    let body = json!({"provider": "anthropic", "base_url": second.anthropic_base_url(), "model": "second-model",
+        "api_key": "sk-CANARY-second-0000", "priority": 1});
+    let (status, added) = crate::common::post_json(&app.url("/admin/api/upstreams"), ADMIN_TOKEN, &body).await;
+    assert_eq!((status, added["id"].as_i64()), (201, Some(2)), "{added}");
+    // The first disabled for one item: it goes to the second, which fails and opens.
+    app.admin_put("/admin/api/upstreams/1", json!({"enabled": false})).await;
+    let token = app.player_token().await;
+    assert_eq!(app.content_final(&token, "event", 1, json!({})).await["reason"], "api_error_500");
+    app.admin_put("/admin/api/upstreams/1", json!({"enabled": true})).await;
+    scenario(&app, "upstreams", |_| {}).await;
+    assert_eq!(app.admin_get("/admin/api/upstreams/2").await.1["circuit"]["state"], "closed");
+}
+
 #[actix_web::test]
 async fn pages_load_without_failed_requests_or_console_errors() {
     let app = spawn_app(Db::Sqlite).await;

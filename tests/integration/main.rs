@@ -44,6 +44,7 @@ mod storage;
 mod store_queries;
 mod types;
 mod upgrade;
+mod upstreams;
 mod usage_cut;
 mod usage_limits;
 mod usage_metrics;

@@ -1,0 +1,5 @@
+DELETE FROM llm_config WHERE id <> 1;
+ALTER TABLE llm_config DROP COLUMN parked;
+ALTER TABLE llm_config DROP COLUMN enabled;
+ALTER TABLE llm_config DROP COLUMN priority;
+ALTER TABLE llm_config DROP COLUMN weight;
