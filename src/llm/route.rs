@@ -1,8 +1,8 @@
 //! Which upstream takes the next call (PROTOCOL §7), for structured calls and streamed runs
 //! alike: the lowest `priority` with a usable upstream (enabled, with a key or a server of its
-//! own, its circuit permitting: not open, not inside a `retry-after`), chosen by `weight`
-//! within it; a parked upstream only when no other is usable. Also where an upstream's failure
-//! is recorded (its `last_error`, parked on a 401/403) the same way for both.
+//! own, its circuit permitting: not open, not inside a `retry-after`; not parked), chosen by
+//! `weight` within it. Also where an upstream's failure is recorded (its `last_error`, parked
+//! on a 401/403) the same way for both.
 //!
 //! Asks the circuits for a permit and nothing else; never calls an upstream.
 
@@ -39,13 +39,16 @@ pub async fn pick<'a>(
 ) -> Result<Picked<'a>, CallFailure> {
     let mut left: Vec<&UpstreamRow> = rows.iter().filter(|row| row.enabled && !avoid.contains(&row.id)).collect();
     let mut untried = CallFailure::NoConfig;
+    // A parked upstream (its key or URL was refused) is not called until it is changed or its
+    // circuit reset; none left to try then is `circuit_open`, as for an open circuit.
+    if left.iter().any(|row| row.parked.is_some()) {
+        left.retain(|row| row.parked.is_none());
+        untried = CallFailure::CircuitOpen;
+    }
     loop {
-        let unparked: Vec<usize> = (0..left.len()).filter(|i| left[*i].parked.is_none()).collect();
-        // A parked upstream is the last resort: tried only when no other is usable.
-        let pool = if unparked.is_empty() { (0..left.len()).collect() } else { unparked };
-        let tiers: Vec<(i32, i32)> = pool.iter().map(|i| (left[*i].priority, left[*i].weight)).collect();
+        let tiers: Vec<(i32, i32)> = left.iter().map(|row| (row.priority, row.weight)).collect();
         let Some(chosen) = choose(&tiers, rand::random::<f64>()) else { return Err(untried) };
-        let row = left.remove(pool[chosen]);
+        let row = left.remove(chosen);
         let credentials = match super::credentials::credentials(&row.config()) {
             Ok(credentials) => credentials,
             Err(why) => {

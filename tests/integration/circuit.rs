@@ -70,13 +70,18 @@ async fn client_errors_and_429_never_count(db: Db) {
     }
     app.fake.set_mode(Mode::Status(401));
     assert_eq!(reason(&app, &token, 10).await, "api_error_401");
-    assert_eq!(reason(&app, &token, 11).await, "api_error_401");
+    // A 401 parks the upstream (PROTOCOL §7): no call until its key changes or it is reset.
+    assert_eq!(reason(&app, &token, 11).await, "circuit_open");
     let (_, llm) = app.admin_get("/admin/api/llm").await;
     assert_eq!(llm["circuit"]["state"], "closed");
     assert_eq!(llm["circuit"]["failures"], 0);
     // A 401 is shown to the admin to fix.
     let last_error = llm["last_error"].as_str().unwrap();
     assert!(last_error.contains("401"), "{last_error}");
+    assert_eq!(app.fake.request_count(), 5);
+    // Reset, it is called again.
+    assert_eq!(app.admin_post("/admin/api/llm/circuit/reset").await.0, 200);
+    assert_eq!(reason(&app, &token, 12).await, "api_error_401");
     assert_eq!(app.fake.request_count(), 6);
 }
 
