@@ -1,5 +1,5 @@
-//! Upstream wire formats, one module each: a [`Prompt`] becomes an [`UpstreamRequest`], and
-//! a response body becomes the model's text. Pure functions: no I/O, no secrets in errors.
+//! Upstream wire formats, one module each implementing [`Wire`]: a [`Prompt`] becomes an
+//! [`UpstreamRequest`], a response body or a stream's events become the model's text. Pure functions: no I/O, no secrets in errors.
 
 pub mod anthropic;
 pub mod openai;
@@ -110,13 +110,35 @@ pub struct Target<'a> {
     pub api_key: &'a str,
 }
 
+/// One upstream wire format: all lorewire says and hears in it, a structured call and a
+/// streamed one. A new format is one module with one of these (and its name in [`wire`]).
+pub trait Wire: Sync {
+    /// A structured call's request (`base` without a trailing `/`).
+    fn request(&self, base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest;
+    /// A streamed prose call's request.
+    fn stream_request(&self, base: &str, model: &str, api_key: &str, prompt: &TextPrompt) -> UpstreamRequest;
+    /// The model's text out of a successful structured answer, and its usage when reported.
+    fn answer(&self, value: &Value) -> (Result<String, AnswerError>, Option<Usage>);
+    /// One event of a stream: the steps it brings; the usage so far is kept in `reader`.
+    fn stream_event(
+        &self,
+        reader: &mut sse::StreamReader,
+        event: &sse::SseEvent,
+    ) -> Result<Vec<sse::Step>, sse::StreamFormatError>;
+}
+
+/// The wire format `provider` speaks.
+pub fn wire(provider: Provider) -> &'static dyn Wire {
+    match provider {
+        Provider::Anthropic => &anthropic::Anthropic,
+        Provider::OpenAi => &openai::OpenAiResponses,
+        Provider::OpenAiChat => &openai_chat::OpenAiChat,
+    }
+}
+
 pub fn build_request(target: &Target<'_>, prompt: &Prompt) -> UpstreamRequest {
     let base = target.base_url.trim_end_matches('/');
-    match target.provider {
-        Provider::Anthropic => anthropic::build(base, target.model, target.api_key, prompt),
-        Provider::OpenAi => openai::build(base, target.model, target.api_key, prompt),
-        Provider::OpenAiChat => openai_chat::build(base, target.model, target.api_key, prompt),
-    }
+    wire(target.provider).request(base, target.model, target.api_key, prompt)
 }
 
 /// What to ask for a streamed prose answer (generation runs): no schema.
@@ -129,11 +151,7 @@ pub struct TextPrompt {
 
 pub fn build_stream_request(target: &Target<'_>, prompt: &TextPrompt) -> UpstreamRequest {
     let base = target.base_url.trim_end_matches('/');
-    match target.provider {
-        Provider::Anthropic => anthropic::build_stream(base, target.model, target.api_key, prompt),
-        Provider::OpenAi => openai::build_stream(base, target.model, target.api_key, prompt),
-        Provider::OpenAiChat => openai_chat::build_stream(base, target.model, target.api_key, prompt),
-    }
+    wire(target.provider).stream_request(base, target.model, target.api_key, prompt)
 }
 
 /// Why a successful response body holds no usable text (the message goes to the log and
@@ -173,16 +191,7 @@ pub enum AnswerError {
 /// it, or why the body is unusable.
 pub fn parse_answer(provider: Provider, body: &[u8]) -> Result<(String, Option<Usage>), AnswerError> {
     let value: Value = serde_json::from_slice(body).map_err(AnswerError::NotJson)?;
-    let (text, usage) = match provider {
-        Provider::Anthropic => (anthropic::text(&value), anthropic::usage(&value)),
-        Provider::OpenAi => {
-            (openai::text(&value), openai_usage(&value, "input_tokens", "output_tokens", "input_tokens_details"))
-        }
-        Provider::OpenAiChat => (
-            openai_chat::text(&value),
-            openai_usage(&value, "prompt_tokens", "completion_tokens", "prompt_tokens_details"),
-        ),
-    };
+    let (text, usage) = wire(provider).answer(&value);
     let text = text?;
     if text.trim().is_empty() {
         return Err(AnswerError::Empty);
@@ -192,7 +201,7 @@ pub fn parse_answer(provider: Provider, body: &[u8]) -> Result<(String, Option<U
 
 /// OpenAI's `usage` (Responses and Chat name the counts differently); its input includes the
 /// cached tokens, which are split out so each count is priced once.
-fn openai_usage(value: &Value, input: &str, output: &str, details: &str) -> Option<Usage> {
+pub(super) fn openai_usage(value: &Value, input: &str, output: &str, details: &str) -> Option<Usage> {
     let usage = value.get("usage")?;
     let total_input = usage.get(input)?.as_u64()?;
     let cached = usage.get(details).and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64).unwrap_or(0);

@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-use super::{AnswerError, Prompt, UpstreamRequest};
+use super::sse::{failed, json, SseEvent, Step, StreamFormatError, StreamReader};
+use super::{AnswerError, Prompt, TextPrompt, UpstreamRequest, Wire};
+use crate::domain::runs::Usage;
 
 pub fn build(base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest {
     UpstreamRequest {
@@ -61,7 +63,7 @@ pub fn text(value: &Value) -> Result<String, AnswerError> {
 }
 
 /// A streamed prose request (`stream: true`, plain text output).
-pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::TextPrompt) -> UpstreamRequest {
+pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &TextPrompt) -> UpstreamRequest {
     UpstreamRequest {
         url: format!("{base}/responses"),
         headers: vec![("authorization", format!("Bearer {api_key}"))],
@@ -72,6 +74,78 @@ pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::Text
             "max_output_tokens": prompt.max_tokens,
             "stream": true,
         }),
+    }
+}
+
+/// This wire format (PROTOCOL §7: one provider, one implementation of [`Wire`]).
+pub struct OpenAiResponses;
+
+impl Wire for OpenAiResponses {
+    fn request(&self, base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest {
+        build(base, model, api_key, prompt)
+    }
+
+    fn stream_request(&self, base: &str, model: &str, api_key: &str, prompt: &TextPrompt) -> UpstreamRequest {
+        build_stream(base, model, api_key, prompt)
+    }
+
+    fn answer(&self, value: &Value) -> (Result<String, AnswerError>, Option<Usage>) {
+        (text(value), super::openai_usage(value, "input_tokens", "output_tokens", "input_tokens_details"))
+    }
+
+    /// OpenAI Responses: `response.output_text.delta`, `response.completed` and
+    /// `response.incomplete` (usage with `input_tokens_details.cached_tokens`),
+    /// `response.failed` / `error`.
+    fn stream_event(&self, reader: &mut StreamReader, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
+        let value = json(&event.data)?;
+        let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
+        Ok(match ty {
+            "response.output_text.delta" => {
+                let text = value.get("delta").and_then(Value::as_str).unwrap_or("");
+                if text.is_empty() {
+                    vec![]
+                } else {
+                    vec![Step::Text(text.to_owned())]
+                }
+            }
+            "response.completed" => {
+                if let Some(usage) = value.pointer("/response/usage") {
+                    reader.openai_usage(
+                        usage,
+                        "/input_tokens",
+                        "/output_tokens",
+                        "/input_tokens_details/cached_tokens",
+                    );
+                }
+                vec![Step::Finished]
+            }
+            // Cut short by the provider (`max_output_tokens`, a content filter): the answer
+            // ends with the text so far, as Anthropic's `max_tokens` and Chat's `length` do.
+            "response.incomplete" => {
+                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
+                    reader.openai_usage(
+                        usage,
+                        "/input_tokens",
+                        "/output_tokens",
+                        "/input_tokens_details/cached_tokens",
+                    );
+                }
+                vec![Step::Finished]
+            }
+            "response.failed" => {
+                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
+                    reader.openai_usage(
+                        usage,
+                        "/input_tokens",
+                        "/output_tokens",
+                        "/input_tokens_details/cached_tokens",
+                    );
+                }
+                vec![failed(&value, "/response/error/message", "/response/error/code")]
+            }
+            "error" => vec![failed(&value, "/message", "/code")],
+            _ => vec![],
+        })
     }
 }
 

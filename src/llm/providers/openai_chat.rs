@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-use super::{AnswerError, Prompt, UpstreamRequest};
+use super::sse::{failed, json, SseEvent, Step, StreamFormatError, StreamReader};
+use super::{AnswerError, Prompt, TextPrompt, UpstreamRequest, Wire};
+use crate::domain::runs::Usage;
 
 /// The name of the output cap: OpenAI's own API refuses `max_tokens` for its current models and
 /// wants `max_completion_tokens`; Ollama, vLLM and llama.cpp all take `max_tokens`.
@@ -52,7 +54,7 @@ pub fn text(value: &Value) -> Result<String, AnswerError> {
 }
 
 /// A streamed prose request; `include_usage` makes the server send a last chunk with usage.
-pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::TextPrompt) -> UpstreamRequest {
+pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &TextPrompt) -> UpstreamRequest {
     let mut headers = Vec::new();
     if !api_key.is_empty() {
         headers.push(("authorization", format!("Bearer {api_key}")));
@@ -68,6 +70,49 @@ pub fn build_stream(base: &str, model: &str, api_key: &str, prompt: &super::Text
     });
     body[output_cap_field(base)] = json!(prompt.max_tokens);
     UpstreamRequest { url: format!("{base}/chat/completions"), headers, body }
+}
+
+/// This wire format (PROTOCOL §7: one provider, one implementation of [`Wire`]).
+pub struct OpenAiChat;
+
+impl Wire for OpenAiChat {
+    fn request(&self, base: &str, model: &str, api_key: &str, prompt: &Prompt) -> UpstreamRequest {
+        build(base, model, api_key, prompt)
+    }
+
+    fn stream_request(&self, base: &str, model: &str, api_key: &str, prompt: &TextPrompt) -> UpstreamRequest {
+        build_stream(base, model, api_key, prompt)
+    }
+
+    fn answer(&self, value: &Value) -> (Result<String, AnswerError>, Option<Usage>) {
+        (text(value), super::openai_usage(value, "prompt_tokens", "completion_tokens", "prompt_tokens_details"))
+    }
+
+    /// Chat Completions: `choices[].delta.content`, the `include_usage` chunk (empty
+    /// `choices`), `[DONE]`; `choices: null` and keep-alive comments are tolerated.
+    fn stream_event(&self, reader: &mut StreamReader, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
+        if event.data.trim() == "[DONE]" {
+            return Ok(vec![Step::Finished]);
+        }
+        let value = json(&event.data)?;
+        if value.get("error").is_some_and(|e| !e.is_null()) {
+            let kind =
+                if value.pointer("/error/type").is_some_and(|t| !t.is_null()) { "/error/type" } else { "/error/code" };
+            return Ok(vec![failed(&value, "/error/message", kind)]);
+        }
+        if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+            reader.openai_usage(usage, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
+        }
+        let mut steps = Vec::new();
+        for choice in value.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
+                if !text.is_empty() {
+                    steps.push(Step::Text(text.to_owned()));
+                }
+            }
+        }
+        Ok(steps)
+    }
 }
 
 #[cfg(test)]

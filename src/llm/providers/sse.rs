@@ -1,5 +1,6 @@
 //! Server-Sent Events: bytes in (split anywhere, even inside a UTF-8 character), events out,
-//! and the per-provider reading of those events into text deltas, usage and the end.
+//! and what every provider's reading of those events into text deltas, usage and the end
+//! shares (each provider's own reading is in its module's [`super::Wire`]).
 //! Pure code: no I/O, no secrets.
 
 use serde_json::Value;
@@ -115,7 +116,7 @@ fn server_side(kind: Option<&str>) -> bool {
 }
 
 /// An in-stream error: its message (at `message`) and kind (at `kind`, a pointer).
-fn failed(value: &Value, message: &str, kind: &str) -> Step {
+pub(super) fn failed(value: &Value, message: &str, kind: &str) -> Step {
     let kind = value.pointer(kind).and_then(Value::as_str);
     Step::Failed { message: message_of(value, message), server_side: server_side(kind) }
 }
@@ -130,7 +131,12 @@ pub struct StreamReader {
     pub output_reported: bool,
 }
 
-fn u64_at(value: &Value, pointer: &str) -> Option<u64> {
+/// An event's data as JSON.
+pub(super) fn json(data: &str) -> Result<Value, StreamFormatError> {
+    serde_json::from_str(data).map_err(StreamFormatError::NotJson)
+}
+
+pub(super) fn u64_at(value: &Value, pointer: &str) -> Option<u64> {
     value.pointer(pointer).and_then(Value::as_u64)
 }
 
@@ -150,66 +156,12 @@ impl StreamReader {
     }
 
     pub fn read(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
-        match self.provider {
-            Provider::Anthropic => self.anthropic(event),
-            Provider::OpenAi => self.responses(event),
-            Provider::OpenAiChat => self.chat(event),
-        }
+        super::wire(self.provider).stream_event(self, event)
     }
 
-    fn json(data: &str) -> Result<Value, StreamFormatError> {
-        serde_json::from_str(data).map_err(StreamFormatError::NotJson)
-    }
-
-    /// Anthropic Messages: `message_start` (input usage, cache reads and writes),
-    /// `content_block_delta` text, `message_delta` (cumulative output tokens), `message_stop`,
-    /// `ping`, `error`.
-    fn anthropic(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
-        let value = Self::json(&event.data)?;
-        let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
-        Ok(match ty {
-            "message_start" => {
-                if let Some(usage) = value.pointer("/message/usage") {
-                    self.usage.input_tokens = u64_at(usage, "/input_tokens").unwrap_or(0);
-                    self.usage.cache_write_tokens = u64_at(usage, "/cache_creation_input_tokens").unwrap_or(0);
-                    self.usage.cache_read_tokens = u64_at(usage, "/cache_read_input_tokens").unwrap_or(0);
-                    self.input_reported = usage.get("input_tokens").is_some();
-                    if let Some(out) = u64_at(usage, "/output_tokens") {
-                        self.usage.output_tokens = out;
-                    }
-                }
-                vec![]
-            }
-            "content_block_delta" => match value.pointer("/delta/type").and_then(Value::as_str) {
-                Some("text_delta") => {
-                    let text = value.pointer("/delta/text").and_then(Value::as_str).unwrap_or("");
-                    if text.is_empty() {
-                        vec![]
-                    } else {
-                        vec![Step::Text(text.to_owned())]
-                    }
-                }
-                _ => vec![],
-            },
-            "message_delta" => {
-                // Cumulative: the latest count replaces the earlier one.
-                if let Some(out) = u64_at(&value, "/usage/output_tokens") {
-                    self.usage.output_tokens = out;
-                    self.output_reported = true;
-                }
-                if let Some(input) = u64_at(&value, "/usage/input_tokens") {
-                    self.usage.input_tokens = input;
-                    self.input_reported = true;
-                }
-                vec![]
-            }
-            "message_stop" => vec![Step::Finished],
-            "error" => vec![failed(&value, "/error/message", "/error/type")],
-            _ => vec![],
-        })
-    }
-
-    fn openai_usage(&mut self, usage: &Value, input: &str, output: &str, cached: &str) {
+    /// OpenAI's usage (Responses and Chat name the counts differently): the cached input
+    /// tokens split out so each count is priced once.
+    pub(super) fn openai_usage(&mut self, usage: &Value, input: &str, output: &str, cached: &str) {
         let Some(total_input) = u64_at(usage, input) else { return };
         let cached = u64_at(usage, cached).unwrap_or(0).min(total_input);
         self.usage.input_tokens = total_input - cached;
@@ -219,72 +171,6 @@ impl StreamReader {
             self.usage.output_tokens = out;
             self.output_reported = true;
         }
-    }
-
-    /// OpenAI Responses: `response.output_text.delta`, `response.completed` and
-    /// `response.incomplete` (usage with `input_tokens_details.cached_tokens`),
-    /// `response.failed` / `error`.
-    fn responses(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
-        let value = Self::json(&event.data)?;
-        let ty = value.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or("");
-        Ok(match ty {
-            "response.output_text.delta" => {
-                let text = value.get("delta").and_then(Value::as_str).unwrap_or("");
-                if text.is_empty() {
-                    vec![]
-                } else {
-                    vec![Step::Text(text.to_owned())]
-                }
-            }
-            "response.completed" => {
-                if let Some(usage) = value.pointer("/response/usage") {
-                    self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
-                }
-                vec![Step::Finished]
-            }
-            // Cut short by the provider (`max_output_tokens`, a content filter): the answer
-            // ends with the text so far, as Anthropic's `max_tokens` and Chat's `length` do.
-            "response.incomplete" => {
-                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
-                    self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
-                }
-                vec![Step::Finished]
-            }
-            "response.failed" => {
-                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
-                    self.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
-                }
-                vec![failed(&value, "/response/error/message", "/response/error/code")]
-            }
-            "error" => vec![failed(&value, "/message", "/code")],
-            _ => vec![],
-        })
-    }
-
-    /// Chat Completions: `choices[].delta.content`, the `include_usage` chunk (empty
-    /// `choices`), `[DONE]`; `choices: null` and keep-alive comments are tolerated.
-    fn chat(&mut self, event: &SseEvent) -> Result<Vec<Step>, StreamFormatError> {
-        if event.data.trim() == "[DONE]" {
-            return Ok(vec![Step::Finished]);
-        }
-        let value = Self::json(&event.data)?;
-        if value.get("error").is_some_and(|e| !e.is_null()) {
-            let kind =
-                if value.pointer("/error/type").is_some_and(|t| !t.is_null()) { "/error/type" } else { "/error/code" };
-            return Ok(vec![failed(&value, "/error/message", kind)]);
-        }
-        if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
-            self.openai_usage(usage, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
-        }
-        let mut steps = Vec::new();
-        for choice in value.get("choices").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
-                if !text.is_empty() {
-                    steps.push(Step::Text(text.to_owned()));
-                }
-            }
-        }
-        Ok(steps)
     }
 }
 
