@@ -1,5 +1,5 @@
-// The dashboard's upstreams (PROTOCOL §7): each one's tier, weight, circuit, last error, calls
-// and failures, with a button that closes its circuit (and unparks it). Keys never come back.
+// The dashboard's upstreams (PROTOCOL §7): each one's tier, weight, circuit, last error, calls,
+// failures and latency, with a button that closes its circuit (and unparks it). Keys never come back.
 import { $, el, fmtTime } from "./dom.js";
 import { api } from "./admin-api.js";
 
@@ -9,6 +9,10 @@ function circuitCell(u) {
   if (u.circuit.resets_at) parts.push(`half-opens ${fmtTime(u.circuit.resets_at)}`);
   if (u.retry_after_until) parts.push(`held back until ${fmtTime(u.retry_after_until)}`);
   return el("td", { dataset: { state: u.circuit.state } }, parts.join(" · "));
+}
+
+function latency(u) {
+  return u.latency_ms == null ? "no call yet" : `${u.latency_ms.toFixed(1)} ms a call`;
 }
 
 function row(u) {
@@ -30,7 +34,7 @@ function row(u) {
     el("td", {}, `${u.provider} · ${u.model}`, el("br"), el("span", { class: "muted" }, `${u.base_url} · ${key}`)),
     el("td", {}, `${u.priority} / ${u.weight}${u.enabled ? "" : " (disabled)"}`),
     circuitCell(u),
-    el("td", {}, `${u.calls} / ${u.failures}`),
+    el("td", {}, `${u.calls} / ${u.failures}`, el("br"), el("span", { class: "muted" }, latency(u))),
     el("td", {}, u.last_error || "none"),
     el("td", {}, reset),
   );

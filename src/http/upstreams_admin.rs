@@ -59,6 +59,9 @@ pub struct Upstream {
     calls: u64,
     /// Of those, the calls that gave no usable answer.
     failures: u64,
+    /// The mean time its structured calls (content, moods) took on this process, in
+    /// milliseconds; null before the first.
+    latency_ms: Option<f64>,
 }
 
 /// Every upstream, by `priority`, then `id`.
@@ -171,6 +174,7 @@ async fn view(state: &AppState, row: &UpstreamRow) -> Result<Upstream, ApiError>
         retry_after_until: snapshot.retry_after_until,
         calls: counters.calls,
         failures: counters.failures,
+        latency_ms: counters.latency_ms(),
     })
 }
 

@@ -203,6 +203,7 @@ impl Llm {
         let sent = std::time::Instant::now();
         let answer = client::send(&self.client, request, self.timeout).await;
         self.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
+        self.upstreams.timed(upstream, sent.elapsed());
         let judged = judge(provider, answer, validate);
         let label = match &judged {
             Judged::Valid(..) => "ok".to_owned(),

@@ -39,11 +39,21 @@ struct Known {
     counters: Counters,
 }
 
-/// An upstream's calls and failed calls since this process started.
+/// An upstream's calls and failed calls since this process started, and the time its
+/// structured calls (content, moods) took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub calls: u64,
     pub failures: u64,
+    timed: u64,
+    took_micros: u64,
+}
+
+impl Counters {
+    /// The mean time of its structured calls, in milliseconds (`None` before the first).
+    pub fn latency_ms(&self) -> Option<f64> {
+        (self.timed > 0).then(|| self.took_micros as f64 / self.timed as f64 / 1000.0)
+    }
 }
 
 impl Upstreams {
@@ -125,6 +135,14 @@ impl Upstreams {
         if let Some(known) = self.known().get_mut(&id) {
             known.counters.calls += 1;
             known.counters.failures += u64::from(outcome != "ok");
+        }
+    }
+
+    /// Counts the time one structured call to upstream `id` took (answered or not).
+    pub fn timed(&self, id: i64, took: std::time::Duration) {
+        if let Some(known) = self.known().get_mut(&id) {
+            known.counters.timed += 1;
+            known.counters.took_micros += u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         }
     }
 

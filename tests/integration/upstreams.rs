@@ -75,6 +75,10 @@ async fn content_is_ready_through_the_next_upstream(db: Db) {
     assert!(first["last_error"].as_str().unwrap().contains("500"), "{first}");
     assert_eq!((second_view["id"].as_i64(), second_view["calls"].as_u64()), (Some(second_id), Some(1)));
     assert_eq!(second_view["failures"], 0);
+    for view in [first, second_view] {
+        assert!(view["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "timed: {view}");
+    }
+    assert_eq!(list[2]["latency_ms"], Value::Null, "not called: {}", list[2]);
     assert_eq!(
         (second_view["api_key_set"].as_bool(), second_view["api_key_last4"].as_str()),
         (Some(true), Some("4321"))
