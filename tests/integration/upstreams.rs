@@ -250,7 +250,8 @@ async fn a_bad_key_parks_the_upstream_until_its_key_changes(db: Db) {
 /// Two upstreams in one tier share the calls by weight (the spread over 1,000 choices is the
 /// chooser's unit test); a disabled one gets none.
 async fn weights_spread_calls_within_a_tier(db: Db) {
-    let app = app_with(db, |_| {}).await;
+    // No call may time out on a busy machine and move on: every item takes exactly one call.
+    let app = app_with(db, |c| c.llm_timeout = std::time::Duration::from_secs(30)).await;
     let second = FakeLlm::start();
     let third = FakeLlm::start();
     add(&app, &second, "second-model", json!({"weight": 3})).await;
