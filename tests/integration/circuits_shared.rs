@@ -32,14 +32,23 @@ async fn two_processes(redis: Option<(String, String)>) -> (TestApp, Running) {
 
 /// The first upstream's circuit state as the process at `base` shows it.
 async fn circuit_at(base: &str) -> String {
-    let (status, upstream) = get_json(&format!("{base}/admin/api/upstreams/1"), Some(ADMIN_TOKEN)).await;
+    circuit_of(base, 1).await
+}
+
+/// Upstream `id`'s circuit state as the process at `base` shows it.
+async fn circuit_of(base: &str, id: i64) -> String {
+    let (status, upstream) = get_json(&format!("{base}/admin/api/upstreams/{id}"), Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{upstream}");
     upstream["circuit"]["state"].as_str().unwrap().to_owned()
 }
 
 async fn wait_circuit(base: &str, state: &str) {
-    eventually(&format!("the circuit at {base} to be {state}"), || async move {
-        (circuit_at(base).await == state).then_some(())
+    wait_circuit_of(base, 1, state).await;
+}
+
+async fn wait_circuit_of(base: &str, id: i64, state: &str) {
+    eventually(&format!("upstream {id}'s circuit at {base} to be {state}"), || async move {
+        (circuit_of(base, id).await == state).then_some(())
     })
     .await;
 }
@@ -106,6 +115,41 @@ async fn a_circuit_opened_on_one_process_is_open_on_the_other_over_notify() {
 #[actix_web::test]
 async fn a_circuit_opened_on_one_process_is_open_on_the_other_over_redis() {
     a_circuit_opened_on_one_process_is_open_on_the_other_over(Some((redis_url(), redis_prefix()))).await;
+}
+
+/// An upstream added at run time, already used by the second process, opens on the first: within
+/// 2 s the second process sends its items to the next upstream without calling it.
+#[actix_web::test]
+async fn an_added_upstream_opened_on_one_process_gets_no_call_from_the_other() {
+    let (app, other) = two_processes(None).await;
+    let (a, b) = (app.url(""), format!("http://{}", other.addr));
+    let second = FakeLlm::start();
+    let body = json!({"provider": "anthropic", "base_url": second.anthropic_base_url(), "model": "second-model",
+        "api_key": "sk-second-key-000-4321"});
+    let (status, added) = post_json(&app.url("/admin/api/upstreams"), ADMIN_TOKEN, &body).await;
+    assert_eq!(status, 201, "{added}");
+    let id = added["id"].as_i64().unwrap();
+    let resp =
+        http().put(app.url("/admin/api/upstreams/1")).bearer_auth(ADMIN_TOKEN).send_json(&json!({"priority": 1}));
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let token = app.player_token().await;
+    assert_eq!(content_at(&b, &token, 1).await["model"], "second-model", "the second process uses it");
+
+    second.set_mode(Mode::Status(500));
+    for subject in [2, 3] {
+        let item = app.content_final(&token, "quest", subject, json!({})).await;
+        assert_eq!(item["status"], "ready", "through the first upstream: {item}");
+    }
+    wait_circuit_of(&a, id, "open").await;
+    let opened = Instant::now();
+    wait_circuit_of(&b, id, "open").await;
+    assert!(opened.elapsed() < Duration::from_secs(2), "open on the other process after {:?}", opened.elapsed());
+    let calls = second.request_count();
+    let item = content_at(&b, &token, 4).await;
+    assert_eq!(item["status"], "ready", "{item}");
+    assert_ne!(item["model"], "second-model", "{item}");
+    assert_eq!(second.request_count(), calls, "the other process made no call to the open upstream");
+    other.shutdown().await;
 }
 
 /// A circuit opened while Redis is away (the other process cannot hear it) is open on the other
