@@ -31,6 +31,7 @@ use crate::hub::{CloseAll, Hub};
 use crate::jobs::{Drain, JobWorker, ReleaseJobs};
 use crate::limits::service::UsageLimits;
 use crate::llm::circuit::{CircuitBreaker, CircuitSettings};
+use crate::llm::remote::CircuitsSink;
 use crate::llm::upstreams::Upstreams;
 use crate::llm::Llm;
 use crate::lobby::mood_job::MoodJob;
@@ -194,6 +195,7 @@ impl Features {
         };
         let circuit =
             CircuitBreaker::restore(settings, &llm_row.circuit(), clock.clone(), store.clone(), metrics.clone())
+                .announcing(process.clone())
                 .start();
         let live = Arc::new(LiveRuns::new());
         let redis = config.redis_url.as_deref().map(|url| (url, config.redis_prefix.as_str()));
@@ -207,8 +209,15 @@ impl Features {
             process.clone(),
         )?;
         // One job worker; each job kind's handler lives in its feature.
-        let upstreams =
-            Upstreams::new(settings, clock.clone(), store.clone(), metrics.clone(), llm_row.id, circuit.clone());
+        let upstreams = Upstreams::new(
+            settings,
+            clock.clone(),
+            store.clone(),
+            metrics.clone(),
+            process.clone(),
+            llm_row.id,
+            circuit.clone(),
+        );
         let llm = Llm::new(
             store.clone(),
             upstreams.clone(),
@@ -246,6 +255,7 @@ impl Features {
                 Rc::new(LobbySink { store: store.clone(), hub: hub.clone(), presence: chat.presence().clone() }),
                 Rc::new(RunsSink { store: store.clone(), hub: hub.clone(), live }),
                 Rc::new(PlayersSink { store: store.clone(), hub: hub.clone() }),
+                Rc::new(CircuitsSink { store: store.clone(), upstreams: upstreams.clone() }),
             ],
             metrics,
         ));

@@ -88,6 +88,7 @@ pub enum Family {
     Lobby,
     Runs,
     Players,
+    Circuits,
 }
 
 impl Family {
@@ -100,6 +101,7 @@ impl Family {
             }
             Event::RunEnded { .. } | Event::RunFrames { .. } | Event::RunCancel { .. } => Some(Family::Runs),
             Event::PlayerBlocked { .. } => Some(Family::Players),
+            Event::Circuit { .. } => Some(Family::Circuits),
             Event::Resync { .. } => None,
         }
     }
@@ -111,6 +113,7 @@ impl Family {
             Family::Lobby => "sink_lobby",
             Family::Runs => "sink_runs",
             Family::Players => "sink_players",
+            Family::Circuits => "sink_circuits",
         }
     }
 }

@@ -73,7 +73,8 @@ pub struct Metrics {
     /// New anonymous players refused over LOREWIRE_NEW_PLAYERS_RATE.
     pub new_players_refused: IntCounter,
     /// Events dropped at a full queue between this process and the others, by queue:
-    /// `sink_content`, `sink_lobby`, `sink_runs`, `sink_players` (heard, waiting for their sink),
+    /// `sink_content`, `sink_lobby`, `sink_runs`, `sink_players`, `sink_circuits` (heard, waiting
+    /// for their sink),
     /// `relay` (run frames to send), `publisher` (events waiting for Redis). Each loss is resynced.
     pub backplane_dropped: IntCounterVec,
     /// Players blocked, by who blocked them: `admin`, or `moderation` (LOREWIRE_MODERATION_BLOCK_AFTER).
@@ -203,7 +204,8 @@ impl Metrics {
         )
         .expect("metric");
         // Every queue is listed from the start, at 0 (rates and alerts need no first drop).
-        for queue in ["sink_content", "sink_lobby", "sink_runs", "sink_players", "relay", "publisher"] {
+        for queue in ["sink_content", "sink_lobby", "sink_runs", "sink_players", "sink_circuits", "relay", "publisher"]
+        {
             backplane_dropped.with_label_values(&[queue]);
         }
         let players_blocked =

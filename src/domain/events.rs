@@ -51,6 +51,17 @@ pub enum Event {
     /// A player was blocked: listeners close its sessions (4003 "blocked").
     #[serde(rename = "player_blocked")]
     PlayerBlocked { origin: String, user_id: i64 },
+    /// An upstream's circuit opened or closed (or was reset by the admin) on the `origin`
+    /// process: listeners apply it to their own breaker of that upstream.
+    #[serde(rename = "circuit")]
+    Circuit {
+        origin: String,
+        upstream: i64,
+        /// `closed`, `open` or `half_open`.
+        state: String,
+        opened_at: Option<chrono::NaiveDateTime>,
+        resets_at: Option<chrono::NaiveDateTime>,
+    },
 }
 
 /// One frame of a run streamed by another process.
@@ -85,7 +96,8 @@ impl Event {
             | Event::RunFrames { origin, .. }
             | Event::RunCancel { origin, .. }
             | Event::Resync { origin }
-            | Event::PlayerBlocked { origin, .. } => origin,
+            | Event::PlayerBlocked { origin, .. }
+            | Event::Circuit { origin, .. } => origin,
         }
     }
 }

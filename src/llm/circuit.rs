@@ -5,6 +5,8 @@
 //! opening schedules the move to half-open with `run_later`; half-open lets one probe through.
 //! The state is persisted after every change (one write in flight, the latest state wins) and
 //! restored at start, re-arming the timer from `resets_at`. Time comes from the injected clock.
+//! When it opens or closes (or the admin resets it), its write announces that to the other
+//! processes, whose breakers of that upstream [`Adopt`] it (PROTOCOL §7).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use serde::Serialize;
 
 use crate::core::clock::{to_chrono, SharedClock};
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
 pub use crate::domain::upstream::CircuitState;
 use crate::store::llm_config::{self, CircuitRecord};
 use crate::store::Store;
@@ -86,6 +89,12 @@ pub struct GetSnapshot;
 #[rtype(result = "CircuitSnapshot")]
 pub struct Reset;
 
+/// Take on the state another process gave this upstream's circuit (opened, closed), or the stored
+/// one after the announcements were lost. Nothing is written or announced again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Adopt(pub CircuitRecord);
+
 /// The circuit breaker as admins see it.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[schema(as = Circuit)]
@@ -106,6 +115,10 @@ pub struct CircuitBreaker {
     clock: SharedClock,
     store: Store,
     metrics: Arc<Metrics>,
+    /// This process, when the breaker announces its opening and closing to the others.
+    origin: Option<ProcessId>,
+    /// The next write announces the state (it opened or closed here).
+    announce: bool,
     state: CircuitState,
     failures: VecDeque<DateTime<Utc>>,
     opened_at: Option<DateTime<Utc>>,
@@ -160,6 +173,8 @@ impl CircuitBreaker {
             clock,
             store,
             metrics,
+            origin: None,
+            announce: false,
             state,
             failures: failures.into(),
             opened_at: record.opened_at.map(utc),
@@ -171,6 +186,12 @@ impl CircuitBreaker {
             saving: false,
             dirty: false,
         }
+    }
+
+    /// Announces its opening and closing to the other processes, as `origin`.
+    pub fn announcing(mut self, origin: ProcessId) -> Self {
+        self.origin = Some(origin);
+        self
     }
 
     fn snapshot(&self) -> CircuitSnapshot {
@@ -288,18 +309,26 @@ impl CircuitBreaker {
         let now = self.clock.now_naive();
         let store = self.store.clone();
         let id = self.upstream;
+        let origin = self.origin.clone().filter(|_| std::mem::take(&mut self.announce));
         ctx.spawn(
-            async move { store.write(move |conn| llm_config::save_circuit_of(conn, id, &record, now)).await }
-                .into_actor(self)
-                .map(|result, act, ctx| {
-                    act.saving = false;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "could not persist the circuit breaker");
-                    }
-                    if std::mem::take(&mut act.dirty) {
-                        act.persist(ctx);
-                    }
-                }),
+            async move {
+                store
+                    .write(move |conn| match &origin {
+                        Some(origin) => llm_config::save_circuit_announced(conn, origin, id, &record, now),
+                        None => llm_config::save_circuit_of(conn, id, &record, now),
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                act.saving = false;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "could not persist the circuit breaker");
+                }
+                if std::mem::take(&mut act.dirty) {
+                    act.persist(ctx);
+                }
+            }),
         );
     }
 }
@@ -347,6 +376,7 @@ impl Handler<Report> for CircuitBreaker {
         let now = self.clock.now();
         let probing = report.probe && self.state == CircuitState::HalfOpen;
         let before = self.record();
+        let state_before = self.state;
         match report.outcome {
             Outcome::Failure if probing => self.open(now, ctx),
             Outcome::Failure if self.state == CircuitState::Closed => {
@@ -371,6 +401,9 @@ impl Handler<Report> for CircuitBreaker {
         if report.probe && self.state == CircuitState::HalfOpen {
             self.probe_in_flight = false;
         }
+        if self.state != state_before && self.state != CircuitState::HalfOpen {
+            self.announce = true;
+        }
         if self.record() != before {
             self.persist(ctx);
         }
@@ -394,8 +427,35 @@ impl Handler<Reset> for CircuitBreaker {
     fn handle(&mut self, _: Reset, ctx: &mut Context<Self>) -> Self::Result {
         self.close(ctx);
         self.retry_after_until = None;
+        self.announce = true;
         self.persist(ctx);
         tracing::info!(upstream = self.upstream, "circuit breaker reset by admin");
         MessageResult(self.snapshot())
+    }
+}
+
+impl Handler<Adopt> for CircuitBreaker {
+    type Result = ();
+
+    fn handle(&mut self, Adopt(record): Adopt, ctx: &mut Context<Self>) {
+        let Some(state) = CircuitState::parse(&record.state) else { return };
+        if state == self.state {
+            return;
+        }
+        tracing::info!(upstream = self.upstream, state = state.as_str(), "circuit breaker follows another process");
+        match state {
+            CircuitState::Closed => self.close(ctx),
+            CircuitState::Open | CircuitState::HalfOpen => {
+                self.set_state(state);
+                self.probe_in_flight = false;
+                self.opened_at = record.opened_at.map(utc);
+                self.resets_at = record.resets_at.map(utc);
+                if state == CircuitState::Open {
+                    self.arm_timer(ctx);
+                } else if let Some(timer) = self.timer.take() {
+                    ctx.cancel_future(timer);
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod credentials;
 pub mod providers;
 pub mod redact;
+pub mod remote;
 pub mod route;
 pub mod settings;
 pub mod stream;

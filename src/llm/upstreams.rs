@@ -1,7 +1,8 @@
 //! The upstreams' circuits and counters, and the choice of the next upstream to call
 //! (PROTOCOL §7). Each upstream has its own [`CircuitBreaker`] actor, restored from its row the
 //! first time a call or an admin asks for it, all on the arbiter the application started on;
-//! its calls and failures are counted here since the process started.
+//! its calls and failures are counted here since the process started. What the other processes
+//! announce of a circuit is handed to this process's breaker of that upstream ([`Upstreams::adopt`]).
 //!
 //! Owns the circuits' addresses and the counters; never reads or writes a row itself (the
 //! breaker persists its own state), never calls an upstream.
@@ -11,9 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
-use super::circuit::{CircuitBreaker, CircuitSettings};
+use super::circuit::{Adopt, CircuitBreaker, CircuitSettings};
 use crate::core::clock::SharedClock;
 use crate::core::metrics::Metrics;
+use crate::core::process::ProcessId;
+use crate::store::llm_config::CircuitRecord;
 use crate::store::upstreams::UpstreamRow;
 use crate::store::Store;
 
@@ -28,6 +31,7 @@ struct Inner {
     clock: SharedClock,
     store: Store,
     metrics: Arc<Metrics>,
+    origin: ProcessId,
     arbiter: ArbiterHandle,
     /// The first upstream's circuit (what `/admin/api/llm` shows).
     first: Addr<CircuitBreaker>,
@@ -57,13 +61,15 @@ impl Counters {
 }
 
 impl Upstreams {
-    /// The circuits of the upstreams, the first's (`first_id`) already running as `first`.
-    /// Must be made on the arbiter the circuits should live on.
+    /// The circuits of the upstreams, the first's (`first_id`) already running as `first`; each
+    /// announces its opening and closing as `origin`. Must be made on the arbiter the circuits
+    /// should live on.
     pub fn new(
         settings: CircuitSettings,
         clock: SharedClock,
         store: Store,
         metrics: Arc<Metrics>,
+        origin: ProcessId,
         first_id: i64,
         first: Addr<CircuitBreaker>,
     ) -> Self {
@@ -74,6 +80,7 @@ impl Upstreams {
                 clock,
                 store,
                 metrics,
+                origin,
                 arbiter: Arbiter::current(),
                 first,
                 known: Mutex::new(known),
@@ -90,7 +97,7 @@ impl Upstreams {
     pub fn circuit(&self, row: &UpstreamRow) -> Addr<CircuitBreaker> {
         let mut known = self.known();
         let entry = known.entry(row.id).or_insert_with(|| {
-            let Inner { settings, clock, store, metrics, arbiter, .. } = &*self.inner;
+            let Inner { settings, clock, store, metrics, origin, arbiter, .. } = &*self.inner;
             let breaker = CircuitBreaker::restore_upstream(
                 row.id,
                 *settings,
@@ -98,13 +105,23 @@ impl Upstreams {
                 clock.clone(),
                 store.clone(),
                 metrics.clone(),
-            );
+            )
+            .announcing(origin.clone());
             Known {
                 circuit: CircuitBreaker::start_in_arbiter(arbiter, move |_| breaker),
                 counters: Counters::default(),
             }
         });
         entry.circuit.clone()
+    }
+
+    /// Another process changed upstream `id`'s circuit to `record` (or it is what is stored):
+    /// this process's breaker takes it on. An upstream not used here yet needs nothing: its
+    /// breaker starts from the row.
+    pub fn adopt(&self, id: i64, record: CircuitRecord) {
+        if let Some(known) = self.known().get(&id) {
+            known.circuit.do_send(Adopt(record));
+        }
     }
 
     /// The first upstream's circuit.

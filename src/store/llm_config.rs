@@ -1,11 +1,13 @@
 //! The first upstream's row (id = 1) as the LLM settings: provider settings, the API key, the
-//! last upstream error and the persisted circuit breaker. The table holds one row per upstream
+//! last upstream error and the persisted circuit breaker (any upstream's circuit is saved here,
+//! and announced to the other processes when it opens or closes). The table holds one row per upstream
 //! (`store::upstreams`); this file reads and writes only the first. Its Debug output never
 //! shows the key.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::notify::{self, Event};
 use super::schema::llm_config;
 use super::{DbConn, StoreResult};
 use crate::core::provider::{Provider, UnknownProvider};
@@ -181,6 +183,26 @@ pub fn save_circuit_of(conn: &mut DbConn, id: i64, c: &CircuitRecord, now: Naive
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// [`save_circuit_of`], and announces the circuit's new state to every other process (it
+/// opened, or closed).
+pub fn save_circuit_announced(
+    conn: &mut DbConn,
+    origin: &str,
+    id: i64,
+    c: &CircuitRecord,
+    now: NaiveDateTime,
+) -> StoreResult<()> {
+    save_circuit_of(conn, id, c, now)?;
+    let event = Event::Circuit {
+        origin: origin.to_owned(),
+        upstream: id,
+        state: c.state.clone(),
+        opened_at: c.opened_at,
+        resets_at: c.resets_at,
+    };
+    notify::send(conn, &event)
 }
 
 impl LlmConfigRow {

@@ -11,6 +11,7 @@ mod blocking;
 mod browser;
 mod circuit;
 mod circuit_states;
+mod circuits_shared;
 mod cluster;
 mod content;
 mod edges;
