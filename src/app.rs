@@ -117,7 +117,7 @@ async fn recover(store: &Store, config: &Arc<Config>, clock: &SharedClock) -> Re
     let now = clock.now_naive();
     let seed = config.clone();
     let backend = store.backend();
-    let (llm_row, reclaimed) = store
+    let (llm_row, reclaimed, callable) = store
         .write(move |conn| {
             let row = llm_config::seed(
                 conn,
@@ -141,13 +141,15 @@ async fn recover(store: &Store, config: &Arc<Config>, clock: &SharedClock) -> Re
             if budgets > 0 {
                 tracing::warn!(budgets, "budget reservations reconciled with unfinished runs");
             }
-            Ok((row, reclaimed))
+            let callable = crate::llm::route::callable(&crate::store::upstreams::all(conn)?);
+            Ok((row, reclaimed, callable))
         })
         .await?;
     if reclaimed > 0 {
         tracing::warn!(jobs = reclaimed, "resuming jobs interrupted by a previous stop");
     }
-    if let Some(notice) = crate::llm::credentials::no_config_notice(&llm_row) {
+    // Said only when no upstream at all can make a call.
+    if let Some(notice) = crate::llm::credentials::no_config_notice(&llm_row).filter(|_| callable == 0) {
         tracing::warn!("{notice}");
     }
     Ok(llm_row)

@@ -119,7 +119,15 @@ async fn stored_config(state: &AppState) -> Result<LlmConfigRow, ApiError> {
 pub async fn get_llm(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let row = stored_config(&state).await?;
     let circuit = circuit_snapshot(&state).await?;
-    Ok(HttpResponse::Ok().json(llm_view(&row, circuit)))
+    Ok(HttpResponse::Ok().json(with_other_upstreams(&state, llm_view(&row, circuit)).await?))
+}
+
+/// The first upstream's view, its notice left out when another upstream can make the calls.
+async fn with_other_upstreams(state: &AppState, mut view: LlmView) -> Result<LlmView, ApiError> {
+    if view.notice.is_some() && crate::llm::route::callable(&crate::llm::settings::upstreams(&state.store).await?) > 0 {
+        view.notice = None;
+    }
+    Ok(view)
 }
 
 /// Validates a PUT body against the stored settings. Switching provider also switches a
@@ -205,7 +213,7 @@ pub async fn put_llm(_: Admin, state: web::Data<AppState>, body: web::Json<Value
     tracing::info!(provider = %row.provider, model = %row.model, base_url = %row.base_url,
         api_key_set = row.api_key.is_some(), "LLM settings changed by admin");
     let circuit = circuit_snapshot(&state).await?;
-    Ok(HttpResponse::Ok().json(llm_view(&row, circuit)))
+    Ok(HttpResponse::Ok().json(with_other_upstreams(&state, llm_view(&row, circuit)).await?))
 }
 
 /// Close the circuit now.

@@ -267,6 +267,25 @@ async fn weights_spread_calls_within_a_tier(db: Db) {
     assert_eq!(upstream(&app, third_id).await["calls"], 0);
 }
 
+/// The first upstream without a key: `/admin/api/llm` warns that every item will fall back
+/// until another upstream can make the calls, and then the items are made there.
+async fn the_no_key_notice_counts_every_upstream(db: Db) {
+    let app = app_with(db, |c| {
+        c.llm_provider = lorewire::core::provider::Provider::Anthropic;
+        c.llm_api_key = None;
+    })
+    .await;
+    let (_, llm) = app.admin_get("/admin/api/llm").await;
+    assert!(llm["notice"].as_str().is_some_and(|n| n.contains("no_config")), "{llm}");
+    let second = FakeLlm::start();
+    add(&app, &second, "second-model", json!({"priority": 1})).await;
+    let (_, llm) = app.admin_get("/admin/api/llm").await;
+    assert_eq!(llm["notice"], Value::Null, "another upstream takes the calls: {llm}");
+    let token = app.player_token().await;
+    let item = app.content_final(&token, "npc", 1, json!({})).await;
+    assert_eq!((item["status"].as_str(), item["model"].as_str()), (Some("ready"), Some("second-model")), "{item}");
+}
+
 /// The cost of an item is the price of the model that answered it.
 async fn the_answering_models_price_is_charged(db: Db) {
     let app = app_with(db, |c| c.usage.studio_daily_tokens = Some(10_000_000)).await;
@@ -359,6 +378,7 @@ async fn upstreams_change_at_run_time(db: Db) {
 }
 
 both_backends!(
+    the_no_key_notice_counts_every_upstream,
     content_is_ready_through_the_next_upstream,
     invalid_answers_and_timeouts_move_on,
     a_failing_run_restarts_on_the_next_upstream,
