@@ -19,6 +19,16 @@ pub struct Price {
 }
 
 impl Price {
+    /// Each of the two prices' rates at its highest: never under either.
+    pub fn max(&self, other: &Price) -> Price {
+        Price {
+            input: self.input.max(other.input),
+            output: self.output.max(other.output),
+            cache_read: self.cache_read.max(other.cache_read),
+            cache_write: self.cache_write.max(other.cache_write),
+        }
+    }
+
     /// The cost of `usage` in micro-dollars, rounded up (never under-charged).
     pub fn cost(&self, usage: &Usage) -> i64 {
         let sum = usage.input_tokens as u128 * self.input.max(0) as u128

@@ -92,7 +92,13 @@ pub fn reserve(
     now: NaiveDateTime,
 ) -> StoreResult<Result<(), Refusal>> {
     let terms = terms(conn, seed, spend)?;
-    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(terms.price, spend));
+    // Any enabled upstream may answer, and is charged at its own model's price: the bound is
+    // priced at the dearest of them, so no answer can cost more than was reserved.
+    let dearest = match terms.price {
+        Some(price) => Some(ledger::upstream_prices(conn)?.iter().fold(price, |p, row| p.max(&row.price()))),
+        None => None,
+    };
+    let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(dearest, spend));
     reserve_bound(conn, &terms, spend, bound, now)
 }
 

@@ -15,7 +15,7 @@ use diesel::sql_types::BigInt;
 
 use super::billing::PriceRow;
 use super::notify::{self, Event};
-use super::schema::{player_limits, prices, project_limits, usage_days, usage_holds, usage_limits, users};
+use super::schema::{llm_config, player_limits, prices, project_limits, usage_days, usage_holds, usage_limits, users};
 use super::{DbConn, Kept, StoreResult};
 use crate::on_backend;
 
@@ -294,6 +294,16 @@ pub fn terms(conn: &mut DbConn, user_id: i64, project: Option<&str>, model: &str
         ))
         .first(conn)
         .optional()?)
+}
+
+/// The prices of the models the enabled upstreams answer with (those with a price).
+pub fn upstream_prices(conn: &mut DbConn) -> StoreResult<Vec<PriceRow>> {
+    Ok(prices::table
+        .inner_join(llm_config::table.on(llm_config::model.eq(prices::model)))
+        .filter(llm_config::enabled.eq(true))
+        .select(prices::all_columns)
+        .distinct()
+        .load(conn)?)
 }
 
 /// One level's ledger of one day, if anything was reserved there.

@@ -306,6 +306,37 @@ async fn the_answering_models_price_is_charged(db: Db) {
     assert!((usage["usd"].as_f64().unwrap() - 0.1).abs() < 1e-9, "{usage}");
 }
 
+/// A call is reserved at the dearest enabled upstream's price, so a dearer model answering
+/// after the first failed never takes a level past its USD limit.
+async fn a_dearer_upstream_never_passes_a_usd_limit(db: Db) {
+    // $0.15 a day for the studio: the second's answers cost $0.10 each.
+    let app = app_with(db, |c| c.usage.studio_daily_micros = Some(150_000)).await;
+    let second = FakeLlm::start();
+    second.set_usage(Some(FakeUsage { input: 1000, output: 0, ..FakeUsage::default() }));
+    add(&app, &second, "second-model", json!({"priority": 1})).await;
+    let dear = lorewire::runs::Price { input: 100_000_000, output: 0, cache_read: 0, cache_write: 0 };
+    app.set_price("second-model", &dear).await;
+    let cheap = lorewire::runs::Price { input: 1, output: 1, cache_read: 0, cache_write: 0 };
+    app.set_price(&app.config.llm_model, &cheap).await;
+    app.fake.set_mode(Mode::Status(500));
+    let token = app.player_token().await;
+    for id in 1..=3 {
+        let (status, _) =
+            post_json(&app.url("/api/content"), &token, &json!({"kind": "quest", "subject_id": id})).await;
+        assert_eq!(status, 202);
+        let path = app.url(&format!("/api/content/quest/{id}"));
+        let item = eventually("the item to be written", || async {
+            let (_, item) = get_json(&path, Some(&token)).await;
+            (item["status"] != "pending").then_some(item)
+        })
+        .await;
+        // Refused by the studio's limit at the request (its fallback at once), or made there.
+        assert!(item["reason"] == "budget_exceeded" || item["model"] == "second-model", "{item}");
+    }
+    let (_, usage) = app.admin_get("/admin/api/usage").await;
+    assert!(usage["usd"].as_f64().unwrap() <= 0.15 + 1e-9, "the studio's limit held: {usage}");
+}
+
 /// Upstreams added, changed and removed on a running server, each change taking effect on the
 /// next item; refusals say what is wrong; the first stays, and is what `/admin/api/llm` shows.
 async fn upstreams_change_at_run_time(db: Db) {
@@ -378,6 +409,7 @@ async fn upstreams_change_at_run_time(db: Db) {
 }
 
 both_backends!(
+    a_dearer_upstream_never_passes_a_usd_limit,
     the_no_key_notice_counts_every_upstream,
     content_is_ready_through_the_next_upstream,
     invalid_answers_and_timeouts_move_on,
