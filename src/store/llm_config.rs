@@ -17,36 +17,9 @@ use crate::on_backend;
 /// The first upstream: seeded from the environment, never removed.
 pub const ID: i64 = 1;
 
-/// The columns of [`LlmConfigRow`] (the table has more: see `store::upstreams`).
-pub const COLUMNS: (
-    llm_config::id,
-    llm_config::provider,
-    llm_config::model,
-    llm_config::base_url,
-    llm_config::api_key,
-    llm_config::last_error,
-    llm_config::circuit_state,
-    llm_config::circuit_failures,
-    llm_config::circuit_opened_at,
-    llm_config::circuit_resets_at,
-    llm_config::retry_after_until,
-    llm_config::updated_at,
-) = (
-    llm_config::id,
-    llm_config::provider,
-    llm_config::model,
-    llm_config::base_url,
-    llm_config::api_key,
-    llm_config::last_error,
-    llm_config::circuit_state,
-    llm_config::circuit_failures,
-    llm_config::circuit_opened_at,
-    llm_config::circuit_resets_at,
-    llm_config::retry_after_until,
-    llm_config::updated_at,
-);
-
-#[derive(Clone, Queryable)]
+/// The first upstream's settings (the table has more columns: see `store::upstreams`).
+#[derive(Clone, Queryable, Selectable)]
+#[diesel(table_name = llm_config)]
 pub struct LlmConfigRow {
     pub id: i64,
     pub provider: String,
@@ -121,7 +94,7 @@ impl std::fmt::Debug for SettingsChange {
 }
 
 pub fn get(conn: &mut DbConn) -> StoreResult<Option<LlmConfigRow>> {
-    Ok(on_backend!(conn, |c| llm_config::table.find(ID).select(COLUMNS).first(c).optional())?)
+    Ok(on_backend!(conn, |c| llm_config::table.find(ID).select(LlmConfigRow::as_select()).first(c).optional())?)
 }
 
 /// Writes the settings from the environment when nothing is stored yet; returns the stored row.
@@ -144,19 +117,19 @@ pub fn seed(
         llm_config::updated_at.eq(now),
     );
     on_backend!(conn, |c| diesel::insert_into(llm_config::table).values(row).on_conflict_do_nothing().execute(c))?;
-    Ok(llm_config::table.find(ID).select(COLUMNS).first(conn)?)
+    Ok(llm_config::table.find(ID).select(LlmConfigRow::as_select()).first(conn)?)
 }
 
 pub fn update_settings(conn: &mut DbConn, change: &SettingsChange, now: NaiveDateTime) -> StoreResult<LlmConfigRow> {
-    Ok(diesel::update(llm_config::table.find(ID))
+    diesel::update(llm_config::table.find(ID))
         .set((
             change,
             llm_config::last_error.eq(None::<String>),
             llm_config::parked.eq(None::<String>),
             llm_config::updated_at.eq(now),
         ))
-        .returning(COLUMNS)
-        .get_result(conn)?)
+        .execute(conn)?;
+    Ok(llm_config::table.find(ID).select(LlmConfigRow::as_select()).first(conn)?)
 }
 
 pub fn set_last_error(conn: &mut DbConn, error: Option<&str>, now: NaiveDateTime) -> StoreResult<()> {

@@ -109,43 +109,29 @@ impl Wire for OpenAiResponses {
                 }
             }
             "response.completed" => {
-                if let Some(usage) = value.pointer("/response/usage") {
-                    reader.openai_usage(
-                        usage,
-                        "/input_tokens",
-                        "/output_tokens",
-                        "/input_tokens_details/cached_tokens",
-                    );
-                }
+                response_usage(reader, &value);
                 vec![Step::Finished]
             }
             // Cut short by the provider (`max_output_tokens`, a content filter): the answer
             // ends with the text so far, as Anthropic's `max_tokens` and Chat's `length` do.
             "response.incomplete" => {
-                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
-                    reader.openai_usage(
-                        usage,
-                        "/input_tokens",
-                        "/output_tokens",
-                        "/input_tokens_details/cached_tokens",
-                    );
-                }
+                response_usage(reader, &value);
                 vec![Step::Finished]
             }
             "response.failed" => {
-                if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
-                    reader.openai_usage(
-                        usage,
-                        "/input_tokens",
-                        "/output_tokens",
-                        "/input_tokens_details/cached_tokens",
-                    );
-                }
+                response_usage(reader, &value);
                 vec![failed(&value, "/response/error/message", "/response/error/code")]
             }
             "error" => vec![failed(&value, "/message", "/code")],
             _ => vec![],
         })
+    }
+}
+
+/// The usage a Responses event carries at `response.usage` (null or missing: none yet).
+fn response_usage(reader: &mut StreamReader, value: &Value) {
+    if let Some(usage) = value.pointer("/response/usage").filter(|u| !u.is_null()) {
+        reader.openai_usage(usage, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
     }
 }
 
