@@ -61,6 +61,12 @@ impl Before {
     }
 }
 
+/// What the attempt at the item `row` reads before its call, as its request's write claims
+/// its job: the row as written there, and the upstreams.
+pub fn loaded(conn: &mut DbConn, row: &ContentRow) -> StoreResult<Loaded> {
+    Ok(Loaded(Arc::new(Before { row: Some(row.clone()), upstreams: upstreams::all(conn)? })))
+}
+
 /// What an item ends with.
 struct Ending {
     /// What the calls used, charged with the item's end.

@@ -25,7 +25,7 @@ use crate::core::identity::SharedWriters;
 use crate::core::metrics::Metrics;
 use crate::core::process::ProcessId;
 use crate::deps::Deps;
-use crate::domain::limits::Level;
+use crate::domain::limits::{Level, Refusal};
 use crate::domain::wire::{ServerFrame, Typed};
 use crate::hub::{Hub, Publish};
 use crate::jobs::{Intake, Loaded};
@@ -33,7 +33,8 @@ use crate::limits::rate::{Counted, StartRate};
 use crate::limits::{self, Spend};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::jobs::JobRow;
-use crate::store::{llm_config, DbConn, Store, StoreError, StoreResult};
+use crate::store::upstreams::{self, UpstreamRow};
+use crate::store::{DbConn, Store, StoreError, StoreResult};
 
 /// `content:update` for every session subscribed to the item.
 pub fn update_publish(content: Content) -> Publish {
@@ -146,6 +147,8 @@ impl ContentService {
         let claimer = slot.as_ref().map(|slot| slot.claimer());
         let (jobs, hub) = (self.jobs.clone(), self.hub.clone());
         let (config, metrics) = (self.config.clone(), self.metrics.clone());
+        // Run again when a write of its batch fails: whatever is only counted, is counted once
+        // committed.
         let write = move |conn: &mut DbConn| {
             let item = RequestItem {
                 origin: &origin,
@@ -161,8 +164,10 @@ impl ContentService {
                 queue_limit,
             };
             let (mut requested, mut job) = rows::request(conn, &item, now)?;
+            let mut refused = None;
             if let Requested::Created(row) | Requested::Regenerating(row) = &requested {
-                if let Some(fallback) = charge(conn, &config, &metrics, &origin, row, by, now)? {
+                if let Some((fallback, refusal)) = charge(conn, &config, &origin, row, by, now)? {
+                    refused = Some(refusal);
                     requested = match requested {
                         Requested::Regenerating(_) => Requested::Regenerating(fallback),
                         _ => Requested::Created(fallback),
@@ -171,15 +176,20 @@ impl ContentService {
                 }
             }
             // What the job's attempt reads, read now (the claim's own read).
-            let claimed = job.map(|job| {
-                let loaded = claimer.as_ref().and_then(|c| c.load(conn, &job));
-                (job, loaded)
-            });
-            Ok((requested, claimed))
+            let claimed = match job {
+                Some(job) if claimer.is_some() => Some((job, Some(job::loaded(conn, requested.row())?))),
+                job => job.map(|job| (job, None)),
+            };
+            Ok((requested, claimed, refused))
         };
         // Once committed, on the writer's thread: the job goes to the worker even when the
         // session that asked is gone by then (else a job claimed for nobody would wait out its lease).
-        let committed = move |(requested, claimed): (Requested, Option<(JobRow, Option<Loaded>)>)| {
+        let committed = move |(requested, claimed, refused): Committed| {
+            if let Some(refusal) = refused {
+                let id = requested.row().id;
+                tracing::info!(content = id, why = %refusal, "content item falls back: the studio's limit is reached");
+                limits::observe::refused(&metrics, &refusal);
+            }
             match (claimed, slot) {
                 (Some((job, loaded)), Some(slot)) => slot.start(job, loaded),
                 _ if requested.enqueued() => jobs.wake(),
@@ -195,6 +205,9 @@ impl ContentService {
             requested
         };
         let requested = self.store.write_then(write, committed).await;
+        if let Err(StoreError::OverLimit(refusal)) = &requested {
+            limits::observe::refused(&self.metrics, refusal);
+        }
         if let Some(counted) = counted {
             // Counted before the write knew: given back when nothing was created or regenerated.
             if !matches!(requested, Ok(Requested::Created(_) | Requested::Regenerating(_))) {
@@ -221,18 +234,21 @@ impl ContentService {
     }
 }
 
+/// What a content request's write answers once committed: what it did, the job it claimed
+/// for this process's worker, and the studio's refusal when the item fell back at once.
+type Committed = (Requested, Option<(JobRow, Option<Loaded>)>, Option<Refusal>);
+
 /// Reserves the call of the item `row` (just created or regenerated) for player `by` (the
 /// game server's own requests: the studio only) and the studio. `Some`: the studio refused,
-/// the item as written with its fallback instead.
+/// the item as written with its fallback instead, and why.
 fn charge(
     conn: &mut DbConn,
     config: &Config,
-    metrics: &Metrics,
     origin: &str,
     row: &ContentRow,
     by: Requester,
     now: chrono::NaiveDateTime,
-) -> StoreResult<Option<ContentRow>> {
+) -> StoreResult<Option<(ContentRow, Refusal)>> {
     let kind = row.kind()?;
     let context: Context = serde_json::from_str(&row.context)
         .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
@@ -241,22 +257,19 @@ fn charge(
     // With moderation on, a flagged answer is asked for once more: two calls' worth.
     let calls = if config.moderation.is_on() { 2 } else { 1 };
     let (prompt_tokens, output_tokens) = (prompt_tokens * calls, output_tokens * calls);
-    let model = llm_config::get(conn)?.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
+    let first = upstreams::all(conn)?.into_iter().find(UpstreamRow::is_first);
+    let model = first.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
     let target = format!("content:{}", row.id);
     let user_id = by.user_id.unwrap_or(limits::SERVER);
     let spend = Spend { user_id, project: None, model: &model, target: &target, prompt_tokens, output_tokens };
-    let reserved = limits::reserve(conn, &config.usage, &spend, now)?;
-    if let Err(refusal) = &reserved {
-        limits::observe::refused(metrics, refusal);
-    }
-    match reserved {
+    match limits::reserve(conn, &config.usage, &spend, now)? {
         Ok(()) => Ok(None),
         Err(refusal) if refusal.level == Level::Player => Err(StoreError::OverLimit(refusal)),
         Err(refusal) => {
-            tracing::info!(content = row.id, why = %refusal, "content item falls back: the studio's limit is reached");
             let fields = Value::Object(kind.fallback_fields(row.subject_id as u64)).to_string();
             let reason = FallbackReason::BudgetExceeded.to_string();
-            rows::fall_back_unqueued(conn, origin, row.id, &fields, &reason, now).map(Some)
+            let row = rows::fall_back_unqueued(conn, origin, row.id, &fields, &reason, now)?;
+            Ok(Some((row, refusal)))
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::domain::money::Price;
 use crate::domain::runs::Usage;
 use crate::domain::upstream::{CallFailure, UpstreamFailure};
 use crate::store::usage::{self as ledger, Account, LimitsRow, NewHold};
-use crate::store::{billing, DbConn, StoreResult};
+use crate::store::{billing, studio_day, DbConn, StoreResult};
 use observe::Charged;
 
 /// A level's daily limits: tokens, micro-dollars (`None`: no limit).
@@ -147,14 +147,19 @@ fn reserve_bound(
 ) -> StoreResult<Result<(), Refusal>> {
     let owner = spend.user_id.to_string();
     let price = terms.price;
+    // A studio with no limit never refuses: its row is written at the batch's commit.
+    let defer_studio = terms.studio == (None, None) && studio_day::deferring();
     let player = terms.player.map(|limits| (Level::Player, owner.as_str(), limits));
     let project = spend.project.map(|project_id| (Level::Project, project_id, terms.project));
-    let studio = (Level::Studio, STUDIO, terms.studio);
-    let levels: Vec<(Level, &str, DailyLimits)> = player.into_iter().chain(project).chain([studio]).collect();
+    let studio = (!defer_studio).then_some((Level::Studio, STUDIO, terms.studio));
+    let levels: Vec<(Level, &str, DailyLimits)> = player.into_iter().chain(project).chain(studio).collect();
     let accounts: Vec<Account<'_>> =
         levels.iter().map(|&(level, owner, limits)| Account { level: level.as_str(), owner, limits }).collect();
     let day = day_of(now);
-    let mut reserved = ledger::reserve(conn, three(&accounts), &day, bound, now)?;
+    let mut reserved = match accounts.is_empty() {
+        true => Vec::new(),
+        false => ledger::reserve(conn, three(&accounts), &day, bound, now)?,
+    };
     if reserved.len() < accounts.len() {
         // A row not there when the UPDATE ran (the day's first call, here or on another
         // process) is opened and its reservation tried once more; one over its limit refuses
@@ -187,6 +192,9 @@ fn reserve_bound(
         }
         return Ok(Err(refusal));
     }
+    if defer_studio {
+        studio_day::defer(studio_change(day.clone(), bound, (0, 0), (0, 0)));
+    }
     let hold = NewHold {
         target: spend.target,
         user_id: spend.user_id,
@@ -202,9 +210,14 @@ fn reserve_bound(
     Ok(Ok(()))
 }
 
-/// One to three accounts as the ledger's three (the last standing in for those missing).
+/// A change of the studio's row kept aside for the batch's commit ([`studio_day`]).
+fn studio_change(day: String, reserve: (i64, i64), held: (i64, i64), charge: (i64, i64)) -> studio_day::Change {
+    studio_day::Change { level: Level::Studio.as_str(), owner: STUDIO, day, reserve, held, charge }
+}
+
+/// One to three accounts (at least one) as the ledger's three (the last standing in for those missing).
 fn three<'a, 'b>(accounts: &'b [Account<'a>]) -> [&'b Account<'a>; 3] {
-    let last = accounts.last().expect("the studio's level is always there");
+    let last = accounts.last().expect("one account at least");
     [&accounts[0], accounts.get(1).unwrap_or(last), last]
 }
 
@@ -335,6 +348,8 @@ pub fn settle_as(
         Used::Unknown => None,
     };
     let mut charged = Charged::default();
+    // A studio with no limit: its row is written at the batch's commit.
+    let defer_studio = holds.iter().any(|h| h.studio) && studio_day::deferring() && ledger::studio_unlimited(conn)?;
     for hold in holds {
         let this = charge.take().unwrap_or(if used == Used::Unknown { (hold.tokens, hold.micros) } else { (0, 0) });
         let held = (hold.tokens, hold.micros);
@@ -342,11 +357,15 @@ pub fn settle_as(
         let levels: Vec<(Level, &str)> = [
             (hold.user_id != SERVER).then_some((Level::Player, owner.as_str())),
             hold.project.as_deref().map(|p| (Level::Project, p)),
-            hold.studio.then_some((Level::Studio, STUDIO)),
+            (hold.studio && !defer_studio).then_some((Level::Studio, STUDIO)),
         ]
         .into_iter()
         .flatten()
         .collect();
+        if hold.studio && defer_studio {
+            studio_day::defer(studio_change(hold.day.clone(), (0, 0), held, this));
+            charged.add(Level::Studio, this);
+        }
         let Some(&last) = levels.last() else { continue };
         let row = |i: usize| levels.get(i).map_or((last.0.as_str(), last.1), |&(l, o)| (l.as_str(), o));
         ledger::settle(conn, [row(0), row(1), row(2)], &hold.day, held, this, now)?;

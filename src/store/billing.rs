@@ -78,8 +78,9 @@ pub fn price(conn: &mut DbConn, model: &str) -> StoreResult<Option<Price>> {
     Ok(price_row(conn, model)?.map(|r| r.price()))
 }
 
+/// The price of `model` (read once per batch of the writer's: [`super::memo`]).
 pub fn price_row(conn: &mut DbConn, model: &str) -> StoreResult<Option<PriceRow>> {
-    Ok(prices::table.find(model).first(conn).optional()?)
+    super::memo::kept("price", model, || Ok(prices::table.find(model).first(conn).optional()?))
 }
 
 pub fn prices(conn: &mut DbConn) -> StoreResult<Vec<PriceRow>> {
@@ -87,6 +88,7 @@ pub fn prices(conn: &mut DbConn) -> StoreResult<Vec<PriceRow>> {
 }
 
 pub fn put_price(conn: &mut DbConn, model: &str, p: &Price, now: NaiveDateTime) -> StoreResult<()> {
+    super::memo::forget();
     let values = (
         prices::model.eq(model),
         prices::input_micros.eq(p.input),

@@ -149,23 +149,21 @@ fn turn_for(conn: &mut DbConn, place: Place) -> StoreResult<i64> {
     let Place { priority, player_id } = place;
     use diesel::dsl::{max, min};
     let at = jobs::priority.eq(priority);
-    let serving: Option<i64> =
-        on_backend!(conn, |c| jobs::table.select(min(jobs::turn)).filter(at).filter(jobs::status.eq(QUEUED)).first(c))?;
-    let last: Option<i64> = on_backend!(conn, |c| jobs::table
+    let serving = jobs::table.select(min(jobs::turn)).filter(at).filter(jobs::status.eq(QUEUED)).single_value();
+    let last = jobs::table
         .select(max(jobs::turn))
         .filter(at)
         .filter(jobs::player_id.eq(player_id))
         // Not `eq_any`: an `IN` list is prepared again at every call.
         .filter(jobs::status.eq(QUEUED).or(jobs::status.eq(RUNNING)))
-        .first(c))?;
+        .single_value();
+    let running = jobs::table.select(max(jobs::turn)).filter(at).filter(jobs::status.eq(RUNNING)).single_value();
+    // One statement (one round trip): the three are read together.
+    let (serving, last, running): (Option<i64>, Option<i64>, Option<i64>) =
+        on_backend!(conn, |c| diesel::select((serving, last, running)).get_result(c))?;
     if let Some(last) = last {
         return Ok(serving.map_or(last + 1, |serving| (last + 1).max(serving)));
     }
-    let running: Option<i64> = on_backend!(conn, |c| jobs::table
-        .select(max(jobs::turn))
-        .filter(at)
-        .filter(jobs::status.eq(RUNNING))
-        .first(c))?;
     Ok(match (running, serving) {
         (Some(running), Some(serving)) => running.min(serving),
         (running, serving) => running.or(serving).unwrap_or(0),

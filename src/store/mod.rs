@@ -6,11 +6,13 @@
 //! Never runs a Diesel call on an async worker; never holds a connection across an upstream
 //! call (closures passed to `run` and `write` are synchronous, so they cannot await the network).
 
+mod batch;
 pub mod billing;
 pub mod content;
 pub mod jobs;
 mod kept;
 pub mod llm_config;
+mod memo;
 pub mod messages;
 pub mod moderation;
 pub mod notify;
@@ -18,6 +20,7 @@ pub mod run_attempts;
 pub mod runs;
 pub mod schema;
 pub mod space;
+pub mod studio_day;
 pub mod upstreams;
 pub mod usage;
 pub mod users;
@@ -445,6 +448,7 @@ fn begin_write(conn: &mut DbConn) -> StoreResult<()> {
 /// writes takes the write lock up front and waits on busy_timeout instead of failing with
 /// SQLITE_BUSY when it upgrades.
 pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+    let mark = studio_day::mark();
     begin_write(conn)?;
     notify::begun();
     match f(conn) {
@@ -455,11 +459,15 @@ pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult
             }
             Err(e) => {
                 notify::ended(false);
+                memo::forget();
+                studio_day::truncate(mark);
                 Err(e.into())
             }
         },
         Err(e) => {
             notify::ended(false);
+            memo::forget();
+            studio_day::truncate(mark);
             let _ = Tm::rollback_transaction(conn);
             Err(e)
         }

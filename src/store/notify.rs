@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use diesel::sql_types::Text;
+use diesel::sql_types::{Array, Text};
 use diesel::RunQueryDsl;
 
 use super::{DbConn, StoreResult};
@@ -23,13 +23,30 @@ diesel::define_sql_function! {
     fn pg_notify(channel: Text, payload: Text) -> Text;
 }
 
-/// Sends already-serialized events, in order, each as its own notification.
+diesel::define_sql_function! {
+    /// `unnest(array)`: one row per element, in order.
+    fn unnest(elements: Array<Text>) -> Text;
+}
+
+/// Sends already-serialized events, in order, each as its own notification: one statement.
 pub fn announce(conn: &mut DbConn, payloads: &[String]) -> StoreResult<()> {
     let DbConn::Pg(pg) = conn else { return Ok(()) };
-    for payload in payloads {
-        diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?;
+    match payloads {
+        [] => {}
+        [payload] => _ = diesel::select(pg_notify(CHANNEL, payload)).execute(pg)?,
+        payloads => _ = diesel::select(pg_notify(CHANNEL, unnest(payloads))).execute(pg)?,
     }
     Ok(())
+}
+
+/// Sends the events the outermost open transaction collected so far, in order (the writer's
+/// batch on PostgreSQL, just before its commit: one statement for all of them).
+pub(super) fn announce_collected(conn: &mut DbConn) -> StoreResult<()> {
+    let payloads: Vec<String> = COLLECTOR.with_borrow(|collector| {
+        let open = collector.as_ref().and_then(|c| c.open.first());
+        open.map(|events| events.iter().map(Event::to_json).collect()).unwrap_or_default()
+    });
+    announce(conn, &payloads)
 }
 
 /// Announces `event`; call inside the transaction that makes the change it tells of

@@ -135,11 +135,14 @@ impl std::fmt::Debug for UpstreamChange {
 }
 
 /// Every upstream, by `priority`, then `id`.
+/// Every upstream, by priority (read once per batch of the writer's: [`super::memo`]).
 pub fn all(conn: &mut DbConn) -> StoreResult<Vec<UpstreamRow>> {
-    Ok(llm_config::table
-        .order((llm_config::priority.asc(), llm_config::id.asc()))
-        .select(UpstreamRow::as_select())
-        .load(conn)?)
+    super::memo::kept("upstreams", "", || {
+        Ok(llm_config::table
+            .order((llm_config::priority.asc(), llm_config::id.asc()))
+            .select(UpstreamRow::as_select())
+            .load(conn)?)
+    })
 }
 
 pub fn find(conn: &mut DbConn, id: i64) -> StoreResult<Option<UpstreamRow>> {
@@ -147,6 +150,7 @@ pub fn find(conn: &mut DbConn, id: i64) -> StoreResult<Option<UpstreamRow>> {
 }
 
 pub fn insert(conn: &mut DbConn, new: &NewUpstream, now: NaiveDateTime) -> StoreResult<UpstreamRow> {
+    super::memo::forget();
     let row = (
         llm_config::provider.eq(&new.provider),
         llm_config::model.eq(&new.model),
@@ -171,6 +175,7 @@ pub fn update(
     change: &UpstreamChange,
     now: NaiveDateTime,
 ) -> StoreResult<Option<UpstreamRow>> {
+    super::memo::forget();
     if find(conn, id)?.is_none() {
         return Ok(None);
     }
@@ -185,6 +190,7 @@ pub fn update(
 
 /// Removes upstream `id` (never the first); whether there was one.
 pub fn delete(conn: &mut DbConn, id: i64) -> StoreResult<bool> {
+    super::memo::forget();
     if id == FIRST {
         return Ok(false);
     }
@@ -193,6 +199,7 @@ pub fn delete(conn: &mut DbConn, id: i64) -> StoreResult<bool> {
 
 /// Stores upstream `id`'s last error (`None` clears it); already redacted.
 pub fn set_last_error(conn: &mut DbConn, id: i64, error: Option<&str>, now: NaiveDateTime) -> StoreResult<()> {
+    super::memo::forget();
     diesel::update(llm_config::table.find(id))
         .set((llm_config::last_error.eq(error), llm_config::updated_at.eq(now)))
         .execute(conn)?;
@@ -201,6 +208,7 @@ pub fn set_last_error(conn: &mut DbConn, id: i64, error: Option<&str>, now: Naiv
 
 /// Parks upstream `id` for `failure` with its last error, or (`None`) unparks it.
 pub fn set_parked(conn: &mut DbConn, id: i64, failure: Option<&str>, now: NaiveDateTime) -> StoreResult<()> {
+    super::memo::forget();
     diesel::update(llm_config::table.find(id))
         .set((llm_config::parked.eq(failure), llm_config::updated_at.eq(now)))
         .execute(conn)?;

@@ -120,6 +120,7 @@ pub fn limits(conn: &mut DbConn) -> StoreResult<Option<LimitsRow>> {
 
 /// Writes the settings' limits unless limits are stored already (the stored ones win).
 pub fn seed_limits(conn: &mut DbConn, seed: &LimitsRow) -> StoreResult<()> {
+    super::memo::forget();
     let values = (
         usage_limits::id.eq(LIMITS_ID),
         usage_limits::studio_daily_tokens.eq(seed.studio_daily_tokens),
@@ -137,8 +138,22 @@ pub fn seed_limits(conn: &mut DbConn, seed: &LimitsRow) -> StoreResult<()> {
     Ok(())
 }
 
+/// Whether limits are stored and the studio has none (read once per batch of the writer's:
+/// [`super::memo`]).
+pub fn studio_unlimited(conn: &mut DbConn) -> StoreResult<bool> {
+    super::memo::kept("studio_unlimited", "", || {
+        let studio = usage_limits::table
+            .find(LIMITS_ID)
+            .select((usage_limits::studio_daily_tokens, usage_limits::studio_daily_micros))
+            .first::<(Option<i64>, Option<i64>)>(conn)
+            .optional()?;
+        Ok(studio == Some((None, None)))
+    })
+}
+
 /// Changes the keys `change` names; the row must have been seeded.
 pub fn put_limits(conn: &mut DbConn, change: &LimitsChange, now: NaiveDateTime) -> StoreResult<Option<LimitsRow>> {
+    super::memo::forget();
     let Some(old) = limits(conn)? else { return Ok(None) };
     let row: LimitsRow = diesel::update(usage_limits::table.find(LIMITS_ID))
         .set((
@@ -297,13 +312,16 @@ pub fn terms(conn: &mut DbConn, user_id: i64, project: Option<&str>, model: &str
 }
 
 /// The prices of the models the enabled upstreams answer with (those with a price).
+/// (Read once per batch of the writer's: [`super::memo`].)
 pub fn upstream_prices(conn: &mut DbConn) -> StoreResult<Vec<PriceRow>> {
-    Ok(prices::table
-        .inner_join(llm_config::table.on(llm_config::model.eq(prices::model)))
-        .filter(llm_config::enabled.eq(true))
-        .select(prices::all_columns)
-        .distinct()
-        .load(conn)?)
+    super::memo::kept("upstream_prices", "", || {
+        Ok(prices::table
+            .inner_join(llm_config::table.on(llm_config::model.eq(prices::model)))
+            .filter(llm_config::enabled.eq(true))
+            .select(prices::all_columns)
+            .distinct()
+            .load(conn)?)
+    })
 }
 
 /// One level's ledger of one day, if anything was reserved there.

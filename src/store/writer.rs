@@ -1,11 +1,11 @@
 //! Group commit: the one thread that writes. Every write of the process is queued here; the
-//! writer takes all that is queued (up to [`MAX_BATCH`]), runs each in a savepoint of one
+//! writer takes all that is queued (up to [`MAX_BATCH`]), runs them one after another in one
 //! transaction (`BEGIN IMMEDIATE` on SQLite, so it never waits on a busy lock of its own
 //! process), commits once, hands the committed events to the after-commit hook in order, and
 //! only then answers each request.
 //!
-//! A request that fails rolls back its savepoint only and is answered with its own error; the
-//! others of its batch commit. A batch whose commit fails (or whose transaction the database
+//! A request that fails is answered with its own error; the others of its batch commit
+//! ([`super::batch`]). A batch whose commit fails (or whose transaction the database
 //! aborted) answers every request in it with that failure. A request that lost a lock race
 //! (a deadlock, a serialization failure) is run once more alone after its batch. A connection
 //! the database dropped or refused is opened again for the next batch.
@@ -24,7 +24,11 @@ use diesel::connection::{SimpleConnection, TransactionManager};
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
-use super::{begin_write, notify, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm};
+pub use super::batch::BatchFailed;
+use super::batch::{depth, run_batch, Ran, Request};
+use super::{
+    begin_write, memo, notify, studio_day, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm,
+};
 
 /// The most requests one transaction carries: enough to take in every client at once, few
 /// enough that the first of them is not kept waiting behind a long commit.
@@ -32,37 +36,6 @@ pub const MAX_BATCH: usize = 256;
 
 /// How often the checkpointer looks for committed writes to copy from the WAL into the database.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-
-/// How a request's work ended inside its savepoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ran {
-    Ok,
-    Failed,
-    /// Lost a lock race with another transaction: worth one more try on its own.
-    Raced,
-}
-
-/// One queued write: the work, what it answered, and where the answer goes.
-trait Request: Send {
-    fn run(&mut self, conn: &mut DbConn) -> Ran;
-    /// The work panicked; its answer is a failure of lorewire's own.
-    fn panicked(&mut self);
-    /// The batch is over: `Ok` when it committed, else why it did not.
-    fn answer(self: Box<Self>, batch: Result<(), &BatchFailed>);
-}
-
-/// Why a whole batch failed, handed to every request in it.
-#[derive(Debug, Clone)]
-pub struct BatchFailed {
-    pub failure: Failure,
-    pub message: String,
-}
-
-impl BatchFailed {
-    fn of(e: &StoreError) -> Self {
-        BatchFailed { failure: e.failure(), message: e.to_string() }
-    }
-}
 
 /// A write: `f`, and `then`, which turns what `f` answered into the answer once its batch
 /// committed (on the writer thread, whether or not the caller still waits).
@@ -227,9 +200,13 @@ impl Serve {
                 return Vec::new();
             }
         };
-        let collecting = self.after_commit.get().map(|_| notify::collect());
+        let (_memo, _studio_day) = (memo::start(), studio_day::start());
+        // On PostgreSQL without a hook, the batch's notifications go out together just before
+        // its commit ([`before_commit`]); with a hook, after it.
+        let announce = self.after_commit.get().is_none() && self.manager.backend == Backend::Postgres;
+        let collecting = (self.after_commit.get().is_some() || announce).then(notify::collect);
         notify::begun();
-        let (outcome, raced) = run_batch(&mut conn, batch);
+        let (outcome, raced) = run_batch(&mut conn, batch, announce);
         match outcome {
             Ok(done) => {
                 if let Some(hook) = self.after_commit.get() {
@@ -290,94 +267,4 @@ fn checkpoint(manager: &Manager, batches: &IntCounter, stop: &mpsc::Receiver<()>
             Err(e) => tracing::warn!(error = %e, "could not checkpoint the database's write-ahead log"),
         }
     }
-}
-
-type Done = Vec<Box<dyn Request>>;
-
-/// The begun transaction over `batch`, each request in a savepoint of its own when it has company.
-/// Answers the batch's end with the requests to answer, and the requests that lost a lock race
-/// (left out of the commit, to be run again alone).
-fn run_batch(conn: &mut DbConn, batch: Vec<Box<dyn Request>>) -> (Result<Done, (BatchFailed, Done)>, Done) {
-    let alone = batch.len() == 1;
-    let mut done: Done = Vec::with_capacity(batch.len());
-    let mut raced: Done = Vec::new();
-    let mut broken: Option<BatchFailed> = None;
-    let mut last = Ran::Ok;
-    for mut request in batch {
-        if broken.is_some() {
-            done.push(request);
-            continue;
-        }
-        let ran = if alone { run_one(conn, &mut *request, 1) } else { run_in_savepoint(conn, &mut *request) };
-        match ran {
-            Err(e) => {
-                // The database ended the whole transaction (SQLite does on a full disk).
-                broken = Some(BatchFailed::of(&e));
-                done.push(request);
-            }
-            Ok(Ran::Raced) if !alone => raced.push(request),
-            Ok(ran) => {
-                last = ran;
-                done.push(request);
-            }
-        }
-    }
-    // Alone, a failed request is the transaction's end: nothing of it may stay.
-    let keep = broken.is_none() && !(alone && last != Ran::Ok);
-    let ended = if keep { Tm::commit_transaction(conn) } else { Tm::rollback_transaction(conn) };
-    notify::ended(keep && ended.is_ok());
-    let failed = match (broken, ended) {
-        (Some(failed), _) => failed,
-        (None, Ok(())) => return (Ok(done), raced),
-        (None, Err(e)) => {
-            if keep {
-                let _ = Tm::rollback_transaction(conn);
-            }
-            BatchFailed::of(&e.into())
-        }
-    };
-    done.extend(raced);
-    (Err((failed, done)), Vec::new())
-}
-
-/// Runs `request` in a savepoint: released when it succeeded, rolled back when it did not.
-fn run_in_savepoint(conn: &mut DbConn, request: &mut dyn Request) -> StoreResult<Ran> {
-    Tm::begin_transaction(conn)?;
-    notify::begun();
-    let ran = run_one(conn, request, 2);
-    let ended = match ran {
-        Ok(Ran::Ok) => Tm::commit_transaction(conn),
-        Ok(Ran::Failed | Ran::Raced) | Err(_) => Tm::rollback_transaction(conn),
-    };
-    notify::ended(matches!(ran, Ok(Ran::Ok)) && ended.is_ok());
-    ended?;
-    ran
-}
-
-/// Runs `request` with `open` transactions around it; closes what a panic left open beyond them.
-fn run_one(conn: &mut DbConn, request: &mut dyn Request, open: u32) -> StoreResult<Ran> {
-    let ran = match catch_unwind(AssertUnwindSafe(|| request.run(conn))) {
-        Ok(ran) => ran,
-        Err(_) => {
-            tracing::error!("a write panicked; it is rolled back");
-            request.panicked();
-            Ran::Failed
-        }
-    };
-    notify::unwind_to(open as usize);
-    unwind_to(conn, open)?;
-    Ok(ran)
-}
-
-/// How many transactions are open on `conn` (`None` when its manager is broken).
-fn depth(conn: &mut DbConn) -> Option<u32> {
-    Tm::transaction_manager_status_mut(conn).transaction_depth().ok().map(|d| d.map_or(0, |d| d.get()))
-}
-
-/// Rolls back what a request left open beyond `base` transactions.
-fn unwind_to(conn: &mut DbConn, base: u32) -> StoreResult<()> {
-    while depth(conn).ok_or(StoreError::Query(diesel::result::Error::BrokenTransactionManager))? > base {
-        Tm::rollback_transaction(conn)?;
-    }
-    Ok(())
 }

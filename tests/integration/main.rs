@@ -7,6 +7,7 @@ mod common;
 mod abuse;
 mod admin;
 mod admin_summary;
+mod batch_crash;
 mod blocking;
 mod browser;
 mod circuit;

@@ -116,7 +116,7 @@ impl Server {
     }
 
     /// Polls a content item until it leaves pending.
-    async fn final_content(&self, token: &str, path: &str) -> Value {
+    pub(crate) async fn final_content(&self, token: &str, path: &str) -> Value {
         let url = self.url(path);
         eventually("the item to leave pending", || {
             let url = url.clone();

@@ -19,7 +19,7 @@ const USAGE: FakeUsage = FakeUsage { input: 40, output: 20, cache_read: 0, cache
 const ONE_CALL_MICROS: i64 = 40 * PRICE.0 + 20 * PRICE.1;
 const ONE_CALL_TOKENS: i64 = 60;
 
-async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
+pub(crate) async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
     let client = crate::common::http();
     let req = match method {
         "PUT" => client.put(server.url(path)),
@@ -34,7 +34,7 @@ async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -
     resp.json().limit(1 << 20).await.unwrap()
 }
 
-async fn priced_server(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)]) -> Server {
+pub(crate) async fn priced_server(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)]) -> Server {
     let server = Server::start_with(db_url, fake, env).await;
     let model = admin(&server, "GET", "/admin/api/llm", None).await["model"].as_str().unwrap().to_owned();
     let price = json!({"input_usd": PRICE.0, "output_usd": PRICE.1, "cache_read_usd": 0, "cache_write_usd": 0});
@@ -42,14 +42,14 @@ async fn priced_server(db_url: &str, fake: &FakeLlm, env: &[(&str, &str)]) -> Se
     server
 }
 
-async fn player(server: &Server) -> (WsClient, String, i64) {
+pub(crate) async fn player(server: &Server) -> (WsClient, String, i64) {
     let mut ws = WsClient::connect(&server.url("/ws")).await;
     ws.send(json!({"type": "session:start", "nickname": "Cut"})).await;
     let ack = ws.recv_type("session:ack").await;
     (ws, ack["token"].as_str().unwrap().to_owned(), ack["user_id"].as_i64().unwrap())
 }
 
-fn micros(usd: &Value) -> i64 {
+pub(crate) fn micros(usd: &Value) -> i64 {
     (usd.as_f64().unwrap_or_else(|| panic!("not a number: {usd}")) * 1e6).round() as i64
 }
 

@@ -1,0 +1,87 @@
+//! kill -9 in the middle of a batch of the writer's, on PostgreSQL with two processes: the
+//! batch's statements (the studio's ledger row written once just before the commit, the
+//! notifications sent together, the requests run without savepoints) are all of the batch or
+//! none of it. The killed process is held by a test hook (`LOREWIRE_TEST_HOLD_COMMIT`) after
+//! its batch wrote the studio's row and before its commit, while the other process writes the
+//! same row: after the kill and a restart nothing is pending, no job is left, and the studio's
+//! day is exactly what its players' days add up to, with nothing left reserved.
+
+use serde_json::{json, Value};
+
+use crate::common::fake_llm::FakeUsage;
+use crate::common::{eventually, post_json, Db, FakeLlm, Mode};
+use crate::process::{test_db, Server};
+use crate::usage_cut::{admin, micros, player, priced_server};
+
+const ITEMS: u64 = 6;
+
+/// A player's day as (tokens, micro-dollars, reserved tokens, reserved micro-dollars).
+async fn player_day(server: &Server, user_id: i64) -> (i64, i64, i64, i64) {
+    let today = admin(server, "GET", &format!("/admin/api/players/{user_id}"), None).await["today"].clone();
+    let int = |v: &Value| v.as_i64().unwrap_or_else(|| panic!("not an integer: {v}"));
+    (int(&today["tokens"]), micros(&today["usd"]), int(&today["reserved_tokens"]), micros(&today["reserved_usd"]))
+}
+
+#[actix_web::test]
+async fn a_batch_killed_before_its_commit_leaves_nothing_pending_lost_or_twice() {
+    let fake = FakeLlm::start();
+    fake.set_usage(Some(FakeUsage { input: 40, output: 20, cache_read: 0, cache_write: 0 }));
+    fake.set_mode(Mode::Hang);
+    let db = test_db(Db::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
+    let hold_env = hold.to_str().unwrap().to_owned();
+    let mut held = priced_server(&db.url, &fake, &[("LOREWIRE_TEST_HOLD_COMMIT", &hold_env)]).await;
+    let other = Server::start_with(&db.url, &fake, &[]).await;
+    let (_ws_a, token_a, user_a) = player(&held).await;
+    let (_ws_b, token_b, user_b) = player(&other).await;
+
+    // Every item's call hangs until the upstream timeout (3 s): each then falls back, its
+    // settlement written on the studio's row by both processes at about the same time.
+    for id in 1..=ITEMS {
+        let body = json!({"kind": "quest", "subject_id": id});
+        assert_eq!(post_json(&held.url("/api/content"), &token_a, &body).await.0, 202);
+        let body = json!({"kind": "quest", "subject_id": 100 + id});
+        assert_eq!(post_json(&other.url("/api/content"), &token_b, &body).await.0, 202);
+    }
+    eventually("every call to be in flight", || async { (fake.request_count() >= 2 * ITEMS as usize).then_some(()) }).await;
+    std::fs::write(&hold, b"").unwrap();
+    let mut marker = hold.clone().into_os_string();
+    marker.push(".held");
+    let marker = std::path::PathBuf::from(marker);
+    eventually("a batch that wrote the studio's row to be held before its commit", || async {
+        marker.exists().then_some(())
+    })
+    .await;
+    held.kill9();
+    std::fs::remove_file(&hold).unwrap();
+
+    fake.set_mode(Mode::Ok);
+    let restarted = Server::start_with(&db.url, &fake, &[]).await;
+    for (server, token, first) in [(&restarted, &token_a, 1), (&other, &token_b, 101)] {
+        for id in first..first + ITEMS {
+            let content = server.final_content(token, &format!("/api/content/quest/{id}")).await;
+            assert!(["ready", "fallback"].contains(&content["status"].as_str().unwrap()), "{content}");
+        }
+    }
+    let summary = eventually("no job to be left", || async {
+        let summary = admin(&restarted, "GET", "/admin/api/metrics/summary", None).await;
+        (summary["queue_depth"] == 0).then_some(summary)
+    })
+    .await;
+    assert_eq!(summary["content"]["pending"].as_i64().unwrap_or(0), 0, "{summary}");
+    let total: i64 = summary["content"].as_object().unwrap().values().map(|n| n.as_i64().unwrap()).sum();
+    assert_eq!(total, 2 * ITEMS as i64, "one row per item: {summary}");
+
+    let (a, b) = eventually("nothing to stay reserved", || async {
+        let (a, b) = (player_day(&restarted, user_a).await, player_day(&restarted, user_b).await);
+        (a.2 == 0 && a.3 == 0 && b.2 == 0 && b.3 == 0).then_some((a, b))
+    })
+    .await;
+    let studio = admin(&restarted, "GET", "/admin/api/usage", None).await;
+    assert!(a.0 > 0 && b.0 > 0, "both players were charged: {a:?} {b:?}");
+    assert_eq!(studio["tokens"].as_i64().unwrap(), a.0 + b.0, "{studio}");
+    assert_eq!(micros(&studio["usd"]), a.1 + b.1, "{studio}");
+    assert_eq!(studio["reserved_tokens"], 0, "{studio}");
+    assert_eq!(micros(&studio["reserved_usd"]), 0, "{studio}");
+}
