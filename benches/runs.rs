@@ -1,11 +1,12 @@
 //! Generation runs: the latency lorewire adds to the first delta, and throughput.
 //!
-//! `cargo bench --bench runs` prints, on SQLite with the fake upstream (Chat Completions, whose
+//! `cargo bench --bench runs` prints, with the fake upstream (Chat Completions, whose
 //! first SSE chunk already carries text):
 //! - added time to first delta: from the fake receiving the request (it answers headers and the
 //!   first text chunk at once) to the client's first `run:delta`, p50/p99 over sequential runs,
 //!   plus the time from `generate:start` to the upstream request (admission + queue claim);
-//! - runs per second at 32 concurrent WebSocket clients with an instant upstream;
+//! - runs per second at 32 concurrent WebSocket clients with an instant upstream, on SQLite and
+//!   on PostgreSQL (`LOREWIRE_BENCH_BACKENDS`, default `sqlite,postgres`);
 //! - the same added time to first delta with moderation on (a word list, and a moderation
 //!   endpoint answering in `LOREWIRE_BENCH_MODERATION_MS`, default 20 ms): what the check adds.
 
@@ -106,27 +107,44 @@ async fn client(app: &TestApp, id: usize, count: usize) {
     }
 }
 
+/// Runs per second at 32 concurrent clients on `db`, each starting 30 runs one after another.
+async fn throughput(db: Db) {
+    let name = format!("{db:?}");
+    let app = spawn_with(Setup { provider: Provider::OpenAiChat, ..Setup::new(db) }, |c| {
+        c.llm_concurrency = 64;
+        c.job_poll = Duration::from_secs(1);
+    })
+    .await;
+    app.fake.set_chunk_pause(Some(Duration::ZERO));
+    let (clients, per_client) = (32usize, 30usize);
+    futures_util::future::join_all((0..clients).map(|c| client(&app, 1000 + c, 3))).await;
+    let started = Instant::now();
+    futures_util::future::join_all((0..clients).map(|c| client(&app, c, per_client))).await;
+    let elapsed = started.elapsed();
+    let n = clients * per_client;
+    println!(
+        "runs, {name}, {clients} clients, instant upstream: {n} runs in {secs:.2}s = {rate:.0} runs/s",
+        secs = elapsed.as_secs_f64(),
+        rate = n as f64 / elapsed.as_secs_f64(),
+    );
+}
+
 fn main() {
     actix_web::rt::System::new().block_on(async {
         let app = spawn_with(Setup { provider: Provider::OpenAiChat, ..Setup::new(Db::Sqlite) }, |c| {
-            c.llm_concurrency = 64;
             c.job_poll = Duration::from_secs(1);
         })
         .await;
         app.fake.set_chunk_pause(Some(Duration::ZERO));
         let plain = first_delta_latency(&app, 300, "").await;
-
-        let (clients, per_client) = (32usize, 30usize);
-        futures_util::future::join_all((0..clients).map(|c| client(&app, 1000 + c, 3))).await;
-        let started = Instant::now();
-        futures_util::future::join_all((0..clients).map(|c| client(&app, c, per_client))).await;
-        let elapsed = started.elapsed();
-        let n = clients * per_client;
-        println!(
-            "runs, SQLite, {clients} clients, instant upstream: {n} runs in {secs:.2}s = {rate:.0} runs/s",
-            secs = elapsed.as_secs_f64(),
-            rate = n as f64 / elapsed.as_secs_f64(),
-        );
+        drop(app);
+        // LOREWIRE_BENCH_BACKENDS (`sqlite,postgres`): the databases of the throughput.
+        let backends = std::env::var("LOREWIRE_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+        for db in [Db::Sqlite, Db::Postgres] {
+            if backends.split(',').any(|b| b.trim().eq_ignore_ascii_case(&format!("{db:?}"))) {
+                throughput(db).await;
+            }
+        }
         moderated_first_delta(plain).await;
     });
 }

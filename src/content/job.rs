@@ -99,7 +99,7 @@ impl ContentJob {
         let kind = row.kind()?;
         let subject_id = row.subject_id as u64;
         if claim.attempt > 1 {
-            if let Err(refusal) = self.charge_cut(content_id).await? {
+            if let Err(refusal) = self.charge_cut(content_id, claim.player).await? {
                 tracing::info!(
                     kind = kind.as_str(),
                     subject_id,
@@ -153,10 +153,11 @@ impl ContentJob {
 
     /// An earlier claim of the item was cut short (its process died, or lost the job), maybe
     /// mid-call: what it held is charged, and this attempt reserves the same again.
-    async fn charge_cut(&self, content_id: i64) -> StoreResult<Result<(), Refusal>> {
+    async fn charge_cut(&self, content_id: i64, player: i64) -> StoreResult<Result<(), Refusal>> {
         let (usage, now) = (self.usage, self.clock.now_naive());
         let target = format!("content:{content_id}");
-        let (charged, reserved) = self.store.write(move |conn| limits::charge_cut(conn, &usage, &target, now)).await?;
+        let (charged, reserved) =
+            self.store.write_for(player, move |conn| limits::charge_cut(conn, &usage, &target, now)).await?;
         charged.record(&self.metrics);
         if let Err(refusal) = &reserved {
             limits::observe::refused(&self.metrics, refusal);
@@ -199,7 +200,7 @@ impl ContentJob {
         let now = self.clock.now_naive();
         let ended = self
             .store
-            .write(move |conn| {
+            .write_for(claim.player, move |conn| {
                 let finish = Finish {
                     origin: &origin,
                     job_id,

@@ -204,7 +204,7 @@ impl ContentService {
             }
             requested
         };
-        let requested = self.store.write_then(write, committed).await;
+        let requested = self.store.write_then_for(by.user_id, write, committed).await;
         if let Err(StoreError::OverLimit(refusal)) = &requested {
             limits::observe::refused(&self.metrics, refusal);
         }

@@ -67,6 +67,8 @@ pub struct Claim {
     pub max_attempts: u32,
     /// The worker holding the job (the `locked_by` its end must match).
     pub worker: ProcessId,
+    /// The player the job works for (0: none): its writes go through that player's writer.
+    pub player: i64,
     /// What the handler's [`Loader`] read as the job was claimed, if it has one and the read
     /// succeeded.
     pub loaded: Option<Loaded>,
@@ -140,7 +142,7 @@ mod tests {
     use super::*;
 
     fn claim(attempt: u32, max_attempts: u32) -> Claim {
-        Claim { job_id: 1, target_id: 1, attempt, max_attempts, worker: "w".into(), loaded: None }
+        Claim { job_id: 1, target_id: 1, attempt, max_attempts, worker: "w".into(), player: 0, loaded: None }
     }
 
     #[test]

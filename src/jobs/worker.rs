@@ -188,6 +188,7 @@ impl JobWorker {
             attempt: u32::try_from(job.attempts).unwrap_or(0),
             max_attempts: self.max_attempts,
             worker: self.name.clone(),
+            player: job.player_id,
             loaded,
         };
         let queue = self.queue();

@@ -76,7 +76,7 @@ impl MoodJob {
         let cut = claim.attempt > 1;
         let reserved = self
             .store
-            .write(move |conn| {
+            .write_for(claim.player, move |conn| {
                 let target = target(message_id);
                 // An earlier claim cut short (its process died, or lost the job), maybe
                 // mid-call: what it held is charged before this attempt reserves anew.
@@ -129,7 +129,7 @@ impl MoodJob {
         let now = self.clock.now_naive();
         let ended = self
             .store
-            .write(move |conn| {
+            .write_for(claim.player, move |conn| {
                 let ended = messages::finish_mood(conn, &origin, job_id, &worker, message_id, mood, status)?;
                 let mut charged = Charged::default();
                 if let Ended::Done(_) = &ended {

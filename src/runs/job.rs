@@ -194,7 +194,7 @@ impl RunJob {
         let usage = self.usage;
         let (cut, charged) = self
             .store
-            .write(move |conn| {
+            .write_for(row.user_id.unwrap_or(0), move |conn| {
                 let Some(cut) = attempts::charge_cut(conn, run_pk, worst_case.unwrap_or(0), now)? else {
                     return Ok((None, Charged::default()));
                 };
@@ -275,7 +275,7 @@ impl RunJob {
             let output_tokens = i64::from(prompt.max_tokens);
             let ensured = self
                 .store
-                .write(move |conn| {
+                .write_for(claim.player, move |conn| {
                     if limits::holds(conn, &target)? {
                         return Ok(Ok(()));
                     }

@@ -189,7 +189,9 @@ impl RunService {
         let run_id = new_run_id();
         let (admitted, position, avg_ms) = self
             .store
-            .write(move |conn| admit::admit(conn, &config, &req, waiter == Waiter::Rest, player, &run_id, now))
+            .write_for(player, move |conn| {
+                admit::admit(conn, &config, &req, waiter == Waiter::Rest, player, &run_id, now)
+            })
             .await
             .or_else(|e| match e {
                 // Over the cap once counted again under the reservation's lock: refused alike.

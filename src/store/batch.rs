@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use diesel::connection::TransactionManager;
 
-use super::{begin_write, memo, notify, studio_day, DbConn, Failure, StoreError, StoreResult, Tm};
+use super::{begin_write, memo, notify, studio_day, BatchFailed, DbConn, StoreError, StoreResult, Tm};
 
 /// How a request's work ended inside its savepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,19 +28,6 @@ pub(super) trait Request: Send {
     fn panicked(&mut self);
     /// The batch is over: `Ok` when it committed, else why it did not.
     fn answer(self: Box<Self>, batch: Result<(), &BatchFailed>);
-}
-
-/// Why a whole batch failed, handed to every request in it.
-#[derive(Debug, Clone)]
-pub struct BatchFailed {
-    pub failure: Failure,
-    pub message: String,
-}
-
-impl BatchFailed {
-    pub(super) fn of(e: &StoreError) -> Self {
-        BatchFailed { failure: e.failure(), message: e.to_string() }
-    }
 }
 
 pub(super) type Done = Vec<Box<dyn Request>>;
@@ -90,18 +77,21 @@ fn commit_batch(conn: &mut DbConn, announce: bool) -> StoreResult<()> {
     Ok(Tm::commit_transaction(conn)?)
 }
 
-/// For the tests that kill the process in the middle of a batch: with
-/// `LOREWIRE_TEST_HOLD_COMMIT` naming a file that exists, a batch that wrote the studio's row
-/// waits before its commit until the file is gone, having created `<file>.held` to say so.
-fn hold_for_test() {
+/// For the tests that kill the process in the middle of a batch: `LOREWIRE_TEST_HOLD_COMMIT`,
+/// a file. While it is set, every batch keeps the studio's changes aside (even alone).
+pub(super) fn test_hold() -> Option<&'static std::path::Path> {
     static HOLD: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
-    let Some(path) = HOLD.get_or_init(|| std::env::var_os("LOREWIRE_TEST_HOLD_COMMIT").map(Into::into)) else {
-        return;
-    };
+    HOLD.get_or_init(|| std::env::var_os("LOREWIRE_TEST_HOLD_COMMIT").map(Into::into)).as_deref()
+}
+
+/// While the file [`test_hold`] names exists, a batch that wrote the studio's row waits before
+/// its commit until the file is gone, having created `<file>.held` to say so.
+fn hold_for_test() {
+    let Some(path) = test_hold() else { return };
     if !path.exists() {
         return;
     }
-    let mut held = path.clone().into_os_string();
+    let mut held = path.as_os_str().to_owned();
     held.push(".held");
     if let Err(e) = std::fs::write(&held, b"") {
         tracing::error!(error = %e, "could not say that the commit is held");

@@ -1,7 +1,8 @@
 //! Store: the pool, the backend choice, migrations, and the two doors from async code into
 //! the database: [`Store::run`] reads on a pooled connection (the blocking pool; the pool's
-//! connections refuse writes), [`Store::write`] queues a write for the one writer thread, which
-//! commits the writes that arrive together in one transaction ([`writer`]).
+//! connections refuse writes), [`Store::write`] queues a write for a writer thread (one player's
+//! always the same one), which commits the writes that arrive together in one transaction
+//! ([`writer`], [`batch`]).
 //!
 //! Never runs a Diesel call on an async worker; never holds a connection across an upstream
 //! call (closures passed to `run` and `write` are synchronous, so they cannot await the network).
@@ -9,6 +10,7 @@
 mod batch;
 pub mod billing;
 pub mod content;
+mod error;
 pub mod jobs;
 mod kept;
 pub mod llm_config;
@@ -35,6 +37,9 @@ use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+pub use error::{
+    is_unique_violation, BatchFailed, Failure, ProbeFailed, StoreError, StoreResult, QUEUE_FULL, SERVER_ONLY,
+};
 pub use kept::Kept;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -63,137 +68,6 @@ macro_rules! on_backend {
 pub enum Backend {
     Sqlite,
     Postgres,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database connection: {0}")]
-    Connect(String),
-    #[error("database pool: {0}")]
-    Pool(#[from] r2d2::Error),
-    #[error("database query: {0}")]
-    Query(#[from] diesel::result::Error),
-    #[error("migrations: {0}")]
-    Migration(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("the store's threads are gone")]
-    Canceled,
-    #[error("a write panicked")]
-    Panicked,
-    /// A job handler's attempt or give-up panicked (the worker caught it).
-    #[error("the job's handler panicked")]
-    HandlerPanicked,
-    /// `LOREWIRE_QUEUE_LIMIT` jobs are queued already: the request was refused, nothing stored.
-    #[error("{0} jobs are queued already")]
-    QueueFull(i64),
-    /// A usage limit refused the call this write was for: nothing was stored.
-    #[error("{0}")]
-    OverLimit(crate::domain::limits::Refusal),
-    /// The player has this many REST runs queued or running (`LOREWIRE_PLAYER_UNWATCHED_RUNS`):
-    /// the run was refused, nothing stored.
-    #[error("{0} REST runs of the player are queued or running")]
-    TooManyUnwatched(i64),
-    /// The player's start rate refused the request: nothing was stored.
-    #[error("{0}")]
-    RateLimited(crate::domain::limits::Refusal),
-    /// A player asked to regenerate a shared item or change its context where only the game
-    /// server may (`LOREWIRE_SHARED_CONTENT_WRITERS=server`): refused, nothing stored.
-    #[error("{SERVER_ONLY}")]
-    ServerOnly,
-    /// The transaction this request's write shared with others failed as a whole.
-    #[error("the batch of writes failed: {}", .0.message)]
-    Batch(writer::BatchFailed),
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// What a player refused with [`StoreError::ServerOnly`] is told.
-pub const SERVER_ONLY: &str = "only the game server may change shared content";
-
-/// What a client refused with [`StoreError::QueueFull`] is told.
-pub const QUEUE_FULL: &str = "too much work is queued; nothing was stored, try again soon";
-
-/// Why the database is not ready.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeFailed {
-    #[error("the database is not answering")]
-    NotAnswering,
-    #[error("the database refuses writes: {0}")]
-    RefusesWrites(StoreError),
-    /// SQLite: the disk the database is on has no room for new pages ([`space`]).
-    #[error("the database's disk is full: {0}")]
-    NoSpace(std::io::Error),
-}
-
-/// What a storage failure means for the request that met it; the edges map it to their own
-/// codes (`error:overloaded` / `error:unavailable` on the WebSocket, 429 / 503 / 500 on REST).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Too much at once (every pooled connection busy, the SQLite write lock held too long):
-    /// the same request may well succeed in a moment.
-    Overloaded,
-    /// The database refuses or cannot be reached (disk full, read-only, connection lost):
-    /// nothing was stored, and retrying soon will not help until an operator acts.
-    Unavailable,
-    /// Lorewire's own fault (a corrupt row, a query bug).
-    Internal,
-}
-
-impl StoreError {
-    pub fn failure(&self) -> Failure {
-        use diesel::result::{DatabaseErrorKind as Kind, Error as Diesel};
-        match self {
-            StoreError::Connect(_) | StoreError::Canceled => Failure::Unavailable,
-            StoreError::QueueFull(_)
-            | StoreError::OverLimit(_)
-            | StoreError::RateLimited(_)
-            | StoreError::TooManyUnwatched(_) => Failure::Overloaded,
-            // r2d2 names the last connection error when the pool could not connect at all.
-            StoreError::Pool(e) if e.to_string().contains("waiting for connection: ") => Failure::Unavailable,
-            StoreError::Pool(_) => Failure::Overloaded,
-            StoreError::Query(Diesel::DatabaseError(kind, info)) => match kind {
-                Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::ReadOnlyTransaction => Failure::Unavailable,
-                Kind::SerializationFailure => Failure::Overloaded,
-                _ => classify_message(info.message()),
-            },
-            StoreError::Query(Diesel::BrokenTransactionManager) => Failure::Unavailable,
-            StoreError::Batch(failed) => failed.failure,
-            StoreError::Query(_)
-            | StoreError::Migration(_)
-            | StoreError::Corrupt(_)
-            | StoreError::Panicked
-            | StoreError::HandlerPanicked => Failure::Internal,
-            // Answered before `failure()` is asked (a refusal, not a fault); were it asked, it
-            // is a caller's mistake to report.
-            StoreError::ServerOnly => Failure::Internal,
-        }
-    }
-}
-
-/// The failures both backends report only in words (SQLite result codes, PostgreSQL's
-/// insufficient-resources and connection classes).
-fn classify_message(message: &str) -> Failure {
-    let m = message.to_ascii_lowercase();
-    const BUSY: [&str; 3] = ["database is locked", "database table is locked", "deadlock detected"];
-    const REFUSED: [&str; 9] = [
-        "disk is full",
-        "disk full",
-        "readonly database",
-        "read-only",
-        "disk i/o error",
-        "no space left",
-        "could not extend file",
-        "server closed the connection",
-        "terminating connection",
-    ];
-    if BUSY.iter().any(|b| m.contains(b)) {
-        Failure::Overloaded
-    } else if REFUSED.iter().any(|r| m.contains(r)) {
-        Failure::Unavailable
-    } else {
-        Failure::Internal
-    }
 }
 
 /// Chooses the backend from the URL scheme so connection errors are reported as they are.
@@ -362,10 +236,11 @@ impl Store {
         f(&mut *self.pool.get()?)
     }
 
-    /// Queues `f`, which writes, for the writer: it runs in a savepoint of the transaction of
-    /// its batch, and the answer comes once that transaction has committed (and its events are
-    /// handed on), or failed. `f` may run twice when it lost a lock race the first time (its
-    /// first run rolled back). Queued when called, not when first polled: writes run in the
+    /// Queues `f`, which writes, for the writer: it runs in the transaction of its batch, and
+    /// the answer comes once that transaction has committed (and its events are handed on), or
+    /// failed. `f` may run more than once (a write of its batch failed, or it lost a lock race:
+    /// each earlier run was rolled back); what it only counts belongs in `then`
+    /// ([`Store::write_then`]). Queued when called, not when first polled: writes run in the
     /// order they were asked for.
     pub fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
     where
@@ -390,7 +265,38 @@ impl Store {
         F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
         C: FnOnce(T) -> U + Send + 'static,
     {
-        let answer = self.writer.submit(f, then);
+        self.write_then_for(None, f, then)
+    }
+
+    /// [`Store::write`] for `player`: on PostgreSQL the writes of several players run on
+    /// several connections at once ([`writer::WRITERS_ON_POSTGRES`]), one player's in the order
+    /// asked for. What names no player runs in order with every other write naming none.
+    pub fn write_for<T, F>(
+        &self,
+        player: i64,
+        f: F,
+    ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+    {
+        self.write_then_for(Some(player), f, |value| value)
+    }
+
+    /// [`Store::write_then`] for `player` ([`Store::write_for`]).
+    pub fn write_then_for<T, U, F, C>(
+        &self,
+        player: Option<i64>,
+        f: F,
+        then: C,
+    ) -> impl std::future::Future<Output = StoreResult<U>> + Send + 'static
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+        C: FnOnce(T) -> U + Send + 'static,
+    {
+        let answer = self.writer.submit(player, f, then);
         async move { answer.await.map_err(|_| StoreError::Canceled)? }
     }
 
@@ -401,7 +307,7 @@ impl Store {
         T: Send + 'static,
         F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
     {
-        self.writer.submit(f, |value| value).blocking_recv().map_err(|_| StoreError::Canceled)?
+        self.writer.submit(None, f, |value| value).blocking_recv().map_err(|_| StoreError::Canceled)?
     }
 
     /// `Ok` when the database takes a write within `timeout` (readiness); else why not.
@@ -472,12 +378,4 @@ pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult
             Err(e)
         }
     }
-}
-
-/// `true` when the error is a unique-constraint violation (a concurrent insert won).
-pub fn is_unique_violation(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::Query(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
-    )
 }

@@ -1,8 +1,9 @@
-//! Group commit: the one thread that writes. Every write of the process is queued here; the
-//! writer takes all that is queued (up to [`MAX_BATCH`]), runs them one after another in one
-//! transaction (`BEGIN IMMEDIATE` on SQLite, so it never waits on a busy lock of its own
-//! process), commits once, hands the committed events to the after-commit hook in order, and
-//! only then answers each request.
+//! Group commit: the threads that write (one on SQLite, [`WRITERS_ON_POSTGRES`] on
+//! PostgreSQL, each with its own connection; one player's writes always go through the same
+//! one). Every write of the process is queued here; a writer takes all that is queued (up to
+//! [`MAX_BATCH`]), runs them one after another in one transaction (`BEGIN IMMEDIATE` on SQLite,
+//! so it never waits on a busy lock of its own process), commits once, hands the committed
+//! events to the after-commit hook in order, and only then answers each request.
 //!
 //! A request that fails is answered with its own error; the others of its batch commit
 //! ([`super::batch`]). A batch whose commit fails (or whose transaction the database
@@ -24,8 +25,8 @@ use diesel::connection::{SimpleConnection, TransactionManager};
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
-pub use super::batch::BatchFailed;
-use super::batch::{depth, run_batch, Ran, Request};
+use super::batch::{depth, run_batch, test_hold, Ran, Request};
+use super::BatchFailed;
 use super::{
     begin_write, memo, notify, studio_day, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm,
 };
@@ -110,19 +111,24 @@ impl WriterCounters {
     }
 }
 
-/// The queue into the writer thread; the thread ends when the last sender is dropped.
+/// How many writer threads (each with a connection of its own) serve a PostgreSQL store: a
+/// batch waits on a round trip per statement, so while one writer waits the others run theirs
+/// (SQLite takes one writer at a time: one thread there).
+pub const WRITERS_ON_POSTGRES: usize = 3;
+
+/// The queues into the writer threads; each thread ends when the last sender is dropped.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Box<dyn Request>>,
+    /// One per writer thread; the first takes every write that names no player.
+    queues: Vec<mpsc::Sender<Box<dyn Request>>>,
     counters: WriterCounters,
     /// Dropped with the last store: the checkpointer stops.
     _checkpoints: Option<mpsc::Sender<()>>,
 }
 
 impl Writer {
-    /// Starts the writer thread, with a connection of its own from `manager`.
+    /// Starts the writer threads, each with a connection of its own from `manager`.
     pub fn start(manager: Manager, after_commit: Arc<OnceLock<AfterCommit>>) -> std::io::Result<Writer> {
-        let (queue, requests) = mpsc::channel();
         let counters = WriterCounters::new();
         let checkpoints = match manager.backend {
             Backend::Sqlite => {
@@ -135,18 +141,34 @@ impl Writer {
             }
             Backend::Postgres => None,
         };
-        let serve = Serve { manager, after_commit, conn: None, counters: counters.clone() };
-        std::thread::Builder::new().name("lorewire-writer".into()).spawn(move || serve.serve(requests))?;
-        Ok(Writer { queue, counters, _checkpoints: checkpoints })
+        let writers = match manager.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => WRITERS_ON_POSTGRES,
+        };
+        let mut queues = Vec::with_capacity(writers);
+        for _ in 0..writers {
+            let (queue, requests) = mpsc::channel();
+            let serve = Serve {
+                manager: manager.clone(),
+                after_commit: after_commit.clone(),
+                conn: None,
+                counters: counters.clone(),
+            };
+            std::thread::Builder::new().name("lorewire-writer".into()).spawn(move || serve.serve(requests))?;
+            queues.push(queue);
+        }
+        Ok(Writer { queues, counters, _checkpoints: checkpoints })
     }
 
     pub fn counters(&self) -> &WriterCounters {
         &self.counters
     }
 
-    /// Queues `f`; once the batch it ran in has committed, `then` turns what it answered into
-    /// the answer, which arrives then (or the batch's failure does, and `then` is dropped).
-    pub fn submit<T, U, F, C>(&self, f: F, then: C) -> oneshot::Receiver<StoreResult<U>>
+    /// Queues `f` for the writer of `player` (`None`: the first writer); once the batch it ran
+    /// in has committed, `then` turns what it answered into the answer, which arrives then (or
+    /// the batch's failure does, and `then` is dropped). One player's writes go through one
+    /// writer, in the order they were queued, as do all writes that name no player.
+    pub fn submit<T, U, F, C>(&self, player: Option<i64>, f: F, then: C) -> oneshot::Receiver<StoreResult<U>>
     where
         T: Send + 'static,
         U: Send + 'static,
@@ -155,7 +177,8 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel();
         // A send fails only when the thread is gone: the dropped reply then answers `Canceled`.
-        let _ = self.queue.send(Box::new(Work { f, then, result: None, reply }));
+        let writer = player.map_or(0, |player| player.unsigned_abs() as usize % self.queues.len());
+        let _ = self.queues[writer].send(Box::new(Work { f, then, result: None, reply }));
         answer
     }
 }
@@ -200,9 +223,11 @@ impl Serve {
                 return Vec::new();
             }
         };
-        let (_memo, _studio_day) = (memo::start(), studio_day::start());
+        // Alone, a write holds the studio's row no longer than it would at the commit.
+        let defer = batch.len() > 1 || test_hold().is_some();
+        let (_memo, _studio_day) = (memo::start(), defer.then(studio_day::start));
         // On PostgreSQL without a hook, the batch's notifications go out together just before
-        // its commit ([`before_commit`]); with a hook, after it.
+        // its commit (`batch::commit_batch`); with a hook, after it.
         let announce = self.after_commit.get().is_none() && self.manager.backend == Backend::Postgres;
         let collecting = (self.after_commit.get().is_some() || announce).then(notify::collect);
         notify::begun();

@@ -44,7 +44,8 @@ async fn a_batch_killed_before_its_commit_leaves_nothing_pending_lost_or_twice()
         let body = json!({"kind": "quest", "subject_id": 100 + id});
         assert_eq!(post_json(&other.url("/api/content"), &token_b, &body).await.0, 202);
     }
-    eventually("every call to be in flight", || async { (fake.request_count() >= 2 * ITEMS as usize).then_some(()) }).await;
+    eventually("every call to be in flight", || async { (fake.request_count() >= 2 * ITEMS as usize).then_some(()) })
+        .await;
     std::fs::write(&hold, b"").unwrap();
     let mut marker = hold.clone().into_os_string();
     marker.push(".held");

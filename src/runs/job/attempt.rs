@@ -96,7 +96,7 @@ impl Attempt<'_> {
         let now = d.clock.now_naive();
         let settled = d
             .store
-            .write(move |conn| {
+            .write_for(self.claim.player, move |conn| {
                 let s = Settlement {
                     origin: &origin,
                     job_id,
@@ -171,7 +171,7 @@ impl Attempt<'_> {
         tracing::debug!(run = %self.run_id, wait_ms = until.as_millis() as u64, why = %why, "run waits for the provider");
         let held = d
             .store
-            .write(move |conn| {
+            .write_for(self.claim.player, move |conn| {
                 let w = attempts::Wait { job_id, worker: &worker, run_pk, run_after, why: &why, refund };
                 attempts::wait(conn, &w, now)
             })
