@@ -77,10 +77,10 @@ pub struct Running {
 }
 
 /// Connects and migrates the database (on the blocking pool).
-pub async fn open_store(database_url: &str) -> Result<Store, StoreError> {
+pub async fn open_store(database_url: &str, writers: usize) -> Result<Store, StoreError> {
     let url = database_url.to_owned();
     actix_web::rt::task::spawn_blocking(move || {
-        let store = Store::connect(&url)?;
+        let store = Store::connect_with(&url, writers)?;
         let ran = store.migrate()?;
         if ran > 0 {
             tracing::info!(migrations = ran, "database migrated");
@@ -97,7 +97,7 @@ pub async fn open_store(database_url: &str) -> Result<Store, StoreError> {
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartupError> {
     config.identity.check()?;
     let config = Arc::new(config);
-    let store = open_store(&config.database_url).await?;
+    let store = open_store(&config.database_url, config.db_writers).await?;
     let llm_row = recover(&store, &config, &clock).await?;
     let metrics = metrics_for(&store, &config);
     let hub = Hub::new(metrics.clone()).start();

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     actix_web::rt::System::with_tokio_rt(runtime).block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Migrate => {
-                lorewire::app::open_store(&config.database_url).await.context("migrating the database")?;
+                lorewire::app::open_store(&config.database_url, 1).await.context("migrating the database")?;
                 tracing::info!("migrations are up to date");
                 Ok(())
             }

@@ -118,6 +118,11 @@ pub struct Settings {
     /// Graceful drain on SIGTERM/SIGINT, in seconds.
     #[arg(long, global = true, env = "LOREWIRE_SHUTDOWN_SECS", default_value_t = 5)]
     pub shutdown_secs: u64,
+    /// Writer connections of a process on PostgreSQL (one player's writes always on the same
+    /// one): more help a process alone on a machine with cores to spare; several processes on
+    /// one machine do best with one each. SQLite always has one.
+    #[arg(long, global = true, env = "LOREWIRE_DB_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub db_writers: u64,
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
     #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_lease_secs: u64,
@@ -244,6 +249,8 @@ pub struct Config {
     pub allowed_origins: AllowedOrigins,
     pub shutdown: Duration,
     pub job_lease: Duration,
+    /// `LOREWIRE_DB_WRITERS`: writer connections on PostgreSQL.
+    pub db_writers: usize,
     /// How often the job queue is polled besides the wake-ups (delayed jobs, other processes).
     pub job_poll: Duration,
     /// WebSocket ping interval and the silence after which a socket is closed.
@@ -331,6 +338,7 @@ impl Settings {
             allowed_origins: AllowedOrigins::parse(&self.allowed_origins),
             shutdown: Duration::from_secs(self.shutdown_secs),
             job_lease: Duration::from_secs(self.job_lease_secs),
+            db_writers: self.db_writers as usize,
             job_poll: Duration::from_millis(500),
             heartbeat_interval: Duration::from_secs(10),
             client_timeout: Duration::from_secs(30),

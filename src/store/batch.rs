@@ -78,8 +78,8 @@ fn commit_batch(conn: &mut DbConn, announce: bool) -> StoreResult<()> {
 }
 
 /// For the tests that kill the process in the middle of a batch: `LOREWIRE_TEST_HOLD_COMMIT`,
-/// a file. While it is set, every batch keeps the studio's changes aside (even alone).
-pub(super) fn test_hold() -> Option<&'static std::path::Path> {
+/// a file.
+fn test_hold() -> Option<&'static std::path::Path> {
     static HOLD: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
     HOLD.get_or_init(|| std::env::var_os("LOREWIRE_TEST_HOLD_COMMIT").map(Into::into)).as_deref()
 }

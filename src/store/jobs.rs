@@ -269,16 +269,25 @@ pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) ->
 }
 
 /// Extends the lease of the jobs `worker` is actually running (`ids`); a job it gave up on is
-/// left to expire and be taken again.
+/// left to expire and be taken again. On PostgreSQL a job whose row another transaction holds
+/// (its end being written by another writer of this process) is skipped, not waited for: the
+/// renewal locks many rows at once, and waiting on one while holding the others could close a
+/// circle with a batch that ends several of them.
 pub fn renew(conn: &mut DbConn, worker: &str, ids: &[i64], now: NaiveDateTime) -> StoreResult<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let renewed = on_backend!(conn, |c| diesel::update(
-        jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_by.eq(worker)).filter(jobs::id.eq_any(ids))
-    )
-    .set(jobs::locked_at.eq(now))
-    .execute(c))?;
+    let running = jobs::table.filter(jobs::status.eq(RUNNING)).filter(jobs::locked_by.eq(worker));
+    let renewed = match conn {
+        DbConn::Pg(c) => {
+            let free: Vec<i64> =
+                running.filter(jobs::id.eq_any(ids)).select(jobs::id).for_update().skip_locked().load(c)?;
+            diesel::update(jobs::table.filter(jobs::id.eq_any(free))).set(jobs::locked_at.eq(now)).execute(c)?
+        }
+        DbConn::Sqlite(c) => {
+            diesel::update(running.filter(jobs::id.eq_any(ids))).set(jobs::locked_at.eq(now)).execute(c)?
+        }
+    };
     Ok(renewed)
 }
 

@@ -175,6 +175,11 @@ pub struct Store {
 impl Store {
     /// Connects (reporting the real error when the database cannot be reached) and builds the pool.
     pub fn connect(url: &str) -> StoreResult<Store> {
+        Self::connect_with(url, 1)
+    }
+
+    /// [`Store::connect`] with `writers` writer connections on PostgreSQL (SQLite: one).
+    pub fn connect_with(url: &str, writers: usize) -> StoreResult<Store> {
         let manager = Manager::new(url);
         let backend = manager.backend;
         // Fail fast with the database's own words rather than a pool timeout.
@@ -186,7 +191,7 @@ impl Store {
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
             .build(manager.reading())?;
         let after_commit = Arc::new(OnceLock::new());
-        let writer = writer::Writer::start(manager.clone(), after_commit.clone())
+        let writer = writer::Writer::start(manager.clone(), after_commit.clone(), writers)
             .map_err(|e| StoreError::Connect(format!("could not start the writer thread: {e}")))?;
         Ok(Store { pool, writer, manager, backend, after_commit })
     }
@@ -268,9 +273,8 @@ impl Store {
         self.write_then_for(None, f, then)
     }
 
-    /// [`Store::write`] for `player`: on PostgreSQL the writes of several players run on
-    /// several connections at once ([`writer::WRITERS_ON_POSTGRES`]), one player's in the order
-    /// asked for. What names no player runs in order with every other write naming none.
+    /// [`Store::write`] for `player`: on PostgreSQL the writes of several players may run on
+    /// several connections at once (`LOREWIRE_DB_WRITERS`), one player's in the order asked for. What names no player runs in order with every other write naming none.
     pub fn write_for<T, F>(
         &self,
         player: i64,

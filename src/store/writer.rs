@@ -1,6 +1,5 @@
-//! Group commit: the threads that write (one on SQLite, [`WRITERS_ON_POSTGRES`] on
-//! PostgreSQL, each with its own connection; one player's writes always go through the same
-//! one). Every write of the process is queued here; a writer takes all that is queued (up to
+//! Group commit: the threads that write (one on SQLite, `LOREWIRE_DB_WRITERS` on PostgreSQL,
+//! each with its own connection; one player's writes always go through the same one). Every write of the process is queued here; a writer takes all that is queued (up to
 //! [`MAX_BATCH`]), runs them one after another in one transaction (`BEGIN IMMEDIATE` on SQLite,
 //! so it never waits on a busy lock of its own process), commits once, hands the committed
 //! events to the after-commit hook in order, and only then answers each request.
@@ -25,7 +24,7 @@ use diesel::connection::{SimpleConnection, TransactionManager};
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
-use super::batch::{depth, run_batch, test_hold, Ran, Request};
+use super::batch::{depth, run_batch, Ran, Request};
 use super::BatchFailed;
 use super::{
     begin_write, memo, notify, studio_day, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm,
@@ -111,11 +110,6 @@ impl WriterCounters {
     }
 }
 
-/// How many writer threads (each with a connection of its own) serve a PostgreSQL store: a
-/// batch waits on a round trip per statement, so while one writer waits the others run theirs
-/// (SQLite takes one writer at a time: one thread there).
-pub const WRITERS_ON_POSTGRES: usize = 3;
-
 /// The queues into the writer threads; each thread ends when the last sender is dropped.
 #[derive(Clone)]
 pub struct Writer {
@@ -127,8 +121,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer threads, each with a connection of its own from `manager`.
-    pub fn start(manager: Manager, after_commit: Arc<OnceLock<AfterCommit>>) -> std::io::Result<Writer> {
+    /// Starts the writer threads, each with a connection of its own from `manager`: `writers` on
+    /// PostgreSQL (a batch waits on a round trip per statement, so while one writer waits the
+    /// others run theirs), one on SQLite (it takes one writer at a time).
+    pub fn start(
+        manager: Manager,
+        after_commit: Arc<OnceLock<AfterCommit>>,
+        writers: usize,
+    ) -> std::io::Result<Writer> {
         let counters = WriterCounters::new();
         let checkpoints = match manager.backend {
             Backend::Sqlite => {
@@ -143,7 +143,7 @@ impl Writer {
         };
         let writers = match manager.backend {
             Backend::Sqlite => 1,
-            Backend::Postgres => WRITERS_ON_POSTGRES,
+            Backend::Postgres => writers.max(1),
         };
         let mut queues = Vec::with_capacity(writers);
         for _ in 0..writers {
@@ -223,9 +223,9 @@ impl Serve {
                 return Vec::new();
             }
         };
-        // Alone, a write holds the studio's row no longer than it would at the commit.
-        let defer = batch.len() > 1 || test_hold().is_some();
-        let (_memo, _studio_day) = (memo::start(), defer.then(studio_day::start));
+        // Even alone: a write that took the studio's row before its last statement could wait
+        // on a row another writer holds while that writer waits on the studio's row.
+        let (_memo, _studio_day) = (memo::start(), studio_day::start());
         // On PostgreSQL without a hook, the batch's notifications go out together just before
         // its commit (`batch::commit_batch`); with a hook, after it.
         let announce = self.after_commit.get().is_none() && self.manager.backend == Backend::Postgres;

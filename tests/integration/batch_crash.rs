@@ -31,8 +31,10 @@ async fn a_batch_killed_before_its_commit_leaves_nothing_pending_lost_or_twice()
     let dir = tempfile::tempdir().unwrap();
     let hold = dir.path().join("hold");
     let hold_env = hold.to_str().unwrap().to_owned();
-    let mut held = priced_server(&db.url, &fake, &[("LOREWIRE_TEST_HOLD_COMMIT", &hold_env)]).await;
-    let other = Server::start_with(&db.url, &fake, &[]).await;
+    // Three writers each: one player's writes on one of them, the studio's row on all.
+    let mut held =
+        priced_server(&db.url, &fake, &[("LOREWIRE_TEST_HOLD_COMMIT", &hold_env), ("LOREWIRE_DB_WRITERS", "3")]).await;
+    let other = Server::start_with(&db.url, &fake, &[("LOREWIRE_DB_WRITERS", "3")]).await;
     let (_ws_a, token_a, user_a) = player(&held).await;
     let (_ws_b, token_b, user_b) = player(&other).await;
 
@@ -58,7 +60,7 @@ async fn a_batch_killed_before_its_commit_leaves_nothing_pending_lost_or_twice()
     std::fs::remove_file(&hold).unwrap();
 
     fake.set_mode(Mode::Ok);
-    let restarted = Server::start_with(&db.url, &fake, &[]).await;
+    let restarted = Server::start_with(&db.url, &fake, &[("LOREWIRE_DB_WRITERS", "3")]).await;
     for (server, token, first) in [(&restarted, &token_a, 1), (&other, &token_b, 101)] {
         for id in first..first + ITEMS {
             let content = server.final_content(token, &format!("/api/content/quest/{id}")).await;
@@ -85,4 +87,47 @@ async fn a_batch_killed_before_its_commit_leaves_nothing_pending_lost_or_twice()
     assert_eq!(micros(&studio["usd"]), a.1 + b.1, "{studio}");
     assert_eq!(studio["reserved_tokens"], 0, "{studio}");
     assert_eq!(micros(&studio["reserved_usd"]), 0, "{studio}");
+}
+
+/// Several writers on one process (`LOREWIRE_DB_WRITERS=3`), many players at once: every item
+/// ends, one row each, and the studio's day is exactly what its players' days add up to.
+#[actix_web::test]
+async fn several_writers_keep_every_players_ledger_and_the_studios_exact() {
+    const PLAYERS: u64 = 8;
+    let fake = FakeLlm::start();
+    fake.set_usage(Some(FakeUsage { input: 40, output: 20, cache_read: 0, cache_write: 0 }));
+    let db = test_db(Db::Postgres).await;
+    let server = priced_server(&db.url, &fake, &[("LOREWIRE_DB_WRITERS", "3")]).await;
+    let mut players = Vec::new();
+    for _ in 0..PLAYERS {
+        players.push(player(&server).await);
+    }
+    let requests = players.iter().enumerate().flat_map(|(p, (_, token, _))| {
+        let server = &server;
+        (0..ITEMS).map(move |i| async move {
+            let body = json!({"kind": "quest", "subject_id": 1000 * (p as u64 + 1) + i});
+            assert_eq!(post_json(&server.url("/api/content"), token, &body).await.0, 202);
+        })
+    });
+    futures_util::future::join_all(requests).await;
+    let summary = eventually("every item to end", || async {
+        let summary = admin(&server, "GET", "/admin/api/metrics/summary", None).await;
+        (summary["content"]["ready"].as_i64() == Some((PLAYERS * ITEMS) as i64) && summary["queue_depth"] == 0)
+            .then_some(summary)
+    })
+    .await;
+    assert_eq!((&summary["content"]["fallback"], &summary["content"]["pending"]), (&json!(0), &json!(0)), "{summary}");
+    let mut sum = (0, 0);
+    for (_, _, user_id) in &players {
+        let day = eventually("nothing to stay reserved", || async {
+            let day = player_day(&server, *user_id).await;
+            (day.2 == 0 && day.3 == 0).then_some(day)
+        })
+        .await;
+        assert_eq!(day.0, 60 * ITEMS as i64, "each item charged once, as reported: {day:?}");
+        sum = (sum.0 + day.0, sum.1 + day.1);
+    }
+    let studio = admin(&server, "GET", "/admin/api/usage", None).await;
+    assert_eq!((studio["tokens"].as_i64().unwrap(), micros(&studio["usd"])), sum, "{studio}");
+    assert_eq!(studio["reserved_tokens"], 0, "{studio}");
 }
