@@ -274,7 +274,8 @@ impl Store {
     }
 
     /// [`Store::write`] for `player`: on PostgreSQL the writes of several players may run on
-    /// several connections at once (`LOREWIRE_DB_WRITERS`), one player's in the order asked for. What names no player runs in order with every other write naming none.
+    /// several connections at once (`LOREWIRE_DB_WRITERS`), one player's in the order asked
+    /// for. What names no player runs in order with every other write naming none.
     pub fn write_for<T, F>(
         &self,
         player: i64,
