@@ -156,10 +156,8 @@ fn reserve_bound(
     let accounts: Vec<Account<'_>> =
         levels.iter().map(|&(level, owner, limits)| Account { level: level.as_str(), owner, limits }).collect();
     let day = day_of(now);
-    let mut reserved = match accounts.is_empty() {
-        true => Vec::new(),
-        false => ledger::reserve(conn, three(&accounts), &day, bound, now)?,
-    };
+    let mut reserved =
+        if accounts.is_empty() { Vec::new() } else { ledger::reserve(conn, three(&accounts), &day, bound, now)? };
     if reserved.len() < accounts.len() {
         // A row not there when the UPDATE ran (the day's first call, here or on another
         // process) is opened and its reservation tried once more; one over its limit refuses
