@@ -18,7 +18,7 @@ use crate::domain::money::Price;
 use crate::domain::runs::Usage;
 use crate::domain::upstream::{CallFailure, UpstreamFailure};
 use crate::store::usage::{self as ledger, Account, LimitsRow, NewHold};
-use crate::store::{billing, studio_day, DbConn, StoreResult};
+use crate::store::{behind, billing, DbConn, StoreResult};
 use observe::Charged;
 
 /// A level's daily limits: tokens, micro-dollars (`None`: no limit).
@@ -148,7 +148,7 @@ fn reserve_bound(
     let owner = spend.user_id.to_string();
     let price = terms.price;
     // A studio with no limit never refuses: its row is written at the batch's commit.
-    let defer_studio = terms.studio == (None, None) && studio_day::deferring();
+    let defer_studio = terms.studio == (None, None) && behind::deferring();
     let player = terms.player.map(|limits| (Level::Player, owner.as_str(), limits));
     let project = spend.project.map(|project_id| (Level::Project, project_id, terms.project));
     let studio = (!defer_studio).then_some((Level::Studio, STUDIO, terms.studio));
@@ -191,7 +191,15 @@ fn reserve_bound(
         return Ok(Err(refusal));
     }
     if defer_studio {
-        studio_day::defer(studio_change(day.clone(), bound, (0, 0), (0, 0)));
+        behind::defer(behind::Change {
+            level: Level::Studio.as_str().to_owned(),
+            owner: STUDIO.to_owned(),
+            day: day.clone(),
+            reserve: bound,
+            held: (0, 0),
+            charge: (0, 0),
+            at: now,
+        });
     }
     let hold = NewHold {
         target: spend.target,
@@ -206,11 +214,6 @@ fn reserve_bound(
     };
     ledger::add_hold(conn, &hold)?;
     Ok(Ok(()))
-}
-
-/// A change of the studio's row kept aside for the batch's commit ([`studio_day`]).
-fn studio_change(day: String, reserve: (i64, i64), held: (i64, i64), charge: (i64, i64)) -> studio_day::Change {
-    studio_day::Change { level: Level::Studio.as_str(), owner: STUDIO, day, reserve, held, charge }
 }
 
 /// One to three accounts (at least one) as the ledger's three (the last standing in for those missing).
@@ -346,8 +349,6 @@ pub fn settle_as(
         Used::Unknown => None,
     };
     let mut charged = Charged::default();
-    // A studio with no limit: its row is written at the batch's commit.
-    let defer_studio = holds.iter().any(|h| h.studio) && studio_day::deferring() && ledger::studio_unlimited(conn)?;
     for hold in holds {
         let this = charge.take().unwrap_or(if used == Used::Unknown { (hold.tokens, hold.micros) } else { (0, 0) });
         let held = (hold.tokens, hold.micros);
@@ -355,15 +356,11 @@ pub fn settle_as(
         let levels: Vec<(Level, &str)> = [
             (hold.user_id != SERVER).then_some((Level::Player, owner.as_str())),
             hold.project.as_deref().map(|p| (Level::Project, p)),
-            (hold.studio && !defer_studio).then_some((Level::Studio, STUDIO)),
+            hold.studio.then_some((Level::Studio, STUDIO)),
         ]
         .into_iter()
         .flatten()
         .collect();
-        if hold.studio && defer_studio {
-            studio_day::defer(studio_change(hold.day.clone(), (0, 0), held, this));
-            charged.add(Level::Studio, this);
-        }
         let Some(&last) = levels.last() else { continue };
         let row = |i: usize| levels.get(i).map_or((last.0.as_str(), last.1), |&(l, o)| (l.as_str(), o));
         ledger::settle(conn, [row(0), row(1), row(2)], &hold.day, held, this, now)?;

@@ -1,7 +1,7 @@
 //! One batch of the writer's, in one transaction: the requests run one after another without
 //! savepoints; at the first that does not succeed all is rolled back and the batch runs again
 //! with each request in a savepoint of its own, so a failure fails only its own request. Just
-//! before the commit the studio's ledger row is written ([`studio_day`]) and, on PostgreSQL
+//! before the commit what the batch kept aside is written ([`behind`]) and, on PostgreSQL
 //! without an after-commit hook, the batch's notifications are sent in one statement.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use diesel::connection::TransactionManager;
 
-use super::{begin_write, memo, notify, studio_day, BatchFailed, DbConn, StoreError, StoreResult, Tm};
+use super::{begin_write, behind, memo, notify, BatchFailed, DbConn, StoreError, StoreResult, Tm};
 
 /// How a request's work ended inside its savepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,14 +64,14 @@ pub(super) fn run_batch(
     run_each(conn, batch, announce)
 }
 
-/// Commits the batch's transaction: first the studio's ledger row is written
-/// ([`studio_day`]) and, when `announce`, the collected notifications sent.
+/// Commits the batch's transaction: first what it kept aside is written ([`behind`]) and, when
+/// `announce`, the collected notifications sent.
 fn commit_batch(conn: &mut DbConn, announce: bool) -> StoreResult<()> {
-    let wrote_studio = studio_day::flush(conn, chrono::Utc::now().naive_utc())?;
+    let wrote_ledger = behind::flush(conn)?;
     if announce {
         notify::announce_collected(conn)?;
     }
-    if wrote_studio {
+    if wrote_ledger {
         hold_for_test();
     }
     Ok(Tm::commit_transaction(conn)?)
@@ -84,7 +84,7 @@ fn test_hold() -> Option<&'static std::path::Path> {
     HOLD.get_or_init(|| std::env::var_os("LOREWIRE_TEST_HOLD_COMMIT").map(Into::into)).as_deref()
 }
 
-/// While the file [`test_hold`] names exists, a batch that wrote the studio's row waits before
+/// While the file [`test_hold`] names exists, a batch that wrote ledger rows waits before
 /// its commit until the file is gone, having created `<file>.held` to say so.
 fn hold_for_test() {
     let Some(path) = test_hold() else { return };
@@ -126,7 +126,7 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
     }
     notify::ended(false);
     memo::forget();
-    studio_day::truncate(0);
+    behind::truncate(behind::Mark::default());
     let again = Tm::rollback_transaction(conn).map_err(StoreError::from).and_then(|()| begin_write(conn));
     match again {
         Ok(()) => {
@@ -188,7 +188,7 @@ fn run_each(
 
 /// Runs `request` in a savepoint: released when it succeeded, rolled back when it did not.
 fn run_in_savepoint(conn: &mut DbConn, request: &mut dyn Request) -> StoreResult<Ran> {
-    let mark = studio_day::mark();
+    let mark = behind::mark();
     Tm::begin_transaction(conn)?;
     notify::begun();
     let ran = run_one(conn, request, 2);
@@ -196,7 +196,7 @@ fn run_in_savepoint(conn: &mut DbConn, request: &mut dyn Request) -> StoreResult
         Ok(Ran::Ok) => Tm::commit_transaction(conn),
         Ok(Ran::Failed | Ran::Raced) | Err(_) => {
             memo::forget();
-            studio_day::truncate(mark);
+            behind::truncate(mark);
             Tm::rollback_transaction(conn)
         }
     };

@@ -1,5 +1,5 @@
 //! What the writer's batch reads again and again, read once per batch: the upstreams, the
-//! prices of models, whether the studio has a limit. Every write of a batch that would read them otherwise (a content item's
+//! prices of models. Every write of a batch that would read them otherwise (a content item's
 //! reservation and claim, its settlement) then costs no round trip for them.
 //!
 //! Only on the writer's thread while it runs a batch ([`Memoizing`]); anywhere else every call

@@ -8,6 +8,7 @@
 //! call (closures passed to `run` and `write` are synchronous, so they cannot await the network).
 
 mod batch;
+pub mod behind;
 pub mod billing;
 pub mod content;
 mod error;
@@ -22,7 +23,6 @@ pub mod run_attempts;
 pub mod runs;
 pub mod schema;
 pub mod space;
-pub mod studio_day;
 pub mod upstreams;
 pub mod usage;
 pub mod users;
@@ -359,7 +359,7 @@ fn begin_write(conn: &mut DbConn) -> StoreResult<()> {
 /// writes takes the write lock up front and waits on busy_timeout instead of failing with
 /// SQLITE_BUSY when it upgrades.
 pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
-    let mark = studio_day::mark();
+    let mark = behind::mark();
     begin_write(conn)?;
     notify::begun();
     match f(conn) {
@@ -371,14 +371,14 @@ pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult
             Err(e) => {
                 notify::ended(false);
                 memo::forget();
-                studio_day::truncate(mark);
+                behind::truncate(mark);
                 Err(e.into())
             }
         },
         Err(e) => {
             notify::ended(false);
             memo::forget();
-            studio_day::truncate(mark);
+            behind::truncate(mark);
             let _ = Tm::rollback_transaction(conn);
             Err(e)
         }

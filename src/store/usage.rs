@@ -13,6 +13,7 @@ use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
+use super::behind::{self, Change, Hold};
 use super::billing::PriceRow;
 use super::notify::{self, Event};
 use super::schema::{llm_config, player_limits, prices, project_limits, usage_days, usage_holds, usage_limits, users};
@@ -136,19 +137,6 @@ pub fn seed_limits(conn: &mut DbConn, seed: &LimitsRow) -> StoreResult<()> {
         .do_nothing()
         .execute(c))?;
     Ok(())
-}
-
-/// Whether limits are stored and the studio has none (read once per batch of the writer's:
-/// [`super::memo`]).
-pub fn studio_unlimited(conn: &mut DbConn) -> StoreResult<bool> {
-    super::memo::kept("studio_unlimited", "", || {
-        let studio = usage_limits::table
-            .find(LIMITS_ID)
-            .select((usage_limits::studio_daily_tokens, usage_limits::studio_daily_micros))
-            .first::<(Option<i64>, Option<i64>)>(conn)
-            .optional()?;
-        Ok(studio == Some((None, None)))
-    })
 }
 
 /// Changes the keys `change` names; the row must have been seeded.
@@ -326,6 +314,7 @@ pub fn upstream_prices(conn: &mut DbConn) -> StoreResult<Vec<PriceRow>> {
 
 /// One level's ledger of one day, if anything was reserved there.
 pub fn day(conn: &mut DbConn, level: &str, owner: &str, day: &str) -> StoreResult<Option<DayRow>> {
+    behind::write_days(conn, &[(level, owner)], day)?;
     Ok(usage_days::table.find((level, owner, day)).first(conn).optional()?)
 }
 
@@ -377,6 +366,8 @@ pub fn reserve(
     now: NaiveDateTime,
 ) -> StoreResult<Vec<(String, String)>> {
     let [a, b, c] = accounts;
+    // It decides by what the batch kept aside for these rows: written first.
+    behind::write_days(conn, &[(a.level, a.owner), (b.level, b.owner), (c.level, c.owner)], day)?;
     let is = |x: &Account<'_>| usage_days::level.eq(x.level.to_owned()).and(usage_days::owner.eq(x.owner.to_owned()));
     let limit = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<BigInt>();
     let token_limit = case_when(is(a), limit(a.limits.0)).when(is(b), limit(b.limits.0)).otherwise(limit(c.limits.0));
@@ -401,8 +392,9 @@ pub fn reserve(
 
 /// Moves a settled call's usage at each of the `(level, owner)` rows of `day` (one may stand
 /// twice or thrice): `charge` becomes spent, `held` is no longer reserved (saturating at zero).
-/// One UPDATE, kept prepared ([`Kept`]; run for its RETURNING rows: `execute` hands the
-/// connection a reference, whose statement Diesel does not keep).
+/// In the writer's batch it is kept aside for the commit ([`behind`]); elsewhere one UPDATE,
+/// kept prepared ([`Kept`]; run for its RETURNING rows: `execute` hands the connection a
+/// reference, whose statement Diesel does not keep).
 pub fn settle(
     conn: &mut DbConn,
     rows: [(&str, &str); 3],
@@ -411,6 +403,16 @@ pub fn settle(
     charge: (i64, i64),
     now: NaiveDateTime,
 ) -> StoreResult<()> {
+    if behind::deferring() {
+        for (i, &(level, owner)) in rows.iter().enumerate() {
+            if rows[..i].contains(&(level, owner)) {
+                continue;
+            }
+            let (level, owner, day) = (level.to_owned(), owner.to_owned(), day.to_owned());
+            behind::defer(Change { level, owner, day, reserve: (0, 0), held, charge, at: now });
+        }
+        return Ok(());
+    }
     let is = |(level, owner): (&str, &str)| {
         usage_days::level.eq(level.to_owned()).and(usage_days::owner.eq(owner.to_owned()))
     };
@@ -435,13 +437,28 @@ pub fn settle(
     Ok(())
 }
 
+/// Adds a call's hold; in the writer's batch it is kept aside for the commit ([`behind`]).
 pub fn add_hold(conn: &mut DbConn, hold: &NewHold<'_>) -> StoreResult<()> {
-    diesel::insert_into(usage_holds::table).values(hold).execute(conn)?;
+    let hold = Hold {
+        target: hold.target.to_owned(),
+        user_id: hold.user_id,
+        studio: hold.studio,
+        day: hold.day.to_owned(),
+        model: hold.model.to_owned(),
+        tokens: hold.tokens,
+        micros: hold.micros,
+        created_at: hold.created_at,
+        project: hold.project.map(str::to_owned),
+    };
+    if let Some(hold) = behind::defer_hold(hold) {
+        diesel::insert_into(usage_holds::table).values(&hold).execute(conn)?;
+    }
     Ok(())
 }
 
 /// The holds of `target`, removed.
 pub fn take_holds(conn: &mut DbConn, target: &str) -> StoreResult<Vec<HoldRow>> {
+    behind::write_holds(conn)?;
     let mut holds: Vec<HoldRow> = diesel::delete(usage_holds::table.filter(usage_holds::target.eq(target)))
         .returning(usage_holds::all_columns)
         .get_results(conn)?;
@@ -451,5 +468,6 @@ pub fn take_holds(conn: &mut DbConn, target: &str) -> StoreResult<Vec<HoldRow>> 
 
 /// The holds of `target`, left in place.
 pub fn holds(conn: &mut DbConn, target: &str) -> StoreResult<Vec<HoldRow>> {
+    behind::write_holds(conn)?;
     Ok(usage_holds::table.filter(usage_holds::target.eq(target)).order(usage_holds::id.asc()).load(conn)?)
 }

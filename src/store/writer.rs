@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use super::batch::{depth, run_batch, Ran, Request};
 use super::BatchFailed;
 use super::{
-    begin_write, memo, notify, studio_day, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm,
+    begin_write, behind, memo, notify, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm,
 };
 
 /// The most requests one transaction carries: enough to take in every client at once, few
@@ -225,7 +225,7 @@ impl Serve {
         };
         // Even alone: a write that took the studio's row before its last statement could wait
         // on a row another writer holds while that writer waits on the studio's row.
-        let (_memo, _studio_day) = (memo::start(), studio_day::start());
+        let (_memo, _behind) = (memo::start(), behind::start());
         // On PostgreSQL without a hook, the batch's notifications go out together just before
         // its commit (`batch::commit_batch`); with a hook, after it.
         let announce = self.after_commit.get().is_none() && self.manager.backend == Backend::Postgres;

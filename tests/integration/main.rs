@@ -19,6 +19,7 @@ mod edges;
 mod identity;
 mod jobs;
 mod layers;
+mod ledger_behind;
 mod llm;
 mod llm_faults;
 mod lobby;

@@ -1,0 +1,355 @@
+//! What the writer's batch writes at its end rather than as it goes: the ledger's changes that
+//! never refuse (every settlement, and the studio's reservations while it has no limit) and
+//! the holds of new reservations. Each item settled or reserved would otherwise cost a
+//! statement (a round trip on PostgreSQL) for each of them, and hold its ledger rows' locks
+//! from then to the commit. Just before the commit ([`flush`]) the holds go in one INSERT and
+//! the ledger's changes, summed per row, in one upsert (two when a row's reservations fall):
+//! the rows are locked only while the batch commits, in one order on every process.
+//!
+//! Whatever reads or decides by what is kept here gets it written first, in the same
+//! transaction: a conditional reservation writes the changes of its own rows ([`write_days`]),
+//! a read of holds every hold kept ([`write_holds`]). So the batch's transaction reads what it
+//! would have read had every write gone in at once.
+//!
+//! Only on the writer's thread while it runs a batch ([`Deferring`]); elsewhere everything is
+//! written in place. A request that rolls back drops what it kept, and takes back as unwritten
+//! what a write inside it wrote of its predecessors' ([`mark`], [`truncate`]).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use chrono::NaiveDateTime;
+use diesel::dsl::case_when;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+
+use super::schema::{usage_days, usage_holds};
+use super::{DbConn, Kept, StoreResult};
+use crate::on_backend;
+
+/// One change of the ledger's row (`level`, `owner`) of `day`: `reserve` added to what it
+/// holds; `held` released (never below zero) and `charge` spent, as a settlement does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub level: String,
+    pub owner: String,
+    pub day: String,
+    pub reserve: (i64, i64),
+    pub held: (i64, i64),
+    pub charge: (i64, i64),
+    /// When it was made (the row's `updated_at`).
+    pub at: NaiveDateTime,
+}
+
+impl Change {
+    fn key(&self) -> (&str, &str, &str) {
+        (&self.level, &self.owner, &self.day)
+    }
+}
+
+/// A hold to be inserted ([`super::usage::add_hold`]).
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = usage_holds)]
+pub struct Hold {
+    pub target: String,
+    pub user_id: i64,
+    pub studio: bool,
+    pub day: String,
+    pub model: String,
+    pub tokens: i64,
+    pub micros: i64,
+    pub created_at: NaiveDateTime,
+    pub project: Option<String>,
+}
+
+/// Entries kept in order, each written or not; every early write is recorded, so a rollback
+/// takes it back.
+struct Log<T> {
+    entries: Vec<(T, bool)>,
+    /// The entries each early write wrote, in order.
+    writes: Vec<Vec<usize>>,
+}
+
+impl<T: Clone> Log<T> {
+    fn new() -> Self {
+        Log { entries: Vec::new(), writes: Vec::new() }
+    }
+
+    /// The unwritten entries `pick` chooses, now counted as written.
+    fn write_where(&mut self, pick: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut written = Vec::new();
+        let mut taken = Vec::new();
+        for (i, (entry, done)) in self.entries.iter_mut().enumerate() {
+            if !*done && pick(entry) {
+                *done = true;
+                written.push(i);
+                taken.push(entry.clone());
+            }
+        }
+        if !written.is_empty() {
+            self.writes.push(written);
+        }
+        taken
+    }
+
+    fn mark(&self) -> (usize, usize) {
+        (self.entries.len(), self.writes.len())
+    }
+
+    fn truncate(&mut self, (entries, writes): (usize, usize)) {
+        for written in self.writes.drain(writes.min(self.writes.len())..) {
+            for i in written {
+                if let Some(entry) = self.entries.get_mut(i) {
+                    entry.1 = false;
+                }
+            }
+        }
+        self.entries.truncate(entries);
+    }
+}
+
+struct Aside {
+    days: Log<Change>,
+    holds: Log<Hold>,
+}
+
+thread_local! {
+    static KEPT: RefCell<Option<Aside>> = const { RefCell::new(None) };
+}
+
+/// Keeping writes aside on this thread until dropped.
+pub(super) struct Deferring(());
+
+/// Starts keeping writes aside (the writer, for one batch).
+pub(super) fn start() -> Deferring {
+    KEPT.set(Some(Aside { days: Log::new(), holds: Log::new() }));
+    Deferring(())
+}
+
+impl Drop for Deferring {
+    fn drop(&mut self) {
+        KEPT.set(None);
+    }
+}
+
+/// Whether this thread keeps writes aside.
+pub fn deferring() -> bool {
+    KEPT.with_borrow(Option::is_some)
+}
+
+/// Keeps `change` aside for the batch's commit; `false` when this thread does not (the caller
+/// writes it in place).
+pub fn defer(change: Change) -> bool {
+    KEPT.with_borrow_mut(|kept| match kept {
+        Some(kept) => {
+            kept.days.entries.push((change, false));
+            true
+        }
+        None => false,
+    })
+}
+
+/// Keeps `hold` aside for the batch's commit; hands it back when this thread does not.
+pub(super) fn defer_hold(hold: Hold) -> Option<Hold> {
+    KEPT.with_borrow_mut(|kept| match kept {
+        Some(kept) => {
+            kept.holds.entries.push((hold, false));
+            None
+        }
+        None => Some(hold),
+    })
+}
+
+/// Where the requests of the batch stand: what a rollback to here takes back.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Mark {
+    days: (usize, usize),
+    holds: (usize, usize),
+}
+
+pub(super) fn mark() -> Mark {
+    KEPT.with_borrow(|kept| {
+        kept.as_ref().map_or_else(Mark::default, |k| Mark { days: k.days.mark(), holds: k.holds.mark() })
+    })
+}
+
+/// Drops what was kept after `mark`, and counts as unwritten again what was written since (rolled back).
+pub(super) fn truncate(mark: Mark) {
+    KEPT.with_borrow_mut(|kept| {
+        if let Some(kept) = kept {
+            kept.days.truncate(mark.days);
+            kept.holds.truncate(mark.holds);
+        }
+    });
+}
+
+/// Writes now the changes kept for the rows of `day` whose (level, owner) `rows` names: a
+/// reservation there is to decide by them.
+pub(super) fn write_days(conn: &mut DbConn, rows: &[(&str, &str)], day: &str) -> StoreResult<()> {
+    let changes = KEPT.with_borrow_mut(|kept| match kept {
+        Some(kept) => {
+            kept.days.write_where(|c| c.day == day && rows.iter().any(|&(l, o)| c.level == l && c.owner == o))
+        }
+        None => Vec::new(),
+    });
+    write_changes(conn, changes)
+}
+
+/// Writes now every hold kept: the holds are about to be read.
+pub(super) fn write_holds(conn: &mut DbConn) -> StoreResult<()> {
+    let holds = KEPT.with_borrow_mut(|kept| match kept {
+        Some(kept) => kept.holds.write_where(|_| true),
+        None => Vec::new(),
+    });
+    insert_holds(conn, &holds)
+}
+
+/// Writes everything kept and not yet written; call just before the batch's commit. `true`
+/// when it wrote a ledger row.
+pub(super) fn flush(conn: &mut DbConn) -> StoreResult<bool> {
+    let (changes, holds) = KEPT.with_borrow_mut(|kept| match kept {
+        Some(kept) => (kept.days.write_where(|_| true), kept.holds.write_where(|_| true)),
+        None => (Vec::new(), Vec::new()),
+    });
+    insert_holds(conn, &holds)?;
+    let wrote = !changes.is_empty();
+    write_changes(conn, changes)?;
+    Ok(wrote)
+}
+
+fn insert_holds(conn: &mut DbConn, holds: &[Hold]) -> StoreResult<()> {
+    match conn {
+        // One statement for all (not kept prepared: its text changes with their number).
+        DbConn::Pg(c) if holds.len() > 1 => {
+            diesel::insert_into(usage_holds::table).values(holds).execute(c)?;
+        }
+        _ => {
+            for hold in holds {
+                on_backend!(conn, |c| diesel::insert_into(usage_holds::table).values(hold).execute(c))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A row's key and the net change of its reservations and spend, and when it was last changed.
+struct Net<'a> {
+    level: &'a str,
+    owner: &'a str,
+    day: &'a str,
+    reserved: (i64, i64),
+    spent: (i64, i64),
+    at: NaiveDateTime,
+}
+
+/// Sums `changes` per row and writes them, in the rows' order: on PostgreSQL in one upsert (two
+/// when a row's reservations fall), else one upsert per row.
+fn write_changes(conn: &mut DbConn, changes: Vec<Change>) -> StoreResult<()> {
+    let mut rows: BTreeMap<(&str, &str, &str), Net<'_>> = BTreeMap::new();
+    for change in &changes {
+        let (level, owner, day) = change.key();
+        let net = rows.entry((level, owner, day)).or_insert(Net {
+            level,
+            owner,
+            day,
+            reserved: (0, 0),
+            spent: (0, 0),
+            at: change.at,
+        });
+        let add = |a: (i64, i64), b: (i64, i64)| (a.0.saturating_add(b.0), a.1.saturating_add(b.1));
+        let sub = |a: (i64, i64), b: (i64, i64)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1));
+        net.reserved = add(net.reserved, sub(change.reserve, change.held));
+        net.spent = add(net.spent, change.charge);
+        net.at = net.at.max(change.at);
+    }
+    let rows: Vec<Net<'_>> = rows.into_values().collect();
+    match conn {
+        DbConn::Pg(c) if rows.len() > 1 => upsert_all(c, &rows),
+        _ => rows.iter().try_for_each(|row| upsert(conn, row)),
+    }
+}
+
+/// One row's change: the row is created when it is the day's first. One upsert, kept prepared.
+fn upsert(conn: &mut DbConn, net: &Net<'_>) -> StoreResult<()> {
+    let row = (
+        usage_days::level.eq(net.level),
+        usage_days::owner.eq(net.owner),
+        usage_days::day.eq(net.day),
+        usage_days::spent_tokens.eq(net.spent.0),
+        usage_days::spent_micros.eq(net.spent.1),
+        usage_days::reserved_tokens.eq(net.reserved.0.max(0)),
+        usage_days::reserved_micros.eq(net.reserved.1.max(0)),
+        usage_days::updated_at.eq(net.at),
+    );
+    // What it holds never goes below zero, as a settlement in place leaves it.
+    let (tokens, micros) = net.reserved;
+    let reserved_tokens =
+        case_when((usage_days::reserved_tokens + tokens).gt(0_i64), usage_days::reserved_tokens + tokens)
+            .otherwise(0_i64);
+    let reserved_micros =
+        case_when((usage_days::reserved_micros + micros).gt(0_i64), usage_days::reserved_micros + micros)
+            .otherwise(0_i64);
+    let change = (
+        usage_days::spent_tokens.eq(usage_days::spent_tokens + net.spent.0),
+        usage_days::spent_micros.eq(usage_days::spent_micros + net.spent.1),
+        usage_days::reserved_tokens.eq(reserved_tokens),
+        usage_days::reserved_micros.eq(reserved_micros),
+        usage_days::updated_at.eq(net.at),
+    );
+    on_backend!(conn, |c| Kept(
+        diesel::insert_into(usage_days::table)
+            .values(row)
+            .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
+            .do_update()
+            .set(change)
+            .returning(usage_days::level)
+    )
+    .get_results::<String>(c))?;
+    Ok(())
+}
+
+/// Every row's change in one upsert (PostgreSQL; not kept prepared: its text changes with the
+/// number of rows).
+fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> {
+    let row = |net: &Net<'a>, spent: (i64, i64), reserved: (i64, i64)| {
+        (
+            usage_days::level.eq(net.level),
+            usage_days::owner.eq(net.owner),
+            usage_days::day.eq(net.day),
+            usage_days::spent_tokens.eq(spent.0),
+            usage_days::spent_micros.eq(spent.1),
+            usage_days::reserved_tokens.eq(reserved.0),
+            usage_days::reserved_micros.eq(reserved.1),
+            usage_days::updated_at.eq(net.at),
+        )
+    };
+    if rows.iter().any(|net| net.reserved.0 < 0 || net.reserved.1 < 0) {
+        // The rows whose reservations fall are there already (a reservation made them); should
+        // one not be, it is created at zero first, so the upsert below only ever updates it.
+        let opened: Vec<_> = rows.iter().map(|net| row(net, (0, 0), (0, 0))).collect();
+        diesel::insert_into(usage_days::table)
+            .values(&opened)
+            .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
+            .do_nothing()
+            .execute(conn)?;
+    }
+    // Every row as changed (as created, when new: its reservations do not fall then).
+    let values: Vec<_> = rows.iter().map(|net| row(net, net.spent, net.reserved)).collect();
+    // What a row holds never goes below zero, as a settlement in place leaves it.
+    let tokens = usage_days::reserved_tokens + excluded(usage_days::reserved_tokens);
+    let micros = usage_days::reserved_micros + excluded(usage_days::reserved_micros);
+    let change = (
+        usage_days::spent_tokens.eq(usage_days::spent_tokens + excluded(usage_days::spent_tokens)),
+        usage_days::spent_micros.eq(usage_days::spent_micros + excluded(usage_days::spent_micros)),
+        usage_days::reserved_tokens.eq(case_when(tokens.gt(0_i64), tokens).otherwise(0_i64)),
+        usage_days::reserved_micros.eq(case_when(micros.gt(0_i64), micros).otherwise(0_i64)),
+        usage_days::updated_at.eq(excluded(usage_days::updated_at)),
+    );
+    diesel::insert_into(usage_days::table)
+        .values(&values)
+        .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
+        .do_update()
+        .set(change)
+        .execute(conn)?;
+    Ok(())
+}
