@@ -119,9 +119,9 @@ pub struct Settings {
     #[arg(long, global = true, env = "LOREWIRE_SHUTDOWN_SECS", default_value_t = 5)]
     pub shutdown_secs: u64,
     /// Writer connections of a process on PostgreSQL (one player's writes always on the same
-    /// one): more help a process alone on a machine with cores to spare; several processes on
-    /// one machine do best with one each. SQLite always has one.
-    #[arg(long, global = true, env = "LOREWIRE_DB_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    /// one): while one waits on a round trip the others run theirs; several processes sharing
+    /// one small machine do best with one each. SQLite always has one.
+    #[arg(long, global = true, env = "LOREWIRE_DB_WRITERS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub db_writers: u64,
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
     #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
