@@ -13,7 +13,9 @@
 //! Then content across processes: 1, 2 and 3 real binaries on one PostgreSQL database and one
 //! Redis, each with its own fake upstream (answering at once) and its own 32 WebSocket clients
 //! (each asking for items one after another, waiting for `ready`): the items per second of all
-//! processes together, request -> `ready` p50 / p99, and the servers' CPU per item.
+//! processes together, request -> `ready` p50 / p99, and the servers' CPU per item. The processes
+//! share this one machine, so each has one writer connection (`LOREWIRE_DB_WRITERS`, as the
+//! operations guide advises for that case) unless the bench's own environment sets it.
 //!
 //! `cargo bench --bench cluster` (Linux; needs the local PostgreSQL and Redis, as the tests do).
 //! LOREWIRE_BENCH_CLIENTS / LOREWIRE_BENCH_MESSAGES / LOREWIRE_BENCH_RUNS /
@@ -239,6 +241,7 @@ async fn content_scaling(processes: usize, clients: u64, items: u64) {
     let db = actix_web::rt::task::spawn_blocking(|| common::TestDb::new(common::Db::Postgres)).await.unwrap();
     let (redis_url, prefix) = (common::redis_url(), common::redis_prefix());
     let fakes: Vec<common::FakeLlm> = (0..processes).map(|_| common::FakeLlm::start()).collect();
+    let writers = std::env::var("LOREWIRE_DB_WRITERS").unwrap_or_else(|_| "1".into());
     let mut servers = Vec::new();
     for fake in &fakes {
         let extra = [
@@ -247,6 +250,7 @@ async fn content_scaling(processes: usize, clients: u64, items: u64) {
             ("LOREWIRE_LLM_API_KEY", "sk-bench-0000".to_owned()),
             ("LOREWIRE_LLM_MODEL", "bench-model".to_owned()),
             ("LOREWIRE_LLM_CONCURRENCY", "64".to_owned()),
+            ("LOREWIRE_DB_WRITERS", writers.clone()),
         ];
         servers.push(start(&db.url, Some((&redis_url, &prefix)), &extra).await);
     }
@@ -265,7 +269,7 @@ async fn content_scaling(processes: usize, clients: u64, items: u64) {
     latencies.sort();
     let n = latencies.len();
     println!(
-        "content, {processes} process(es) x {clients} clients: {n} items in {secs:.2} s = {rate:.0}/s; request -> ready \
+        "content, {processes} process(es) x {clients} clients, {writers} writer(s) each: {n} items in {secs:.2} s = {rate:.0}/s; request -> ready \
          p50 {p50:.2} ms, p99 {p99:.2} ms; servers' CPU {per:.3} ms per item",
         secs = elapsed.as_secs_f64(),
         rate = n as f64 / elapsed.as_secs_f64(),

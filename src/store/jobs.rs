@@ -15,7 +15,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::jobs;
-use super::{write_tx, DbConn, StoreError, StoreResult};
+use super::{write_whole, DbConn, StoreError, StoreResult};
 use crate::on_backend;
 
 pub use crate::domain::jobs::{JobKind, JobStatus};
@@ -236,7 +236,7 @@ pub fn enqueue_claimed(
 /// take turns, [`turn_for`]), oldest first. PostgreSQL skips rows other processes hold (`FOR
 /// UPDATE SKIP LOCKED`); SQLite has one writer, so its immediate transaction is enough.
 pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) -> StoreResult<Vec<JobRow>> {
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         let due = jobs::table
             .select(jobs::id)
             .filter(jobs::status.eq(QUEUED))

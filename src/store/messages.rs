@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use super::jobs::{self, Ended, JobKind};
 use super::notify;
 use super::schema::{jobs as jobs_t, messages, user_days, users};
-use super::{write_tx, DbConn, StoreResult};
+use super::{write_whole, DbConn, StoreResult};
 use crate::domain::events::{Event, MessageChange};
 use crate::domain::lobby::{Message, Mood, MoodStatus};
 
@@ -94,7 +94,7 @@ pub fn insert(
 ) -> StoreResult<MessageRow> {
     let ChatLine { user_id, nickname, text, masked } = line;
     jobs::check_player_queue(conn, queue_limit)?;
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         let row: MessageRow = diesel::insert_into(messages::table)
             .values(NewMessage {
                 user_id,
@@ -135,7 +135,7 @@ pub fn finish_mood(
     mood: Mood,
     mood_status: MoodStatus,
 ) -> StoreResult<Ended<MessageRow>> {
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         if !jobs::complete(conn, job_id, worker)? {
             return Ok(Ended::TakenOver);
         }

@@ -354,6 +354,18 @@ fn begin_write(conn: &mut DbConn) -> StoreResult<()> {
     Ok(())
 }
 
+/// A write that is the whole of its caller's request (it passes a failure on and writes nothing
+/// after one): inside a transaction already (the writer's batch) `f` runs as it is, no
+/// savepoint, and a failure fails the request, which its batch rolls back (it runs again with a
+/// savepoint per request); on a connection with no transaction it is one of its own
+/// ([`write_tx`]). A caller that goes on after a failure needs [`write_tx`]'s savepoint.
+pub fn write_whole<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+    if Tm::transaction_manager_status_mut(conn).transaction_depth()?.is_some() {
+        return f(conn);
+    }
+    write_tx(conn, f)
+}
+
 /// A write transaction: all of `f` or none of it. Inside another (the writer's batch) it is
 /// a savepoint. Alone on SQLite it is `BEGIN IMMEDIATE`, so a transaction that reads before it
 /// writes takes the write lock up front and waits on busy_timeout instead of failing with

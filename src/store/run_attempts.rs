@@ -11,7 +11,7 @@ use super::jobs::{self, JobKind, JobStatus};
 use super::notify;
 use super::runs::{find, find_by_id, run_ended, RunRow};
 use super::schema::{jobs as jobs_t, runs};
-use super::{write_tx, DbConn, StoreResult};
+use super::{write_whole, DbConn, StoreResult};
 use crate::domain::events::Event;
 use crate::domain::runs::{RunErrorCode, RunStatus, Usage};
 
@@ -34,7 +34,7 @@ pub fn ensure_reservation(
     worst_case: Option<i64>,
     now: NaiveDateTime,
 ) -> StoreResult<Reservation> {
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         let Some(row) = find_by_id(conn, run_pk)? else { return Ok(Reservation::Gone) };
         if !row.is_active() {
             return Ok(Reservation::Gone);
@@ -58,7 +58,7 @@ pub fn ensure_reservation(
 /// again if the budget still has room for it (else nothing: the next attempt is refused).
 /// `None` when the run is not `running`: nothing was cut.
 pub fn charge_cut(conn: &mut DbConn, run_pk: i64, worst_case: i64, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         let Some(row) = find_by_id(conn, run_pk)? else { return Ok(None) };
         if row.run_status() != Some(RunStatus::Running) {
             return Ok(None);
@@ -144,7 +144,7 @@ pub struct Settlement<'a> {
 /// released; for a retry taken again if it still fits) and the run updated. `None` when the
 /// job is no longer this worker's: the result is dropped, so no run completes twice.
 pub fn settle(conn: &mut DbConn, s: &Settlement<'_>, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         let held = match &s.end {
             AttemptEnd::Retry { run_after, code, message } => {
                 jobs::requeue(conn, s.job_id, s.worker, *run_after, &format!("{code}: {message}"), now)?
@@ -238,7 +238,7 @@ pub struct Wait<'a> {
 }
 
 pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<bool> {
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         if !jobs::give_back(conn, w.job_id, w.worker, w.run_after, w.why, now)? {
             return Ok(false);
         }
@@ -260,7 +260,7 @@ pub fn wait(conn: &mut DbConn, w: &Wait<'_>, now: NaiveDateTime) -> StoreResult<
 /// the reservation released. `None` when the run is not waiting: finished, or claimed by a
 /// worker, whose process is then asked to stop it (it ends the run and charges what it used).
 pub fn abort_queued(conn: &mut DbConn, origin: &str, run_id: &str, now: NaiveDateTime) -> StoreResult<Option<RunRow>> {
-    write_tx(conn, |conn| {
+    write_whole(conn, |conn| {
         let Some(row) = find(conn, run_id)? else { return Ok(None) };
         if !row.is_active() {
             return Ok(None);
