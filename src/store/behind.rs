@@ -353,3 +353,34 @@ fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> 
         .execute(conn)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Log;
+
+    #[test]
+    fn a_rollback_drops_what_was_kept_after_its_mark_and_takes_back_what_was_written_since() {
+        let mut log = Log::new();
+        log.entries.push(("a", false));
+        log.entries.push(("b", false));
+        let before = log.mark();
+        log.entries.push(("c", false));
+        // A write inside the request writes "a" and "c" early.
+        assert_eq!(log.write_where(|e| *e != "b"), ["a", "c"]);
+        assert_eq!(log.write_where(|e| *e != "b"), Vec::<&str>::new(), "written once");
+        log.truncate(before);
+        // "c" is gone with its request; "a" is to be written again, "b" still is.
+        assert_eq!(log.write_where(|_| true), ["a", "b"]);
+    }
+
+    #[test]
+    fn what_was_written_before_a_mark_stays_written_after_a_rollback_to_it() {
+        let mut log = Log::new();
+        log.entries.push(("a", false));
+        assert_eq!(log.write_where(|_| true), ["a"]);
+        let mark = log.mark();
+        log.entries.push(("b", false));
+        log.truncate(mark);
+        assert_eq!(log.write_where(|_| true), Vec::<&str>::new());
+    }
+}
