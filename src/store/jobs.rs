@@ -12,10 +12,12 @@
 //! player's flood delays another player's job by at most one job per busy slot.
 
 use chrono::NaiveDateTime;
+use diesel::dsl::case_when;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
 
 use super::schema::jobs;
-use super::{write_whole, DbConn, StoreError, StoreResult};
+use super::{write_whole, DbConn, Kept, StoreError, StoreResult};
 use crate::on_backend;
 
 pub use crate::domain::jobs::{JobKind, JobStatus};
@@ -50,7 +52,7 @@ pub struct JobRow {
     pub updated_at: NaiveDateTime,
     /// The player the job works for (0: none).
     pub player_id: i64,
-    /// Its turn among the queued jobs of its priority ([`turn_for`]).
+    /// Its turn among the queued jobs of its priority ([`insert_taking_turn`]).
     pub turn: i64,
 }
 
@@ -132,42 +134,77 @@ pub fn enqueue_for(
     place: Place,
     now: NaiveDateTime,
 ) -> StoreResult<()> {
-    let turn = turn_for(conn, place)?;
-    let new = NewJob::new(kind, target_id, place, turn, None, now);
-    on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).execute(c))?;
+    let new = NewJob::new(kind, target_id, place, 0, None, now);
+    insert_taking_turn(conn, &new)?;
     Ok(())
 }
 
-/// The turn of a new job of `place`'s player at its priority: the turn after the player's last
-/// job queued or running there, but never before the turn being served (the lowest queued). A
-/// player with none there takes the turn of the jobs running now (when one of them is before
-/// the lowest queued), so it goes next, after other players that came before it. So at each
-/// priority players take turns, and one player's flood delays another's job by at most the jobs
-/// already running. Jobs of no player (0) take turns as one player. Concurrent enqueues may
-/// share a turn; the older job goes first.
-fn turn_for(conn: &mut DbConn, place: Place) -> StoreResult<i64> {
-    let Place { priority, player_id } = place;
+diesel::define_sql_function! {
+    /// `coalesce(a, b)`: `a` unless it is NULL, else `b`.
+    fn coalesce(a: Nullable<BigInt>, b: Nullable<BigInt>) -> Nullable<BigInt>;
+}
+
+/// Inserts `new` (its `turn` left aside) with the turn of a new job of its player at its
+/// priority: the turn after the player's last job queued or running there, but never before the
+/// turn being served (the lowest queued). A player with none there takes the turn of the jobs
+/// running now (when one of them is before the lowest queued), so it goes next, after other
+/// players that came before it. So at each priority players take turns, and one player's flood
+/// delays another's job by at most the jobs already running. Jobs of no player (0) take turns as
+/// one player. Concurrent enqueues may share a turn; the older job goes first. One statement
+/// (`INSERT ... SELECT`, the turn read in it), kept prepared.
+fn insert_taking_turn(conn: &mut DbConn, new: &NewJob<'_>) -> StoreResult<JobRow> {
     use diesel::dsl::{max, min};
-    let at = jobs::priority.eq(priority);
-    let serving = jobs::table.select(min(jobs::turn)).filter(at).filter(jobs::status.eq(QUEUED)).single_value();
-    let last = jobs::table
-        .select(max(jobs::turn))
-        .filter(at)
-        .filter(jobs::player_id.eq(player_id))
-        // Not `eq_any`: an `IN` list is prepared again at every call.
-        .filter(jobs::status.eq(QUEUED).or(jobs::status.eq(RUNNING)))
-        .single_value();
-    let running = jobs::table.select(max(jobs::turn)).filter(at).filter(jobs::status.eq(RUNNING)).single_value();
-    // One statement (one round trip): the three are read together.
-    let (serving, last, running): (Option<i64>, Option<i64>, Option<i64>) =
-        on_backend!(conn, |c| diesel::select((serving, last, running)).get_result(c))?;
-    if let Some(last) = last {
-        return Ok(serving.map_or(last + 1, |serving| (last + 1).max(serving)));
-    }
-    Ok(match (running, serving) {
-        (Some(running), Some(serving)) => running.min(serving),
-        (running, serving) => running.or(serving).unwrap_or(0),
-    })
+    use diesel::sql_types::{Integer, Text, Timestamp};
+    let at = jobs::priority.eq(new.priority);
+    let serving = || jobs::table.select(min(jobs::turn)).filter(at).filter(jobs::status.eq(QUEUED)).single_value();
+    let last = || {
+        jobs::table
+            .select(max(jobs::turn))
+            .filter(at)
+            .filter(jobs::player_id.eq(new.player_id))
+            // Not `eq_any`: an `IN` list is prepared again at every call.
+            .filter(jobs::status.eq(QUEUED).or(jobs::status.eq(RUNNING)))
+            .single_value()
+    };
+    let running = || jobs::table.select(max(jobs::turn)).filter(at).filter(jobs::status.eq(RUNNING)).single_value();
+    // After the player's last (not before the one served); else the earlier of the running and
+    // the served; else 0.
+    let after_last = case_when(serving().gt(last() + 1_i64), serving()).otherwise(last() + 1_i64);
+    let with_last = case_when(last().is_not_null(), after_last);
+    let first = case_when(running().lt(serving()), running()).otherwise(coalesce(serving(), running()));
+    let turn = coalesce(with_last, coalesce(first, 0_i64.into_sql::<Nullable<BigInt>>())).assume_not_null();
+    let values = diesel::select((
+        new.kind.into_sql::<Text>(),
+        new.target_id.into_sql::<BigInt>(),
+        new.priority.into_sql::<Integer>(),
+        new.status.into_sql::<Text>(),
+        new.attempts.into_sql::<Integer>(),
+        new.run_after.into_sql::<Timestamp>(),
+        new.locked_by.into_sql::<Nullable<Text>>(),
+        new.locked_at.into_sql::<Nullable<Timestamp>>(),
+        new.created_at.into_sql::<Timestamp>(),
+        new.updated_at.into_sql::<Timestamp>(),
+        new.player_id.into_sql::<BigInt>(),
+        turn,
+    ));
+    let columns = (
+        jobs::kind,
+        jobs::target_id,
+        jobs::priority,
+        jobs::status,
+        jobs::attempts,
+        jobs::run_after,
+        jobs::locked_by,
+        jobs::locked_at,
+        jobs::created_at,
+        jobs::updated_at,
+        jobs::player_id,
+        jobs::turn,
+    );
+    Ok(on_backend!(conn, |c| Kept(
+        diesel::insert_into(jobs::table).values(values).into_columns(columns).returning(jobs::all_columns)
+    )
+    .get_result(c))?)
 }
 
 /// Refuses a new player job when `limit` content and mood jobs are queued already
@@ -227,13 +264,12 @@ pub fn enqueue_claimed(
     worker: &str,
     now: NaiveDateTime,
 ) -> StoreResult<JobRow> {
-    let turn = turn_for(conn, place)?;
-    let new = NewJob::new(kind, target_id, place, turn, Some(worker), now);
-    Ok(on_backend!(conn, |c| diesel::insert_into(jobs::table).values(&new).returning(jobs::all_columns).get_result(c))?)
+    let new = NewJob::new(kind, target_id, place, 0, Some(worker), now);
+    insert_taking_turn(conn, &new)
 }
 
 /// Claims up to `limit` due jobs for `worker`, highest priority first, then by turn (players
-/// take turns, [`turn_for`]), oldest first. PostgreSQL skips rows other processes hold (`FOR
+/// take turns, [`insert_taking_turn`]), oldest first. PostgreSQL skips rows other processes hold (`FOR
 /// UPDATE SKIP LOCKED`); SQLite has one writer, so its immediate transaction is enough.
 pub fn claim(conn: &mut DbConn, worker: &str, limit: i64, now: NaiveDateTime) -> StoreResult<Vec<JobRow>> {
     write_whole(conn, |conn| {
