@@ -242,7 +242,7 @@ async fn a_whole_write_in_a_batch_takes_no_savepoint_of_its_own(db: Db) {
         })
         .await
         .unwrap();
-    let statements = statements.lock().unwrap();
+    let statements = statements.lock().unwrap().clone();
     assert!(statements.iter().any(|q| q.contains("INSERT INTO")), "the line was written: {statements:#?}");
     assert!(!statements.iter().any(|q| q.contains("SAVEPOINT")), "no savepoint: {statements:#?}");
     assert_eq!(store.run(message_texts).await.unwrap(), ["hello"]);
