@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use diesel::connection::TransactionManager;
 
-use super::{begin_write, behind, memo, notify, BatchFailed, DbConn, StoreError, StoreResult, Tm};
+use super::{begin_write, behind, memo, notify, BatchFailed, DbConn, Failure, StoreError, StoreResult, Tm};
 
 /// How a request's work ended inside its savepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,12 @@ pub(super) fn run_batch(
     } else {
         batch
     };
-    run_each(conn, batch, announce)
+    run_each(conn, batch, announce, true)
+}
+
+/// Whether `e` is a lock race lost to another transaction (a deadlock, a serialization failure).
+fn lost_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Query(_)) && e.failure() == Failure::Overloaded
 }
 
 /// Commits the batch's transaction: first what it kept aside is written ([`behind`]) and, when
@@ -114,15 +119,20 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
         }
     }
     if succeeded {
-        let ended = commit_batch(conn, announce);
-        notify::ended(ended.is_ok());
-        return Together::Ended(match ended {
-            Ok(()) => Ok(batch),
-            Err(e) => {
-                let _ = Tm::rollback_transaction(conn);
-                Err((BatchFailed::of(&e), batch))
+        match commit_batch(conn, announce) {
+            Ok(()) => {
+                notify::ended(true);
+                return Together::Ended(Ok(batch));
             }
-        });
+            // What the batch kept for its commit (the ledger's rows) lost a lock race with
+            // another transaction: the batch runs again, as when one of its requests lost one.
+            Err(e) if lost_race(&e) => tracing::warn!(error = %e, "a batch's commit lost a lock race; it runs again"),
+            Err(e) => {
+                notify::ended(false);
+                let _ = Tm::rollback_transaction(conn);
+                return Together::Ended(Err((BatchFailed::of(&e), batch)));
+            }
+        }
     }
     notify::ended(false);
     memo::forget();
@@ -138,10 +148,12 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
 }
 
 /// `batch` in the begun transaction, each request in a savepoint of its own when it has company.
+/// A commit that loses a lock race runs the batch once more when `again`.
 fn run_each(
     conn: &mut DbConn,
     batch: Vec<Box<dyn Request>>,
     announce: bool,
+    again: bool,
 ) -> (Result<Done, (BatchFailed, Done)>, Done) {
     let alone = batch.len() == 1;
     let mut done: Done = Vec::with_capacity(batch.len());
@@ -179,7 +191,21 @@ fn run_each(
             if keep {
                 let _ = Tm::rollback_transaction(conn);
             }
-            BatchFailed::of(&e)
+            if again && keep && lost_race(&e) {
+                tracing::warn!(error = %e, "a batch's commit lost a lock race; it runs again");
+                memo::forget();
+                behind::truncate(behind::Mark::default());
+                match begin_write(conn) {
+                    Ok(()) => {
+                        notify::begun();
+                        done.extend(raced);
+                        return run_each(conn, done, announce, false);
+                    }
+                    Err(e) => BatchFailed::of(&e),
+                }
+            } else {
+                BatchFailed::of(&e)
+            }
         }
     };
     done.extend(raced);

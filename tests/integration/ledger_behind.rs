@@ -3,9 +3,12 @@
 //! and a write that fails after writing its predecessors' changes early takes none of them
 //! along (they are written at the commit all the same).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+use futures_util::FutureExt;
 use lorewire::core::usage::UsageConfig;
 use lorewire::domain::limits::{Level, Refusal};
 use lorewire::limits::{self, Spend, Used};
@@ -159,4 +162,71 @@ async fn holds_kept_aside_are_settled_in_their_own_batch(db: Db) {
     assert_eq!(store.run(|conn| day_of(conn, PLAYER + 1)).await.unwrap(), (0, 20));
     assert_eq!(store.run(studio_day).await.unwrap(), (30, 20));
     assert_eq!(store.run(hold_targets).await.unwrap(), vec!["call:b".to_owned()]);
+}
+
+/// Waits (once: not when the batch runs again) until `other` says it got as far, after saying
+/// so itself; then lingers `linger`.
+fn meet(first: &AtomicBool, tell: &Mutex<mpsc::Sender<()>>, other: &Mutex<mpsc::Receiver<()>>, linger: Duration) {
+    if first.swap(false, Ordering::SeqCst) {
+        let _ = tell.lock().unwrap().send(());
+        other.lock().unwrap().recv_timeout(Duration::from_secs(10)).expect("the other batch got as far");
+        std::thread::sleep(linger);
+    }
+}
+
+/// Two processes' batches (two stores on one database), each holding a player's ledger row and
+/// settling the other player's call: at their commits each wants the row the other holds.
+/// PostgreSQL ends the deadlock by failing one commit; that batch runs again and both commit.
+#[actix_web::test]
+async fn postgres_two_batches_crossing_at_their_commits_both_commit() {
+    let (db, a) = open_store(Db::Postgres).await;
+    let url = db.url.clone();
+    let b = actix_web::rt::task::spawn_blocking(move || Store::connect(&url).expect("store")).await.unwrap();
+    a.write(|conn| reserve_for(conn, 1, "t1", 10)).await.unwrap().unwrap();
+    a.write(|conn| reserve_for(conn, 2, "t2", 10)).await.unwrap().unwrap();
+
+    let (a_tells, a_told) = mpsc::channel();
+    let (b_tells, b_told) = mpsc::channel();
+    let (a_tells, a_told) = (Arc::new(Mutex::new(a_tells)), Arc::new(Mutex::new(a_told)));
+    let (b_tells, b_told) = (Arc::new(Mutex::new(b_tells)), Arc::new(Mutex::new(b_told)));
+    let (a_first, b_first) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+
+    let (release_a, holding_a) = hold_writer(&a).await;
+    let (release_b, holding_b) = hold_writer(&b).await;
+    // A holds player 1's row, B player 2's; each settles the other's call (kept for the commit).
+    let a_writes = vec![
+        a.write(|conn| reserve_for(conn, 1, "a1", 5).map(|r| r.is_ok())).boxed_local(),
+        a.write(|conn| limits::settle(conn, "t2", Used::Nothing, now()).map(|_| true)).boxed_local(),
+        a.write(move |_| {
+            meet(&a_first, &a_tells, &b_told, Duration::ZERO);
+            Ok(true)
+        })
+        .boxed_local(),
+    ];
+    let b_writes = vec![
+        b.write(|conn| reserve_for(conn, 2, "b2", 5).map(|r| r.is_ok())).boxed_local(),
+        b.write(|conn| limits::settle(conn, "t1", Used::Nothing, now()).map(|_| true)).boxed_local(),
+        // B commits once A waits at its commit on player 2's row.
+        b.write(move |_| {
+            meet(&b_first, &b_tells, &a_told, Duration::from_millis(300));
+            Ok(true)
+        })
+        .boxed_local(),
+    ];
+    drop((release_a, release_b));
+    holding_a.await.unwrap();
+    holding_b.await.unwrap();
+    let (a_answers, b_answers) =
+        futures_util::future::join(futures_util::future::join_all(a_writes), futures_util::future::join_all(b_writes))
+            .await;
+    for (n, answer) in a_answers.into_iter().chain(b_answers).enumerate() {
+        assert!(answer.unwrap_or_else(|e| panic!("write {n} failed: {e}")), "write {n} reserved");
+    }
+    assert_eq!(a.run(|conn| day_of(conn, 1)).await.unwrap(), (0, 5));
+    assert_eq!(a.run(|conn| day_of(conn, 2)).await.unwrap(), (0, 5));
+    assert_eq!(a.run(studio_day).await.unwrap(), (0, 10));
+    let mut holds = a.run(hold_targets).await.unwrap();
+    holds.sort();
+    assert_eq!(holds, ["a1", "b2"]);
+    drop(db);
 }
