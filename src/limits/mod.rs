@@ -202,17 +202,17 @@ fn reserve_bound(
         });
     }
     let hold = NewHold {
-        target: spend.target,
+        target: spend.target.to_owned(),
         user_id: spend.user_id,
         studio: true,
-        day: &day,
-        model: spend.model,
+        day,
+        model: spend.model.to_owned(),
         tokens: bound.0,
         micros: bound.1,
         created_at: now,
-        project: spend.project,
+        project: spend.project.map(str::to_owned),
     };
-    ledger::add_hold(conn, &hold)?;
+    ledger::add_hold(conn, hold)?;
     Ok(Ok(()))
 }
 

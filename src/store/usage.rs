@@ -13,7 +13,7 @@ use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
-use super::behind::{self, Change, Hold};
+use super::behind::{self, Change};
 use super::billing::PriceRow;
 use super::notify::{self, Event};
 use super::schema::{llm_config, player_limits, prices, project_limits, usage_days, usage_holds, usage_limits, users};
@@ -92,19 +92,8 @@ pub struct HoldRow {
     pub project: Option<String>,
 }
 
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = usage_holds)]
-pub struct NewHold<'a> {
-    pub target: &'a str,
-    pub user_id: i64,
-    pub studio: bool,
-    pub day: &'a str,
-    pub model: &'a str,
-    pub tokens: i64,
-    pub micros: i64,
-    pub created_at: NaiveDateTime,
-    pub project: Option<&'a str>,
-}
+/// A hold to be added ([`add_hold`]).
+pub use super::behind::Hold as NewHold;
 
 /// A project's per-day limits (`None`: no limit).
 #[derive(Debug, Clone, PartialEq, Eq, Queryable)]
@@ -438,18 +427,7 @@ pub fn settle(
 }
 
 /// Adds a call's hold; in the writer's batch it is kept aside for the commit ([`behind`]).
-pub fn add_hold(conn: &mut DbConn, hold: &NewHold<'_>) -> StoreResult<()> {
-    let hold = Hold {
-        target: hold.target.to_owned(),
-        user_id: hold.user_id,
-        studio: hold.studio,
-        day: hold.day.to_owned(),
-        model: hold.model.to_owned(),
-        tokens: hold.tokens,
-        micros: hold.micros,
-        created_at: hold.created_at,
-        project: hold.project.map(str::to_owned),
-    };
+pub fn add_hold(conn: &mut DbConn, hold: NewHold) -> StoreResult<()> {
     if let Some(hold) = behind::defer_hold(hold) {
         diesel::insert_into(usage_holds::table).values(&hold).execute(conn)?;
     }

@@ -16,6 +16,7 @@ use lorewire::store::schema::{usage_days, usage_holds};
 use lorewire::store::{DbConn, Store, StoreError, StoreResult};
 
 use crate::common::{Db, TestDb};
+use crate::writer::hold_writer;
 
 both_backends!(
     a_batch_reserves_by_the_settlements_it_kept_aside_and_a_failed_write_loses_none_of_them,
@@ -57,25 +58,6 @@ async fn open_store(db: Db) -> (TestDb, Store) {
     })
     .await
     .unwrap()
-}
-
-/// Queues a write that holds the writer until the returned sender is dropped, and waits until
-/// it runs: whatever is queued after it is taken as one batch.
-async fn hold_writer(
-    store: &Store,
-) -> (std::sync::mpsc::Sender<()>, impl std::future::Future<Output = StoreResult<()>>) {
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let (running, started) = std::sync::mpsc::channel::<()>();
-    let holding = store.write(move |_| {
-        let _ = running.send(());
-        let _ = held.recv_timeout(Duration::from_secs(30));
-        Ok(())
-    });
-    actix_web::rt::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
-        .await
-        .unwrap()
-        .expect("the holding write runs");
-    (release, holding)
 }
 
 /// The player's ledger row of today: (spent, reserved) tokens.

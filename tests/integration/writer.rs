@@ -80,7 +80,7 @@ fn batches(store: &Store) -> u64 {
 
 /// Queues a write that holds the writer until the returned sender is dropped, and waits until
 /// it runs: whatever is queued after it waits and is taken as one batch.
-async fn hold_writer(
+pub(crate) async fn hold_writer(
     store: &Store,
 ) -> (std::sync::mpsc::Sender<()>, impl std::future::Future<Output = StoreResult<()>>) {
     let (release, held) = std::sync::mpsc::channel::<()>();
