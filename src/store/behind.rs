@@ -224,8 +224,12 @@ fn insert_holds(conn: &mut DbConn, holds: &[Hold]) -> StoreResult<()> {
             diesel::insert_into(usage_holds::table).values(holds).execute(c)?;
         }
         _ => {
+            // Kept prepared (run for its RETURNING row: Diesel keeps no statement `execute` ran).
             for hold in holds {
-                on_backend!(conn, |c| diesel::insert_into(usage_holds::table).values(hold).execute(c))?;
+                on_backend!(conn, |c| Kept(
+                    diesel::insert_into(usage_holds::table).values(hold).returning(usage_holds::id)
+                )
+                .get_result::<i64>(c))?;
             }
         }
     }

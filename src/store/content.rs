@@ -209,14 +209,17 @@ fn request_once(
                 updated_at: now,
                 owner_id: item.owner,
             };
-            // A conflict leaves the transaction as it was (no savepoint needed to go on).
-            let row: Option<ContentRow> = on_backend!(conn, |c| diesel::insert_into(content::table)
-                .values(&new)
-                .on_conflict((content::kind, content::subject_id, content::owner_id))
-                .do_nothing()
-                .returning(content::all_columns)
-                .get_result(c)
-                .optional())?;
+            // A conflict leaves the transaction as it was (no savepoint needed to go on). Kept
+            // prepared: every new item runs it.
+            let row: Option<ContentRow> = on_backend!(conn, |c| Kept(
+                diesel::insert_into(content::table)
+                    .values(&new)
+                    .on_conflict((content::kind, content::subject_id, content::owner_id))
+                    .do_nothing()
+                    .returning(content::all_columns)
+            )
+            .get_result(c)
+            .optional())?;
             match row {
                 Some(row) => {
                     let job = enqueue(conn, row.id)?;
@@ -256,30 +259,140 @@ pub struct Finish<'a> {
     pub reason: Option<FallbackReason>,
 }
 
-/// A whole write of its own, like [`request`].
+/// A whole write of its own, like [`request`]. On PostgreSQL one statement ([`finish_pg`]).
 pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreResult<Ended<ContentRow>> {
-    if !jobs::complete(conn, f.job_id, f.worker)? {
-        return Ok(Ended::TakenOver);
-    }
     let reason = f.reason.map(|r| r.to_string());
-    let row = on_backend!(conn, |c| Kept(
-        diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
-            .set((
-                content::status.eq(f.status.as_str()),
-                content::fields.eq(f.fields),
-                content::model.eq(f.model),
-                content::reason.eq(reason.as_deref()),
-                content::version.eq(content::version + 1),
-                content::updated_at.eq(now),
-            ))
-            .returning(content::all_columns),
-    )
-    .get_result(c)
-    .optional())?;
+    let row = match conn {
+        DbConn::Pg(c) => match finish_pg(c, f, reason.as_deref(), now)? {
+            Some(row) => row,
+            None => return Ok(Ended::TakenOver),
+        },
+        DbConn::Sqlite(_) => {
+            if !jobs::complete(conn, f.job_id, f.worker)? {
+                return Ok(Ended::TakenOver);
+            }
+            on_backend!(conn, |c| Kept(
+                diesel::update(content::table.find(f.content_id).filter(content::status.eq(PENDING)))
+                    .set((
+                        content::status.eq(f.status.as_str()),
+                        content::fields.eq(f.fields),
+                        content::model.eq(f.model),
+                        content::reason.eq(reason.as_deref()),
+                        content::version.eq(content::version + 1),
+                        content::updated_at.eq(now),
+                    ))
+                    .returning(content::all_columns),
+            )
+            .get_result(c)
+            .optional())?
+        }
+    };
     if let Some(row) = &row {
         content_changed(conn, f.origin, row)?;
     }
     Ok(Ended::Done(row))
+}
+
+/// What [`finish_pg`] answers: whether the job was this worker's (and is gone), and the item
+/// as finished (absent when it was not pending).
+#[derive(QueryableByName)]
+struct Finished {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    completed: bool,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    kind: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    subject_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    status: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    fields: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    context: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    model: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    reason: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    version: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+    created_at: Option<NaiveDateTime>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+    updated_at: Option<NaiveDateTime>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    owner_id: Option<i64>,
+}
+
+/// [`finish`] on PostgreSQL: the job's removal (only while `f.worker` holds it) and the item's
+/// result in one statement, one round trip where two statements took two. A writable CTE,
+/// which Diesel's DSL does not build: every value is a bound parameter. `None`: the job was
+/// another worker's (nothing written).
+fn finish_pg(
+    c: &mut diesel::PgConnection,
+    f: &Finish<'_>,
+    reason: Option<&str>,
+    now: NaiveDateTime,
+) -> StoreResult<Option<Option<ContentRow>>> {
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    const SQL: &str = "WITH done AS (DELETE FROM jobs WHERE id = $1 AND locked_by = $2 RETURNING id), \
+        finished AS (UPDATE content SET status = $3, fields = $4, model = $5, reason = $6, \
+            version = version + 1, updated_at = $7 \
+            WHERE id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM done) \
+            RETURNING id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
+            updated_at, owner_id) \
+        SELECT EXISTS (SELECT 1 FROM done) AS completed, finished.* FROM (SELECT 1) AS one \
+        LEFT JOIN finished ON true";
+    // Kept prepared: every item ends with it.
+    let answer: Finished = Kept(
+        diesel::sql_query(SQL)
+            .bind::<BigInt, _>(f.job_id)
+            .bind::<Text, _>(f.worker)
+            .bind::<Text, _>(f.status.as_str())
+            .bind::<Text, _>(f.fields)
+            .bind::<Nullable<Text>, _>(f.model)
+            .bind::<Nullable<Text>, _>(reason)
+            .bind::<Timestamp, _>(now)
+            .bind::<BigInt, _>(f.content_id)
+            .bind::<Text, _>(PENDING),
+    )
+    .get_result(c)?;
+    if !answer.completed {
+        return Ok(None);
+    }
+    let Finished { id, kind, subject_id, status, fields, context, model, reason, version, created_at, .. } = answer;
+    let (updated_at, owner_id) = (answer.updated_at, answer.owner_id);
+    let row = match (id, kind, subject_id, status, fields, context, version, created_at, updated_at, owner_id) {
+        (
+            Some(id),
+            Some(kind),
+            Some(subject_id),
+            Some(status),
+            Some(fields),
+            Some(context),
+            Some(version),
+            Some(created_at),
+            Some(updated_at),
+            Some(owner_id),
+        ) => Some(ContentRow {
+            id,
+            kind,
+            subject_id,
+            status,
+            fields,
+            context,
+            model,
+            reason,
+            version,
+            created_at,
+            updated_at,
+            owner_id,
+        }),
+        (None, ..) => None,
+        _ => return Err(StoreError::Corrupt(format!("content {}: a finished row came back incomplete", f.content_id))),
+    };
+    Ok(Some(row))
 }
 
 /// Items by status, for the admin summary and tests.

@@ -16,7 +16,11 @@ use crate::common::{Db, TestDb};
 const WORKER: &str = "worker-a";
 
 fn store() -> (TestDb, Store) {
-    let db = TestDb::new(Db::Sqlite);
+    store_on(Db::Sqlite)
+}
+
+fn store_on(db: Db) -> (TestDb, Store) {
+    let db = TestDb::new(db);
     let store = Store::connect(&db.url).expect("test store");
     store.migrate().expect("migrations");
     (db, store)
@@ -80,7 +84,17 @@ fn claim(store: &Store, worker: &'static str, limit: i64, now: NaiveDateTime) ->
 
 #[test]
 fn a_content_request_writes_one_row_and_one_job_and_its_finish_commits_once() {
-    let (_db, store) = store();
+    request_and_finish(Db::Sqlite);
+}
+
+/// PostgreSQL ends a job in one statement of its own (the job's removal and the result together).
+#[test]
+fn postgres_a_content_request_writes_one_row_and_one_job_and_its_finish_commits_once() {
+    request_and_finish(Db::Postgres);
+}
+
+fn request_and_finish(db: Db) {
+    let (_db, store) = store_on(db);
     let Requested::Created(row) = request(&store, 7, false, 100).unwrap() else { panic!("not created") };
     assert_eq!((row.status.as_str(), row.version), ("pending", 1));
     let Requested::Existing(again) = request(&store, 7, false, 100).unwrap() else { panic!("not existing") };
@@ -110,6 +124,19 @@ fn a_content_request_writes_one_row_and_one_job_and_its_finish_commits_once() {
     // Regenerating an item already pending changes nothing.
     assert!(matches!(request(&store, 7, true, 100).unwrap(), Requested::Existing(_)));
     assert_eq!(all_jobs(&store).len(), 1);
+
+    // A job whose item is no longer pending ends with nothing written but its removal.
+    let job = claim(&store, WORKER, 10, t0()).remove(0);
+    let regen_id = regen.id;
+    let ended = move |c: &mut DbConn| -> StoreResult<usize> {
+        use lorewire::store::schema::content as content_t;
+        Ok(diesel::update(content_t::table.find(regen_id)).set(content_t::status.eq("fallback")).execute(c)?)
+    };
+    assert_eq!(write(&store, ended).unwrap(), 1);
+    assert!(matches!(finish(&store, job.id, WORKER, row.id), Ended::Done(None)));
+    assert!(all_jobs(&store).is_empty(), "the job is gone");
+    let stored = store.run_blocking(move |c| content::find_by_id(c, row.id)).unwrap().unwrap();
+    assert_eq!((stored.status.as_str(), stored.version), ("fallback", 3), "nothing else written");
 }
 
 #[test]
