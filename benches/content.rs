@@ -7,7 +7,8 @@
 //! before the next): items per second, request -> `ready` p50 / p99 / max, and the server's
 //! CPU time (user + system, /proc/PID/stat) and context switches (every thread's, from
 //! /proc/PID/task/*/status: each hand-off between threads costs at least one) per item, and
-//! how many transactions the store's writer needed for the writes (from `/metrics`).
+//! how many transactions the store's writer needed for the writes (from `/metrics`); then the
+//! same items asked for again (each there already: request -> `content:snapshot`).
 //! PostgreSQL is the local one the tests use
 //! (`LOREWIRE_TEST_PG_URL`); LOREWIRE_BENCH_ITEMS (per size, default 2,000) changes the count,
 //! LOREWIRE_BENCH_BACKENDS (`sqlite,postgres`) the databases, LOREWIRE_BENCH_CLIENTS (`1,32`)
@@ -27,8 +28,10 @@ use common::{Db, FakeLlm, TestDb, WsClient};
 use serde_json::json;
 use support::Server;
 
-/// One client: `count` items one after another; the latency of each.
-async fn client(addr: &str, first_id: u64, count: u64) -> Vec<Duration> {
+/// One client: `count` items one after another; the latency of each (request -> `ready`).
+/// With `existing`, the items are there already: the latency is request -> its snapshot.
+async fn client(addr: &str, first_id: u64, count: u64, existing: bool) -> Vec<Duration> {
+    let answer = if existing { "content:snapshot" } else { "content:update" };
     let mut ws = WsClient::connect(&format!("http://{addr}/ws")).await;
     ws.send(json!({"type": "session:start", "nickname": "Bench"})).await;
     ws.recv_type("session:ack").await;
@@ -40,7 +43,7 @@ async fn client(addr: &str, first_id: u64, count: u64) -> Vec<Duration> {
             .await;
         loop {
             let frame = ws.recv().await;
-            if frame["type"] == "content:update" && frame["content"]["subject_id"] == subject_id {
+            if frame["type"] == answer && frame["content"]["subject_id"] == subject_id {
                 assert_eq!(frame["content"]["status"], "ready", "{frame}");
                 break;
             }
@@ -66,14 +69,15 @@ async fn pipeline(db: Db, fake: &FakeLlm, items: u64) {
     for clients in support::env_sizes("LOREWIRE_BENCH_CLIENTS", &[1, 32]).into_iter().map(|c| c as u64) {
         let per_client = (items / clients).max(1);
         // Warm-up: connections, prepared statements, page cache.
-        client(&server.addr, 1_000_000 + next_id, 50).await;
+        client(&server.addr, 1_000_000 + next_id, 50, false).await;
         next_id += 50;
         let writes_before = writer_counters(&server.addr).await;
         let (cpu_before, switches_before, started) = (server.cpu(), server.context_switches(), Instant::now());
-        let runs = (0..clients).map(|c| client(&server.addr, next_id + c * per_client, per_client));
+        let runs = (0..clients).map(|c| client(&server.addr, next_id + c * per_client, per_client, false));
         let mut latencies: Vec<Duration> = futures_util::future::join_all(runs).await.concat();
         let (elapsed, cpu) = (started.elapsed(), server.cpu() - cpu_before);
         let switches = server.context_switches().saturating_sub(switches_before);
+        let first_id = next_id;
         next_id += clients * per_client;
         let transactions = match (writes_before, writer_counters(&server.addr).await) {
             (Some((w0, b0)), Some((w1, b1))) => format!("; {} writes in {} transactions", w1 - w0, b1 - b0),
@@ -91,6 +95,22 @@ async fn pipeline(db: Db, fake: &FakeLlm, items: u64) {
             max = support::ms(&latencies, 1.0),
             per = cpu.as_secs_f64() * 1000.0 / n as f64,
             switches_per = switches as f64 / n as f64,
+        );
+        // The same items asked for again: each is answered as it is, with no upstream call.
+        let (cpu_before, started) = (server.cpu(), Instant::now());
+        let runs = (0..clients).map(|c| client(&server.addr, first_id + c * per_client, per_client, true));
+        let mut latencies: Vec<Duration> = futures_util::future::join_all(runs).await.concat();
+        let (elapsed, cpu) = (started.elapsed(), server.cpu() - cpu_before);
+        latencies.sort();
+        let n = latencies.len();
+        println!(
+            "content, {db:?}, {clients:>2} client(s), items there already: {n} in {secs:.2} s = {rate:.0}/s; \
+             request -> snapshot p50 {p50:.2} ms, p99 {p99:.2} ms; server CPU {per:.3} ms per request",
+            secs = elapsed.as_secs_f64(),
+            rate = n as f64 / elapsed.as_secs_f64(),
+            p50 = support::ms(&latencies, 0.50),
+            p99 = support::ms(&latencies, 0.99),
+            per = cpu.as_secs_f64() * 1000.0 / n as f64,
         );
     }
     assert_eq!(fake.request_count() as u64, next_id - 1, "one upstream call per item");
