@@ -1,69 +1,21 @@
 //! Content items: one row per (kind, subject_id, owner) (owner 0: shared), created `pending` together with its job, and
 //! finished with the job's removal in one transaction. Never decides an item's text.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::jobs::{self, Ended, JobKind, JobRow, Place};
 use super::notify;
 use super::schema::{content, jobs as jobs_t};
 use super::{DbConn, Kept, StoreError, StoreResult};
-use crate::domain::content::{Content, ContentKind, ContentScope, ContentStatus, FallbackReason, SHARED_OWNER};
+use crate::domain::content::{ContentKind, ContentStatus, FallbackReason};
 use crate::domain::events::Event;
 use crate::on_backend;
 
 /// What a content row holds while its job has not committed a result.
 const PENDING: &str = ContentStatus::Pending.as_str();
 
-#[derive(Debug, Clone, Queryable)]
-pub struct ContentRow {
-    pub id: i64,
-    pub kind: String,
-    pub subject_id: i64,
-    pub status: String,
-    pub fields: String,
-    pub context: String,
-    pub model: Option<String>,
-    pub reason: Option<String>,
-    pub version: i64,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-    /// The player whose own item it is, or [`SHARED_OWNER`].
-    pub owner_id: i64,
-}
-
-impl ContentRow {
-    fn corrupt(&self, what: &str) -> StoreError {
-        StoreError::Corrupt(format!("content {}: {what}", self.id))
-    }
-    /// Its kind; an unknown one is [`StoreError::Corrupt`], naming the row.
-    pub fn kind(&self) -> Result<ContentKind, StoreError> {
-        ContentKind::parse(&self.kind).ok_or_else(|| self.corrupt("unknown kind"))
-    }
-    /// Whether its job has yet to commit a result.
-    pub fn is_pending(&self) -> bool {
-        self.status == PENDING
-    }
-    /// The item as clients see it; a row that breaks the rules is [`StoreError::Corrupt`].
-    pub fn content(&self) -> Result<Content, StoreError> {
-        let corrupt = |what: &str| self.corrupt(what);
-        Ok(Content {
-            kind: self.kind()?,
-            subject_id: u64::try_from(self.subject_id).map_err(|_| corrupt("negative subject_id"))?,
-            scope: if self.owner_id == SHARED_OWNER { ContentScope::Shared } else { ContentScope::Player },
-            owner_id: self.owner_id,
-            status: ContentStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?,
-            fields: serde_json::from_str(&self.fields).map_err(|_| corrupt("fields are not a JSON object"))?,
-            model: self.model.clone(),
-            reason: match &self.reason {
-                Some(reason) => Some(FallbackReason::parse(reason).ok_or_else(|| corrupt("unknown fallback reason"))?),
-                None => None,
-            },
-            updated_at: DateTime::from_naive_utc_and_offset(self.updated_at, Utc),
-            version: self.version,
-        })
-    }
-}
+pub use super::content_row::ContentRow;
 
 #[derive(Insertable)]
 #[diesel(table_name = content)]
@@ -107,7 +59,7 @@ pub struct RequestItem<'a> {
     pub origin: &'a str,
     pub kind: ContentKind,
     pub subject_id: i64,
-    /// The player whose own item is asked for, or [`SHARED_OWNER`].
+    /// The player whose own item is asked for, or [`SHARED_OWNER`](crate::domain::content::SHARED_OWNER).
     pub owner: i64,
     /// The player asking (its job's fair share), 0 for the game server's admin token.
     pub player: i64,
@@ -126,7 +78,7 @@ pub struct RequestItem<'a> {
     pub queue_limit: i64,
 }
 
-/// The item of `owner` ([`SHARED_OWNER`] for the shared one).
+/// The item of `owner` ([`SHARED_OWNER`](crate::domain::content::SHARED_OWNER) for the shared one).
 pub fn find(conn: &mut DbConn, kind: ContentKind, subject_id: i64, owner: i64) -> StoreResult<Option<ContentRow>> {
     Ok(on_backend!(conn, |c| content::table
         .filter(content::kind.eq(kind.as_str()))
@@ -145,25 +97,61 @@ pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<ContentRow>>
 /// one item, on any process, end with one row and one job. With `claim_for`, the new job is
 /// answered too, claimed by that worker. A whole write of its own (the writer's request is all
 /// of it or none): nothing may go on after it fails in the same transaction.
+///
+/// On PostgreSQL a request whose job is claimed at once and that does not regenerate finds or
+/// creates the item in one statement ([`place_pg`]).
 pub fn request(
     conn: &mut DbConn,
     item: &RequestItem<'_>,
     now: NaiveDateTime,
 ) -> StoreResult<(Requested, Option<JobRow>)> {
+    if let (DbConn::Pg(c), Some(_), false) = (&mut *conn, item.claim_for, item.regenerate) {
+        return match place_pg(c, item, now)? {
+            Some(Placed { item: row, created: true }) => {
+                let job = enqueue(conn, item, row.id, now)?;
+                Ok((Requested::Created(row), job))
+            }
+            Some(Placed { item: row, created: false }) => {
+                check_change(&row, item)?;
+                Ok((Requested::Existing(row), None))
+            }
+            // Created meanwhile by a transaction that committed after the statement began.
+            None => request_once(conn, item, now, false),
+        };
+    }
     request_once(conn, item, now, true)
 }
 
+/// The new item's job: claimed by `item.claim_for` (and answered), else queued.
+fn enqueue(
+    conn: &mut DbConn,
+    item: &RequestItem<'_>,
+    target_id: i64,
+    now: NaiveDateTime,
+) -> StoreResult<Option<JobRow>> {
+    let place = Place::new(0, item.player);
+    match item.claim_for {
+        Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, place, worker, now).map(Some),
+        None => jobs::enqueue_for(conn, JobKind::Content, target_id, place, now).map(|()| None),
+    }
+}
+
+/// Refuses ([`StoreError::ServerOnly`]) a request that would regenerate the item `row` or change
+/// its context when its requester may not change it.
+fn check_change(row: &ContentRow, item: &RequestItem<'_>) -> StoreResult<()> {
+    if !item.may_change && (item.regenerate || item.context.is_some_and(|c| !same_context(c, &row.context))) {
+        return Err(StoreError::ServerOnly);
+    }
+    Ok(())
+}
+
+/// [`request`] by reading the item first; `first` is false once an INSERT found it there.
 fn request_once(
     conn: &mut DbConn,
     item: &RequestItem<'_>,
     now: NaiveDateTime,
     first: bool,
 ) -> StoreResult<(Requested, Option<JobRow>)> {
-    let place = Place::new(0, item.player);
-    let enqueue = |conn: &mut DbConn, target_id| match item.claim_for {
-        Some(worker) => jobs::enqueue_claimed(conn, JobKind::Content, target_id, place, worker, now).map(Some),
-        None => jobs::enqueue_for(conn, JobKind::Content, target_id, place, now).map(|()| None),
-    };
     // Checked before anything is written: a refused request stores nothing.
     let check_queue = |conn: &mut DbConn| match item.claim_for {
         Some(_) => Ok(()),
@@ -171,9 +159,7 @@ fn request_once(
     };
     let found = find(conn, item.kind, item.subject_id, item.owner)?;
     if let Some(row) = &found {
-        if !item.may_change && (item.regenerate || item.context.is_some_and(|c| !same_context(c, &row.context))) {
-            return Err(StoreError::ServerOnly);
-        }
+        check_change(row, item)?;
     }
     match found {
         Some(row) if !item.regenerate || row.status == PENDING => Ok((Requested::Existing(row), None)),
@@ -192,7 +178,7 @@ fn request_once(
                 ))
                 .returning(content::all_columns)
                 .get_result(c))?;
-            let job = enqueue(conn, row.id)?;
+            let job = enqueue(conn, item, row.id, now)?;
             content_changed(conn, item.origin, &row)?;
             Ok((Requested::Regenerating(row), job))
         }
@@ -222,7 +208,7 @@ fn request_once(
             .optional())?;
             match row {
                 Some(row) => {
-                    let job = enqueue(conn, row.id)?;
+                    let job = enqueue(conn, item, row.id, now)?;
                     Ok((Requested::Created(row), job))
                 }
                 // A concurrent transaction (another process) inserted the item first and has
@@ -236,6 +222,50 @@ fn request_once(
             }
         }
     }
+}
+
+/// The columns of a content row, in [`ContentRow`]'s order (for the statements written out).
+const COLUMNS: &str = "id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
+    updated_at, owner_id";
+
+/// What [`place_pg`] answers: the item, and whether this statement created it.
+#[derive(QueryableByName)]
+struct Placed {
+    #[diesel(embed)]
+    item: ContentRow,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    created: bool,
+}
+
+/// The item `item` asks for, created pending when it is not there, in one statement (a
+/// writable CTE, which Diesel's DSL does not build; every value a bound parameter), kept
+/// prepared. `None`: another transaction created it after this statement began (then waited
+/// on and committed: a read now finds it).
+fn place_pg(c: &mut diesel::PgConnection, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Option<Placed>> {
+    use diesel::sql_types::{BigInt, Text, Timestamp};
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "WITH made AS (INSERT INTO content (kind, subject_id, status, fields, context, version, created_at, \
+                 updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7) \
+                 ON CONFLICT (kind, subject_id, owner_id) DO NOTHING RETURNING {COLUMNS}) \
+             SELECT {COLUMNS}, true AS created FROM made \
+             UNION ALL SELECT {COLUMNS}, false AS created FROM content \
+                 WHERE kind = $1 AND subject_id = $2 AND owner_id = $7 AND NOT EXISTS (SELECT 1 FROM made)"
+        )
+    });
+    Ok(Kept(
+        diesel::sql_query(sql.as_str())
+            .bind::<Text, _>(item.kind.as_str())
+            .bind::<BigInt, _>(item.subject_id)
+            .bind::<Text, _>(PENDING)
+            .bind::<Text, _>(item.empty_fields)
+            .bind::<Text, _>(item.context.unwrap_or("{}"))
+            .bind::<Timestamp, _>(now)
+            .bind::<BigInt, _>(item.owner),
+    )
+    .get_result(c)
+    .optional()?)
 }
 
 /// Whether a request's context (sanitized, as JSON) is the one stored: compared as JSON values.
@@ -451,56 +481,4 @@ pub fn adopt_orphans(conn: &mut DbConn, now: NaiveDateTime) -> StoreResult<usize
         .limit(jobs::ADOPT_BATCH)
         .load(c))?;
     jobs::adopt(conn, JobKind::Content, orphans.into_iter().map(|id| (id, 0)), now)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(kind: &str, status: &str) -> ContentRow {
-        let t = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
-        ContentRow {
-            id: 4,
-            kind: kind.into(),
-            subject_id: 7,
-            status: status.into(),
-            fields: "{}".into(),
-            context: "{}".into(),
-            model: None,
-            reason: None,
-            version: 1,
-            created_at: t,
-            updated_at: t,
-            owner_id: 0,
-        }
-    }
-
-    #[test]
-    fn a_row_reads_as_its_domain_types() {
-        for kind in ContentKind::ALL {
-            for status in ContentStatus::ALL {
-                let row = row(kind.as_str(), status.as_str());
-                assert_eq!(row.kind().unwrap(), kind);
-                assert_eq!(row.is_pending(), status == ContentStatus::Pending);
-                let content = row.content().unwrap();
-                assert_eq!((content.kind, content.status), (kind, status));
-            }
-        }
-    }
-
-    #[test]
-    fn a_corrupt_value_is_an_error_naming_the_row() {
-        let corrupt = |e: StoreError| match e {
-            StoreError::Corrupt(why) => why,
-            other => panic!("not corrupt: {other:?}"),
-        };
-        assert_eq!(corrupt(row("dragon", "ready").kind().unwrap_err()), "content 4: unknown kind");
-        assert_eq!(corrupt(row("dragon", "ready").content().unwrap_err()), "content 4: unknown kind");
-        assert_eq!(corrupt(row("quest", "done").content().unwrap_err()), "content 4: unknown status");
-        assert!(!row("quest", "Pending").is_pending());
-        let odd_reason = ContentRow { reason: Some("gremlins".into()), ..row("quest", "fallback") };
-        assert_eq!(corrupt(odd_reason.content().unwrap_err()), "content 4: unknown fallback reason");
-        let reason = ContentRow { reason: Some("api_error_503".into()), ..row("quest", "fallback") };
-        assert_eq!(reason.content().unwrap().reason, Some(FallbackReason::ApiError(503)));
-    }
 }

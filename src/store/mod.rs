@@ -11,6 +11,7 @@ mod batch;
 pub mod behind;
 pub mod billing;
 pub mod content;
+pub mod content_row;
 mod error;
 pub mod jobs;
 mod kept;

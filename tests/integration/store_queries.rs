@@ -443,3 +443,68 @@ fn an_items_statements_stay_prepared() {
         started.iter().filter(|(sql, n)| **n > 1 && !cached.contains(*sql)).map(|(sql, _)| sql).collect();
     assert!(again.is_empty(), "prepared again at every call: {again:#?}");
 }
+
+fn claimed(subject_id: i64, context: &'static str, may_change: bool) -> RequestItem<'static> {
+    RequestItem { context: Some(context), may_change, claim_for: Some(WORKER), ..item(subject_id, false, 100) }
+}
+
+fn request_claimed(store: &Store, item: RequestItem<'static>) -> StoreResult<Requested> {
+    write(store, move |c| content::request(c, &item, t0()).map(|(r, _)| r))
+}
+
+/// On PostgreSQL a request whose job is claimed at once finds or creates its item in one
+/// statement; one that finds it created by a transaction that committed after that statement
+/// began (held open here until the request waits on it) answers the item as it is.
+#[test]
+fn postgres_a_claimed_request_finds_or_creates_its_item_in_one_statement() {
+    let (db, store) = store_on(Db::Postgres);
+    let Requested::Created(row) = request_claimed(&store, claimed(7, "{}", true)).unwrap() else {
+        panic!("not created")
+    };
+    let jobs = all_jobs(&store);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].target_id, jobs[0].status.as_str(), jobs[0].locked_by.as_deref()),
+        (row.id, "running", Some(WORKER))
+    );
+    let Requested::Existing(again) = request_claimed(&store, claimed(7, "{}", true)).unwrap() else {
+        panic!("not existing")
+    };
+    assert_eq!(again.id, row.id);
+    assert_eq!(all_jobs(&store).len(), 1, "no second job");
+    // A requester that may not change the item is refused another context, and answered its own.
+    let refused = request_claimed(&store, claimed(7, r#"{"a":"b"}"#, false));
+    assert!(matches!(refused, Err(StoreError::ServerOnly)), "{refused:?}");
+    assert!(matches!(request_claimed(&store, claimed(7, "{}", false)), Ok(Requested::Existing(_))));
+
+    // Another transaction inserts item 8 and holds its commit until the request waits on it.
+    let mut other = diesel::PgConnection::establish(&db.url).unwrap();
+    let watcher = &mut diesel::PgConnection::establish(&db.url).unwrap();
+    diesel::sql_query("BEGIN").execute(&mut other).unwrap();
+    diesel::sql_query(
+        "INSERT INTO content (kind, subject_id, status, fields, context, version, created_at, updated_at, owner_id) \
+         VALUES ('quest', 8, 'ready', '{}', '{}', 1, now(), now(), 0)",
+    )
+    .execute(&mut other)
+    .unwrap();
+    let asking = {
+        let store = store.clone();
+        std::thread::spawn(move || request_claimed(&store, claimed(8, "{}", true)))
+    };
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let waits =
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let started = std::time::Instant::now();
+    while diesel::sql_query(waits).get_result::<Waiting>(watcher).unwrap().n == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the request never waited on the insert");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    diesel::sql_query("COMMIT").execute(&mut other).unwrap();
+    let Requested::Existing(found) = asking.join().unwrap().unwrap() else { panic!("not existing") };
+    assert_eq!((found.subject_id, found.status.as_str()), (8, "ready"));
+    assert_eq!(all_jobs(&store).len(), 1, "no job for an item there already");
+}
