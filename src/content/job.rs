@@ -24,7 +24,6 @@ use crate::domain::limits::Refusal;
 use crate::domain::moderation::Surface;
 use crate::hub::Hub;
 use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult, Loaded, Loader, Outcome};
-use crate::limits::observe::Charged;
 use crate::limits::{self, Used};
 use crate::llm::Llm;
 use crate::moderation::Moderation;
@@ -197,7 +196,7 @@ impl ContentJob {
         let (origin, worker, job_id, content_id) = (self.origin.clone(), claim.worker.clone(), claim.job_id, row.id);
         let (status, used) = (ending.status, ending.used);
         let model = ending.model;
-        let now = self.clock.now_naive();
+        let (now, player) = (self.clock.now_naive(), claim.player);
         let ended = self
             .store
             .write_for(claim.player, move |conn| {
@@ -212,16 +211,19 @@ impl ContentJob {
                     reason,
                 };
                 let ended = rows::finish(conn, &finish, now)?;
-                let mut charged = Charged::default();
+                let mut settled = None;
                 if let Ended::Done(_) = &ended {
+                    // The batch's items settled together at its commit.
                     let target = format!("content:{content_id}");
-                    charged = limits::settle_as(conn, &target, used, model.as_deref(), now)?;
+                    settled = Some(limits::settle_later(conn, &target, player, used, model.as_deref(), now)?);
                 }
-                Ok((ended, charged))
+                Ok((ended, settled))
             })
             .await?;
-        let (ended, charged) = ended;
-        charged.record(&self.metrics);
+        let (ended, settled) = ended;
+        if let Some(settled) = settled {
+            settled.charged().record(&self.metrics);
+        }
         let written = match ended {
             Ended::TakenOver => return Ok(Outcome::TakenOver),
             Ended::Done(None) => return Ok(Outcome::Nothing),

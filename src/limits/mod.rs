@@ -10,6 +10,9 @@ pub mod observe;
 pub mod rate;
 pub mod service;
 
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
 use chrono::NaiveDateTime;
 
 use crate::core::usage::UsageConfig;
@@ -329,6 +332,57 @@ pub fn settle_as(
     now: NaiveDateTime,
 ) -> StoreResult<Charged> {
     let holds = ledger::take_holds(conn, target)?;
+    settle_holds(conn, holds, used, answered_by, now)
+}
+
+/// What a settlement kept for the commit of the writer's batch charged: known once that batch
+/// committed ([`settle_later`]).
+#[derive(Debug, Clone, Default)]
+pub struct Settled(Arc<Mutex<Charged>>);
+
+impl Settled {
+    pub fn charged(&self) -> Charged {
+        self.0.lock().map(|c| *c).unwrap_or_default()
+    }
+}
+
+/// [`settle_as`], kept for the commit of the writer's batch (in place elsewhere): the holds of
+/// every settlement of the batch are taken in one DELETE. `player` is whose holds they are:
+/// a reservation at that player's row in the same batch waits for it (one at another
+/// player's row need not; should `player` be wrong, such a reservation decides by more held
+/// than there is, never by less).
+pub fn settle_later(
+    conn: &mut DbConn,
+    target: &str,
+    player: i64,
+    used: Used,
+    answered_by: Option<&str>,
+    now: NaiveDateTime,
+) -> StoreResult<Settled> {
+    let settled = Settled::default();
+    let (into, model) = (settled.clone(), answered_by.map(str::to_owned));
+    let then: behind::Settling = Rc::new(move |conn, holds| {
+        let charged = settle_holds(conn, holds, used, model.as_deref(), now)?;
+        if let Ok(mut at) = into.0.lock() {
+            *at = charged;
+        }
+        Ok(())
+    });
+    if let Some(settle) = behind::defer_settle(behind::Settle { target: target.to_owned(), player, then }) {
+        let holds = ledger::take_holds(conn, &settle.target)?;
+        (settle.then)(conn, holds)?;
+    }
+    Ok(settled)
+}
+
+/// Settles `holds` (all of one target's, taken): [`settle_as`].
+fn settle_holds(
+    conn: &mut DbConn,
+    holds: Vec<ledger::HoldRow>,
+    used: Used,
+    answered_by: Option<&str>,
+    now: NaiveDateTime,
+) -> StoreResult<Charged> {
     let mut charge = match used {
         Used::Nothing => Some((0, 0)),
         Used::Reported(usage) => {

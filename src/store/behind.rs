@@ -1,6 +1,7 @@
 //! What the writer's batch writes at its end rather than as it goes: the ledger's changes that
-//! never refuse (every settlement, and the studio's reservations while it has no limit) and
-//! the holds of new reservations. Each item settled or reserved would otherwise cost a
+//! never refuse (every settlement, and the studio's reservations while it has no limit), the
+//! holds of new reservations, and the settlements of content items (their holds taken, for
+//! every item of the batch, in one DELETE). Each item settled or reserved would otherwise cost a
 //! statement (a round trip on PostgreSQL) for each of them, and hold its ledger rows' locks
 //! from then to the commit. Just before the commit ([`flush`]) the holds go in one INSERT and
 //! the ledger's changes, summed per row, in one upsert (two when a row's reservations fall):
@@ -8,8 +9,10 @@
 //!
 //! Whatever reads or decides by what is kept here gets it written first, in the same
 //! transaction: a conditional reservation writes the changes of its own rows ([`write_days`]),
-//! a read of holds every hold kept ([`write_holds`]). So the batch's transaction reads what it
-//! would have read had every write gone in at once.
+//! after the settlements of their player (or all, when it reserves at another level); a read of
+//! holds every hold kept and then every settlement ([`write_holds`]); a new hold the settlement
+//! of its target ([`super::usage::add_hold`]). So the batch's transaction reads what it would
+//! have read had every write gone in at once.
 //!
 //! Only on the writer's thread while it runs a batch ([`Deferring`]); elsewhere everything is
 //! written in place. A request that rolls back drops what it kept, and takes back as unwritten
@@ -17,6 +20,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use chrono::NaiveDateTime;
 use diesel::dsl::case_when;
@@ -25,6 +29,7 @@ use diesel::upsert::excluded;
 
 use super::schema::{usage_days, usage_holds};
 use super::{DbConn, Kept, StoreResult};
+use crate::domain::limits::Level;
 use crate::on_backend;
 
 /// One change of the ledger's row (`level`, `owner`) of `day`: `reserve` added to what it
@@ -60,6 +65,35 @@ pub struct Hold {
     pub micros: i64,
     pub created_at: NaiveDateTime,
     pub project: Option<String>,
+}
+
+/// What a call holds until it is settled. The player's level always, the studio's when
+/// `studio`, the project's when it names one.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct HoldRow {
+    pub id: i64,
+    pub target: String,
+    pub user_id: i64,
+    pub studio: bool,
+    pub day: String,
+    pub model: String,
+    pub tokens: i64,
+    pub micros: i64,
+    pub created_at: NaiveDateTime,
+    pub project: Option<String>,
+}
+
+/// What settles one target's holds once they are taken ([`defer_settle`]).
+pub type Settling = Rc<dyn Fn(&mut DbConn, Vec<HoldRow>) -> StoreResult<()>>;
+
+/// A settlement kept for the commit: the holds of `target`, taken then, go to `then`.
+#[derive(Clone)]
+pub struct Settle {
+    pub target: String,
+    /// The player whose rows it settles (its holds' player): a reservation at that player's row
+    /// waits for it, one at another player's row need not.
+    pub player: i64,
+    pub then: Settling,
 }
 
 /// Entries kept in order, each written or not; every early write is recorded, so a rollback
@@ -111,6 +145,7 @@ impl<T: Clone> Log<T> {
 struct Aside {
     days: Log<Change>,
     holds: Log<Hold>,
+    settles: Log<Settle>,
 }
 
 thread_local! {
@@ -122,7 +157,7 @@ pub(super) struct Deferring(());
 
 /// Starts keeping writes aside (the writer, for one batch).
 pub(super) fn start() -> Deferring {
-    KEPT.set(Some(Aside { days: Log::new(), holds: Log::new() }));
+    KEPT.set(Some(Aside { days: Log::new(), holds: Log::new(), settles: Log::new() }));
     Deferring(())
 }
 
@@ -160,16 +195,32 @@ pub(super) fn defer_hold(hold: Hold) -> Option<Hold> {
     })
 }
 
+/// Keeps `settle` aside for the batch's commit; hands it back when this thread does not.
+pub fn defer_settle(settle: Settle) -> Option<Settle> {
+    KEPT.with_borrow_mut(|kept| match kept {
+        Some(kept) => {
+            kept.settles.entries.push((settle, false));
+            None
+        }
+        None => Some(settle),
+    })
+}
+
 /// Where the requests of the batch stand: what a rollback to here takes back.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Mark {
     days: (usize, usize),
     holds: (usize, usize),
+    settles: (usize, usize),
 }
 
 pub(super) fn mark() -> Mark {
     KEPT.with_borrow(|kept| {
-        kept.as_ref().map_or_else(Mark::default, |k| Mark { days: k.days.mark(), holds: k.holds.mark() })
+        kept.as_ref().map_or_else(Mark::default, |k| Mark {
+            days: k.days.mark(),
+            holds: k.holds.mark(),
+            settles: k.settles.mark(),
+        })
     })
 }
 
@@ -179,6 +230,7 @@ pub(super) fn truncate(mark: Mark) {
         if let Some(kept) = kept {
             kept.days.truncate(mark.days);
             kept.holds.truncate(mark.holds);
+            kept.settles.truncate(mark.settles);
         }
     });
 }
@@ -186,6 +238,13 @@ pub(super) fn truncate(mark: Mark) {
 /// Writes now the changes kept for the rows of `day` whose (level, owner) `rows` names: a
 /// reservation there is to decide by them.
 pub(super) fn write_days(conn: &mut DbConn, rows: &[(&str, &str)], day: &str) -> StoreResult<()> {
+    // The settlements that may change these rows first: at another level than a player's,
+    // every one; else those of the players named.
+    let players: Option<Vec<i64>> = rows
+        .iter()
+        .map(|&(level, owner)| (level == Level::Player.as_str()).then(|| owner.parse().ok()).flatten())
+        .collect();
+    run_settles(conn, |settle| players.as_ref().is_none_or(|players| players.contains(&settle.player)))?;
     let changes = KEPT.with_borrow_mut(|kept| match kept {
         Some(kept) => {
             kept.days.write_where(|c| c.day == day && rows.iter().any(|&(l, o)| c.level == l && c.owner == o))
@@ -195,18 +254,54 @@ pub(super) fn write_days(conn: &mut DbConn, rows: &[(&str, &str)], day: &str) ->
     write_changes(conn, changes)
 }
 
-/// Writes now every hold kept: the holds are about to be read.
+/// Writes now every hold kept, then every settlement: the holds are about to be read.
 pub(super) fn write_holds(conn: &mut DbConn) -> StoreResult<()> {
     let holds = KEPT.with_borrow_mut(|kept| match kept {
         Some(kept) => kept.holds.write_where(|_| true),
         None => Vec::new(),
     });
-    insert_holds(conn, &holds)
+    insert_holds(conn, &holds)?;
+    run_settles(conn, |_| true)
+}
+
+/// Runs now the settlements of `target`: a new hold of it is about to be kept.
+pub(super) fn write_settles_of(conn: &mut DbConn, target: &str) -> StoreResult<()> {
+    run_settles(conn, |settle| settle.target == target)
+}
+
+/// Inserts every hold kept, then runs the settlements `pick` chooses: their holds taken in one
+/// DELETE, each target's handed to its first settlement (a later one of the same target finds
+/// none, as it would have in place).
+fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult<()> {
+    let (holds, settles) = KEPT.with_borrow_mut(|kept| match kept {
+        Some(kept) => {
+            let settles = kept.settles.write_where(&pick);
+            let holds = if settles.is_empty() { Vec::new() } else { kept.holds.write_where(|_| true) };
+            (holds, settles)
+        }
+        None => (Vec::new(), Vec::new()),
+    });
+    insert_holds(conn, &holds)?;
+    if settles.is_empty() {
+        return Ok(());
+    }
+    let targets: Vec<&str> = settles.iter().map(|s| s.target.as_str()).collect();
+    let mut taken: Vec<HoldRow> = diesel::delete(usage_holds::table.filter(usage_holds::target.eq_any(&targets)))
+        .returning(usage_holds::all_columns)
+        .get_results(conn)?;
+    taken.sort_by_key(|h| h.id);
+    for settle in settles {
+        let (mine, rest) = taken.into_iter().partition(|h| h.target == settle.target);
+        taken = rest;
+        (settle.then)(conn, mine)?;
+    }
+    Ok(())
 }
 
 /// Writes everything kept and not yet written; call just before the batch's commit. `true`
 /// when it wrote a ledger row.
 pub(super) fn flush(conn: &mut DbConn) -> StoreResult<bool> {
+    run_settles(conn, |_| true)?;
     let (changes, holds) = KEPT.with_borrow_mut(|kept| match kept {
         Some(kept) => (kept.days.write_where(|_| true), kept.holds.write_where(|_| true)),
         None => (Vec::new(), Vec::new()),

@@ -76,21 +76,7 @@ pub struct DayRow {
     pub updated_at: NaiveDateTime,
 }
 
-/// What a call holds until it is settled. The player's level always, the studio's when
-/// `studio`, the project's when it names one.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
-pub struct HoldRow {
-    pub id: i64,
-    pub target: String,
-    pub user_id: i64,
-    pub studio: bool,
-    pub day: String,
-    pub model: String,
-    pub tokens: i64,
-    pub micros: i64,
-    pub created_at: NaiveDateTime,
-    pub project: Option<String>,
-}
+pub use super::behind::HoldRow;
 
 /// A hold to be added ([`add_hold`]).
 pub use super::behind::Hold as NewHold;
@@ -428,6 +414,8 @@ pub fn settle(
 
 /// Adds a call's hold; in the writer's batch it is kept aside for the commit ([`behind`]).
 pub fn add_hold(conn: &mut DbConn, hold: NewHold) -> StoreResult<()> {
+    // A settlement of its target kept before it takes the holds there before it is added.
+    behind::write_settles_of(conn, &hold.target)?;
     if let Some(hold) = behind::defer_hold(hold) {
         diesel::insert_into(usage_holds::table).values(&hold).execute(conn)?;
     }

@@ -11,6 +11,7 @@ use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
 use futures_util::FutureExt;
 use lorewire::core::usage::UsageConfig;
 use lorewire::domain::limits::{Level, Refusal};
+use lorewire::domain::runs::Usage;
 use lorewire::limits::{self, Spend, Used};
 use lorewire::store::schema::{usage_days, usage_holds};
 use lorewire::store::{DbConn, Store, StoreError, StoreResult};
@@ -21,6 +22,7 @@ use crate::writer::hold_writer;
 both_backends!(
     a_batch_reserves_by_the_settlements_it_kept_aside_and_a_failed_write_loses_none_of_them,
     holds_kept_aside_are_settled_in_their_own_batch,
+    settlements_kept_for_the_commit_take_their_holds_and_a_players_reservation_waits_for_its_own,
 );
 
 const PLAYER: i64 = 7;
@@ -144,6 +146,63 @@ async fn holds_kept_aside_are_settled_in_their_own_batch(db: Db) {
     assert_eq!(store.run(|conn| day_of(conn, PLAYER + 1)).await.unwrap(), (0, 20));
     assert_eq!(store.run(studio_day).await.unwrap(), (30, 20));
     assert_eq!(store.run(hold_targets).await.unwrap(), vec!["call:b".to_owned()]);
+}
+
+/// Reserves `tokens` for the player `user_id`'s call `target`; panics when refused.
+async fn reserved(store: &Store, user_id: i64, target: String, tokens: i64) {
+    store.write(move |conn| reserve_for(conn, user_id, &target, tokens)).await.unwrap().unwrap();
+}
+
+async fn settlements_kept_for_the_commit_take_their_holds_and_a_players_reservation_waits_for_its_own(db: Db) {
+    let (_db, store) = open_store(db).await;
+    let ten = Used::Reported(Usage { input_tokens: 4, output_tokens: 6, ..Usage::default() });
+    // Three rounds, players of their own: the first batch runs without savepoints, fails at
+    // write 3 and runs again with a savepoint each; all must end alike.
+    for round in 0..3_i64 {
+        let (p, q) = (10 + 2 * round, 11 + 2 * round);
+        let call = move |n: u32| format!("content:{round}{n}");
+        reserved(&store, p, call(0), 70).await;
+        reserved(&store, q, call(1), 30).await;
+        // The game server's own item (no player's row: its reservation writes nothing early).
+        reserved(&store, limits::SERVER, call(5), 30).await;
+
+        let (release, holding) = hold_writer(&store).await;
+        // 1, 2. Two items end: their settlements are kept for the commit.
+        let first = store.write(move |conn| limits::settle_later(conn, &call(0), p, ten, None, now()));
+        let second = store.write(move |conn| limits::settle_later(conn, &call(1), q, Used::Unknown, None, now()));
+        // 3. Reserves at p's row (taking p's settlement first, in its own savepoint), then fails.
+        let failing = store.write(move |conn| {
+            reserve_for(conn, p, &call(2), 10)?.expect("10 fit");
+            Err::<(), _>(StoreError::Corrupt("refused on purpose".into()))
+        });
+        // 4. 80 fit at p only once the first settlement counts (10 spent, 70 released).
+        let fits = store.write(move |conn| reserve_for(conn, p, &call(3), 80));
+        // 5. q's item is asked for again: its new hold outlives the settlement of the old.
+        let again = store.write(move |conn| reserve_for(conn, q, &call(1), 20));
+        // 6, 7. The same for the game server's item.
+        let server = limits::SERVER;
+        let ended = store.write(move |conn| limits::settle_later(conn, &call(5), server, Used::Nothing, None, now()));
+        let asked = store.write(move |conn| reserve_for(conn, server, &call(5), 20));
+        drop(release);
+        holding.await.unwrap();
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        assert!(matches!(failing.await, Err(StoreError::Corrupt(_))), "round {round}: write 3 fails");
+        assert_eq!(fits.await.unwrap(), Ok(()), "round {round}: 80 fit once the settlement counts");
+        assert_eq!(again.await.unwrap(), Ok(()), "round {round}");
+        ended.await.unwrap();
+        assert_eq!(asked.await.unwrap(), Ok(()), "round {round}");
+        // Known once committed: what each settlement charged.
+        assert_eq!(first.charged().player, (10, 0), "round {round}");
+        assert_eq!(second.charged().player, (30, 0), "round {round}: charged as held");
+        assert_eq!(store.run(move |conn| day_of(conn, p)).await.unwrap(), (10, 80), "round {round}");
+        assert_eq!(store.run(move |conn| day_of(conn, q)).await.unwrap(), (30, 20), "round {round}");
+        let mut holds = store.run(hold_targets).await.unwrap();
+        holds.sort();
+        assert_eq!(holds, vec![call(1), call(3), call(5)], "round {round}");
+        for n in [1, 3, 5] {
+            store.write(move |conn| limits::settle(conn, &call(n), Used::Nothing, now())).await.unwrap();
+        }
+    }
 }
 
 /// Waits (once: not when the batch runs again) until `other` says it got as far, after saying
