@@ -121,7 +121,7 @@ pub struct Settings {
     /// Writer connections of a process on PostgreSQL (one player's writes always on the same
     /// one): while one waits on a round trip the others run theirs; several processes sharing
     /// one small machine do best with one each. SQLite always has one.
-    #[arg(long, global = true, env = "LOREWIRE_DB_WRITERS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    #[arg(long, global = true, env = "LOREWIRE_DB_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub db_writers: u64,
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
     #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
