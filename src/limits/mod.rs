@@ -107,16 +107,18 @@ pub fn reserve(
 
 /// What a reservation decides by: each level's limits that apply, and the model's price.
 struct Terms {
-    /// `None`: the call has no player (the game server's own).
+    /// `None`: the call has no player (the game server's own). The players' defaults: a
+    /// player's own limits, where set, stand before them (the reservation reads them itself).
     player: Option<DailyLimits>,
     project: DailyLimits,
     studio: DailyLimits,
     price: Option<Price>,
 }
 
-/// The [`Terms`] of `spend`, read in one statement (the settings' seed while none are stored).
+/// The [`Terms`] of `spend`, read in one statement, once per batch of the writer's (the
+/// settings' seed while none are stored).
 fn terms(conn: &mut DbConn, seed: &UsageConfig, spend: &Spend<'_>) -> StoreResult<Terms> {
-    let (limits, own, project, price) = match ledger::terms(conn, spend.user_id, spend.project, spend.model)? {
+    let (limits, project, price) = match ledger::terms(conn, spend.project, spend.model)? {
         Some(read) => read,
         None => {
             let project = match spend.project {
@@ -124,14 +126,10 @@ fn terms(conn: &mut DbConn, seed: &UsageConfig, spend: &Spend<'_>) -> StoreResul
                 None => None,
             };
             let price = billing::price_row(conn, spend.model)?;
-            (seed_row(seed, NaiveDateTime::default()), ledger::player(conn, spend.user_id)?, project, price)
+            (seed_row(seed, NaiveDateTime::default()), project, price)
         }
     };
-    let player = (spend.user_id != SERVER).then(|| {
-        let tokens = own.as_ref().and_then(|p| p.daily_tokens).or(limits.player_daily_tokens);
-        let micros = own.as_ref().and_then(|p| p.daily_micros).or(limits.player_daily_micros);
-        (tokens, micros)
-    });
+    let player = (spend.user_id != SERVER).then_some((limits.player_daily_tokens, limits.player_daily_micros));
     Ok(Terms {
         player,
         project: project.map_or((None, None), |p| (p.daily_tokens, p.daily_micros)),
@@ -155,9 +153,14 @@ fn reserve_bound(
     let player = terms.player.map(|limits| (Level::Player, owner.as_str(), limits));
     let project = spend.project.map(|project_id| (Level::Project, project_id, terms.project));
     let studio = (!defer_studio).then_some((Level::Studio, STUDIO, terms.studio));
-    let levels: Vec<(Level, &str, DailyLimits)> = player.into_iter().chain(project).chain(studio).collect();
-    let accounts: Vec<Account<'_>> =
-        levels.iter().map(|&(level, owner, limits)| Account { level: level.as_str(), owner, limits }).collect();
+    let mut levels: Vec<(Level, &str, DailyLimits)> = player.into_iter().chain(project).chain(studio).collect();
+    let accounts: Vec<Account<'_>> = levels
+        .iter()
+        .map(|&(level, owner, limits)| {
+            let own = (level == Level::Player).then_some(spend.user_id);
+            Account { level: level.as_str(), owner, limits, own }
+        })
+        .collect();
     let day = day_of(now);
     let mut reserved =
         if accounts.is_empty() { Vec::new() } else { ledger::reserve(conn, three(&accounts), &day, bound, now)? };
@@ -170,6 +173,17 @@ fn reserve_bound(
                 ledger::open(conn, account, &day, now)?;
                 reserved.extend(ledger::reserve(conn, [account, account, account], &day, bound, now)?);
             }
+        }
+    }
+    // The player's own limits, read when a refusal may name them: the player's row refused, or
+    // the model has no price (a USD limit of its own then refuses).
+    if let Some(first) = levels.first_mut().filter(|l| l.0 == Level::Player) {
+        let held = reserved.iter().any(|r| r.0 == first.0.as_str() && r.1 == first.1);
+        if !held || price.is_none() {
+            let own = ledger::player(conn, spend.user_id)?;
+            let tokens = own.as_ref().and_then(|p| p.daily_tokens).or(first.2 .0);
+            let micros = own.as_ref().and_then(|p| p.daily_micros).or(first.2 .1);
+            first.2 = (tokens, micros);
         }
     }
     // The first level that refuses, in order: over its limit, or a USD limit with no price for

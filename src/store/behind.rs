@@ -52,6 +52,10 @@ impl Change {
     }
 }
 
+/// The most rows a multi-row statement is kept prepared for (one statement per number of rows:
+/// a batch's usual few are prepared once, a rare long one does not stay in the cache).
+const KEEP_ROWS: usize = 32;
+
 /// A hold to be inserted ([`super::usage::add_hold`]).
 #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
 #[diesel(table_name = usage_holds)]
@@ -314,9 +318,14 @@ pub(super) fn flush(conn: &mut DbConn) -> StoreResult<bool> {
 
 fn insert_holds(conn: &mut DbConn, holds: &[Hold]) -> StoreResult<()> {
     match conn {
-        // One statement for all (not kept prepared: its text changes with their number).
+        // One statement for all, kept prepared for each number of rows up to [`KEEP_ROWS`].
         DbConn::Pg(c) if holds.len() > 1 => {
-            diesel::insert_into(usage_holds::table).values(holds).execute(c)?;
+            let insert = diesel::insert_into(usage_holds::table).values(holds).returning(usage_holds::id);
+            if holds.len() <= KEEP_ROWS {
+                Kept(insert).get_results::<i64>(c)?;
+            } else {
+                insert.get_results::<i64>(c)?;
+            }
         }
         _ => {
             // Kept prepared (run for its RETURNING row: Diesel keeps no statement `execute` ran).
@@ -407,8 +416,8 @@ fn upsert(conn: &mut DbConn, net: &Net<'_>) -> StoreResult<()> {
     Ok(())
 }
 
-/// Every row's change in one upsert (PostgreSQL; not kept prepared: its text changes with the
-/// number of rows).
+/// Every row's change in one upsert (PostgreSQL; kept prepared for each number of rows up to
+/// [`KEEP_ROWS`]).
 fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> {
     let row = |net: &Net<'a>, spent: (i64, i64), reserved: (i64, i64)| {
         (
@@ -426,11 +435,16 @@ fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> 
         // The rows whose reservations fall are there already (a reservation made them); should
         // one not be, it is created at zero first, so the upsert below only ever updates it.
         let opened: Vec<_> = rows.iter().map(|net| row(net, (0, 0), (0, 0))).collect();
-        diesel::insert_into(usage_days::table)
+        let open = diesel::insert_into(usage_days::table)
             .values(&opened)
             .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
             .do_nothing()
-            .execute(conn)?;
+            .returning(usage_days::level);
+        if rows.len() <= KEEP_ROWS {
+            Kept(open).get_results::<String>(conn)?;
+        } else {
+            open.get_results::<String>(conn)?;
+        }
     }
     // Every row as changed (as created, when new: its reservations do not fall then).
     let values: Vec<_> = rows.iter().map(|net| row(net, net.spent, net.reserved)).collect();
@@ -444,12 +458,17 @@ fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> 
         usage_days::reserved_micros.eq(case_when(micros.gt(0_i64), micros).otherwise(0_i64)),
         usage_days::updated_at.eq(excluded(usage_days::updated_at)),
     );
-    diesel::insert_into(usage_days::table)
+    let upsert = diesel::insert_into(usage_days::table)
         .values(&values)
         .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
         .do_update()
         .set(change)
-        .execute(conn)?;
+        .returning(usage_days::level);
+    if rows.len() <= KEEP_ROWS {
+        Kept(upsert).get_results::<String>(conn)?;
+    } else {
+        upsert.get_results::<String>(conn)?;
+    }
     Ok(())
 }
 

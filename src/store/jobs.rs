@@ -17,6 +17,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable};
 
 use super::schema::jobs;
+use super::sql::coalesce;
 use super::{write_whole, DbConn, Kept, StoreError, StoreResult};
 use crate::on_backend;
 
@@ -137,11 +138,6 @@ pub fn enqueue_for(
     let new = NewJob::new(kind, target_id, place, 0, None, now);
     insert_taking_turn(conn, &new)?;
     Ok(())
-}
-
-diesel::define_sql_function! {
-    /// `coalesce(a, b)`: `a` unless it is NULL, else `b`.
-    fn coalesce(a: Nullable<BigInt>, b: Nullable<BigInt>) -> Nullable<BigInt>;
 }
 
 /// Inserts `new` (its `turn` left aside) with the turn of a new job of its player at its

@@ -24,6 +24,7 @@ pub mod run_attempts;
 pub mod runs;
 pub mod schema;
 pub mod space;
+mod sql;
 pub mod upstreams;
 pub mod usage;
 pub mod users;

@@ -11,17 +11,21 @@
 use chrono::NaiveDateTime;
 use diesel::dsl::case_when;
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{BigInt, Nullable};
 
 use super::behind::{self, Change};
 use super::billing::PriceRow;
 use super::notify::{self, Event};
 use super::schema::{llm_config, player_limits, prices, project_limits, usage_days, usage_holds, usage_limits, users};
+use super::sql::coalesce;
 use super::{DbConn, Kept, StoreResult};
 use crate::on_backend;
 
 /// Stands for "no limit" in a conditional UPDATE (sums never come near it).
 const NO_LIMIT: i64 = i64::MAX / 4;
+
+/// A user id no player has ([`Account::own`] when the account is not a player's).
+const NOBODY: i64 = i64::MIN;
 
 /// The one row of stored limits.
 const LIMITS_ID: i64 = 1;
@@ -250,28 +254,26 @@ pub fn is_blocked(conn: &mut DbConn, user_id: i64) -> StoreResult<bool> {
     Ok(player(conn, user_id)?.is_some_and(|p| p.blocked))
 }
 
-/// What a reservation decides by, read together: the stored limits, the player's overrides,
-/// the project's per-day limits and the model's price.
-pub type Terms = (LimitsRow, Option<PlayerLimitsRow>, Option<ProjectLimitsRow>, Option<PriceRow>);
+/// What a reservation decides by, read together: the stored limits, the project's per-day
+/// limits and the model's price (a player's own limits are read in the reservation itself:
+/// [`Account::own`]).
+pub type Terms = (LimitsRow, Option<ProjectLimitsRow>, Option<PriceRow>);
 
-/// [`Terms`] of a call of `user_id` (0: none) for `project` with `model`, in one statement
-/// (one round trip on PostgreSQL); `None` while no limits are stored.
-pub fn terms(conn: &mut DbConn, user_id: i64, project: Option<&str>, model: &str) -> StoreResult<Option<Terms>> {
+/// [`Terms`] of a call for `project` with `model`, in one statement (one round trip on
+/// PostgreSQL; read once per batch of the writer's: [`super::memo`]); `None` while no limits are
+/// stored.
+pub fn terms(conn: &mut DbConn, project: Option<&str>, model: &str) -> StoreResult<Option<Terms>> {
     // A project id is never empty: "" finds no project.
     let project = project.unwrap_or("").to_owned();
-    Ok(usage_limits::table
-        .find(LIMITS_ID)
-        .left_join(player_limits::table.on(player_limits::user_id.eq(user_id)))
-        .left_join(project_limits::table.on(project_limits::project_id.eq(project)))
-        .left_join(prices::table.on(prices::model.eq(model.to_owned())))
-        .select((
-            usage_limits::all_columns,
-            player_limits::all_columns.nullable(),
-            project_limits::all_columns.nullable(),
-            prices::all_columns.nullable(),
-        ))
-        .first(conn)
-        .optional()?)
+    super::memo::kept("terms", &format!("{project}\n{model}"), || {
+        Ok(usage_limits::table
+            .find(LIMITS_ID)
+            .left_join(project_limits::table.on(project_limits::project_id.eq(project)))
+            .left_join(prices::table.on(prices::model.eq(model.to_owned())))
+            .select((usage_limits::all_columns, project_limits::all_columns.nullable(), prices::all_columns.nullable()))
+            .first(conn)
+            .optional()?)
+    })
 }
 
 /// The prices of the models the enabled upstreams answer with (those with a price).
@@ -310,6 +312,9 @@ pub struct Account<'a> {
     pub level: &'a str,
     pub owner: &'a str,
     pub limits: (Option<i64>, Option<i64>),
+    /// The player whose own limits (its overrides), where set, stand before `limits`: read by
+    /// the reservation itself. Only the first account of a reservation may name one.
+    pub own: Option<i64>,
 }
 
 /// Creates the ledger row of `account` on `day` unless it exists.
@@ -345,8 +350,17 @@ pub fn reserve(
     behind::write_days(conn, &[(a.level, a.owner), (b.level, b.owner), (c.level, c.owner)], day)?;
     let is = |x: &Account<'_>| usage_days::level.eq(x.level.to_owned()).and(usage_days::owner.eq(x.owner.to_owned()));
     let limit = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<BigInt>();
-    let token_limit = case_when(is(a), limit(a.limits.0)).when(is(b), limit(b.limits.0)).otherwise(limit(c.limits.0));
-    let micro_limit = case_when(is(a), limit(a.limits.1)).when(is(b), limit(b.limits.1)).otherwise(limit(c.limits.1));
+    // The first account's own limits, where its player has them (a player that is none finds
+    // no row), before the limits given.
+    let own_of = a.own.unwrap_or(NOBODY);
+    let own = || player_limits::table.filter(player_limits::user_id.eq(own_of));
+    let own_tokens = own().select(player_limits::daily_tokens).single_value();
+    let own_micros = own().select(player_limits::daily_micros).single_value();
+    let given = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<Nullable<BigInt>>();
+    let a_tokens = coalesce(own_tokens, given(a.limits.0)).assume_not_null();
+    let a_micros = coalesce(own_micros, given(a.limits.1)).assume_not_null();
+    let token_limit = case_when(is(a), a_tokens).when(is(b), limit(b.limits.0)).otherwise(limit(c.limits.0));
+    let micro_limit = case_when(is(a), a_micros).when(is(b), limit(b.limits.1)).otherwise(limit(c.limits.1));
     Ok(Kept(
         diesel::update(
             usage_days::table

@@ -370,11 +370,21 @@ fn flags_are_counted_after_a_time_and_a_block_is_stored() {
 /// UPDATE, an `IN` list or an upsert again at every call unless told its SQL never changes).
 #[test]
 fn an_items_statements_stay_prepared() {
+    statements_stay_prepared(Db::Sqlite);
+}
+
+/// The same on PostgreSQL, where the request and the finish are statements written out.
+#[test]
+fn postgres_an_items_statements_stay_prepared() {
+    statements_stay_prepared(Db::Postgres);
+}
+
+fn statements_stay_prepared(db: Db) {
     use diesel::connection::InstrumentationEvent;
     use lorewire::store::usage::{self as ledger, Account};
     use std::collections::{HashMap, HashSet};
     use std::sync::{Arc, Mutex};
-    let (_db, store) = store();
+    let (_db, store) = store_on(db);
     // How often each statement started, and the statements the connection cached.
     type Seen = (HashMap<String, usize>, HashSet<String>);
     let seen: Arc<Mutex<Seen>> = Arc::default();
@@ -395,8 +405,8 @@ fn an_items_statements_stay_prepared() {
     };
     write(&store, move |c| {
         c.set_instrumentation(counter.clone());
-        let player = Account { level: "player", owner: "7", limits: (Some(100_000), None) };
-        let studio = Account { level: "studio", owner: "", limits: (None, None) };
+        let player = Account { level: "player", owner: "7", limits: (Some(100_000), None), own: Some(7) };
+        let studio = Account { level: "studio", owner: "", limits: (None, None), own: None };
         for account in [&player, &studio] {
             ledger::open(c, account, "2027-01-01", t0())?;
         }
