@@ -290,9 +290,15 @@ fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult
         return Ok(());
     }
     let targets: Vec<&str> = settles.iter().map(|s| s.target.as_str()).collect();
-    let mut taken: Vec<HoldRow> = diesel::delete(usage_holds::table.filter(usage_holds::target.eq_any(&targets)))
-        .returning(usage_holds::all_columns)
-        .get_results(conn)?;
+    let mut taken: Vec<HoldRow> = match targets[..] {
+        // One target: a statement kept prepared (an `IN` list is prepared again at every call).
+        [target] => diesel::delete(usage_holds::table.filter(usage_holds::target.eq(target)))
+            .returning(usage_holds::all_columns)
+            .get_results(conn)?,
+        _ => diesel::delete(usage_holds::table.filter(usage_holds::target.eq_any(&targets)))
+            .returning(usage_holds::all_columns)
+            .get_results(conn)?,
+    };
     taken.sort_by_key(|h| h.id);
     for settle in settles {
         let (mine, rest) = taken.into_iter().partition(|h| h.target == settle.target);
