@@ -175,16 +175,14 @@ fn reserve_bound(
             }
         }
     }
-    // The player's own limits, read when a refusal may name them: the player's row refused, or
-    // the model has no price (a USD limit of its own then refuses).
+    // The player's own limits before its defaults: as the reservation read them, or read now
+    // when its row refused.
     if let Some(first) = levels.first_mut().filter(|l| l.0 == Level::Player) {
-        let held = reserved.iter().any(|r| r.0 == first.0.as_str() && r.1 == first.1);
-        if !held || price.is_none() {
-            let own = ledger::player(conn, spend.user_id)?;
-            let tokens = own.as_ref().and_then(|p| p.daily_tokens).or(first.2 .0);
-            let micros = own.as_ref().and_then(|p| p.daily_micros).or(first.2 .1);
-            first.2 = (tokens, micros);
-        }
+        let own = match reserved.iter().find(|r| r.0 == first.0.as_str() && r.1 == first.1) {
+            Some(r) => (r.2, r.3),
+            None => ledger::player(conn, spend.user_id)?.map_or((None, None), |p| (p.daily_tokens, p.daily_micros)),
+        };
+        first.2 = (own.0.or(first.2 .0), own.1.or(first.2 .1));
     }
     // The first level that refuses, in order: over its limit, or a USD limit with no price for
     // the model (fails closed). Nothing stays reserved then.

@@ -333,18 +333,21 @@ pub fn open(conn: &mut DbConn, account: &Account<'_>, day: &str, now: NaiveDateT
     Ok(())
 }
 
+/// A row a reservation reserved at: `(level, owner, own tokens, own micro-dollars)`, the last two
+/// the first account's player's own limits ([`Account::own`]; `None`: not set, or no player).
+pub type Reserved = (String, String, Option<i64>, Option<i64>);
+
 /// Reserves `tokens` and `micros` on `day` at each of up to three accounts (one may stand
 /// twice or thrice) where all fit under its limits: one conditional UPDATE, so the database
-/// decides and concurrent reservations never overshoot. Returns the `(level, owner)` of the
-/// rows it reserved at; an account missing from them refused, or has no row that day yet
-/// ([`open`]).
+/// decides and concurrent reservations never overshoot. Returns the rows it reserved at; an
+/// account missing from them refused, or has no row that day yet ([`open`]).
 pub fn reserve(
     conn: &mut DbConn,
     accounts: [&Account<'_>; 3],
     day: &str,
     (tokens, micros): (i64, i64),
     now: NaiveDateTime,
-) -> StoreResult<Vec<(String, String)>> {
+) -> StoreResult<Vec<Reserved>> {
     let [a, b, c] = accounts;
     // It decides by what the batch kept aside for these rows: written first.
     behind::write_days(conn, &[(a.level, a.owner), (b.level, b.owner), (c.level, c.owner)], day)?;
@@ -354,11 +357,11 @@ pub fn reserve(
     // no row), before the limits given.
     let own_of = a.own.unwrap_or(NOBODY);
     let own = || player_limits::table.filter(player_limits::user_id.eq(own_of));
-    let own_tokens = own().select(player_limits::daily_tokens).single_value();
-    let own_micros = own().select(player_limits::daily_micros).single_value();
+    let own_tokens = || own().select(player_limits::daily_tokens).single_value();
+    let own_micros = || own().select(player_limits::daily_micros).single_value();
     let given = |l: Option<i64>| l.unwrap_or(NO_LIMIT).into_sql::<Nullable<BigInt>>();
-    let a_tokens = coalesce(own_tokens, given(a.limits.0)).assume_not_null();
-    let a_micros = coalesce(own_micros, given(a.limits.1)).assume_not_null();
+    let a_tokens = coalesce(own_tokens(), given(a.limits.0)).assume_not_null();
+    let a_micros = coalesce(own_micros(), given(a.limits.1)).assume_not_null();
     let token_limit = case_when(is(a), a_tokens).when(is(b), limit(b.limits.0)).otherwise(limit(c.limits.0));
     let micro_limit = case_when(is(a), a_micros).when(is(b), limit(b.limits.1)).otherwise(limit(c.limits.1));
     Ok(Kept(
@@ -374,7 +377,7 @@ pub fn reserve(
             usage_days::reserved_micros.eq(usage_days::reserved_micros + micros),
             usage_days::updated_at.eq(now),
         ))
-        .returning((usage_days::level, usage_days::owner)),
+        .returning((usage_days::level, usage_days::owner, own_tokens(), own_micros())),
     )
     .get_results(conn)?)
 }

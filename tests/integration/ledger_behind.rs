@@ -23,6 +23,7 @@ both_backends!(
     a_batch_reserves_by_the_settlements_it_kept_aside_and_a_failed_write_loses_none_of_them,
     holds_kept_aside_are_settled_in_their_own_batch,
     settlements_kept_for_the_commit_take_their_holds_and_a_players_reservation_waits_for_its_own,
+    a_players_own_limits_stand_before_the_defaults_in_its_reservation,
 );
 
 const PLAYER: i64 = 7;
@@ -203,6 +204,39 @@ async fn settlements_kept_for_the_commit_take_their_holds_and_a_players_reservat
             store.write(move |conn| limits::settle(conn, &call(n), Used::Nothing, now())).await.unwrap();
         }
     }
+}
+
+/// A player's own limits, read by its reservation: a token limit of its own below the default
+/// refuses what the default allows, a USD limit of its own refuses a model without a price (fail
+/// closed) though the defaults have no USD limit, and a player without its own has the defaults.
+async fn a_players_own_limits_stand_before_the_defaults_in_its_reservation(db: Db) {
+    use lorewire::store::usage::{self as ledger, PlayerChange};
+    use lorewire::store::users;
+    let (_db, store) = open_store(db).await;
+    let seed = lorewire::limits::seed_row(&seed(), now());
+    store.write(move |conn| ledger::seed_limits(conn, &seed)).await.unwrap();
+    let user =
+        |name: &'static str| store.write(move |conn| Ok(users::start_session(conn, None, name, name, now())?.0.id));
+    let (own_tokens, own_usd, plain) =
+        (user("ada").await.unwrap(), user("bo").await.unwrap(), user("cy").await.unwrap());
+    let put = |user_id: i64, change: PlayerChange| {
+        store.write(move |conn| ledger::put_player(conn, "test", user_id, &change, now()))
+    };
+    put(own_tokens, PlayerChange { daily_tokens: Some(Some(20)), ..PlayerChange::default() }).await.unwrap();
+    put(own_usd, PlayerChange { daily_micros: Some(Some(1_000)), ..PlayerChange::default() }).await.unwrap();
+    // "m" has no price.
+    let refused = store.write(move |conn| reserve_for(conn, own_tokens, "a:1", 30)).await.unwrap();
+    assert_eq!(refused.map_err(|r| r.level), Err(Level::Player), "30 over its own 20");
+    assert_eq!(store.write(move |conn| reserve_for(conn, own_tokens, "a:2", 20)).await.unwrap(), Ok(()));
+    let refused = store.write(move |conn| reserve_for(conn, own_usd, "b:1", 30)).await.unwrap().unwrap_err();
+    assert_eq!(refused.level, Level::Player);
+    assert!(refused.message.contains("has no price"), "{}", refused.message);
+    assert_eq!(store.write(move |conn| reserve_for(conn, plain, "c:1", 90)).await.unwrap(), Ok(()), "the default 100");
+    let refused = store.write(move |conn| reserve_for(conn, plain, "c:2", 20)).await.unwrap();
+    assert_eq!(refused.map_err(|r| r.level), Err(Level::Player), "110 over the default 100");
+    let mut holds = store.run(hold_targets).await.unwrap();
+    holds.sort();
+    assert_eq!(holds, ["a:2", "c:1"], "a refused reservation holds nothing");
 }
 
 /// Waits (once: not when the batch runs again) until `other` says it got as far, after saying
