@@ -24,6 +24,7 @@ both_backends!(
     holds_kept_aside_are_settled_in_their_own_batch,
     settlements_kept_for_the_commit_take_their_holds_and_a_players_reservation_waits_for_its_own,
     a_players_own_limits_stand_before_the_defaults_in_its_reservation,
+    the_items_a_batch_ends_take_their_holds_in_one_statement,
 );
 
 const PLAYER: i64 = 7;
@@ -237,6 +238,57 @@ async fn a_players_own_limits_stand_before_the_defaults_in_its_reservation(db: D
     let mut holds = store.run(hold_targets).await.unwrap();
     holds.sort();
     assert_eq!(holds, ["a:2", "c:1"], "a refused reservation holds nothing");
+}
+
+/// Three items ended in one batch: their holds are taken at its commit in one DELETE, and
+/// each settlement charges what it used.
+async fn the_items_a_batch_ends_take_their_holds_in_one_statement(db: Db) {
+    use diesel::connection::{Connection, InstrumentationEvent};
+    let (_db, store) = open_store(db).await;
+    for player in 1..=3 {
+        reserved(&store, player, format!("content:{player}"), 50).await;
+    }
+    let statements: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = statements.clone();
+    let (release, holding) = hold_writer(&store).await;
+    // The writer's connection tells what it runs from here to after the commit.
+    let watching = store.write(move |conn| {
+        let seen = seen.clone();
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                seen.lock().unwrap().push(query.to_string());
+            }
+        });
+        Ok(())
+    });
+    let used = |tokens: u64| Used::Reported(Usage { input_tokens: tokens, ..Usage::default() });
+    let ended: Vec<_> = (1..=3_i64)
+        .map(|player| {
+            let target = format!("content:{player}");
+            store.write(move |conn| limits::settle_later(conn, &target, player, used(player as u64), None, now()))
+        })
+        .collect();
+    drop(release);
+    holding.await.unwrap();
+    watching.await.unwrap();
+    let mut settled = Vec::new();
+    for end in ended {
+        settled.push(end.await.unwrap());
+    }
+    let quiet = store.write(|conn| {
+        conn.set_instrumentation(|_: InstrumentationEvent<'_>| {});
+        Ok(())
+    });
+    quiet.await.unwrap();
+    let statements = statements.lock().unwrap().clone();
+    let deletes = statements.iter().filter(|q| q.starts_with("DELETE FROM") && q.contains("usage_holds")).count();
+    assert_eq!(deletes, 1, "one DELETE for the batch's holds: {statements:#?}");
+    let charged: Vec<(i64, i64)> = settled.iter().map(|s| s.charged().player).collect();
+    assert_eq!(charged, [(1, 0), (2, 0), (3, 0)]);
+    assert!(store.run(hold_targets).await.unwrap().is_empty(), "every hold taken");
+    for player in 1..=3 {
+        assert_eq!(store.run(move |conn| day_of(conn, player)).await.unwrap(), (player, 0));
+    }
 }
 
 /// Waits (once: not when the batch runs again) until `other` says it got as far, after saying
