@@ -4,8 +4,8 @@
 //! every item of the batch, in one DELETE). Each item settled or reserved would otherwise cost a
 //! statement (a round trip on PostgreSQL) for each of them, and hold its ledger rows' locks
 //! from then to the commit. Just before the commit ([`flush`]) the holds go in one INSERT and
-//! the ledger's changes, summed per row, in one upsert (two when a row's reservations fall):
-//! the rows are locked only while the batch commits, in one order on every process.
+//! the ledger's changes, summed per row, in one upsert: the rows are locked only while the
+//! batch commits, in one order on every process.
 //!
 //! Whatever reads or decides by what is kept here gets it written first, in the same
 //! transaction: a conditional reservation writes the changes of its own rows ([`write_days`]),
@@ -356,8 +356,8 @@ struct Net<'a> {
     at: NaiveDateTime,
 }
 
-/// Sums `changes` per row and writes them, in the rows' order: on PostgreSQL in one upsert (two
-/// when a row's reservations fall), else one upsert per row.
+/// Sums `changes` per row and writes them, in the rows' order: on PostgreSQL in one upsert, else
+/// one upsert per row.
 fn write_changes(conn: &mut DbConn, changes: Vec<Change>) -> StoreResult<()> {
     let mut rows: BTreeMap<(&str, &str, &str), Net<'_>> = BTreeMap::new();
     for change in &changes {
@@ -425,35 +425,21 @@ fn upsert(conn: &mut DbConn, net: &Net<'_>) -> StoreResult<()> {
 /// Every row's change in one upsert (PostgreSQL; kept prepared for each number of rows up to
 /// [`KEEP_ROWS`]).
 fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> {
-    let row = |net: &Net<'a>, spent: (i64, i64), reserved: (i64, i64)| {
-        (
-            usage_days::level.eq(net.level),
-            usage_days::owner.eq(net.owner),
-            usage_days::day.eq(net.day),
-            usage_days::spent_tokens.eq(spent.0),
-            usage_days::spent_micros.eq(spent.1),
-            usage_days::reserved_tokens.eq(reserved.0),
-            usage_days::reserved_micros.eq(reserved.1),
-            usage_days::updated_at.eq(net.at),
-        )
-    };
-    if rows.iter().any(|net| net.reserved.0 < 0 || net.reserved.1 < 0) {
-        // The rows whose reservations fall are there already (a reservation made them); should
-        // one not be, it is created at zero first, so the upsert below only ever updates it.
-        let opened: Vec<_> = rows.iter().map(|net| row(net, (0, 0), (0, 0))).collect();
-        let open = diesel::insert_into(usage_days::table)
-            .values(&opened)
-            .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
-            .do_nothing()
-            .returning(usage_days::level);
-        if rows.len() <= KEEP_ROWS {
-            Kept(open).get_results::<String>(conn)?;
-        } else {
-            open.get_results::<String>(conn)?;
-        }
-    }
-    // Every row as changed (as created, when new: its reservations do not fall then).
-    let values: Vec<_> = rows.iter().map(|net| row(net, net.spent, net.reserved)).collect();
+    let values: Vec<_> = rows
+        .iter()
+        .map(|net| {
+            (
+                usage_days::level.eq(net.level),
+                usage_days::owner.eq(net.owner),
+                usage_days::day.eq(net.day),
+                usage_days::spent_tokens.eq(net.spent.0),
+                usage_days::spent_micros.eq(net.spent.1),
+                usage_days::reserved_tokens.eq(net.reserved.0),
+                usage_days::reserved_micros.eq(net.reserved.1),
+                usage_days::updated_at.eq(net.at),
+            )
+        })
+        .collect();
     // What a row holds never goes below zero, as a settlement in place leaves it.
     let tokens = usage_days::reserved_tokens + excluded(usage_days::reserved_tokens);
     let micros = usage_days::reserved_micros + excluded(usage_days::reserved_micros);
@@ -469,11 +455,27 @@ fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> 
         .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
         .do_update()
         .set(change)
-        .returning(usage_days::level);
-    if rows.len() <= KEEP_ROWS {
-        Kept(upsert).get_results::<String>(conn)?;
-    } else {
-        upsert.get_results::<String>(conn)?;
+        .returning((
+            usage_days::level,
+            usage_days::owner,
+            usage_days::day,
+            usage_days::reserved_tokens,
+            usage_days::reserved_micros,
+        ));
+    type Written = (String, String, String, i64, i64);
+    let written: Vec<Written> =
+        if rows.len() <= KEEP_ROWS { Kept(upsert).get_results(conn)? } else { upsert.get_results(conn)? };
+    // A row whose reservations fall is there already (a reservation made it): it was updated,
+    // and never holds less than zero. Should one not have been there, it was created as the
+    // change stands: what it holds is set to zero, as a settlement in place leaves it.
+    for (level, owner, day, _, _) in written.into_iter().filter(|w| w.3 < 0 || w.4 < 0) {
+        let (tokens, micros) = (usage_days::reserved_tokens, usage_days::reserved_micros);
+        diesel::update(usage_days::table.find((level, owner, day)))
+            .set((
+                tokens.eq(case_when(tokens.gt(0_i64), tokens).otherwise(0_i64)),
+                micros.eq(case_when(micros.gt(0_i64), micros).otherwise(0_i64)),
+            ))
+            .execute(conn)?;
     }
     Ok(())
 }

@@ -291,6 +291,32 @@ async fn the_items_a_batch_ends_take_their_holds_in_one_statement(db: Db) {
     }
 }
 
+/// PostgreSQL writes a batch's ledger rows in one upsert. A row a settlement releases is there
+/// already (its reservation made it); should one be gone, it is created holding nothing, as a
+/// settlement in place leaves a row, never holding less than nothing.
+#[actix_web::test]
+async fn postgres_a_settled_row_that_is_gone_is_created_holding_nothing() {
+    let (_db, store) = open_store(Db::Postgres).await;
+    reserved(&store, 1, "content:1".into(), 40).await;
+    reserved(&store, 2, "content:2".into(), 30).await;
+    let gone = store.write(|conn| {
+        let row = usage_days::table.filter(usage_days::level.eq("player")).filter(usage_days::owner.eq("1"));
+        Ok(diesel::delete(row).execute(conn)?)
+    });
+    assert_eq!(gone.await.unwrap(), 1);
+    let ten = Used::Reported(Usage { input_tokens: 10, ..Usage::default() });
+    let (release, holding) = hold_writer(&store).await;
+    let first = store.write(move |conn| limits::settle_later(conn, "content:1", 1, ten, None, now()));
+    let second = store.write(move |conn| limits::settle_later(conn, "content:2", 2, ten, None, now()));
+    drop(release);
+    holding.await.unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(store.run(|conn| day_of(conn, 1)).await.unwrap(), (10, 0), "created, holding nothing");
+    assert_eq!(store.run(|conn| day_of(conn, 2)).await.unwrap(), (10, 0));
+    assert_eq!(store.run(studio_day).await.unwrap(), (20, 0));
+}
+
 /// Waits (once: not when the batch runs again) until `other` says it got as far, after saying
 /// so itself; then lingers `linger`.
 fn meet(first: &AtomicBool, tell: &Mutex<mpsc::Sender<()>>, other: &Mutex<mpsc::Receiver<()>>, linger: Duration) {
