@@ -147,6 +147,8 @@ pub fn put_project(
     (tokens, micros): (Option<Option<i64>>, Option<Option<i64>>),
     now: NaiveDateTime,
 ) -> StoreResult<ProjectLimitsRow> {
+    // A reservation later in the batch reads the limits again ([`terms`]).
+    super::memo::forget();
     let old = project(conn, project_id)?;
     let values = (
         project_limits::project_id.eq(project_id),

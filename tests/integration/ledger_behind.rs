@@ -25,6 +25,7 @@ both_backends!(
     settlements_kept_for_the_commit_take_their_holds_and_a_players_reservation_waits_for_its_own,
     a_players_own_limits_stand_before_the_defaults_in_its_reservation,
     the_items_a_batch_ends_take_their_holds_in_one_statement,
+    a_limit_changed_in_a_batch_holds_for_the_reservations_after_it,
 );
 
 const PLAYER: i64 = 7;
@@ -315,6 +316,38 @@ async fn postgres_a_settled_row_that_is_gone_is_created_holding_nothing() {
     assert_eq!(store.run(|conn| day_of(conn, 1)).await.unwrap(), (10, 0), "created, holding nothing");
     assert_eq!(store.run(|conn| day_of(conn, 2)).await.unwrap(), (10, 0));
     assert_eq!(store.run(studio_day).await.unwrap(), (20, 0));
+}
+
+/// The stored limits are read once per batch: a project's limit changed in the batch holds for
+/// the reservations after it in the same batch.
+async fn a_limit_changed_in_a_batch_holds_for_the_reservations_after_it(db: Db) {
+    use lorewire::store::usage as ledger;
+    let (_db, store) = open_store(db).await;
+    let seed = lorewire::limits::seed_row(&seed(), now());
+    store.write(move |conn| ledger::seed_limits(conn, &seed)).await.unwrap();
+    let for_project = |target: &'static str, tokens: i64| {
+        store.write(move |conn| {
+            let spend = Spend {
+                user_id: limits::SERVER,
+                project: Some("p"),
+                model: "m",
+                target,
+                prompt_tokens: tokens,
+                output_tokens: 0,
+            };
+            limits::reserve(conn, &self::seed(), &spend, now())
+        })
+    };
+    let (release, holding) = hold_writer(&store).await;
+    let first = for_project("run:1", 50);
+    let limited = store.write(|conn| ledger::put_project(conn, "p", (Some(Some(60)), None), now()));
+    let second = for_project("run:2", 20);
+    drop(release);
+    holding.await.unwrap();
+    assert_eq!(first.await.unwrap(), Ok(()), "no limit yet");
+    limited.await.unwrap();
+    let refused = second.await.unwrap().expect_err("50 + 20 over the new 60");
+    assert_eq!(refused.level, Level::Project);
 }
 
 /// Waits (once: not when the batch runs again) until `other` says it got as far, after saying
