@@ -107,11 +107,11 @@ pub fn request(
 ) -> StoreResult<(Requested, Option<JobRow>)> {
     if let (DbConn::Pg(c), Some(_), false) = (&mut *conn, item.claim_for, item.regenerate) {
         return match place_pg(c, item, now)? {
-            Some(Placed { item: row, created: true }) => {
+            Some(Written { item: row, written: true }) => {
                 let job = enqueue(conn, item, row.id, now)?;
                 Ok((Requested::Created(row), job))
             }
-            Some(Placed { item: row, created: false }) => {
+            Some(Written { item: row, written: false }) => {
                 check_change(&row, item)?;
                 Ok((Requested::Existing(row), None))
             }
@@ -228,20 +228,21 @@ fn request_once(
 const COLUMNS: &str = "id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
     updated_at, owner_id";
 
-/// What [`place_pg`] answers: the item, and whether this statement created it.
+/// What a statement written out answers: the item, and whether that statement wrote it
+/// ([`place_pg`]: created it; [`finish_pg`]: finished it).
 #[derive(QueryableByName)]
-struct Placed {
+struct Written {
     #[diesel(embed)]
     item: ContentRow,
     #[diesel(sql_type = diesel::sql_types::Bool)]
-    created: bool,
+    written: bool,
 }
 
 /// The item `item` asks for, created pending when it is not there, in one statement (a
 /// writable CTE, which Diesel's DSL does not build; every value a bound parameter), kept
 /// prepared. `None`: another transaction created it after this statement began (then waited
 /// on and committed: a read now finds it).
-fn place_pg(c: &mut diesel::PgConnection, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Option<Placed>> {
+fn place_pg(c: &mut diesel::PgConnection, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Option<Written>> {
     use diesel::sql_types::{BigInt, Text, Timestamp};
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| {
@@ -249,8 +250,8 @@ fn place_pg(c: &mut diesel::PgConnection, item: &RequestItem<'_>, now: NaiveDate
             "WITH made AS (INSERT INTO content (kind, subject_id, status, fields, context, version, created_at, \
                  updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7) \
                  ON CONFLICT (kind, subject_id, owner_id) DO NOTHING RETURNING {COLUMNS}) \
-             SELECT {COLUMNS}, true AS created FROM made \
-             UNION ALL SELECT {COLUMNS}, false AS created FROM content \
+             SELECT {COLUMNS}, true AS written FROM made \
+             UNION ALL SELECT {COLUMNS}, false AS written FROM content \
                  WHERE kind = $1 AND subject_id = $2 AND owner_id = $7 AND NOT EXISTS (SELECT 1 FROM made)"
         )
     });
@@ -323,38 +324,6 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
     Ok(Ended::Done(row))
 }
 
-/// What [`finish_pg`] answers: whether the job was this worker's (and is gone), and the item
-/// as finished (absent when it was not pending).
-#[derive(QueryableByName)]
-struct Finished {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    completed: bool,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    id: Option<i64>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    kind: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    subject_id: Option<i64>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    status: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    fields: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    context: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    model: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    reason: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    version: Option<i64>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
-    created_at: Option<NaiveDateTime>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
-    updated_at: Option<NaiveDateTime>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    owner_id: Option<i64>,
-}
-
 /// [`finish`] on PostgreSQL: the job's removal (only while `f.worker` holds it) and the item's
 /// result in one statement, one round trip where two statements took two. A writable CTE,
 /// which Diesel's DSL does not build: every value is a bound parameter. `None`: the job was
@@ -366,17 +335,23 @@ fn finish_pg(
     now: NaiveDateTime,
 ) -> StoreResult<Option<Option<ContentRow>>> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    const SQL: &str = "WITH done AS (DELETE FROM jobs WHERE id = $1 AND locked_by = $2 RETURNING id), \
-        finished AS (UPDATE content SET status = $3, fields = $4, model = $5, reason = $6, \
-            version = version + 1, updated_at = $7 \
-            WHERE id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM done) \
-            RETURNING id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
-            updated_at, owner_id) \
-        SELECT EXISTS (SELECT 1 FROM done) AS completed, finished.* FROM (SELECT 1) AS one \
-        LEFT JOIN finished ON true";
+    // The item finished; else, the job being gone, the item as it is (no longer pending); else
+    // nothing (another worker's job). Content rows are never deleted.
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "WITH done AS (DELETE FROM jobs WHERE id = $1 AND locked_by = $2 RETURNING id), \
+             finished AS (UPDATE content SET status = $3, fields = $4, model = $5, reason = $6, \
+                 version = version + 1, updated_at = $7 \
+                 WHERE id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM done) RETURNING {COLUMNS}) \
+             SELECT {COLUMNS}, true AS written FROM finished \
+             UNION ALL SELECT {COLUMNS}, false AS written FROM content \
+                 WHERE id = $8 AND EXISTS (SELECT 1 FROM done) AND NOT EXISTS (SELECT 1 FROM finished)"
+        )
+    });
     // Kept prepared: every item ends with it.
-    let answer: Finished = Kept(
-        diesel::sql_query(SQL)
+    let answer: Option<Written> = Kept(
+        diesel::sql_query(sql.as_str())
             .bind::<BigInt, _>(f.job_id)
             .bind::<Text, _>(f.worker)
             .bind::<Text, _>(f.status.as_str())
@@ -387,42 +362,9 @@ fn finish_pg(
             .bind::<BigInt, _>(f.content_id)
             .bind::<Text, _>(PENDING),
     )
-    .get_result(c)?;
-    if !answer.completed {
-        return Ok(None);
-    }
-    let Finished { id, kind, subject_id, status, fields, context, model, reason, version, created_at, .. } = answer;
-    let (updated_at, owner_id) = (answer.updated_at, answer.owner_id);
-    let row = match (id, kind, subject_id, status, fields, context, version, created_at, updated_at, owner_id) {
-        (
-            Some(id),
-            Some(kind),
-            Some(subject_id),
-            Some(status),
-            Some(fields),
-            Some(context),
-            Some(version),
-            Some(created_at),
-            Some(updated_at),
-            Some(owner_id),
-        ) => Some(ContentRow {
-            id,
-            kind,
-            subject_id,
-            status,
-            fields,
-            context,
-            model,
-            reason,
-            version,
-            created_at,
-            updated_at,
-            owner_id,
-        }),
-        (None, ..) => None,
-        _ => return Err(StoreError::Corrupt(format!("content {}: a finished row came back incomplete", f.content_id))),
-    };
-    Ok(Some(row))
+    .get_result(c)
+    .optional()?;
+    Ok(answer.map(|Written { item, written }| written.then_some(item)))
 }
 
 /// Items by status, for the admin summary and tests.
