@@ -6,6 +6,7 @@ use diesel::prelude::*;
 
 use super::jobs::{self, Ended, JobKind, JobRow, Place};
 use super::notify;
+use super::place::{self, Placed, Placing};
 use super::schema::{content, jobs as jobs_t};
 use super::{DbConn, Kept, StoreError, StoreResult};
 use crate::domain::content::{ContentKind, ContentStatus, FallbackReason};
@@ -13,7 +14,7 @@ use crate::domain::events::Event;
 use crate::on_backend;
 
 /// What a content row holds while its job has not committed a result.
-const PENDING: &str = ContentStatus::Pending.as_str();
+pub(super) const PENDING: &str = ContentStatus::Pending.as_str();
 
 pub use super::content_row::ContentRow;
 
@@ -99,19 +100,30 @@ pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<ContentRow>>
 /// of it or none): nothing may go on after it fails in the same transaction.
 ///
 /// On PostgreSQL a request whose job is claimed at once and that does not regenerate finds or
-/// creates the item in one statement ([`place_pg`]).
+/// creates the item and its job in one statement ([`place::place`]), or finds them made ahead
+/// of its batch ([`place::ahead`]).
 pub fn request(
     conn: &mut DbConn,
     item: &RequestItem<'_>,
     now: NaiveDateTime,
 ) -> StoreResult<(Requested, Option<JobRow>)> {
-    if let (DbConn::Pg(c), Some(_), false) = (&mut *conn, item.claim_for, item.regenerate) {
-        return match place_pg(c, item, now)? {
-            Some(Written { item: row, written: true }) => {
-                let job = enqueue(conn, item, row.id, now)?;
-                Ok((Requested::Created(row), job))
-            }
-            Some(Written { item: row, written: false }) => {
+    if let (DbConn::Pg(c), Some(worker), false) = (&mut *conn, item.claim_for, item.regenerate) {
+        let placing = Placing {
+            kind: item.kind.as_str(),
+            subject_id: item.subject_id,
+            owner: item.owner,
+            fields: item.empty_fields,
+            context: item.context.unwrap_or("{}"),
+            player: item.player,
+            worker,
+            at: now,
+        };
+        if let Some((row, job)) = place::take(&placing) {
+            return Ok((Requested::Created(row), Some(job)));
+        }
+        return match place::place(c, &[placing])?.pop().map(|(_, placed)| placed) {
+            Some(Placed::Made(row, job)) => Ok((Requested::Created(row), Some(job))),
+            Some(Placed::There(row)) => {
                 check_change(&row, item)?;
                 Ok((Requested::Existing(row), None))
             }
@@ -225,48 +237,16 @@ fn request_once(
 }
 
 /// The columns of a content row, in [`ContentRow`]'s order (for the statements written out).
-const COLUMNS: &str = "id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
+pub(super) const COLUMNS: &str = "id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
     updated_at, owner_id";
 
-/// What a statement written out answers: the item, and whether that statement wrote it
-/// ([`place_pg`]: created it; [`finish_pg`]: finished it).
+/// What [`finish_pg`] answers: the item, and whether that statement finished it.
 #[derive(QueryableByName)]
 struct Written {
     #[diesel(embed)]
     item: ContentRow,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     written: bool,
-}
-
-/// The item `item` asks for, created pending when it is not there, in one statement (a
-/// writable CTE, which Diesel's DSL does not build; every value a bound parameter), kept
-/// prepared. `None`: another transaction created it after this statement began (then waited
-/// on and committed: a read now finds it).
-fn place_pg(c: &mut diesel::PgConnection, item: &RequestItem<'_>, now: NaiveDateTime) -> StoreResult<Option<Written>> {
-    use diesel::sql_types::{BigInt, Text, Timestamp};
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "WITH made AS (INSERT INTO content (kind, subject_id, status, fields, context, version, created_at, \
-                 updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7) \
-                 ON CONFLICT (kind, subject_id, owner_id) DO NOTHING RETURNING {COLUMNS}) \
-             SELECT {COLUMNS}, true AS written FROM made \
-             UNION ALL SELECT {COLUMNS}, false AS written FROM content \
-                 WHERE kind = $1 AND subject_id = $2 AND owner_id = $7 AND NOT EXISTS (SELECT 1 FROM made)"
-        )
-    });
-    Ok(Kept(
-        diesel::sql_query(sql.as_str())
-            .bind::<Text, _>(item.kind.as_str())
-            .bind::<BigInt, _>(item.subject_id)
-            .bind::<Text, _>(PENDING)
-            .bind::<Text, _>(item.empty_fields)
-            .bind::<Text, _>(item.context.unwrap_or("{}"))
-            .bind::<Timestamp, _>(now)
-            .bind::<BigInt, _>(item.owner),
-    )
-    .get_result(c)
-    .optional()?)
 }
 
 /// Whether a request's context (sanitized, as JSON) is the one stored: compared as JSON values.

@@ -264,6 +264,36 @@ pub fn enqueue_claimed(
     insert_taking_turn(conn, &new)
 }
 
+/// The row of a job written claimed by `worker` (as [`enqueue_claimed`] writes it) by a
+/// statement that answered only its `id` and `turn` ([`super::place`]).
+pub(super) fn claimed_row(
+    id: i64,
+    kind: JobKind,
+    target_id: i64,
+    place: Place,
+    worker: &str,
+    turn: i64,
+    now: NaiveDateTime,
+) -> JobRow {
+    let new = NewJob::new(kind, target_id, place, turn, Some(worker), now);
+    JobRow {
+        id,
+        kind: new.kind.to_owned(),
+        target_id,
+        priority: new.priority,
+        status: new.status.to_owned(),
+        attempts: new.attempts,
+        run_after: new.run_after,
+        locked_by: new.locked_by.map(str::to_owned),
+        locked_at: new.locked_at,
+        last_error: None,
+        created_at: new.created_at,
+        updated_at: new.updated_at,
+        player_id: new.player_id,
+        turn: new.turn,
+    }
+}
+
 /// Claims up to `limit` due jobs for `worker`, highest priority first, then by turn (players
 /// take turns, [`insert_taking_turn`]), oldest first. PostgreSQL skips rows other processes hold (`FOR
 /// UPDATE SKIP LOCKED`); SQLite has one writer, so its immediate transaction is enough.

@@ -17,6 +17,7 @@ pub mod jobs;
 mod kept;
 pub mod llm_config;
 mod memo;
+mod place;
 pub mod messages;
 pub mod moderation;
 pub mod notify;

@@ -1,0 +1,236 @@
+//! New content items and their claimed jobs written in one statement on PostgreSQL: for one
+//! request ([`super::content::request`]), and ahead of a writer's batch for every request in it
+//! that would create its item with a job claimed at once ([`ahead`]). Each request still runs in
+//! its place in the batch and finds its item made ([`take`]); one the statement found there
+//! already is read again by its request, in its place.
+//!
+//! Only PostgreSQL: SQLite's statements cost no round trip, and its one writer keeps them.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
+
+use super::content::{ContentRow, COLUMNS, PENDING};
+use super::jobs::{self, JobKind, JobRow, Place};
+use super::{Kept, StoreResult};
+use crate::domain::content::ContentKind;
+use crate::domain::jobs::JobStatus;
+
+/// An item to find, or create pending with its job claimed by `worker`.
+#[derive(Debug, Clone, Copy)]
+pub struct Placing<'a> {
+    pub kind: &'a str,
+    pub subject_id: i64,
+    pub owner: i64,
+    /// The fields and context of a new item.
+    pub fields: &'a str,
+    pub context: &'a str,
+    /// Whose job it is (its turn).
+    pub player: i64,
+    pub worker: &'a str,
+    pub at: NaiveDateTime,
+}
+
+/// What the statement answers for one item: made with its job, or as it was already there.
+#[derive(Debug)]
+pub enum Placed {
+    Made(ContentRow, JobRow),
+    There(ContentRow),
+}
+
+impl Placing<'_> {
+    fn key(&self) -> Key {
+        (self.kind.to_owned(), self.subject_id, self.owner)
+    }
+}
+
+/// An item's key: kind, subject id, owner.
+type Key = (String, i64, i64);
+
+#[derive(QueryableByName)]
+struct Answer {
+    #[diesel(embed)]
+    item: ContentRow,
+    #[diesel(sql_type = Bool)]
+    written: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    job_id: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    job_turn: Option<i64>,
+}
+
+/// The statement: the items' rows inserted (a conflict leaves the one there), each new one's
+/// job claimed, with its player's turn at priority 0 as [`jobs::insert_taking_turn`] decides it
+/// (the same rule written out: the turn after the player's last job queued or running, never
+/// before the one served; a player with none takes the running jobs' turn when it is before the
+/// served one). A player's second and later jobs in the statement take the turns one after
+/// another, as one statement each would; different players' jobs in one statement are
+/// concurrent enqueues. Every value is a bound parameter (arrays, one per column).
+fn sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let made = |prefix: &str| COLUMNS.split(", ").map(|c| format!("{prefix}.{c}")).collect::<Vec<_>>().join(", ");
+        let (m, c) = (made("m"), made("c"));
+        format!(
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
+                 $6::int8[], $7::text[], $8::timestamp[]) WITH ORDINALITY \
+                 AS v(kind, subject_id, owner_id, fields, context, player_id, worker, made_at, ord)), \
+             made AS (INSERT INTO content (kind, subject_id, status, fields, context, version, created_at, \
+                 updated_at, owner_id) SELECT kind, subject_id, $9, fields, context, 1, made_at, made_at, owner_id \
+                 FROM v ORDER BY ord ON CONFLICT (kind, subject_id, owner_id) DO NOTHING RETURNING {COLUMNS}), \
+             at_zero AS (SELECT (SELECT min(turn) FROM jobs WHERE priority = 0 AND status = $11) AS serving, \
+                 (SELECT max(turn) FROM jobs WHERE priority = 0 AND status = $12) AS running), \
+             mine AS (SELECT m.id AS target_id, v.player_id, v.worker, v.made_at, v.ord, \
+                 row_number() OVER (PARTITION BY v.player_id ORDER BY v.ord) AS n \
+                 FROM made m JOIN v ON v.kind = m.kind AND v.subject_id = m.subject_id AND v.owner_id = m.owner_id), \
+             firsts AS (SELECT mine.*, z.serving, coalesce(\
+                     CASE WHEN l.last IS NOT NULL THEN CASE WHEN z.serving > l.last + 1 THEN z.serving \
+                         ELSE l.last + 1 END END, \
+                     CASE WHEN z.running < z.serving THEN z.running ELSE coalesce(z.serving, z.running) END, \
+                     0) AS first \
+                 FROM mine CROSS JOIN at_zero z LEFT JOIN LATERAL (SELECT max(turn) AS last FROM jobs \
+                     WHERE priority = 0 AND player_id = mine.player_id AND (status = $11 OR status = $12)) l ON true), \
+             job AS (INSERT INTO jobs (kind, target_id, priority, status, attempts, run_after, locked_by, \
+                 locked_at, created_at, updated_at, player_id, turn) \
+                 SELECT $10, target_id, 0, $12, 1, made_at, worker, made_at, made_at, made_at, player_id, \
+                     CASE WHEN n = 1 THEN first ELSE greatest(serving + n - 2, first + n - 1) END \
+                 FROM firsts ORDER BY ord RETURNING id, target_id, turn) \
+             SELECT {m}, true AS written, job.id AS job_id, job.turn AS job_turn \
+                 FROM made m JOIN job ON job.target_id = m.id \
+             UNION ALL SELECT {c}, false AS written, NULL AS job_id, NULL AS job_turn \
+                 FROM content c JOIN v ON c.kind = v.kind AND c.subject_id = v.subject_id AND c.owner_id = v.owner_id \
+                 WHERE NOT EXISTS (SELECT 1 FROM made m WHERE m.kind = v.kind AND m.subject_id = v.subject_id \
+                     AND m.owner_id = v.owner_id)"
+        )
+    })
+}
+
+/// Finds or creates every item of `items` (no two with the same key) in one statement, kept
+/// prepared (one text for any number of items). An item answered with nothing was created by
+/// another transaction that committed after the statement began: a read now finds it.
+pub(super) fn place<'a>(c: &mut diesel::PgConnection, items: &[Placing<'a>]) -> StoreResult<Vec<(Key, Placed)>> {
+    let column = |f: fn(&Placing<'a>) -> &'a str| items.iter().map(f).collect::<Vec<_>>();
+    let number = |f: fn(&Placing<'a>) -> i64| items.iter().map(f).collect::<Vec<_>>();
+    let answers: Vec<Answer> = Kept(
+        diesel::sql_query(sql())
+            .bind::<Array<Text>, _>(column(|p| p.kind))
+            .bind::<Array<BigInt>, _>(number(|p| p.subject_id))
+            .bind::<Array<BigInt>, _>(number(|p| p.owner))
+            .bind::<Array<Text>, _>(column(|p| p.fields))
+            .bind::<Array<Text>, _>(column(|p| p.context))
+            .bind::<Array<BigInt>, _>(number(|p| p.player))
+            .bind::<Array<Text>, _>(column(|p| p.worker))
+            .bind::<Array<Timestamp>, _>(items.iter().map(|p| p.at).collect::<Vec<_>>())
+            .bind::<Text, _>(PENDING)
+            .bind::<Text, _>(JobKind::Content.as_str())
+            .bind::<Text, _>(JobStatus::Queued.as_str())
+            .bind::<Text, _>(JobStatus::Running.as_str()),
+    )
+    .load(c)?;
+    let by_key: HashMap<Key, &Placing<'_>> = items.iter().map(|p| (p.key(), p)).collect();
+    Ok(answers
+        .into_iter()
+        .filter_map(|Answer { item, written, job_id, job_turn }| {
+            let key = (item.kind.clone(), item.subject_id, item.owner_id);
+            let placing = by_key.get(&key)?;
+            let placed = match (written, job_id, job_turn) {
+                (true, Some(id), Some(turn)) => {
+                    let place = Place::new(0, placing.player);
+                    let job = jobs::claimed_row(id, JobKind::Content, item.id, place, placing.worker, turn, placing.at);
+                    Placed::Made(item, job)
+                }
+                _ => Placed::There(item),
+            };
+            Some((key, placed))
+        })
+        .collect())
+}
+
+/// What a content request asks of the writer's batch ahead of it: its item's key, and when it
+/// would create the item with its job claimed at once (it does not regenerate, a worker has a
+/// slot for it), what [`place`] needs.
+#[derive(Debug, Clone)]
+pub struct Ahead {
+    pub kind: ContentKind,
+    pub subject_id: i64,
+    pub owner: i64,
+    pub fields: String,
+    pub context: String,
+    pub player: i64,
+    /// `None`: the request is not placed ahead (it regenerates, or its job queues).
+    pub worker: Option<String>,
+    pub at: NaiveDateTime,
+}
+
+impl Ahead {
+    fn placing(&self) -> Option<Placing<'_>> {
+        Some(Placing {
+            kind: self.kind.as_str(),
+            subject_id: self.subject_id,
+            owner: self.owner,
+            fields: &self.fields,
+            context: &self.context,
+            player: self.player,
+            worker: self.worker.as_deref()?,
+            at: self.at,
+        })
+    }
+}
+
+thread_local! {
+    /// The items made ahead of this thread's batch, until their requests take them.
+    static MADE: RefCell<HashMap<Key, (ContentRow, JobRow)>> = RefCell::new(HashMap::new());
+}
+
+/// Makes ahead of a batch, in one statement, the items of `asks` (the batch's requests, in
+/// order) that their requests would create with a claimed job. An item two requests of the batch
+/// ask for is left to them, as is every item found there already: each is read in its place.
+/// Does nothing for fewer than two such items (a request alone costs the same statement).
+pub(super) fn ahead(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<()> {
+    let mut seen = HashSet::new();
+    let twice: HashSet<Key> = asks
+        .iter()
+        .map(|a| (a.kind.as_str().to_owned(), a.subject_id, a.owner))
+        .filter(|key| !seen.insert(key.clone()))
+        .collect();
+    let items: Vec<Placing<'_>> =
+        asks.iter().filter_map(|a| a.placing()).filter(|p| !twice.contains(&p.key())).collect();
+    if items.len() < 2 {
+        return Ok(());
+    }
+    let made = place(c, &items)?;
+    MADE.with_borrow_mut(|kept| {
+        kept.extend(made.into_iter().filter_map(|(key, placed)| match placed {
+            Placed::Made(row, job) => Some((key, (row, job))),
+            Placed::There(_) => None,
+        }))
+    });
+    Ok(())
+}
+
+/// The item made ahead for `placing`'s request, with its job, when it was (by the same worker).
+pub(super) fn take(placing: &Placing<'_>) -> Option<(ContentRow, JobRow)> {
+    MADE.with_borrow_mut(|kept| {
+        let key = placing.key();
+        match kept.get(&key) {
+            Some((_, job)) if job.locked_by.as_deref() == Some(placing.worker) && job.player_id == placing.player => {
+                kept.remove(&key)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// How many items made ahead no request took (the batch must not commit them).
+pub(super) fn left() -> usize {
+    MADE.with_borrow(HashMap::len)
+}
+
+/// Forgets what was made ahead (its transaction ended or was rolled back).
+pub(super) fn forget() {
+    MADE.with_borrow_mut(HashMap::clear);
+}
