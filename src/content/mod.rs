@@ -33,6 +33,7 @@ use crate::limits::rate::{Counted, StartRate};
 use crate::limits::{self, Spend};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::jobs::JobRow;
+use crate::store::place::Ahead;
 use crate::store::upstreams::{self, UpstreamRow};
 use crate::store::{DbConn, Store, StoreError, StoreResult};
 
@@ -145,6 +146,16 @@ impl ContentService {
         let origin = self.origin.clone();
         let slot = self.jobs.reserve();
         let claimer = slot.as_ref().map(|slot| slot.claimer());
+        let ahead = Ahead {
+            kind,
+            subject_id,
+            owner,
+            fields: empty.clone(),
+            context: context.clone().unwrap_or_else(|| "{}".to_owned()),
+            player: by.user_id.unwrap_or(0),
+            worker: claimer.as_ref().filter(|_| !regenerate).map(|c| c.worker().to_owned()),
+            at: now,
+        };
         let (jobs, hub) = (self.jobs.clone(), self.hub.clone());
         let (config, metrics) = (self.config.clone(), self.metrics.clone());
         // Run again when a write of its batch fails: whatever is only counted, is counted once
@@ -204,7 +215,7 @@ impl ContentService {
             }
             requested
         };
-        let requested = self.store.write_then_for(by.user_id, write, committed).await;
+        let requested = self.store.write_ahead_for(by.user_id, Some(ahead), write, committed).await;
         if let Err(StoreError::OverLimit(refusal)) = &requested {
             limits::observe::refused(&self.metrics, refusal);
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use diesel::connection::TransactionManager;
 
+use super::place::{self, Ahead};
 use super::{begin_write, behind, memo, notify, BatchFailed, DbConn, Failure, StoreError, StoreResult, Tm};
 
 /// How a request's work ended inside its savepoint.
@@ -26,6 +27,10 @@ pub(super) trait Request: Send {
     fn run(&mut self, conn: &mut DbConn) -> Ran;
     /// The work panicked; its answer is a failure of lorewire's own.
     fn panicked(&mut self);
+    /// What it asks for, when it is a content request that may be placed ahead of its batch.
+    fn ahead(&self) -> Option<&Ahead> {
+        None
+    }
     /// The batch is over: `Ok` when it committed, else why it did not.
     fn answer(self: Box<Self>, batch: Result<(), &BatchFailed>);
 }
@@ -109,15 +114,31 @@ fn hold_for_test() {
 /// `batch` in the begun transaction without savepoints ([`run_batch`]).
 fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: bool) -> Together {
     let mut succeeded = true;
-    for request in batch.iter_mut() {
-        match run_one(conn, &mut **request, 1) {
-            Ok(Ran::Ok) => {}
-            Ok(Ran::Failed | Ran::Raced) | Err(_) => {
-                succeeded = false;
-                break;
-            }
+    if let DbConn::Pg(c) = conn {
+        let asks: Vec<&Ahead> = batch.iter().filter_map(|r| r.ahead()).collect();
+        if let Err(e) = place::ahead(c, &asks) {
+            tracing::warn!(error = %e, "a batch's items could not be made ahead of it; it runs each in a savepoint");
+            succeeded = false;
         }
     }
+    for request in batch.iter_mut() {
+        if !succeeded {
+            break;
+        }
+        match run_one(conn, &mut **request, 1) {
+            Ok(Ran::Ok) => {}
+            Ok(Ran::Failed | Ran::Raced) | Err(_) => succeeded = false,
+        }
+    }
+    // An item made ahead that no request took would commit a job no worker runs.
+    if succeeded && place::left() > 0 {
+        tracing::error!(
+            items = place::left(),
+            "items made ahead of a batch were not taken; it runs each in a savepoint"
+        );
+        succeeded = false;
+    }
+    place::forget();
     if succeeded {
         match commit_batch(conn, announce) {
             Ok(()) => {

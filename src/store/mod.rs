@@ -17,10 +17,10 @@ pub mod jobs;
 mod kept;
 pub mod llm_config;
 mod memo;
-mod place;
 pub mod messages;
 pub mod moderation;
 pub mod notify;
+pub mod place;
 pub mod run_attempts;
 pub mod runs;
 pub mod schema;
@@ -304,7 +304,26 @@ impl Store {
         F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
         C: FnOnce(T) -> U + Send + 'static,
     {
-        let answer = self.writer.submit(player, f, then);
+        self.write_ahead_for(player, None, f, then)
+    }
+
+    /// [`Store::write_then_for`] of a content request that says what it asks for: on
+    /// PostgreSQL its item may be made ahead of its batch, in one statement with the others'
+    /// ([`place::ahead`]).
+    pub fn write_ahead_for<T, U, F, C>(
+        &self,
+        player: Option<i64>,
+        ahead: Option<place::Ahead>,
+        f: F,
+        then: C,
+    ) -> impl std::future::Future<Output = StoreResult<U>> + Send + 'static
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+        C: FnOnce(T) -> U + Send + 'static,
+    {
+        let answer = self.writer.submit_ahead(player, ahead, f, then);
         async move { answer.await.map_err(|_| StoreError::Canceled)? }
     }
 

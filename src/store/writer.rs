@@ -25,6 +25,7 @@ use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use super::batch::{depth, run_batch, Ran, Request};
+use super::place::Ahead;
 use super::BatchFailed;
 use super::{
     begin_write, behind, memo, notify, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm,
@@ -42,6 +43,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 struct Work<T, U, F, C> {
     f: F,
     then: C,
+    ahead: Option<Ahead>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<U>>,
 }
@@ -66,6 +68,10 @@ where
 
     fn panicked(&mut self) {
         self.result = Some(Err(StoreError::Panicked));
+    }
+
+    fn ahead(&self) -> Option<&Ahead> {
+        self.ahead.as_ref()
     }
 
     fn answer(self: Box<Self>, batch: Result<(), &BatchFailed>) {
@@ -175,10 +181,28 @@ impl Writer {
         F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
         C: FnOnce(T) -> U + Send + 'static,
     {
+        self.submit_ahead(player, None, f, then)
+    }
+
+    /// [`Writer::submit`] of a content request that says what it asks for ([`Ahead`]): its
+    /// item may be made ahead of its batch together with those of the others.
+    pub fn submit_ahead<T, U, F, C>(
+        &self,
+        player: Option<i64>,
+        ahead: Option<Ahead>,
+        f: F,
+        then: C,
+    ) -> oneshot::Receiver<StoreResult<U>>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnMut(&mut DbConn) -> StoreResult<T> + Send + 'static,
+        C: FnOnce(T) -> U + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         // A send fails only when the thread is gone: the dropped reply then answers `Canceled`.
         let writer = player.map_or(0, |player| player.unsigned_abs() as usize % self.queues.len());
-        let _ = self.queues[writer].send(Box::new(Work { f, then, result: None, reply }));
+        let _ = self.queues[writer].send(Box::new(Work { f, then, ahead, result: None, reply }));
         answer
     }
 }

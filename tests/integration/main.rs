@@ -24,6 +24,7 @@ mod llm;
 mod llm_faults;
 mod lobby;
 mod logs;
+mod made_ahead;
 mod metrics_history;
 mod migrations;
 mod moderation;

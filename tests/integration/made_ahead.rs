@@ -1,0 +1,224 @@
+//! PostgreSQL makes the new items of a writer's batch, and their claimed jobs, in one statement
+//! ahead of the batch (`store::place`): each request, run in its place, takes its own; an item
+//! asked for twice in the batch, or there already, is left to its requests.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::NaiveDateTime;
+use diesel::connection::{Connection, InstrumentationEvent};
+use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+use lorewire::domain::content::ContentKind;
+use lorewire::store::content::{self, RequestItem, Requested};
+use lorewire::store::jobs::{self, JobKind, JobRow, Place};
+use lorewire::store::place::Ahead;
+use lorewire::store::schema::{content as content_t, jobs as jobs_t};
+use lorewire::store::{DbConn, Store, StoreResult};
+
+use crate::common::{Db, TestDb};
+use crate::writer::hold_writer;
+
+const WORKER: &str = "worker-a";
+
+fn t0() -> NaiveDateTime {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap().naive_utc()
+}
+
+async fn open_store() -> (TestDb, Store) {
+    actix_web::rt::task::spawn_blocking(|| {
+        let db = TestDb::new(Db::Postgres);
+        // One writer: every request below goes into the batch held behind `hold_writer`.
+        let store = Store::connect_with(&db.url, 1).expect("store");
+        store.migrate().expect("migrations");
+        (db, store)
+    })
+    .await
+    .unwrap()
+}
+
+/// A claimed request for quest `subject_id` by `player`; `ahead_worker` is the worker its
+/// [`Ahead`] names (the request's own, unless a test makes them differ).
+fn ask(
+    store: &Store,
+    subject_id: i64,
+    player: i64,
+    ahead_worker: &str,
+) -> impl std::future::Future<Output = StoreResult<(Requested, Option<JobRow>)>> {
+    let ahead = Ahead {
+        kind: ContentKind::Quest,
+        subject_id,
+        owner: 0,
+        fields: "{}".into(),
+        context: "{}".into(),
+        player,
+        worker: Some(ahead_worker.to_owned()),
+        at: t0(),
+    };
+    let write = move |conn: &mut DbConn| {
+        let item = RequestItem {
+            origin: "test",
+            kind: ContentKind::Quest,
+            subject_id,
+            owner: 0,
+            player,
+            context: Some("{}"),
+            empty_fields: "{}",
+            regenerate: false,
+            may_change: true,
+            claim_for: Some(WORKER),
+            queue_limit: 100,
+        };
+        content::request(conn, &item, t0())
+    };
+    store.write_ahead_for(Some(player), Some(ahead), write, |answer| answer)
+}
+
+/// Every statement the writer's connection runs from now until `quiet` is called.
+async fn watch(store: &Store) -> Arc<Mutex<Vec<String>>> {
+    let statements: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = statements.clone();
+    let watching = store.write(move |conn| {
+        let seen = seen.clone();
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                seen.lock().unwrap().push(query.to_string());
+            }
+        });
+        Ok(())
+    });
+    watching.await.unwrap();
+    statements
+}
+
+async fn quiet(store: &Store) {
+    store
+        .write(|conn| {
+            conn.set_instrumentation(|_: InstrumentationEvent<'_>| {});
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+fn all_jobs(conn: &mut DbConn) -> StoreResult<Vec<JobRow>> {
+    Ok(jobs_t::table.order(jobs_t::target_id).load(conn)?)
+}
+
+/// Jobs there before the batch: player 1's queued (the turn served), player 2's running.
+async fn prelude(store: &Store) {
+    store
+        .write(|conn| {
+            jobs::enqueue_for(conn, JobKind::Content, 900, Place::new(0, 1), t0())?;
+            jobs::enqueue_claimed(conn, JobKind::Content, 901, Place::new(0, 2), WORKER, t0())?;
+            jobs::enqueue_for(conn, JobKind::Content, 902, Place::new(0, 2), t0())?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+/// Players 1 and 3 ask for two new items each in one batch: one statement makes all four with
+/// their claimed jobs, each request answers its own item created, and every job has the turn a
+/// statement of its own would have given it (the same requests one batch each, on a second
+/// database).
+#[actix_web::test]
+async fn postgres_a_batchs_new_items_are_made_in_one_statement_with_the_turns_one_each_would_take() {
+    let asks = [(1, 1), (2, 3), (3, 1), (4, 3)];
+    let (_db, store) = open_store().await;
+    prelude(&store).await;
+    let statements = watch(&store).await;
+    let (release, holding) = hold_writer(&store).await;
+    let answers: Vec<_> = asks.iter().map(|&(subject, player)| ask(&store, subject, player, WORKER)).collect();
+    drop(release);
+    holding.await.unwrap();
+    let mut jobs_answered = Vec::new();
+    for (answer, &(subject, player)) in answers.into_iter().zip(&asks) {
+        let (requested, job) = answer.await.unwrap();
+        let Requested::Created(row) = requested else { panic!("item {subject} not created: {requested:?}") };
+        let job = job.expect("its job, claimed");
+        assert_eq!((row.subject_id, row.status.as_str()), (subject, "pending"));
+        assert_eq!((job.target_id, job.player_id, job.locked_by.as_deref()), (row.id, player, Some(WORKER)));
+        jobs_answered.push((job.id, job.turn));
+    }
+    quiet(&store).await;
+    let statements = statements.lock().unwrap().clone();
+    let made = statements.iter().filter(|q| q.starts_with("WITH v AS")).count();
+    let inserts = statements.iter().filter(|q| q.starts_with("INSERT INTO")).count();
+    assert_eq!((made, inserts), (1, 0), "one statement for the four items and their jobs: {statements:#?}");
+
+    let stored = store.run(all_jobs).await.unwrap();
+    let stored_new: Vec<(i64, i64)> = stored.iter().filter(|j| j.target_id < 900).map(|j| (j.id, j.turn)).collect();
+    let mut answered = jobs_answered.clone();
+    answered.sort();
+    let mut stored_sorted = stored_new.clone();
+    stored_sorted.sort();
+    assert_eq!(answered, stored_sorted, "each request answers its job as stored");
+
+    // The same requests one after another, each a batch of its own.
+    let (_db2, alone) = open_store().await;
+    prelude(&alone).await;
+    for &(subject, player) in &asks {
+        let (requested, _) = ask(&alone, subject, player, WORKER).await.unwrap();
+        assert!(matches!(requested, Requested::Created(_)));
+    }
+    let turns = |jobs: Vec<JobRow>| jobs.into_iter().map(|j| (j.player_id, j.turn)).collect::<Vec<_>>();
+    let one_each = turns(alone.run(all_jobs).await.unwrap());
+    assert_eq!(turns(stored), one_each, "the turns one statement each gives");
+    let player_1: Vec<i64> = one_each.iter().filter(|(p, _)| *p == 1).map(|(_, t)| *t).collect();
+    assert!(player_1[1] > player_1[0], "a player's jobs take turns one after another: {one_each:?}");
+}
+
+/// An item asked for twice in one batch, or there already, is left to its requests: one is
+/// created with its job, the other answered as it is; the rest of the batch is made ahead.
+#[actix_web::test]
+async fn postgres_an_item_asked_twice_in_a_batch_or_there_already_is_left_to_its_requests() {
+    let (_db, store) = open_store().await;
+    let (first, _) = ask(&store, 5, 1, WORKER).await.unwrap();
+    assert!(matches!(first, Requested::Created(_)));
+    let (release, holding) = hold_writer(&store).await;
+    let answers: Vec<_> =
+        [(5, 3), (6, 1), (6, 3), (7, 1), (8, 3)].iter().map(|&(s, p)| ask(&store, s, p, WORKER)).collect();
+    drop(release);
+    holding.await.unwrap();
+    let mut what = Vec::new();
+    for answer in answers {
+        let (requested, job) = answer.await.unwrap();
+        let created = matches!(requested, Requested::Created(_));
+        assert_eq!(created, job.is_some(), "a job with a created item only");
+        what.push((requested.row().subject_id, created));
+    }
+    assert_eq!(what, [(5, false), (6, true), (6, false), (7, true), (8, true)]);
+    let jobs = store.run(all_jobs).await.unwrap();
+    let targets: Vec<i64> = jobs.iter().map(|j| j.target_id).collect();
+    // Made ahead, 7 and 8 come before 6, created in its place.
+    let items: Vec<(i64, i64)> = store
+        .run(|conn| {
+            Ok(content_t::table.select((content_t::id, content_t::subject_id)).order(content_t::id).load(conn)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(items.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [5, 7, 8, 6], "one row per item");
+    assert_eq!(targets, items.iter().map(|(id, _)| *id).collect::<Vec<_>>(), "one job per item");
+}
+
+/// An item made ahead that its request does not take (here it names another worker than the
+/// request claims for) is never committed: the batch runs again, each request in a savepoint,
+/// and every job is claimed by the worker its request named.
+#[actix_web::test]
+async fn postgres_an_item_made_ahead_and_not_taken_is_not_committed() {
+    let (_db, store) = open_store().await;
+    let (release, holding) = hold_writer(&store).await;
+    let answers: Vec<_> = [(1, 1, "worker-b"), (2, 3, "worker-b")]
+        .iter()
+        .map(|&(subject, player, worker)| ask(&store, subject, player, worker))
+        .collect();
+    drop(release);
+    holding.await.unwrap();
+    for answer in answers {
+        let (requested, job) = answer.await.unwrap();
+        assert!(matches!(requested, Requested::Created(_)), "{requested:?}");
+        assert_eq!(job.unwrap().locked_by.as_deref(), Some(WORKER));
+    }
+    let jobs = store.run(all_jobs).await.unwrap();
+    let workers: Vec<Option<String>> = jobs.into_iter().map(|j| j.locked_by).collect();
+    assert_eq!(workers, [Some(WORKER.to_owned()), Some(WORKER.to_owned())]);
+}
