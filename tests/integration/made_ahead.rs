@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDateTime;
 use diesel::connection::{Connection, InstrumentationEvent};
-use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+use diesel::{QueryDsl, RunQueryDsl};
 use lorewire::domain::content::ContentKind;
 use lorewire::store::content::{self, RequestItem, Requested};
 use lorewire::store::jobs::{self, JobKind, JobRow, Place};
