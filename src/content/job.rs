@@ -27,6 +27,7 @@ use crate::jobs::{nothing_to_do, Adopter, Claim, JobHandler, JobKind, JobResult,
 use crate::limits::{self, Used};
 use crate::llm::Llm;
 use crate::moderation::Moderation;
+use crate::store::ahead::{Ahead, Finishing};
 use crate::store::content::{self as rows, ContentRow, Finish};
 use crate::store::jobs::Ended;
 use crate::store::upstreams::{self, UpstreamRow};
@@ -197,28 +198,47 @@ impl ContentJob {
         let (status, used) = (ending.status, ending.used);
         let model = ending.model;
         let (now, player) = (self.clock.now_naive(), claim.player);
+        // Told to the writer's batch, which may end it together with the batch's others.
+        let ahead = Ahead::Finish(Finishing {
+            kind: row.kind()?,
+            subject_id: row.subject_id,
+            owner: row.owner_id,
+            content_id,
+            job_id,
+            worker: worker.to_string(),
+            status,
+            fields: fields.clone(),
+            model: model.clone(),
+            reason,
+            at: now,
+        });
         let ended = self
             .store
-            .write_for(claim.player, move |conn| {
-                let finish = Finish {
-                    origin: &origin,
-                    job_id,
-                    worker: &worker,
-                    content_id,
-                    status,
-                    fields: &fields,
-                    model: model.as_deref(),
-                    reason,
-                };
-                let ended = rows::finish(conn, &finish, now)?;
-                let mut settled = None;
-                if let Ended::Done(_) = &ended {
-                    // The batch's items settled together at its commit.
-                    let target = format!("content:{content_id}");
-                    settled = Some(limits::settle_later(conn, &target, player, used, model.as_deref(), now)?);
-                }
-                Ok((ended, settled))
-            })
+            .write_ahead_for(
+                Some(claim.player),
+                Some(ahead),
+                move |conn| {
+                    let finish = Finish {
+                        origin: &origin,
+                        job_id,
+                        worker: &worker,
+                        content_id,
+                        status,
+                        fields: &fields,
+                        model: model.as_deref(),
+                        reason,
+                    };
+                    let ended = rows::finish(conn, &finish, now)?;
+                    let mut settled = None;
+                    if let Ended::Done(_) = &ended {
+                        // The batch's items settled together at its commit.
+                        let target = format!("content:{content_id}");
+                        settled = Some(limits::settle_later(conn, &target, player, used, model.as_deref(), now)?);
+                    }
+                    Ok((ended, settled))
+                },
+                |ended| ended,
+            )
             .await?;
         let (ended, settled) = ended;
         if let Some(settled) = settled {

@@ -31,9 +31,9 @@ use crate::hub::{Hub, Publish};
 use crate::jobs::{Intake, Loaded};
 use crate::limits::rate::{Counted, StartRate};
 use crate::limits::{self, Spend};
+use crate::store::ahead::{Ahead, Asked};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::jobs::JobRow;
-use crate::store::place::Ahead;
 use crate::store::upstreams::{self, UpstreamRow};
 use crate::store::{DbConn, Store, StoreError, StoreResult};
 
@@ -146,7 +146,7 @@ impl ContentService {
         let origin = self.origin.clone();
         let slot = self.jobs.reserve();
         let claimer = slot.as_ref().map(|slot| slot.claimer());
-        let ahead = Ahead {
+        let ahead = Ahead::Request(Asked {
             kind,
             subject_id,
             owner,
@@ -155,7 +155,7 @@ impl ContentService {
             player: by.user_id.unwrap_or(0),
             worker: claimer.as_ref().filter(|_| !regenerate).map(|c| c.worker().to_owned()),
             at: now,
-        };
+        });
         let (jobs, hub) = (self.jobs.clone(), self.hub.clone());
         let (config, metrics) = (self.config.clone(), self.metrics.clone());
         // Run again when a write of its batch fails: whatever is only counted, is counted once

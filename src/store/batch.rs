@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use diesel::connection::TransactionManager;
 
-use super::place::{self, Ahead};
+use super::ahead::{self, Ahead};
 use super::{begin_write, behind, memo, notify, BatchFailed, DbConn, Failure, StoreError, StoreResult, Tm};
 
 /// How a request's work ended inside its savepoint.
@@ -116,8 +116,8 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
     let mut succeeded = true;
     if let DbConn::Pg(c) = conn {
         let asks: Vec<&Ahead> = batch.iter().filter_map(|r| r.ahead()).collect();
-        if let Err(e) = place::ahead(c, &asks) {
-            tracing::warn!(error = %e, "a batch's items could not be made ahead of it; it runs each in a savepoint");
+        if let Err(e) = ahead::run(c, &asks) {
+            tracing::warn!(error = %e, "a batch's writes could not be made ahead of it; it runs each in a savepoint");
             succeeded = false;
         }
     }
@@ -130,15 +130,16 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
             Ok(Ran::Failed | Ran::Raced) | Err(_) => succeeded = false,
         }
     }
-    // An item made ahead that no request took would commit a job no worker runs.
-    if succeeded && place::left() > 0 {
+    // What was made ahead and not taken would commit a write nobody asked for (a job no
+    // worker runs, an item's end its job did not commit).
+    if succeeded && ahead::left() > 0 {
         tracing::error!(
-            items = place::left(),
-            "items made ahead of a batch were not taken; it runs each in a savepoint"
+            writes = ahead::left(),
+            "writes made ahead of a batch were not taken; it runs each in a savepoint"
         );
         succeeded = false;
     }
-    place::forget();
+    ahead::forget();
     if succeeded {
         match commit_batch(conn, announce) {
             Ok(()) => {

@@ -4,6 +4,8 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::ahead;
+use super::ending::{self, Ending};
 use super::jobs::{self, Ended, JobKind, JobRow, Place};
 use super::notify;
 use super::place::{self, Placed, Placing};
@@ -101,7 +103,7 @@ pub fn find_by_id(conn: &mut DbConn, id: i64) -> StoreResult<Option<ContentRow>>
 ///
 /// On PostgreSQL a request whose job is claimed at once and that does not regenerate finds or
 /// creates the item and its job in one statement ([`place::place`]), or finds them made ahead
-/// of its batch ([`place::ahead`]).
+/// of its batch ([`ahead`]).
 pub fn request(
     conn: &mut DbConn,
     item: &RequestItem<'_>,
@@ -118,7 +120,7 @@ pub fn request(
             worker,
             at: now,
         };
-        if let Some((row, job)) = place::take(&placing) {
+        if let Some((row, job)) = ahead::take_placed(&placing) {
             return Ok((Requested::Created(row), Some(job)));
         }
         return match place::place(c, &[placing])?.pop().map(|(_, placed)| placed) {
@@ -240,15 +242,6 @@ fn request_once(
 pub(super) const COLUMNS: &str = "id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
     updated_at, owner_id";
 
-/// What [`finish_pg`] answers: the item, and whether that statement finished it.
-#[derive(QueryableByName)]
-struct Written {
-    #[diesel(embed)]
-    item: ContentRow,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    written: bool,
-}
-
 /// Whether a request's context (sanitized, as JSON) is the one stored: compared as JSON values.
 fn same_context(requested: &str, stored: &str) -> bool {
     match (serde_json::from_str::<serde_json::Value>(requested), serde_json::from_str::<serde_json::Value>(stored)) {
@@ -270,14 +263,33 @@ pub struct Finish<'a> {
     pub reason: Option<FallbackReason>,
 }
 
-/// A whole write of its own, like [`request`]. On PostgreSQL one statement ([`finish_pg`]).
+/// A whole write of its own, like [`request`]. On PostgreSQL one statement ([`ending::end`]),
+/// or none when it was made ahead of its batch ([`ahead`]).
 pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreResult<Ended<ContentRow>> {
     let reason = f.reason.map(|r| r.to_string());
     let row = match conn {
-        DbConn::Pg(c) => match finish_pg(c, f, reason.as_deref(), now)? {
-            Some(row) => row,
-            None => return Ok(Ended::TakenOver),
-        },
+        DbConn::Pg(c) => {
+            let ended = match ahead::take_ended(f.job_id, f.worker) {
+                Some(ended) => ended,
+                None => {
+                    let ending = Ending {
+                        job_id: f.job_id,
+                        worker: f.worker,
+                        content_id: f.content_id,
+                        status: f.status.as_str(),
+                        fields: f.fields,
+                        model: f.model,
+                        reason: reason.as_deref(),
+                        at: now,
+                    };
+                    ending::end(c, &[ending])?.pop().map_or(Ended::TakenOver, |(_, ended)| ended)
+                }
+            };
+            match ended {
+                Ended::Done(row) => row,
+                Ended::TakenOver => return Ok(Ended::TakenOver),
+            }
+        }
         DbConn::Sqlite(_) => {
             if !jobs::complete(conn, f.job_id, f.worker)? {
                 return Ok(Ended::TakenOver);
@@ -302,49 +314,6 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
         content_changed(conn, f.origin, row)?;
     }
     Ok(Ended::Done(row))
-}
-
-/// [`finish`] on PostgreSQL: the job's removal (only while `f.worker` holds it) and the item's
-/// result in one statement, one round trip where two statements took two. A writable CTE,
-/// which Diesel's DSL does not build: every value is a bound parameter. `None`: the job was
-/// another worker's (nothing written).
-fn finish_pg(
-    c: &mut diesel::PgConnection,
-    f: &Finish<'_>,
-    reason: Option<&str>,
-    now: NaiveDateTime,
-) -> StoreResult<Option<Option<ContentRow>>> {
-    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    // The item finished; else, the job being gone, the item as it is (no longer pending); else
-    // nothing (another worker's job). Content rows are never deleted.
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "WITH done AS (DELETE FROM jobs WHERE id = $1 AND locked_by = $2 RETURNING id), \
-             finished AS (UPDATE content SET status = $3, fields = $4, model = $5, reason = $6, \
-                 version = version + 1, updated_at = $7 \
-                 WHERE id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM done) RETURNING {COLUMNS}) \
-             SELECT {COLUMNS}, true AS written FROM finished \
-             UNION ALL SELECT {COLUMNS}, false AS written FROM content \
-                 WHERE id = $8 AND EXISTS (SELECT 1 FROM done) AND NOT EXISTS (SELECT 1 FROM finished)"
-        )
-    });
-    // Kept prepared: every item ends with it.
-    let answer: Option<Written> = Kept(
-        diesel::sql_query(sql.as_str())
-            .bind::<BigInt, _>(f.job_id)
-            .bind::<Text, _>(f.worker)
-            .bind::<Text, _>(f.status.as_str())
-            .bind::<Text, _>(f.fields)
-            .bind::<Nullable<Text>, _>(f.model)
-            .bind::<Nullable<Text>, _>(reason)
-            .bind::<Timestamp, _>(now)
-            .bind::<BigInt, _>(f.content_id)
-            .bind::<Text, _>(PENDING),
-    )
-    .get_result(c)
-    .optional()?;
-    Ok(answer.map(|Written { item, written }| written.then_some(item)))
 }
 
 /// Items by status, for the admin summary and tests.

@@ -7,11 +7,13 @@
 //! Never runs a Diesel call on an async worker; never holds a connection across an upstream
 //! call (closures passed to `run` and `write` are synchronous, so they cannot await the network).
 
+pub mod ahead;
 mod batch;
 pub mod behind;
 pub mod billing;
 pub mod content;
 pub mod content_row;
+mod ending;
 mod error;
 pub mod jobs;
 mod kept;
@@ -20,7 +22,7 @@ mod memo;
 pub mod messages;
 pub mod moderation;
 pub mod notify;
-pub mod place;
+mod place;
 pub mod run_attempts;
 pub mod runs;
 pub mod schema;
@@ -309,11 +311,11 @@ impl Store {
 
     /// [`Store::write_then_for`] of a content request that says what it asks for: on
     /// PostgreSQL its item may be made ahead of its batch, in one statement with the others'
-    /// ([`place::ahead`]).
+    /// ([`ahead`]).
     pub fn write_ahead_for<T, U, F, C>(
         &self,
         player: Option<i64>,
-        ahead: Option<place::Ahead>,
+        ahead: Option<ahead::Ahead>,
         f: F,
         then: C,
     ) -> impl std::future::Future<Output = StoreResult<U>> + Send + 'static

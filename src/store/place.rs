@@ -1,13 +1,8 @@
 //! New content items and their claimed jobs written in one statement on PostgreSQL: for one
-//! request ([`super::content::request`]), and ahead of a writer's batch for every request in it
-//! that would create its item with a job claimed at once ([`ahead`]). Each request still runs in
-//! its place in the batch and finds its item made ([`take`]); one the statement found there
-//! already is read again by its request, in its place.
-//!
-//! Only PostgreSQL: SQLite's statements cost no round trip, and its one writer keeps them.
+//! request ([`super::content::request`]), or for every request of a writer's batch that would
+//! create its item with a job claimed at once ([`super::ahead`]).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use chrono::NaiveDateTime;
@@ -15,9 +10,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 
 use super::content::{ContentRow, COLUMNS, PENDING};
+use super::ending::columns_of;
 use super::jobs::{self, JobKind, JobRow, Place};
 use super::{Kept, StoreResult};
-use crate::domain::content::ContentKind;
 use crate::domain::jobs::JobStatus;
 
 /// An item to find, or create pending with its job claimed by `worker`.
@@ -43,13 +38,13 @@ pub enum Placed {
 }
 
 impl Placing<'_> {
-    fn key(&self) -> Key {
+    pub(super) fn key(&self) -> Key {
         (self.kind.to_owned(), self.subject_id, self.owner)
     }
 }
 
 /// An item's key: kind, subject id, owner.
-type Key = (String, i64, i64);
+pub(super) type Key = (String, i64, i64);
 
 #[derive(QueryableByName)]
 struct Answer {
@@ -73,8 +68,7 @@ struct Answer {
 fn sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let made = |prefix: &str| COLUMNS.split(", ").map(|c| format!("{prefix}.{c}")).collect::<Vec<_>>().join(", ");
-        let (m, c) = (made("m"), made("c"));
+        let (m, c) = (columns_of("m"), columns_of("c"));
         format!(
             "WITH v AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
                  $6::int8[], $7::text[], $8::timestamp[]) WITH ORDINALITY \
@@ -148,89 +142,4 @@ pub(super) fn place<'a>(c: &mut diesel::PgConnection, items: &[Placing<'a>]) -> 
             Some((key, placed))
         })
         .collect())
-}
-
-/// What a content request asks of the writer's batch ahead of it: its item's key, and when it
-/// would create the item with its job claimed at once (it does not regenerate, a worker has a
-/// slot for it), what [`place`] needs.
-#[derive(Debug, Clone)]
-pub struct Ahead {
-    pub kind: ContentKind,
-    pub subject_id: i64,
-    pub owner: i64,
-    pub fields: String,
-    pub context: String,
-    pub player: i64,
-    /// `None`: the request is not placed ahead (it regenerates, or its job queues).
-    pub worker: Option<String>,
-    pub at: NaiveDateTime,
-}
-
-impl Ahead {
-    fn placing(&self) -> Option<Placing<'_>> {
-        Some(Placing {
-            kind: self.kind.as_str(),
-            subject_id: self.subject_id,
-            owner: self.owner,
-            fields: &self.fields,
-            context: &self.context,
-            player: self.player,
-            worker: self.worker.as_deref()?,
-            at: self.at,
-        })
-    }
-}
-
-thread_local! {
-    /// The items made ahead of this thread's batch, until their requests take them.
-    static MADE: RefCell<HashMap<Key, (ContentRow, JobRow)>> = RefCell::new(HashMap::new());
-}
-
-/// Makes ahead of a batch, in one statement, the items of `asks` (the batch's requests, in
-/// order) that their requests would create with a claimed job. An item two requests of the batch
-/// ask for is left to them, as is every item found there already: each is read in its place.
-/// Does nothing for fewer than two such items (a request alone costs the same statement).
-pub(super) fn ahead(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<()> {
-    let mut seen = HashSet::new();
-    let twice: HashSet<Key> = asks
-        .iter()
-        .map(|a| (a.kind.as_str().to_owned(), a.subject_id, a.owner))
-        .filter(|key| !seen.insert(key.clone()))
-        .collect();
-    let items: Vec<Placing<'_>> =
-        asks.iter().filter_map(|a| a.placing()).filter(|p| !twice.contains(&p.key())).collect();
-    if items.len() < 2 {
-        return Ok(());
-    }
-    let made = place(c, &items)?;
-    MADE.with_borrow_mut(|kept| {
-        kept.extend(made.into_iter().filter_map(|(key, placed)| match placed {
-            Placed::Made(row, job) => Some((key, (row, job))),
-            Placed::There(_) => None,
-        }))
-    });
-    Ok(())
-}
-
-/// The item made ahead for `placing`'s request, with its job, when it was (by the same worker).
-pub(super) fn take(placing: &Placing<'_>) -> Option<(ContentRow, JobRow)> {
-    MADE.with_borrow_mut(|kept| {
-        let key = placing.key();
-        match kept.get(&key) {
-            Some((_, job)) if job.locked_by.as_deref() == Some(placing.worker) && job.player_id == placing.player => {
-                kept.remove(&key)
-            }
-            _ => None,
-        }
-    })
-}
-
-/// How many items made ahead no request took (the batch must not commit them).
-pub(super) fn left() -> usize {
-    MADE.with_borrow(HashMap::len)
-}
-
-/// Forgets what was made ahead (its transaction ended or was rolled back).
-pub(super) fn forget() {
-    MADE.with_borrow_mut(HashMap::clear);
 }

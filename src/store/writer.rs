@@ -24,8 +24,8 @@ use diesel::connection::{SimpleConnection, TransactionManager};
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
+use super::ahead::Ahead;
 use super::batch::{depth, run_batch, Ran, Request};
-use super::place::Ahead;
 use super::BatchFailed;
 use super::{
     begin_write, behind, memo, notify, AfterCommit, Backend, DbConn, Failure, Manager, StoreError, StoreResult, Tm,

@@ -1,16 +1,17 @@
-//! PostgreSQL makes the new items of a writer's batch, and their claimed jobs, in one statement
-//! ahead of the batch (`store::place`): each request, run in its place, takes its own; an item
-//! asked for twice in the batch, or there already, is left to its requests.
+//! PostgreSQL makes the new items of a writer's batch with their claimed jobs, and the ends of
+//! the jobs it ends, each in one statement ahead of the batch (`store::ahead`): each write, run
+//! in its place, takes its own; an item two writes of the batch name, or one there already, is
+//! left to its writes.
 
 use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDateTime;
 use diesel::connection::{Connection, InstrumentationEvent};
-use diesel::{QueryDsl, RunQueryDsl};
-use lorewire::domain::content::ContentKind;
-use lorewire::store::content::{self, RequestItem, Requested};
-use lorewire::store::jobs::{self, JobKind, JobRow, Place};
-use lorewire::store::place::Ahead;
+use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+use lorewire::domain::content::{ContentKind, ContentStatus};
+use lorewire::store::ahead::{Ahead, Asked, Finishing};
+use lorewire::store::content::{self, ContentRow, Finish, RequestItem, Requested};
+use lorewire::store::jobs::{self, Ended, JobKind, JobRow, Place};
 use lorewire::store::schema::{content as content_t, jobs as jobs_t};
 use lorewire::store::{DbConn, Store, StoreResult};
 
@@ -43,7 +44,7 @@ fn ask(
     player: i64,
     ahead_worker: &str,
 ) -> impl std::future::Future<Output = StoreResult<(Requested, Option<JobRow>)>> {
-    let ahead = Ahead {
+    let ahead = Ahead::Request(Asked {
         kind: ContentKind::Quest,
         subject_id,
         owner: 0,
@@ -52,7 +53,7 @@ fn ask(
         player,
         worker: Some(ahead_worker.to_owned()),
         at: t0(),
-    };
+    });
     let write = move |conn: &mut DbConn| {
         let item = RequestItem {
             origin: "test",
@@ -221,4 +222,121 @@ async fn postgres_an_item_made_ahead_and_not_taken_is_not_committed() {
     let jobs = store.run(all_jobs).await.unwrap();
     let workers: Vec<Option<String>> = jobs.into_iter().map(|j| j.locked_by).collect();
     assert_eq!(workers, [Some(WORKER.to_owned()), Some(WORKER.to_owned())]);
+}
+
+/// The end of job `job` (by `worker`) of the item `row`: `ready` with the subject id as its title.
+fn end(
+    store: &Store,
+    row: &ContentRow,
+    job: i64,
+    worker: &'static str,
+) -> impl std::future::Future<Output = StoreResult<Ended<ContentRow>>> {
+    let fields = format!(r#"{{"title":"{}"}}"#, row.subject_id);
+    let ahead = Ahead::Finish(Finishing {
+        kind: ContentKind::Quest,
+        subject_id: row.subject_id,
+        owner: row.owner_id,
+        content_id: row.id,
+        job_id: job,
+        worker: worker.to_owned(),
+        status: ContentStatus::Ready,
+        fields: fields.clone(),
+        model: Some("m".into()),
+        reason: None,
+        at: t0(),
+    });
+    let content_id = row.id;
+    let write = move |conn: &mut DbConn| {
+        let finish = Finish {
+            origin: "test",
+            job_id: job,
+            worker,
+            content_id,
+            status: ContentStatus::Ready,
+            fields: &fields,
+            model: Some("m"),
+            reason: None,
+        };
+        content::finish(conn, &finish, t0())
+    };
+    store.write_ahead_for(Some(1), Some(ahead), write, |ended| ended)
+}
+
+/// Items 1 to 4, created with their jobs claimed by [`WORKER`], each in a batch of its own.
+async fn four_items(store: &Store) -> Vec<(ContentRow, i64)> {
+    let mut made = Vec::new();
+    for subject in 1..=4 {
+        let (requested, job) = ask(store, subject, 1, WORKER).await.unwrap();
+        let Requested::Created(row) = requested else { panic!("not created") };
+        made.push((row, job.unwrap().id));
+    }
+    made
+}
+
+/// The jobs one batch ends are ended in one statement ahead of it: a job's item finished, a job
+/// another worker holds left alone (taken over), a job whose item is no longer pending removed
+/// with the item as it is; each end answered as one statement of its own answers it.
+#[actix_web::test]
+async fn postgres_the_jobs_a_batch_ends_end_in_one_statement() {
+    let (_db, store) = open_store().await;
+    let items = four_items(&store).await;
+    let third = items[2].0.id;
+    store
+        .write(move |conn| {
+            let row = content_t::table.find(third);
+            Ok(diesel::update(row).set(content_t::status.eq("ready")).execute(conn)?)
+        })
+        .await
+        .unwrap();
+    let statements = watch(&store).await;
+    let (release, holding) = hold_writer(&store).await;
+    let workers = [WORKER, "worker-b", WORKER, WORKER];
+    let ends: Vec<_> = items.iter().zip(workers).map(|((row, job), worker)| end(&store, row, *job, worker)).collect();
+    drop(release);
+    holding.await.unwrap();
+    let mut found = Vec::new();
+    for ended in ends {
+        found.push(match ended.await.unwrap() {
+            Ended::Done(Some(row)) => format!("{} {} v{}", row.subject_id, row.status, row.version),
+            Ended::Done(None) => "no longer pending".to_owned(),
+            Ended::TakenOver => "taken over".to_owned(),
+        });
+    }
+    quiet(&store).await;
+    assert_eq!(found, ["1 ready v2", "taken over", "no longer pending", "4 ready v2"]);
+    let statements = statements.lock().unwrap().clone();
+    let ending = statements.iter().filter(|q| q.starts_with("WITH v AS") && q.contains("DELETE FROM jobs")).count();
+    let deletes = statements.iter().filter(|q| q.starts_with("DELETE")).count();
+    assert_eq!((ending, deletes), (1, 0), "one statement for the four ends: {statements:#?}");
+    let left: Vec<i64> = store.run(all_jobs).await.unwrap().into_iter().map(|j| j.target_id).collect();
+    assert_eq!(left, [items[1].0.id], "only the job another worker holds is left");
+    let fields: Vec<String> = store
+        .run(|conn| Ok(content_t::table.select(content_t::fields).order(content_t::id).load(conn)?))
+        .await
+        .unwrap();
+    assert_eq!(fields, [r#"{"title":"1"}"#, "{}", "{}", r#"{"title":"4"}"#]);
+}
+
+/// A job's end and a request for its item in one batch are left to run in their places: the
+/// request sees the item as the end left it.
+#[actix_web::test]
+async fn postgres_an_end_and_a_request_of_one_item_in_a_batch_run_in_their_places() {
+    let (_db, store) = open_store().await;
+    let items = four_items(&store).await;
+    let statements = watch(&store).await;
+    let (release, holding) = hold_writer(&store).await;
+    let first = end(&store, &items[0].0, items[0].1, WORKER);
+    let asked = ask(&store, 1, 3, WORKER);
+    let second = end(&store, &items[1].0, items[1].1, WORKER);
+    drop(release);
+    holding.await.unwrap();
+    assert!(matches!(first.await.unwrap(), Ended::Done(Some(_))));
+    let (requested, job) = asked.await.unwrap();
+    let Requested::Existing(row) = requested else { panic!("not existing: {requested:?}") };
+    assert_eq!((row.status.as_str(), job.is_none()), ("ready", true), "the item as its end left it");
+    assert!(matches!(second.await.unwrap(), Ended::Done(Some(_))));
+    quiet(&store).await;
+    let statements = statements.lock().unwrap().clone();
+    let ending = statements.iter().filter(|q| q.starts_with("WITH v AS") && q.contains("DELETE FROM jobs")).count();
+    assert_eq!(ending, 2, "each end in its place: {statements:#?}");
 }
