@@ -101,7 +101,8 @@ thread_local! {
 /// Makes ahead of a batch what its writes `asks` (in the batch's order) would write: one
 /// statement for the new items, one for the jobs' ends, each only for two or more (one write
 /// alone costs the same statement). What two writes of the batch name is left to them.
-pub(super) fn run(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<()> {
+/// Answers how many writes it made.
+pub(super) fn run(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<usize> {
     let mut seen = HashSet::new();
     let twice: HashSet<Key> = asks.iter().map(|a| a.key()).filter(|key| !seen.insert(key.clone())).collect();
     let alone = asks.iter().filter(|a| !twice.contains(&a.key()));
@@ -149,7 +150,7 @@ pub(super) fn run(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<
             kept.ended.extend(ended.into_iter().zip(workers).map(|((id, end), worker)| (id, (worker, end))))
         });
     }
-    Ok(())
+    Ok(left())
 }
 
 /// The item made ahead for `placing`'s request, with its job, when it was (for the same worker

@@ -76,30 +76,33 @@ fn lost_race(e: &StoreError) -> bool {
 
 /// Commits the batch's transaction: first what it kept aside is written ([`behind`]) and, when
 /// `announce`, the collected notifications sent.
-fn commit_batch(conn: &mut DbConn, announce: bool) -> StoreResult<()> {
+fn commit_batch(conn: &mut DbConn, announce: bool, made_ahead: usize) -> StoreResult<()> {
     let wrote_ledger = behind::flush(conn)?;
     if announce {
         notify::announce_collected(conn)?;
     }
     if wrote_ledger {
-        hold_for_test();
+        hold_for_test(made_ahead);
     }
     Ok(Tm::commit_transaction(conn)?)
 }
 
 /// For the tests that kill the process in the middle of a batch: `LOREWIRE_TEST_HOLD_COMMIT`,
-/// a file.
+/// a file. Holding `ahead`, it holds only a batch that made writes ahead of it ([`ahead`]).
 fn test_hold() -> Option<&'static std::path::Path> {
     static HOLD: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
     HOLD.get_or_init(|| std::env::var_os("LOREWIRE_TEST_HOLD_COMMIT").map(Into::into)).as_deref()
 }
 
-/// While the file [`test_hold`] names exists, a batch that wrote ledger rows waits before
-/// its commit until the file is gone, having created `<file>.held` to say so.
-fn hold_for_test() {
+/// While the file [`test_hold`] names exists, a batch that wrote ledger rows (and, when the file
+/// says `ahead`, made `made_ahead` writes ahead of it) waits before its commit until the file
+/// is gone, having created `<file>.held` to say so.
+fn hold_for_test(made_ahead: usize) {
     let Some(path) = test_hold() else { return };
-    if !path.exists() {
-        return;
+    match std::fs::read(path) {
+        Ok(says) if says == b"ahead" && made_ahead == 0 => return,
+        Ok(_) => {}
+        Err(_) => return,
     }
     let mut held = path.as_os_str().to_owned();
     held.push(".held");
@@ -114,11 +117,15 @@ fn hold_for_test() {
 /// `batch` in the begun transaction without savepoints ([`run_batch`]).
 fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: bool) -> Together {
     let mut succeeded = true;
+    let mut made_ahead = 0;
     if let DbConn::Pg(c) = conn {
         let asks: Vec<&Ahead> = batch.iter().filter_map(|r| r.ahead()).collect();
-        if let Err(e) = ahead::run(c, &asks) {
-            tracing::warn!(error = %e, "a batch's writes could not be made ahead of it; it runs each in a savepoint");
-            succeeded = false;
+        match ahead::run(c, &asks) {
+            Ok(made) => made_ahead = made,
+            Err(e) => {
+                tracing::warn!(error = %e, "a batch's writes could not be made ahead of it; it runs each in a savepoint");
+                succeeded = false;
+            }
         }
     }
     for request in batch.iter_mut() {
@@ -141,7 +148,7 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
     }
     ahead::forget();
     if succeeded {
-        match commit_batch(conn, announce) {
+        match commit_batch(conn, announce, made_ahead) {
             Ok(()) => {
                 notify::ended(true);
                 return Together::Ended(Ok(batch));
@@ -204,7 +211,7 @@ fn run_each(
     // Alone, a failed request is the transaction's end: nothing of it may stay.
     let keep = broken.is_none() && !(alone && last != Ran::Ok);
     let ended =
-        if keep { commit_batch(conn, announce) } else { Tm::rollback_transaction(conn).map_err(StoreError::from) };
+        if keep { commit_batch(conn, announce, 0) } else { Tm::rollback_transaction(conn).map_err(StoreError::from) };
     notify::ended(keep && ended.is_ok());
     let failed = match (broken, ended) {
         (Some(failed), _) => failed,

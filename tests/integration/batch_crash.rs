@@ -89,6 +89,87 @@ async fn a_batch_killed_before_its_commit_leaves_nothing_pending_lost_or_twice()
     assert_eq!(micros(&studio["reserved_usd"]), 0, "{studio}");
 }
 
+/// kill -9 while a batch that made content writes ahead of it (new items with their claimed
+/// jobs, or jobs' ends, many in one statement: `store::ahead`) is held before its commit, the
+/// other process writing the same studio row meanwhile: after a restart nothing is pending, no
+/// job is left, and the studio's day is exactly what its players' days add up to, with nothing
+/// left reserved. Bursts of one player's requests go to the held process until one of its
+/// batches made writes ahead (one writer: a burst queues behind the batch before it).
+#[actix_web::test]
+async fn a_batch_that_made_writes_ahead_killed_before_its_commit_leaves_nothing_behind() {
+    let fake = FakeLlm::start();
+    fake.set_usage(Some(FakeUsage { input: 40, output: 20, cache_read: 0, cache_write: 0 }));
+    let db = test_db(Db::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
+    let hold_env = hold.to_str().unwrap().to_owned();
+    let one_writer = ("LOREWIRE_DB_WRITERS", "1");
+    let mut held = priced_server(&db.url, &fake, &[("LOREWIRE_TEST_HOLD_COMMIT", &hold_env), one_writer]).await;
+    let other = Server::start_with(&db.url, &fake, &[one_writer]).await;
+    let (_ws_a, token_a, user_a) = player(&held).await;
+    let (_ws_b, token_b, user_b) = player(&other).await;
+    // Items of both players stored before the hold.
+    for id in 1..=8 {
+        let body = json!({"kind": "quest", "subject_id": id});
+        assert_eq!(post_json(&held.url("/api/content"), &token_a, &body).await.0, 202);
+        let body = json!({"kind": "quest", "subject_id": 1000 + id});
+        assert_eq!(post_json(&other.url("/api/content"), &token_b, &body).await.0, 202);
+    }
+    std::fs::write(&hold, b"ahead").unwrap();
+    let mut marker = hold.clone().into_os_string();
+    marker.push(".held");
+    let marker = std::path::PathBuf::from(marker);
+
+    let mut asked = 8;
+    let mut bursts = Vec::new();
+    for round in 0..100 {
+        if marker.exists() {
+            break;
+        }
+        for _ in 0..8 {
+            asked += 1;
+            let (url, token, body) =
+                (held.url("/api/content"), token_a.clone(), json!({"kind": "quest", "subject_id": asked}));
+            bursts.push(actix_web::rt::spawn(async move { post_json(&url, &token, &body).await }));
+        }
+        // Waits on the studio's row while a batch is held: not waited for.
+        let (url, token, body) =
+            (other.url("/api/content"), token_b.clone(), json!({"kind": "quest", "subject_id": 2000 + round}));
+        bursts.push(actix_web::rt::spawn(async move { post_json(&url, &token, &body).await }));
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eventually("a batch that made writes ahead to be held before its commit", || async {
+        marker.exists().then_some(())
+    })
+    .await;
+    held.kill9();
+    bursts.iter().for_each(|burst| burst.abort());
+    std::fs::remove_file(&hold).unwrap();
+
+    let restarted = Server::start_with(&db.url, &fake, &[one_writer]).await;
+    let summary = eventually("nothing to be pending and no job to be left", || async {
+        let summary = admin(&restarted, "GET", "/admin/api/metrics/summary", None).await;
+        let pending = summary["content"]["pending"].as_i64().unwrap_or(0);
+        (summary["queue_depth"] == 0 && pending == 0).then_some(summary)
+    })
+    .await;
+    let total: i64 = summary["content"].as_object().unwrap().values().map(|n| n.as_i64().unwrap()).sum();
+    assert!(
+        total >= 16 && total <= asked + 100,
+        "the items stored before the hold, at most one row per item asked: {summary}"
+    );
+    let (a, b) = eventually("nothing to stay reserved", || async {
+        let (a, b) = (player_day(&restarted, user_a).await, player_day(&restarted, user_b).await);
+        (a.2 == 0 && a.3 == 0 && b.2 == 0 && b.3 == 0).then_some((a, b))
+    })
+    .await;
+    let studio = admin(&restarted, "GET", "/admin/api/usage", None).await;
+    assert!(a.0 > 0 && b.0 > 0, "both players were charged: {a:?} {b:?}");
+    assert_eq!(studio["tokens"].as_i64().unwrap(), a.0 + b.0, "{studio}");
+    assert_eq!(micros(&studio["usd"]), a.1 + b.1, "{studio}");
+    assert_eq!(studio["reserved_tokens"], 0, "{studio}");
+}
+
 /// Several writers on one process (`LOREWIRE_DB_WRITERS=3`), many players at once: every item
 /// ends, one row each, and the studio's day is exactly what its players' days add up to.
 #[actix_web::test]
