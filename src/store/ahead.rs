@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 
-use super::content::ContentRow;
+use super::content_row::ContentRow;
 use super::ending::{self, Ending};
 use super::jobs::{Ended, JobRow};
 use super::place::{self, Key, Placed, Placing};

@@ -15,10 +15,8 @@ use crate::domain::content::{ContentKind, ContentStatus, FallbackReason};
 use crate::domain::events::Event;
 use crate::on_backend;
 
-/// What a content row holds while its job has not committed a result.
-pub(super) const PENDING: &str = ContentStatus::Pending.as_str();
-
 pub use super::content_row::ContentRow;
+use super::content_row::PENDING;
 
 #[derive(Insertable)]
 #[diesel(table_name = content)]
@@ -237,10 +235,6 @@ fn request_once(
         }
     }
 }
-
-/// The columns of a content row, in [`ContentRow`]'s order (for the statements written out).
-pub(super) const COLUMNS: &str = "id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
-    updated_at, owner_id";
 
 /// Whether a request's context (sanitized, as JSON) is the one stored: compared as JSON values.
 fn same_context(requested: &str, stored: &str) -> bool {

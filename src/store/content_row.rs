@@ -7,6 +7,13 @@ use super::schema::content;
 use super::StoreError;
 use crate::domain::content::{Content, ContentKind, ContentScope, ContentStatus, FallbackReason, SHARED_OWNER};
 
+/// What a content row holds while its job has not committed a result.
+pub(super) const PENDING: &str = ContentStatus::Pending.as_str();
+
+/// The columns of a content row, in [`ContentRow`]'s order (for the statements written out).
+pub(super) const COLUMNS: &str = "id, kind, subject_id, status, fields, context, model, reason, version, created_at, \
+    updated_at, owner_id";
+
 #[derive(Debug, Clone, Queryable, QueryableByName)]
 #[diesel(table_name = content)]
 pub struct ContentRow {

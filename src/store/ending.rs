@@ -8,7 +8,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 
-use super::content::{ContentRow, COLUMNS, PENDING};
+use super::content_row::{ContentRow, COLUMNS, PENDING};
 use super::jobs::Ended;
 use super::{Kept, StoreResult};
 

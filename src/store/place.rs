@@ -9,7 +9,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 
-use super::content::{ContentRow, COLUMNS, PENDING};
+use super::content_row::{ContentRow, COLUMNS, PENDING};
 use super::ending::columns_of;
 use super::jobs::{self, JobKind, JobRow, Place};
 use super::{Kept, StoreResult};
