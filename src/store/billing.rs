@@ -88,7 +88,7 @@ pub fn prices(conn: &mut DbConn) -> StoreResult<Vec<PriceRow>> {
 }
 
 pub fn put_price(conn: &mut DbConn, model: &str, p: &Price, now: NaiveDateTime) -> StoreResult<()> {
-    super::memo::forget();
+    super::memo::changed();
     let values = (
         prices::model.eq(model),
         prices::input_micros.eq(p.input),

@@ -116,13 +116,13 @@ pub fn seed(
         llm_config::circuit_failures.eq("[]"),
         llm_config::updated_at.eq(now),
     );
-    super::memo::forget();
+    super::memo::changed();
     on_backend!(conn, |c| diesel::insert_into(llm_config::table).values(row).on_conflict_do_nothing().execute(c))?;
     Ok(llm_config::table.find(ID).select(LlmConfigRow::as_select()).first(conn)?)
 }
 
 pub fn update_settings(conn: &mut DbConn, change: &SettingsChange, now: NaiveDateTime) -> StoreResult<LlmConfigRow> {
-    super::memo::forget();
+    super::memo::changed();
     diesel::update(llm_config::table.find(ID))
         .set((
             change,
@@ -135,7 +135,7 @@ pub fn update_settings(conn: &mut DbConn, change: &SettingsChange, now: NaiveDat
 }
 
 pub fn set_last_error(conn: &mut DbConn, error: Option<&str>, now: NaiveDateTime) -> StoreResult<()> {
-    super::memo::forget();
+    super::memo::changed();
     diesel::update(llm_config::table.find(ID))
         .set((llm_config::last_error.eq(error), llm_config::updated_at.eq(now)))
         .execute(conn)?;
@@ -148,7 +148,7 @@ pub fn save_circuit(conn: &mut DbConn, c: &CircuitRecord, now: NaiveDateTime) ->
 
 /// Persists upstream `id`'s circuit (gone already: nothing to do).
 pub fn save_circuit_of(conn: &mut DbConn, id: i64, c: &CircuitRecord, now: NaiveDateTime) -> StoreResult<()> {
-    super::memo::forget();
+    super::memo::changed();
     diesel::update(llm_config::table.find(id))
         .set((
             llm_config::circuit_state.eq(&c.state),
@@ -197,7 +197,7 @@ impl LlmConfigRow {
 /// Writes the singleton row without changing it: a commit that proves the database takes
 /// writes (a full disk, a read-only database or a lost connection fails it).
 pub fn probe_write(conn: &mut DbConn) -> StoreResult<()> {
-    super::memo::forget();
+    super::memo::changed();
     diesel::update(llm_config::table.find(ID)).set(llm_config::updated_at.eq(llm_config::updated_at)).execute(conn)?;
     Ok(())
 }

@@ -1,33 +1,57 @@
-//! What the writer's batch reads again and again, read once per batch: the upstreams, the
-//! prices of models. Every write of a batch that would read them otherwise (a content item's
+//! What the writer's batches read again and again: the upstreams, the prices of models, the
+//! stored limits. Every write of a batch that would read them otherwise (a content item's
 //! reservation and claim, its settlement) then costs no round trip for them.
 //!
-//! Only on the writer's thread while it runs a batch ([`Memoizing`]); anywhere else every call
-//! reads the database. A batch that writes upstreams or prices ([`forget`]) or rolls back
-//! anything reads them again: what is kept is always what the batch's transaction would read.
-//! Reading them once at the batch's start is as if the batch had read them then; another
-//! process's change that commits meanwhile is seen by the next batch.
-//! Writes of upstreams, prices or limits call [`forget`].
+//! Only on the writer's threads while they run a batch ([`Memoizing`]); anywhere else every call
+//! reads the database. Within a batch what was read is kept until the batch changes any of them
+//! ([`changed`]) or rolls back ([`forget`]): what is kept is always what the batch's transaction
+//! would read. Between batches it is kept for the whole process, for at most [`KEPT_FOR`], and
+//! only while no write of this process changed any of them since it was read: a batch that
+//! changed them makes every thread read them again once it committed, before any of its writes
+//! is answered. Another process's change is seen within [`KEPT_FOR`] (as a change of the start
+//! rate is: `limits::rate`).
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::StoreResult;
 
+/// How long what was read is kept between batches.
+pub const KEPT_FOR: Duration = Duration::from_secs(1);
+
 /// What was read, by what (the reading function's name) and of what (its argument, or "").
-type Memo = HashMap<(&'static str, String), Box<dyn Any>>;
+type Key = (&'static str, String);
+type Value = Arc<dyn Any + Send + Sync>;
+
+/// What the current batch read, and whether it changed any of it.
+#[derive(Default)]
+struct Batch {
+    kept: HashMap<Key, Value>,
+    changed: bool,
+}
 
 thread_local! {
-    static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+    static MEMO: RefCell<Option<Batch>> = const { RefCell::new(None) };
 }
+
+/// Bumped by every change of this process: what was read before is not used again.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// What the batches read, with at which generation and when.
+type Shared = HashMap<Key, (Value, u64, Instant)>;
+
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
 
 /// Memoizing on this thread until dropped.
 pub(super) struct Memoizing(());
 
 /// Starts memoizing on this thread (the writer, for one batch).
 pub(super) fn start() -> Memoizing {
-    MEMO.set(Some(Memo::new()));
+    MEMO.set(Some(Batch::default()));
     Memoizing(())
 }
 
@@ -37,37 +61,83 @@ impl Drop for Memoizing {
     }
 }
 
-/// Forgets what was kept: the batch changed it, or rolled back what it had read after a change.
+/// Forgets what the batch kept: it rolled back what it had read after a change.
 pub(super) fn forget() {
     MEMO.with_borrow_mut(|memo| {
-        if let Some(memo) = memo {
-            memo.clear();
+        if let Some(batch) = memo {
+            batch.kept.clear();
         }
     });
 }
 
-/// `read`, or what it answered earlier in this batch for the same `what` and `of`.
-pub(super) fn kept<T: Clone + 'static>(
+/// A write changes upstreams, prices or limits: the batch reads them again from here on (it
+/// keeps none between batches), and once it committed nobody uses what was read before
+/// ([`committed`]). Outside a batch, what was read before is not used again at once.
+pub(super) fn changed() {
+    let in_batch = MEMO.with_borrow_mut(|memo| match memo {
+        Some(batch) => {
+            batch.kept.clear();
+            batch.changed = true;
+            true
+        }
+        None => false,
+    });
+    if !in_batch {
+        GENERATION.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The batch committed: when it changed upstreams, prices or limits, what any thread read before
+/// is not used again. Call before any of its writes is answered.
+pub(super) fn committed() {
+    if MEMO.with_borrow(|memo| memo.as_ref().is_some_and(|batch| batch.changed)) {
+        GENERATION.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `read`, or what it answered earlier in this batch, or in an earlier batch of this process
+/// within [`KEPT_FOR`] with nothing changed since, for the same `what` and `of`.
+pub(super) fn kept<T: Clone + Send + Sync + 'static>(
     what: &'static str,
     of: &str,
     read: impl FnOnce() -> StoreResult<T>,
 ) -> StoreResult<T> {
     let key = (what, of.to_owned());
-    let memoizing =
-        MEMO.with_borrow(|memo| memo.as_ref().map(|m| m.get(&key).and_then(|v| v.downcast_ref::<T>()).cloned()));
-    match memoizing {
-        None => read(),
-        Some(Some(value)) => Ok(value),
-        Some(None) => {
-            let value = read()?;
-            MEMO.with_borrow_mut(|memo| {
-                if let Some(memo) = memo {
-                    memo.insert(key, Box::new(value.clone()));
-                }
-            });
-            Ok(value)
+    // `None`: not memoizing; `Some(changed)`: whether the batch changed any of it.
+    let memoizing = MEMO.with_borrow(|memo| memo.as_ref().map(|batch| (batch.kept.get(&key).cloned(), batch.changed)));
+    let changed = match memoizing {
+        None => return read(),
+        Some((Some(value), _)) => return Ok(value.downcast_ref::<T>().cloned().expect("kept with its type")),
+        Some((None, changed)) => changed,
+    };
+    let generation = GENERATION.load(Ordering::SeqCst);
+    let shared = if changed { None } else { shared_get(&key, generation) };
+    let value = match shared {
+        Some(value) => value,
+        None => {
+            let value: Value = Arc::new(read()?);
+            if !changed {
+                let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+                shared
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key.clone(), (value.clone(), generation, Instant::now()));
+            }
+            value
         }
-    }
+    };
+    MEMO.with_borrow_mut(|memo| {
+        if let Some(batch) = memo {
+            batch.kept.insert(key, value.clone());
+        }
+    });
+    Ok(value.downcast_ref::<T>().cloned().expect("kept with its type"))
+}
+
+/// What an earlier batch read for `key` at `generation` within [`KEPT_FOR`].
+fn shared_get(key: &Key, generation: u64) -> Option<Value> {
+    let shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let (value, at_generation, at) = shared.as_ref()?.get(key)?;
+    (*at_generation == generation && at.elapsed() < KEPT_FOR).then(|| value.clone())
 }
 
 #[cfg(test)]
@@ -94,9 +164,33 @@ mod tests {
             assert_eq!(reads.get(), 4, "another argument is another read");
             forget();
             prices().unwrap();
-            assert_eq!(reads.get(), 5, "read again once forgotten");
+            assert_eq!(reads.get(), 4, "rolled back: what was read between batches stands");
         }
         prices().unwrap();
-        assert_eq!(reads.get(), 6, "the batch is over");
+        assert_eq!(reads.get(), 5, "not memoizing: every call reads");
+        {
+            let _memoizing = start();
+            prices().unwrap();
+            assert_eq!(reads.get(), 5, "kept between batches");
+            changed();
+            prices().unwrap();
+            prices().unwrap();
+            assert_eq!(reads.get(), 6, "a batch that changed them reads once more, and keeps that");
+            committed();
+        }
+        {
+            let _memoizing = start();
+            prices().unwrap();
+            assert_eq!(reads.get(), 7, "once it committed, nobody uses what was read before");
+            prices().unwrap();
+            assert_eq!(reads.get(), 7);
+        }
+        let later = Instant::now() + KEPT_FOR;
+        while Instant::now() < later {
+            std::thread::sleep(KEPT_FOR / 10);
+        }
+        let _memoizing = start();
+        prices().unwrap();
+        assert_eq!(reads.get(), 8, "kept between batches for at most KEPT_FOR");
     }
 }

@@ -150,7 +150,7 @@ pub fn find(conn: &mut DbConn, id: i64) -> StoreResult<Option<UpstreamRow>> {
 }
 
 pub fn insert(conn: &mut DbConn, new: &NewUpstream, now: NaiveDateTime) -> StoreResult<UpstreamRow> {
-    super::memo::forget();
+    super::memo::changed();
     let row = (
         llm_config::provider.eq(&new.provider),
         llm_config::model.eq(&new.model),
@@ -175,7 +175,7 @@ pub fn update(
     change: &UpstreamChange,
     now: NaiveDateTime,
 ) -> StoreResult<Option<UpstreamRow>> {
-    super::memo::forget();
+    super::memo::changed();
     if find(conn, id)?.is_none() {
         return Ok(None);
     }
@@ -190,7 +190,7 @@ pub fn update(
 
 /// Removes upstream `id` (never the first); whether there was one.
 pub fn delete(conn: &mut DbConn, id: i64) -> StoreResult<bool> {
-    super::memo::forget();
+    super::memo::changed();
     if id == FIRST {
         return Ok(false);
     }
@@ -199,7 +199,7 @@ pub fn delete(conn: &mut DbConn, id: i64) -> StoreResult<bool> {
 
 /// Stores upstream `id`'s last error (`None` clears it); already redacted.
 pub fn set_last_error(conn: &mut DbConn, id: i64, error: Option<&str>, now: NaiveDateTime) -> StoreResult<()> {
-    super::memo::forget();
+    super::memo::changed();
     diesel::update(llm_config::table.find(id))
         .set((llm_config::last_error.eq(error), llm_config::updated_at.eq(now)))
         .execute(conn)?;
@@ -208,7 +208,7 @@ pub fn set_last_error(conn: &mut DbConn, id: i64, error: Option<&str>, now: Naiv
 
 /// Parks upstream `id` for `failure` with its last error, or (`None`) unparks it.
 pub fn set_parked(conn: &mut DbConn, id: i64, failure: Option<&str>, now: NaiveDateTime) -> StoreResult<()> {
-    super::memo::forget();
+    super::memo::changed();
     diesel::update(llm_config::table.find(id))
         .set((llm_config::parked.eq(failure), llm_config::updated_at.eq(now)))
         .execute(conn)?;

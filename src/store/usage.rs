@@ -100,7 +100,7 @@ pub fn limits(conn: &mut DbConn) -> StoreResult<Option<LimitsRow>> {
 
 /// Writes the settings' limits unless limits are stored already (the stored ones win).
 pub fn seed_limits(conn: &mut DbConn, seed: &LimitsRow) -> StoreResult<()> {
-    super::memo::forget();
+    super::memo::changed();
     let values = (
         usage_limits::id.eq(LIMITS_ID),
         usage_limits::studio_daily_tokens.eq(seed.studio_daily_tokens),
@@ -120,7 +120,7 @@ pub fn seed_limits(conn: &mut DbConn, seed: &LimitsRow) -> StoreResult<()> {
 
 /// Changes the keys `change` names; the row must have been seeded.
 pub fn put_limits(conn: &mut DbConn, change: &LimitsChange, now: NaiveDateTime) -> StoreResult<Option<LimitsRow>> {
-    super::memo::forget();
+    super::memo::changed();
     let Some(old) = limits(conn)? else { return Ok(None) };
     let row: LimitsRow = diesel::update(usage_limits::table.find(LIMITS_ID))
         .set((
@@ -148,7 +148,7 @@ pub fn put_project(
     now: NaiveDateTime,
 ) -> StoreResult<ProjectLimitsRow> {
     // A reservation later in the batch reads the limits again ([`terms`]).
-    super::memo::forget();
+    super::memo::changed();
     let old = project(conn, project_id)?;
     let values = (
         project_limits::project_id.eq(project_id),

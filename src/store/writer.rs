@@ -258,6 +258,7 @@ impl Serve {
         let (outcome, raced) = run_batch(&mut conn, batch, announce);
         match outcome {
             Ok(done) => {
+                memo::committed();
                 if let Some(hook) = self.after_commit.get() {
                     let events = collecting.map(notify::Collecting::collected).unwrap_or_default();
                     if !events.is_empty() {
