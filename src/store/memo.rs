@@ -27,11 +27,11 @@ pub const KEPT_FOR: Duration = Duration::from_secs(1);
 type Key = (&'static str, String);
 type Value = Arc<dyn Any + Send + Sync>;
 
-/// What the current batch read, and whether it changed any of it.
-#[derive(Default)]
+/// What the current batch read, whether it changed any of it, and what its store's batches read.
 struct Batch {
     kept: HashMap<Key, Value>,
     changed: bool,
+    between: Arc<Between>,
 }
 
 thread_local! {
@@ -41,17 +41,18 @@ thread_local! {
 /// Bumped by every change of this process: what was read before is not used again.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// What the batches read, with at which generation and when.
-type Shared = HashMap<Key, (Value, u64, Instant)>;
-
-static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+/// What one store's batches read, with at which generation and when (one per store: a process
+/// may open several databases, as the tests do).
+#[derive(Default)]
+pub(super) struct Between(Mutex<HashMap<Key, (Value, u64, Instant)>>);
 
 /// Memoizing on this thread until dropped.
 pub(super) struct Memoizing(());
 
-/// Starts memoizing on this thread (the writer, for one batch).
-pub(super) fn start() -> Memoizing {
-    MEMO.set(Some(Batch::default()));
+/// Starts memoizing on this thread (a writer of the store whose batches share `between`, for
+/// one batch).
+pub(super) fn start(between: &Arc<Between>) -> Memoizing {
+    MEMO.set(Some(Batch { kept: HashMap::new(), changed: false, between: between.clone() }));
     Memoizing(())
 }
 
@@ -103,24 +104,25 @@ pub(super) fn kept<T: Clone + Send + Sync + 'static>(
     read: impl FnOnce() -> StoreResult<T>,
 ) -> StoreResult<T> {
     let key = (what, of.to_owned());
-    // `None`: not memoizing; `Some(changed)`: whether the batch changed any of it.
-    let memoizing = MEMO.with_borrow(|memo| memo.as_ref().map(|batch| (batch.kept.get(&key).cloned(), batch.changed)));
-    let changed = match memoizing {
+    // `None`: not memoizing; else what the batch kept, whether it changed any of it, and what
+    // its store's batches read.
+    let memoizing = MEMO.with_borrow(|memo| {
+        memo.as_ref().map(|batch| (batch.kept.get(&key).cloned(), batch.changed, batch.between.clone()))
+    });
+    let (changed, between) = match memoizing {
         None => return read(),
-        Some((Some(value), _)) => return Ok(value.downcast_ref::<T>().cloned().expect("kept with its type")),
-        Some((None, changed)) => changed,
+        Some((Some(value), _, _)) => return Ok(value.downcast_ref::<T>().cloned().expect("kept with its type")),
+        Some((None, changed, between)) => (changed, between),
     };
     let generation = GENERATION.load(Ordering::SeqCst);
-    let shared = if changed { None } else { shared_get(&key, generation) };
-    let value = match shared {
+    let earlier = if changed { None } else { between.get(&key, generation) };
+    let value = match earlier {
         Some(value) => value,
         None => {
             let value: Value = Arc::new(read()?);
             if !changed {
-                let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-                shared
-                    .get_or_insert_with(HashMap::new)
-                    .insert(key.clone(), (value.clone(), generation, Instant::now()));
+                let mut kept = between.0.lock().unwrap_or_else(|e| e.into_inner());
+                kept.insert(key.clone(), (value.clone(), generation, Instant::now()));
             }
             value
         }
@@ -133,11 +135,13 @@ pub(super) fn kept<T: Clone + Send + Sync + 'static>(
     Ok(value.downcast_ref::<T>().cloned().expect("kept with its type"))
 }
 
-/// What an earlier batch read for `key` at `generation` within [`KEPT_FOR`].
-fn shared_get(key: &Key, generation: u64) -> Option<Value> {
-    let shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    let (value, at_generation, at) = shared.as_ref()?.get(key)?;
-    (*at_generation == generation && at.elapsed() < KEPT_FOR).then(|| value.clone())
+impl Between {
+    /// What an earlier batch read for `key` at `generation` within [`KEPT_FOR`].
+    fn get(&self, key: &Key, generation: u64) -> Option<Value> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (value, at_generation, at) = kept.get(key)?;
+        (*at_generation == generation && at.elapsed() < KEPT_FOR).then(|| value.clone())
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +150,7 @@ mod tests {
 
     #[test]
     fn kept_only_while_memoizing_and_until_forgotten() {
+        let between = Arc::new(Between::default());
         let reads = std::cell::Cell::new(0);
         let read = || {
             reads.set(reads.get() + 1);
@@ -156,7 +161,7 @@ mod tests {
         prices().unwrap();
         assert_eq!(reads.get(), 2, "not memoizing: every call reads");
         {
-            let _memoizing = start();
+            let _memoizing = start(&between);
             prices().unwrap();
             prices().unwrap();
             assert_eq!(reads.get(), 3, "read once in a batch");
@@ -169,7 +174,7 @@ mod tests {
         prices().unwrap();
         assert_eq!(reads.get(), 5, "not memoizing: every call reads");
         {
-            let _memoizing = start();
+            let _memoizing = start(&between);
             prices().unwrap();
             assert_eq!(reads.get(), 5, "kept between batches");
             changed();
@@ -179,7 +184,7 @@ mod tests {
             committed();
         }
         {
-            let _memoizing = start();
+            let _memoizing = start(&between);
             prices().unwrap();
             assert_eq!(reads.get(), 7, "once it committed, nobody uses what was read before");
             prices().unwrap();
@@ -189,7 +194,7 @@ mod tests {
         while Instant::now() < later {
             std::thread::sleep(KEPT_FOR / 10);
         }
-        let _memoizing = start();
+        let _memoizing = start(&between);
         prices().unwrap();
         assert_eq!(reads.get(), 8, "kept between batches for at most KEPT_FOR");
     }

@@ -64,7 +64,9 @@ struct Answer {
 /// before the one served; a player with none takes the running jobs' turn when it is before the
 /// served one). A player's second and later jobs in the statement take the turns one after
 /// another, as one statement each would; different players' jobs in one statement are
-/// concurrent enqueues. Every value is a bound parameter (arrays, one per column).
+/// concurrent enqueues. The items are inserted in the order of their keys, the same on every
+/// process: two batches inserting some of the same items wait on each other, never in a circle.
+/// Every value is a bound parameter (arrays, one per column).
 fn sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
@@ -75,7 +77,8 @@ fn sql() -> &'static str {
                  AS v(kind, subject_id, owner_id, fields, context, player_id, worker, made_at, ord)), \
              made AS (INSERT INTO content (kind, subject_id, status, fields, context, version, created_at, \
                  updated_at, owner_id) SELECT kind, subject_id, $9, fields, context, 1, made_at, made_at, owner_id \
-                 FROM v ORDER BY ord ON CONFLICT (kind, subject_id, owner_id) DO NOTHING RETURNING {COLUMNS}), \
+                 FROM v ORDER BY kind, subject_id, owner_id ON CONFLICT (kind, subject_id, owner_id) DO NOTHING \
+                 RETURNING {COLUMNS}), \
              at_zero AS (SELECT (SELECT min(turn) FROM jobs WHERE priority = 0 AND status = $11) AS serving, \
                  (SELECT max(turn) FROM jobs WHERE priority = 0 AND status = $12) AS running), \
              mine AS (SELECT m.id AS target_id, v.player_id, v.worker, v.made_at, v.ord, \

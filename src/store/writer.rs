@@ -152,6 +152,8 @@ impl Writer {
             Backend::Postgres => writers.max(1),
         };
         let mut queues = Vec::with_capacity(writers);
+        // What the batches of every writer thread read, kept between them ([`memo`]).
+        let between = Arc::new(memo::Between::default());
         for _ in 0..writers {
             let (queue, requests) = mpsc::channel();
             let serve = Serve {
@@ -159,6 +161,7 @@ impl Writer {
                 after_commit: after_commit.clone(),
                 conn: None,
                 counters: counters.clone(),
+                between: between.clone(),
             };
             std::thread::Builder::new().name("lorewire-writer".into()).spawn(move || serve.serve(requests))?;
             queues.push(queue);
@@ -212,6 +215,7 @@ struct Serve {
     after_commit: Arc<OnceLock<AfterCommit>>,
     conn: Option<DbConn>,
     counters: WriterCounters,
+    between: Arc<memo::Between>,
 }
 
 impl Serve {
@@ -249,7 +253,7 @@ impl Serve {
         };
         // Even alone: a write that took the studio's row before its last statement could wait
         // on a row another writer holds while that writer waits on the studio's row.
-        let (_memo, _behind) = (memo::start(), behind::start());
+        let (_memo, _behind) = (memo::start(&self.between), behind::start());
         // On PostgreSQL without a hook, the batch's notifications go out together just before
         // its commit (`batch::commit_batch`); with a hook, after it.
         let announce = self.after_commit.get().is_none() && self.manager.backend == Backend::Postgres;

@@ -518,3 +518,26 @@ fn postgres_a_claimed_request_finds_or_creates_its_item_in_one_statement() {
     assert_eq!((found.subject_id, found.status.as_str()), (8, "ready"));
     assert_eq!(all_jobs(&store).len(), 1, "no job for an item there already");
 }
+
+/// What the writer's batches read (here a model's price) is kept between batches per store: a
+/// second database in the same process reads its own; a change through the store is read by the
+/// next write after it.
+#[test]
+fn what_batches_read_is_kept_per_store_and_read_again_after_a_change() {
+    use lorewire::domain::money::Price;
+    use lorewire::store::billing;
+    let ((_a_db, a), (_b_db, b)) = (store(), store());
+    let put = |store: &Store, input: i64| {
+        let price = Price { input, output: 1, cache_read: 0, cache_write: 0 };
+        write(store, move |c| billing::put_price(c, "m", &price, t0())).unwrap();
+    };
+    let read = |store: &Store| write(store, |c| Ok(billing::price(c, "m")?.map(|p| p.input))).unwrap();
+    put(&a, 10);
+    put(&b, 20);
+    assert_eq!(read(&a), Some(10));
+    assert_eq!(read(&b), Some(20), "another store's read is not this one's");
+    assert_eq!(read(&a), Some(10));
+    put(&a, 11);
+    assert_eq!(read(&a), Some(11), "the write after a change reads it");
+    assert_eq!(read(&b), Some(20));
+}
