@@ -27,7 +27,7 @@ pub(super) trait Request: Send {
     fn run(&mut self, conn: &mut DbConn) -> Ran;
     /// The work panicked; its answer is a failure of lorewire's own.
     fn panicked(&mut self);
-    /// What it asks for, when it is a content request that may be placed ahead of its batch.
+    /// What it will write, when it is a content write that may be made ahead of its batch.
     fn ahead(&self) -> Option<&Ahead> {
         None
     }

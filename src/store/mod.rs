@@ -309,9 +309,9 @@ impl Store {
         self.write_ahead_for(player, None, f, then)
     }
 
-    /// [`Store::write_then_for`] of a content request that says what it asks for: on
-    /// PostgreSQL its item may be made ahead of its batch, in one statement with the others'
-    /// ([`ahead`]).
+    /// [`Store::write_then_for`] of a content write (a request, a job's end) that says what it
+    /// will write: on PostgreSQL that may be made ahead of its batch, in one statement with the
+    /// others' ([`ahead`]).
     pub fn write_ahead_for<T, U, F, C>(
         &self,
         player: Option<i64>,

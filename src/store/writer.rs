@@ -187,8 +187,8 @@ impl Writer {
         self.submit_ahead(player, None, f, then)
     }
 
-    /// [`Writer::submit`] of a content request that says what it asks for ([`Ahead`]): its
-    /// item may be made ahead of its batch together with those of the others.
+    /// [`Writer::submit`] of a content write (a request, a job's end) that says what it will
+    /// write ([`Ahead`]): that may be made ahead of its batch together with the others'.
     pub fn submit_ahead<T, U, F, C>(
         &self,
         player: Option<i64>,
