@@ -198,25 +198,28 @@ impl ContentJob {
         let (status, used) = (ending.status, ending.used);
         let model = ending.model;
         let (now, player) = (self.clock.now_naive(), claim.player);
-        // Told to the writer's batch, which may end it together with the batch's others.
-        let ahead = Ahead::Finish(Finishing {
-            kind: row.kind()?,
-            subject_id: row.subject_id,
-            owner: row.owner_id,
-            content_id,
-            job_id,
-            worker: worker.to_string(),
-            status,
-            fields: fields.clone(),
-            model: model.clone(),
-            reason,
-            at: now,
+        // Told to the writer's batch, which may end it together with the batch's others (an
+        // item whose kind cannot be read is ended in its place).
+        let ahead = row.kind().ok().map(|kind| {
+            Ahead::Finish(Finishing {
+                kind,
+                subject_id: row.subject_id,
+                owner: row.owner_id,
+                content_id,
+                job_id,
+                worker: worker.to_string(),
+                status,
+                fields: fields.clone(),
+                model: model.clone(),
+                reason,
+                at: now,
+            })
         });
         let ended = self
             .store
             .write_ahead_for(
                 Some(claim.player),
-                Some(ahead),
+                ahead,
                 move |conn| {
                     let finish = Finish {
                         origin: &origin,
