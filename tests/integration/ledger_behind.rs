@@ -17,7 +17,7 @@ use lorewire::store::schema::{usage_days, usage_holds};
 use lorewire::store::{DbConn, Store, StoreError, StoreResult};
 
 use crate::common::{Db, TestDb};
-use crate::writer::hold_writer;
+use crate::writer::{hold_writer, quiet, watch};
 
 both_backends!(
     a_batch_reserves_by_the_settlements_it_kept_aside_and_a_failed_write_loses_none_of_them,
@@ -244,24 +244,13 @@ async fn a_players_own_limits_stand_before_the_defaults_in_its_reservation(db: D
 /// Three items ended in one batch: their holds are taken at its commit in one DELETE, and
 /// each settlement charges what it used.
 async fn the_items_a_batch_ends_take_their_holds_in_one_statement(db: Db) {
-    use diesel::connection::{Connection, InstrumentationEvent};
     let (_db, store) = open_store(db).await;
     for player in 1..=3 {
         reserved(&store, player, format!("content:{player}"), 50).await;
     }
-    let statements: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = statements.clone();
-    let (release, holding) = hold_writer(&store).await;
     // The writer's connection tells what it runs from here to after the commit.
-    let watching = store.write(move |conn| {
-        let seen = seen.clone();
-        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-            if let InstrumentationEvent::StartQuery { query, .. } = event {
-                seen.lock().unwrap().push(query.to_string());
-            }
-        });
-        Ok(())
-    });
+    let statements = watch(&store).await;
+    let (release, holding) = hold_writer(&store).await;
     let used = |tokens: u64| Used::Reported(Usage { input_tokens: tokens, ..Usage::default() });
     let ended: Vec<_> = (1..=3_i64)
         .map(|player| {
@@ -271,16 +260,11 @@ async fn the_items_a_batch_ends_take_their_holds_in_one_statement(db: Db) {
         .collect();
     drop(release);
     holding.await.unwrap();
-    watching.await.unwrap();
     let mut settled = Vec::new();
     for end in ended {
         settled.push(end.await.unwrap());
     }
-    let quiet = store.write(|conn| {
-        conn.set_instrumentation(|_: InstrumentationEvent<'_>| {});
-        Ok(())
-    });
-    quiet.await.unwrap();
+    quiet(&store).await;
     let statements = statements.lock().unwrap().clone();
     let deletes = statements.iter().filter(|q| q.starts_with("DELETE FROM") && q.contains("usage_holds")).count();
     assert_eq!(deletes, 1, "one DELETE for the batch's holds: {statements:#?}");

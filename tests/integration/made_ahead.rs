@@ -3,10 +3,7 @@
 //! in its place, takes its own; an item two writes of the batch name, or one there already, is
 //! left to its writes.
 
-use std::sync::{Arc, Mutex};
-
 use chrono::NaiveDateTime;
-use diesel::connection::{Connection, InstrumentationEvent};
 use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
 use lorewire::domain::content::{ContentKind, ContentStatus};
 use lorewire::store::ahead::{Ahead, Asked, Finishing};
@@ -16,7 +13,7 @@ use lorewire::store::schema::{content as content_t, jobs as jobs_t};
 use lorewire::store::{DbConn, Store, StoreResult};
 
 use crate::common::{Db, TestDb};
-use crate::writer::hold_writer;
+use crate::writer::{hold_writer, quiet, watch};
 
 const WORKER: &str = "worker-a";
 
@@ -71,33 +68,6 @@ fn ask(
         content::request(conn, &item, t0())
     };
     store.write_ahead_for(Some(player), Some(ahead), write, |answer| answer)
-}
-
-/// Every statement the writer's connection runs from now until `quiet` is called.
-async fn watch(store: &Store) -> Arc<Mutex<Vec<String>>> {
-    let statements: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = statements.clone();
-    let watching = store.write(move |conn| {
-        let seen = seen.clone();
-        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-            if let InstrumentationEvent::StartQuery { query, .. } = event {
-                seen.lock().unwrap().push(query.to_string());
-            }
-        });
-        Ok(())
-    });
-    watching.await.unwrap();
-    statements
-}
-
-async fn quiet(store: &Store) {
-    store
-        .write(|conn| {
-            conn.set_instrumentation(|_: InstrumentationEvent<'_>| {});
-            Ok(())
-        })
-        .await
-        .unwrap();
 }
 
 fn all_jobs(conn: &mut DbConn) -> StoreResult<Vec<JobRow>> {

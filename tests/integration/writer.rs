@@ -97,6 +97,36 @@ pub(crate) async fn hold_writer(
     (release, holding)
 }
 
+/// Every statement the writer's connection runs from now until [`quiet`] is called.
+pub(crate) async fn watch(store: &Store) -> Arc<Mutex<Vec<String>>> {
+    use diesel::connection::{Connection, InstrumentationEvent};
+    let statements: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = statements.clone();
+    let watching = store.write(move |conn| {
+        let seen = seen.clone();
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                seen.lock().unwrap().push(query.to_string());
+            }
+        });
+        Ok(())
+    });
+    watching.await.unwrap();
+    statements
+}
+
+/// Ends [`watch`].
+pub(crate) async fn quiet(store: &Store) {
+    use diesel::connection::{Connection, InstrumentationEvent};
+    store
+        .write(|conn| {
+            conn.set_instrumentation(|_: InstrumentationEvent<'_>| {});
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
 fn message_texts(conn: &mut DbConn) -> StoreResult<Vec<String>> {
     Ok(messages::table.order(messages::id.asc()).select(messages::text).load(conn)?)
 }
