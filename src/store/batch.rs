@@ -75,12 +75,10 @@ fn lost_race(e: &StoreError) -> bool {
 }
 
 /// Commits the batch's transaction: first what it kept aside is written ([`behind`]) and, when
-/// `announce`, the collected notifications sent.
+/// `announce`, the collected notifications sent (on PostgreSQL in one statement).
 fn commit_batch(conn: &mut DbConn, announce: bool, made_ahead: usize) -> StoreResult<()> {
-    let wrote_ledger = behind::flush(conn)?;
-    if announce {
-        notify::announce_collected(conn)?;
-    }
+    let payloads = if announce { notify::collected() } else { Vec::new() };
+    let wrote_ledger = behind::flush(conn, &payloads)?;
     if wrote_ledger {
         hold_for_test(made_ahead);
     }

@@ -28,7 +28,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 
 use super::schema::{usage_days, usage_holds};
-use super::{DbConn, Kept, StoreResult};
+use super::{closing, notify, DbConn, Kept, StoreResult};
 use crate::domain::limits::Level;
 use crate::on_backend;
 
@@ -273,14 +273,14 @@ pub(super) fn write_settles_of(conn: &mut DbConn, target: &str) -> StoreResult<(
     run_settles(conn, |settle| settle.target == target)
 }
 
-/// Inserts every hold kept, then runs the settlements `pick` chooses: their holds taken in one
-/// DELETE, each target's handed to its first settlement (a later one of the same target finds
-/// none, as it would have in place).
+/// Runs the settlements `pick` chooses, their holds taken in one DELETE (the holds kept for
+/// their targets inserted first), each target's handed to its first settlement (a later one of
+/// the same target finds none, as it would have in place).
 fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult<()> {
     let (holds, settles) = KEPT.with_borrow_mut(|kept| match kept {
         Some(kept) => {
             let settles = kept.settles.write_where(&pick);
-            let holds = if settles.is_empty() { Vec::new() } else { kept.holds.write_where(|_| true) };
+            let holds = kept.holds.write_where(|h| settles.iter().any(|s| s.target == h.target));
             (holds, settles)
         }
         None => (Vec::new(), Vec::new()),
@@ -308,17 +308,29 @@ fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult
     Ok(())
 }
 
-/// Writes everything kept and not yet written; call just before the batch's commit. `true`
-/// when it wrote a ledger row.
-pub(super) fn flush(conn: &mut DbConn) -> StoreResult<bool> {
+/// Writes everything kept and not yet written, and sends `payloads` (serialized events, in
+/// order; PostgreSQL only); call just before the batch's commit. On PostgreSQL the holds, the
+/// ledger's rows and the notifications go in one statement ([`closing`]). `true` when it wrote a
+/// ledger row.
+pub(super) fn flush(conn: &mut DbConn, payloads: &[String]) -> StoreResult<bool> {
     run_settles(conn, |_| true)?;
     let (changes, holds) = KEPT.with_borrow_mut(|kept| match kept {
         Some(kept) => (kept.days.write_where(|_| true), kept.holds.write_where(|_| true)),
         None => (Vec::new(), Vec::new()),
     });
-    insert_holds(conn, &holds)?;
     let wrote = !changes.is_empty();
-    write_changes(conn, changes)?;
+    let DbConn::Pg(c) = conn else {
+        insert_holds(conn, &holds)?;
+        write_changes(conn, changes)?;
+        return notify::announce(conn, payloads).map(|()| wrote);
+    };
+    if holds.is_empty() && changes.is_empty() && payloads.is_empty() {
+        return Ok(false);
+    }
+    let rows = nets(&changes);
+    for (level, owner, day) in closing::write(c, &holds, &rows, payloads)? {
+        not_below_zero(c, level, owner, day)?;
+    }
     Ok(wrote)
 }
 
@@ -347,20 +359,19 @@ fn insert_holds(conn: &mut DbConn, holds: &[Hold]) -> StoreResult<()> {
 }
 
 /// A row's key and the net change of its reservations and spend, and when it was last changed.
-struct Net<'a> {
-    level: &'a str,
-    owner: &'a str,
-    day: &'a str,
-    reserved: (i64, i64),
-    spent: (i64, i64),
-    at: NaiveDateTime,
+pub(super) struct Net<'a> {
+    pub level: &'a str,
+    pub owner: &'a str,
+    pub day: &'a str,
+    pub reserved: (i64, i64),
+    pub spent: (i64, i64),
+    pub at: NaiveDateTime,
 }
 
-/// Sums `changes` per row and writes them, in the rows' order: on PostgreSQL in one upsert, else
-/// one upsert per row.
-fn write_changes(conn: &mut DbConn, changes: Vec<Change>) -> StoreResult<()> {
+/// `changes` summed per row, in the rows' order.
+fn nets(changes: &[Change]) -> Vec<Net<'_>> {
     let mut rows: BTreeMap<(&str, &str, &str), Net<'_>> = BTreeMap::new();
-    for change in &changes {
+    for change in changes {
         let (level, owner, day) = change.key();
         let net = rows.entry((level, owner, day)).or_insert(Net {
             level,
@@ -376,7 +387,13 @@ fn write_changes(conn: &mut DbConn, changes: Vec<Change>) -> StoreResult<()> {
         net.spent = add(net.spent, change.charge);
         net.at = net.at.max(change.at);
     }
-    let rows: Vec<Net<'_>> = rows.into_values().collect();
+    rows.into_values().collect()
+}
+
+/// Sums `changes` per row and writes them, in the rows' order: on PostgreSQL in one upsert, else
+/// one upsert per row.
+fn write_changes(conn: &mut DbConn, changes: Vec<Change>) -> StoreResult<()> {
+    let rows = nets(&changes);
     match conn {
         DbConn::Pg(c) if rows.len() > 1 => upsert_all(c, &rows),
         _ => rows.iter().try_for_each(|row| upsert(conn, row)),
@@ -467,16 +484,22 @@ fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> 
         if rows.len() <= KEEP_ROWS { Kept(upsert).get_results(conn)? } else { upsert.get_results(conn)? };
     // A row whose reservations fall is there already (a reservation made it): it was updated,
     // and never holds less than zero. Should one not have been there, it was created as the
-    // change stands: what it holds is set to zero, as a settlement in place leaves it.
+    // change stands.
     for (level, owner, day, _, _) in written.into_iter().filter(|w| w.3 < 0 || w.4 < 0) {
-        let (tokens, micros) = (usage_days::reserved_tokens, usage_days::reserved_micros);
-        diesel::update(usage_days::table.find((level, owner, day)))
-            .set((
-                tokens.eq(case_when(tokens.gt(0_i64), tokens).otherwise(0_i64)),
-                micros.eq(case_when(micros.gt(0_i64), micros).otherwise(0_i64)),
-            ))
-            .execute(conn)?;
+        not_below_zero(conn, level, owner, day)?;
     }
+    Ok(())
+}
+
+/// Sets what a ledger row holds to zero where it is below, as a settlement in place leaves it.
+fn not_below_zero(conn: &mut PgConnection, level: String, owner: String, day: String) -> StoreResult<()> {
+    let (tokens, micros) = (usage_days::reserved_tokens, usage_days::reserved_micros);
+    diesel::update(usage_days::table.find((level, owner, day)))
+        .set((
+            tokens.eq(case_when(tokens.gt(0_i64), tokens).otherwise(0_i64)),
+            micros.eq(case_when(micros.gt(0_i64), micros).otherwise(0_i64)),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod ahead;
 mod batch;
 pub mod behind;
 pub mod billing;
+mod closing;
 pub mod content;
 pub mod content_row;
 mod ending;

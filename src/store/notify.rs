@@ -39,14 +39,14 @@ pub fn announce(conn: &mut DbConn, payloads: &[String]) -> StoreResult<()> {
     Ok(())
 }
 
-/// Sends the events the outermost open transaction collected so far, in order (the writer's
-/// batch on PostgreSQL, just before its commit: one statement for all of them).
-pub(super) fn announce_collected(conn: &mut DbConn) -> StoreResult<()> {
-    let payloads: Vec<String> = COLLECTOR.with_borrow(|collector| {
+/// The events the outermost open transaction collected so far, serialized, in order (the
+/// writer's batch on PostgreSQL sends them just before its commit, in the statement that
+/// writes what it kept aside: [`super::behind::flush`]).
+pub(super) fn collected() -> Vec<String> {
+    COLLECTOR.with_borrow(|collector| {
         let open = collector.as_ref().and_then(|c| c.open.first());
         open.map(|events| events.iter().map(Event::to_json).collect()).unwrap_or_default()
-    });
-    announce(conn, &payloads)
+    })
 }
 
 /// Announces `event`; call inside the transaction that makes the change it tells of

@@ -137,18 +137,28 @@ async fn holds_kept_aside_are_settled_in_their_own_batch(db: Db) {
     let charged = store.write(|conn| limits::settle(conn, "call:a", Used::Unknown, now()));
     // Another player's reservation writes only that player's row early.
     let other = store.write(|conn| reserve_for(conn, PLAYER + 1, "call:b", 20));
+    // A third player's hold kept aside, then its settlement kept for the commit: the commit's
+    // settlement finds it (it is written first), beside a hold of another target it leaves.
+    let third = PLAYER + 2;
+    let kept = store.write(move |conn| reserve_for(conn, third, "content:c", 15));
+    let later = store.write(move |conn| reserve_for(conn, third, "content:d", 5));
+    let ten = Used::Reported(Usage { input_tokens: 10, ..Usage::default() });
+    let settled = store.write(move |conn| limits::settle_later(conn, "content:c", third, ten, None, now()));
     drop(release);
     holding.await.unwrap();
     assert_eq!(reserved.await.unwrap(), Ok(()));
     let charged = charged.await.unwrap();
     assert_eq!(charged.player.0, 30, "the hold was found and charged as held");
     assert_eq!(other.await.unwrap(), Ok(()));
+    assert_eq!((kept.await.unwrap(), later.await.unwrap()), (Ok(()), Ok(())));
+    assert_eq!(settled.await.unwrap().charged().player, (10, 0), "the kept hold was settled");
     // At the commit: the first player's row, whose reservations fall, and the studio's, new
     // today, written together.
     assert_eq!(store.run(player_day).await.unwrap(), (30, 0));
     assert_eq!(store.run(|conn| day_of(conn, PLAYER + 1)).await.unwrap(), (0, 20));
-    assert_eq!(store.run(studio_day).await.unwrap(), (30, 20));
-    assert_eq!(store.run(hold_targets).await.unwrap(), vec!["call:b".to_owned()]);
+    assert_eq!(store.run(move |conn| day_of(conn, third)).await.unwrap(), (10, 5));
+    assert_eq!(store.run(studio_day).await.unwrap(), (40, 25));
+    assert_eq!(store.run(hold_targets).await.unwrap(), ["call:b", "content:d"]);
 }
 
 /// Reserves `tokens` for the player `user_id`'s call `target`; panics when refused.
@@ -300,6 +310,77 @@ async fn postgres_a_settled_row_that_is_gone_is_created_holding_nothing() {
     assert_eq!(store.run(|conn| day_of(conn, 1)).await.unwrap(), (10, 0), "created, holding nothing");
     assert_eq!(store.run(|conn| day_of(conn, 2)).await.unwrap(), (10, 0));
     assert_eq!(store.run(studio_day).await.unwrap(), (20, 0));
+}
+
+/// PostgreSQL writes what a batch kept for its commit in one statement: the holds of its
+/// reservations (in order), the ledger rows' changes and the notifications (in order).
+#[actix_web::test]
+async fn postgres_a_batch_writes_its_holds_ledger_rows_and_notifications_in_one_statement() {
+    use diesel::Connection;
+    use lorewire::store::notify::{self, Event, CHANNEL};
+    let (db, store) = open_store(Db::Postgres).await;
+    let url = db.url.clone();
+    let mut listener = actix_web::rt::task::spawn_blocking(move || {
+        let mut listener = diesel::PgConnection::establish(&url).expect("listener");
+        diesel::sql_query(format!("LISTEN {CHANNEL}")).execute(&mut listener).expect("LISTEN");
+        listener
+    })
+    .await
+    .unwrap();
+    // Each player's row made by a first reservation (its batch's statements are not counted).
+    for player in 1..=3 {
+        reserved(&store, player, format!("first:{player}"), 10).await;
+    }
+    let statements = watch(&store).await;
+    let (release, holding) = hold_writer(&store).await;
+    let writes: Vec<_> = (1..=3_i64)
+        .map(|player| {
+            store.write(move |conn| {
+                let reserved = reserve_for(conn, player, &format!("second:{player}"), 20)?;
+                let blocked = Event::PlayerBlocked { origin: "test".into(), user_id: player };
+                notify::send(conn, &blocked)?;
+                Ok(reserved)
+            })
+        })
+        .collect();
+    drop(release);
+    holding.await.unwrap();
+    for write in writes {
+        write.await.unwrap().expect("fits under the player's 100");
+    }
+    quiet(&store).await;
+    let statements = statements.lock().unwrap().clone();
+    let closing = statements.iter().filter(|q| q.starts_with("WITH held AS")).count();
+    let apart = statements
+        .iter()
+        .filter(|q| !q.starts_with("WITH held AS") && (q.starts_with("INSERT INTO") || q.contains("pg_notify(")))
+        .count();
+    assert_eq!((closing, apart), (1, 0), "one statement for holds, ledger rows and notifications: {statements:#?}");
+
+    let mut told = Vec::new();
+    for _ in 0..500 {
+        told.extend(listener.notifications_iter().map(|n| n.expect("notification").payload));
+        if told.len() >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let told: Vec<Event> = told.iter().map(|p| serde_json::from_str(p).expect("an event")).collect();
+    let players: Vec<i64> = told
+        .iter()
+        .map(|e| match e {
+            Event::PlayerBlocked { user_id, .. } => *user_id,
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(players, [1, 2, 3], "told once each, in the batch's order");
+    let targets = store.run(hold_targets).await.unwrap();
+    assert_eq!(targets, ["first:1", "first:2", "first:3", "second:1", "second:2", "second:3"]);
+    for player in 1..=3 {
+        assert_eq!(store.run(move |conn| day_of(conn, player)).await.unwrap(), (0, 30));
+    }
+    assert_eq!(store.run(studio_day).await.unwrap(), (0, 90), "the studio's reservations, summed");
+    drop(db);
 }
 
 /// The stored limits are read once per batch: a project's limit changed in the batch holds for
