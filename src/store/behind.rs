@@ -4,8 +4,9 @@
 //! every item of the batch, in one DELETE). Each item settled or reserved would otherwise cost a
 //! statement (a round trip on PostgreSQL) for each of them, and hold its ledger rows' locks
 //! from then to the commit. Just before the commit ([`flush`]) the holds go in one INSERT and
-//! the ledger's changes, summed per row, in one upsert: the rows are locked only while the
-//! batch commits, in one order on every process.
+//! the ledger's changes, summed per row, in one upsert (on PostgreSQL both in one statement with
+//! the batch's notifications: [`super::closing`]): the rows are locked only while the batch
+//! commits, in one order on every process.
 //!
 //! Whatever reads or decides by what is kept here gets it written first, in the same
 //! transaction: a conditional reservation writes the changes of its own rows ([`write_days`]),
@@ -19,57 +20,15 @@
 //! what a write inside it wrote of its predecessors' ([`mark`], [`truncate`]).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use chrono::NaiveDateTime;
-use diesel::dsl::case_when;
 use diesel::prelude::*;
-use diesel::upsert::excluded;
 
-use super::schema::{usage_days, usage_holds};
-use super::{closing, notify, DbConn, Kept, StoreResult};
+pub use super::closing::{Change, Hold};
+use super::schema::usage_holds;
+use super::{closing, DbConn, StoreResult};
 use crate::domain::limits::Level;
-use crate::on_backend;
-
-/// One change of the ledger's row (`level`, `owner`) of `day`: `reserve` added to what it
-/// holds; `held` released (never below zero) and `charge` spent, as a settlement does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub level: String,
-    pub owner: String,
-    pub day: String,
-    pub reserve: (i64, i64),
-    pub held: (i64, i64),
-    pub charge: (i64, i64),
-    /// When it was made (the row's `updated_at`).
-    pub at: NaiveDateTime,
-}
-
-impl Change {
-    fn key(&self) -> (&str, &str, &str) {
-        (&self.level, &self.owner, &self.day)
-    }
-}
-
-/// The most rows a multi-row statement is kept prepared for (one statement per number of rows:
-/// a batch's usual few are prepared once, a rare long one does not stay in the cache).
-const KEEP_ROWS: usize = 32;
-
-/// A hold to be inserted ([`super::usage::add_hold`]).
-#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
-#[diesel(table_name = usage_holds)]
-pub struct Hold {
-    pub target: String,
-    pub user_id: i64,
-    pub studio: bool,
-    pub day: String,
-    pub model: String,
-    pub tokens: i64,
-    pub micros: i64,
-    pub created_at: NaiveDateTime,
-    pub project: Option<String>,
-}
 
 /// What a call holds until it is settled. The player's level always, the studio's when
 /// `studio`, the project's when it names one.
@@ -255,7 +214,7 @@ pub(super) fn write_days(conn: &mut DbConn, rows: &[(&str, &str)], day: &str) ->
         }
         None => Vec::new(),
     });
-    write_changes(conn, changes)
+    closing::write_changes(conn, changes)
 }
 
 /// Writes now every hold kept, then every settlement: the holds are about to be read.
@@ -264,7 +223,7 @@ pub(super) fn write_holds(conn: &mut DbConn) -> StoreResult<()> {
         Some(kept) => kept.holds.write_where(|_| true),
         None => Vec::new(),
     });
-    insert_holds(conn, &holds)?;
+    closing::insert_holds(conn, &holds)?;
     run_settles(conn, |_| true)
 }
 
@@ -285,7 +244,7 @@ fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult
         }
         None => (Vec::new(), Vec::new()),
     });
-    insert_holds(conn, &holds)?;
+    closing::insert_holds(conn, &holds)?;
     if settles.is_empty() {
         return Ok(());
     }
@@ -319,188 +278,8 @@ pub(super) fn flush(conn: &mut DbConn, payloads: &[String]) -> StoreResult<bool>
         None => (Vec::new(), Vec::new()),
     });
     let wrote = !changes.is_empty();
-    let DbConn::Pg(c) = conn else {
-        insert_holds(conn, &holds)?;
-        write_changes(conn, changes)?;
-        return notify::announce(conn, payloads).map(|()| wrote);
-    };
-    if holds.is_empty() && changes.is_empty() && payloads.is_empty() {
-        return Ok(false);
-    }
-    let rows = nets(&changes);
-    for (level, owner, day) in closing::write(c, &holds, &rows, payloads)? {
-        not_below_zero(c, level, owner, day)?;
-    }
+    closing::write_kept(conn, &holds, changes, payloads)?;
     Ok(wrote)
-}
-
-fn insert_holds(conn: &mut DbConn, holds: &[Hold]) -> StoreResult<()> {
-    match conn {
-        // One statement for all, kept prepared for each number of rows up to [`KEEP_ROWS`].
-        DbConn::Pg(c) if holds.len() > 1 => {
-            let insert = diesel::insert_into(usage_holds::table).values(holds).returning(usage_holds::id);
-            if holds.len() <= KEEP_ROWS {
-                Kept(insert).get_results::<i64>(c)?;
-            } else {
-                insert.get_results::<i64>(c)?;
-            }
-        }
-        _ => {
-            // Kept prepared (run for its RETURNING row: Diesel keeps no statement `execute` ran).
-            for hold in holds {
-                on_backend!(conn, |c| Kept(
-                    diesel::insert_into(usage_holds::table).values(hold).returning(usage_holds::id)
-                )
-                .get_result::<i64>(c))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A row's key and the net change of its reservations and spend, and when it was last changed.
-pub(super) struct Net<'a> {
-    pub level: &'a str,
-    pub owner: &'a str,
-    pub day: &'a str,
-    pub reserved: (i64, i64),
-    pub spent: (i64, i64),
-    pub at: NaiveDateTime,
-}
-
-/// `changes` summed per row, in the rows' order.
-fn nets(changes: &[Change]) -> Vec<Net<'_>> {
-    let mut rows: BTreeMap<(&str, &str, &str), Net<'_>> = BTreeMap::new();
-    for change in changes {
-        let (level, owner, day) = change.key();
-        let net = rows.entry((level, owner, day)).or_insert(Net {
-            level,
-            owner,
-            day,
-            reserved: (0, 0),
-            spent: (0, 0),
-            at: change.at,
-        });
-        let add = |a: (i64, i64), b: (i64, i64)| (a.0.saturating_add(b.0), a.1.saturating_add(b.1));
-        let sub = |a: (i64, i64), b: (i64, i64)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1));
-        net.reserved = add(net.reserved, sub(change.reserve, change.held));
-        net.spent = add(net.spent, change.charge);
-        net.at = net.at.max(change.at);
-    }
-    rows.into_values().collect()
-}
-
-/// Sums `changes` per row and writes them, in the rows' order: on PostgreSQL in one upsert, else
-/// one upsert per row.
-fn write_changes(conn: &mut DbConn, changes: Vec<Change>) -> StoreResult<()> {
-    let rows = nets(&changes);
-    match conn {
-        DbConn::Pg(c) if rows.len() > 1 => upsert_all(c, &rows),
-        _ => rows.iter().try_for_each(|row| upsert(conn, row)),
-    }
-}
-
-/// One row's change: the row is created when it is the day's first. One upsert, kept prepared.
-fn upsert(conn: &mut DbConn, net: &Net<'_>) -> StoreResult<()> {
-    let row = (
-        usage_days::level.eq(net.level),
-        usage_days::owner.eq(net.owner),
-        usage_days::day.eq(net.day),
-        usage_days::spent_tokens.eq(net.spent.0),
-        usage_days::spent_micros.eq(net.spent.1),
-        usage_days::reserved_tokens.eq(net.reserved.0.max(0)),
-        usage_days::reserved_micros.eq(net.reserved.1.max(0)),
-        usage_days::updated_at.eq(net.at),
-    );
-    // What it holds never goes below zero, as a settlement in place leaves it.
-    let (tokens, micros) = net.reserved;
-    let reserved_tokens =
-        case_when((usage_days::reserved_tokens + tokens).gt(0_i64), usage_days::reserved_tokens + tokens)
-            .otherwise(0_i64);
-    let reserved_micros =
-        case_when((usage_days::reserved_micros + micros).gt(0_i64), usage_days::reserved_micros + micros)
-            .otherwise(0_i64);
-    let change = (
-        usage_days::spent_tokens.eq(usage_days::spent_tokens + net.spent.0),
-        usage_days::spent_micros.eq(usage_days::spent_micros + net.spent.1),
-        usage_days::reserved_tokens.eq(reserved_tokens),
-        usage_days::reserved_micros.eq(reserved_micros),
-        usage_days::updated_at.eq(net.at),
-    );
-    on_backend!(conn, |c| Kept(
-        diesel::insert_into(usage_days::table)
-            .values(row)
-            .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
-            .do_update()
-            .set(change)
-            .returning(usage_days::level)
-    )
-    .get_results::<String>(c))?;
-    Ok(())
-}
-
-/// Every row's change in one upsert (PostgreSQL; kept prepared for each number of rows up to
-/// [`KEEP_ROWS`]).
-fn upsert_all<'a>(conn: &mut PgConnection, rows: &[Net<'a>]) -> StoreResult<()> {
-    let values: Vec<_> = rows
-        .iter()
-        .map(|net| {
-            (
-                usage_days::level.eq(net.level),
-                usage_days::owner.eq(net.owner),
-                usage_days::day.eq(net.day),
-                usage_days::spent_tokens.eq(net.spent.0),
-                usage_days::spent_micros.eq(net.spent.1),
-                usage_days::reserved_tokens.eq(net.reserved.0),
-                usage_days::reserved_micros.eq(net.reserved.1),
-                usage_days::updated_at.eq(net.at),
-            )
-        })
-        .collect();
-    // What a row holds never goes below zero, as a settlement in place leaves it.
-    let tokens = usage_days::reserved_tokens + excluded(usage_days::reserved_tokens);
-    let micros = usage_days::reserved_micros + excluded(usage_days::reserved_micros);
-    let change = (
-        usage_days::spent_tokens.eq(usage_days::spent_tokens + excluded(usage_days::spent_tokens)),
-        usage_days::spent_micros.eq(usage_days::spent_micros + excluded(usage_days::spent_micros)),
-        usage_days::reserved_tokens.eq(case_when(tokens.gt(0_i64), tokens).otherwise(0_i64)),
-        usage_days::reserved_micros.eq(case_when(micros.gt(0_i64), micros).otherwise(0_i64)),
-        usage_days::updated_at.eq(excluded(usage_days::updated_at)),
-    );
-    let upsert = diesel::insert_into(usage_days::table)
-        .values(&values)
-        .on_conflict((usage_days::level, usage_days::owner, usage_days::day))
-        .do_update()
-        .set(change)
-        .returning((
-            usage_days::level,
-            usage_days::owner,
-            usage_days::day,
-            usage_days::reserved_tokens,
-            usage_days::reserved_micros,
-        ));
-    type Written = (String, String, String, i64, i64);
-    let written: Vec<Written> =
-        if rows.len() <= KEEP_ROWS { Kept(upsert).get_results(conn)? } else { upsert.get_results(conn)? };
-    // A row whose reservations fall is there already (a reservation made it): it was updated,
-    // and never holds less than zero. Should one not have been there, it was created as the
-    // change stands.
-    for (level, owner, day, _, _) in written.into_iter().filter(|w| w.3 < 0 || w.4 < 0) {
-        not_below_zero(conn, level, owner, day)?;
-    }
-    Ok(())
-}
-
-/// Sets what a ledger row holds to zero where it is below, as a settlement in place leaves it.
-fn not_below_zero(conn: &mut PgConnection, level: String, owner: String, day: String) -> StoreResult<()> {
-    let (tokens, micros) = (usage_days::reserved_tokens, usage_days::reserved_micros);
-    diesel::update(usage_days::table.find((level, owner, day)))
-        .set((
-            tokens.eq(case_when(tokens.gt(0_i64), tokens).otherwise(0_i64)),
-            micros.eq(case_when(micros.gt(0_i64), micros).otherwise(0_i64)),
-        ))
-        .execute(conn)?;
-    Ok(())
 }
 
 #[cfg(test)]
