@@ -31,7 +31,7 @@ use crate::hub::{Hub, Publish};
 use crate::jobs::{Intake, Loaded};
 use crate::limits::rate::{Counted, StartRate};
 use crate::limits::{self, Spend};
-use crate::store::ahead::{Ahead, Asked};
+use crate::store::ahead::{Ahead, Asked, Reserving};
 use crate::store::content::{self as rows, ContentRow, RequestItem, Requested};
 use crate::store::jobs::JobRow;
 use crate::store::upstreams::{self, UpstreamRow};
@@ -146,15 +146,17 @@ impl ContentService {
         let origin = self.origin.clone();
         let slot = self.jobs.reserve();
         let claimer = slot.as_ref().map(|slot| slot.claimer());
+        let stored_context = context.clone().unwrap_or_else(|| "{}".to_owned());
         let ahead = Ahead::Request(Asked {
             kind,
             subject_id,
             owner,
             fields: empty.clone(),
-            context: context.clone().unwrap_or_else(|| "{}".to_owned()),
+            context: stored_context.clone(),
             player: by.user_id.unwrap_or(0),
             worker: claimer.as_ref().filter(|_| !regenerate).map(|c| c.worker().to_owned()),
             at: now,
+            reserving: Some(reserving(self.config.clone(), kind, subject_id, stored_context, by, now)),
         });
         let (jobs, hub) = (self.jobs.clone(), self.hub.clone());
         let (config, metrics) = (self.config.clone(), self.metrics.clone());
@@ -261,18 +263,9 @@ fn charge(
     now: chrono::NaiveDateTime,
 ) -> StoreResult<Option<(ContentRow, Refusal)>> {
     let kind = row.kind()?;
-    let context: Context = serde_json::from_str(&row.context)
-        .map_err(|e| StoreError::Corrupt(format!("content {}: the stored context is not JSON: {e}", row.id)))?;
-    let prompt = prompts::prompt(kind, row.subject_id as u64, &context, config.max_output_tokens);
-    let (prompt_tokens, output_tokens) = prompt.bound_with_reask();
-    // With moderation on, a flagged answer is asked for once more: two calls' worth.
-    let calls = if config.moderation.is_on() { 2 } else { 1 };
-    let (prompt_tokens, output_tokens) = (prompt_tokens * calls, output_tokens * calls);
-    let first = upstreams::all(conn)?.into_iter().find(UpstreamRow::is_first);
-    let model = first.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
     let target = format!("content:{}", row.id);
-    let user_id = by.user_id.unwrap_or(limits::SERVER);
-    let spend = Spend { user_id, project: None, model: &model, target: &target, prompt_tokens, output_tokens };
+    let call = call_of(conn, config, kind, row.subject_id, &row.context, by)?;
+    let spend = call.spend(&target);
     match limits::reserve(conn, &config.usage, &spend, now)? {
         Ok(()) => Ok(None),
         Err(refusal) if refusal.level == Level::Player => Err(StoreError::OverLimit(refusal)),
@@ -283,6 +276,59 @@ fn charge(
             Ok(Some((row, refusal)))
         }
     }
+}
+
+/// The call a new item of `kind` with `context` (as stored) would make for `by`, at most.
+struct Call {
+    user_id: i64,
+    model: String,
+    prompt_tokens: i64,
+    output_tokens: i64,
+}
+
+impl Call {
+    fn spend<'a>(&'a self, target: &'a str) -> Spend<'a> {
+        let (prompt_tokens, output_tokens) = (self.prompt_tokens, self.output_tokens);
+        Spend { user_id: self.user_id, project: None, model: &self.model, target, prompt_tokens, output_tokens }
+    }
+}
+
+fn call_of(
+    conn: &mut DbConn,
+    config: &Config,
+    kind: ContentKind,
+    subject_id: i64,
+    context: &str,
+    by: Requester,
+) -> StoreResult<Call> {
+    let context: Context = serde_json::from_str(context).map_err(|e| {
+        StoreError::Corrupt(format!("content {} {subject_id}: the stored context is not JSON: {e}", kind.as_str()))
+    })?;
+    let prompt = prompts::prompt(kind, subject_id as u64, &context, config.max_output_tokens);
+    let (prompt_tokens, output_tokens) = prompt.bound_with_reask();
+    // With moderation on, a flagged answer is asked for once more: two calls' worth.
+    let calls = if config.moderation.is_on() { 2 } else { 1 };
+    let first = upstreams::all(conn)?.into_iter().find(UpstreamRow::is_first);
+    let model = first.map(|c| c.model).unwrap_or_else(|| config.llm_model.clone());
+    let user_id = by.user_id.unwrap_or(limits::SERVER);
+    Ok(Call { user_id, model, prompt_tokens: prompt_tokens * calls, output_tokens: output_tokens * calls })
+}
+
+/// What a new item's call would reserve, reserved ahead of the writer's batch with the batch's
+/// others ([`crate::store::ahead`]).
+fn reserving(
+    config: Arc<Config>,
+    kind: ContentKind,
+    subject_id: i64,
+    context: String,
+    by: Requester,
+    now: chrono::NaiveDateTime,
+) -> Reserving {
+    Reserving(Arc::new(move |conn| {
+        let call = call_of(conn, &config, kind, subject_id, &context, by)?;
+        // Its target is not known before the item is made; a plan does not hold one.
+        limits::plan(conn, &config.usage, &call.spend(""), now)
+    }))
 }
 
 /// The owner an item of `scope` is stored with: [`SHARED_OWNER`], or the requesting player. The

@@ -20,6 +20,7 @@ use crate::domain::limits::{Level, Refusal};
 use crate::domain::money::Price;
 use crate::domain::runs::Usage;
 use crate::domain::upstream::{CallFailure, UpstreamFailure};
+use crate::store::ahead::{self, Planned, PlannedAccount};
 use crate::store::usage::{self as ledger, Account, LimitsRow, NewHold};
 use crate::store::{behind, billing, DbConn, StoreResult};
 use observe::Charged;
@@ -94,6 +95,31 @@ pub fn reserve(
     spend: &Spend<'_>,
     now: NaiveDateTime,
 ) -> StoreResult<Result<(), Refusal>> {
+    let (terms, bound) = terms_and_bound(conn, seed, spend)?;
+    reserve_bound(conn, &terms, spend, bound, now)
+}
+
+/// What [`reserve`] of `spend` would reserve in the writer's batch, so that it may be reserved
+/// ahead of it ([`crate::store::ahead`]): its accounts, day and bound. `None` when it reserves
+/// nowhere, or would refuse whatever the ledger holds (a USD limit without a price).
+pub fn plan(
+    conn: &mut DbConn,
+    seed: &UsageConfig,
+    spend: &Spend<'_>,
+    now: NaiveDateTime,
+) -> StoreResult<Option<Planned>> {
+    let (terms, bound) = terms_and_bound(conn, seed, spend)?;
+    let owner = spend.user_id.to_string();
+    let levels = levels(&terms, spend, &owner, behind::deferring());
+    if levels.is_empty() || levels.iter().any(|l| l.2 .1.is_some() && terms.price.is_none()) {
+        return Ok(None);
+    }
+    let accounts = levels.iter().map(|l| PlannedAccount::of(&account(l, spend))).collect();
+    Ok(Some(Planned { accounts, day: day_of(now), bound, at: now }))
+}
+
+/// The terms of `spend` and its bound: (tokens, micro-dollars).
+fn terms_and_bound(conn: &mut DbConn, seed: &UsageConfig, spend: &Spend<'_>) -> StoreResult<(Terms, (i64, i64))> {
     let terms = terms(conn, seed, spend)?;
     // Any enabled upstream may answer, and is charged at its own model's price: the bound is
     // priced at the dearest of them, so no answer can cost more than was reserved.
@@ -102,7 +128,28 @@ pub fn reserve(
         None => None,
     };
     let bound = (spend.prompt_tokens.saturating_add(spend.output_tokens), worst_case(dearest, spend));
-    reserve_bound(conn, &terms, spend, bound, now)
+    Ok((terms, bound))
+}
+
+/// The levels a reservation of `spend` reserves at, in the order they refuse: the player's
+/// (`owner`: its id), the project's, the studio's (left out when `defer_studio`).
+fn levels<'a>(
+    terms: &Terms,
+    spend: &Spend<'a>,
+    owner: &'a str,
+    defer_studio: bool,
+) -> Vec<(Level, &'a str, DailyLimits)> {
+    let defer_studio = defer_studio && terms.studio == (None, None);
+    let player = terms.player.map(|limits| (Level::Player, owner, limits));
+    let project = spend.project.map(|project_id| (Level::Project, project_id, terms.project));
+    let studio = (!defer_studio).then_some((Level::Studio, STUDIO, terms.studio));
+    player.into_iter().chain(project).chain(studio).collect()
+}
+
+/// The ledger's account of one level of [`levels`].
+fn account<'a>(&(level, owner, limits): &(Level, &'a str, DailyLimits), spend: &Spend<'_>) -> Account<'a> {
+    let own = (level == Level::Player).then_some(spend.user_id);
+    Account { level: level.as_str(), owner, limits, own }
 }
 
 /// What a reservation decides by: each level's limits that apply, and the model's price.
@@ -150,20 +197,16 @@ fn reserve_bound(
     let price = terms.price;
     // A studio with no limit never refuses: its row is written at the batch's commit.
     let defer_studio = terms.studio == (None, None) && behind::deferring();
-    let player = terms.player.map(|limits| (Level::Player, owner.as_str(), limits));
-    let project = spend.project.map(|project_id| (Level::Project, project_id, terms.project));
-    let studio = (!defer_studio).then_some((Level::Studio, STUDIO, terms.studio));
-    let mut levels: Vec<(Level, &str, DailyLimits)> = player.into_iter().chain(project).chain(studio).collect();
-    let accounts: Vec<Account<'_>> = levels
-        .iter()
-        .map(|&(level, owner, limits)| {
-            let own = (level == Level::Player).then_some(spend.user_id);
-            Account { level: level.as_str(), owner, limits, own }
-        })
-        .collect();
+    let mut levels = levels(terms, spend, &owner, defer_studio);
+    let accounts: Vec<Account<'_>> = levels.iter().map(|l| account(l, spend)).collect();
     let day = day_of(now);
-    let mut reserved =
-        if accounts.is_empty() { Vec::new() } else { ledger::reserve(conn, three(&accounts), &day, bound, now)? };
+    let mut reserved = if accounts.is_empty() {
+        Vec::new()
+    } else if let Some(made) = ahead::take_reserved(&accounts, &day, bound, now) {
+        made
+    } else {
+        ledger::reserve(conn, three(&accounts), &day, bound, now)?
+    };
     if reserved.len() < accounts.len() {
         // A row not there when the UPDATE ran (the day's first call, here or on another
         // process) is opened and its reservation tried once more; one over its limit refuses

@@ -1,15 +1,20 @@
 //! Content writes made ahead of a writer's batch on PostgreSQL, many in one statement: the new
-//! items (with their claimed jobs) of the requests that create them ([`super::place`]), and
-//! the ends of the jobs the batch ends ([`super::ending`]). Each request still runs in its
-//! place in the batch and takes what was made for it ([`take_placed`], [`take_ended`]); an item
-//! found there already is read again by its request, in its place, and an item two writes of
-//! the batch name is left to them, so that what each write sees is what it would have seen.
-//! A batch that leaves anything made ahead untaken does not commit it ([`left`]).
+//! items (with their claimed jobs) of the requests that create them ([`super::place`]), the
+//! reservations of those items' calls ([`super::reserving`]), and the ends of the jobs the
+//! batch ends ([`super::ending`]). Each request still runs in its place in the batch and takes
+//! what was made for it ([`take_placed`], [`take_reserved`], [`take_ended`]); an item found
+//! there already is read again by its request, in its place, and an item two writes of the
+//! batch name is left to them, so that what each write sees is what it would have seen. A
+//! reservation made ahead counts as made before the batch's other writes (they are
+//! concurrent: the batch commits them at once); one that would not fit is left to its request,
+//! which decides in its place. A batch that leaves anything made ahead untaken does not commit
+//! it ([`left`]).
 //!
 //! Only PostgreSQL: SQLite's statements cost no round trip, and its one writer keeps them.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 
@@ -17,7 +22,9 @@ use super::content_row::ContentRow;
 use super::ending::{self, Ending};
 use super::jobs::{Ended, JobRow};
 use super::place::{self, Key, Placed, Placing};
-use super::StoreResult;
+use super::reserving::{self, Share};
+use super::usage::{Account, Reserved};
+use super::{DbConn, StoreResult};
 use crate::domain::content::{ContentKind, ContentStatus, FallbackReason};
 
 /// What a content write tells the writer's batch of itself before it runs.
@@ -42,6 +49,59 @@ pub struct Asked {
     /// `None`: the request is not made ahead (it regenerates, or its job queues).
     pub worker: Option<String>,
     pub at: NaiveDateTime,
+    /// What a new item's call would reserve, when it may be reserved ahead.
+    pub reserving: Option<Reserving>,
+}
+
+/// What the reservation of a new item's call would reserve, read on the batch's connection
+/// (`None`: it is left to the request).
+#[derive(Clone)]
+pub struct Reserving(pub Arc<Plan>);
+
+/// What [`Reserving`] runs.
+pub type Plan = dyn Fn(&mut DbConn) -> StoreResult<Option<Planned>> + Send + Sync;
+
+impl std::fmt::Debug for Reserving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reserving")
+    }
+}
+
+/// A reservation as [`super::usage::reserve`] would make it: its accounts (none twice), its day
+/// and its bound (tokens, micro-dollars), made at `at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub accounts: Vec<PlannedAccount>,
+    pub day: String,
+    pub bound: (i64, i64),
+    pub at: NaiveDateTime,
+}
+
+/// An [`Account`] of a [`Planned`] reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedAccount {
+    pub level: String,
+    pub owner: String,
+    pub limits: (Option<i64>, Option<i64>),
+    pub own: Option<i64>,
+}
+
+impl PlannedAccount {
+    pub fn of(account: &Account<'_>) -> Self {
+        PlannedAccount {
+            level: account.level.to_owned(),
+            owner: account.owner.to_owned(),
+            limits: account.limits,
+            own: account.own,
+        }
+    }
+
+    fn is(&self, account: &Account<'_>) -> bool {
+        self.level == account.level
+            && self.owner == account.owner
+            && self.limits == account.limits
+            && self.own == account.own
+    }
 }
 
 /// The end of a content job: its item (by key too, to be told apart from the batch's requests
@@ -91,6 +151,8 @@ struct Made {
     placed: HashMap<Key, (ContentRow, JobRow)>,
     /// Jobs ended, by id: the worker that ended it and what the end found.
     ended: HashMap<i64, (String, Ended<ContentRow>)>,
+    /// Reservations made, with the rows they reserved at.
+    reserved: Vec<(Planned, Vec<Reserved>)>,
 }
 
 thread_local! {
@@ -99,10 +161,10 @@ thread_local! {
 }
 
 /// Makes ahead of a batch what its writes `asks` (in the batch's order) would write: one
-/// statement for the new items, one for the jobs' ends, each only for two or more (one write
-/// alone costs the same statement). What two writes of the batch name is left to them.
-/// Answers how many writes it made.
-pub(super) fn run(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<usize> {
+/// statement for the new items, one for their reservations, one for the jobs' ends, each only
+/// for two or more (one write alone costs the same statement). What two writes of the batch
+/// name is left to them. Answers how many writes it made. PostgreSQL only.
+pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead]) -> StoreResult<usize> {
     let mut seen = HashSet::new();
     let twice: HashSet<Key> = asks.iter().map(|a| a.key()).filter(|key| !seen.insert(key.clone())).collect();
     let alone = asks.iter().filter(|a| !twice.contains(&a.key()));
@@ -114,12 +176,13 @@ pub(super) fn run(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<
         })
         .collect();
     let finishing: Vec<&Finishing> = alone
+        .clone()
         .filter_map(|a| match a {
             Ahead::Finish(f) => Some(f),
             Ahead::Request(_) => None,
         })
         .collect();
-    if items.len() > 1 {
+    if let (DbConn::Pg(c), true) = (&mut *conn, items.len() > 1) {
         let made = place::place(c, &items)?;
         MADE.with_borrow_mut(|kept| {
             kept.placed.extend(made.into_iter().filter_map(|(key, placed)| match placed {
@@ -127,8 +190,19 @@ pub(super) fn run(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<
                 Placed::There(_) => None,
             }))
         });
+        // The reservations of the items made, as their requests would make them.
+        let mut plans = Vec::new();
+        for a in alone {
+            let Ahead::Request(Asked { reserving: Some(reserving), .. }) = a else { continue };
+            if MADE.with_borrow(|kept| kept.placed.contains_key(&a.key())) {
+                plans.extend((reserving.0)(conn)?);
+            }
+        }
+        if let (DbConn::Pg(c), true) = (&mut *conn, plans.len() > 1) {
+            reserve(c, plans)?;
+        }
     }
-    if finishing.len() > 1 {
+    if let (DbConn::Pg(c), true) = (&mut *conn, finishing.len() > 1) {
         let reasons: Vec<Option<String>> = finishing.iter().map(|f| f.reason.map(|r| r.to_string())).collect();
         let jobs: Vec<Ending<'_>> = finishing
             .iter()
@@ -151,6 +225,80 @@ pub(super) fn run(c: &mut diesel::PgConnection, asks: &[&Ahead]) -> StoreResult<
         });
     }
     Ok(left())
+}
+
+/// Reserves `plans` together: each ledger row once, by their sum. A plan whose rows all fit is
+/// made; what the others added at a row that fit is taken back, and they are left to their
+/// requests.
+fn reserve(c: &mut diesel::PgConnection, plans: Vec<Planned>) -> StoreResult<()> {
+    type Row<'a> = (&'a str, &'a str, &'a str);
+    // A batch across midnight leaves its reservations to their requests.
+    if plans.iter().any(|p| p.day != plans[0].day) {
+        return Ok(());
+    }
+    let mut shares: BTreeMap<Row<'_>, Share> = BTreeMap::new();
+    for plan in &plans {
+        for a in &plan.accounts {
+            let share = shares.entry((&a.level, &a.owner, &plan.day)).or_insert_with(|| Share {
+                level: a.level.clone(),
+                owner: a.owner.clone(),
+                day: plan.day.clone(),
+                sum: (0, 0),
+                limits: a.limits,
+                own: a.own,
+                at: plan.at,
+            });
+            // One row, one rule: plans that disagree on a row's limits are all left to their requests.
+            if (share.limits, share.own) != (a.limits, a.own) {
+                return Ok(());
+            }
+            share.sum = (share.sum.0.saturating_add(plan.bound.0), share.sum.1.saturating_add(plan.bound.1));
+            share.at = share.at.max(plan.at);
+        }
+    }
+    let shares: Vec<Share> = shares.into_values().collect();
+    let fitted = reserving::reserve(c, &shares)?;
+    let row_of = |a: &PlannedAccount| fitted.iter().find(|r| r.0 == a.level && r.1 == a.owner);
+    let mut made = Vec::new();
+    let mut taken_back: BTreeMap<Row<'_>, (i64, i64)> = BTreeMap::new();
+    for plan in &plans {
+        let rows: Option<Vec<Reserved>> = plan.accounts.iter().map(|a| row_of(a).cloned()).collect();
+        match rows {
+            Some(rows) => made.push((plan.clone(), rows)),
+            None => {
+                for a in plan.accounts.iter().filter(|a| row_of(a).is_some()) {
+                    let back = taken_back.entry((&a.level, &a.owner, &plan.day)).or_default();
+                    *back = (back.0 + plan.bound.0, back.1 + plan.bound.1);
+                }
+            }
+        }
+    }
+    if !taken_back.is_empty() {
+        let rows: Vec<_> = taken_back.iter().map(|(&(l, o, d), &(t, m))| (l, o, d, t, m)).collect();
+        reserving::release(c, &rows)?;
+    }
+    MADE.with_borrow_mut(|kept| kept.reserved.extend(made));
+    Ok(())
+}
+
+/// The rows reserved at ahead for a reservation of `accounts` on `day` of `bound` made at `at`,
+/// when one was (and is now taken).
+pub fn take_reserved(
+    accounts: &[Account<'_>],
+    day: &str,
+    bound: (i64, i64),
+    at: NaiveDateTime,
+) -> Option<Vec<Reserved>> {
+    MADE.with_borrow_mut(|kept| {
+        let i = kept.reserved.iter().position(|(plan, _)| {
+            plan.day == day
+                && plan.bound == bound
+                && plan.at == at
+                && plan.accounts.len() == accounts.len()
+                && plan.accounts.iter().zip(accounts).all(|(p, a)| p.is(a))
+        })?;
+        Some(kept.reserved.remove(i).1)
+    })
 }
 
 /// The item made ahead for `placing`'s request, with its job, when it was (for the same worker
@@ -177,7 +325,7 @@ pub(super) fn take_ended(job_id: i64, worker: &str) -> Option<Ended<ContentRow>>
 
 /// How many writes made ahead no write took (the batch must not commit them).
 pub(super) fn left() -> usize {
-    MADE.with_borrow(|kept| kept.placed.len() + kept.ended.len())
+    MADE.with_borrow(|kept| kept.placed.len() + kept.ended.len() + kept.reserved.len())
 }
 
 /// Forgets what was made ahead (its transaction ended or was rolled back).

@@ -116,9 +116,9 @@ fn hold_for_test(made_ahead: usize) {
 fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: bool) -> Together {
     let mut succeeded = true;
     let mut made_ahead = 0;
-    if let DbConn::Pg(c) = conn {
+    if let DbConn::Pg(_) = conn {
         let asks: Vec<&Ahead> = batch.iter().filter_map(|r| r.ahead()).collect();
-        match ahead::run(c, &asks) {
+        match ahead::run(conn, &asks) {
             Ok(made) => made_ahead = made,
             Err(e) => {
                 tracing::warn!(error = %e, "a batch's writes could not be made ahead of it; it runs each in a savepoint");

@@ -24,6 +24,7 @@ pub mod messages;
 pub mod moderation;
 pub mod notify;
 mod place;
+mod reserving;
 pub mod run_attempts;
 pub mod runs;
 pub mod schema;

@@ -22,10 +22,10 @@ use super::{DbConn, Kept, StoreResult};
 use crate::on_backend;
 
 /// Stands for "no limit" in a conditional UPDATE (sums never come near it).
-const NO_LIMIT: i64 = i64::MAX / 4;
+pub(super) const NO_LIMIT: i64 = i64::MAX / 4;
 
 /// A user id no player has ([`Account::own`] when the account is not a player's).
-const NOBODY: i64 = i64::MIN;
+pub(super) const NOBODY: i64 = i64::MIN;
 
 /// The one row of stored limits.
 const LIMITS_ID: i64 = 1;

@@ -50,6 +50,7 @@ fn ask(
         player,
         worker: Some(ahead_worker.to_owned()),
         at: t0(),
+        reserving: None,
     });
     let write = move |conn: &mut DbConn| {
         let item = RequestItem {

@@ -37,6 +37,7 @@ mod project_limits;
 mod queue_limit;
 mod redis;
 mod repair;
+mod reserved_ahead;
 mod resync;
 mod runs;
 mod runs_faults;

@@ -1,0 +1,225 @@
+//! PostgreSQL reserves the calls of a writer's batch's new items ahead of the batch, in one
+//! statement (`store::ahead`, `store::reserving`): each ledger row once, by the sum of what the
+//! batch reserves there, where it fits; each request takes its own reservation in its place.
+//! A request whose rows would not take the sum is left to decide in its place, as before.
+
+use std::sync::Arc;
+
+use chrono::NaiveDateTime;
+use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+use lorewire::core::usage::UsageConfig;
+use lorewire::domain::content::ContentKind;
+use lorewire::domain::limits::{Level, Refusal};
+use lorewire::limits::{self, Spend};
+use lorewire::store::ahead::{Ahead, Asked, Reserving};
+use lorewire::store::content::{self, RequestItem, Requested};
+use lorewire::store::schema::{usage_days, usage_holds};
+use lorewire::store::{DbConn, Store, StoreResult};
+
+use crate::common::{Db, TestDb};
+use crate::writer::{hold_writer, quiet, watch};
+
+const WORKER: &str = "worker-a";
+
+/// Each item's call reserves this many tokens.
+const BOUND: i64 = 20;
+
+fn t0() -> NaiveDateTime {
+    chrono::Utc::now().naive_utc()
+}
+
+fn limits_with(studio: Option<i64>) -> UsageConfig {
+    UsageConfig {
+        studio_daily_micros: None,
+        studio_daily_tokens: studio,
+        player_daily_micros: None,
+        player_daily_tokens: Some(100),
+        player_llm_rate: "600/1m".parse().unwrap(),
+    }
+}
+
+async fn open_store() -> (TestDb, Store) {
+    actix_web::rt::task::spawn_blocking(|| {
+        let db = TestDb::new(Db::Postgres);
+        // One writer: every request below goes into the batch held behind `hold_writer`.
+        let store = Store::connect_with(&db.url, 1).expect("store");
+        store.migrate().expect("migrations");
+        (db, store)
+    })
+    .await
+    .unwrap()
+}
+
+fn spend(player: i64, target: &str, tokens: i64) -> Spend<'_> {
+    Spend { user_id: player, project: None, model: "m", target, prompt_tokens: tokens, output_tokens: 0 }
+}
+
+/// A request for quest `subject_id` by `player`, claimed, whose new item reserves its call as
+/// the content service's requests do (told ahead, then in its place); `planned` is the bound
+/// told ahead (the call's own, unless a test makes them differ).
+fn ask(
+    store: &Store,
+    usage: UsageConfig,
+    (subject_id, player): (i64, i64),
+    planned: i64,
+    at: NaiveDateTime,
+) -> impl std::future::Future<Output = StoreResult<Result<(), Refusal>>> {
+    let reserving =
+        Reserving(Arc::new(move |conn: &mut DbConn| limits::plan(conn, &usage, &spend(player, "", planned), at)));
+    let ahead = Ahead::Request(Asked {
+        kind: ContentKind::Quest,
+        subject_id,
+        owner: 0,
+        fields: "{}".into(),
+        context: "{}".into(),
+        player,
+        worker: Some(WORKER.to_owned()),
+        at,
+        reserving: Some(reserving),
+    });
+    let write = move |conn: &mut DbConn| {
+        let item = RequestItem {
+            origin: "test",
+            kind: ContentKind::Quest,
+            subject_id,
+            owner: 0,
+            player,
+            context: Some("{}"),
+            empty_fields: "{}",
+            regenerate: false,
+            may_change: true,
+            claim_for: Some(WORKER),
+            queue_limit: 100,
+        };
+        let (requested, _) = content::request(conn, &item, at)?;
+        let Requested::Created(row) = requested else { panic!("item {subject_id} not created: {requested:?}") };
+        let target = format!("content:{}", row.id);
+        limits::reserve(conn, &usage, &spend(player, &target, BOUND), at)
+    };
+    store.write_ahead_for(Some(player), Some(ahead), write, |answer| answer)
+}
+
+/// (spent, reserved) tokens of a row of today.
+fn row(conn: &mut DbConn, level: Level, owner: &str) -> StoreResult<(i64, i64)> {
+    Ok(usage_days::table
+        .filter(usage_days::level.eq(level.as_str()))
+        .filter(usage_days::owner.eq(owner))
+        .select((usage_days::spent_tokens, usage_days::reserved_tokens))
+        .first(conn)?)
+}
+
+async fn reserved_at(store: &Store, level: Level, owner: &str) -> i64 {
+    let owner = owner.to_owned();
+    store.run(move |conn| row(conn, level, &owner)).await.unwrap().1
+}
+
+fn holds(conn: &mut DbConn) -> StoreResult<i64> {
+    Ok(usage_holds::table.count().get_result(conn)?)
+}
+
+/// Runs `asks` ((subject, player)) in one batch; their answers and the statements it ran.
+async fn one_batch(store: &Store, usage: UsageConfig, asks: &[(i64, i64)]) -> (Vec<Result<(), Refusal>>, Vec<String>) {
+    told(store, usage, asks, BOUND).await
+}
+
+/// [`one_batch`], each request telling ahead a bound of `planned`.
+async fn told(
+    store: &Store,
+    usage: UsageConfig,
+    asks: &[(i64, i64)],
+    planned: i64,
+) -> (Vec<Result<(), Refusal>>, Vec<String>) {
+    let statements = watch(store).await;
+    let (release, holding) = hold_writer(store).await;
+    let at = t0();
+    let answers: Vec<_> = asks.iter().map(|&ask_for| ask(store, usage, ask_for, planned, at)).collect();
+    drop(release);
+    holding.await.unwrap();
+    let mut answered = Vec::new();
+    for answer in answers {
+        answered.push(answer.await.unwrap());
+    }
+    quiet(store).await;
+    let statements = statements.lock().unwrap().clone();
+    (answered, statements)
+}
+
+fn count(statements: &[String], starts: &str) -> usize {
+    statements.iter().filter(|q| q.starts_with(starts)).count()
+}
+
+/// Each player's row there (a first call in a batch of its own).
+async fn open_rows(store: &Store, usage: UsageConfig, players: &[(i64, i64)]) {
+    for &(subject, player) in players {
+        one_batch(store, usage, &[(subject, player)]).await.0[0].clone().expect("the first call fits");
+    }
+}
+
+/// Four new items of three players in one batch: one statement reserves them all, each row
+/// once by its sum; every request answers its reservation made, with its hold.
+#[actix_web::test]
+async fn postgres_a_batchs_reservations_are_made_in_one_statement() {
+    let (_db, store) = open_store().await;
+    let usage = limits_with(None);
+    open_rows(&store, usage, &[(100, 1), (101, 2), (102, 3)]).await;
+    let (answers, statements) = one_batch(&store, usage, &[(1, 1), (2, 2), (3, 1), (4, 3)]).await;
+    assert_eq!(answers, [Ok(()), Ok(()), Ok(()), Ok(())]);
+    assert_eq!(count(&statements, "WITH s AS"), 1, "one statement for the four reservations: {statements:#?}");
+    assert_eq!(count(&statements, "UPDATE \"usage_days\""), 0, "none in place: {statements:#?}");
+    assert_eq!(reserved_at(&store, Level::Player, "1").await, 3 * BOUND);
+    assert_eq!(reserved_at(&store, Level::Player, "2").await, 2 * BOUND);
+    assert_eq!(reserved_at(&store, Level::Player, "3").await, 2 * BOUND);
+    assert_eq!(reserved_at(&store, Level::Studio, "").await, 7 * BOUND);
+    assert_eq!(store.run(holds).await.unwrap(), 7);
+}
+
+/// Player 1 has room for one more call, not two: its row does not take the batch's sum, so its
+/// requests decide in their places (the first fits, the second is refused); the studio's
+/// limited row took player 1's share too and gives it back; player 2's call is made ahead.
+/// Three rounds, each from where the last left.
+#[actix_web::test]
+async fn postgres_a_reservation_that_does_not_fit_ahead_is_decided_by_its_request() {
+    let (_db, store) = open_store().await;
+    let usage = limits_with(Some(10_000));
+    for round in 0..3_i64 {
+        let (full, other) = (10 + 2 * round, 11 + 2 * round);
+        // 80 of `full`'s 100 held: room for one call of 20.
+        open_rows(&store, usage, &[(1000 * round + 900, full), (1000 * round + 901, full), (1000 * round + 902, full)])
+            .await;
+        open_rows(&store, usage, &[(1000 * round + 903, full), (1000 * round + 904, other)]).await;
+        let studio_before = reserved_at(&store, Level::Studio, "").await;
+        let base = 1000 * round;
+        let (answers, statements) =
+            one_batch(&store, usage, &[(base + 1, full), (base + 2, other), (base + 3, full)]).await;
+        assert_eq!(answers[0], Ok(()), "round {round}: the first fits");
+        assert_eq!(answers[1], Ok(()), "round {round}");
+        let refused = answers[2].clone().expect_err("the second is over the player's 100");
+        assert_eq!(refused.level, Level::Player);
+        assert_eq!(count(&statements, "WITH s AS"), 1, "round {round}: tried ahead: {statements:#?}");
+        assert_eq!(reserved_at(&store, Level::Player, &full.to_string()).await, 100, "round {round}");
+        assert_eq!(reserved_at(&store, Level::Player, &other.to_string()).await, 2 * BOUND, "round {round}");
+        assert_eq!(
+            reserved_at(&store, Level::Studio, "").await,
+            studio_before + 2 * BOUND,
+            "round {round}: the studio holds the two calls made, not the refused one"
+        );
+    }
+}
+
+/// Reservations made ahead that their requests do not take (told a bound other than their
+/// own) are never committed: the batch runs again with each write in its place, and every row
+/// holds exactly what its requests reserved.
+#[actix_web::test]
+async fn postgres_reservations_made_ahead_and_not_taken_are_not_committed() {
+    let (_db, store) = open_store().await;
+    let usage = limits_with(None);
+    open_rows(&store, usage, &[(100, 1), (101, 2)]).await;
+    let (answers, statements) = told(&store, usage, &[(1, 1), (2, 2), (3, 1)], BOUND + 7).await;
+    assert_eq!(answers, [Ok(()), Ok(()), Ok(())]);
+    assert_eq!(count(&statements, "WITH s AS"), 1, "made ahead once: {statements:#?}");
+    assert!(count(&statements, "ROLLBACK") >= 1, "and rolled back: {statements:#?}");
+    assert_eq!(reserved_at(&store, Level::Player, "1").await, 3 * BOUND);
+    assert_eq!(reserved_at(&store, Level::Player, "2").await, 2 * BOUND);
+    assert_eq!(reserved_at(&store, Level::Studio, "").await, 5 * BOUND);
+    assert_eq!(store.run(holds).await.unwrap(), 5);
+}
