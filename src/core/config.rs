@@ -119,9 +119,10 @@ pub struct Settings {
     #[arg(long, global = true, env = "LOREWIRE_SHUTDOWN_SECS", default_value_t = 5)]
     pub shutdown_secs: u64,
     /// Writer connections of a process on PostgreSQL (one player's writes always on the same
-    /// one): while one waits on a round trip the others run theirs; several processes sharing
-    /// one small machine do best with one each. SQLite always has one.
-    #[arg(long, global = true, env = "LOREWIRE_DB_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    /// one): while one waits on a round trip the others run theirs, but each batch is smaller
+    /// and what a batch makes ahead of it in one statement is shared by fewer writes (content
+    /// does best with one, runs with an instant upstream with two). SQLite always has one.
+    #[arg(long, global = true, env = "LOREWIRE_DB_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub db_writers: u64,
     /// A running job whose worker stopped renewing it for this long is taken over (PostgreSQL, several processes).
     #[arg(long, global = true, env = "LOREWIRE_JOB_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
