@@ -198,6 +198,7 @@ impl ContentJob {
         let (status, used) = (ending.status, ending.used);
         let model = ending.model;
         let (now, player) = (self.clock.now_naive(), claim.player);
+        let target = format!("content:{content_id}");
         // Told to the writer's batch, which may end it together with the batch's others (an
         // item whose kind cannot be read is ended in its place).
         let ahead = row.kind().ok().map(|kind| {
@@ -213,6 +214,7 @@ impl ContentJob {
                 model: model.clone(),
                 reason,
                 at: now,
+                settles: Some(target.clone()),
             })
         });
         let ended = self
@@ -230,12 +232,13 @@ impl ContentJob {
                         fields: &fields,
                         model: model.as_deref(),
                         reason,
+                        settles: Some(&target),
                     };
                     let ended = rows::finish(conn, &finish, now)?;
                     let mut settled = None;
                     if let Ended::Done(_) = &ended {
-                        // The batch's items settled together at its commit.
-                        let target = format!("content:{content_id}");
+                        // The batch's items settled together at its commit (their holds taken
+                        // with their ends).
                         settled = Some(limits::settle_later(conn, &target, player, used, model.as_deref(), now)?);
                     }
                     Ok((ended, settled))

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 
+use super::behind::HoldRow;
 use super::content_row::ContentRow;
 use super::ending::{self, Ending};
 use super::jobs::{Ended, JobRow};
@@ -119,6 +120,8 @@ pub struct Finishing {
     pub model: Option<String>,
     pub reason: Option<FallbackReason>,
     pub at: NaiveDateTime,
+    /// The target whose holds the end takes for its settlement ([`super::content::Finish`]).
+    pub settles: Option<String>,
 }
 
 impl Ahead {
@@ -145,12 +148,15 @@ impl Asked {
     }
 }
 
+type EndedAhead = ((String, Option<String>), Ended<ContentRow>, Vec<HoldRow>);
+
 #[derive(Default)]
 struct Made {
     /// Items made, with their jobs, by key.
     placed: HashMap<Key, (ContentRow, JobRow)>,
-    /// Jobs ended, by id: the worker that ended it and what the end found.
-    ended: HashMap<i64, (String, Ended<ContentRow>)>,
+    /// Jobs ended, by id: the worker that ended it and the target it settles, what the end
+    /// found, and the holds it took.
+    ended: HashMap<i64, EndedAhead>,
     /// Reservations made, with the rows they reserved at.
     reserved: Vec<(Planned, Vec<Reserved>)>,
 }
@@ -216,12 +222,13 @@ pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead]) -> StoreResult<usize> {
                 model: f.model.as_deref(),
                 reason: reason.as_deref(),
                 at: f.at,
+                settles: f.settles.as_deref(),
             })
             .collect();
         let ended = ending::end(c, &jobs)?;
         MADE.with_borrow_mut(|kept| {
-            let workers = finishing.iter().map(|f| f.worker.clone());
-            kept.ended.extend(ended.into_iter().zip(workers).map(|((id, end), worker)| (id, (worker, end))))
+            let by = finishing.iter().map(|f| (f.worker.clone(), f.settles.clone()));
+            kept.ended.extend(ended.into_iter().zip(by).map(|((id, end, holds), by)| (id, (by, end, holds))))
         });
     }
     Ok(left())
@@ -315,10 +322,17 @@ pub(super) fn take_placed(placing: &Placing<'_>) -> Option<(ContentRow, JobRow)>
     })
 }
 
-/// What the end of job `job_id` by `worker` found, when it was made ahead.
-pub(super) fn take_ended(job_id: i64, worker: &str) -> Option<Ended<ContentRow>> {
+/// What the end of job `job_id` by `worker` settling `settles` found, and the holds it took,
+/// when it was made ahead.
+pub(super) fn take_ended(
+    job_id: i64,
+    worker: &str,
+    settles: Option<&str>,
+) -> Option<(Ended<ContentRow>, Vec<HoldRow>)> {
     MADE.with_borrow_mut(|kept| match kept.ended.get(&job_id) {
-        Some((by, _)) if by == worker => kept.ended.remove(&job_id).map(|(_, end)| end),
+        Some(((by, target), _, _)) if by == worker && target.as_deref() == settles => {
+            kept.ended.remove(&job_id).map(|(_, end, holds)| (end, holds))
+        }
         _ => None,
     })
 }

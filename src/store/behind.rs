@@ -27,7 +27,7 @@ use diesel::prelude::*;
 
 pub use super::closing::{Change, Hold};
 use super::schema::usage_holds;
-use super::{closing, DbConn, StoreResult};
+use super::{closing, DbConn, StoreError, StoreResult};
 use crate::domain::limits::Level;
 
 /// What a call holds until it is settled. The player's level always, the studio's when
@@ -109,6 +109,8 @@ struct Aside {
     days: Log<Change>,
     holds: Log<Hold>,
     settles: Log<Settle>,
+    /// Holds taken already (with a content job's end, [`taken`]), by target, for its settlement.
+    taken: Log<(String, Vec<HoldRow>)>,
 }
 
 thread_local! {
@@ -120,7 +122,7 @@ pub(super) struct Deferring(());
 
 /// Starts keeping writes aside (the writer, for one batch).
 pub(super) fn start() -> Deferring {
-    KEPT.set(Some(Aside { days: Log::new(), holds: Log::new(), settles: Log::new() }));
+    KEPT.set(Some(Aside { days: Log::new(), holds: Log::new(), settles: Log::new(), taken: Log::new() }));
     Deferring(())
 }
 
@@ -175,6 +177,7 @@ pub(super) struct Mark {
     days: (usize, usize),
     holds: (usize, usize),
     settles: (usize, usize),
+    taken: (usize, usize),
 }
 
 pub(super) fn mark() -> Mark {
@@ -183,6 +186,7 @@ pub(super) fn mark() -> Mark {
             days: k.days.mark(),
             holds: k.holds.mark(),
             settles: k.settles.mark(),
+            taken: k.taken.mark(),
         })
     })
 }
@@ -194,6 +198,7 @@ pub(super) fn truncate(mark: Mark) {
             kept.days.truncate(mark.days);
             kept.holds.truncate(mark.holds);
             kept.settles.truncate(mark.settles);
+            kept.taken.truncate(mark.taken);
         }
     });
 }
@@ -232,24 +237,42 @@ pub(super) fn write_settles_of(conn: &mut DbConn, target: &str) -> StoreResult<(
     run_settles(conn, |settle| settle.target == target)
 }
 
+/// Keeps `holds`, taken from the table already (with a content job's end), for the settlement
+/// of `target` the batch keeps next. Only while this thread keeps writes aside: elsewhere no
+/// holds are taken ahead of their settlement.
+pub(super) fn taken(target: String, holds: Vec<HoldRow>) {
+    KEPT.with_borrow_mut(|kept| {
+        if let Some(kept) = kept {
+            kept.taken.entries.push(((target, holds), false));
+        }
+    });
+}
+
 /// Runs the settlements `pick` chooses, their holds taken in one DELETE (the holds kept for
-/// their targets inserted first), each target's handed to its first settlement (a later one of
+/// their targets inserted first; a target whose holds were taken already with its job's end
+/// and has none kept needs none), each target's handed to its first settlement (a later one of
 /// the same target finds none, as it would have in place).
 fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult<()> {
-    let (holds, settles) = KEPT.with_borrow_mut(|kept| match kept {
+    let (holds, settles, ahead) = KEPT.with_borrow_mut(|kept| match kept {
         Some(kept) => {
             let settles = kept.settles.write_where(&pick);
             let holds = kept.holds.write_where(|h| settles.iter().any(|s| s.target == h.target));
-            (holds, settles)
+            let ahead = kept.taken.write_where(|(target, _)| settles.iter().any(|s| &s.target == target));
+            (holds, settles, ahead)
         }
-        None => (Vec::new(), Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     });
     closing::insert_holds(conn, &holds)?;
     if settles.is_empty() {
         return Ok(());
     }
-    let targets: Vec<&str> = settles.iter().map(|s| s.target.as_str()).collect();
+    let targets: Vec<&str> = settles
+        .iter()
+        .map(|s| s.target.as_str())
+        .filter(|t| !ahead.iter().any(|(target, _)| target == t) || holds.iter().any(|h| h.target == *t))
+        .collect();
     let mut taken: Vec<HoldRow> = match targets[..] {
+        [] => Vec::new(),
         // One target: a statement kept prepared (an `IN` list is prepared again at every call).
         [target] => diesel::delete(usage_holds::table.filter(usage_holds::target.eq(target)))
             .returning(usage_holds::all_columns)
@@ -258,6 +281,7 @@ fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult
             .returning(usage_holds::all_columns)
             .get_results(conn)?,
     };
+    taken.extend(ahead.into_iter().flat_map(|(_, holds)| holds));
     taken.sort_by_key(|h| h.id);
     for settle in settles {
         let (mine, rest) = taken.into_iter().partition(|h| h.target == settle.target);
@@ -273,6 +297,12 @@ fn run_settles(conn: &mut DbConn, pick: impl Fn(&Settle) -> bool) -> StoreResult
 /// ledger row.
 pub(super) fn flush(conn: &mut DbConn, payloads: &[String]) -> StoreResult<bool> {
     run_settles(conn, |_| true)?;
+    // Holds taken with a job's end that no settlement took would leave their reservations
+    // held for good: the batch does not commit them.
+    let unsettled = KEPT.with_borrow_mut(|kept| kept.as_mut().map_or(0, |k| k.taken.write_where(|_| true).len()));
+    if unsettled > 0 {
+        return Err(StoreError::Corrupt(format!("{unsettled} targets' holds were taken and never settled")));
+    }
     let (changes, holds) = KEPT.with_borrow_mut(|kept| match kept {
         Some(kept) => (kept.days.write_where(|_| true), kept.holds.write_where(|_| true)),
         None => (Vec::new(), Vec::new()),

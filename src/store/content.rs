@@ -4,12 +4,12 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::ahead;
 use super::ending::{self, Ending};
 use super::jobs::{self, Ended, JobKind, JobRow, Place};
 use super::notify;
 use super::place::{self, Placed, Placing};
 use super::schema::{content, jobs as jobs_t};
+use super::{ahead, behind};
 use super::{DbConn, Kept, StoreError, StoreResult};
 use crate::domain::content::{ContentKind, ContentStatus, FallbackReason};
 use crate::domain::events::Event;
@@ -255,6 +255,10 @@ pub struct Finish<'a> {
     pub fields: &'a str,
     pub model: Option<&'a str>,
     pub reason: Option<FallbackReason>,
+    /// The target (`content:<id>`) a settlement later in the writer's batch settles: on
+    /// PostgreSQL its holds are taken with the end, for that settlement
+    /// ([`super::behind::taken`]); the caller keeps the settlement next, when the end is done.
+    pub settles: Option<&'a str>,
 }
 
 /// A whole write of its own, like [`request`]. On PostgreSQL one statement ([`ending::end`]),
@@ -263,7 +267,9 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
     let reason = f.reason.map(|r| r.to_string());
     let row = match conn {
         DbConn::Pg(c) => {
-            let ended = match ahead::take_ended(f.job_id, f.worker) {
+            // The holds are taken with the end only where the batch keeps them for the settlement.
+            let settles = f.settles.filter(|_| behind::deferring());
+            let (ended, holds) = match ahead::take_ended(f.job_id, f.worker, settles) {
                 Some(ended) => ended,
                 None => {
                     let ending = Ending {
@@ -275,12 +281,19 @@ pub fn finish(conn: &mut DbConn, f: &Finish<'_>, now: NaiveDateTime) -> StoreRes
                         model: f.model,
                         reason: reason.as_deref(),
                         at: now,
+                        settles,
                     };
-                    ending::end(c, &[ending])?.pop().map_or(Ended::TakenOver, |(_, ended)| ended)
+                    let mut ended = ending::end(c, &[ending])?;
+                    ended.pop().map_or((Ended::TakenOver, Vec::new()), |(_, ended, holds)| (ended, holds))
                 }
             };
             match ended {
-                Ended::Done(row) => row,
+                Ended::Done(row) => {
+                    if let Some(target) = settles {
+                        behind::taken(target.to_owned(), holds);
+                    }
+                    row
+                }
                 Ended::TakenOver => return Ok(Ended::TakenOver),
             }
         }

@@ -79,7 +79,7 @@ fn sql() -> &'static str {
                  updated_at, owner_id) SELECT kind, subject_id, $9, fields, context, 1, made_at, made_at, owner_id \
                  FROM v ORDER BY kind, subject_id, owner_id ON CONFLICT (kind, subject_id, owner_id) DO NOTHING \
                  RETURNING {COLUMNS}), \
-             at_zero AS (SELECT (SELECT min(turn) FROM jobs WHERE priority = 0 AND status = $11) AS serving, \
+             at_zero AS MATERIALIZED (SELECT (SELECT min(turn) FROM jobs WHERE priority = 0 AND status = $11) AS serving, \
                  (SELECT max(turn) FROM jobs WHERE priority = 0 AND status = $12) AS running), \
              mine AS (SELECT m.id AS target_id, v.player_id, v.worker, v.made_at, v.ord, \
                  row_number() OVER (PARTITION BY v.player_id ORDER BY v.ord) AS n \

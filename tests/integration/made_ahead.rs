@@ -215,6 +215,7 @@ fn end(
         model: Some("m".into()),
         reason: None,
         at: t0(),
+        settles: None,
     });
     let content_id = row.id;
     let write = move |conn: &mut DbConn| {
@@ -227,6 +228,7 @@ fn end(
             fields: &fields,
             model: Some("m"),
             reason: None,
+            settles: None,
         };
         content::finish(conn, &finish, t0())
     };

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use chrono::NaiveDateTime;
 use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
 use lorewire::core::usage::UsageConfig;
-use lorewire::domain::content::ContentKind;
+use lorewire::domain::content::{ContentKind, ContentStatus};
 use lorewire::domain::limits::{Level, Refusal};
-use lorewire::limits::{self, Spend};
-use lorewire::store::ahead::{Ahead, Asked, Reserving};
-use lorewire::store::content::{self, RequestItem, Requested};
-use lorewire::store::schema::{usage_days, usage_holds};
+use lorewire::domain::runs::Usage;
+use lorewire::limits::{self, Spend, Used};
+use lorewire::store::ahead::{Ahead, Asked, Finishing, Reserving};
+use lorewire::store::content::{self, Finish, RequestItem, Requested};
+use lorewire::store::jobs::Ended;
+use lorewire::store::schema::{jobs, usage_days, usage_holds};
 use lorewire::store::{DbConn, Store, StoreResult};
 
 use crate::common::{Db, TestDb};
@@ -222,4 +224,120 @@ async fn postgres_reservations_made_ahead_and_not_taken_are_not_committed() {
     assert_eq!(reserved_at(&store, Level::Player, "2").await, 2 * BOUND);
     assert_eq!(reserved_at(&store, Level::Studio, "").await, 5 * BOUND);
     assert_eq!(store.run(holds).await.unwrap(), 5);
+}
+
+/// The running jobs: (job id, item id, player).
+fn running(conn: &mut DbConn) -> StoreResult<Vec<(i64, i64, i64)>> {
+    Ok(jobs::table.order(jobs::id.asc()).select((jobs::id, jobs::target_id, jobs::player_id)).load(conn)?)
+}
+
+/// Ends `jobs` ((job id, item id, player)) in one batch as a content job does: the item ready,
+/// its call's 10 tokens settled. The statements the batch ran.
+async fn end_all(store: &Store, jobs: &[(i64, i64, i64)]) -> Vec<String> {
+    let statements = watch(store).await;
+    let (release, holding) = hold_writer(store).await;
+    let at = t0();
+    let ends: Vec<_> = jobs
+        .iter()
+        .map(|&(job_id, content_id, player)| {
+            let target = format!("content:{content_id}");
+            let ahead = Ahead::Finish(Finishing {
+                kind: ContentKind::Quest,
+                subject_id: content_id,
+                owner: 0,
+                content_id,
+                job_id,
+                worker: WORKER.to_owned(),
+                status: ContentStatus::Ready,
+                fields: "{}".into(),
+                model: Some("m".into()),
+                reason: None,
+                at,
+                settles: Some(target.clone()),
+            });
+            let write = move |conn: &mut DbConn| {
+                let finish = Finish {
+                    origin: "test",
+                    job_id,
+                    worker: WORKER,
+                    content_id,
+                    status: ContentStatus::Ready,
+                    fields: "{}",
+                    model: Some("m"),
+                    reason: None,
+                    settles: Some(&target),
+                };
+                let ended = content::finish(conn, &finish, at)?;
+                assert!(matches!(ended, Ended::Done(Some(_))), "job {job_id} ended: {ended:?}");
+                let used = Used::Reported(Usage { input_tokens: 10, ..Usage::default() });
+                limits::settle_later(conn, &target, player, used, Some("m"), at)
+            };
+            store.write_ahead_for(Some(player), Some(ahead), write, |settled| settled)
+        })
+        .collect();
+    drop(release);
+    holding.await.unwrap();
+    for end in ends {
+        assert_eq!(end.await.unwrap().charged().player, (10, 0), "settled by what it used");
+    }
+    quiet(store).await;
+    let statements = statements.lock().unwrap().clone();
+    statements
+}
+
+/// Content jobs ended in a batch take their calls' holds in the statement that ends them
+/// (three made ahead together, then one alone): no DELETE of holds of its own; each call is
+/// settled, its reservation released and what it used spent.
+#[actix_web::test]
+async fn postgres_content_jobs_take_their_holds_with_their_ends() {
+    let (_db, store) = open_store().await;
+    let usage = limits_with(None);
+    let (answers, _) = one_batch(&store, usage, &[(1, 1), (2, 2), (3, 3), (4, 1)]).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let jobs = store.run(running).await.unwrap();
+    assert_eq!(jobs.len(), 4);
+    let together = end_all(&store, &jobs[..3]).await;
+    let alone = end_all(&store, &jobs[3..]).await;
+    for (statements, ends) in [(together, 1), (alone, 1)] {
+        let ended = count(&statements, "WITH v AS (SELECT * FROM unnest($1::int8[]");
+        let deletes = statements.iter().filter(|q| q.starts_with("DELETE FROM \"usage_holds\"")).count();
+        assert_eq!((ended, deletes), (ends, 0), "{statements:#?}");
+    }
+    assert_eq!(store.run(|conn| row(conn, Level::Player, "1")).await.unwrap(), (20, 0));
+    assert_eq!(store.run(|conn| row(conn, Level::Player, "2")).await.unwrap(), (10, 0));
+    assert_eq!(store.run(|conn| row(conn, Level::Player, "3")).await.unwrap(), (10, 0));
+    assert_eq!(store.run(|conn| row(conn, Level::Studio, "")).await.unwrap(), (40, 0));
+    assert_eq!(store.run(holds).await.unwrap(), 0, "every hold taken");
+}
+
+/// An end that takes its item's holds and keeps no settlement for them does not commit: the
+/// holds would stay taken and their reservation held for good.
+#[actix_web::test]
+async fn postgres_holds_taken_with_an_end_and_never_settled_are_not_committed() {
+    let (_db, store) = open_store().await;
+    let usage = limits_with(None);
+    let (answers, _) = one_batch(&store, usage, &[(1, 1)]).await;
+    assert_eq!(answers, [Ok(())]);
+    let (job_id, content_id, _) = store.run(running).await.unwrap()[0];
+    let target = format!("content:{content_id}");
+    let ended = store
+        .write(move |conn| {
+            let finish = Finish {
+                origin: "test",
+                job_id,
+                worker: WORKER,
+                content_id,
+                status: ContentStatus::Ready,
+                fields: "{}",
+                model: Some("m"),
+                reason: None,
+                settles: Some(&target),
+            };
+            content::finish(conn, &finish, t0())
+        })
+        .await;
+    assert!(ended.is_err(), "refused at the commit: {ended:?}");
+    assert_eq!(store.run(holds).await.unwrap(), 1, "the hold is there");
+    assert_eq!(store.run(running).await.unwrap().len(), 1, "and the job");
+    assert_eq!(reserved_at(&store, Level::Player, "1").await, BOUND);
 }

@@ -72,6 +72,7 @@ fn finish(store: &Store, job_id: i64, worker: &'static str, content_id: i64) -> 
             fields: r#"{"title":"t"}"#,
             model: Some("m"),
             reason: None,
+            settles: None,
         };
         content::finish(c, &f, t0())
     })
@@ -439,6 +440,7 @@ fn statements_stay_prepared(db: Db) {
                 fields: r#"{"title":"t"}"#,
                 model: Some("m"),
                 reason: None,
+                settles: None,
             };
             assert!(matches!(content::finish(c, &f, t0())?, Ended::Done(Some(_))));
             ledger::settle(c, [("player", "7"), ("studio", ""), ("studio", "")], "2027-01-01", (10, 0), (4, 0), t0())?;
