@@ -22,7 +22,7 @@ use super::behind::HoldRow;
 use super::content_row::ContentRow;
 use super::ending::{self, Ending};
 use super::jobs::{Ended, JobRow};
-use super::place::{self, Key, Placed, Placing};
+use super::place::{self, Charging, Key, Placed, Placing};
 use super::reserving::{self, Share};
 use super::usage::{Account, Reserved};
 use super::{DbConn, StoreResult};
@@ -174,11 +174,11 @@ pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead]) -> StoreResult<usize> {
     let mut seen = HashSet::new();
     let twice: HashSet<Key> = asks.iter().map(|a| a.key()).filter(|key| !seen.insert(key.clone())).collect();
     let alone = asks.iter().filter(|a| !twice.contains(&a.key()));
-    let items: Vec<Placing<'_>> = alone
+    let asked: Vec<&Asked> = alone
         .clone()
         .filter_map(|a| match a {
-            Ahead::Request(asked) => asked.placing(),
-            Ahead::Finish(_) => None,
+            Ahead::Request(asked) if asked.worker.is_some() => Some(asked),
+            _ => None,
         })
         .collect();
     let finishing: Vec<&Finishing> = alone
@@ -188,25 +188,35 @@ pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead]) -> StoreResult<usize> {
             Ahead::Request(_) => None,
         })
         .collect();
-    if let (DbConn::Pg(c), true) = (&mut *conn, items.len() > 1) {
-        let made = place::place(c, &items)?;
-        MADE.with_borrow_mut(|kept| {
-            kept.placed.extend(made.into_iter().filter_map(|(key, placed)| match placed {
-                Placed::Made(row, job) => Some((key, (row, job))),
-                Placed::There(_) => None,
-            }))
-        });
-        // The reservations of the items made, as their requests would make them.
-        let mut plans = Vec::new();
-        for a in alone {
-            let Ahead::Request(Asked { reserving: Some(reserving), .. }) = a else { continue };
-            if MADE.with_borrow(|kept| kept.placed.contains_key(&a.key())) {
-                plans.extend((reserving.0)(conn)?);
+    // The reservations of the items the statement makes, as their requests would make them.
+    let mut plans: Vec<(usize, Planned)> = Vec::new();
+    if matches!(conn, DbConn::Pg(_)) && (asked.len() > 1 || asked.iter().any(|a| a.reserving.is_some())) {
+        for (i, asked) in asked.iter().enumerate() {
+            if let Some(reserving) = &asked.reserving {
+                plans.extend((reserving.0)(conn)?.map(|plan| (i, plan)));
             }
         }
-        if let (DbConn::Pg(c), true) = (&mut *conn, plans.len() > 1) {
-            reserve(c, plans)?;
-        }
+    }
+    let items: Vec<Placing<'_>> = asked.iter().filter_map(|a| a.placing()).collect();
+    if let (DbConn::Pg(c), true) = (&mut *conn, items.len() > 1 || !plans.is_empty()) {
+        let shares = shares_of(&plans);
+        let charging: Vec<Charging<'_>> =
+            shares.iter().map(|(i, share)| Charging { item: *i as i64 + 1, share }).collect();
+        let (placed, fitted) = place::place_charging(c, &items, &charging)?;
+        let made: Vec<(Key, (ContentRow, JobRow))> = placed
+            .into_iter()
+            .filter_map(|(key, placed)| match placed {
+                Placed::Made(row, job) => Some((key, (row, job))),
+                Placed::There(_) => None,
+            })
+            .collect();
+        let made_plans: Vec<Planned> = plans
+            .into_iter()
+            .filter(|(i, _)| !shares.is_empty() && made.iter().any(|(key, _)| *key == items[*i].key()))
+            .map(|(_, plan)| plan)
+            .collect();
+        MADE.with_borrow_mut(|kept| kept.placed.extend(made));
+        took(c, made_plans, &fitted)?;
     }
     if let (DbConn::Pg(c), true) = (&mut *conn, finishing.len() > 1) {
         let reasons: Vec<Option<String>> = finishing.iter().map(|f| f.reason.map(|r| r.to_string())).collect();
@@ -234,37 +244,40 @@ pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead]) -> StoreResult<usize> {
     Ok(left())
 }
 
-/// Reserves `plans` together: each ledger row once, by their sum. A plan whose rows all fit is
-/// made; what the others added at a row that fit is taken back, and they are left to their
-/// requests.
-fn reserve(c: &mut diesel::PgConnection, plans: Vec<Planned>) -> StoreResult<()> {
-    type Row<'a> = (&'a str, &'a str, &'a str);
-    // A batch across midnight leaves its reservations to their requests.
-    if plans.iter().any(|p| p.day != plans[0].day) {
-        return Ok(());
-    }
-    let mut shares: BTreeMap<Row<'_>, Share> = BTreeMap::new();
-    for plan in &plans {
+/// The accounts of `plans` ((item, plan)), one share each, when they may be reserved together:
+/// one day, and one set of limits per ledger row (else none: each is left to its request).
+fn shares_of(plans: &[(usize, Planned)]) -> Vec<(usize, Share)> {
+    type Rule = ((Option<i64>, Option<i64>), Option<i64>);
+    let mut rules: BTreeMap<(&str, &str), Rule> = BTreeMap::new();
+    let mut shares = Vec::new();
+    for (i, plan) in plans {
+        if plan.day != plans[0].1.day {
+            return Vec::new();
+        }
         for a in &plan.accounts {
-            let share = shares.entry((&a.level, &a.owner, &plan.day)).or_insert_with(|| Share {
+            if *rules.entry((&a.level, &a.owner)).or_insert((a.limits, a.own)) != (a.limits, a.own) {
+                return Vec::new();
+            }
+            let share = Share {
                 level: a.level.clone(),
                 owner: a.owner.clone(),
                 day: plan.day.clone(),
-                sum: (0, 0),
+                sum: plan.bound,
                 limits: a.limits,
                 own: a.own,
                 at: plan.at,
-            });
-            // One row, one rule: plans that disagree on a row's limits are all left to their requests.
-            if (share.limits, share.own) != (a.limits, a.own) {
-                return Ok(());
-            }
-            share.sum = (share.sum.0.saturating_add(plan.bound.0), share.sum.1.saturating_add(plan.bound.1));
-            share.at = share.at.max(plan.at);
+            };
+            shares.push((*i, share));
         }
     }
-    let shares: Vec<Share> = shares.into_values().collect();
-    let fitted = reserving::reserve(c, &shares)?;
+    shares
+}
+
+/// Keeps the reservations of the items made (`plans`) whose rows all took the sum (`fitted`);
+/// what the others added at a row that took it is taken back, and they are left to their
+/// requests.
+fn took(c: &mut diesel::PgConnection, plans: Vec<Planned>, fitted: &[Reserved]) -> StoreResult<()> {
+    type Row<'a> = (&'a str, &'a str, &'a str);
     let row_of = |a: &PlannedAccount| fitted.iter().find(|r| r.0 == a.level && r.1 == a.owner);
     let mut made = Vec::new();
     let mut taken_back: BTreeMap<Row<'_>, (i64, i64)> = BTreeMap::new();
@@ -286,6 +299,12 @@ fn reserve(c: &mut diesel::PgConnection, plans: Vec<Planned>) -> StoreResult<()>
     }
     MADE.with_borrow_mut(|kept| kept.reserved.extend(made));
     Ok(())
+}
+
+/// Whether a batch of `ahead` alone is run with its writes made ahead: a new item's request
+/// whose call is reserved (its item, job and reservation then take one statement).
+pub(super) fn worth_alone(ahead: &Ahead) -> bool {
+    matches!(ahead, Ahead::Request(asked) if asked.worker.is_some() && asked.reserving.is_some())
 }
 
 /// The rows reserved at ahead for a reservation of `accounts` on `day` of `bound` made at `at`,

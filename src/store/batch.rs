@@ -58,7 +58,10 @@ pub(super) fn run_batch(
     batch: Vec<Box<dyn Request>>,
     announce: bool,
 ) -> (Result<Done, (BatchFailed, Done)>, Done) {
-    let batch = if batch.len() > 1 {
+    // A new item's request alone is made ahead too: its item, job and reservation in one statement.
+    let ahead_alone =
+        matches!(conn, DbConn::Pg(_)) && batch.first().and_then(|r| r.ahead()).is_some_and(ahead::worth_alone);
+    let batch = if batch.len() > 1 || ahead_alone {
         match run_together(conn, batch, announce) {
             Together::Ended(ended) => return (ended, Vec::new()),
             Together::Again(batch) => batch,
@@ -126,13 +129,20 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
             }
         }
     }
+    // A request alone that fails is answered as it would be run alone: rolled back, not run again.
+    let mut failed_alone = false;
+    let alone = batch.len() == 1;
     for request in batch.iter_mut() {
         if !succeeded {
             break;
         }
         match run_one(conn, &mut **request, 1) {
             Ok(Ran::Ok) => {}
-            Ok(Ran::Failed | Ran::Raced) | Err(_) => succeeded = false,
+            Ok(Ran::Failed | Ran::Raced) => {
+                failed_alone = alone;
+                succeeded = false;
+            }
+            Err(_) => succeeded = false,
         }
     }
     // What was made ahead and not taken would commit a write nobody asked for (a job no
@@ -164,6 +174,12 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
     notify::ended(false);
     memo::forget();
     behind::truncate(behind::Mark::default());
+    if failed_alone {
+        return Together::Ended(match Tm::rollback_transaction(conn) {
+            Ok(()) => Ok(batch),
+            Err(e) => Err((BatchFailed::of(&StoreError::from(e)), batch)),
+        });
+    }
     let again = Tm::rollback_transaction(conn).map_err(StoreError::from).and_then(|()| begin_write(conn));
     match again {
         Ok(()) => {

@@ -12,7 +12,9 @@ use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
 use super::content_row::{ContentRow, COLUMNS, PENDING};
 use super::ending::columns_of;
 use super::jobs::{self, JobKind, JobRow, Place};
-use super::{Kept, StoreResult};
+use super::reserving::Share;
+use super::usage::{Reserved, NOBODY, NO_LIMIT};
+use super::{Kept, StoreError, StoreResult};
 use crate::domain::jobs::JobStatus;
 
 /// An item to find, or create pending with its job claimed by `worker`.
@@ -56,6 +58,19 @@ struct Answer {
     job_id: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
     job_turn: Option<i64>,
+    /// The ledger rows the statement reserved at, as a JSON array of [`Reserved`] (the same on
+    /// every row).
+    #[diesel(sql_type = Nullable<Text>)]
+    fitted: Option<String>,
+}
+
+/// One account of the reservation of the call of the `item`-th item (from 1) of a statement,
+/// should it make the item: reserved with the others at its ledger row, by their sum, where the
+/// sum fits ([`super::reserving`]).
+#[derive(Debug, Clone)]
+pub struct Charging<'a> {
+    pub item: i64,
+    pub share: &'a Share,
 }
 
 /// The statement: the items' rows inserted (a conflict leaves the one there), each new one's
@@ -95,13 +110,29 @@ fn sql() -> &'static str {
                  locked_at, created_at, updated_at, player_id, turn) \
                  SELECT $10, target_id, 0, $12, 1, made_at, worker, made_at, made_at, made_at, player_id, \
                      CASE WHEN n = 1 THEN first ELSE greatest(serving + n - 2, first + n - 1) END \
-                 FROM firsts ORDER BY ord RETURNING id, target_id, turn) \
-             SELECT {m}, true AS written, job.id AS job_id, job.turn AS job_turn \
+                 FROM firsts ORDER BY ord RETURNING id, target_id, turn), \
+             acc AS (SELECT * FROM unnest($13::int8[], $14::text[], $15::text[], $16::text[], $17::int8[], \
+                 $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::timestamp[]) \
+                 AS acc(ord, level, owner, day, tokens, micros, token_limit, micro_limit, own, at)), \
+             shares AS (SELECT acc.level, acc.owner, acc.day, sum(acc.tokens)::int8 AS tokens, \
+                 sum(acc.micros)::int8 AS micros, min(acc.token_limit) AS token_limit, \
+                 min(acc.micro_limit) AS micro_limit, min(acc.own) AS own, max(acc.at) AS at \
+                 FROM acc JOIN mine ON mine.ord = acc.ord GROUP BY acc.level, acc.owner, acc.day), \
+             fitted AS (UPDATE usage_days d SET reserved_tokens = d.reserved_tokens + s.tokens, \
+                 reserved_micros = d.reserved_micros + s.micros, updated_at = s.at \
+                 FROM shares s LEFT JOIN player_limits p ON p.user_id = s.own \
+                 WHERE d.level = s.level AND d.owner = s.owner AND d.day = s.day \
+                 AND d.spent_tokens + d.reserved_tokens + s.tokens <= coalesce(p.daily_tokens, s.token_limit) \
+                 AND d.spent_micros + d.reserved_micros + s.micros <= coalesce(p.daily_micros, s.micro_limit) \
+                 RETURNING d.level, d.owner, p.daily_tokens AS own_tokens, p.daily_micros AS own_micros), \
+             answers AS (SELECT {m}, true AS written, job.id AS job_id, job.turn AS job_turn \
                  FROM made m JOIN job ON job.target_id = m.id \
              UNION ALL SELECT {c}, false AS written, NULL AS job_id, NULL AS job_turn \
                  FROM content c JOIN v ON c.kind = v.kind AND c.subject_id = v.subject_id AND c.owner_id = v.owner_id \
                  WHERE NOT EXISTS (SELECT 1 FROM made m WHERE m.kind = v.kind AND m.subject_id = v.subject_id \
-                     AND m.owner_id = v.owner_id)"
+                     AND m.owner_id = v.owner_id)) \
+             SELECT a.*, (SELECT json_agg(json_build_array(f.level, f.owner, f.own_tokens, f.own_micros)) \
+                 FROM fitted f)::text AS fitted FROM answers a"
         )
     })
 }
@@ -110,8 +141,24 @@ fn sql() -> &'static str {
 /// prepared (one text for any number of items). An item answered with nothing was created by
 /// another transaction that committed after the statement began: a read now finds it.
 pub(super) fn place<'a>(c: &mut diesel::PgConnection, items: &[Placing<'a>]) -> StoreResult<Vec<(Key, Placed)>> {
+    Ok(place_charging(c, items, &[])?.0)
+}
+
+/// The ledger rows a statement reserved at.
+pub(super) type Fitted = Vec<Reserved>;
+
+/// [`place`], reserving in the same statement the `charging` of the items it makes (each ledger
+/// row once, by the sum of its shares of the items made, where it fits): also the rows it
+/// reserved at.
+pub(super) fn place_charging<'a>(
+    c: &mut diesel::PgConnection,
+    items: &[Placing<'a>],
+    charging: &[Charging<'_>],
+) -> StoreResult<(Vec<(Key, Placed)>, Fitted)> {
     let column = |f: fn(&Placing<'a>) -> &'a str| items.iter().map(f).collect::<Vec<_>>();
     let number = |f: fn(&Placing<'a>) -> i64| items.iter().map(f).collect::<Vec<_>>();
+    let share = |f: fn(&Share) -> &str| charging.iter().map(|ch| f(ch.share)).collect::<Vec<_>>();
+    let amount = |f: fn(&Share) -> i64| charging.iter().map(|ch| f(ch.share)).collect::<Vec<_>>();
     let answers: Vec<Answer> = Kept(
         diesel::sql_query(sql())
             .bind::<Array<Text>, _>(column(|p| p.kind))
@@ -125,13 +172,28 @@ pub(super) fn place<'a>(c: &mut diesel::PgConnection, items: &[Placing<'a>]) -> 
             .bind::<Text, _>(PENDING)
             .bind::<Text, _>(JobKind::Content.as_str())
             .bind::<Text, _>(JobStatus::Queued.as_str())
-            .bind::<Text, _>(JobStatus::Running.as_str()),
+            .bind::<Text, _>(JobStatus::Running.as_str())
+            .bind::<Array<BigInt>, _>(charging.iter().map(|ch| ch.item).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(share(|s| &s.level))
+            .bind::<Array<Text>, _>(share(|s| &s.owner))
+            .bind::<Array<Text>, _>(share(|s| &s.day))
+            .bind::<Array<BigInt>, _>(amount(|s| s.sum.0))
+            .bind::<Array<BigInt>, _>(amount(|s| s.sum.1))
+            .bind::<Array<BigInt>, _>(amount(|s| s.limits.0.unwrap_or(NO_LIMIT)))
+            .bind::<Array<BigInt>, _>(amount(|s| s.limits.1.unwrap_or(NO_LIMIT)))
+            .bind::<Array<BigInt>, _>(amount(|s| s.own.unwrap_or(NOBODY)))
+            .bind::<Array<Timestamp>, _>(charging.iter().map(|ch| ch.share.at).collect::<Vec<_>>()),
     )
     .load(c)?;
+    let fitted: Vec<Reserved> = match answers.first().and_then(|a| a.fitted.as_deref()) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| StoreError::Corrupt(format!("the rows a statement reserved at: {e}")))?,
+        None => Vec::new(),
+    };
     let by_key: HashMap<Key, &Placing<'_>> = items.iter().map(|p| (p.key(), p)).collect();
-    Ok(answers
+    let placed = answers
         .into_iter()
-        .filter_map(|Answer { item, written, job_id, job_turn }| {
+        .filter_map(|Answer { item, written, job_id, job_turn, .. }| {
             let key = (item.kind.clone(), item.subject_id, item.owner_id);
             let placing = by_key.get(&key)?;
             let placed = match (written, job_id, job_turn) {
@@ -144,5 +206,6 @@ pub(super) fn place<'a>(c: &mut diesel::PgConnection, items: &[Placing<'a>]) -> 
             };
             Some((key, placed))
         })
-        .collect())
+        .collect();
+    Ok((placed, fitted))
 }

@@ -1,7 +1,9 @@
-//! PostgreSQL reserves the calls of a writer's batch's new items ahead of the batch, in one
-//! statement (`store::ahead`, `store::reserving`): each ledger row once, by the sum of what the
-//! batch reserves there, where it fits; each request takes its own reservation in its place.
-//! A request whose rows would not take the sum is left to decide in its place, as before.
+//! PostgreSQL reserves the calls of a writer's batch's new items ahead of the batch, in the
+//! statement that makes the items (`store::ahead`, `store::place`, `store::reserving`): each
+//! ledger row once, by the sum of what the batch reserves there, where it fits; each request
+//! takes its own reservation in its place. A request whose rows would not take the sum is left
+//! to decide in its place, as before. A content job's end takes its call's holds in the
+//! statement that ends it.
 
 use std::sync::Arc;
 
@@ -22,6 +24,9 @@ use crate::common::{Db, TestDb};
 use crate::writer::{hold_writer, quiet, watch};
 
 const WORKER: &str = "worker-a";
+
+/// The statement that makes new items (and reserves their calls).
+const PLACE: &str = "WITH v AS (SELECT * FROM unnest($1::text[]";
 
 /// Each item's call reserves this many tokens.
 const BOUND: i64 = 20;
@@ -66,6 +71,18 @@ fn ask(
     planned: i64,
     at: NaiveDateTime,
 ) -> impl std::future::Future<Output = StoreResult<Result<(), Refusal>>> {
+    ask_or_fail(store, usage, (subject_id, player), planned, at, false)
+}
+
+/// [`ask`]; with `fail`, a refused reservation fails the write, as the content service's does.
+fn ask_or_fail(
+    store: &Store,
+    usage: UsageConfig,
+    (subject_id, player): (i64, i64),
+    planned: i64,
+    at: NaiveDateTime,
+    fail: bool,
+) -> impl std::future::Future<Output = StoreResult<Result<(), Refusal>>> {
     let reserving =
         Reserving(Arc::new(move |conn: &mut DbConn| limits::plan(conn, &usage, &spend(player, "", planned), at)));
     let ahead = Ahead::Request(Asked {
@@ -96,7 +113,10 @@ fn ask(
         let (requested, _) = content::request(conn, &item, at)?;
         let Requested::Created(row) = requested else { panic!("item {subject_id} not created: {requested:?}") };
         let target = format!("content:{}", row.id);
-        limits::reserve(conn, &usage, &spend(player, &target, BOUND), at)
+        match limits::reserve(conn, &usage, &spend(player, &target, BOUND), at)? {
+            Err(refusal) if fail => Err(lorewire::store::StoreError::OverLimit(refusal)),
+            reserved => Ok(reserved),
+        }
     };
     store.write_ahead_for(Some(player), Some(ahead), write, |answer| answer)
 }
@@ -166,7 +186,7 @@ async fn postgres_a_batchs_reservations_are_made_in_one_statement() {
     open_rows(&store, usage, &[(100, 1), (101, 2), (102, 3)]).await;
     let (answers, statements) = one_batch(&store, usage, &[(1, 1), (2, 2), (3, 1), (4, 3)]).await;
     assert_eq!(answers, [Ok(()), Ok(()), Ok(()), Ok(())]);
-    assert_eq!(count(&statements, "WITH s AS"), 1, "one statement for the four reservations: {statements:#?}");
+    assert_eq!(count(&statements, PLACE), 1, "one statement for the items and their reservations: {statements:#?}");
     assert_eq!(count(&statements, "UPDATE \"usage_days\""), 0, "none in place: {statements:#?}");
     assert_eq!(reserved_at(&store, Level::Player, "1").await, 3 * BOUND);
     assert_eq!(reserved_at(&store, Level::Player, "2").await, 2 * BOUND);
@@ -197,7 +217,12 @@ async fn postgres_a_reservation_that_does_not_fit_ahead_is_decided_by_its_reques
         assert_eq!(answers[1], Ok(()), "round {round}");
         let refused = answers[2].clone().expect_err("the second is over the player's 100");
         assert_eq!(refused.level, Level::Player);
-        assert_eq!(count(&statements, "WITH s AS"), 1, "round {round}: tried ahead: {statements:#?}");
+        assert_eq!(count(&statements, PLACE), 1, "round {round}: tried ahead: {statements:#?}");
+        let in_place = count(&statements, "UPDATE \"usage_days\"");
+        let taken_back = count(&statements, "UPDATE usage_days d SET reserved_tokens = d.reserved_tokens - s.tokens");
+        // In place: the first fits; the second is refused, opens the row (as a day's first call
+        // would) and is refused again.
+        assert_eq!((in_place, taken_back), (3, 1), "round {round}: {statements:#?}");
         assert_eq!(reserved_at(&store, Level::Player, &full.to_string()).await, 100, "round {round}");
         assert_eq!(reserved_at(&store, Level::Player, &other.to_string()).await, 2 * BOUND, "round {round}");
         assert_eq!(
@@ -218,7 +243,7 @@ async fn postgres_reservations_made_ahead_and_not_taken_are_not_committed() {
     open_rows(&store, usage, &[(100, 1), (101, 2)]).await;
     let (answers, statements) = told(&store, usage, &[(1, 1), (2, 2), (3, 1)], BOUND + 7).await;
     assert_eq!(answers, [Ok(()), Ok(()), Ok(())]);
-    assert_eq!(count(&statements, "WITH s AS"), 1, "made ahead once: {statements:#?}");
+    assert_eq!(count(&statements, PLACE), 4, "made ahead once, then each in its place: {statements:#?}");
     assert!(count(&statements, "ROLLBACK") >= 1, "and rolled back: {statements:#?}");
     assert_eq!(reserved_at(&store, Level::Player, "1").await, 3 * BOUND);
     assert_eq!(reserved_at(&store, Level::Player, "2").await, 2 * BOUND);
@@ -340,4 +365,31 @@ async fn postgres_holds_taken_with_an_end_and_never_settled_are_not_committed() 
     assert_eq!(store.run(holds).await.unwrap(), 1, "the hold is there");
     assert_eq!(store.run(running).await.unwrap().len(), 1, "and the job");
     assert_eq!(reserved_at(&store, Level::Player, "1").await, BOUND);
+}
+
+/// A new item's request alone makes its item, its job and its reservation in one statement; one
+/// refused fails alone, once (rolled back, not run again), and leaves nothing behind.
+#[actix_web::test]
+async fn postgres_a_request_alone_makes_its_item_and_reservation_in_one_statement() {
+    let (_db, store) = open_store().await;
+    let usage = limits_with(None);
+    // 4 x 20 of the player's 100: the row there, room for one more.
+    open_rows(&store, usage, &[(100, 1), (101, 1), (102, 1), (103, 1)]).await;
+    let (answers, statements) = one_batch(&store, usage, &[(1, 1)]).await;
+    assert_eq!(answers, [Ok(())]);
+    let in_place = count(&statements, "UPDATE \"usage_days\"");
+    assert_eq!((count(&statements, PLACE), in_place), (1, 0), "{statements:#?}");
+    assert_eq!(reserved_at(&store, Level::Player, "1").await, 100);
+
+    let statements = watch(&store).await;
+    let refused = ask_or_fail(&store, usage, (2, 1), BOUND, t0(), true).await;
+    quiet(&store).await;
+    let statements = statements.lock().unwrap().clone();
+    assert!(matches!(refused, Err(lorewire::store::StoreError::OverLimit(_))), "{refused:?}");
+    assert_eq!((count(&statements, PLACE), count(&statements, "ROLLBACK")), (1, 1), "run once: {statements:#?}");
+    assert_eq!(reserved_at(&store, Level::Player, "1").await, 100);
+    assert_eq!(store.run(holds).await.unwrap(), 5);
+    let items: i64 =
+        store.run(|conn| Ok(lorewire::store::schema::content::table.count().get_result(conn)?)).await.unwrap();
+    assert_eq!(items, 5, "the refused item was not stored");
 }
