@@ -3,8 +3,9 @@
 //! reservations of those items' calls ([`super::reserving`]), and the ends of the jobs the
 //! batch ends ([`super::ending`]). Each request still runs in its place in the batch and takes
 //! what was made for it ([`take_placed`], [`take_reserved`], [`take_ended`]); an item found
-//! there already is read again by its request, in its place, and an item two writes of the
-//! batch name is left to them, so that what each write sees is what it would have seen. A
+//! there already is read again by its request, in its place (unless the request is alone in its
+//! batch: the statement ran at its place), and an item two writes of the batch name is left to
+//! them, so that what each write sees is what it would have seen. A
 //! reservation made ahead counts as made before the batch's other writes (they are
 //! concurrent: the batch commits them at once); one that would not fit is left to its request,
 //! which decides in its place. A batch that leaves anything made ahead untaken does not commit
@@ -154,6 +155,9 @@ type EndedAhead = ((String, Option<String>), Ended<ContentRow>, Vec<HoldRow>);
 struct Made {
     /// Items made, with their jobs, by key.
     placed: HashMap<Key, (ContentRow, JobRow)>,
+    /// Items found there already, by key, when the batch is one request (nothing else in it
+    /// can change them before the request runs).
+    there: HashMap<Key, ContentRow>,
     /// Jobs ended, by id: the worker that ended it and the target it settles, what the end
     /// found, and the holds it took.
     ended: HashMap<i64, EndedAhead>,
@@ -167,13 +171,17 @@ thread_local! {
 }
 
 /// Makes ahead of a batch what its writes `asks` (in the batch's order) would write: one
-/// statement for the new items, one for their reservations, one for the jobs' ends, each only
-/// for two or more (one write alone costs the same statement). What two writes of the batch
-/// name is left to them. Answers how many writes it made. PostgreSQL only.
-pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead]) -> StoreResult<usize> {
+/// statement for the new items with their calls' reservations (for two or more items, or any
+/// reservation: a new item's request alone saves its reservation's statement), one for the
+/// jobs' ends (for two or more: one end alone costs the same statement). What two writes of
+/// the batch name is left to them. `whole`: `asks` are every write of the batch. Answers how
+/// many writes it made. PostgreSQL only.
+pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead], whole: bool) -> StoreResult<usize> {
     let mut seen = HashSet::new();
     let twice: HashSet<Key> = asks.iter().map(|a| a.key()).filter(|key| !seen.insert(key.clone())).collect();
     let alone = asks.iter().filter(|a| !twice.contains(&a.key()));
+    // The requests that would create their item with its job claimed: each has a placing, in
+    // the same order (an item's number in the statement is its place here).
     let asked: Vec<&Asked> = alone
         .clone()
         .filter_map(|a| match a {
@@ -203,13 +211,17 @@ pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead]) -> StoreResult<usize> {
         let charging: Vec<Charging<'_>> =
             shares.iter().map(|(i, share)| Charging { item: *i as i64 + 1, share }).collect();
         let (placed, fitted) = place::place_charging(c, &items, &charging)?;
-        let made: Vec<(Key, (ContentRow, JobRow))> = placed
-            .into_iter()
-            .filter_map(|(key, placed)| match placed {
-                Placed::Made(row, job) => Some((key, (row, job))),
-                Placed::There(_) => None,
-            })
-            .collect();
+        let mut made: Vec<(Key, (ContentRow, JobRow))> = Vec::new();
+        for (key, placed) in placed {
+            match placed {
+                Placed::Made(row, job) => made.push((key, (row, job))),
+                // A request alone in its batch finds the item as it is at its place.
+                Placed::There(row) if whole && asks.len() == 1 => {
+                    MADE.with_borrow_mut(|kept| kept.there.insert(key, row));
+                }
+                Placed::There(_) => {}
+            }
+        }
         let made_plans: Vec<Planned> = plans
             .into_iter()
             .filter(|(i, _)| !shares.is_empty() && made.iter().any(|(key, _)| *key == items[*i].key()))
@@ -328,13 +340,17 @@ pub fn take_reserved(
 }
 
 /// The item made ahead for `placing`'s request, with its job, when it was (for the same worker
-/// and player).
-pub(super) fn take_placed(placing: &Placing<'_>) -> Option<(ContentRow, JobRow)> {
+/// and player); or, when the request is its batch's only write, the item as the statement
+/// found it there.
+pub(super) fn take_placed(placing: &Placing<'_>) -> Option<Placed> {
     MADE.with_borrow_mut(|kept| {
         let key = placing.key();
+        if let Some(row) = kept.there.remove(&key) {
+            return Some(Placed::There(row));
+        }
         match kept.placed.get(&key) {
             Some((_, job)) if job.locked_by.as_deref() == Some(placing.worker) && job.player_id == placing.player => {
-                kept.placed.remove(&key)
+                kept.placed.remove(&key).map(|(row, job)| Placed::Made(row, job))
             }
             _ => None,
         }
@@ -358,7 +374,7 @@ pub(super) fn take_ended(
 
 /// How many writes made ahead no write took (the batch must not commit them).
 pub(super) fn left() -> usize {
-    MADE.with_borrow(|kept| kept.placed.len() + kept.ended.len() + kept.reserved.len())
+    MADE.with_borrow(|kept| kept.placed.len() + kept.there.len() + kept.ended.len() + kept.reserved.len())
 }
 
 /// Forgets what was made ahead (its transaction ended or was rolled back).

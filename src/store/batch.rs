@@ -121,7 +121,7 @@ fn run_together(conn: &mut DbConn, mut batch: Vec<Box<dyn Request>>, announce: b
     let mut made_ahead = 0;
     if let DbConn::Pg(_) = conn {
         let asks: Vec<&Ahead> = batch.iter().filter_map(|r| r.ahead()).collect();
-        match ahead::run(conn, &asks) {
+        match ahead::run(conn, &asks, asks.len() == batch.len()) {
             Ok(made) => made_ahead = made,
             Err(e) => {
                 tracing::warn!(error = %e, "a batch's writes could not be made ahead of it; it runs each in a savepoint");

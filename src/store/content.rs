@@ -118,10 +118,11 @@ pub fn request(
             worker,
             at: now,
         };
-        if let Some((row, job)) = ahead::take_placed(&placing) {
-            return Ok((Requested::Created(row), Some(job)));
-        }
-        return match place::place(c, &[placing])?.pop().map(|(_, placed)| placed) {
+        let placed = match ahead::take_placed(&placing) {
+            Some(placed) => Some(placed),
+            None => place::place(c, &[placing])?.pop().map(|(_, placed)| placed),
+        };
+        return match placed {
             Some(Placed::Made(row, job)) => Ok((Requested::Created(row), Some(job))),
             Some(Placed::There(row)) => {
                 check_change(&row, item)?;

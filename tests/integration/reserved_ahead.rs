@@ -393,3 +393,48 @@ async fn postgres_a_request_alone_makes_its_item_and_reservation_in_one_statemen
         store.run(|conn| Ok(lorewire::store::schema::content::table.count().get_result(conn)?)).await.unwrap();
     assert_eq!(items, 5, "the refused item was not stored");
 }
+
+/// A request alone for an item there already reads it once: the statement that would have made
+/// it (and reserved its call) answers it, and nothing is reserved.
+#[actix_web::test]
+async fn postgres_a_request_alone_for_an_item_there_reads_it_once() {
+    let (_db, store) = open_store().await;
+    let usage = limits_with(None);
+    open_rows(&store, usage, &[(1, 1)]).await;
+    let statements = watch(&store).await;
+    let at = t0();
+    let reserving = Reserving(Arc::new(move |conn: &mut DbConn| limits::plan(conn, &usage, &spend(1, "", BOUND), at)));
+    let ahead = Ahead::Request(Asked {
+        kind: ContentKind::Quest,
+        subject_id: 1,
+        owner: 0,
+        fields: "{}".into(),
+        context: "{}".into(),
+        player: 1,
+        worker: Some(WORKER.to_owned()),
+        at,
+        reserving: Some(reserving),
+    });
+    let write = move |conn: &mut DbConn| {
+        let item = RequestItem {
+            origin: "test",
+            kind: ContentKind::Quest,
+            subject_id: 1,
+            owner: 0,
+            player: 1,
+            context: Some("{}"),
+            empty_fields: "{}",
+            regenerate: false,
+            may_change: true,
+            claim_for: Some(WORKER),
+            queue_limit: 100,
+        };
+        Ok(content::request(conn, &item, at)?.0)
+    };
+    let requested = store.write_ahead_for(Some(1), Some(ahead), write, |answer| answer).await.unwrap();
+    quiet(&store).await;
+    let statements = statements.lock().unwrap().clone();
+    assert!(matches!(requested, Requested::Existing(_)), "{requested:?}");
+    assert_eq!(count(&statements, PLACE), 1, "read once: {statements:#?}");
+    assert_eq!(reserved_at(&store, Level::Player, "1").await, BOUND, "only the first call's");
+}
