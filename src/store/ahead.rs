@@ -3,9 +3,10 @@
 //! reservations of those items' calls ([`super::reserving`]), and the ends of the jobs the
 //! batch ends ([`super::ending`]). Each request still runs in its place in the batch and takes
 //! what was made for it ([`take_placed`], [`take_reserved`], [`take_ended`]); an item found
-//! there already is read again by its request, in its place (unless the request is alone in its
-//! batch: the statement ran at its place), and an item two writes of the batch name is left to
-//! them, so that what each write sees is what it would have seen. A
+//! there already is read again by its request, in its place (unless every write of the batch
+//! told what it writes: then nothing but that request touches the item first), and an item
+//! two writes of the batch name is left to them, so that what each write sees is what it would
+//! have seen. A
 //! reservation made ahead counts as made before the batch's other writes (they are
 //! concurrent: the batch commits them at once); one that would not fit is left to its request,
 //! which decides in its place. A batch that leaves anything made ahead untaken does not commit
@@ -155,8 +156,8 @@ type EndedAhead = ((String, Option<String>), Ended<ContentRow>, Vec<HoldRow>);
 struct Made {
     /// Items made, with their jobs, by key.
     placed: HashMap<Key, (ContentRow, JobRow)>,
-    /// Items found there already, by key, when the batch is one request (nothing else in it
-    /// can change them before the request runs).
+    /// Items found there already, by key, when every write of the batch told what it writes
+    /// (nothing else in it can change them before their requests run).
     there: HashMap<Key, ContentRow>,
     /// Jobs ended, by id: the worker that ended it and the target it settles, what the end
     /// found, and the holds it took.
@@ -215,8 +216,9 @@ pub(super) fn run(conn: &mut DbConn, asks: &[&Ahead], whole: bool) -> StoreResul
         for (key, placed) in placed {
             match placed {
                 Placed::Made(row, job) => made.push((key, (row, job))),
-                // A request alone in its batch finds the item as it is at its place.
-                Placed::There(row) if whole && asks.len() == 1 => {
+                // In a batch whose every write told what it writes, nothing but its own request
+                // (the only one naming it) touches an item before that request runs.
+                Placed::There(row) if whole => {
                     MADE.with_borrow_mut(|kept| kept.there.insert(key, row));
                 }
                 Placed::There(_) => {}
@@ -340,8 +342,8 @@ pub fn take_reserved(
 }
 
 /// The item made ahead for `placing`'s request, with its job, when it was (for the same worker
-/// and player); or, when the request is its batch's only write, the item as the statement
-/// found it there.
+/// and player); or, when every write of the batch told what it writes, the item as the
+/// statement found it there.
 pub(super) fn take_placed(placing: &Placing<'_>) -> Option<Placed> {
     MADE.with_borrow_mut(|kept| {
         let key = placing.key();

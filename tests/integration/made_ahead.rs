@@ -172,6 +172,47 @@ async fn postgres_an_item_asked_twice_in_a_batch_or_there_already_is_left_to_its
     assert_eq!(targets, items.iter().map(|(id, _)| *id).collect::<Vec<_>>(), "one job per item");
 }
 
+/// Requests for items there already, in a batch whose every write told what it writes, are
+/// answered by the statement made ahead of it (one read for all); with a write in the batch
+/// that told nothing (it may change any item), each is read again in its place and sees what
+/// that write did.
+#[actix_web::test]
+async fn postgres_items_there_already_are_read_once_unless_a_write_of_the_batch_told_nothing() {
+    let (_db, store) = open_store().await;
+    for subject in [1, 2, 3] {
+        ask(&store, subject, 1, WORKER).await.unwrap();
+    }
+    for told_all in [true, false] {
+        let statements = watch(&store).await;
+        let (release, holding) = hold_writer(&store).await;
+        let untold = (!told_all).then(|| {
+            store.write(|conn| {
+                let item = content_t::table.filter(content_t::subject_id.eq(2));
+                Ok(diesel::update(item).set(content_t::fields.eq(r#"{"title":"changed"}"#)).execute(conn)?)
+            })
+        });
+        let answers: Vec<_> = [1, 2, 3].iter().map(|&subject| ask(&store, subject, 3, WORKER)).collect();
+        drop(release);
+        holding.await.unwrap();
+        if let Some(untold) = untold {
+            assert_eq!(untold.await.unwrap(), 1);
+        }
+        let mut fields = Vec::new();
+        for answer in answers {
+            let (requested, job) = answer.await.unwrap();
+            assert!(matches!(requested, Requested::Existing(_)) && job.is_none(), "{requested:?}");
+            fields.push(requested.row().fields.clone());
+        }
+        quiet(&store).await;
+        let statements = statements.lock().unwrap().clone();
+        let reads = statements.iter().filter(|q| q.starts_with("WITH v AS (SELECT * FROM unnest($1::text[]")).count();
+        let expected = if told_all { 1 } else { 4 };
+        assert_eq!(reads, expected, "told all: {told_all}: {statements:#?}");
+        let changed = r#"{"title":"changed"}"#;
+        assert_eq!(fields[1] == changed, !told_all, "the request sees the write before it: {fields:?}");
+    }
+}
+
 /// An item made ahead that its request does not take (here it names another worker than the
 /// request claims for) is never committed: the batch runs again, each request in a savepoint,
 /// and every job is claimed by the worker its request named.
