@@ -15,13 +15,13 @@ use lorewire::store::{DbConn, Store, StoreResult};
 use crate::common::{Db, TestDb};
 use crate::writer::{hold_writer, quiet, watch};
 
-const WORKER: &str = "worker-a";
+pub(crate) const WORKER: &str = "worker-a";
 
 fn t0() -> NaiveDateTime {
     chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap().naive_utc()
 }
 
-async fn open_store() -> (TestDb, Store) {
+pub(crate) async fn open_store() -> (TestDb, Store) {
     actix_web::rt::task::spawn_blocking(|| {
         let db = TestDb::new(Db::Postgres);
         // One writer: every request below goes into the batch held behind `hold_writer`.
@@ -41,34 +41,47 @@ fn ask(
     player: i64,
     ahead_worker: &str,
 ) -> impl std::future::Future<Output = StoreResult<(Requested, Option<JobRow>)>> {
-    let ahead = Ahead::Request(Asked {
+    let ahead = asked(subject_id, player, ahead_worker, t0(), None);
+    let write = move |conn: &mut DbConn| content::request(conn, &claimed(subject_id, player), t0());
+    store.write_ahead_for(Some(player), Some(ahead), write, |answer| answer)
+}
+
+/// What a claimed request for quest `subject_id` by `player` tells its batch ([`claimed`]).
+pub(crate) fn asked(
+    subject_id: i64,
+    player: i64,
+    worker: &str,
+    at: NaiveDateTime,
+    reserving: Option<lorewire::store::ahead::Reserving>,
+) -> Ahead {
+    Ahead::Request(Asked {
         kind: ContentKind::Quest,
         subject_id,
         owner: 0,
         fields: "{}".into(),
         context: "{}".into(),
         player,
-        worker: Some(ahead_worker.to_owned()),
-        at: t0(),
-        reserving: None,
-    });
-    let write = move |conn: &mut DbConn| {
-        let item = RequestItem {
-            origin: "test",
-            kind: ContentKind::Quest,
-            subject_id,
-            owner: 0,
-            player,
-            context: Some("{}"),
-            empty_fields: "{}",
-            regenerate: false,
-            may_change: true,
-            claim_for: Some(WORKER),
-            queue_limit: 100,
-        };
-        content::request(conn, &item, t0())
-    };
-    store.write_ahead_for(Some(player), Some(ahead), write, |answer| answer)
+        worker: Some(worker.to_owned()),
+        at,
+        reserving,
+    })
+}
+
+/// A request for the shared quest `subject_id` by `player`, its job claimed by [`WORKER`].
+pub(crate) fn claimed(subject_id: i64, player: i64) -> RequestItem<'static> {
+    RequestItem {
+        origin: "test",
+        kind: ContentKind::Quest,
+        subject_id,
+        owner: 0,
+        player,
+        context: Some("{}"),
+        empty_fields: "{}",
+        regenerate: false,
+        may_change: true,
+        claim_for: Some(WORKER),
+        queue_limit: 100,
+    }
 }
 
 fn all_jobs(conn: &mut DbConn) -> StoreResult<Vec<JobRow>> {

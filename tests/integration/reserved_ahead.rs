@@ -14,16 +14,14 @@ use lorewire::domain::content::{ContentKind, ContentStatus};
 use lorewire::domain::limits::{Level, Refusal};
 use lorewire::domain::runs::Usage;
 use lorewire::limits::{self, Spend, Used};
-use lorewire::store::ahead::{Ahead, Asked, Finishing, Reserving};
-use lorewire::store::content::{self, Finish, RequestItem, Requested};
+use lorewire::store::ahead::{Ahead, Finishing, Reserving};
+use lorewire::store::content::{self, Finish, Requested};
 use lorewire::store::jobs::Ended;
 use lorewire::store::schema::{jobs, usage_days, usage_holds};
 use lorewire::store::{DbConn, Store, StoreResult};
 
-use crate::common::{Db, TestDb};
+use crate::made_ahead::{asked, claimed, open_store, WORKER};
 use crate::writer::{hold_writer, quiet, watch};
-
-const WORKER: &str = "worker-a";
 
 /// The statement that makes new items (and reserves their calls).
 const PLACE: &str = "WITH v AS (SELECT * FROM unnest($1::text[]";
@@ -43,18 +41,6 @@ fn limits_with(studio: Option<i64>) -> UsageConfig {
         player_daily_tokens: Some(100),
         player_llm_rate: "600/1m".parse().unwrap(),
     }
-}
-
-async fn open_store() -> (TestDb, Store) {
-    actix_web::rt::task::spawn_blocking(|| {
-        let db = TestDb::new(Db::Postgres);
-        // One writer: every request below goes into the batch held behind `hold_writer`.
-        let store = Store::connect_with(&db.url, 1).expect("store");
-        store.migrate().expect("migrations");
-        (db, store)
-    })
-    .await
-    .unwrap()
 }
 
 fn spend(player: i64, target: &str, tokens: i64) -> Spend<'_> {
@@ -85,31 +71,9 @@ fn ask_or_fail(
 ) -> impl std::future::Future<Output = StoreResult<Result<(), Refusal>>> {
     let reserving =
         Reserving(Arc::new(move |conn: &mut DbConn| limits::plan(conn, &usage, &spend(player, "", planned), at)));
-    let ahead = Ahead::Request(Asked {
-        kind: ContentKind::Quest,
-        subject_id,
-        owner: 0,
-        fields: "{}".into(),
-        context: "{}".into(),
-        player,
-        worker: Some(WORKER.to_owned()),
-        at,
-        reserving: Some(reserving),
-    });
+    let ahead = asked(subject_id, player, WORKER, at, Some(reserving));
     let write = move |conn: &mut DbConn| {
-        let item = RequestItem {
-            origin: "test",
-            kind: ContentKind::Quest,
-            subject_id,
-            owner: 0,
-            player,
-            context: Some("{}"),
-            empty_fields: "{}",
-            regenerate: false,
-            may_change: true,
-            claim_for: Some(WORKER),
-            queue_limit: 100,
-        };
+        let item = claimed(subject_id, player);
         let (requested, _) = content::request(conn, &item, at)?;
         let Requested::Created(row) = requested else { panic!("item {subject_id} not created: {requested:?}") };
         let target = format!("content:{}", row.id);
@@ -251,6 +215,21 @@ async fn postgres_reservations_made_ahead_and_not_taken_are_not_committed() {
     assert_eq!(store.run(holds).await.unwrap(), 5);
 }
 
+/// Job `job_id`'s item `content_id` ready, its holds (of `target`) taken with the end.
+fn ready<'a>(job_id: i64, content_id: i64, target: &'a str) -> Finish<'a> {
+    Finish {
+        origin: "test",
+        job_id,
+        worker: WORKER,
+        content_id,
+        status: ContentStatus::Ready,
+        fields: "{}",
+        model: Some("m"),
+        reason: None,
+        settles: Some(target),
+    }
+}
+
 /// The running jobs: (job id, item id, player).
 fn running(conn: &mut DbConn) -> StoreResult<Vec<(i64, i64, i64)>> {
     Ok(jobs::table.order(jobs::id.asc()).select((jobs::id, jobs::target_id, jobs::player_id)).load(conn)?)
@@ -281,18 +260,7 @@ async fn end_all(store: &Store, jobs: &[(i64, i64, i64)]) -> Vec<String> {
                 settles: Some(target.clone()),
             });
             let write = move |conn: &mut DbConn| {
-                let finish = Finish {
-                    origin: "test",
-                    job_id,
-                    worker: WORKER,
-                    content_id,
-                    status: ContentStatus::Ready,
-                    fields: "{}",
-                    model: Some("m"),
-                    reason: None,
-                    settles: Some(&target),
-                };
-                let ended = content::finish(conn, &finish, at)?;
+                let ended = content::finish(conn, &ready(job_id, content_id, &target), at)?;
                 assert!(matches!(ended, Ended::Done(Some(_))), "job {job_id} ended: {ended:?}");
                 let used = Used::Reported(Usage { input_tokens: 10, ..Usage::default() });
                 limits::settle_later(conn, &target, player, used, Some("m"), at)
@@ -345,22 +313,7 @@ async fn postgres_holds_taken_with_an_end_and_never_settled_are_not_committed() 
     assert_eq!(answers, [Ok(())]);
     let (job_id, content_id, _) = store.run(running).await.unwrap()[0];
     let target = format!("content:{content_id}");
-    let ended = store
-        .write(move |conn| {
-            let finish = Finish {
-                origin: "test",
-                job_id,
-                worker: WORKER,
-                content_id,
-                status: ContentStatus::Ready,
-                fields: "{}",
-                model: Some("m"),
-                reason: None,
-                settles: Some(&target),
-            };
-            content::finish(conn, &finish, t0())
-        })
-        .await;
+    let ended = store.write(move |conn| content::finish(conn, &ready(job_id, content_id, &target), t0())).await;
     assert!(ended.is_err(), "refused at the commit: {ended:?}");
     assert_eq!(store.run(holds).await.unwrap(), 1, "the hold is there");
     assert_eq!(store.run(running).await.unwrap().len(), 1, "and the job");
@@ -404,31 +357,9 @@ async fn postgres_a_request_alone_for_an_item_there_reads_it_once() {
     let statements = watch(&store).await;
     let at = t0();
     let reserving = Reserving(Arc::new(move |conn: &mut DbConn| limits::plan(conn, &usage, &spend(1, "", BOUND), at)));
-    let ahead = Ahead::Request(Asked {
-        kind: ContentKind::Quest,
-        subject_id: 1,
-        owner: 0,
-        fields: "{}".into(),
-        context: "{}".into(),
-        player: 1,
-        worker: Some(WORKER.to_owned()),
-        at,
-        reserving: Some(reserving),
-    });
+    let ahead = asked(1, 1, WORKER, at, Some(reserving));
     let write = move |conn: &mut DbConn| {
-        let item = RequestItem {
-            origin: "test",
-            kind: ContentKind::Quest,
-            subject_id: 1,
-            owner: 0,
-            player: 1,
-            context: Some("{}"),
-            empty_fields: "{}",
-            regenerate: false,
-            may_change: true,
-            claim_for: Some(WORKER),
-            queue_limit: 100,
-        };
+        let item = claimed(1, 1);
         Ok(content::request(conn, &item, at)?.0)
     };
     let requested = store.write_ahead_for(Some(1), Some(ahead), write, |answer| answer).await.unwrap();
