@@ -1,6 +1,7 @@
-//! New content items and their claimed jobs written in one statement on PostgreSQL: for one
-//! request ([`super::content::request`]), or for every request of a writer's batch that would
-//! create its item with a job claimed at once ([`super::ahead`]).
+//! New content items and their claimed jobs written in one statement on PostgreSQL, with their
+//! calls' reservations when they were planned ([`super::reserving`]): for one request
+//! ([`super::content::request`]), or for every request of a writer's batch that would create
+//! its item with a job claimed at once ([`super::ahead`]).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -81,7 +82,9 @@ pub struct Charging<'a> {
 /// another, as one statement each would; different players' jobs in one statement are
 /// concurrent enqueues. The items are inserted in the order of their keys, the same on every
 /// process: two batches inserting some of the same items wait on each other, never in a circle.
-/// Every value is a bound parameter (arrays, one per column).
+/// The shares of the calls of the items made are summed per ledger row, and each row reserved
+/// once where the sum fits (the rows reserved at answered on every row, as JSON). Every value
+/// is a bound parameter (arrays, one per column).
 fn sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
